@@ -1,0 +1,234 @@
+"""Typed data shared by every stage of the pipeline.
+
+Two families live here:
+
+* **In-RAM pipeline records** (`Observation`, `Fix`): slotted dataclasses, cheap to build at
+  100k/s. `Observation.device` may hold a *raw* identifier (MAC, beacon id) and therefore never
+  leaves RAM; the identity stage replaces it with a pseudonym before anything is stored.
+* **Wire messages** (pydantic, versioned, ``extra="forbid"``): every event that is stored in the
+  outbox or published over MQTT. Their JSON Schemas are exported to ``docs/schemas/`` by
+  ``gateway schemas``.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field
+from enum import IntEnum
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+
+WIRE_VERSION: Literal[1] = 1
+
+# ---------------------------------------------------------------------------------------------
+# In-RAM pipeline records
+# ---------------------------------------------------------------------------------------------
+
+Radio = Literal["ble", "wifi", "node", "sim"]
+
+
+@dataclass(slots=True, frozen=True)
+class Observation:
+    """One reception of one device at one sensor.
+
+    ``ts`` is Unix time in seconds (event time: the pipeline never reads the clock itself).
+    ``device`` is the identifier as heard (raw MAC, beacon id, simulator id) - RAM only.
+    ``rssi_at_1m`` is the advertised calibrated power normalised to 1 m, when the frame has one.
+    """
+
+    ts: float
+    sensor: str
+    device: str
+    rssi: float
+    radio: Radio = "ble"
+    rssi_at_1m: float | None = None
+    # Extra linking hints filled by parsers (e.g. Wi-Fi fingerprint group, resolved IRK identity).
+    link: str | None = None
+
+
+@dataclass(slots=True, frozen=True)
+class Fix:
+    """A position estimate for one (pseudonymous) device at time ``ts``."""
+
+    ts: float
+    device: str
+    x: float
+    y: float
+    sigma_m: float
+    zone: str | None = None
+
+
+@dataclass(slots=True)
+class SourceHealth:
+    """What a source reports about itself (status page, metrics, supervisor)."""
+
+    name: str
+    state: str = "starting"  # starting | running | degraded | failed | stopped
+    observations: int = 0
+    dropped: dict[str, int] = field(default_factory=dict)
+    last_observation_ts: float | None = None
+    recoveries: int = 0
+    detail: dict[str, Any] = field(default_factory=dict)
+
+    def drop(self, reason: str, n: int = 1) -> None:
+        self.dropped[reason] = self.dropped.get(reason, 0) + n
+
+
+# ---------------------------------------------------------------------------------------------
+# Wire messages
+# ---------------------------------------------------------------------------------------------
+
+
+class Priority(IntEnum):
+    """Eviction order when the outbox is full: lowest priority is evicted first."""
+
+    FIX = 0  # raw position fixes (optional, high volume)
+    AGGREGATE = 1  # anonymous aggregates (can be recomputed roughly; k-anonymous)
+    PRESENCE = 2  # visit / zone events
+    ACTIVATION = 3  # activation reports (contractual: evicted last)
+
+
+class WireModel(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+SubjectKind = Literal["pseudonym", "customer"]
+
+
+class EventBase(WireModel):
+    v: Literal[1] = WIRE_VERSION
+    event_id: str = Field(default_factory=lambda: uuid.uuid4().hex, description="Unique id; dedup key")
+    ts: float = Field(description="Unix time (s) the event happened in the store")
+    store_id: str
+
+
+class SubjectEvent(EventBase):
+    subject: str = Field(description="Daily pseudonym, or the platform's customer reference if consented")
+    subject_kind: SubjectKind = "pseudonym"
+
+
+class VisitStarted(SubjectEvent):
+    type: Literal["visit.started"] = "visit.started"
+
+
+class ZoneEntered(SubjectEvent):
+    type: Literal["zone.entered"] = "zone.entered"
+    zone: str
+
+
+class ZoneLeft(SubjectEvent):
+    type: Literal["zone.left"] = "zone.left"
+    zone: str
+    dwell_s: float = Field(ge=0)
+
+
+class VisitEnded(SubjectEvent):
+    type: Literal["visit.ended"] = "visit.ended"
+    started_ts: float
+    duration_s: float = Field(ge=0)
+    visitor: bool = Field(description="False for a passer-by")
+    path: list[str] = Field(default_factory=list, description="Zones visited, in order")
+    dwell_by_zone: dict[str, float] = Field(default_factory=dict)
+    visit_count: int | None = Field(default=None, description="Visits by this subject (incl. this one)")
+    days_since_last_visit: float | None = None
+    avg_visit_s: float | None = None
+
+
+class PositionFix(SubjectEvent):
+    type: Literal["fix"] = "fix"
+    x: float
+    y: float
+    sigma_m: float
+    zone: str | None = None
+
+
+class Aggregate(EventBase):
+    type: Literal["aggregate"] = "aggregate"
+    interval_start: float
+    interval_s: float
+    zone: str | None = Field(default=None, description="None for the whole store")
+    visitors: int = Field(ge=0)
+    passers_by: int = Field(ge=0)
+    conversion: float | None = None
+    dwell_histogram: dict[str, int] = Field(default_factory=dict)
+
+
+class ActivationReport(EventBase):
+    type: Literal["activation"] = "activation"
+    campaign_id: str
+    content_id: str
+    actor_id: str
+    subject: str
+    subject_kind: SubjectKind = "pseudonym"
+    result: str
+    detail: str | None = None
+
+
+class Heartbeat(EventBase):
+    type: Literal["heartbeat"] = "heartbeat"
+    note: str | None = None
+
+
+Event = Annotated[
+    VisitStarted
+    | ZoneEntered
+    | ZoneLeft
+    | VisitEnded
+    | PositionFix
+    | Aggregate
+    | ActivationReport
+    | Heartbeat,
+    Field(discriminator="type"),
+]
+EVENT_ADAPTER: TypeAdapter[Event] = TypeAdapter(Event)
+
+EVENT_PRIORITY: dict[str, Priority] = {
+    "fix": Priority.FIX,
+    "aggregate": Priority.AGGREGATE,
+    "visit.started": Priority.PRESENCE,
+    "zone.entered": Priority.PRESENCE,
+    "zone.left": Priority.PRESENCE,
+    "visit.ended": Priority.PRESENCE,
+    "heartbeat": Priority.PRESENCE,
+    "activation": Priority.ACTIVATION,
+}
+
+
+def priority_of(event: EventBase) -> Priority:
+    return EVENT_PRIORITY.get(str(getattr(event, "type", "")), Priority.PRESENCE)
+
+
+class UplinkEvent(WireModel):
+    """One event as published: the envelope adds the gateway and its sequence number."""
+
+    v: Literal[1] = WIRE_VERSION
+    gateway_id: str
+    seq: int = Field(ge=1, description="Per-gateway sequence number, contiguous from 1")
+    event: Event
+
+
+class UplinkBatch(WireModel):
+    """Several events in one MQTT message (used when the backlog is large)."""
+
+    v: Literal[1] = WIRE_VERSION
+    gateway_id: str
+    batch: list[UplinkEvent] = Field(min_length=1)
+
+
+class GatewayStatus(WireModel):
+    """Retained status message (birth: online; last will: offline)."""
+
+    v: Literal[1] = WIRE_VERSION
+    gateway_id: str
+    store_id: str
+    state: Literal["online", "offline"]
+    ts: float | None = None
+    version: str | None = None
+
+
+WIRE_MODELS: dict[str, type[BaseModel]] = {
+    "uplink-event": UplinkEvent,
+    "uplink-batch": UplinkBatch,
+    "gateway-status": GatewayStatus,
+}
