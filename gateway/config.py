@@ -37,9 +37,7 @@ class GatewayIdentity(Section):
 
 class Paths(Section):
     state_dir: Path = Field(default=Path("var"), description="Writable state: outbox, content state")
-    layout: Path | None = Field(
-        default=None, description="Store layout TOML; None uses the embedded example store"
-    )
+    layout: Path | None = Field(default=None, description="Store layout TOML; None uses the embedded example store")
 
 
 class LogSettings(Section):
@@ -53,9 +51,7 @@ class SimulatorSettings(Section):
     enabled: bool = Field(default=False, description="Feed the pipeline from the store simulator")
     seed: int = Field(default=1, description="Random seed; same seed, same store day")
     speed: float = Field(default=1.0, gt=0, le=10000, description="Simulated seconds per wall second")
-    start_ts: float = Field(
-        default=1_767_261_600.0, description="Simulated start (Unix s); 2026-01-01 10:00Z"
-    )
+    start_ts: float = Field(default=1_767_261_600.0, description="Simulated start (Unix s); 2026-01-01 10:00Z")
     duration_s: float | None = Field(default=None, gt=0, description="Stop after this simulated time")
     shoppers_per_hour: float = Field(default=120.0, ge=0, le=100_000, description="Arrival rate")
     passer_by_fraction: float = Field(default=0.3, ge=0, le=1, description="Share who only pass the entrance")
@@ -114,9 +110,7 @@ class PresenceSettings(Section):
     enter_debounce_s: float = Field(default=3.0, ge=0, description="Time inside a zone before 'entered'")
     exit_debounce_s: float = Field(default=5.0, ge=0, description="Time outside a zone before 'left'")
     visit_timeout_s: float = Field(default=60.0, gt=0, description="Silence that ends a visit")
-    visitor_min_s: float = Field(
-        default=60.0, ge=0, description="Shorter visits only at the entrance: passer-by"
-    )
+    visitor_min_s: float = Field(default=60.0, ge=0, description="Shorter visits only at the entrance: passer-by")
     aggregate_interval_s: float = Field(default=900.0, gt=0, description="Aggregate publication interval")
     k_anonymity: int = Field(default=5, ge=1, description="Aggregates with fewer subjects are withheld")
     publish_fixes: bool = Field(default=False, description="Also publish raw fixes (low priority)")

@@ -39,9 +39,7 @@ def _redact_value(v: Any) -> Any:
     return v
 
 
-def redact_processor(
-    _logger: Any, _name: str, event_dict: MutableMapping[str, Any]
-) -> MutableMapping[str, Any]:
+def redact_processor(_logger: Any, _name: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
     for k, v in list(event_dict.items()):
         event_dict[k] = _redact_value(v)
     return event_dict
@@ -50,9 +48,7 @@ def redact_processor(
 def configure_logging(level: str = "info", fmt: str = "auto", stream: TextIO | None = None) -> None:
     out = stream or sys.stderr
     use_console = fmt == "console" or (fmt == "auto" and out.isatty())
-    renderer: Any = (
-        structlog.dev.ConsoleRenderer(colors=False) if use_console else structlog.processors.JSONRenderer()
-    )
+    renderer: Any = structlog.dev.ConsoleRenderer(colors=False) if use_console else structlog.processors.JSONRenderer()
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,

@@ -171,14 +171,7 @@ class Heartbeat(EventBase):
 
 
 Event = Annotated[
-    VisitStarted
-    | ZoneEntered
-    | ZoneLeft
-    | VisitEnded
-    | PositionFix
-    | Aggregate
-    | ActivationReport
-    | Heartbeat,
+    VisitStarted | ZoneEntered | ZoneLeft | VisitEnded | PositionFix | Aggregate | ActivationReport | Heartbeat,
     Field(discriminator="type"),
 ]
 EVENT_ADAPTER: TypeAdapter[Event] = TypeAdapter(Event)

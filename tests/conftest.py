@@ -63,9 +63,7 @@ class Mosquitto:
 
 
 def mosquitto_path() -> str | None:
-    return shutil.which("mosquitto") or (
-        "/usr/sbin/mosquitto" if Path("/usr/sbin/mosquitto").exists() else None
-    )
+    return shutil.which("mosquitto") or ("/usr/sbin/mosquitto" if Path("/usr/sbin/mosquitto").exists() else None)
 
 
 def make_mosquitto(tmp_path: Path, extra_conf: str = "", port: int | None = None) -> Mosquitto:

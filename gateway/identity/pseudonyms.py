@@ -1,0 +1,83 @@
+"""Keyed, rotating pseudonyms: the only form in which a device identity leaves RAM.
+
+``pseudonym = hex(HMAC-SHA-256(K_epoch, identity))[: 2 * nbytes]``
+
+* ``K_epoch`` is 32 random bytes drawn from the OS CSPRNG the first time an epoch is used. It is
+  held only in this object (RAM), never written, logged or published, and is dropped once the
+  epoch is over (the previous epoch's key is kept for a grace period so late observations still
+  map consistently, then forgotten). Without the key a pseudonym cannot be linked back to a MAC,
+  nor to the same device's pseudonym of another day.
+* An epoch is a rotation period (default 24 h) starting at ``rotation_time`` local time (default
+  21:00, store closing), computed from the wall-clock *argument* - never read inside.
+* ``identity`` is what the identity stage decided is one device: a MAC, an IRK-resolved identity,
+  a Wi-Fi fingerprint group, a beacon id. Linked addresses therefore share one pseudonym.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+from collections.abc import Callable
+from datetime import datetime, tzinfo
+from zoneinfo import ZoneInfo
+
+
+def _parse_hhmm(text: str) -> int:
+    hh, mm = text.split(":")
+    return int(hh) * 3600 + int(mm) * 60
+
+
+class PseudonymKeyring:
+    def __init__(
+        self,
+        *,
+        rotation_time: str = "21:00",
+        period_h: float = 24.0,
+        nbytes: int = 12,
+        tz: tzinfo | None = None,
+        key_source: Callable[[int], bytes] = os.urandom,
+    ) -> None:
+        if not 8 <= nbytes <= 32:
+            raise ValueError("nbytes must be within 8..32")
+        self._offset_s = _parse_hhmm(rotation_time)
+        self._period_s = period_h * 3600.0
+        self._nbytes = nbytes
+        self._tz = tz or ZoneInfo("UTC")
+        self._key_source = key_source
+        self._keys: dict[int, bytes] = {}
+        self._cache: dict[tuple[int, str], str] = {}
+
+    def epoch_of(self, ts: float) -> int:
+        """Index of the rotation period that contains Unix time ``ts``."""
+        off = datetime.fromtimestamp(ts, self._tz).utcoffset()
+        local = ts + (off.total_seconds() if off is not None else 0.0)
+        return int((local - self._offset_s) // self._period_s)
+
+    def _key(self, epoch: int) -> bytes:
+        key = self._keys.get(epoch)
+        if key is None:
+            key = self._key_source(32)
+            self._keys[epoch] = key
+            # keep only this epoch and the one before it
+            for old in [e for e in self._keys if e < epoch - 1]:
+                del self._keys[old]
+            self._cache = {k: v for k, v in self._cache.items() if k[0] >= epoch - 1}
+        return key
+
+    def pseudonym(self, identity: str, ts: float) -> str:
+        epoch = self.epoch_of(ts)
+        hit = self._cache.get((epoch, identity))
+        if hit is not None:
+            return hit
+        digest = hmac.new(self._key(epoch), identity.encode("utf-8"), hashlib.sha256).hexdigest()
+        p = digest[: 2 * self._nbytes]
+        if len(self._cache) > 200_000:
+            self._cache.clear()
+        self._cache[(epoch, identity)] = p
+        return p
+
+    def forget_all(self) -> None:
+        """Drop every key (e.g. on shutdown): all pseudonyms become unlinkable."""
+        self._keys.clear()
+        self._cache.clear()
