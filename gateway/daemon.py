@@ -33,6 +33,7 @@ from gateway.notify import Notifier
 from gateway.outbox import Outbox
 from gateway.pipeline import Pipeline
 from gateway.sources.base import Source
+from gateway.sources.simulated import SimulatedSource
 from gateway.supervisor import Supervisor, TaskSpec
 from gateway.uplink import Uplink
 
@@ -141,7 +142,7 @@ class Daemon:
         for live radios, none for a replay (its end closes every visit)."""
         if any(src.name not in ("replay", "simulator") for src in self.sources):
             return time.time
-        sim = next((src for src in self.sources if src.name == "simulator"), None)
+        sim = next((src for src in self.sources if isinstance(src, SimulatedSource)), None)
         if sim is not None:
             return lambda: float(sim.sim.now)
         return None
