@@ -25,6 +25,7 @@ import contextlib
 import socket
 import ssl
 import threading
+from collections import deque
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -233,6 +234,9 @@ class AsyncMqttClient:
         self._misc_task: asyncio.Task[None] | None = None
         self._connack: asyncio.Future[ConnectResult] | None = None
         self._publishes: dict[int, asyncio.Future[int]] = {}
+        # Publishes held back because the broker's Receive Maximum (or ours) is reached.
+        self._held: deque[tuple[str, bytes, int, bool, asyncio.Future[int]]] = deque()
+        self._quota = max_inflight
         self._early: dict[int, int] = {}
         self._subscribes: dict[int, asyncio.Future[list[int]]] = {}
         self._messages: asyncio.Queue[Message | _Closed] = asyncio.Queue(maxsize=message_queue_size)
@@ -359,6 +363,10 @@ class AsyncMqttClient:
             if not fut.done():
                 fut.set_exception(err)
         self._publishes.clear()
+        for *_, hfut in self._held:
+            if not hfut.done():
+                hfut.set_exception(err)
+        self._held.clear()
         for sfut in self._subscribes.values():
             if not sfut.done():
                 sfut.set_exception(err)
@@ -385,6 +393,9 @@ class AsyncMqttClient:
             self._early[mid] = code
             return
         self._settle_publish(fut, mid, code)
+        while self._held and len(self._publishes) < self._quota and self.connected:
+            topic, payload, qos, retain, hfut = self._held.popleft()
+            self._send(topic, payload, qos, retain, hfut)
 
     @staticmethod
     def _settle_publish(fut: asyncio.Future[int], mid: int, code: int) -> None:
@@ -425,7 +436,7 @@ class AsyncMqttClient:
         self._client = client
         client.suppress_exceptions = True
         client.connect_timeout = self._connect_timeout_s
-        client.max_inflight_messages_set(self._max_inflight)
+        client.max_inflight_messages_set(0)  # we enforce the window ourselves (see publish_nowait)
         client.max_queued_messages_set(0)
         client.on_log = self._on_log
         client.on_connect = self._on_connect
@@ -474,8 +485,7 @@ class AsyncMqttClient:
         except MqttError:
             self._teardown()
             raise
-        if res.receive_maximum < self._max_inflight:
-            client.max_inflight_messages_set(res.receive_maximum)
+        self._quota = max(1, min(self._max_inflight, res.receive_maximum))
         self.result = res
         self.connected = True
         return res
@@ -501,28 +511,37 @@ class AsyncMqttClient:
 
     @property
     def inflight(self) -> int:
+        """Publishes sent and not yet acknowledged (held-back ones not included)."""
         return len(self._publishes)
 
     def publish_nowait(self, topic: str, payload: bytes, qos: int = 1, retain: bool = False) -> asyncio.Future[int]:
         """Queue a PUBLISH now (call order = wire order); the future resolves on PUBACK.
 
-        QoS 0 futures resolve when the packet is handed to the socket.
+        At most min(max_inflight, broker Receive Maximum) are on the wire; later ones wait here
+        in order. QoS 0 futures resolve when the packet is handed to the socket.
         """
         assert self._loop is not None
         fut: asyncio.Future[int] = self._loop.create_future()
         if self._client is None or not self.connected:
             fut.set_exception(MqttDisconnectedError("not connected"))
             return fut
+        if self._held or (qos > 0 and len(self._publishes) >= self._quota):
+            self._held.append((topic, payload, qos, retain, fut))
+        else:
+            self._send(topic, payload, qos, retain, fut)
+        return fut
+
+    def _send(self, topic: str, payload: bytes, qos: int, retain: bool, fut: asyncio.Future[int]) -> None:
+        assert self._client is not None
         info = self._client.publish(topic, payload, qos=qos, retain=retain)
         if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
             fut.set_exception(MqttDisconnectedError(f"publish refused locally: {mqtt.error_string(info.rc)}"))
-            return fut
+            return
         early = self._early.pop(info.mid, None)
         if early is not None:
             self._settle_publish(fut, info.mid, early)
         else:
             self._publishes[info.mid] = fut
-        return fut
 
     async def publish(self, topic: str, payload: bytes, qos: int = 1, retain: bool = False) -> int:
         """Publish and wait for the broker: return the PUBACK reason code (0 for MQTT 3.1.1).

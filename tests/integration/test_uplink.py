@@ -3,19 +3,17 @@
 from __future__ import annotations
 
 import asyncio
-import json
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from gateway.config import GatewayIdentity, MqttSettings
-from gateway.models import EventBase, GatewayStatus, UplinkBatch, UplinkEvent, ZoneEntered
-from gateway.mqtt_async import AsyncMqttClient
+from gateway.models import EventBase, ZoneEntered
 from gateway.outbox import Outbox
 from gateway.uplink import Uplink
 from tests.conftest import Mosquitto
+from tests.integration.uplink_support import Cloud, assert_in_order, until
 
 pytestmark = pytest.mark.integration
 
@@ -37,73 +35,6 @@ def settings(m: Mosquitto, **kw: Any) -> MqttSettings:
     }
     base.update(kw)
     return MqttSettings(**base)
-
-
-class Cloud:
-    """The platform stand-in: records every event envelope (batches unpacked) in arrival order."""
-
-    def __init__(self, m: Mosquitto, topic: str = "retail/#") -> None:
-        self.client = AsyncMqttClient(m.host, m.port, client_id="cloud-test")
-        self.topic = topic
-        self.seqs: list[int] = []
-        self.ids: dict[int, str] = {}
-        self.messages = 0
-        self.batches = 0
-        self.status: list[GatewayStatus] = []
-        self.other: list[tuple[str, bytes]] = []
-        self._task: asyncio.Task[None] | None = None
-
-    async def __aenter__(self) -> Cloud:
-        await self.client.connect()
-        await self.client.subscribe(self.topic, qos=1)
-        self._task = asyncio.create_task(self._read())
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        assert self._task is not None
-        self._task.cancel()
-        await self.client.disconnect()
-
-    async def _read(self) -> None:
-        async for msg in self.client.messages():
-            self.messages += 1
-            if msg.topic.endswith("/events"):
-                doc = json.loads(msg.payload)
-                items = [UplinkEvent.model_validate(doc)] if "seq" in doc else UplinkBatch.model_validate(doc).batch
-                if "batch" in doc:
-                    self.batches += 1
-                for ev in items:
-                    if ev.seq in self.ids:
-                        assert self.ids[ev.seq] == ev.event.event_id, f"seq {ev.seq} reused"
-                    self.ids[ev.seq] = ev.event.event_id
-                    self.seqs.append(ev.seq)
-            elif msg.topic.endswith("/status"):
-                self.status.append(GatewayStatus.model_validate_json(msg.payload))
-            else:
-                self.other.append((msg.topic, msg.payload))
-
-    async def wait_for(self, n_distinct: int, limit_s: float = 20.0) -> None:
-        await until(lambda: len(self.ids) >= n_distinct, limit_s)
-
-
-async def until(pred: Callable[[], object], limit_s: float = 5.0) -> None:
-    """Poll a condition (bounded in time); fail the test with a clear message if it never holds."""
-    for _ in range(int(limit_s / 0.02) + 1):
-        if pred():
-            return
-        await asyncio.sleep(0.02)
-    raise AssertionError(f"condition not met within {limit_s}s")
-
-
-def assert_in_order(seqs: list[int], last: int) -> None:
-    """Every seq 1..last arrived; first arrivals are in ascending order (duplicates allowed)."""
-    first_seen: list[int] = []
-    seen: set[int] = set()
-    for s in seqs:
-        if s not in seen:
-            seen.add(s)
-            first_seen.append(s)
-    assert first_seen == list(range(1, last + 1))
 
 
 async def test_events_arrive_in_order_with_contiguous_seqs(mosquitto: Mosquitto, tmp_path: Path) -> None:
