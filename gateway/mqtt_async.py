@@ -183,6 +183,30 @@ def _is_tls_text(text: str) -> bool:
     return "ssl" in t or "tls" in t or "certificate" in t or "alert" in t
 
 
+class _PahoClient(mqtt.Client):
+    """paho's Client, except that a failed TLS handshake closes its socket (paho 2.2 leaks it).
+
+    Hostname checking is left to the SSLContext (``check_hostname``), as paho does when it is set.
+    """
+
+    def _ssl_wrap_socket(self, tcp_sock: socket.socket) -> ssl.SSLSocket:
+        ctx = self._ssl_context
+        if ctx is None:
+            raise ValueError("TLS requested without an SSL context")
+        try:
+            ssl_sock = ctx.wrap_socket(tcp_sock, server_hostname=self._host, do_handshake_on_connect=False)
+        except BaseException:
+            tcp_sock.close()
+            raise
+        try:
+            ssl_sock.settimeout(self._connect_timeout)
+            ssl_sock.do_handshake()
+        except BaseException:
+            ssl_sock.close()
+            raise
+        return ssl_sock
+
+
 class AsyncMqttClient:
     """One MQTT connection whose I/O runs on the asyncio loop.
 
@@ -427,7 +451,7 @@ class AsyncMqttClient:
         self._loop_thread = threading.get_ident()
         self._closed = loop.create_future()
         v5 = self.protocol == "5"
-        client = mqtt.Client(
+        client = _PahoClient(
             CallbackAPIVersion.VERSION2,
             client_id=self.client_id,
             protocol=mqtt.MQTTv5 if v5 else mqtt.MQTTv311,
@@ -523,13 +547,21 @@ class AsyncMqttClient:
         assert self._loop is not None
         fut: asyncio.Future[int] = self._loop.create_future()
         if self._client is None or not self.connected:
-            fut.set_exception(MqttDisconnectedError("not connected"))
+            fut.set_exception(self._not_connected())
             return fut
         if self._held or (qos > 0 and len(self._publishes) >= self._quota):
             self._held.append((topic, payload, qos, retain, fut))
         else:
             self._send(topic, payload, qos, retain, fut)
         return fut
+
+    def _not_connected(self) -> MqttError:
+        """The reason the link is down, if it went down, rather than a bare 'not connected'."""
+        if self._closed is not None and self._closed.done() and not self._closed.cancelled():
+            err = self._closed.result()
+            if err is not None:
+                return MqttDisconnectedError(str(err), err.reason_code)
+        return MqttDisconnectedError("not connected")
 
     def _send(self, topic: str, payload: bytes, qos: int, retain: bool, fut: asyncio.Future[int]) -> None:
         assert self._client is not None
@@ -554,7 +586,7 @@ class AsyncMqttClient:
         """Subscribe and return the granted QoS; raise `MqttSubscribeError` if refused."""
         assert self._loop is not None
         if self._client is None or not self.connected:
-            raise MqttDisconnectedError("not connected")
+            raise self._not_connected()
         fut: asyncio.Future[list[int]] = self._loop.create_future()
         rc, mid = self._client.subscribe(topic, qos)
         if rc != MQTTErrorCode.MQTT_ERR_SUCCESS or mid is None:

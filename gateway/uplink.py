@@ -78,6 +78,11 @@ def backoff_delay(attempt: int, lo: float, hi: float, rng: random.Random) -> flo
     return rng.uniform(lo, max(lo, cap))
 
 
+def _consume(fut: asyncio.Future[int]) -> None:
+    if not fut.cancelled():
+        fut.exception()
+
+
 class Uplink:
     """Owns the MQTT link to the platform; `run` until cancelled, `drain` on shutdown."""
 
@@ -319,12 +324,30 @@ class Uplink:
 
     async def _drain_loop(self, client: AsyncMqttClient, res: ConnectResult) -> None:
         """Publish pending rows in seq order with a bounded window; ack on PUBACK success."""
+        inflight: deque[tuple[list[StoredEvent], asyncio.Future[int]]] = deque()
+        try:
+            await self._drain(client, res, inflight)
+        finally:
+            # Whatever is still in flight stays in the outbox; silence its futures' outcomes.
+            for _, f in inflight:
+                if f.done():
+                    if not f.cancelled():
+                        f.exception()
+                else:
+                    f.add_done_callback(_consume)
+            self._inflight = 0
+
+    async def _drain(
+        self,
+        client: AsyncMqttClient,
+        res: ConnectResult,
+        inflight: deque[tuple[list[StoredEvent], asyncio.Future[int]]],
+    ) -> None:
         window = max(1, min(self.settings.inflight, res.receive_maximum))
         max_payload = self._max_payload(res)
         topic = self.topics.events
         cursor = 0
         buffer: deque[StoredEvent] = deque()
-        inflight: deque[tuple[list[StoredEvent], asyncio.Future[int]]] = deque()
         failures_in_row = 0
         while True:
             stopping = self._stop.is_set()
@@ -398,7 +421,15 @@ class Uplink:
                     n = await self.outbox.dead_letter([r.seq for r in rows_f], text, code)
                     self.dead_lettered += n
                 else:
-                    log.error("uplink.publish_refused", topic=topic, reason=text, reason_code=code)
+                    if retry_from is None:  # one line per round, not one per message
+                        log.error(
+                            "uplink.publish_refused",
+                            topic=topic,
+                            reason=text,
+                            reason_code=code,
+                            messages=len(failed),
+                            attempt=failures_in_row + 1,
+                        )
                     retry_from = first_seq if retry_from is None else min(retry_from, first_seq)
             await self._flush_acks()
             if retry_from is not None:
