@@ -509,6 +509,8 @@ class AsyncMqttClient:
         except MqttError:
             self._teardown()
             raise
+        # Honour the broker's Receive Maximum: publish_nowait holds back what exceeds it (paho's own
+        # window is unlimited and cannot be changed once connected).
         self._quota = max(1, min(self._max_inflight, res.receive_maximum))
         self.result = res
         self.connected = True
@@ -619,7 +621,7 @@ class AsyncMqttClient:
         assert self._closed is not None
         return self._closed
 
-    async def disconnect(self, timeout: float = 2.0) -> None:  # noqa: ASYNC109
+    async def disconnect(self, timeout: float = 2.0) -> None:
         """Send DISCONNECT (normal: the broker does not publish the will) and close."""
         client = self._client
         if client is None:
