@@ -13,11 +13,13 @@ from gateway.config import GatewayIdentity, MqttSettings
 from gateway.models import ZoneEntered
 from gateway.outbox import Outbox
 from gateway.uplink import Uplink
-from tests.conftest import Mosquitto, free_port, make_mosquitto
+from tests.conftest import REPO, Mosquitto, free_port, make_mosquitto
 from tests.integration.certs import Ca, Issued
 from tests.integration.uplink_support import Cloud, assert_in_order, until
 
 pytestmark = pytest.mark.integration
+
+ACL_EXAMPLE = REPO / "hardware" / "mosquitto" / "acl.example"
 
 
 class Pki:
@@ -44,14 +46,12 @@ def tls_broker(tmp_path: Path) -> Any:
             "require_certificate true\nuse_identity_as_username true\n"
         )
 
-    m = make_mosquitto(tmp_path, "user root\n")  # root: it must read the keys in pytest's private tmp dir
+    # root: it must read the keys in pytest's private tmp dir. The ACL is the shipped example.
+    m = make_mosquitto(tmp_path, f"user root\nacl_file {ACL_EXAMPLE}\n")
     tls_port = free_port()
-    m.conf.write_text(
-        m.conf.read_text()
-        + "per_listener_settings false\n"
-        + listener(tls_port, pki.server)
-        + listener(port2, pki.server_expired)
-    )
+    listeners = listener(tls_port, pki.server) + listener(port2, pki.server_expired)
+    conf = m.conf.read_text().replace("max_queued_messages 0", "max_queued_messages 10000")  # see ACL test
+    m.conf.write_text(conf + "per_listener_settings false\n" + listeners)
     m.start()
     try:
         yield m, pki, tls_port, port2
@@ -122,6 +122,22 @@ async def test_tls_good_and_bad_certificates(tls_broker: Any, tmp_path: Path) ->
         with pytest.raises(asyncio.CancelledError):
             await task
         await ob.close()
+    # The shipped ACL keys on the certificate CN (%u): gw-1's certificate cannot publish as gw-2.
+    other = await Outbox.open(tmp_path / "other.db", "gw-2")
+    await other.append([ZoneEntered(ts=1.0, store_id="store-1", subject="p", zone="z")])
+    impostor = Uplink(
+        tls_settings(port, pki.ca.path, pki.client), GatewayIdentity(id="gw-2", store_id="store-1"), other
+    )
+    task = asyncio.create_task(impostor.run())
+    try:
+        await until(lambda: impostor.status()["last_reason_code"] == 0x87, 10)
+        assert "Not authorized" in str(impostor.status()["last_error"])
+        assert other.stats().backlog == 1
+    finally:
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        await other.close()
 
 
 ACL = """\
