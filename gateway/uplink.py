@@ -49,6 +49,8 @@ CommandHandler = Callable[[str, bytes], Awaitable[None]]
 # PUBACK codes that mean "this payload will never be accepted": dead-letter instead of retrying.
 DEAD_LETTER_CODES = frozenset({0x99})
 PACKET_TOO_LARGE = 0x95
+# Link losses in a row with the same message at the head of the window before it is set aside.
+POISON_LOSSES = 5
 _READAHEAD = 1000
 _ACK_CHUNK = 2048
 _STABLE_SESSION_S = 30.0
@@ -126,6 +128,9 @@ class Uplink:
         self._wake = asyncio.Event()
         self._running = False
         self._finished = asyncio.Event()
+        self._loss_head: tuple[int, int] | None = None
+        self._prev_loss_head: tuple[int, int] | None = None
+        self._same_head_losses = 0
 
     # -- helpers --------------------------------------------------------------------------
 
@@ -230,6 +235,7 @@ class Uplink:
                 except MqttError as e:
                     self._record_error(f"link to {host}:{port} lost: {e}", e.reason_code)
                     log.warning("uplink.link_lost", broker=f"{host}:{port}", reason=str(e), backlog=self.outbox.backlog)
+                    await self._check_poison()
                 finally:
                     self._client = None
                     self._connected_since = None
@@ -247,6 +253,32 @@ class Uplink:
             self._running = False
             self._drained.set()
             self._finished.set()
+
+    async def _check_poison(self) -> None:
+        """A message the broker answers by dropping the link (no PUBACK at all) must not block the queue.
+
+        When the link drops ``POISON_LOSSES`` times in a row with the same message at the head of the
+        window, a batch is re-sent one event per message; a single event is dead-lettered (kept in
+        the ``dead_letter`` table, counted, reported), never deleted as sent.
+        """
+        head = self._loss_head
+        if head is None or head != self._prev_loss_head:
+            self._same_head_losses = 1 if head is not None else 0
+            self._prev_loss_head = head
+            return
+        self._same_head_losses += 1
+        if self._same_head_losses < POISON_LOSSES:
+            return
+        seq, count = head
+        self._same_head_losses = 0
+        self._prev_loss_head = None
+        if count > 1:
+            self._no_batch_until = max(self._no_batch_until, seq + count - 1)
+            log.warning("uplink.batch_unbatched", seq_first=seq, events=count, reason="link dropped while in flight")
+            return
+        text = f"link dropped {POISON_LOSSES} times while seq {seq} was in flight (refused by the broker?)"
+        self._record_error(text)
+        self.dead_lettered += await self.outbox.dead_letter([seq], text, None)
 
     async def _close_session(self, client: AsyncMqttClient, graceful: bool) -> None:
         """Flush acks; say goodbye (retained offline + DISCONNECT) if the link is still up."""
@@ -325,8 +357,14 @@ class Uplink:
     async def _drain_loop(self, client: AsyncMqttClient, res: ConnectResult) -> None:
         """Publish pending rows in seq order with a bounded window; ack on PUBACK success."""
         inflight: deque[tuple[list[StoredEvent], asyncio.Future[int]]] = deque()
+        self._loss_head = None
         try:
             await self._drain(client, res, inflight)
+        except MqttDisconnectedError:
+            if inflight:
+                rows = inflight[0][0]
+                self._loss_head = (rows[0].seq, len(rows))
+            raise
         finally:
             # Whatever is still in flight stays in the outbox; silence its futures' outcomes.
             for _, f in inflight:
@@ -345,6 +383,7 @@ class Uplink:
     ) -> None:
         window = max(1, min(self.settings.inflight, res.receive_maximum))
         max_payload = self._max_payload(res)
+        hard_limit = res.maximum_packet_size
         topic = self.topics.events
         cursor = 0
         buffer: deque[StoredEvent] = deque()
@@ -361,6 +400,12 @@ class Uplink:
                     buffer.extend(rows)
                     cursor = rows[-1].seq
                 msg_rows, payload = self._next_message(buffer, max_payload)
+                if hard_limit is not None and len(payload) + len(topic) + 16 > hard_limit and len(msg_rows) == 1:
+                    # The broker announced it would drop the link for this packet: never send it.
+                    text = f"event of {len(payload)} bytes exceeds the broker's Maximum Packet Size {hard_limit}"
+                    self._record_error(text, PACKET_TOO_LARGE)
+                    self.dead_lettered += await self.outbox.dead_letter([msg_rows[0].seq], text, PACKET_TOO_LARGE)
+                    continue
                 inflight.append((msg_rows, client.publish_nowait(topic, payload, qos=1)))
             self._inflight = len(inflight)
             # 2. Nothing in flight: idle until new data, a stop, or the link dropping.
