@@ -131,6 +131,7 @@ class Uplink:
         self._loss_head: tuple[int, int] | None = None
         self._prev_loss_head: tuple[int, int] | None = None
         self._same_head_losses = 0
+        self._probing = False
 
     # -- helpers --------------------------------------------------------------------------
 
@@ -257,13 +258,20 @@ class Uplink:
     async def _check_poison(self) -> None:
         """A message the broker answers by dropping the link (no PUBACK at all) must not block the queue.
 
-        When the link drops ``POISON_LOSSES`` times in a row with the same message at the head of the
-        window, a batch is re-sent one event per message; a single event is dead-lettered (kept in
-        the ``dead_letter`` table, counted, reported), never deleted as sent.
+        After a link loss the next connection sends only the oldest message (a probe). When the
+        link drops ``POISON_LOSSES`` times in a row with that same probe alone in flight, a batch
+        is re-sent one event per message; a single event is dead-lettered (kept in the
+        ``dead_letter`` table, counted, reported), never deleted as sent.
         """
         head = self._loss_head
-        if head is None or head != self._prev_loss_head:
-            self._same_head_losses = 1 if head is not None else 0
+        probing, self._probing = self._probing, head is not None
+        if head is None or not probing:
+            # Lost with a full window: the culprit is not known yet; the next link probes.
+            self._same_head_losses = 0
+            self._prev_loss_head = None
+            return
+        if head != self._prev_loss_head:
+            self._same_head_losses = 1
             self._prev_loss_head = head
             return
         self._same_head_losses += 1
@@ -360,11 +368,6 @@ class Uplink:
         self._loss_head = None
         try:
             await self._drain(client, res, inflight)
-        except MqttDisconnectedError:
-            if inflight:
-                rows = inflight[0][0]
-                self._loss_head = (rows[0].seq, len(rows))
-            raise
         finally:
             # Whatever is still in flight stays in the outbox; silence its futures' outcomes.
             for _, f in inflight:
@@ -391,7 +394,9 @@ class Uplink:
         while True:
             stopping = self._stop.is_set()
             # 1. Fill the window.
-            while not stopping and len(inflight) < window:
+            # After a link loss, probe with the oldest message alone until it is acknowledged, so a
+            # message the broker drops the link for is identified exactly (see _check_poison).
+            while not stopping and len(inflight) < (1 if self._probing else window):
                 if not buffer:
                     self.outbox.data_event.clear()
                     rows = await self.outbox.pending(_READAHEAD, after_seq=cursor)
@@ -425,6 +430,7 @@ class Uplink:
             exc = fut.exception()
             if exc is None:
                 failures_in_row = 0
+                self._probing = False
                 self._ack_pending.extend(r.seq for r in msg_rows)
                 self.published_messages += 1
                 self.published_events += len(msg_rows)
@@ -433,9 +439,7 @@ class Uplink:
                 continue
             if not isinstance(exc, MqttPublishError):
                 # Link dropped: everything in flight failed the same way; rows stay for the next link.
-                for _, f in inflight:
-                    if f.done():
-                        f.exception()  # mark retrieved
+                self._loss_head = (msg_rows[0].seq, len(msg_rows))
                 raise exc
             # 4. A failure code: settle the rest of the window, then retry or dead-letter.
             failed: list[tuple[list[StoredEvent], MqttPublishError]] = [(msg_rows, exc)]
@@ -450,6 +454,7 @@ class Uplink:
                 elif isinstance(e2, MqttPublishError):
                     failed.append((rows2, e2))
                 else:
+                    self._loss_head = (failed[0][0][0].seq, len(failed[0][0]))
                     raise e2
             retry_from: int | None = None
             for rows_f, err in failed:

@@ -114,3 +114,20 @@ async def test_persistent_session_queues_commands_while_offline(mosquitto: Mosqu
         await run_until(up2, lambda: got == [cmd], 5)
         assert cloud.status[-1].state in ("online", "offline")
     await ob.close()
+
+
+async def test_batch_the_broker_drops_the_link_for_goes_out_unbatched(tmp_path: Path) -> None:
+    m = broker(tmp_path, "message_size_limit 4096\n")
+    ob = await Outbox.open(tmp_path / "o.db", IDENT.id)
+    await ob.append(small(120))  # batches of 60 (~12 kB) are over the broker's silent limit
+    try:
+        async with Cloud(m) as cloud:
+            up = Uplink(settings(m, batch_threshold=10, batch_max=60), IDENT, ob)
+            await run_until(up, lambda: ob.stats().backlog == 0, 30)
+            await cloud.wait_for(120, 5)
+            assert sorted(cloud.ids) == list(range(1, 121))
+            assert ob.stats().dead_letters == 0
+            assert up.status()["reconnects"] >= POISON_LOSSES
+    finally:
+        m.stop()
+        await ob.close()
