@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import socket
 import ssl
 import threading
@@ -333,9 +334,22 @@ class AsyncMqttClient:
         while client.loop_misc() == MQTTErrorCode.MQTT_ERR_SUCCESS:  # noqa: ASYNC110 - paho needs a tick
             await asyncio.sleep(1.0)
 
-    def _on_log(self, _client: mqtt.Client, _ud: Any, level: int, buf: str) -> None:
-        if level == mqtt.MQTT_LOG_ERR:
-            self._last_log_error = buf
+    def _error_logger(self) -> logging.Logger:
+        """A private logger that keeps paho's last error line (the reason a socket died).
+
+        paho's ``on_log`` would format every packet's debug line; a logger at ERROR costs nothing
+        for the rest (paho checks ``isEnabledFor`` first).
+        """
+        owner = self
+
+        class _Keep(logging.Handler):
+            def emit(self, record: logging.LogRecord) -> None:
+                owner._last_log_error = record.getMessage()
+
+        lg = logging.Logger(f"gateway.paho.{self.client_id or 'client'}", logging.ERROR)
+        lg.propagate = False
+        lg.addHandler(_Keep(logging.ERROR))
+        return lg
 
     def _on_connect(self, _client: mqtt.Client, _ud: Any, flags: Any, rc: ReasonCode, props: Properties | None) -> None:
         fut = self._connack
@@ -462,7 +476,7 @@ class AsyncMqttClient:
         client.connect_timeout = self._connect_timeout_s
         client.max_inflight_messages_set(0)  # we enforce the window ourselves (see publish_nowait)
         client.max_queued_messages_set(0)
-        client.on_log = self._on_log
+        client.enable_logger(self._error_logger())
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_publish = self._on_publish
