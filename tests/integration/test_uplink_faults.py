@@ -132,6 +132,7 @@ async def test_kill_9_during_drain_leaves_no_gap(mosquitto: Mosquitto, tmp_path:
     ctx = multiprocessing.get_context("forkserver")
     ctx.set_forkserver_preload(["gateway.outbox_tool"])
     kills = 0
+    wills = 0
     in_flight_at_kill: list[int] = []
     t_start = time.monotonic()
     async with Cloud(mosquitto, topic="retail/store-k/gw-k/#") as cloud:
@@ -149,10 +150,15 @@ async def test_kill_9_during_drain_leaves_no_gap(mosquitto: Mosquitto, tmp_path:
             kills += 1
             await asyncio.to_thread(proc.join, 10)
             assert proc.exitcode == -signal.SIGKILL
+            if cloud.status and cloud.status[-1].state == "online":
+                # The box vanished without DISCONNECT: the broker publishes its last will.
+                await until(lambda: cloud.status[-1].state == "offline", 5)
+                wills += 1
             con = sqlite3.connect(db)
             in_flight_at_kill.append(con.execute("SELECT count(*) FROM events").fetchone()[0])
             con.close()
         assert kills == 10
+        assert wills >= 5  # most runs had connected (and said 'online') before the kill
         con = sqlite3.connect(db)
         killed_at = int(con.execute("SELECT value FROM meta WHERE key = 'last_seq'").fetchone()[0])
         con.close()
