@@ -129,3 +129,31 @@ async def test_broker_down_at_start_then_up(tmp_path: Path) -> None:
             await task
         m.stop()
         await ob.close()
+
+
+async def test_failover_endpoint_and_mqtt311(mosquitto: Mosquitto, tmp_path: Path) -> None:
+    """First endpoint dead: the uplink moves on to the next one; MQTT 3.1.1 works too."""
+    from tests.conftest import free_port
+
+    ob = await Outbox.open(tmp_path / "o.db", IDENT.id)
+    await ob.append(events(40))
+    s = settings(
+        mosquitto,
+        port=free_port(),  # nothing listens here
+        brokers=[{"host": mosquitto.host, "port": mosquitto.port}],
+        protocol="3.1.1",
+    )
+    async with Cloud(mosquitto) as cloud:
+        up = Uplink(s, IDENT, ob)
+        task = asyncio.create_task(up.run())
+        try:
+            await cloud.wait_for(40, 10)
+            assert_in_order(cloud.seqs, 40)
+            st = up.status()
+            assert st["broker"] == f"{mosquitto.host}:{mosquitto.port}"
+            assert st["connect_failures"] >= 1
+        finally:
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+    await ob.close()
