@@ -493,9 +493,6 @@ class Uplink:
                 self._state = "connected"
                 buffer.clear()
                 cursor = retry_from - 1
-            elif buffer:
-                # Dead-lettered rows leave a hole in the buffer only; continue after them.
-                pass
 
     async def _idle(self, client: AsyncMqttClient) -> None:
         waiter = asyncio.ensure_future(self.outbox.wait_for_data(None))
