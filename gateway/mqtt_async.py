@@ -22,9 +22,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import socket
 import ssl
 import threading
+from collections import deque
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -182,6 +184,30 @@ def _is_tls_text(text: str) -> bool:
     return "ssl" in t or "tls" in t or "certificate" in t or "alert" in t
 
 
+class _PahoClient(mqtt.Client):
+    """paho's Client, except that a failed TLS handshake closes its socket (paho 2.2 leaks it).
+
+    Hostname checking is left to the SSLContext (``check_hostname``), as paho does when it is set.
+    """
+
+    def _ssl_wrap_socket(self, tcp_sock: socket.socket) -> ssl.SSLSocket:
+        ctx = self._ssl_context
+        if ctx is None:
+            raise ValueError("TLS requested without an SSL context")
+        try:
+            ssl_sock = ctx.wrap_socket(tcp_sock, server_hostname=self._host, do_handshake_on_connect=False)
+        except BaseException:
+            tcp_sock.close()
+            raise
+        try:
+            ssl_sock.settimeout(self._connect_timeout)
+            ssl_sock.do_handshake()
+        except BaseException:
+            ssl_sock.close()
+            raise
+        return ssl_sock
+
+
 class AsyncMqttClient:
     """One MQTT connection whose I/O runs on the asyncio loop.
 
@@ -233,6 +259,9 @@ class AsyncMqttClient:
         self._misc_task: asyncio.Task[None] | None = None
         self._connack: asyncio.Future[ConnectResult] | None = None
         self._publishes: dict[int, asyncio.Future[int]] = {}
+        # Publishes held back because the broker's Receive Maximum (or ours) is reached.
+        self._held: deque[tuple[str, bytes, int, bool, asyncio.Future[int]]] = deque()
+        self._quota = max_inflight
         self._early: dict[int, int] = {}
         self._subscribes: dict[int, asyncio.Future[list[int]]] = {}
         self._messages: asyncio.Queue[Message | _Closed] = asyncio.Queue(maxsize=message_queue_size)
@@ -305,9 +334,22 @@ class AsyncMqttClient:
         while client.loop_misc() == MQTTErrorCode.MQTT_ERR_SUCCESS:  # noqa: ASYNC110 - paho needs a tick
             await asyncio.sleep(1.0)
 
-    def _on_log(self, _client: mqtt.Client, _ud: Any, level: int, buf: str) -> None:
-        if level == mqtt.MQTT_LOG_ERR:
-            self._last_log_error = buf
+    def _error_logger(self) -> logging.Logger:
+        """A private logger that keeps paho's last error line (the reason a socket died).
+
+        paho's ``on_log`` would format every packet's debug line; a logger at ERROR costs nothing
+        for the rest (paho checks ``isEnabledFor`` first).
+        """
+        owner = self
+
+        class _Keep(logging.Handler):
+            def emit(self, record: logging.LogRecord) -> None:
+                owner._last_log_error = record.getMessage()
+
+        lg = logging.Logger(f"gateway.paho.{self.client_id or 'client'}", logging.ERROR)
+        lg.propagate = False
+        lg.addHandler(_Keep(logging.ERROR))
+        return lg
 
     def _on_connect(self, _client: mqtt.Client, _ud: Any, flags: Any, rc: ReasonCode, props: Properties | None) -> None:
         fut = self._connack
@@ -359,6 +401,10 @@ class AsyncMqttClient:
             if not fut.done():
                 fut.set_exception(err)
         self._publishes.clear()
+        for *_, hfut in self._held:
+            if not hfut.done():
+                hfut.set_exception(err)
+        self._held.clear()
         for sfut in self._subscribes.values():
             if not sfut.done():
                 sfut.set_exception(err)
@@ -385,6 +431,9 @@ class AsyncMqttClient:
             self._early[mid] = code
             return
         self._settle_publish(fut, mid, code)
+        while self._held and len(self._publishes) < self._quota and self.connected:
+            topic, payload, qos, retain, hfut = self._held.popleft()
+            self._send(topic, payload, qos, retain, hfut)
 
     @staticmethod
     def _settle_publish(fut: asyncio.Future[int], mid: int, code: int) -> None:
@@ -416,7 +465,7 @@ class AsyncMqttClient:
         self._loop_thread = threading.get_ident()
         self._closed = loop.create_future()
         v5 = self.protocol == "5"
-        client = mqtt.Client(
+        client = _PahoClient(
             CallbackAPIVersion.VERSION2,
             client_id=self.client_id,
             protocol=mqtt.MQTTv5 if v5 else mqtt.MQTTv311,
@@ -425,9 +474,9 @@ class AsyncMqttClient:
         self._client = client
         client.suppress_exceptions = True
         client.connect_timeout = self._connect_timeout_s
-        client.max_inflight_messages_set(self._max_inflight)
+        client.max_inflight_messages_set(0)  # we enforce the window ourselves (see publish_nowait)
         client.max_queued_messages_set(0)
-        client.on_log = self._on_log
+        client.enable_logger(self._error_logger())
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_publish = self._on_publish
@@ -474,10 +523,9 @@ class AsyncMqttClient:
         except MqttError:
             self._teardown()
             raise
-        if res.receive_maximum < self._max_inflight:
-            # honour the broker's Receive Maximum; paho's setter refuses once connected, but lowering
-            # a non-zero window is safe (its queue releases messages as acks free slots)
-            client._max_inflight_messages = res.receive_maximum
+        # Honour the broker's Receive Maximum: publish_nowait holds back what exceeds it (paho's own
+        # window is unlimited and cannot be changed once connected).
+        self._quota = max(1, min(self._max_inflight, res.receive_maximum))
         self.result = res
         self.connected = True
         return res
@@ -503,28 +551,45 @@ class AsyncMqttClient:
 
     @property
     def inflight(self) -> int:
+        """Publishes sent and not yet acknowledged (held-back ones not included)."""
         return len(self._publishes)
 
     def publish_nowait(self, topic: str, payload: bytes, qos: int = 1, retain: bool = False) -> asyncio.Future[int]:
         """Queue a PUBLISH now (call order = wire order); the future resolves on PUBACK.
 
-        QoS 0 futures resolve when the packet is handed to the socket.
+        At most min(max_inflight, broker Receive Maximum) are on the wire; later ones wait here
+        in order. QoS 0 futures resolve when the packet is handed to the socket.
         """
         assert self._loop is not None
         fut: asyncio.Future[int] = self._loop.create_future()
         if self._client is None or not self.connected:
-            fut.set_exception(MqttDisconnectedError("not connected"))
+            fut.set_exception(self._not_connected())
             return fut
+        if self._held or (qos > 0 and len(self._publishes) >= self._quota):
+            self._held.append((topic, payload, qos, retain, fut))
+        else:
+            self._send(topic, payload, qos, retain, fut)
+        return fut
+
+    def _not_connected(self) -> MqttError:
+        """The reason the link is down, if it went down, rather than a bare 'not connected'."""
+        if self._closed is not None and self._closed.done() and not self._closed.cancelled():
+            err = self._closed.result()
+            if err is not None:
+                return MqttDisconnectedError(str(err), err.reason_code)
+        return MqttDisconnectedError("not connected")
+
+    def _send(self, topic: str, payload: bytes, qos: int, retain: bool, fut: asyncio.Future[int]) -> None:
+        assert self._client is not None
         info = self._client.publish(topic, payload, qos=qos, retain=retain)
         if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
             fut.set_exception(MqttDisconnectedError(f"publish refused locally: {mqtt.error_string(info.rc)}"))
-            return fut
+            return
         early = self._early.pop(info.mid, None)
         if early is not None:
             self._settle_publish(fut, info.mid, early)
         else:
             self._publishes[info.mid] = fut
-        return fut
 
     async def publish(self, topic: str, payload: bytes, qos: int = 1, retain: bool = False) -> int:
         """Publish and wait for the broker: return the PUBACK reason code (0 for MQTT 3.1.1).
@@ -537,7 +602,7 @@ class AsyncMqttClient:
         """Subscribe and return the granted QoS; raise `MqttSubscribeError` if refused."""
         assert self._loop is not None
         if self._client is None or not self.connected:
-            raise MqttDisconnectedError("not connected")
+            raise self._not_connected()
         fut: asyncio.Future[list[int]] = self._loop.create_future()
         rc, mid = self._client.subscribe(topic, qos)
         if rc != MQTTErrorCode.MQTT_ERR_SUCCESS or mid is None:

@@ -27,10 +27,10 @@ import contextlib
 import json
 import sqlite3
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import aiosqlite
 
@@ -50,6 +50,8 @@ from gateway.models import (
 )
 
 log = get_logger(__name__)
+
+_T = TypeVar("_T")
 
 SCHEMA_VERSION = 1
 DEFAULT_MAX_BYTES = 512 * 1024 * 1024
@@ -165,6 +167,51 @@ def _is_full(e: BaseException) -> bool:
     )
 
 
+def _rollback(conn: sqlite3.Connection) -> None:
+    with contextlib.suppress(sqlite3.Error):
+        conn.execute("ROLLBACK")
+
+
+def _refresh_sync(conn: sqlite3.Connection) -> tuple[int, float | None]:
+    """(DB thread) Live bytes of the file and the ts of the oldest pending row."""
+    row = conn.execute(_REFRESH_SQL).fetchone()
+    return int(row[1]), None if row[0] is None else float(row[0])
+
+
+def _evict_rows(
+    conn: sqlite3.Connection, want_bytes: int, reason: str, used: int, backlog: int
+) -> tuple[int, dict[str, int]]:
+    """(DB thread, inside the caller's transaction) Delete rows worth ~want_bytes.
+
+    Lowest priority first, oldest (lowest seq) first within a priority. Counters are persisted in
+    ``meta`` in the same transaction and mirrored in memory only once it committed.
+    """
+    by_prio: dict[str, int] = {}
+    if backlog <= 0:
+        return 0, by_prio
+    avg = max(1, used // max(1, backlog))
+    remaining = max(1, -(-want_bytes // avg))
+    total = 0
+    bump = "INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = value + ?"
+    for prio in sorted(Priority):
+        if remaining <= 0:
+            break
+        n = conn.execute(
+            "DELETE FROM events WHERE seq IN (SELECT seq FROM events WHERE priority = ? ORDER BY seq LIMIT ?)",
+            (int(prio), remaining),
+        ).rowcount
+        if n <= 0:
+            continue
+        total += n
+        remaining -= n
+        pname = prio.name.lower()
+        by_prio[pname] = n
+        conn.execute(bump, (f"evicted_priority.{pname}", n, n))
+    if total:
+        conn.execute(bump, (f"evicted.{reason}", total, total))
+    return total, by_prio
+
+
 class Outbox:
     """Durable, bounded, ordered queue of wire events for one gateway. Open with `Outbox.open`."""
 
@@ -275,6 +322,13 @@ class Outbox:
         await self.close()
 
     # -- appending ------------------------------------------------------------------------
+    #
+    # Every transaction runs as ONE function on aiosqlite's connection thread (one hop per
+    # transaction instead of one per statement): the loop is never blocked, statements of two
+    # transactions never interleave, and the append path stays well above 20k events/s.
+
+    def _run(self, fn: Callable[..., _T], *args: Any) -> Awaitable[_T]:
+        return self._db._execute(fn, *args)  # type: ignore[no-untyped-call]
 
     async def append(self, events: Sequence[EventBase]) -> list[int]:
         """Store events durably in ONE transaction; return their new sequence numbers.
@@ -285,31 +339,29 @@ class Outbox:
         if not events:
             return []
         rows_in: list[tuple[str, str, int, float, bytes]] = []
+        incoming = 0
         for ev in events:
             if not isinstance(ev, WIRE_EVENT_TYPES):
                 raise TypeError(f"outbox.append: {type(ev).__name__} is not a wire event type")
-            rows_in.append(
-                (ev.event_id, str(getattr(ev, "type", "")), int(priority_of(ev)), ev.ts, ev.model_dump_json().encode())
-            )
-        incoming = sum(len(r[4]) + 64 + _ROW_OVERHEAD for r in rows_in)
+            body = ev.__pydantic_serializer__.to_json(ev)
+            incoming += len(body) + 64 + _ROW_OVERHEAD
+            rows_in.append((ev.event_id, str(getattr(ev, "type", "")), int(priority_of(ev)), ev.ts, body))
         async with self._lock:
             self._check_open()
             attempt = 0
             while True:
                 first = self._last_seq + 1
                 try:
-                    ev_total, ev_prio = await self._append_tx(first, rows_in, incoming)
+                    ev_total, ev_prio, used, oldest = await self._run(
+                        self._tx_append, first, rows_in, incoming, self._used_bytes, self._backlog
+                    )
                     self._apply_eviction("size", ev_total, ev_prio)
                     break
                 except sqlite3.OperationalError as e:
                     if not _is_full(e) or attempt >= _FULL_RETRIES:
-                        with contextlib.suppress(sqlite3.Error):
-                            await self._db.execute("ROLLBACK")
                         if _is_full(e):
                             raise OutboxFullError(f"{self.path}: disk full and eviction could not make room") from e
                         raise
-                    with contextlib.suppress(sqlite3.Error):
-                        await self._db.execute("ROLLBACK")
                     attempt += 1
                     # Free at least the batch's size, doubling each time, in its own transaction.
                     want = max(incoming, self._used_bytes // 50) * (2**attempt)
@@ -320,51 +372,63 @@ class Outbox:
             self._last_seq = first + len(rows_in) - 1
             self._backlog += len(rows_in)
             self._appended += len(rows_in)
-            if self._oldest_ts is None or ev_total:
-                await self._refresh()
-            else:
-                await self._refresh_bytes()
+            self._used_bytes, self._oldest_ts = used, oldest
         self._data.set()
         return list(range(first, first + len(rows_in)))
 
-    async def _append_tx(
-        self, first: int, rows_in: list[tuple[str, str, int, float, bytes]], incoming: int
-    ) -> tuple[int, dict[str, int]]:
-        db = self._db
-        await db.execute("BEGIN IMMEDIATE")
-        evicted: tuple[int, dict[str, int]] = (0, {})
-        over = self._used_bytes + incoming - self.max_bytes
-        if over > 0:
-            # Evict a little more than needed so that eviction is not paid on every append.
-            evicted = await self._evict_rows(over + self.max_bytes // 50, "size")
-        last = first + len(rows_in) - 1
+    def _tx_append(
+        self, first: int, rows_in: list[tuple[str, str, int, float, bytes]], incoming: int, used: int, backlog: int
+    ) -> tuple[int, dict[str, int], int, float | None]:
+        """(DB thread) Evict if needed, insert the batch and advance last_seq; all or nothing."""
+        conn = self._db._conn
         gw = self._gw_json
-        await db.executemany(
-            "INSERT INTO events (seq, event_id, type, priority, ts, payload) VALUES (?, ?, ?, ?, ?, ?)",
-            [
-                (seq, eid, typ, prio, ts, envelope_bytes(gw, seq, body))
-                for seq, (eid, typ, prio, ts, body) in zip(range(first, last + 1), rows_in, strict=True)
-            ],
-        )
-        await db.execute("UPDATE meta SET value = ? WHERE key = 'last_seq'", (last,))
-        await db.execute("COMMIT")
-        return evicted
+        last = first + len(rows_in) - 1
+        rows = [
+            (seq, eid, typ, prio, ts, envelope_bytes(gw, seq, body))
+            for seq, (eid, typ, prio, ts, body) in zip(range(first, last + 1), rows_in, strict=True)
+        ]
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            evicted: tuple[int, dict[str, int]] = (0, {})
+            over = used + incoming - self.max_bytes
+            if over > 0:
+                # Evict a little more than needed so that eviction is not paid on every append.
+                evicted = _evict_rows(conn, over + self.max_bytes // 50, "size", used, backlog)
+            conn.executemany(
+                "INSERT INTO events (seq, event_id, type, priority, ts, payload) VALUES (?, ?, ?, ?, ?, ?)", rows
+            )
+            conn.execute("UPDATE meta SET value = ? WHERE key = 'last_seq'", (last,))
+            conn.execute("COMMIT")
+        except BaseException:
+            _rollback(conn)
+            raise
+        return (*evicted, *_refresh_sync(conn))
 
     # -- eviction -------------------------------------------------------------------------
 
     async def _evict_tx(self, want_bytes: int, reason: str) -> int:
-        db = self._db
         try:
-            await db.execute("BEGIN IMMEDIATE")
-            n, by_prio = await self._evict_rows(want_bytes, reason)
-            await db.execute("COMMIT")
+            n, by_prio, used, oldest = await self._run(
+                self._tx_evict, want_bytes, reason, self._used_bytes, self._backlog
+            )
         except sqlite3.OperationalError:
-            with contextlib.suppress(sqlite3.Error):
-                await db.execute("ROLLBACK")
             return 0
         self._apply_eviction(reason, n, by_prio)
-        await self._refresh()
+        self._used_bytes, self._oldest_ts = used, oldest
         return n
+
+    def _tx_evict(
+        self, want_bytes: int, reason: str, used: int, backlog: int
+    ) -> tuple[int, dict[str, int], int, float | None]:
+        conn = self._db._conn
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            n, by_prio = _evict_rows(conn, want_bytes, reason, used, backlog)
+            conn.execute("COMMIT")
+        except BaseException:
+            _rollback(conn)
+            raise
+        return (n, by_prio, *_refresh_sync(conn))
 
     def _apply_eviction(self, reason: str, total: int, by_prio: dict[str, int]) -> None:
         """Mirror a committed eviction in the in-memory counters."""
@@ -375,44 +439,6 @@ class Outbox:
         self._evicted[reason] = self._evicted.get(reason, 0) + total
         self._backlog -= total
         log.warning("outbox.evicted", reason=reason, rows=total, backlog=self._backlog)
-
-    async def _evict_rows(self, want_bytes: int, reason: str) -> tuple[int, dict[str, int]]:
-        """Delete rows worth ~want_bytes: lowest priority first, oldest first within it.
-
-        Runs inside the caller's transaction; counters are persisted in ``meta`` with it and
-        mirrored in memory (`_apply_eviction`) only once it committed.
-        """
-        db = self._db
-        by_prio: dict[str, int] = {}
-        if self._backlog <= 0:
-            return 0, by_prio
-        avg = max(1, self._used_bytes // max(1, self._backlog))
-        remaining = max(1, -(-want_bytes // avg))
-        total = 0
-        for prio in sorted(Priority):
-            if remaining <= 0:
-                break
-            cur = await db.execute(
-                "DELETE FROM events WHERE seq IN (SELECT seq FROM events WHERE priority = ? ORDER BY seq LIMIT ?)",
-                (int(prio), remaining),
-            )
-            n = cur.rowcount
-            if n <= 0:
-                continue
-            total += n
-            remaining -= n
-            pname = prio.name.lower()
-            by_prio[pname] = n
-            await db.execute(
-                "INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = value + ?",
-                (f"evicted_priority.{pname}", n, n),
-            )
-        if total:
-            await db.execute(
-                "INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = value + ?",
-                (f"evicted.{reason}", total, total),
-            )
-        return total, by_prio
 
     # -- reading and acknowledging --------------------------------------------------------
 
@@ -432,49 +458,46 @@ class Outbox:
         ranges = _ranges(seqs)
         async with self._lock:
             self._check_open()
-            db = self._db
-            await db.execute("BEGIN IMMEDIATE")
-            try:
-                cur = await db.executemany("DELETE FROM events WHERE seq BETWEEN ? AND ?", ranges)
-                n = max(0, cur.rowcount)
-                await db.execute("COMMIT")
-            except BaseException:
-                with contextlib.suppress(sqlite3.Error):
-                    await db.execute("ROLLBACK")
-                raise
+            n, used, oldest = await self._run(self._tx_delete, ranges, None)
             self._backlog -= n
             self._acked += n
-            await self._refresh()
+            self._used_bytes, self._oldest_ts = used, oldest
 
     async def dead_letter(self, seqs: Sequence[int], reason: str, reason_code: int | None = None) -> int:
         """Move rows the broker will never accept to ``dead_letter`` (kept, counted, not sent)."""
         if not seqs:
             return 0
         ranges = _ranges(seqs)
-        now = time.time()
         async with self._lock:
             self._check_open()
-            db = self._db
-            await db.execute("BEGIN IMMEDIATE")
-            try:
-                await db.executemany(
+            n, used, oldest = await self._run(self._tx_delete, ranges, (reason_code, reason, time.time()))
+            self._backlog -= n
+            self._dead += n
+            self._used_bytes, self._oldest_ts = used, oldest
+        log.error("outbox.dead_lettered", rows=n, reason=reason, reason_code=reason_code)
+        return n
+
+    def _tx_delete(
+        self, ranges: list[tuple[int, int]], dead: tuple[int | None, str, float] | None
+    ) -> tuple[int, int, float | None]:
+        """(DB thread) Delete acknowledged rows, or move them to dead_letter when ``dead`` is given."""
+        conn = self._db._conn
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            if dead is not None:
+                conn.executemany(
                     "INSERT OR REPLACE INTO dead_letter (seq, event_id, type, priority, ts, payload, reason_code,"
                     " reason, dead_ts) SELECT seq, event_id, type, priority, ts, payload, ?, ?, ? FROM events"
                     " WHERE seq BETWEEN ? AND ?",
-                    [(reason_code, reason, now, a, b) for a, b in ranges],
+                    [(*dead, a, b) for a, b in ranges],
                 )
-                cur = await db.executemany("DELETE FROM events WHERE seq BETWEEN ? AND ?", ranges)
-                n = max(0, cur.rowcount)
-                await db.execute("COMMIT")
-            except BaseException:
-                with contextlib.suppress(sqlite3.Error):
-                    await db.execute("ROLLBACK")
-                raise
-            self._backlog -= n
-            self._dead += n
-            await self._refresh()
-        log.error("outbox.dead_lettered", rows=n, reason=reason, reason_code=reason_code)
-        return n
+            cur = conn.executemany("DELETE FROM events WHERE seq BETWEEN ? AND ?", ranges)
+            n = max(0, cur.rowcount)
+            conn.execute("COMMIT")
+        except BaseException:
+            _rollback(conn)
+            raise
+        return (n, *_refresh_sync(conn))
 
     async def dead_letters(self, limit: int = 100) -> list[tuple[StoredEvent, int | None, str]]:
         rows = await self._db.execute_fetchall(
@@ -532,11 +555,6 @@ class Outbox:
         assert row is not None
         self._oldest_ts = None if row[0] is None else float(row[0])
         self._used_bytes = int(row[1])
-
-    async def _refresh_bytes(self) -> None:
-        row = await (await self._db.execute(_USED_BYTES_SQL)).fetchone()
-        assert row is not None
-        self._used_bytes = int(row[0])
 
     def _check_open(self) -> None:
         if self._closed:

@@ -49,6 +49,8 @@ CommandHandler = Callable[[str, bytes], Awaitable[None]]
 # PUBACK codes that mean "this payload will never be accepted": dead-letter instead of retrying.
 DEAD_LETTER_CODES = frozenset({0x99})
 PACKET_TOO_LARGE = 0x95
+# Link losses in a row with the same message at the head of the window before it is set aside.
+POISON_LOSSES = 5
 _READAHEAD = 1000
 _ACK_CHUNK = 2048
 _STABLE_SESSION_S = 30.0
@@ -76,6 +78,11 @@ def backoff_delay(attempt: int, lo: float, hi: float, rng: random.Random) -> flo
     """Full-jitter exponential backoff: uniform in [lo, min(hi, lo * 2**attempt)]."""
     cap = min(hi, lo * (2 ** min(attempt, 30)))
     return rng.uniform(lo, max(lo, cap))
+
+
+def _consume(fut: asyncio.Future[int]) -> None:
+    if not fut.cancelled():
+        fut.exception()
 
 
 class Uplink:
@@ -121,6 +128,10 @@ class Uplink:
         self._wake = asyncio.Event()
         self._running = False
         self._finished = asyncio.Event()
+        self._loss_head: tuple[int, int] | None = None
+        self._prev_loss_head: tuple[int, int] | None = None
+        self._same_head_losses = 0
+        self._probing = False
 
     # -- helpers --------------------------------------------------------------------------
 
@@ -225,6 +236,7 @@ class Uplink:
                 except MqttError as e:
                     self._record_error(f"link to {host}:{port} lost: {e}", e.reason_code)
                     log.warning("uplink.link_lost", broker=f"{host}:{port}", reason=str(e), backlog=self.outbox.backlog)
+                    await self._check_poison()
                 finally:
                     self._client = None
                     self._connected_since = None
@@ -242,6 +254,39 @@ class Uplink:
             self._running = False
             self._drained.set()
             self._finished.set()
+
+    async def _check_poison(self) -> None:
+        """A message the broker answers by dropping the link (no PUBACK at all) must not block the queue.
+
+        After a link loss the next connection sends only the oldest message (a probe). When the
+        link drops ``POISON_LOSSES`` times in a row with that same probe alone in flight, a batch
+        is re-sent one event per message; a single event is dead-lettered (kept in the
+        ``dead_letter`` table, counted, reported), never deleted as sent.
+        """
+        head = self._loss_head
+        probing, self._probing = self._probing, head is not None
+        if head is None or not probing:
+            # Lost with a full window: the culprit is not known yet; the next link probes.
+            self._same_head_losses = 0
+            self._prev_loss_head = None
+            return
+        if head != self._prev_loss_head:
+            self._same_head_losses = 1
+            self._prev_loss_head = head
+            return
+        self._same_head_losses += 1
+        if self._same_head_losses < POISON_LOSSES:
+            return
+        seq, count = head
+        self._same_head_losses = 0
+        self._prev_loss_head = None
+        if count > 1:
+            self._no_batch_until = max(self._no_batch_until, seq + count - 1)
+            log.warning("uplink.batch_unbatched", seq_first=seq, events=count, reason="link dropped while in flight")
+            return
+        text = f"link dropped {POISON_LOSSES} times while seq {seq} was in flight (refused by the broker?)"
+        self._record_error(text)
+        self.dead_lettered += await self.outbox.dead_letter([seq], text, None)
 
     async def _close_session(self, client: AsyncMqttClient, graceful: bool) -> None:
         """Flush acks; say goodbye (retained offline + DISCONNECT) if the link is still up."""
@@ -319,17 +364,39 @@ class Uplink:
 
     async def _drain_loop(self, client: AsyncMqttClient, res: ConnectResult) -> None:
         """Publish pending rows in seq order with a bounded window; ack on PUBACK success."""
+        inflight: deque[tuple[list[StoredEvent], asyncio.Future[int]]] = deque()
+        self._loss_head = None
+        try:
+            await self._drain(client, res, inflight)
+        finally:
+            # Whatever is still in flight stays in the outbox; silence its futures' outcomes.
+            for _, f in inflight:
+                if f.done():
+                    if not f.cancelled():
+                        f.exception()
+                else:
+                    f.add_done_callback(_consume)
+            self._inflight = 0
+
+    async def _drain(
+        self,
+        client: AsyncMqttClient,
+        res: ConnectResult,
+        inflight: deque[tuple[list[StoredEvent], asyncio.Future[int]]],
+    ) -> None:
         window = max(1, min(self.settings.inflight, res.receive_maximum))
         max_payload = self._max_payload(res)
+        hard_limit = res.maximum_packet_size
         topic = self.topics.events
         cursor = 0
         buffer: deque[StoredEvent] = deque()
-        inflight: deque[tuple[list[StoredEvent], asyncio.Future[int]]] = deque()
         failures_in_row = 0
         while True:
             stopping = self._stop.is_set()
             # 1. Fill the window.
-            while not stopping and len(inflight) < window:
+            # After a link loss, probe with the oldest message alone until it is acknowledged, so a
+            # message the broker drops the link for is identified exactly (see _check_poison).
+            while not stopping and len(inflight) < (1 if self._probing else window):
                 if not buffer:
                     self.outbox.data_event.clear()
                     rows = await self.outbox.pending(_READAHEAD, after_seq=cursor)
@@ -338,6 +405,12 @@ class Uplink:
                     buffer.extend(rows)
                     cursor = rows[-1].seq
                 msg_rows, payload = self._next_message(buffer, max_payload)
+                if hard_limit is not None and len(payload) + len(topic) + 16 > hard_limit and len(msg_rows) == 1:
+                    # The broker announced it would drop the link for this packet: never send it.
+                    text = f"event of {len(payload)} bytes exceeds the broker's Maximum Packet Size {hard_limit}"
+                    self._record_error(text, PACKET_TOO_LARGE)
+                    self.dead_lettered += await self.outbox.dead_letter([msg_rows[0].seq], text, PACKET_TOO_LARGE)
+                    continue
                 inflight.append((msg_rows, client.publish_nowait(topic, payload, qos=1)))
             self._inflight = len(inflight)
             # 2. Nothing in flight: idle until new data, a stop, or the link dropping.
@@ -357,6 +430,7 @@ class Uplink:
             exc = fut.exception()
             if exc is None:
                 failures_in_row = 0
+                self._probing = False
                 self._ack_pending.extend(r.seq for r in msg_rows)
                 self.published_messages += 1
                 self.published_events += len(msg_rows)
@@ -365,9 +439,7 @@ class Uplink:
                 continue
             if not isinstance(exc, MqttPublishError):
                 # Link dropped: everything in flight failed the same way; rows stay for the next link.
-                for _, f in inflight:
-                    if f.done():
-                        f.exception()  # mark retrieved
+                self._loss_head = (msg_rows[0].seq, len(msg_rows))
                 raise exc
             # 4. A failure code: settle the rest of the window, then retry or dead-letter.
             failed: list[tuple[list[StoredEvent], MqttPublishError]] = [(msg_rows, exc)]
@@ -382,6 +454,7 @@ class Uplink:
                 elif isinstance(e2, MqttPublishError):
                     failed.append((rows2, e2))
                 else:
+                    self._loss_head = (failed[0][0][0].seq, len(failed[0][0]))
                     raise e2
             retry_from: int | None = None
             for rows_f, err in failed:
@@ -398,7 +471,15 @@ class Uplink:
                     n = await self.outbox.dead_letter([r.seq for r in rows_f], text, code)
                     self.dead_lettered += n
                 else:
-                    log.error("uplink.publish_refused", topic=topic, reason=text, reason_code=code)
+                    if retry_from is None:  # one line per round, not one per message
+                        log.error(
+                            "uplink.publish_refused",
+                            topic=topic,
+                            reason=text,
+                            reason_code=code,
+                            messages=len(failed),
+                            attempt=failures_in_row + 1,
+                        )
                     retry_from = first_seq if retry_from is None else min(retry_from, first_seq)
             await self._flush_acks()
             if retry_from is not None:
@@ -412,9 +493,6 @@ class Uplink:
                 self._state = "connected"
                 buffer.clear()
                 cursor = retry_from - 1
-            elif buffer:
-                # Dead-lettered rows leave a hole in the buffer only; continue after them.
-                pass
 
     async def _idle(self, client: AsyncMqttClient) -> None:
         waiter = asyncio.ensure_future(self.outbox.wait_for_data(None))

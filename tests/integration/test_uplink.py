@@ -3,19 +3,17 @@
 from __future__ import annotations
 
 import asyncio
-import json
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from gateway.config import GatewayIdentity, MqttSettings
-from gateway.models import EventBase, GatewayStatus, UplinkBatch, UplinkEvent, ZoneEntered
-from gateway.mqtt_async import AsyncMqttClient
+from gateway.models import EventBase, ZoneEntered
 from gateway.outbox import Outbox
 from gateway.uplink import Uplink
 from tests.conftest import Mosquitto
+from tests.integration.uplink_support import Cloud, assert_in_order, until
 
 pytestmark = pytest.mark.integration
 
@@ -37,73 +35,6 @@ def settings(m: Mosquitto, **kw: Any) -> MqttSettings:
     }
     base.update(kw)
     return MqttSettings(**base)
-
-
-class Cloud:
-    """The platform stand-in: records every event envelope (batches unpacked) in arrival order."""
-
-    def __init__(self, m: Mosquitto, topic: str = "retail/#") -> None:
-        self.client = AsyncMqttClient(m.host, m.port, client_id="cloud-test")
-        self.topic = topic
-        self.seqs: list[int] = []
-        self.ids: dict[int, str] = {}
-        self.messages = 0
-        self.batches = 0
-        self.status: list[GatewayStatus] = []
-        self.other: list[tuple[str, bytes]] = []
-        self._task: asyncio.Task[None] | None = None
-
-    async def __aenter__(self) -> Cloud:
-        await self.client.connect()
-        await self.client.subscribe(self.topic, qos=1)
-        self._task = asyncio.create_task(self._read())
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        assert self._task is not None
-        self._task.cancel()
-        await self.client.disconnect()
-
-    async def _read(self) -> None:
-        async for msg in self.client.messages():
-            self.messages += 1
-            if msg.topic.endswith("/events"):
-                doc = json.loads(msg.payload)
-                items = [UplinkEvent.model_validate(doc)] if "seq" in doc else UplinkBatch.model_validate(doc).batch
-                if "batch" in doc:
-                    self.batches += 1
-                for ev in items:
-                    if ev.seq in self.ids:
-                        assert self.ids[ev.seq] == ev.event.event_id, f"seq {ev.seq} reused"
-                    self.ids[ev.seq] = ev.event.event_id
-                    self.seqs.append(ev.seq)
-            elif msg.topic.endswith("/status"):
-                self.status.append(GatewayStatus.model_validate_json(msg.payload))
-            else:
-                self.other.append((msg.topic, msg.payload))
-
-    async def wait_for(self, n_distinct: int, limit_s: float = 20.0) -> None:
-        await until(lambda: len(self.ids) >= n_distinct, limit_s)
-
-
-async def until(pred: Callable[[], object], limit_s: float = 5.0) -> None:
-    """Poll a condition (bounded in time); fail the test with a clear message if it never holds."""
-    for _ in range(int(limit_s / 0.02) + 1):
-        if pred():
-            return
-        await asyncio.sleep(0.02)
-    raise AssertionError(f"condition not met within {limit_s}s")
-
-
-def assert_in_order(seqs: list[int], last: int) -> None:
-    """Every seq 1..last arrived; first arrivals are in ascending order (duplicates allowed)."""
-    first_seen: list[int] = []
-    seen: set[int] = set()
-    for s in seqs:
-        if s not in seen:
-            seen.add(s)
-            first_seen.append(s)
-    assert first_seen == list(range(1, last + 1))
 
 
 async def test_events_arrive_in_order_with_contiguous_seqs(mosquitto: Mosquitto, tmp_path: Path) -> None:
@@ -198,3 +129,31 @@ async def test_broker_down_at_start_then_up(tmp_path: Path) -> None:
             await task
         m.stop()
         await ob.close()
+
+
+async def test_failover_endpoint_and_mqtt311(mosquitto: Mosquitto, tmp_path: Path) -> None:
+    """First endpoint dead: the uplink moves on to the next one; MQTT 3.1.1 works too."""
+    from tests.conftest import free_port
+
+    ob = await Outbox.open(tmp_path / "o.db", IDENT.id)
+    await ob.append(events(40))
+    s = settings(
+        mosquitto,
+        port=free_port(),  # nothing listens here
+        brokers=[{"host": mosquitto.host, "port": mosquitto.port}],
+        protocol="3.1.1",
+    )
+    async with Cloud(mosquitto) as cloud:
+        up = Uplink(s, IDENT, ob)
+        task = asyncio.create_task(up.run())
+        try:
+            await cloud.wait_for(40, 10)
+            assert_in_order(cloud.seqs, 40)
+            st = up.status()
+            assert st["broker"] == f"{mosquitto.host}:{mosquitto.port}"
+            assert st["connect_failures"] >= 1
+        finally:
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+    await ob.close()

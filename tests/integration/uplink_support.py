@@ -1,0 +1,114 @@
+"""Shared by the uplink integration tests: a platform stand-in subscriber and polling helpers."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from collections.abc import Callable
+
+from gateway.models import GatewayStatus, UplinkBatch, UplinkEvent
+from gateway.mqtt_async import AsyncMqttClient, MqttError
+from tests.conftest import Mosquitto
+
+
+class Cloud:
+    """The platform stand-in: records every event envelope (batches unpacked) in arrival order.
+
+    It keeps a persistent session (clean_start=False, session expiry) and reconnects by itself, so
+    with a persistent broker it misses nothing across broker restarts - like the real platform.
+    """
+
+    def __init__(self, m: Mosquitto, topic: str = "retail/#", client_id: str = "cloud-test", **kw: object) -> None:
+        self.m = m
+        self.topic = topic
+        self.client_id = client_id
+        self.kw = kw
+        self.client = self._new_client()
+        self.seqs: list[int] = []
+        self.ids: dict[int, str] = {}
+        self.messages = 0
+        self.batches = 0
+        self.reconnects = 0
+        self.status: list[GatewayStatus] = []
+        self.other: list[tuple[str, bytes]] = []
+        self._task: asyncio.Task[None] | None = None
+        self._connected = asyncio.Event()
+
+    def _new_client(self) -> AsyncMqttClient:
+        return AsyncMqttClient(
+            self.m.host,
+            self.m.port,
+            client_id=self.client_id,
+            clean_start=False,
+            session_expiry_s=600,
+            connect_timeout_s=2,
+            **self.kw,  # type: ignore[arg-type]
+        )
+
+    async def __aenter__(self) -> Cloud:
+        self._task = asyncio.create_task(self._run())
+        await asyncio.wait_for(self._connected.wait(), 10)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._task is not None
+        self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
+        await self.client.disconnect()
+
+    async def _run(self) -> None:
+        for _ in range(2000):  # bounded: ~100 s of reconnect attempts at most
+            try:
+                await self.client.connect()
+                await self.client.subscribe(self.topic, qos=1)
+                self._connected.set()
+                await self._read()
+            except MqttError:
+                pass
+            self.reconnects += 1
+            await self.client.disconnect()
+            await asyncio.sleep(0.05)
+            self.client = self._new_client()
+
+    async def _read(self) -> None:
+        async for msg in self.client.messages():
+            self.messages += 1
+            if msg.topic.endswith("/events"):
+                doc = json.loads(msg.payload)
+                items = [UplinkEvent.model_validate(doc)] if "seq" in doc else UplinkBatch.model_validate(doc).batch
+                if "batch" in doc:
+                    self.batches += 1
+                for ev in items:
+                    if ev.seq in self.ids:
+                        assert self.ids[ev.seq] == ev.event.event_id, f"seq {ev.seq} reused"
+                    self.ids[ev.seq] = ev.event.event_id
+                    self.seqs.append(ev.seq)
+            elif msg.topic.endswith("/status"):
+                self.status.append(GatewayStatus.model_validate_json(msg.payload))
+            else:
+                self.other.append((msg.topic, msg.payload))
+
+    async def wait_for(self, n_distinct: int, limit_s: float = 20.0) -> None:
+        await until(lambda: len(self.ids) >= n_distinct, limit_s)
+
+
+async def until(pred: Callable[[], object], limit_s: float = 5.0) -> None:
+    """Poll a condition (bounded in time); fail the test with a clear message if it never holds."""
+    for _ in range(int(limit_s / 0.02) + 1):
+        if pred():
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"condition not met within {limit_s}s")
+
+
+def assert_in_order(seqs: list[int], last: int) -> None:
+    """Every seq 1..last arrived; first arrivals are in ascending order (duplicates allowed)."""
+    first_seen: list[int] = []
+    seen: set[int] = set()
+    for s in seqs:
+        if s not in seen:
+            seen.add(s)
+            first_seen.append(s)
+    assert first_seen == list(range(1, last + 1))
