@@ -124,6 +124,20 @@ class LocalizationSettings(Section):
     init_extra_var_m2: float = Field(
         default=4.0, ge=0, description="Extra position variance of a new track (multi-modal first fix)"
     )
+    track_iterations: int = Field(
+        default=4, ge=1, le=50, description="Gauss-Newton iterations per tick for a tracked device"
+    )
+    standing_window_s: float = Field(
+        default=60.0, gt=0, le=3600, description="Memory of the standing window (ML over it while standing)"
+    )
+    walking_window_s: float = Field(default=2.0, gt=0, le=60, description="Memory of that window while walking")
+    standing_p_walk: float = Field(
+        default=0.6, gt=0, le=1, description="Walking-model probability below which a device counts as standing"
+    )
+    standing_min_adverts: float = Field(
+        default=3.0, ge=1, description="Adverts in the standing window before its ML fix replaces the tracker's"
+    )
+    check_every_ticks: int = Field(default=3, ge=1, le=100, description="Grid-check each standing window every N ticks")
     reinit_after_s: float = Field(default=15.0, gt=0, description="A track unheard this long restarts")
     sensor_silent_s: float = Field(
         default=15.0, gt=0, description="A sensor that heard nothing this long is treated as down (no censoring)"

@@ -92,6 +92,14 @@ def aggregate(
     return Problem(mean, cnt, missed)
 
 
+def _add_rows(out: F64, rows: I64, vals: F64) -> None:
+    """``out[rows[i]] += vals[i]`` for sorted ``rows`` (segment sums, much faster than ``np.add.at``)."""
+    if rows.size == 0:
+        return
+    starts = np.flatnonzero(np.r_[True, rows[1:] != rows[:-1]])
+    out[rows[starts]] += np.add.reduceat(vals, starts, axis=0)
+
+
 def make_grid(bounds: tuple[float, float, float, float], step: float) -> F64:
     xmin, xmax, ymin, ymax = bounds
     xs = np.arange(xmin, xmax + 1e-9, step)
@@ -127,6 +135,13 @@ class Estimator:
         wk = w * count / s2
         return rho, -wk * e, wk
 
+    def _heard_cost(self, e: F64, count: F64) -> F64:
+        u2 = count * e * e / self.p.sigma_db**2
+        if self.p.nu > 0:
+            nu = self.p.nu * np.maximum(count, 1.0)
+            return np.asarray(0.5 * (nu + 1.0) * np.log1p(u2 / nu))
+        return np.asarray(0.5 * u2)
+
     def _missed(self, mu: F64, missed: F64) -> tuple[F64, F64, F64]:
         """Loss, first and (clipped) second derivative wrt mu of the censored terms."""
         sig = self.p.sigma_db
@@ -150,12 +165,18 @@ class Estimator:
         mu0, gx, gy = self.model.mean_and_gradient(theta[:, :2])
         mu = mu0 + theta[:, 2:3]
         heard = prob.count > 0
-        rho, ah, bh = self._heard(prob.mean - mu, prob.count)
-        lc, ac, bc = self._missed(mu, prob.missed)
-        cost = np.where(heard, rho, 0.0).sum(axis=1) + lc.sum(axis=1)
-        a = np.where(heard, ah, 0.0) + ac
-        b = np.where(heard, bh, 0.0) + bc
-        return cost, a, b, gx, gy
+        rho, a, b = self._heard(prob.mean - mu, prob.count)
+        rho = np.where(heard, rho, 0.0)
+        a = np.where(heard, a, 0.0)
+        b = np.where(heard, b, 0.0)
+        # censored terms only where adverts were missed (a minority of the cells while tracking)
+        miss = np.nonzero(prob.missed)
+        if miss[0].size:
+            lc, ac, bc = self._missed(mu[miss], prob.missed[miss])
+            rho[miss] += lc
+            a[miss] += ac
+            b[miss] += bc
+        return rho.sum(axis=1), a, b, gx, gy
 
     @staticmethod
     def _normal_eq(a: F64, b: F64, gx: F64, gy: F64) -> tuple[F64, F64]:
@@ -168,40 +189,56 @@ class Estimator:
 
     # -- grid search with the offset profiled out --------------------------------------------
 
-    def grid_search(self, prob: Problem, delta_mean: F64, delta_prec: F64, chunk_elems: int = 1_500_000) -> F64:
-        """Best grid point per device (with the tx offset profiled out in closed form): ``(D, 3)``.
+    def grid_search(
+        self, prob: Problem, delta_mean: F64, delta_prec: F64, chunk_elems: int = 1_000_000, grid: F64 | None = None
+    ) -> tuple[F64, F64]:
+        """Best grid point per device with the tx offset profiled out: ``theta (D, 3)``, ``cost (D,)``.
 
         For each candidate position the offset is the precision-weighted mean residual of the heard
-        sensors, shrunk toward ``delta_mean``; the robust + censored cost is then evaluated there.
+        sensors, shrunk toward ``delta_mean`` (closed form, two matrix products); the robust + censored
+        cost is then evaluated there. ``cost`` is the negative log-likelihood without the prior.
         """
+        if grid is None:
+            grid, grid_mu = self.grid, self._grid_mu
+        else:
+            grid_mu = self.model.mean_rssi(grid)
         d_all = prob.num_devices
         s = self.model.num_sensors
-        g = self.grid.shape[0]
-        out = np.empty((d_all, 3))
+        g = grid.shape[0]
+        theta = np.empty((d_all, 3))
+        best_cost = np.empty(d_all)
         step = max(1, chunk_elems // (g * s))
         s2 = self.p.sigma_db**2
         for lo in range(0, d_all, step):
             sl = slice(lo, min(d_all, lo + step))
-            w = prob.count[sl] / s2  # (d, S)
-            wr = w * prob.mean[sl]
-            num = wr.sum(1)[:, None] - w @ self._grid_mu.T + (delta_prec[sl] * delta_mean[sl])[:, None]
+            cnt, mean, missed = prob.count[sl], prob.mean[sl], prob.missed[sl]
+            w = cnt / s2  # (d, S)
+            num = (w * mean).sum(1)[:, None] - w @ grid_mu.T + (delta_prec[sl] * delta_mean[sl])[:, None]
             den = w.sum(1)[:, None] + delta_prec[sl][:, None]
             delta = num / np.maximum(den, 1e-12)  # (d, G)
-            mu = self._grid_mu[None, :, :] + delta[:, :, None]  # (d, G, S)
-            heard = (prob.count[sl] > 0)[:, None, :]
-            rho, _, _ = self._heard(prob.mean[sl][:, None, :] - mu, prob.count[sl][:, None, :])
-            lc, _, _ = self._missed(mu, prob.missed[sl][:, None, :])
-            cost = np.where(heard, rho, 0.0).sum(2) + lc.sum(2)
-            cost += 0.5 * delta_prec[sl][:, None] * (delta - delta_mean[sl][:, None]) ** 2
-            k = np.argmin(cost, axis=1)
+            # heard terms on the (device, sensor) pairs that heard, censored ones where adverts were missed
+            hd, hs = np.nonzero(cnt)
+            e = mean[hd, hs][:, None] - grid_mu[:, hs].T - delta[hd]  # (pairs, G)
+            rho = self._heard_cost(e, cnt[hd, hs][:, None])
+            cost = np.zeros((cnt.shape[0], g))
+            _add_rows(cost, hd, rho)
+            md, ms = np.nonzero(missed)
+            if md.size:
+                lc, _, _ = self._missed(grid_mu[:, ms].T + delta[md], missed[md, ms][:, None])
+                _add_rows(cost, md, lc)
+            prior = 0.5 * delta_prec[sl][:, None] * (delta - delta_mean[sl][:, None]) ** 2
+            k = np.argmin(cost + prior, axis=1)
             rows = np.arange(cost.shape[0])
-            out[sl, :2] = self.grid[k]
-            out[sl, 2] = delta[rows, k]
-        return out
+            theta[sl, :2] = grid[k]
+            theta[sl, 2] = delta[rows, k]
+            best_cost[sl] = cost[rows, k]
+        return theta, best_cost
 
     # -- damped Gauss-Newton refinement -----------------------------------------------------
 
-    def refine(self, prob: Problem, theta0: F64, prior_mean: F64, prior_prec: F64) -> Solution:
+    def refine(
+        self, prob: Problem, theta0: F64, prior_mean: F64, prior_prec: F64, iterations: int | None = None
+    ) -> Solution:
         """Levenberg-Marquardt on the negative log-posterior, all devices at once."""
         p = self.p
         xmin, xmax, ymin, ymax = p.bounds
@@ -218,7 +255,7 @@ class Estimator:
             return cost + 0.5 * np.einsum("di,di->d", r, pr), cost, g + pr, h + prior_prec
 
         total, cost, g, h = post(theta)
-        for _ in range(p.max_iter):
+        for _ in range(p.max_iter if iterations is None else iterations):
             diag = np.einsum("dii->di", h)
             hd = h + (lam[:, None] * np.maximum(diag, 1e-6))[:, :, None] * eye
             step = -np.linalg.solve(hd, g[:, :, None])[:, :, 0]
@@ -253,7 +290,7 @@ class Estimator:
         prec = 0.0 if tx_prior_sd is None else 1.0 / tx_prior_sd**2
         dm = np.zeros(d)
         dp = np.full(d, prec)
-        theta0 = self.grid_search(prob, dm, dp)
+        theta0, _ = self.grid_search(prob, dm, dp)
         pm = np.zeros((d, 3))
         pp = np.zeros((d, 3, 3))
         pp[:, 2, 2] = prec

@@ -21,7 +21,7 @@ import numpy as np
 
 from gateway.config import LocalizationSettings
 from gateway.layout import Layout
-from gateway.localization.estimator import Estimator, EstimatorParams, aggregate
+from gateway.localization.estimator import Estimator, EstimatorParams, Problem, aggregate, make_grid
 from gateway.localization.pathloss import PathLossModel
 from gateway.localization.tracker import ImmTracker, TrackerParams
 from gateway.localization.zones import ZoneTracker
@@ -85,6 +85,15 @@ class MlLocalizer:
         self._names: list[str | None] = []
         self._free: list[int] = []
         self._live = np.zeros(0, dtype=bool)
+        # exponentially-weighted per-(device, sensor) statistics: the standing window
+        self._ew_cnt = np.zeros((0, ns))
+        self._ew_sum = np.zeros((0, ns))
+        self._ew_miss = np.zeros((0, ns))
+        self._ew_t = np.zeros(0)
+        self._sw_theta = np.zeros((0, 3))
+        self._was_standing = np.zeros(0, dtype=bool)
+        self._ticks = 0
+        self._check_grid = make_grid(bounds, 2.0)
         # pending observations (not yet consumed by a tick)
         self._ts: list[float] = []
         self._dev: list[int] = []
@@ -182,10 +191,26 @@ class MlLocalizer:
                 live = np.zeros(max(64, 2 * cap), dtype=bool)
                 live[: self._live.size] = self._live
                 self._live = live
+                for name in ("_ew_cnt", "_ew_sum", "_ew_miss"):
+                    old = getattr(self, name)
+                    arr = np.zeros((live.size, old.shape[1]))
+                    arr[: old.shape[0]] = old
+                    setattr(self, name, arr)
+                ew_t = np.zeros(live.size)
+                ew_t[: self._ew_t.size] = self._ew_t
+                self._ew_t = ew_t
+                swt = np.zeros((live.size, 3))
+                swt[: self._sw_theta.shape[0]] = self._sw_theta
+                self._sw_theta = swt
+                was = np.zeros(live.size, dtype=bool)
+                was[: self._was_standing.size] = self._was_standing
+                self._was_standing = was
                 self.tracker.ensure(live.size)
                 self.zones.ensure(live.size)
         self._slot[device] = d
         self._live[d] = False
+        self._ew_cnt[d] = self._ew_sum[d] = self._ew_miss[d] = 0.0
+        self._was_standing[d] = False
         return d
 
     def _release(self, d: int) -> None:
@@ -193,6 +218,74 @@ class MlLocalizer:
         self._live[d] = False
         self.zones.reset(np.array([d]))
         self._free.append(d)
+
+    def _window(self, slots: np.ndarray, censor: np.ndarray) -> Problem:
+        cnt = self._ew_cnt[slots]
+        mean = np.divide(self._ew_sum[slots], cnt, out=np.zeros_like(cnt), where=cnt > 1e-9)
+        # misses counted while a sensor was (wrongly) believed up do not count once it is known down
+        return Problem(mean, cnt, self._ew_miss[slots] * censor[None, :])
+
+    def _tx_prior(self, k: int) -> np.ndarray:
+        pp = np.zeros((k, 3, 3))
+        pp[:, 2, 2] = 1.0 / self._s.tx_spread_db**2
+        return pp
+
+    def _standing_fix(
+        self,
+        now: float,
+        slots: np.ndarray,
+        sidx: np.ndarray,
+        censor: np.ndarray,
+        standing: np.ndarray,
+        state: np.ndarray,
+        cov: np.ndarray,
+        xy: np.ndarray,
+        pcov: np.ndarray,
+    ) -> None:
+        """ML over the standing window for standing devices (re-linearised every tick).
+
+        A tracker linearises each second's likelihood once, where it stood then; for a device that
+        stays put the window ML uses all of it at the current estimate, which is what gets close to
+        the bound. Every few ticks a coarse grid guards against a local optimum, and a tracker
+        state that disagrees with the window fix is re-centred on it (a locked-on wrong track).
+        """
+        est = self.estimator
+        st = self._s
+        ss = slots[sidx]
+        sub = self._window(ss, censor)
+        k = ss.size
+        start = self._sw_theta[ss].copy()
+        entering = ~self._was_standing[ss]
+        start[entering] = state[sidx][entering][:, [0, 1, 4]]
+        pm = np.zeros((k, 3))
+        pp = self._tx_prior(k)
+        sol = est.refine(sub, start, pm, pp, iterations=st.track_iterations)
+        due = np.flatnonzero((ss + self._ticks) % st.check_every_ticks == 0)
+        if due.size:
+            g_sub = sub.take(due)
+            theta_g, _ = est.grid_search(
+                g_sub, np.zeros(due.size), np.full(due.size, pp[0, 2, 2]), grid=self._check_grid
+            )
+            alt = est.refine(g_sub, theta_g, pm[due], pp[due], iterations=st.track_iterations)
+            post = sol.cost[due] + 0.5 * pp[0, 2, 2] * sol.theta[due, 2] ** 2
+            alt_post = alt.cost + 0.5 * pp[0, 2, 2] * alt.theta[:, 2] ** 2
+            better = alt_post < post - 1e-6
+            if better.any():
+                rows = due[better]
+                sol.theta[rows] = alt.theta[better]
+                sol.h_post[rows] = alt.h_post[better]
+        self._sw_theta[ss] = sol.theta
+        wcov = np.linalg.inv(sol.h_post)
+        # re-centre trackers that disagree with the window fix (chi2, 3 dof, 99.7%)
+        d = sol.theta - state[sidx][:, [0, 1, 4]]
+        tcov = cov[sidx][:, [0, 1, 4]][:, :, [0, 1, 4]]
+        m2 = np.einsum("ni,nij,nj->n", d, np.linalg.inv(tcov + wcov), d)
+        off = m2 > 14.0
+        if off.any():
+            self.tracker.init(ss[off], now, sol.theta[off], wcov[off])
+            self.stats.drop("track_recentred", int(off.sum()))
+        xy[sidx] = sol.theta[:, :2]
+        pcov[sidx] = wcov[:, :2, :2]
 
     def _expire(self, now: float) -> None:
         live = np.flatnonzero(self._live)
@@ -215,33 +308,51 @@ class MlLocalizer:
         # a track not updated for a long time restarts from scratch
         live &= self.tracker.t[slots] >= now - self._s.reinit_after_s
         est = self.estimator
-        tx_prec = 1.0 / self._s.tx_spread_db**2
-        new = np.flatnonzero(~live)
-        if new.size:
-            sub = prob.take(new)
-            k = new.size
-            theta0 = est.grid_search(sub, np.zeros(k), np.full(k, tx_prec))
-            pm = np.zeros((k, 3))
-            pp = np.zeros((k, 3, 3))
-            pp[:, 2, 2] = tx_prec
-            sol = est.refine(sub, theta0, pm, pp)
-            cov = sol.cov()
-            # a fix from a single second of data is multi-modal: be honest about it
-            cov[:, 0, 0] += self._s.init_extra_var_m2
-            cov[:, 1, 1] += self._s.init_extra_var_m2
-            self.tracker.init(slots[new], now, sol.theta, cov)
-            self._live[slots[new]] = True
-            self.zones.reset(slots[new])
-            self.stats.tracks_started += k
+        st = self._s
+        tx_prec = 1.0 / st.tx_spread_db**2
+        k_all = slots.size
+        p_walk = np.ones(k_all)
         old = np.flatnonzero(live)
         if old.size:
             sl = slots[old]
             m, lam = self.tracker.predict(sl, now)
-            sol = est.refine(prob.take(old), m, m, lam)
+            sol = est.refine(prob.take(old), m, m, lam, iterations=st.track_iterations)
             self.tracker.update(sl, now, sol.h_lik, sol.b_lik)
+            p_walk[old] = self.tracker.estimate(sl)[2]
+        new = np.flatnonzero(~live)
+        if new.size:
+            sub = prob.take(new)
+            k = new.size
+            theta0, _ = est.grid_search(sub, np.zeros(k), np.full(k, tx_prec))
+            sol = est.refine(sub, theta0, np.zeros((k, 3)), self._tx_prior(k))
+            cov = sol.cov()
+            # a first fix from one second of data is multi-modal: be honest about it
+            cov[:, 0, 0] += st.init_extra_var_m2
+            cov[:, 1, 1] += st.init_extra_var_m2
+            fresh = ~self._live[slots[new]]
+            self.tracker.init(slots[new], now, sol.theta, cov)
+            self._live[slots[new]] = True
+            self._ew_cnt[slots[new]] = self._ew_sum[slots[new]] = self._ew_miss[slots[new]] = 0.0
+            self._sw_theta[slots[new]] = sol.theta
+            self.zones.reset(slots[new[fresh]])
+            self.stats.tracks_started += int(fresh.sum())
+        # standing window: decayed per-sensor sums, long memory while standing, short while walking
+        standing = p_walk < st.standing_p_walk
+        tau = np.where(standing, st.standing_window_s, st.walking_window_s)
+        decay = np.exp(-np.maximum(now - self._ew_t[slots], 0.0) / tau)[:, None]
+        self._ew_cnt[slots] = self._ew_cnt[slots] * decay + prob.count
+        self._ew_sum[slots] = self._ew_sum[slots] * decay + prob.count * prob.mean
+        self._ew_miss[slots] = self._ew_miss[slots] * decay + prob.missed
+        self._ew_t[slots] = now
         state, cov, _ = self.tracker.estimate(slots)
-        xy = state[:, :2]
-        sigma = np.sqrt(np.maximum(cov[:, 0, 0] + cov[:, 1, 1], 0.0))
+        xy = state[:, :2].copy()
+        pcov = cov[:, :2, :2].copy()
+        sidx = np.flatnonzero(standing & (self._ew_cnt[slots].max(axis=1) >= st.standing_min_adverts))
+        if sidx.size:
+            self._standing_fix(now, slots, sidx, censor, standing, state, cov, xy, pcov)
+        self._was_standing[slots] = standing
+        self._ticks += 1
+        sigma = np.sqrt(np.maximum(pcov[:, 0, 0] + pcov[:, 1, 1], 0.0))
         zones = self.zones.update(slots, xy)
         names = self._names
         xs, ys, ss = xy[:, 0].tolist(), xy[:, 1].tolist(), sigma.tolist()
