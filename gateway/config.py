@@ -118,9 +118,9 @@ class LocalizationSettings(Section):
     static_sigma_m: float = Field(
         default=0.03, gt=0, le=5, description="Standing model: position drift (m per sqrt(s))"
     )
-    accel_sigma: float = Field(default=0.5, gt=0, le=10, description="Walking model: acceleration noise (m/s^2)")
-    stand_s: float = Field(default=20.0, gt=0, description="Mean time a shopper stands before walking (s)")
-    walk_s: float = Field(default=15.0, gt=0, description="Mean time a shopper walks before standing (s)")
+    accel_sigma: float = Field(default=0.3, gt=0, le=10, description="Walking model: acceleration noise (m/s^2)")
+    stand_s: float = Field(default=60.0, gt=0, description="Mean time a shopper stands before walking (s)")
+    walk_s: float = Field(default=60.0, gt=0, description="Mean time a shopper walks before standing (s)")
     init_extra_var_m2: float = Field(
         default=4.0, ge=0, description="Extra position variance of a new track (multi-modal first fix)"
     )
@@ -137,7 +137,7 @@ class LocalizationSettings(Section):
     standing_min_adverts: float = Field(
         default=3.0, ge=1, description="Adverts in the standing window before its ML fix replaces the tracker's"
     )
-    check_every_ticks: int = Field(default=3, ge=1, le=100, description="Grid-check each standing window every N ticks")
+    check_every_ticks: int = Field(default=5, ge=1, le=100, description="Grid-check each standing window every N ticks")
     reinit_after_s: float = Field(default=15.0, gt=0, description="A track unheard this long restarts")
     sensor_silent_s: float = Field(
         default=15.0, gt=0, description="A sensor that heard nothing this long is treated as down (no censoring)"

@@ -8,8 +8,8 @@ offset (ESP32 boards differ), fitted jointly. If only sensors transmit, their me
 Robust: Huber-weighted alternating least squares (per-sensor line in ``log10 d`` given the offsets,
 per-transmitter offsets given the lines), with weak priors toward the layout's current values so a
 sensor with few or badly spread distances keeps sane numbers (and a note says so). Adverts below the
-detection floor are not seen, which biases far-range fits toward stronger signals: keep calibration
-walks within ~15 m of each sensor or use many positions.
+detection floor are not seen, which would bias far-range fits toward stronger signals: observations
+whose *predicted* level is within 2.5 sigma of the floor are left out of the fit.
 """
 
 from __future__ import annotations
@@ -67,6 +67,7 @@ def fit_sensors(
     prior_p0_sd: float = 15.0,
     huber_k: float = 1.5,
     iterations: int = 30,
+    floor_dbm: float | None = -95.0,
 ) -> CalibrationResult:
     ns = len(layout.sensors)
     nt = len(data.tx_names)
@@ -79,7 +80,7 @@ def fit_sensors(
     L = -10.0 * np.log10(data.dist)
     w = np.ones_like(data.rssi)
     scale = 6.0
-    for _ in range(iterations):
+    for it in range(iterations):
         y = data.rssi - off[data.tx]
         # per-sensor weighted line y = p0 + n * L with ridge priors (2x2 normal equations, batched)
         sw = np.bincount(data.sensor, w, ns) + 1.0 / prior_p0_sd**2 * scale**2
@@ -102,6 +103,12 @@ def fit_sensors(
         scale = max(1.4826 * float(np.median(np.abs(resid))), 0.5)
         a = np.abs(resid) / (huber_k * scale)
         w = np.where(a <= 1.0, 1.0, 1.0 / np.maximum(a, 1e-12))
+        if floor_dbm is not None and it >= 3:
+            # adverts whose *predicted* level is near the floor are partly unseen, and the seen ones
+            # are biased strong: leave them out (selecting on the prediction, not on the noisy value,
+            # keeps the fit unbiased)
+            pred = p0[data.sensor] + n[data.sensor] * L + off[data.tx]
+            w = np.where(pred < floor_dbm + 2.5 * scale, 0.0, w)
     resid = data.rssi - (p0[data.sensor] + n[data.sensor] * L) - off[data.tx]
     count = np.bincount(data.sensor, minlength=ns)
     rs = np.sqrt(np.bincount(data.sensor, resid**2, ns) / np.maximum(count, 1))

@@ -174,8 +174,9 @@ def _crlb(args: argparse.Namespace, layout: Layout, settings: LocalizationSettin
                           "y": ys.round(3).tolist(), "rmse_m": r.round(3).tolist()}))  # fmt: skip
         return 0
     print(
-        f"# CRLB on 2-D position RMSE (m), sigma {settings.sigma_db} dB, {adverts:g} advert(s) per sensor, "
-        f"unknown tx power, floor {settings.detection_floor_dbm} dBm; rows y (top = back of store)"
+        f"# Cramér-Rao bound (CRLB) on 2-D position RMSE (m), sigma {settings.sigma_db} dB, "
+        f"{adverts:g} advert(s) per sensor, unknown tx power, floor {settings.detection_floor_dbm} dBm; "
+        "rows y (top = back of store)"
     )
     print("   y\\x " + " ".join(f"{x:5.1f}" for x in xs))
     for j in range(len(ys) - 1, -1, -1):
@@ -307,7 +308,7 @@ def _calibrate(args: argparse.Namespace) -> int:
     loaded = _load(args)
     if isinstance(loaded, int):
         return loaded
-    layout, _settings = loaded
+    layout, settings = loaded
     try:
         fixed, walks = _read_positions(args.positions) if args.positions else ({}, {})
     except InputError as e:
@@ -346,7 +347,7 @@ def _calibrate(args: argparse.Namespace) -> int:
         _err("calibrate: no observation has a known transmitter position")
         return 2
     data = CalibrationData.from_rows(rows, layout, reference={d for d in fixed if d not in sensors} | set(walks))
-    result = fit_sensors(data, layout)
+    result = fit_sensors(data, layout, floor_dbm=settings.detection_floor_dbm)
     for line in result.notes:
         _err(f"calibrate: {line}")
     text = sensors_toml(layout, result)

@@ -223,7 +223,11 @@ class MlLocalizer:
         cnt = self._ew_cnt[slots]
         mean = np.divide(self._ew_sum[slots], cnt, out=np.zeros_like(cnt), where=cnt > 1e-9)
         # misses counted while a sensor was (wrongly) believed up do not count once it is known down
-        return Problem(mean, cnt, self._ew_miss[slots] * censor[None, :])
+        missed = self._ew_miss[slots] * censor[None, :]
+        # decayed misses never reach exactly 0; dropping the negligible ones keeps the censored terms
+        # (the costly part) to the sensors that actually missed recently
+        missed[missed < 0.1] = 0.0
+        return Problem(mean, cnt, missed)
 
     def _tx_prior(self, k: int) -> np.ndarray:
         pp = np.zeros((k, 3, 3))

@@ -54,4 +54,5 @@ def test_censoring_reduces_information_of_far_sensors(model: PathLossModel) -> N
 def test_crlb_map_shape(layout: Layout) -> None:
     xs, ys, r = crlb_map(layout, 6.0, step_m=2.0)
     assert r.shape == (ys.size, xs.size)
-    assert np.all(r > 0) and np.all(np.isfinite(r))
+    assert np.all(r > 0)
+    assert np.all(np.isfinite(r))

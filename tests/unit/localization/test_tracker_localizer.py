@@ -33,7 +33,9 @@ def feed(
         assert len(fx) == 1
         slot = loc._slot["dev"]
         state, _, pw = loc.tracker.estimate(np.array([slot]))
-        out.append((math.hypot(fx[0].x - p[0], fx[0].y - p[1]), fx[0].sigma_m, float(pw[0]), float(np.hypot(*state[0, 2:4]))))
+        out.append(
+            (math.hypot(fx[0].x - p[0], fx[0].y - p[1]), fx[0].sigma_m, float(pw[0]), float(np.hypot(*state[0, 2:4])))
+        )
     return out
 
 
