@@ -137,7 +137,13 @@ class LocalizationSettings(Section):
     standing_min_adverts: float = Field(
         default=3.0, ge=1, description="Adverts in the standing window before its ML fix replaces the tracker's"
     )
-    check_every_ticks: int = Field(default=5, ge=1, le=100, description="Grid-check each standing window every N ticks")
+    recent_window_s: float = Field(
+        default=4.0, gt=0, le=60, description="Memory of the recent window tracks are checked against"
+    )
+    check_every_ticks: int = Field(default=2, ge=1, le=100, description="Check each track every N ticks")
+    restart_nll: float = Field(
+        default=6.0, gt=0, description="Restart a track the recent data place >3 m away better by this (nats)"
+    )
     reinit_after_s: float = Field(default=15.0, gt=0, description="A track unheard this long restarts")
     sensor_silent_s: float = Field(
         default=15.0, gt=0, description="A sensor that heard nothing this long is treated as down (no censoring)"

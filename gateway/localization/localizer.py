@@ -38,6 +38,49 @@ def layout_bounds(layout: Layout, margin: float = 1.0) -> tuple[float, float, fl
     return (min(xs) - margin, max(xs) + margin, min(ys) - margin, max(ys) + margin)
 
 
+class WindowStats:
+    """Exponentially-decayed per-(device, sensor) sums: a window of any length in O(devices x sensors)."""
+
+    def __init__(self, sensors: int) -> None:
+        self.cnt = np.zeros((0, sensors))
+        self.sum = np.zeros((0, sensors))
+        self.miss = np.zeros((0, sensors))
+        self.t = np.zeros(0)
+
+    def ensure(self, capacity: int) -> None:
+        for name in ("cnt", "sum", "miss"):
+            old = getattr(self, name)
+            arr = np.zeros((capacity, old.shape[1]))
+            arr[: old.shape[0]] = old
+            setattr(self, name, arr)
+        t = np.zeros(capacity)
+        t[: self.t.size] = self.t
+        self.t = t
+
+    def reset(self, slots: np.ndarray) -> None:
+        self.cnt[slots] = self.sum[slots] = self.miss[slots] = 0.0
+
+    def copy_from(self, other: WindowStats, slots: np.ndarray) -> None:
+        self.cnt[slots], self.sum[slots], self.miss[slots] = other.cnt[slots], other.sum[slots], other.miss[slots]
+
+    def update(self, slots: np.ndarray, prob: Problem, now: float, tau: np.ndarray | float) -> None:
+        decay = np.exp(-np.maximum(now - self.t[slots], 0.0) / tau)[:, None]
+        self.cnt[slots] = self.cnt[slots] * decay + prob.count
+        self.sum[slots] = self.sum[slots] * decay + prob.count * prob.mean
+        self.miss[slots] = self.miss[slots] * decay + prob.missed
+        self.t[slots] = now
+
+    def problem(self, slots: np.ndarray, censor: np.ndarray) -> Problem:
+        cnt = self.cnt[slots]
+        mean = np.divide(self.sum[slots], cnt, out=np.zeros_like(cnt), where=cnt > 1e-9)
+        # misses counted while a sensor was (wrongly) believed up do not count once it is known down;
+        # decayed misses never reach exactly 0 and dropping the negligible ones keeps the (costly)
+        # censored terms to the sensors that actually missed recently
+        missed = self.miss[slots] * censor[None, :]
+        missed[missed < 0.1] = 0.0
+        return Problem(mean, cnt, missed)
+
+
 @dataclass
 class LocalizerStats:
     observations: int = 0
@@ -85,11 +128,9 @@ class MlLocalizer:
         self._names: list[str | None] = []
         self._free: list[int] = []
         self._live = np.zeros(0, dtype=bool)
-        # exponentially-weighted per-(device, sensor) statistics: the standing window
-        self._ew_cnt = np.zeros((0, ns))
-        self._ew_sum = np.zeros((0, ns))
-        self._ew_miss = np.zeros((0, ns))
-        self._ew_t = np.zeros(0)
+        # the standing window (long memory while standing) and the recent window (a few seconds)
+        self._stand = WindowStats(ns)
+        self._recent = WindowStats(ns)
         self._sw_theta = np.zeros((0, 3))
         self._was_standing = np.zeros(0, dtype=bool)
         self._ticks = 0
@@ -191,14 +232,8 @@ class MlLocalizer:
                 live = np.zeros(max(64, 2 * cap), dtype=bool)
                 live[: self._live.size] = self._live
                 self._live = live
-                for name in ("_ew_cnt", "_ew_sum", "_ew_miss"):
-                    old = getattr(self, name)
-                    arr = np.zeros((live.size, old.shape[1]))
-                    arr[: old.shape[0]] = old
-                    setattr(self, name, arr)
-                ew_t = np.zeros(live.size)
-                ew_t[: self._ew_t.size] = self._ew_t
-                self._ew_t = ew_t
+                self._stand.ensure(live.size)
+                self._recent.ensure(live.size)
                 swt = np.zeros((live.size, 3))
                 swt[: self._sw_theta.shape[0]] = self._sw_theta
                 self._sw_theta = swt
@@ -209,7 +244,8 @@ class MlLocalizer:
                 self.zones.ensure(live.size)
         self._slot[device] = d
         self._live[d] = False
-        self._ew_cnt[d] = self._ew_sum[d] = self._ew_miss[d] = 0.0
+        self._stand.reset(np.array([d]))
+        self._recent.reset(np.array([d]))
         self._was_standing[d] = False
         return d
 
@@ -219,15 +255,38 @@ class MlLocalizer:
         self.zones.reset(np.array([d]))
         self._free.append(d)
 
-    def _window(self, slots: np.ndarray, censor: np.ndarray) -> Problem:
-        cnt = self._ew_cnt[slots]
-        mean = np.divide(self._ew_sum[slots], cnt, out=np.zeros_like(cnt), where=cnt > 1e-9)
-        # misses counted while a sensor was (wrongly) believed up do not count once it is known down
-        missed = self._ew_miss[slots] * censor[None, :]
-        # decayed misses never reach exactly 0; dropping the negligible ones keeps the censored terms
-        # (the costly part) to the sensors that actually missed recently
-        missed[missed < 0.1] = 0.0
-        return Problem(mean, cnt, missed)
+    def _check(self, now: float, ss: np.ndarray, censor: np.ndarray, st: LocalizationSettings) -> np.ndarray:
+        """Restart tracks the last few seconds of data place far away (lost, or started walking).
+
+        The recent window's best place (2 m grid with the offset profiled out, then Gauss-Newton) is
+        compared with the tracker's state and with the standing-window fix; if either explains the
+        recent data worse by ``restart_nll`` nats and lies > 3 m away, the tracker restarts there and
+        the standing window restarts from the recent data. Returns the mask of restarted devices.
+        """
+        est = self.estimator
+        k = ss.size
+        sub = self._recent.problem(ss, censor)
+        pp = self._tx_prior(k)
+        theta_g, _ = est.grid_search(sub, np.zeros(k), np.full(k, pp[0, 2, 2]), grid=self._check_grid)
+        best = est.refine(sub, theta_g, np.zeros((k, 3)), pp, iterations=st.track_iterations)
+        state, _, _ = self.tracker.estimate(ss)
+        th_track = state[:, [0, 1, 4]]
+        th_stand = np.where(self._was_standing[ss][:, None], self._sw_theta[ss], th_track)
+        cost_best = best.cost
+        moved = np.zeros(k, dtype=bool)
+        for th in (th_track, th_stand):
+            cost = est.evaluate(sub, th)[0]
+            far = np.hypot(*(best.theta[:, :2] - th[:, :2]).T) > 3.0
+            moved |= (cost - cost_best > st.restart_nll) & far
+        if moved.any():
+            rows = ss[moved]
+            cov = best.cov()[moved]
+            self.tracker.init(rows, now, best.theta[moved], cov)
+            self._stand.copy_from(self._recent, rows)
+            self._sw_theta[rows] = best.theta[moved]
+            self._was_standing[rows] = False
+            self.stats.drop("track_restarted", int(moved.sum()))
+        return moved
 
     def _tx_prior(self, k: int) -> np.ndarray:
         pp = np.zeros((k, 3, 3))
@@ -250,13 +309,12 @@ class MlLocalizer:
 
         A tracker linearises each second's likelihood once, where it stood then; for a device that
         stays put the window ML uses all of it at the current estimate, which is what gets close to
-        the bound. Every few ticks a coarse grid guards against a local optimum, and a tracker
-        state that disagrees with the window fix is re-centred on it (a locked-on wrong track).
+        the bound. A tracker state that disagrees with the window fix is re-centred on it.
         """
         est = self.estimator
         st = self._s
         ss = slots[sidx]
-        sub = self._window(ss, censor)
+        sub = self._stand.problem(ss, censor)
         k = ss.size
         start = self._sw_theta[ss].copy()
         entering = ~self._was_standing[ss]
@@ -264,20 +322,6 @@ class MlLocalizer:
         pm = np.zeros((k, 3))
         pp = self._tx_prior(k)
         sol = est.refine(sub, start, pm, pp, iterations=st.track_iterations)
-        due = np.flatnonzero((ss + self._ticks) % st.check_every_ticks == 0)
-        if due.size:
-            g_sub = sub.take(due)
-            theta_g, _ = est.grid_search(
-                g_sub, np.zeros(due.size), np.full(due.size, pp[0, 2, 2]), grid=self._check_grid
-            )
-            alt = est.refine(g_sub, theta_g, pm[due], pp[due], iterations=st.track_iterations)
-            post = sol.cost[due] + 0.5 * pp[0, 2, 2] * sol.theta[due, 2] ** 2
-            alt_post = alt.cost + 0.5 * pp[0, 2, 2] * alt.theta[:, 2] ** 2
-            better = alt_post < post - 1e-6
-            if better.any():
-                rows = due[better]
-                sol.theta[rows] = alt.theta[better]
-                sol.h_post[rows] = alt.h_post[better]
         self._sw_theta[ss] = sol.theta
         wcov = np.linalg.inv(sol.h_post)
         # re-centre trackers that disagree with the window fix (chi2, 3 dof, 99.7%)
@@ -336,22 +380,24 @@ class MlLocalizer:
             fresh = ~self._live[slots[new]]
             self.tracker.init(slots[new], now, sol.theta, cov)
             self._live[slots[new]] = True
-            self._ew_cnt[slots[new]] = self._ew_sum[slots[new]] = self._ew_miss[slots[new]] = 0.0
+            self._stand.reset(slots[new])
+            self._recent.reset(slots[new])
             self._sw_theta[slots[new]] = sol.theta
             self.zones.reset(slots[new[fresh]])
             self.stats.tracks_started += int(fresh.sum())
-        # standing window: decayed per-sensor sums, long memory while standing, short while walking
+        # standing window: long memory while standing, short while walking; recent window: a few s
         standing = p_walk < st.standing_p_walk
         tau = np.where(standing, st.standing_window_s, st.walking_window_s)
-        decay = np.exp(-np.maximum(now - self._ew_t[slots], 0.0) / tau)[:, None]
-        self._ew_cnt[slots] = self._ew_cnt[slots] * decay + prob.count
-        self._ew_sum[slots] = self._ew_sum[slots] * decay + prob.count * prob.mean
-        self._ew_miss[slots] = self._ew_miss[slots] * decay + prob.missed
-        self._ew_t[slots] = now
+        self._stand.update(slots, prob, now, tau)
+        self._recent.update(slots, prob, now, st.recent_window_s)
+        due = old[(slots[old] + self._ticks) % st.check_every_ticks == 0]
+        if due.size:
+            moved = self._check(now, slots[due], censor, st)
+            standing[due[moved]] = False
         state, cov, _ = self.tracker.estimate(slots)
         xy = state[:, :2].copy()
         pcov = cov[:, :2, :2].copy()
-        sidx = np.flatnonzero(standing & (self._ew_cnt[slots].max(axis=1) >= st.standing_min_adverts))
+        sidx = np.flatnonzero(standing & (self._stand.cnt[slots].max(axis=1) >= st.standing_min_adverts))
         if sidx.size:
             self._standing_fix(now, slots, sidx, censor, standing, state, cov, xy, pcov)
         self._was_standing[slots] = standing
