@@ -19,16 +19,16 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from gateway.config import LocalizationSettings  # noqa: E402
-from gateway.layout import Layout, load_layout  # noqa: E402
-from gateway.localization import make_localizer  # noqa: E402
-from gateway.localization.cli import ObsReader, run_locate  # noqa: E402
-from gateway.localization.crlb import crlb_rmse, fisher  # noqa: E402
-from gateway.localization.estimator import Estimator, EstimatorParams, aggregate  # noqa: E402
-from gateway.localization.localizer import MlLocalizer, layout_bounds  # noqa: E402
-from gateway.localization.pathloss import PathLossModel  # noqa: E402
-from gateway.localization.synth import RadioParams, SyntheticRun, simulate_rssi, synthetic_run, write_jsonl  # noqa: E402
-from gateway.models import Observation  # noqa: E402
+from gateway.config import LocalizationSettings
+from gateway.layout import Layout, load_layout
+from gateway.localization import make_localizer
+from gateway.localization.cli import ObsReader, run_locate
+from gateway.localization.crlb import crlb_rmse, fisher
+from gateway.localization.estimator import Estimator, EstimatorParams, aggregate
+from gateway.localization.localizer import layout_bounds
+from gateway.localization.pathloss import PathLossModel
+from gateway.localization.synth import RadioParams, SyntheticRun, simulate_rssi, synthetic_run, write_jsonl
+from gateway.models import Observation
 
 LAYOUT = Path(__file__).resolve().parent.parent / "hardware" / "layouts" / "demo-store.toml"
 REALISTIC = RadioParams(sigma_db=6.0, tx_spread_db=4.0, fade_probability=0.05, fade_db=12.0, packet_loss=0.02)
@@ -153,7 +153,7 @@ def throughput(model: PathLossModel, layout: Layout, quick: bool) -> None:
             reader = ObsReader(str(path), layout.sensor_index(), strict=False)
             c = time.process_time()
             with open(path, encoding="utf-8") as f:
-                n_obs, n_fix = run_locate(layout, settings, f, io.StringIO(), reader)
+                n_obs, _n_fix = run_locate(layout, settings, f, io.StringIO(), reader)
             rates[label] = n_obs / (time.process_time() - c)
         reader = ObsReader(str(path), layout.sensor_index(), strict=False)
         c = time.process_time()

@@ -140,7 +140,8 @@ class LocalizationSettings(Section):
     recent_window_s: float = Field(
         default=4.0, gt=0, le=60, description="Memory of the recent window tracks are checked against"
     )
-    check_every_ticks: int = Field(default=2, ge=1, le=100, description="Check each track every N ticks")
+    check_grid_m: float = Field(default=3.0, gt=0.5, le=10, description="Grid step of the track check")
+    check_every_ticks: int = Field(default=3, ge=1, le=100, description="Check each track every N ticks")
     restart_nll: float = Field(
         default=6.0, gt=0, description="Restart a track the recent data place >3 m away better by this (nats)"
     )

@@ -134,7 +134,7 @@ class MlLocalizer:
         self._sw_theta = np.zeros((0, 3))
         self._was_standing = np.zeros(0, dtype=bool)
         self._ticks = 0
-        self._check_grid = make_grid(bounds, 2.0)
+        self._check_grid = make_grid(bounds, settings.check_grid_m)
         # pending observations (not yet consumed by a tick)
         self._ts: list[float] = []
         self._dev: list[int] = []
@@ -258,7 +258,7 @@ class MlLocalizer:
     def _check(self, now: float, ss: np.ndarray, censor: np.ndarray, st: LocalizationSettings) -> np.ndarray:
         """Restart tracks the last few seconds of data place far away (lost, or started walking).
 
-        The recent window's best place (2 m grid with the offset profiled out, then Gauss-Newton) is
+        The recent window's best place (coarse grid with the offset profiled out, then Gauss-Newton) is
         compared with the tracker's state and with the standing-window fix; if either explains the
         recent data worse by ``restart_nll`` nats and lies > 3 m away, the tracker restarts there and
         the standing window restarts from the recent data. Returns the mask of restarted devices.

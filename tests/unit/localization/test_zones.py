@@ -43,3 +43,11 @@ def test_outside_all_zones_and_batching(layout: Layout) -> None:
     assert out == [None, "produce"]
     zt.reset(np.array([7]))
     assert zt.update(np.array([7]), np.array([[25.0, 10.0]])) == ["electronics"]
+
+
+def test_batched_depths_match_per_polygon(layout: Layout) -> None:
+    zt = ZoneTracker(layout)
+    rng = np.random.default_rng(1)
+    xy = np.column_stack([rng.uniform(-3, 33, 500), rng.uniform(-6, 22, 500)])
+    ref = np.stack([signed_depth(xy, p) for p in zt.polys], axis=1)
+    assert np.allclose(zt.depths(xy), ref)
