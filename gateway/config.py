@@ -125,7 +125,7 @@ class LocalizationSettings(Section):
         default=4.0, ge=0, description="Extra position variance of a new track (multi-modal first fix)"
     )
     track_iterations: int = Field(
-        default=4, ge=1, le=50, description="Gauss-Newton iterations per tick for a tracked device"
+        default=3, ge=1, le=50, description="Gauss-Newton iterations per tick for a tracked device"
     )
     standing_window_s: float = Field(
         default=60.0, gt=0, le=3600, description="Memory of the standing window (ML over it while standing)"
