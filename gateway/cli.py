@@ -20,6 +20,8 @@ from gateway.config import ConfigError, Settings, config_docs, load_settings
 COMMAND_MODULES: list[str] = [
     "gateway.decode",
     "gateway.localization.cli",
+    "gateway.daemon",
+    "gateway.demo",
 ]
 
 
