@@ -30,6 +30,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from gateway.localization.pathloss import F64, PathLossModel, log_norm_cdf, norm_cdf, norm_pdf
+from gateway.localization.region import Walkable
 
 I64 = NDArray[np.int64]
 
@@ -111,11 +112,16 @@ def make_grid(bounds: tuple[float, float, float, float], step: float) -> F64:
 class Estimator:
     """Holds the model, parameters and the precomputed grid; all methods are batched over devices."""
 
-    def __init__(self, model: PathLossModel, params: EstimatorParams) -> None:
+    def __init__(self, model: PathLossModel, params: EstimatorParams, region: Walkable | None = None) -> None:
         self.model = model
         self.p = params
-        self.grid = make_grid(params.bounds, params.grid_step_m)
+        self.region = region
+        self.grid = self.make_grid(params.grid_step_m)
         self._grid_mu = model.mean_rssi(self.grid)  # (G, S)
+
+    def make_grid(self, step: float) -> F64:
+        g = make_grid(self.p.bounds, step)
+        return g if self.region is None else g[self.region.contains(g)]
 
     # -- per-term losses ------------------------------------------------------------------
 
@@ -265,6 +271,8 @@ class Estimator:
             trial = theta + step
             np.clip(trial[:, 0], xmin, xmax, out=trial[:, 0])
             np.clip(trial[:, 1], ymin, ymax, out=trial[:, 1])
+            if self.region is not None:
+                trial[:, :2] = self.region.project(trial[:, :2])
             t_total, t_cost, t_g, t_h = post(trial)
             ok = t_total <= total
             theta = np.where(ok[:, None], trial, theta)

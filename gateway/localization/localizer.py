@@ -21,8 +21,9 @@ import numpy as np
 
 from gateway.config import LocalizationSettings
 from gateway.layout import Layout
-from gateway.localization.estimator import Estimator, EstimatorParams, Problem, aggregate, make_grid
+from gateway.localization.estimator import Estimator, EstimatorParams, Problem, aggregate
 from gateway.localization.pathloss import PathLossModel
+from gateway.localization.region import Walkable
 from gateway.localization.tracker import ImmTracker, TrackerParams
 from gateway.localization.zones import ZoneTracker
 from gateway.models import Fix, Observation
@@ -98,6 +99,7 @@ class MlLocalizer:
         self.layout = layout
         self.model = PathLossModel.from_layout(layout)
         bounds = layout_bounds(layout)
+        self.region = Walkable.from_layout(layout)
         self.estimator = Estimator(
             self.model,
             EstimatorParams(
@@ -108,6 +110,7 @@ class MlLocalizer:
                 bounds=bounds,
                 grid_step_m=settings.grid_step_m,
             ),
+            self.region,
         )
         self.tracker = ImmTracker(
             TrackerParams(
@@ -134,7 +137,7 @@ class MlLocalizer:
         self._sw_theta = np.zeros((0, 3))
         self._was_standing = np.zeros(0, dtype=bool)
         self._ticks = 0
-        self._check_grid = make_grid(bounds, settings.check_grid_m)
+        self._check_grid = self.estimator.make_grid(settings.check_grid_m)
         # pending observations (not yet consumed by a tick)
         self._ts: list[float] = []
         self._dev: list[int] = []
@@ -402,6 +405,7 @@ class MlLocalizer:
             self._standing_fix(now, slots, sidx, censor, standing, state, cov, xy, pcov)
         self._was_standing[slots] = standing
         self._ticks += 1
+        xy = self.region.project(xy)
         sigma = np.sqrt(np.maximum(pcov[:, 0, 0] + pcov[:, 1, 1], 0.0))
         zones = self.zones.update(slots, xy)
         names = self._names

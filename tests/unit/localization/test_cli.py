@@ -176,3 +176,36 @@ def test_calibrate_bad_positions_file(tmp_path: Path) -> None:
     assert p.returncode == 2
     assert "pos.jsonl:1" in p.stderr
     assert "Traceback" not in p.stderr
+
+
+def test_calibrate_from_a_logged_walk(tmp_path: Path, layout: Layout) -> None:
+    """A reference phone walks a logged path (positions every 2 s, interpolated in between)."""
+    rng = np.random.default_rng(8)
+    sensors = layout.sensors
+    true_p0 = rng.uniform(-64, -55, len(sensors))
+    true_n = rng.uniform(1.9, 2.6, len(sensors))
+    t = np.arange(0.0, 600.0, 2.0)
+    waypoints = np.column_stack([15 + 13 * np.sin(t / 37.0), 10 + 8.5 * np.sin(t / 23.0)])
+    pos_lines = [
+        json.dumps({"device": "phone", "ts": float(a), "x": float(x), "y": float(y)})
+        for a, (x, y) in zip(t, waypoints, strict=True)
+    ]
+    obs = []
+    for ts in np.arange(0.5, 598.0, 0.5):
+        x = float(np.interp(ts, t, waypoints[:, 0]))
+        y = float(np.interp(ts, t, waypoints[:, 1]))
+        for j, s in enumerate(sensors):
+            d = np.sqrt((x - s.x) ** 2 + (y - s.y) ** 2 + s.z**2 + 0.09)
+            r = true_p0[j] - 10 * true_n[j] * np.log10(d) + rng.normal(0, 4)
+            if r >= -95:
+                obs.append(json.dumps({"ts": float(ts), "sensor": s.id, "device": "phone", "rssi": round(float(r), 1)}))
+    (tmp_path / "obs.jsonl").write_text("\n".join(obs) + "\n")
+    (tmp_path / "walk.jsonl").write_text("\n".join(pos_lines) + "\n")
+    args = (str(tmp_path / "obs.jsonl"), "--layout", str(LAYOUT), "--positions", str(tmp_path / "walk.jsonl"))
+    p = run("calibrate", *args, "--no-sensor-links")
+    assert p.returncode == 0, p.stderr
+    fitted = tomllib.loads(p.stdout)["sensors"]
+    p0 = np.array([s["rssi_at_1m"] for s in fitted])
+    n = np.array([s["path_loss_exponent"] for s in fitted])
+    assert np.max(np.abs(p0 - true_p0)) < 2.0, p0 - true_p0
+    assert np.max(np.abs(n - true_n)) < 0.2, n - true_n

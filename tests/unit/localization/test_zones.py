@@ -51,3 +51,13 @@ def test_batched_depths_match_per_polygon(layout: Layout) -> None:
     xy = np.column_stack([rng.uniform(-3, 33, 500), rng.uniform(-6, 22, 500)])
     ref = np.stack([signed_depth(xy, p) for p in zt.polys], axis=1)
     assert np.allclose(zt.depths(xy), ref)
+
+
+def test_walkable_region_projects_outside_points(layout: Layout) -> None:
+    from gateway.localization.region import Walkable
+
+    w = Walkable.from_layout(layout)
+    pts = np.array([[5.0, 5.0], [-2.0, 6.0], [15.0, -3.0], [15.0, -8.0], [31.0, 25.0]])
+    assert w.contains(pts).tolist() == [True, False, True, False, False]
+    proj = w.project(pts)
+    assert np.allclose(proj, [[5.0, 5.0], [0.0, 6.0], [15.0, -3.0], [15.0, -5.0], [30.0, 20.0]])
