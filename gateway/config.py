@@ -108,6 +108,55 @@ class LocalizationSettings(Section):
     forget_after_s: float = Field(default=30.0, gt=0, description="Drop a device's track after silence")
     detection_floor_dbm: float = Field(default=-95.0, description="Weakest RSSI the sensors report")
     sigma_db: float = Field(default=6.0, gt=0, le=30, description="Path-loss noise sigma (dB)")
+    estimator: Literal["ml", "centroid"] = Field(
+        default="ml", description="ml: censored robust ML + IMM tracker; centroid: first-cut fallback"
+    )
+    tx_spread_db: float = Field(default=4.0, gt=0, le=30, description="Prior sd of a phone's transmit offset (dB)")
+    robust_nu: float = Field(
+        default=4.0, ge=0, le=100, description="Student-t degrees of freedom for RSSI residuals (0: Gaussian)"
+    )
+    packet_loss: float = Field(
+        default=0.05, ge=0, lt=1, description="Chance a sensor misses an advert for reasons other than weak signal"
+    )
+    grid_step_m: float = Field(default=1.0, gt=0.1, le=10, description="Grid step of the initial position search")
+    static_sigma_m: float = Field(
+        default=0.03, gt=0, le=5, description="Standing model: position drift (m per sqrt(s))"
+    )
+    accel_sigma: float = Field(default=0.3, gt=0, le=10, description="Walking model: acceleration noise (m/s^2)")
+    stand_s: float = Field(default=60.0, gt=0, description="Mean time a shopper stands before walking (s)")
+    walk_s: float = Field(default=60.0, gt=0, description="Mean time a shopper walks before standing (s)")
+    init_extra_var_m2: float = Field(
+        default=4.0, ge=0, description="Extra position variance of a new track (multi-modal first fix)"
+    )
+    track_iterations: int = Field(
+        default=3, ge=1, le=50, description="Gauss-Newton iterations per tick for a tracked device"
+    )
+    standing_window_s: float = Field(
+        default=60.0, gt=0, le=3600, description="Memory of the standing window (ML over it while standing)"
+    )
+    walking_window_s: float = Field(default=2.0, gt=0, le=60, description="Memory of that window while walking")
+    standing_p_walk: float = Field(
+        default=0.6, gt=0, le=1, description="Walking-model probability below which a device counts as standing"
+    )
+    standing_min_adverts: float = Field(
+        default=3.0, ge=1, description="Adverts in the standing window before its ML fix replaces the tracker's"
+    )
+    recent_window_s: float = Field(
+        default=4.0, gt=0, le=60, description="Memory of the recent window tracks are checked against"
+    )
+    check_grid_m: float = Field(default=3.0, gt=0.5, le=10, description="Grid step of the track check")
+    check_every_ticks: int = Field(default=3, ge=1, le=100, description="Check each track every N ticks")
+    restart_nll: float = Field(
+        default=6.0, gt=0, description="Restart a track the recent data place >3 m away better by this (nats)"
+    )
+    reinit_after_s: float = Field(default=15.0, gt=0, description="A track unheard this long restarts")
+    sensor_silent_s: float = Field(
+        default=15.0, gt=0, description="A sensor that heard nothing this long is treated as down (no censoring)"
+    )
+    zone_margin_m: float = Field(default=0.75, ge=0, description="Enter a zone at once only this far inside it")
+    zone_confirm_fixes: int = Field(
+        default=3, ge=1, le=100, description="Or after this many consecutive fixes in the new zone"
+    )
 
 
 class PresenceSettings(Section):
