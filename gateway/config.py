@@ -113,10 +113,22 @@ class LocalizationSettings(Section):
 
 class PresenceSettings(Section):
     enter_debounce_s: float = Field(
-        default=3.0, ge=0, le=600, description="A new zone must hold this long before 'zone.entered' (backdated)"
+        default=3.0,
+        ge=0,
+        le=600,
+        description="A new in-store zone must hold this long before 'zone.entered' (backdated)",
     )
     exit_debounce_s: float = Field(
-        default=5.0, ge=0, le=600, description="Time seen outside every zone before 'zone.left' (backdated)"
+        default=5.0,
+        ge=0,
+        le=600,
+        description="Time seen outside the store (no zone / outside zone) before 'zone.left' (backdated)",
+    )
+    zone_hysteresis_m: float = Field(
+        default=1.0,
+        ge=0,
+        le=20,
+        description="A fix this close to the current zone's edge still counts as in it (boundary noise)",
     )
     visit_timeout_s: float = Field(
         default=60.0, gt=0, le=3600, description="Silence (or time outside the store) that ends a visit"

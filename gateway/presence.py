@@ -50,6 +50,7 @@ from gateway.models import (
 )
 from gateway.qualification import Qualifier, VisitRecord
 
+_FAR = math.inf
 _NO = "\x00no-candidate"  # sentinel: no candidate zone (None is a valid candidate: "no zone")
 
 
@@ -72,6 +73,7 @@ class _Track:
     zone_since: float = 0.0
     cand: str | None = _NO
     cand_since: float = 0.0
+    clear_since: float = 0.0
     visit: _Visit | None = None
     had_visit: bool = False
     outside_seen: list[str] = field(default_factory=list)
@@ -109,6 +111,15 @@ class PresenceEngine:
         self._in_store = {z.id for z in layout.zones if z.kind != "outside"}
         self._entrances = {z.id for z in layout.zones if z.kind == "entrance"}
         self._tracks: dict[str, _Track] = {}
+        self._edges: dict[str, list[tuple[float, float, float, float, float]]] = {}
+        for zn in layout.zones:
+            pts = list(zn.polygon)
+            segs = []
+            for (x1, y1), (x2, y2) in zip(pts, pts[1:] + pts[:1], strict=True):
+                dx, dy = x2 - x1, y2 - y1
+                ll = dx * dx + dy * dy
+                segs.append((x1, y1, dx, dy, 1.0 / ll if ll else 0.0))
+            self._edges[zn.id] = segs
         # interval index -> scope (None = store, else zone id) -> [(subject, visitor, dwell_s)]
         self._buckets: dict[int, dict[str | None, list[tuple[str, bool, float]]]] = {}
         self._bins = list(settings.dwell_bins_s)
@@ -151,6 +162,8 @@ class PresenceEngine:
         tracks = self._tracks
         enter_d = self._s.enter_debounce_s
         exit_d = self._s.exit_debounce_s
+        hyst = self._s.zone_hysteresis_m
+        inside = self._in_store
         late = 0
         for f in fixes:
             dev = f.device
@@ -158,20 +171,29 @@ class PresenceEngine:
             z = f.zone
             tr = tracks.get(dev)
             if tr is None:
-                tr = tracks[dev] = _Track(ts, ts, cand=z, cand_since=ts)
+                tr = tracks[dev] = _Track(ts, ts, cand=z, cand_since=ts, clear_since=ts)
             elif ts < tr.last_seen:
                 late += 1
                 continue
             tr.last_seen = ts
             if tr.resident:
                 continue
-            if z == tr.zone:
+            cur = tr.zone
+            if z == cur:
                 tr.cand = _NO
+                continue
+            if z != tr.cand:
+                tr.cand = z
+                tr.cand_since = tr.clear_since = ts
+            if z in inside:
+                if ts - tr.cand_since >= enter_d:
+                    self._transition(dev, tr, z, tr.cand_since, out)
+            elif cur in inside and hyst > 0.0 and self._near(cur, f.x, f.y, hyst):
+                tr.clear_since = _FAR  # leaving the store, but still within the band: not clear yet
             else:
-                if z != tr.cand:
-                    tr.cand = z
-                    tr.cand_since = ts
-                if ts - tr.cand_since >= (enter_d if z is not None else exit_d):
+                if tr.clear_since == _FAR:
+                    tr.clear_since = ts
+                if ts - tr.clear_since >= exit_d:
                     self._transition(dev, tr, z, tr.cand_since, out)
         self.stats.fixes += len(fixes)
         self.stats.late_fixes += late
@@ -233,6 +255,21 @@ class PresenceEngine:
         for scopes in self._buckets.values():
             for scope, rows in scopes.items():
                 scopes[scope] = [r for r in rows if r[0] != subject]
+
+    def _near(self, zone: str, x: float, y: float, band: float) -> bool:
+        """Is (x, y) within ``band`` metres of ``zone``'s boundary (inside or out)?"""
+        edges = self._edges.get(zone)
+        if edges is None:
+            return False
+        b2 = band * band
+        for x1, y1, dx, dy, inv in edges:
+            t = ((x - x1) * dx + (y - y1) * dy) * inv
+            t = 0.0 if t < 0.0 else (1.0 if t > 1.0 else t)
+            ex = x1 + t * dx - x
+            ey = y1 + t * dy - y
+            if ex * ex + ey * ey <= b2:
+                return True
+        return False
 
     # -- zone sessions -----------------------------------------------------------------------------
 
