@@ -175,6 +175,15 @@ class IdentityResolver:
         self._caches.clear()
         return OptOutResult(digests, frozenset(subjects))
 
+    def set_optout_key(self, key: bytes) -> None:
+        """Switch to the persistent per-box key (at start-up). Digests made with another key are
+        meaningless, so the digest set is emptied: load the stored digests afterwards."""
+        if len(key) < 16:
+            raise ValueError("optout_key must be at least 16 random bytes")
+        self._optout_key = key
+        self._optouts.clear()
+        self._caches.clear()
+
     def add_optout_digests(self, digests: Iterable[str]) -> None:
         """Load persisted digests (at start-up)."""
         self._optouts.update(digests)
