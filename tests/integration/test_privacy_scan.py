@@ -273,8 +273,12 @@ async def test_consent_and_optouts_leave_no_irk_mac_or_link(tmp_path: Path, mosq
     target_subjects: set[str] = set()
 
     async def push_privacy_commands() -> None:
-        while not daemon.runtime.ready:
+        for _ in range(3000):  # bounded: 30 s
+            if daemon.runtime.ready:
+                break
             await asyncio.sleep(0.01)
+        else:
+            raise AssertionError("daemon never became ready")
         rt = daemon.presence
         # what the target would be called today (the key is dropped at shutdown, so ask now)
         target_subjects.add(rt.keyring.pseudonym(target_link, t0))
