@@ -115,5 +115,12 @@ class PresenceRuntime:
     def put_consent(self, record: ConsentRecord) -> None:
         self.resolver.put_consent(record)
 
-    def revoke_consent(self, customer_ref: str) -> int:
-        return self.resolver.revoke_consent(customer_ref)
+    async def revoke_consent(self, customer_ref: str) -> int:
+        """Withdrawn consent: the device falls back to daily pseudonyms from the next observation,
+        and the customer's cross-day history (kept only because of the consent) is erased."""
+        n = self.resolver.revoke_consent(customer_ref)
+        self.qualifier.forget(customer_ref)
+        if self.store is not None:
+            await self.store.forget_subject(customer_ref)
+        log.info("consent revoked", links=n)
+        return n

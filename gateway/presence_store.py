@@ -85,6 +85,7 @@ class PresenceStore:
     def __init__(self, db: aiosqlite.Connection, path: Path) -> None:
         self._db = db
         self.path = path
+        self._closed = False
 
     @classmethod
     async def open(cls, path: str | Path) -> PresenceStore:
@@ -109,7 +110,10 @@ class PresenceStore:
         return cls(db, p)
 
     async def close(self) -> None:
-        await self._db.close()
+        """Close the connection (idempotent: safe from a finally block after an earlier close)."""
+        if not self._closed:
+            self._closed = True
+            await self._db.close()
 
     # -- visits --------------------------------------------------------------------------------
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import sqlite3
 import stat
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,21 @@ from gateway.presence_store import PresenceStore, PresenceStoreError, load_or_cr
 from gateway.qualification import DAY_S
 
 T = 1_767_261_600.0
+
+
+@pytest.fixture
+async def stores() -> AsyncIterator[list[PresenceStore]]:
+    """Stores to close even when an assertion fails (an open aiosqlite thread blocks exit)."""
+    made: list[PresenceStore] = []
+    yield made
+    for st in made:
+        await st.close()
+
+
+async def opened(path: Path, stores: list[PresenceStore]) -> PresenceStore:
+    st = await PresenceStore.open(path)
+    stores.append(st)
+    return st
 
 
 def file_bytes(d: Path) -> bytes:
@@ -35,9 +51,11 @@ def ended(subject: str, ts: float, kind: str = "pseudonym", visitor: bool = True
     )
 
 
-async def test_history_survives_restart_and_only_visitors_are_stored(tmp_path: Path) -> None:
+async def test_history_survives_restart_and_only_visitors_are_stored(
+    tmp_path: Path, stores: list[PresenceStore]
+) -> None:
     db = tmp_path / "state" / "presence.sqlite3"
-    store = await PresenceStore.open(db)
+    store = await opened(db, stores)
     n = await store.record_visits(
         [
             ended("p1", T),
@@ -50,7 +68,7 @@ async def test_history_survives_restart_and_only_visitors_are_stored(tmp_path: P
     await store.close()
     assert stat.S_IMODE(os.stat(db).st_mode) == 0o600
 
-    store = await PresenceStore.open(db)
+    store = await opened(db, stores)
     hist = await store.load_history(T + 60, pseudonym_since=T - 3600, retention_days=30)
     assert sorted((r.subject, r.kind) for r in hist) == [("cust-1", "customer"), ("p1", "pseudonym")]
     r = next(r for r in hist if r.subject == "p1")
@@ -58,9 +76,9 @@ async def test_history_survives_restart_and_only_visitors_are_stored(tmp_path: P
     await store.close()
 
 
-async def test_retention_purge_by_age_and_rotation(tmp_path: Path) -> None:
+async def test_retention_purge_by_age_and_rotation(tmp_path: Path, stores: list[PresenceStore]) -> None:
     db = tmp_path / "presence.sqlite3"
-    store = await PresenceStore.open(db)
+    store = await opened(db, stores)
     now = T + 40 * DAY_S
     await store.record_visits(
         [
@@ -85,9 +103,9 @@ async def test_retention_purge_by_age_and_rotation(tmp_path: Path) -> None:
         assert con.execute("SELECT COUNT(*) FROM visits").fetchone()[0] == 2
 
 
-async def test_forget_subject_erases_bytes(tmp_path: Path) -> None:
+async def test_forget_subject_erases_bytes(tmp_path: Path, stores: list[PresenceStore]) -> None:
     db = tmp_path / "presence.sqlite3"
-    store = await PresenceStore.open(db)
+    store = await opened(db, stores)
     await store.record_visits([ended("optedout-subject", T), ended("kept-subject", T)])
     assert await store.forget_subject("optedout-subject") == 1
     assert (await store.counts())["visits"] == 1
@@ -96,20 +114,20 @@ async def test_forget_subject_erases_bytes(tmp_path: Path) -> None:
     assert b"optedout-subject" not in raw and b"kept-subject" in raw
 
 
-async def test_optout_digests_persist(tmp_path: Path) -> None:
+async def test_optout_digests_persist(tmp_path: Path, stores: list[PresenceStore]) -> None:
     db = tmp_path / "presence.sqlite3"
-    store = await PresenceStore.open(db)
+    store = await opened(db, stores)
     await store.add_optouts(["a" * 64, "b" * 64], T)
     await store.add_optouts(["a" * 64], T + 1)  # idempotent
     await store.close()
-    store = await PresenceStore.open(db)
+    store = await opened(db, stores)
     assert await store.optout_digests() == ["a" * 64, "b" * 64]
     await store.remove_optouts(["a" * 64])
     assert await store.optout_digests() == ["b" * 64]
     await store.close()
 
 
-async def test_key_file_is_private_stable_and_validated(tmp_path: Path) -> None:
+async def test_key_file_is_private_stable_and_validated(tmp_path: Path, stores: list[PresenceStore]) -> None:
     p = tmp_path / "sub" / "optout.key"
     k1 = await load_or_create_key(p)
     assert len(k1) == 32
@@ -120,10 +138,10 @@ async def test_key_file_is_private_stable_and_validated(tmp_path: Path) -> None:
         await load_or_create_key(p)
 
 
-async def test_schema_version_mismatch_is_a_clear_error(tmp_path: Path) -> None:
+async def test_schema_version_mismatch_is_a_clear_error(tmp_path: Path, stores: list[PresenceStore]) -> None:
     db = tmp_path / "presence.sqlite3"
-    store = await PresenceStore.open(db)
-    await store.close()
+    await opened(db, stores)
+    await stores[-1].close()
     with sqlite3.connect(db) as con:
         con.execute("UPDATE meta SET value='99' WHERE key='schema_version'")
     with pytest.raises(PresenceStoreError, match="schema version 99"):
