@@ -128,7 +128,7 @@ class PresenceSettings(Section):
         default=1.0,
         ge=0,
         le=20,
-        description="A fix this close to the current zone's edge still counts as in it (boundary noise)",
+        description="Leaving the store: a fix this close to the current in-store zone still counts as in it",
     )
     visit_timeout_s: float = Field(
         default=60.0, gt=0, le=3600, description="Silence (or time outside the store) that ends a visit"

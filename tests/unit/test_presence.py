@@ -352,3 +352,15 @@ def test_event_stream_invariants(plans: list[tuple[list[tuple[str | None, int]]]
                     assert not in_visit  # passers-by: no trail
                 in_visit = False
         assert not in_visit
+
+
+def test_settings_validation_names_the_problem() -> None:
+    from pydantic import ValidationError
+
+    from gateway.config import PrivacySettings
+
+    with pytest.raises(ValidationError, match="dwell_bins_s must be positive and strictly increasing"):
+        PresenceSettings(dwell_bins_s=[300.0, 60.0])
+    with pytest.raises(ValidationError, match="unknown time zone"):
+        PrivacySettings(timezone="Mars/Olympus_Mons")
+    assert PrivacySettings(timezone="Europe/Paris").timezone == "Europe/Paris"
