@@ -218,7 +218,7 @@ def accuracy_truth(layout: Layout, quick: bool) -> float:
 
 
 def accuracy_chain(layout: Layout, quick: bool) -> None:
-    hours = 0.5 if quick else 2.0
+    hours = 0.25 if quick else 2.0
     s = SimulatorSettings(seed=11, shoppers_per_hour=120, beacons=0)
     sim = StoreSimulator(layout, s)
     keyring = PseudonymKeyring()
