@@ -12,8 +12,9 @@ from __future__ import annotations
 import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -160,24 +161,88 @@ class LocalizationSettings(Section):
 
 
 class PresenceSettings(Section):
-    enter_debounce_s: float = Field(default=3.0, ge=0, description="Time inside a zone before 'entered'")
-    exit_debounce_s: float = Field(default=5.0, ge=0, description="Time outside a zone before 'left'")
-    visit_timeout_s: float = Field(default=60.0, gt=0, description="Silence that ends a visit")
-    visitor_min_s: float = Field(default=60.0, ge=0, description="Shorter visits only at the entrance: passer-by")
-    aggregate_interval_s: float = Field(default=900.0, gt=0, description="Aggregate publication interval")
-    k_anonymity: int = Field(default=5, ge=1, description="Aggregates with fewer subjects are withheld")
+    enter_debounce_s: float = Field(
+        default=3.0,
+        ge=0,
+        le=600,
+        description="A new in-store zone must hold this long before 'zone.entered' (backdated)",
+    )
+    exit_debounce_s: float = Field(
+        default=5.0,
+        ge=0,
+        le=600,
+        description="Time seen outside the store (no zone / outside zone) before 'zone.left' (backdated)",
+    )
+    zone_hysteresis_m: float = Field(
+        default=1.0,
+        ge=0,
+        le=20,
+        description="Leaving the store: a fix this close to the current in-store zone still counts as in it",
+    )
+    visit_timeout_s: float = Field(
+        default=60.0, gt=0, le=3600, description="Silence (or time outside the store) that ends a visit"
+    )
+    visitor_min_s: float = Field(
+        default=60.0, ge=0, description="Only at the entrance for less than this: passer-by, not visitor"
+    )
+    max_visit_s: float = Field(
+        default=4 * 3600.0,
+        gt=0,
+        description="A visit longer than this is a resident device (staff, fixed beacon): ended, then ignored",
+    )
+    aggregate_interval_s: float = Field(
+        default=900.0, gt=0, le=86400, description="Aggregate publication interval (aligned to Unix time)"
+    )
+    k_anonymity: int = Field(default=5, ge=1, description="Aggregates with fewer distinct subjects are withheld")
+    dwell_bins_s: list[float] = Field(
+        default=[60.0, 300.0, 900.0, 1800.0, 3600.0],
+        min_length=1,
+        description="Upper edges (s) of the aggregate dwell histogram bins; a last open bin is added",
+    )
+    report_passers_by: bool = Field(
+        default=True, description="Emit 'visit.ended' (visitor=false) for passers-by; aggregates count them anyway"
+    )
     publish_fixes: bool = Field(default=False, description="Also publish raw fixes (low priority)")
+
+    @model_validator(mode="after")
+    def _bins_increasing(self) -> PresenceSettings:
+        b = self.dwell_bins_s
+        if any(b[i] >= b[i + 1] for i in range(len(b) - 1)) or b[0] <= 0:
+            raise ValueError("presence.dwell_bins_s must be positive and strictly increasing")
+        return self
 
 
 class PrivacySettings(Section):
     rotation_time: str = Field(
         default="21:00",
         pattern=r"^([01]\d|2[0-3]):[0-5]\d$",
-        description="Local time the pseudonym key rotates",
+        description="Local time the pseudonym key rotates (store closing: visits are not split)",
     )
+    timezone: str = Field(default="UTC", description="IANA time zone of the store, for rotation_time")
     rotation_period_h: float = Field(default=24.0, gt=0, le=24 * 31, description="Pseudonym key lifetime")
     pseudonym_bytes: int = Field(default=12, ge=8, le=32, description="Truncated HMAC length")
     retention_days: float = Field(default=30.0, gt=0, description="Local tables are purged after this")
+    consent_scope: str = Field(
+        default="presence",
+        min_length=1,
+        description="Consent scope that lets a device be reported under its customer reference",
+    )
+    presence_db: Path | None = Field(
+        default=None, description="Visit-history SQLite file; default <state_dir>/presence.sqlite3"
+    )
+    optout_key_file: Path | None = Field(
+        default=None,
+        description="Secret key for hashing opt-out identifiers (created 0600); default <state_dir>/optout.key",
+    )
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_tz(cls, v: str) -> str:
+        try:
+            ZoneInfo(v)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"unknown time zone {v!r}") from None
+        return v
 
 
 class BrokerEndpoint(Section):

@@ -32,6 +32,7 @@ from gateway.models import EventBase, Fix, Observation
 from gateway.notify import Notifier
 from gateway.outbox import Outbox
 from gateway.pipeline import Pipeline
+from gateway.presence_runtime import PresenceRuntime
 from gateway.sources.base import Source
 from gateway.sources.simulated import SimulatedSource
 from gateway.supervisor import Supervisor, TaskSpec
@@ -91,7 +92,15 @@ class Daemon:
         self.notifier = notifier or Notifier()
         self.runtime = Runtime(started_monotonic=time.monotonic())
         self.sources = build_sources(settings, layout)
-        self.pipeline = Pipeline(settings, layout, on_fixes=self._on_fixes)
+        # presence + privacy (identity resolver with consents/opt-outs, qualification history)
+        self.presence = PresenceRuntime(settings, layout)
+        self.pipeline = Pipeline(
+            settings,
+            layout,
+            identity=self.presence.resolver,
+            presence=self.presence.engine,
+            on_fixes=self._on_fixes,
+        )
         self.queue: asyncio.Queue[list[Observation] | None] = asyncio.Queue(maxsize=QUEUE_BATCHES)
         self.pending: list[EventBase] = []
         self._flush_lock = asyncio.Lock()
@@ -173,6 +182,7 @@ class Daemon:
         async with self._flush_lock:  # the writer task and the drain may both flush
             while self.pending:
                 chunk = self.pending[: self.s.outbox.append_batch]
+                await self.presence.record(chunk)
                 await self.outbox.append(chunk)
                 del self.pending[: len(chunk)]
                 n += len(chunk)
@@ -219,6 +229,8 @@ class Daemon:
     async def start(self) -> None:
         self.s.paths.state_dir.mkdir(parents=True, exist_ok=True)
         self.outbox = await Outbox.open(self.s.outbox_path, self.s.gateway.id, max_bytes=self.s.outbox.max_bytes)
+        clock = self._event_clock() or time.time
+        await self.presence.open(clock())
         self.uplink = Uplink(self.s.mqtt, self.s.gateway, self.outbox)
         sup = self.supervisor
         for src in self.sources:
@@ -229,6 +241,7 @@ class Daemon:
         sup.add(TaskSpec("outbox-writer", self._run_writer, "fatal", "egress"))
         sup.add(TaskSpec("uplink", self._run_uplink, "restart", "egress"))
         sup.add(TaskSpec("watchdog", self._run_watchdog, "fatal"))
+        sup.add(TaskSpec("presence-maintenance", lambda: self.presence.run_maintenance(clock), "restart"))
 
     async def run(self) -> int:
         await self.start()
@@ -251,6 +264,7 @@ class Daemon:
                 with contextlib.suppress(Exception):
                     await self.flush()
                 await self.outbox.close()
+            await self.presence.close()
             self.notifier.close()
         log.info("gateway stopped", exit_code=rc, reason=self.supervisor.stop_reason, stats=self._stats())
         return rc
