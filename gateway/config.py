@@ -63,6 +63,10 @@ class SimulatorSettings(Section):
     detection_floor_dbm: float = Field(default=-95.0, ge=-130, le=-30, description="Weakest RSSI heard")
     advert_interval_s: float = Field(default=1.0, gt=0, le=60, description="Per-device advert interval")
     mac_rotation_s: float = Field(default=900.0, gt=0, description="Phones rotate random MACs this often")
+    link_rotations: bool = Field(
+        default=True, description="Mark rotations of one phone as linkable (as IRK resolution would)"
+    )
+    tick_s: float = Field(default=0.5, gt=0, le=10, description="Simulated step; fixed for reproducibility")
 
 
 class ReplaySettings(Section):
