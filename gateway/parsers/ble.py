@@ -470,6 +470,7 @@ def parse_advert_uncached(data: bytes) -> Advert:
     sdata: dict[str, bytes] = {}
     frames: list[Frame] = []
     uuid_str = _uuid_str
+    ucache = _UUID_CACHE
     tn = _tuple_new
     i = 0
     while i < n:
@@ -498,7 +499,8 @@ def parse_advert_uncached(data: bytes) -> Advert:
         elif t == AD_SERVICE_DATA16:
             if dlen < 2:
                 raise AdvertParseError(i, f"16-bit service data is {dlen} bytes, shorter than its UUID")
-            u = uuid_str(data[s : s + 2])
+            key = data[s : s + 2]
+            u = ucache.get(key) or uuid_str(key)
             body = data[s + 2 : end]
             sdata[u] = body
             if u == EDDYSTONE_UUID and dlen > 2:
@@ -511,7 +513,8 @@ def parse_advert_uncached(data: bytes) -> Advert:
             if uuids is None:
                 uuids = []
             if dlen == 2:
-                uuids.append(uuid_str(data[s:end]))
+                key = data[s:end]
+                uuids.append(ucache.get(key) or uuid_str(key))
             else:
                 uuids.extend([uuid_str(data[k : k + 2]) for k in range(s, end, 2)])
         elif t in _NAMES:
