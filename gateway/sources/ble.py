@@ -8,7 +8,8 @@
 * Passive scanning where BlueZ supports it (advertisement monitor API: BlueZ >= 5.56 with
   ``--experimental``, kernel >= 5.10); bleak needs or-patterns for that, so we pass patterns that
   match practically every advert (flags values, Apple/Microsoft company ids, Eddystone). If
-  BlueZ refuses, we fall back to active scanning and say so in ``health.detail["mode_reason"]``.
+  BlueZ refuses (or accepts the monitor but delivers nothing before the first stall), we fall
+  back to active scanning and say so in ``health.detail["mode_reason"]``.
 * Self-healing (the ladder Home Assistant's habluetooth uses): no advert for ``stall_s`` -> stop
   and restart the scan; still silent after another ``stall_s`` -> power-cycle the adapter through
   BlueZ (``org.bluez.Adapter1.Powered`` off, on) and restart; still silent -> report the radio
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -29,11 +31,20 @@ from typing import Any, Literal, Protocol
 
 from gateway.config import BleSettings
 from gateway.identity.addresses import AddressError, IrkResolver, irk_from_hex
-from gateway.log import get_logger
+from gateway.log import REDACTED, get_logger, redact_text
 from gateway.models import Observation, SourceHealth
 from gateway.parsers.ble import AdvertParseError, rssi_at_1m_of
 
 log = get_logger("gateway.sources.ble")
+
+# BlueZ object paths spell MACs with underscores (dev_AA_BB_...); the log redactor knows ':' / '-'.
+_PATH_MAC_RE = re.compile(r"(?i)(?:[0-9a-f]{2}_){5}[0-9a-f]{2}")
+
+
+def _describe(e: BaseException) -> str:
+    """A short error text for logs and the status page, with any device address redacted."""
+    return redact_text(_PATH_MAC_RE.sub(REDACTED, f"{type(e).__name__}: {str(e)[:200]}"))
+
 
 AdvertCallback = Callable[[str, int, str | None, dict[int, bytes], dict[str, bytes]], None]
 """(address, rssi, address type "public"/"random"/None, manufacturer data, service data)."""
@@ -158,7 +169,7 @@ class BleakBackend:
                 await scanner.start()
             except BleakError as e:
                 # Remembered: BlueZ without the monitor API will not grow it on a restart.
-                self.passive_refused = str(e)[:200]
+                self.passive_refused = _describe(e)
                 log.warning("ble.passive_unsupported", reason=self.passive_refused)
             else:
                 self._scanner = scanner
@@ -264,6 +275,8 @@ class BleSource:
         self._last_error: str | None = None
         self._started = False
         self._stopped = False
+        self._heard_any = False
+        self._passive = settings.passive
         self._publish_health()
 
     # -- callbacks (run on the event loop by bleak) -------------------------------------------
@@ -271,6 +284,7 @@ class BleSource:
     def _on_advert(
         self, address: str, rssi: int, address_type: str | None, mfr: dict[int, bytes], sdata: dict[str, bytes]
     ) -> None:
+        self._heard_any = True
         self._pending.append(_Heard(self._wall(), address, rssi, address_type, mfr, sdata))
         self.watchdog.advert(self._mono())
         if self._wake is not None:
@@ -310,13 +324,13 @@ class BleSource:
 
     async def _start_scan(self) -> None:
         try:
-            self._mode = await self._backend.start(self._on_advert, self.settings.passive)
+            self._mode = await self._backend.start(self._on_advert, self._passive)
             self._last_error = None
-            if self.settings.passive and self._mode != "passive":
+            if self._passive and self._mode != "passive":
                 self._mode_reason = getattr(self._backend, "passive_refused", None) or "passive unsupported"
         except Exception as e:  # any failure is a radio problem the ladder handles
             self._mode = "stopped"
-            self._last_error = f"{type(e).__name__}: {str(e)[:200]}"
+            self._last_error = _describe(e)
             log.warning("ble.scan_start_failed", error=self._last_error)
         self.watchdog.started(self._mono())
 
@@ -324,13 +338,19 @@ class BleSource:
         try:
             await self._backend.stop()
         except Exception as e:
-            self._last_error = f"{type(e).__name__}: {str(e)[:200]}"
+            self._last_error = _describe(e)
             log.warning("ble.scan_stop_failed", error=self._last_error)
         self._mode = "stopped"
 
     async def _act(self, action: Action) -> None:
         if action == "restart":
             log.warning("ble.stalled_restart_scan", silent_s=self.watchdog.stall_s)
+            if self._mode == "passive" and not self._heard_any:
+                # BlueZ accepted the monitor but never delivered an advert (e.g. the controller
+                # cannot offload the patterns): scan actively from now on.
+                self._passive = False
+                self._mode_reason = "passive scan accepted but delivered no adverts"
+                log.warning("ble.passive_silent_fallback_active")
             await self._stop_scan()
             await self._start_scan()
         elif action == "power_cycle":
@@ -339,7 +359,7 @@ class BleSource:
             try:
                 await self._backend.power_cycle(self.settings.power_cycle_off_s)
             except Exception as e:
-                self._last_error = f"{type(e).__name__}: {str(e)[:200]}"
+                self._last_error = _describe(e)
                 log.warning("ble.power_cycle_failed", error=self._last_error)
             await self._start_scan()
         elif action == "fail":

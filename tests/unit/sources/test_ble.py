@@ -14,7 +14,7 @@ from gateway.config import BleSettings
 from gateway.identity.addresses import IrkResolver
 from gateway.models import Observation
 from gateway.sources.base import Source
-from gateway.sources.ble import AdvertCallback, BleSource, ScanWatchdog, load_irks
+from gateway.sources.ble import AdvertCallback, BleSource, ScanWatchdog, _describe, load_irks
 
 SPEC_IRK = bytes.fromhex("ec0234a357c8ad05341010a60a397d9b")
 SPEC_RPA = "70:81:94:0D:FB:AA"  # Core spec Vol 3 Part H D.7 sample data
@@ -68,6 +68,7 @@ class FakeBackend:
     """Stands in for bleak: records calls, lets the test inject adverts."""
 
     def __init__(self, passive_ok: bool = True, fail_start: int = 0) -> None:
+        self.modes: list[bool] = []
         self.passive_ok = passive_ok
         self.passive_refused: str | None = None if passive_ok else "monitor API missing"
         self.fail_start = fail_start
@@ -76,6 +77,7 @@ class FakeBackend:
 
     async def start(self, callback: AdvertCallback, passive: bool) -> str:
         self.calls.append("start")
+        self.modes.append(passive)
         if self.fail_start:
             self.fail_start -= 1
             raise RuntimeError("adapter not ready")
@@ -249,3 +251,48 @@ def test_load_irks(tmp_path: object) -> None:
     p.write_text("customer-42 nothex\n")
     with pytest.raises(ValueError, match=r"irks.txt:1"):
         load_irks(p)
+
+
+async def test_silent_passive_scan_falls_back_to_active_at_the_first_stall() -> None:
+    be = FakeBackend()
+    mono = Clock()
+    src = BleSource(settings(), backend=be, monotonic=mono)
+    it = src.batches()
+    task = asyncio.ensure_future(anext(it))
+    await wait_for(lambda: be.cb is not None)
+    assert src.health.detail["mode"] == "passive"
+    mono.t += 11
+    await wait_for(lambda: be.modes == [True, False])
+    await wait_for(lambda: src.health.detail["mode"] == "active")
+    assert "delivered no adverts" in src.health.detail["mode_reason"]
+    be.emit("C0:11:22:33:44:55", -60)
+    async with asyncio.timeout(2):
+        assert len(await task) == 1
+    await it.aclose()
+
+
+async def test_passive_that_worked_stays_passive_across_restarts() -> None:
+    be = FakeBackend()
+    mono = Clock()
+    src = BleSource(settings(), backend=be, monotonic=mono)
+    it = src.batches()
+    task = asyncio.ensure_future(anext(it))
+    await wait_for(lambda: be.cb is not None)
+    be.emit("C0:11:22:33:44:55", -60)
+    async with asyncio.timeout(2):
+        await task
+    task = asyncio.ensure_future(anext(it))
+    mono.t += 11
+    await wait_for(lambda: be.modes == [True, True])
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    await it.aclose()
+
+
+def test_error_texts_never_carry_device_addresses() -> None:
+    e = RuntimeError("device '/org/bluez/hci0/dev_70_81_94_0D_FB_AA' not found; peer 70:81:94:0d:fb:aa")
+    text = _describe(e)
+    assert "70_81" not in text
+    assert "70:81" not in text
+    assert text.startswith("RuntimeError: device '/org/bluez/hci0/dev_<redacted>'")
