@@ -105,7 +105,7 @@ def ble_settings(**kw: object) -> BleSettings:
     base: dict[str, object] = {
         "adapter": "hci0",
         "sensor_id": "gw-radio",
-        "stall_s": 0.6,
+        "stall_s": 1.0,
         "check_interval_s": 0.05,
         "power_cycle_off_s": 0.05,
         "failed_retry_s": 60.0,
@@ -232,7 +232,7 @@ async def test_adapter_stall_needs_a_power_cycle_through_bluez(system_bus: str) 
 async def test_dead_radio_is_reported_failed_then_recovers_if_it_returns(system_bus: str) -> None:
     bluez = BlueZStandIn(system_bus, passive_supported=False)
     await bluez.start()
-    src = BleSource(ble_settings(stall_s=0.4))
+    src = BleSource(ble_settings(stall_s=0.8))
     run = Run(src)
     stop = asyncio.Event()
     adv = asyncio.ensure_future(_advertise_forever(bluez, stop))
