@@ -23,6 +23,8 @@ import os
 import random
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from gateway.parsers.ble import (
     EDDYSTONE_0M_TO_1M_DB,
@@ -302,3 +304,38 @@ def test_fuzz_smoke_only_documented_error() -> None:
         a.to_dict()  # the JSON form must not fail either
     assert bad_offsets, "mutations should hit some malformed cases"
     assert max(bad_offsets) <= 0  # every error offset lies within the payload
+
+
+# ---------------------------------------------------------------------------------------------
+# Generated well-formed payloads: every AD structure is accounted for, nothing raises
+# ---------------------------------------------------------------------------------------------
+
+_generic_ad = st.one_of(
+    st.tuples(st.just(0x09), st.binary(max_size=12)),  # complete local name
+    st.tuples(st.just(0x19), st.binary(min_size=2, max_size=2)),  # appearance (not decoded)
+    st.tuples(
+        st.just(0xFF),
+        # company id (LE) that is neither Apple nor starts an AltBeacon code, then payload
+        st.builds(lambda c, b: c.to_bytes(2, "little") + b, st.integers(0x0000, 0x004B), st.binary(max_size=20)),
+    ),
+    st.tuples(
+        st.just(0x16),
+        st.builds(lambda u, b: u.to_bytes(2, "little") + b, st.integers(0x1800, 0x18FF), st.binary(max_size=20)),
+    ),
+    st.tuples(st.just(0x03), st.binary(max_size=3).map(lambda b: b + b[:1] if len(b) % 2 else b)),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(_generic_ad, max_size=6))
+def test_generated_well_formed_payloads_round_trip(ads: list[tuple[int, bytes]]) -> None:
+    payload = b"".join(bytes([len(d) + 1, t]) + d for t, d in ads)
+    a = parse_advert_uncached(payload)
+    mfr = {int.from_bytes(d[:2], "little"): d[2:] for t, d in ads if t == 0xFF}
+    assert a.manufacturer_data == mfr
+    sd = {f"0000{int.from_bytes(d[:2], 'little'):04x}-0000-1000-8000-00805f9b34fb": d[2:] for t, d in ads if t == 0x16}
+    assert a.service_data == sd
+    names = [d for t, d in ads if t == 0x09]
+    assert a.local_name == (names[-1].decode("utf-8", "replace") if names else None)
+    assert len(a.frames) == sum(1 for t, _ in ads if t in (0xFF, 0x16))
+    assert len(a.service_uuids) == sum(len(d) // 2 for t, d in ads if t == 0x03)
