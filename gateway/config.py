@@ -169,6 +169,10 @@ class MqttSettings(Section):
     batch_max: int = Field(default=100, ge=1, le=10000, description="Max events per batched message")
     reconnect_min_s: float = Field(default=0.5, gt=0, description="First reconnect delay")
     reconnect_max_s: float = Field(default=60.0, gt=0, description="Largest reconnect delay")
+    connect_timeout_s: float = Field(default=10.0, gt=0, le=300, description="TCP+TLS+CONNACK timeout")
+    batch_max_bytes: int = Field(
+        default=256 * 1024, ge=1024, description="Max payload of a batched message (also capped by the broker)"
+    )
 
 
 class LocalBrokerSettings(Section):
