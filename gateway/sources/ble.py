@@ -29,8 +29,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
-from gateway.config import BleSettings
+from gateway.config import BleSettings, Settings
 from gateway.identity.addresses import AddressError, IrkResolver, irk_from_hex
+from gateway.layout import Layout
 from gateway.log import REDACTED, get_logger, redact_text
 from gateway.models import Observation, SourceHealth
 from gateway.parsers.ble import AdvertParseError, rssi_at_1m_of
@@ -419,3 +420,13 @@ class BleSource:
             self._stopped = True
             await self._stop_scan()
             self._publish_health()
+
+
+def enabled(settings: Settings) -> bool:
+    """For ``gateway.daemon.SOURCE_FACTORIES``: scan when ``[ble] enabled = true``."""
+    return settings.ble.enabled
+
+
+def make_source(settings: Settings, layout: Layout) -> BleSource:
+    """For ``gateway.daemon.SOURCE_FACTORIES``; the layout is not needed (the sensor id names our radio)."""
+    return BleSource(settings.ble)

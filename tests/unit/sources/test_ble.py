@@ -296,3 +296,18 @@ def test_error_texts_never_carry_device_addresses() -> None:
     assert "70_81" not in text
     assert "70:81" not in text
     assert text.startswith("RuntimeError: device '/org/bluez/hci0/dev_<redacted>'")
+
+
+def test_daemon_factory_hooks() -> None:
+    from gateway.config import Settings
+    from gateway.daemon import embedded_layout
+    from gateway.sources.ble import BleakBackend, enabled, make_source
+
+    s = Settings.model_validate({"ble": {"enabled": True, "adapter": "hci1", "sensor_id": "gw"}})
+    assert enabled(s)
+    assert not enabled(Settings())
+    src = make_source(s, embedded_layout())
+    assert isinstance(src, Source)
+    assert src.health.state == "starting"
+    assert isinstance(src._backend, BleakBackend)
+    assert src._backend.adapter == "hci1"
