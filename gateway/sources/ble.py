@@ -52,6 +52,9 @@ AdvertCallback = Callable[[str, int, str | None, dict[int, bytes], dict[str, byt
 
 Action = Literal["none", "restart", "power_cycle", "fail"]
 
+NO_RSSI = -127  # what bleak reports when a Device1 update carries no RSSI
+MAX_PENDING = 50_000  # adverts buffered between two batches before counted drops start
+
 
 # ---------------------------------------------------------------------------------------------
 # The recovery ladder (pure)
@@ -286,7 +289,12 @@ class BleSource:
         self, address: str, rssi: int, address_type: str | None, mfr: dict[int, bytes], sdata: dict[str, bytes]
     ) -> None:
         self._heard_any = True
-        self._pending.append(_Heard(self._wall(), address, rssi, address_type, mfr, sdata))
+        if rssi == NO_RSSI:
+            self.health.drop("no_rssi")  # bleak's placeholder: BlueZ reported no RSSI with this update
+        elif len(self._pending) >= MAX_PENDING:
+            self.health.drop("backlog_overflow")  # nobody is consuming batches(); bound the memory
+        else:
+            self._pending.append(_Heard(self._wall(), address, rssi, address_type, mfr, sdata))
         self.watchdog.advert(self._mono())
         if self._wake is not None:
             self._wake.set()

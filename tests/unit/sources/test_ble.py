@@ -311,3 +311,22 @@ def test_daemon_factory_hooks() -> None:
     assert src.health.state == "starting"
     assert isinstance(src._backend, BleakBackend)
     assert src._backend.adapter == "hci1"
+
+
+async def test_placeholder_rssi_and_backlog_are_counted_drops(monkeypatch: pytest.MonkeyPatch) -> None:
+    import gateway.sources.ble as ble_mod
+
+    monkeypatch.setattr(ble_mod, "MAX_PENDING", 3)
+    be = FakeBackend()
+    src = BleSource(settings(check_interval_s=5.0), backend=be)
+    it = src.batches()
+    task = asyncio.ensure_future(anext(it))
+    await wait_for(lambda: be.cb is not None)
+    be.emit("C0:11:22:33:44:55", -127)  # no RSSI in this update
+    for rssi in (-60, -61, -62, -63, -64):  # emitted synchronously: only 3 fit before the batch
+        be.emit("C0:11:22:33:44:55", rssi)
+    async with asyncio.timeout(2):
+        batch = await task
+    assert [o.rssi for o in batch] == [-60.0, -61.0, -62.0]
+    assert src.health.dropped == {"no_rssi": 1, "backlog_overflow": 2}
+    await it.aclose()
