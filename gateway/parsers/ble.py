@@ -80,10 +80,6 @@ AD_SERVICE_DATA16 = 0x16
 AD_SERVICE_DATA32 = 0x20
 AD_SERVICE_DATA128 = 0x21
 AD_MANUFACTURER = 0xFF
-_UUID16_LISTS = (AD_UUID16_COMPLETE, AD_UUID16_INCOMPLETE)
-_UUID32_LISTS = (AD_UUID32_COMPLETE, AD_UUID32_INCOMPLETE)
-_UUID128_LISTS = (AD_UUID128_COMPLETE, AD_UUID128_INCOMPLETE)
-_NAMES = (AD_COMPLETE_NAME, AD_SHORT_NAME)
 
 _U16LE = struct.Struct("<H")
 _U32LE = struct.Struct("<I")
@@ -483,7 +479,7 @@ def parse_advert_uncached(data: bytes) -> Advert:
         t = data[i + 1]
         s = i + 2
         dlen = length - 1
-        if t == AD_MANUFACTURER:
+        if t == 0xFF:  # manufacturer specific data
             if dlen < 2:
                 raise AdvertParseError(i, f"manufacturer data is {dlen} bytes, shorter than its company id")
             cid = data[s] | (data[s + 1] << 8)
@@ -494,9 +490,9 @@ def parse_advert_uncached(data: bytes) -> Advert:
                 frames.append(parse_manufacturer_data(cid, body, s + 2))
             else:
                 frames.append(tn(ManufacturerData, (cid, body)))
-        elif t == AD_FLAGS:
+        elif t == 0x01:  # flags
             flags = data[s] if dlen else 0
-        elif t == AD_SERVICE_DATA16:
+        elif t == 0x16:  # service data, 16-bit UUID
             if dlen < 2:
                 raise AdvertParseError(i, f"16-bit service data is {dlen} bytes, shorter than its UUID")
             key = data[s : s + 2]
@@ -507,7 +503,7 @@ def parse_advert_uncached(data: bytes) -> Advert:
                 frames.append(_parse_eddystone(body, s + 2))
             else:
                 frames.append(tn(ServiceData, (u, body)))
-        elif t in _UUID16_LISTS:
+        elif t in (0x02, 0x03):  # 16-bit service UUIDs
             if dlen & 1:
                 raise AdvertParseError(i, f"16-bit UUID list is {dlen} bytes, not a multiple of 2")
             if uuids is None:
@@ -517,36 +513,36 @@ def parse_advert_uncached(data: bytes) -> Advert:
                 uuids.append(ucache.get(key) or uuid_str(key))
             else:
                 uuids.extend([uuid_str(data[k : k + 2]) for k in range(s, end, 2)])
-        elif t in _NAMES:
-            if t == AD_COMPLETE_NAME or not complete:
+        elif t in (0x08, 0x09):  # shortened / complete local name
+            if t == 0x09 or not complete:
                 name = data[s:end].decode("utf-8", "replace")
-                complete = t == AD_COMPLETE_NAME
-        elif t == AD_TX_POWER:
+                complete = t == 0x09
+        elif t == 0x0A:  # TX power level
             if dlen != 1:
                 raise AdvertParseError(i, f"TX power level is {dlen} bytes, must be 1")
             tx = data[s]
             if tx > 127:
                 tx -= 256
-        elif t in _UUID128_LISTS:
+        elif t in (0x06, 0x07):  # 128-bit service UUIDs
             if dlen & 15:
                 raise AdvertParseError(i, f"128-bit UUID list is {dlen} bytes, not a multiple of 16")
             if uuids is None:
                 uuids = []
             uuids.extend([uuid_str(data[k : k + 16][::-1]) for k in range(s, end, 16)])
-        elif t in _UUID32_LISTS:
+        elif t in (0x04, 0x05):  # 32-bit service UUIDs
             if dlen & 3:
                 raise AdvertParseError(i, f"32-bit UUID list is {dlen} bytes, not a multiple of 4")
             if uuids is None:
                 uuids = []
             uuids.extend([uuid_str(data[k : k + 4]) for k in range(s, end, 4)])
-        elif t == AD_SERVICE_DATA32:
+        elif t == 0x20:  # service data, 32-bit UUID
             if dlen < 4:
                 raise AdvertParseError(i, f"32-bit service data is {dlen} bytes, shorter than its UUID")
             u = uuid_str(data[s : s + 4])
             body = data[s + 4 : end]
             sdata[u] = body
             frames.append(tn(ServiceData, (u, body)))
-        elif t == AD_SERVICE_DATA128:
+        elif t == 0x21:  # service data, 128-bit UUID
             if dlen < 16:
                 raise AdvertParseError(i, f"128-bit service data is {dlen} bytes, shorter than its UUID")
             u = uuid_str(data[s : s + 16][::-1])
