@@ -82,6 +82,19 @@ class BleSettings(Section):
     sensor_id: str = Field(default="gw", description="Layout sensor id of the gateway's own radio")
     passive: bool = Field(default=True, description="Passive scanning where BlueZ supports it")
     stall_s: float = Field(default=30.0, gt=0, description="Advert silence that triggers recovery")
+    check_interval_s: float = Field(
+        default=0.5, gt=0, le=60, description="Batch cadence and watchdog check interval of the BLE source"
+    )
+    power_cycle_off_s: float = Field(
+        default=1.0, ge=0, le=60, description="Time the adapter stays powered off during a recovery power cycle"
+    )
+    failed_retry_s: float = Field(
+        default=300.0, gt=0, description="Once the radio is reported failed, retry a power cycle this often"
+    )
+    irk_file: Path | None = Field(
+        default=None,
+        description="Known IRKs ('<identity-id> <32 hex digits>' per line) for RPA resolution; read into RAM only",
+    )
 
 
 class WifiSettings(Section):
