@@ -220,16 +220,19 @@ def _pcapng(buf: _Buf) -> Iterator[Record]:
         # any other block type (name resolution, statistics, custom...) is skipped
 
 
-def write_pcap(f: BinaryIO, records: list[tuple[float, bytes]], linktype: int, *, nano: bool = False) -> None:
-    """Write a little-endian classic pcap (fixtures and tests)."""
-    f.write(struct.pack("<IHHiIII", 0xA1B23C4D if nano else 0xA1B2C3D4, 2, 4, 0, 0, 65535, linktype))
+def write_pcap(
+    f: BinaryIO, records: list[tuple[float, bytes]], linktype: int, *, nano: bool = False, big_endian: bool = False
+) -> None:
+    """Write a classic pcap (fixtures and tests)."""
+    bo = ">" if big_endian else "<"
+    f.write(struct.pack(bo + "IHHiIII", 0xA1B23C4D if nano else 0xA1B2C3D4, 2, 4, 0, 0, 65535, linktype))
     mult = 1_000_000_000 if nano else 1_000_000
     for ts, data in records:
         sec = int(ts)
         sub = round((ts - sec) * mult)
         if sub >= mult:
             sec, sub = sec + 1, sub - mult
-        f.write(struct.pack("<IIII", sec, sub, len(data), len(data)))
+        f.write(struct.pack(bo + "IIII", sec, sub, len(data), len(data)))
         f.write(data)
 
 
