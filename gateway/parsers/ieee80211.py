@@ -102,50 +102,74 @@ def is_locally_administered(mac: bytes | str) -> bool:
     return bool(first & 0x02)
 
 
-def parse_mgmt(frame: bytes | memoryview, *, fcs_at_end: bool = False) -> MgmtFrame | None:
+def parse_mgmt(frame: bytes | memoryview, *, fcs_at_end: bool = False, offset: int = 0) -> MgmtFrame | None:
     """Parse a management frame; ``None`` if it is not a management frame of a subtype we read.
 
     ``fcs_at_end``: the capture kept the 4-byte FCS (radiotap flag 0x10); it is not an IE.
+    ``offset``: where the 802.11 frame starts in ``frame`` (after radiotap) - saves a copy.
+    Error offsets are relative to the 802.11 frame.
     """
-    n = len(frame)
-    if fcs_at_end:
-        n -= 4
-    if n < 2:
-        raise Ieee80211Error(f"frame of {max(n, 0)} bytes has no frame control", 0)
-    fc = _FC_SEQ.unpack_from(frame, 0)[0]
-    if fc & 0x3:
-        raise Ieee80211Error(f"protocol version {fc & 3} is not 0", 0)
-    if fc & 0xC:
-        return None  # control or data frame
-    subtype = (fc >> 4) & 0xF
-    fixed = _FIXED_LEN.get(subtype)
-    if fixed is None:
-        return None
-    if fc & 0x4000:
-        return None  # protected management frame: the body is encrypted
-    hdr = _MGMT_HDR_LEN + (4 if fc & 0x8000 else 0)  # +HTC/order: HT control field
-    if n < hdr:
-        raise Ieee80211Error(f"management header needs {hdr} bytes, have {n}", 0)
     b = frame if type(frame) is bytes else bytes(frame)
-    src_b = b[10:16]
-    seq = _FC_SEQ.unpack_from(b, 22)[0] >> 4
-    i = hdr + fixed
-    if i > n:
-        raise Ieee80211Error(f"fixed fields need {fixed} bytes after the header", hdr)
+    return parse_mgmt_at(b, offset, len(b) - (4 if fcs_at_end else 0))
 
-    body = b[i:n]
+
+def parse_mgmt_at(b: bytes, o: int, end: int) -> MgmtFrame | None:
+    """:func:`parse_mgmt` of ``b[o:end]`` without copying (positional: the hot path calls it)."""
+    n = end - o
+    if n >= 24:
+        fc, sc = _FC_SC.unpack_from(b, o)
+        if fc == 0x0040:  # the common case: a plain probe request, no flags
+            subtype = SUBTYPE_PROBE_REQ
+            i = o + 24
+        else:
+            subtype, i = _mgmt_header(fc, n, o)
+            if subtype < 0:
+                return None
+    else:
+        if n < 2:
+            raise Ieee80211Error(f"frame of {max(n, 0)} bytes has no frame control", 0)
+        subtype, i = _mgmt_header(_FC_SEQ.unpack_from(b, o)[0], n, o)
+        if subtype < 0:
+            return None
+        raise Ieee80211Error(f"management header needs 24 bytes, have {n}", 0)
+    if i > end:
+        raise Ieee80211Error(f"fixed fields need {i - o - 24} bytes after the header", 24)
+    body = b[i:end]
     r = _ie_cache.get(body)
     if r is None:
-        r = _parse_ies(b, i, n)
+        r = _parse_ies(b, i, end, o)
         if len(_ie_cache) >= _IE_CACHE_MAX:
             _ie_cache.clear()
         _ie_cache[body] = r
-    ssid, hidden, ds, rates, ids, vendor, fp = r
-    return _new_frame(
-        MgmtFrame, (subtype, src_b.hex(":"), bool(src_b[0] & 0x02), seq, ssid, hidden, ds, rates, ids, vendor, fp)
-    )
+    src_b = b[o + 10 : o + 16]
+    mac = _mac_cache.get(src_b)
+    if mac is None:
+        if len(_mac_cache) >= _MAC_CACHE_MAX:
+            _mac_cache.clear()
+        mac = _mac_cache[src_b] = (src_b.hex(":"), bool(src_b[0] & 0x02))
+    return _new_frame(MgmtFrame, (subtype, *mac, sc >> 4, *r))
 
 
+def _mgmt_header(fc: int, n: int, o: int) -> tuple[int, int]:
+    """Check a frame control field: (subtype, start of the elements) or (-1, 0) if not ours."""
+    if fc & 0x3:
+        raise Ieee80211Error(f"protocol version {fc & 3} is not 0", 0)
+    if fc & 0xC:
+        return -1, 0  # control or data frame
+    subtype = (fc >> 4) & 0xF
+    fixed = _FIXED_LEN.get(subtype)
+    if fixed is None or fc & 0x4000:
+        return -1, 0  # a subtype we do not read, or a protected (encrypted) management frame
+    hdr = _MGMT_HDR_LEN + (4 if fc & 0x8000 else 0)  # +HTC/order: HT control field
+    if n < hdr:
+        raise Ieee80211Error(f"management header needs {hdr} bytes, have {n}", 0)
+    return subtype, o + hdr + fixed
+
+
+_FC_SC = struct.Struct("<H20xH")
+# transmitter address -> (text, randomized): a MAC sends many frames
+_mac_cache: dict[bytes, tuple[str, bool]] = {}
+_MAC_CACHE_MAX = 65536
 _IEs = tuple[bytes | None, bool, int | None, bytes, bytes, tuple[int, ...], str]
 # The element region of one device model's probe requests is byte-identical from frame to frame
 # (only the MAC and sequence number, in the header, change), so parsing is memoized on it.
@@ -154,8 +178,8 @@ _IE_CACHE_MAX = 16384
 _new_frame = tuple.__new__
 
 
-def _parse_ies(b: bytes, i: int, n: int) -> _IEs:
-    """Walk the information elements of ``b[i:n]``; offsets in errors are frame offsets."""
+def _parse_ies(b: bytes, i: int, n: int, o: int) -> _IEs:
+    """Walk the information elements of ``b[i:n]``; errors give offsets relative to ``o``."""
     ids = bytearray()
     parts: list[bytes] = []
     vendor: list[int] = []
@@ -165,16 +189,16 @@ def _parse_ies(b: bytes, i: int, n: int) -> _IEs:
     ht = b""
     while i < n:
         if i + 2 > n:
-            raise Ieee80211Error("truncated information element header", i)
+            raise Ieee80211Error("truncated information element header", i - o)
         eid = b[i]
         end = i + 2 + b[i + 1]
         if end > n:
-            raise Ieee80211Error(f"element {eid} length {b[i + 1]} runs past the frame end {n}", i)
+            raise Ieee80211Error(f"element {eid} length {b[i + 1]} runs past the frame end {n - o}", i - o)
         ids.append(eid)
         if eid == IE_SSID:
             if ssid is None:
                 if end - i > 34:
-                    raise Ieee80211Error(f"SSID length {end - i - 2} > 32", i)
+                    raise Ieee80211Error(f"SSID length {end - i - 2} > 32", i - o)
                 ssid = b[i + 2 : end]
         elif eid in (1, 50):  # supported / extended supported rates
             rates += b[i + 2 : end]
@@ -190,7 +214,7 @@ def _parse_ies(b: bytes, i: int, n: int) -> _IEs:
                 parts.append(b[i + 2 : i + 6])
         elif eid == IE_EXTENSION:
             if end - i < 3:
-                raise Ieee80211Error("element extension without an extension id", i)
+                raise Ieee80211Error("element extension without an extension id", i - o)
             # HE capabilities (ext 35): whole body; other extensions: just the extension id
             parts.append(b[i:end] if b[i + 2] == EXT_HE_CAPS else b[i : i + 3])
         elif eid in (127, 191):  # extended capabilities, VHT capabilities

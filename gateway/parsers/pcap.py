@@ -99,6 +99,16 @@ def _pcap(buf: _Buf) -> Iterator[Record]:
     rec = struct.Struct(bo + "IIII")
     unpack = rec.unpack_from
     while True:
+        # fast path: the whole record is in the current chunk (no method calls)
+        d = buf.data
+        p = buf.pos
+        if p + 16 <= len(d):
+            sec, sub, incl, _orig = unpack(d, p)
+            end = p + 16 + incl
+            if end <= len(d) and incl <= limit and sub * frac < 1.0:
+                buf.pos = end
+                yield (sec + sub * frac, linktype, d[p + 16 : end])
+                continue
         if not buf.need(16):
             if len(buf.data) - buf.pos == 0:
                 return
@@ -108,8 +118,7 @@ def _pcap(buf: _Buf) -> Iterator[Record]:
             raise PcapError(f"record length {incl} exceeds the limit {limit}", buf.offset())
         if sub * frac >= 1.0:
             raise PcapError(f"record timestamp fraction {sub} out of range", buf.offset())
-        start = buf.pos + 16
-        if len(buf.data) - start < incl and not buf.need(16 + incl):
+        if not buf.need(16 + incl):
             raise PcapError(f"truncated record: {incl} bytes announced", buf.offset())
         start = buf.pos + 16
         data = buf.data[start : start + incl]

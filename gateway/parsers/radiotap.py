@@ -264,11 +264,11 @@ def parse_radiotap(buf: bytes | memoryview) -> RadiotapInfo:
     if n < 8:
         raise RadiotapError(f"header needs 8 bytes, have {n}", 0)
     version, _pad, length, present = _HDR.unpack_from(buf, 0)
-    if version != 0:
-        raise RadiotapError(f"unsupported version {version}", 0)
-    if length < 8:
-        raise RadiotapError(f"header length {length} < 8", 2)
-    if length > n:
+    if version or length < 8 or length > n:
+        if version != 0:
+            raise RadiotapError(f"unsupported version {version}", 0)
+        if length < 8:
+            raise RadiotapError(f"header length {length} < 8", 2)
         raise RadiotapError(f"header length {length} exceeds the {n} captured bytes", 2)
     key: object = present
     if present & 0x80000000:
@@ -291,9 +291,10 @@ def parse_radiotap(buf: bytes | memoryview) -> RadiotapInfo:
             if len(_plan_cache) >= _PLAN_CACHE_MAX:
                 _plan_cache.clear()
             _plan_cache[key] = plan
-    if plan.end > length:
-        raise RadiotapError(f"fields need {plan.end} bytes, header length is {length}", 2)
-    return _new_info(RadiotapInfo, plan.getter(plan.st.unpack_from(buf, 0) + plan.tail))
+    st, getter, tail, end = plan
+    if end > length:
+        raise RadiotapError(f"fields need {end} bytes, header length is {length}", 2)
+    return _new_info(RadiotapInfo, getter(st.unpack_from(buf, 0) + tail))
 
 
 _new_info = tuple.__new__

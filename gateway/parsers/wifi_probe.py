@@ -15,9 +15,16 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-from gateway.parsers.ieee80211 import SUBTYPE_PROBE_REQ, Ieee80211Error, parse_mgmt
+from gateway.parsers.ieee80211 import SUBTYPE_PROBE_REQ, Ieee80211Error, parse_mgmt_at
 from gateway.parsers.pcap import LINKTYPE_IEEE802_11, LINKTYPE_RADIOTAP
-from gateway.parsers.radiotap import RadiotapError, parse_radiotap
+from gateway.parsers.radiotap import (
+    FLAG_BAD_FCS,
+    FLAG_FCS_AT_END,
+    RX_FLAG_BAD_PLCP,
+    RadiotapError,
+    freq_to_channel,
+    parse_radiotap,
+)
 
 __all__ = ["Probe", "ProbeDecoder"]
 
@@ -52,7 +59,7 @@ class ProbeDecoder:
         """``channel_hint``: the channel the capture was tuned to, used when radiotap has none."""
         rssi: int | None = None
         channel = channel_hint
-        fcs = False
+        end = len(data)
         off = 0
         if linktype == LINKTYPE_RADIOTAP:
             try:
@@ -60,31 +67,43 @@ class ProbeDecoder:
             except RadiotapError:
                 self._count("malformed.radiotap")
                 return None
-            if rt.bad_fcs:
+            off, flags, rssi, _noise, freq, _chf, _rate, _tsft, _ant, rx_flags, _ouis = rt
+            if flags & FLAG_BAD_FCS or (rx_flags or 0) & RX_FLAG_BAD_PLCP:
                 self._count("bad_fcs")
                 return None
-            rssi = rt.signal_dbm
-            if rt.freq_mhz is not None:
-                channel = rt.channel
-            fcs = rt.fcs_at_end
-            off = rt.length
+            if freq is not None:
+                channel = _CHANNELS.get(freq, -1)
+                if channel == -1:
+                    channel = freq_to_channel(freq)
+                    if len(_CHANNELS) < 1024:
+                        _CHANNELS[freq] = channel
+            if flags & FLAG_FCS_AT_END:
+                end -= 4
         elif linktype != LINKTYPE_IEEE802_11:
             self._count("linktype")
             return None
         try:
-            m = parse_mgmt(data[off:] if off else data, fcs_at_end=fcs)
+            m = parse_mgmt_at(data if type(data) is bytes else bytes(data), off, end)
         except Ieee80211Error:
             self._count("malformed.ieee80211")
             return None
-        if m is None or m.subtype != SUBTYPE_PROBE_REQ:
+        if m is None:
             self._count("not_probe_request")
             return None
-        ds = m.ds_channel
+        subtype, src, randomized, seq, _ssid, hidden, ds, _rates, _ids, _vendor, fp = m
+        if subtype != SUBTYPE_PROBE_REQ:
+            self._count("not_probe_request")
+            return None
         if ds is not None:
             if channel is None:
                 channel = ds
             elif ds != channel and not self.keep_off_channel:
-                self._count("off_channel")
+                counts = self.counts
+                counts["off_channel"] = counts.get("off_channel", 0) + 1
                 return None
         self.probes += 1
-        return Probe(ts, m.src, m.randomized, rssi, channel, m.ssid_hidden, m.fingerprint, m.seq)
+        return _new_probe(Probe, (ts, src, randomized, rssi, channel, hidden, fp, seq))
+
+
+_new_probe = tuple.__new__
+_CHANNELS: dict[int, int | None] = {}
