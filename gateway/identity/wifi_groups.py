@@ -44,6 +44,7 @@ class GroupParams:
     max_err: float = 2.0  # largest normalised error (sequence, RSSI) of an acceptable continuation
     min_gap_s: float = 2.0  # a MAC changes between probe bursts, not within one
     gap_factor: float = 4.0  # longest silence, in the group's own burst intervals (missed bursts)
+    min_margin: float = 0.0  # required score gap between the best and the second-best candidate
     burst_gap_s: float = 5.0  # frames further apart than this belong to different probe bursts
     forget_s: float = 900.0  # drop groups quiet this long
     rssi_alpha: float = 0.3  # smoothing of the group's RSSI
@@ -181,14 +182,21 @@ class WifiGrouper:
 
     def _match(self, fp: str, seq: int, ts: float, rssi: float | None, exclude: _Group | None) -> _Group | None:
         best: _Group | None = None
-        best_score = float("inf")
+        best_score = second = float("inf")
+        oldest = ts - self.p.max_gap_s
         for g in self._by_fp.get(fp, ()):
             t = g.tail
-            if t is None or g is exclude:
+            if t is None or g is exclude or t.last_ts < oldest:
                 continue
             score = self._fit(g, t, seq, ts, rssi)
-            if score is not None and score < best_score:
-                best, best_score = g, score
+            if score is None:
+                continue
+            if score < best_score:
+                best, best_score, second = g, score, best_score
+            elif score < second:
+                second = score
+        if best is not None and second - best_score < self.p.min_margin:
+            return None  # two devices could have become this MAC: a wrong link costs more than a split
         return best
 
     def expire(self, now: float) -> int:
