@@ -70,7 +70,8 @@ def decode_file(
                 mac = p.mac
                 group = observe(mac, p.randomized, p.fingerprint, p.seq, ts, p.rssi)
                 if not raw:
-                    sec = int(ts)
+                    # the key epoch changes on a whole minute (rotation_time is HH:MM): ask once a minute
+                    sec = int(ts // 60.0)
                     if sec != last_sec:
                         last_sec = sec
                         e = keyring.epoch_of(ts)
