@@ -100,6 +100,9 @@ class WifiSettings(Section):
     keep_off_channel: bool = Field(
         default=False, description="Keep frames heard off the channel they were sent on (their RSSI is too low)"
     )
+    kernel_filter: bool = Field(
+        default=True, description="BPF filter on the capture socket: only probe requests reach Python"
+    )
     batch_max: int = Field(default=512, ge=1, le=65536, description="Frames read per event-loop wake-up (max)")
     max_pending: int = Field(default=50_000, ge=100, description="Observations buffered for a slow consumer")
     rcvbuf_bytes: int = Field(default=4 << 20, ge=65536, description="Capture socket receive buffer")

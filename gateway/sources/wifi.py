@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import fcntl
 import secrets
 import shutil
@@ -49,6 +50,41 @@ ETH_P_ALL = 0x0003
 ARPHRD_IEEE80211 = 801
 ARPHRD_IEEE80211_RADIOTAP = 803
 SIOCGIFHWADDR = 0x8927
+
+
+SO_ATTACH_FILTER = 26
+
+
+def probe_request_filter(linktype: int) -> list[tuple[int, int, int, int]]:
+    """Classic BPF program passing only probe requests (frame control byte 0x40, flags ignored).
+
+    With radiotap the 802.11 frame starts at the little-endian header length in bytes 2-3, which
+    BPF loads into X. On a busy channel most frames are data frames: dropping them in the kernel
+    keeps them off the socket, the event loop and the CPU. (A frame too short for the program is
+    dropped by the kernel too - it is never counted.)
+    """
+    accept, drop = (0x06, 0, 0, 0xFFFF), (0x06, 0, 0, 0)
+    tail = [(0x54, 0, 0, 0xFC), (0x15, 0, 1, 0x40), accept, drop]  # and #0xfc; jeq #0x40
+    if linktype == LINKTYPE_RADIOTAP:
+        head = [
+            (0x30, 0, 0, 3),  # ldb [3]
+            (0x64, 0, 0, 8),  # lsh #8
+            (0x07, 0, 0, 0),  # tax
+            (0x30, 0, 0, 2),  # ldb [2]
+            (0x4C, 0, 0, 0),  # or x
+            (0x07, 0, 0, 0),  # tax      X = radiotap length
+            (0x50, 0, 0, 0),  # ldb [x + 0]
+        ]
+    else:
+        head = [(0x30, 0, 0, 0)]  # ldb [0]
+    return head + tail
+
+
+def attach_filter(sock: socket.socket, program: list[tuple[int, int, int, int]]) -> None:
+    insns = b"".join(struct.pack("HBBI", code, jt, jf, k) for code, jt, jf, k in program)
+    buf = ctypes.create_string_buffer(insns, len(insns))
+    fprog = struct.pack("HL", len(program), ctypes.addressof(buf))
+    sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_FILTER, fprog)
 
 
 def channel_freq(ch: int) -> int:
@@ -267,6 +303,8 @@ class WifiCaptureSource:
         sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ALL))
         try:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, self.settings.rcvbuf_bytes)
+            if self.settings.kernel_filter:
+                attach_filter(sock, probe_request_filter(self._linktype))
             sock.bind((self.settings.interface, ETH_P_ALL))
             sock.setblocking(False)
         except BaseException:
@@ -325,6 +363,7 @@ class WifiCaptureSource:
             return
         self._linktype = lt
         h.detail["linktype"] = "radiotap" if lt == LINKTYPE_RADIOTAP else "ieee80211"
+        h.detail["kernel_filter"] = "probe requests only" if s.kernel_filter else "off"
         try:
             self._sock = self._open()
         except OSError as e:

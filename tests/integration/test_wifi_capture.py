@@ -89,7 +89,13 @@ async def test_capture_on_veth_in_private_netns(veth_netns: tuple[str, str], tmp
     assert socket.if_nametoindex(capture_if) > 0  # we are inside the namespace
     assert arphrd_type(capture_if) == 1  # a veth is Ethernet: the source must be told the link type
     settings = WifiSettings(
-        enabled=True, interface=capture_if, linktype="radiotap", channels=[1, 6], dwell_s=0.05, sensor_id="gw-test"
+        enabled=True,
+        interface=capture_if,
+        linktype="radiotap",
+        channels=[1, 6],
+        dwell_s=0.05,
+        sensor_id="gw-test",
+        kernel_filter=False,  # every frame reaches the decoder: its drop counts are checked below
     )
     src = WifiCaptureSource(settings)
     got: list[Observation] = []
@@ -171,3 +177,43 @@ async def test_non_monitor_interface_fails_clearly(veth_netns: tuple[str, str]) 
     assert "not a monitor interface (ARPHRD type 1)" in h.detail["error"]
     # the failed type change must not leave the interface down
     assert arphrd_type(capture_if) == 1
+
+
+async def test_kernel_filter_passes_only_probe_requests(veth_netns: tuple[str, str]) -> None:
+    """With the BPF filter, data frames and beacons never reach the socket (frames counts them)."""
+    inject_if, capture_if = veth_netns
+    src = WifiCaptureSource(WifiSettings(enabled=True, interface=capture_if, linktype="radiotap", hop=False))
+    got: list[Observation] = []
+
+    async def consume() -> None:
+        async for batch in src.batches():
+            got.extend(batch)
+            if len(got) >= 2:
+                return
+
+    task = asyncio.create_task(consume())
+    for _ in range(200):
+        if src.health.state in ("running", "failed"):
+            break
+        await asyncio.sleep(0.01)
+    assert src.health.state == "running", src.health.detail
+    assert src.health.detail["kernel_filter"] == "probe requests only"
+    rt = build_radiotap(signal_dbm=-50, freq_mhz=2437, flags=0)
+    mac = bytes.fromhex("02aabbccdd03")
+    data_frame = rt + bytes([0x08, 0x00, 0, 0]) + mac * 3 + b"\x00\x00" + bytes(30)
+    beacon = rt + bytes([0x80, 0x00, 0, 0]) + b"\xff" * 6 + mac * 2 + b"\x00\x00" + bytes(12)
+    tx = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
+    try:
+        tx.bind((inject_if, 0))
+        for f in [data_frame, beacon, _frame(mac, 1, -50, 6, 6), data_frame, beacon, _frame(mac, 2, -51, 6, 6)]:
+            tx.send(f)
+        await asyncio.wait_for(task, 10.0)
+    finally:
+        tx.close()
+        if not task.done():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+    assert [o.rssi for o in got] == [-50.0, -51.0]
+    assert src.frames == 2  # the four other frames were dropped in the kernel
+    assert src.health.detail.get("other_frames", 0) == 0
