@@ -38,10 +38,10 @@ SEQ_MOD = 4096
 class GroupParams:
     max_gap_s: float = 240.0  # longest silence between the old MAC's last and the new MAC's first frame
     seq_rate: float = 1.5  # sequence numbers per second of silence, until a group has learned its own
-    seq_slack: float = 16.0  # spread of the sequence-number advance: slack + spread * expected advance
-    seq_spread: float = 0.6
+    seq_slack: float = 12.0  # spread of the sequence-number advance: slack + spread * expected advance
+    seq_spread: float = 0.3
     rssi_sigma_db: float = 7.0  # spread of a device's RSSI between bursts
-    max_err: float = 2.0  # largest normalised error (sequence, RSSI) of an acceptable continuation
+    max_err: float = 2.5  # largest normalised error (sequence, RSSI) of an acceptable continuation
     min_gap_s: float = 2.0  # a MAC changes between probe bursts, not within one
     gap_factor: float = 4.0  # longest silence, in the group's own burst intervals (missed bursts)
     min_margin: float = 0.0  # required score gap between the best and the second-best candidate
