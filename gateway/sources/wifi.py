@@ -282,6 +282,7 @@ class WifiCaptureSource:
         self._pending: list[Observation] = []
         self._wake = asyncio.Event()
         self._linktype = LINKTYPE_RADIOTAP
+        self._error: OSError | None = None
         self.frames = 0
 
     def _resolve_linktype(self) -> int | None:
@@ -329,9 +330,11 @@ class WifiCaptureSource:
                 data = sock.recv(65535)
             except (BlockingIOError, InterruptedError):
                 break
-            except OSError as e:  # interface gone, network down...
+            except OSError as e:  # interface gone (ENODEV), network down (ENETDOWN)...
                 self.health.state = "degraded"
-                self.health.detail["error"] = f"recv: {e.strerror or e}"
+                self.health.detail["error"] = f"recv on {self.settings.interface}: {e.strerror or e}"
+                self._error = e
+                self._wake.set()
                 break
             n += 1
             obs = convert(now, lt, data, channel)
@@ -385,6 +388,12 @@ class WifiCaptureSource:
                 await self._wake.wait()
                 self._wake.clear()
                 batch, self._pending = self._pending, []
+                if self._error is not None and not batch:
+                    # the socket is dead: fail loudly so the supervisor restarts the source
+                    err, self._error = self._error, None
+                    h.state = "failed"
+                    log.error("wifi.capture_failed", interface=s.interface, error=str(err.strerror or err))
+                    raise err
                 if not batch:
                     continue
                 h.observations += len(batch)
@@ -404,7 +413,8 @@ class WifiCaptureSource:
                     await hop_task
             self._conv.sync_health()
             h.detail["hopping"] = self.hopper.state
-            h.state = "stopped"
+            if h.state != "failed":
+                h.state = "stopped"
 
 
 class PcapReplaySource:

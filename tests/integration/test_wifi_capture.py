@@ -217,3 +217,29 @@ async def test_kernel_filter_passes_only_probe_requests(veth_netns: tuple[str, s
     assert [o.rssi for o in got] == [-50.0, -51.0]
     assert src.frames == 2  # the four other frames were dropped in the kernel
     assert src.health.detail.get("other_frames", 0) == 0
+
+
+async def test_interface_removed_while_capturing_fails_the_source(veth_netns: tuple[str, str]) -> None:
+    """The capture interface disappears (USB dongle unplugged): the source raises for a restart."""
+    _inject_if, capture_if = veth_netns
+    src = WifiCaptureSource(WifiSettings(enabled=True, interface=capture_if, linktype="radiotap", hop=False))
+
+    async def consume() -> None:
+        async for _batch in src.batches():
+            pass
+
+    task = asyncio.create_task(consume())
+    for _ in range(200):
+        if src.health.state in ("running", "failed"):
+            break
+        await asyncio.sleep(0.01)
+    assert src.health.state == "running"
+    ip = shutil.which("ip")
+    assert ip is not None
+    proc = await asyncio.create_subprocess_exec(ip, "link", "del", capture_if)  # this namespace only
+    assert await asyncio.wait_for(proc.wait(), 10.0) == 0
+    with pytest.raises(OSError) as e:
+        await asyncio.wait_for(task, 10.0)
+    assert src.health.state == "failed"
+    assert f"recv on {capture_if}" in src.health.detail["error"]
+    assert e.value.errno is not None
