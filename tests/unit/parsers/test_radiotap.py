@@ -85,8 +85,8 @@ def test_extended_bitmaps_per_chain_signals_keep_the_first() -> None:
 
 
 def test_vendor_namespace_is_skipped_by_its_length() -> None:
-    # word0: signal + vendor-ns(30) + ext; word1 (vendor ns): two vendor fields; then a radiotap word
-    # again? No: after the vendor data comes the frame. skip_length covers the vendor data.
+    # word0: signal + vendor-ns(30) + ext; word1 (vendor ns): two vendor fields of unknown size.
+    # skip_length covers the vendor data; the 802.11 frame follows it.
     w0 = (1 << 5) | (1 << 30) | (1 << 31)
     w1 = (1 << 0) | (1 << 1)  # vendor's own meanings: unknown to us
     body = struct.pack("<II", w0, w1)  # 4..12
