@@ -80,6 +80,8 @@ class WifiGrouper:
 
     def __init__(self, params: GroupParams | None = None, *, prefix: str = "w") -> None:
         self.p = params or GroupParams()
+        self._burst_gap_s = self.p.burst_gap_s
+        self._alpha = self.p.rssi_alpha
         self._prefix = prefix
         self._next = 1
         self._by_mac: dict[str, _Mac] = {}
@@ -120,21 +122,25 @@ class WifiGrouper:
             m = _Mac(g, ts, seq, ts, seq)
             self._attach(m, g)
             self._by_mac[mac] = m
-        elif m.group.tail is not m:
-            self._undo(m, fingerprint, randomized)
-        g = m.group
-        if ts >= m.last_ts:
-            dt = ts - m.last_ts
-            if dt >= self.p.burst_gap_s:
+        else:
+            g = m.group
+            if g.tail is not m:
+                self._undo(m, fingerprint, randomized)
+                g = m.group
+        last = m.last_ts
+        if ts >= last:
+            if ts - last >= self._burst_gap_s:
+                dt = ts - last
                 rate = ((seq - m.last_seq) % SEQ_MOD) / dt
                 g.seq_rate = rate if g.seq_rate is None else g.seq_rate + 0.3 * (rate - g.seq_rate)
                 g.interval = dt if g.interval is None else g.interval + 0.3 * (dt - g.interval)
             m.last_ts = ts
             m.last_seq = seq
-        if ts >= g.last_ts:
-            g.last_ts = ts
+            if ts >= g.last_ts:
+                g.last_ts = ts
         if rssi is not None:
-            g.rssi = rssi if g.rssi is None else g.rssi + self.p.rssi_alpha * (rssi - g.rssi)
+            r = g.rssi
+            g.rssi = rssi if r is None else r + self._alpha * (rssi - r)
         g.frames += 1
         return g.gid
 
