@@ -243,3 +243,35 @@ async def test_interface_removed_while_capturing_fails_the_source(veth_netns: tu
     assert src.health.state == "failed"
     assert f"recv on {capture_if}" in src.health.detail["error"]
     assert e.value.errno is not None
+
+
+async def test_plain_80211_interface_with_kernel_filter(veth_netns: tuple[str, str]) -> None:
+    """linktype 105 (no radiotap): the filter reads the frame control at offset 0; no RSSI to range."""
+    inject_if, capture_if = veth_netns
+    src = WifiCaptureSource(WifiSettings(enabled=True, interface=capture_if, linktype="ieee80211", hop=False))
+    task = asyncio.create_task(anext(src.batches()))
+    for _ in range(200):
+        if src.health.state in ("running", "failed"):
+            break
+        await asyncio.sleep(0.01)
+    assert src.health.state == "running"
+    mac = bytes.fromhex("02aabbccdd04")
+    probe = _frame(mac, 1, -50, 6, 6)
+    plain = probe[int.from_bytes(probe[2:4], "little") :]
+    data_frame = bytes([0x08, 0x00, 0, 0]) + mac * 3 + b"\x00\x00" + bytes(30)
+    tx = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
+    try:
+        tx.bind((inject_if, 0))
+        for f in (data_frame, plain, data_frame, plain):
+            tx.send(f)
+        for _ in range(200):
+            if src.frames >= 2 and src.health.dropped.get("no_rssi", 0) >= 2:
+                break
+            await asyncio.sleep(0.01)
+    finally:
+        tx.close()
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError, StopAsyncIteration):
+            await task
+    assert src.frames == 2  # only the probe requests passed the kernel filter
+    assert src.health.dropped == {"no_rssi": 2}
