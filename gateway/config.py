@@ -105,6 +105,21 @@ class WifiSettings(Section):
     dwell_s: float = Field(default=0.25, gt=0, le=60, description="Time on each channel")
     set_monitor: bool = Field(default=False, description="Put the interface into monitor mode at start")
     pcap: Path | None = Field(default=None, description="Replay this pcap/pcapng instead of capturing")
+    pcap_speed: float = Field(default=0.0, ge=0, description="pcap replay pace: 0 as fast as possible, 1 recorded")
+    linktype: Literal["auto", "radiotap", "ieee80211"] = Field(
+        default="auto",
+        description="Frame format on the interface; auto: from its ARPHRD type (803 radiotap, 801 plain 802.11)",
+    )
+    hop: bool = Field(default=True, description="Hop over `channels` (needs CAP_NET_ADMIN); false: stay put")
+    keep_off_channel: bool = Field(
+        default=False, description="Keep frames heard off the channel they were sent on (their RSSI is too low)"
+    )
+    kernel_filter: bool = Field(
+        default=True, description="BPF filter on the capture socket: only probe requests reach Python"
+    )
+    batch_max: int = Field(default=512, ge=1, le=65536, description="Frames read per event-loop wake-up (max)")
+    max_pending: int = Field(default=50_000, ge=100, description="Observations buffered for a slow consumer")
+    rcvbuf_bytes: int = Field(default=4 << 20, ge=65536, description="Capture socket receive buffer")
 
 
 class NodesSettings(Section):

@@ -75,6 +75,15 @@ def build_sources(settings: Settings, layout: Layout) -> list[Source]:
 SOURCE_FACTORIES: list[tuple[Callable[[Settings], bool], Callable[[Settings, Layout], Source]]] = []
 
 
+def _wifi_source(settings: Settings, layout: Layout) -> Source:
+    from gateway.sources.wifi import make_wifi_source  # AF_PACKET capture, or pcap replay if wifi.pcap is set
+
+    return make_wifi_source(settings.wifi)
+
+
+SOURCE_FACTORIES.append((lambda s: s.wifi.enabled, _wifi_source))
+
+
 @dataclass
 class Runtime:
     """What the status page and tests can read about a running daemon."""

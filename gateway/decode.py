@@ -9,6 +9,7 @@ from typing import Any
 # Modules exposing ``add_decode_command(decode_subparsers)``.
 DECODE_MODULES: list[str] = [
     "gateway.decode_ble",
+    "gateway.decode_pcap",
 ]
 
 
