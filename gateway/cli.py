@@ -20,6 +20,7 @@ from gateway.config import ConfigError, Settings, config_docs, load_settings
 COMMAND_MODULES: list[str] = [
     "gateway.decode",
     "gateway.provision",
+    "gateway.update",
 ]
 
 
