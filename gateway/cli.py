@@ -22,6 +22,7 @@ COMMAND_MODULES: list[str] = [
     "gateway.daemon",
     "gateway.demo",
     "gateway.provision",
+    "gateway.doctor",
     "gateway.update",
 ]
 
