@@ -17,6 +17,10 @@ at its top, plus a detached ``NAME.tar.gz.sig``: an Ed25519 signature over
 opened at all; members are then checked for path traversal, links out of the tree and special
 files before anything is written.
 
+A release tree is a virtualenv built with ``--copies`` (no absolute symlinks: they are refused,
+like any link leaving the release) at ``/opt/gateway/<version>``, holding ``bin/gateway`` and
+``bin/python``.
+
 READY: after switching, the updater deletes the ready file, restarts the service and waits for
 the new version to write ``{"version": ..., "pid": ...}`` to the ready file. The daemon does this
 (:func:`write_ready`) right after it sends ``READY=1`` to systemd, i.e. once its sources, outbox and
@@ -254,6 +258,32 @@ def write_ready(version: str, path: Path = DEFAULT_READY_FILE) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}")
     tmp.write_text(json.dumps({"version": version, "pid": os.getpid(), "ts": time.time()}))
     os.replace(tmp, path)
+
+
+def release_version(argv0: str | None = None) -> str:
+    """The running release's version: ``release.json`` at the release root (``bin/..``), else the
+    package version. Parent directories are resolved (``current`` -> ``1.5.0``), the entry is not."""
+    from gateway import __version__
+
+    exe = Path(argv0 if argv0 is not None else sys.argv[0])
+    # A release is a venv built at its own directory: sys.prefix is the release root.
+    for root in (Path(sys.prefix), Path(os.path.realpath(exe.parent)).parent):
+        with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
+            return str(json.loads((root / MANIFEST).read_text())["version"])
+    return __version__
+
+
+def announce_ready(path: Path | None = None, version: str | None = None) -> bool:
+    """Best effort: write the ready file if its directory exists (``/run/gateway`` under systemd,
+    or ``$GATEWAY_READY_FILE``). Never raises: READY reporting must not take the daemon down."""
+    target = path or Path(os.environ.get("GATEWAY_READY_FILE") or DEFAULT_READY_FILE)
+    if not target.parent.is_dir():
+        return False
+    try:
+        write_ready(version or release_version(), target)
+    except OSError:
+        return False
+    return True
 
 
 def read_ready(path: Path) -> str | None:

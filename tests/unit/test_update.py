@@ -212,3 +212,21 @@ def test_cli_keygen_pack_sign_update(tmp_path: Path) -> None:
     r = run("update", str(tmp_path / "p.tar.gz"), *common)
     assert r.returncode == 2
     assert "refused: signature does not verify" in r.stderr
+
+
+def test_release_version_and_announce(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from gateway.update import announce_ready, release_version
+
+    rel = tmp_path / "opt/5.0.0"
+    (rel / "bin").mkdir(parents=True)
+    (rel / "release.json").write_text('{"version": "5.0.0", "entry": "bin/gateway"}')
+    (tmp_path / "opt/current").symlink_to("5.0.0")
+    assert release_version(str(tmp_path / "opt/current/bin/gateway")) == "5.0.0"
+    from gateway import __version__
+
+    assert release_version(str(tmp_path / "elsewhere/bin/gateway")) == __version__
+    monkeypatch.setenv("GATEWAY_READY_FILE", str(tmp_path / "run/ready.json"))
+    assert announce_ready(version="5.0.0") is False  # no runtime dir: silently nothing
+    (tmp_path / "run").mkdir()
+    assert announce_ready(version="5.0.0") is True
+    assert read_ready(tmp_path / "run/ready.json") == "5.0.0"
