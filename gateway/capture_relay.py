@@ -218,9 +218,31 @@ class CaptureReceiver:
             self.stats.by_linktype[frame.linktype] = self.stats.by_linktype.get(frame.linktype, 0) + 1
             return frame
 
+    async def recv_batch(self, max_frames: int = 256) -> list[CapturedFrame]:
+        """Wait for one datagram, then drain what is already queued without waiting: one event
+        loop wake-up per burst instead of per frame (monitor mode delivers bursts)."""
+        out = [await self.recv()]
+        assert self._sock is not None
+        while len(out) < max_frames:
+            try:
+                dgram = self._sock.recv(HEADER.size + MAX_FRAME)
+            except (BlockingIOError, InterruptedError):
+                break
+            try:
+                frame = decode_frame(dgram)
+            except FrameError as e:
+                self.stats.malformed += 1
+                self.stats.last_error = str(e)
+                continue
+            self.stats.frames += 1
+            self.stats.by_linktype[frame.linktype] = self.stats.by_linktype.get(frame.linktype, 0) + 1
+            out.append(frame)
+        return out
+
     async def frames(self) -> AsyncIterator[CapturedFrame]:
         while True:
-            yield await self.recv()
+            for frame in await self.recv_batch():
+                yield frame
 
 
 def _interface_from_config(path: str | None) -> str:

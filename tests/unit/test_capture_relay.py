@@ -148,3 +148,18 @@ async def test_relay_process_captures_loopback(tmp_path: Path) -> None:
     assert found, err.decode()
     assert proc.returncode == 0
     assert b"relay stopped: received=" in err
+
+
+async def test_recv_batch_drains_a_burst_in_one_wakeup(tmp_path: Path) -> None:
+    path = tmp_path / "b.sock"
+    async with CaptureReceiver(path) as rx:
+        relay = Relay(path)
+        for i in range(5):
+            assert relay.forward(bytes([i]) * 30, LINKTYPE_RADIOTAP)
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
+            s.sendto(b"bad", str(path))
+        relay.forward(b"tail", LINKTYPE_RADIOTAP)
+        relay.close()
+        batch = await asyncio.wait_for(rx.recv_batch(), 2)
+    assert [f.data for f in batch] == [bytes([i]) * 30 for i in range(5)] + [b"tail"]
+    assert rx.stats.malformed == 1
