@@ -45,6 +45,7 @@ KEY = TLS / "device.key"
 CSR = TLS / "device.csr"
 CERT = TLS / "device.crt"
 CA = TLS / "ca.pem"
+RELEASE_PUBKEY = ETC / "release.pub"
 STATE_DIR = Path("/var/lib/gateway")
 LOG_DIR = Path("/var/log/gateway")
 UNIT_DIR = Path("/etc/systemd/system")
@@ -76,6 +77,22 @@ class Request:
     force: bool = False
     dry_run: bool = False
     units_dir: Path | None = None
+    update_pubkey_pem: bytes | None = None
+
+
+def check_update_pubkey(pem: bytes, source: str) -> bytes:
+    """The release-signing public key `gateway update --pubkey` trusts; must be Ed25519."""
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+    if b"PRIVATE KEY" in pem:
+        raise ProvisionError(f"--update-pubkey {source}: contains a PRIVATE KEY; give the .pub file")
+    try:
+        key = serialization.load_pem_public_key(pem)
+    except ValueError as e:
+        raise ProvisionError(f"--update-pubkey {source}: not a PEM public key ({e})") from None
+    if not isinstance(key, Ed25519PublicKey):
+        raise ProvisionError(f"--update-pubkey {source}: not an Ed25519 key")
+    return pem
 
 
 def check_id(value: str, what: str) -> str:
@@ -161,6 +178,9 @@ def request_from_args(args: argparse.Namespace) -> Request:
         if len(tech_pw) < MIN_PASSWORD:
             raise ProvisionError(f"--tech-password-file: password shorter than {MIN_PASSWORD} characters")
     cert_pem = _read(args.cert, "--cert") if args.cert else None
+    upd = None
+    if args.update_pubkey:
+        upd = check_update_pubkey(_read(args.update_pubkey, "--update-pubkey"), args.update_pubkey)
     root = Path(args.root)
     if not root.is_dir():
         raise ProvisionError(f"--root {root}: not a directory")
@@ -178,6 +198,7 @@ def request_from_args(args: argparse.Namespace) -> Request:
         force=args.force,
         dry_run=args.dry_run,
         units_dir=Path(args.units_dir) if args.units_dir else None,
+        update_pubkey_pem=upd,
     )
 
 
@@ -682,6 +703,8 @@ def provision(req: Request, out: TextIO = sys.stdout) -> Plan:
     plan.ensure_dir(STATE_DIR, 0o750, SERVICE_USER, SERVICE_GROUP)
     plan.ensure_dir(LOG_DIR, 0o750, SERVICE_USER, SERVICE_GROUP)
     plan.ensure_file(CA, req.ca_pem, 0o644)
+    if req.update_pubkey_pem is not None:
+        plan.ensure_file(RELEASE_PUBKEY, req.update_pubkey_pem, 0o644)
     has_cert = ensure_identity(plan, req)
     cred = credential_bytes(plan, req)
     if cred is not None:
@@ -750,6 +773,7 @@ def add_commands(sub: Any, _cmd_func: Callable[[argparse.Namespace], int] = _cmd
     p.add_argument("--tech-user", help="technician login for the status page")
     p.add_argument("--tech-password-file", help="file holding the technician password (hashed with argon2id)")
     p.add_argument("--cert", help="signed device certificate to import (second step)")
+    p.add_argument("--update-pubkey", help="Ed25519 release-signing public key for `gateway update`")
     p.add_argument("--units-dir", help=argparse.SUPPRESS)
     p.add_argument("--force", action="store_true", help="replace an existing device key (new CSR needed)")
     p.add_argument("--dry-run", action="store_true", help="print what would change; write nothing")

@@ -213,3 +213,19 @@ def test_cli_exit_codes_and_table(tmp_path: Path, pki: Pki, tls_broker: Mosquitt
     assert rows[0]["status"] == "fail"
     assert "gateway.id" in rows[0]["detail"]
     assert "Traceback" not in r.stderr
+
+
+@pytest.mark.skipif(not __import__("shutil").which("iw"), reason="iw not installed")
+def test_wifi_check_with_real_iw(tmp_path: Path) -> None:
+    """`iw list` really runs; on a machine without nl80211 Wi-Fi (CI) that is a clear fail."""
+    from gateway.config import Settings
+    from gateway.doctor import check_wifi
+
+    c = check_wifi(Settings(wifi={"enabled": True}))  # type: ignore[arg-type]
+    r = subprocess.run(["iw", "list"], capture_output=True, text=True, timeout=5, check=False)
+    if monitor_capable_phys(r.stdout):
+        assert c.status in ("pass", "warn")
+    else:
+        assert c.status == "fail"
+        assert c.remedy
+    assert check_wifi(Settings()).status == "skip"

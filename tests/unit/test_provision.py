@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 from argon2 import PasswordHasher
 from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 
 from gateway.config import load_settings
 from gateway.layout import load_layout
@@ -276,3 +277,22 @@ def test_good_broker_urls() -> None:
 def test_paths_are_box_paths() -> None:
     assert str(KEY).startswith("/etc/gateway/")
     assert CSR.parent == KEY.parent
+
+
+def test_update_pubkey_installed_and_validated(image: Path, pki: Pki, tmp_path: Path) -> None:
+    from gateway.provision import check_update_pubkey
+    from gateway.update import keygen
+
+    priv, pub = keygen(tmp_path / "rk")
+    changes, _ = _run(_req(image, pki, update_pubkey_pem=check_update_pubkey(pub.read_bytes(), str(pub))))
+    assert (image / "etc/gateway/release.pub").read_bytes() == pub.read_bytes()
+    assert any(c.startswith("create /etc/gateway/release.pub (0644") for c in changes)
+    with pytest.raises(ProvisionError, match="PRIVATE KEY"):
+        check_update_pubkey(priv.read_bytes(), str(priv))
+    with pytest.raises(ProvisionError, match="not an Ed25519 key"):
+        check_update_pubkey(
+            pki.cert.public_key().public_bytes(
+                serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+            ),
+            "ec.pub",
+        )
