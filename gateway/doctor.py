@@ -250,6 +250,32 @@ def check_tls_identity(s: Settings) -> Check:
     return Check("tls identity", "pass", f"{cn}, valid {left.days} more days")
 
 
+def check_credential(s: Settings) -> Check:
+    """The status page login: present, readable, an argon2id hash (never a plain password)."""
+    p = s.status.credential_file
+    name = "technician login"
+    if not s.status.enabled:
+        return Check("technician login", "skip", "status page disabled")
+    if p is None:
+        return Check(
+            "technician login", "warn", "no credential file configured", "provision --tech-user/--tech-password-file"
+        )
+    try:
+        data = json.loads(p.read_text())
+    except OSError as e:
+        return Check(
+            "technician login", "fail", f"{p}: cannot read ({e.strerror})", "check owner root:gateway, mode 0640"
+        )
+    except ValueError:
+        return Check("technician login", "fail", f"{p}: not JSON", "re-run provisioning with --tech-user")
+    h = data.get("hash") if isinstance(data, dict) else None
+    if not (isinstance(h, str) and h.startswith("$argon2id$") and isinstance(data.get("user"), str)):
+        return Check("technician login", "fail", f"{p}: no argon2id hash", "re-run provisioning with --tech-user")
+    if p.stat().st_mode & 0o007:
+        return Check("technician login", "warn", f"{p} is world-readable", f"chmod 0640 {p}")
+    return Check("technician login", "pass", f"user {data['user']!r}, argon2id")
+
+
 def check_broker(s: Settings, timeout_s: float) -> Check:
     """A real TLS handshake and MQTT CONNECT with the box's own identity; nothing is published."""
     import paho.mqtt.client as mqtt
@@ -418,6 +444,7 @@ def run_checks(config: Path | None, timeout_s: float = 5.0, skip: frozenset[str]
             ("disk", lambda: check_disk(s)),
             ("outbox", lambda: check_outbox(s)),
             ("tls", lambda: check_tls_identity(s)),
+            ("login", lambda: check_credential(s)),
             ("broker", lambda: check_broker(s, timeout_s)),
             ("ble", lambda: check_ble(s, timeout_s)),
             ("wifi", lambda: check_wifi(s)),
@@ -459,6 +486,6 @@ def add_commands(sub: Any) -> None:
     p: argparse.ArgumentParser = sub.add_parser("doctor", help="check this box: radios, clock, disk, config, broker")
     p.add_argument("--config", "-c", default=os.environ.get("GATEWAY_CONFIG"), help=f"default {DEFAULT_CONFIG}")
     p.add_argument("--timeout", type=float, default=5.0, help="per network check (s)")
-    p.add_argument("--skip", default="", help="comma list: clock,layout,disk,outbox,tls,broker,ble,wifi")
+    p.add_argument("--skip", default="", help="comma list: clock,layout,disk,outbox,tls,login,broker,ble,wifi")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=_cmd)

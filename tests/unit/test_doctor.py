@@ -109,9 +109,16 @@ def _box(tmp_path: Path, pki: Pki, port: int, signed: bool = True) -> Path:
     con.executemany("INSERT INTO events (body) VALUES (?)", [(b"x" * 200,) for _ in range(2000)])
     con.commit()
     con.close()
+    from argon2 import PasswordHasher
+
+    cred = tmp_path / "technician.json"
+    cred.write_text(json.dumps({"user": "tech", "hash": PasswordHasher().hash("a long password")}))
+    cred.chmod(0o640)
     cfg = tmp_path / "gateway.toml"
     cfg.write_text(
-        f"""[gateway]
+        f"""[status]
+credential_file = "{cred}"
+[gateway]
 id = "gw-1"
 store_id = "demo-store"
 [paths]
@@ -143,6 +150,7 @@ def test_good_box_all_pass(tmp_path: Path, pki: Pki, tls_broker: Mosquitto) -> N
         "disk": "pass",
         "outbox": "pass",
         "tls identity": "pass",
+        "technician login": "pass",
         "broker": "pass",
         "ble radio": "skip",
         "wifi monitor": "skip",
@@ -183,6 +191,16 @@ def test_corrupt_outbox_detected_read_only(tmp_path: Path, pki: Pki) -> None:
     assert "outbox" in c.detail or "integrity" in c.detail or "malformed" in c.detail
     assert "move the outbox file aside" in c.remedy
     assert db.read_bytes() == before  # doctor never writes
+
+
+def test_plain_password_credential_fails(tmp_path: Path, pki: Pki) -> None:
+    from gateway.doctor import check_credential
+
+    cfg = _box(tmp_path, pki, 1)
+    (tmp_path / "technician.json").write_text('{"user": "tech", "password": "hunter2"}')
+    c = check_credential(load_settings(cfg))
+    assert c.status == "fail"
+    assert "no argon2id hash" in c.detail
 
 
 def test_not_a_database(tmp_path: Path, pki: Pki) -> None:
