@@ -253,7 +253,6 @@ def check_tls_identity(s: Settings) -> Check:
 def check_credential(s: Settings) -> Check:
     """The status page login: present, readable, an argon2id hash (never a plain password)."""
     p = s.status.credential_file
-    name = "technician login"
     if not s.status.enabled:
         return Check("technician login", "skip", "status page disabled")
     if p is None:
