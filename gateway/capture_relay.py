@@ -30,7 +30,9 @@ import os
 import signal
 import socket
 import struct
+import subprocess
 import sys
+import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass, field
@@ -245,10 +247,88 @@ class CaptureReceiver:
                 yield frame
 
 
-def _interface_from_config(path: str | None) -> str:
-    from gateway.config import load_settings
+class ChannelHopper:
+    """Cycles the monitor interface over ``channels`` (probe requests are sent on every channel a
+    phone scans, so a few well-chosen ones suffice). Time is passed in; the setter is injected:
+    production uses ``iw`` (this unit holds CAP_NET_ADMIN for it), tests record the calls.
+    After ``max_failures`` consecutive failures it stops hopping and stays where it is."""
 
-    return load_settings(path).wifi.interface
+    def __init__(
+        self,
+        interface: str,
+        channels: list[int],
+        dwell_s: float,
+        set_channel: Callable[[str, int], None] | None = None,
+        max_failures: int = 5,
+    ) -> None:
+        if not channels:
+            raise ValueError("no channels to hop over")
+        self.interface = interface
+        self.channels = channels
+        self.dwell_s = dwell_s
+        self.set_channel = set_channel or iw_set_channel
+        self.max_failures = max_failures
+        self.failures = 0
+        self.hops = 0
+        self.last_error: str | None = None
+        self._current: int | None = None
+        self._t0: float | None = None
+
+    @property
+    def stopped(self) -> bool:
+        return self.failures >= self.max_failures
+
+    def channel_at(self, now: float) -> int:
+        if self._t0 is None:
+            self._t0 = now
+        slot = int((now - self._t0) / self.dwell_s)
+        return self.channels[slot % len(self.channels)]
+
+    def tick(self, now: float) -> int | None:
+        """Switch if the schedule says so; returns the channel switched to, else None."""
+        if self.stopped:
+            return None
+        ch = self.channel_at(now)
+        if ch == self._current:
+            return None
+        try:
+            self.set_channel(self.interface, ch)
+        except (OSError, subprocess.SubprocessError, RuntimeError) as e:
+            self.failures += 1
+            self.last_error = str(e)
+            return None
+        self.failures = 0
+        self._current = ch
+        self.hops += 1
+        return ch
+
+
+def iw_set_channel(interface: str, channel: int) -> None:
+    r = subprocess.run(
+        ["iw", "dev", interface, "set", "channel", str(channel)], capture_output=True, text=True, timeout=2, check=False
+    )
+    if r.returncode != 0:
+        raise RuntimeError(f"iw set channel {channel} on {interface}: {r.stderr.strip() or r.returncode}")
+
+
+def set_monitor_mode(interface: str) -> None:
+    """``wifi.set_monitor``: the interface must be down to change its type."""
+    for cmd in (
+        ["ip", "link", "set", "dev", interface, "down"],
+        ["iw", "dev", interface, "set", "type", "monitor"],
+        ["ip", "link", "set", "dev", interface, "up"],
+    ):
+        r = subprocess.run(cmd, capture_output=True, text=True, timeout=5, check=False)
+        if r.returncode != 0:
+            raise RuntimeError(f"{' '.join(cmd)}: {r.stderr.strip() or r.returncode}")
+
+
+def _hop_loop(hopper: ChannelHopper, should_stop: Callable[[], bool]) -> None:
+    while not should_stop() and not hopper.stopped:
+        hopper.tick(time.monotonic())
+        time.sleep(min(0.05, hopper.dwell_s / 4))
+    if hopper.stopped:
+        print(f"channel hopping stopped: {hopper.last_error}", file=sys.stderr)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -256,14 +336,22 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--config", default=None, help="gateway.toml (for wifi.interface)")
     p.add_argument("--interface", default=None, help="monitor interface (overrides the config)")
     p.add_argument("--socket", default=str(DEFAULT_SOCKET), help="daemon's datagram socket")
+    p.add_argument("--no-hop", action="store_true", help="stay on the current channel")
     args = p.parse_args(argv)
-    from gateway.config import ConfigError
+    from gateway.config import ConfigError, load_settings
 
     try:
-        interface = args.interface or _interface_from_config(args.config)
+        wifi = load_settings(args.config).wifi
     except ConfigError as e:
         print("\n".join(e.lines), file=sys.stderr)
         return 2
+    interface = args.interface or wifi.interface
+    if wifi.set_monitor:
+        try:
+            set_monitor_mode(interface)
+        except (RuntimeError, OSError, subprocess.SubprocessError) as e:
+            print(f"cannot put {interface} into monitor mode: {e}", file=sys.stderr)
+            return 1
     stop = False
 
     def _stop(*_: Any) -> None:
@@ -272,6 +360,9 @@ def main(argv: list[str] | None = None) -> int:
 
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
+    if not args.no_hop and len(wifi.channels) > 1:
+        hopper = ChannelHopper(interface, list(wifi.channels), wifi.dwell_s)
+        threading.Thread(target=_hop_loop, args=(hopper, lambda: stop), daemon=True, name="hopper").start()
     relay = Relay(Path(args.socket))
     try:
         relay.pump(packet_frames(interface, lambda: stop), lambda: stop)

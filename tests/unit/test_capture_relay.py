@@ -123,7 +123,7 @@ async def test_relay_process_captures_loopback(tmp_path: Path) -> None:
     path = tmp_path / "cap.sock"
     async with CaptureReceiver(path) as rx:
         proc = subprocess.Popen(  # noqa: ASYNC220 - a long-lived child, not awaited on
-            [sys.executable, "-m", "gateway.capture_relay", "--interface", "lo", "--socket", str(path)],
+            [sys.executable, "-m", "gateway.capture_relay", "--interface", "lo", "--no-hop", "--socket", str(path)],
             env=gateway_env(),
             stderr=subprocess.PIPE,
         )
@@ -163,3 +163,36 @@ async def test_recv_batch_drains_a_burst_in_one_wakeup(tmp_path: Path) -> None:
         batch = await asyncio.wait_for(rx.recv_batch(), 2)
     assert [f.data for f in batch] == [bytes([i]) * 30 for i in range(5)] + [b"tail"]
     assert rx.stats.malformed == 1
+
+
+def test_channel_hopper_schedule() -> None:
+    from gateway.capture_relay import ChannelHopper
+
+    calls: list[tuple[str, int]] = []
+    h = ChannelHopper("mon0", [1, 6, 11], 0.25, set_channel=lambda i, c: calls.append((i, c)))
+    got = [h.tick(t / 100) for t in range(0, 100, 5)]  # 1 s in 50 ms steps
+    assert calls == [("mon0", 1), ("mon0", 6), ("mon0", 11), ("mon0", 1)]
+    assert [g for g in got if g is not None] == [1, 6, 11, 1]
+    assert h.hops == 4
+
+
+def test_channel_hopper_gives_up_after_failures() -> None:
+    from gateway.capture_relay import ChannelHopper
+
+    def broken(_i: str, _c: int) -> None:
+        raise RuntimeError("iw: No such device")
+
+    h = ChannelHopper("mon0", [1, 6], 0.1, set_channel=broken, max_failures=3)
+    for k in range(10):
+        h.tick(k * 0.1)
+    assert h.stopped
+    assert h.failures == 3
+    assert "No such device" in (h.last_error or "")
+
+
+@pytest.mark.skipif(not __import__("shutil").which("iw"), reason="iw not installed")
+def test_iw_set_channel_reports_real_iw_errors() -> None:
+    from gateway.capture_relay import iw_set_channel
+
+    with pytest.raises(RuntimeError, match="iw set channel 6 on lo"):
+        iw_set_channel("lo", 6)  # lo is not a wireless device (or no nl80211 here)
