@@ -216,6 +216,10 @@ class Plan:
     gids: dict[str, int] = field(default_factory=lambda: {"root": 0})
     changes: list[str] = field(default_factory=list)
     can_chown: bool = field(default_factory=lambda: os.geteuid() == 0)
+    planned: set[Path] = field(default_factory=set)  # dry run: directories that would exist
+
+    def exists(self, box: Path) -> bool:
+        return box in self.planned or self.host(box).exists()
 
     def host(self, box_path: Path) -> Path:
         return self.root / box_path.relative_to("/")
@@ -237,13 +241,16 @@ class Plan:
         p = self.host(box)
         self._check_not_symlink(p)
         uid, gid = self._ids(owner, group)
-        if not p.exists():
-            if p.parent != p and not p.parent.exists():
+        if not self.exists(box):
+            if box.parent != box and not self.exists(box.parent):
                 self.ensure_dir(box.parent, 0o755, fix=False)
             self.note(f"create directory {box} ({mode:04o} {owner}:{group})")
+            self.planned.add(box)
             if not self.dry_run:
                 p.mkdir(mode=mode)
                 self._apply_meta(p, mode, uid, gid)
+            return
+        if box in self.planned:
             return
         if not p.is_dir():
             raise ProvisionError(f"{box} exists in the target but is not a directory")
@@ -301,7 +308,7 @@ class Plan:
             return
         if p.exists() and not p.is_symlink():
             raise ProvisionError(f"{box} exists and is not a symlink")
-        if not p.parent.exists():
+        if not self.exists(box.parent):
             self.ensure_dir(box.parent, 0o755)
         self.note(f"link {box} -> {target}")
         if not self.dry_run:

@@ -146,6 +146,10 @@ def test_dry_run_writes_nothing_and_shows_plan(image: Path, pki: Pki) -> None:
     assert '    | id = "gw-0042"' in out  # the config content is shown
     assert "correct horse" not in out  # never the password
     assert "nothing was written" in out
+    assert len(changes) == len(set(changes))  # each directory planned once
+    real, _ = _run(_req(image, pki))
+    # the dry run is exact: the same changes, minus the "would"
+    assert [c.removeprefix("would ").split(" (")[0] for c in changes] == [c.split(" (")[0] for c in real]
 
 
 def test_dry_run_after_provisioning_reports_no_change(image: Path, pki: Pki) -> None:
