@@ -363,6 +363,9 @@ def install(
     cmd = restart_cmd if restart_cmd is not None else shlex.split(DEFAULT_RESTART)
     with _locked(releases):
         old = _link(releases, "current")
+        if old is not None and not (releases / old).is_dir():
+            print(f"current points to a missing release {old!r}: no rollback target", file=out)
+            old = None
         manifest, tmp = unpack(data, releases)
         version = manifest.version
         if old == version:

@@ -230,3 +230,13 @@ def test_release_version_and_announce(tmp_path: Path, monkeypatch: pytest.Monkey
     (tmp_path / "run").mkdir()
     assert announce_ready(version="5.0.0") is True
     assert read_ready(tmp_path / "run/ready.json") == "5.0.0"
+
+
+def test_first_install_that_never_gets_ready_fails_without_rollback(tmp_path: Path, keys: tuple[Path, Path]) -> None:
+    priv, pub = keys
+    rel = tmp_path / "opt"
+    bad = make_release(tmp_path, "0.9.0", works=False)
+    sign(bad, priv)
+    outcome, out = _install(bad, rel, pub, timeout=0.5)
+    assert outcome == "failed"
+    assert "no previous release to roll back to" in out
