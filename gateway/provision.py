@@ -691,7 +691,8 @@ def credential_bytes(plan: Plan, req: Request) -> bytes | None:
 
 def default_units_dir() -> Path:
     here = Path(__file__).resolve().parent
-    for cand in (here.parent / "systemd", here / "data" / "systemd"):
+    # a source checkout (systemd/ beside gateway/), or a release venv with systemd/ at its root
+    for cand in (here.parent / "systemd", Path(sys.prefix) / "systemd", here / "data" / "systemd"):
         if (cand / MAIN_UNIT).exists():
             return cand
     raise ProvisionError("cannot find the systemd units (systemd/ next to the gateway package); use --units-dir")
