@@ -22,6 +22,9 @@ COMMAND_MODULES: list[str] = [
     "gateway.localization.cli",
     "gateway.daemon",
     "gateway.demo",
+    "gateway.provision",
+    "gateway.doctor",
+    "gateway.update",
 ]
 
 

@@ -36,6 +36,7 @@ from gateway.presence_runtime import PresenceRuntime
 from gateway.sources.base import Source
 from gateway.sources.simulated import SimulatedSource
 from gateway.supervisor import Supervisor, TaskSpec
+from gateway.update import announce_ready
 from gateway.uplink import Uplink
 
 log = get_logger(__name__)
@@ -266,6 +267,7 @@ class Daemon:
         )
         self.runtime.ready = True
         self.notifier.ready(f"running: {len(self.sources)} source(s)")
+        announce_ready()  # for `gateway update`: this release reached READY (no-op outside systemd)
         try:
             rc = await self.supervisor.run()
         finally:
