@@ -101,7 +101,11 @@
   function drawLayout(lay) {
     layout = lay;
     const w = lay.store.width_m, d = lay.store.depth_m;
-    map.setAttribute("viewBox", [-1, -1, w + 2, d + 2].join(" "));
+    let x0 = 0, y0 = 0, x1 = w, y1 = d;
+    const grow = (x, y) => { x0 = Math.min(x0, x); y0 = Math.min(y0, y); x1 = Math.max(x1, x); y1 = Math.max(y1, y); };
+    for (const z of lay.zones) for (const p of z.polygon) grow(p[0], p[1]);
+    for (const s of lay.sensors) grow(s.x, s.y);
+    map.setAttribute("viewBox", [x0 - 1, y0 - 1, x1 - x0 + 2, y1 - y0 + 2].join(" "));
     map.setAttribute("preserveAspectRatio", "xMidYMid meet");
     map.dataset.width = String(w);
     map.dataset.depth = String(d);

@@ -1,0 +1,277 @@
+"""The technician page in a real headless Chromium (selenium), served by the real StatusServer on
+127.0.0.1 over a moving crowd: login + throttling, live dots, actions, CSRF, XSS-as-text."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+from selenium import webdriver
+from selenium.webdriver.common.by import By
+from selenium.webdriver.remote.webdriver import WebDriver
+
+from gateway.config import StatusSettings
+from gateway.status.auth import write_credential
+from gateway.status.demo import SimulatedStatusProvider, demo_mac
+from gateway.status.metrics import GatewayMetrics
+from gateway.status.server import StatusServer
+from tests.unit.status.support import (
+    PASSWORD,
+    USER,
+    XSS_CAMPAIGN,
+    XSS_STORE,
+    XSS_ZONE,
+    make_provider,
+)
+
+pytestmark = pytest.mark.integration
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMEDRIVER = "/usr/bin/chromedriver"
+REPO = Path(__file__).resolve().parents[2]
+T = TypeVar("T")
+
+
+class ServerThread:
+    """The status server on its own event loop thread (selenium's API is synchronous)."""
+
+    def __init__(self, provider: SimulatedStatusProvider, settings: StatusSettings, credential: Path) -> None:
+        self.provider = provider
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, name="status-server", daemon=True)
+        self.thread.start()
+        self.server = StatusServer(provider, settings, credential, metrics=GatewayMetrics())
+        self.call(self.server.start())
+        self.base = f"http://127.0.0.1:{self.server.bound_ports[0]}"
+
+    def call(self, coro: Any, timeout: float = 10) -> Any:
+        fut: Future[Any] = asyncio.run_coroutine_threadsafe(coro, self.loop)
+        return fut.result(timeout)
+
+    def run(self, fn: Callable[[], T]) -> T:
+        async def wrap() -> T:
+            return fn()
+
+        return self.call(wrap())  # type: ignore[no-any-return]
+
+    def close(self) -> None:
+        self.call(self.server.stop())
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
+        self.loop.close()
+
+
+def make_driver(tmp_path: Path) -> WebDriver:
+    if not (Path(CHROMIUM).exists() and Path(CHROMEDRIVER).exists()):
+        pytest.fail("chromium / chromium-driver are not installed")
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = CHROMIUM
+    for arg in [
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--no-first-run",
+        "--window-size=1400,1100",
+        f"--user-data-dir={tmp_path / 'chrome-profile'}",
+    ]:
+        opts.add_argument(arg)
+    opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    return webdriver.Chrome(options=opts, service=webdriver.ChromeService(executable_path=CHROMEDRIVER))
+
+
+def wait_for(cond: Callable[[], T], timeout: float = 10.0, what: str = "condition") -> T:
+    deadline = time.monotonic() + timeout
+    while True:
+        v = cond()
+        if v:
+            return v
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(0.05)
+
+
+def dom_dots(driver: WebDriver) -> dict[str, tuple[float, float]]:
+    rows = driver.execute_script(
+        "return Array.from(document.querySelectorAll('#layer-dots circle.dot'))"
+        ".map(c => [c.getAttribute('data-subject'), +c.getAttribute('data-x'), +c.getAttribute('data-y')]);"
+    )
+    return {r[0]: (r[1], r[2]) for r in rows}
+
+
+def http_status(url: str, data: bytes | None = None, headers: dict[str, str] | None = None) -> int:
+    req = urllib.request.Request(url, data=data, headers=headers or {})
+    try:
+        with urllib.request.urlopen(req, timeout=5) as r:  # loopback only
+            return int(r.status)
+    except urllib.error.HTTPError as e:
+        return int(e.code)
+
+
+@pytest.fixture
+def served(tmp_path: Path) -> Iterator[ServerThread]:
+    cred = tmp_path / "cred.json"
+    write_credential(cred, USER, PASSWORD)
+    settings = StatusSettings(
+        bind=["127.0.0.1"],
+        port=0,
+        stream_interval_s=0.2,
+        status_interval_s=0.5,
+        login_free_attempts=3,
+        login_lockout_base_s=1.0,
+        loop_lag_interval_s=0.5,
+    )
+    st = ServerThread(make_provider(n=40), settings, cred)
+    try:
+        yield st
+    finally:
+        st.close()
+
+
+def test_status_page_in_chromium(served: ServerThread, tmp_path: Path) -> None:
+    base = served.base
+    # -- no access without login (plain HTTP, no cookie) --------------------------------------
+    assert http_status(base + "/api/status") == 401
+    assert http_status(base + "/api/devices") == 401
+    assert http_status(base + "/api/actions/test-event", b"{}", {"Content-Type": "application/json"}) == 401
+    assert http_status(base + "/healthz") == 200
+
+    driver = make_driver(tmp_path)
+    try:
+        driver.set_page_load_timeout(15)
+        driver.get(base + "/")
+        wait_for(lambda: driver.current_url.endswith("/login"), what="redirect to /login")
+        assert driver.title.startswith(XSS_STORE)  # the hostile store name is the title, as text
+
+        # -- throttling: 3 free failures, then a 1 s lockout that refuses even the right password
+        def attempt(pw: str) -> str:
+            driver.find_element(By.ID, "user").clear()
+            driver.find_element(By.ID, "user").send_keys(USER)
+            driver.find_element(By.ID, "password").clear()
+            driver.find_element(By.ID, "password").send_keys(pw)
+            driver.execute_script("document.getElementById('login-error').textContent = ''")
+            driver.find_element(By.ID, "login-button").click()
+            return str(
+                wait_for(
+                    lambda: driver.current_url.rstrip("/") == base or driver.find_element(By.ID, "login-error").text,
+                    what="login outcome",
+                )
+            )
+
+        for _ in range(3):
+            assert attempt("wrong-password") == "invalid user or password"
+        assert attempt("wrong-password") == "invalid user or password - wait 1 s"
+        assert attempt(PASSWORD).startswith("too many attempts")
+        time.sleep(1.1)
+        attempt(PASSWORD)
+        wait_for(lambda: driver.execute_script("return document.body.dataset.ready === '1'"), what="map ready")
+        assert driver.current_url.rstrip("/") == base
+        early = [e["message"] for e in driver.get_log("browser") if e["level"] == "SEVERE"]
+        assert early, "the refused logins (401/429) should show in the console"
+        assert all("/login" in m and ("401" in m or "429" in m) for m in early), early
+
+        # -- live map: all dots drawn, and they move ------------------------------------------
+        want = {d["subject"] for d in served.run(served.provider.devices)}
+        first = wait_for(lambda: dom_dots(driver), what="dots")
+        assert set(first) == want
+        u0 = int(driver.find_element(By.ID, "map").get_attribute("data-updates") or 0)
+        wait_for(
+            lambda: int(driver.find_element(By.ID, "map").get_attribute("data-updates") or 0) >= u0 + 3,
+            what="three stream updates",
+        )
+        later = dom_dots(driver)
+        moved = [s for s in first if s in later and first[s] != later[s]]
+        assert len(moved) >= len(first) // 2, f"only {len(moved)} of {len(first)} dots moved"
+        # positions on the page are the provider's positions (within the push interval)
+        truth = {d["subject"]: (d["x"], d["y"]) for d in served.run(served.provider.devices)}
+        later = dom_dots(driver)
+        off = [max(abs(later[s][0] - truth[s][0]), abs(later[s][1] - truth[s][1])) for s in later]
+        assert max(off) < 1.5, f"dots lag the provider by up to {max(off):.2f} m"
+        # per-sensor last-heard badges and zone occupancy are filled from the status stream
+        wait_for(
+            lambda: driver.find_element(By.CSS_SELECTOR, "[data-sensor='gw'] .sensor-badge").text != "?",
+            what="sensor badge",
+        )
+        assert driver.find_element(By.CSS_SELECTOR, "[data-sensor='n34'] .sensor-badge").text == "silent"
+
+        # -- XSS payloads are shown as text ---------------------------------------------------
+        labels = [e.text for e in driver.find_elements(By.CSS_SELECTOR, "#layer-zones .zone-name")]
+        assert XSS_ZONE in labels
+        wait_for(lambda: XSS_CAMPAIGN in driver.find_element(By.ID, "campaigns").text, what="campaign row")
+        assert driver.execute_script("return window.__xss === undefined")
+        assert driver.find_elements(By.TAG_NAME, "img") == []
+        assert not driver.find_elements(By.CSS_SELECTOR, "main script, #campaigns script, svg script")
+
+        # -- actions: opt-out removes the device from the map --------------------------------
+        victim_mac = demo_mac(3)
+        victim = served.run(lambda: served.provider._subjects[3])
+        assert victim in dom_dots(driver)
+        driver.find_element(By.ID, "optout-id").send_keys(victim_mac)
+        driver.find_element(By.CSS_SELECTOR, "#optout-form button[type=submit]").click()
+        wait_for(lambda: "opt-out recorded" in driver.find_element(By.ID, "action-result").text, what="opt-out")
+        wait_for(lambda: victim not in dom_dots(driver), what="opted-out dot to disappear")
+        assert len(dom_dots(driver)) == len(want) - 1
+        wait_for(lambda: "opt-outs\n1" in driver.find_element(By.ID, "overview").text, what="opt-out count")
+        driver.find_element(By.CSS_SELECTOR, "button[data-action='test-event']").click()
+        wait_for(lambda: driver.find_element(By.ID, "action-result").text == "test event queued", what="test event")
+        wait_for(lambda: "heartbeat" in driver.find_element(By.ID, "events").text, what="test event listed")
+        driver.find_element(By.CSS_SELECTOR, "button[data-action='restart-scanner']").click()
+        wait_for(lambda: "recoveries: 1" in driver.find_element(By.ID, "action-result").text, what="restart")
+
+        # -- CSRF: the page's own token works, a request without it is refused ----------------
+        post_js = (
+            "const done = arguments[arguments.length - 1];"
+            "const h = {'Content-Type': 'application/json'}; if (arguments[0]) h['X-CSRF-Token'] = arguments[0];"
+            "fetch('/api/actions/reload-config', {method: 'POST', headers: h, body: '{}'})"
+            ".then(r => done(r.status), e => done(String(e)));"
+        )
+        token = driver.find_element(By.CSS_SELECTOR, "meta[name=csrf-token]").get_attribute("content")
+        assert driver.execute_async_script(post_js, "") == 403
+        assert driver.execute_async_script(post_js, "forged-token") == 403
+        assert driver.execute_async_script(post_js, token) == 200
+        # the session cookie is invisible to scripts (HttpOnly)
+        assert "gw_session" not in driver.execute_script("return document.cookie")
+
+        # -- coverage overlay -----------------------------------------------------------------
+        driver.find_element(By.ID, "show-coverage").click()
+        wait_for(
+            lambda: len(driver.find_elements(By.CSS_SELECTOR, "#layer-coverage rect")) == 30 * 20, what="coverage grid"
+        )
+
+        # -- no CSP violations, no script errors ----------------------------------------------
+        errors = [e["message"] for e in driver.get_log("browser") if e["level"] == "SEVERE"]
+        errors = [m for m in errors if "/api/actions/reload-config" not in m]  # the two refused POSTs above
+        assert errors == []
+
+        shot = tmp_path / "status-page.png"
+        driver.find_element(By.ID, "action-result")  # page settled
+        time.sleep(0.3)
+        assert driver.save_screenshot(str(shot))
+        assert shot.stat().st_size > 10_000
+        (REPO / "docs").mkdir(exist_ok=True)
+        shutil.copyfile(shot, REPO / "docs" / "status-page.png")
+
+        # -- logout ends the session ----------------------------------------------------------
+        driver.find_element(By.ID, "logout").click()
+        wait_for(lambda: driver.current_url.endswith("/login"), what="back to login")
+        status = driver.execute_async_script(
+            "const done = arguments[0]; fetch('/api/status').then(r => done(r.status));"
+        )
+        assert status == 401
+    finally:
+        driver.quit()
+    metrics = served.server.metrics.render().decode()
+    assert 'gateway_status_logins_total{result="throttled"} 1.0' in metrics
+    assert 'gateway_status_logins_total{result="failure"} 4.0' in metrics
