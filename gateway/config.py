@@ -63,6 +63,10 @@ class SimulatorSettings(Section):
     detection_floor_dbm: float = Field(default=-95.0, ge=-130, le=-30, description="Weakest RSSI heard")
     advert_interval_s: float = Field(default=1.0, gt=0, le=60, description="Per-device advert interval")
     mac_rotation_s: float = Field(default=900.0, gt=0, description="Phones rotate random MACs this often")
+    link_rotations: bool = Field(
+        default=True, description="Mark rotations of one phone as linkable (as IRK resolution would)"
+    )
+    tick_s: float = Field(default=0.5, gt=0, le=10, description="Simulated step; fixed for reproducibility")
 
 
 class ReplaySettings(Section):
@@ -152,6 +156,10 @@ class MqttSettings(Section):
     batch_max: int = Field(default=100, ge=1, le=10000, description="Max events per batched message")
     reconnect_min_s: float = Field(default=0.5, gt=0, description="First reconnect delay")
     reconnect_max_s: float = Field(default=60.0, gt=0, description="Largest reconnect delay")
+    connect_timeout_s: float = Field(default=10.0, gt=0, le=300, description="TCP+TLS+CONNACK timeout")
+    batch_max_bytes: int = Field(
+        default=256 * 1024, ge=1024, description="Max payload of a batched message (also capped by the broker)"
+    )
 
 
 class LocalBrokerSettings(Section):

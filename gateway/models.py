@@ -28,7 +28,7 @@ WIRE_VERSION: Literal[1] = 1
 Radio = Literal["ble", "wifi", "node", "sim"]
 
 
-@dataclass(slots=True, frozen=True)
+@dataclass(slots=True)
 class Observation:
     """One reception of one device at one sensor.
 
@@ -47,7 +47,7 @@ class Observation:
     link: str | None = None
 
 
-@dataclass(slots=True, frozen=True)
+@dataclass(slots=True)
 class Fix:
     """A position estimate for one (pseudonymous) device at time ``ts``."""
 

@@ -1,0 +1,181 @@
+"""One supervisor owns every task of the daemon (asyncio.TaskGroup).
+
+Each task has a policy:
+
+* ``restart``: an exception is logged and the task restarted with exponential backoff; more than
+  ``max_restarts`` failures within ``restart_window_s`` escalate to a clean shutdown (exit 1).
+* ``fatal``: an exception brings the daemon down cleanly (drain, then exit 1).
+* ``finite``: the task may end normally (a replay that reached the end of its file); when every
+  finite task has ended and ``stop_when_finite_done`` is set, the daemon drains and exits 0.
+
+Shutdown: ``request_stop()`` (first SIGTERM/SIGINT) runs the drain callback within the drain
+deadline, then cancels every task; a second signal cancels everything at once without draining.
+Time comes from an injectable monotonic clock; sleeping is injectable too, for tests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Literal
+
+from gateway.config import SupervisorSettings
+from gateway.log import get_logger
+
+log = get_logger(__name__)
+
+Policy = Literal["restart", "fatal", "finite"]
+
+
+@dataclass
+class TaskSpec:
+    name: str
+    factory: Callable[[], Awaitable[None]]
+    policy: Policy = "restart"
+    # live tasks (sources, pipeline) are cancelled first on drain; others (outbox, uplink) last
+    stage: Literal["intake", "core", "egress"] = "core"
+
+
+@dataclass
+class TaskState:
+    name: str
+    policy: Policy
+    state: str = "pending"  # pending | running | backoff | done | failed | cancelled
+    restarts: int = 0
+    last_error: str | None = None
+    failures: deque[float] = field(default_factory=deque)
+
+
+class Supervisor:
+    def __init__(
+        self,
+        settings: SupervisorSettings,
+        *,
+        drain: Callable[[float], Awaitable[None]] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        stop_when_finite_done: bool = True,
+    ) -> None:
+        self.s = settings
+        self._drain = drain
+        self._clock = clock
+        self._sleep = sleep
+        self._stop_when_finite_done = stop_when_finite_done
+        self._specs: list[TaskSpec] = []
+        self.states: dict[str, TaskState] = {}
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._shutdown_task: asyncio.Task[None] | None = None
+        self._stop = asyncio.Event()
+        self._forced = False
+        self.exit_code = 0
+        self.stop_reason: str | None = None
+
+    def add(self, spec: TaskSpec) -> None:
+        if spec.name in self.states:
+            raise ValueError(f"duplicate task name {spec.name!r}")
+        self._specs.append(spec)
+        self.states[spec.name] = TaskState(spec.name, spec.policy)
+
+    @property
+    def stopping(self) -> bool:
+        return self._stop.is_set()
+
+    def request_stop(self, reason: str = "requested", exit_code: int | None = None) -> None:
+        if exit_code is not None and exit_code > self.exit_code:
+            self.exit_code = exit_code
+        if self._stop.is_set():
+            return
+        self.stop_reason = reason
+        log.info("shutdown requested", reason=reason)
+        self._stop.set()
+
+    def force_stop(self) -> None:
+        """Second signal: cancel everything now, no drain."""
+        self._forced = True
+        self.exit_code = max(self.exit_code, 1)
+        log.warning("forced shutdown: cancelling all tasks without draining")
+        self._stop.set()
+        for t in self._tasks.values():
+            t.cancel()
+        if self._shutdown_task is not None:
+            self._shutdown_task.cancel()
+
+    def install_signal_handlers(self, loop: asyncio.AbstractEventLoop) -> None:
+        def on_signal(signame: str) -> None:
+            if self._stop.is_set():
+                self.force_stop()
+            else:
+                self.request_stop(f"signal {signame}")
+
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, on_signal, sig.name)
+
+    async def _guard(self, spec: TaskSpec) -> None:
+        st = self.states[spec.name]
+        while True:
+            st.state = "running"
+            try:
+                await spec.factory()
+            except asyncio.CancelledError:
+                st.state = "cancelled"
+                raise
+            except Exception as e:
+                st.last_error = f"{type(e).__name__}: {e}"
+                log.error("task failed", task=spec.name, error=st.last_error, exc_info=True)
+                if spec.policy == "fatal" or self._stop.is_set():
+                    st.state = "failed"
+                    self.request_stop(f"task {spec.name} failed", exit_code=1)
+                    return
+                now = self._clock()
+                st.failures.append(now)
+                while st.failures and st.failures[0] < now - self.s.restart_window_s:
+                    st.failures.popleft()
+                if len(st.failures) > self.s.max_restarts:
+                    st.state = "failed"
+                    self.request_stop(f"task {spec.name} keeps failing", exit_code=1)
+                    return
+                delay = min(self.s.restart_backoff_max_s, self.s.restart_backoff_min_s * 2 ** (len(st.failures) - 1))
+                st.state = "backoff"
+                st.restarts += 1
+                log.info("restarting task", task=spec.name, delay_s=round(delay, 3), restarts=st.restarts)
+                await self._sleep(delay)
+                continue
+            st.state = "done"
+            if spec.policy != "finite":
+                if not self._stop.is_set():
+                    log.warning("task ended unexpectedly", task=spec.name)
+                    self.request_stop(f"task {spec.name} ended", exit_code=1)
+                return
+            finite = [s for s in self._specs if s.policy == "finite"]
+            if self._stop_when_finite_done and all(self.states[s.name].state == "done" for s in finite):
+                self.request_stop("all finite tasks done")
+            return
+
+    async def _shutdown(self) -> None:
+        await self._stop.wait()
+        if not self._forced:
+            # stop intake first so nothing new arrives, then let core/egress drain
+            for spec in self._specs:
+                if spec.stage == "intake":
+                    self._tasks[spec.name].cancel()
+            if self._drain is not None:
+                try:
+                    await asyncio.wait_for(self._drain(self.s.drain_deadline_s), self.s.drain_deadline_s)
+                except TimeoutError:
+                    log.warning("drain deadline exceeded", deadline_s=self.s.drain_deadline_s)
+                except Exception as e:
+                    log.error("drain failed", error=f"{type(e).__name__}: {e}")
+                    self.exit_code = max(self.exit_code, 1)
+        for t in self._tasks.values():
+            t.cancel()
+
+    async def run(self) -> int:
+        async with asyncio.TaskGroup() as tg:
+            for spec in self._specs:
+                self._tasks[spec.name] = tg.create_task(self._guard(spec), name=spec.name)
+            self._shutdown_task = tg.create_task(self._shutdown(), name="shutdown")
+        return self.exit_code
