@@ -27,7 +27,7 @@ from gateway import __version__
 from gateway.identity.pseudonyms import PseudonymKeyring
 from gateway.layout import Layout, load_layout, points_in_polygon
 from gateway.models import SourceHealth
-from gateway.status.provider import ActionResult, DeviceDot, StatusSnapshot
+from gateway.status.provider import ActionResult, DeviceDot, StatusProvider, StatusSnapshot
 
 DEFAULT_LAYOUT = Path(__file__).resolve().parent.parent / "data" / "demo-store.toml"
 
@@ -289,7 +289,15 @@ def demo_command(args: argparse.Namespace) -> int:
         print(e, file=sys.stderr)
         return 2
     settings = StatusSettings(bind=[args.host], port=args.port, credential_file=args.credential)
-    provider = SimulatedStatusProvider(layout, n_devices=args.devices, seed=args.seed)
+    provider: StatusProvider
+    if args.sim:
+        from gateway.config import load_settings
+        from gateway.status.simprovider import SimPipelineProvider
+
+        full = load_settings(simulator={"seed": args.seed, "speed": args.speed, "shoppers_per_hour": args.rate})
+        provider = SimPipelineProvider(full, layout, warmup_s=args.warmup)
+    else:
+        provider = SimulatedStatusProvider(layout, n_devices=args.devices, seed=args.seed)
 
     async def run() -> None:
         server = StatusServer(provider, settings, args.credential)

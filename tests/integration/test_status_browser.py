@@ -1,5 +1,7 @@
 """The technician page in a real headless Chromium (selenium), served by the real StatusServer on
-127.0.0.1 over a moving crowd: login + throttling, live dots, actions, CSRF, XSS-as-text."""
+127.0.0.1, fed by the store simulator through the real pipeline (pseudonyms -> localizer ->
+presence): login + throttling, live dots that follow the localizer, actions (opt-out removes a
+phone from the map), CSRF, XSS payloads shown as text, screenshot."""
 
 from __future__ import annotations
 
@@ -19,19 +21,22 @@ from selenium import webdriver
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
 
-from gateway.config import StatusSettings
+from gateway.config import StatusSettings, load_settings
 from gateway.status.auth import write_credential
-from gateway.status.demo import SimulatedStatusProvider, demo_mac
 from gateway.status.metrics import GatewayMetrics
 from gateway.status.server import StatusServer
+from gateway.status.simprovider import SimPipelineProvider
 from tests.unit.status.support import (
     PASSWORD,
     USER,
     XSS_CAMPAIGN,
     XSS_STORE,
     XSS_ZONE,
-    make_provider,
+    xss_campaigns,
+    xss_layout,
 )
+
+SEED = 5
 
 pytestmark = pytest.mark.integration
 
@@ -41,10 +46,34 @@ REPO = Path(__file__).resolve().parents[2]
 T = TypeVar("T")
 
 
+class PausableClock:
+    """Wall-clock time for the simulation that the test can stop, to compare page and provider."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._offset = 0.0
+        self._paused_at: float | None = None
+
+    def __call__(self) -> float:
+        with self._lock:
+            return self._paused_at if self._paused_at is not None else time.monotonic() - self._offset
+
+    def pause(self) -> None:
+        now = self()
+        with self._lock:
+            self._paused_at = now
+
+    def resume(self) -> None:
+        with self._lock:
+            assert self._paused_at is not None
+            self._offset = time.monotonic() - self._paused_at
+            self._paused_at = None
+
+
 class ServerThread:
     """The status server on its own event loop thread (selenium's API is synchronous)."""
 
-    def __init__(self, provider: SimulatedStatusProvider, settings: StatusSettings, credential: Path) -> None:
+    def __init__(self, provider: SimPipelineProvider, settings: StatusSettings, credential: Path) -> None:
         self.provider = provider
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, name="status-server", daemon=True)
@@ -111,6 +140,12 @@ def dom_dots(driver: WebDriver) -> dict[str, tuple[float, float]]:
     return {r[0]: (r[1], r[2]) for r in rows}
 
 
+def text(driver: WebDriver, css: str) -> str:
+    """Rendered text of an element, read in one script call (panels are rebuilt on every update)."""
+    js = "const e = document.querySelector(arguments[0]); return e ? (e.innerText ?? e.textContent) : '';"
+    return str(driver.execute_script(js, css))
+
+
 def http_status(url: str, data: bytes | None = None, headers: dict[str, str] | None = None) -> int:
     req = urllib.request.Request(url, data=data, headers=headers or {})
     try:
@@ -120,8 +155,25 @@ def http_status(url: str, data: bytes | None = None, headers: dict[str, str] | N
         return int(e.code)
 
 
+def find_phone_on_map(p: SimPipelineProvider, shown: set[str]) -> tuple[str, str]:
+    """(current MAC, subject) of a simulated phone whose dot is on the map and stays a while."""
+    kr = p.identity.keyring
+    for pid, person in sorted(p.sim.people.items()):
+        if person.kind == "beacon" or person.t_end < p.sim_now + 30:
+            continue
+        subject = kr.pseudonym(f"sim-{SEED}-{pid}", p.sim_now)  # the simulator's linked identity
+        if subject in shown:
+            return p.sim.device_id(person, p.sim_now), subject
+    raise AssertionError("no simulated phone on the map")
+
+
 @pytest.fixture
-def served(tmp_path: Path) -> Iterator[ServerThread]:
+def clock() -> PausableClock:
+    return PausableClock()
+
+
+@pytest.fixture
+def served(tmp_path: Path, clock: PausableClock) -> Iterator[ServerThread]:
     cred = tmp_path / "cred.json"
     write_credential(cred, USER, PASSWORD)
     settings = StatusSettings(
@@ -133,14 +185,16 @@ def served(tmp_path: Path) -> Iterator[ServerThread]:
         login_lockout_base_s=1.0,
         loop_lag_interval_s=0.5,
     )
-    st = ServerThread(make_provider(n=40), settings, cred)
+    sim = load_settings(simulator={"seed": SEED, "speed": 2.0, "shoppers_per_hour": 1800})
+    provider = SimPipelineProvider(sim, xss_layout(), clock=clock, campaigns=xss_campaigns(), warmup_s=45)
+    st = ServerThread(provider, settings, cred)
     try:
         yield st
     finally:
         st.close()
 
 
-def test_status_page_in_chromium(served: ServerThread, tmp_path: Path) -> None:
+def test_status_page_in_chromium(served: ServerThread, clock: PausableClock, tmp_path: Path) -> None:
     base = served.base
     # -- no access without login (plain HTTP, no cookie) --------------------------------------
     assert http_status(base + "/api/status") == 401
@@ -165,7 +219,7 @@ def test_status_page_in_chromium(served: ServerThread, tmp_path: Path) -> None:
             driver.find_element(By.ID, "login-button").click()
             return str(
                 wait_for(
-                    lambda: driver.current_url.rstrip("/") == base or driver.find_element(By.ID, "login-error").text,
+                    lambda: driver.current_url.rstrip("/") == base or text(driver, "#login-error"),
                     what="login outcome",
                 )
             )
@@ -182,53 +236,60 @@ def test_status_page_in_chromium(served: ServerThread, tmp_path: Path) -> None:
         assert early, "the refused logins (401/429) should show in the console"
         assert all("/login" in m and ("401" in m or "429" in m) for m in early), early
 
-        # -- live map: all dots drawn, and they move ------------------------------------------
-        want = {d["subject"] for d in served.run(served.provider.devices)}
+        # -- live map: the localizer's dots, and they move -----------------------------------
+        def updates() -> int:
+            return int(driver.find_element(By.ID, "map").get_attribute("data-updates") or 0)
+
         first = wait_for(lambda: dom_dots(driver), what="dots")
-        assert set(first) == want
-        u0 = int(driver.find_element(By.ID, "map").get_attribute("data-updates") or 0)
-        wait_for(
-            lambda: int(driver.find_element(By.ID, "map").get_attribute("data-updates") or 0) >= u0 + 3,
-            what="three stream updates",
-        )
+        assert len(first) >= 10
+        u0 = updates()
+        wait_for(lambda: updates() >= u0 + 5, what="five stream updates")
         later = dom_dots(driver)
-        moved = [s for s in first if s in later and first[s] != later[s]]
-        assert len(moved) >= len(first) // 2, f"only {len(moved)} of {len(first)} dots moved"
-        # positions on the page are the provider's positions (within the push interval)
+        common = [k for k in first if k in later]
+        moved = [k for k in common if first[k] != later[k]]
+        assert len(moved) >= len(common) // 2, f"only {len(moved)} of {len(common)} dots moved"
+        # freeze the simulation: the page must then show exactly the localizer's current fixes
+        clock.pause()
+        u1 = updates()
+        wait_for(lambda: updates() >= u1 + 2, what="two updates while frozen")
         truth = {d["subject"]: (d["x"], d["y"]) for d in served.run(served.provider.devices)}
-        later = dom_dots(driver)
-        off = [max(abs(later[s][0] - truth[s][0]), abs(later[s][1] - truth[s][1])) for s in later]
-        assert max(off) < 1.5, f"dots lag the provider by up to {max(off):.2f} m"
+        assert dom_dots(driver) == truth
+        clock.resume()
         # per-sensor last-heard badges and zone occupancy are filled from the status stream
         wait_for(
-            lambda: driver.find_element(By.CSS_SELECTOR, "[data-sensor='gw'] .sensor-badge").text != "?",
+            lambda: text(driver, "[data-sensor='gw'] .sensor-badge") != "?",
             what="sensor badge",
         )
-        assert driver.find_element(By.CSS_SELECTOR, "[data-sensor='n34'] .sensor-badge").text == "silent"
+        assert text(driver, "[data-sensor='gw'] .sensor-badge").endswith(" s")
+        occupancy = driver.execute_script(
+            "return Array.from(document.querySelectorAll('#layer-zones .zone-occ')).map(e => e.textContent)"
+        )
+        assert sum(int(t.split()[0]) for t in occupancy if t) >= 1
 
         # -- XSS payloads are shown as text ---------------------------------------------------
         labels = [e.text for e in driver.find_elements(By.CSS_SELECTOR, "#layer-zones .zone-name")]
         assert XSS_ZONE in labels
-        wait_for(lambda: XSS_CAMPAIGN in driver.find_element(By.ID, "campaigns").text, what="campaign row")
+        wait_for(lambda: XSS_CAMPAIGN in text(driver, "#campaigns"), what="campaign row")
         assert driver.execute_script("return window.__xss === undefined")
         assert driver.find_elements(By.TAG_NAME, "img") == []
         assert not driver.find_elements(By.CSS_SELECTOR, "main script, #campaigns script, svg script")
 
-        # -- actions: opt-out removes the device from the map --------------------------------
-        victim_mac = demo_mac(3)
-        victim = served.run(lambda: served.provider._subjects[3])
-        assert victim in dom_dots(driver)
-        driver.find_element(By.ID, "optout-id").send_keys(victim_mac)
+        # -- actions: opting out a phone's MAC removes its dot, for good -----------------------
+        mac, victim = served.run(lambda: find_phone_on_map(served.provider, set(dom_dots(driver))))
+        driver.find_element(By.ID, "optout-id").send_keys(mac.lower())
         driver.find_element(By.CSS_SELECTOR, "#optout-form button[type=submit]").click()
-        wait_for(lambda: "opt-out recorded" in driver.find_element(By.ID, "action-result").text, what="opt-out")
+        wait_for(lambda: "opt-out recorded" in text(driver, "#action-result"), what="opt-out")
         wait_for(lambda: victim not in dom_dots(driver), what="opted-out dot to disappear")
-        assert len(dom_dots(driver)) == len(want) - 1
-        wait_for(lambda: "opt-outs\n1" in driver.find_element(By.ID, "overview").text, what="opt-out count")
+        u2 = updates()
+        wait_for(lambda: updates() >= u2 + 8, what="more updates")
+        assert victim not in dom_dots(driver)
+        assert served.run(lambda: served.provider.identity.dropped) > 0
+        wait_for(lambda: "opt-outs\n1" in text(driver, "#overview"), what="opt-out count")
         driver.find_element(By.CSS_SELECTOR, "button[data-action='test-event']").click()
-        wait_for(lambda: driver.find_element(By.ID, "action-result").text == "test event queued", what="test event")
-        wait_for(lambda: "heartbeat" in driver.find_element(By.ID, "events").text, what="test event listed")
+        wait_for(lambda: text(driver, "#action-result") == "test event queued", what="test event")
+        wait_for(lambda: "heartbeat" in text(driver, "#events"), what="test event listed")
         driver.find_element(By.CSS_SELECTOR, "button[data-action='restart-scanner']").click()
-        wait_for(lambda: "recoveries: 1" in driver.find_element(By.ID, "action-result").text, what="restart")
+        wait_for(lambda: "recoveries: 1" in text(driver, "#action-result"), what="restart")
 
         # -- CSRF: the page's own token works, a request without it is refused ----------------
         post_js = (

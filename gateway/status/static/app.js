@@ -52,6 +52,12 @@
     if (typeof v === "object") return JSON.stringify(v);
     return String(v);
   }
+  function fmtClock(c) {
+    if (!c) return "-";
+    const state = c.synchronized === true ? "synchronized" : c.synchronized === false ? "NOT synchronized" : "sync unknown";
+    const off = c.offset_s === null || c.offset_s === undefined ? "" : ", offset " + c.offset_s + " s";
+    return state + " (" + fmtVal(c.source) + off + ")";
+  }
   function kv(dl, pairs) {
     dl.replaceChildren();
     for (const [k, v] of pairs) {
@@ -205,8 +211,8 @@
     kv(document.getElementById("overview"), [
       ["gateway", s.gateway_id], ["store", s.store_id], ["version", s.version],
       ["uptime", fmtAge(s.uptime_s)], ["ready", s.ready],
-      ["clock", s.clock ? (s.clock.synchronized ? "synchronized" : "NOT synchronized") + " (" + fmtVal(s.clock.source) + ", offset " + fmtVal(s.clock.offset_s) + " s)" : "-"],
-      ["disk free", s.disk ? fmtBytes(s.disk.free_bytes) + " of " + fmtBytes(s.disk.total_bytes) : "-"],
+      ["clock", fmtClock(s.clock)],
+      ["disk free", s.disk && s.disk.total_bytes ? fmtBytes(s.disk.free_bytes) + " of " + fmtBytes(s.disk.total_bytes) : "-"],
       ["opt-outs", s.optouts],
     ]);
     const u = s.uplink || {};
