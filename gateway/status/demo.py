@@ -299,13 +299,24 @@ def demo_command(args: argparse.Namespace) -> int:
     else:
         provider = SimulatedStatusProvider(layout, n_devices=args.devices, seed=args.seed)
 
+    async def drive(p: Any, period_s: float) -> None:
+        # the daemon's pipeline runs whether or not anyone watches the page
+        while True:
+            p.advance()
+            await asyncio.sleep(period_s)
+
     async def run() -> None:
         server = StatusServer(provider, settings, args.credential)
         await server.start()
+        driver = None
+        if args.sim:
+            driver = asyncio.create_task(drive(provider, 0.5 / args.speed))
         print(f"status page on http://{args.host}:{server.bound_ports[0]}/ (Ctrl-C stops)", flush=True)
         try:
             await asyncio.Event().wait()
         finally:
+            if driver is not None:
+                driver.cancel()
             await server.stop()
 
     with contextlib.suppress(KeyboardInterrupt):
