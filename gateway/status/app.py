@@ -57,6 +57,7 @@ COOKIE = "gw_session"
 CSRF_HEADER = "X-CSRF-Token"
 MAX_BODY = 16 * 1024
 MAX_IDENTIFIER = 64
+MAX_PENDING_LOGINS = 8  # each verification costs 64 MiB and ~50 ms: queue a few, refuse the rest
 
 CSP = (
     "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; "
@@ -85,6 +86,7 @@ class AuthState:
             max_s=settings.login_lockout_max_s,
         )
         self.verify_slot = asyncio.Semaphore(1)
+        self.pending = 0  # logins waiting for / in the verification slot
         self._cred: Credential | None = None
         self._mtime: float | None = None
 
@@ -111,30 +113,35 @@ class AuthState:
 
 @dataclass
 class StreamHub:
-    """Serialised stream payloads, rebuilt at most once per interval whatever the client count."""
+    """Serialised stream payloads, rebuilt at most once per interval whatever the client count.
+
+    Each payload carries a generation number; a client sends a payload only when its generation
+    is newer than the one it last sent, so the status panel goes out every ``status_every_s``,
+    not on every device tick.
+    """
 
     provider: StatusProvider
     devices_every_s: float
     status_every_s: float
     clients: int = 0
-    _dev: tuple[float, bytes] = (float("-inf"), b"")
-    _status: tuple[float, bytes] = (float("-inf"), b"")
+    _dev: tuple[float, int, bytes] = (float("-inf"), 0, b"")
+    _status: tuple[float, int, bytes] = (float("-inf"), 0, b"")
     closing: asyncio.Event = field(default_factory=asyncio.Event)
 
-    def devices_event(self, now: float) -> bytes:
-        ts, payload = self._dev
+    def devices_event(self, now: float) -> tuple[int, bytes]:
+        ts, gen, payload = self._dev
         if now - ts >= self.devices_every_s * 0.9:
             body = dumps({"ts": time.time(), "devices": self.provider.devices()})
-            payload = b"event: devices\ndata: " + body + b"\n\n"
-            self._dev = (now, payload)
-        return payload
+            gen, payload = gen + 1, b"event: devices\ndata: " + body + b"\n\n"
+            self._dev = (now, gen, payload)
+        return gen, payload
 
-    def status_event(self, now: float) -> bytes:
-        ts, payload = self._status
+    def status_event(self, now: float) -> tuple[int, bytes]:
+        ts, gen, payload = self._status
         if now - ts >= self.status_every_s * 0.9:
-            payload = b"event: status\ndata: " + dumps(self.provider.snapshot()) + b"\n\n"
-            self._status = (now, payload)
-        return payload
+            gen, payload = gen + 1, b"event: status\ndata: " + dumps(self.provider.snapshot()) + b"\n\n"
+            self._status = (now, gen, payload)
+        return gen, payload
 
 
 PROVIDER = web.AppKey("provider", StatusProvider)
@@ -236,16 +243,20 @@ async def login_page(request: web.Request) -> web.Response:
     )
 
 
+def _throttled(metrics: GatewayMetrics, wait: float) -> web.Response:
+    metrics.status_logins.labels("throttled").inc()
+    r = json_response({"error": "too many attempts; try again later", "retry_after": round(wait, 1)}, 429)
+    r.headers["Retry-After"] = str(max(1, int(wait + 0.999)))
+    return r
+
+
 async def login(request: web.Request) -> web.Response:
     app = request.app
     auth, metrics, now = app[AUTH], app[METRICS], app[CLOCK]()
     addr = request.remote or "unknown"
     wait = auth.throttle.retry_after(addr, now)
     if wait > 0:
-        metrics.status_logins.labels("throttled").inc()
-        r = json_response({"error": "too many attempts; try again later", "retry_after": round(wait, 1)}, 429)
-        r.headers["Retry-After"] = str(max(1, int(wait + 0.999)))
-        return r
+        return _throttled(metrics, wait)
     if request.content_type != "application/json":
         return json_response({"error": "expected application/json"}, 415)
     try:
@@ -254,13 +265,25 @@ async def login(request: web.Request) -> web.Response:
         return json_response({"error": "body is not valid JSON"}, 400)
     if not isinstance(body, dict) or not isinstance(body.get("user"), str) or not isinstance(body.get("password"), str):
         return json_response({"error": "fields 'user' and 'password' (strings) are required"}, 400)
+    if auth.pending >= MAX_PENDING_LOGINS:
+        return json_response({"error": "busy; try again later"}, 503)
     cred = auth.credential()
     loop = asyncio.get_running_loop()
-    async with auth.verify_slot:
-        ok = await loop.run_in_executor(None, verify_password, cred, body["user"], body["password"])
-    now = app[CLOCK]()
+    auth.pending += 1
+    lock = 0.0
+    try:
+        async with auth.verify_slot:
+            # checked again in the slot: parallel guesses queued before a lockout must not get through
+            wait = auth.throttle.retry_after(addr, app[CLOCK]())
+            if wait > 0:
+                return _throttled(metrics, wait)
+            ok = await loop.run_in_executor(None, verify_password, cred, body["user"], body["password"])
+            now = app[CLOCK]()
+            if not ok:
+                lock = auth.throttle.failure(addr, now)
+    finally:
+        auth.pending -= 1
     if not ok:
-        lock = auth.throttle.failure(addr, now)
         metrics.status_logins.labels("failure").inc()
         log.warning("status.login_failed", client=addr, lockout_s=lock, configured=cred is not None)
         return json_response({"error": "invalid user or password", "retry_after": round(lock, 1)}, 401)
@@ -331,6 +354,7 @@ async def api_stream(request: web.Request) -> web.StreamResponse:
     await resp.prepare(request)
     hub.clients += 1
     app[METRICS].status_sse_clients.set(hub.clients)
+    sent_dev = sent_st = -1
     try:
         await resp.write(b"retry: 2000\n\n")
         while not hub.closing.is_set():
@@ -339,8 +363,20 @@ async def api_stream(request: web.Request) -> web.StreamResponse:
                 await resp.write(b"event: logout\ndata: {}\n\n")
                 break
             tick = loop.time()  # the payload cache runs on real time, sessions on the app clock
-            await resp.write(hub.devices_event(tick))
-            await resp.write(hub.status_event(tick))
+            try:
+                dev_gen, dev = hub.devices_event(tick)
+                st_gen, st = hub.status_event(tick)
+            except Exception as e:  # a provider bug must not take the server down; the page reconnects
+                log.error("status.stream_provider_failed", error_type=type(e).__name__, error=str(e))
+                await resp.write(b"event: error\ndata: {}\n\n")
+                break
+            out = b""
+            if dev_gen != sent_dev:
+                out, sent_dev = dev, dev_gen
+            if st_gen != sent_st:
+                out, sent_st = out + st, st_gen
+            if out:
+                await resp.write(out)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(hub.closing.wait(), hub.devices_every_s)
     except ConnectionResetError:

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from gateway.status.app import CSP
+from gateway.status.app import AUTH, CSP, MAX_PENDING_LOGINS
 from gateway.status.metrics import GatewayMetrics
 from tests.unit.status.support import (
     PASSWORD,
@@ -355,3 +355,53 @@ async def test_metrics_endpoint(credential: Path, public: bool) -> None:
         assert r.status == 200
         assert r.headers["Content-Type"].startswith("text/plain; version=")
         assert 'gateway_observations_total{source="ble"} 42.0' in await r.text()
+
+
+async def test_parallel_guesses_cannot_outrun_the_lockout(credential: Path) -> None:
+    clock = FakeClock()
+    async with status_client(credential, clock=clock, login_free_attempts=2) as c:
+        bad = {"user": USER, "password": "wrong-guess"}
+        rs = await asyncio.gather(*(c.post("/login", json=bad) for _ in range(8)))
+        codes = sorted(r.status for r in rs)
+        # verifications are serialised and re-check the lockout: only free + 1 guesses are checked
+        assert codes == [401, 401, 401, 429, 429, 429, 429, 429]
+
+    async with status_client(credential) as c:
+        auth = c.server.app[AUTH]
+        auth.pending = MAX_PENDING_LOGINS  # as if 8 logins were queued for the argon2 slot
+        r = await c.post("/login", json={"user": USER, "password": PASSWORD})
+        assert r.status == 503
+        auth.pending = 0
+        assert (await c.post("/login", json={"user": USER, "password": PASSWORD})).status == 200
+
+
+async def test_stream_sends_status_at_its_own_cadence(credential: Path) -> None:
+    async with status_client(credential, stream_interval_s=0.05, status_interval_s=0.5) as c:
+        await login(c)
+        resp = await c.get("/api/stream")
+        names: list[str] = []
+        loop = asyncio.get_running_loop()
+        t_end = loop.time() + 1.2
+        while loop.time() < t_end:
+            line = (await asyncio.wait_for(resp.content.readline(), 5)).decode()
+            if line.startswith("event: "):
+                names.append(line[7:].strip())
+        resp.close()
+    n_dev, n_status = names.count("devices"), names.count("status")
+    assert n_dev >= 8
+    assert 2 <= n_status <= 4  # ~every 0.5 s over 1.2 s, not once per device tick
+
+
+async def test_stream_survives_a_failing_provider(credential: Path) -> None:
+    provider = make_provider(n=3)
+
+    def broken() -> list[dict[str, Any]]:
+        raise RuntimeError("pipeline exploded")
+
+    provider.devices = broken  # type: ignore[method-assign]
+    async with status_client(credential, provider=provider, stream_interval_s=0.05) as c:
+        await login(c)
+        resp = await c.get("/api/stream")
+        await _read_event(resp, "error")
+        assert await asyncio.wait_for(resp.content.read(), 5) == b"\n"
+        assert (await c.get("/api/status")).status == 200  # the server is fine
