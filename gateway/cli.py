@@ -19,6 +19,8 @@ from gateway.config import ConfigError, Settings, config_docs, load_settings
 # Modules that add sub-commands (imported lazily by main()).
 COMMAND_MODULES: list[str] = [
     "gateway.decode",
+    "gateway.daemon",
+    "gateway.demo",
     "gateway.status.cli",
 ]
 

@@ -475,7 +475,9 @@ class AsyncMqttClient:
             self._teardown()
             raise
         if res.receive_maximum < self._max_inflight:
-            client.max_inflight_messages_set(res.receive_maximum)
+            # honour the broker's Receive Maximum; paho's setter refuses once connected, but lowering
+            # a non-zero window is safe (its queue releases messages as acks free slots)
+            client._max_inflight_messages = res.receive_maximum
         self.result = res
         self.connected = True
         return res
@@ -568,7 +570,7 @@ class AsyncMqttClient:
         assert self._closed is not None
         return self._closed
 
-    async def disconnect(self, timeout: float = 2.0) -> None:  # noqa: ASYNC109
+    async def disconnect(self, timeout: float = 2.0) -> None:
         """Send DISCONNECT (normal: the broker does not publish the will) and close."""
         client = self._client
         if client is None:

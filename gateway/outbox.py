@@ -491,7 +491,7 @@ class Outbox:
         """Set whenever an append commits (the uplink clears it before it reads)."""
         return self._data
 
-    async def wait_for_data(self, timeout: float | None = None) -> bool:  # noqa: ASYNC109
+    async def wait_for_data(self, timeout: float | None = None) -> bool:
         """Wait until an append commits (or timeout); return True if one did."""
         if not self._data.is_set():
             try:

@@ -41,8 +41,8 @@ class SimulatedSource:
                     break
                 due = wall0 + (t - t_sim0) / s.speed
                 delay = due - time.monotonic()
-                if delay > 0:
-                    await asyncio.sleep(delay)
+                # always yield to the loop, even when behind schedule
+                await asyncio.sleep(max(0.0, delay))
                 obs = self.sim.step(t)
                 self.health.detail["sim_time"] = t
                 self.health.detail["people"] = len(self.sim.people)
@@ -50,7 +50,5 @@ class SimulatedSource:
                     self.health.observations += len(obs)
                     self.health.last_observation_ts = obs[-1].ts
                     yield obs
-                elif delay <= 0:
-                    await asyncio.sleep(0)  # stay fair to other tasks when running flat out
         finally:
             self.health.state = "stopped"

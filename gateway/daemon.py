@@ -1,0 +1,291 @@
+"""The daemon: wires sources -> pipeline (pure core) -> outbox -> uplink under one supervisor.
+
+    sources --(bounded queue of batches)--> pipeline task --(events)--> outbox writer (batched
+    SQLite transactions) --> uplink (MQTT QoS 1, acks delete rows)
+
+Back-pressure: the queue between sources and the pipeline is bounded; a live source that cannot
+enqueue drops the batch and counts it (radios cannot be paused), a replay simply waits.
+Shutdown (first SIGTERM/SIGINT): intake stops, the queue is drained through the pipeline, open
+visits are closed, pending events are committed to SQLite, the uplink gets the rest of the drain
+deadline to publish; a second signal exits at once (committed events are safe on disk).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import importlib.resources
+import os
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from gateway import __version__
+from gateway.config import ConfigError, Settings, load_settings
+from gateway.layout import Layout, LayoutError, load_layout, parse_layout
+from gateway.log import configure_logging, get_logger
+from gateway.models import EventBase, Fix, Observation
+from gateway.notify import Notifier
+from gateway.outbox import Outbox
+from gateway.pipeline import Pipeline
+from gateway.sources.base import Source
+from gateway.supervisor import Supervisor, TaskSpec
+from gateway.uplink import Uplink
+
+log = get_logger(__name__)
+
+QUEUE_BATCHES = 256
+
+
+def embedded_layout() -> Layout:
+    text = importlib.resources.files("gateway").joinpath("data/demo-store.toml").read_text(encoding="utf-8")
+    import tomllib
+
+    return parse_layout(tomllib.loads(text), "<embedded demo-store.toml>")
+
+
+def load_store_layout(settings: Settings) -> Layout:
+    return load_layout(settings.paths.layout) if settings.paths.layout else embedded_layout()
+
+
+def build_sources(settings: Settings, layout: Layout) -> list[Source]:
+    """Every enabled source; each module is imported only when used (radios need their libs)."""
+    sources: list[Source] = []
+    if settings.simulator.enabled:
+        from gateway.sources.simulated import SimulatedSource
+
+        sources.append(SimulatedSource(layout, settings.simulator))
+    if settings.replay.enabled and settings.replay.path is not None:
+        from gateway.sources.replay import ReplaySource
+
+        sources.append(ReplaySource(settings.replay.path, settings.replay.speed))
+    for flag, factory in SOURCE_FACTORIES:
+        if flag(settings):
+            sources.append(factory(settings, layout))
+    return sources
+
+
+# (enabled?, factory) for radio sources contributed by their modules; see gateway/sources/.
+SOURCE_FACTORIES: list[tuple[Callable[[Settings], bool], Callable[[Settings, Layout], Source]]] = []
+
+
+@dataclass
+class Runtime:
+    """What the status page and tests can read about a running daemon."""
+
+    started_monotonic: float
+    ready: bool = False
+    loop_lag_s: float = 0.0
+    last_fixes: list[Fix] | None = None
+
+
+class Daemon:
+    def __init__(self, settings: Settings, layout: Layout, *, notifier: Notifier | None = None) -> None:
+        self.s = settings
+        self.layout = layout
+        self.notifier = notifier or Notifier()
+        self.runtime = Runtime(started_monotonic=time.monotonic())
+        self.sources = build_sources(settings, layout)
+        self.pipeline = Pipeline(settings, layout, on_fixes=self._on_fixes)
+        self.queue: asyncio.Queue[list[Observation] | None] = asyncio.Queue(maxsize=QUEUE_BATCHES)
+        self.pending: list[EventBase] = []
+        self._flush_lock = asyncio.Lock()
+        self.outbox: Outbox | None = None
+        self.uplink: Uplink | None = None
+        self.supervisor = Supervisor(settings.supervisor, drain=self.drain)
+        self._pipeline_idle = asyncio.Event()
+        self._last_obs_wall = time.monotonic()
+
+    def _on_fixes(self, fixes: list[Fix]) -> None:
+        self.runtime.last_fixes = fixes
+
+    # -- tasks ------------------------------------------------------------------------------------
+
+    def _source_task(self, src: Source) -> Callable[[], Awaitable[None]]:
+        return lambda: self._run_source(src)
+
+    async def _run_source(self, src: Source) -> None:
+        live = src.name not in ("replay",)
+        async for batch in src.batches():
+            if live:
+                # radios cannot be paused: when the pipeline is behind, drop and count
+                try:
+                    self.queue.put_nowait(batch)
+                except asyncio.QueueFull:
+                    src.health.drop("backpressure", len(batch))
+                await asyncio.sleep(0)
+            else:
+                await self.queue.put(batch)
+
+    async def _run_pipeline(self) -> None:
+        while True:
+            batch = await self.queue.get()
+            if batch is None:
+                self._pipeline_idle.set()
+                return
+            self._last_obs_wall = time.monotonic()
+            events = self.pipeline.process(batch)
+            if events:
+                self.pending.extend(events)
+            if self.queue.empty():
+                self._pipeline_idle.set()
+            else:
+                self._pipeline_idle.clear()
+
+    def _event_clock(self) -> Callable[[], float] | None:
+        """Where event time comes from when nothing is heard: the simulator's clock, the wall clock
+        for live radios, none for a replay (its end closes every visit)."""
+        if any(src.name not in ("replay", "simulator") for src in self.sources):
+            return time.time
+        sim = next((src for src in self.sources if src.name == "simulator"), None)
+        if sim is not None:
+            return lambda: float(sim.sim.now)
+        return None
+
+    async def _run_clock(self) -> None:
+        """Advance event time through silence so visits time out with no observations."""
+        clock = self._event_clock()
+        if clock is None:  # replay: nothing to do until shutdown
+            await asyncio.Event().wait()
+            return
+        while True:
+            await asyncio.sleep(1.0)
+            # only when the pipeline has caught up: queued observations are older than the clock
+            if self.queue.empty() and time.monotonic() - self._last_obs_wall >= 1.0:
+                self.pending.extend(self.pipeline.advance(clock()))
+
+    async def _run_writer(self) -> None:
+        assert self.outbox is not None
+        interval = self.s.outbox.flush_interval_s
+        while True:
+            await asyncio.sleep(interval)
+            await self.flush()
+
+    async def flush(self) -> int:
+        """Commit pending events to the outbox in batches (one transaction per batch)."""
+        assert self.outbox is not None
+        n = 0
+        async with self._flush_lock:  # the writer task and the drain may both flush
+            while self.pending:
+                chunk = self.pending[: self.s.outbox.append_batch]
+                await self.outbox.append(chunk)
+                del self.pending[: len(chunk)]
+                n += len(chunk)
+        return n
+
+    async def _run_uplink(self) -> None:
+        assert self.uplink is not None
+        await self.uplink.run()
+
+    async def _run_watchdog(self) -> None:
+        interval = self.notifier.watchdog_interval_s
+        period = min(interval, 1.0) if interval else 1.0
+        last_ping = 0.0
+        while True:
+            t0 = time.monotonic()
+            await asyncio.sleep(period)
+            lag = time.monotonic() - t0 - period
+            self.runtime.loop_lag_s = lag
+            healthy = lag < (interval or 10.0) / 2
+            if interval and healthy and time.monotonic() - last_ping >= interval:
+                self.notifier.watchdog()
+                last_ping = time.monotonic()
+            if not healthy:
+                log.warning("event loop lagging; watchdog ping withheld", lag_s=round(lag, 3))
+
+    async def drain(self, deadline_s: float) -> None:
+        t_end = time.monotonic() + deadline_s
+        self.notifier.stopping()
+        log.info("draining", queued_batches=self.queue.qsize(), pending_events=len(self.pending))
+        # intake is cancelled by the supervisor; flush the queue through the pipeline
+        with contextlib.suppress(asyncio.QueueFull):
+            self.queue.put_nowait(None)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._pipeline_idle.wait(), max(0.1, (t_end - time.monotonic()) / 2))
+        self.pending.extend(self.pipeline.close())
+        if self.outbox is not None:
+            n = await self.flush()
+            log.info("events committed", count=n)
+        if self.uplink is not None:
+            await self.uplink.drain(max(0.0, t_end - time.monotonic()))
+
+    # -- lifecycle ----------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        self.s.paths.state_dir.mkdir(parents=True, exist_ok=True)
+        self.outbox = await Outbox.open(self.s.outbox_path, self.s.gateway.id, max_bytes=self.s.outbox.max_bytes)
+        self.uplink = Uplink(self.s.mqtt, self.s.gateway, self.outbox)
+        sup = self.supervisor
+        for src in self.sources:
+            finite = src.name == "replay" or (src.name == "simulator" and self.s.simulator.duration_s is not None)
+            sup.add(TaskSpec(f"source:{src.name}", self._source_task(src), "finite" if finite else "restart", "intake"))
+        sup.add(TaskSpec("pipeline", self._run_pipeline, "fatal"))
+        sup.add(TaskSpec("clock", self._run_clock, "restart"))
+        sup.add(TaskSpec("outbox-writer", self._run_writer, "fatal", "egress"))
+        sup.add(TaskSpec("uplink", self._run_uplink, "restart", "egress"))
+        sup.add(TaskSpec("watchdog", self._run_watchdog, "fatal"))
+
+    async def run(self) -> int:
+        await self.start()
+        loop = asyncio.get_running_loop()
+        self.supervisor.install_signal_handlers(loop)
+        log.info(
+            "gateway ready",
+            version=__version__,
+            gateway=self.s.gateway.id,
+            store=self.s.gateway.store_id,
+            sources=[s.name for s in self.sources],
+            startup_s=round(time.monotonic() - self.runtime.started_monotonic, 3),
+        )
+        self.runtime.ready = True
+        self.notifier.ready(f"running: {len(self.sources)} source(s)")
+        try:
+            rc = await self.supervisor.run()
+        finally:
+            if self.outbox is not None:
+                with contextlib.suppress(Exception):
+                    await self.flush()
+                await self.outbox.close()
+            self.notifier.close()
+        log.info("gateway stopped", exit_code=rc, reason=self.supervisor.stop_reason, stats=self._stats())
+        return rc
+
+    def _stats(self) -> dict[str, Any]:
+        st = self.pipeline.stats
+        return {"observations": st.observations, "fixes": st.fixes, "events": st.events, "dropped": st.dropped}
+
+
+# -- commands -----------------------------------------------------------------------------------------
+
+
+def _load(args: argparse.Namespace, **overrides: Any) -> tuple[Settings, Layout] | int:
+    try:
+        settings = load_settings(args.config, **overrides)
+        layout = load_store_layout(settings)
+    except (ConfigError, LayoutError) as e:
+        print(str(e), file=sys.stderr)
+        return 2
+    return settings, layout
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    loaded = _load(args)
+    if isinstance(loaded, int):
+        return loaded
+    settings, layout = loaded
+    configure_logging(settings.log.level, settings.log.format)
+
+    async def main() -> int:
+        return await Daemon(settings, layout).run()
+
+    return asyncio.run(main())
+
+
+def add_commands(sub: Any) -> None:
+    run = sub.add_parser("run", help="run the gateway daemon")
+    run.add_argument("--config", "-c", type=Path, default=os.environ.get("GATEWAY_CONFIG"))
+    run.set_defaults(func=_cmd_run)

@@ -1,0 +1,93 @@
+"""``gateway demo``: the simulated store end to end on embedded defaults, nothing to set up.
+
+simulator -> identity -> localization -> presence -> SQLite outbox -> MQTT (embedded broker on
+127.0.0.1) -> cloud stand-in that prints what arrives. Ctrl-C drains and stops everything.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from gateway.cloud_standin import CloudStandIn
+from gateway.config import ConfigError, load_settings
+from gateway.daemon import Daemon, load_store_layout
+from gateway.embedded_broker import EmbeddedBroker
+from gateway.layout import LayoutError
+from gateway.log import configure_logging, get_logger
+
+log = get_logger(__name__)
+
+
+async def run_demo(args: argparse.Namespace) -> int:
+    broker = EmbeddedBroker(prefer="amqtt" if args.pure_python_broker else "mosquitto")
+    await broker.start()
+    tmp = None
+    state_dir = args.state_dir
+    if state_dir is None:
+        tmp = tempfile.TemporaryDirectory(prefix="gateway-demo-")
+        state_dir = Path(tmp.name)
+    try:
+        try:
+            settings = load_settings(
+                args.config,
+                paths={"state_dir": str(state_dir)},
+                simulator={"enabled": True, "speed": args.speed, "duration_s": args.duration, "seed": args.seed},
+                mqtt={"host": broker.host, "port": broker.port, "tls": False, "protocol": broker.protocol},
+                status={"port": args.status_port},
+            )
+            layout = load_store_layout(settings)
+        except (ConfigError, LayoutError) as e:
+            print(str(e))
+            return 2
+        configure_logging(settings.log.level, settings.log.format)
+        cloud = CloudStandIn(
+            broker.host,
+            broker.port,
+            prefix=settings.mqtt.topic_prefix,
+            protocol=broker.protocol,
+            verbose=not args.quiet,
+        )
+        cloud_task = asyncio.create_task(cloud.run())
+        await asyncio.wait_for(cloud.connected.wait(), 10)
+        log.info(
+            "demo running",
+            store=settings.gateway.store_id,
+            speed=args.speed,
+            state_dir=str(state_dir),
+            broker=broker.kind,
+        )
+        rc = await Daemon(settings, layout).run()
+        await asyncio.sleep(0.5)  # let the last PUBACKed messages reach the stand-in
+        cloud_task.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await cloud_task
+        summary: dict[str, Any] = cloud.summary()
+        print("demo summary: " + json.dumps(summary, sort_keys=True))
+        return rc
+    finally:
+        await broker.stop()
+        if tmp is not None:
+            tmp.cleanup()
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    return asyncio.run(run_demo(args))
+
+
+def add_commands(sub: Any) -> None:
+    d = sub.add_parser("demo", help="run a simulated store end to end (embedded broker + cloud stand-in)")
+    d.add_argument("--config", "-c", type=Path, default=None, help="optional config file to start from")
+    d.add_argument("--speed", type=float, default=10.0, help="simulated seconds per wall second (default 10)")
+    d.add_argument("--duration", type=float, default=None, help="stop after this many simulated seconds")
+    d.add_argument("--seed", type=int, default=1)
+    d.add_argument("--state-dir", type=Path, default=None, help="keep the outbox here (default: temporary)")
+    d.add_argument("--status-port", type=int, default=8080)
+    d.add_argument("--pure-python-broker", action="store_true", help="use amqtt even if mosquitto is installed")
+    d.add_argument("--quiet", action="store_true", help="print only the summary from the cloud stand-in")
+    d.set_defaults(func=_cmd_demo)
