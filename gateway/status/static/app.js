@@ -138,7 +138,7 @@
       const t = svg("text", { x: s.x + 0.45, y: s.y - 0.35, class: "sensor-label" }, g);
       t.textContent = s.id;
       const badge = svg("text", { x: s.x + 0.45, y: s.y + 0.55, class: "sensor-badge" }, g);
-      badge.textContent = "?";
+      badge.textContent = "";
       sensorBadges.set(s.id, badge);
     }
   }
