@@ -11,6 +11,7 @@ Everything here is cheap and synchronous: it runs on the event loop a few times 
 
 from __future__ import annotations
 
+import asyncio
 import shutil
 import time
 from collections import deque
@@ -20,6 +21,7 @@ from gateway import __version__
 from gateway.layout import Layout, points_in_polygon
 from gateway.models import Fix, Heartbeat
 from gateway.status.demo import geometric_crlb_grid
+from gateway.status.metrics import GatewayMetrics
 from gateway.status.provider import ActionResult, DeviceDot, StatusSnapshot
 from gateway.status.simprovider import OptOutIdentity
 
@@ -187,3 +189,59 @@ class DaemonStatusProvider:
             self.d.pipeline.identity = self._optout
         self._optout.block(identifier)
         return ActionResult(True, "opt-out recorded; the device is no longer tracked")
+
+
+class DaemonMetricsSampler:
+    """Feeds the Prometheus metrics from the daemon's own cumulative counters.
+
+    The stages already count (source health, pipeline stats, outbox and uplink status); sampling
+    those totals once a second and adding the deltas to the counters costs nothing on the hot path
+    and needs no instrumentation in every stage. Publish latency is the one metric that must be
+    observed where it happens (``GatewayMetrics.published`` from the uplink's ack handler).
+    """
+
+    def __init__(self, daemon: Daemon, metrics: GatewayMetrics) -> None:
+        self.d = daemon
+        self.m = metrics
+        self._last: dict[tuple[str, str], float] = {}
+
+    def _delta(self, kind: str, key: str, total: float) -> float:
+        prev = self._last.get((kind, key), 0.0)
+        self._last[(kind, key)] = total
+        return max(0.0, total - prev)  # a restarted source resets its totals: never go backwards
+
+    def sample(self) -> None:
+        d, m = self.d, self.m
+        for src in d.sources:
+            h = src.health
+            if n := self._delta("obs", h.name, h.observations):
+                m.observed(h.name, int(n))
+            for reason, total in h.dropped.items():
+                if n := self._delta("drop", f"{h.name}:{reason}", total):
+                    m.dropped(reason, int(n))
+            if n := self._delta("recov", h.name, h.recoveries):
+                for _ in range(int(n)):
+                    m.radio_recovered(h.name)
+        st = d.pipeline.stats
+        for reason, total in st.dropped.items():
+            if n := self._delta("drop", f"pipeline:{reason}", total):
+                m.dropped(reason, int(n))
+        if n := self._delta("fix", "", st.fixes):
+            m.fixed(int(n))
+        for etype, total in st.events.items():
+            if n := self._delta("event", etype, total):
+                m.produced(etype, int(n))
+        if d.uplink is not None:
+            u = d.uplink.status()
+            m.outbox(int(u.get("backlog") or 0), u.get("oldest_unsent_age_s"))
+            m.uplink_state(u.get("link") == "connected")
+            if n := self._delta("reconnect", "", float(u.get("reconnects") or 0)):
+                m.reconnects.inc(n)
+            for prio, total in (u.get("evictions_by_priority") or {}).items():
+                if n := self._delta("evict", str(prio), float(total)):
+                    m.evicted(str(prio), int(n))
+
+    async def run(self, period_s: float = 1.0) -> None:
+        while True:
+            self.sample()
+            await asyncio.sleep(period_s)

@@ -14,7 +14,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from gateway.config import StatusSettings, load_settings
 from gateway.daemon import Daemon, load_store_layout
 from gateway.status.app import make_app
-from gateway.status.daemon_provider import DaemonStatusProvider
+from gateway.status.daemon_provider import DaemonMetricsSampler, DaemonStatusProvider
 from gateway.status.metrics import GatewayMetrics
 from tests.conftest import Mosquitto
 from tests.unit.status.support import login
@@ -46,7 +46,9 @@ async def test_status_over_a_running_daemon(tmp_path: Path, mosquitto: Mosquitto
     daemon = Daemon(settings, load_store_layout(settings))
     provider = DaemonStatusProvider(daemon)
     assert not provider.ready()
-    app = make_app(provider, StatusSettings(loop_lag_interval_s=0), credential, metrics=GatewayMetrics())
+    metrics = GatewayMetrics()
+    sampler = DaemonMetricsSampler(daemon, metrics)
+    app = make_app(provider, StatusSettings(loop_lag_interval_s=0), credential, metrics=metrics)
     run = asyncio.create_task(daemon.run())
     try:
         async with TestClient(TestServer(app, host="127.0.0.1")) as c:
@@ -99,6 +101,19 @@ async def test_status_over_a_running_daemon(tmp_path: Path, mosquitto: Mosquitto
             assert (await (await c.get("/api/status")).json())["optouts"] == 1
             r = await c.post("/api/actions/reload-config", json={}, headers={"X-CSRF-Token": csrf})
             assert r.status == 409  # honest: not supported yet
+
+            # /metrics carries the daemon's own counters (totals read with no await in between)
+            sampler.sample()
+            obs, fixes = daemon.sources[0].health.observations, daemon.pipeline.stats.fixes
+            text = metrics.render().decode()
+            assert f'gateway_observations_total{{source="simulator"}} {float(obs)}' in text
+            assert f"gateway_fixes_total {float(fixes)}" in text
+            assert 'gateway_events_total{type="visit.started"}' in text
+            assert "gateway_uplink_connected 1.0" in text
+            sampler.sample()  # deltas, not totals: sampling twice does not double count
+            fixes = daemon.pipeline.stats.fixes
+            assert f"gateway_fixes_total {float(fixes)}" in metrics.render().decode()
+            assert "gateway_fixes_total" in await (await c.get("/metrics")).text()
     finally:
         daemon.supervisor.request_stop("test over")
         assert await asyncio.wait_for(run, 20) == 0
