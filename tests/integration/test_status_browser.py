@@ -22,7 +22,6 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
 
 from gateway.config import StatusSettings, load_settings
-from gateway.status.auth import write_credential
 from gateway.status.metrics import GatewayMetrics
 from gateway.status.server import StatusServer
 from gateway.status.simprovider import SimPipelineProvider
@@ -32,6 +31,7 @@ from tests.unit.status.support import (
     XSS_CAMPAIGN,
     XSS_STORE,
     XSS_ZONE,
+    write_test_credential,
     xss_campaigns,
     xss_layout,
 )
@@ -175,7 +175,7 @@ def clock() -> PausableClock:
 @pytest.fixture
 def served(tmp_path: Path, clock: PausableClock) -> Iterator[ServerThread]:
     cred = tmp_path / "cred.json"
-    write_credential(cred, USER, PASSWORD)
+    write_test_credential(cred)
     settings = StatusSettings(
         bind=["127.0.0.1"],
         port=0,

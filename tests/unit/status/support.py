@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 from aiohttp.test_utils import TestClient, TestServer
+from argon2 import PasswordHasher
 
 from gateway.config import StatusSettings
 from gateway.layout import Layout, load_layout
@@ -23,6 +25,16 @@ PASSWORD = "correct horse battery"  # test-only credential
 XSS_ZONE = '<img src=x onerror="window.__xss=1">Bakery'
 XSS_CAMPAIGN = "<script>window.__xss=2</script>Promo"
 XSS_STORE = '</title><script>window.__xss=3</script>"Shop'
+
+
+def write_test_credential(path: Path, user: str = USER, password: str = PASSWORD) -> Path:
+    """A credential with *cheap* argon2id parameters (encoded in the hash, so verification follows
+    them): the tests log in dozens of times on a shared 2-core box. Production hashes use the
+    library defaults (64 MiB, t=3), checked in test_status_auth."""
+    h = PasswordHasher(time_cost=1, memory_cost=1024, parallelism=1).hash(password)
+    path.write_text(json.dumps({"user": user, "hash": h}))
+    path.chmod(0o600)
+    return path
 
 
 class FakeClock:
