@@ -113,7 +113,7 @@ def make_driver(tmp_path: Path) -> WebDriver:
         "--disable-component-update",
         "--disable-sync",
         "--no-first-run",
-        "--window-size=1400,1100",
+        "--window-size=1400,1700",
         f"--user-data-dir={tmp_path / 'chrome-profile'}",
     ]:
         opts.add_argument(arg)
@@ -265,6 +265,11 @@ def test_status_page_in_chromium(served: ServerThread, clock: PausableClock, tmp
             "return Array.from(document.querySelectorAll('#layer-zones .zone-occ')).map(e => e.textContent)"
         )
         assert sum(int(t.split()[0]) for t in occupancy if t) >= 1
+
+        # -- health panels ----------------------------------------------------------------------
+        assert "simulated" in text(driver, "#sources")
+        assert "running" in text(driver, "#sources")
+        assert "not connected (simulation)" in text(driver, "#uplink")
 
         # -- XSS payloads are shown as text ---------------------------------------------------
         labels = [e.text for e in driver.find_elements(By.CSS_SELECTOR, "#layer-zones .zone-name")]

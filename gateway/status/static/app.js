@@ -225,12 +225,22 @@
       ["backlog", o.backlog], ["oldest unsent", o.oldest_age_s === null ? "-" : fmtAge(o.oldest_age_s)],
       ["evictions", o.evictions], ["size", fmtBytes(o.bytes)],
     ]);
-    table(document.getElementById("sources"), ["source", "state", "observations", "rate/s", "recoveries", "dropped", "last"],
-      (s.sources || []).map((h) => [
-        h.name, { text: h.state, cls: "state-" + String(h.state).replace(/[^a-z]/g, "") }, h.observations,
-        h.detail && h.detail.adverts_per_s !== undefined ? h.detail.adverts_per_s : (h.detail && h.detail.frames_per_s),
-        h.recoveries, Object.entries(h.dropped || {}).map(([k, v]) => k + ":" + v).join(" ") || "0",
-        h.last_observation_ts ? fmtAge(now - h.last_observation_ts) + " ago" : "never",
+    const RATES = ["adverts_per_s", "frames_per_s"];
+    table(document.getElementById("sources"), ["source", "state", "observations", "rate/s", "recoveries", "dropped", "last", "detail"],
+      (s.sources || []).map((h) => {
+        const d = h.detail || {};
+        const rate = RATES.map((k) => d[k]).find((v) => v !== undefined);
+        const detail = Object.entries(d).filter(([k]) => !RATES.includes(k)).map(([k, v]) => k + "=" + fmtVal(v)).join(" ");
+        return [
+          h.name, { text: h.state, cls: "state-" + String(h.state).replace(/[^a-z]/g, "") }, h.observations, rate,
+          h.recoveries, Object.entries(h.dropped || {}).map(([k, v]) => k + ":" + v).join(" ") || "0",
+          h.last_observation_ts ? fmtAge(now - h.last_observation_ts) + " ago" : "never", detail,
+        ];
+      }));
+    table(document.getElementById("nodes"), ["node", "sensor", "state", "last seen"],
+      (s.nodes || []).map((n) => [
+        n.name, n.sensor, { text: n.state, cls: "state-" + String(n.state).replace(/[^a-z]/g, "") },
+        n.last_seen ? fmtAge(now - n.last_seen) + " ago" : "never",
       ]));
     const heard = s.sensors_last_heard || {};
     const rows = [];
