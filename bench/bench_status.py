@@ -6,9 +6,11 @@
   login page (static HTML + one script) to its load event. Bar: < 1000 ms.
 * ``status.sse_cpu``: CPU share of the server process (``gateway status demo`` in its own process,
   read from /proc) while one client follows the live stream, minus the same process idle.
-  Two stand-ins for the daemon: (a) the store simulator + real pipeline running at 1x (the
-  "daemon idle" reference), (b) a synthetic crowd of 500 dots (the worst case for the stream).
-  Bar: the stream adds < 5 % of one core.
+  Three set-ups: (a) the real ``Daemon`` (simulator source at 1x -> pipeline -> SQLite outbox ->
+  uplink to a local mosquitto) with the status server embedded via ``DaemonStatusProvider`` - the
+  reference is that daemon's own CPU without page clients; (b) the store simulator + pipeline
+  driven by ``gateway status demo --sim``; (c) a synthetic crowd of 500 dots (the worst case for
+  the stream). Bar: the stream adds < 5 % (of the daemon's CPU, and of one core).
 """
 
 from __future__ import annotations
@@ -61,21 +63,11 @@ def env() -> dict[str, str]:
 
 
 class Demo:
-    def __init__(self, cred: Path, *extra: str) -> None:
+    def __init__(self, cred: Path, *extra: str, cmd: list[str] | None = None) -> None:
         self.port = free_port()
+        base = cmd or [sys.executable, "-m", "gateway", "status", "demo"]
         self.proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "gateway",
-                "status",
-                "demo",
-                "--credential",
-                str(cred),
-                "--port",
-                str(self.port),
-                *extra,
-            ],
+            [*base, "--credential", str(cred), "--port", str(self.port), *extra],
             env=env(),
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
@@ -108,10 +100,12 @@ class Demo:
             self.proc.wait(5)
 
 
-def sse_cpu(cred: Path, label: str, window: float, *extra: str) -> None:
-    demo = Demo(cred, *extra)
+def sse_cpu(
+    cred: Path, label: str, window: float, *extra: str, cmd: list[str] | None = None, settle_s: float = 3.0
+) -> None:
+    demo = Demo(cred, *extra, cmd=cmd)
     try:
-        time.sleep(1.0)  # start-up settles
+        time.sleep(settle_s)  # start-up settles (and the simulated store fills)
         idle = demo.cpu_share(window)
         cookie = demo.login_cookie()
         client = subprocess.Popen(
@@ -128,7 +122,7 @@ def sse_cpu(cred: Path, label: str, window: float, *extra: str) -> None:
     finally:
         demo.close()
     added = streaming - idle
-    rel = f"{100 * added / idle:.0f} % of it" if idle > 0.005 else "idle ~0"
+    rel = f"+{100 * added / idle:.0f} % of it" if idle > 0.005 else "idle ~0"
     print(
         f"status.sse_cpu[{label}]: +{100 * added:.2f} % of one core with one live-map client "
         f"(reference: same process without clients {100 * idle:.2f} % -> {rel}; bar < 5 % of a core)",
@@ -202,6 +196,71 @@ def page_interactive(cred: Path, loads: int) -> None:
     )
 
 
+def serve_daemon(argv: list[str]) -> None:
+    """Child process: the real Daemon with the status server embedded (as ``gateway run`` will)."""
+    import argparse
+    import asyncio
+
+    from gateway.config import StatusSettings, load_settings
+    from gateway.daemon import Daemon, load_store_layout
+    from gateway.log import configure_logging
+    from gateway.status.daemon_provider import DaemonStatusProvider
+    from gateway.status.server import StatusServer
+
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--credential", type=Path)
+    ap.add_argument("--port", type=int)
+    ap.add_argument("--mqtt-port", type=int)
+    ap.add_argument("--state-dir")
+    a = ap.parse_args(argv)
+    configure_logging("warning", "json")
+    settings = load_settings(
+        paths={"state_dir": a.state_dir},
+        simulator={"enabled": True, "speed": 1.0, "seed": 2, "shoppers_per_hour": 7200},
+        mqtt={"host": "127.0.0.1", "port": a.mqtt_port, "tls": False},
+        status={"enabled": False},
+    )
+    daemon = Daemon(settings, load_store_layout(settings))
+
+    async def run() -> None:
+        server = StatusServer(
+            DaemonStatusProvider(daemon), StatusSettings(bind=["127.0.0.1"], port=a.port), a.credential
+        )
+        task = asyncio.create_task(daemon.run())
+        await server.start()
+        try:
+            await task
+        finally:
+            await server.stop()
+
+    asyncio.run(run())
+
+
+def daemon_cpu(cred: Path, window: float, td: Path) -> None:
+    mqtt_port = free_port()
+    conf = td / "mosquitto.conf"
+    conf.write_text(f"listener {mqtt_port} 127.0.0.1\nallow_anonymous true\npersistence false\n")
+    broker = subprocess.Popen(
+        ["/usr/sbin/mosquitto", "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    try:
+        wait_port(mqtt_port)
+        cmd = [
+            sys.executable,
+            "-m",
+            "bench.bench_status",
+            "--serve-daemon",
+            "--mqtt-port",
+            str(mqtt_port),
+            "--state-dir",
+            str(td / "state"),
+        ]
+        sse_cpu(cred, "real daemon, simulator 1x", window, cmd=cmd, settle_s=10.0)
+    finally:
+        broker.terminate()
+        broker.wait(5)
+
+
 def main(quick: bool = False) -> None:
     sys.path.insert(0, str(REPO))
     from gateway.status.auth import write_credential
@@ -211,9 +270,13 @@ def main(quick: bool = False) -> None:
         write_credential(cred, USER, PASSWORD)
         page_interactive(cred, 3 if quick else 10)
         window = 4.0 if quick else 15.0
+        daemon_cpu(cred, window, Path(td))
         sse_cpu(cred, "sim pipeline 1x", window, "--sim", "--speed", "1", "--rate", "600", "--warmup", "60")
         sse_cpu(cred, "500 synthetic dots", window, "--devices", "500")
 
 
 if __name__ == "__main__":
-    main("--quick" in sys.argv)
+    if "--serve-daemon" in sys.argv:
+        serve_daemon([a for a in sys.argv[1:] if a != "--serve-daemon"])
+    else:
+        main("--quick" in sys.argv)
