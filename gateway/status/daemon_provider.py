@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 from gateway import __version__
 from gateway.layout import Layout, points_in_polygon
 from gateway.models import Fix, Heartbeat
-from gateway.status.demo import geometric_crlb_grid
+from gateway.status.demo import coverage_grid
 from gateway.status.metrics import GatewayMetrics
 from gateway.status.provider import ActionResult, DeviceDot, StatusSnapshot
 from gateway.status.simprovider import OptOutIdentity
@@ -154,7 +154,8 @@ class DaemonStatusProvider:
 
     def crlb_grid(self) -> dict[str, Any] | None:
         if self._crlb is None:
-            self._crlb = geometric_crlb_grid(self.d.layout, self.d.s.localization.sigma_db)
+            loc = self.d.s.localization
+            self._crlb = coverage_grid(self.d.layout, loc.sigma_db, loc.detection_floor_dbm)
         return self._crlb
 
     async def restart_scanner(self) -> ActionResult:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import importlib
 import math
 import sys
 import time
@@ -61,9 +62,27 @@ def geometric_crlb_grid(layout: Layout, sigma_db: float = 6.0, step_m: float = 1
     det = jxx * jyy - jxy * jxy
     with np.errstate(divide="ignore", invalid="ignore"):
         rmse = np.sqrt((jxx + jyy) / det)
-    grid = rmse.reshape(gy.shape)
-    rows = [[None if not math.isfinite(v) else round(float(v), 2) for v in row] for row in grid]
+    return grid_dict(xs, ys, rmse.reshape(gy.shape), step_m)
+
+
+def grid_dict(xs: Any, ys: Any, rmse: Any, step_m: float) -> dict[str, Any]:
+    """The page's coverage JSON from grid axes and an ``(ny, nx)`` RMSE array (non-finite -> null)."""
+    rows = [[None if not math.isfinite(float(v)) else round(float(v), 2) for v in row] for row in rmse]
     return {"x0": float(xs[0]), "y0": float(ys[0]), "step_m": step_m, "nx": len(xs), "ny": len(ys), "rmse_m": rows}
+
+
+def coverage_grid(
+    layout: Layout, sigma_db: float = 6.0, floor_dbm: float = -95.0, step_m: float = 1.0
+) -> dict[str, Any]:
+    """Coverage overlay: the localization module's CRLB map (censored model, unknown transmit
+    power) when it is available, else the plain geometric bound above."""
+    try:
+        crlb = importlib.import_module("gateway.localization.crlb")
+        crlb_map = crlb.crlb_map
+    except (ImportError, AttributeError):
+        return geometric_crlb_grid(layout, sigma_db, step_m)
+    xs, ys, rmse = crlb_map(layout, sigma_db, step_m=step_m, floor_dbm=floor_dbm)
+    return grid_dict(xs, ys, rmse, step_m)
 
 
 class SimulatedStatusProvider:
@@ -243,7 +262,7 @@ class SimulatedStatusProvider:
 
     def crlb_grid(self) -> dict[str, Any] | None:
         if self._crlb is None:
-            self._crlb = geometric_crlb_grid(self._layout)
+            self._crlb = coverage_grid(self._layout)
         return self._crlb
 
     async def restart_scanner(self) -> ActionResult:

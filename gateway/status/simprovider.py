@@ -28,7 +28,7 @@ from gateway.layout import Layout
 from gateway.models import Fix, Observation, SourceHealth
 from gateway.pipeline import IdentityStage, Pipeline
 from gateway.sim.store import StoreSimulator
-from gateway.status.demo import geometric_crlb_grid
+from gateway.status.demo import coverage_grid
 from gateway.status.provider import ActionResult, DeviceDot, StatusSnapshot
 
 MAX_STEP_S = 30.0  # never simulate more than this per call (a page left open overnight)
@@ -198,7 +198,8 @@ class SimPipelineProvider:
 
     def crlb_grid(self) -> dict[str, Any] | None:
         if self._crlb is None:
-            self._crlb = geometric_crlb_grid(self._layout, self.settings.localization.sigma_db)
+            loc = self.settings.localization
+            self._crlb = coverage_grid(self._layout, loc.sigma_db, loc.detection_floor_dbm)
         return self._crlb
 
     async def restart_scanner(self) -> ActionResult:
