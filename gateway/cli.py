@@ -25,6 +25,7 @@ COMMAND_MODULES: list[str] = [
     "gateway.provision",
     "gateway.doctor",
     "gateway.update",
+    "gateway.status.cli",
 ]
 
 

@@ -320,7 +320,20 @@ class StatusSettings(Section):
     enabled: bool = Field(default=True, description="Serve the technician status page")
     bind: list[str] = Field(default=["127.0.0.1"], description="Addresses to listen on")
     port: int = Field(default=8080, ge=0, le=65535, description="HTTP port (0: any free port)")
-    credential_file: Path | None = Field(default=None, description="Hashed technician credential")
+    credential_file: Path | None = Field(
+        default=None, description="Hashed technician credential (gateway status set-password); None: no login possible"
+    )
+    secure_cookie: bool = Field(default=False, description="Mark the session cookie Secure (set when served over TLS)")
+    session_ttl_s: float = Field(default=8 * 3600.0, gt=0, description="Absolute session lifetime")
+    session_idle_s: float = Field(default=3600.0, gt=0, description="Session expires after this much inactivity")
+    login_free_attempts: int = Field(default=3, ge=1, le=100, description="Failed logins before lockouts start")
+    login_lockout_base_s: float = Field(default=1.0, gt=0, description="First lockout; doubles per further failure")
+    login_lockout_max_s: float = Field(default=900.0, gt=0, description="Longest lockout per client address")
+    stream_interval_s: float = Field(default=0.5, ge=0.05, le=60, description="Live map push cadence (SSE)")
+    status_interval_s: float = Field(default=2.0, ge=0.2, le=300, description="Health panel push cadence (SSE)")
+    max_stream_clients: int = Field(default=8, ge=1, le=256, description="Concurrent live-map streams")
+    metrics_public: bool = Field(default=True, description="Serve /metrics without login (no personal data in it)")
+    loop_lag_interval_s: float = Field(default=0.5, ge=0, le=60, description="Event-loop lag probe period (0: off)")
 
 
 class SupervisorSettings(Section):
