@@ -26,6 +26,7 @@ from typing import Any
 
 from gateway import __version__
 from gateway.config import ConfigError, Settings, load_settings
+from gateway.content_runtime import ContentRuntime, IdentityConsents
 from gateway.layout import Layout, LayoutError, load_layout, parse_layout
 from gateway.log import configure_logging, get_logger
 from gateway.models import EventBase, Fix, Observation
@@ -96,6 +97,10 @@ class Daemon:
         self._flush_lock = asyncio.Lock()
         self.outbox: Outbox | None = None
         self.uplink: Uplink | None = None
+        # content activation (issue 9): command store + rules + actor dispatch; see content_runtime
+        self.content: ContentRuntime | None = None
+        self.content_identity: IdentityConsents | None = None
+        self._local_mqtt: Any = None
         self.supervisor = Supervisor(settings.supervisor, drain=self.drain)
         self._pipeline_idle = asyncio.Event()
         self._last_obs_wall = time.monotonic()
@@ -131,6 +136,8 @@ class Daemon:
             events = self.pipeline.process(batch)
             if events:
                 self.pending.extend(events)
+                if self.content is not None:
+                    self.content.on_events(events)
             if self.queue.empty():
                 self._pipeline_idle.set()
             else:
@@ -143,7 +150,7 @@ class Daemon:
             return time.time
         sim = next((src for src in self.sources if src.name == "simulator"), None)
         if sim is not None:
-            return lambda: float(sim.sim.now)
+            return lambda: float(sim.sim.now)  # type: ignore[attr-defined]
         return None
 
     async def _run_clock(self) -> None:
@@ -156,7 +163,12 @@ class Daemon:
             await asyncio.sleep(1.0)
             # only when the pipeline has caught up: queued observations are older than the clock
             if self.queue.empty() and time.monotonic() - self._last_obs_wall >= 1.0:
-                self.pending.extend(self.pipeline.advance(clock()))
+                now = clock()
+                events = self.pipeline.advance(now)
+                self.pending.extend(events)
+                if self.content is not None:
+                    self.content.on_events(events, now)
+                    self.content.tick(now)
 
     async def _run_writer(self) -> None:
         assert self.outbox is not None
@@ -207,6 +219,8 @@ class Daemon:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._pipeline_idle.wait(), max(0.1, (t_end - time.monotonic()) / 2))
         self.pending.extend(self.pipeline.close())
+        if self.content is not None:  # in-flight dispatches report before the final flush
+            await self.content.drain(max(0.1, (t_end - time.monotonic()) / 4))
         if self.outbox is not None:
             n = await self.flush()
             log.info("events committed", count=n)
@@ -218,7 +232,14 @@ class Daemon:
     async def start(self) -> None:
         self.s.paths.state_dir.mkdir(parents=True, exist_ok=True)
         self.outbox = await Outbox.open(self.s.outbox_path, self.s.gateway.id, max_bytes=self.s.outbox.max_bytes)
-        self.uplink = Uplink(self.s.mqtt, self.s.gateway, self.outbox)
+        if self.s.content.enabled:
+            await self._start_content()
+        self.uplink = Uplink(
+            self.s.mqtt,
+            self.s.gateway,
+            self.outbox,
+            on_command=self._on_command if self.content is not None else None,
+        )
         sup = self.supervisor
         for src in self.sources:
             finite = src.name == "replay" or (src.name == "simulator" and self.s.simulator.duration_s is not None)
@@ -228,6 +249,34 @@ class Daemon:
         sup.add(TaskSpec("outbox-writer", self._run_writer, "fatal", "egress"))
         sup.add(TaskSpec("uplink", self._run_uplink, "restart", "egress"))
         sup.add(TaskSpec("watchdog", self._run_watchdog, "fatal"))
+
+    async def _start_content(self) -> None:
+        from gateway.actors import ActorDispatcher
+        from gateway.mqtt_async import AsyncMqttClient, MqttError
+
+        lb = self.s.local_broker
+        host = lb.host or self.s.mqtt.host or "127.0.0.1"  # embedded/demo: the one local broker
+        port = lb.port if lb.host else self.s.mqtt.port
+        local = AsyncMqttClient(host, port, client_id=f"{self.s.gateway.id}-actors", protocol="5")
+        try:
+            await local.connect()
+        except MqttError as e:  # actors on MQTT report 'failed' until the broker is reachable
+            log.warning("content.local_broker_unavailable", error=str(e))
+        self._local_mqtt = local
+        dispatcher = ActorDispatcher(self.s.content, mqtt=local)
+        if local.connected:
+            await dispatcher.start()
+        self.content = await ContentRuntime.open(
+            self.s, emit=self.pending.extend, dispatcher=dispatcher, identity=self.content_identity, reply=self._reply
+        )
+
+    async def _on_command(self, topic: str, payload: bytes) -> None:
+        assert self.content is not None
+        await self.content.handle_command(topic, payload)
+
+    async def _reply(self, payload: bytes) -> None:
+        if self.uplink is not None:
+            await self.uplink.publish_reply(payload)
 
     async def run(self) -> int:
         await self.start()
@@ -250,6 +299,11 @@ class Daemon:
                 with contextlib.suppress(Exception):
                     await self.flush()
                 await self.outbox.close()
+            if self.content is not None:
+                await self.content.close()
+            if self._local_mqtt is not None:
+                with contextlib.suppress(Exception):
+                    await self._local_mqtt.disconnect()
             self.notifier.close()
         log.info("gateway stopped", exit_code=rc, reason=self.supervisor.stop_reason, stats=self._stats())
         return rc
