@@ -118,6 +118,28 @@ class ActorDispatcher:
             await self.mqtt.subscribe(f"{self.s.actor_topic_prefix}/actors/+/ack", qos=1)
             self._ack_task = asyncio.create_task(self._ack_loop(self.mqtt), name="actor-acks")
 
+    async def run_local(self, host: str, port: int, client_id: str, *, max_backoff_s: float = 10.0) -> None:
+        """Keep a connection to the store-local broker (reconnecting with backoff); until cancelled.
+        While it is down, MQTT actors are reported 'failed' and rules keep evaluating."""
+        delay = 0.5
+        while True:
+            client = AsyncMqttClient(host, port, client_id=client_id, connect_timeout_s=5.0)
+            try:
+                await client.connect()
+                await client.subscribe(f"{self.s.actor_topic_prefix}/actors/+/ack", qos=1)
+                self.mqtt = client
+                delay = 0.5
+                log.info("content.local_broker_connected", host=host, port=port)
+                await self._ack_loop(client)
+            except MqttError as e:
+                log.warning("content.local_broker_down", error=str(e)[:200], retry_s=delay)
+            finally:
+                self.mqtt = None
+                with contextlib.suppress(Exception):
+                    await client.disconnect()
+            await asyncio.sleep(delay)
+            delay = min(max_backoff_s, delay * 2)
+
     async def close(self) -> None:
         if self._ack_task is not None:
             self._ack_task.cancel()

@@ -100,7 +100,6 @@ class Daemon:
         # content activation (issue 9): command store + rules + actor dispatch; see content_runtime
         self.content: ContentRuntime | None = None
         self.content_identity: IdentityConsents | None = None
-        self._local_mqtt: Any = None
         self.supervisor = Supervisor(settings.supervisor, drain=self.drain)
         self._pipeline_idle = asyncio.Event()
         self._last_obs_wall = time.monotonic()
@@ -252,22 +251,21 @@ class Daemon:
 
     async def _start_content(self) -> None:
         from gateway.actors import ActorDispatcher
-        from gateway.mqtt_async import AsyncMqttClient, MqttError
 
-        lb = self.s.local_broker
-        host = lb.host or self.s.mqtt.host or "127.0.0.1"  # embedded/demo: the one local broker
-        port = lb.port if lb.host else self.s.mqtt.port
-        local = AsyncMqttClient(host, port, client_id=f"{self.s.gateway.id}-actors", protocol="5")
-        try:
-            await local.connect()
-        except MqttError as e:  # actors on MQTT report 'failed' until the broker is reachable
-            log.warning("content.local_broker_unavailable", error=str(e))
-        self._local_mqtt = local
-        dispatcher = ActorDispatcher(self.s.content, mqtt=local)
-        if local.connected:
-            await dispatcher.start()
+        dispatcher = ActorDispatcher(self.s.content)
         self.content = await ContentRuntime.open(
             self.s, emit=self.pending.extend, dispatcher=dispatcher, identity=self.content_identity, reply=self._reply
+        )
+        lb, m = self.s.local_broker, self.s.mqtt
+        if lb.host is not None:
+            host, port = lb.host, lb.port
+        elif m.host is not None and not m.tls:  # demo/tests: one plain broker serves both roles
+            host, port = m.host, m.port
+        else:
+            host, port = "127.0.0.1", lb.port
+        client_id = f"{self.s.gateway.id}-actors"
+        self.supervisor.add(
+            TaskSpec("actors-local", lambda: dispatcher.run_local(host, port, client_id), "restart", "egress")
         )
 
     async def _on_command(self, topic: str, payload: bytes) -> None:
@@ -301,9 +299,6 @@ class Daemon:
                 await self.outbox.close()
             if self.content is not None:
                 await self.content.close()
-            if self._local_mqtt is not None:
-                with contextlib.suppress(Exception):
-                    await self._local_mqtt.disconnect()
             self.notifier.close()
         log.info("gateway stopped", exit_code=rc, reason=self.supervisor.stop_reason, stats=self._stats())
         return rc
