@@ -188,6 +188,14 @@ class ContentRuntime:
         self._launch(out)
         return out
 
+    @staticmethod
+    async def let_dispatch_run() -> None:
+        """Yield twice: once so the new dispatch tasks publish, once so the event loop writes
+        their packets to the socket - before the caller processes the next (possibly large)
+        batch. Without it, under load an activation waits for a whole extra batch."""
+        await asyncio.sleep(0)
+        await asyncio.sleep(0)
+
     def tick(self, now: float) -> list[Activation]:
         out = self.engine.tick(now, self.ctx)
         self._launch(out)

@@ -135,8 +135,8 @@ class Daemon:
             events = self.pipeline.process(batch)
             if events:
                 self.pending.extend(events)
-                if self.content is not None:
-                    self.content.on_events(events)
+                if self.content is not None and self.content.on_events(events):
+                    await self.content.let_dispatch_run()
             if self.queue.empty():
                 self._pipeline_idle.set()
             else:
