@@ -51,7 +51,7 @@ def demo_commands(issued_at: float) -> list[tuple[str, dict[str, Any], int]]:
             {
                 "customer_ref": "cust-demo-1",
                 "irk_hex": DEMO_IRK_HEX,
-                "scope": ["first_name"],
+                "scope": ["presence", "first_name"],
                 "tags": ["loyalty"],
                 "first_name": "Alex",
             },

@@ -36,8 +36,9 @@ HHMM = Annotated[str, Field(pattern=r"^([01]\d|2[0-3]):[0-5]\d$")]
 
 # Data an actor may receive beyond the content itself.
 ActorScope = Literal["zone", "customer_ref", "first_name", "tags"]
-# What a customer consented to share with in-store staff devices.
-ConsentScope = Literal["customer_ref", "first_name", "tags"]
+# What a customer consented to: "presence" = be recognised across days (identity stage, see
+# docs/privacy.md); the others = what in-store staff devices may receive.
+ConsentScope = Literal["presence", "customer_ref", "first_name", "tags"]
 
 
 class Strict(BaseModel):

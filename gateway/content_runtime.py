@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from gateway.actors import ActorDispatcher, DispatchResult
 from gateway.commands import (
@@ -34,14 +35,50 @@ log = get_logger(__name__)
 
 
 class IdentityConsents(Protocol):
-    """What content needs from the identity resolver: recognise consented customers, forget them,
-    and never activate for opted-out subjects. Adapted to gateway/identity/subjects.py."""
+    """What content needs from the identity stage: recognise consented customers, forget them, drop
+    opted-out people. Content owns the durable consent store (identity keeps consents in RAM only),
+    so consents are re-sent at every start; opt-outs are persisted by identity itself (as keyed
+    digests), so they are sent once, when the command is applied."""
 
-    def add_consent(self, customer_ref: str, *, irk: bytes | None, app_token: str | None) -> None: ...
+    async def add_consent(
+        self, customer_ref: str, *, irk: bytes | None, app_token: str | None, scope: frozenset[str]
+    ) -> None: ...
 
-    def revoke_consent(self, customer_ref: str) -> None: ...
+    async def revoke_consent(self, customer_ref: str) -> None: ...
 
-    def add_optout(self, subject: str) -> None: ...
+    async def add_optout(self, identifier: str) -> None: ...
+
+
+class PresenceConsentAdapter:
+    """`IdentityConsents` over the presence/privacy runtime (``gateway/presence_runtime.py``:
+    ``put_consent(ConsentRecord)``, async ``revoke_consent(ref)``, async ``add_optout(id, now)``).
+    Bound by duck typing so this module does not depend on that one's import graph."""
+
+    def __init__(self, presence: Any, clock: Callable[[], float]) -> None:
+        self._p = presence
+        self._clock = clock
+        self._record: Any = importlib.import_module("gateway.identity.subjects").ConsentRecord
+
+    @classmethod
+    def maybe(cls, presence: Any, clock: Callable[[], float]) -> PresenceConsentAdapter | None:
+        needed = ("put_consent", "revoke_consent", "add_optout")
+        if presence is None or not all(hasattr(presence, n) for n in needed):
+            return None
+        try:
+            return cls(presence, clock)
+        except (ImportError, AttributeError):
+            return None
+
+    async def add_consent(
+        self, customer_ref: str, *, irk: bytes | None, app_token: str | None, scope: frozenset[str]
+    ) -> None:
+        self._p.put_consent(self._record(customer_ref=customer_ref, scope=scope, irk=irk, app_token=app_token))
+
+    async def revoke_consent(self, customer_ref: str) -> None:
+        await self._p.revoke_consent(customer_ref)
+
+    async def add_optout(self, identifier: str) -> None:
+        await self._p.add_optout(identifier, self._clock())
 
 
 def default_caps(s: Settings) -> Caps:
@@ -117,9 +154,9 @@ class ContentRuntime:
         """Re-apply persisted state to the identity resolver and live settings after a restart."""
         if self.identity is not None:
             for sec in await self.state.consent_secrets():
-                self.identity.add_consent(sec.customer_ref, irk=sec.irk, app_token=sec.app_token)
-            for subj in self.state.optouts:
-                self.identity.add_optout(subj)
+                info = self.state.consents.get(sec.customer_ref)
+                scope = info.scope if info is not None else frozenset()
+                await self.identity.add_consent(sec.customer_ref, irk=sec.irk, app_token=sec.app_token, scope=scope)
         self._apply_config()
 
     def _apply_config(self) -> None:
@@ -145,7 +182,7 @@ class ContentRuntime:
                 reply = CommandError(id=decoded.id, path="", reason="gateway storage error").reply()
                 changed = False
             if changed:
-                self._side_effects(decoded)
+                await self._side_effects(decoded)
         self.counters["commands_ok" if reply.ok else "commands_rejected"] += 1
         log.info(
             "content.command",
@@ -161,19 +198,24 @@ class ContentRuntime:
                 await self.reply(reply.model_dump_json().encode())
         return reply
 
-    def _side_effects(self, cmd: Command) -> None:
+    async def _side_effects(self, cmd: Command) -> None:
         b = cmd.body
         self.engine.set_campaigns(self.state.campaigns.values())
         self.ctx.optouts = self.state.optouts
         if self.identity is not None:
-            if isinstance(b, ConsentsPut):
-                irk = bytes.fromhex(b.irk_hex) if b.irk_hex else None
-                self.identity.add_consent(b.customer_ref, irk=irk, app_token=b.app_token)
-            elif isinstance(b, ConsentsRevoke):
-                self.identity.revoke_consent(b.customer_ref)
-            elif cmd.kind == "optouts.put":
-                for s in getattr(b, "subjects", []):
-                    self.identity.add_optout(s)
+            try:
+                if isinstance(b, ConsentsPut):
+                    irk = bytes.fromhex(b.irk_hex) if b.irk_hex else None
+                    await self.identity.add_consent(
+                        b.customer_ref, irk=irk, app_token=b.app_token, scope=frozenset(b.scope)
+                    )
+                elif isinstance(b, ConsentsRevoke):
+                    await self.identity.revoke_consent(b.customer_ref)
+                elif cmd.kind == "optouts.put":
+                    for s in getattr(b, "subjects", []):
+                        await self.identity.add_optout(s)
+            except Exception as e:  # stored already; identity re-reads consents at next start
+                log.error("content.identity_update_failed", kind=cmd.kind, error=type(e).__name__)
         if isinstance(b, ConfigPatch):
             self._apply_config()
 

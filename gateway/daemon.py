@@ -26,7 +26,7 @@ from typing import Any
 
 from gateway import __version__
 from gateway.config import ConfigError, Settings, load_settings
-from gateway.content_runtime import ContentRuntime, IdentityConsents
+from gateway.content_runtime import ContentRuntime, IdentityConsents, PresenceConsentAdapter
 from gateway.layout import Layout, LayoutError, load_layout, parse_layout
 from gateway.log import configure_logging, get_logger
 from gateway.models import EventBase, Fix, Observation
@@ -253,8 +253,11 @@ class Daemon:
         from gateway.actors import ActorDispatcher
 
         dispatcher = ActorDispatcher(self.s.content)
+        identity = self.content_identity or PresenceConsentAdapter.maybe(
+            getattr(self, "presence", None), self._event_clock() or time.time
+        )
         self.content = await ContentRuntime.open(
-            self.s, emit=self.pending.extend, dispatcher=dispatcher, identity=self.content_identity, reply=self._reply
+            self.s, emit=self.pending.extend, dispatcher=dispatcher, identity=identity, reply=self._reply
         )
         lb, m = self.s.local_broker, self.s.mqtt
         if lb.host is not None:

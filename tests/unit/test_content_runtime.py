@@ -23,15 +23,19 @@ class IdentityRecorder:
     def __init__(self) -> None:
         self.consents: dict[str, tuple[bytes | None, str | None]] = {}
         self.optouts: set[str] = set()
+        self.scopes: dict[str, frozenset[str]] = {}
 
-    def add_consent(self, customer_ref: str, *, irk: bytes | None, app_token: str | None) -> None:
+    async def add_consent(
+        self, customer_ref: str, *, irk: bytes | None, app_token: str | None, scope: frozenset[str]
+    ) -> None:
         self.consents[customer_ref] = (irk, app_token)
+        self.scopes[customer_ref] = scope
 
-    def revoke_consent(self, customer_ref: str) -> None:
+    async def revoke_consent(self, customer_ref: str) -> None:
         self.consents.pop(customer_ref, None)
 
-    def add_optout(self, subject: str) -> None:
-        self.optouts.add(subject)
+    async def add_optout(self, identifier: str) -> None:
+        self.optouts.add(identifier)
 
 
 def settings(tmp: Path, **content: Any) -> Settings:
@@ -63,7 +67,10 @@ async def test_commands_drive_rules_identity_and_reports(tmp_path: Path) -> None
         [
             ("actors.put", {"actor": {"id": "s1", "categories": ["promo"]}}),
             ("campaigns.put", {"campaign": camp}),
-            ("consents.put", {"customer_ref": "cust-1", "irk_hex": IRK, "scope": ["first_name"], "first_name": "Ada"}),
+            (
+                "consents.put",
+                {"customer_ref": "cust-1", "irk_hex": IRK, "scope": ["presence", "first_name"], "first_name": "Ada"},
+            ),
             ("optouts.put", {"subjects": ["p-out"]}),
             ("config.patch", {"presence": {"visit_timeout_s": 42}}),
         ]
@@ -72,6 +79,7 @@ async def test_commands_drive_rules_identity_and_reports(tmp_path: Path) -> None
         assert r.ok, r
     assert len(replies) == 5 and b'"ok":true' in replies[0]
     assert ident.consents == {"cust-1": (bytes.fromhex(IRK), None)} and ident.optouts == {"p-out"}
+    assert ident.scopes["cust-1"] == {"presence", "first_name"}
     assert s.presence.visit_timeout_s == 42
     acts = rt.on_events([ZoneEntered(ts=T0, store_id="demo-store", subject="p1", zone="produce")])
     assert len(acts) == 1
@@ -98,7 +106,9 @@ async def test_commands_drive_rules_identity_and_reports(tmp_path: Path) -> None
     rt2 = await open_rt(s2, ident2, out, replies)
     try:
         assert set(rt2.engine.campaigns) == {"c1"}
-        assert ident2.consents == {"cust-2": (None, "tok-12345678")} and ident2.optouts == {"p-out"}
+        # consents are re-sent (identity keeps them in RAM only); opt-outs are persisted by identity
+        assert ident2.consents == {"cust-2": (None, "tok-12345678")} and ident2.optouts == set()
+        assert rt2.state.optouts == {"p-out"}
         assert s2.presence.visit_timeout_s == 42
     finally:
         await rt2.close()
