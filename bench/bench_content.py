@@ -182,6 +182,7 @@ async def run(quick: bool) -> None:
             pipe = Pipeline(settings, layout)
             submit: dict[str, float] = {}
             produced: dict[str, float] = {}
+            chunk_ms: list[float] = []
             per = int(RATE * CHUNK_S)
             t_start = time.monotonic()
             fed = 0
@@ -190,6 +191,7 @@ async def run(quick: bool) -> None:
                 t0 = time.monotonic()
                 events = pipe.process(chunk)
                 t1 = time.monotonic()
+                chunk_ms.append((t1 - t0) * 1000)
                 acts = rt.on_events(events)
                 for a in acts:
                     submit[a.activation_id] = t0
@@ -222,6 +224,11 @@ async def run(quick: bool) -> None:
                 f"content.event_to_activation_p99: {pct(stage, 99):.2f} ms (p50 {pct(stage, 50):.2f} ms; rules + "
                 f"dispatch + local broker only, from the pipeline's presence event; "
                 f"reference raw MQTT p99 {rp99:.2f} ms)"
+            )
+            print(
+                f"content.pipeline_batch_ms_p99: {pct(chunk_ms, 99):.2f} ms per {per}-observation batch (p50 "
+                f"{pct(chunk_ms, 50):.2f} ms, max {max(chunk_ms):.2f} ms; pipeline.process alone, the part of "
+                f"obs->activation before the presence event exists; reference raw MQTT p99 {rp99:.2f} ms)"
             )
             print(
                 f"content.offered_vs_achieved: offered {RATE:,} obs/s, achieved {fed / wall:,.0f} obs/s "
