@@ -316,6 +316,33 @@ class OutboxSettings(Section):
     flush_interval_s: float = Field(default=0.2, gt=0, le=10, description="Append flush cadence")
 
 
+class ContentSettings(Section):
+    enabled: bool = Field(default=True, description="Evaluate campaigns and dispatch to local actors")
+    state_path: Path | None = Field(
+        default=None, description="Command state SQLite; default <state_dir>/content.sqlite3"
+    )
+    actor_topic_prefix: str = Field(default="gateway", description="Local MQTT actors: <prefix>/actors/<actor_id>")
+    mqtt_ack_timeout_s: float = Field(default=2.0, gt=0, le=60, description="Wait for an actor's MQTT ack")
+    webhook_timeout_s: float = Field(default=2.0, gt=0, le=60, description="Per-attempt webhook timeout")
+    webhook_retries: int = Field(default=2, ge=0, le=10, description="Extra webhook attempts after a failure")
+    webhook_backoff_s: float = Field(default=0.2, ge=0, le=30, description="First retry delay (doubles)")
+    breaker_failures: int = Field(default=5, ge=1, le=1000, description="Consecutive failures that open a breaker")
+    breaker_reset_s: float = Field(default=30.0, gt=0, le=3600, description="Open time before a half-open probe")
+    command_secret_file: Path | None = Field(
+        default=None, description="Shared secret for HMAC-SHA256 command signatures; None: broker ACL only"
+    )
+    command_issuers: list[str] | None = Field(default=None, description="Allowed command issuers; None: any")
+    cap_per_subject: int | None = Field(default=1, ge=1, description="Default cap: activations per subject")
+    cap_per_subject_window_s: float = Field(default=3600.0, gt=0, description="Default per-subject cap window")
+    cap_per_actor: int | None = Field(default=None, ge=1, description="Default cap: activations per actor")
+    cap_per_actor_window_s: float = Field(default=60.0, gt=0, description="Default per-actor cap window")
+    quiet_hours: list[str] = Field(
+        default_factory=list, description='Store-wide quiet windows, e.g. ["21:00-08:00"] (local time)'
+    )
+    timezone: str = Field(default="UTC", description="IANA zone for time-of-day windows and quiet hours")
+    max_concurrent_dispatch: int = Field(default=256, ge=1, le=10000, description="In-flight actor dispatches")
+
+
 class StatusSettings(Section):
     enabled: bool = Field(default=True, description="Serve the technician status page")
     bind: list[str] = Field(default=["127.0.0.1"], description="Addresses to listen on")
@@ -368,6 +395,7 @@ class Settings(BaseSettings):
     local_broker: LocalBrokerSettings = Field(default_factory=LocalBrokerSettings)
     outbox: OutboxSettings = Field(default_factory=OutboxSettings)
     status: StatusSettings = Field(default_factory=StatusSettings)
+    content: ContentSettings = Field(default_factory=ContentSettings)
     supervisor: SupervisorSettings = Field(default_factory=SupervisorSettings)
 
     @model_validator(mode="after")
@@ -383,6 +411,10 @@ class Settings(BaseSettings):
     @property
     def outbox_path(self) -> Path:
         return self.outbox.path or self.paths.state_dir / "outbox.sqlite3"
+
+    @property
+    def content_state_path(self) -> Path:
+        return self.content.state_path or self.paths.state_dir / "content.sqlite3"
 
     @classmethod
     def settings_customise_sources(

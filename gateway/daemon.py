@@ -26,6 +26,7 @@ from typing import Any
 
 from gateway import __version__
 from gateway.config import ConfigError, Settings, load_settings
+from gateway.content_runtime import ContentRuntime, IdentityConsents, PresenceConsentAdapter
 from gateway.layout import Layout, LayoutError, load_layout, parse_layout
 from gateway.log import configure_logging, get_logger
 from gateway.models import EventBase, Fix, Observation
@@ -116,6 +117,9 @@ class Daemon:
         self._flush_lock = asyncio.Lock()
         self.outbox: Outbox | None = None
         self.uplink: Uplink | None = None
+        # content activation (issue 9): command store + rules + actor dispatch; see content_runtime
+        self.content: ContentRuntime | None = None
+        self.content_identity: IdentityConsents | None = None
         self.supervisor = Supervisor(settings.supervisor, drain=self.drain)
         self._pipeline_idle = asyncio.Event()
         self._last_obs_wall = time.monotonic()
@@ -151,6 +155,8 @@ class Daemon:
             events = self.pipeline.process(batch)
             if events:
                 self.pending.extend(events)
+                if self.content is not None and self.content.on_events(events):
+                    await self.content.let_dispatch_run()
             if self.queue.empty():
                 self._pipeline_idle.set()
             else:
@@ -176,7 +182,12 @@ class Daemon:
             await asyncio.sleep(1.0)
             # only when the pipeline has caught up: queued observations are older than the clock
             if self.queue.empty() and time.monotonic() - self._last_obs_wall >= 1.0:
-                self.pending.extend(self.pipeline.advance(clock()))
+                now = clock()
+                events = self.pipeline.advance(now)
+                self.pending.extend(events)
+                if self.content is not None:
+                    self.content.on_events(events, now)
+                    self.content.tick(now)
 
     async def _run_writer(self) -> None:
         assert self.outbox is not None
@@ -228,6 +239,8 @@ class Daemon:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._pipeline_idle.wait(), max(0.1, (t_end - time.monotonic()) / 2))
         self.pending.extend(self.pipeline.close())
+        if self.content is not None:  # in-flight dispatches report before the final flush
+            await self.content.drain(max(0.1, (t_end - time.monotonic()) / 4))
         if self.outbox is not None:
             n = await self.flush()
             log.info("events committed", count=n)
@@ -241,7 +254,14 @@ class Daemon:
         self.outbox = await Outbox.open(self.s.outbox_path, self.s.gateway.id, max_bytes=self.s.outbox.max_bytes)
         clock = self._event_clock() or time.time
         await self.presence.open(clock())
-        self.uplink = Uplink(self.s.mqtt, self.s.gateway, self.outbox)
+        if self.s.content.enabled:
+            await self._start_content()
+        self.uplink = Uplink(
+            self.s.mqtt,
+            self.s.gateway,
+            self.outbox,
+            on_command=self._on_command if self.content is not None else None,
+        )
         sup = self.supervisor
         for src in self.sources:
             finite = src.name == "replay" or (src.name == "simulator" and self.s.simulator.duration_s is not None)
@@ -252,6 +272,36 @@ class Daemon:
         sup.add(TaskSpec("uplink", self._run_uplink, "restart", "egress"))
         sup.add(TaskSpec("watchdog", self._run_watchdog, "fatal"))
         sup.add(TaskSpec("presence-maintenance", lambda: self.presence.run_maintenance(clock), "restart"))
+
+    async def _start_content(self) -> None:
+        from gateway.actors import ActorDispatcher
+
+        dispatcher = ActorDispatcher(self.s.content)
+        identity = self.content_identity or PresenceConsentAdapter.maybe(
+            getattr(self, "presence", None), self._event_clock() or time.time
+        )
+        self.content = await ContentRuntime.open(
+            self.s, emit=self.pending.extend, dispatcher=dispatcher, identity=identity, reply=self._reply
+        )
+        lb, m = self.s.local_broker, self.s.mqtt
+        if lb.host is not None:
+            host, port = lb.host, lb.port
+        elif m.host is not None and not m.tls:  # demo/tests: one plain broker serves both roles
+            host, port = m.host, m.port
+        else:
+            host, port = "127.0.0.1", lb.port
+        client_id = f"{self.s.gateway.id}-actors"
+        self.supervisor.add(
+            TaskSpec("actors-local", lambda: dispatcher.run_local(host, port, client_id), "restart", "egress")
+        )
+
+    async def _on_command(self, topic: str, payload: bytes) -> None:
+        assert self.content is not None
+        await self.content.handle_command(topic, payload)
+
+    async def _reply(self, payload: bytes) -> None:
+        if self.uplink is not None:
+            await self.uplink.publish_reply(payload)
 
     async def run(self) -> int:
         await self.start()
@@ -275,6 +325,8 @@ class Daemon:
                 with contextlib.suppress(Exception):
                     await self.flush()
                 await self.outbox.close()
+            if self.content is not None:
+                await self.content.close()
             await self.presence.close()
             self.notifier.close()
         log.info("gateway stopped", exit_code=rc, reason=self.supervisor.stop_reason, stats=self._stats())
