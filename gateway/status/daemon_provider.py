@@ -141,7 +141,7 @@ class DaemonStatusProvider:
             clock={"synchronized": None, "source": "system", "offset_s": None},
             recent_events=list(self._events),
             zone_occupancy=occ,
-            optouts=self._optout.blocked if self._optout is not None else 0,
+            optouts=self._optout_count(),
             extra={
                 "observations": st.observations,
                 "fixes": st.fixes,
@@ -177,6 +177,12 @@ class DaemonStatusProvider:
         self.d.pending.append(ev)
         self._events.appendleft({"ts": ev.ts, "type": ev.type, "subject": None, "zone": None})
         return ActionResult(True, "test event queued")
+
+    def _optout_count(self) -> int:
+        presence = getattr(self.d, "presence", None)
+        if presence is not None:
+            return int(presence.resolver.optout_count)
+        return self._optout.blocked if self._optout is not None else 0
 
     async def add_optout(self, identifier: str) -> ActionResult:
         if not identifier.strip():
