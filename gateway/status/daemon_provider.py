@@ -86,14 +86,14 @@ class DaemonStatusProvider:
     def snapshot(self) -> dict[str, Any]:
         d = self.d
         self._refresh_dots()
-        now = time.time()
+        now = (d.event_clock() or time.time)()  # ages on the page are in event time (simulator too)
         occ = {z.id: 0 for z in d.layout.zones}
         for f in self._latest.values():
             z = self._zone_of(f)
             if z in occ:
                 occ[z] += 1
-        # per-sensor last-heard needs a hook in the pipeline (not there yet): unknown, not "silent"
-        heard: dict[str, float | None] = {}
+        last = d.pipeline.sensor_last_heard
+        heard: dict[str, float | None] = {sid: last.get(sid) for sid in d.layout.sensor_index()}
         uplink: dict[str, Any] = {}
         outbox: dict[str, Any] = {}
         if d.uplink is not None:
