@@ -291,6 +291,46 @@ class Consumer:
             writer.close()
 
 
+@dataclass
+class MqttConsumer(Consumer):
+    """The at-least-once platform path: one MQTT 3.1.1 persistent session, QoS 1 on every gateway.
+
+    NATS then stores every event in the R3 ``$MQTT_msgs`` stream for this subscriber's durable
+    JetStream consumer (what the node-kill test relies on); NATS's MQTT layer has no shared
+    subscriptions, so one session takes everything.
+    """
+
+    client_id: str = "platform-durable"
+
+    async def start(self) -> None:
+        from gateway.mqtt_async import AsyncMqttClient
+
+        self.per_conn = [0]
+        client = AsyncMqttClient(
+            HOST,
+            self.ports[0],
+            client_id=self.client_id,
+            protocol="3.1.1",
+            clean_start=False,
+            connect_timeout_s=20,
+            message_queue_size=100_000,
+        )
+        await client.connect()
+        await client.subscribe("retail/+/+/events", qos=1)
+        self._client = client
+        self._tasks = [asyncio.create_task(self._read())]
+
+    async def _read(self) -> None:
+        async for msg in self._client.messages():
+            self.messages += 1
+            self.per_conn[0] += 1
+            self._record(msg.payload, time.time())
+
+    async def stop(self) -> None:
+        await super().stop()
+        await self._client.disconnect()
+
+
 # -- references -----------------------------------------------------------------------------------
 
 
@@ -533,6 +573,64 @@ async def run_step(
     )
 
 
+@dataclass(frozen=True)
+class Refs:
+    rate: float
+    rtt: float
+    cpu_us: float
+    raw_rss: float
+
+
+async def ramp(
+    kind: str,
+    cluster: NatsCluster,
+    consumer: Consumer,
+    steps: list[int],
+    per_min: float,
+    duration: float,
+    work: Path,
+    rss_idle: int,
+    refs: Refs,
+) -> None:
+    """Grow the fleet step by step until a step is not sustained; print each step's figures."""
+    label = {"queue": "queue-group consumer", "durable": "durable QoS 1 consumer"}[kind]
+    best: StepResult | None = None
+    for n in steps:
+        r = await run_step(cluster, consumer, n, per_min, duration, work, rss_idle)
+        print(
+            f"fleet.step[{kind}] {n} gateways: {'SUSTAINED' if r.sustained else 'NOT sustained'} ({r.why}); "
+            f"connected {r.connected} in {r.connect_s:.1f} s; {r.msgs_s:,.0f} msgs/s delivered "
+            f"(offered {r.offered_s:,.0f}/s, {r.msgs_s / n * 60:.1f} msgs/min per gateway); "
+            f"e2e latency p50 {r.p50_s * 1e3:.0f} ms p99 {r.p99_s * 1e3:.0f} ms "
+            f"(reference raw PUBACK p50 {refs.rtt * 1e3:.2f} ms); "
+            f"{r.appended} events, {r.delivered} delivered, {r.duplicates} duplicates, backlog {r.backlog}, "
+            f"{r.reconnects} reconnects; load average {os.getloadavg()[0]:.1f}",
+            flush=True,
+        )
+        print(
+            f"fleet.broker_cost[{kind}] {n} gateways: {n} connections, {r.rss_per_conn / 1024:.1f} KiB broker RSS "
+            f"per gateway (reference raw MQTT connection {refs.raw_rss / 1024:.1f} KiB, ratio "
+            f"{r.rss_per_conn / max(1.0, refs.raw_rss):.1f}); broker CPU {r.cpu_us_per_msg:.0f} us/msg "
+            f"(reference raw paho {refs.cpu_us:.0f} us/msg, "
+            f"ratio {r.cpu_us_per_msg / max(1.0, refs.cpu_us):.2f}); "
+            f"simulated gateways: {r.worker_rss / n / 1024:.0f} KiB RSS each, {r.worker_cores:.2f} CPU cores "
+            f"in total (their own CPU use is what bounds the fleet on this machine)",
+            flush=True,
+        )
+        if not r.sustained:
+            break
+        best = r
+    if best is None:
+        print(f"fleet.largest_sustained[{kind}]: none of the steps was sustained ({label})", flush=True)
+    else:
+        print(
+            f"fleet.largest_sustained[{kind}]: {best.gateways} gateways with the {label} "
+            f"({best.msgs_s:,.0f} msgs/s, p99 {best.p99_s * 1e3:.0f} ms) on this {os.cpu_count()}-core machine "
+            f"(reference raw paho one connection {refs.rate:,.0f} msgs/s, ratio {best.msgs_s / refs.rate:.2f})",
+            flush=True,
+        )
+
+
 async def fleet(quick: bool) -> None:
     warmup, minutes = (8, 4) if quick else (10, 20)
     per_min, by_type = demo_volume(warmup, minutes)
@@ -552,7 +650,8 @@ async def fleet(quick: bool) -> None:
         return
     # Quick: the issue's bar (500 gateways) only; full: grow until a step is not sustained.
     steps = [500] if quick else [100, 250, 500, 750, 1000, 1500, 2000, 3000]
-    duration = 8.0 if quick else 30.0
+    durable_steps = [500] if quick else [250, 500, 750, 1000, 1500]
+    duration = 6.0 if quick else 30.0
     shm = "/dev/shm" if os.path.isdir("/dev/shm") else None  # noqa: ASYNC240 - once, before anything runs
     with tempfile.TemporaryDirectory(prefix="fleet-") as tmp, tempfile.TemporaryDirectory(dir=shm) as work:
         cluster = NatsCluster(Path(tmp))
@@ -593,45 +692,17 @@ async def fleet(quick: bool) -> None:
                 f"idle cluster RSS {rss_idle / 2**20:.0f} MiB",
                 flush=True,
             )
+            refs = Refs(ref_rate, ref_rtt, ref_cpu_us, raw_rss)
             # The fleet's consumer has a queue member on every node, so no node's publishers
             # depend on a cross-node route (see the reference line above; docs/fleet.md).
             consumer = Consumer([n.client_port for n in cluster.nodes])
             await consumer.start()
-            best: StepResult | None = None
-            for n in steps:
-                r = await run_step(cluster, consumer, n, per_min, duration, Path(work), rss_idle)
-                print(
-                    f"fleet.step {n} gateways: {'SUSTAINED' if r.sustained else 'NOT sustained'} ({r.why}); "
-                    f"connected {r.connected} in {r.connect_s:.1f} s; {r.msgs_s:,.0f} msgs/s delivered "
-                    f"(offered {r.offered_s:,.0f}/s, {r.msgs_s / n * 60:.1f} msgs/min per gateway); "
-                    f"e2e latency p50 {r.p50_s * 1e3:.0f} ms p99 {r.p99_s * 1e3:.0f} ms "
-                    f"(reference raw PUBACK p50 {ref_rtt * 1e3:.2f} ms); "
-                    f"{r.appended} events, {r.delivered} delivered, {r.duplicates} duplicates, backlog {r.backlog}, "
-                    f"{r.reconnects} reconnects; load average {os.getloadavg()[0]:.1f}",
-                    flush=True,
-                )
-                print(
-                    f"fleet.broker_cost {n} gateways: {n} connections, {r.rss_per_conn / 1024:.1f} KiB broker RSS "
-                    f"per gateway (reference raw MQTT connection {raw_rss / 1024:.1f} KiB, ratio "
-                    f"{r.rss_per_conn / max(1.0, raw_rss):.1f}); broker CPU {r.cpu_us_per_msg:.0f} us/msg "
-                    f"(reference raw paho {ref_cpu_us:.0f} us/msg, "
-                    f"ratio {r.cpu_us_per_msg / max(1.0, ref_cpu_us):.2f}); "
-                    f"simulated gateways: {r.worker_rss / n / 1024:.0f} KiB RSS each, {r.worker_cores:.2f} CPU cores "
-                    f"in total (their own CPU use is what bounds the fleet on this machine)",
-                    flush=True,
-                )
-                if not r.sustained:
-                    break
-                best = r
+            await ramp("queue", cluster, consumer, steps, per_min, duration, Path(work), rss_idle, refs)
             await consumer.stop()
-            if best is None:
-                print("fleet.largest_sustained: none of the steps was sustained")
-            else:
-                print(
-                    f"fleet.largest_sustained: {best.gateways} gateways ({best.msgs_s:,.0f} msgs/s, "
-                    f"p99 {best.p99_s * 1e3:.0f} ms) on this {os.cpu_count()}-core machine "
-                    f"(reference raw paho one connection {ref_rate:,.0f} msgs/s, ratio {best.msgs_s / ref_rate:.2f})"
-                )
+            durable = MqttConsumer([cluster.nodes[1].mqtt_port])
+            await durable.start()
+            await ramp("durable", cluster, durable, durable_steps, per_min, duration, Path(work), rss_idle, refs)
+            await durable.stop()
         finally:
             cluster.stop()
 

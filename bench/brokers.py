@@ -2,9 +2,11 @@
 
 Why NATS and not RabbitMQ (both are in Debian bookworm; docs/fleet.md has the details):
 
-* NATS 2.9's MQTT layer keeps sessions and QoS 1 messages in JetStream streams replicated on 3
-  nodes (R3, Raft), and sends PUBACK only after the replicated store: a QoS 1 publish that was
-  acknowledged survives the death of any one node. The three nodes start in about a second.
+* NATS 2.9's MQTT layer keeps sessions, retained messages and QoS 1 messages for QoS 1
+  subscribers in JetStream streams replicated on 3 nodes (R3, Raft; nats-server's
+  server/README-MQTT.md describes the design). The node-kill test shows what matters here: with
+  the platform holding a persistent QoS 1 session, no acknowledged event is lost when the
+  gateway's node dies. The three nodes accept MQTT about 5 s after start.
 * RabbitMQ 3.10.8's MQTT plugin keeps a persistent session's subscription in a *classic* queue
   (its ``rabbitmq_mqtt.schema`` has no setting for a quorum queue type; later releases added one).
   A classic queue lives on one node, so killing that node loses the subscriber's queued messages

@@ -135,3 +135,35 @@ async def test_kill_connected_node_under_load_no_gaps(nats_cluster: NatsCluster,
     finally:
         stop_load.set()
         await ob.close()
+
+
+async def test_dot_in_ids_is_refused_by_nats_and_nothing_is_lost(nats_cluster: NatsCluster, tmp_path: Path) -> None:
+    """NATS maps MQTT '/' to '.', so it rejects '.' in topics (and drops the link); ids allow '.'.
+
+    The gateway must keep every event (no PUBACK, no delete) and say why in its status, so the
+    fleet docs can tell provisioning to keep '.' out of store and gateway ids on NATS.
+    """
+    ident = GatewayIdentity(id="gw.dotted", store_id="store.dotted")
+    (h0, p0), *_ = nats_cluster.endpoints
+    settings = MqttSettings(
+        host=h0, port=p0, protocol="3.1.1", tls=False, reconnect_min_s=0.05, reconnect_max_s=0.2, connect_timeout_s=5
+    )
+    ob = await Outbox.open(tmp_path / "outbox.db", ident.id)
+    try:
+        await ob.append(
+            [ZoneEntered(ts=1000.0 + i, store_id=ident.store_id, subject=f"p{i}", zone="z") for i in range(10)]
+        )
+        up = Uplink(settings, ident, ob)
+        task = asyncio.create_task(up.run())
+        await until(lambda: up.status()["connect_failures"] + up.status()["reconnects"] >= 3, 20)
+        st = up.status()
+        print(f"dotted id on NATS: {st['last_error']!r}, state {st['link']}")
+        assert st["last_error"]
+        assert ob.stats().backlog == 10  # nothing acknowledged, nothing deleted
+        assert st["published_events"] == 0
+        assert st["dead_lettered"] == 0
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+    finally:
+        await ob.close()
