@@ -19,8 +19,13 @@ from gateway.config import ConfigError, Settings, config_docs, load_settings
 # Modules that add sub-commands (imported lazily by main()).
 COMMAND_MODULES: list[str] = [
     "gateway.decode",
+    "gateway.localization.cli",
     "gateway.daemon",
     "gateway.demo",
+    "gateway.provision",
+    "gateway.doctor",
+    "gateway.update",
+    "gateway.status.cli",
 ]
 
 

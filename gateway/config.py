@@ -12,8 +12,9 @@ from __future__ import annotations
 import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -81,6 +82,19 @@ class BleSettings(Section):
     sensor_id: str = Field(default="gw", description="Layout sensor id of the gateway's own radio")
     passive: bool = Field(default=True, description="Passive scanning where BlueZ supports it")
     stall_s: float = Field(default=30.0, gt=0, description="Advert silence that triggers recovery")
+    check_interval_s: float = Field(
+        default=0.5, gt=0, le=60, description="Batch cadence and watchdog check interval of the BLE source"
+    )
+    power_cycle_off_s: float = Field(
+        default=1.0, ge=0, le=60, description="Time the adapter stays powered off during a recovery power cycle"
+    )
+    failed_retry_s: float = Field(
+        default=300.0, gt=0, description="Once the radio is reported failed, retry a power cycle this often"
+    )
+    irk_file: Path | None = Field(
+        default=None,
+        description="Known IRKs ('<identity-id> <32 hex digits>' per line) for RPA resolution; read into RAM only",
+    )
 
 
 class WifiSettings(Section):
@@ -91,6 +105,21 @@ class WifiSettings(Section):
     dwell_s: float = Field(default=0.25, gt=0, le=60, description="Time on each channel")
     set_monitor: bool = Field(default=False, description="Put the interface into monitor mode at start")
     pcap: Path | None = Field(default=None, description="Replay this pcap/pcapng instead of capturing")
+    pcap_speed: float = Field(default=0.0, ge=0, description="pcap replay pace: 0 as fast as possible, 1 recorded")
+    linktype: Literal["auto", "radiotap", "ieee80211"] = Field(
+        default="auto",
+        description="Frame format on the interface; auto: from its ARPHRD type (803 radiotap, 801 plain 802.11)",
+    )
+    hop: bool = Field(default=True, description="Hop over `channels` (needs CAP_NET_ADMIN); false: stay put")
+    keep_off_channel: bool = Field(
+        default=False, description="Keep frames heard off the channel they were sent on (their RSSI is too low)"
+    )
+    kernel_filter: bool = Field(
+        default=True, description="BPF filter on the capture socket: only probe requests reach Python"
+    )
+    batch_max: int = Field(default=512, ge=1, le=65536, description="Frames read per event-loop wake-up (max)")
+    max_pending: int = Field(default=50_000, ge=100, description="Observations buffered for a slow consumer")
+    rcvbuf_bytes: int = Field(default=4 << 20, ge=65536, description="Capture socket receive buffer")
 
 
 class NodesSettings(Section):
@@ -108,27 +137,140 @@ class LocalizationSettings(Section):
     forget_after_s: float = Field(default=30.0, gt=0, description="Drop a device's track after silence")
     detection_floor_dbm: float = Field(default=-95.0, description="Weakest RSSI the sensors report")
     sigma_db: float = Field(default=6.0, gt=0, le=30, description="Path-loss noise sigma (dB)")
+    estimator: Literal["ml", "centroid"] = Field(
+        default="ml", description="ml: censored robust ML + IMM tracker; centroid: first-cut fallback"
+    )
+    tx_spread_db: float = Field(default=4.0, gt=0, le=30, description="Prior sd of a phone's transmit offset (dB)")
+    robust_nu: float = Field(
+        default=4.0, ge=0, le=100, description="Student-t degrees of freedom for RSSI residuals (0: Gaussian)"
+    )
+    packet_loss: float = Field(
+        default=0.05, ge=0, lt=1, description="Chance a sensor misses an advert for reasons other than weak signal"
+    )
+    grid_step_m: float = Field(default=1.0, gt=0.1, le=10, description="Grid step of the initial position search")
+    static_sigma_m: float = Field(
+        default=0.03, gt=0, le=5, description="Standing model: position drift (m per sqrt(s))"
+    )
+    accel_sigma: float = Field(default=0.3, gt=0, le=10, description="Walking model: acceleration noise (m/s^2)")
+    stand_s: float = Field(default=60.0, gt=0, description="Mean time a shopper stands before walking (s)")
+    walk_s: float = Field(default=60.0, gt=0, description="Mean time a shopper walks before standing (s)")
+    init_extra_var_m2: float = Field(
+        default=4.0, ge=0, description="Extra position variance of a new track (multi-modal first fix)"
+    )
+    track_iterations: int = Field(
+        default=3, ge=1, le=50, description="Gauss-Newton iterations per tick for a tracked device"
+    )
+    standing_window_s: float = Field(
+        default=60.0, gt=0, le=3600, description="Memory of the standing window (ML over it while standing)"
+    )
+    walking_window_s: float = Field(default=2.0, gt=0, le=60, description="Memory of that window while walking")
+    standing_p_walk: float = Field(
+        default=0.6, gt=0, le=1, description="Walking-model probability below which a device counts as standing"
+    )
+    standing_min_adverts: float = Field(
+        default=3.0, ge=1, description="Adverts in the standing window before its ML fix replaces the tracker's"
+    )
+    recent_window_s: float = Field(
+        default=4.0, gt=0, le=60, description="Memory of the recent window tracks are checked against"
+    )
+    check_grid_m: float = Field(default=3.0, gt=0.5, le=10, description="Grid step of the track check")
+    check_every_ticks: int = Field(default=3, ge=1, le=100, description="Check each track every N ticks")
+    restart_nll: float = Field(
+        default=6.0, gt=0, description="Restart a track the recent data place >3 m away better by this (nats)"
+    )
+    reinit_after_s: float = Field(default=15.0, gt=0, description="A track unheard this long restarts")
+    sensor_silent_s: float = Field(
+        default=15.0, gt=0, description="A sensor that heard nothing this long is treated as down (no censoring)"
+    )
+    zone_margin_m: float = Field(default=0.75, ge=0, description="Enter a zone at once only this far inside it")
+    zone_confirm_fixes: int = Field(
+        default=3, ge=1, le=100, description="Or after this many consecutive fixes in the new zone"
+    )
 
 
 class PresenceSettings(Section):
-    enter_debounce_s: float = Field(default=3.0, ge=0, description="Time inside a zone before 'entered'")
-    exit_debounce_s: float = Field(default=5.0, ge=0, description="Time outside a zone before 'left'")
-    visit_timeout_s: float = Field(default=60.0, gt=0, description="Silence that ends a visit")
-    visitor_min_s: float = Field(default=60.0, ge=0, description="Shorter visits only at the entrance: passer-by")
-    aggregate_interval_s: float = Field(default=900.0, gt=0, description="Aggregate publication interval")
-    k_anonymity: int = Field(default=5, ge=1, description="Aggregates with fewer subjects are withheld")
+    enter_debounce_s: float = Field(
+        default=3.0,
+        ge=0,
+        le=600,
+        description="A new in-store zone must hold this long before 'zone.entered' (backdated)",
+    )
+    exit_debounce_s: float = Field(
+        default=5.0,
+        ge=0,
+        le=600,
+        description="Time seen outside the store (no zone / outside zone) before 'zone.left' (backdated)",
+    )
+    zone_hysteresis_m: float = Field(
+        default=1.0,
+        ge=0,
+        le=20,
+        description="Leaving the store: a fix this close to the current in-store zone still counts as in it",
+    )
+    visit_timeout_s: float = Field(
+        default=60.0, gt=0, le=3600, description="Silence (or time outside the store) that ends a visit"
+    )
+    visitor_min_s: float = Field(
+        default=60.0, ge=0, description="Only at the entrance for less than this: passer-by, not visitor"
+    )
+    max_visit_s: float = Field(
+        default=4 * 3600.0,
+        gt=0,
+        description="A visit longer than this is a resident device (staff, fixed beacon): ended, then ignored",
+    )
+    aggregate_interval_s: float = Field(
+        default=900.0, gt=0, le=86400, description="Aggregate publication interval (aligned to Unix time)"
+    )
+    k_anonymity: int = Field(default=5, ge=1, description="Aggregates with fewer distinct subjects are withheld")
+    dwell_bins_s: list[float] = Field(
+        default=[60.0, 300.0, 900.0, 1800.0, 3600.0],
+        min_length=1,
+        description="Upper edges (s) of the aggregate dwell histogram bins; a last open bin is added",
+    )
+    report_passers_by: bool = Field(
+        default=True, description="Emit 'visit.ended' (visitor=false) for passers-by; aggregates count them anyway"
+    )
     publish_fixes: bool = Field(default=False, description="Also publish raw fixes (low priority)")
+
+    @model_validator(mode="after")
+    def _bins_increasing(self) -> PresenceSettings:
+        b = self.dwell_bins_s
+        if any(b[i] >= b[i + 1] for i in range(len(b) - 1)) or b[0] <= 0:
+            raise ValueError("presence.dwell_bins_s must be positive and strictly increasing")
+        return self
 
 
 class PrivacySettings(Section):
     rotation_time: str = Field(
         default="21:00",
         pattern=r"^([01]\d|2[0-3]):[0-5]\d$",
-        description="Local time the pseudonym key rotates",
+        description="Local time the pseudonym key rotates (store closing: visits are not split)",
     )
+    timezone: str = Field(default="UTC", description="IANA time zone of the store, for rotation_time")
     rotation_period_h: float = Field(default=24.0, gt=0, le=24 * 31, description="Pseudonym key lifetime")
     pseudonym_bytes: int = Field(default=12, ge=8, le=32, description="Truncated HMAC length")
     retention_days: float = Field(default=30.0, gt=0, description="Local tables are purged after this")
+    consent_scope: str = Field(
+        default="presence",
+        min_length=1,
+        description="Consent scope that lets a device be reported under its customer reference",
+    )
+    presence_db: Path | None = Field(
+        default=None, description="Visit-history SQLite file; default <state_dir>/presence.sqlite3"
+    )
+    optout_key_file: Path | None = Field(
+        default=None,
+        description="Secret key for hashing opt-out identifiers (created 0600); default <state_dir>/optout.key",
+    )
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_tz(cls, v: str) -> str:
+        try:
+            ZoneInfo(v)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"unknown time zone {v!r}") from None
+        return v
 
 
 class BrokerEndpoint(Section):
@@ -174,11 +316,51 @@ class OutboxSettings(Section):
     flush_interval_s: float = Field(default=0.2, gt=0, le=10, description="Append flush cadence")
 
 
+class ContentSettings(Section):
+    enabled: bool = Field(default=True, description="Evaluate campaigns and dispatch to local actors")
+    state_path: Path | None = Field(
+        default=None, description="Command state SQLite; default <state_dir>/content.sqlite3"
+    )
+    actor_topic_prefix: str = Field(default="gateway", description="Local MQTT actors: <prefix>/actors/<actor_id>")
+    mqtt_ack_timeout_s: float = Field(default=2.0, gt=0, le=60, description="Wait for an actor's MQTT ack")
+    webhook_timeout_s: float = Field(default=2.0, gt=0, le=60, description="Per-attempt webhook timeout")
+    webhook_retries: int = Field(default=2, ge=0, le=10, description="Extra webhook attempts after a failure")
+    webhook_backoff_s: float = Field(default=0.2, ge=0, le=30, description="First retry delay (doubles)")
+    breaker_failures: int = Field(default=5, ge=1, le=1000, description="Consecutive failures that open a breaker")
+    breaker_reset_s: float = Field(default=30.0, gt=0, le=3600, description="Open time before a half-open probe")
+    command_secret_file: Path | None = Field(
+        default=None, description="Shared secret for HMAC-SHA256 command signatures; None: broker ACL only"
+    )
+    command_issuers: list[str] | None = Field(default=None, description="Allowed command issuers; None: any")
+    cap_per_subject: int | None = Field(default=1, ge=1, description="Default cap: activations per subject")
+    cap_per_subject_window_s: float = Field(default=3600.0, gt=0, description="Default per-subject cap window")
+    cap_per_actor: int | None = Field(default=None, ge=1, description="Default cap: activations per actor")
+    cap_per_actor_window_s: float = Field(default=60.0, gt=0, description="Default per-actor cap window")
+    quiet_hours: list[str] = Field(
+        default_factory=list, description='Store-wide quiet windows, e.g. ["21:00-08:00"] (local time)'
+    )
+    timezone: str = Field(default="UTC", description="IANA zone for time-of-day windows and quiet hours")
+    max_concurrent_dispatch: int = Field(default=256, ge=1, le=10000, description="In-flight actor dispatches")
+
+
 class StatusSettings(Section):
     enabled: bool = Field(default=True, description="Serve the technician status page")
     bind: list[str] = Field(default=["127.0.0.1"], description="Addresses to listen on")
     port: int = Field(default=8080, ge=0, le=65535, description="HTTP port (0: any free port)")
-    credential_file: Path | None = Field(default=None, description="Hashed technician credential")
+    credential_file: Path | None = Field(
+        default=None, description="Hashed technician credential (gateway status set-password); None: no login possible"
+    )
+    secure_cookie: bool = Field(default=False, description="Mark the session cookie Secure (set when served over TLS)")
+    session_ttl_s: float = Field(default=8 * 3600.0, gt=0, description="Absolute session lifetime")
+    session_idle_s: float = Field(default=3600.0, gt=0, description="Session expires after this much inactivity")
+    login_free_attempts: int = Field(default=3, ge=1, le=100, description="Failed logins before lockouts start")
+    login_lockout_base_s: float = Field(default=1.0, gt=0, description="First lockout; doubles per further failure")
+    login_lockout_max_s: float = Field(default=900.0, gt=0, description="Longest lockout per client address")
+    stream_interval_s: float = Field(default=0.5, ge=0.05, le=60, description="Live map push cadence (SSE)")
+    status_interval_s: float = Field(default=2.0, ge=0.2, le=300, description="Health panel push cadence (SSE)")
+    max_stream_clients: int = Field(default=8, ge=1, le=256, description="Concurrent live-map streams")
+    metrics_public: bool = Field(default=True, description="Serve /metrics without login (no personal data in it)")
+    loop_lag_interval_s: float = Field(default=0.5, ge=0, le=60, description="Event-loop lag probe period (0: off)")
 
 
 class SupervisorSettings(Section):
@@ -213,6 +395,7 @@ class Settings(BaseSettings):
     local_broker: LocalBrokerSettings = Field(default_factory=LocalBrokerSettings)
     outbox: OutboxSettings = Field(default_factory=OutboxSettings)
     status: StatusSettings = Field(default_factory=StatusSettings)
+    content: ContentSettings = Field(default_factory=ContentSettings)
     supervisor: SupervisorSettings = Field(default_factory=SupervisorSettings)
 
     @model_validator(mode="after")
@@ -228,6 +411,10 @@ class Settings(BaseSettings):
     @property
     def outbox_path(self) -> Path:
         return self.outbox.path or self.paths.state_dir / "outbox.sqlite3"
+
+    @property
+    def content_state_path(self) -> Path:
+        return self.content.state_path or self.paths.state_dir / "content.sqlite3"
 
     @classmethod
     def settings_customise_sources(

@@ -26,15 +26,19 @@ from typing import Any
 
 from gateway import __version__
 from gateway.config import ConfigError, Settings, load_settings
+from gateway.content_runtime import ContentRuntime, IdentityConsents, PresenceConsentAdapter
 from gateway.layout import Layout, LayoutError, load_layout, parse_layout
 from gateway.log import configure_logging, get_logger
 from gateway.models import EventBase, Fix, Observation
 from gateway.notify import Notifier
 from gateway.outbox import Outbox
 from gateway.pipeline import Pipeline
+from gateway.presence_runtime import PresenceRuntime
 from gateway.sources.base import Source
 from gateway.sources.simulated import SimulatedSource
+from gateway.status.server import StatusServer
 from gateway.supervisor import Supervisor, TaskSpec
+from gateway.update import announce_ready
 from gateway.uplink import Uplink
 
 log = get_logger(__name__)
@@ -74,6 +78,22 @@ def build_sources(settings: Settings, layout: Layout) -> list[Source]:
 SOURCE_FACTORIES: list[tuple[Callable[[Settings], bool], Callable[[Settings, Layout], Source]]] = []
 
 
+def _wifi_source(settings: Settings, layout: Layout) -> Source:
+    from gateway.sources.wifi import make_wifi_source  # AF_PACKET capture, or pcap replay if wifi.pcap is set
+
+    return make_wifi_source(settings.wifi)
+
+
+def _ble_source(settings: Settings, layout: Layout) -> Source:
+    from gateway.sources.ble import make_source  # bleak is imported only when BLE is enabled
+
+    return make_source(settings, layout)
+
+
+SOURCE_FACTORIES.append((lambda s: s.wifi.enabled, _wifi_source))
+SOURCE_FACTORIES.append((lambda s: s.ble.enabled, _ble_source))
+
+
 @dataclass
 class Runtime:
     """What the status page and tests can read about a running daemon."""
@@ -91,13 +111,25 @@ class Daemon:
         self.notifier = notifier or Notifier()
         self.runtime = Runtime(started_monotonic=time.monotonic())
         self.sources = build_sources(settings, layout)
-        self.pipeline = Pipeline(settings, layout, on_fixes=self._on_fixes)
+        # presence + privacy (identity resolver with consents/opt-outs, qualification history)
+        self.presence = PresenceRuntime(settings, layout)
+        self.pipeline = Pipeline(
+            settings,
+            layout,
+            identity=self.presence.resolver,
+            presence=self.presence.engine,
+            on_fixes=self._on_fixes,
+        )
         self.queue: asyncio.Queue[list[Observation] | None] = asyncio.Queue(maxsize=QUEUE_BATCHES)
         self.pending: list[EventBase] = []
         self._flush_lock = asyncio.Lock()
         self.outbox: Outbox | None = None
         self.uplink: Uplink | None = None
+        # content activation (issue 9): command store + rules + actor dispatch; see content_runtime
+        self.content: ContentRuntime | None = None
+        self.content_identity: IdentityConsents | None = None
         self.supervisor = Supervisor(settings.supervisor, drain=self.drain)
+        self.status_server: StatusServer | None = None
         self._pipeline_idle = asyncio.Event()
         self._last_obs_wall = time.monotonic()
 
@@ -132,12 +164,14 @@ class Daemon:
             events = self.pipeline.process(batch)
             if events:
                 self.pending.extend(events)
+                if self.content is not None and self.content.on_events(events):
+                    await self.content.let_dispatch_run()
             if self.queue.empty():
                 self._pipeline_idle.set()
             else:
                 self._pipeline_idle.clear()
 
-    def _event_clock(self) -> Callable[[], float] | None:
+    def event_clock(self) -> Callable[[], float] | None:
         """Where event time comes from when nothing is heard: the simulator's clock, the wall clock
         for live radios, none for a replay (its end closes every visit)."""
         if any(src.name not in ("replay", "simulator") for src in self.sources):
@@ -149,7 +183,7 @@ class Daemon:
 
     async def _run_clock(self) -> None:
         """Advance event time through silence so visits time out with no observations."""
-        clock = self._event_clock()
+        clock = self.event_clock()
         if clock is None:  # replay: nothing to do until shutdown
             await asyncio.Event().wait()
             return
@@ -157,7 +191,12 @@ class Daemon:
             await asyncio.sleep(1.0)
             # only when the pipeline has caught up: queued observations are older than the clock
             if self.queue.empty() and time.monotonic() - self._last_obs_wall >= 1.0:
-                self.pending.extend(self.pipeline.advance(clock()))
+                now = clock()
+                events = self.pipeline.advance(now)
+                self.pending.extend(events)
+                if self.content is not None:
+                    self.content.on_events(events, now)
+                    self.content.tick(now)
 
     async def _run_writer(self) -> None:
         assert self.outbox is not None
@@ -173,6 +212,7 @@ class Daemon:
         async with self._flush_lock:  # the writer task and the drain may both flush
             while self.pending:
                 chunk = self.pending[: self.s.outbox.append_batch]
+                await self.presence.record(chunk)
                 await self.outbox.append(chunk)
                 del self.pending[: len(chunk)]
                 n += len(chunk)
@@ -208,6 +248,8 @@ class Daemon:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._pipeline_idle.wait(), max(0.1, (t_end - time.monotonic()) / 2))
         self.pending.extend(self.pipeline.close())
+        if self.content is not None:  # in-flight dispatches report before the final flush
+            await self.content.drain(max(0.1, (t_end - time.monotonic()) / 4))
         if self.outbox is not None:
             n = await self.flush()
             log.info("events committed", count=n)
@@ -219,7 +261,16 @@ class Daemon:
     async def start(self) -> None:
         self.s.paths.state_dir.mkdir(parents=True, exist_ok=True)
         self.outbox = await Outbox.open(self.s.outbox_path, self.s.gateway.id, max_bytes=self.s.outbox.max_bytes)
-        self.uplink = Uplink(self.s.mqtt, self.s.gateway, self.outbox)
+        clock = self.event_clock() or time.time
+        await self.presence.open(clock())
+        if self.s.content.enabled:
+            await self._start_content()
+        self.uplink = Uplink(
+            self.s.mqtt,
+            self.s.gateway,
+            self.outbox,
+            on_command=self._on_command if self.content is not None else None,
+        )
         sup = self.supervisor
         for src in self.sources:
             finite = src.name == "replay" or (src.name == "simulator" and self.s.simulator.duration_s is not None)
@@ -229,6 +280,58 @@ class Daemon:
         sup.add(TaskSpec("outbox-writer", self._run_writer, "fatal", "egress"))
         sup.add(TaskSpec("uplink", self._run_uplink, "restart", "egress"))
         sup.add(TaskSpec("watchdog", self._run_watchdog, "fatal"))
+        sup.add(TaskSpec("presence-maintenance", lambda: self.presence.run_maintenance(clock), "restart"))
+        if self.s.status.enabled:
+            await self._start_status()
+
+    async def _start_status(self) -> None:
+        """The technician page is not on the data path: if its port is taken the daemon keeps
+        collecting and says so loudly, rather than refusing to start."""
+        from gateway.status.daemon_provider import DaemonMetricsSampler, DaemonStatusProvider
+        from gateway.status.metrics import default_metrics, monitor_loop_lag
+        from gateway.status.server import StatusServer
+
+        metrics = default_metrics()
+        server = StatusServer(DaemonStatusProvider(self), self.s.status, metrics=metrics)
+        try:
+            await server.start()
+        except OSError as e:
+            log.error("status page not served", reason=str(e), port=self.s.status.port)
+            return
+        self.status_server = server
+        sampler = DaemonMetricsSampler(self, metrics)
+        self.supervisor.add(TaskSpec("metrics", sampler.run, "restart"))
+        self.supervisor.add(TaskSpec("loop-lag", lambda: monitor_loop_lag(metrics), "restart"))
+
+    async def _start_content(self) -> None:
+        from gateway.actors import ActorDispatcher
+
+        dispatcher = ActorDispatcher(self.s.content)
+        identity = self.content_identity or PresenceConsentAdapter.maybe(
+            getattr(self, "presence", None), self.event_clock() or time.time
+        )
+        self.content = await ContentRuntime.open(
+            self.s, emit=self.pending.extend, dispatcher=dispatcher, identity=identity, reply=self._reply
+        )
+        lb, m = self.s.local_broker, self.s.mqtt
+        if lb.host is not None:
+            host, port = lb.host, lb.port
+        elif m.host is not None and not m.tls:  # demo/tests: one plain broker serves both roles
+            host, port = m.host, m.port
+        else:
+            host, port = "127.0.0.1", lb.port
+        client_id = f"{self.s.gateway.id}-actors"
+        self.supervisor.add(
+            TaskSpec("actors-local", lambda: dispatcher.run_local(host, port, client_id), "restart", "egress")
+        )
+
+    async def _on_command(self, topic: str, payload: bytes) -> None:
+        assert self.content is not None
+        await self.content.handle_command(topic, payload)
+
+    async def _reply(self, payload: bytes) -> None:
+        if self.uplink is not None:
+            await self.uplink.publish_reply(payload)
 
     async def run(self) -> int:
         await self.start()
@@ -244,6 +347,7 @@ class Daemon:
         )
         self.runtime.ready = True
         self.notifier.ready(f"running: {len(self.sources)} source(s)")
+        announce_ready()  # for `gateway update`: this release reached READY (no-op outside systemd)
         try:
             rc = await self.supervisor.run()
         finally:
@@ -251,6 +355,11 @@ class Daemon:
                 with contextlib.suppress(Exception):
                     await self.flush()
                 await self.outbox.close()
+            if self.status_server is not None:
+                await self.status_server.stop()
+            if self.content is not None:
+                await self.content.close()
+            await self.presence.close()
             self.notifier.close()
         log.info("gateway stopped", exit_code=rc, reason=self.supervisor.stop_reason, stats=self._stats())
         return rc

@@ -7,7 +7,10 @@ import importlib
 from typing import Any
 
 # Modules exposing ``add_decode_command(decode_subparsers)``.
-DECODE_MODULES: list[str] = []
+DECODE_MODULES: list[str] = [
+    "gateway.decode_ble",
+    "gateway.decode_pcap",
+]
 
 
 def add_commands(sub: Any) -> None:

@@ -20,6 +20,7 @@ from gateway.daemon import Daemon, load_store_layout
 from gateway.embedded_broker import EmbeddedBroker
 from gateway.layout import LayoutError
 from gateway.log import configure_logging, get_logger
+from gateway.mqtt_async import AsyncMqttClient
 
 log = get_logger(__name__)
 
@@ -53,8 +54,13 @@ async def run_demo(args: argparse.Namespace) -> int:
             protocol=broker.protocol,
             verbose=not args.quiet,
         )
+        cloud.push_commands = not args.no_content
         cloud_task = asyncio.create_task(cloud.run())
         await asyncio.wait_for(cloud.connected.wait(), 10)
+        screen = DemoScreen(
+            broker.host, broker.port, settings.content.actor_topic_prefix, "demo-screen", broker.protocol
+        )
+        screen_task = asyncio.create_task(screen.run())
         log.info(
             "demo running",
             store=settings.gateway.store_id,
@@ -64,16 +70,45 @@ async def run_demo(args: argparse.Namespace) -> int:
         )
         rc = await Daemon(settings, layout).run()
         await asyncio.sleep(0.5)  # let the last PUBACKed messages reach the stand-in
-        cloud_task.cancel()
-        with contextlib.suppress(asyncio.CancelledError, Exception):
-            await cloud_task
-        summary: dict[str, Any] = cloud.summary()
+        for t in (cloud_task, screen_task):
+            t.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await t
+        summary: dict[str, Any] = cloud.summary() | {"screen_shown": screen.shown}
         print("demo summary: " + json.dumps(summary, sort_keys=True))
         return rc
     finally:
         await broker.stop()
         if tmp is not None:
             tmp.cleanup()
+
+
+class DemoScreen:
+    """A signage screen on the store-local broker: prints each activation it is sent."""
+
+    def __init__(self, host: str, port: int, prefix: str, actor_id: str, protocol: Any) -> None:
+        self.client = AsyncMqttClient(host, port, client_id=actor_id, protocol=protocol)
+        self.topic = f"{prefix}/actors/{actor_id}"
+        self.actor_id = actor_id
+        self.shown = 0
+
+    async def run(self) -> None:
+        await self.client.connect()
+        await self.client.subscribe(self.topic, qos=1)
+        try:
+            async for msg in self.client.messages():
+                try:
+                    doc = json.loads(msg.payload)
+                except ValueError:
+                    continue
+                self.shown += 1
+                print(
+                    f"screen {self.actor_id} shows {doc.get('content_id')} (campaign {doc.get('campaign_id')},"
+                    f" zone {doc.get('zone')})",
+                    flush=True,
+                )
+        finally:
+            await self.client.disconnect()
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
@@ -89,5 +124,6 @@ def add_commands(sub: Any) -> None:
     d.add_argument("--state-dir", type=Path, default=None, help="keep the outbox here (default: temporary)")
     d.add_argument("--status-port", type=int, default=8080)
     d.add_argument("--pure-python-broker", action="store_true", help="use amqtt even if mosquitto is installed")
+    d.add_argument("--no-content", action="store_true", help="do not push the demo campaign/consent/screen")
     d.add_argument("--quiet", action="store_true", help="print only the summary from the cloud stand-in")
     d.set_defaults(func=_cmd_demo)

@@ -133,6 +133,12 @@ class VisitEnded(SubjectEvent):
     visit_count: int | None = Field(default=None, description="Visits by this subject (incl. this one)")
     days_since_last_visit: float | None = None
     avg_visit_s: float | None = None
+    visits_per_week: float | None = Field(
+        default=None, description="Frequency over the subject's history (consented customers only)"
+    )
+    zone_affinity: dict[str, float] = Field(
+        default_factory=dict, description="Share of the subject's in-store dwell per zone over its history"
+    )
 
 
 class PositionFix(SubjectEvent):

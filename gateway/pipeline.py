@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 
 from gateway.config import Settings
 from gateway.identity.pseudonyms import PseudonymKeyring
+from gateway.identity.subjects import IdentityResolver
 from gateway.layout import Layout
 from gateway.localization import Localizer, make_localizer
 from gateway.models import EventBase, Fix, Observation, PositionFix, SubjectKind
@@ -56,14 +57,14 @@ class Pipeline:
         settings: Settings,
         layout: Layout,
         *,
-        identity: IdentityStage | None = None,
+        identity: IdentityStage | IdentityResolver | None = None,
         localizer: Localizer | None = None,
         presence: PresenceEngine | None = None,
         on_fixes: Callable[[list[Fix]], None] | None = None,
     ) -> None:
         self.s = settings
         self.layout = layout
-        self.identity = identity or IdentityStage(
+        self.identity: IdentityStage | IdentityResolver = identity or IdentityStage(
             PseudonymKeyring(
                 rotation_time=settings.privacy.rotation_time,
                 period_h=settings.privacy.rotation_period_h,

@@ -14,7 +14,10 @@ def all_schemas() -> dict[str, dict[str, object]]:
     from gateway.config import Settings
 
     out: dict[str, dict[str, object]] = {"event": EVENT_ADAPTER.json_schema()}
-    models: dict[str, type[BaseModel]] = dict(WIRE_MODELS)
+    from gateway.commands import COMMAND_MODELS
+    from gateway.content import Actor, Campaign
+
+    models: dict[str, type[BaseModel]] = dict(WIRE_MODELS) | COMMAND_MODELS | {"campaign": Campaign, "actor": Actor}
     for name, model in sorted(models.items()):
         out[name] = model.model_json_schema()
     out["config"] = Settings.model_json_schema()

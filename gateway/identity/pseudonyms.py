@@ -20,7 +20,11 @@ import hmac
 import os
 from collections.abc import Callable
 from datetime import datetime, tzinfo
+from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo
+
+if TYPE_CHECKING:
+    from gateway.config import PrivacySettings
 
 
 def _parse_hhmm(text: str) -> int:
@@ -53,6 +57,36 @@ class PseudonymKeyring:
         off = datetime.fromtimestamp(ts, self._tz).utcoffset()
         local = ts + (off.total_seconds() if off is not None else 0.0)
         return int((local - self._offset_s) // self._period_s)
+
+    @classmethod
+    def from_settings(cls, settings: PrivacySettings, **kw: Any) -> PseudonymKeyring:
+        return cls(
+            rotation_time=settings.rotation_time,
+            period_h=settings.rotation_period_h,
+            nbytes=settings.pseudonym_bytes,
+            tz=ZoneInfo(settings.timezone),
+            **kw,
+        )
+
+    def epoch_start(self, epoch: int) -> float:
+        """Unix time at which ``epoch`` begins (inverse of ``epoch_of``; DST-aware)."""
+        local = epoch * self._period_s + self._offset_s
+        ts = local
+        for _ in range(3):  # fixed point: ts = local - utcoffset(ts)
+            off = datetime.fromtimestamp(ts, self._tz).utcoffset()
+            nxt = local - (off.total_seconds() if off is not None else 0.0)
+            if nxt == ts:
+                break
+            ts = nxt
+        return ts
+
+    def epoch_bounds(self, ts: float) -> tuple[int, float, float]:
+        """``(epoch, start, end)`` of the rotation period containing ``ts`` (end exclusive).
+
+        Lets callers test "same period?" with two float comparisons instead of a tz conversion.
+        """
+        e = self.epoch_of(ts)
+        return e, self.epoch_start(e), self.epoch_start(e + 1)
 
     def _key(self, epoch: int) -> bytes:
         key = self._keys.get(epoch)

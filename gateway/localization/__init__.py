@@ -29,6 +29,11 @@ class Localizer(Protocol):
 
 
 def make_localizer(layout: Layout, settings: LocalizationSettings) -> Localizer:
-    from gateway.localization.centroid import CentroidLocalizer
+    """The configured localizer: the ML + IMM tracker by default, the centroid first cut as fallback."""
+    if settings.estimator == "centroid":
+        from gateway.localization.centroid import CentroidLocalizer
 
-    return CentroidLocalizer(layout, settings)
+        return CentroidLocalizer(layout, settings)
+    from gateway.localization.localizer import MlLocalizer
+
+    return MlLocalizer(layout, settings)

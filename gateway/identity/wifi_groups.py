@@ -1,0 +1,222 @@
+"""Group rotating randomized Wi-Fi MACs that are probably one device (pure; time is an argument).
+
+A phone changes its random MAC every few minutes, but keeps its driver (same probe-request
+fingerprint) and usually keeps counting 802.11 sequence numbers (12 bits, wrapping at 4096) across
+the change. When a randomized MAC we have not seen appears, we look for a group that
+
+* has the same fingerprint,
+* went quiet shortly before: at least ``min_gap_s`` (a MAC changes between probe bursts), at most
+  ``gap_factor`` times the group's own learned burst interval (and ``max_gap_s``),
+* is continued by the new sequence number: ``(seq_new - seq_last) mod 4096`` close to the advance
+  expected from the group's learned sequence rate (frames sent between bursts use the counter too),
+* sounds alike (RSSI close to the group's smoothed RSSI: same place, same transmitter),
+
+and pick the best by a normalised squared error (sequence, RSSI). Otherwise the MAC starts a new
+group. Globally administered (public) MACs are their own group.
+
+A wrong link shows itself when the MAC it retired speaks again (a device does not go back to a MAC
+it left): the link is then undone - the retired MAC gets its group back and the newer MAC is
+matched again without that group - so such a mistake costs a couple of frames, not a group.
+
+Group ids are counters with a caller-chosen prefix, never derived from a MAC, so they can be
+printed; they feed ``Observation.link`` and the pseudonym stage. State is bounded: MACs and groups
+quiet for ``forget_s`` are dropped (:meth:`WifiGrouper.expire`, also run from :meth:`observe`).
+Signals after Vanhoef et al., "Why MAC Address Randomization is not Enough" (AsiaCCS 2016) and
+Martin et al., "A Study of MAC Address Randomization in Mobile Devices" (PETS 2017).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = ["GroupParams", "WifiGrouper"]
+
+SEQ_MOD = 4096
+
+
+@dataclass(slots=True, frozen=True)
+class GroupParams:
+    max_gap_s: float = 240.0  # longest silence between the old MAC's last and the new MAC's first frame
+    seq_rate: float = 1.5  # sequence numbers per second of silence, until a group has learned its own
+    seq_slack: float = 12.0  # spread of the sequence-number advance: slack + spread * expected advance
+    seq_spread: float = 0.3
+    rssi_sigma_db: float = 7.0  # spread of a device's RSSI between bursts
+    max_err: float = 2.5  # largest normalised error (sequence, RSSI) of an acceptable continuation
+    min_gap_s: float = 2.0  # a MAC changes between probe bursts, not within one
+    gap_factor: float = 4.0  # longest silence, in the group's own burst intervals (missed bursts)
+    min_margin: float = 0.0  # required score gap between the best and the second-best candidate
+    burst_gap_s: float = 5.0  # frames further apart than this belong to different probe bursts
+    forget_s: float = 900.0  # drop groups quiet this long
+    rssi_alpha: float = 0.3  # smoothing of the group's RSSI
+
+
+@dataclass(slots=True, eq=False)
+class _Mac:
+    """One MAC address as heard: the group it belongs to and its own latest frame."""
+
+    group: _Group
+    first_ts: float
+    first_seq: int
+    last_ts: float
+    last_seq: int
+
+
+@dataclass(slots=True, eq=False)
+class _Group:
+    gid: str
+    fingerprint: str
+    tail: _Mac | None = None  # the MAC the device uses now: new MACs continue from it
+    prev: _Mac | None = None  # the MAC before ``tail`` (to undo a wrong link)
+    rssi: float | None = None
+    last_ts: float = 0.0
+    seq_rate: float | None = None  # learned sequence numbers per second between bursts
+    interval: float | None = None  # learned time between probe bursts
+    macs: int = 0
+    frames: int = 0
+
+
+class WifiGrouper:
+    """Online grouping: :meth:`observe` returns the group id of each frame as it arrives."""
+
+    def __init__(self, params: GroupParams | None = None, *, prefix: str = "w") -> None:
+        self.p = params or GroupParams()
+        self._burst_gap_s = self.p.burst_gap_s
+        self._alpha = self.p.rssi_alpha
+        self._prefix = prefix
+        self._next = 1
+        self._by_mac: dict[str, _Mac] = {}
+        self._by_fp: dict[str, list[_Group]] = {}
+        self._last_expire = float("-inf")
+        self.linked = 0  # new MACs attached to an existing group
+        self.unlinked = 0  # links undone
+        self.created = 0
+
+    def __len__(self) -> int:
+        return len({id(m.group) for m in self._by_mac.values()})
+
+    def _new_group(self, fp: str, randomized: bool) -> _Group:
+        g = _Group(f"{self._prefix}{self._next}", fp)
+        self._next += 1
+        self.created += 1
+        if randomized:
+            self._by_fp.setdefault(fp, []).append(g)
+        return g
+
+    def _attach(self, m: _Mac, g: _Group) -> None:
+        if g.tail is not None:
+            self.linked += 1
+        m.group = g
+        g.prev = g.tail
+        g.tail = m
+        g.macs += 1
+
+    def observe(self, mac: str, randomized: bool, fingerprint: str, seq: int, ts: float, rssi: float | None) -> str:
+        """Group id of one probe request from ``mac`` at time ``ts``."""
+        if ts - self._last_expire > 60.0:
+            self.expire(ts)
+        m = self._by_mac.get(mac)
+        if m is None:
+            g = self._match(fingerprint, seq, ts, rssi, None) if randomized else None
+            if g is None:
+                g = self._new_group(fingerprint, randomized)
+            m = _Mac(g, ts, seq, ts, seq)
+            self._attach(m, g)
+            self._by_mac[mac] = m
+        else:
+            g = m.group
+            if g.tail is not m:
+                self._undo(m, fingerprint, randomized)
+                g = m.group
+        last = m.last_ts
+        if ts >= last:
+            if ts - last >= self._burst_gap_s:
+                dt = ts - last
+                rate = ((seq - m.last_seq) % SEQ_MOD) / dt
+                g.seq_rate = rate if g.seq_rate is None else g.seq_rate + 0.3 * (rate - g.seq_rate)
+                g.interval = dt if g.interval is None else g.interval + 0.3 * (dt - g.interval)
+            m.last_ts = ts
+            m.last_seq = seq
+            if ts >= g.last_ts:
+                g.last_ts = ts
+        if rssi is not None:
+            r = g.rssi
+            g.rssi = rssi if r is None else r + self._alpha * (rssi - r)
+        g.frames += 1
+        return g.gid
+
+    def _undo(self, m: _Mac, fingerprint: str, randomized: bool) -> None:
+        """``m`` was retired from its group but speaks again: the link that retired it was wrong."""
+        g = m.group
+        wrong = g.tail
+        if g.prev is m and wrong is not None:
+            # give the group back to m; match the newer MAC again, as of its first frame
+            g.tail, g.prev = m, None
+            g.last_ts = m.last_ts
+            self.unlinked += 1
+            other = self._match(fingerprint, wrong.first_seq, wrong.first_ts, None, g)
+            if other is None:
+                other = self._new_group(fingerprint, randomized)
+            other.prev = None
+            self._attach(wrong, other)
+            other.last_ts = max(other.last_ts, wrong.last_ts)
+        else:
+            # an older MAC of the group: it stands alone from now on
+            self._attach(m, self._new_group(fingerprint, randomized))
+            m.group.last_ts = m.last_ts
+
+    def _fit(self, g: _Group, t: _Mac, seq: int, ts: float, rssi: float | None) -> float | None:
+        """How well a frame continues MAC ``t`` of group ``g`` (lower is better); None: it does not."""
+        p = self.p
+        gap = ts - t.last_ts
+        if gap < p.min_gap_s or gap > p.max_gap_s:
+            return None
+        if g.interval is not None and gap > p.gap_factor * g.interval + p.min_gap_s:
+            return None  # silent for several of its burst intervals: more likely gone than rotated
+        dseq = (seq - t.last_seq) % SEQ_MOD
+        rate = g.seq_rate if g.seq_rate is not None else p.seq_rate
+        expect = rate * gap
+        spread = p.seq_slack + p.seq_spread * expect
+        e_seq = (dseq - expect) / spread
+        if dseq == 0 or abs(e_seq) > p.max_err:
+            return None
+        e_rssi = 0.0
+        if rssi is not None and g.rssi is not None:
+            e_rssi = (rssi - g.rssi) / p.rssi_sigma_db
+            if abs(e_rssi) > p.max_err:
+                return None
+        return e_seq * e_seq + e_rssi * e_rssi
+
+    def _match(self, fp: str, seq: int, ts: float, rssi: float | None, exclude: _Group | None) -> _Group | None:
+        best: _Group | None = None
+        best_score = second = float("inf")
+        oldest = ts - self.p.max_gap_s
+        for g in self._by_fp.get(fp, ()):
+            t = g.tail
+            if t is None or g is exclude or t.last_ts < oldest:
+                continue
+            score = self._fit(g, t, seq, ts, rssi)
+            if score is None:
+                continue
+            if score < best_score:
+                best, best_score, second = g, score, best_score
+            elif score < second:
+                second = score
+        if best is not None and second - best_score < self.p.min_margin:
+            return None  # two devices could have become this MAC: a wrong link costs more than a split
+        return best
+
+    def expire(self, now: float) -> int:
+        """Forget MACs and groups quiet for ``forget_s``; returns how many MACs were dropped."""
+        self._last_expire = now
+        cutoff = now - self.p.forget_s
+        stale = [k for k, m in self._by_mac.items() if m.last_ts < cutoff]
+        for k in stale:
+            del self._by_mac[k]
+        if stale:
+            for fp in list(self._by_fp):
+                keep = [g for g in self._by_fp[fp] if g.last_ts >= cutoff]
+                if keep:
+                    self._by_fp[fp] = keep
+                else:
+                    del self._by_fp[fp]
+        return len(stale)

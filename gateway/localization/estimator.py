@@ -1,0 +1,305 @@
+"""Batched maximum-likelihood / MAP position estimation in the dB domain.
+
+Per device ``d`` the unknowns are ``theta = (x, y, tx_offset)``. Each sensor ``s`` contributes
+
+* the adverts it **heard**: their mean RSSI (variance ``sigma^2 / k`` for ``k`` adverts) scored with a
+  Student-t loss (``nu`` degrees of freedom per advert, ``nu * k`` for a mean of ``k``; ``nu = 0``
+  means Gaussian) so a -12 dB body-shadow fade pulls far less than under least squares;
+* the adverts it **missed** although it was up (censoring): each costs ``-log(eps + (1 - eps) *
+  Phi((floor - mu) / sigma))`` - a strong expected signal that was not heard is evidence the device is
+  *not* near that sensor. Without this term fixes are biased toward the sensors that hear the device.
+  ``eps`` is the chance a sensor misses an advert for reasons other than weak signal (scan duty
+  cycle, collisions), so one missing packet from a close sensor is not taken as proof of distance.
+
+The unknown transmit power is handled jointly: in the grid search it is profiled out in closed form
+for every candidate position (weighted mean residual, shrunk toward its prior), in the refinement it is
+the third coordinate of a damped Gauss-Newton (Levenberg-Marquardt) on the exact gradient, with IRLS
+weights for the t loss and the exact (clipped) curvature of the censored terms. Everything is done for
+all devices at once: the per-device Python work is zero.
+
+An optional Gaussian prior (mean, precision) on theta turns the ML into the MAP step of the tracker;
+:class:`Solution` returns the likelihood's information-form linearisation (``h_lik``, ``b_lik``) so the
+tracker can fuse it into its full state (position, velocity, offset) under each motion model.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from numpy.typing import NDArray
+
+from gateway.localization.pathloss import F64, PathLossModel, log_norm_cdf, norm_cdf, norm_pdf
+from gateway.localization.region import Walkable
+
+I64 = NDArray[np.int64]
+
+
+@dataclass(frozen=True)
+class EstimatorParams:
+    sigma_db: float = 6.0
+    floor_dbm: float = -95.0
+    nu: float = 4.0
+    packet_loss: float = 0.05
+    bounds: tuple[float, float, float, float] = (-2.0, 32.0, -5.0, 22.0)  # xmin, xmax, ymin, ymax
+    max_iter: int = 8
+    max_step_m: float = 4.0
+    grid_step_m: float = 1.0
+
+
+@dataclass
+class Problem:
+    """Per-device, per-sensor sufficient statistics of a window: all arrays ``(D, S)``."""
+
+    mean: F64
+    count: F64
+    missed: F64
+
+    @property
+    def num_devices(self) -> int:
+        return int(self.mean.shape[0])
+
+    def take(self, rows: I64) -> Problem:
+        return Problem(self.mean[rows], self.count[rows], self.missed[rows])
+
+
+@dataclass
+class Solution:
+    theta: F64  # (D, 3) x, y, tx offset
+    h_post: F64  # (D, 3, 3) curvature of the negative log-posterior (information)
+    h_lik: F64  # (D, 3, 3) its likelihood part
+    b_lik: F64  # (D, 3) likelihood ~ exp(-0.5 theta' h_lik theta + b_lik' theta) near theta
+    cost: F64  # (D,) negative log-likelihood at theta (without prior)
+
+    def cov(self) -> F64:
+        return np.asarray(np.linalg.inv(self.h_post))
+
+
+def aggregate(
+    dev: I64, sensor: I64, rssi: F64, num_devices: int, num_sensors: int, censor: NDArray[np.bool_]
+) -> Problem:
+    """Window of observations -> per (device, sensor) mean, count, and censored (missed) adverts.
+
+    The number of adverts a device sent is estimated as the most any sensor heard; every active
+    (``censor``) sensor that heard fewer missed the difference.
+    """
+    flat = dev * num_sensors + sensor
+    size = num_devices * num_sensors
+    cnt = np.bincount(flat, minlength=size).astype(np.float64).reshape(num_devices, num_sensors)
+    tot = np.bincount(flat, weights=rssi, minlength=size).reshape(num_devices, num_sensors)
+    mean = np.divide(tot, cnt, out=np.zeros_like(tot), where=cnt > 0)
+    adverts = cnt.max(axis=1, keepdims=True)
+    missed = (adverts - cnt) * censor[None, :]
+    return Problem(mean, cnt, missed)
+
+
+def _add_rows(out: F64, rows: I64, vals: F64) -> None:
+    """``out[rows[i]] += vals[i]`` for sorted ``rows`` (segment sums, much faster than ``np.add.at``)."""
+    if rows.size == 0:
+        return
+    starts = np.flatnonzero(np.r_[True, rows[1:] != rows[:-1]])
+    out[rows[starts]] += np.add.reduceat(vals, starts, axis=0)
+
+
+def make_grid(bounds: tuple[float, float, float, float], step: float) -> F64:
+    xmin, xmax, ymin, ymax = bounds
+    xs = np.arange(xmin, xmax + 1e-9, step)
+    ys = np.arange(ymin, ymax + 1e-9, step)
+    gx, gy = np.meshgrid(xs, ys, indexing="xy")
+    return np.stack([gx.ravel(), gy.ravel()], axis=1)
+
+
+class Estimator:
+    """Holds the model, parameters and the precomputed grid; all methods are batched over devices."""
+
+    def __init__(self, model: PathLossModel, params: EstimatorParams, region: Walkable | None = None) -> None:
+        self.model = model
+        self.p = params
+        self.region = region
+        self.grid = self.make_grid(params.grid_step_m)
+        self._grid_mu = model.mean_rssi(self.grid)  # (G, S)
+
+    def make_grid(self, step: float) -> F64:
+        g = make_grid(self.p.bounds, step)
+        return g if self.region is None else g[self.region.contains(g)]
+
+    # -- per-term losses ------------------------------------------------------------------
+
+    def _heard(self, e: F64, count: F64) -> tuple[F64, F64, F64]:
+        """Loss, d loss / d mu and GN curvature for heard residuals ``e = mean - mu`` (weighted by count)."""
+        s2 = self.p.sigma_db**2
+        u2 = count * e * e / s2
+        if self.p.nu > 0:
+            # the mean of k heavy-tailed adverts is close to Gaussian: nu grows with k, so one faded
+            # advert is down-weighted but a well-averaged sensor is not treated as an outlier
+            nu = self.p.nu * np.maximum(count, 1.0)
+            rho = 0.5 * (nu + 1.0) * np.log1p(u2 / nu)
+            w = (nu + 1.0) / (nu + u2)
+        else:
+            rho = 0.5 * u2
+            w = np.ones_like(u2)
+        wk = w * count / s2
+        return rho, -wk * e, wk
+
+    def _heard_cost(self, e: F64, count: F64) -> F64:
+        u2 = count * e * e / self.p.sigma_db**2
+        if self.p.nu > 0:
+            nu = self.p.nu * np.maximum(count, 1.0)
+            return np.asarray(0.5 * (nu + 1.0) * np.log1p(u2 / nu))
+        return np.asarray(0.5 * u2)
+
+    def _missed(self, mu: F64, missed: F64) -> tuple[F64, F64, F64]:
+        """Loss, first and (clipped) second derivative wrt mu of the censored terms."""
+        sig = self.p.sigma_db
+        eps = self.p.packet_loss
+        alpha = (self.p.floor_dbm - mu) / sig
+        if eps > 0:
+            cdf = norm_cdf(alpha)
+            like = eps + (1.0 - eps) * cdf
+            loss = -np.log(like)
+            d1 = (1.0 - eps) * norm_pdf(alpha) / (sig * like)
+        else:
+            loss = -log_norm_cdf(alpha)
+            from gateway.localization.pathloss import mills_ratio
+
+            d1 = mills_ratio(alpha) / sig
+        d2 = np.maximum(d1 * (alpha + sig * d1) / sig, 0.0)
+        return missed * loss, missed * d1, missed * d2
+
+    def evaluate(self, prob: Problem, theta: F64) -> tuple[F64, F64, F64, F64, F64]:
+        """Negative log-likelihood (D,), d/dmu (D,S), curvature (D,S), dmu/dx (D,S), dmu/dy (D,S)."""
+        mu0, gx, gy = self.model.mean_and_gradient(theta[:, :2])
+        mu = mu0 + theta[:, 2:3]
+        heard = prob.count > 0
+        rho, a, b = self._heard(prob.mean - mu, prob.count)
+        rho = np.where(heard, rho, 0.0)
+        a = np.where(heard, a, 0.0)
+        b = np.where(heard, b, 0.0)
+        # censored terms only where adverts were missed (a minority of the cells while tracking)
+        miss = np.nonzero(prob.missed)
+        if miss[0].size:
+            lc, ac, bc = self._missed(mu[miss], prob.missed[miss])
+            rho[miss] += lc
+            a[miss] += ac
+            b[miss] += bc
+        return rho.sum(axis=1), a, b, gx, gy
+
+    @staticmethod
+    def _normal_eq(a: F64, b: F64, gx: F64, gy: F64) -> tuple[F64, F64]:
+        g = np.stack([(a * gx).sum(1), (a * gy).sum(1), a.sum(1)], axis=1)
+        bx, by = b * gx, b * gy
+        hxx, hxy, hyy = (bx * gx).sum(1), (bx * gy).sum(1), (by * gy).sum(1)
+        hxd, hyd, hdd = bx.sum(1), by.sum(1), b.sum(1)
+        h = np.stack([np.stack([hxx, hxy, hxd], 1), np.stack([hxy, hyy, hyd], 1), np.stack([hxd, hyd, hdd], 1)], axis=1)
+        return g, h
+
+    # -- grid search with the offset profiled out --------------------------------------------
+
+    def grid_search(
+        self, prob: Problem, delta_mean: F64, delta_prec: F64, chunk_elems: int = 1_000_000, grid: F64 | None = None
+    ) -> tuple[F64, F64]:
+        """Best grid point per device with the tx offset profiled out: ``theta (D, 3)``, ``cost (D,)``.
+
+        For each candidate position the offset is the precision-weighted mean residual of the heard
+        sensors, shrunk toward ``delta_mean`` (closed form, two matrix products); the robust + censored
+        cost is then evaluated there. ``cost`` is the negative log-likelihood without the prior.
+        """
+        if grid is None:
+            grid, grid_mu = self.grid, self._grid_mu
+        else:
+            grid_mu = self.model.mean_rssi(grid)
+        d_all = prob.num_devices
+        s = self.model.num_sensors
+        g = grid.shape[0]
+        theta = np.empty((d_all, 3))
+        best_cost = np.empty(d_all)
+        step = max(1, chunk_elems // (g * s))
+        s2 = self.p.sigma_db**2
+        for lo in range(0, d_all, step):
+            sl = slice(lo, min(d_all, lo + step))
+            cnt, mean, missed = prob.count[sl], prob.mean[sl], prob.missed[sl]
+            w = cnt / s2  # (d, S)
+            num = (w * mean).sum(1)[:, None] - w @ grid_mu.T + (delta_prec[sl] * delta_mean[sl])[:, None]
+            den = w.sum(1)[:, None] + delta_prec[sl][:, None]
+            delta = num / np.maximum(den, 1e-12)  # (d, G)
+            # heard terms on the (device, sensor) pairs that heard, censored ones where adverts were missed
+            hd, hs = np.nonzero(cnt)
+            e = mean[hd, hs][:, None] - grid_mu[:, hs].T - delta[hd]  # (pairs, G)
+            rho = self._heard_cost(e, cnt[hd, hs][:, None])
+            cost = np.zeros((cnt.shape[0], g))
+            _add_rows(cost, hd, rho)
+            md, ms = np.nonzero(missed)
+            if md.size:
+                lc, _, _ = self._missed(grid_mu[:, ms].T + delta[md], missed[md, ms][:, None])
+                _add_rows(cost, md, lc)
+            prior = 0.5 * delta_prec[sl][:, None] * (delta - delta_mean[sl][:, None]) ** 2
+            k = np.argmin(cost + prior, axis=1)
+            rows = np.arange(cost.shape[0])
+            theta[sl, :2] = grid[k]
+            theta[sl, 2] = delta[rows, k]
+            best_cost[sl] = cost[rows, k]
+        return theta, best_cost
+
+    # -- damped Gauss-Newton refinement -----------------------------------------------------
+
+    def refine(
+        self, prob: Problem, theta0: F64, prior_mean: F64, prior_prec: F64, iterations: int | None = None
+    ) -> Solution:
+        """Levenberg-Marquardt on the negative log-posterior, all devices at once."""
+        p = self.p
+        xmin, xmax, ymin, ymax = p.bounds
+        theta = theta0.copy()
+        n = theta.shape[0]
+        lam = np.full(n, 1e-3)
+        eye = np.eye(3)
+
+        def post(th: F64) -> tuple[F64, F64, F64, F64]:
+            cost, a, b, gx, gy = self.evaluate(prob, th)
+            g, h = self._normal_eq(a, b, gx, gy)
+            r = th - prior_mean
+            pr = np.einsum("dij,dj->di", prior_prec, r)
+            return cost + 0.5 * np.einsum("di,di->d", r, pr), cost, g + pr, h + prior_prec
+
+        total, cost, g, h = post(theta)
+        for _ in range(p.max_iter if iterations is None else iterations):
+            diag = np.einsum("dii->di", h)
+            hd = h + (lam[:, None] * np.maximum(diag, 1e-6))[:, :, None] * eye
+            step = -np.linalg.solve(hd, g[:, :, None])[:, :, 0]
+            norm = np.hypot(step[:, 0], step[:, 1])
+            scale = np.minimum(1.0, p.max_step_m / np.maximum(norm, 1e-12))
+            step *= scale[:, None]
+            trial = theta + step
+            np.clip(trial[:, 0], xmin, xmax, out=trial[:, 0])
+            np.clip(trial[:, 1], ymin, ymax, out=trial[:, 1])
+            if self.region is not None:
+                trial[:, :2] = self.region.project(trial[:, :2])
+            t_total, t_cost, t_g, t_h = post(trial)
+            ok = t_total <= total
+            theta = np.where(ok[:, None], trial, theta)
+            total = np.where(ok, t_total, total)
+            cost = np.where(ok, t_cost, cost)
+            g = np.where(ok[:, None], t_g, g)
+            h = np.where(ok[:, None, None], t_h, h)
+            lam = np.where(ok, lam * 0.3, lam * 10.0)
+        h_lik = h - prior_prec
+        # keep the information strictly positive so the tracker can invert sums of it
+        h_post = h + 1e-9 * eye
+        # quadratic model of the likelihood around theta (exact even if not fully converged / clipped)
+        g_lik = g - np.einsum("dij,dj->di", prior_prec, theta - prior_mean)
+        b_lik = np.einsum("dij,dj->di", h_lik, theta) - g_lik
+        return Solution(theta, h_post, h_lik, b_lik, cost)
+
+    def locate(self, prob: Problem, tx_prior_sd: float | None = None) -> Solution:
+        """Stand-alone ML fix for each device: grid search, then refinement.
+
+        ``tx_prior_sd=None`` leaves the transmit offset completely free (pure ML, the CRLB setting).
+        """
+        d = prob.num_devices
+        prec = 0.0 if tx_prior_sd is None else 1.0 / tx_prior_sd**2
+        dm = np.zeros(d)
+        dp = np.full(d, prec)
+        theta0, _ = self.grid_search(prob, dm, dp)
+        pm = np.zeros((d, 3))
+        pp = np.zeros((d, 3, 3))
+        pp[:, 2, 2] = prec
+        return self.refine(prob, theta0, pm, pp)

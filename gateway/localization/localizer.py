@@ -1,0 +1,415 @@
+"""The daemon's localizer: buffered observations -> one batched solve per tick -> tracked fixes.
+
+Per observation the Python work is two dict look-ups and four list appends; everything else happens
+once per :meth:`MlLocalizer.fixes` call over numpy arrays for all devices heard since the last call:
+
+1. aggregate the new observations per (device, sensor), with censoring at sensors that are up;
+2. new tracks: coarse grid search (offset profiled out) + Gauss-Newton, initialise the tracker;
+3. existing tracks: IMM prediction -> MAP (Gauss-Newton started at the prediction, prior = prediction)
+   -> information-form update of both motion models;
+4. hysteresis zones, ``Fix`` out.
+
+Causal by construction: observations with ``ts > now`` stay buffered for a later call.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from gateway.config import LocalizationSettings
+from gateway.layout import Layout
+from gateway.localization.estimator import Estimator, EstimatorParams, Problem, aggregate
+from gateway.localization.pathloss import PathLossModel
+from gateway.localization.region import Walkable
+from gateway.localization.tracker import ImmTracker, TrackerParams
+from gateway.localization.zones import ZoneTracker
+from gateway.models import Fix, Observation
+
+
+def layout_bounds(layout: Layout, margin: float = 1.0) -> tuple[float, float, float, float]:
+    """Search area: the store, its zones (e.g. the street in front) and sensors, plus a margin."""
+    xs = [0.0, layout.store.width_m] + [s.x for s in layout.sensors]
+    ys = [0.0, layout.store.depth_m] + [s.y for s in layout.sensors]
+    for z in layout.zones:
+        xs += [p[0] for p in z.polygon]
+        ys += [p[1] for p in z.polygon]
+    return (min(xs) - margin, max(xs) + margin, min(ys) - margin, max(ys) + margin)
+
+
+class WindowStats:
+    """Exponentially-decayed per-(device, sensor) sums: a window of any length in O(devices x sensors)."""
+
+    def __init__(self, sensors: int) -> None:
+        self.cnt = np.zeros((0, sensors))
+        self.sum = np.zeros((0, sensors))
+        self.miss = np.zeros((0, sensors))
+        self.t = np.zeros(0)
+
+    def ensure(self, capacity: int) -> None:
+        for name in ("cnt", "sum", "miss"):
+            old = getattr(self, name)
+            arr = np.zeros((capacity, old.shape[1]))
+            arr[: old.shape[0]] = old
+            setattr(self, name, arr)
+        t = np.zeros(capacity)
+        t[: self.t.size] = self.t
+        self.t = t
+
+    def reset(self, slots: np.ndarray) -> None:
+        self.cnt[slots] = self.sum[slots] = self.miss[slots] = 0.0
+
+    def copy_from(self, other: WindowStats, slots: np.ndarray) -> None:
+        self.cnt[slots], self.sum[slots], self.miss[slots] = other.cnt[slots], other.sum[slots], other.miss[slots]
+
+    def update(self, slots: np.ndarray, prob: Problem, now: float, tau: np.ndarray | float) -> None:
+        decay = np.exp(-np.maximum(now - self.t[slots], 0.0) / tau)[:, None]
+        self.cnt[slots] = self.cnt[slots] * decay + prob.count
+        self.sum[slots] = self.sum[slots] * decay + prob.count * prob.mean
+        self.miss[slots] = self.miss[slots] * decay + prob.missed
+        self.t[slots] = now
+
+    def problem(self, slots: np.ndarray, censor: np.ndarray) -> Problem:
+        cnt = self.cnt[slots]
+        mean = np.divide(self.sum[slots], cnt, out=np.zeros_like(cnt), where=cnt > 1e-9)
+        # misses counted while a sensor was (wrongly) believed up do not count once it is known down;
+        # decayed misses never reach exactly 0 and dropping the negligible ones keeps the (costly)
+        # censored terms to the sensors that actually missed recently
+        missed = self.miss[slots] * censor[None, :]
+        missed[missed < 0.1] = 0.0
+        return Problem(mean, cnt, missed)
+
+
+@dataclass
+class LocalizerStats:
+    observations: int = 0
+    dropped: dict[str, int] = field(default_factory=dict)
+    fixes: int = 0
+    tracks_started: int = 0
+
+    def drop(self, reason: str, n: int = 1) -> None:
+        self.dropped[reason] = self.dropped.get(reason, 0) + n
+
+
+class MlLocalizer:
+    def __init__(self, layout: Layout, settings: LocalizationSettings) -> None:
+        self._s = settings
+        self.layout = layout
+        self.model = PathLossModel.from_layout(layout)
+        bounds = layout_bounds(layout)
+        self.region = Walkable.from_layout(layout)
+        self.estimator = Estimator(
+            self.model,
+            EstimatorParams(
+                sigma_db=settings.sigma_db,
+                floor_dbm=settings.detection_floor_dbm,
+                nu=settings.robust_nu,
+                packet_loss=settings.packet_loss,
+                bounds=bounds,
+                grid_step_m=settings.grid_step_m,
+            ),
+            self.region,
+        )
+        self.tracker = ImmTracker(
+            TrackerParams(
+                static_sigma_m=settings.static_sigma_m,
+                accel_sigma=settings.accel_sigma,
+                stand_s=settings.stand_s,
+                walk_s=settings.walk_s,
+                bounds=bounds,
+            )
+        )
+        self.zones = ZoneTracker(layout, settings.zone_margin_m, settings.zone_confirm_fixes)
+        self.stats = LocalizerStats()
+        self._sidx = layout.sensor_index()
+        ns = len(self._sidx)
+        self._active = np.ones(ns, dtype=bool)
+        self._last_heard = np.full(ns, -np.inf)
+        self._slot: dict[str, int] = {}
+        self._names: list[str | None] = []
+        self._free: list[int] = []
+        self._live = np.zeros(0, dtype=bool)
+        # the standing window (long memory while standing) and the recent window (a few seconds)
+        self._stand = WindowStats(ns)
+        self._recent = WindowStats(ns)
+        self._sw_theta = np.zeros((0, 3))
+        self._was_standing = np.zeros(0, dtype=bool)
+        self._ticks = 0
+        self._check_grid = self.estimator.make_grid(settings.check_grid_m)
+        # pending observations (not yet consumed by a tick)
+        self._ts: list[float] = []
+        self._dev: list[int] = []
+        self._sen: list[int] = []
+        self._rssi: list[float] = []
+
+    # -- Localizer protocol ---------------------------------------------------------------
+
+    def add(self, observations: Sequence[Observation]) -> None:
+        sidx = self._sidx
+        slot = self._slot
+        ts_, dev_, sen_, rssi_ = self._ts, self._dev, self._sen, self._rssi
+        for o in observations:
+            s = sidx.get(o.sensor)
+            if s is None:
+                self.stats.drop("unknown_sensor")
+                continue
+            r = o.rssi
+            if not (-130.0 <= r <= 20.0):  # also rejects NaN
+                self.stats.drop("bad_rssi")
+                continue
+            d = slot.get(o.device)
+            if d is None:
+                d = self._new_slot(o.device)
+            ts_.append(o.ts)
+            dev_.append(d)
+            sen_.append(s)
+            rssi_.append(r)
+        self.stats.observations += len(observations)
+
+    def add_arrays(self, ts: np.ndarray, sensor: np.ndarray, devices: Sequence[str], rssi: np.ndarray) -> None:
+        """Fast path (CLI, replay): sensor indices already resolved and values already validated."""
+        slot = self._slot
+        d = [slot.get(x) if x in slot else self._new_slot(x) for x in devices]
+        self._ts.extend(ts.tolist())
+        self._dev.extend(d)  # type: ignore[arg-type]
+        self._sen.extend(sensor.tolist())
+        self._rssi.extend(rssi.tolist())
+        self.stats.observations += len(d)
+
+    def set_sensor_active(self, sensor_id: str, active: bool) -> None:
+        i = self._sidx.get(sensor_id)
+        if i is not None:
+            self._active[i] = active
+
+    def forget(self, device: str) -> None:
+        d = self._slot.pop(device, None)
+        if d is None:
+            return
+        if self._ts:
+            keep = [i for i, v in enumerate(self._dev) if v != d]
+            self._ts = [self._ts[i] for i in keep]
+            self._dev = [self._dev[i] for i in keep]
+            self._sen = [self._sen[i] for i in keep]
+            self._rssi = [self._rssi[i] for i in keep]
+        self._release(d)
+
+    def fixes(self, now: float) -> list[Fix]:
+        if not self._ts:
+            self._expire(now)
+            return []
+        ts = np.asarray(self._ts)
+        dev = np.asarray(self._dev, dtype=np.int64)
+        sen = np.asarray(self._sen, dtype=np.int64)
+        rssi = np.asarray(self._rssi)
+        due = ts <= now
+        if not due.all():
+            later = ~due
+            self._ts, self._dev = ts[later].tolist(), dev[later].tolist()
+            self._sen, self._rssi = sen[later].tolist(), rssi[later].tolist()
+            ts, dev, sen, rssi = ts[due], dev[due], sen[due], rssi[due]
+        else:
+            self._ts, self._dev, self._sen, self._rssi = [], [], [], []
+        fresh = ts >= now - self._s.window_s
+        if not fresh.all():
+            self.stats.drop("stale", int((~fresh).sum()))
+            ts, dev, sen, rssi = ts[fresh], dev[fresh], sen[fresh], rssi[fresh]
+        out: list[Fix] = []
+        if ts.size:
+            out = self._tick(now, ts, dev, sen, rssi)
+        self._expire(now)
+        return out
+
+    # -- internals --------------------------------------------------------------------------
+
+    def _new_slot(self, device: str) -> int:
+        if self._free:
+            d = self._free.pop()
+            self._names[d] = device
+        else:
+            d = len(self._names)
+            self._names.append(device)
+            cap = len(self._names)
+            if cap > self._live.size:
+                live = np.zeros(max(64, 2 * cap), dtype=bool)
+                live[: self._live.size] = self._live
+                self._live = live
+                self._stand.ensure(live.size)
+                self._recent.ensure(live.size)
+                swt = np.zeros((live.size, 3))
+                swt[: self._sw_theta.shape[0]] = self._sw_theta
+                self._sw_theta = swt
+                was = np.zeros(live.size, dtype=bool)
+                was[: self._was_standing.size] = self._was_standing
+                self._was_standing = was
+                self.tracker.ensure(live.size)
+                self.zones.ensure(live.size)
+        self._slot[device] = d
+        self._live[d] = False
+        self._stand.reset(np.array([d]))
+        self._recent.reset(np.array([d]))
+        self._was_standing[d] = False
+        return d
+
+    def _release(self, d: int) -> None:
+        self._names[d] = None
+        self._live[d] = False
+        self.zones.reset(np.array([d]))
+        self._free.append(d)
+
+    def _check(self, now: float, ss: np.ndarray, censor: np.ndarray, st: LocalizationSettings) -> np.ndarray:
+        """Restart tracks the last few seconds of data place far away (lost, or started walking).
+
+        The recent window's best place (coarse grid with the offset profiled out, then Gauss-Newton) is
+        compared with the tracker's state and with the standing-window fix; if either explains the
+        recent data worse by ``restart_nll`` nats and lies > 3 m away, the tracker restarts there and
+        the standing window restarts from the recent data. Returns the mask of restarted devices.
+        """
+        est = self.estimator
+        k = ss.size
+        sub = self._recent.problem(ss, censor)
+        pp = self._tx_prior(k)
+        theta_g, _ = est.grid_search(sub, np.zeros(k), np.full(k, pp[0, 2, 2]), grid=self._check_grid)
+        best = est.refine(sub, theta_g, np.zeros((k, 3)), pp, iterations=st.track_iterations)
+        state, _, _ = self.tracker.estimate(ss)
+        th_track = state[:, [0, 1, 4]]
+        th_stand = np.where(self._was_standing[ss][:, None], self._sw_theta[ss], th_track)
+        cost_best = best.cost
+        moved = np.zeros(k, dtype=bool)
+        for th in (th_track, th_stand):
+            cost = est.evaluate(sub, th)[0]
+            far = np.hypot(*(best.theta[:, :2] - th[:, :2]).T) > 3.0
+            moved |= (cost - cost_best > st.restart_nll) & far
+        if moved.any():
+            rows = ss[moved]
+            cov = best.cov()[moved]
+            self.tracker.init(rows, now, best.theta[moved], cov)
+            self._stand.copy_from(self._recent, rows)
+            self._sw_theta[rows] = best.theta[moved]
+            self._was_standing[rows] = False
+            self.stats.drop("track_restarted", int(moved.sum()))
+        return moved
+
+    def _tx_prior(self, k: int) -> np.ndarray:
+        pp = np.zeros((k, 3, 3))
+        pp[:, 2, 2] = 1.0 / self._s.tx_spread_db**2
+        return pp
+
+    def _standing_fix(
+        self,
+        now: float,
+        slots: np.ndarray,
+        sidx: np.ndarray,
+        censor: np.ndarray,
+        standing: np.ndarray,
+        state: np.ndarray,
+        cov: np.ndarray,
+        xy: np.ndarray,
+        pcov: np.ndarray,
+    ) -> None:
+        """ML over the standing window for standing devices (re-linearised every tick).
+
+        A tracker linearises each second's likelihood once, where it stood then; for a device that
+        stays put the window ML uses all of it at the current estimate, which is what gets close to
+        the bound. A tracker state that disagrees with the window fix is re-centred on it.
+        """
+        est = self.estimator
+        st = self._s
+        ss = slots[sidx]
+        sub = self._stand.problem(ss, censor)
+        k = ss.size
+        start = self._sw_theta[ss].copy()
+        entering = ~self._was_standing[ss]
+        start[entering] = state[sidx][entering][:, [0, 1, 4]]
+        pm = np.zeros((k, 3))
+        pp = self._tx_prior(k)
+        sol = est.refine(sub, start, pm, pp, iterations=st.track_iterations)
+        self._sw_theta[ss] = sol.theta
+        wcov = np.linalg.inv(sol.h_post)
+        # re-centre trackers that disagree with the window fix (chi2, 3 dof, 99.7%)
+        d = sol.theta - state[sidx][:, [0, 1, 4]]
+        tcov = cov[sidx][:, [0, 1, 4]][:, :, [0, 1, 4]]
+        m2 = np.einsum("ni,nij,nj->n", d, np.linalg.inv(tcov + wcov), d)
+        off = m2 > 14.0
+        if off.any():
+            self.tracker.init(ss[off], now, sol.theta[off], wcov[off])
+            self.stats.drop("track_recentred", int(off.sum()))
+        xy[sidx] = sol.theta[:, :2]
+        pcov[sidx] = wcov[:, :2, :2]
+
+    def _expire(self, now: float) -> None:
+        live = np.flatnonzero(self._live)
+        if live.size == 0:
+            return
+        old = live[self.tracker.t[live] < now - self._s.forget_after_s]
+        for d in old.tolist():
+            name = self._names[d]
+            if name is not None:
+                self._slot.pop(name, None)
+            self._release(d)
+
+    def _tick(self, now: float, ts: np.ndarray, dev: np.ndarray, sen: np.ndarray, rssi: np.ndarray) -> list[Fix]:
+        ns = self.model.num_sensors
+        np.maximum.at(self._last_heard, sen, ts)
+        censor = self._active & (self._last_heard >= now - self._s.sensor_silent_s)
+        slots, inv = np.unique(dev, return_inverse=True)
+        prob = aggregate(inv.astype(np.int64), sen, rssi, slots.size, ns, censor)
+        live = self._live[slots]
+        # a track not updated for a long time restarts from scratch
+        live &= self.tracker.t[slots] >= now - self._s.reinit_after_s
+        est = self.estimator
+        st = self._s
+        tx_prec = 1.0 / st.tx_spread_db**2
+        k_all = slots.size
+        p_walk = np.ones(k_all)
+        old = np.flatnonzero(live)
+        if old.size:
+            sl = slots[old]
+            m, lam = self.tracker.predict(sl, now)
+            sol = est.refine(prob.take(old), m, m, lam, iterations=st.track_iterations)
+            self.tracker.update(sl, now, sol.h_lik, sol.b_lik)
+            p_walk[old] = self.tracker.estimate(sl)[2]
+        new = np.flatnonzero(~live)
+        if new.size:
+            sub = prob.take(new)
+            k = new.size
+            theta0, _ = est.grid_search(sub, np.zeros(k), np.full(k, tx_prec))
+            sol = est.refine(sub, theta0, np.zeros((k, 3)), self._tx_prior(k))
+            cov = sol.cov()
+            # a first fix from one second of data is multi-modal: be honest about it
+            cov[:, 0, 0] += st.init_extra_var_m2
+            cov[:, 1, 1] += st.init_extra_var_m2
+            fresh = ~self._live[slots[new]]
+            self.tracker.init(slots[new], now, sol.theta, cov)
+            self._live[slots[new]] = True
+            self._stand.reset(slots[new])
+            self._recent.reset(slots[new])
+            self._sw_theta[slots[new]] = sol.theta
+            self.zones.reset(slots[new[fresh]])
+            self.stats.tracks_started += int(fresh.sum())
+        # standing window: long memory while standing, short while walking; recent window: a few s
+        standing = p_walk < st.standing_p_walk
+        tau = np.where(standing, st.standing_window_s, st.walking_window_s)
+        self._stand.update(slots, prob, now, tau)
+        self._recent.update(slots, prob, now, st.recent_window_s)
+        due = old[(slots[old] + self._ticks) % st.check_every_ticks == 0]
+        if due.size:
+            moved = self._check(now, slots[due], censor, st)
+            standing[due[moved]] = False
+        state, cov, _ = self.tracker.estimate(slots)
+        xy = state[:, :2].copy()
+        pcov = cov[:, :2, :2].copy()
+        sidx = np.flatnonzero(standing & (self._stand.cnt[slots].max(axis=1) >= st.standing_min_adverts))
+        if sidx.size:
+            self._standing_fix(now, slots, sidx, censor, standing, state, cov, xy, pcov)
+        self._was_standing[slots] = standing
+        self._ticks += 1
+        xy = self.region.project(xy)
+        sigma = np.sqrt(np.maximum(pcov[:, 0, 0] + pcov[:, 1, 1], 0.0))
+        zones = self.zones.update(slots, xy)
+        names = self._names
+        xs, ys, ss = xy[:, 0].tolist(), xy[:, 1].tolist(), sigma.tolist()
+        out = [Fix(now, names[d] or "", xs[i], ys[i], ss[i], zones[i]) for i, d in enumerate(slots.tolist())]
+        self.stats.fixes += len(out)
+        return out

@@ -1,0 +1,55 @@
+"""The walkable area: the store floor plus every zone (e.g. the street in front), as polygons.
+
+Phones are carried by people, so a position outside every polygon is impossible. Using that as a hard
+prior removes a real ambiguity of RSSI ranging near walls: a weak phone just inside a wall otherwise
+fits almost as well (or better) a little *outside* the wall with a stronger transmit power.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from gateway.layout import Layout
+from gateway.localization.pathloss import F64
+
+
+class Walkable:
+    def __init__(self, polygons: list[F64]) -> None:
+        self.polys = polygons
+        self._a = np.concatenate(polygons)
+        self._b = np.concatenate([np.roll(p, -1, axis=0) for p in polygons])
+        self._starts = np.cumsum([0] + [len(p) for p in polygons[:-1]])
+
+    @classmethod
+    def from_layout(cls, layout: Layout) -> Walkable:
+        w, d = layout.store.width_m, layout.store.depth_m
+        polys = [np.array([[0.0, 0.0], [w, 0.0], [w, d], [0.0, d]])]
+        polys += [np.asarray(z.polygon, dtype=np.float64) for z in layout.zones]
+        return cls(polys)
+
+    def contains(self, xy: F64) -> np.ndarray:
+        a, b = self._a, self._b
+        x, y = xy[:, 0:1], xy[:, 1:2]
+        cond = (a[:, 1] > y) != (b[:, 1] > y)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            xint = (b[:, 0] - a[:, 0]) * (y - a[:, 1]) / (b[:, 1] - a[:, 1]) + a[:, 0]
+        cross = np.add.reduceat((cond & (x < xint)).astype(np.int64), self._starts, axis=1)
+        return np.asarray((cross % 2 == 1).any(axis=1))
+
+    def project(self, xy: F64) -> F64:
+        """Points outside the walkable area moved to the nearest point of its boundary."""
+        out = ~self.contains(xy)
+        if not out.any():
+            return xy
+        p = xy[out]
+        a, b = self._a, self._b
+        ab = b - a
+        apx, apy = p[:, 0:1] - a[:, 0], p[:, 1:2] - a[:, 1]
+        t = np.clip((apx * ab[:, 0] + apy * ab[:, 1]) / np.maximum((ab * ab).sum(1), 1e-12), 0.0, 1.0)
+        cx, cy = a[:, 0] + t * ab[:, 0], a[:, 1] + t * ab[:, 1]
+        k = np.argmin((p[:, 0:1] - cx) ** 2 + (p[:, 1:2] - cy) ** 2, axis=1)
+        rows = np.arange(p.shape[0])
+        res = xy.copy()
+        res[out, 0] = cx[rows, k]
+        res[out, 1] = cy[rows, k]
+        return res

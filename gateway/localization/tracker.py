@@ -1,0 +1,176 @@
+"""Batched interacting-multiple-model (IMM) tracker: a *standing* and a *walking* model per device.
+
+State per model: ``[x, y, vx, vy, tx_offset]``.
+
+* standing: position is a slow random walk (``static_sigma_m`` per sqrt(s)), velocity is zero;
+* walking: nearly-constant velocity (white acceleration ``accel_sigma``) with velocity decay ``tau_v``
+  so a track that stops does not overshoot for ever.
+
+Both carry the transmit offset as a (nearly) constant: a phone's offset is learnt over the whole track,
+which is most of what makes a long-standing device accurate. Model switching is a continuous-time
+Markov chain (mean sojourn ``stand_s`` / ``walk_s``).
+
+The measurement is the estimator's linearised likelihood of ``theta = (x, y, tx_offset)`` in information
+form ``exp(-0.5 theta' H theta + b' theta)`` (computed once per tick at the MAP under the combined
+prediction). Each model fuses it exactly like a linear-Gaussian measurement of the theta sub-space, and
+the Laplace marginal likelihood re-weights the models. All of it is ``(n, 2, 5, 5)`` numpy.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from numpy.typing import NDArray
+
+from gateway.localization.pathloss import F64
+
+I64 = NDArray[np.int64]
+THETA = np.array([0, 1, 4])
+
+
+@dataclass(frozen=True)
+class TrackerParams:
+    static_sigma_m: float = 0.03
+    accel_sigma: float = 0.5
+    tau_v: float = 8.0
+    stand_s: float = 20.0
+    walk_s: float = 15.0
+    tx_drift_db: float = 0.05
+    init_speed_sd: float = 0.8
+    bounds: tuple[float, float, float, float] = (-2.0, 32.0, -5.0, 22.0)
+
+
+def _inv(a: F64) -> F64:
+    return np.asarray(np.linalg.inv(a))
+
+
+def _sym(a: F64) -> F64:
+    return np.asarray(0.5 * (a + np.swapaxes(a, -1, -2)))
+
+
+class ImmTracker:
+    def __init__(self, params: TrackerParams, capacity: int = 64) -> None:
+        self.p = params
+        self.x = np.zeros((capacity, 2, 5))
+        self.P = np.tile(np.eye(5), (capacity, 2, 1, 1))
+        self.mu = np.full((capacity, 2), 0.5)
+        self.t = np.zeros(capacity)
+        # per-tick predictions kept between predict() and update()
+        self._xp = np.zeros((0, 2, 5))
+        self._Pp = np.zeros((0, 2, 5, 5))
+        self._c = np.zeros((0, 2))
+
+    def ensure(self, capacity: int) -> None:
+        cur = self.x.shape[0]
+        if capacity <= cur:
+            return
+        new = max(capacity, 2 * cur)
+        x = np.zeros((new, 2, 5))
+        p = np.tile(np.eye(5), (new, 2, 1, 1))
+        mu = np.full((new, 2), 0.5)
+        t = np.zeros(new)
+        x[:cur], p[:cur], mu[:cur], t[:cur] = self.x, self.P, self.mu, self.t
+        self.x, self.P, self.mu, self.t = x, p, mu, t
+
+    def init(self, slots: I64, t: float, theta: F64, cov: F64) -> None:
+        n = slots.size
+        x = np.zeros((n, 5))
+        x[:, [0, 1, 4]] = theta
+        p = np.zeros((n, 5, 5))
+        p[:, 2, 2] = p[:, 3, 3] = self.p.init_speed_sd**2
+        p[np.ix_(np.arange(n), THETA, THETA)] = cov
+        self.x[slots] = x[:, None, :]
+        self.P[slots] = p[:, None, :, :]
+        self.mu[slots] = 0.5
+        self.t[slots] = t
+
+    def _models(self, dt: F64) -> tuple[F64, F64]:
+        """Transition matrices and process noise ``(n, 2, 5, 5)`` for elapsed times ``dt`` ``(n,)``."""
+        n = dt.size
+        p = self.p
+        f = np.zeros((n, 2, 5, 5))
+        q = np.zeros((n, 2, 5, 5))
+        # standing
+        f[:, 0, 0, 0] = f[:, 0, 1, 1] = f[:, 0, 4, 4] = 1.0
+        q[:, 0, 0, 0] = q[:, 0, 1, 1] = p.static_sigma_m**2 * dt
+        q[:, 0, 2, 2] = q[:, 0, 3, 3] = 1e-4
+        # walking
+        decay = np.exp(-dt / p.tau_v)
+        f[:, 1, 0, 0] = f[:, 1, 1, 1] = f[:, 1, 4, 4] = 1.0
+        f[:, 1, 0, 2] = f[:, 1, 1, 3] = dt
+        f[:, 1, 2, 2] = f[:, 1, 3, 3] = decay
+        qa = p.accel_sigma**2
+        for i, v in ((0, 2), (1, 3)):
+            q[:, 1, i, i] = qa * dt**3 / 3.0
+            q[:, 1, i, v] = q[:, 1, v, i] = qa * dt**2 / 2.0
+            q[:, 1, v, v] = qa * dt
+        q[:, :, 4, 4] = p.tx_drift_db**2 * dt[:, None]
+        return f, q
+
+    def predict(self, slots: I64, t: float) -> tuple[F64, F64]:
+        """IMM mixing + prediction to time ``t``; returns the combined prior on theta (mean, precision)."""
+        p = self.p
+        dt = np.maximum(t - self.t[slots], 1e-3)
+        mu = self.mu[slots]
+        x = self.x[slots]
+        P = self.P[slots]
+        p01 = 1.0 - np.exp(-dt / p.stand_s)
+        p10 = 1.0 - np.exp(-dt / p.walk_s)
+        pi = np.empty((dt.size, 2, 2))
+        pi[:, 0, 0], pi[:, 0, 1] = 1.0 - p01, p01
+        pi[:, 1, 0], pi[:, 1, 1] = p10, 1.0 - p10
+        c = np.einsum("nij,ni->nj", pi, mu)
+        w = pi * mu[:, :, None] / np.maximum(c[:, None, :], 1e-300)  # w[n, i, j] = P(i | j)
+        x0 = np.einsum("nij,nik->njk", w, x)
+        dx = x[:, :, None, :] - x0[:, None, :, :]  # (n, i, j, 5)
+        P0 = np.einsum("nij,nikl->njkl", w, P) + np.einsum("nij,nijk,nijl->njkl", w, dx, dx)
+        f, q = self._models(dt)
+        xp = np.einsum("njkl,njl->njk", f, x0)
+        Pp = _sym(np.einsum("njkl,njlm,njom->njko", f, P0, f) + q)
+        self._xp, self._Pp, self._c = xp, Pp, c
+        th = xp[:, :, THETA]
+        m = np.einsum("nj,njk->nk", c, th)
+        d = th - m[:, None, :]
+        cov = np.einsum("nj,njkl->nkl", c, Pp[:, :, THETA][:, :, :, THETA]) + np.einsum("nj,njk,njl->nkl", c, d, d)
+        return m, _inv(cov)
+
+    def update(self, slots: I64, t: float, h_lik: F64, b_lik: F64) -> None:
+        """Fuse the linearised likelihood into each model, re-weight the models, store the result."""
+        xp, Pp, c = self._xp, self._Pp, self._c
+        S = Pp[:, :, THETA][:, :, :, THETA]  # (n, 2, 3, 3)
+        m = xp[:, :, THETA]
+        lam = _inv(S)
+        eta = np.einsum("njkl,njl->njk", lam, m) + b_lik[:, None, :]
+        lam_post = lam + h_lik[:, None, :, :]
+        S_post = _sym(_inv(lam_post))
+        m_post = np.einsum("njkl,njl->njk", S_post, eta)
+        _, logdet_s = np.linalg.slogdet(S)
+        _, logdet_lp = np.linalg.slogdet(lam_post)
+        ll = (
+            -0.5 * np.einsum("njk,njk->nj", m, np.einsum("njkl,njl->njk", lam, m))
+            + 0.5 * np.einsum("njk,njk->nj", eta, m_post)
+            - 0.5 * logdet_s
+            - 0.5 * logdet_lp
+        )
+        K = np.einsum("njkl,njlm->njkm", Pp[:, :, :, THETA], lam)  # (n, 2, 5, 3)
+        x = xp + np.einsum("njkl,njl->njk", K, m_post - m)
+        P = Pp - np.einsum("njkl,njlm,njom->njko", K, S - S_post, K)
+        P = _sym(P)
+        xmin, xmax, ymin, ymax = self.p.bounds
+        np.clip(x[:, :, 0], xmin, xmax, out=x[:, :, 0])
+        np.clip(x[:, :, 1], ymin, ymax, out=x[:, :, 1])
+        ll = ll - ll.max(axis=1, keepdims=True)
+        w = c * np.exp(np.maximum(ll, -50.0))
+        mu = np.clip(w / w.sum(axis=1, keepdims=True), 1e-4, 1.0)
+        mu /= mu.sum(axis=1, keepdims=True)
+        self.x[slots], self.P[slots], self.mu[slots], self.t[slots] = x, P, mu, t
+
+    def estimate(self, slots: I64) -> tuple[F64, F64, F64]:
+        """Combined state ``(n, 5)``, covariance ``(n, 5, 5)`` and walking probability ``(n,)``."""
+        mu = self.mu[slots]
+        x = self.x[slots]
+        m = np.einsum("nj,njk->nk", mu, x)
+        d = x - m[:, None, :]
+        P = np.einsum("nj,njkl->nkl", mu, self.P[slots]) + np.einsum("nj,njk,njl->nkl", mu, d, d)
+        return m, P, mu[:, 1]

@@ -1,0 +1,150 @@
+"""Prometheus metrics for the whole daemon, in a registry of their own.
+
+A dedicated ``CollectorRegistry`` (not prometheus_client's global one) so tests can build a fresh
+set per case and nothing a library registers globally leaks into ``/metrics``. The rest of the
+daemon updates metrics through the small methods of ``GatewayMetrics`` - once per *batch*, never
+per observation - so the hot path pays one lock + one add per batch. Labelled children are cached
+in dicts because ``Counter.labels()`` costs a tuple build and a lock each call.
+
+Names (all prefixed ``gateway_``) are listed in docs/status-api.md.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+__all__ = ["CONTENT_TYPE_LATEST", "GatewayMetrics", "default_metrics", "monitor_loop_lag"]
+
+PUBLISH_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0)
+LAG_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0)
+
+
+class GatewayMetrics:
+    """Every metric the daemon exports, plus cheap update helpers."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.observations = Counter("gateway_observations", "Observations received, by source", ["source"], registry=r)
+        self.drops = Counter("gateway_drops", "Observations/events dropped, by reason", ["reason"], registry=r)
+        self.fixes_total = Counter("gateway_fixes", "Position fixes computed", registry=r)
+        self.events = Counter("gateway_events", "Events produced (stored in the outbox), by type", ["type"], registry=r)
+        self.backlog = Gauge("gateway_outbox_backlog", "Events stored but not yet acknowledged", registry=r)
+        self.oldest_age = Gauge(
+            "gateway_outbox_oldest_age_seconds", "Age of the oldest unacknowledged event", registry=r
+        )
+        self.evictions = Counter(
+            "gateway_outbox_evictions", "Events evicted by the size cap, by priority", ["priority"], registry=r
+        )
+        self.publish_latency = Histogram(
+            "gateway_publish_latency_seconds",
+            "Event creation to broker acknowledgement",
+            buckets=PUBLISH_BUCKETS,
+            registry=r,
+        )
+        self.reconnects = Counter("gateway_uplink_reconnects", "Uplink (MQTT) reconnections", registry=r)
+        self.uplink_connected = Gauge("gateway_uplink_connected", "1 while the uplink is connected", registry=r)
+        self.radio_recoveries = Counter(
+            "gateway_radio_recoveries",
+            "Radio recovery actions (scan restart, adapter reset), by radio",
+            ["radio"],
+            registry=r,
+        )
+        self.loop_lag = Gauge("gateway_event_loop_lag_seconds", "Latest measured event-loop lag", registry=r)
+        self.loop_lag_hist = Histogram(
+            "gateway_event_loop_lag_distribution_seconds", "Event-loop lag samples", buckets=LAG_BUCKETS, registry=r
+        )
+        self.status_logins = Counter(
+            "gateway_status_logins", "Status page login attempts, by result", ["result"], registry=r
+        )
+        self.status_sse_clients = Gauge("gateway_status_sse_clients", "Open live-map streams", registry=r)
+        self._obs: dict[str, Counter] = {}
+        self._drops: dict[str, Counter] = {}
+        self._events: dict[str, Counter] = {}
+        self._evict: dict[str, Counter] = {}
+        self._radio: dict[str, Counter] = {}
+
+    # -- update helpers (call once per batch) ---------------------------------------------------
+
+    def observed(self, source: str, n: int = 1) -> None:
+        c = self._obs.get(source)
+        if c is None:
+            c = self._obs[source] = self.observations.labels(source)
+        c.inc(n)
+
+    def dropped(self, reason: str, n: int = 1) -> None:
+        c = self._drops.get(reason)
+        if c is None:
+            c = self._drops[reason] = self.drops.labels(reason)
+        c.inc(n)
+
+    def fixed(self, n: int = 1) -> None:
+        self.fixes_total.inc(n)
+
+    def produced(self, event_type: str, n: int = 1) -> None:
+        c = self._events.get(event_type)
+        if c is None:
+            c = self._events[event_type] = self.events.labels(event_type)
+        c.inc(n)
+
+    def outbox(self, backlog: int, oldest_age_s: float | None) -> None:
+        self.backlog.set(backlog)
+        self.oldest_age.set(oldest_age_s or 0.0)
+
+    def evicted(self, priority: str, n: int = 1) -> None:
+        c = self._evict.get(priority)
+        if c is None:
+            c = self._evict[priority] = self.evictions.labels(priority)
+        c.inc(n)
+
+    def published(self, latencies_s: list[float] | tuple[float, ...]) -> None:
+        """Record the creation-to-ack latency of each acknowledged event in one batch."""
+        for v in latencies_s:
+            self.publish_latency.observe(v)
+
+    def reconnected(self) -> None:
+        self.reconnects.inc()
+
+    def uplink_state(self, connected: bool) -> None:
+        self.uplink_connected.set(1 if connected else 0)
+
+    def radio_recovered(self, radio: str) -> None:
+        c = self._radio.get(radio)
+        if c is None:
+            c = self._radio[radio] = self.radio_recoveries.labels(radio)
+        c.inc()
+
+    def lag(self, seconds: float) -> None:
+        self.loop_lag.set(seconds)
+        self.loop_lag_hist.observe(seconds)
+
+    def render(self) -> bytes:
+        """Prometheus text exposition format."""
+        return generate_latest(self.registry)
+
+
+_DEFAULT: GatewayMetrics | None = None
+
+
+def default_metrics() -> GatewayMetrics:
+    """The daemon-wide instance (created on first use)."""
+    global _DEFAULT
+    if _DEFAULT is None:
+        _DEFAULT = GatewayMetrics()
+    return _DEFAULT
+
+
+async def monitor_loop_lag(metrics: GatewayMetrics, interval_s: float = 0.5) -> None:
+    """Sleep ``interval_s`` repeatedly and record how late the loop woke us: the event-loop lag.
+
+    Runs until cancelled. A blocked loop (a sync call somewhere) shows up here first.
+    """
+    loop = asyncio.get_running_loop()
+    while True:
+        t0 = loop.time()
+        await asyncio.sleep(interval_s)
+        lag = max(0.0, loop.time() - t0 - interval_s)
+        metrics.lag(lag)
