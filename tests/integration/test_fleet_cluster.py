@@ -9,6 +9,7 @@ must arrive (0 gaps); duplicates are allowed (at-least-once) and counted.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import time
 from collections.abc import Iterator
@@ -22,7 +23,7 @@ from gateway.config import BrokerEndpoint, GatewayIdentity, MqttSettings
 from gateway.models import EventBase, ZoneEntered
 from gateway.outbox import Outbox
 from gateway.uplink import Uplink
-from tests.conftest import Mosquitto
+from tests.conftest import Mosquitto, make_mosquitto
 from tests.integration.uplink_support import Cloud, until
 
 pytestmark = pytest.mark.integration
@@ -167,3 +168,105 @@ async def test_dot_in_ids_is_refused_by_nats_and_nothing_is_lost(nats_cluster: N
             await task
     finally:
         await ob.close()
+
+
+class StallableProxy:
+    """TCP proxy in front of one broker; ``stall()`` drops every link and then accepts without answering.
+
+    That is what a cluster node does while JetStream elects leaders (or a host that is gone while
+    its load balancer still accepts): TCP works, CONNACK never comes.
+    """
+
+    def __init__(self, target_port: int) -> None:
+        self.target_port = target_port
+        self.stalled = False
+        self.server: asyncio.Server | None = None
+        self.writers: list[asyncio.StreamWriter] = []
+
+    async def start(self) -> int:
+        self.server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
+        return int(self.server.sockets[0].getsockname()[1])
+
+    async def _pipe(self, r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(OSError, asyncio.IncompleteReadError):
+            for _ in range(1_000_000):  # bounded
+                data = await r.read(65536)
+                if not data or self.stalled:
+                    break
+                w.write(data)
+                await w.drain()
+        w.close()
+
+    async def _handle(self, r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        self.writers.append(w)
+        if self.stalled:
+            with contextlib.suppress(OSError):
+                await r.read()  # hold the connection open, never answer
+            w.close()
+            return
+        ur, uw = await asyncio.open_connection("127.0.0.1", self.target_port)
+        self.writers.append(uw)
+        await asyncio.gather(self._pipe(r, uw), self._pipe(ur, w))
+
+    def stall(self) -> None:
+        self.stalled = True
+        for w in self.writers:
+            w.close()
+        self.writers.clear()
+
+    async def close(self) -> None:
+        self.stall()
+        if self.server is not None:
+            self.server.close()
+            await self.server.wait_closed()
+
+
+async def test_link_loss_moves_on_to_the_next_endpoint_first(
+    mosquitto: Mosquitto, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """After a long session on node A dies, the uplink tries node B first, not A again.
+
+    Retrying the node that just dropped us costs a whole ``connect_timeout_s`` when it still
+    accepts TCP but never answers (seen on the NATS cluster after a node kill), for every gateway
+    that was on it.
+    """
+    import gateway.uplink as uplink_mod
+
+    monkeypatch.setattr(uplink_mod, "_STABLE_SESSION_S", 0.3)
+    second = make_mosquitto(tmp_path)
+    second.start()
+    proxy = StallableProxy(second.port)
+    pa = await proxy.start()
+    ident = GatewayIdentity(id="gw-order", store_id="store-order")
+    settings = MqttSettings(
+        host="127.0.0.1",
+        port=pa,
+        brokers=[BrokerEndpoint(host=mosquitto.host, port=mosquitto.port)],
+        protocol="3.1.1",
+        tls=False,
+        reconnect_min_s=0.05,
+        reconnect_max_s=0.2,
+        connect_timeout_s=4,
+    )
+    ob = await Outbox.open(tmp_path / "outbox.db", ident.id)
+    up = Uplink(settings, ident, ob)
+    task = asyncio.create_task(up.run())
+    try:
+        await until(lambda: up.status()["link"] == "connected" and up.status()["broker"] == f"127.0.0.1:{pa}", 10)
+        await asyncio.sleep(0.6)  # a stable session on A
+        t0 = time.monotonic()
+        proxy.stall()
+        want = f"{mosquitto.host}:{mosquitto.port}"
+        await until(lambda: up.status()["link"] == "connected" and up.status()["broker"] == want, 15)
+        took = time.monotonic() - t0
+        print(f"link back on the next endpoint after {took:.2f}s (connect timeout {settings.connect_timeout_s}s)")
+        assert took < settings.connect_timeout_s
+        await ob.append([ZoneEntered(ts=1.0, store_id=ident.store_id, subject="p", zone="z")])
+        await until(lambda: ob.stats().backlog == 0, 10)
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        await proxy.close()
+        await ob.close()
+        second.stop()
