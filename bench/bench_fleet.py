@@ -649,8 +649,8 @@ async def fleet(quick: bool) -> None:
         print("fleet: SKIPPED - nats-server is not installed (scripts/bootstrap.sh bench installs it)")
         return
     # Quick: the bar (500 gateways) only; full: grow until a step is not sustained.
-    steps = [500] if quick else [100, 250, 500, 750, 1000, 1500, 2000, 3000]
-    durable_steps = [500] if quick else [250, 500, 750, 1000, 1500]
+    steps = [500] if quick else [250, 500, 1000, 2000, 3000, 4000, 5000]
+    durable_steps = [500] if quick else [500, 1000, 2000, 3000, 4000, 5000]
     duration = 6.0 if quick else 30.0
     shm = "/dev/shm" if os.path.isdir("/dev/shm") else None  # noqa: ASYNC240 - once, before anything runs
     with tempfile.TemporaryDirectory(prefix="fleet-") as tmp, tempfile.TemporaryDirectory(dir=shm) as work:
