@@ -446,6 +446,7 @@ class StepResult:
     p99_s: float
     rss_per_conn: float
     cpu_us_per_msg: float
+    broker_cores: float
     worker_rss: int
     worker_cores: float
     reconnects: int
@@ -565,6 +566,7 @@ async def run_step(
         p99_s=p99,
         rss_per_conn=rss_conn,
         cpu_us_per_msg=cpu_window / max(1, msgs_in_window) * 1e6,
+        broker_cores=cpu_window / duration_s,
         worker_rss=sum(x["rss"] for x in done),
         worker_cores=sum(x["cpu_s"] for x in done) / duration_s,
         reconnects=sum(x["reconnects"] for x in done),
@@ -610,7 +612,8 @@ async def ramp(
         print(
             f"fleet.broker_cost[{kind}] {n} gateways: {n} connections, {r.rss_per_conn / 1024:.1f} KiB broker RSS "
             f"per gateway (reference raw MQTT connection {refs.raw_rss / 1024:.1f} KiB, ratio "
-            f"{r.rss_per_conn / max(1.0, refs.raw_rss):.1f}); broker CPU {r.cpu_us_per_msg:.0f} us/msg "
+            f"{r.rss_per_conn / max(1.0, refs.raw_rss):.1f}); broker CPU {r.broker_cores:.2f} cores in total "
+            f"({r.broker_cores / n * 1000:.2f} per 1000 gateways), {r.cpu_us_per_msg:.0f} us/msg "
             f"(reference raw paho {refs.cpu_us:.0f} us/msg, "
             f"ratio {r.cpu_us_per_msg / max(1.0, refs.cpu_us):.2f}); "
             f"simulated gateways: {r.worker_rss / n / 1024:.0f} KiB RSS each, {r.worker_cores:.2f} CPU cores "
