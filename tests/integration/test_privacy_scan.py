@@ -27,6 +27,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import aiohttp
 import pytest
 
 from gateway.config import SimulatorSettings, load_settings
@@ -35,7 +36,8 @@ from gateway.layout import load_layout
 from gateway.log import configure_logging
 from gateway.mqtt_async import AsyncMqttClient
 from gateway.sim.store import StoreSimulator
-from tests.conftest import LAYOUT, Mosquitto, gateway_cmd, gateway_env
+from gateway.status.auth import write_credential
+from tests.conftest import LAYOUT, Mosquitto, free_port, gateway_cmd, gateway_env
 
 pytestmark = pytest.mark.integration
 
@@ -122,8 +124,16 @@ def state_files(state: Path) -> dict[str, bytes]:
     return {str(p.relative_to(state)): p.read_bytes() for p in sorted(state.rglob("*")) if p.is_file()}
 
 
-def write_config(tmp_path: Path, broker: Mosquitto, duration_s: float, **sim: object) -> Path:
+def write_config(
+    tmp_path: Path, broker: Mosquitto, duration_s: float, status_port: int | None = None, **sim: object
+) -> Path:
     cfg = tmp_path / "gateway.toml"
+    if status_port is None:
+        status = "enabled = false"
+    else:
+        write_credential(tmp_path / "cred.json", "tech", "correct horse battery")
+        status = f'enabled = true\nport = {status_port}\ncredential_file = "{tmp_path / "cred.json"}"'
+
     simlines = "\n".join(f"{k} = {json.dumps(v)}" for k, v in sim.items())
     cfg.write_text(
         f"""
@@ -138,7 +148,7 @@ host = "{broker.host}"
 port = {broker.port}
 tls = false
 [status]
-enabled = false
+{status}
 [log]
 format = "json"
 level = "debug"
@@ -153,6 +163,54 @@ duration_s = {duration_s}
 """
     )
     return cfg
+
+
+class PageScraper:
+    """Logs in to the status page like a technician and keeps every byte it serves (HTML, JSON API,
+    metrics), once a second while the daemon runs."""
+
+    PATHS = ("/", "/api/status", "/api/devices", "/api/layout", "/metrics")
+
+    def __init__(self, port: int) -> None:
+        self.base = f"http://127.0.0.1:{port}"
+        self.pages: list[bytes] = []
+        self.fetches = 0
+        self.served: set[str] = set()
+        self._task: asyncio.Task[None] | None = None
+
+    async def _run(self) -> None:
+        # unsafe=True: keep the session cookie of a bare IP host (aiohttp drops those by default)
+        async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as http:
+            for _ in range(600):  # bounded: the run lasts about a minute
+                try:
+                    r = await http.post(
+                        f"{self.base}/login", json={"user": "tech", "password": "correct horse battery"}
+                    )
+                    if r.status == 200:
+                        break
+                except aiohttp.ClientError:
+                    pass
+                await asyncio.sleep(0.1)
+            for _ in range(600):
+                for path in self.PATHS:
+                    try:
+                        async with http.get(self.base + path, allow_redirects=False) as r:
+                            if r.status == 200:
+                                self.served.add(path)
+                                self.pages.append(await r.read())
+                                self.fetches += 1
+                    except aiohttp.ClientError:
+                        return  # the daemon has stopped
+                await asyncio.sleep(1.0)
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run())
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
 
 
 class Sniffer:
@@ -202,23 +260,31 @@ def events_of(messages: list[tuple[str, bytes]]) -> list[dict[str, object]]:
 
 async def test_simulated_day_leaves_no_raw_identifier(tmp_path: Path, mosquitto: Mosquitto) -> None:
     duration = SIM_HOURS * 3600
-    cfg = write_config(tmp_path, mosquitto, duration, **SIM)
+    port = free_port()
+    cfg = write_config(tmp_path, mosquitto, duration, status_port=port, **SIM)
     sniffer = Sniffer(mosquitto)
     await sniffer.start()
+    scraper = PageScraper(port)
     proc = await asyncio.create_subprocess_exec(
         *gateway_cmd("run", "--config", str(cfg)),
         env=gateway_env(),
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
     )
+    scraper.start()
     try:
-        out, err = await asyncio.wait_for(proc.communicate(), 240)
+        out, err = await asyncio.wait_for(proc.communicate(), 420)
     finally:
         if proc.returncode is None:
             proc.kill()
             await proc.wait()
+        await scraper.stop()
     await sniffer.stop()
     assert proc.returncode == 0, err.decode()[-3000:]
+    # the status page was served and read while devices were on the map
+    assert scraper.served == set(PageScraper.PATHS), scraper.served
+    assert scraper.fetches >= 5 * len(PageScraper.PATHS), scraper.fetches
+    assert any(b'"subject"' in page for page in scraper.pages), "no device dot was ever served"
 
     sim, sec = await asyncio.to_thread(simulated_day_ids, duration, **SIM)
     sec.strings = {s.encode() for s in SSIDS}
@@ -238,6 +304,7 @@ async def test_simulated_day_leaves_no_raw_identifier(tmp_path: Path, mosquitto:
     findings: list[str] = []
     findings += scan("logs", logs, sec, raw=set())
     findings += scan("mqtt", sniffer.blob(), sec, raw=sec.raw_bytes())
+    findings += scan("status pages", b"\n".join(scraper.pages), sec, raw=set())
     for name, data in files.items():
         findings += scan(f"state/{name}", data, sec, raw=sec.raw_bytes())
     assert findings == [], "\n".join(findings[:20])
