@@ -537,6 +537,10 @@ class AsyncMqttClient:
             with contextlib.suppress(Exception):
                 client.on_disconnect = None
                 client.disconnect()
+            # disconnect() may have registered the socket for writing (its DISCONNECT packet):
+            # unregister again before closing, or the selector keeps a dead fd whose number the
+            # next connection reuses (add_reader then fails with ENOENT).
+            self._remove_fds()
             sock = client.socket()
             if sock is not None:
                 with contextlib.suppress(Exception):

@@ -189,13 +189,14 @@ class Uplink:
     async def run(self) -> None:
         """Connect, publish birth, drain the outbox; reconnect with jittered backoff. Until cancelled."""
         endpoints = self._endpoints()
-        attempt = 0
+        attempt = 0  # failures in a row: drives the backoff
+        index = 0  # endpoint to try next: advances on every failure and every link loss
         self._running = True
         self._finished.clear()
         self._stop.clear()
         try:
             while not self._stop.is_set():
-                host, port = endpoints[attempt % len(endpoints)]
+                host, port = endpoints[index % len(endpoints)]
                 self._broker = f"{host}:{port}"
                 self._state = "connecting"
                 client = self._make_client(host, port)
@@ -212,6 +213,7 @@ class Uplink:
                         attempt=attempt + 1,
                     )
                     attempt += 1
+                    index += 1
                     self._state = "backoff"
                     await self._sleep_or_stop(
                         backoff_delay(attempt, self.settings.reconnect_min_s, self.settings.reconnect_max_s, self._rng)
@@ -247,6 +249,11 @@ class Uplink:
                 if graceful:
                     break
                 attempt = 0 if time.monotonic() - started > _STABLE_SESSION_S else attempt + 1
+                # Try the next endpoint first: the one that just dropped us is the least likely to
+                # take us back now, and when it still accepts TCP without answering (a cluster node
+                # during leader election, a dead host behind a load balancer) retrying it first
+                # costs a whole connect timeout. Sessions are cluster-wide (docs/fleet.md).
+                index += 1
                 self._state = "backoff"
                 await self._sleep_or_stop(
                     backoff_delay(attempt, self.settings.reconnect_min_s, self.settings.reconnect_max_s, self._rng)

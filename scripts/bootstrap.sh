@@ -6,8 +6,8 @@ set -euo pipefail
 purpose="${1:-demo}"
 case "$purpose" in
   demo) apt_pkgs=(mosquitto) ;;
-  bench) apt_pkgs=(mosquitto chromium chromium-driver) ;;
-  test) apt_pkgs=(mosquitto chromium chromium-driver systemd dbus iproute2 iw) ;;
+  bench) apt_pkgs=(mosquitto nats-server chromium chromium-driver) ;;
+  test) apt_pkgs=(mosquitto nats-server chromium chromium-driver systemd dbus iproute2 iw) ;;
   *) echo "bootstrap: unknown purpose $purpose" >&2; return 2 ;;
 esac
 

@@ -72,6 +72,34 @@ async def test_not_mqtt_server_times_out_cleanly() -> None:
         srv.close()
 
 
+async def test_timed_out_connect_leaves_no_stale_fd_in_the_loop(mosquitto: Mosquitto) -> None:
+    """A CONNACK timeout must unregister the socket before closing it.
+
+    Otherwise the selector keeps the dead fd; the next connection (which gets the same fd number)
+    fails in ``add_reader`` with ENOENT. Found when a cluster node stalled CONNACKs after a
+    node kill (tests/integration/test_fleet_cluster.py).
+    """
+    loop = asyncio.get_running_loop()
+    errors: list[dict[str, object]] = []
+    loop.set_exception_handler(lambda _loop, ctx: errors.append(ctx))
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(8)
+    try:
+        for i in range(3):
+            c = AsyncMqttClient("127.0.0.1", srv.getsockname()[1], client_id=f"x{i}", connect_timeout_s=0.3)
+            with pytest.raises(MqttConnectError, match="CONNACK"):
+                await c.connect()
+            ok = AsyncMqttClient(mosquitto.host, mosquitto.port, client_id=f"ok{i}")
+            await ok.connect()
+            assert await ok.publish("t/x", b"1", qos=1) in (0, 0x10)
+            await ok.disconnect()
+    finally:
+        srv.close()
+        loop.set_exception_handler(None)
+    assert errors == []
+
+
 async def test_will_published_when_link_dies(mosquitto: Mosquitto) -> None:
     watcher = AsyncMqttClient(mosquitto.host, mosquitto.port, client_id="watcher")
     await watcher.connect()
