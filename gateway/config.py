@@ -24,7 +24,9 @@ from pydantic_settings import (
 
 from gateway.layout import format_validation_error
 
-Id = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")]
+# Ids are MQTT topic levels and sequence namespaces: no '.', which NATS maps to its own separator
+# (a dotted id is refused by a NATS cluster; docs/fleet.md), no '/', '+', '#'.
+Id = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]*$")]
 
 
 class Section(BaseModel):

@@ -50,7 +50,7 @@ STATE_DIR = Path("/var/lib/gateway")
 LOG_DIR = Path("/var/log/gateway")
 UNIT_DIR = Path("/etc/systemd/system")
 MAIN_UNIT = "gateway.service"
-ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")  # same rule as config.Id (no '.': NATS)
 USER_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.@-]{0,63}$")
 MIN_PASSWORD = 10
 
@@ -98,7 +98,7 @@ def check_update_pubkey(pem: bytes, source: str) -> bytes:
 def check_id(value: str, what: str) -> str:
     if not ID_RE.match(value):
         raise ProvisionError(
-            f"{what} {value!r} is not valid: use 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit"
+            f"{what} {value!r} is not valid: use 1-64 letters, digits, '_' or '-', starting with a letter or digit"
         )
     return value
 

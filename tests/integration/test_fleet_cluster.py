@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, cast
 
 import pytest
+from pydantic import ValidationError
 
 from bench.brokers import NatsCluster, nats_server_path
 from gateway.config import BrokerEndpoint, GatewayIdentity, MqttSettings
@@ -139,12 +140,14 @@ async def test_kill_connected_node_under_load_no_gaps(nats_cluster: NatsCluster,
 
 
 async def test_dot_in_ids_is_refused_by_nats_and_nothing_is_lost(nats_cluster: NatsCluster, tmp_path: Path) -> None:
-    """NATS maps MQTT '/' to '.', so it rejects '.' in topics (and drops the link); ids allow '.'.
+    """NATS maps MQTT '/' to '.', so it rejects '.' in topics (and drops the link).
 
-    The gateway must keep every event (no PUBACK, no delete) and say why in its status, so the
-    fleet docs can tell provisioning to keep '.' out of store and gateway ids on NATS.
+    The config refuses dotted ids for that reason; a gateway that still gets one (an old config
+    validated elsewhere) must keep every event (no PUBACK, no delete) and say why in its status.
     """
-    ident = GatewayIdentity(id="gw.dotted", store_id="store.dotted")
+    with pytest.raises(ValidationError, match="pattern"):
+        GatewayIdentity(id="gw.dotted", store_id="store-x")
+    ident = GatewayIdentity.model_construct(id="gw.dotted", store_id="store.dotted")
     (h0, p0), *_ = nats_cluster.endpoints
     settings = MqttSettings(
         host=h0, port=p0, protocol="3.1.1", tls=False, reconnect_min_s=0.05, reconnect_max_s=0.2, connect_timeout_s=5
