@@ -199,7 +199,9 @@ class NodesSource:
                 if self._pending:
                     chunk = self._pending[:MAX_CHUNK]
                     del self._pending[:MAX_CHUNK]
-                    obs = self.core.ingest_many(chunk, self.event_clock())
+                    now = self.event_clock()
+                    obs = self.core.ingest_many(chunk, now)
+                    self._publish_health(now)
                     if obs:
                         self.health.last_observation_ts = obs[-1].ts
                         yield obs
