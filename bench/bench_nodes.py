@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import random
 import shutil
@@ -203,10 +204,8 @@ async def run_nodes_source(port: int, blob_path: str, n: int) -> tuple[float, in
             break  # the rest was lost
     await asyncio.to_thread(pub.wait, 60)
     task.cancel()
-    try:
+    with contextlib.suppress(asyncio.CancelledError):
         await task
-    except asyncio.CancelledError:
-        pass
     # the first batch's arrival is counted from its end: exclude it like the reference's first message
     return count / max(last - first, 1e-9), count
 

@@ -33,11 +33,12 @@ from typing import Any, Literal
 from gateway.config import NodesSettings
 from gateway.models import Observation
 from gateway.parsers.nodes import (
+    EspDevice,
     NodePayloadError,
     NodeTelemetry,
     TopicKind,
     TopicRouter,
-    decode_espresense_device,
+    decode_espresense_devices,
     decode_espresense_telemetry,
     decode_native_adv,
     decode_status,
@@ -158,8 +159,8 @@ class NodeIngest:
         st.last_error = str(e)
         self._drop("malformed")
 
-    def ingest(self, topic: str, payload: bytes, arrival: float, out: list[Observation]) -> None:
-        """Handle one message; append its observations (if any) to ``out``."""
+    def _route(self, topic: str, arrival: float) -> tuple[NodeState, TopicKind] | None:
+        """Topic -> (mapped node, kind), counting and refusing what must not pass; None if dropped."""
         self.messages += 1
         kt = self._topics.get(topic)
         if kt is None:
@@ -170,33 +171,26 @@ class NodeIngest:
         kind, name = kt
         if kind == "ignored":
             self._drop("ignored_topic")
-            return
+            return None
         st = self.nodes.get(name)
         if st is None:
             self._unmapped(name)
-            return
+            return None
         if not self._admit(st, arrival):
             st.drop("rate_limited")
             self._drop("rate_limited")
-            return
+            return None
         st.messages += 1
         st._count_since += 1
         if st.first_seen is None:
             st.first_seen = arrival
         st.last_seen = arrival
+        return st, kind
+
+    def _other(self, st: NodeState, kind: TopicKind, payload: bytes, arrival: float, out: list[Observation]) -> None:
         try:
-            if kind == "esp_device":
-                d = decode_espresense_device(payload)
-                st.kind = "espresense"
-                st.online = True
-                out.append(
-                    Observation(arrival - st.latency_s, st.sensor, d.device, d.rssi, "node", d.rssi_at_1m, d.link)
-                )
-                st.observations += 1
-                st.last_observation = arrival
-                self.observations += 1
-            elif kind == "native_adv":
-                self._native(st, payload, name, arrival, out)
+            if kind == "native_adv":
+                self._native(st, payload, st.name, arrival, out)
             elif kind == "esp_telemetry":
                 st.telemetry = decode_espresense_telemetry(payload)
                 st.telemetry_at = arrival
@@ -209,6 +203,10 @@ class NodeIngest:
                     st.telemetry, st.telemetry_at = tele, arrival
         except NodePayloadError as e:
             self._malformed(st, e)
+
+    def ingest(self, topic: str, payload: bytes, arrival: float, out: list[Observation]) -> None:
+        """Handle one message; append its observations (if any) to ``out``."""
+        out.extend(self.ingest_many([(topic, payload)], arrival))
 
     def _native(self, st: NodeState, payload: bytes, name: str, arrival: float, out: list[Observation]) -> None:
         b = decode_native_adv(payload, name)
@@ -243,11 +241,45 @@ class NodeIngest:
         self.observations += n
 
     def ingest_many(self, messages: Iterable[tuple[str, bytes]], arrival: float) -> list[Observation]:
-        """All messages that arrived together (one clock read); observations in time order."""
+        """All messages that arrived together (one clock read); observations in time order.
+
+        ESPresense device reports are grouped per node and JSON-decoded per node in one call
+        (``decode_espresense_devices``); everything else is handled message by message.
+        """
         out: list[Observation] = []
-        ingest = self.ingest
+        groups: dict[str, list[bytes]] = {}
+        route = self._route
         for topic, payload in messages:
-            ingest(topic, payload, arrival, out)
+            r = route(topic, arrival)
+            if r is None:
+                continue
+            st, kind = r
+            if kind == "esp_device":
+                g = groups.get(st.name)
+                if g is None:
+                    g = groups[st.name] = []
+                g.append(payload)
+            else:
+                self._other(st, kind, payload, arrival, out)
+        for name, payloads in groups.items():
+            st = self.nodes[name]
+            ts = arrival - st.latency_s
+            sensor = st.sensor
+            ok = 0
+            append = out.append
+            for d in decode_espresense_devices(payloads):
+                if type(d) is EspDevice:
+                    append(Observation(ts, sensor, d.device, d.rssi, "node", d.rssi_at_1m, d.link))
+                    ok += 1
+                else:
+                    assert isinstance(d, NodePayloadError)
+                    self._malformed(st, d)
+            st.kind = "espresense"
+            if ok:
+                st.online = True
+                st.observations += ok
+                st.last_observation = arrival
+                self.observations += ok
         if len(out) > 1 and any(out[i].ts > out[i + 1].ts for i in range(len(out) - 1)):
             out.sort(key=lambda o: o.ts)
         return out

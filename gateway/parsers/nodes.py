@@ -49,9 +49,11 @@ __all__ = [
     "TopicKind",
     "TopicRouter",
     "decode_espresense_device",
+    "decode_espresense_devices",
     "decode_espresense_telemetry",
     "decode_native_adv",
     "decode_status",
+    "espresense_device_from_doc",
     "mac_to_device",
 ]
 
@@ -117,8 +119,27 @@ class TopicRouter:
 # -- helpers ------------------------------------------------------------------------------------
 
 
+_MAC_CACHE: dict[str, str | None] = {}
+_LINK_CACHE: dict[str, str | None] = {}
+_CACHE_MAX = 65_536
+
+
 def mac_to_device(mac: str) -> str | None:
-    """``d83addb1ee01`` / ``d8:3a:dd:b1:ee:01`` / ``D8-3A-...`` -> ``D8:3A:DD:B1:EE:01``; None if not a MAC."""
+    """``d83addb1ee01`` / ``d8:3a:dd:b1:ee:01`` / ``D8-3A-...`` -> ``D8:3A:DD:B1:EE:01``; None if not a MAC.
+
+    Cached: the same few hundred addresses repeat in every report round.
+    """
+    try:
+        return _MAC_CACHE[mac]
+    except KeyError:
+        pass
+    if len(_MAC_CACHE) >= _CACHE_MAX:
+        _MAC_CACHE.clear()
+    r = _MAC_CACHE[mac] = _mac_to_device(mac)
+    return r
+
+
+def _mac_to_device(mac: str) -> str | None:
     if len(mac) == 12:
         h = mac
     elif len(mac) == 17 and mac[2::3] in (":::::", "-----"):
@@ -174,6 +195,17 @@ class EspDevice:
 
 
 def _link_of(ident: str) -> str | None:
+    try:
+        return _LINK_CACHE[ident]
+    except KeyError:
+        pass
+    if len(_LINK_CACHE) >= _CACHE_MAX:
+        _LINK_CACHE.clear()
+    r = _LINK_CACHE[ident] = _link_of_uncached(ident)
+    return r
+
+
+def _link_of_uncached(ident: str) -> str | None:
     if ident.startswith("irk:"):
         h = ident[4:]
         if len(h) == 32 and _HEX.issuperset(h):
@@ -186,7 +218,41 @@ def _link_of(ident: str) -> str | None:
 
 def decode_espresense_device(payload: bytes) -> EspDevice:
     """One ``<prefix>/devices/<id>/<room>`` payload -> what the gateway keeps of it."""
-    doc = _load_object(payload)
+    return espresense_device_from_doc(_load_object(payload))
+
+
+def decode_espresense_devices(payloads: list[bytes]) -> list[EspDevice | NodePayloadError]:
+    """Many payloads *from one node* at once: one ``json.loads`` of the joined array when every payload
+    is a plain object (a third of the per-message cost of separate calls), else one by one.
+
+    Only ever call it with one node's messages: if a crafted payload shifted the array's element
+    boundaries, the damage stays within that node's own observations.
+    """
+    if len(payloads) > 1 and all(p[:1] == b"{" and p[-1:] == b"}" and len(p) <= MAX_PAYLOAD_BYTES for p in payloads):
+        try:
+            docs = json.loads(b"[" + b",".join(payloads) + b"]")
+        except (ValueError, RecursionError):
+            docs = None
+        if type(docs) is list and len(docs) == len(payloads):
+            out: list[EspDevice | NodePayloadError] = []
+            for doc in docs:
+                try:
+                    if type(doc) is not dict:
+                        raise NodePayloadError("payload", f"expected a JSON object, got {type(doc).__name__}")
+                    out.append(espresense_device_from_doc(doc))
+                except NodePayloadError as e:
+                    out.append(e)
+            return out
+    res: list[EspDevice | NodePayloadError] = []
+    for p in payloads:
+        try:
+            res.append(decode_espresense_device(p))
+        except NodePayloadError as e:
+            res.append(e)
+    return res
+
+
+def espresense_device_from_doc(doc: dict[str, Any]) -> EspDevice:
     rssi = _number(doc, "rssi", RSSI_MIN, RSSI_MAX, True)
     assert rssi is not None
     ident = doc.get("id")

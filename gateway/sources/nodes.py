@@ -5,9 +5,9 @@ Thin async adapter around the pure :class:`gateway.node_ingest.NodeIngest`:
 * one MQTT 3.1.1 subscription (QoS 0: a late RSSI is worth nothing, so no broker backlog) on the
   **store-local** broker - ``[local_broker]``, or the embedded broker on 127.0.0.1 when its host is
   unset - never the cloud uplink;
-* paho's callback (on the loop thread, see ``gateway/mqtt_async.py``) only appends ``(topic,
-  payload)`` to a bounded list; ``batches()`` wakes, reads the clock once, decodes the whole chunk
-  and yields one batch, so the per-message cost is paho's parse plus the decoder;
+* the subscriber (``gateway/mqtt_sub.py``, an asyncio Protocol: paho's per-packet reads cap a
+  subscriber below the message rates nodes reach) appends ``(topic, payload)`` lists to a bounded
+  buffer; ``batches()`` wakes, reads the clock once, decodes the whole chunk and yields one batch;
 * every ``check_interval_s`` it runs the liveness check and calls ``on_sensor_state(sensor,
   active)`` for each change (the daemon forwards that to the localizer);
 * the link to the local broker is retried with jittered backoff; while it is down the source is
@@ -30,7 +30,8 @@ from gateway.config import NodesSettings, Settings
 from gateway.layout import Layout
 from gateway.log import get_logger
 from gateway.models import Observation, SourceHealth
-from gateway.mqtt_async import AsyncMqttClient, MqttError
+from gateway.mqtt_async import MqttError
+from gateway.mqtt_sub import MqttSubscriber
 from gateway.node_ingest import NodeIngest
 
 log = get_logger(__name__)
@@ -68,7 +69,7 @@ class NodesSource:
         self.health = SourceHealth(name=self.name)
         self._pending: list[tuple[str, bytes]] = []
         self._wake: asyncio.Event | None = None
-        self._client: AsyncMqttClient | None = None
+        self._client: MqttSubscriber | None = None
         self._connects = 0
         self._last_error: str | None = None
         self._overflow = 0
@@ -76,12 +77,14 @@ class NodesSource:
 
     # -- paho callback (loop thread) --------------------------------------------------------------
 
-    def _on_message(self, topic: str, payload: bytes) -> None:
-        if len(self._pending) >= self.settings.max_pending:
-            self._overflow += 1
-            return
-        self._pending.append((topic, payload))
-        if len(self._pending) == 1 and self._wake is not None:
+    def _on_messages(self, msgs: list[tuple[str, bytes]]) -> None:
+        room = self.settings.max_pending - len(self._pending)
+        if len(msgs) > room:
+            self._overflow += len(msgs) - max(room, 0)
+            msgs = msgs[: max(room, 0)]
+        was_empty = not self._pending
+        self._pending.extend(msgs)
+        if was_empty and self._pending and self._wake is not None:
             self._wake.set()
 
     # -- status -------------------------------------------------------------------------------------
@@ -122,23 +125,22 @@ class NodesSource:
 
     # -- link ---------------------------------------------------------------------------------------
 
-    async def _connect(self) -> AsyncMqttClient:
-        client = AsyncMqttClient(
+    async def _connect(self) -> MqttSubscriber:
+        client = MqttSubscriber(
             self.host,
             self.port,
+            self._on_messages,
             client_id=self.client_id,
-            protocol="3.1.1",
             keepalive=30,
             username=self._username,
             password=self._password,
-            on_message=self._on_message,
-            read_batch=256,
-            tcp_nodelay=True,
-            connect_timeout_s=10.0,
         )
         await client.connect()
-        for flt in self.core.router.filters:
-            await client.subscribe(flt, qos=0)
+        try:
+            await client.subscribe(self.core.router.filters, qos=0)
+        except MqttError:
+            await client.close()
+            raise
         return client
 
     async def _link(self, connected: asyncio.Event) -> None:
@@ -164,7 +166,7 @@ class NodesSource:
             try:
                 err = await client.wait_closed()
             finally:
-                await client.disconnect()
+                await client.close()
                 self._client = None
             self._last_error = str(err)[:200] if err is not None else "closed"
             self.health.state = "degraded"

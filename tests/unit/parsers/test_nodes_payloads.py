@@ -19,6 +19,7 @@ from gateway.parsers.nodes import (
     NodePayloadError,
     TopicRouter,
     decode_espresense_device,
+    decode_espresense_devices,
     decode_espresense_telemetry,
     decode_native_adv,
     decode_status,
@@ -166,6 +167,25 @@ def test_any_json_object_decodes_or_raises_node_payload_error(doc: dict[str, obj
     except NodePayloadError:
         return
     assert -130 <= d.rssi <= 20
+
+
+def test_batch_decode_matches_one_by_one() -> None:
+    """One node's reports decoded in one json.loads; a bad one only fails itself, in place."""
+    payloads = [V4, b'{"id":"x","rssi":"loud"}', V3, b"{not json}", IBEACON, b'{"id":"a"}', b"[1]", V4]
+    got = decode_espresense_devices(payloads)
+    want: list[object] = []
+    for p in payloads:
+        try:
+            want.append(decode_espresense_device(p))
+        except NodePayloadError as e:
+            want.append(("err", e.field))
+    assert [g if not isinstance(g, NodePayloadError) else ("err", g.field) for g in got] == want
+    good = [V4, V3, IBEACON] * 50
+    assert decode_espresense_devices(good) == [decode_espresense_device(p) for p in good]
+    # a payload pair that would shift element boundaries in a joined array is not decoded as a shift
+    tricky = [b'{"id":"x","rssi":-70},{"id":"y","rssi":-71}', b'{"id":"z","rssi":-72}']
+    res = decode_espresense_devices(tricky)
+    assert isinstance(res[0], NodePayloadError) and not isinstance(res[1], NodePayloadError)
 
 
 def test_mac_forms() -> None:
