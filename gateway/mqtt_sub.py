@@ -101,8 +101,8 @@ class _Protocol(asyncio.Protocol):
                 if rem < 2 or p0 > end:
                     o._fail(MqttDisconnectedError("broker sent a malformed PUBLISH"))
                     return
-                    if self.transport is not None:
-                        self.transport.write(b"\x40\x02" + pid)
+                if qos and self.transport is not None:
+                    self.transport.write(b"\x40\x02" + pid)
                 try:
                     topic = buf[t0 : t0 + tl].decode()
                 except UnicodeDecodeError:
