@@ -156,6 +156,8 @@ class NodesSettings(Section):
     )
     max_pending: int = Field(default=100_000, ge=1000, description="Messages buffered for a slow pipeline")
     reconnect_max_s: float = Field(default=10.0, gt=0, le=300, description="Largest local-broker reconnect delay")
+    broker_username: str | None = Field(default=None, description="User name on the local broker (None: anonymous)")
+    broker_password: str | None = Field(default=None, description="Password on the local broker")
 
 
 class LocalizationSettings(Section):

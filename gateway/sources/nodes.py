@@ -233,4 +233,13 @@ def enabled(settings: Settings) -> bool:
 def make_source(settings: Settings, layout: Layout) -> NodesSource:
     """For ``gateway.daemon.SOURCE_FACTORIES``: subscribe on the store-local broker."""
     host, port = local_broker_address(settings)
-    return NodesSource(settings.nodes, layout, host=host, port=port, client_id=f"{settings.gateway.id}-nodes")
+    n = settings.nodes
+    return NodesSource(
+        n,
+        layout,
+        host=host,
+        port=port,
+        client_id=f"{settings.gateway.id}-nodes",
+        username=n.broker_username,
+        password=n.broker_password,
+    )
