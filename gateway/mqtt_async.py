@@ -237,8 +237,6 @@ class AsyncMqttClient:
         max_inflight: int = 65535,
         message_queue_size: int = 10_000,
         connect_timeout_s: float = 10.0,
-        on_message: Callable[[str, bytes], None] | None = None,
-        read_batch: int = 1,
         tcp_nodelay: bool = False,
     ) -> None:
         self.host = host
@@ -254,13 +252,8 @@ class AsyncMqttClient:
         self._will = will
         self._max_inflight = max_inflight
         self._connect_timeout_s = connect_timeout_s
-        # A high-rate subscriber (the sensor-node source) takes messages straight from paho's callback
-        # on the loop thread: no Message object and no queue hop per message; messages() then stays empty.
-        self._on_message_cb = on_message
-        self._read_batch = max(1, read_batch)
         # small, latency-sensitive messages (sensor nodes): do not let Nagle hold them for an ACK
         self._tcp_nodelay = tcp_nodelay
-        self._received = 0
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_thread: int | None = None
         self._client: mqtt.Client | None = None
@@ -307,13 +300,7 @@ class AsyncMqttClient:
             self._misc_task = self._loop.create_task(self._misc_loop(client))
 
     def _read(self, client: mqtt.Client) -> None:
-        # paho reads one packet per loop_read(); a subscriber receiving thousands of messages a second
-        # would pay one event-loop iteration per message. Keep reading while whole messages come in
-        # (a call that delivered no message means the socket is drained or a packet is partial).
-        for _ in range(self._read_batch):
-            before = self._received
-            if client.loop_read() != MQTTErrorCode.MQTT_ERR_SUCCESS or self._received == before:
-                return
+        client.loop_read()
 
     def _write(self, client: mqtt.Client) -> None:
         client.loop_write()
@@ -471,10 +458,6 @@ class AsyncMqttClient:
             fut.set_result([int(r.value) if isinstance(r, ReasonCode) else int(r) for r in rcs])
 
     def _on_message(self, _client: mqtt.Client, _ud: Any, msg: mqtt.MQTTMessage) -> None:
-        self._received += 1
-        if self._on_message_cb is not None:
-            self._on_message_cb(msg.topic, bytes(msg.payload))
-            return
         self._put_message(Message(msg.topic, bytes(msg.payload), int(msg.qos), bool(msg.retain)))
 
     # -- public API -----------------------------------------------------------------------
