@@ -75,7 +75,7 @@ class NodesSource:
         self._overflow = 0
         self._publish_health(clock())
 
-    # -- paho callback (loop thread) --------------------------------------------------------------
+    # -- subscriber callback (loop thread) --------------------------------------------------------------
 
     def _on_messages(self, msgs: list[tuple[str, bytes]]) -> None:
         room = self.settings.max_pending - len(self._pending)
