@@ -36,6 +36,7 @@ from gateway.pipeline import Pipeline
 from gateway.presence_runtime import PresenceRuntime
 from gateway.sources.base import Source
 from gateway.sources.simulated import SimulatedSource
+from gateway.status.server import StatusServer
 from gateway.supervisor import Supervisor, TaskSpec
 from gateway.update import announce_ready
 from gateway.uplink import Uplink
@@ -83,7 +84,14 @@ def _wifi_source(settings: Settings, layout: Layout) -> Source:
     return make_wifi_source(settings.wifi)
 
 
+def _ble_source(settings: Settings, layout: Layout) -> Source:
+    from gateway.sources.ble import make_source  # bleak is imported only when BLE is enabled
+
+    return make_source(settings, layout)
+
+
 SOURCE_FACTORIES.append((lambda s: s.wifi.enabled, _wifi_source))
+SOURCE_FACTORIES.append((lambda s: s.ble.enabled, _ble_source))
 
 
 def _nodes_source(settings: Settings, layout: Layout) -> Source:
@@ -130,6 +138,7 @@ class Daemon:
         self.content: ContentRuntime | None = None
         self.content_identity: IdentityConsents | None = None
         self.supervisor = Supervisor(settings.supervisor, drain=self.drain)
+        self.status_server: StatusServer | None = None
         # sources that know when one of their sensors is down (sensor nodes) tell the localizer, so
         # a silent sensor is not read as "every device is far from it"
         for src in self.sources:
@@ -179,7 +188,7 @@ class Daemon:
             else:
                 self._pipeline_idle.clear()
 
-    def _event_clock(self) -> Callable[[], float] | None:
+    def event_clock(self) -> Callable[[], float] | None:
         """Where event time comes from when nothing is heard: the simulator's clock, the wall clock
         for live radios, none for a replay (its end closes every visit)."""
         live = [src for src in self.sources if src.name not in ("replay", "simulator")]
@@ -194,7 +203,7 @@ class Daemon:
 
     async def _run_clock(self) -> None:
         """Advance event time through silence so visits time out with no observations."""
-        clock = self._event_clock()
+        clock = self.event_clock()
         if clock is None:  # replay: nothing to do until shutdown
             await asyncio.Event().wait()
             return
@@ -272,7 +281,7 @@ class Daemon:
     async def start(self) -> None:
         self.s.paths.state_dir.mkdir(parents=True, exist_ok=True)
         self.outbox = await Outbox.open(self.s.outbox_path, self.s.gateway.id, max_bytes=self.s.outbox.max_bytes)
-        clock = self._event_clock() or time.time
+        clock = self.event_clock() or time.time
         await self.presence.open(clock())
         if self.s.content.enabled:
             await self._start_content()
@@ -292,13 +301,34 @@ class Daemon:
         sup.add(TaskSpec("uplink", self._run_uplink, "restart", "egress"))
         sup.add(TaskSpec("watchdog", self._run_watchdog, "fatal"))
         sup.add(TaskSpec("presence-maintenance", lambda: self.presence.run_maintenance(clock), "restart"))
+        if self.s.status.enabled:
+            await self._start_status()
+
+    async def _start_status(self) -> None:
+        """The technician page is not on the data path: if its port is taken the daemon keeps
+        collecting and says so loudly, rather than refusing to start."""
+        from gateway.status.daemon_provider import DaemonMetricsSampler, DaemonStatusProvider
+        from gateway.status.metrics import default_metrics, monitor_loop_lag
+        from gateway.status.server import StatusServer
+
+        metrics = default_metrics()
+        server = StatusServer(DaemonStatusProvider(self), self.s.status, metrics=metrics)
+        try:
+            await server.start()
+        except OSError as e:
+            log.error("status page not served", reason=str(e), port=self.s.status.port)
+            return
+        self.status_server = server
+        sampler = DaemonMetricsSampler(self, metrics)
+        self.supervisor.add(TaskSpec("metrics", sampler.run, "restart"))
+        self.supervisor.add(TaskSpec("loop-lag", lambda: monitor_loop_lag(metrics), "restart"))
 
     async def _start_content(self) -> None:
         from gateway.actors import ActorDispatcher
 
         dispatcher = ActorDispatcher(self.s.content)
         identity = self.content_identity or PresenceConsentAdapter.maybe(
-            getattr(self, "presence", None), self._event_clock() or time.time
+            getattr(self, "presence", None), self.event_clock() or time.time
         )
         self.content = await ContentRuntime.open(
             self.s, emit=self.pending.extend, dispatcher=dispatcher, identity=identity, reply=self._reply
@@ -345,6 +375,8 @@ class Daemon:
                 with contextlib.suppress(Exception):
                     await self.flush()
                 await self.outbox.close()
+            if self.status_server is not None:
+                await self.status_server.stop()
             if self.content is not None:
                 await self.content.close()
             await self.presence.close()

@@ -190,6 +190,12 @@ class DaemonStatusProvider:
     async def add_optout(self, identifier: str) -> ActionResult:
         if not identifier.strip():
             return ActionResult(False, "identifier is empty")
+        presence = getattr(self.d, "presence", None)
+        if presence is not None:  # the daemon's resolver: persisted, and erases live state + history
+            clock = self.d.event_clock() or time.time
+            erased = await presence.add_optout(identifier, clock())
+            self._latest.clear()  # dots come back with the next fixes, minus the opted-out device
+            return ActionResult(True, f"opt-out recorded; {erased} tracked subject(s) erased")
         if self._optout is None:
             current = self.d.pipeline.identity
             keyring = getattr(current, "_keys", None)
