@@ -62,6 +62,7 @@ class _Protocol(asyncio.Protocol):
         n = len(buf)
         pos = 0
         out: list[tuple[str, bytes]] = []
+        retained: list[tuple[str, bytes]] = []
         o = self.o
         while n - pos >= 2:
             first = buf[pos]
@@ -108,12 +109,19 @@ class _Protocol(asyncio.Protocol):
                 except UnicodeDecodeError:
                     o.bad_topics += 1
                 else:
-                    out.append((topic, bytes(buf[p0:end])))
+                    if first & 0x01:  # RETAIN: a stored message replayed on subscribe, not a live one
+                        retained.append((topic, bytes(buf[p0:end])))
+                    else:
+                        out.append((topic, bytes(buf[p0:end])))
             else:
                 o._control(kind, bytes(buf[i:end]))
             pos = end
         if pos:
             del buf[:pos]
+        if retained:
+            o.received += len(retained)
+            if o.on_retained is not None:
+                o.on_retained(retained)
         if out:
             o.received += len(out)
             o.on_messages(out)
@@ -136,9 +144,13 @@ class MqttSubscriber:
         password: str | None = None,
         keepalive: int = 30,
         connect_timeout_s: float = 10.0,
+        on_retained: Callable[[list[tuple[str, bytes]]], None] | None = None,
     ) -> None:
+        """``on_retained`` gets messages the broker replays from its store on subscribe (RETAIN flag
+        set); without it they are dropped."""
         self.host, self.port = host, port
         self.on_messages = on_messages
+        self.on_retained = on_retained
         self.client_id = client_id
         self._username, self._password = username, password
         self.keepalive = keepalive

@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from gateway.config import NodesSettings
+from gateway.identity.addresses import IrkResolver
 from gateway.models import Observation
 from gateway.parsers.nodes import (
     EspDevice,
@@ -110,8 +111,10 @@ class NodeState:
 
 
 class NodeIngest:
-    def __init__(self, settings: NodesSettings, sensors: Iterable[str]) -> None:
+    def __init__(self, settings: NodesSettings, sensors: Iterable[str], resolver: IrkResolver | None = None) -> None:
         self.s = settings
+        # native nodes forward raw random addresses: resolve RPAs with the known IRKs, as the BLE stage does
+        self.resolver = resolver
         known = set(sensors)
         bad = sorted({v for v in settings.mapping.values() if v not in known})
         if bad:
@@ -134,6 +137,11 @@ class NodeIngest:
         self._topics: dict[str, tuple[TopicKind, str]] = {}
 
     # -- hot path ---------------------------------------------------------------------------
+
+    def drop(self, reason: str, n: int = 1) -> None:
+        """Count a message refused before it reached a node (source-level reasons)."""
+        self.messages += n
+        self._drop(reason, n)
 
     def _drop(self, reason: str, n: int = 1) -> None:
         self.dropped[reason] = self.dropped.get(reason, 0) + n
@@ -233,8 +241,11 @@ class NodeIngest:
         st.latency_s = lat
         anchor = arrival - lat - newest  # node time t0 mapped onto the gateway's clock
         sensor = st.sensor
-        for a in b.adverts:
-            out.append(Observation(anchor + a.dt_s, sensor, a.device, a.rssi, "node", a.rssi_at_1m, None))
+        links: list[str | None] = [None] * len(b.adverts)
+        if self.resolver is not None and len(self.resolver):
+            links = self.resolver.resolve_many(["" if a.public else a.device for a in b.adverts])
+        for a, link in zip(b.adverts, links, strict=True):
+            out.append(Observation(anchor + a.dt_s, sensor, a.device, a.rssi, "node", a.rssi_at_1m, link))
         n = len(b.adverts)
         st.observations += n
         st.last_observation = arrival

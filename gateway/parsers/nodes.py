@@ -341,6 +341,7 @@ class NativeAdvert:
     device: str
     rssi: float
     rssi_at_1m: float | None
+    public: bool = False  # address type 0 (public); random otherwise (may be a resolvable private address)
 
 
 @dataclass(frozen=True, slots=True)
@@ -377,7 +378,7 @@ def _native_advert(a: Any, i: int) -> NativeAdvert:
             r1m = parse_advert(raw).rssi_at_1m
         except AdvertParseError as e:
             raise NodePayloadError(f"adv[{i}].d", f"bad AD structure at byte {e.offset}") from None
-    return NativeAdvert(dt / 1000.0, device, rssi, r1m)
+    return NativeAdvert(dt / 1000.0, device, rssi, r1m, a.get("at") == 0)
 
 
 def decode_native_adv(payload: bytes, topic_node: str) -> NativeBatch:

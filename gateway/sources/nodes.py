@@ -27,6 +27,7 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from gateway.config import NodesSettings, Settings
+from gateway.identity.addresses import IrkResolver
 from gateway.layout import Layout
 from gateway.log import get_logger
 from gateway.models import Observation, SourceHealth
@@ -55,10 +56,11 @@ class NodesSource:
         password: str | None = None,
         clock: Callable[[], float] = time.time,
         check_interval_s: float = CHECK_INTERVAL_S,
+        resolver: IrkResolver | None = None,
     ) -> None:
         self.name = "nodes"
         self.settings = settings
-        self.core = NodeIngest(settings, [s.id for s in layout.sensors])
+        self.core = NodeIngest(settings, [s.id for s in layout.sensors], resolver)
         self.host, self.port = host, port
         self.client_id = client_id
         self._username, self._password = username, password
@@ -86,6 +88,19 @@ class NodesSource:
         self._pending.extend(msgs)
         if was_empty and self._pending and self._wake is not None:
             self._wake.set()
+
+    def _on_retained(self, msgs: list[tuple[str, bytes]]) -> None:
+        """Retained status/telemetry is current state (e.g. a last will ``offline``); a retained device
+        report is an old reception that would be stamped with today's arrival time: refused."""
+        keep = []
+        for topic, payload in msgs:
+            kind, _ = self.core.router.classify(topic)
+            if kind in ("esp_status", "native_status", "esp_telemetry"):
+                keep.append((topic, payload))
+            else:
+                self.core.drop("retained_report")
+        if keep:
+            self._on_messages(keep)
 
     # -- status -------------------------------------------------------------------------------------
 
@@ -130,6 +145,7 @@ class NodesSource:
             self.host,
             self.port,
             self._on_messages,
+            on_retained=self._on_retained,
             client_id=self.client_id,
             keepalive=30,
             username=self._username,
@@ -234,6 +250,11 @@ def make_source(settings: Settings, layout: Layout) -> NodesSource:
     """For ``gateway.daemon.SOURCE_FACTORIES``: subscribe on the store-local broker."""
     host, port = local_broker_address(settings)
     n = settings.nodes
+    resolver = None
+    if settings.ble.irk_file is not None:  # the same known IRKs as the gateway's own radio
+        from gateway.sources.ble import load_irks
+
+        resolver = IrkResolver(load_irks(settings.ble.irk_file))
     return NodesSource(
         n,
         layout,
@@ -242,4 +263,5 @@ def make_source(settings: Settings, layout: Layout) -> NodesSource:
         client_id=f"{settings.gateway.id}-nodes",
         username=n.broker_username,
         password=n.broker_password,
+        resolver=resolver,
     )

@@ -227,3 +227,44 @@ async def test_source_reconnects_after_the_local_broker_restarts(tmp_path: Path)
         with contextlib.suppress(asyncio.CancelledError):
             await task
         m.stop()
+
+
+async def test_retained_reports_are_refused_retained_status_is_state(broker: Mosquitto) -> None:
+    """A retained device report would be replayed on every (re)subscribe with a fresh arrival time."""
+    pub = AsyncMqttClient(broker.host, broker.port, client_id="old-node", protocol="3.1.1")
+    await pub.connect()
+    body = json.dumps({"mac": "d83addb1ee01", "id": "x", "rssi": -60}).encode()
+    await pub.publish("espresense/devices/x/front", body, qos=1, retain=True)
+    await pub.publish("espresense/rooms/back/status", b"offline", qos=1, retain=True)
+    layout = embedded_layout()
+    ns = NodesSettings(enabled=True, mapping={"front": "n11", "back": "n12"})
+    src = NodesSource(ns, layout, host=broker.host, port=broker.port, check_interval_s=0.1)
+    got: list[Observation] = []
+
+    async def consume() -> None:
+        async for b in src.batches():
+            got.extend(b)
+
+    task = asyncio.create_task(consume())
+    try:
+        await src.wait_connected()
+        for _ in range(100):
+            if src.core.messages >= 2:
+                break
+            await asyncio.sleep(0.05)
+        await pub.publish("espresense/devices/x/front", body, qos=1)  # a live report: kept
+        for _ in range(100):
+            if got:
+                break
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(0.2)
+        assert len(got) == 1
+        assert src.core.dropped == {"retained_report": 1}
+        assert {d["name"]: d["state"] for d in src.node_status()}["back"] == "down"
+    finally:
+        await pub.publish("espresense/devices/x/front", b"", qos=1, retain=True)  # clear the retained ones
+        await pub.publish("espresense/rooms/back/status", b"", qos=1, retain=True)
+        await pub.disconnect()
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task

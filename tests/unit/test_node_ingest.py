@@ -161,3 +161,21 @@ def test_ignored_topics_are_counted_not_observed() -> None:
     core = make()
     assert core.ingest_many([("espresense/rooms/front/max_distance", b"16")], T0) == []
     assert core.dropped == {"ignored_topic": 1}
+
+
+def test_native_random_addresses_are_irk_resolved_public_ones_are_not() -> None:
+    from gateway.identity.addresses import IrkResolver
+
+    spec_irk = bytes.fromhex("ec0234a357c8ad05341010a60a397d9b")
+    spec_rpa = "70:81:94:0d:fb:aa"  # Core spec Vol 3 Part H D.7 sample data
+    core = NodeIngest(
+        NodesSettings(enabled=True, mapping={"n11": "n11"}), SENSORS, IrkResolver({"customer-7": spec_irk})
+    )
+    adv = [
+        {"dt": 0, "addr": spec_rpa, "at": 1, "rssi": -60},
+        {"dt": 1, "addr": spec_rpa, "at": 0, "rssi": -61},  # said to be public: never resolved
+        {"dt": 2, "addr": "5c:2e:11:22:33:44", "at": 1, "rssi": -62},
+    ]
+    doc = {"v": 1, "node": "n11", "t0_ms": int(T0 * 1000), "adv": adv}
+    out = core.ingest_many([("retail-node/n11/adv", json.dumps(doc).encode())], T0 + 0.05)
+    assert [o.link for o in out] == ["customer-7", None, None]
