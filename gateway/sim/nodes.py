@@ -28,6 +28,7 @@ import contextlib
 import hashlib
 import json
 import time
+from typing import Literal
 
 from gateway.config import SimulatorSettings
 from gateway.layout import Layout
@@ -84,8 +85,16 @@ class EspresenseEmitter:
         rooms: dict[str, str] | None = None,
         prefix: str = "espresense",
         slice_s: float = 0.1,
+        firmware: Literal["espresense", "native"] = "espresense",
+        native_prefix: str = "retail-node",
     ) -> None:
-        """``rooms``: layout sensor id -> node (room) name; default every sensor, named by its id."""
+        """``rooms``: layout sensor id -> node (room) name; default every sensor, named by its id.
+
+        ``firmware="native"``: publish our native topic instead (one batch per node and slice, node
+        clock = simulated time, raw addresses: no IRK ids, so rotations only link if the gateway
+        resolves them)."""
+        self.firmware = firmware
+        self.native_prefix = native_prefix
         self.layout = layout
         self.s = settings
         self.host, self.port = host, port
@@ -117,18 +126,20 @@ class EspresenseEmitter:
         self.silenced.add(sensor)
 
     async def _connect_all(self) -> None:
+        native = self.firmware == "native"
         for sensor, room in self.rooms.items():
-            status = f"{self.prefix}/rooms/{room}/status"
+            status = f"{self.native_prefix}/{room}/status" if native else f"{self.prefix}/rooms/{room}/status"
             c = AsyncMqttClient(
                 self.host,
                 self.port,
-                client_id=f"espresense-{room}",
+                client_id=f"{'node' if native else 'espresense'}-{room}",
                 protocol="3.1.1",
                 will=Will(status, b"offline", qos=1, retain=True),
                 tcp_nodelay=True,
             )
             await c.connect()
-            await c.publish(status, b"online", qos=1, retain=True)
+            online = json.dumps({"v": 1, "up_s": 0, "fw": "sim"}).encode() if native else b"online"
+            await c.publish(status, online, qos=1, retain=True)
             self.clients[sensor] = c
 
     def _send(self, sensor: str, topic: str, payload: bytes) -> None:
@@ -140,6 +151,8 @@ class EspresenseEmitter:
         self.published += 1
 
     def _telemetry(self, t: float) -> None:
+        if self.firmware == "native":
+            return  # native nodes report health on their retained status topic only
         up = int(t - self.start_ts)
         for sensor, room in self.rooms.items():
             if sensor in self.silenced:
@@ -178,6 +191,12 @@ class EspresenseEmitter:
                     if edge >= next_tele:
                         self._telemetry(edge)
                         next_tele += TELEMETRY_EVERY_S
+                    if self.firmware == "native":
+                        j = i
+                        while j < len(obs) and obs[j].ts <= edge:
+                            j += 1
+                        self._native_batches(obs[i:j])
+                        i = j
                     while i < len(obs) and obs[i].ts <= edge:
                         o = obs[i]
                         i += 1
@@ -193,6 +212,27 @@ class EspresenseEmitter:
                         self._send(o.sensor, topic, espresense_payload(o, ident))
         finally:
             await self.close()
+
+    def _native_batches(self, obs: list[Observation]) -> None:
+        by_sensor: dict[str, list[Observation]] = {}
+        for o in obs:
+            if o.sensor not in self.silenced:
+                by_sensor.setdefault(o.sensor, []).append(o)
+        for sensor, group in by_sensor.items():
+            room = self.rooms[sensor]
+            t0_ms = int(group[0].ts * 1000)
+            adv = [
+                {
+                    "dt": max(0, int(o.ts * 1000) - t0_ms),
+                    "addr": o.device.lower(),
+                    "at": 1,
+                    "rssi": int(o.rssi),
+                    "ch": 37,
+                }
+                for o in group
+            ]
+            doc = {"v": 1, "node": room, "t0_ms": t0_ms, "fw": "sim", "adv": adv}
+            self._send(sensor, f"{self.native_prefix}/{room}/adv", json.dumps(doc, separators=(",", ":")).encode())
 
     async def close(self) -> None:
         for c in self.clients.values():
