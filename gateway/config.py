@@ -124,13 +124,17 @@ class WifiSettings(Section):
 
 class NodesSettings(Section):
     enabled: bool = Field(default=False, description="Read in-store sensor nodes over the local broker")
-    topic_prefix: str = Field(default="espresense", description="ESPresense topic root")
+    topic_prefix: str = Field(
+        default="espresense", pattern=r"^[^+#/]([^+#]*[^+#/])?$", description="ESPresense topic root (no wildcards)"
+    )
     mapping: dict[str, str] = Field(
         default_factory=dict, description="Node (room) name -> layout sensor id; unmapped nodes are refused"
     )
     silent_after_s: float = Field(default=30.0, gt=0, description="A node silent this long is 'down'")
     native_prefix: str = Field(
-        default="retail-node", min_length=1, description="Native topic root: <prefix>/<node>/adv and /status"
+        default="retail-node",
+        pattern=r"^[^+#/]([^+#]*[^+#/])?$",
+        description="Native topic root: <prefix>/<node>/adv and /status",
     )
     quiet_gap_factor: float = Field(
         default=10.0,
@@ -158,6 +162,12 @@ class NodesSettings(Section):
     reconnect_max_s: float = Field(default=10.0, gt=0, le=300, description="Largest local-broker reconnect delay")
     broker_username: str | None = Field(default=None, description="User name on the local broker (None: anonymous)")
     broker_password: str | None = Field(default=None, description="Password on the local broker")
+
+    @model_validator(mode="after")
+    def _mapping_needed(self) -> NodesSettings:
+        if self.enabled and not self.mapping:
+            raise ValueError("nodes.enabled is true but nodes.mapping is empty (every node would be refused)")
+        return self
 
 
 class LocalizationSettings(Section):

@@ -179,3 +179,14 @@ def test_native_random_addresses_are_irk_resolved_public_ones_are_not() -> None:
     doc = {"v": 1, "node": "n11", "t0_ms": int(T0 * 1000), "adv": adv}
     out = core.ingest_many([("retail-node/n11/adv", json.dumps(doc).encode())], T0 + 0.05)
     assert [o.link for o in out] == ["customer-7", None, None]
+
+
+def test_settings_refuse_an_enabled_source_without_mapping_and_wildcard_prefixes() -> None:
+    from gateway.config import ConfigError, load_settings
+
+    with pytest.raises(ConfigError, match="nodes.mapping is empty"):
+        load_settings(nodes={"enabled": True})
+    for bad in ("espresense/#", "a/+/b", "trailing/", "/leading"):
+        with pytest.raises(ConfigError, match="topic_prefix"):
+            load_settings(nodes={"topic_prefix": bad})
+    assert load_settings(nodes={"native_prefix": "store-1/nodes"}).nodes.native_prefix == "store-1/nodes"
