@@ -137,7 +137,8 @@ async def test_simulated_nodes_to_fixes_match_the_direct_path(broker: Mosquitto,
     assert node_err.size >= 0.9 * direct_err.size > 250
     if firmware == "native":  # the per-node latency was measured from the node clock, and stayed bounded
         lat = [st.latency_s for st in src.core.nodes.values()]
-        assert all(0.0 <= x <= ns.latency_max_s for x in lat) and max(lat) < 0.1
+        assert all(0.0 <= x <= ns.latency_max_s for x in lat)
+        assert all(x != ns.latency_s for x in lat)  # measured, not the configured default
     assert rmse(node_err) <= 1.10 * rmse(direct_err), (rmse(node_err), rmse(direct_err))
     assert float(np.median(node_err)) <= 1.10 * float(np.median(direct_err))
 
