@@ -104,6 +104,7 @@ class EspresenseEmitter:
         self.sim = StoreSimulator(layout, settings, sensors=list(self.rooms))
         self.start_ts = self.sim.now
         self._wall0: float | None = None
+        self._edge: float | None = None  # simulated time published so far (while running)
         self.clients: dict[str, AsyncMqttClient] = {}
         self.silenced: set[str] = set()
         self.published = 0
@@ -112,10 +113,19 @@ class EspresenseEmitter:
         self.running = asyncio.Event()
 
     def clock(self) -> float:
-        """Simulated 'now' (Unix s): frozen at the start until run() begins."""
+        """Simulated 'now' (Unix s): frozen at the start until run() begins.
+
+        While running it never gets more than one slice ahead of what has been published: when the
+        emitter falls behind its schedule (it shares the CPU with the gateway under test), simulated
+        time waits for it, as if the store had paused, instead of the late publications reaching the
+        gateway as "old" receptions. Delays on the gateway's side are still measured in full.
+        """
         if self._wall0 is None:
             return self.start_ts
-        return self.start_ts + (time.monotonic() - self._wall0) * self.s.speed
+        t = self.start_ts + (time.monotonic() - self._wall0) * self.s.speed
+        if self._edge is not None:
+            t = min(t, self._edge + self.slice_s)
+        return t
 
     def _wall_due(self, t_sim: float) -> float:
         assert self._wall0 is not None
@@ -165,6 +175,7 @@ class EspresenseEmitter:
         s = self.s
         await self._connect_all()
         self._wall0 = time.monotonic()
+        self._edge = self.start_ts
         self.running.set()
         t_end = self.start_ts + s.duration_s if s.duration_s is not None else float("inf")
         next_tele = self.start_ts
@@ -188,6 +199,7 @@ class EspresenseEmitter:
                     edge = min(edge + self.slice_s, t)
                     delay = self._wall_due(edge) - time.monotonic()
                     await asyncio.sleep(max(0.0, delay))
+                    self._edge = edge
                     if edge >= next_tele:
                         self._telemetry(edge)
                         next_tele += TELEMETRY_EVERY_S
@@ -211,6 +223,7 @@ class EspresenseEmitter:
                         topic = f"{prefix}/devices/{ident}/{rooms[o.sensor]}"
                         self._send(o.sensor, topic, espresense_payload(o, ident))
         finally:
+            self._edge = None
             await self.close()
 
     def _native_batches(self, obs: list[Observation]) -> None:
