@@ -32,7 +32,13 @@ from tests.conftest import Mosquitto, make_mosquitto
 
 pytestmark = pytest.mark.integration
 
-SIM = SimulatorSettings(seed=3, speed=8.0, duration_s=72.0, shoppers_per_hour=900)
+SIM = SimulatorSettings(seed=3, speed=6.0, duration_s=72.0, shoppers_per_hour=900)
+# Both paths use the localization setting docs/nodes.md recommends with sensor nodes (random-loss
+# allowance 0.3, so a reception that lands in the next fix tick is not read as a weak-signal miss).
+# With the default (0.05) the two paths also agree on an idle machine (3.316 m both), but the
+# simulator's 6x time compression turns the gateway's CPU stalls on a saturated shared box into
+# seconds-scale "transport delays" that the default setting punishes (docs/nodes.md, jitter table).
+LOC = {"packet_loss": 0.3}
 # native nodes forward raw addresses (no IRK ids): compare both paths without rotation linking
 SIM_NATIVE = SIM.model_copy(update={"link_rotations": False})
 
@@ -79,7 +85,7 @@ def direct_path(sim_s: SimulatorSettings) -> tuple[np.ndarray, int]:
     layout = embedded_layout()
     sim = StoreSimulator(layout, sim_s)
     fixes: list[Fix] = []
-    p = Pipeline(Settings(), layout, identity=PassThroughIdentity(), on_fixes=fixes.extend)  # type: ignore[arg-type]
+    p = Pipeline(Settings(localization=LOC), layout, identity=PassThroughIdentity(), on_fixes=fixes.extend)  # type: ignore[arg-type]
     links: dict[str, int] = {}
     for _ in range(int(sim_s.duration_s / sim_s.tick_s)):  # type: ignore[operator]
         obs = sim.step(sim.now + sim_s.tick_s)
@@ -120,7 +126,7 @@ async def test_simulated_nodes_to_fixes_match_the_direct_path(broker: Mosquitto,
     assert src.health.dropped == {}
     # the same pipeline, fed in arrival order (pipeline CPU time kept out of the arrival stamps)
     fixes: list[Fix] = []
-    p = Pipeline(Settings(), layout, identity=PassThroughIdentity(), on_fixes=fixes.extend)  # type: ignore[arg-type]
+    p = Pipeline(Settings(localization=LOC), layout, identity=PassThroughIdentity(), on_fixes=fixes.extend)  # type: ignore[arg-type]
     for b in batches:
         p.process(b)
     sim = em.sim
