@@ -319,6 +319,9 @@ class Daemon:
             log.error("status page not served", reason=str(e), port=self.s.status.port)
             return
         self.status_server = server
+        if self.uplink is not None and self.event_clock() is time.time:
+            # event-to-ack latency only means something when event time is wall time (live radios)
+            self.uplink.on_published = lambda rows: metrics.published([time.time() - r.ts for r in rows])
         sampler = DaemonMetricsSampler(self, metrics)
         self.supervisor.add(TaskSpec("metrics", sampler.run, "restart"))
         self.supervisor.add(TaskSpec("loop-lag", lambda: monitor_loop_lag(metrics), "restart"))

@@ -10,6 +10,7 @@ import argparse
 import asyncio
 import contextlib
 import json
+import secrets
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,7 @@ from gateway.layout import LayoutError
 from gateway.log import configure_logging, get_logger
 from gateway.mqtt_async import AsyncMqttClient
 from gateway.sim.nodes import EspresenseEmitter
+from gateway.status.auth import write_credential
 
 log = get_logger(__name__)
 
@@ -35,6 +37,10 @@ async def run_demo(args: argparse.Namespace) -> int:
         tmp = tempfile.TemporaryDirectory(prefix="gateway-demo-")
         state_dir = Path(tmp.name)
     try:
+        # a one-off technician login for the demo's status page (the real one comes from provisioning)
+        password = secrets.token_urlsafe(9)
+        credential = Path(state_dir) / "status-credential.json"
+        write_credential(credential, "tech", password)
         try:
             sim = {"enabled": True, "speed": args.speed, "duration_s": args.duration, "seed": args.seed}
             extra: dict[str, Any] = {}
@@ -52,7 +58,7 @@ async def run_demo(args: argparse.Namespace) -> int:
                 paths={"state_dir": str(state_dir)},
                 simulator=sim,
                 mqtt={"host": broker.host, "port": broker.port, "tls": False, "protocol": broker.protocol},
-                status={"port": args.status_port},
+                status={"port": args.status_port, "credential_file": str(credential)},
                 **extra,
             )
             layout = load_store_layout(settings)
@@ -81,6 +87,11 @@ async def run_demo(args: argparse.Namespace) -> int:
             state_dir=str(state_dir),
             broker=broker.kind,
         )
+        if settings.status.enabled:
+            print(
+                f"status page: http://127.0.0.1:{settings.status.port}/  (user tech, password {password})",
+                flush=True,
+            )
         daemon = Daemon(settings, layout)
         emitter_task: asyncio.Task[None] | None = None
         if args.nodes:

@@ -81,11 +81,14 @@ class Pipeline:
         self.now = -math.inf
         self.stats = PipelineStats()
         self._on_fixes = on_fixes
+        # event time each layout sensor was last heard (status page: a silent sensor is a fault)
+        self.sensor_last_heard: dict[str, float] = {}
 
     def process(self, batch: Sequence[Observation]) -> list[EventBase]:
         """Feed one time-ordered batch; return the events it completes."""
         events: list[EventBase] = []
         good: list[Observation] = []
+        heard = self.sensor_last_heard
         for o in batch:
             if o.sensor not in self._sensors:
                 self._drop("unknown_sensor")
@@ -93,6 +96,7 @@ class Pipeline:
                 self._drop("too_late")
             else:
                 good.append(o)
+                heard[o.sensor] = o.ts
         if not good:
             return events
         self.stats.observations += len(good)

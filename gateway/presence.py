@@ -343,7 +343,12 @@ class PresenceEngine:
         dwell = {z: round(d, 3) for z, d in v.dwell.items()}
         kind = self._sk(dev)
         if v.visitor:
-            q = self.qualifier.qualify(VisitRecord(dev, kind, v.start, end, dwell))
+            self.stats.visits_ended += 1
+        else:
+            self.stats.passers_by += 1
+        if v.visitor or self._s.report_passers_by:
+            # frequency / recurrence only for visitors: a passer-by is not a customer visit
+            q = self.qualifier.qualify(VisitRecord(dev, kind, v.start, end, dwell)) if v.visitor else None
             out.append(
                 VisitEnded(
                     ts=end,
@@ -352,33 +357,22 @@ class PresenceEngine:
                     subject_kind=kind,
                     started_ts=v.start,
                     duration_s=duration,
-                    visitor=True,
+                    visitor=v.visitor,
                     path=v.path,
                     dwell_by_zone=dwell,
-                    visit_count=q.visit_count,
-                    days_since_last_visit=q.days_since_last_visit,
-                    avg_visit_s=q.avg_visit_s,
-                    visits_per_week=q.visits_per_week,
-                    zone_affinity=q.zone_affinity,
+                    **(
+                        {
+                            "visit_count": q.visit_count,
+                            "days_since_last_visit": q.days_since_last_visit,
+                            "avg_visit_s": q.avg_visit_s,
+                            "visits_per_week": q.visits_per_week,
+                            "zone_affinity": q.zone_affinity,
+                        }
+                        if q is not None
+                        else {}
+                    ),
                 )
             )
-            self.stats.visits_ended += 1
-        else:
-            self.stats.passers_by += 1
-            if self._s.report_passers_by:
-                out.append(
-                    VisitEnded(
-                        ts=end,
-                        store_id=self.store_id,
-                        subject=dev,
-                        subject_kind=kind,
-                        started_ts=v.start,
-                        duration_s=duration,
-                        visitor=False,
-                        path=v.path,
-                        dwell_by_zone=dwell,
-                    )
-                )
         self._count(end, dev, v.visitor, duration, dwell)
 
     def _street_passer_by(self, dev: str, tr: _Track, out: list[EventBase]) -> None:

@@ -132,6 +132,8 @@ class Uplink:
         self._prev_loss_head: tuple[int, int] | None = None
         self._same_head_losses = 0
         self._probing = False
+        # called with the rows of each acknowledged message (metrics: event-to-ack latency)
+        self.on_published: Callable[[list[StoredEvent]], None] | None = None
 
     # -- helpers --------------------------------------------------------------------------
 
@@ -434,6 +436,8 @@ class Uplink:
                 self._ack_pending.extend(r.seq for r in msg_rows)
                 self.published_messages += 1
                 self.published_events += len(msg_rows)
+                if self.on_published is not None:
+                    self.on_published(msg_rows)
                 if len(self._ack_pending) >= _ACK_CHUNK:
                     self._kick_acks()
                 continue
@@ -451,6 +455,8 @@ class Uplink:
                     self._ack_pending.extend(r.seq for r in rows2)
                     self.published_messages += 1
                     self.published_events += len(rows2)
+                    if self.on_published is not None:
+                        self.on_published(rows2)
                 elif isinstance(e2, MqttPublishError):
                     failed.append((rows2, e2))
                 else:

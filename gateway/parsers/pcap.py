@@ -138,6 +138,26 @@ def _tsresol(code: int) -> float:
     return 2.0 ** -(code & 0x7F) if code & 0x80 else 10.0 ** -(code & 0x7F)
 
 
+def _timed_packet(
+    d: bytes,
+    ifaces: list[tuple[int, float, int, int]],
+    iface: int,
+    ts_hi: int,
+    ts_lo: int,
+    cap: int,
+    body: int,
+    body_end: int,
+    off: int,
+) -> Record:
+    """The record of an Enhanced (or obsolete) Packet Block: both share this tail layout."""
+    if iface >= len(ifaces):
+        raise PcapError(f"packet refers to undeclared interface {iface}", off + 8)
+    if body + 20 + cap > body_end:
+        raise PcapError(f"captured length {cap} overruns the block", off + 20)
+    lt, unit, tsoff, _snap = ifaces[iface]
+    return ((ts_hi << 32 | ts_lo) * unit + tsoff, lt, d[body + 20 : body + 20 + cap])
+
+
 def _pcapng(buf: _Buf) -> Iterator[Record]:
     bo = "<"
     ifaces: list[tuple[int, float, int, int]] = []  # (linktype, ts unit, ts offset s, snaplen)
@@ -178,12 +198,7 @@ def _pcapng(buf: _Buf) -> Iterator[Record]:
             if blen < 32:
                 raise PcapError(f"enhanced packet block too short ({blen})", off)
             iface, ts_hi, ts_lo, cap, _orig = struct.unpack_from(bo + "IIIII", d, body)
-            if iface >= len(ifaces):
-                raise PcapError(f"packet refers to undeclared interface {iface}", off + 8)
-            if body + 20 + cap > body_end:
-                raise PcapError(f"captured length {cap} overruns the block", off + 20)
-            lt, unit, tsoff, _snap = ifaces[iface]
-            yield ((ts_hi << 32 | ts_lo) * unit + tsoff, lt, d[body + 20 : body + 20 + cap])
+            yield _timed_packet(d, ifaces, iface, ts_hi, ts_lo, cap, body, body_end, off)
         elif btype == _SPB:
             if not ifaces:
                 raise PcapError("simple packet block before any interface description", off)
@@ -214,12 +229,7 @@ def _pcapng(buf: _Buf) -> Iterator[Record]:
             if blen < 32:
                 raise PcapError(f"packet block too short ({blen})", off)
             iface, _drops, ts_hi, ts_lo, cap, _orig = struct.unpack_from(bo + "HHIIII", d, body)
-            if iface >= len(ifaces):
-                raise PcapError(f"packet refers to undeclared interface {iface}", off + 8)
-            if body + 20 + cap > body_end:
-                raise PcapError(f"captured length {cap} overruns the block", off + 20)
-            lt, unit, tsoff, _snap = ifaces[iface]
-            yield ((ts_hi << 32 | ts_lo) * unit + tsoff, lt, d[body + 20 : body + 20 + cap])
+            yield _timed_packet(d, ifaces, iface, ts_hi, ts_lo, cap, body, body_end, off)
         elif btype == _SHB:
             if blen < 28:
                 raise PcapError(f"section header block too short ({blen})", off)

@@ -86,22 +86,19 @@ class DaemonStatusProvider:
     def snapshot(self) -> dict[str, Any]:
         d = self.d
         self._refresh_dots()
-        now = time.time()
+        now = (d.event_clock() or time.time)()  # ages on the page are in event time (simulator too)
         occ = {z.id: 0 for z in d.layout.zones}
         for f in self._latest.values():
             z = self._zone_of(f)
             if z in occ:
                 occ[z] += 1
-        # per-sensor last-heard: known for sensor nodes (their source tracks it); other sensors need a
-        # hook in the pipeline (not there yet): unknown, not "silent"
-        heard: dict[str, float | None] = {}
+        last = d.pipeline.sensor_last_heard
+        heard: dict[str, float | None] = {sid: last.get(sid) for sid in d.layout.sensor_index()}
         nodes: list[dict[str, Any]] = []
         for src in d.sources:
             node_status = getattr(src, "node_status", None)
             if callable(node_status):
-                for n in node_status():
-                    nodes.append(n)
-                    heard[n["sensor"]] = n["last_seen"]
+                nodes.extend(node_status())
         uplink: dict[str, Any] = {}
         outbox: dict[str, Any] = {}
         if d.uplink is not None:
@@ -150,7 +147,7 @@ class DaemonStatusProvider:
             clock={"synchronized": None, "source": "system", "offset_s": None},
             recent_events=list(self._events),
             zone_occupancy=occ,
-            optouts=self._optout.blocked if self._optout is not None else 0,
+            optouts=self._optout_count(),
             extra={
                 "observations": st.observations,
                 "fixes": st.fixes,
@@ -186,6 +183,12 @@ class DaemonStatusProvider:
         self.d.pending.append(ev)
         self._events.appendleft({"ts": ev.ts, "type": ev.type, "subject": None, "zone": None})
         return ActionResult(True, "test event queued")
+
+    def _optout_count(self) -> int:
+        presence = getattr(self.d, "presence", None)
+        if presence is not None:
+            return int(presence.resolver.optout_count)
+        return self._optout.blocked if self._optout is not None else 0
 
     async def add_optout(self, identifier: str) -> ActionResult:
         if not identifier.strip():

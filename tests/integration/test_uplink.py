@@ -42,6 +42,8 @@ async def test_events_arrive_in_order_with_contiguous_seqs(mosquitto: Mosquitto,
     await ob.append(events(150))  # backlog below batch_threshold: one message per event
     async with Cloud(mosquitto) as cloud:
         up = Uplink(settings(mosquitto, batch_threshold=1000), IDENT, ob)
+        acked: list[int] = []
+        up.on_published = lambda rows: acked.extend(r.seq for r in rows)
         task = asyncio.create_task(up.run())
         await cloud.wait_for(150)
         for k in range(5):  # more while running
@@ -54,6 +56,7 @@ async def test_events_arrive_in_order_with_contiguous_seqs(mosquitto: Mosquitto,
         assert st["link"] == "connected"
         assert st["backlog"] == 0
         assert st["published_events"] == 300
+        assert acked == list(range(1, 301))  # the metrics hook saw every acknowledged event once
         assert cloud.status
         assert cloud.status[-1].state == "online"
         await up.drain(3.0)
