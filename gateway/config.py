@@ -126,11 +126,50 @@ class WifiSettings(Section):
 
 class NodesSettings(Section):
     enabled: bool = Field(default=False, description="Read in-store sensor nodes over the local broker")
-    topic_prefix: str = Field(default="espresense", description="ESPresense topic root")
+    topic_prefix: str = Field(
+        default="espresense", pattern=r"^[^+#/]([^+#]*[^+#/])?$", description="ESPresense topic root (no wildcards)"
+    )
     mapping: dict[str, str] = Field(
         default_factory=dict, description="Node (room) name -> layout sensor id; unmapped nodes are refused"
     )
     silent_after_s: float = Field(default=30.0, gt=0, description="A node silent this long is 'down'")
+    native_prefix: str = Field(
+        default="retail-node",
+        pattern=r"^[^+#/]([^+#]*[^+#/])?$",
+        description="Native topic root: <prefix>/<node>/adv and /status",
+    )
+    quiet_gap_factor: float = Field(
+        default=10.0,
+        gt=1,
+        le=1000,
+        description="A node silent for this many of its recent mean message gaps is 'quiet': not expected to hear",
+    )
+    min_quiet_s: float = Field(default=3.0, gt=0, description="Never call a node quiet sooner than this")
+    latency_s: float = Field(
+        default=0.1,
+        ge=0,
+        le=10,
+        description="Assumed node->gateway delay for messages without a node clock (ESPresense); ts = arrival - this",
+    )
+    latency_max_s: float = Field(
+        default=1.0, ge=0, le=30, description="Bound on any node's latency estimate (native: measured per node)"
+    )
+    max_clock_skew_s: float = Field(
+        default=5.0, gt=0, le=3600, description="Native batches whose node clock is further off are dropped"
+    )
+    max_rate_per_node: float = Field(
+        default=1000.0, gt=0, description="Messages/s a node may send (burst: one second's worth); excess dropped"
+    )
+    max_pending: int = Field(default=100_000, ge=1000, description="Messages buffered for a slow pipeline")
+    reconnect_max_s: float = Field(default=10.0, gt=0, le=300, description="Largest local-broker reconnect delay")
+    broker_username: str | None = Field(default=None, description="User name on the local broker (None: anonymous)")
+    broker_password: str | None = Field(default=None, description="Password on the local broker")
+
+    @model_validator(mode="after")
+    def _mapping_needed(self) -> NodesSettings:
+        if self.enabled and not self.mapping:
+            raise ValueError("nodes.enabled is true but nodes.mapping is empty (every node would be refused)")
+        return self
 
 
 class LocalizationSettings(Section):

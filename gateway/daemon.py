@@ -94,6 +94,15 @@ SOURCE_FACTORIES.append((lambda s: s.wifi.enabled, _wifi_source))
 SOURCE_FACTORIES.append((lambda s: s.ble.enabled, _ble_source))
 
 
+def _nodes_source(settings: Settings, layout: Layout) -> Source:
+    from gateway.sources.nodes import make_source  # ESP32 sensor nodes over the store-local broker
+
+    return make_source(settings, layout)
+
+
+SOURCE_FACTORIES.append((lambda s: s.nodes.enabled, _nodes_source))
+
+
 @dataclass
 class Runtime:
     """What the status page and tests can read about a running daemon."""
@@ -130,11 +139,19 @@ class Daemon:
         self.content_identity: IdentityConsents | None = None
         self.supervisor = Supervisor(settings.supervisor, drain=self.drain)
         self.status_server: StatusServer | None = None
+        # sources that know when one of their sensors is down (sensor nodes) tell the localizer, so
+        # a silent sensor is not read as "every device is far from it"
+        for src in self.sources:
+            if hasattr(src, "on_sensor_state"):
+                src.on_sensor_state = self._sensor_state
         self._pipeline_idle = asyncio.Event()
         self._last_obs_wall = time.monotonic()
 
     def _on_fixes(self, fixes: list[Fix]) -> None:
         self.runtime.last_fixes = fixes
+
+    def _sensor_state(self, sensor: str, active: bool) -> None:
+        self.pipeline.localizer.set_sensor_active(sensor, active)
 
     # -- tasks ------------------------------------------------------------------------------------
 
@@ -174,8 +191,11 @@ class Daemon:
     def event_clock(self) -> Callable[[], float] | None:
         """Where event time comes from when nothing is heard: the simulator's clock, the wall clock
         for live radios, none for a replay (its end closes every visit)."""
-        if any(src.name not in ("replay", "simulator") for src in self.sources):
-            return time.time
+        live = [src for src in self.sources if src.name not in ("replay", "simulator")]
+        if live:
+            # a live source may run on a clock of its own (sensor nodes fed by the simulator in the demo)
+            clocks = {getattr(src, "event_clock", time.time) for src in live}
+            return clocks.pop() if len(clocks) == 1 else time.time
         sim = next((src for src in self.sources if isinstance(src, SimulatedSource)), None)
         if sim is not None:
             return lambda: float(sim.sim.now)

@@ -22,6 +22,7 @@ from gateway.embedded_broker import EmbeddedBroker
 from gateway.layout import LayoutError
 from gateway.log import configure_logging, get_logger
 from gateway.mqtt_async import AsyncMqttClient
+from gateway.sim.nodes import EspresenseEmitter
 from gateway.status.auth import write_credential
 
 log = get_logger(__name__)
@@ -41,12 +42,24 @@ async def run_demo(args: argparse.Namespace) -> int:
         credential = Path(state_dir) / "status-credential.json"
         write_credential(credential, "tech", password)
         try:
+            sim = {"enabled": True, "speed": args.speed, "duration_s": args.duration, "seed": args.seed}
+            extra: dict[str, Any] = {}
+            if args.nodes:
+                # the simulated sensors become ESPresense nodes on the embedded broker; the gateway
+                # hears them through its nodes source (the real node path) instead of in-process
+                layout = load_store_layout(load_settings(args.config))
+                sim["enabled"] = False
+                extra = {
+                    "nodes": {"enabled": True, "mapping": {x.id: x.id for x in layout.sensors}},
+                    "local_broker": {"host": broker.host, "port": broker.port},
+                }
             settings = load_settings(
                 args.config,
                 paths={"state_dir": str(state_dir)},
-                simulator={"enabled": True, "speed": args.speed, "duration_s": args.duration, "seed": args.seed},
+                simulator=sim,
                 mqtt={"host": broker.host, "port": broker.port, "tls": False, "protocol": broker.protocol},
                 status={"port": args.status_port, "credential_file": str(credential)},
+                **extra,
             )
             layout = load_store_layout(settings)
         except (ConfigError, LayoutError) as e:
@@ -79,7 +92,19 @@ async def run_demo(args: argparse.Namespace) -> int:
                 f"status page: http://127.0.0.1:{settings.status.port}/  (user tech, password {password})",
                 flush=True,
             )
-        rc = await Daemon(settings, layout).run()
+        daemon = Daemon(settings, layout)
+        emitter_task: asyncio.Task[None] | None = None
+        if args.nodes:
+            emitter = EspresenseEmitter(layout, settings.simulator, broker.host, broker.port)
+            for src in daemon.sources:
+                if src.name == "nodes":
+                    src.event_clock = emitter.clock  # type: ignore[attr-defined]  # arrival in simulated time
+            emitter_task = asyncio.create_task(_run_nodes(daemon, emitter))
+        rc = await daemon.run()
+        if emitter_task is not None:
+            emitter_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await emitter_task
         await asyncio.sleep(0.5)  # let the last PUBACKed messages reach the stand-in
         for t in (cloud_task, screen_task):
             t.cancel()
@@ -92,6 +117,13 @@ async def run_demo(args: argparse.Namespace) -> int:
         await broker.stop()
         if tmp is not None:
             tmp.cleanup()
+
+
+async def _run_nodes(daemon: Daemon, emitter: EspresenseEmitter) -> None:
+    """Publish the simulated store as ESPresense nodes; stop the daemon when a --duration ends."""
+    await emitter.run()
+    await asyncio.sleep(1.0)  # the last receptions reach the pipeline
+    daemon.supervisor.request_stop("simulation finished", 0)
 
 
 class DemoScreen:
@@ -136,5 +168,8 @@ def add_commands(sub: Any) -> None:
     d.add_argument("--status-port", type=int, default=8080)
     d.add_argument("--pure-python-broker", action="store_true", help="use amqtt even if mosquitto is installed")
     d.add_argument("--no-content", action="store_true", help="do not push the demo campaign/consent/screen")
+    d.add_argument(
+        "--nodes", action="store_true", help="simulated sensors publish as ESPresense nodes over MQTT (node path)"
+    )
     d.add_argument("--quiet", action="store_true", help="print only the summary from the cloud stand-in")
     d.set_defaults(func=_cmd_demo)

@@ -53,7 +53,7 @@ class EmbeddedBroker:
             conf = Path(self._tmp.name) / "mosquitto.conf"
             conf.write_text(
                 f"listener {self.port} {self.host}\nallow_anonymous true\npersistence false\n"
-                "max_queued_messages 100000\nmax_inflight_messages 0\n"
+                "max_queued_messages 100000\nmax_inflight_messages 0\nset_tcp_nodelay true\n"
             )
             self._proc = await asyncio.create_subprocess_exec(
                 exe, "-c", str(conf), stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL

@@ -237,6 +237,7 @@ class AsyncMqttClient:
         max_inflight: int = 65535,
         message_queue_size: int = 10_000,
         connect_timeout_s: float = 10.0,
+        tcp_nodelay: bool = False,
     ) -> None:
         self.host = host
         self.port = port
@@ -251,6 +252,8 @@ class AsyncMqttClient:
         self._will = will
         self._max_inflight = max_inflight
         self._connect_timeout_s = connect_timeout_s
+        # small, latency-sensitive messages (sensor nodes): do not let Nagle hold them for an ACK
+        self._tcp_nodelay = tcp_nodelay
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_thread: int | None = None
         self._client: mqtt.Client | None = None
@@ -283,6 +286,9 @@ class AsyncMqttClient:
             self._loop.call_soon_threadsafe(fn, *args)
 
     def _socket_open(self, client: mqtt.Client, _ud: Any, sock: Any) -> None:
+        if self._tcp_nodelay:
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self._on_loop(self._add_reader, client, sock.fileno())
 
     def _add_reader(self, client: mqtt.Client, fd: int) -> None:

@@ -94,6 +94,11 @@ class DaemonStatusProvider:
                 occ[z] += 1
         last = d.pipeline.sensor_last_heard
         heard: dict[str, float | None] = {sid: last.get(sid) for sid in d.layout.sensor_index()}
+        nodes: list[dict[str, Any]] = []
+        for src in d.sources:
+            node_status = getattr(src, "node_status", None)
+            if callable(node_status):
+                nodes.extend(node_status())
         uplink: dict[str, Any] = {}
         outbox: dict[str, Any] = {}
         if d.uplink is not None:
@@ -135,6 +140,7 @@ class DaemonStatusProvider:
             ready=self.ready(),
             sources=[src.health for src in d.sources],
             sensors_last_heard=heard,
+            nodes=nodes,
             uplink=uplink,
             outbox=outbox,
             disk=disk,
@@ -235,6 +241,17 @@ class DaemonMetricsSampler:
             if n := self._delta("recov", h.name, h.recoveries):
                 for _ in range(int(n)):
                     m.radio_recovered(h.name)
+        for src in d.sources:
+            node_status = getattr(src, "node_status", None)
+            if callable(node_status):
+                for n in node_status():
+                    name = str(n["name"])
+                    m.node(name, n["state"] == "up", n["latency_s"], n["rate_per_s"])
+                    if k := self._delta("node_msg", name, n["messages"]):
+                        m.node_messages(name, int(k))
+                    for reason, total in n["dropped"].items():
+                        if k := self._delta("node_drop", f"{name}:{reason}", total):
+                            m.node_dropped(name, reason, int(k))
         st = d.pipeline.stats
         for reason, total in st.dropped.items():
             if n := self._delta("drop", f"pipeline:{reason}", total):

@@ -61,6 +61,16 @@ class GatewayMetrics:
             "gateway_status_logins", "Status page login attempts, by result", ["result"], registry=r
         )
         self.status_sse_clients = Gauge("gateway_status_sse_clients", "Open live-map streams", registry=r)
+        # sensor nodes: labels are the node names of [nodes] mapping (bounded; unmapped names never)
+        self.node_up = Gauge("gateway_node_up", "1 while a sensor node is up (not quiet/down)", ["node"], registry=r)
+        self.node_msgs = Counter("gateway_node_messages", "Messages received from a sensor node", ["node"], registry=r)
+        self.node_drops = Counter(
+            "gateway_node_drops", "Node messages dropped, by node and reason", ["node", "reason"], registry=r
+        )
+        self.node_latency = Gauge(
+            "gateway_node_latency_seconds", "Latency estimate that time-stamps a node's messages", ["node"], registry=r
+        )
+        self.node_rate = Gauge("gateway_node_message_rate", "Recent messages/s from a node", ["node"], registry=r)
         self._obs: dict[str, Counter] = {}
         self._drops: dict[str, Counter] = {}
         self._events: dict[str, Counter] = {}
@@ -116,6 +126,17 @@ class GatewayMetrics:
         if c is None:
             c = self._radio[radio] = self.radio_recoveries.labels(radio)
         c.inc()
+
+    def node(self, name: str, up: bool, latency_s: float, rate: float) -> None:
+        self.node_up.labels(name).set(1 if up else 0)
+        self.node_latency.labels(name).set(latency_s)
+        self.node_rate.labels(name).set(rate)
+
+    def node_messages(self, name: str, n: int) -> None:
+        self.node_msgs.labels(name).inc(n)
+
+    def node_dropped(self, name: str, reason: str, n: int) -> None:
+        self.node_drops.labels(name, reason).inc(n)
 
     def lag(self, seconds: float) -> None:
         self.loop_lag.set(seconds)
