@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import contextlib
 import importlib.resources
 import os
@@ -131,6 +132,8 @@ class Daemon:
         )
         self.queue: asyncio.Queue[list[Observation] | None] = asyncio.Queue(maxsize=QUEUE_BATCHES)
         self.pending: list[EventBase] = []
+        # the newest committed events (not fixes), for the status page
+        self.recent: collections.deque[EventBase] = collections.deque(maxlen=200)
         self._flush_lock = asyncio.Lock()
         self.outbox: Outbox | None = None
         self.uplink: Uplink | None = None
@@ -234,6 +237,7 @@ class Daemon:
                 chunk = self.pending[: self.s.outbox.append_batch]
                 await self.presence.record(chunk)
                 await self.outbox.append(chunk)
+                self.recent.extend(e for e in chunk if getattr(e, "type", None) != "fix")
                 del self.pending[: len(chunk)]
                 n += len(chunk)
         return n

@@ -145,7 +145,10 @@ class DaemonStatusProvider:
             outbox=outbox,
             disk=disk,
             clock={"synchronized": None, "source": "system", "offset_s": None},
-            recent_events=list(self._events),
+            recent_events=self._recent_events(),
+            recent_activations=self._recent_activations(),
+            campaigns=self._campaigns(),
+            actors=self._actors(),
             zone_occupancy=occ,
             optouts=self._optout_count(),
             extra={
@@ -179,10 +182,59 @@ class DaemonStatusProvider:
         return ActionResult(False, "reload is not supported yet: restart the service (systemctl restart gateway)")
 
     async def send_test_event(self) -> ActionResult:
-        ev = Heartbeat(ts=time.time(), store_id=self.d.s.gateway.store_id, note="status page test event")
+        ev = Heartbeat(
+            ts=(self.d.event_clock() or time.time)(), store_id=self.d.s.gateway.store_id, note="status page test event"
+        )
         self.d.pending.append(ev)
         self._events.appendleft({"ts": ev.ts, "type": ev.type, "subject": None, "zone": None})
         return ActionResult(True, "test event queued")
+
+    def _recent_events(self) -> list[dict[str, Any]]:
+        """Newest first: presence events the daemon committed, and test events sent from this page."""
+        out = [
+            {
+                "ts": e.ts,
+                "type": getattr(e, "type", "?"),
+                "subject": getattr(e, "subject", None),
+                "zone": getattr(e, "zone", None),
+            }
+            for e in reversed(getattr(self.d, "recent", ()))
+            if getattr(e, "type", None) != "activation"
+        ][:20]
+        if hasattr(self.d, "recent"):  # a test event shows up here once committed, like any other
+            return sorted(out, key=lambda e: -float(e["ts"]))
+        return list(self._events)[:20]
+
+    def _recent_activations(self) -> list[dict[str, Any]]:
+        return [
+            {
+                "ts": e.ts,
+                "campaign_id": getattr(e, "campaign_id", None),
+                "content_id": getattr(e, "content_id", None),
+                "actor_id": getattr(e, "actor_id", None),
+                "subject": getattr(e, "subject", None),
+                "result": getattr(e, "result", None),
+            }
+            for e in reversed(getattr(self.d, "recent", ()))
+            if getattr(e, "type", None) == "activation"
+        ][:20]
+
+    def _campaigns(self) -> list[dict[str, Any]]:
+        content = getattr(self.d, "content", None)
+        if content is None:
+            return []
+        now = (self.d.event_clock() or time.time)()
+        out = []
+        for c in content.state.campaigns.values():
+            active = (c.valid_from is None or c.valid_from <= now) and (c.valid_to is None or now < c.valid_to)
+            out.append({"id": c.id, "name": c.name or c.id, "active": active, "category": c.category})
+        return out
+
+    def _actors(self) -> list[dict[str, Any]]:
+        content = getattr(self.d, "content", None)
+        if content is None:
+            return []
+        return [{"id": a.id, "name": a.id, "kind": a.kind, "state": a.transport} for a in content.state.actors.values()]
 
     def _optout_count(self) -> int:
         presence = getattr(self.d, "presence", None)

@@ -79,7 +79,14 @@ async def test_status_over_a_running_daemon(tmp_path: Path, mosquitto: Mosquitto
                     and daemon.uplink.status()["published_events"] > published
                 )
             )
-            assert any(e["type"] == "heartbeat" for e in (await (await c.get("/api/status")).json())["recent_events"])
+            recent = (await (await c.get("/api/status")).json())["recent_events"]
+            assert any(e["type"] == "heartbeat" for e in recent)
+            # presence events the daemon committed are listed too, newest first, never a fix
+            await until(lambda: any(e.type == "zone.entered" for e in daemon.recent), 20)
+            recent = (await (await c.get("/api/status")).json())["recent_events"]
+            assert any(e["type"] == "zone.entered" and e["zone"] for e in recent)
+            assert all(e["type"] != "fix" for e in recent)
+            assert [e["ts"] for e in recent] == sorted((e["ts"] for e in recent), reverse=True)
 
             # opt out the phone behind one dot: it must leave the map and stay off it
             src = daemon.sources[0]
