@@ -51,6 +51,7 @@ class ProbeDecoder:
         self.counts: dict[str, int] = {}
         self.probes = 0
         self.records = 0  # records read by :meth:`iter_probes`
+        self._fill = False  # decode() feeds the radiotap header cache (while iter_probes runs)
 
     def _count(self, reason: str) -> None:
         self.counts[reason] = self.counts.get(reason, 0) + 1
@@ -83,7 +84,7 @@ class ProbeDecoder:
                         _CHANNELS[freq] = channel
             if flags & FLAG_FCS_AT_END:
                 end -= 4
-            if channel_hint is None:
+            if self._fill and channel_hint is None:
                 if len(_RT_CACHE) >= _RT_CACHE_MAX:
                     _RT_CACHE.clear()
                 _RT_CACHE[data[:off]] = (off, rssi, channel, end - len(data))
@@ -131,6 +132,7 @@ class ProbeDecoder:
         probes = 0
         off_channel = 0
         last_ts = 0.0
+        self._fill = True
         try:
             for ts, lt, data in records:
                 nrec += 1
@@ -178,6 +180,7 @@ class ProbeDecoder:
                 if p is not None:
                     yield p
         finally:
+            self._fill = False
             self.records += nrec
             self.probes += probes
             if off_channel:
