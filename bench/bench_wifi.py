@@ -12,6 +12,8 @@ work on a shared machine does not count against them.
   ``gateway decode pcap`` command does on top (grouping, pseudonyms, JSON lines).
 * ``wifi.fuzz``: mutated frames (bit flips, byte overwrites, truncations, length-field attacks on
   the radiotap header and on IEs) through the decoder; any exception escaping it is unexpected.
+  ``wifi.fuzz_fast_path``: the first 50k of them through ``ProbeDecoder.iter_probes`` (the cached
+  fast path of ``gateway decode pcap``); any difference from ``decode`` (probes, counts) is a bug.
 * ``wifi.grouping``: N devices (crowd models share fingerprints), rotating MACs every 2-8 min;
   groups vs N (bar: within +-20 %) and group purity (share of a group's frames from its main
   device; bar: >= 90 %), beside the naive references "one group per MAC" and "one per fingerprint".
@@ -99,6 +101,8 @@ def bench_fuzz(frames: list[CrowdFrame], count: int) -> None:
     dec = ProbeDecoder()
     unexpected: collections.Counter[str] = collections.Counter()
     example: dict[str, bytes] = {}
+    mutated: list[tuple[float | None, int, bytes]] = []
+    expected: list[object] = []
     t = time.perf_counter()
     rand = rng.random
     randrange = rng.randrange
@@ -122,8 +126,13 @@ def bench_fuzz(frames: list[CrowdFrame], count: int) -> None:
             if rt + 26 < n:
                 b[rt + 24 + 1] = randrange(256)  # first IE length
             b += rng.randbytes(randrange(8))
+        lt = 127 if i % 10 else 105
         try:
-            dec.decode(0.0, 127 if i % 10 else 105, bytes(b))
+            p = dec.decode(0.0, lt, bytes(b))
+            if i < _DIFF_FRAMES:
+                mutated.append((0.0, lt, bytes(b)))
+                if p is not None:
+                    expected.append(p)
         except Exception as e:  # anything escaping the decoder is a bug
             key = f"{type(e).__name__}: {e}"
             unexpected[key] += 1
@@ -135,6 +144,27 @@ def bench_fuzz(frames: list[CrowdFrame], count: int) -> None:
     )
     for k, v in unexpected.most_common(5):
         print(f"  unexpected x{v}: {k} e.g. {example[k].hex()}")
+    # the cached fast path (ProbeDecoder.iter_probes, used by `gateway decode pcap`) must agree
+    # with decode() on the same mutated frames
+    fast = ProbeDecoder()
+    try:
+        got: list[object] = list(fast.iter_probes(mutated))
+        diff = sum(a != b for a, b in zip(got, expected, strict=False)) + abs(len(got) - len(expected))
+        if fast.counts != _replay_counts(mutated):
+            diff += 1
+        print(f"wifi.fuzz_fast_path: {len(mutated)} mutated frames, iter_probes vs decode: {diff} differences")
+    except Exception as e:  # anything escaping is a bug
+        print(f"wifi.fuzz_fast_path: unexpected {type(e).__name__}: {e}")
+
+
+_DIFF_FRAMES = 50_000
+
+
+def _replay_counts(records: list[tuple[float | None, int, bytes]]) -> dict[str, int]:
+    ref = ProbeDecoder()
+    for ts, lt, data in records:
+        ref.decode(ts or 0.0, lt, data)
+    return ref.counts
 
 
 def bench_grouping(n_devices: int, duration_s: float) -> None:

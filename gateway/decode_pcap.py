@@ -48,47 +48,38 @@ def decode_file(
     )
     dec = ProbeDecoder(keep_off_channel=keep_off_channel)
     grouper = WifiGrouper(prefix="g")
+    # mac -> the line's text from the pseudonym to the rssi value (the pseudonym of the current
+    # key epoch; emptied when the epoch changes)
     names: dict[str, str] = {}
-    last_sec = -1
+    last_min = -1
     epoch = 0
-    last_ts = 0.0
-    records = 0
     lines: list[str] = []
-    decode = dec.decode
+    add = lines.append
     observe = grouper.observe
     error: PcapError | None = None
     with path.open("rb") as f:
         try:
-            for ts, lt, data in read_records(f):
-                records += 1
-                if ts is None:
-                    ts = last_ts  # Simple Packet Blocks carry no time: keep the previous one
-                last_ts = ts
-                p = decode(ts, lt, data)
-                if p is None:
-                    continue
-                mac = p.mac
-                group = observe(mac, p.randomized, p.fingerprint, p.seq, ts, p.rssi)
+            for ts, mac, randomized, rssi, channel, hidden, fp, seq in dec.iter_probes(read_records(f)):
+                group = observe(mac, randomized, fp, seq, ts, rssi)
                 if not raw:
                     # the key epoch changes on a whole minute (rotation_time is HH:MM): ask once a minute
-                    sec = int(ts // 60.0)
-                    if sec != last_sec:
-                        last_sec = sec
+                    minute = int(ts // 60.0)
+                    if minute != last_min:
+                        last_min = minute
                         e = keyring.epoch_of(ts)
                         if e != epoch:
                             epoch = e
                             names.clear()
-                    name = names.get(mac)
-                    if name is None:
-                        name = names[mac] = keyring.pseudonym(mac, ts)
-                    mac = name
+                mid = names.get(mac)
+                if mid is None:
+                    name = mac if raw else keyring.pseudonym(mac, ts)
+                    mid = names[mac] = f'"mac": "{name}", "randomized": {"true" if randomized else "false"}, "rssi": '
                 # hand-formatted: every value is a number, bool, null or a hex/id string (no escaping)
-                lines.append(
-                    f'{{"ts": {ts:.6f}, "mac": "{mac}", "randomized": {"true" if p.randomized else "false"}, '
-                    f'"rssi": {"null" if p.rssi is None else p.rssi}, '
-                    f'"channel": {"null" if p.channel is None else p.channel}, '
-                    f'"ssid_hidden": {"true" if p.ssid_hidden else "false"}, '
-                    f'"fingerprint": "{p.fingerprint}", "group": "{group}"}}\n'
+                add(
+                    f'{{"ts": {ts:.6f}, {mid}{"null" if rssi is None else rssi}, '
+                    f'"channel": {"null" if channel is None else channel}, '
+                    f'"ssid_hidden": {"true" if hidden else "false"}, '
+                    f'"fingerprint": "{fp}", "group": "{group}"}}\n'
                 )
                 if len(lines) >= 2048:
                     out.write("".join(lines))
@@ -98,6 +89,7 @@ def decode_file(
         finally:
             out.write("".join(lines))
             out.flush()
+    records = dec.records
     return dec, records, error
 
 

@@ -15,7 +15,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import os
 from collections.abc import Callable
@@ -104,7 +103,7 @@ class PseudonymKeyring:
         hit = self._cache.get((epoch, identity))
         if hit is not None:
             return hit
-        digest = hmac.new(self._key(epoch), identity.encode("utf-8"), hashlib.sha256).hexdigest()
+        digest = hmac.digest(self._key(epoch), identity.encode("utf-8"), "sha256").hex()  # one-shot (C)
         p = digest[: 2 * self._nbytes]
         if len(self._cache) > 200_000:
             self._cache.clear()

@@ -164,44 +164,54 @@ class WifiGrouper:
             self._attach(m, self._new_group(fingerprint, randomized))
             m.group.last_ts = m.last_ts
 
-    def _fit(self, g: _Group, t: _Mac, seq: int, ts: float, rssi: float | None) -> float | None:
-        """How well a frame continues MAC ``t`` of group ``g`` (lower is better); None: it does not."""
-        p = self.p
-        gap = ts - t.last_ts
-        if gap < p.min_gap_s or gap > p.max_gap_s:
-            return None
-        if g.interval is not None and gap > p.gap_factor * g.interval + p.min_gap_s:
-            return None  # silent for several of its burst intervals: more likely gone than rotated
-        dseq = (seq - t.last_seq) % SEQ_MOD
-        rate = g.seq_rate if g.seq_rate is not None else p.seq_rate
-        expect = rate * gap
-        spread = p.seq_slack + p.seq_spread * expect
-        e_seq = (dseq - expect) / spread
-        if dseq == 0 or abs(e_seq) > p.max_err:
-            return None
-        e_rssi = 0.0
-        if rssi is not None and g.rssi is not None:
-            e_rssi = (rssi - g.rssi) / p.rssi_sigma_db
-            if abs(e_rssi) > p.max_err:
-                return None
-        return e_seq * e_seq + e_rssi * e_rssi
-
     def _match(self, fp: str, seq: int, ts: float, rssi: float | None, exclude: _Group | None) -> _Group | None:
+        """The group whose tail MAC this frame continues best, or None.
+
+        A group's fit (lower is better) is the normalised squared error of the sequence-number
+        advance and of the RSSI; a group whose silence, sequence advance or RSSI is out of bounds
+        does not fit at all. (Inlined loop: this runs for every candidate of every new MAC.)
+        """
+        p = self.p
+        min_gap = p.min_gap_s
+        max_gap = p.max_gap_s
+        gap_factor = p.gap_factor
+        seq_rate = p.seq_rate
+        seq_slack = p.seq_slack
+        seq_spread = p.seq_spread
+        max_err = p.max_err
+        sigma = p.rssi_sigma_db
         best: _Group | None = None
         best_score = second = float("inf")
-        oldest = ts - self.p.max_gap_s
+        oldest = ts - max_gap
         for g in self._by_fp.get(fp, ()):
             t = g.tail
             if t is None or g is exclude or t.last_ts < oldest:
                 continue
-            score = self._fit(g, t, seq, ts, rssi)
-            if score is None:
+            gap = ts - t.last_ts
+            if gap < min_gap or gap > max_gap:
                 continue
+            interval = g.interval
+            if interval is not None and gap > gap_factor * interval + min_gap:
+                continue  # silent for several of its burst intervals: more likely gone than rotated
+            dseq = (seq - t.last_seq) % SEQ_MOD
+            rate = g.seq_rate
+            expect = (rate if rate is not None else seq_rate) * gap
+            e_seq = (dseq - expect) / (seq_slack + seq_spread * expect)
+            if dseq == 0 or abs(e_seq) > max_err:
+                continue
+            e_rssi = 0.0
+            if rssi is not None:
+                g_rssi = g.rssi
+                if g_rssi is not None:
+                    e_rssi = (rssi - g_rssi) / sigma
+                    if abs(e_rssi) > max_err:
+                        continue
+            score = e_seq * e_seq + e_rssi * e_rssi
             if score < best_score:
                 best, best_score, second = g, score, best_score
             elif score < second:
                 second = score
-        if best is not None and second - best_score < self.p.min_margin:
+        if best is not None and second - best_score < p.min_margin:
             return None  # two devices could have become this MAC: a wrong link costs more than a split
         return best
 

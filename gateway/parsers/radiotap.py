@@ -172,13 +172,14 @@ class _Plan(NamedTuple):
     getter: Callable[[tuple[object, ...]], tuple[object, ...]]
     tail: tuple[object, ...]  # defaults appended to the unpacked values
     end: int  # the wanted fields end here (must be <= header length)
+    need: int  # every field walked ends here: a shorter header is an error (the walk says which)
 
 
 _plan_cache: dict[object, _Plan] = {}
 _PLAN_CACHE_MAX = 256
 
 
-def _compile(fields: list[tuple[int, int]], ouis: list[int]) -> _Plan:
+def _compile(fields: list[tuple[int, int]], ouis: list[int], need: int) -> _Plan:
     fmt = ["<2xH"]  # header length at offset 2 -> slot 0
     slot_src = [-1] * _N_SLOTS
     slot_src[0] = 0
@@ -200,7 +201,7 @@ def _compile(fields: list[tuple[int, int]], ouis: list[int]) -> _Plan:
             tail.append(_DEFAULTS[sl])
     slot_src.append(nvals + len(tail))
     tail.append(tuple(ouis))
-    return _Plan(struct.Struct("".join(fmt)), operator.itemgetter(*slot_src), tuple(tail), cur)
+    return _Plan(struct.Struct("".join(fmt)), operator.itemgetter(*slot_src), tuple(tail), cur, need)
 
 
 def _walk(buf: bytes | memoryview, length: int, words_end: int, words: list[int]) -> tuple[_Plan, bool]:
@@ -222,7 +223,7 @@ def _walk(buf: bytes | memoryview, length: int, words_end: int, words: list[int]
                     spec = FIELD_ALIGN_SIZE.get(bit)
                     if spec is None:
                         # unknown size: the rest of this namespace cannot be located (kernel: -ENOENT)
-                        return _compile(fields, ouis), cacheable
+                        return _compile(fields, ouis, off), cacheable
                     align, size = spec
                     off = (off + align - 1) & ~(align - 1)
                     if off + size > length:
@@ -251,7 +252,7 @@ def _walk(buf: bytes | memoryview, length: int, words_end: int, words: list[int]
             in_radiotap = True
     if 3 in seen and 18 in seen:
         fields = [f for f in fields if f[0] != 18]
-    return _compile(fields, ouis), cacheable
+    return _compile(fields, ouis, off), cacheable
 
 
 def parse_radiotap(buf: bytes | memoryview) -> RadiotapInfo:
@@ -291,7 +292,12 @@ def parse_radiotap(buf: bytes | memoryview) -> RadiotapInfo:
             if len(_plan_cache) >= _PLAN_CACHE_MAX:
                 _plan_cache.clear()
             _plan_cache[key] = plan
-    st, getter, tail, end = plan
+    st, getter, tail, end, need = plan
+    if need > length:
+        # a cached layout whose fields do not fit this header: walk it for the precise error
+        if not present & 0x80000000:
+            words, words_end = [present], 8
+        st, getter, tail, end, need = _walk(buf, length, words_end, words)[0]
     if end > length:
         raise RadiotapError(f"fields need {end} bytes, header length is {length}", 2)
     return _new_info(RadiotapInfo, getter(st.unpack_from(buf, 0) + tail))

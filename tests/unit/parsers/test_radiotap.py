@@ -200,3 +200,13 @@ def test_fuzz_mutated_real_headers() -> None:
         except RadiotapError:
             continue
         assert info.length <= len(b)
+
+
+def test_cached_layout_still_checks_every_field_fits() -> None:
+    # flags + VHT (a field we skip): same present word, the second header too short for VHT
+    present = (1 << 1) | (1 << 21)
+    ok = struct.pack("<BBHI", 0, 0, 22, present) + b"\x00" * 14
+    short = struct.pack("<BBHI", 0, 0, 10, present) + b"\x00" * 14
+    assert parse_radiotap(ok).length == 22  # its layout is now cached
+    with pytest.raises(RadiotapError, match="field 21 runs past"):
+        parse_radiotap(short)
