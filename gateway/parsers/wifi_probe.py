@@ -87,7 +87,7 @@ class ProbeDecoder:
             if self._fill and channel_hint is None:
                 if len(_RT_CACHE) >= _RT_CACHE_MAX:
                     _RT_CACHE.clear()
-                _RT_CACHE[data[:off]] = (off, rssi, channel, end - len(data))
+                _RT_CACHE[_rt_key(data, off)] = (off, rssi, channel, end - len(data))
         elif linktype != LINKTYPE_IEEE802_11:
             self._count("linktype")
             return None
@@ -142,7 +142,7 @@ class ProbeDecoder:
                 n = len(data)
                 if lt == 127 and n > 8:
                     # a header byte-identical to one parsed before: its cached outcome
-                    rt = rt_cache.get(data[: data[2] | data[3] << 8])
+                    rt = rt_cache.get(_rt_key(data, data[2] | data[3] << 8))
                     if rt is not None:
                         o, rssi, channel, end = rt
                         end += n
@@ -188,6 +188,20 @@ class ProbeDecoder:
 
 
 _new_probe = tuple.__new__
+
+
+def _rt_key(data: bytes, hlen: int) -> bytes:
+    """The radiotap header bytes without the TSFT value: the hardware timestamp differs in every
+    frame of a real capture (most mac80211 drivers add it) and plays no part in the outcome."""
+    if not data[4] & 1:  # no TSFT (bit 0 of the first present word)
+        return data[:hlen]
+    words_end = 8
+    while data[words_end - 1] & 0x80 and words_end + 4 <= hlen:  # extended present bitmaps
+        words_end += 4
+    tsft = (words_end + 7) & ~7  # TSFT is the first field, 8-byte aligned
+    if tsft + 8 > hlen:
+        return data[:hlen]  # malformed: the key is the whole header (parse decides)
+    return data[:tsft] + data[tsft + 8 : hlen]
 # radiotap header bytes -> (802.11 offset, rssi, channel, -4 if the FCS is at the end else 0), for
 # headers that parsed cleanly and do not drop the frame (their outcome depends on their bytes only)
 _RT_CACHE: dict[bytes, tuple[int, int | None, int | None, int]] = {}
