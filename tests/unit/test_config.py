@@ -77,3 +77,12 @@ def test_docs_cover_every_key() -> None:
 def test_committed_docs_are_current() -> None:
     committed = (Path(__file__).resolve().parents[2] / "docs" / "config.md").read_text()
     assert committed.strip() == config_docs().strip(), "run: gateway config docs > docs/config.md"
+
+
+def test_nodes_make_misses_cheaper_unless_packet_loss_is_set() -> None:
+    from gateway.config import NODES_PACKET_LOSS
+
+    assert load_settings().localization.packet_loss == 0.05
+    nodes = {"enabled": True, "mapping": {"n11": "n11"}}
+    assert load_settings(nodes=nodes).localization.packet_loss == NODES_PACKET_LOSS
+    assert load_settings(nodes=nodes, localization={"packet_loss": 0.1}).localization.packet_loss == 0.1
