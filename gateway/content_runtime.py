@@ -146,8 +146,12 @@ class ContentRuntime:
         state_path: Path | None = None,
     ) -> ContentRuntime:
         state = await ContentState.open(state_path or settings.content_state_path)
-        rt = cls(settings, state, dispatcher, emit=emit, identity=identity, reply=reply)
-        await rt._restore()
+        try:
+            rt = cls(settings, state, dispatcher, emit=emit, identity=identity, reply=reply)
+            await rt._restore()
+        except BaseException:
+            await state.close()  # an open aiosqlite thread would keep the failed process alive
+            raise
         return rt
 
     async def _restore(self) -> None:

@@ -18,6 +18,7 @@ import collections
 import contextlib
 import importlib.resources
 import os
+import sqlite3
 import sys
 import time
 from collections.abc import Awaitable, Callable
@@ -104,6 +105,12 @@ def _nodes_source(settings: Settings, layout: Layout) -> Source:
 SOURCE_FACTORIES.append((lambda s: s.nodes.enabled, _nodes_source))
 
 
+def is_replay(src: Source) -> bool:
+    """A recording (JSON lines, pcap): finite, never dropped under back-pressure, and it carries its
+    own event time, so the wall clock must not drive the pipeline while it plays."""
+    return bool(getattr(src, "replay", False))
+
+
 @dataclass
 class Runtime:
     """What the status page and tests can read about a running daemon."""
@@ -162,7 +169,7 @@ class Daemon:
         return lambda: self._run_source(src)
 
     async def _run_source(self, src: Source) -> None:
-        live = src.name not in ("replay",)
+        live = not is_replay(src)
         async for batch in src.batches():
             if live:
                 # radios cannot be paused: when the pipeline is behind, drop and count
@@ -194,7 +201,7 @@ class Daemon:
     def event_clock(self) -> Callable[[], float] | None:
         """Where event time comes from when nothing is heard: the simulator's clock, the wall clock
         for live radios, none for a replay (its end closes every visit)."""
-        live = [src for src in self.sources if src.name not in ("replay", "simulator")]
+        live = [src for src in self.sources if not is_replay(src) and not isinstance(src, SimulatedSource)]
         if live:
             # a live source may run on a clock of its own (sensor nodes fed by the simulator in the demo)
             clocks = {getattr(src, "event_clock", time.time) for src in live}
@@ -297,7 +304,7 @@ class Daemon:
         )
         sup = self.supervisor
         for src in self.sources:
-            finite = src.name == "replay" or (src.name == "simulator" and self.s.simulator.duration_s is not None)
+            finite = is_replay(src) or (isinstance(src, SimulatedSource) and self.s.simulator.duration_s is not None)
             sup.add(TaskSpec(f"source:{src.name}", self._source_task(src), "finite" if finite else "restart", "intake"))
         sup.add(TaskSpec("pipeline", self._run_pipeline, "fatal"))
         sup.add(TaskSpec("clock", self._run_clock, "restart"))
@@ -361,35 +368,51 @@ class Daemon:
             await self.uplink.publish_reply(payload)
 
     async def run(self) -> int:
-        await self.start()
-        loop = asyncio.get_running_loop()
-        self.supervisor.install_signal_handlers(loop)
-        log.info(
-            "gateway ready",
-            version=__version__,
-            gateway=self.s.gateway.id,
-            store=self.s.gateway.store_id,
-            sources=[s.name for s in self.sources],
-            startup_s=round(time.monotonic() - self.runtime.started_monotonic, 3),
-        )
-        self.runtime.ready = True
-        self.notifier.ready(f"running: {len(self.sources)} source(s)")
-        announce_ready()  # for `gateway update`: this release reached READY (no-op outside systemd)
+        rc = 1
         try:
+            await self.start()
+            loop = asyncio.get_running_loop()
+            self.supervisor.install_signal_handlers(loop)
+            log.info(
+                "gateway ready",
+                version=__version__,
+                gateway=self.s.gateway.id,
+                store=self.s.gateway.store_id,
+                sources=[s.name for s in self.sources],
+                startup_s=round(time.monotonic() - self.runtime.started_monotonic, 3),
+            )
+            self.runtime.ready = True
+            self.notifier.ready(f"running: {len(self.sources)} source(s)")
+            announce_ready()  # for `gateway update`: this release reached READY (no-op outside systemd)
             rc = await self.supervisor.run()
         finally:
-            if self.outbox is not None:
-                with contextlib.suppress(Exception):
-                    await self.flush()
-                await self.outbox.close()
-            if self.status_server is not None:
-                await self.status_server.stop()
-            if self.content is not None:
-                await self.content.close()
-            await self.presence.close()
-            self.notifier.close()
+            await self._close_all()
         log.info("gateway stopped", exit_code=rc, reason=self.supervisor.stop_reason, stats=self._stats())
         return rc
+
+    async def _close_all(self) -> None:
+        """Close every resource that was opened, each on its own: one failing close (or a start-up
+        that failed half-way) must not leave another SQLite connection's thread keeping the
+        process alive."""
+        steps: list[tuple[str, Callable[[], Awaitable[None]]]] = []
+        if self.status_server is not None:
+            steps.append(("status server", self.status_server.stop))
+        if self.content is not None:
+            steps.append(("content", self.content.close))
+        if self.outbox is not None:
+            steps.append(("final flush", self._final_flush))
+            steps.append(("outbox", self.outbox.close))
+        steps.append(("presence", self.presence.close))
+        for what, step in steps:
+            try:
+                await step()
+            except Exception as e:  # keep closing the rest, and say what failed
+                log.error("close failed", what=what, reason=str(e))
+        self.notifier.close()
+
+    async def _final_flush(self) -> None:
+        if self.outbox is not None and self.pending:
+            await self.flush()
 
     def _stats(self) -> dict[str, Any]:
         st = self.pipeline.stats
@@ -419,7 +442,11 @@ def _cmd_run(args: argparse.Namespace) -> int:
     async def main() -> int:
         return await Daemon(settings, layout).run()
 
-    return asyncio.run(main())
+    try:
+        return asyncio.run(main())
+    except (OSError, sqlite3.Error) as e:  # state dir / database unusable: say which, exit 1 for systemd
+        log.error("gateway could not run", reason=f"{type(e).__name__}: {e}")
+        return 1
 
 
 def add_commands(sub: Any) -> None:

@@ -22,6 +22,9 @@ from gateway.localization import Localizer, make_localizer
 from gateway.models import EventBase, Fix, Observation, PositionFix, SubjectKind
 from gateway.presence import PresenceEngine
 
+# event-time silence ticked through before the tick grid jumps ahead (far longer than any timeout)
+MAX_TICK_GAP_S = 7200.0  # > presence.visit_timeout_s (at most 3600 s)
+
 
 @dataclass
 class PipelineStats:
@@ -96,7 +99,8 @@ class Pipeline:
                 self._drop("too_late")
             else:
                 good.append(o)
-                heard[o.sensor] = o.ts
+                if o.ts > heard.get(o.sensor, -math.inf):
+                    heard[o.sensor] = o.ts
         if not good:
             return events
         self.stats.observations += len(good)
@@ -126,6 +130,12 @@ class Pipeline:
     def _ticks_until(self, ts: float) -> list[EventBase]:
         events: list[EventBase] = []
         assert self._next_tick is not None
+        gap_end: float | None = None
+        if ts - self._next_tick > MAX_TICK_GAP_S:
+            # a long silence (store closed) or a clock jump (NTP on a box without RTC): tick through
+            # the first hour so every visit times out, then realign; never a tick per second of a day
+            gap_end = ts
+            ts = self._next_tick + MAX_TICK_GAP_S
         while self._next_tick <= ts:
             t = self._next_tick
             fixes = self.localizer.fixes(t)
@@ -139,6 +149,8 @@ class Pipeline:
             events += self.presence.update(fixes, t)
             events += self.presence.tick(t)
             self._next_tick = t + self._interval
+        if gap_end is not None:
+            self._next_tick = math.floor(gap_end / self._interval) * self._interval + self._interval
         return self._count(events)
 
     def _fix_event(self, f: Fix) -> PositionFix:

@@ -424,6 +424,8 @@ class PcapReplaySource:
     the disk. A corrupt file ends the replay with ``health.state = "failed"`` and the offset.
     """
 
+    replay = True  # a recording: finite, waits rather than drops, its own time (see daemon)
+
     def __init__(self, settings: WifiSettings, path: Path | None = None, *, chunk: int = 2048) -> None:
         p = path or settings.pcap
         if p is None:

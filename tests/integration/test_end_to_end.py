@@ -173,3 +173,49 @@ async def test_bad_config_exits_2_naming_the_field(tmp_path: Path) -> None:
     text = err.decode()
     assert "mqtt.port" in text and "outbox.max_bytes" in text
     assert "Traceback" not in text
+
+
+CROWD_PCAP = Path(__file__).resolve().parent.parent / "fixtures" / "wifi" / "crowd.pcap"
+
+
+async def test_pcap_replay_is_a_recording_not_a_live_radio(tmp_path: Path, mosquitto: Mosquitto) -> None:
+    """A months-old capture replayed through ``wifi.pcap``: the wall clock must not drive event time
+    (it once ran a tick per second of the gap and stalled the loop), and its end is a clean stop."""
+    cfg = write_config(tmp_path, mosquitto, f'[wifi]\nenabled = true\npcap = "{CROWD_PCAP}"\nsensor_id = "gw"\n')
+    proc = await asyncio.create_subprocess_exec(
+        *gateway_cmd("run", "--config", str(cfg)),
+        env=gateway_env(),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    _out, err = await asyncio.wait_for(proc.communicate(), 120)
+    assert proc.returncode == 0, err.decode()[-3000:]
+    logs = [json.loads(line) for line in err.decode().splitlines() if line.startswith("{")]
+    assert not [r for r in logs if r["event"] == "event loop lagging; watchdog ping withheld"]
+    stopped = next(r for r in logs if r["event"] == "gateway stopped")
+    assert stopped["reason"] == "all finite tasks done"
+    assert stopped["stats"]["observations"] > 0
+
+
+async def test_a_start_up_that_fails_half_way_exits_instead_of_hanging(tmp_path: Path, mosquitto: Mosquitto) -> None:
+    """The outbox is open when the presence database turns out unusable: every opened SQLite
+    connection is closed (their threads would keep the process alive) and the error is named."""
+    bad = tmp_path / "presence-is-a-directory"
+    bad.mkdir()
+    cfg = write_config(tmp_path, mosquitto, f'[privacy]\npresence_db = "{bad}"\n')
+    proc = await asyncio.create_subprocess_exec(
+        *gateway_cmd("run", "--config", str(cfg)),
+        env=gateway_env(),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        _out, err = await asyncio.wait_for(proc.communicate(), 60)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    assert proc.returncode == 1
+    logs = [json.loads(line) for line in err.decode().splitlines() if line.startswith("{")]
+    failed = next(r for r in logs if r["event"] == "gateway could not run")
+    assert "presence-is-a-directory" in failed["reason"] or "database" in failed["reason"]

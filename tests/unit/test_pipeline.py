@@ -7,7 +7,7 @@ import numpy as np
 from gateway.config import SimulatorSettings, load_settings
 from gateway.layout import load_layout
 from gateway.models import Observation
-from gateway.pipeline import Pipeline
+from gateway.pipeline import MAX_TICK_GAP_S, Pipeline
 from gateway.sim.store import StoreSimulator
 from tests.conftest import LAYOUT
 
@@ -90,3 +90,29 @@ def test_same_observations_give_the_same_events() -> None:
     a, b = run(7), run(300)
     assert len(a) > 10
     assert a == b
+
+
+def test_a_clock_jump_does_not_tick_every_second_of_it() -> None:
+    """A box without RTC whose clock jumps by months (or a replay with a long gap): visits still
+    time out, and the pipeline does not run one tick per second of the jump."""
+    layout = load_layout(LAYOUT)
+    p = Pipeline(settings(), layout)
+    for k in range(10):
+        p.process(ring(layout, 12.0, 8.0, 5000.0 + 0.5 * k))
+    ticks = 0
+    fixes = p.localizer.fixes
+
+    def counting(t: float):  # type: ignore[no-untyped-def]
+        nonlocal ticks
+        ticks += 1
+        return fixes(t)
+
+    p.localizer.fixes = counting  # type: ignore[method-assign]
+    events = p.advance(5000.0 + 300 * 86400.0)
+    assert 0 < ticks <= MAX_TICK_GAP_S / p.s.localization.fix_interval_s + 2  # not ~26 M
+    assert any(e.type == "visit.ended" or e.type == "zone.left" for e in events)
+    # the tick grid is realigned just after the new time, and the next observation ticks normally
+    later = 5000.0 + 300 * 86400.0 + 10.0
+    p.process(ring(layout, 3.0, 3.0, later))
+    assert p.now == later
+    assert p.stats.fixes > 0
