@@ -130,6 +130,7 @@ class Daemon:
         self.sources = build_sources(settings, layout)
         # presence + privacy (identity resolver with consents/opt-outs, qualification history)
         self.presence = PresenceRuntime(settings, layout)
+        self.presence.forget_hooks.append(self._forget_subject)
         self.pipeline = Pipeline(
             settings,
             layout,
@@ -156,6 +157,17 @@ class Daemon:
                 src.on_sensor_state = self._sensor_state
         self._pipeline_idle = asyncio.Event()
         self._last_obs_wall = time.monotonic()
+
+    def _forget_subject(self, subject: str) -> None:
+        """An opt-out erased ``subject`` from presence: drop it everywhere else it still lives (the
+        localizer's buffered observations, events not yet committed, the status page's lists)."""
+        self.pipeline.localizer.forget(subject)
+        self.pending[:] = [e for e in self.pending if getattr(e, "subject", None) != subject]
+        kept = [e for e in self.recent if getattr(e, "subject", None) != subject]
+        self.recent.clear()
+        self.recent.extend(kept)
+        if self.runtime.last_fixes is not None:
+            self.runtime.last_fixes = [f for f in self.runtime.last_fixes if f.device != subject]
 
     def _on_fixes(self, fixes: list[Fix]) -> None:
         self.runtime.last_fixes = fixes
@@ -242,11 +254,22 @@ class Daemon:
         async with self._flush_lock:  # the writer task and the drain may both flush
             while self.pending:
                 chunk = self.pending[: self.s.outbox.append_batch]
-                await self.presence.record(chunk)
-                await self.outbox.append(chunk)
-                self.recent.extend(e for e in chunk if getattr(e, "type", None) != "fix")
+                # taken out before the await: a cancelled await still commits on the DB thread, so
+                # putting it back then would commit it twice; only a failed append puts it back
                 del self.pending[: len(chunk)]
+                try:
+                    await self.outbox.append(chunk)
+                except asyncio.CancelledError:
+                    raise
+                except BaseException:
+                    self.pending[:0] = chunk
+                    raise
                 n += len(chunk)
+                self.recent.extend(e for e in chunk if getattr(e, "type", None) != "fix")
+                try:  # visit history for qualification: secondary to the event itself, never retried
+                    await self.presence.record(chunk)
+                except Exception as e:
+                    log.error("visit history not recorded", reason=str(e), events=len(chunk))
         return n
 
     async def _run_uplink(self) -> None:
@@ -273,10 +296,11 @@ class Daemon:
         t_end = time.monotonic() + deadline_s
         self.notifier.stopping()
         log.info("draining", queued_batches=self.queue.qsize(), pending_events=len(self.pending))
-        # intake is cancelled by the supervisor; flush the queue through the pipeline
-        with contextlib.suppress(asyncio.QueueFull):
-            self.queue.put_nowait(None)
+        # intake (sources, clock) is cancelled by the supervisor; flush the queue through the
+        # pipeline: idle is set again only once the pipeline has taken the end marker
+        self._pipeline_idle.clear()
         with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.queue.put(None), max(0.1, (t_end - time.monotonic()) / 4))
             await asyncio.wait_for(self._pipeline_idle.wait(), max(0.1, (t_end - time.monotonic()) / 2))
         self.pending.extend(self.pipeline.close())
         if self.content is not None:  # in-flight dispatches report before the final flush
@@ -307,7 +331,7 @@ class Daemon:
             finite = is_replay(src) or (isinstance(src, SimulatedSource) and self.s.simulator.duration_s is not None)
             sup.add(TaskSpec(f"source:{src.name}", self._source_task(src), "finite" if finite else "restart", "intake"))
         sup.add(TaskSpec("pipeline", self._run_pipeline, "fatal"))
-        sup.add(TaskSpec("clock", self._run_clock, "restart"))
+        sup.add(TaskSpec("clock", self._run_clock, "restart", "intake"))  # no advance() after close()
         sup.add(TaskSpec("outbox-writer", self._run_writer, "fatal", "egress"))
         sup.add(TaskSpec("uplink", self._run_uplink, "restart", "egress"))
         sup.add(TaskSpec("watchdog", self._run_watchdog, "fatal"))

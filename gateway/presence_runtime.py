@@ -53,6 +53,8 @@ class PresenceRuntime:
         )
         self.store: PresenceStore | None = None
         self._last_pseudonym_since = -math.inf
+        # called with each subject an opt-out erases, after presence forgot it
+        self.forget_hooks: list[Callable[[str], None]] = []
 
     async def open(self, now: float) -> None:
         key = await load_or_create_key(optout_key_path(self.s))
@@ -105,6 +107,8 @@ class PresenceRuntime:
         res = self.resolver.add_optout(identifier, now)
         for subject in res.subjects:
             self.engine.forget(subject)
+            for hook in self.forget_hooks:  # the daemon's other stages (localizer, queued events)
+                hook(subject)
         if self.store is not None:
             await self.store.add_optouts(res.digests, now)
             for subject in res.subjects:

@@ -105,6 +105,10 @@ async def test_status_over_a_running_daemon(tmp_path: Path, mosquitto: Mosquitto
             await until(lambda: victim not in {d["subject"] for d in provider.devices()})
             await asyncio.sleep(1.0)
             assert victim not in {d["subject"] for d in await dots()}
+            # erased everywhere else too: no queued or listed event, no buffered observation
+            # bringing a fix back (the localizer forgot it)
+            assert all(getattr(e, "subject", None) != victim for e in [*daemon.pending, *daemon.recent])
+            assert all(f.device != victim for f in daemon.runtime.last_fixes or [])
             optouts = (await (await c.get("/api/status")).json())["optouts"]
             assert optouts == daemon.presence.resolver.optout_count >= 1  # the MAC and the identity behind it
             r = await c.post("/api/actions/reload-config", json={}, headers={"X-CSRF-Token": csrf})
