@@ -100,16 +100,15 @@ async def run_demo(args: argparse.Namespace) -> int:
                 if src.name == "nodes":
                     src.event_clock = emitter.clock  # type: ignore[attr-defined]  # arrival in simulated time
             emitter_task = asyncio.create_task(_run_nodes(daemon, emitter))
-        rc = await daemon.run()
-        if emitter_task is not None:
-            emitter_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await emitter_task
-        await asyncio.sleep(0.5)  # let the last PUBACKed messages reach the stand-in
-        for t in (cloud_task, screen_task):
-            t.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await t
+        try:
+            rc = await daemon.run()
+            await asyncio.sleep(0.5)  # let the last PUBACKed messages reach the stand-in
+        finally:
+            for t in (emitter_task, cloud_task, screen_task):
+                if t is not None:
+                    t.cancel()
+                    with contextlib.suppress(asyncio.CancelledError, Exception):
+                        await t
         summary: dict[str, Any] = cloud.summary() | {"screen_shown": screen.shown}
         print("demo summary: " + json.dumps(summary, sort_keys=True))
         return rc
@@ -120,8 +119,14 @@ async def run_demo(args: argparse.Namespace) -> int:
 
 
 async def _run_nodes(daemon: Daemon, emitter: EspresenseEmitter) -> None:
-    """Publish the simulated store as ESPresense nodes; stop the daemon when a --duration ends."""
-    await emitter.run()
+    """Publish the simulated store as ESPresense nodes; stop the daemon when a --duration ends
+    (or when the emitter fails: a demo that silently stops producing would never end)."""
+    try:
+        await emitter.run()
+    except Exception as e:
+        log.error("node emitter failed", reason=str(e))
+        daemon.supervisor.request_stop("node emitter failed", 1)
+        return
     await asyncio.sleep(1.0)  # the last receptions reach the pipeline
     daemon.supervisor.request_stop("simulation finished", 0)
 

@@ -96,7 +96,7 @@ def check_update_pubkey(pem: bytes, source: str) -> bytes:
 
 
 def check_id(value: str, what: str) -> str:
-    if not ID_RE.match(value):
+    if not ID_RE.fullmatch(value):
         raise ProvisionError(
             f"{what} {value!r} is not valid: use 1-64 letters, digits, '_' or '-', starting with a letter or digit"
         )

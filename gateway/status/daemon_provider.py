@@ -112,7 +112,7 @@ class DaemonStatusProvider:
             }
             outbox = {
                 "backlog": u.get("backlog"),
-                "oldest_age_s": u.get("oldest_unsent_age_s"),
+                "oldest_age_s": self._oldest_age(now),
                 "evictions": sum((u.get("evictions") or {}).values()),
                 "bytes": u.get("outbox_bytes"),
             }
@@ -188,6 +188,13 @@ class DaemonStatusProvider:
         self.d.pending.append(ev)
         self._events.appendleft({"ts": ev.ts, "type": ev.type, "subject": None, "zone": None})
         return ActionResult(True, "test event queued")
+
+    def _oldest_age(self, now: float) -> float | None:
+        """Age of the oldest unsent event in event time (the simulator's clock in the demo)."""
+        if self.d.outbox is None:
+            return None
+        oldest = self.d.outbox.stats().oldest_ts
+        return None if oldest is None else max(0.0, now - oldest)
 
     def _recent_events(self) -> list[dict[str, Any]]:
         """Newest first: presence events the daemon committed, and test events sent from this page."""
@@ -315,7 +322,9 @@ class DaemonMetricsSampler:
                 m.produced(etype, int(n))
         if d.uplink is not None:
             u = d.uplink.status()
-            m.outbox(int(u.get("backlog") or 0), u.get("oldest_unsent_age_s"))
+            now = (d.event_clock() or time.time)()
+            oldest = d.outbox.stats().oldest_ts if d.outbox is not None else None
+            m.outbox(int(u.get("backlog") or 0), None if oldest is None else max(0.0, now - oldest))
             m.uplink_state(u.get("link") == "connected")
             if n := self._delta("reconnect", "", float(u.get("reconnects") or 0)):
                 m.reconnects.inc(n)

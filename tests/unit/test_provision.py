@@ -300,3 +300,12 @@ def test_update_pubkey_installed_and_validated(image: Path, pki: Pki, tmp_path: 
             ),
             "ec.pub",
         )
+
+
+@pytest.mark.parametrize("bad", ["gw1\n", "gw.1", "-gw", "gw/1", ""])
+def test_ids_are_whole_topic_levels(bad: str) -> None:
+    from gateway.provision import ProvisionError, check_id
+
+    with pytest.raises(ProvisionError, match="not valid"):
+        check_id(bad, "--gateway-id")
+    assert check_id("gw-1_a", "--gateway-id") == "gw-1_a"
