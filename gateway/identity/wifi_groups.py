@@ -5,14 +5,23 @@ fingerprint) and usually keeps counting 802.11 sequence numbers (12 bits, wrappi
 the change. When a randomized MAC we have not seen appears, we look for a group that
 
 * has the same fingerprint,
-* went quiet shortly before: at least ``min_gap_s`` (a MAC changes between probe bursts), at most
-  ``gap_factor`` times the group's own learned burst interval (and ``max_gap_s``),
+* went quiet shortly before: at least ``min_gap_s`` (a MAC changes between probe bursts) and
+  ``early_frac`` of the group's own learned burst interval (a device whose next burst is not due
+  yet has not rotated: it is still talking on its old MAC), at most ``gap_factor`` times that
+  interval (and ``max_gap_s``),
 * is continued by the new sequence number: ``(seq_new - seq_last) mod 4096`` close to the advance
   expected from the group's learned sequence rate (frames sent between bursts use the counter too),
 * sounds alike (RSSI close to the group's smoothed RSSI: same place, same transmitter),
 
-and pick the best by a normalised squared error (sequence, RSSI). Otherwise the MAC starts a new
-group. Globally administered (public) MACs are their own group.
+and pick the best by a normalised squared error (sequence, RSSI) - but only when it is clearly the
+best: if the second-best group scores within ``min_margin`` of it, either device could have become
+this MAC, and the MAC starts a group of its own (a split costs one group; a wrong merge makes a whole
+group impure). Otherwise too the MAC starts a new group. Globally administered (public) MACs are
+their own group.
+
+A new link is on probation during the new MAC's first burst: when the mean RSSI of its frames so far
+is ``trial_z`` spreads away from the group's RSSI before the link (the link was decided on one
+frame), the link is rejected - the group gets its state back and the MAC is matched again.
 
 A wrong link shows itself when the MAC it retired speaks again (a device does not go back to a MAC
 it left): the link is then undone - the retired MAC gets its group back and the newer MAC is
@@ -27,6 +36,7 @@ Martin et al., "A Study of MAC Address Randomization in Mobile Devices" (PETS 20
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 __all__ = ["GroupParams", "WifiGrouper"]
@@ -38,16 +48,20 @@ SEQ_MOD = 4096
 class GroupParams:
     max_gap_s: float = 240.0  # longest silence between the old MAC's last and the new MAC's first frame
     seq_rate: float = 1.5  # sequence numbers per second of silence, until a group has learned its own
-    seq_slack: float = 12.0  # spread of the sequence-number advance: slack + spread * expected advance
-    seq_spread: float = 0.3
-    rssi_sigma_db: float = 7.0  # spread of a device's RSSI between bursts
-    max_err: float = 2.5  # largest normalised error (sequence, RSSI) of an acceptable continuation
+    seq_slack: float = 16.0  # spread of the sequence-number advance: slack + spread * expected advance
+    seq_spread: float = 0.2
+    rssi_sigma_db: float = 6.5  # spread of a device's RSSI between bursts
+    max_err: float = 3.0  # largest normalised error (sequence, RSSI) of an acceptable continuation
     min_gap_s: float = 2.0  # a MAC changes between probe bursts, not within one
-    gap_factor: float = 4.0  # longest silence, in the group's own burst intervals (missed bursts)
-    min_margin: float = 0.0  # required score gap between the best and the second-best candidate
+    gap_factor: float = 4.5  # longest silence, in the group's own burst intervals (missed bursts)
+    early_frac: float = 0.4  # shortest silence, in the group's burst intervals (its next burst is not due)
+    min_margin: float = 0.1  # required score gap between the best and the second-best candidate
     burst_gap_s: float = 5.0  # frames further apart than this belong to different probe bursts
     forget_s: float = 900.0  # drop groups quiet this long
-    rssi_alpha: float = 0.3  # smoothing of the group's RSSI
+    rssi_alpha: float = 0.4  # smoothing of the group's RSSI
+    trial_z: float = 2.5  # a link is undone when its MAC's first-burst mean RSSI is this many spreads off
+    trial_frame_db: float = 6.0  # spread of one frame's RSSI around the device's level
+    trial_ref_db: float = 3.0  # spread of the group's RSSI (walk since its last burst, smoothing)
 
 
 @dataclass(slots=True, eq=False)
@@ -59,6 +73,21 @@ class _Mac:
     first_seq: int
     last_ts: float
     last_seq: int
+    trial: _Trial | None = None  # set while the link that gave this MAC its group is on probation
+
+
+@dataclass(slots=True, eq=False)
+class _Trial:
+    """What a group was before a new MAC was linked to it, and the MAC's evidence so far."""
+
+    tail: _Mac | None
+    prev: _Mac | None
+    rssi: float | None
+    last_ts: float
+    seq_rate: float | None
+    interval: float | None
+    rssi_sum: float = 0.0
+    rssi_n: int = 0
 
 
 @dataclass(slots=True, eq=False)
@@ -119,14 +148,28 @@ class WifiGrouper:
             g = self._match(fingerprint, seq, ts, rssi, None) if randomized else None
             if g is None:
                 g = self._new_group(fingerprint, randomized)
-            m = _Mac(g, ts, seq, ts, seq)
-            self._attach(m, g)
+                m = _Mac(g, ts, seq, ts, seq)
+                self._attach(m, g)
+            else:
+                m = _Mac(g, ts, seq, ts, seq)
+                self._link(m, g)
             self._by_mac[mac] = m
         else:
             g = m.group
             if g.tail is not m:
+                m.trial = None
                 self._undo(m, fingerprint, randomized)
                 g = m.group
+        tr = m.trial
+        if tr is not None:
+            if ts - m.last_ts >= self._burst_gap_s:
+                m.trial = None  # the MAC's second burst: the link has held through its first
+            elif rssi is not None:
+                tr.rssi_sum += rssi
+                tr.rssi_n += 1
+                if self._off_rssi(tr):
+                    self._reject(m, tr, fingerprint, randomized)
+                    g = m.group
         last = m.last_ts
         if ts >= last:
             if ts - last >= self._burst_gap_s:
@@ -143,6 +186,39 @@ class WifiGrouper:
             g.rssi = rssi if r is None else r + self._alpha * (rssi - r)
         g.frames += 1
         return g.gid
+
+    def _link(self, m: _Mac, g: _Group) -> None:
+        """Attach a new MAC to an existing group on probation (see :meth:`_reject`)."""
+        m.trial = _Trial(g.tail, g.prev, g.rssi, g.last_ts, g.seq_rate, g.interval)
+        self._attach(m, g)
+
+    def _off_rssi(self, tr: _Trial) -> bool:
+        ref = tr.rssi
+        if ref is None or tr.rssi_n == 0:
+            return False
+        n = tr.rssi_n
+        p = self.p
+        spread = math.sqrt(p.trial_frame_db * p.trial_frame_db / n + p.trial_ref_db * p.trial_ref_db)
+        return abs(tr.rssi_sum / n - ref) > p.trial_z * spread
+
+    def _reject(self, m: _Mac, tr: _Trial, fingerprint: str, randomized: bool) -> None:
+        """The MAC's own frames contradict its link: give the group its state back, match again."""
+        g = m.group
+        m.trial = None
+        if g.tail is not m:
+            return
+        g.tail, g.prev = tr.tail, tr.prev
+        g.rssi, g.last_ts, g.seq_rate, g.interval = tr.rssi, tr.last_ts, tr.seq_rate, tr.interval
+        g.macs -= 1
+        self.unlinked += 1
+        mean = tr.rssi_sum / tr.rssi_n if tr.rssi_n else None
+        other = self._match(fingerprint, m.first_seq, m.first_ts, mean, g)
+        if other is None:
+            other = self._new_group(fingerprint, randomized)
+            self._attach(m, other)
+        else:
+            self._link(m, other)
+        other.last_ts = max(other.last_ts, m.last_ts)
 
     def _undo(self, m: _Mac, fingerprint: str, randomized: bool) -> None:
         """``m`` was retired from its group but speaks again: the link that retired it was wrong."""
@@ -180,6 +256,7 @@ class WifiGrouper:
         seq_spread = p.seq_spread
         max_err = p.max_err
         sigma = p.rssi_sigma_db
+        early = p.early_frac
         best: _Group | None = None
         best_score = second = float("inf")
         oldest = ts - max_gap
@@ -191,8 +268,10 @@ class WifiGrouper:
             if gap < min_gap or gap > max_gap:
                 continue
             interval = g.interval
-            if interval is not None and gap > gap_factor * interval + min_gap:
-                continue  # silent for several of its burst intervals: more likely gone than rotated
+            if interval is not None and not early * interval <= gap <= gap_factor * interval + min_gap:
+                # its next burst is not due yet (it has not rotated), or it has been silent for
+                # several of its burst intervals (more likely gone than rotated)
+                continue
             dseq = (seq - t.last_seq) % SEQ_MOD
             rate = g.seq_rate
             expect = (rate if rate is not None else seq_rate) * gap

@@ -75,6 +75,27 @@ def test_the_best_fitting_continuation_wins() -> None:
     assert new[0] == b[0] != a[0]
 
 
+def test_two_equally_good_continuations_leave_the_mac_unlinked() -> None:
+    # two devices of one model went quiet together; the new MAC continues both sequences equally
+    # well (same advance, same RSSI): guessing would merge two devices half of the time, so the
+    # MAC starts a group of its own (a split costs one group, a wrong merge a whole group's purity)
+    g = WifiGrouper()
+    a = _burst(g, "02:00:00:00:00:01", FP_A, 100, 0.0)
+    b = _burst(g, "02:00:00:00:00:02", FP_A, 101, 0.5)  # too soon after a to be its rotation
+    assert a[0] != b[0]
+    new = _burst(g, "02:00:00:00:00:03", FP_A, 146, 30.0)
+    assert new[0] not in (a[0], b[0])
+    assert g.linked == 0
+
+
+def test_a_clear_best_continuation_is_still_linked_beside_a_poor_one() -> None:
+    g = WifiGrouper()
+    a = _burst(g, "02:00:00:00:00:01", FP_A, 100, 0.0)
+    b = _burst(g, "02:00:00:00:00:02", FP_A, 130, 0.5, rssi=-68.0)
+    new = _burst(g, "02:00:00:00:00:03", FP_A, 146, 30.0)  # fits a (+44 of ~45, same RSSI)
+    assert new[0] == a[0] != b[0]
+
+
 def test_wrong_link_is_undone_when_the_old_mac_speaks_again() -> None:
     g = WifiGrouper()
     a = _burst(g, "02:00:00:00:00:01", FP_A, 100, 0.0)
