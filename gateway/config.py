@@ -223,6 +223,11 @@ class LocalizationSettings(Section):
     restart_nll: float = Field(
         default=6.0, gt=0, description="Restart a track the recent data place >3 m away better by this (nats)"
     )
+    time_align: bool = Field(
+        default=True,
+        description="Fuse each tick's adverts at their mean time and extrapolate the fix to the tick"
+        " (off: as if heard at the tick, which lags a walker by speed x window / 2)",
+    )
     reinit_after_s: float = Field(default=15.0, gt=0, description="A track unheard this long restarts")
     sensor_silent_s: float = Field(
         default=15.0, gt=0, description="A sensor that heard nothing this long is treated as down (no censoring)"

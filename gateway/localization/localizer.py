@@ -47,6 +47,9 @@ class WindowStats:
         self.sum = np.zeros((0, sensors))
         self.miss = np.zeros((0, sensors))
         self.t = np.zeros(0)
+        # decayed advert count and count x time per device: the window's mean time
+        self.n = np.zeros(0)
+        self.nt = np.zeros(0)
 
     def ensure(self, capacity: int) -> None:
         for name in ("cnt", "sum", "miss"):
@@ -54,22 +57,35 @@ class WindowStats:
             arr = np.zeros((capacity, old.shape[1]))
             arr[: old.shape[0]] = old
             setattr(self, name, arr)
-        t = np.zeros(capacity)
-        t[: self.t.size] = self.t
-        self.t = t
+        for name in ("t", "n", "nt"):
+            old1 = getattr(self, name)
+            arr1 = np.zeros(capacity)
+            arr1[: old1.size] = old1
+            setattr(self, name, arr1)
 
     def reset(self, slots: np.ndarray) -> None:
         self.cnt[slots] = self.sum[slots] = self.miss[slots] = 0.0
+        self.n[slots] = self.nt[slots] = 0.0
 
     def copy_from(self, other: WindowStats, slots: np.ndarray) -> None:
         self.cnt[slots], self.sum[slots], self.miss[slots] = other.cnt[slots], other.sum[slots], other.miss[slots]
+        self.n[slots], self.nt[slots] = other.n[slots], other.nt[slots]
 
-    def update(self, slots: np.ndarray, prob: Problem, now: float, tau: np.ndarray | float) -> None:
-        decay = np.exp(-np.maximum(now - self.t[slots], 0.0) / tau)[:, None]
-        self.cnt[slots] = self.cnt[slots] * decay + prob.count
-        self.sum[slots] = self.sum[slots] * decay + prob.count * prob.mean
-        self.miss[slots] = self.miss[slots] * decay + prob.missed
+    def update(self, slots: np.ndarray, prob: Problem, now: float, tau: np.ndarray | float, t_obs: np.ndarray) -> None:
+        decay = np.exp(-np.maximum(now - self.t[slots], 0.0) / tau)
+        self.cnt[slots] = self.cnt[slots] * decay[:, None] + prob.count
+        self.sum[slots] = self.sum[slots] * decay[:, None] + prob.count * prob.mean
+        self.miss[slots] = self.miss[slots] * decay[:, None] + prob.missed
+        k = prob.count.sum(axis=1)
+        n0 = self.n[slots]
+        # times relative to the last update, so the sums stay small (absolute times are ~1.7e9 s)
+        self.nt[slots] = (self.nt[slots] + n0 * (self.t[slots] - now)) * decay + k * (t_obs - now)
+        self.n[slots] = n0 * decay + k
         self.t[slots] = now
+
+    def mean_time(self, slots: np.ndarray) -> np.ndarray:
+        """Count-weighted mean time of the window's adverts (the time a walker was where they place it)."""
+        return np.asarray(self.t[slots] + self.nt[slots] / np.maximum(self.n[slots], 1e-9))
 
     def problem(self, slots: np.ndarray, censor: np.ndarray) -> Problem:
         cnt = self.cnt[slots]
@@ -274,6 +290,11 @@ class MlLocalizer:
         best = est.refine(sub, theta_g, np.zeros((k, 3)), pp, iterations=st.track_iterations)
         state, _, _ = self.tracker.estimate(ss)
         th_track = state[:, [0, 1, 4]]
+        if st.time_align:
+            # where the track says the device was at the window's mean time: a walker's window lags it by
+            # several metres, and comparing it with the current position would restart good tracks
+            back = self._recent.mean_time(ss) - self.tracker.t[ss]
+            th_track[:, :2] += state[:, 2:4] * back[:, None]
         th_stand = np.where(self._was_standing[ss][:, None], self._sw_theta[ss], th_track)
         cost_best = best.cost
         moved = np.zeros(k, dtype=bool)
@@ -284,7 +305,8 @@ class MlLocalizer:
         if moved.any():
             rows = ss[moved]
             cov = best.cov()[moved]
-            self.tracker.init(rows, now, best.theta[moved], cov)
+            t_w = self._recent.mean_time(rows) if st.time_align else now
+            self.tracker.init(rows, t_w, best.theta[moved], cov)
             self._stand.copy_from(self._recent, rows)
             self._sw_theta[rows] = best.theta[moved]
             self._was_standing[rows] = False
@@ -355,6 +377,11 @@ class MlLocalizer:
         censor = self._active & (self._last_heard >= now - self._s.sensor_silent_s)
         slots, inv = np.unique(dev, return_inverse=True)
         prob = aggregate(inv.astype(np.int64), sen, rssi, slots.size, ns, censor)
+        # the time the window's adverts describe (their mean time): the tracker fuses them there and
+        # extrapolates to ``now`` for the fix
+        t_obs = np.bincount(inv, weights=ts, minlength=slots.size) / np.bincount(inv, minlength=slots.size)
+        if not self._s.time_align:
+            t_obs = np.full(slots.size, now)
         live = self._live[slots]
         # a track not updated for a long time restarts from scratch
         live &= self.tracker.t[slots] >= now - self._s.reinit_after_s
@@ -366,9 +393,9 @@ class MlLocalizer:
         old = np.flatnonzero(live)
         if old.size:
             sl = slots[old]
-            m, lam = self.tracker.predict(sl, now)
+            m, lam = self.tracker.predict(sl, t_obs[old])
             sol = est.refine(prob.take(old), m, m, lam, iterations=st.track_iterations)
-            self.tracker.update(sl, now, sol.h_lik, sol.b_lik)
+            self.tracker.update(sl, t_obs[old], sol.h_lik, sol.b_lik)
             p_walk[old] = self.tracker.estimate(sl)[2]
         new = np.flatnonzero(~live)
         if new.size:
@@ -381,7 +408,7 @@ class MlLocalizer:
             cov[:, 0, 0] += st.init_extra_var_m2
             cov[:, 1, 1] += st.init_extra_var_m2
             fresh = ~self._live[slots[new]]
-            self.tracker.init(slots[new], now, sol.theta, cov)
+            self.tracker.init(slots[new], t_obs[new], sol.theta, cov)
             self._live[slots[new]] = True
             self._stand.reset(slots[new])
             self._recent.reset(slots[new])
@@ -391,13 +418,13 @@ class MlLocalizer:
         # standing window: long memory while standing, short while walking; recent window: a few s
         standing = p_walk < st.standing_p_walk
         tau = np.where(standing, st.standing_window_s, st.walking_window_s)
-        self._stand.update(slots, prob, now, tau)
-        self._recent.update(slots, prob, now, st.recent_window_s)
+        self._stand.update(slots, prob, now, tau, t_obs)
+        self._recent.update(slots, prob, now, st.recent_window_s, t_obs)
         due = old[(slots[old] + self._ticks) % st.check_every_ticks == 0]
         if due.size:
             moved = self._check(now, slots[due], censor, st)
             standing[due[moved]] = False
-        state, cov, _ = self.tracker.estimate(slots)
+        state, cov, _ = self.tracker.estimate(slots, at=now)
         xy = state[:, :2].copy()
         pcov = cov[:, :2, :2].copy()
         sidx = np.flatnonzero(standing & (self._stand.cnt[slots].max(axis=1) >= st.standing_min_adverts))

@@ -73,7 +73,7 @@ class ImmTracker:
         x[:cur], p[:cur], mu[:cur], t[:cur] = self.x, self.P, self.mu, self.t
         self.x, self.P, self.mu, self.t = x, p, mu, t
 
-    def init(self, slots: I64, t: float, theta: F64, cov: F64) -> None:
+    def init(self, slots: I64, t: F64 | float, theta: F64, cov: F64) -> None:
         n = slots.size
         x = np.zeros((n, 5))
         x[:, [0, 1, 4]] = theta
@@ -108,8 +108,13 @@ class ImmTracker:
         q[:, :, 4, 4] = p.tx_drift_db**2 * dt[:, None]
         return f, q
 
-    def predict(self, slots: I64, t: float) -> tuple[F64, F64]:
-        """IMM mixing + prediction to time ``t``; returns the combined prior on theta (mean, precision)."""
+    def predict(self, slots: I64, t: F64 | float) -> tuple[F64, F64]:
+        """IMM mixing + prediction to time ``t`` (per device or one for all); returns the combined prior
+        on theta (mean, precision).
+
+        ``t`` is the time the next measurement describes - for a window of adverts, their mean time, not
+        the tick: fusing a window as if taken at its end lags a walker by speed x window / 2.
+        """
         p = self.p
         dt = np.maximum(t - self.t[slots], 1e-3)
         mu = self.mu[slots]
@@ -135,7 +140,7 @@ class ImmTracker:
         cov = np.einsum("nj,njkl->nkl", c, Pp[:, :, THETA][:, :, :, THETA]) + np.einsum("nj,njk,njl->nkl", c, d, d)
         return m, _inv(cov)
 
-    def update(self, slots: I64, t: float, h_lik: F64, b_lik: F64) -> None:
+    def update(self, slots: I64, t: F64 | float, h_lik: F64, b_lik: F64) -> None:
         """Fuse the linearised likelihood into each model, re-weight the models, store the result."""
         xp, Pp, c = self._xp, self._Pp, self._c
         S = Pp[:, :, THETA][:, :, :, THETA]  # (n, 2, 3, 3)
@@ -166,11 +171,21 @@ class ImmTracker:
         mu /= mu.sum(axis=1, keepdims=True)
         self.x[slots], self.P[slots], self.mu[slots], self.t[slots] = x, P, mu, t
 
-    def estimate(self, slots: I64) -> tuple[F64, F64, F64]:
-        """Combined state ``(n, 5)``, covariance ``(n, 5, 5)`` and walking probability ``(n,)``."""
+    def estimate(self, slots: I64, at: float | None = None) -> tuple[F64, F64, F64]:
+        """Combined state ``(n, 5)``, covariance ``(n, 5, 5)`` and walking probability ``(n,)``.
+
+        ``at``: extrapolate each model from its last measurement time to ``at`` first (a fix at the tick
+        from adverts heard on average half a window earlier; without this a walker's fix lags).
+        """
         mu = self.mu[slots]
         x = self.x[slots]
+        P = self.P[slots]
+        if at is not None:
+            dt = np.maximum(at - self.t[slots], 0.0)
+            f, q = self._models(dt)
+            x = np.einsum("njkl,njl->njk", f, x)
+            P = _sym(np.einsum("njkl,njlm,njom->njko", f, P, f) + q)
         m = np.einsum("nj,njk->nk", mu, x)
         d = x - m[:, None, :]
-        P = np.einsum("nj,njkl->nkl", mu, self.P[slots]) + np.einsum("nj,njk,njl->nkl", mu, d, d)
+        P = np.einsum("nj,njkl->nkl", mu, P) + np.einsum("nj,njk,njl->nkl", mu, d, d)
         return m, P, mu[:, 1]
