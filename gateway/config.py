@@ -192,6 +192,12 @@ class LocalizationSettings(Section):
         description="Chance a sensor misses an advert for reasons other than weak signal; when unset and"
         " [nodes] is enabled: 0.3 (node reports arrive with jitter, docs/nodes.md)",
     )
+    track_robust_nu: float = Field(
+        default=16.0,
+        ge=0,
+        le=100,
+        description="Student-t degrees of freedom in the per-tick update of a walking device (0: Gaussian)",
+    )
     grid_step_m: float = Field(default=1.0, gt=0.1, le=10, description="Grid step of the initial position search")
     static_sigma_m: float = Field(
         default=0.03, gt=0, le=5, description="Standing model: position drift (m per sqrt(s))"

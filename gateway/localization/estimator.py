@@ -125,14 +125,17 @@ class Estimator:
 
     # -- per-term losses ------------------------------------------------------------------
 
-    def _heard(self, e: F64, count: F64) -> tuple[F64, F64, F64]:
-        """Loss, d loss / d mu and GN curvature for heard residuals ``e = mean - mu`` (weighted by count)."""
+    def _heard(self, e: F64, count: F64, nu_dev: F64 | None = None) -> tuple[F64, F64, F64]:
+        """Loss, d loss / d mu and GN curvature for heard residuals ``e = mean - mu`` (weighted by count).
+
+        ``nu_dev``: per-device degrees of freedom ``(D, 1)`` instead of ``p.nu`` (all > 0).
+        """
         s2 = self.p.sigma_db**2
         u2 = count * e * e / s2
-        if self.p.nu > 0:
+        if nu_dev is not None or self.p.nu > 0:
             # the mean of k heavy-tailed adverts is close to Gaussian: nu grows with k, so one faded
             # advert is down-weighted but a well-averaged sensor is not treated as an outlier
-            nu = self.p.nu * np.maximum(count, 1.0)
+            nu = (self.p.nu if nu_dev is None else nu_dev) * np.maximum(count, 1.0)
             rho = 0.5 * (nu + 1.0) * np.log1p(u2 / nu)
             w = (nu + 1.0) / (nu + u2)
         else:
@@ -166,12 +169,12 @@ class Estimator:
         d2 = np.maximum(d1 * (alpha + sig * d1) / sig, 0.0)
         return missed * loss, missed * d1, missed * d2
 
-    def evaluate(self, prob: Problem, theta: F64) -> tuple[F64, F64, F64, F64, F64]:
+    def evaluate(self, prob: Problem, theta: F64, nu_dev: F64 | None = None) -> tuple[F64, F64, F64, F64, F64]:
         """Negative log-likelihood (D,), d/dmu (D,S), curvature (D,S), dmu/dx (D,S), dmu/dy (D,S)."""
         mu0, gx, gy = self.model.mean_and_gradient(theta[:, :2])
         mu = mu0 + theta[:, 2:3]
         heard = prob.count > 0
-        rho, a, b = self._heard(prob.mean - mu, prob.count)
+        rho, a, b = self._heard(prob.mean - mu, prob.count, nu_dev)
         rho = np.where(heard, rho, 0.0)
         a = np.where(heard, a, 0.0)
         b = np.where(heard, b, 0.0)
@@ -243,9 +246,19 @@ class Estimator:
     # -- damped Gauss-Newton refinement -----------------------------------------------------
 
     def refine(
-        self, prob: Problem, theta0: F64, prior_mean: F64, prior_prec: F64, iterations: int | None = None
+        self,
+        prob: Problem,
+        theta0: F64,
+        prior_mean: F64,
+        prior_prec: F64,
+        iterations: int | None = None,
+        nu: F64 | None = None,
     ) -> Solution:
-        """Levenberg-Marquardt on the negative log-posterior, all devices at once."""
+        """Levenberg-Marquardt on the negative log-posterior, all devices at once.
+
+        ``nu``: per-device Student-t degrees of freedom ``(D,)`` instead of ``p.nu`` (0 = Gaussian).
+        """
+        nu_dev = None if nu is None else np.where(nu > 0, nu, 1e9)[:, None]
         p = self.p
         xmin, xmax, ymin, ymax = p.bounds
         theta = theta0.copy()
@@ -254,7 +267,7 @@ class Estimator:
         eye = np.eye(3)
 
         def post(th: F64) -> tuple[F64, F64, F64, F64]:
-            cost, a, b, gx, gy = self.evaluate(prob, th)
+            cost, a, b, gx, gy = self.evaluate(prob, th, nu_dev)
             g, h = self._normal_eq(a, b, gx, gy)
             r = th - prior_mean
             pr = np.einsum("dij,dj->di", prior_prec, r)

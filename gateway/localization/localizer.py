@@ -22,7 +22,7 @@ import numpy as np
 from gateway.config import LocalizationSettings
 from gateway.layout import Layout
 from gateway.localization.estimator import Estimator, EstimatorParams, Problem, aggregate
-from gateway.localization.pathloss import PathLossModel
+from gateway.localization.pathloss import F64, PathLossModel
 from gateway.localization.region import Walkable
 from gateway.localization.tracker import ImmTracker, TrackerParams
 from gateway.localization.zones import ZoneTracker
@@ -360,6 +360,18 @@ class MlLocalizer:
         xy[sidx] = sol.theta[:, :2]
         pcov[sidx] = wcov[:, :2, :2]
 
+    def _track_update(self, sub: Problem, m: np.ndarray, lam: np.ndarray, walking: np.ndarray) -> tuple[F64, F64]:
+        """MAP under the tracker's prediction -> the likelihood's information form, per device.
+
+        Walking devices use ``track_robust_nu``: one second of adverts from a moving phone, where a
+        heavier tail than the fade mixture calls for throws away real information; standing devices
+        keep ``robust_nu`` (their tracker also anchors the standing-window fix).
+        """
+        st = self._s
+        nu = np.where(walking, st.track_robust_nu, st.robust_nu)
+        sol = self.estimator.refine(sub, m, m, lam, iterations=st.track_iterations, nu=nu)
+        return sol.h_lik, sol.b_lik
+
     def _expire(self, now: float) -> None:
         live = np.flatnonzero(self._live)
         if live.size == 0:
@@ -394,8 +406,8 @@ class MlLocalizer:
         if old.size:
             sl = slots[old]
             m, lam = self.tracker.predict(sl, t_obs[old])
-            sol = est.refine(prob.take(old), m, m, lam, iterations=st.track_iterations)
-            self.tracker.update(sl, t_obs[old], sol.h_lik, sol.b_lik)
+            h_lik, b_lik = self._track_update(prob.take(old), m, lam, ~self._was_standing[sl])
+            self.tracker.update(sl, t_obs[old], h_lik, b_lik)
             p_walk[old] = self.tracker.estimate(sl)[2]
         new = np.flatnonzero(~live)
         if new.size:

@@ -7,11 +7,13 @@ tracks. These tests fail on code that does either.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 
 from gateway.config import LocalizationSettings
 from gateway.layout import Layout
-from gateway.localization.estimator import Problem
+from gateway.localization.estimator import Estimator, Problem
 from gateway.localization.localizer import MlLocalizer, WindowStats
 from gateway.localization.pathloss import PathLossModel
 from gateway.localization.synth import RadioParams, simulate_rssi
@@ -124,3 +126,24 @@ def test_tracker_extrapolates_each_model_to_the_fix_time() -> None:
     assert p[0, 0, 0] > p0[0, 0, 0]  # uncertainty grows with the extrapolation
     tr.mu[0] = [1.0, 0.0]  # the standing model does not move
     assert tr.estimate(slots, at=12.0)[0][0, 0] == 5.0
+
+
+def test_walking_devices_use_the_tracking_tail(layout: Layout, model: PathLossModel) -> None:
+    """The per-tick update weighs a large residual more for a walking device (``track_robust_nu``)
+    than for a standing one (``robust_nu``), and exactly like the estimator with that setting."""
+    loc = MlLocalizer(layout, LocalizationSettings(robust_nu=4.0, track_robust_nu=16.0))
+    theta = np.array([[12.0, 9.0, 0.0]])
+    mean = model.mean_rssi(theta[:, :2])
+    mean[0, 3] -= 15.0  # a deep fade at one sensor
+    sub = Problem(mean, np.ones_like(mean), np.zeros_like(mean))
+    lam = np.eye(3)[None] * 0.5
+    both = np.array([True, False])
+    two = Problem(np.repeat(mean, 2, 0), np.ones((2, mean.shape[1])), np.zeros((2, mean.shape[1])))
+    h, b = loc._track_update(two, np.repeat(theta, 2, 0), np.repeat(lam, 2, 0), both)
+    # the fade pulls the likelihood's mode (h^-1 b) further while walking: it keeps more weight
+    mode = np.linalg.solve(h, b[:, :, None])[:, :, 0]
+    assert np.hypot(*(mode[0, :2] - theta[0, :2])) > np.hypot(*(mode[1, :2] - theta[0, :2])) + 0.05, mode
+    ref = Estimator(model, replace(loc.estimator.p, nu=16.0), loc.region).refine(sub, theta, theta, lam, iterations=3)
+    assert np.allclose(h[0], ref.h_lik) and np.allclose(b[0], ref.b_lik)
+    ref4 = loc.estimator.refine(sub, theta, theta, lam, iterations=3)
+    assert np.allclose(h[1], ref4.h_lik)
