@@ -198,6 +198,12 @@ class LocalizationSettings(Section):
         le=100,
         description="Student-t degrees of freedom in the per-tick update of a walking device (0: Gaussian)",
     )
+    track_nu_p_walk: float = Field(
+        default=0.75,
+        ge=0,
+        le=1,
+        description="Walking-model probability above which a device's per-tick update uses track_robust_nu",
+    )
     grid_step_m: float = Field(default=1.0, gt=0.1, le=10, description="Grid step of the initial position search")
     static_sigma_m: float = Field(
         default=0.03, gt=0, le=5, description="Standing model: position drift (m per sqrt(s))"
