@@ -224,6 +224,11 @@ class LocalizationSettings(Section):
     standing_p_walk: float = Field(
         default=0.6, gt=0, le=1, description="Walking-model probability below which a device counts as standing"
     )
+    standing_mix: bool = Field(
+        default=True,
+        description="While standing, output the mixture of the standing-window fix and the tracker by"
+        " P(walking) (off: the window fix alone)",
+    )
     standing_min_adverts: float = Field(
         default=3.0, ge=1, description="Adverts in the standing window before its ML fix replaces the tracker's"
     )

@@ -354,11 +354,21 @@ class MlLocalizer:
         tcov = cov[sidx][:, [0, 1, 4]][:, :, [0, 1, 4]]
         m2 = np.einsum("ni,nij,nj->n", d, np.linalg.inv(tcov + wcov), d)
         off = m2 > 14.0
+        # the output is the mixture of the two hypotheses the IMM weighs: standing (the window fix) or
+        # not (the tracker's estimate) - a walker briefly classified standing is not pinned to the
+        # window, and a standing device's fix moves by a fraction of P(walking) only
+        pw = np.where(off | (not st.standing_mix), 0.0, self.tracker.mu[ss, 1])[:, None]
         if off.any():
             self.tracker.init(ss[off], now, sol.theta[off], wcov[off])
             self.stats.drop("track_recentred", int(off.sum()))
-        xy[sidx] = sol.theta[:, :2]
-        pcov[sidx] = wcov[:, :2, :2]
+        dx = sol.theta[:, :2] - state[sidx][:, :2]
+        xy[sidx] = sol.theta[:, :2] - pw * dx
+        pw3 = pw[:, :, None]
+        pcov[sidx] = (
+            (1.0 - pw3) * wcov[:, :2, :2]
+            + pw3 * cov[sidx][:, :2, :2]
+            + pw3 * (1.0 - pw3) * dx[:, :, None] * dx[:, None, :]
+        )
 
     def _track_update(self, sub: Problem, m: np.ndarray, lam: np.ndarray, walking: np.ndarray) -> tuple[F64, F64]:
         """MAP under the tracker's prediction -> the likelihood's information form, per device.

@@ -147,3 +147,29 @@ def test_walking_devices_use_the_tracking_tail(layout: Layout, model: PathLossMo
     assert np.allclose(h[0], ref.h_lik) and np.allclose(b[0], ref.b_lik)
     ref4 = loc.estimator.refine(sub, theta, theta, lam, iterations=3)
     assert np.allclose(h[1], ref4.h_lik)
+
+
+def test_standing_output_is_the_imm_mixture(layout: Layout, model: PathLossModel) -> None:
+    """While standing, the fix is the window fix moved toward the tracker by P(walking) (the IMM's
+    mixture of its two hypotheses); ``standing_mix = false`` gives the window fix alone."""
+    ids = [s.id for s in layout.sensors]
+    fixes = {}
+    for mix in (True, False):
+        rng = np.random.default_rng(3)
+        loc = MlLocalizer(layout, LocalizationSettings(standing_mix=mix))
+        for k in range(31):
+            r, heard = simulate_rssi(model, np.array([[10.0, 8.0]]), np.zeros(1), RadioParams(sigma_db=6.0), rng)
+            loc.add([Observation(100.3 + k, ids[s], "d", float(r[0, s])) for s in range(len(ids)) if heard[0, s]])
+            if k == 29:  # make the walking hypothesis plausible and elsewhere
+                slot = loc._slot["d"]
+                loc.tracker.mu[slot] = [0.55, 0.45]
+                loc.tracker.x[slot, 1, 0] += 2.0
+            (fix,) = loc.fixes(101.0 + k)
+        slot = loc._slot["d"]
+        window = loc._sw_theta[slot, :2]
+        state, _, pw = loc.tracker.estimate(np.array([slot]), at=131.0)
+        assert 0.01 < pw[0] < 0.6  # still counted as standing, but not certainly
+        expected = window - (pw[0] if mix else 0.0) * (window - state[0, :2])
+        assert np.allclose([fix.x, fix.y], expected, atol=1e-6), (mix, fix, expected, window)
+        fixes[mix] = fix
+    assert abs(fixes[True].x - fixes[False].x) > 0.01
