@@ -5,9 +5,10 @@ once per :meth:`MlLocalizer.fixes` call over numpy arrays for all devices heard 
 
 1. aggregate the new observations per (device, sensor), with censoring at sensors that are up;
 2. new tracks: coarse grid search (offset profiled out) + Gauss-Newton, initialise the tracker;
-3. existing tracks: IMM prediction -> MAP (Gauss-Newton started at the prediction, prior = prediction)
-   -> information-form update of both motion models;
-4. hysteresis zones, ``Fix`` out.
+3. existing tracks: IMM prediction to the adverts' mean time -> MAP (Gauss-Newton started at the
+   prediction, prior = prediction) -> information-form update of both motion models there;
+4. the fix: the tracker extrapolated to the tick, or for standing devices its mixture with the
+   standing-window fix; hysteresis zones, ``Fix`` out.
 
 Causal by construction: observations with ``ts > now`` stay buffered for a later call.
 """
