@@ -202,8 +202,6 @@ def _rt_key(data: bytes, hlen: int) -> bytes:
     if tsft + 8 > hlen:
         return data[:hlen]  # malformed: the key is the whole header (parse decides)
     return data[:tsft] + data[tsft + 8 : hlen]
-
-
 # radiotap header bytes -> (802.11 offset, rssi, channel, -4 if the FCS is at the end else 0), for
 # headers that parsed cleanly and do not drop the frame (their outcome depends on their bytes only)
 _RT_CACHE: dict[bytes, tuple[int, int | None, int | None, int]] = {}
