@@ -39,9 +39,10 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-__all__ = ["GroupParams", "WifiGrouper"]
+__all__ = ["DEFAULT_GROUP_HOLD_S", "GroupParams", "WifiGrouper"]
 
 SEQ_MOD = 4096
+DEFAULT_GROUP_HOLD_S = 90.0  # longest hold of a new MAC's frames (frame time) in offer()
 
 
 @dataclass(slots=True, frozen=True)
@@ -62,6 +63,8 @@ class GroupParams:
     trial_z: float = 2.5  # a link is undone when its MAC's first-burst mean RSSI is this many spreads off
     trial_frame_db: float = 6.0  # spread of one frame's RSSI around the device's level
     trial_ref_db: float = 3.0  # spread of the group's RSSI (walk since its last burst, smoothing)
+    max_delay_s: float = DEFAULT_GROUP_HOLD_S  # longest hold of a new MAC's frames until its link is decided
+    confirm_factor: float = 1.4  # a candidate's old MAC is gone once silent this many burst intervals
 
 
 @dataclass(slots=True, eq=False)
@@ -74,6 +77,17 @@ class _Mac:
     last_ts: float
     last_seq: int
     trial: _Trial | None = None  # set while the link that gave this MAC its group is on probation
+    held: _Held | None = None  # set while the MAC's link is undecided (its frames are held)
+
+
+@dataclass(slots=True, eq=False)
+class _Held:
+    """A new MAC whose link waits for evidence: its frames so far, and when to decide at the latest."""
+
+    mac: str
+    fingerprint: str
+    due: float
+    frames: list[tuple[int, float, float | None, object]]
 
 
 @dataclass(slots=True, eq=False)
@@ -102,6 +116,10 @@ class _Group:
     interval: float | None = None  # learned time between probe bursts
     macs: int = 0
     frames: int = 0
+    dormant: bool = False  # silent longer than max_gap_s: off the candidate lists until it speaks
+
+
+_NO_GROUP = _Group("", "")  # a held MAC's group until its link is decided
 
 
 class WifiGrouper:
@@ -119,9 +137,15 @@ class WifiGrouper:
         self.linked = 0  # new MACs attached to an existing group
         self.unlinked = 0  # links undone
         self.created = 0
+        self._delay = self.p.max_delay_s
+        self._held: list[_Mac] = []  # MACs whose link is undecided (held frames)
+        self._next_due = math.inf
+        self.ready: list[tuple[object, str]] = []  # held frames decided: (item, group id), in order per MAC
+        self.held_macs = 0
+        self.held_frames = 0
 
     def __len__(self) -> int:
-        return len({id(m.group) for m in self._by_mac.values()})
+        return len({id(m.group) for m in self._by_mac.values() if m.held is None})
 
     def _new_group(self, fp: str, randomized: bool) -> _Group:
         g = _Group(f"{self._prefix}{self._next}", fp)
@@ -140,26 +164,150 @@ class WifiGrouper:
         g.macs += 1
 
     def observe(self, mac: str, randomized: bool, fingerprint: str, seq: int, ts: float, rssi: float | None) -> str:
-        """Group id of one probe request from ``mac`` at time ``ts``."""
+        """Group id of one probe request from ``mac`` at time ``ts``, decided at once."""
         if ts - self._last_expire > 60.0:
             self.expire(ts)
         m = self._by_mac.get(mac)
         if m is None:
-            g = self._match(fingerprint, seq, ts, rssi, None) if randomized else None
-            if g is None:
-                g = self._new_group(fingerprint, randomized)
+            m = self._start(mac, randomized, fingerprint, seq, ts, rssi)
+        elif m.held is not None:  # mixed use of offer() and observe(): decide now
+            self._decide(m, m.held)
+        return self._frame(m, randomized, fingerprint, seq, ts, rssi)
+
+    def offer(
+        self, mac: str, randomized: bool, fingerprint: str, seq: int, ts: float, rssi: float | None, item: object
+    ) -> str | None:
+        """Group id of one probe request, or None when it is held: its MAC's link is not decided yet.
+
+        A held frame comes back as ``(item, group id)`` in :attr:`ready` once decided - at the latest
+        ``max_delay_s`` (frame time) after its MAC's first frame: on a later :meth:`offer` or
+        :meth:`poll`, or on :meth:`flush` at the end of input. Frames of one MAC are released in order.
+        """
+        if ts >= self._next_due:
+            self.poll(ts)
+        if ts - self._last_expire > 60.0:
+            self.expire(ts)
+        m = self._by_mac.get(mac)
+        if m is None:
+            if randomized and self._delay > 0.0:
+                due = self._hold_until(fingerprint, seq, ts, rssi)
+                if due is not None:
+                    m = _Mac(_NO_GROUP, ts, seq, ts, seq)
+                    m.held = _Held(mac, fingerprint, due, [(seq, ts, rssi, item)])
+                    self._by_mac[mac] = m
+                    self._held.append(m)
+                    if due < self._next_due:
+                        self._next_due = due
+                    self.held_macs += 1
+                    self.held_frames += 1
+                    return None
+                # no candidate at all: a group of its own (no second search)
+                g = self._new_group(fingerprint, True)
                 m = _Mac(g, ts, seq, ts, seq)
                 self._attach(m, g)
+                self._by_mac[mac] = m
             else:
-                m = _Mac(g, ts, seq, ts, seq)
-                self._link(m, g)
-            self._by_mac[mac] = m
+                m = self._start(mac, randomized, fingerprint, seq, ts, rssi)
         else:
+            h2 = m.held
+            if h2 is not None:
+                h2.frames.append((seq, ts, rssi, item))
+                self.held_frames += 1
+                if ts >= m.last_ts:
+                    m.last_ts = ts
+                    m.last_seq = seq
+                return None
+        return self._frame(m, randomized, fingerprint, seq, ts, rssi)
+
+    @property
+    def holding(self) -> bool:
+        """Whether any MAC's frames are held (its link undecided)."""
+        return bool(self._held)
+
+    def poll(self, now: float) -> None:
+        """Decide every held MAC whose time is up at ``now`` (frame time); results go to :attr:`ready`."""
+        due = [m for m in self._held if m.held is not None and m.held.due <= now]
+        if due:
+            self._decide_all(due)
+        self._next_due = min((m.held.due for m in self._held if m.held is not None), default=math.inf)
+
+    def flush_into_ready(self) -> None:
+        """End of input: decide every held MAC now (results in :attr:`ready`)."""
+        self._decide_all([m for m in self._held if m.held is not None])
+        self._next_due = math.inf
+
+    def flush(self) -> list[tuple[object, str]]:
+        """End of input: decide every held MAC now; returns (and clears) :attr:`ready`."""
+        self.flush_into_ready()
+        out = list(self.ready)
+        self.ready.clear()  # in place: callers may keep a reference to the list
+        return out
+
+    def _decide_all(self, ms: list[_Mac]) -> None:
+        ms.sort(key=lambda m: m.first_ts)
+        for m in ms:
+            h = m.held
+            if h is not None:
+                self._decide(m, h)
+        self._held = [m for m in self._held if m.held is not None]
+
+    def _hold_until(self, fp: str, seq: int, ts: float, rssi: float | None) -> float | None:
+        """When to decide a new MAC's link, or None when there is nothing to wait for (no candidate).
+
+        Each candidate group's old MAC has had time to speak again (showing it did not rotate) once
+        it has been silent ``confirm_factor`` of its burst intervals; the MAC's own first burst is
+        complete after ``burst_gap_s``. Never later than ``max_delay_s``.
+        """
+        cands: list[_Group] = []
+        self._match(fp, seq, ts, rssi, None, cands)
+        if not cands:
+            return None
+        latest = ts + self._delay
+        due = ts + self._burst_gap_s
+        for g in cands:
+            t = g.tail
+            iv = g.interval
+            if t is None or iv is None:
+                return latest
+            due = max(due, t.last_ts + self.p.confirm_factor * iv)
+        return min(due, latest)
+
+    def _decide(self, m: _Mac, h: _Held) -> None:
+        """Link a held MAC with all the evidence in: groups whose old MAC spoke since are out."""
+        m.held = None
+        frames = h.frames
+        rs = [r for _s, _t, r, _i in frames if r is not None]
+        mean = sum(rs) / len(rs) if rs else None
+        fp = h.fingerprint
+        g = self._match(fp, m.first_seq, m.first_ts, mean, None)
+        if g is None:
+            self._attach(m, self._new_group(fp, True))
+        else:
+            self._link(m, g)
+        m.last_ts, m.last_seq = m.first_ts, m.first_seq
+        add = self.ready.append
+        for seq, ts, rssi, item in frames:
+            add((item, self._frame(m, True, fp, seq, ts, rssi)))
+
+    def _start(self, mac: str, randomized: bool, fingerprint: str, seq: int, ts: float, rssi: float | None) -> _Mac:
+        g = self._match(fingerprint, seq, ts, rssi, None) if randomized else None
+        if g is None:
+            g = self._new_group(fingerprint, randomized)
+            m = _Mac(g, ts, seq, ts, seq)
+            self._attach(m, g)
+        else:
+            m = _Mac(g, ts, seq, ts, seq)
+            self._link(m, g)
+        self._by_mac[mac] = m
+        return m
+
+    def _frame(self, m: _Mac, randomized: bool, fingerprint: str, seq: int, ts: float, rssi: float | None) -> str:
+        """One frame of a MAC with a group: undo/probation checks, then learn from it."""
+        g = m.group
+        if g.tail is not m:
+            m.trial = None
+            self._undo(m, fingerprint, randomized)
             g = m.group
-            if g.tail is not m:
-                m.trial = None
-                self._undo(m, fingerprint, randomized)
-                g = m.group
         tr = m.trial
         if tr is not None:
             if ts - m.last_ts >= self._burst_gap_s:
@@ -173,6 +321,9 @@ class WifiGrouper:
         last = m.last_ts
         if ts >= last:
             if ts - last >= self._burst_gap_s:
+                if g.dormant:  # silent for long, speaking again: a candidate again
+                    g.dormant = False
+                    self._by_fp.setdefault(g.fingerprint, []).append(g)
                 dt = ts - last
                 rate = ((seq - m.last_seq) % SEQ_MOD) / dt
                 g.seq_rate = rate if g.seq_rate is None else g.seq_rate + 0.3 * (rate - g.seq_rate)
@@ -240,7 +391,15 @@ class WifiGrouper:
             self._attach(m, self._new_group(fingerprint, randomized))
             m.group.last_ts = m.last_ts
 
-    def _match(self, fp: str, seq: int, ts: float, rssi: float | None, exclude: _Group | None) -> _Group | None:
+    def _match(
+        self,
+        fp: str,
+        seq: int,
+        ts: float,
+        rssi: float | None,
+        exclude: _Group | None,
+        cands: list[_Group] | None = None,
+    ) -> _Group | None:
         """The group whose tail MAC this frame continues best, or None.
 
         A group's fit (lower is better) is the normalised squared error of the sequence-number
@@ -286,6 +445,8 @@ class WifiGrouper:
                     if abs(e_rssi) > max_err:
                         continue
             score = e_seq * e_seq + e_rssi * e_rssi
+            if cands is not None:
+                cands.append(g)
             if score < best_score:
                 best, best_score, second = g, score, best_score
             elif score < second:
@@ -301,11 +462,18 @@ class WifiGrouper:
         stale = [k for k, m in self._by_mac.items() if m.last_ts < cutoff]
         for k in stale:
             del self._by_mac[k]
-        if stale:
-            for fp in list(self._by_fp):
-                keep = [g for g in self._by_fp[fp] if g.last_ts >= cutoff]
-                if keep:
-                    self._by_fp[fp] = keep
+        # groups silent longer than max_gap_s cannot be a candidate (see _match): off the lists, so
+        # a new MAC's search only walks groups that could continue; they come back if they speak
+        dormant = now - self.p.max_gap_s
+        for fp in list(self._by_fp):
+            keep = []
+            for g in self._by_fp[fp]:
+                if g.last_ts >= dormant:
+                    keep.append(g)
                 else:
-                    del self._by_fp[fp]
+                    g.dormant = True
+            if keep:
+                self._by_fp[fp] = keep
+            else:
+                del self._by_fp[fp]
         return len(stale)
