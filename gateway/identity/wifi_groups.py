@@ -27,6 +27,12 @@ A wrong link shows itself when the MAC it retired speaks again (a device does no
 it left): the link is then undone - the retired MAC gets its group back and the newer MAC is
 matched again without that group - so such a mistake costs a couple of frames, not a group.
 
+:meth:`WifiGrouper.offer` (what ``gateway decode pcap`` and the daemon sources use) goes further:
+the frames of a new MAC with candidates are held until every candidate's old MAC has had time to
+speak again (``confirm_factor`` burst intervals), at most ``max_delay_s``; a group whose old MAC
+spoke meanwhile is then no candidate, so a device that did not rotate does not get a stranger's
+frames at all. :meth:`observe` decides at once.
+
 Group ids are counters with a caller-chosen prefix, never derived from a MAC, so they can be
 printed; they feed ``Observation.link`` and the pseudonym stage. State is bounded: MACs and groups
 quiet for ``forget_s`` are dropped (:meth:`WifiGrouper.expire`, also run from :meth:`observe`).
@@ -42,7 +48,7 @@ from dataclasses import dataclass
 __all__ = ["DEFAULT_GROUP_HOLD_S", "GroupParams", "WifiGrouper"]
 
 SEQ_MOD = 4096
-DEFAULT_GROUP_HOLD_S = 90.0  # longest hold of a new MAC's frames (frame time) in offer()
+DEFAULT_GROUP_HOLD_S = 30.0  # longest hold of a new MAC's frames (frame time) in offer()
 
 
 @dataclass(slots=True, frozen=True)
