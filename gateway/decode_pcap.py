@@ -115,20 +115,24 @@ def decode_file(
                 if mid is None:
                     name = mac if raw else keyring.pseudonym(mac, ts)
                     mid = names[mac] = f'"mac": "{name}", "randomized": {"true" if randomized else "false"}, "rssi": '
-                # hand-formatted: every value is a number, bool, null or a hex/id string (no escaping)
-                head = (
-                    f'{{"ts": {ts:.6f}, {mid}{"null" if rssi is None else rssi}, '
-                    f'"channel": {"null" if channel is None else channel}, '
-                    f'"ssid_hidden": {"true" if hidden else "false"}, '
-                    f'"fingerprint": "{fp}", "group": "'
-                )
                 slot = base + len(lines)
                 group = offer(mac, randomized, fp, seq, ts, rssi, slot)
-                if group is None:
-                    held[slot] = head
+                # hand-formatted: every value is a number, bool, null or a hex/id string (no escaping)
+                if group is not None:
+                    add(
+                        f'{{"ts": {ts:.6f}, {mid}{"null" if rssi is None else rssi}, '
+                        f'"channel": {"null" if channel is None else channel}, '
+                        f'"ssid_hidden": {"true" if hidden else "false"}, '
+                        f'"fingerprint": "{fp}", "group": "{group}"}}\n'
+                    )
+                else:  # held: the line waits for its group (and the lines after it wait for it)
+                    held[slot] = (
+                        f'{{"ts": {ts:.6f}, {mid}{"null" if rssi is None else rssi}, '
+                        f'"channel": {"null" if channel is None else channel}, '
+                        f'"ssid_hidden": {"true" if hidden else "false"}, '
+                        f'"fingerprint": "{fp}", "group": "'
+                    )
                     add("")
-                else:
-                    add(head + group + '"}\n')
                 if ready:
                     settle(ready)
                 if len(lines) >= limit:

@@ -42,6 +42,7 @@ Martin et al., "A Study of MAC Address Randomization in Mobile Devices" (PETS 20
 
 from __future__ import annotations
 
+import heapq
 import math
 from dataclasses import dataclass
 
@@ -94,6 +95,7 @@ class _Held:
     fingerprint: str
     due: float
     frames: list[tuple[int, float, float | None, object]]
+    cands: list[_Group]  # the groups it could continue at its first frame (the only ones it can)
 
 
 @dataclass(slots=True, eq=False)
@@ -125,6 +127,10 @@ class _Group:
     dormant: bool = False  # silent longer than max_gap_s: off the candidate lists until it speaks
 
 
+def _first_ts(m: _Mac) -> float:
+    return m.first_ts
+
+
 _NO_GROUP = _Group("", "")  # a held MAC's group until its link is decided
 
 
@@ -144,8 +150,12 @@ class WifiGrouper:
         self.unlinked = 0  # links undone
         self.created = 0
         self._delay = self.p.max_delay_s
-        self._held: list[_Mac] = []  # MACs whose link is undecided (held frames)
+        # MACs whose link is undecided (held frames), by when to decide: (due, first_ts, n, mac);
+        # entries of MACs decided meanwhile by observe() are skipped when they come up
+        self._held: list[tuple[float, float, int, _Mac]] = []
+        self._n_held = 0
         self._next_due = math.inf
+        self._next_event = -math.inf  # min(_next_due, next expiry): one test per frame in offer()
         self.ready: list[tuple[object, str]] = []  # held frames decided: (item, group id), in order per MAC
         self.held_macs = 0
         self.held_frames = 0
@@ -189,21 +199,26 @@ class WifiGrouper:
         ``max_delay_s`` (frame time) after its MAC's first frame: on a later :meth:`offer` or
         :meth:`poll`, or on :meth:`flush` at the end of input. Frames of one MAC are released in order.
         """
-        if ts >= self._next_due:
-            self.poll(ts)
-        if ts - self._last_expire > 60.0:
-            self.expire(ts)
+        if ts >= self._next_event:  # a held MAC is due, or the periodic expiry
+            if ts >= self._next_due:
+                self.poll(ts)
+            if ts - self._last_expire > 60.0:
+                self.expire(ts)
         m = self._by_mac.get(mac)
         if m is None:
             if randomized and self._delay > 0.0:
-                due = self._hold_until(fingerprint, seq, ts, rssi)
+                cands: list[_Group] = []
+                due = self._hold_until(fingerprint, seq, ts, rssi, cands)
                 if due is not None:
                     m = _Mac(_NO_GROUP, ts, seq, ts, seq)
-                    m.held = _Held(mac, fingerprint, due, [(seq, ts, rssi, item)])
+                    m.held = _Held(mac, fingerprint, due, [(seq, ts, rssi, item)], cands)
                     self._by_mac[mac] = m
-                    self._held.append(m)
+                    heapq.heappush(self._held, (due, ts, self.held_macs, m))
+                    self._n_held += 1
                     if due < self._next_due:
                         self._next_due = due
+                        if due < self._next_event:
+                            self._next_event = due
                     self.held_macs += 1
                     self.held_frames += 1
                     return None
@@ -223,24 +238,43 @@ class WifiGrouper:
                     m.last_ts = ts
                     m.last_seq = seq
                 return None
+            g = m.group
+            last = m.last_ts
+            if m.trial is None and g.tail is m and 0.0 <= ts - last < self._burst_gap_s:
+                # most frames: the rest of a burst of a settled MAC (what _frame does, inlined)
+                m.last_ts = ts
+                m.last_seq = seq
+                if ts >= g.last_ts:
+                    g.last_ts = ts
+                if rssi is not None:
+                    r = g.rssi
+                    g.rssi = rssi if r is None else r + self._alpha * (rssi - r)
+                g.frames += 1
+                return g.gid
         return self._frame(m, randomized, fingerprint, seq, ts, rssi)
 
     @property
     def holding(self) -> bool:
         """Whether any MAC's frames are held (its link undecided)."""
-        return bool(self._held)
+        return self._n_held > 0
 
     def poll(self, now: float) -> None:
         """Decide every held MAC whose time is up at ``now`` (frame time); results go to :attr:`ready`."""
-        due = [m for m in self._held if m.held is not None and m.held.due <= now]
+        heap = self._held
+        due: list[_Mac] = []
+        while heap and heap[0][0] <= now:
+            due.append(heapq.heappop(heap)[3])
         if due:
             self._decide_all(due)
-        self._next_due = min((m.held.due for m in self._held if m.held is not None), default=math.inf)
+        self._next_due = heap[0][0] if heap else math.inf
+        self._next_event = min(self._next_due, self._last_expire + 60.0)
 
     def flush_into_ready(self) -> None:
         """End of input: decide every held MAC now (results in :attr:`ready`)."""
-        self._decide_all([m for m in self._held if m.held is not None])
+        self._decide_all([e[3] for e in self._held])
+        self._held.clear()
         self._next_due = math.inf
+        self._next_event = self._last_expire + 60.0
 
     def flush(self) -> list[tuple[object, str]]:
         """End of input: decide every held MAC now; returns (and clears) :attr:`ready`."""
@@ -250,21 +284,19 @@ class WifiGrouper:
         return out
 
     def _decide_all(self, ms: list[_Mac]) -> None:
-        ms.sort(key=lambda m: m.first_ts)
+        ms.sort(key=_first_ts)  # due together: in the order they appeared
         for m in ms:
             h = m.held
             if h is not None:
                 self._decide(m, h)
-        self._held = [m for m in self._held if m.held is not None]
 
-    def _hold_until(self, fp: str, seq: int, ts: float, rssi: float | None) -> float | None:
+    def _hold_until(self, fp: str, seq: int, ts: float, rssi: float | None, cands: list[_Group]) -> float | None:
         """When to decide a new MAC's link, or None when there is nothing to wait for (no candidate).
 
         Each candidate group's old MAC has had time to speak again (showing it did not rotate) once
         it has been silent ``confirm_factor`` of its burst intervals; the MAC's own first burst is
         complete after ``burst_gap_s``. Never later than ``max_delay_s``.
         """
-        cands: list[_Group] = []
         self._match(fp, seq, ts, rssi, None, cands)
         if not cands:
             return None
@@ -281,11 +313,14 @@ class WifiGrouper:
     def _decide(self, m: _Mac, h: _Held) -> None:
         """Link a held MAC with all the evidence in: groups whose old MAC spoke since are out."""
         m.held = None
+        self._n_held -= 1
         frames = h.frames
         rs = [r for _s, _t, r, _i in frames if r is not None]
         mean = sum(rs) / len(rs) if rs else None
         fp = h.fingerprint
-        g = self._match(fp, m.first_seq, m.first_ts, mean, None)
+        # only its candidates at its first frame can fit (any other group did not fit then, and a
+        # group changes by its own MACs speaking, which rules it out): no second search
+        g = self._match(fp, m.first_seq, m.first_ts, mean, None, None, h.cands)
         if g is None:
             self._attach(m, self._new_group(fp, True))
         else:
@@ -405,6 +440,7 @@ class WifiGrouper:
         rssi: float | None,
         exclude: _Group | None,
         cands: list[_Group] | None = None,
+        among: list[_Group] | None = None,
     ) -> _Group | None:
         """The group whose tail MAC this frame continues best, or None.
 
@@ -425,7 +461,7 @@ class WifiGrouper:
         best: _Group | None = None
         best_score = second = float("inf")
         oldest = ts - max_gap
-        for g in self._by_fp.get(fp, ()):
+        for g in self._by_fp.get(fp, ()) if among is None else among:
             t = g.tail
             if t is None or g is exclude or t.last_ts < oldest:
                 continue
@@ -464,6 +500,7 @@ class WifiGrouper:
     def expire(self, now: float) -> int:
         """Forget MACs and groups quiet for ``forget_s``; returns how many MACs were dropped."""
         self._last_expire = now
+        self._next_event = min(self._next_due, now + 60.0)
         cutoff = now - self.p.forget_s
         stale = [k for k, m in self._by_mac.items() if m.last_ts < cutoff]
         for k in stale:

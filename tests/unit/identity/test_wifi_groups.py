@@ -225,3 +225,16 @@ def test_new_mac_without_candidate_is_not_held() -> None:
     assert g.offer("02:00:00:00:00:02", True, FP_B, 104, 30.0, -60.0, None) == "w2"  # other model
     assert g.offer("00:11:22:33:44:55", False, FP_A, 105, 30.0, -60.0, None) == "w3"  # public MAC
     assert not g.holding
+
+
+def test_a_group_silent_past_the_gap_limit_is_a_candidate_again_once_it_speaks() -> None:
+    # expiry takes groups silent longer than max_gap_s off the candidate lists (search cost);
+    # when their MAC speaks again they must be back, or its next rotation would be missed
+    g = WifiGrouper(GroupParams(max_gap_s=240.0))
+    a = _burst(g, "02:00:00:00:00:01", FP_A, 100, 0.0)
+    g.expire(300.0)  # silent 300 s > max_gap_s: dormant, off the lists
+    assert FP_A not in g._by_fp
+    a += _burst(g, "02:00:00:00:00:01", FP_A, 140, 310.0)
+    assert [x.gid for x in g._by_fp[FP_A]] == ["w1"]  # back: a new MAC's search sees it again
+    g.expire(320.0)
+    assert [x.gid for x in g._by_fp[FP_A]] == ["w1"] and set(a) == {"w1"}
