@@ -68,7 +68,7 @@ def decode_file(
     # mac -> the line's text from the pseudonym to the rssi value (the pseudonym of the current
     # key epoch; emptied when the epoch changes)
     names: dict[str, str] = {}
-    last_min = -1
+    min_lo = min_hi = 0.0  # the whole minute [min_lo, min_hi) the key epoch was last asked for
     epoch = 0
     # lines in capture order; a held frame's line is its slot's index in ``held`` until decided
     lines: list[str] = []
@@ -102,15 +102,14 @@ def decode_file(
     with path.open("rb") as f:
         try:
             for ts, mac, randomized, rssi, channel, hidden, fp, seq in dec.iter_probes(read_records(f)):
-                if not raw:
-                    # the key epoch changes on a whole minute (rotation_time is HH:MM): ask once a minute
-                    minute = int(ts // 60.0)
-                    if minute != last_min:
-                        last_min = minute
-                        e = keyring.epoch_of(ts)
-                        if e != epoch:
-                            epoch = e
-                            names.clear()
+                # the key epoch changes on a whole minute (rotation_time is HH:MM): ask once a minute
+                if not raw and not min_lo <= ts < min_hi:
+                    min_lo = (ts // 60.0) * 60.0
+                    min_hi = min_lo + 60.0
+                    e = keyring.epoch_of(ts)
+                    if e != epoch:
+                        epoch = e
+                        names.clear()
                 mid = names.get(mac)
                 if mid is None:
                     name = mac if raw else keyring.pseudonym(mac, ts)

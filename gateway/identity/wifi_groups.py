@@ -240,8 +240,18 @@ class WifiGrouper:
                 return None
             g = m.group
             last = m.last_ts
-            if m.trial is None and g.tail is m and 0.0 <= ts - last < self._burst_gap_s:
-                # most frames: the rest of a burst of a settled MAC (what _frame does, inlined)
+            if m.trial is None and g.tail is m and ts >= last:
+                # most frames: a settled MAC's (what _frame does, inlined)
+                dt = ts - last
+                if dt >= self._burst_gap_s:  # a new burst: learn the group's rhythm
+                    if g.dormant:
+                        g.dormant = False
+                        self._by_fp.setdefault(g.fingerprint, []).append(g)
+                    rate = ((seq - m.last_seq) % SEQ_MOD) / dt
+                    sr = g.seq_rate
+                    g.seq_rate = rate if sr is None else sr + 0.3 * (rate - sr)
+                    iv = g.interval
+                    g.interval = dt if iv is None else iv + 0.3 * (dt - iv)
                 m.last_ts = ts
                 m.last_seq = seq
                 if ts >= g.last_ts:
@@ -284,7 +294,8 @@ class WifiGrouper:
         return out
 
     def _decide_all(self, ms: list[_Mac]) -> None:
-        ms.sort(key=_first_ts)  # due together: in the order they appeared
+        if len(ms) > 1:
+            ms.sort(key=_first_ts)  # due together: in the order they appeared
         for m in ms:
             h = m.held
             if h is not None:
@@ -460,16 +471,15 @@ class WifiGrouper:
         early = p.early_frac
         best: _Group | None = None
         best_score = second = float("inf")
-        oldest = ts - max_gap
         for g in self._by_fp.get(fp, ()) if among is None else among:
             t = g.tail
-            if t is None or g is exclude or t.last_ts < oldest:
+            if t is None:
                 continue
             gap = ts - t.last_ts
-            if gap < min_gap or gap > max_gap:
+            if gap < min_gap or gap > max_gap or g is exclude:
                 continue
             interval = g.interval
-            if interval is not None and not early * interval <= gap <= gap_factor * interval + min_gap:
+            if interval is not None and (gap < early * interval or gap > gap_factor * interval + min_gap):
                 # its next burst is not due yet (it has not rotated), or it has been silent for
                 # several of its burst intervals (more likely gone than rotated)
                 continue
