@@ -61,7 +61,7 @@ class GroupParams:
     rssi_sigma_db: float = 6.5  # spread of a device's RSSI between bursts
     max_err: float = 3.0  # largest normalised error (sequence, RSSI) of an acceptable continuation
     min_gap_s: float = 2.0  # a MAC changes between probe bursts, not within one
-    gap_factor: float = 4.5  # longest silence, in the group's own burst intervals (missed bursts)
+    gap_factor: float = 5.0  # longest silence, in the group's own burst intervals (missed bursts)
     early_frac: float = 0.4  # shortest silence, in the group's burst intervals (its next burst is not due)
     min_margin: float = 0.1  # required score gap between the best and the second-best candidate
     burst_gap_s: float = 5.0  # frames further apart than this belong to different probe bursts
@@ -71,6 +71,7 @@ class GroupParams:
     trial_frame_db: float = 6.0  # spread of one frame's RSSI around the device's level
     trial_ref_db: float = 3.0  # spread of the group's RSSI (walk since its last burst, smoothing)
     max_delay_s: float = DEFAULT_GROUP_HOLD_S  # longest hold of a new MAC's frames until its link is decided
+    fold_at: float = 1.7  # a silence this many intervals long counts as several missed bursts
     confirm_factor: float = 1.4  # a candidate's old MAC is gone once silent this many burst intervals
 
 
@@ -127,6 +128,14 @@ class _Group:
     dormant: bool = False  # silent longer than max_gap_s: off the candidate lists until it speaks
 
 
+def _fold(dt: float, iv: float, fold_at: float) -> float:
+    """A silence between two heard bursts, as one burst interval: a capture hopping over channels
+    misses many bursts, and ``dt`` is then a multiple of the device's interval, not a longer one."""
+    if dt <= fold_at * iv:
+        return dt
+    return dt / round(dt / iv)
+
+
 def _first_ts(m: _Mac) -> float:
     return m.first_ts
 
@@ -150,6 +159,7 @@ class WifiGrouper:
         self.unlinked = 0  # links undone
         self.created = 0
         self._delay = self.p.max_delay_s
+        self._fold_at = self.p.fold_at
         # MACs whose link is undecided (held frames), by when to decide: (due, first_ts, n, mac);
         # entries of MACs decided meanwhile by observe() are skipped when they come up
         self._held: list[tuple[float, float, int, _Mac]] = []
@@ -251,7 +261,7 @@ class WifiGrouper:
                     sr = g.seq_rate
                     g.seq_rate = rate if sr is None else sr + 0.3 * (rate - sr)
                     iv = g.interval
-                    g.interval = dt if iv is None else iv + 0.3 * (dt - iv)
+                    g.interval = dt if iv is None else iv + 0.3 * (_fold(dt, iv, self._fold_at) - iv)
                 m.last_ts = ts
                 m.last_seq = seq
                 if ts >= g.last_ts:
@@ -379,7 +389,8 @@ class WifiGrouper:
                 dt = ts - last
                 rate = ((seq - m.last_seq) % SEQ_MOD) / dt
                 g.seq_rate = rate if g.seq_rate is None else g.seq_rate + 0.3 * (rate - g.seq_rate)
-                g.interval = dt if g.interval is None else g.interval + 0.3 * (dt - g.interval)
+                iv = g.interval
+                g.interval = dt if iv is None else iv + 0.3 * (_fold(dt, iv, self._fold_at) - iv)
             m.last_ts = ts
             m.last_seq = seq
             if ts >= g.last_ts:

@@ -238,3 +238,15 @@ def test_a_group_silent_past_the_gap_limit_is_a_candidate_again_once_it_speaks()
     assert [x.gid for x in g._by_fp[FP_A]] == ["w1"]  # back: a new MAC's search sees it again
     g.expire(320.0)
     assert [x.gid for x in g._by_fp[FP_A]] == ["w1"] and set(a) == {"w1"}
+
+
+def test_a_missed_burst_does_not_stretch_the_learned_interval() -> None:
+    # bursts at 0, 30 and 90 s: the one at 60 s was not heard (the capture was on another
+    # channel). The device's interval is still 30 s, not the 39 s an average of 30 and 60 gives,
+    # so a rotation 14 s after its last burst (0.47 of 30 s; only 0.36 of 39 s) is allowed
+    g = WifiGrouper()
+    a = _burst(g, "02:00:00:00:00:01", FP_A, 100, 0.0)
+    a += _burst(g, "02:00:00:00:00:01", FP_A, 130, 30.0)
+    a += _burst(g, "02:00:00:00:00:01", FP_A, 190, 90.0)
+    b = _burst(g, "02:00:00:00:00:02", FP_A, 205, 104.0)
+    assert set(a) == set(b) == {"w1"}
