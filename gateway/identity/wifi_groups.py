@@ -218,7 +218,18 @@ class WifiGrouper:
         if m is None:
             if randomized and self._delay > 0.0:
                 cands: list[_Group] = []
-                due = self._hold_until(fingerprint, seq, ts, rssi, cands)
+                best = self._match(fingerprint, seq, ts, rssi, None, cands)
+                due = self._hold_until(ts, cands) if cands else None
+                if due is not None and due <= ts:
+                    # every candidate's old MAC has had its chance to speak again: decide now
+                    g = best if best is not None else self._new_group(fingerprint, True)
+                    m = _Mac(g, ts, seq, ts, seq)
+                    if best is not None:
+                        self._link(m, g)
+                    else:
+                        self._attach(m, g)
+                    self._by_mac[mac] = m
+                    return self._frame(m, randomized, fingerprint, seq, ts, rssi)
                 if due is not None:
                     m = _Mac(_NO_GROUP, ts, seq, ts, seq)
                     m.held = _Held(mac, fingerprint, due, [(seq, ts, rssi, item)], cands)
@@ -311,25 +322,22 @@ class WifiGrouper:
             if h is not None:
                 self._decide(m, h)
 
-    def _hold_until(self, fp: str, seq: int, ts: float, rssi: float | None, cands: list[_Group]) -> float | None:
-        """When to decide a new MAC's link, or None when there is nothing to wait for (no candidate).
+    def _hold_until(self, ts: float, cands: list[_Group]) -> float:
+        """When to decide the link of a new MAC first heard at ``ts`` with candidates ``cands``.
 
         Each candidate group's old MAC has had time to speak again (showing it did not rotate) once
-        it has been silent ``confirm_factor`` of its burst intervals; the MAC's own first burst is
-        complete after ``burst_gap_s``. Never later than ``max_delay_s``.
+        it has been silent ``confirm_factor`` of its burst intervals; never later than
+        ``max_delay_s``. A time not after ``ts`` means: decide now.
         """
-        self._match(fp, seq, ts, rssi, None, cands)
-        if not cands:
-            return None
-        latest = ts + self._delay
-        due = ts + self._burst_gap_s
+        due = -math.inf
+        confirm = self.p.confirm_factor
         for g in cands:
             t = g.tail
             iv = g.interval
             if t is None or iv is None:
-                return latest
-            due = max(due, t.last_ts + self.p.confirm_factor * iv)
-        return min(due, latest)
+                return ts + self._delay
+            due = max(due, t.last_ts + confirm * iv)
+        return min(due, ts + self._delay)
 
     def _decide(self, m: _Mac, h: _Held) -> None:
         """Link a held MAC with all the evidence in: groups whose old MAC spoke since are out."""

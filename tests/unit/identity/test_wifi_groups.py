@@ -250,3 +250,15 @@ def test_a_missed_burst_does_not_stretch_the_learned_interval() -> None:
     a += _burst(g, "02:00:00:00:00:01", FP_A, 190, 90.0)
     b = _burst(g, "02:00:00:00:00:02", FP_A, 205, 104.0)
     assert set(a) == set(b) == {"w1"}
+
+
+def test_no_hold_when_the_old_mac_has_already_had_its_chance_to_speak() -> None:
+    # a's interval is 30 s; the new MAC comes 50 s after a's last burst (> 1.4 x 30 s): a would
+    # have spoken by now had it not rotated, so there is nothing to wait for - linked at once
+    g = WifiGrouper(GroupParams(max_delay_s=30.0))
+    out: list[tuple[str, str]] = []
+    _offer_burst(g, out, "02:00:00:00:00:01", 100, 0.0)
+    _offer_burst(g, out, "02:00:00:00:00:01", 130, 30.0)
+    _offer_burst(g, out, "02:00:00:00:00:02", 180, 80.0)
+    assert not g.holding and g.held_frames == 0
+    assert [gid for _, gid in out] == [out[0][1]] * 6
