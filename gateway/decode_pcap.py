@@ -7,7 +7,9 @@
 * ``group`` clusters rotating randomized MACs that are probably one device (gateway.identity.wifi_groups);
 * frames that are malformed, have a bad FCS, were heard off their channel or are not probe requests
   are counted and skipped; the counts go to stderr at the end;
-* a corrupt file stops with exit code 2 and the byte offset (lines before it were printed).
+* a corrupt file stops with exit code 2 and the byte offset (lines before it were printed);
+* lines are in capture order; a new random MAC's lines may wait (``--group-hold``, 30 s of capture
+  time at most) until its group is decided - see docs/wifi.md, "Held decisions".
 
 The file is streamed, so its size does not matter. No SSID is ever printed.
 """

@@ -29,9 +29,12 @@ matched again without that group - so such a mistake costs a couple of frames, n
 
 :meth:`WifiGrouper.offer` (what ``gateway decode pcap`` and the daemon sources use) goes further:
 the frames of a new MAC with candidates are held until every candidate's old MAC has had time to
-speak again (``confirm_factor`` burst intervals), at most ``max_delay_s``; a group whose old MAC
-spoke meanwhile is then no candidate, so a device that did not rotate does not get a stranger's
-frames at all. :meth:`observe` decides at once.
+speak again (``confirm_factor`` burst intervals; at once if all have already), at most
+``max_delay_s``; a group whose old MAC spoke meanwhile is then no candidate, so a device that did
+not rotate does not get a stranger's frames at all. :meth:`observe` decides at once.
+
+A hopping capture misses many bursts: a silence of several burst intervals is learned as that
+many missed bursts (``fold_at``), so a group's interval stays its device's own.
 
 Group ids are counters with a caller-chosen prefix, never derived from a MAC, so they can be
 printed; they feed ``Observation.link`` and the pseudonym stage. State is bounded: MACs and groups
