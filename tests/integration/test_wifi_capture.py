@@ -96,6 +96,7 @@ async def test_capture_on_veth_in_private_netns(veth_netns: tuple[str, str], tmp
         dwell_s=0.05,
         sensor_id="gw-test",
         kernel_filter=False,  # every frame reaches the decoder: its drop counts are checked below
+        group_hold_s=30.0,  # the live hold/release path (the daemon's default, 0, decides at once)
     )
     src = WifiCaptureSource(settings)
     got: list[Observation] = []
