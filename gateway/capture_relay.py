@@ -209,16 +209,21 @@ class CaptureReceiver:
         assert self._sock is not None
         loop = asyncio.get_running_loop()
         while True:
-            dgram = await loop.sock_recv(self._sock, HEADER.size + MAX_FRAME)
-            try:
-                frame = decode_frame(dgram)
-            except FrameError as e:
-                self.stats.malformed += 1
-                self.stats.last_error = str(e)
-                continue
-            self.stats.frames += 1
-            self.stats.by_linktype[frame.linktype] = self.stats.by_linktype.get(frame.linktype, 0) + 1
-            return frame
+            frame = self._accept(await loop.sock_recv(self._sock, HEADER.size + MAX_FRAME))
+            if frame is not None:
+                return frame
+
+    def _accept(self, dgram: bytes) -> CapturedFrame | None:
+        """Decode one datagram and count it: a frame, or None for a malformed one (counted, kept as last_error)."""
+        try:
+            frame = decode_frame(dgram)
+        except FrameError as e:
+            self.stats.malformed += 1
+            self.stats.last_error = str(e)
+            return None
+        self.stats.frames += 1
+        self.stats.by_linktype[frame.linktype] = self.stats.by_linktype.get(frame.linktype, 0) + 1
+        return frame
 
     async def recv_batch(self, max_frames: int = 256) -> list[CapturedFrame]:
         """Wait for one datagram, then drain what is already queued without waiting: one event
@@ -230,15 +235,9 @@ class CaptureReceiver:
                 dgram = self._sock.recv(HEADER.size + MAX_FRAME)
             except (BlockingIOError, InterruptedError):
                 break
-            try:
-                frame = decode_frame(dgram)
-            except FrameError as e:
-                self.stats.malformed += 1
-                self.stats.last_error = str(e)
-                continue
-            self.stats.frames += 1
-            self.stats.by_linktype[frame.linktype] = self.stats.by_linktype.get(frame.linktype, 0) + 1
-            out.append(frame)
+            frame = self._accept(dgram)
+            if frame is not None:
+                out.append(frame)
         return out
 
     async def frames(self) -> AsyncIterator[CapturedFrame]:

@@ -122,6 +122,17 @@ class WifiSettings(Section):
     batch_max: int = Field(default=512, ge=1, le=65536, description="Frames read per event-loop wake-up (max)")
     max_pending: int = Field(default=50_000, ge=100, description="Observations buffered for a slow consumer")
     rcvbuf_bytes: int = Field(default=4 << 20, ge=65536, description="Capture socket receive buffer")
+    group_hold_s: float = Field(
+        default=0.0,
+        ge=0,
+        le=600,
+        description=(
+            "Longest hold (frame time) of a new random MAC's frames until its group is decided; 0: at once. "
+            "Held frames reach the pipeline later than localization.window_s and are counted too_late "
+            "instead of localized, so the daemon decides at once by default; 30 buys purer groups "
+            "(docs/wifi.md) at that price. `gateway decode pcap --group-hold` defaults to 30"
+        ),
+    )
 
 
 class NodesSettings(Section):

@@ -142,7 +142,8 @@ class ProbeDecoder:
                 n = len(data)
                 if lt == 127 and n > 8:
                     # a header byte-identical to one parsed before: its cached outcome
-                    rt = rt_cache.get(_rt_key(data, data[2] | data[3] << 8))
+                    hlen = data[2] | data[3] << 8
+                    rt = rt_cache.get(data[:hlen] if not data[4] & 1 else _rt_key(data, hlen))
                     if rt is not None:
                         o, rssi, channel, end = rt
                         end += n
@@ -151,9 +152,9 @@ class ProbeDecoder:
                             and data[o] == 0x40
                             and not data[o + 1]
                             and (r := ie_get(data[o + 24 : end])) is not None
-                            and (mac := mac_get(data[o + 10 : o + 16])) is not None
                         ):
-                            # a plain probe request with known elements from a known transmitter
+                            # a plain probe request with known elements: heard off its channel
+                            # (about half of a hopping capture) it is dropped whoever sent it
                             ds = r[2]
                             if ds is not None:
                                 if channel is None:
@@ -161,6 +162,12 @@ class ProbeDecoder:
                                 elif ds != channel and not keep:
                                     off_channel += 1
                                     continue
+                            mac = mac_get(data[o + 10 : o + 16])
+                            if mac is None:  # a transmitter not seen before: the full path
+                                p = decode(ts, lt, data)
+                                if p is not None:
+                                    yield p
+                                continue
                             probes += 1
                             yield new(
                                 Probe,
@@ -202,6 +209,8 @@ def _rt_key(data: bytes, hlen: int) -> bytes:
     if tsft + 8 > hlen:
         return data[:hlen]  # malformed: the key is the whole header (parse decides)
     return data[:tsft] + data[tsft + 8 : hlen]
+
+
 # radiotap header bytes -> (802.11 offset, rssi, channel, -4 if the FCS is at the end else 0), for
 # headers that parsed cleanly and do not drop the frame (their outcome depends on their bytes only)
 _RT_CACHE: dict[bytes, tuple[int, int | None, int | None, int]] = {}

@@ -76,6 +76,7 @@ def read_chunks(fh: IO[str], health: SourceHealth) -> Iterator[list[Observation]
 
 class ReplaySource:
     replay = True  # a recording: finite, waits rather than drops, its own time (see daemon)
+
     def __init__(self, path: Path, speed: float = 0.0, *, name: str = "replay") -> None:
         self.name = name
         self.path = path

@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from gateway.config import WifiSettings
-from gateway.identity.wifi_groups import WifiGrouper
+from gateway.identity.wifi_groups import GroupParams, WifiGrouper
 from gateway.log import get_logger
 from gateway.models import Observation, SourceHealth
 from gateway.parsers.pcap import LINKTYPE_IEEE802_11, LINKTYPE_RADIOTAP, PcapError, Record, read_records
@@ -110,25 +110,78 @@ def arphrd_type(interface: str) -> int | None:
     return int(struct.unpack_from("H", res, 16)[0])
 
 
+def _obs_ts(o: Observation) -> float:
+    return o.ts
+
+
+def _settled(queue: list[Observation]) -> list[Observation]:
+    """Take the observations before the first one still held (link None) off ``queue``."""
+    n = 0
+    for o in queue:
+        if o.link is None:
+            break
+        n += 1
+    out = queue[:n]
+    del queue[:n]
+    return out
+
+
 class _ProbeObservations:
-    """Probe -> Observation with grouping: shared by the live and replay sources (pure)."""
+    """Probe -> Observation with grouping: shared by the live and replay sources (pure).
+
+    A new randomized MAC's frames are held until its group is decided (``wifi.group_hold_s`` at
+    most, frame time; see :meth:`WifiGrouper.offer`): :meth:`convert` returns them with
+    ``link=None`` and sets the link on the same objects when decided - they are listed by
+    :meth:`take_ready` (after a frame), :meth:`poll` (time passing without frames) or :meth:`flush`
+    (end of input).
+    """
 
     def __init__(self, settings: WifiSettings, health: SourceHealth) -> None:
         self.sensor = settings.sensor_id
         self.decoder = ProbeDecoder(keep_off_channel=settings.keep_off_channel)
         # group ids must not repeat across restarts (they become pseudonym identities)
-        self.grouper = WifiGrouper(prefix=f"wifi-{secrets.token_hex(3)}-")
+        params = GroupParams(max_delay_s=settings.group_hold_s)
+        self.grouper = WifiGrouper(params, prefix=f"wifi-{secrets.token_hex(3)}-")
+        self.ready = self.grouper.ready
         self.health = health
 
     def convert(self, ts: float, linktype: int, data: bytes, channel_hint: int | None) -> Observation | None:
         p: Probe | None = self.decoder.decode(ts, linktype, data, channel_hint)
         if p is None:
             return None
-        group = self.grouper.observe(p.mac, p.randomized, p.fingerprint, p.seq, ts, p.rssi)
         if p.rssi is None:
-            self.health.drop("no_rssi")  # plain 802.11 without radiotap: nothing to range with
+            # plain 802.11 without radiotap: nothing to range with (the grouper still learns from it)
+            self.grouper.offer(p.mac, p.randomized, p.fingerprint, p.seq, ts, None, None)
+            self.health.drop("no_rssi")
             return None
-        return Observation(ts, self.sensor, p.mac, float(p.rssi), "wifi", None, group)
+        obs = Observation(ts, self.sensor, p.mac, float(p.rssi), "wifi", None, None)
+        obs.link = self.grouper.offer(p.mac, p.randomized, p.fingerprint, p.seq, ts, p.rssi, obs)
+        return obs  # link None: held (the grouper sets it on this object when it decides)
+
+    @property
+    def held(self) -> bool:
+        """Whether frames are held waiting for a group decision."""
+        return self.grouper.holding
+
+    def take_ready(self) -> list[Observation]:
+        """Held observations whose group has been decided, with their link, in order per MAC."""
+        out: list[Observation] = []
+        for item, gid in self.ready:
+            if isinstance(item, Observation):
+                item.link = gid
+                out.append(item)
+        self.ready.clear()
+        return out
+
+    def poll(self, now: float) -> list[Observation]:
+        """Decide held MACs whose hold has run out by ``now`` (a live capture with no frames)."""
+        self.grouper.poll(now)
+        return self.take_ready()
+
+    def flush(self) -> list[Observation]:
+        """End of input / shutdown: decide every held MAC now."""
+        self.grouper.flush_into_ready()
+        return self.take_ready()
 
     def sync_health(self) -> None:
         dropped = self.health.dropped
@@ -338,15 +391,29 @@ class WifiCaptureSource:
                 break
             n += 1
             obs = convert(now, lt, data, channel)
-            if obs is None:
-                continue
+            if obs is None or obs.link is None:
+                continue  # dropped, or held until its group is decided (then from take_ready)
             if len(pending) >= limit:
                 self.health.drop("backpressure")
                 continue
             pending.append(obs)
+        if self._conv.ready:
+            self._release(self._conv.take_ready())
         self.frames += n
         if pending:
             self._wake.set()
+
+    def _release(self, obs: list[Observation]) -> None:
+        """Queue held observations whose group was decided (older than those queued: sorted in)."""
+        pending = self._pending
+        room = self.settings.max_pending - len(pending)
+        if len(obs) > room:
+            for _ in range(len(obs) - max(room, 0)):
+                self.health.drop("backpressure")
+            obs = obs[: max(room, 0)]
+        if obs:
+            pending.extend(obs)
+            pending.sort(key=_obs_ts)
 
     async def batches(self) -> AsyncIterator[list[Observation]]:
         s = self.settings
@@ -385,8 +452,12 @@ class WifiCaptureSource:
         h.state = "running"
         try:
             while True:
-                await self._wake.wait()
+                # wake at least once a second: a held MAC's frames must not wait for the next frame
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), 1.0)
                 self._wake.clear()
+                if self._conv.held:
+                    self._release(self._conv.poll(self._clock()))
                 batch, self._pending = self._pending, []
                 if self._error is not None and not batch:
                     # the socket is dead: fail loudly so the supervisor restarts the source
@@ -404,6 +475,11 @@ class WifiCaptureSource:
                 self._conv.sync_health()
                 yield batch
         finally:
+            # shutdown: held frames are decided now; the consumer may not take another batch,
+            # so they only count (a live source's last frames are as good as lost anyway)
+            lost = len(self._conv.flush())
+            if lost:
+                h.detail["held_at_stop"] = lost
             loop.remove_reader(self._sock.fileno())
             self._sock.close()
             self._sock = None
@@ -459,6 +535,9 @@ class PcapReplaySource:
             return out, None
 
         speed = self.settings.pcap_speed
+        conv = self._conv
+        # capture order: observations wait behind a held one until its group is decided
+        queue: list[Observation] = []
         first_ts: float | None = None
         t0 = time.monotonic()
         last_ts = 0.0
@@ -482,8 +561,21 @@ class PcapReplaySource:
                                 batch = []
                             await asyncio.sleep(delay)
                     obs = self._conv.convert(ts, lt, data, None)
-                    if obs is not None:
-                        batch.append(obs)
+                    if conv.ready:
+                        conv.take_ready()  # sets the links of held observations
+                    if obs is None:
+                        continue
+                    if not queue and obs.link is not None:
+                        batch.append(obs)  # nothing held: straight through
+                        continue
+                    queue.append(obs)
+                    if queue[0].link is not None:
+                        batch += _settled(queue)
+                if not recs or err is not None:
+                    conv.flush()  # end of input: decide every held MAC
+                elif conv.ready:
+                    conv.take_ready()
+                batch += _settled(queue)
                 if batch:
                     yield self._account(batch)
                 if err is not None:

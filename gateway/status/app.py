@@ -126,11 +126,20 @@ class StreamHub:
     clients: int = 0
     _dev: tuple[float, int, bytes] = (float("-inf"), 0, b"")
     _status: tuple[float, int, bytes] = (float("-inf"), 0, b"")
+    _dev_version: object = None
     closing: asyncio.Event = field(default_factory=asyncio.Event)
 
     def devices_event(self, now: float) -> tuple[int, bytes]:
         ts, gen, payload = self._dev
         if now - ts >= self.devices_every_s * 0.9:
+            # a provider that can tell when its dots changed (the daemon's: once per fix tick) saves
+            # rebuilding and resending the same map; the others are rebuilt every interval
+            version_of = getattr(self.provider, "devices_version", None)
+            version = version_of() if callable(version_of) else None
+            if version is not None and gen > 0 and version == self._dev_version:
+                self._dev = (now, gen, payload)
+                return gen, payload
+            self._dev_version = version
             body = dumps({"ts": time.time(), "devices": self.provider.devices()})
             gen, payload = gen + 1, b"event: devices\ndata: " + body + b"\n\n"
             self._dev = (now, gen, payload)

@@ -35,6 +35,9 @@ class DaemonStatusProvider:
     def __init__(self, daemon: Daemon) -> None:
         self.d = daemon
         self._latest: dict[str, Fix] = {}
+        self._zones: dict[str, str | None] = {}  # zone of each latest fix, computed once per fix
+        self._dots: list[dict[str, Any]] | None = None  # serialisable dots, rebuilt only on change
+        self._version = 0  # bumped whenever the set of dots changes (the stream skips unchanged ticks)
         self._seen_fixes: list[Fix] | None = None
         self._events: deque[dict[str, Any]] = deque(maxlen=50)
         self._crlb: dict[str, Any] | None = None
@@ -43,30 +46,50 @@ class DaemonStatusProvider:
     # -- helpers --------------------------------------------------------------------------------
 
     def _refresh_dots(self) -> None:
+        before = self._version
         fixes = self.d.runtime.last_fixes
         if fixes is not None and fixes is not self._seen_fixes:
             self._seen_fixes = fixes
             for f in fixes:
                 self._latest[f.device] = f
+            self._zones.update(self._zones_of(fixes))
+            self._version += 1
         if self._optout is not None and self._optout.suppressed:
             for subj in self._optout.suppressed:
                 self._latest.pop(subj, None)
             self._optout.suppressed.clear()
+            self._version += 1
         if self._latest:
             newest = max(f.ts for f in self._latest.values())
-            for k in [k for k, f in self._latest.items() if f.ts < newest - DOT_TTL_S]:
+            stale = [k for k, f in self._latest.items() if f.ts < newest - DOT_TTL_S]
+            for k in stale:
                 del self._latest[k]
+                self._zones.pop(k, None)
+            self._version += bool(stale)
+        if self._version != before:
+            self._dots = None
 
-    def _zone_of(self, f: Fix) -> str | None:
-        if f.zone is not None:
-            return f.zone
-        import numpy as np
+    def _zones_of(self, fixes: list[Fix]) -> dict[str, str | None]:
+        """Zone per fix: the tracker's (with hysteresis) when it has one, else the polygon the dot is in,
+        one vectorised test per zone for the whole tick instead of one per dot per page refresh."""
+        out: dict[str, str | None] = {f.device: f.zone for f in fixes}
+        missing = [f for f in fixes if f.zone is None]
+        if missing and self.d.layout.zones:
+            import numpy as np
 
-        p = np.array([[f.x, f.y]])
-        for z in self.d.layout.zones:
-            if bool(points_in_polygon(p, z.polygon)[0]):
-                return z.id
-        return None
+            pts = np.array([[f.x, f.y] for f in missing], dtype=float)
+            left = np.ones(len(missing), dtype=bool)
+            for z in self.d.layout.zones:
+                hit = left & points_in_polygon(pts, z.polygon)
+                for i in np.flatnonzero(hit).tolist():
+                    out[missing[i].device] = z.id
+                left &= ~hit
+        return out
+
+    def devices_version(self) -> int:
+        """Changes whenever ``devices()`` would return something new (the live stream's cache key)."""
+        self._refresh_dots()
+        return self._version
 
     # -- StatusProvider -------------------------------------------------------------------------
 
@@ -78,18 +101,20 @@ class DaemonStatusProvider:
 
     def devices(self) -> list[dict[str, Any]]:
         self._refresh_dots()
-        return [
-            DeviceDot(f.device, round(f.x, 2), round(f.y, 2), round(f.sigma_m, 2), self._zone_of(f)).as_dict()
-            for f in self._latest.values()
-        ]
+        if self._dots is None:
+            self._dots = [
+                DeviceDot(f.device, round(f.x, 2), round(f.y, 2), round(f.sigma_m, 2), self._zones.get(k)).as_dict()
+                for k, f in self._latest.items()
+            ]
+        return list(self._dots)
 
     def snapshot(self) -> dict[str, Any]:
         d = self.d
         self._refresh_dots()
         now = (d.event_clock() or time.time)()  # ages on the page are in event time (simulator too)
         occ = {z.id: 0 for z in d.layout.zones}
-        for f in self._latest.values():
-            z = self._zone_of(f)
+        for k in self._latest:
+            z = self._zones.get(k)
             if z in occ:
                 occ[z] += 1
         last = d.pipeline.sensor_last_heard
@@ -257,6 +282,9 @@ class DaemonStatusProvider:
             clock = self.d.event_clock() or time.time
             erased = await presence.add_optout(identifier, clock())
             self._latest.clear()  # dots come back with the next fixes, minus the opted-out device
+            self._zones.clear()
+            self._dots = None
+            self._version += 1
             return ActionResult(True, f"opt-out recorded; {erased} tracked subject(s) erased")
         if self._optout is None:
             current = self.d.pipeline.identity

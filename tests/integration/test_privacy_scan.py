@@ -11,9 +11,10 @@
    by linking identity pushed while it runs: no IRK, opted-out MAC or link appears anywhere; the
    opted-out person produces no event; the customer ref (not a raw id) is allowed.
 
-SSIDs: the pipeline's ``Observation`` has no SSID field, so an SSID cannot reach storage or the
-uplink by construction; the scan still looks for the SSID strings it knows of (the simulated store
-has no Wi-Fi probe traffic, so this part is structural rather than exercised).
+3. Wi-Fi: ``gateway run`` replaying a generated capture of probe requests (rotating and public MACs,
+   30 % directed probes naming saved networks, across the 21:00 rotation) through the real ``wifi``
+   source: no transmitter MAC and no SSID (verbatim or hex) appears in logs, MQTT, state files or the
+   status pages. The pipeline's ``Observation`` has no SSID field, so this checks that by experiment.
 """
 
 from __future__ import annotations
@@ -35,7 +36,9 @@ from gateway.identity.subjects import ConsentRecord
 from gateway.layout import load_layout
 from gateway.log import configure_logging
 from gateway.mqtt_async import AsyncMqttClient
+from gateway.parsers.pcap import write_pcap
 from gateway.sim.store import StoreSimulator
+from gateway.sim.wifi_crowd import generate_crowd
 from gateway.status.auth import write_credential
 from tests.conftest import LAYOUT, Mosquitto, free_port, gateway_cmd, gateway_env
 
@@ -125,7 +128,12 @@ def state_files(state: Path) -> dict[str, bytes]:
 
 
 def write_config(
-    tmp_path: Path, broker: Mosquitto, duration_s: float, status_port: int | None = None, **sim: object
+    tmp_path: Path,
+    broker: Mosquitto,
+    duration_s: float,
+    status_port: int | None = None,
+    sources: str | None = None,
+    **sim: object,
 ) -> Path:
     cfg = tmp_path / "gateway.toml"
     if status_port is None:
@@ -135,6 +143,8 @@ def write_config(
         status = f'enabled = true\nport = {status_port}\ncredential_file = "{tmp_path / "cred.json"}"'
 
     simlines = "\n".join(f"{k} = {json.dumps(v)}" for k, v in sim.items())
+    if sources is None:
+        sources = f"[simulator]\nenabled = true\nduration_s = {duration_s}\n{simlines}"
     cfg.write_text(
         f"""
 [gateway]
@@ -156,10 +166,7 @@ level = "debug"
 publish_fixes = true
 k_anonymity = 2
 aggregate_interval_s = 900
-[simulator]
-enabled = true
-duration_s = {duration_s}
-{simlines}
+{sources}
 """
     )
     return cfg
@@ -381,3 +388,65 @@ async def test_consent_and_optouts_leave_no_irk_mac_or_link(tmp_path: Path, mosq
     for name, data in files.items():
         findings += scan(f"state/{name}", data, sec, raw=sec.raw_bytes())
     assert findings == [], "\n".join(findings[:20])
+
+
+WIFI_START = 1_767_302_100.0  # 2026-01-01 20:15Z: the capture crosses the 21:00 pseudonym rotation
+WIFI_SSIDS = [b"HomeNet", b"Office-5", b"CoffeeShop", b"eduroam"]  # what the crowd generator names
+
+
+async def test_wifi_probes_leave_no_mac_or_ssid(tmp_path: Path, mosquitto: Mosquitto) -> None:
+    frames = await asyncio.to_thread(
+        generate_crowd, 60, 5400.0, seed=3, start_ts=WIFI_START, ssid_share=0.3, public_share=0.2
+    )
+    pcap = tmp_path / "probes.pcap"
+    with pcap.open("wb") as f:
+        write_pcap(f, [(fr.ts, fr.frame) for fr in frames], 127)
+    sec = Secrets()
+    sec.macs = {fr.mac.hex().encode() for fr in frames}
+    heard = {ssid for ssid in WIFI_SSIDS if any(ssid in fr.frame for fr in frames)}
+    assert heard == set(WIFI_SSIDS), "every saved-network name is in the capture"
+    sec.strings = heard | {ssid.hex().encode() for ssid in heard}
+    assert len(sec.macs) > 100, "rotating phones should show many addresses"
+    assert any(not fr.mac[0] & 0x02 for fr in frames), "public (never rotating) addresses too"
+
+    port = free_port()
+    # replayed at 300x (~18 s) so the status page is read while probes arrive
+    wifi = f'[wifi]\nenabled = true\npcap = "{pcap}"\nsensor_id = "gw"\npcap_speed = 300\n'
+    cfg = write_config(tmp_path, mosquitto, 0.0, status_port=port, sources=wifi)
+    sniffer = Sniffer(mosquitto)
+    await sniffer.start()
+    scraper = PageScraper(port)
+    proc = await asyncio.create_subprocess_exec(
+        *gateway_cmd("run", "--config", str(cfg)),
+        env=gateway_env(),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    scraper.start()
+    try:
+        out, err = await asyncio.wait_for(proc.communicate(), 180)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+        await scraper.stop()
+    await sniffer.stop()
+    assert proc.returncode == 0, err.decode()[-3000:]
+    logs = [json.loads(line) for line in err.decode().splitlines() if line.startswith("{")]
+    stopped = next(r for r in logs if r["event"] == "gateway stopped")
+    assert stopped["stats"]["observations"] > len(frames) // 2  # the probes really went through
+    events = events_of(sniffer.messages)
+    assert events, "the capture produced events on the uplink"
+    assert scraper.served == set(PageScraper.PATHS), scraper.served
+    assert any(b'"subject"' in page for page in scraper.pages), "no Wi-Fi device was ever on the map"
+
+    findings: list[str] = []
+    findings += scan("logs", out + err, sec, raw=set())
+    findings += scan("mqtt", sniffer.blob(), sec, raw=sec.raw_bytes())
+    findings += scan("status pages", b"\n".join(scraper.pages), sec, raw=set())
+    for name, data in state_files(tmp_path / "state").items():
+        findings += scan(f"state/{name}", data, sec, raw=sec.raw_bytes())
+    assert findings == [], "\n".join(findings[:20])
+    # the scan does see an SSID or a transmitter address when one is there
+    assert scan("probe", b"probe for " + WIFI_SSIDS[3], sec, raw=set())
+    assert scan("probe", frames[0].frame, sec, raw=sec.raw_bytes())

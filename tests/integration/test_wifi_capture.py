@@ -96,6 +96,7 @@ async def test_capture_on_veth_in_private_netns(veth_netns: tuple[str, str], tmp
         dwell_s=0.05,
         sensor_id="gw-test",
         kernel_filter=False,  # every frame reaches the decoder: its drop counts are checked below
+        group_hold_s=30.0,  # the live hold/release path (the daemon's default, 0, decides at once)
     )
     src = WifiCaptureSource(settings)
     got: list[Observation] = []
@@ -137,6 +138,11 @@ async def test_capture_on_veth_in_private_netns(veth_netns: tuple[str, str], tmp
         src._clock = lambda: __import__("time").time() + 20.0
         for f in later:
             tx.send(f)
+        await asyncio.sleep(0.2)
+        # phone_b's frame is held until its group is decided (wifi.group_hold_s at most): with no
+        # further frame, the source's once-a-second wake-up releases it once the hold has run out
+        assert len(got) == 3
+        src._clock = lambda: __import__("time").time() + 21.0 + settings.group_hold_s
         await asyncio.wait_for(task, 10.0)
     finally:
         tx.close()

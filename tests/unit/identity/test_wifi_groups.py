@@ -143,3 +143,122 @@ def test_generated_crowd_groups_close_to_device_count() -> None:
     assert len(macs) > 1.5 * len(devices)  # the crowd really rotates
     assert abs(len(by_group) - len(devices)) <= 0.25 * len(devices)
     assert sum(p >= 0.9 for p in purity) >= 0.85 * len(purity)
+
+
+# --- held decisions (offer): a new MAC's link waits for the evidence -------------------------
+
+
+def _offer_burst(
+    g: WifiGrouper, out: list[tuple[str, str]], mac: str, seq: int, ts: float, rssi: float = -60.0, n: int = 2
+) -> None:
+    """Offer a burst; record (mac, group) of every frame as emitted (held ones when released)."""
+    for i in range(n):
+        gid = g.offer(mac, True, FP_A, (seq + i) % 4096, ts + 0.02 * i, rssi, mac)
+        if gid is not None:
+            out.append((mac, gid))
+        for item, gid2 in g.ready:
+            out.append((str(item), gid2))
+        g.ready.clear()
+
+
+def test_held_new_mac_is_not_linked_to_a_device_that_speaks_again() -> None:
+    # a talks every 30 s; x (another phone of the model) shows up 20 s after a's burst with a
+    # sequence number that happens to continue a's. Decided at once (observe), x's first frames
+    # land in a's group; held, x's link waits until a's next burst is due - a speaks, so x is
+    # not a's rotation and none of x's frames is ever labelled with a's group.
+    old = WifiGrouper()
+    a_old = _burst(old, "02:00:00:00:00:01", FP_A, 100, 0.0) + _burst(old, "02:00:00:00:00:01", FP_A, 130, 30.0)
+    assert _burst(old, "02:00:00:00:00:09", FP_A, 160, 50.0)[0] == a_old[0]  # the old, immediate mistake
+
+    g = WifiGrouper(GroupParams(max_delay_s=90.0))
+    out: list[tuple[str, str]] = []
+    _offer_burst(g, out, "02:00:00:00:00:01", 100, 0.0)
+    _offer_burst(g, out, "02:00:00:00:00:01", 130, 30.0)
+    _offer_burst(g, out, "02:00:00:00:00:09", 160, 50.0)
+    assert len(out) == 4  # x's frames are held
+    _offer_burst(g, out, "02:00:00:00:00:01", 165, 60.0)  # a is still there
+    _offer_burst(g, out, "02:00:00:00:00:09", 190, 80.0)  # past x's hold: decided
+    a_gid = out[0][1]
+    assert {gid for mac, gid in out if mac.endswith("01")} == {a_gid}
+    x_gids = {gid for mac, gid in out if mac.endswith("09")}
+    assert len([m for m, _ in out if m.endswith("09")]) == 4
+    assert a_gid not in x_gids
+    assert g.linked == 0 and g.unlinked == 0  # never linked, so nothing to undo
+
+
+def test_held_rotation_is_linked_with_all_its_frames_in_order_within_the_bound() -> None:
+    g = WifiGrouper(GroupParams(max_delay_s=90.0))
+    out: list[tuple[str, str]] = []
+    _offer_burst(g, out, "02:00:00:00:00:01", 100, 0.0)
+    _offer_burst(g, out, "02:00:00:00:00:01", 130, 30.0)
+    # rotation one interval later; a never speaks again
+    _offer_burst(g, out, "02:00:00:00:00:02", 160, 60.0, n=3)
+    assert len(out) == 4 and g.holding
+    # a's next burst would have been due by 30 + 1.4 * 30 = 72 s: decided by then, not at 90 s
+    _offer_burst(g, out, "02:00:00:00:00:07", 3000, 73.0, n=1)  # an unrelated frame moves time on
+    assert not g.holding
+    rotated = [gid for mac, gid in out if mac.endswith("02")]
+    assert rotated == [out[0][1]] * 3
+    assert g.linked == 1
+
+
+def test_hold_is_bounded_and_flush_releases_everything() -> None:
+    g = WifiGrouper(GroupParams(max_delay_s=10.0))
+    out: list[tuple[str, str]] = []
+    _offer_burst(g, out, "02:00:00:00:00:01", 100, 0.0)  # one burst: no interval learned yet
+    _offer_burst(g, out, "02:00:00:00:00:02", 130, 30.0)
+    assert len(out) == 2
+    g.poll(39.9)
+    assert g.holding
+    g.poll(40.0)  # first frame at 30 s + max_delay_s
+    assert not g.holding and [gid for _, gid in g.ready] == [out[0][1]] * 2
+    g.ready.clear()
+    _offer_burst(g, out, "02:00:00:00:00:03", 190, 90.0)
+    assert g.holding
+    rest = g.flush()
+    assert [item for item, _ in rest] == ["02:00:00:00:00:03"] * 2 and not g.holding
+
+
+def test_new_mac_without_candidate_is_not_held() -> None:
+    g = WifiGrouper(GroupParams(max_delay_s=90.0))
+    assert g.offer("02:00:00:00:00:01", True, FP_A, 100, 0.0, -60.0, None) == "w1"
+    assert g.offer("02:00:00:00:00:02", True, FP_B, 104, 30.0, -60.0, None) == "w2"  # other model
+    assert g.offer("00:11:22:33:44:55", False, FP_A, 105, 30.0, -60.0, None) == "w3"  # public MAC
+    assert not g.holding
+
+
+def test_a_group_silent_past_the_gap_limit_is_a_candidate_again_once_it_speaks() -> None:
+    # expiry takes groups silent longer than max_gap_s off the candidate lists (search cost);
+    # when their MAC speaks again they must be back, or its next rotation would be missed
+    g = WifiGrouper(GroupParams(max_gap_s=240.0))
+    a = _burst(g, "02:00:00:00:00:01", FP_A, 100, 0.0)
+    g.expire(300.0)  # silent 300 s > max_gap_s: dormant, off the lists
+    assert FP_A not in g._by_fp
+    a += _burst(g, "02:00:00:00:00:01", FP_A, 140, 310.0)
+    assert [x.gid for x in g._by_fp[FP_A]] == ["w1"]  # back: a new MAC's search sees it again
+    g.expire(320.0)
+    assert [x.gid for x in g._by_fp[FP_A]] == ["w1"] and set(a) == {"w1"}
+
+
+def test_a_missed_burst_does_not_stretch_the_learned_interval() -> None:
+    # bursts at 0, 30 and 90 s: the one at 60 s was not heard (the capture was on another
+    # channel). The device's interval is still 30 s, not the 39 s an average of 30 and 60 gives,
+    # so a rotation 14 s after its last burst (0.47 of 30 s; only 0.36 of 39 s) is allowed
+    g = WifiGrouper()
+    a = _burst(g, "02:00:00:00:00:01", FP_A, 100, 0.0)
+    a += _burst(g, "02:00:00:00:00:01", FP_A, 130, 30.0)
+    a += _burst(g, "02:00:00:00:00:01", FP_A, 190, 90.0)
+    b = _burst(g, "02:00:00:00:00:02", FP_A, 205, 104.0)
+    assert set(a) == set(b) == {"w1"}
+
+
+def test_no_hold_when_the_old_mac_has_already_had_its_chance_to_speak() -> None:
+    # a's interval is 30 s; the new MAC comes 50 s after a's last burst (> 1.4 x 30 s): a would
+    # have spoken by now had it not rotated, so there is nothing to wait for - linked at once
+    g = WifiGrouper(GroupParams(max_delay_s=30.0))
+    out: list[tuple[str, str]] = []
+    _offer_burst(g, out, "02:00:00:00:00:01", 100, 0.0)
+    _offer_burst(g, out, "02:00:00:00:00:01", 130, 30.0)
+    _offer_burst(g, out, "02:00:00:00:00:02", 180, 80.0)
+    assert not g.holding and g.held_frames == 0
+    assert [gid for _, gid in out] == [out[0][1]] * 6

@@ -228,3 +228,51 @@ def test_wifi_settings_from_toml_and_env(tmp_path: Path, monkeypatch: pytest.Mon
     bad.write_text('[wifi]\nlinktype = "ethernet"\n')
     with pytest.raises(ConfigError, match=r"wifi\.linktype"):
         load_settings(bad)
+
+
+def test_drain_holds_a_new_random_mac_until_its_group_is_decided() -> None:
+    """A rotated MAC's observations wait (not lost) for the group decision; then they carry the link."""
+    now = [500.0]
+    src = WifiCaptureSource(WifiSettings(linktype="radiotap", group_hold_s=30.0), clock=lambda: now[0])
+    a, tx = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+    a.setblocking(False)
+    src._sock = a
+    try:
+        old, new = bytes.fromhex("020000000001"), bytes.fromhex("020000000002")
+        for t, mac, seq in ((500.0, old, 100), (530.0, old, 130), (560.0, new, 160), (560.0, new, 161)):
+            now[0] = t
+            tx.send(_probe(mac, seq, -50))
+            src._on_readable()
+        assert [o.device for o in src._pending] == ["02:00:00:00:00:01"] * 2  # the new MAC's frames are held
+        assert src._conv.held
+        src._release(src._conv.poll(575.0))  # what the source's once-a-second wake-up does
+        assert not src._conv.held
+        assert [o.device for o in src._pending] == ["02:00:00:00:00:01"] * 2 + ["02:00:00:00:00:02"] * 2
+        assert len({o.link for o in src._pending}) == 1  # linked: one device
+        assert [o.ts for o in src._pending] == sorted(o.ts for o in src._pending)
+    finally:
+        tx.close()
+        a.close()
+
+
+def test_daemon_default_decides_a_rotation_at_once() -> None:
+    """By default (group_hold_s 0) nothing is held: a held probe would reach the pipeline after
+    localization.window_s and be dropped as too_late instead of localized."""
+    assert WifiSettings().group_hold_s == 0.0
+    now = [500.0]
+    src = WifiCaptureSource(WifiSettings(linktype="radiotap"), clock=lambda: now[0])
+    a, tx = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+    a.setblocking(False)
+    src._sock = a
+    try:
+        old, new = bytes.fromhex("020000000001"), bytes.fromhex("020000000002")
+        for t, mac, seq in ((500.0, old, 100), (530.0, old, 130), (560.0, new, 160)):
+            now[0] = t
+            tx.send(_probe(mac, seq, -50))
+            src._on_readable()
+        assert not src._conv.held
+        assert [o.device for o in src._pending] == ["02:00:00:00:00:01"] * 2 + ["02:00:00:00:00:02"]
+        assert len({o.link for o in src._pending}) == 1  # linked at once
+    finally:
+        tx.close()
+        a.close()
