@@ -39,12 +39,23 @@ def add_decode_command(dsub: Any) -> None:
     )
     p.add_argument(
         "--group-hold",
-        type=float,
+        type=_hold_seconds,
         default=DEFAULT_GROUP_HOLD_S,
         metavar="SECONDS",
         help="longest wait (capture time) for the evidence that decides a new random MAC's group; 0: decide at once",
     )
     p.set_defaults(func=_run)
+
+
+MAX_GROUP_HOLD_S = 600.0  # as wifi.group_hold_s: below the grouper's forget_s, so a held MAC never expires
+
+
+def _hold_seconds(text: str) -> float:
+    """``--group-hold``: a finite number of seconds in [0, 600] (argparse reports the ValueError)."""
+    v = float(text)
+    if not 0.0 <= v <= MAX_GROUP_HOLD_S:  # also refuses nan and inf
+        raise argparse.ArgumentTypeError(f"must be between 0 and {MAX_GROUP_HOLD_S:g} seconds, got {text}")
+    return v
 
 
 def decode_file(

@@ -76,6 +76,7 @@ class GroupParams:
     max_delay_s: float = DEFAULT_GROUP_HOLD_S  # longest hold of a new MAC's frames until its link is decided
     fold_at: float = 1.7  # a silence this many intervals long counts as several missed bursts
     confirm_factor: float = 1.4  # a candidate's old MAC is gone once silent this many burst intervals
+    max_held_behind: int = 100_000  # frames offered while holding before every held MAC is decided anyway
 
 
 @dataclass(slots=True, eq=False)
@@ -167,6 +168,10 @@ class WifiGrouper:
         # entries of MACs decided meanwhile by observe() are skipped when they come up
         self._held: list[tuple[float, float, int, _Mac]] = []
         self._n_held = 0
+        # bounds on what callers buffer behind a held frame, whatever the capture's clock does: a
+        # holding period ends after max_held_behind frames, or when time steps back past its start
+        self._behind = 0
+        self._hold_start_ts = math.inf
         self._next_due = math.inf
         self._next_event = -math.inf  # min(_next_due, next expiry): one test per frame in offer()
         self.ready: list[tuple[object, str]] = []  # held frames decided: (item, group id), in order per MAC
@@ -185,6 +190,9 @@ class WifiGrouper:
         return g
 
     def _attach(self, m: _Mac, g: _Group) -> None:
+        if g.dormant:  # a held MAC decided for a group that went dormant meanwhile: a candidate again
+            g.dormant = False
+            self._by_fp.setdefault(g.fingerprint, []).append(g)
         if g.tail is not None:
             self.linked += 1
         m.group = g
@@ -212,6 +220,12 @@ class WifiGrouper:
         ``max_delay_s`` (frame time) after its MAC's first frame: on a later :meth:`offer` or
         :meth:`poll`, or on :meth:`flush` at the end of input. Frames of one MAC are released in order.
         """
+        if self._n_held:
+            self._behind += 1
+            if self._behind > self.p.max_held_behind or ts < self._hold_start_ts - self._delay:
+                # a stalled clock (timeless records) or one stepping back (concatenated captures)
+                # would never make a hold due: decide them all now rather than buffer without end
+                self.flush_into_ready()
         if ts >= self._next_event:  # a held MAC is due, or the periodic expiry
             if ts >= self._next_due:
                 self.poll(ts)
@@ -238,6 +252,9 @@ class WifiGrouper:
                     m.held = _Held(mac, fingerprint, due, [(seq, ts, rssi, item)], cands)
                     self._by_mac[mac] = m
                     heapq.heappush(self._held, (due, ts, self.held_macs, m))
+                    if not self._n_held:  # a holding period starts
+                        self._behind = 0
+                        self._hold_start_ts = ts
                     self._n_held += 1
                     if due < self._next_due:
                         self._next_due = due

@@ -57,6 +57,7 @@ class DaemonStatusProvider:
         if self._optout is not None and self._optout.suppressed:
             for subj in self._optout.suppressed:
                 self._latest.pop(subj, None)
+                self._zones.pop(subj, None)
             self._optout.suppressed.clear()
             self._version += 1
         if self._latest:

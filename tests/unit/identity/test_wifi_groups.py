@@ -262,3 +262,57 @@ def test_no_hold_when_the_old_mac_has_already_had_its_chance_to_speak() -> None:
     _offer_burst(g, out, "02:00:00:00:00:02", 180, 80.0)
     assert not g.holding and g.held_frames == 0
     assert [gid for _, gid in out] == [out[0][1]] * 6
+
+
+def _held_b(g: WifiGrouper, fp: str) -> None:
+    """Device A probes every 20 s; a new MAC B at t=75 (A silent only 15 s < 1.4 x 20 s) is held."""
+    for k in range(4):
+        for i in range(2):
+            g.offer("02:00:00:00:00:01", True, fp, 100 + 30 * k + i, 20.0 * k + 0.02 * i, -60.0, ("a", k, i))
+    assert g.offer("02:00:00:00:00:02", True, fp, 213, 75.0, -60.0, "b0") is None
+    assert g.holding
+
+
+def test_a_clock_stepping_back_does_not_hold_frames_forever() -> None:
+    """A concatenated capture (time jumps back past the hold's start) decides held MACs at once:
+    otherwise nothing ever becomes due and callers buffer every later frame until the end."""
+    fp = "aaaaaaaaaaaaaaaa"
+    g = WifiGrouper(GroupParams(max_delay_s=30.0), prefix="g")
+    _held_b(g, fp)
+    g.offer("00:11:22:33:44:55", False, "cccccccccccccccc", 1, 60.0, -50.0, "p0")  # back 15 s: within the hold
+    assert g.holding
+    g.offer("00:11:22:33:44:55", False, "cccccccccccccccc", 2, 10.0, -50.0, "p1")  # back 65 s: past it
+    assert not g.holding
+    assert [item for item, _gid in g.ready] == ["b0"]
+
+
+def test_a_stalled_clock_decides_held_macs_after_max_held_behind_frames() -> None:
+    """Timeless records (pcapng simple packet blocks reuse the last time) never make a hold due: the
+    frame budget does."""
+    fp = "aaaaaaaaaaaaaaaa"
+    g = WifiGrouper(GroupParams(max_delay_s=30.0, max_held_behind=1000), prefix="g")
+    _held_b(g, fp)
+    for n in range(1000):
+        g.offer("00:11:22:33:44:55", False, "cccccccccccccccc", n % 4096, 75.0, -50.0, n)
+    assert g.holding and not g.ready
+    g.offer("00:11:22:33:44:55", False, "cccccccccccccccc", 1000, 75.0, -50.0, 1000)
+    assert not g.holding
+    assert [item for item, _gid in g.ready] == ["b0"]
+
+
+def test_a_group_decided_while_dormant_is_a_candidate_again() -> None:
+    """A held MAC linked to a group that the periodic expiry marked dormant during the hold: the group
+    must be back on its fingerprint's candidate list, or the device's next rotation is a split."""
+    fp, pub = "aaaaaaaaaaaaaaaa", "cccccccccccccccc"
+    g = WifiGrouper(GroupParams(max_delay_s=30.0), prefix="g")
+    ga = g.offer("02:00:00:00:00:01", True, fp, 100, 0.0, -60.0, "a0")  # one burst: interval unknown
+    g.offer("02:00:00:00:00:01", True, fp, 101, 0.02, -60.0, "a1")
+    for i in range(100):  # a public MAC keeps time moving
+        g.offer("00:11:22:33:44:55", False, pub, i, 1.0 + 2.3 * i, -50.0, None)
+    assert g.offer("02:00:00:00:00:02", True, fp, 400, 232.0, -60.0, "x0") is None  # silence 232 s <= 240 s
+    g.offer("02:00:00:00:00:02", True, fp, 401, 232.1, -60.0, "x1")
+    g.offer("00:11:22:33:44:55", False, pub, 499, 255.0, -50.0, None)  # expiry pass: the group goes dormant
+    g.offer("00:11:22:33:44:55", False, pub, 500, 262.5, -50.0, None)  # X due: linked to it
+    assert ga is not None and {gid for _item, gid in g.flush()} == {ga}
+    g.offer("02:00:00:00:00:03", True, fp, 431, 282.0, -60.0, "y0")  # X rotates, its sequence continues
+    assert g.flush() == [("y0", ga)]

@@ -293,3 +293,10 @@ def test_decode_pcap_holds_undecided_frames_but_keeps_capture_order() -> None:
         for ts, mac, randomized, rssi, _ch, _hidden, fp, seq in ProbeDecoder().iter_probes(read_records(f)):
             g.offer(mac, randomized, fp, seq, ts, rssi, None)
     assert g.held_frames > 0
+
+
+def test_decode_pcap_refuses_an_unbounded_group_hold() -> None:
+    for bad in ("inf", "nan", "-1", "601"):
+        r = _decode(str(FIX / "simple.pcapng"), "--group-hold", bad)
+        assert r.returncode == 2 and "--group-hold" in r.stderr and "Traceback" not in r.stderr, bad
+    assert _decode(str(FIX / "simple.pcapng"), "--group-hold", "600").returncode == 0

@@ -107,3 +107,13 @@ def test_hub_rebuilds_every_interval_without_a_version() -> None:
     g1, _ = hub.devices_event(0.0)
     g2, _ = hub.devices_event(0.5)
     assert g2 == g1 + 1 and prov.calls == 2
+
+
+def test_an_opted_out_subject_leaves_the_dot_and_zone_caches() -> None:
+    d = fake_daemon(load_layout(DEMO_LAYOUT))
+    p = DaemonStatusProvider(d)
+    d.runtime.last_fixes = [Fix(100.0, "a", 5.0, 10.0, 1.0), Fix(100.0, "b", 15.0, 10.0, 1.0)]
+    assert {dot["subject"] for dot in p.devices()} == {"a", "b"}
+    p._optout = cast(Any, SimpleNamespace(suppressed={"a"}))
+    assert {dot["subject"] for dot in p.devices()} == {"b"}
+    assert "a" not in p._zones and "a" not in p._latest
