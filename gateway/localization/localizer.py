@@ -314,6 +314,36 @@ class MlLocalizer:
             self.stats.drop("track_restarted", int(moved.sum()))
         return moved
 
+    def _search_standing(self, ss: np.ndarray, censor: np.ndarray, st: LocalizationSettings) -> None:
+        """Global re-search of the standing window: leave a wrong basin once the window shows it.
+
+        The standing-window fix is refined locally every tick from where it was, so it inherits the
+        basin of the track's first fix - with a few seconds of data that is often a wrong one, e.g.
+        pinned to a wall by the walkable-area projection with a weak transmit offset. The track check
+        only looks at the last few seconds, too little to beat it (``restart_nll`` over 4 s); the
+        standing window holds up to a minute of adverts and separates the basins clearly. Grid search
+        (offset profiled out) + refinement over that window; if it beats the current window fix by
+        ``standing_search_nll`` nats of posterior, the window fix moves there (the tracker follows
+        through the re-centring test of :meth:`_standing_fix`).
+        """
+        k = ss.size
+        if k == 0:
+            return
+        est = self.estimator
+        sub = self._stand.problem(ss, censor)
+        pp = self._tx_prior(k)
+        pm = np.zeros((k, 3))
+        theta_g, _ = est.grid_search(sub, np.zeros(k), np.full(k, pp[0, 2, 2]), grid=self._check_grid)
+        best = est.refine(sub, theta_g, pm, pp, iterations=est.p.max_iter)
+        cur = self._sw_theta[ss]
+        prec = pp[0, 2, 2]
+        cost_cur = est.evaluate(sub, cur)[0] + 0.5 * prec * cur[:, 2] ** 2
+        cost_best = best.cost + 0.5 * prec * best.theta[:, 2] ** 2
+        better = cost_cur - cost_best > st.standing_search_nll
+        if better.any():
+            self._sw_theta[ss[better]] = best.theta[better]
+            self.stats.drop("standing_moved", int(better.sum()))
+
     def _tx_prior(self, k: int) -> np.ndarray:
         pp = np.zeros((k, 3, 3))
         pp[:, 2, 2] = 1.0 / self._s.tx_spread_db**2
@@ -446,9 +476,15 @@ class MlLocalizer:
         self._stand.update(slots, prob, now, tau, t_obs)
         self._recent.update(slots, prob, now, st.recent_window_s, t_obs)
         due = old[(slots[old] + self._ticks) % st.check_every_ticks == 0]
+        restarted = np.zeros(0, dtype=np.int64)
         if due.size:
-            moved = self._check(now, slots[due], censor, st)
-            standing[due[moved]] = False
+            restarted = due[self._check(now, slots[due], censor, st)]
+            standing[restarted] = False
+        if st.standing_search_nll > 0 and old.size and self._ticks % st.standing_search_every_ticks == 0:
+            # the standing window changes slowly (minute memory): a global re-search every few ticks is
+            # enough, and doing all devices in the same tick keeps the per-call numpy overhead down
+            pick = old[self._was_standing[slots[old]] & ~np.isin(old, restarted)]
+            self._search_standing(slots[pick], censor, st)
         state, cov, _ = self.tracker.estimate(slots, at=now)
         xy = state[:, :2].copy()
         pcov = cov[:, :2, :2].copy()
