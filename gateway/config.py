@@ -251,6 +251,13 @@ class LocalizationSettings(Section):
     restart_nll: float = Field(
         default=6.0, gt=0, description="Restart a track the recent data place >3 m away better by this (nats)"
     )
+    report_jitter_s: float = Field(
+        default=0.03,
+        ge=0,
+        le=1,
+        description="Spread of one advert's reports across sensors: reports this close to a tick wait for the"
+        " next one, so an advert is not split across two ticks (0: off)",
+    )
     standing_search_nll: float = Field(
         default=4.0,
         ge=0,

@@ -221,6 +221,19 @@ class MlLocalizer:
         sen = np.asarray(self._sen, dtype=np.int64)
         rssi = np.asarray(self._rssi)
         due = ts <= now
+        hold = self._s.report_jitter_s
+        if hold > 0:
+            # An advert's reports from different sensors arrive with a spread (sensor latency, node
+            # jitter). One that straddles the tick would be counted as an advert in both ticks, and
+            # every sensor whose report fell on the other side would be charged a miss: for a phone
+            # advertising at the tick's phase, half its adverts at every sensor, read as "weak
+            # everywhere" (offset -6 dB, fixes metres off). Reports of the last ``hold`` seconds wait
+            # for the next tick, with the rest of their advert (reports within ``hold`` before them).
+            cand = due & (ts > now - hold)
+            if cand.any():
+                first = np.full(int(dev.max()) + 1, np.inf)
+                np.minimum.at(first, dev[cand], ts[cand])
+                due &= ts <= first[dev] - hold
         if not due.all():
             later = ~due
             self._ts, self._dev = ts[later].tolist(), dev[later].tolist()
