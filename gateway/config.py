@@ -256,7 +256,7 @@ class LocalizationSettings(Section):
         ge=0,
         le=1,
         description="Spread of one advert's reports across sensors: reports this close to a tick wait for the"
-        " next one, so an advert is not split across two ticks (0: off)",
+        " next one, so an advert is not split across two ticks (0: off; not for devices clearly walking)",
     )
     standing_search_nll: float = Field(
         default=4.0,
