@@ -8,7 +8,11 @@ once per :meth:`MlLocalizer.fixes` call over numpy arrays for all devices heard 
 3. existing tracks: IMM prediction to the adverts' mean time -> MAP (Gauss-Newton started at the
    prediction, prior = prediction) -> information-form update of both motion models there;
 4. the fix: the tracker extrapolated to the tick, or for standing devices its mixture with the
-   standing-window fix; hysteresis zones, ``Fix`` out.
+   standing-window fix (re-searched globally every few ticks, so a wrong first basin is left once
+   the window shows it); hysteresis zones, ``Fix`` out.
+
+Reports in the last ``report_jitter_s`` before a tick wait for the next one (except for walkers), so
+one advert's reports are not split over two ticks and counted as misses.
 
 Causal by construction: observations with ``ts > now`` stay buffered for a later call.
 """

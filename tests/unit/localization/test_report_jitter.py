@@ -64,3 +64,17 @@ def test_reports_are_held_only_near_the_tick(layout: Layout, model: PathLossMode
     loc.add([Observation(101.01, ids[2], "b", -62.0)])
     assert [f.device for f in loc.fixes(102.0)] == ["b"]
     assert loc.stats.dropped.get("stale", 0) == 0
+
+
+def test_walking_devices_are_not_held(layout: Layout) -> None:
+    """A device the tracker holds for walking uses its newest reports at once (its fix is extrapolated)."""
+    loc = MlLocalizer(layout, LocalizationSettings(report_jitter_s=0.03))
+    ids = [s.id for s in layout.sensors]
+    for k in range(3):
+        loc.add([Observation(100.5 + k, ids[s], d, -70.0) for d in ("walker", "stander") for s in range(3)])
+        loc.fixes(101.0 + k)
+    loc.tracker.mu[loc._slot["walker"]] = [0.05, 0.95]
+    loc.tracker.mu[loc._slot["stander"]] = [0.95, 0.05]
+    loc.add([Observation(103.99, ids[s], d, -70.0) for d in ("walker", "stander") for s in range(3)])
+    assert [f.device for f in loc.fixes(104.0)] == ["walker"]
+    assert sorted(f.device for f in loc.fixes(105.0)) == ["stander"]
