@@ -8,7 +8,11 @@ once per :meth:`MlLocalizer.fixes` call over numpy arrays for all devices heard 
 3. existing tracks: IMM prediction to the adverts' mean time -> MAP (Gauss-Newton started at the
    prediction, prior = prediction) -> information-form update of both motion models there;
 4. the fix: the tracker extrapolated to the tick, or for standing devices its mixture with the
-   standing-window fix; hysteresis zones, ``Fix`` out.
+   standing-window fix (re-searched globally every few ticks, so a wrong first basin is left once
+   the window shows it); hysteresis zones, ``Fix`` out.
+
+Reports in the last ``report_jitter_s`` before a tick wait for the next one (except for walkers), so
+one advert's reports are not split over two ticks and counted as misses.
 
 Causal by construction: observations with ``ts > now`` stay buffered for a later call.
 """
@@ -221,6 +225,22 @@ class MlLocalizer:
         sen = np.asarray(self._sen, dtype=np.int64)
         rssi = np.asarray(self._rssi)
         due = ts <= now
+        hold = self._s.report_jitter_s
+        if hold > 0:
+            # An advert's reports from different sensors arrive with a spread (sensor latency, node
+            # jitter). One that straddles the tick would be counted as an advert in both ticks, and
+            # every sensor whose report fell on the other side would be charged a miss: for a phone
+            # advertising at the tick's phase, half its adverts at every sensor, read as "weak
+            # everywhere" (offset -6 dB, fixes metres off). Reports of the last ``hold`` seconds wait
+            # for the next tick, with the rest of their advert (reports within ``hold`` before them).
+            # Not for devices clearly walking (P(walking) > track_nu_p_walk): their fix is extrapolated
+            # from the newest reports, and holding those cost 0.01-0.02 m of median at 5-10 adverts/s.
+            cand = due & (ts > now - hold)
+            cand &= ~(self._live[dev] & (self.tracker.mu[dev, 1] > self._s.track_nu_p_walk))
+            if cand.any():
+                first = np.full(int(dev.max()) + 1, np.inf)
+                np.minimum.at(first, dev[cand], ts[cand])
+                due &= ts <= first[dev] - hold
         if not due.all():
             later = ~due
             self._ts, self._dev = ts[later].tolist(), dev[later].tolist()
@@ -313,6 +333,36 @@ class MlLocalizer:
             self._was_standing[rows] = False
             self.stats.drop("track_restarted", int(moved.sum()))
         return moved
+
+    def _search_standing(self, ss: np.ndarray, censor: np.ndarray, st: LocalizationSettings) -> None:
+        """Global re-search of the standing window: leave a wrong basin once the window shows it.
+
+        The standing-window fix is refined locally every tick from where it was, so it inherits the
+        basin of the track's first fix - with a few seconds of data that is often a wrong one, e.g.
+        pinned to a wall by the walkable-area projection with a weak transmit offset. The track check
+        only looks at the last few seconds, too little to beat it (``restart_nll`` over 4 s); the
+        standing window holds up to a minute of adverts and separates the basins clearly. Grid search
+        (offset profiled out) + refinement over that window; if it beats the current window fix by
+        ``standing_search_nll`` nats of posterior, the window fix moves there (the tracker follows
+        through the re-centring test of :meth:`_standing_fix`).
+        """
+        k = ss.size
+        if k == 0:
+            return
+        est = self.estimator
+        sub = self._stand.problem(ss, censor)
+        pp = self._tx_prior(k)
+        pm = np.zeros((k, 3))
+        theta_g, _ = est.grid_search(sub, np.zeros(k), np.full(k, pp[0, 2, 2]), grid=self._check_grid)
+        best = est.refine(sub, theta_g, pm, pp, iterations=est.p.max_iter)
+        cur = self._sw_theta[ss]
+        prec = pp[0, 2, 2]
+        cost_cur = est.evaluate(sub, cur)[0] + 0.5 * prec * cur[:, 2] ** 2
+        cost_best = best.cost + 0.5 * prec * best.theta[:, 2] ** 2
+        better = cost_cur - cost_best > st.standing_search_nll
+        if better.any():
+            self._sw_theta[ss[better]] = best.theta[better]
+            self.stats.drop("standing_moved", int(better.sum()))
 
     def _tx_prior(self, k: int) -> np.ndarray:
         pp = np.zeros((k, 3, 3))
@@ -446,9 +496,15 @@ class MlLocalizer:
         self._stand.update(slots, prob, now, tau, t_obs)
         self._recent.update(slots, prob, now, st.recent_window_s, t_obs)
         due = old[(slots[old] + self._ticks) % st.check_every_ticks == 0]
+        restarted = np.zeros(0, dtype=np.int64)
         if due.size:
-            moved = self._check(now, slots[due], censor, st)
-            standing[due[moved]] = False
+            restarted = due[self._check(now, slots[due], censor, st)]
+            standing[restarted] = False
+        if st.standing_search_nll > 0 and old.size and self._ticks % st.standing_search_every_ticks == 0:
+            # the standing window changes slowly (minute memory): a global re-search every few ticks is
+            # enough, and doing all devices in the same tick keeps the per-call numpy overhead down
+            pick = old[self._was_standing[slots[old]] & ~np.isin(old, restarted)]
+            self._search_standing(slots[pick], censor, st)
         state, cov, _ = self.tracker.estimate(slots, at=now)
         xy = state[:, :2].copy()
         pcov = cov[:, :2, :2].copy()
