@@ -354,8 +354,17 @@ class MlLocalizer:
         pp = self._tx_prior(k)
         pm = np.zeros((k, 3))
         theta_g, _ = est.grid_search(sub, np.zeros(k), np.full(k, pp[0, 2, 2]), grid=self._check_grid)
-        best = est.refine(sub, theta_g, pm, pp, iterations=est.p.max_iter)
         cur = self._sw_theta[ss]
+        # only a grid optimum in another place can mean another basin: a device whose global optimum
+        # is next to its fix is already in the right one (the per-tick refinement keeps it there), so
+        # the costly refinement is spent on the few that may have to move
+        far = np.flatnonzero(np.hypot(*(theta_g[:, :2] - cur[:, :2]).T) > st.check_grid_m)
+        if far.size == 0:
+            return
+        if far.size < k:
+            ss, sub, theta_g, cur = ss[far], sub.take(far), theta_g[far], cur[far]
+            pp, pm = pp[: far.size], pm[: far.size]
+        best = est.refine(sub, theta_g, pm, pp, iterations=est.p.max_iter)
         prec = pp[0, 2, 2]
         cost_cur = est.evaluate(sub, cur)[0] + 0.5 * prec * cur[:, 2] ** 2
         cost_best = best.cost + 0.5 * prec * best.theta[:, 2] ** 2
