@@ -189,10 +189,24 @@ class WifiGrouper:
             self._by_fp.setdefault(fp, []).append(g)
         return g
 
-    def _attach(self, m: _Mac, g: _Group) -> None:
-        if g.dormant:  # a held MAC decided for a group that went dormant meanwhile: a candidate again
+    def _wake(self, g: _Group) -> None:
+        """A group taken off the candidate lists for its silence speaks (or gets a MAC): list it again."""
+        if g.dormant:
             g.dormant = False
             self._by_fp.setdefault(g.fingerprint, []).append(g)
+
+    def _new_burst(self, g: _Group, last_seq: int, seq: int, dt: float) -> None:
+        """The group's MAC speaks again after ``dt`` s of silence: learn its sequence rate and burst
+        interval (a silence of several intervals counts as missed bursts, see :func:`_fold`)."""
+        self._wake(g)
+        rate = ((seq - last_seq) % SEQ_MOD) / dt
+        sr = g.seq_rate
+        g.seq_rate = rate if sr is None else sr + 0.3 * (rate - sr)
+        iv = g.interval
+        g.interval = dt if iv is None else iv + 0.3 * (_fold(dt, iv, self._fold_at) - iv)
+
+    def _attach(self, m: _Mac, g: _Group) -> None:
+        self._wake(g)  # a held MAC decided for a group that went dormant meanwhile
         if g.tail is not None:
             self.linked += 1
         m.group = g
@@ -284,15 +298,8 @@ class WifiGrouper:
             if m.trial is None and g.tail is m and ts >= last:
                 # most frames: a settled MAC's (what _frame does, inlined)
                 dt = ts - last
-                if dt >= self._burst_gap_s:  # a new burst: learn the group's rhythm
-                    if g.dormant:
-                        g.dormant = False
-                        self._by_fp.setdefault(g.fingerprint, []).append(g)
-                    rate = ((seq - m.last_seq) % SEQ_MOD) / dt
-                    sr = g.seq_rate
-                    g.seq_rate = rate if sr is None else sr + 0.3 * (rate - sr)
-                    iv = g.interval
-                    g.interval = dt if iv is None else iv + 0.3 * (_fold(dt, iv, self._fold_at) - iv)
+                if dt >= self._burst_gap_s:  # once per burst, not per frame: a call is fine
+                    self._new_burst(g, m.last_seq, seq, dt)
                 m.last_ts = ts
                 m.last_seq = seq
                 if ts >= g.last_ts:
@@ -411,14 +418,7 @@ class WifiGrouper:
         last = m.last_ts
         if ts >= last:
             if ts - last >= self._burst_gap_s:
-                if g.dormant:  # silent for long, speaking again: a candidate again
-                    g.dormant = False
-                    self._by_fp.setdefault(g.fingerprint, []).append(g)
-                dt = ts - last
-                rate = ((seq - m.last_seq) % SEQ_MOD) / dt
-                g.seq_rate = rate if g.seq_rate is None else g.seq_rate + 0.3 * (rate - g.seq_rate)
-                iv = g.interval
-                g.interval = dt if iv is None else iv + 0.3 * (_fold(dt, iv, self._fold_at) - iv)
+                self._new_burst(g, m.last_seq, seq, ts - last)
             m.last_ts = ts
             m.last_seq = seq
             if ts >= g.last_ts:

@@ -17,6 +17,8 @@ import time
 from collections import deque
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
 from gateway import __version__
 from gateway.layout import Layout, points_in_polygon
 from gateway.models import Fix, Heartbeat
@@ -76,8 +78,6 @@ class DaemonStatusProvider:
         out: dict[str, str | None] = {f.device: f.zone for f in fixes}
         missing = [f for f in fixes if f.zone is None]
         if missing and self.d.layout.zones:
-            import numpy as np
-
             pts = np.array([[f.x, f.y] for f in missing], dtype=float)
             left = np.ones(len(missing), dtype=bool)
             for z in self.d.layout.zones:

@@ -254,6 +254,45 @@ class Sniffer:
         return b"\n".join(t.encode() + b" " + p for t, p in self.messages)
 
 
+async def run_gateway_observed(
+    cfg: Path, broker: Mosquitto, port: int, timeout: float
+) -> tuple[bytes, bytes, Sniffer, PageScraper]:
+    """``gateway run`` as a subprocess while a sniffer keeps every MQTT message and a technician reads
+    the status page; its stdout, stderr, the sniffer and the scraper once it has exited with 0."""
+    sniffer = Sniffer(broker)
+    await sniffer.start()
+    scraper = PageScraper(port)
+    proc = await asyncio.create_subprocess_exec(
+        *gateway_cmd("run", "--config", str(cfg)),
+        env=gateway_env(),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    scraper.start()
+    try:
+        out, err = await asyncio.wait_for(proc.communicate(), timeout)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+        await scraper.stop()
+    await sniffer.stop()
+    assert proc.returncode == 0, err.decode()[-3000:]
+    return out, err, sniffer, scraper
+
+
+def scan_everything(
+    logs: bytes, sniffer: Sniffer, scraper: PageScraper, files: dict[str, bytes], sec: Secrets
+) -> list[str]:
+    """Findings over every byte the daemon wrote: logs, MQTT, status pages, state files."""
+    findings = scan("logs", logs, sec, raw=set())
+    findings += scan("mqtt", sniffer.blob(), sec, raw=sec.raw_bytes())
+    findings += scan("status pages", b"\n".join(scraper.pages), sec, raw=set())
+    for name, data in files.items():
+        findings += scan(f"state/{name}", data, sec, raw=sec.raw_bytes())
+    return findings
+
+
 def events_of(messages: list[tuple[str, bytes]]) -> list[dict[str, object]]:
     out: list[dict[str, object]] = []
     for topic, payload in messages:
@@ -269,25 +308,7 @@ async def test_simulated_day_leaves_no_raw_identifier(tmp_path: Path, mosquitto:
     duration = SIM_HOURS * 3600
     port = free_port()
     cfg = write_config(tmp_path, mosquitto, duration, status_port=port, **SIM)
-    sniffer = Sniffer(mosquitto)
-    await sniffer.start()
-    scraper = PageScraper(port)
-    proc = await asyncio.create_subprocess_exec(
-        *gateway_cmd("run", "--config", str(cfg)),
-        env=gateway_env(),
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    scraper.start()
-    try:
-        out, err = await asyncio.wait_for(proc.communicate(), 420)
-    finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
-        await scraper.stop()
-    await sniffer.stop()
-    assert proc.returncode == 0, err.decode()[-3000:]
+    out, err, sniffer, scraper = await run_gateway_observed(cfg, mosquitto, port, 420)
     # the status page was served and read while devices were on the map
     assert scraper.served == set(PageScraper.PATHS), scraper.served
     assert scraper.fetches >= 5 * len(PageScraper.PATHS), scraper.fetches
@@ -308,12 +329,7 @@ async def test_simulated_day_leaves_no_raw_identifier(tmp_path: Path, mosquitto:
     # the SQLite files did hold presence data during the day (history for qualification)
     assert any(str(e["type"]) == "visit.ended" and e.get("visit_count") for e in events)
 
-    findings: list[str] = []
-    findings += scan("logs", logs, sec, raw=set())
-    findings += scan("mqtt", sniffer.blob(), sec, raw=sec.raw_bytes())
-    findings += scan("status pages", b"\n".join(scraper.pages), sec, raw=set())
-    for name, data in files.items():
-        findings += scan(f"state/{name}", data, sec, raw=sec.raw_bytes())
+    findings = scan_everything(logs, sniffer, scraper, files, sec)
     assert findings == [], "\n".join(findings[:20])
 
     # the scanner does find a raw identifier when one is there (guards against a blind scan)
@@ -413,25 +429,7 @@ async def test_wifi_probes_leave_no_mac_or_ssid(tmp_path: Path, mosquitto: Mosqu
     # replayed at 300x (~18 s) so the status page is read while probes arrive
     wifi = f'[wifi]\nenabled = true\npcap = "{pcap}"\nsensor_id = "gw"\npcap_speed = 300\n'
     cfg = write_config(tmp_path, mosquitto, 0.0, status_port=port, sources=wifi)
-    sniffer = Sniffer(mosquitto)
-    await sniffer.start()
-    scraper = PageScraper(port)
-    proc = await asyncio.create_subprocess_exec(
-        *gateway_cmd("run", "--config", str(cfg)),
-        env=gateway_env(),
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    scraper.start()
-    try:
-        out, err = await asyncio.wait_for(proc.communicate(), 180)
-    finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
-        await scraper.stop()
-    await sniffer.stop()
-    assert proc.returncode == 0, err.decode()[-3000:]
+    out, err, sniffer, scraper = await run_gateway_observed(cfg, mosquitto, port, 180)
     logs = [json.loads(line) for line in err.decode().splitlines() if line.startswith("{")]
     stopped = next(r for r in logs if r["event"] == "gateway stopped")
     assert stopped["stats"]["observations"] > len(frames) // 2  # the probes really went through
@@ -440,12 +438,7 @@ async def test_wifi_probes_leave_no_mac_or_ssid(tmp_path: Path, mosquitto: Mosqu
     assert scraper.served == set(PageScraper.PATHS), scraper.served
     assert any(b'"subject"' in page for page in scraper.pages), "no Wi-Fi device was ever on the map"
 
-    findings: list[str] = []
-    findings += scan("logs", out + err, sec, raw=set())
-    findings += scan("mqtt", sniffer.blob(), sec, raw=sec.raw_bytes())
-    findings += scan("status pages", b"\n".join(scraper.pages), sec, raw=set())
-    for name, data in state_files(tmp_path / "state").items():
-        findings += scan(f"state/{name}", data, sec, raw=sec.raw_bytes())
+    findings = scan_everything(out + err, sniffer, scraper, state_files(tmp_path / "state"), sec)
     assert findings == [], "\n".join(findings[:20])
     # the scan does see an SSID or a transmitter address when one is there
     assert scan("probe", b"probe for " + WIFI_SSIDS[3], sec, raw=set())
