@@ -4,28 +4,39 @@
 
 * ``mac`` is the daily pseudonym (keyed HMAC, key drawn for this run and never stored) unless
   ``--raw`` asks for the address itself (a technician's local debugging aid);
-* ``group`` clusters rotating randomized MACs that are probably one device (gateway.identity.wifi_groups);
+* ``group`` clusters rotating randomized MACs that are probably one device: by default over the
+  whole capture (``--grouping capture``, gateway.identity.wifi_chains: every MAC's whole life is
+  known before any group is decided; memory ~20 bytes per probe request, lines come out at the
+  end), or online as the daemon does (``--grouping stream``, gateway.identity.wifi_groups: constant
+  memory, lines as they are decided);
 * frames that are malformed, have a bad FCS, were heard off their channel or are not probe requests
   are counted and skipped; the counts go to stderr at the end;
 * a corrupt file stops with exit code 2 and the byte offset (lines before it were printed);
-* lines are in capture order; a new random MAC's lines may wait (``--group-hold``, 30 s of capture
-  time at most) until its group is decided - see docs/wifi.md, "Held decisions".
+* lines are in capture order; with ``--grouping stream`` a new random MAC's lines may wait
+  (``--group-hold``, 30 s of capture time at most) until its group is decided - see docs/wifi.md,
+  "Held decisions".
 
-The file is streamed, so its size does not matter. No SSID is ever printed.
+The file is read once; with ``--grouping stream`` its size does not matter. No SSID is ever printed.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import sys
+from array import array
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, TextIO
 
 from gateway.config import PrivacySettings
 from gateway.identity.pseudonyms import PseudonymKeyring
+from gateway.identity.wifi_chains import ChainGrouper
 from gateway.identity.wifi_groups import DEFAULT_GROUP_HOLD_S, GroupParams, WifiGrouper
 from gateway.parsers.pcap import PcapError, read_records
-from gateway.parsers.wifi_probe import ProbeDecoder
+from gateway.parsers.wifi_probe import Probe, ProbeDecoder
+
+GROUPINGS = ("capture", "stream")
 
 
 def add_decode_command(dsub: Any) -> None:
@@ -38,11 +49,19 @@ def add_decode_command(dsub: Any) -> None:
         "--keep-off-channel", action="store_true", help="also print frames heard off the channel they were sent on"
     )
     p.add_argument(
+        "--grouping",
+        choices=GROUPINGS,
+        default="capture",
+        help="capture: group MACs knowing the whole capture (purest; lines at the end, ~20 bytes of memory "
+        "per probe); stream: online as the daemon does (constant memory, lines as decided)",
+    )
+    p.add_argument(
         "--group-hold",
         type=_hold_seconds,
         default=DEFAULT_GROUP_HOLD_S,
         metavar="SECONDS",
-        help="longest wait (capture time) for the evidence that decides a new random MAC's group; 0: decide at once",
+        help="--grouping stream: longest wait (capture time) for the evidence that decides a new random MAC's "
+        "group; 0: decide at once",
     )
     p.set_defaults(func=_run)
 
@@ -58,31 +77,150 @@ def _hold_seconds(text: str) -> float:
     return v
 
 
+class _Names:
+    """The part of a line from the MAC's name to the rssi key, per MAC: the daily pseudonym of the
+    key epoch of the frame's time (or the raw address with ``--raw``)."""
+
+    def __init__(self, raw: bool) -> None:
+        privacy = PrivacySettings()
+        self.keyring = PseudonymKeyring(
+            rotation_time=privacy.rotation_time, period_h=privacy.rotation_period_h, nbytes=privacy.pseudonym_bytes
+        )
+        self.raw = raw
+        self.cache: dict[str, str] = {}  # mac -> text, for the current key epoch (emptied when it changes)
+        self.epoch = 0
+        # the whole minute [lo, hi) the key epoch was last asked for: the epoch changes on a whole
+        # minute (rotation_time is HH:MM), so callers ask once a minute (``not lo <= ts < hi``);
+        # raw addresses have no epoch: never ask
+        self.lo, self.hi = (-math.inf, math.inf) if raw else (0.0, 0.0)
+
+    def minute(self, ts: float) -> None:
+        self.lo = (ts // 60.0) * 60.0
+        self.hi = self.lo + 60.0
+        e = self.keyring.epoch_of(ts)
+        if e != self.epoch:
+            self.epoch = e
+            self.cache.clear()
+
+    def make(self, mac: str, randomized: bool, ts: float) -> str:
+        name = mac if self.raw else self.keyring.pseudonym(mac, ts)
+        mid = self.cache[mac] = f'"mac": "{name}", "randomized": {"true" if randomized else "false"}, "rssi": '
+        return mid
+
+
+def _head(ts: float, mid: str, rssi: int | None, channel: int | None, hidden: bool, fp: str) -> str:
+    """A line up to its group id (hand-formatted: every value is a number, bool, null or a hex/id
+    string, nothing to escape)."""
+    return (
+        f'{{"ts": {ts:.6f}, {mid}{"null" if rssi is None else rssi}, '
+        f'"channel": {"null" if channel is None else channel}, '
+        f'"ssid_hidden": {"true" if hidden else "false"}, '
+        f'"fingerprint": "{fp}", "group": "'
+    )
+
+
 def decode_file(
     path: Path,
     out: TextIO,
     *,
     raw: bool = False,
     keep_off_channel: bool = False,
+    grouping: str = "capture",
     group_hold_s: float = DEFAULT_GROUP_HOLD_S,
 ) -> tuple[ProbeDecoder, int, PcapError | None]:
     """Decode ``path`` to ``out``; returns the decoder (its counts), records read and any file error.
 
-    Lines come out in capture order. A frame of a new randomized MAC whose link is undecided is
-    held (with every line after it) until the grouper decides, at most ``group_hold_s`` of capture
-    time later, and at the end of the file.
+    Lines come out in capture order. ``grouping="capture"`` decides groups once the whole file is
+    read (:class:`ChainGrouper`) and writes every line then; ``"stream"`` groups online
+    (:class:`WifiGrouper`): a frame of a new randomized MAC whose link is undecided is held (with
+    every line after it) until the grouper decides, at most ``group_hold_s`` of capture time later,
+    and at the end of the file. Either way the lines before a file error are written.
     """
-    privacy = PrivacySettings()
-    keyring = PseudonymKeyring(
-        rotation_time=privacy.rotation_time, period_h=privacy.rotation_period_h, nbytes=privacy.pseudonym_bytes
-    )
+    if grouping not in GROUPINGS:
+        raise ValueError(f"grouping must be one of {GROUPINGS}, got {grouping!r}")
     dec = ProbeDecoder(keep_off_channel=keep_off_channel)
+    names = _Names(raw)
+    with path.open("rb") as f:
+        probes = dec.iter_probes(read_records(f))
+        if grouping == "capture":
+            error = _decode_capture(probes, out, names)
+        else:
+            error = _decode_stream(probes, out, names, group_hold_s)
+    return dec, dec.records, error
+
+
+_NO_VALUE = -32768  # rssi / channel not known (array slots hold ints)
+
+
+def _decode_capture(probes: Iterator[Probe], out: TextIO, names: _Names) -> PcapError | None:
+    """Read every probe (kept compactly: ~20 bytes each), group over the whole capture, write."""
+    chains = ChainGrouper(prefix="g")
+    learn = chains.add
+    tss = array("d")
+    macs = array("i")  # index of the frame's MAC (its order of first appearance)
+    rssis = array("h")
+    channels = array("h")
+    flags = array("b")  # bit 0: ssid hidden
+    fps = array("i")
+    fp_ids: dict[str, int] = {}
+    mac_list: list[tuple[str, bool]] = []
+    error: PcapError | None = None
+    try:
+        for ts, mac, randomized, rssi, channel, hidden, fp, seq in probes:
+            i = learn(mac, randomized, fp, seq, ts, rssi)
+            if i == len(mac_list):
+                mac_list.append((mac, randomized))
+            k = fp_ids.get(fp)
+            if k is None:
+                k = fp_ids[fp] = len(fp_ids)
+            tss.append(ts)
+            macs.append(i)
+            rssis.append(_NO_VALUE if rssi is None else rssi)
+            channels.append(_NO_VALUE if channel is None else channel)
+            flags.append(1 if hidden else 0)
+            fps.append(k)
+    except PcapError as e:
+        error = e
+    groups = chains.solve()
+    fp_list = list(fp_ids)
+    group_of = [groups[m] for m, _r in mac_list]
+    cache = names.cache
+    lines: list[str] = []
+    add = lines.append
+    for j, ts in enumerate(tss):
+        if not names.lo <= ts < names.hi:
+            names.minute(ts)
+        i = macs[j]
+        mac, randomized = mac_list[i]
+        mid = cache.get(mac)
+        if mid is None:
+            mid = names.make(mac, randomized, ts)
+        rssi = rssis[j]
+        channel = channels[j]
+        add(
+            _head(
+                ts,
+                mid,
+                None if rssi == _NO_VALUE else rssi,
+                None if channel == _NO_VALUE else channel,
+                flags[j] == 1,
+                fp_list[fps[j]],
+            )
+            + group_of[i]
+            + '"}\n'
+        )
+        if len(lines) >= 2048:
+            out.write("".join(lines))
+            lines.clear()
+    out.write("".join(lines))
+    out.flush()
+    return error
+
+
+def _decode_stream(probes: Iterator[Probe], out: TextIO, names: _Names, group_hold_s: float) -> PcapError | None:
+    """Group online (held frames wait, with the lines after them) and write lines as they settle."""
     grouper = WifiGrouper(GroupParams(max_delay_s=group_hold_s), prefix="g")
-    # mac -> the line's text from the pseudonym to the rssi value (the pseudonym of the current
-    # key epoch; emptied when the epoch changes)
-    names: dict[str, str] = {}
-    min_lo = min_hi = 0.0  # the whole minute [min_lo, min_hi) the key epoch was last asked for
-    epoch = 0
+    cache = names.cache
     # lines in capture order; a held frame's line is its slot's index in ``held`` until decided
     lines: list[str] = []
     add = lines.append
@@ -112,59 +250,45 @@ def decode_file(
             del lines[:first]
             base += first
 
-    with path.open("rb") as f:
-        try:
-            for ts, mac, randomized, rssi, channel, hidden, fp, seq in dec.iter_probes(read_records(f)):
-                # the key epoch changes on a whole minute (rotation_time is HH:MM): ask once a minute
-                if not raw and not min_lo <= ts < min_hi:
-                    min_lo = (ts // 60.0) * 60.0
-                    min_hi = min_lo + 60.0
-                    e = keyring.epoch_of(ts)
-                    if e != epoch:
-                        epoch = e
-                        names.clear()
-                mid = names.get(mac)
-                if mid is None:
-                    name = mac if raw else keyring.pseudonym(mac, ts)
-                    mid = names[mac] = f'"mac": "{name}", "randomized": {"true" if randomized else "false"}, "rssi": '
-                slot = base + len(lines)
-                group = offer(mac, randomized, fp, seq, ts, rssi, slot)
-                # hand-formatted: every value is a number, bool, null or a hex/id string (no escaping)
-                if group is not None:
-                    add(
-                        f'{{"ts": {ts:.6f}, {mid}{"null" if rssi is None else rssi}, '
-                        f'"channel": {"null" if channel is None else channel}, '
-                        f'"ssid_hidden": {"true" if hidden else "false"}, '
-                        f'"fingerprint": "{fp}", "group": "{group}"}}\n'
-                    )
-                else:  # held: the line waits for its group (and the lines after it wait for it)
-                    held[slot] = (
-                        f'{{"ts": {ts:.6f}, {mid}{"null" if rssi is None else rssi}, '
-                        f'"channel": {"null" if channel is None else channel}, '
-                        f'"ssid_hidden": {"true" if hidden else "false"}, '
-                        f'"fingerprint": "{fp}", "group": "'
-                    )
-                    add("")
-                if ready:
-                    settle(ready)
-                if len(lines) >= limit:
-                    write_settled()
-                    limit = len(lines) + 2048
-        except PcapError as e:
-            error = e
-        finally:
-            settle(grouper.flush())
-            write_settled()
-            out.flush()
-    records = dec.records
-    return dec, records, error
+    try:
+        for ts, mac, randomized, rssi, channel, hidden, fp, seq in probes:
+            if not names.lo <= ts < names.hi:
+                names.minute(ts)
+            mid = cache.get(mac)
+            if mid is None:
+                mid = names.make(mac, randomized, ts)
+            slot = base + len(lines)
+            group = offer(mac, randomized, fp, seq, ts, rssi, slot)
+            head = _head(ts, mid, rssi, channel, hidden, fp)
+            if group is not None:
+                add(head + group + '"}\n')
+            else:  # held: the line waits for its group (and the lines after it wait for it)
+                held[slot] = head
+                add("")
+            if ready:
+                settle(ready)
+            if len(lines) >= limit:
+                write_settled()
+                limit = len(lines) + 2048
+    except PcapError as e:
+        error = e
+    finally:
+        settle(grouper.flush())
+        write_settled()
+        out.flush()
+    return error
 
 
 def _run(args: argparse.Namespace) -> int:
     path: Path = args.file
     try:
         dec, records, error = decode_file(
-            path, sys.stdout, raw=args.raw, keep_off_channel=args.keep_off_channel, group_hold_s=args.group_hold
+            path,
+            sys.stdout,
+            raw=args.raw,
+            keep_off_channel=args.keep_off_channel,
+            grouping=args.grouping,
+            group_hold_s=args.group_hold,
         )
     except OSError as e:
         print(f"error: cannot read {path}: {e.strerror}", file=sys.stderr)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import importlib.util
 import io
 import json
@@ -276,7 +277,7 @@ def test_decode_pcap_holds_undecided_frames_but_keeps_capture_order() -> None:
     outs = {}
     for hold in (0.0, 90.0):
         buf = io.StringIO()
-        dec, _records, err = decode_file(FIX / "crowd.pcap", buf, raw=True, group_hold_s=hold)
+        dec, _records, err = decode_file(FIX / "crowd.pcap", buf, raw=True, grouping="stream", group_hold_s=hold)
         assert err is None
         lines = [json.loads(x) for x in buf.getvalue().splitlines()]
         assert len(lines) == dec.probes
@@ -293,6 +294,41 @@ def test_decode_pcap_holds_undecided_frames_but_keeps_capture_order() -> None:
         for ts, mac, randomized, rssi, _ch, _hidden, fp, seq in ProbeDecoder().iter_probes(read_records(f)):
             g.offer(mac, randomized, fp, seq, ts, rssi, None)
     assert g.held_frames > 0
+
+
+def test_decode_pcap_groupings_print_the_same_frames_and_capture_groups_are_purer(tmp_path: Path) -> None:
+    """--grouping capture (default) and stream: the same lines but the group; on a crowd with
+    ground truth, whole-capture groups mix devices less, at no more groups."""
+    from gateway.decode_pcap import decode_file
+    from gateway.parsers.pcap import write_pcap
+    from gateway.sim.wifi_crowd import generate_crowd
+
+    crowd = generate_crowd(120, 2400.0, seed=3)
+    path = tmp_path / "crowd120.pcap"
+    with path.open("wb") as f:
+        write_pcap(f, [(x.ts, x.frame) for x in crowd], LINKTYPE_RADIOTAP)
+    truth = {round(f.ts, 6): f.device for f in crowd}
+    out = {}
+    for grouping in ("capture", "stream"):
+        buf = io.StringIO()
+        dec, _records, err = decode_file(path, buf, raw=True, grouping=grouping)
+        assert err is None
+        out[grouping] = [json.loads(x) for x in buf.getvalue().splitlines()]
+        assert len(out[grouping]) == dec.probes
+    strip = [{k: v for k, v in row.items() if k != "group"} for row in out["stream"]]
+    assert [{k: v for k, v in row.items() if k != "group"} for row in out["capture"]] == strip
+
+    def impure(rows: list[dict[str, object]]) -> tuple[int, int]:
+        """Groups under 90 % one device, and groups."""
+        by: dict[object, collections.Counter[int]] = collections.defaultdict(collections.Counter)
+        for row in rows:
+            by[row["group"]][truth[round(float(row["ts"]), 6)]] += 1  # type: ignore[arg-type]
+        return sum(c.most_common(1)[0][1] < 0.9 * sum(c.values()) for c in by.values()), len(by)
+
+    (imp_c, n_c), (imp_s, n_s) = impure(out["capture"]), impure(out["stream"])
+    assert imp_c < imp_s and n_c <= n_s, (imp_c, n_c, imp_s, n_s)
+    r = _decode(str(FIX / "crowd.pcap"), "--grouping", "bogus")
+    assert r.returncode == 2 and "--grouping" in r.stderr and "Traceback" not in r.stderr
 
 
 def test_decode_pcap_refuses_an_unbounded_group_hold() -> None:
