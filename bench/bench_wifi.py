@@ -1,6 +1,6 @@
 """Wi-Fi benchmark: decode throughput, parser fuzzing, randomized-MAC grouping quality.
 
-    /work/main/.venv/bin/python bench/bench_wifi.py [--quick]
+    /work/main/.venv/bin/python bench/bench_wifi.py [--quick | --frontier]
 
 Throughputs are CPU time of this process (``time.process_time``, best of several runs), so other
 work on a shared machine does not count against them.
@@ -35,7 +35,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from gateway.decode_pcap import decode_file
-from gateway.identity.wifi_chains import ChainGrouper
+from gateway.identity.wifi_chains import ChainGrouper, ChainParams
 from gateway.identity.wifi_groups import WifiGrouper
 from gateway.parsers.pcap import read_records, write_pcap
 from gateway.parsers.wifi_probe import ProbeDecoder
@@ -83,9 +83,13 @@ def bench_decode(frames: list[CrowdFrame], repeat: int) -> None:
         def end_to_end() -> None:
             decode_file(path, io.StringIO())
 
+        def end_to_end_stream() -> None:
+            decode_file(path, io.StringIO(), grouping="stream")
+
         t_ref = _best(lambda: _reference_walk(path), repeat)
         t_dec = _best(decode_only, repeat)
         t_e2e = _best(end_to_end, repeat)
+        t_stream = _best(end_to_end_stream, repeat)
     ref = n / t_ref
     print(
         f"wifi.decode_throughput: {n / t_dec:.0f} frames/s "
@@ -93,8 +97,8 @@ def bench_decode(frames: list[CrowdFrame], repeat: int) -> None:
         f"{n} frames, bar >= 100000)"
     )
     print(
-        f"wifi.decode_pcap_end_to_end: {n / t_e2e:.0f} frames/s incl. grouping, pseudonyms, JSON "
-        f"(reference {ref:.3g}/s, ratio {t_ref / t_e2e:.2f})"
+        f"wifi.decode_pcap_end_to_end: {n / t_e2e:.0f} frames/s incl. whole-capture grouping, pseudonyms, "
+        f"JSON (--grouping stream: {n / t_stream:.0f} frames/s; reference {ref:.3g}/s, ratio {t_ref / t_e2e:.2f})"
     )
 
 
@@ -249,6 +253,35 @@ def bench_grouping(n_devices: int, duration_s: float, seed: int = 42) -> tuple[i
     return imp_c, imp_s
 
 
+def bench_frontier() -> None:
+    """Whole-capture grouping over the nine crowds at several link thresholds: how many groups
+    mix devices against how far the count drifts - the trade the purity bar runs into."""
+    crowds = [(42, 100), (42, 200), (42, 300)] + [(seed, n) for seed in (1, 7, 99) for n in (100, 300)]
+    dec = ProbeDecoder()
+    decoded = []
+    for seed, n in crowds:
+        frames = generate_crowd(n, 3600.0, seed=seed)
+        probes = [(f.device, p) for f in frames if (p := dec.decode(f.ts, 127, f.frame)) is not None]
+        decoded.append((len({d for d, _p in probes}), probes))
+    for prior, min_score in ((0.0, -1.0), (0.0, -0.5), (0.0, 0.0), (1.0, 0.0), (2.0, 0.0), (2.0, 1.0), (3.0, 1.0)):
+        impure = 0
+        errs = []
+        for devices, probes in decoded:
+            chains = ChainGrouper(ChainParams(prior=prior, min_score=min_score))
+            for _d, p in probes:
+                chains.add(p.mac, p.randomized, p.fingerprint, p.seq, p.ts, p.rssi)
+            groups = chains.solve()
+            by: dict[str, collections.Counter[int]] = collections.defaultdict(collections.Counter)
+            for d, p in probes:
+                by[groups[p.mac]][d] += 1
+            impure += _purity(by)[3]
+            errs.append((len(by) - devices) / devices)
+        print(
+            f"wifi.grouping_frontier: prior {prior:g}, min_score {min_score:g}: groups under 90% one device "
+            f"{impure} over {len(crowds)} crowds, count error {min(errs):+.0%}..{max(errs):+.0%} (bars: 0, +-20%)"
+        )
+
+
 def main(quick: bool = False) -> None:
     frames = generate_crowd(150 if quick else 300, 1800.0 if quick else 3600.0, seed=7)
     bench_decode(frames, 5 if quick else 7)  # best CPU time of several: the box is shared
@@ -266,4 +299,7 @@ def main(quick: bool = False) -> None:
 
 
 if __name__ == "__main__":
-    main("--quick" in sys.argv)
+    if "--frontier" in sys.argv:
+        bench_frontier()
+    else:
+        main("--quick" in sys.argv)
