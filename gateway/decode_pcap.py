@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import sys
 from array import array
 from collections.abc import Iterator
@@ -290,7 +291,13 @@ def _run(args: argparse.Namespace) -> int:
             grouping=args.grouping,
             group_hold_s=args.group_hold,
         )
+    except BrokenPipeError:  # the reader went away (`| head`): not an error of ours
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
+        return 0
     except OSError as e:
+        if e.filename is None:  # writing the lines failed (e.g. a full disk)
+            print(f"error: cannot write the output: {e.strerror}", file=sys.stderr)
+            return 1
         print(f"error: cannot read {path}: {e.strerror}", file=sys.stderr)
         return 2
     except PcapError as e:  # the header itself is bad: nothing was decoded

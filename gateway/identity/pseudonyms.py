@@ -50,25 +50,31 @@ class PseudonymKeyring:
         self._key_source = key_source
         self._keys: dict[int, bytes] = {}
         self._cache: dict[tuple[int, str], str] = {}
-        # the UTC minute [lo, hi) whose epoch was computed last: every observation asks, and a time
-        # zone conversion costs microseconds. An epoch starts on a whole local minute (rotation_time is
-        # HH:MM) when the period is whole minutes; with a whole-minute UTC offset (every zone since
-        # the 1970s; transitions fall on whole minutes) a UTC minute then lies within one epoch.
+        # the UTC minute [lo, hi) whose epoch was computed last, and that epoch: every observation
+        # asks, and a time zone conversion costs microseconds. An epoch starts on a whole local minute
+        # (rotation_time is HH:MM) when the period is whole minutes; a UTC minute whose start and end
+        # have the same whole-minute UTC offset then lies within one epoch (checked when cached: zones
+        # with seconds in their offsets, e.g. Monrovia until 1972, are converted every time).
         self._whole_minutes = self._period_s % 60.0 == 0.0
-        self._min_lo = self._min_hi = 0.0
-        self._min_epoch = 0
+        self._minute: tuple[float, float, int] = (0.0, 0.0, 0)
 
     def epoch_of(self, ts: float) -> int:
-        """Index of the rotation period that contains Unix time ``ts``."""
-        if self._min_lo <= ts < self._min_hi:
-            return self._min_epoch
-        off = datetime.fromtimestamp(ts, self._tz).utcoffset()
-        off_s = off.total_seconds() if off is not None else 0.0
+        """Index of the rotation period that contains Unix time ``ts`` (up to float rounding within a
+        microsecond of a period's start)."""
+        lo, hi, e = self._minute
+        if lo <= ts < hi:
+            return e
+        off_s = self._utc_offset(ts)
         e = int((ts + off_s - self._offset_s) // self._period_s)
         if self._whole_minutes and off_s % 60.0 == 0.0:
             lo = (ts // 60.0) * 60.0
-            self._min_lo, self._min_hi, self._min_epoch = lo, lo + 60.0, e
+            if self._utc_offset(lo) == off_s == self._utc_offset(lo + 59.999):
+                self._minute = (lo, lo + 60.0, e)
         return e
+
+    def _utc_offset(self, ts: float) -> float:
+        off = datetime.fromtimestamp(ts, self._tz).utcoffset()
+        return off.total_seconds() if off is not None else 0.0
 
     @classmethod
     def from_settings(cls, settings: PrivacySettings, **kw: Any) -> PseudonymKeyring:

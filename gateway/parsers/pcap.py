@@ -31,6 +31,10 @@ CHUNK = 1 << 20
 Record = tuple[float | None, int, bytes]
 
 
+TS_MIN = -2_208_988_800.0  # 1900-01-01 UTC: record times outside [TS_MIN, TS_MAX) are file errors
+TS_MAX = 32_503_680_000.0  # 3000-01-01 UTC (classic pcap's unsigned 32-bit seconds end in 2106)
+
+
 class PcapError(ValueError):
     """A file that is not, or is no longer, valid pcap/pcapng; ``offset`` is the byte offset."""
 
@@ -155,7 +159,10 @@ def _timed_packet(
     if body + 20 + cap > body_end:
         raise PcapError(f"captured length {cap} overruns the block", off + 20)
     lt, unit, tsoff, _snap = ifaces[iface]
-    return ((ts_hi << 32 | ts_lo) * unit + tsoff, lt, d[body + 20 : body + 20 + cap])
+    ts = (ts_hi << 32 | ts_lo) * unit + tsoff
+    if not TS_MIN <= ts < TS_MAX:  # 64-bit stamps and if_tsoffset reach far beyond any calendar
+        raise PcapError(f"packet timestamp {ts:.6g} s is outside the years 1900-2999", off + 12)
+    return (ts, lt, d[body + 20 : body + 20 + cap])
 
 
 def _pcapng(buf: _Buf) -> Iterator[Record]:

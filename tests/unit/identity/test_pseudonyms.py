@@ -60,24 +60,29 @@ def _epoch_uncached(ts: float, tz: ZoneInfo, offset_s: int, period_s: float) -> 
 
 
 @pytest.mark.parametrize(
-    ("rotation", "period_h", "tz"),
+    ("rotation", "period_h", "tz", "days"),
     [
-        ("02:30", 24.0, "Europe/Paris"),  # rotation inside the hour DST skips / repeats
-        ("21:00", 24.0, "America/St_Johns"),  # a half-hour offset
-        ("00:07", 0.25, "Asia/Kathmandu"),  # +05:45, a period of 15 min
-        ("21:00", 0.01, "UTC"),  # 36 s: not whole minutes, no minute cache
+        # rotation inside the hour DST skips / repeats, on the days it does
+        ("02:30", 24.0, "Europe/Paris", [(2026, 3, 29), (2026, 10, 25)]),
+        ("02:30", 24.0, "America/St_Johns", [(2026, 3, 8), (2026, 11, 1)]),  # -03:30 / -02:30
+        ("00:07", 0.25, "Asia/Kathmandu", [(2026, 3, 29)]),  # +05:45, a period of 15 min
+        ("21:00", 0.01, "UTC", [(2026, 3, 29)]),  # 36 s: not whole minutes, no minute cache
+        # -00:44:30 -> 00:00 on 1972-01-07 at 00:44:30 UTC: a change off the whole minute
+        ("00:00", 24.0, "Africa/Monrovia", [(1972, 1, 6)]),
     ],
 )
-def test_epoch_of_with_its_minute_cache_equals_the_tz_conversion(rotation: str, period_h: float, tz: str) -> None:
+def test_epoch_of_with_its_minute_cache_equals_the_tz_conversion(
+    rotation: str, period_h: float, tz: str, days: list[tuple[int, int, int]]
+) -> None:
     """Every observation asks epoch_of: the cached answer must be the conversion's, seconds apart,
-    across both DST changes and in whichever order times come."""
+    across offset changes and in whichever order times come."""
     zone = ZoneInfo(tz)
     kr = PseudonymKeyring(rotation_time=rotation, period_h=period_h, tz=zone)
     hh, mm = rotation.split(":")
     offset_s = int(hh) * 3600 + int(mm) * 60
-    starts = [ts_local(2026, 3, 29, 0, tz=zone), ts_local(2026, 10, 25, 0, tz=zone)]
-    times = [t0 + k * 7.3 for t0 in starts for k in range(0, 4 * 3600 // 7)]
-    times += times[::-7]  # and back again, out of order
+    starts = [ts_local(y, m, d, 0, tz=zone) for y, m, d in days]
+    times = [t0 + k * 7.3 for t0 in starts for k in range(0, 26 * 3600 // 7)]
+    times += times[::-1]  # and back again: a minute cached from its later part, then asked for its earlier
     for t in times:
         assert kr.epoch_of(t) == _epoch_uncached(t, zone, offset_s, period_h * 3600.0), (t, tz)
 

@@ -84,7 +84,8 @@ def test_the_continuation_that_fits_best_wins_and_the_other_stands_alone() -> No
 
 
 def test_three_equally_good_successors_make_no_link() -> None:
-    """Whichever were chosen would be wrong two times in three: split rather than merge."""
+    """Whichever were chosen would be wrong two times in three: split rather than merge (two equally
+    good ones still give a link at the default min_score: see the next test)."""
     g = ChainGrouper()
     seq = _life(g, "02:00:00:00:00:01", 100, 0.0, 5)
     for k in range(3):
@@ -121,6 +122,70 @@ def test_out_of_order_frames_are_counted_and_ids_are_counters_in_start_order() -
     assert g.out_of_order == 1
     groups = g.solve()
     assert groups == {"02:00:00:00:00:01": "g1", "02:00:00:00:00:09": "g2"}
+
+
+def test_one_successor_and_one_predecessor_per_mac() -> None:
+    """Two equally good successors both pass the score (a coin flip at the default min_score): the
+    old MAC still continues into one of them only, and a new MAC continues one old MAC only."""
+    g = ChainGrouper()
+    seq = _life(g, "02:00:00:00:00:01", 100, 0.0, 5)
+    _life(g, "02:00:00:00:00:10", seq, 150.0, 5)
+    _life(g, "02:00:00:00:00:11", seq + 1, 150.5, 5)
+    groups = g.solve()
+    assert g.linked == 1
+    assert len(set(groups.values())) == 2
+    g = ChainGrouper()
+    seq1 = _life(g, "02:00:00:00:00:01", 100, 0.0, 5)
+    _life(g, "02:00:00:00:00:02", seq1 - 1, 0.5, 5)  # ends with the sequence number one lower
+    _life(g, "02:00:00:00:00:10", seq1, 150.0, 5)
+    g.solve()
+    assert g.linked == 1
+
+
+def _life_swapped(g: ChainGrouper, mac: str, seq: int, t0: float, bursts: int, swap_at: int) -> int:
+    for k in range(bursts):
+        order = [1, 0, 2] if k == swap_at else [0, 1, 2]  # two frames of one burst in swapped order
+        for j, i in enumerate(order):
+            g.add(mac, True, FP_A, (seq + i) % 4096, t0 + k * 30.0 + 0.02 * j, -60.0)
+        seq = (seq + 40) % 4096
+    return seq
+
+
+def test_a_step_back_or_a_long_absence_does_not_make_up_a_rate() -> None:
+    # two frames swapped in one burst (two radios a few ms apart): one step of -1 = +4095 mod 4096
+    g = ChainGrouper()
+    seq = _life_swapped(g, "02:00:00:00:00:01", 100, 0.0, 5, swap_at=2)
+    _life(g, "02:00:00:00:00:02", seq, 150.0, 5)
+    groups = g.solve()
+    assert groups["02:00:00:00:00:01"] == groups["02:00:00:00:00:02"]
+    # the MAC heard again after ~55 min (its counter wrapped meanwhile): its rate is its bursts'
+    g = ChainGrouper()
+    seq = _life(g, "02:00:00:00:00:01", 100, 0.0, 4)
+    seq = _life(g, "02:00:00:00:00:01", (seq + 4400) % 4096, 3300.0, 4)
+    _life(g, "02:00:00:00:00:02", seq, 3300.0 + 150.0, 4)
+    groups = g.solve()
+    assert groups["02:00:00:00:00:01"] == groups["02:00:00:00:00:02"]
+
+
+def test_an_earlier_frame_of_a_merged_capture_moves_the_start_back() -> None:
+    g = ChainGrouper()
+    seq = _life(g, "02:00:00:00:00:01", 100, 100.0, 3)
+    g.add("02:00:00:00:00:01", True, FP_A, 60, 50.0, -60.0)  # from a second capture, earlier
+    assert g.out_of_order == 1
+    # a MAC that started between 50 and 100 and ended before 100 overlaps it: never its predecessor
+    _life(g, "02:00:00:00:00:00", 30, 55.0, 1)
+    _life(g, "02:00:00:00:00:02", seq, 190.0, 3)
+    groups = g.solve()
+    assert groups["02:00:00:00:00:00"] != groups["02:00:00:00:00:01"]
+    assert groups["02:00:00:00:00:02"] == groups["02:00:00:00:00:01"]
+
+
+def test_params_are_validated() -> None:
+    import pytest
+
+    for bad in ({"min_gap_s": 0.0}, {"max_gap_s": 1.0}, {"prior": -1000.0}, {"rate_sd": float("nan")}):
+        with pytest.raises(ValueError, match="ChainParams"):
+            ChainParams(**bad)  # type: ignore[arg-type]
 
 
 def _impure_and_count(labels: dict[int, collections.Counter[int]]) -> tuple[int, int]:

@@ -247,6 +247,51 @@ def test_decode_pcap_corrupt_file_exit_2_with_offset() -> None:
     assert "trailing length" in r.stderr
 
 
+def test_decode_pcap_timestamp_beyond_any_calendar_is_a_file_error(tmp_path: Path) -> None:
+    """pcapng stamps are 64-bit (and if_tsoffset is added): one beyond year 2999 is a file error at its
+    offset, in both groupings, with every line before it printed (no traceback)."""
+    with (FIX / "crowd.pcap").open("rb") as f:
+        recs = list(read_records(f))
+    path = tmp_path / "far.pcapng"
+    with path.open("wb") as f:
+        write_pcapng(
+            f, [(0, ts + (1e12 if i >= 40 else 0.0), data) for i, (ts, _lt, data) in enumerate(recs)], [(127, 6)]
+        )
+    good = _decode(str(FIX / "crowd.pcap"), "--raw")
+    for grouping in ("capture", "stream"):
+        r = _decode(str(path), "--raw", "--grouping", grouping)
+        assert r.returncode == 2, r.stderr
+        assert "outside the years 1900-2999 at byte offset" in r.stderr and "Traceback" not in r.stderr
+        lines = r.stdout.splitlines()
+        assert lines and len(lines) < len(good.stdout.splitlines())
+        kept = [{k: v for k, v in json.loads(x).items() if k != "group"} for x in lines]
+        first = [{k: v for k, v in json.loads(x).items() if k != "group"} for x in good.stdout.splitlines()]
+        assert kept == first[: len(kept)]
+
+
+def test_decode_pcap_into_a_closed_pipe_is_quiet(tmp_path: Path) -> None:
+    """`gateway decode pcap big.pcap | head -1`: the reader leaves; exit 0 and no error text."""
+    from gateway.parsers.pcap import write_pcap
+    from gateway.sim.wifi_crowd import generate_crowd
+
+    path = tmp_path / "big.pcap"  # output of several MB: far more than a pipe buffer
+    with path.open("wb") as f:
+        write_pcap(f, [(x.ts, x.frame) for x in generate_crowd(60, 1800.0, seed=4)], LINKTYPE_RADIOTAP)
+    p = subprocess.Popen(
+        gateway_cmd("decode", "pcap", str(path)),
+        env=gateway_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert p.stdout is not None and p.stderr is not None
+    assert p.stdout.readline().startswith(b'{"ts"')
+    p.stdout.close()
+    err = p.stderr.read().decode()
+    p.stderr.close()
+    assert p.wait(timeout=60) == 0, err
+    assert "error" not in err and "Traceback" not in err
+
+
 def test_decode_pcap_missing_and_not_pcap(tmp_path: Path) -> None:
     r = _decode(str(tmp_path / "nope.pcap"))
     assert r.returncode == 2
