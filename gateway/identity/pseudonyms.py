@@ -50,12 +50,25 @@ class PseudonymKeyring:
         self._key_source = key_source
         self._keys: dict[int, bytes] = {}
         self._cache: dict[tuple[int, str], str] = {}
+        # the UTC minute [lo, hi) whose epoch was computed last: every observation asks, and a time
+        # zone conversion costs microseconds. An epoch starts on a whole local minute (rotation_time is
+        # HH:MM) when the period is whole minutes; with a whole-minute UTC offset (every zone since
+        # the 1970s; transitions fall on whole minutes) a UTC minute then lies within one epoch.
+        self._whole_minutes = self._period_s % 60.0 == 0.0
+        self._min_lo = self._min_hi = 0.0
+        self._min_epoch = 0
 
     def epoch_of(self, ts: float) -> int:
         """Index of the rotation period that contains Unix time ``ts``."""
+        if self._min_lo <= ts < self._min_hi:
+            return self._min_epoch
         off = datetime.fromtimestamp(ts, self._tz).utcoffset()
-        local = ts + (off.total_seconds() if off is not None else 0.0)
-        return int((local - self._offset_s) // self._period_s)
+        off_s = off.total_seconds() if off is not None else 0.0
+        e = int((ts + off_s - self._offset_s) // self._period_s)
+        if self._whole_minutes and off_s % 60.0 == 0.0:
+            lo = (ts // 60.0) * 60.0
+            self._min_lo, self._min_hi, self._min_epoch = lo, lo + 60.0, e
+        return e
 
     @classmethod
     def from_settings(cls, settings: PrivacySettings, **kw: Any) -> PseudonymKeyring:

@@ -54,6 +54,34 @@ def test_epoch_bounds_are_exact_across_dst() -> None:
         assert kr.epoch_of(lo) == e and kr.epoch_of(hi - 0.001) == e and kr.epoch_of(hi) == e + 1
 
 
+def _epoch_uncached(ts: float, tz: ZoneInfo, offset_s: int, period_s: float) -> int:
+    off = datetime.fromtimestamp(ts, tz).utcoffset()
+    return int((ts + (off.total_seconds() if off is not None else 0.0) - offset_s) // period_s)
+
+
+@pytest.mark.parametrize(
+    ("rotation", "period_h", "tz"),
+    [
+        ("02:30", 24.0, "Europe/Paris"),  # rotation inside the hour DST skips / repeats
+        ("21:00", 24.0, "America/St_Johns"),  # a half-hour offset
+        ("00:07", 0.25, "Asia/Kathmandu"),  # +05:45, a period of 15 min
+        ("21:00", 0.01, "UTC"),  # 36 s: not whole minutes, no minute cache
+    ],
+)
+def test_epoch_of_with_its_minute_cache_equals_the_tz_conversion(rotation: str, period_h: float, tz: str) -> None:
+    """Every observation asks epoch_of: the cached answer must be the conversion's, seconds apart,
+    across both DST changes and in whichever order times come."""
+    zone = ZoneInfo(tz)
+    kr = PseudonymKeyring(rotation_time=rotation, period_h=period_h, tz=zone)
+    hh, mm = rotation.split(":")
+    offset_s = int(hh) * 3600 + int(mm) * 60
+    starts = [ts_local(2026, 3, 29, 0, tz=zone), ts_local(2026, 10, 25, 0, tz=zone)]
+    times = [t0 + k * 7.3 for t0 in starts for k in range(0, 4 * 3600 // 7)]
+    times += times[::-7]  # and back again, out of order
+    for t in times:
+        assert kr.epoch_of(t) == _epoch_uncached(t, zone, offset_s, period_h * 3600.0), (t, tz)
+
+
 def test_only_current_and_previous_keys_are_held() -> None:
     drawn: list[int] = []
 
