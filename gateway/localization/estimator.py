@@ -24,6 +24,7 @@ tracker can fuse it into its full state (position, velocity, offset) under each 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -70,6 +71,26 @@ class Problem:
     def take(self, rows: I64) -> Problem:
         return Problem(self.mean[rows], self.count[rows], self.missed[rows])
 
+    @staticmethod
+    def concat(parts: Sequence[Problem]) -> Problem:
+        return Problem(
+            np.concatenate([q.mean for q in parts]),
+            np.concatenate([q.count for q in parts]),
+            np.concatenate([q.missed for q in parts]),
+        )
+
+
+@dataclass
+class RefineBatch:
+    """One group of devices for :meth:`Estimator.refine_batches` (the arguments of :meth:`Estimator.refine`)."""
+
+    prob: Problem
+    theta0: F64
+    prior_mean: F64
+    prior_prec: F64
+    iterations: int
+    nu: F64 | None = None  # (D,) Student-t degrees of freedom; None: the estimator's ``nu``
+
 
 @dataclass
 class _Prepared:
@@ -78,8 +99,15 @@ class _Prepared:
     mean: F64  # (D, S)
     cs2: F64  # (D, S) count / sigma^2 (0 where nothing was heard)
     nu: F64 | None  # (D, S) Student-t degrees of freedom of each cell's mean; None: Gaussian
+    missed_all: F64  # (D, S) missed-advert counts
     miss_flat: I64  # flat indices of the cells with missed adverts
-    missed: F64  # their missed-advert counts
+    missed: F64  # their counts
+
+    def take(self, keep: NDArray[np.bool_]) -> _Prepared:
+        missed_all = self.missed_all[keep]
+        flat = np.flatnonzero(missed_all)
+        nu = None if self.nu is None else self.nu[keep]
+        return _Prepared(self.mean[keep], self.cs2[keep], nu, missed_all, flat, missed_all.reshape(-1)[flat])
 
 
 @dataclass
@@ -281,7 +309,7 @@ class Estimator:
         if nu_dev is not None or self.p.nu > 0:
             nu = (self.p.nu if nu_dev is None else nu_dev) * np.maximum(prob.count, 1.0)
         flat = np.flatnonzero(prob.missed)
-        return _Prepared(prob.mean, cs2, nu, flat, prob.missed.reshape(-1)[flat])
+        return _Prepared(prob.mean, cs2, nu, prob.missed, flat, prob.missed.reshape(-1)[flat])
 
     def _post_terms(self, q: _Prepared, th: F64) -> tuple[F64, F64, F64]:
         """Negative log-likelihood ``(D,)``, its gradient ``(D, 3)`` and GN curvature ``(D, 3, 3)`` at ``th``.
@@ -331,34 +359,54 @@ class Estimator:
         theta0: F64,
         prior_mean: F64,
         prior_prec: F64,
-        iterations: int | None = None,
+        iterations: int | I64 | None = None,
         nu: F64 | None = None,
     ) -> Solution:
         """Levenberg-Marquardt on the negative log-posterior, all devices at once.
 
+        ``iterations``: one count for all devices or one per device ``(D,)`` (default ``p.max_iter``);
+        once only devices with a larger budget remain, the later iterations run on those rows alone.
         ``nu``: per-device Student-t degrees of freedom ``(D,)`` instead of ``p.nu`` (0 = Gaussian).
         """
         nu_dev = None if nu is None else np.where(nu > 0, nu, 1e9)[:, None]
         p = self.p
         xmin, xmax, ymin, ymax = p.bounds
+        n = theta0.shape[0]
+        budget = np.broadcast_to(np.asarray(p.max_iter if iterations is None else iterations, dtype=np.int64), (n,))
         theta = theta0.copy()
-        n = theta.shape[0]
         lam = np.full(n, 1e-3)
         eye = np.eye(3)
         q = self._prepare(prob, nu_dev)
+        pm, pp = prior_mean, prior_prec
 
         def post(th: F64) -> tuple[F64, F64, F64, F64]:
             cost, g, h = self._post_terms(q, th)
-            r = th - prior_mean
-            pr = np.matmul(prior_prec, r[:, :, None])[:, :, 0]
+            r = th - pm
+            pr = np.matmul(pp, r[:, :, None])[:, :, 0]
             g += pr
-            h += prior_prec
+            h += pp
             return cost + 0.5 * (r * pr).sum(1), cost, g, h
 
         total, cost, g, h = post(theta)
-        for _ in range(p.max_iter if iterations is None else iterations):
+        # rows: the devices still iterating (indices into the inputs); ``out`` collects finished ones
+        rows: I64 | None = None
+        out: tuple[F64, F64, F64, F64] | None = None
+        last = int(budget.max()) if n else 0
+        for it in range(last):
+            more = budget > it if rows is None else budget[rows] > it
+            if not more.all():
+                if out is None:
+                    out = (theta.copy(), cost.copy(), g.copy(), h.copy())
+                    rows = np.arange(n)
+                assert rows is not None
+                done = rows[~more]
+                out[0][done], out[1][done], out[2][done], out[3][done] = theta[~more], cost[~more], g[~more], h[~more]
+                rows = rows[more]
+                theta, total, cost, g, h, lam = theta[more], total[more], cost[more], g[more], h[more], lam[more]
+                pm, pp, q = pm[more], pp[more], q.take(more)
+            m = theta.shape[0]
             hd = h.copy()
-            diag = hd.reshape(n, 9)[:, ::4]
+            diag = hd.reshape(m, 9)[:, ::4]
             diag += lam[:, None] * np.maximum(diag, 1e-6)
             step = -np.linalg.solve(hd, g[:, :, None])[:, :, 0]
             norm = np.hypot(step[:, 0], step[:, 1])
@@ -382,6 +430,9 @@ class Estimator:
             g[ok] = t_g[ok]
             h[ok] = t_h[ok]
             lam = np.where(ok, lam * 0.3, lam * 10.0)
+        if out is not None and rows is not None:
+            out[0][rows], out[1][rows], out[2][rows], out[3][rows] = theta, cost, g, h
+            theta, cost, g, h = out
         h_lik = h - prior_prec
         # keep the information strictly positive so the tracker can invert sums of it
         h_post = h + 1e-9 * eye
@@ -389,6 +440,37 @@ class Estimator:
         g_lik = g - np.matmul(prior_prec, (theta - prior_mean)[:, :, None])[:, :, 0]
         b_lik = np.matmul(h_lik, theta[:, :, None])[:, :, 0] - g_lik
         return Solution(theta, h_post, h_lik, b_lik, cost)
+
+    def refine_batches(self, batches: Sequence[RefineBatch]) -> list[Solution]:
+        """Several :meth:`refine` problems solved as one batch, one :class:`Solution` per batch.
+
+        Each device's iterations are independent of the others', so the result is that of separate
+        calls; at tick sizes a call costs its number of numpy operations, so one call instead of three
+        is most of the saving. Devices with the larger iteration budget finish alone.
+        """
+        if len(batches) == 1:
+            b = batches[0]
+            return [self.refine(b.prob, b.theta0, b.prior_mean, b.prior_prec, b.iterations, b.nu)]
+        sizes = [b.theta0.shape[0] for b in batches]
+        nu = None
+        if any(b.nu is not None for b in batches):
+            nus = [np.full(k, self.p.nu) if b.nu is None else b.nu for b, k in zip(batches, sizes, strict=True)]
+            nu = np.concatenate(nus)
+        sol = self.refine(
+            Problem.concat([b.prob for b in batches]),
+            np.concatenate([b.theta0 for b in batches]),
+            np.concatenate([b.prior_mean for b in batches]),
+            np.concatenate([b.prior_prec for b in batches]),
+            np.repeat([b.iterations for b in batches], sizes),
+            nu,
+        )
+        out = []
+        lo = 0
+        for k in sizes:
+            sl = slice(lo, lo + k)
+            out.append(Solution(sol.theta[sl], sol.h_post[sl], sol.h_lik[sl], sol.b_lik[sl], sol.cost[sl]))
+            lo += k
+        return out
 
     def locate(self, prob: Problem, tx_prior_sd: float | None = None) -> Solution:
         """Stand-alone ML fix for each device: grid search, then refinement.
