@@ -164,7 +164,8 @@ class Estimator:
         self.p = params
         self.region = region
         self.grid = self.make_grid(params.grid_step_m)
-        self._grid_mu = model.mean_rssi(self.grid)  # (G, S)
+        self._grid_mu_t = np.ascontiguousarray(model.mean_rssi(self.grid).T)  # (S, G)
+        self._grids: dict[int, tuple[F64, F64]] = {}
         # per-sensor constants of mu = p0 + cn * log(d^2) + offset and d mu / d(x, y) = kn / d^2 * (dx, dy)
         self._zc = model.z * model.z + MIN_DISTANCE_M**2
         self._cn = -0.5 * TEN_OVER_LN10 * model.n
@@ -197,11 +198,30 @@ class Estimator:
         return rho, -wk * e, wk
 
     def _heard_cost(self, e: F64, count: F64) -> F64:
-        u2 = count * e * e / self.p.sigma_db**2
+        """Loss of the heard terms (grid search: ``e`` is (pairs, G), computed in place, same values)."""
+        u2 = count * e
+        u2 *= e
+        u2 /= self.p.sigma_db**2
         if self.p.nu > 0:
             nu = self.p.nu * np.maximum(count, 1.0)
-            return np.asarray(0.5 * (nu + 1.0) * np.log1p(u2 / nu))
-        return np.asarray(0.5 * u2)
+            u2 /= nu
+            np.log1p(u2, out=u2)
+            u2 *= 0.5 * (nu + 1.0)
+            return u2
+        u2 *= 0.5
+        return u2
+
+    def _missed_loss(self, mu: F64, missed: F64) -> F64:
+        """The loss of :meth:`_missed` alone (the grid search needs no derivatives)."""
+        sig = self.p.sigma_db
+        eps = self.p.packet_loss
+        alpha = (self.p.floor_dbm - mu) / sig
+        if eps > 0:
+            like = eps + (1.0 - eps) * norm_cdf(alpha)
+            loss = -np.log(like)
+        else:
+            loss = -log_norm_cdf(alpha)
+        return np.asarray(missed * loss)
 
     def _missed(self, mu: F64, missed: F64) -> tuple[F64, F64, F64]:
         """Loss, first and (clipped) second derivative wrt mu of the censored terms."""
@@ -260,9 +280,16 @@ class Estimator:
         cost is then evaluated there. ``cost`` is the negative log-likelihood without the prior.
         """
         if grid is None:
-            grid, grid_mu = self.grid, self._grid_mu
+            grid, grid_mu_t = self.grid, self._grid_mu_t
         else:
-            grid_mu = self.model.mean_rssi(grid)
+            # a caller's grid (the track check's) is searched every tick: its expected RSSI is kept
+            cached = self._grids.get(id(grid))
+            if cached is None or cached[0] is not grid:
+                if len(self._grids) > 8:
+                    self._grids.clear()
+                cached = (grid, np.ascontiguousarray(self.model.mean_rssi(grid).T))
+                self._grids[id(grid)] = cached
+            grid_mu_t = cached[1]
         d_all = prob.num_devices
         s = self.model.num_sensors
         g = grid.shape[0]
@@ -274,18 +301,19 @@ class Estimator:
             sl = slice(lo, min(d_all, lo + step))
             cnt, mean, missed = prob.count[sl], prob.mean[sl], prob.missed[sl]
             w = cnt / s2  # (d, S)
-            num = (w * mean).sum(1)[:, None] - w @ grid_mu.T + (delta_prec[sl] * delta_mean[sl])[:, None]
+            num = (w * mean).sum(1)[:, None] - w @ grid_mu_t + (delta_prec[sl] * delta_mean[sl])[:, None]
             den = w.sum(1)[:, None] + delta_prec[sl][:, None]
             delta = num / np.maximum(den, 1e-12)  # (d, G)
             # heard terms on the (device, sensor) pairs that heard, censored ones where adverts were missed
             hd, hs = np.nonzero(cnt)
-            e = mean[hd, hs][:, None] - grid_mu[:, hs].T - delta[hd]  # (pairs, G)
+            e = mean[hd, hs][:, None] - grid_mu_t[hs]  # (pairs, G)
+            e -= delta[hd]
             rho = self._heard_cost(e, cnt[hd, hs][:, None])
             cost = np.zeros((cnt.shape[0], g))
             _add_rows(cost, hd, rho)
             md, ms = np.nonzero(missed)
             if md.size:
-                lc, _, _ = self._missed(grid_mu[:, ms].T + delta[md], missed[md, ms][:, None])
+                lc = self._missed_loss(grid_mu_t[ms] + delta[md], missed[md, ms][:, None])
                 _add_rows(cost, md, lc)
             prior = 0.5 * delta_prec[sl][:, None] * (delta - delta_mean[sl][:, None]) ** 2
             k = np.argmin(cost + prior, axis=1)

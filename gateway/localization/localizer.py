@@ -104,6 +104,15 @@ class WindowStats:
 
 
 @dataclass
+class _Search:
+    """A standing re-search waiting for its refinement: the slots, their current window fixes, the batch."""
+
+    ss: np.ndarray
+    cur: np.ndarray
+    batch: RefineBatch
+
+
+@dataclass
 class LocalizerStats:
     observations: int = 0
     dropped: dict[str, int] = field(default_factory=dict)
@@ -360,9 +369,15 @@ class MlLocalizer:
         ``standing_search_nll`` nats of posterior, the window fix moves there (the tracker follows
         through the re-centring test of :meth:`_standing_fix`).
         """
+        search = self._search_batch(ss, censor, st)
+        if search is not None:
+            self._search_finish(search, self.estimator.refine_batches([search.batch])[0], st)
+
+    def _search_batch(self, ss: np.ndarray, censor: np.ndarray, st: LocalizationSettings) -> _Search | None:
+        """The re-search's refinement (``None``: nothing to refine); :meth:`_standing_fix` solves it with its own."""
         k = ss.size
         if k == 0:
-            return
+            return None
         est = self.estimator
         sub = self._stand.problem(ss, censor)
         pp = self._tx_prior(k)
@@ -374,18 +389,23 @@ class MlLocalizer:
         # the costly refinement is spent on the few that may have to move
         far = np.flatnonzero(np.hypot(*(theta_g[:, :2] - cur[:, :2]).T) > st.check_grid_m)
         if far.size == 0:
-            return
+            return None
         if far.size < k:
             ss, sub, theta_g, cur = ss[far], sub.take(far), theta_g[far], cur[far]
             pp, pm = pp[: far.size], pm[: far.size]
-        best = est.refine(sub, theta_g, pm, pp, iterations=est.p.max_iter)
-        prec = pp[0, 2, 2]
-        cost_cur = est.evaluate(sub, cur)[0] + 0.5 * prec * cur[:, 2] ** 2
+        return _Search(ss, cur, RefineBatch(sub, theta_g, pm, pp, est.p.max_iter))
+
+    def _search_finish(self, search: _Search, best: Solution, st: LocalizationSettings) -> np.ndarray:
+        """Move the window fixes the re-search beats; returns the slots moved."""
+        cur, sub = search.cur, search.batch.prob
+        prec = search.batch.prior_prec[0, 2, 2]
+        cost_cur = self.estimator.evaluate(sub, cur)[0] + 0.5 * prec * cur[:, 2] ** 2
         cost_best = best.cost + 0.5 * prec * best.theta[:, 2] ** 2
         better = cost_cur - cost_best > st.standing_search_nll
         if better.any():
-            self._sw_theta[ss[better]] = best.theta[better]
+            self._sw_theta[search.ss[better]] = best.theta[better]
             self.stats.drop("standing_moved", int(better.sum()))
+        return np.asarray(search.ss[better])
 
     def _tx_prior(self, k: int) -> np.ndarray:
         pp = np.zeros((k, 3, 3))
@@ -403,12 +423,14 @@ class MlLocalizer:
         cov: np.ndarray,
         xy: np.ndarray,
         pcov: np.ndarray,
+        search: _Search | None = None,
     ) -> None:
         """ML over the standing window for standing devices (re-linearised every tick).
 
         A tracker linearises each second's likelihood once, where it stood then; for a device that
         stays put the window ML uses all of it at the current estimate, which is what gets close to
-        the bound. A tracker state that disagrees with the window fix is re-centred on it.
+        the bound. A tracker state that disagrees with the window fix is re-centred on it. ``search``:
+        this tick's standing re-search (:meth:`_search_standing`), refined in the same batched solve.
         """
         est = self.estimator
         st = self._s
@@ -420,7 +442,17 @@ class MlLocalizer:
         start[entering] = state[sidx][entering][:, [0, 1, 4]]
         pm = np.zeros((k, 3))
         pp = self._tx_prior(k)
-        sol = est.refine(sub, start, pm, pp, iterations=st.track_iterations)
+        batches = [RefineBatch(sub, start, pm, pp, st.track_iterations)]
+        if search is not None:
+            batches.append(search.batch)
+        sols = est.refine_batches(batches)
+        sol = sols[0]
+        if search is not None:
+            # the re-search ran in the same solve; a window fix it moved is refined again from there
+            redo = np.flatnonzero(np.isin(ss, self._search_finish(search, sols[1], st)))
+            if redo.size:
+                again = est.refine(sub.take(redo), self._sw_theta[ss[redo]], pm[redo], pp[redo], st.track_iterations)
+                sol.theta[redo], sol.h_post[redo] = again.theta, again.h_post
         self._sw_theta[ss] = sol.theta
         wcov = np.linalg.inv(sol.h_post)
         # re-centre trackers that disagree with the window fix (chi2, 3 dof, 99.7%)
@@ -534,6 +566,7 @@ class MlLocalizer:
         tau = np.where(standing, st.standing_window_s, st.walking_window_s)
         self._stand.update(slots, prob, now, tau, t_obs)
         restarted = np.zeros(0, dtype=np.int64)
+        search: _Search | None = None
         if due.size:
             restarted = due[self._check_finish(now, slots[due], batches[-1], sols.pop(0), st)]
             standing[restarted] = False
@@ -541,13 +574,15 @@ class MlLocalizer:
             # the standing window changes slowly (minute memory): a global re-search every few ticks is
             # enough, and doing all devices in the same tick keeps the per-call numpy overhead down
             pick = old[self._was_standing[slots[old]] & ~np.isin(old, restarted)]
-            self._search_standing(slots[pick], censor, st)
+            search = self._search_batch(slots[pick], censor, st)
         state, cov, _ = self.tracker.estimate(slots, at=now)
         xy = state[:, :2].copy()
         pcov = cov[:, :2, :2].copy()
         sidx = np.flatnonzero(standing & (self._stand.cnt[slots].max(axis=1) >= st.standing_min_adverts))
         if sidx.size:
-            self._standing_fix(now, slots, sidx, censor, standing, state, cov, xy, pcov)
+            self._standing_fix(now, slots, sidx, censor, standing, state, cov, xy, pcov, search)
+        elif search is not None:
+            self._search_finish(search, est.refine_batches([search.batch])[0], st)
         self._was_standing[slots] = standing
         self._ticks += 1
         xy = self.region.project(xy)
