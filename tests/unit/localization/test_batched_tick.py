@@ -163,7 +163,7 @@ def test_batched_tick_gives_the_fixes_of_separate_refinements(layout: Layout, mo
             plain._search_finish(search, one_by_one([search.batch])[0], st)
 
     est.refine_batches = one_by_one  # type: ignore[method-assign]
-    plain._search_batch = search_first  # type: ignore[assignment,method-assign]
+    plain._search_batch = search_first  # type: ignore[method-assign]
     want = _scenario(layout, model, plain)
     assert len(got) == len(want) > 200
     for (t0, x0, y0), (t1, x1, y1) in zip(got, want, strict=True):
