@@ -98,7 +98,8 @@ class _Prepared:
 
     mean: F64  # (D, S)
     cs2: F64  # (D, S) count / sigma^2 (0 where nothing was heard)
-    nu: F64 | None  # (D, S) Student-t degrees of freedom of each cell's mean; None: Gaussian
+    # Student-t tail per cell: degrees of freedom nu, (nu + 1) / 2, cs2 * (nu + 1); None: Gaussian
+    tdist: tuple[F64, F64, F64] | None
     missed_all: F64  # (D, S) missed-advert counts
     miss_flat: I64  # flat indices of the cells with missed adverts
     missed: F64  # their counts
@@ -106,8 +107,8 @@ class _Prepared:
     def take(self, keep: NDArray[np.bool_]) -> _Prepared:
         missed_all = self.missed_all[keep]
         flat = np.flatnonzero(missed_all)
-        nu = None if self.nu is None else self.nu[keep]
-        return _Prepared(self.mean[keep], self.cs2[keep], nu, missed_all, flat, missed_all.reshape(-1)[flat])
+        tdist = None if self.tdist is None else (self.tdist[0][keep], self.tdist[1][keep], self.tdist[2][keep])
+        return _Prepared(self.mean[keep], self.cs2[keep], tdist, missed_all, flat, missed_all.reshape(-1)[flat])
 
 
 @dataclass
@@ -171,6 +172,7 @@ class Estimator:
         self._cn = -0.5 * TEN_OVER_LN10 * model.n
         self._kn = -TEN_OVER_LN10 * model.n
         self._p0 = model.p0
+        self._sx, self._sy = np.ascontiguousarray(model.xy[:, 0]), np.ascontiguousarray(model.xy[:, 1])
 
     def make_grid(self, step: float) -> F64:
         g = make_grid(self.p.bounds, step)
@@ -333,11 +335,12 @@ class Estimator:
         iterations. A cell that heard nothing has ``count = 0`` and so zero loss, gradient and weight.
         """
         cs2 = prob.count / self.p.sigma_db**2
-        nu: F64 | None = None
+        tdist = None
         if nu_dev is not None or self.p.nu > 0:
             nu = (self.p.nu if nu_dev is None else nu_dev) * np.maximum(prob.count, 1.0)
+            tdist = (nu, 0.5 * (nu + 1.0), cs2 * (nu + 1.0))
         flat = np.flatnonzero(prob.missed)
-        return _Prepared(prob.mean, cs2, nu, prob.missed, flat, prob.missed.reshape(-1)[flat])
+        return _Prepared(prob.mean, cs2, tdist, prob.missed, flat, prob.missed.reshape(-1)[flat])
 
     def _post_terms(self, q: _Prepared, th: F64) -> tuple[F64, F64, F64]:
         """Negative log-likelihood ``(D,)``, its gradient ``(D, 3)`` and GN curvature ``(D, 3, 3)`` at ``th``.
@@ -348,8 +351,8 @@ class Estimator:
         """
         m = self.model
         n, s = th.shape[0], m.num_sensors
-        dx = th[:, 0:1] - m.xy[:, 0]
-        dy = th[:, 1:2] - m.xy[:, 1]
+        dx = th[:, 0:1] - self._sx
+        dy = th[:, 1:2] - self._sy
         d2 = dx * dx
         d2 += dy * dy
         d2 += self._zc
@@ -362,16 +365,20 @@ class Estimator:
         mu *= self._cn
         mu += self._p0
         mu += th[:, 2:3]
-        e = q.mean - mu
-        u2 = q.cs2 * e * e
-        if q.nu is not None:
-            rho = np.log1p(u2 / q.nu)
-            rho *= 0.5 * (q.nu + 1.0)
-            wk = q.cs2 * (q.nu + 1.0) / (q.nu + u2)
+        e = mu - q.mean  # minus the residual: d loss / d mu = wk * e
+        u2 = q.cs2 * e
+        u2 *= e
+        if q.tdist is not None:
+            nu, hnu1, cs2nu1 = q.tdist
+            rho = u2 / nu
+            np.log1p(rho, out=rho)
+            rho *= hnu1
+            u2 += nu
+            wk = np.divide(cs2nu1, u2, out=u2)
         else:
             rho = 0.5 * u2
             wk = q.cs2.copy()
-        a = -wk * e
+        a = wk * e
         if q.miss_flat.size:
             lc, ac, bc = self._missed(mu.reshape(-1)[q.miss_flat], q.missed)
             rho.reshape(-1)[q.miss_flat] += lc
@@ -399,6 +406,7 @@ class Estimator:
         nu_dev = None if nu is None else np.where(nu > 0, nu, 1e9)[:, None]
         p = self.p
         xmin, xmax, ymin, ymax = p.bounds
+        lo, hi = np.array([xmin, ymin]), np.array([xmax, ymax])
         n = theta0.shape[0]
         budget = np.broadcast_to(np.asarray(p.max_iter if iterations is None else iterations, dtype=np.int64), (n,))
         theta = theta0.copy()
@@ -442,8 +450,8 @@ class Estimator:
             if over.any():
                 step[over] *= (p.max_step_m / norm[over])[:, None]
             trial = theta + step
-            np.clip(trial[:, 0], xmin, xmax, out=trial[:, 0])
-            np.clip(trial[:, 1], ymin, ymax, out=trial[:, 1])
+            np.maximum(trial[:, :2], lo, out=trial[:, :2])
+            np.minimum(trial[:, :2], hi, out=trial[:, :2])
             if self.region is not None:
                 trial[:, :2] = self.region.project(trial[:, :2])
             t_total, t_cost, t_g, t_h = post(trial)

@@ -60,6 +60,17 @@ class Walkable:
         if not out.any():
             return xy
         p = xy[out]
+        res = xy.copy()
+        if self._all_rects:
+            # the nearest point of a filled rectangle is the clamp, and outside the union the nearest
+            # point of the union is the nearest of those (the boundary's, as the edge search below finds)
+            cx = np.clip(p[:, 0:1], self._rx0, self._rx1)
+            cy = np.clip(p[:, 1:2], self._ry0, self._ry1)
+            k = np.argmin((p[:, 0:1] - cx) ** 2 + (p[:, 1:2] - cy) ** 2, axis=1)
+            rows = np.arange(p.shape[0])
+            res[out, 0] = cx[rows, k]
+            res[out, 1] = cy[rows, k]
+            return res
         a, b = self._a, self._b
         ab = b - a
         apx, apy = p[:, 0:1] - a[:, 0], p[:, 1:2] - a[:, 1]
@@ -67,7 +78,6 @@ class Walkable:
         cx, cy = a[:, 0] + t * ab[:, 0], a[:, 1] + t * ab[:, 1]
         k = np.argmin((p[:, 0:1] - cx) ** 2 + (p[:, 1:2] - cy) ** 2, axis=1)
         rows = np.arange(p.shape[0])
-        res = xy.copy()
         res[out, 0] = cx[rows, k]
         res[out, 1] = cy[rows, k]
         return res

@@ -172,3 +172,15 @@ def test_batched_tick_gives_the_fixes_of_separate_refinements(layout: Layout, mo
     assert batched.stats.dropped.get("standing_moved", 0) >= 1
     assert batched.stats.dropped == plain.stats.dropped
     assert batched.stats.tracks_started == 6
+
+
+def test_rectangle_projection_matches_the_edge_search(layout: Layout) -> None:
+    """Outside points go to the same nearest boundary point with the clamp as with the edge search."""
+    fast = Walkable.from_layout(layout)
+    slow = Walkable.from_layout(layout)
+    slow._all_rects = False  # the general path: nearest point over every polygon edge
+    assert fast._all_rects
+    pts = np.random.default_rng(9).uniform(-8.0, 40.0, (3000, 2))
+    got, want = fast.project(pts), slow.project(pts)
+    assert (~fast.contains(pts)).sum() > 500
+    assert np.allclose(got, want, rtol=0, atol=1e-12)
