@@ -35,11 +35,14 @@ from gateway.localization.pathloss import (
     MIN_DISTANCE_M,
     TEN_OVER_LN10,
     PathLossModel,
+    erfc,
     log_norm_cdf,
     norm_cdf,
-    norm_pdf,
 )
 from gateway.localization.region import Walkable
+
+_SQRT2 = float(np.sqrt(2.0))
+_SQRT_2PI = float(np.sqrt(2.0 * np.pi))
 
 I64 = NDArray[np.int64]
 
@@ -226,22 +229,42 @@ class Estimator:
         return np.asarray(missed * loss)
 
     def _missed(self, mu: F64, missed: F64) -> tuple[F64, F64, F64]:
-        """Loss, first and (clipped) second derivative wrt mu of the censored terms."""
+        """Loss, first and (clipped) second derivative wrt mu of the censored terms.
+
+        With ``x = (mu - floor) / (sigma sqrt 2)``: ``Phi(alpha) = erfc(x) / 2`` and ``phi(alpha) =
+        exp(-x^2) / sqrt(2 pi)`` for ``alpha = (floor - mu) / sigma``, so one ``erfc`` and one ``exp``,
+        in place (this runs in every likelihood evaluation of a refinement).
+        """
         sig = self.p.sigma_db
         eps = self.p.packet_loss
-        alpha = (self.p.floor_dbm - mu) / sig
-        if eps > 0:
-            cdf = norm_cdf(alpha)
-            like = eps + (1.0 - eps) * cdf
-            loss = -np.log(like)
-            d1 = (1.0 - eps) * norm_pdf(alpha) / (sig * like)
-        else:
+        if eps <= 0:
+            alpha = (self.p.floor_dbm - mu) / sig
             loss = -log_norm_cdf(alpha)
             from gateway.localization.pathloss import mills_ratio
 
             d1 = mills_ratio(alpha) / sig
-        d2 = np.maximum(d1 * (alpha + sig * d1) / sig, 0.0)
-        return missed * loss, missed * d1, missed * d2
+            d2 = np.maximum(d1 * (alpha + sig * d1) / sig, 0.0)
+            return missed * loss, missed * d1, missed * d2
+        x = mu - self.p.floor_dbm
+        x *= 1.0 / (sig * _SQRT2)
+        like = erfc(x)
+        like *= 0.5 * (1.0 - eps)
+        like += eps
+        loss = np.log(like)
+        loss *= -missed
+        d1 = x * x
+        np.negative(d1, out=d1)
+        np.exp(d1, out=d1)
+        d1 *= (1.0 - eps) / (sig * _SQRT_2PI)
+        d1 /= like
+        # d2 = d1 (alpha / sigma + d1), clipped at 0; alpha / sigma = -x sqrt 2 / sigma
+        d2 = x * (-_SQRT2 / sig)
+        d2 += d1
+        d2 *= d1
+        np.maximum(d2, 0.0, out=d2)
+        d1 *= missed
+        d2 *= missed
+        return loss, d1, d2
 
     def evaluate(self, prob: Problem, theta: F64, nu_dev: F64 | None = None) -> tuple[F64, F64, F64, F64, F64]:
         """Negative log-likelihood (D,), d/dmu (D,S), curvature (D,S), dmu/dx (D,S), dmu/dy (D,S)."""

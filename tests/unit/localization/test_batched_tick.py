@@ -184,3 +184,23 @@ def test_rectangle_projection_matches_the_edge_search(layout: Layout) -> None:
     got, want = fast.project(pts), slow.project(pts)
     assert (~fast.contains(pts)).sum() > 500
     assert np.allclose(got, want, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("size", [40, 2000])  # math.erfc per element / the rational approximation
+def test_censored_terms_match_the_textbook_form(model: PathLossModel, layout: Layout, size: int) -> None:
+    """``_missed`` (one erfc + one exp, in place) = -log(eps + (1 - eps) Phi(a)) and its derivatives."""
+    from gateway.localization.pathloss import norm_cdf, norm_pdf
+
+    est = _estimator(model, layout, packet_loss=0.05)
+    mu = np.random.default_rng(1).uniform(-110.0, -50.0, size)
+    missed = np.random.default_rng(2).uniform(0.1, 5.0, size)
+    sig, eps = est.p.sigma_db, est.p.packet_loss
+    alpha = (FLOOR - mu) / sig
+    like = eps + (1.0 - eps) * norm_cdf(alpha)
+    d1 = (1.0 - eps) * norm_pdf(alpha) / (sig * like)
+    d2 = np.maximum(d1 * (alpha + sig * d1) / sig, 0.0)
+    loss, g1, g2 = est._missed(mu, missed)
+    assert np.allclose(loss, missed * -np.log(like), rtol=1e-6, atol=1e-12)
+    assert np.allclose(g1, missed * d1, rtol=1e-6, atol=1e-12)
+    assert np.allclose(g2, missed * d2, rtol=1e-6, atol=1e-12)
+    assert (g2 == 0).any() and (g2 > 0).any()  # both sides of the clip are exercised
