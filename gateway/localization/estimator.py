@@ -365,6 +365,25 @@ class Estimator:
         flat = np.flatnonzero(prob.missed)
         return _Prepared(prob.mean, cs2, tdist, prob.missed, flat, prob.missed.reshape(-1)[flat])
 
+    def nll(self, prob: Problem, theta: F64) -> F64:
+        """Negative log-likelihood ``(D,)`` alone (``evaluate(...)[0]`` without the derivatives)."""
+        m = self.model
+        dx = theta[:, 0:1] - self._sx
+        dy = theta[:, 1:2] - self._sy
+        d2 = dx * dx
+        d2 += dy * dy
+        d2 += self._zc
+        mu = np.log(d2)
+        mu *= self._cn
+        mu += m.p0
+        mu += theta[:, 2:3]
+        e = prob.mean - mu
+        rho = self._heard_cost(e, prob.count)
+        miss = np.flatnonzero(prob.missed)
+        if miss.size:
+            rho.reshape(-1)[miss] += self._missed_loss(mu.reshape(-1)[miss], prob.missed.reshape(-1)[miss])
+        return np.asarray(rho.sum(axis=1))
+
     def _post_terms(self, q: _Prepared, th: F64) -> tuple[F64, F64, F64]:
         """Negative log-likelihood ``(D,)``, its gradient ``(D, 3)`` and GN curvature ``(D, 3, 3)`` at ``th``.
 

@@ -341,7 +341,7 @@ class MlLocalizer:
         cost_best = best.cost
         moved = np.zeros(k, dtype=bool)
         # both candidates' costs in one evaluation
-        costs = est.evaluate(Problem.concat([sub, sub]), np.concatenate([th_track, th_stand]))[0]
+        costs = est.nll(Problem.concat([sub, sub]), np.concatenate([th_track, th_stand]))
         for i, th in enumerate((th_track, th_stand)):
             cost = costs[i * k : (i + 1) * k]
             far = np.hypot(*(best.theta[:, :2] - th[:, :2]).T) > 3.0
@@ -399,7 +399,7 @@ class MlLocalizer:
         """Move the window fixes the re-search beats; returns the slots moved."""
         cur, sub = search.cur, search.batch.prob
         prec = search.batch.prior_prec[0, 2, 2]
-        cost_cur = self.estimator.evaluate(sub, cur)[0] + 0.5 * prec * cur[:, 2] ** 2
+        cost_cur = self.estimator.nll(sub, cur) + 0.5 * prec * cur[:, 2] ** 2
         cost_best = best.cost + 0.5 * prec * best.theta[:, 2] ** 2
         better = cost_cur - cost_best > st.standing_search_nll
         if better.any():

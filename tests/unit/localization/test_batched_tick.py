@@ -204,3 +204,11 @@ def test_censored_terms_match_the_textbook_form(model: PathLossModel, layout: La
     assert np.allclose(g1, missed * d1, rtol=1e-6, atol=1e-12)
     assert np.allclose(g2, missed * d2, rtol=1e-6, atol=1e-12)
     assert (g2 == 0).any() and (g2 > 0).any()  # both sides of the clip are exercised
+
+
+@pytest.mark.parametrize("params", [{}, {"nu": 0.0, "packet_loss": 0.0}])
+def test_nll_is_the_cost_of_evaluate(model: PathLossModel, layout: Layout, params: dict[str, float]) -> None:
+    est = _estimator(model, layout, **params)
+    prob, truth = _problem(model, 40, 8)
+    theta = truth + np.random.default_rng(9).normal(0.0, 3.0, truth.shape)
+    assert np.allclose(est.nll(prob, theta), est.evaluate(prob, theta)[0], rtol=1e-12, atol=1e-9)
