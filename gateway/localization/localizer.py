@@ -26,7 +26,7 @@ import numpy as np
 
 from gateway.config import LocalizationSettings
 from gateway.layout import Layout
-from gateway.localization.estimator import Estimator, EstimatorParams, Problem, aggregate
+from gateway.localization.estimator import Estimator, EstimatorParams, Problem, RefineBatch, Solution, aggregate
 from gateway.localization.pathloss import F64, PathLossModel
 from gateway.localization.region import Walkable
 from gateway.localization.tracker import ImmTracker, TrackerParams
@@ -101,6 +101,15 @@ class WindowStats:
         missed = self.miss[slots] * censor[None, :]
         missed[missed < 0.1] = 0.0
         return Problem(mean, cnt, missed)
+
+
+@dataclass
+class _Search:
+    """A standing re-search waiting for its refinement: the slots, their current window fixes, the batch."""
+
+    ss: np.ndarray
+    cur: np.ndarray
+    batch: RefineBatch
 
 
 @dataclass
@@ -302,13 +311,25 @@ class MlLocalizer:
         compared with the tracker's state and with the standing-window fix; if either explains the
         recent data worse by ``restart_nll`` nats and lies > 3 m away, the tracker restarts there and
         the standing window restarts from the recent data. Returns the mask of restarted devices.
+        (:meth:`_tick` runs the two halves itself, to solve the refinement with the tick's other ones.)
         """
-        est = self.estimator
+        batch = self._check_batch(ss, censor, st)
+        return self._check_finish(now, ss, batch, self.estimator.refine_batches([batch])[0], st)
+
+    def _check_batch(self, ss: np.ndarray, censor: np.ndarray, st: LocalizationSettings) -> RefineBatch:
+        """The check's refinement: the recent window from its best point on the coarse grid."""
         k = ss.size
         sub = self._recent.problem(ss, censor)
         pp = self._tx_prior(k)
-        theta_g, _ = est.grid_search(sub, np.zeros(k), np.full(k, pp[0, 2, 2]), grid=self._check_grid)
-        best = est.refine(sub, theta_g, np.zeros((k, 3)), pp, iterations=st.track_iterations)
+        theta_g, _ = self.estimator.grid_search(sub, np.zeros(k), np.full(k, pp[0, 2, 2]), grid=self._check_grid)
+        return RefineBatch(sub, theta_g, np.zeros((k, 3)), pp, st.track_iterations)
+
+    def _check_finish(
+        self, now: float, ss: np.ndarray, batch: RefineBatch, best: Solution, st: LocalizationSettings
+    ) -> np.ndarray:
+        est = self.estimator
+        k = ss.size
+        sub = batch.prob
         state, _, _ = self.tracker.estimate(ss)
         th_track = state[:, [0, 1, 4]]
         if st.time_align:
@@ -319,8 +340,10 @@ class MlLocalizer:
         th_stand = np.where(self._was_standing[ss][:, None], self._sw_theta[ss], th_track)
         cost_best = best.cost
         moved = np.zeros(k, dtype=bool)
-        for th in (th_track, th_stand):
-            cost = est.evaluate(sub, th)[0]
+        # both candidates' costs in one evaluation
+        costs = est.nll(Problem.concat([sub, sub]), np.concatenate([th_track, th_stand]))
+        for i, th in enumerate((th_track, th_stand)):
+            cost = costs[i * k : (i + 1) * k]
             far = np.hypot(*(best.theta[:, :2] - th[:, :2]).T) > 3.0
             moved |= (cost - cost_best > st.restart_nll) & far
         if moved.any():
@@ -346,9 +369,15 @@ class MlLocalizer:
         ``standing_search_nll`` nats of posterior, the window fix moves there (the tracker follows
         through the re-centring test of :meth:`_standing_fix`).
         """
+        search = self._search_batch(ss, censor, st)
+        if search is not None:
+            self._search_finish(search, self.estimator.refine_batches([search.batch])[0], st)
+
+    def _search_batch(self, ss: np.ndarray, censor: np.ndarray, st: LocalizationSettings) -> _Search | None:
+        """The re-search's refinement (``None``: nothing to refine); :meth:`_standing_fix` solves it with its own."""
         k = ss.size
         if k == 0:
-            return
+            return None
         est = self.estimator
         sub = self._stand.problem(ss, censor)
         pp = self._tx_prior(k)
@@ -360,18 +389,23 @@ class MlLocalizer:
         # the costly refinement is spent on the few that may have to move
         far = np.flatnonzero(np.hypot(*(theta_g[:, :2] - cur[:, :2]).T) > st.check_grid_m)
         if far.size == 0:
-            return
+            return None
         if far.size < k:
             ss, sub, theta_g, cur = ss[far], sub.take(far), theta_g[far], cur[far]
             pp, pm = pp[: far.size], pm[: far.size]
-        best = est.refine(sub, theta_g, pm, pp, iterations=est.p.max_iter)
-        prec = pp[0, 2, 2]
-        cost_cur = est.evaluate(sub, cur)[0] + 0.5 * prec * cur[:, 2] ** 2
+        return _Search(ss, cur, RefineBatch(sub, theta_g, pm, pp, est.p.max_iter))
+
+    def _search_finish(self, search: _Search, best: Solution, st: LocalizationSettings) -> np.ndarray:
+        """Move the window fixes the re-search beats; returns the slots moved."""
+        cur, sub = search.cur, search.batch.prob
+        prec = search.batch.prior_prec[0, 2, 2]
+        cost_cur = self.estimator.nll(sub, cur) + 0.5 * prec * cur[:, 2] ** 2
         cost_best = best.cost + 0.5 * prec * best.theta[:, 2] ** 2
         better = cost_cur - cost_best > st.standing_search_nll
         if better.any():
-            self._sw_theta[ss[better]] = best.theta[better]
+            self._sw_theta[search.ss[better]] = best.theta[better]
             self.stats.drop("standing_moved", int(better.sum()))
+        return np.asarray(search.ss[better])
 
     def _tx_prior(self, k: int) -> np.ndarray:
         pp = np.zeros((k, 3, 3))
@@ -389,12 +423,14 @@ class MlLocalizer:
         cov: np.ndarray,
         xy: np.ndarray,
         pcov: np.ndarray,
+        search: _Search | None = None,
     ) -> None:
         """ML over the standing window for standing devices (re-linearised every tick).
 
         A tracker linearises each second's likelihood once, where it stood then; for a device that
         stays put the window ML uses all of it at the current estimate, which is what gets close to
-        the bound. A tracker state that disagrees with the window fix is re-centred on it.
+        the bound. A tracker state that disagrees with the window fix is re-centred on it. ``search``:
+        this tick's standing re-search (:meth:`_search_standing`), refined in the same batched solve.
         """
         est = self.estimator
         st = self._s
@@ -406,7 +442,17 @@ class MlLocalizer:
         start[entering] = state[sidx][entering][:, [0, 1, 4]]
         pm = np.zeros((k, 3))
         pp = self._tx_prior(k)
-        sol = est.refine(sub, start, pm, pp, iterations=st.track_iterations)
+        batches = [RefineBatch(sub, start, pm, pp, st.track_iterations)]
+        if search is not None:
+            batches.append(search.batch)
+        sols = est.refine_batches(batches)
+        sol = sols[0]
+        if search is not None:
+            # the re-search ran in the same solve; a window fix it moved is refined again from there
+            redo = np.flatnonzero(np.isin(ss, self._search_finish(search, sols[1], st)))
+            if redo.size:
+                again = est.refine(sub.take(redo), self._sw_theta[ss[redo]], pm[redo], pp[redo], st.track_iterations)
+                sol.theta[redo], sol.h_post[redo] = again.theta, again.h_post
         self._sw_theta[ss] = sol.theta
         wcov = np.linalg.inv(sol.h_post)
         # re-centre trackers that disagree with the window fix (chi2, 3 dof, 99.7%)
@@ -438,10 +484,13 @@ class MlLocalizer:
         information; the others keep ``robust_nu`` (their tracker also anchors the standing-window fix,
         and a lighter tail there let a few static devices' fades through: RMSE 1.04 -> 1.11 m).
         """
+        sol = self.estimator.refine_batches([self._track_batch(sub, m, lam, walking)])[0]
+        return sol.h_lik, sol.b_lik
+
+    def _track_batch(self, sub: Problem, m: np.ndarray, lam: np.ndarray, walking: np.ndarray) -> RefineBatch:
         st = self._s
         nu = np.where(walking, st.track_robust_nu, st.robust_nu)
-        sol = self.estimator.refine(sub, m, m, lam, iterations=st.track_iterations, nu=nu)
-        return sol.h_lik, sol.b_lik
+        return RefineBatch(sub, m, m, lam, st.track_iterations, nu)
 
     def _expire(self, now: float) -> None:
         live = np.flatnonzero(self._live)
@@ -474,28 +523,41 @@ class MlLocalizer:
         k_all = slots.size
         p_walk = np.ones(k_all)
         old = np.flatnonzero(live)
+        new = np.flatnonzero(~live)
+        fresh = ~self._live[slots[new]]
+        if new.size:
+            self._stand.reset(slots[new])
+            self._recent.reset(slots[new])
+        # the recent window does not depend on the tracker: update it first, so the track check's
+        # refinement joins the tracker update's and the new tracks' in one batched solve
+        self._recent.update(slots, prob, now, st.recent_window_s, t_obs)
+        batches: list[RefineBatch] = []
         if old.size:
             sl = slots[old]
             m, lam = self.tracker.predict(sl, t_obs[old])
             walking = self.tracker.mu[sl, 1] > st.track_nu_p_walk
-            h_lik, b_lik = self._track_update(prob.take(old), m, lam, walking)
-            self.tracker.update(sl, t_obs[old], h_lik, b_lik)
-            p_walk[old] = self.tracker.estimate(sl)[2]
-        new = np.flatnonzero(~live)
+            batches.append(self._track_batch(prob.take(old), m, lam, walking))
         if new.size:
             sub = prob.take(new)
             k = new.size
             theta0, _ = est.grid_search(sub, np.zeros(k), np.full(k, tx_prec))
-            sol = est.refine(sub, theta0, np.zeros((k, 3)), self._tx_prior(k))
+            batches.append(RefineBatch(sub, theta0, np.zeros((k, 3)), self._tx_prior(k), est.p.max_iter))
+        due = old[(slots[old] + self._ticks) % st.check_every_ticks == 0]
+        if due.size:
+            batches.append(self._check_batch(slots[due], censor, st))
+        sols = est.refine_batches(batches)
+        if old.size:
+            sol = sols.pop(0)
+            self.tracker.update(sl, t_obs[old], sol.h_lik, sol.b_lik)
+            p_walk[old] = self.tracker.estimate(sl)[2]
+        if new.size:
+            sol = sols.pop(0)
             cov = sol.cov()
             # a first fix from one second of data is multi-modal: be honest about it
             cov[:, 0, 0] += st.init_extra_var_m2
             cov[:, 1, 1] += st.init_extra_var_m2
-            fresh = ~self._live[slots[new]]
             self.tracker.init(slots[new], t_obs[new], sol.theta, cov)
             self._live[slots[new]] = True
-            self._stand.reset(slots[new])
-            self._recent.reset(slots[new])
             self._sw_theta[slots[new]] = sol.theta
             self.zones.reset(slots[new[fresh]])
             self.stats.tracks_started += int(fresh.sum())
@@ -503,23 +565,24 @@ class MlLocalizer:
         standing = p_walk < st.standing_p_walk
         tau = np.where(standing, st.standing_window_s, st.walking_window_s)
         self._stand.update(slots, prob, now, tau, t_obs)
-        self._recent.update(slots, prob, now, st.recent_window_s, t_obs)
-        due = old[(slots[old] + self._ticks) % st.check_every_ticks == 0]
         restarted = np.zeros(0, dtype=np.int64)
+        search: _Search | None = None
         if due.size:
-            restarted = due[self._check(now, slots[due], censor, st)]
+            restarted = due[self._check_finish(now, slots[due], batches[-1], sols.pop(0), st)]
             standing[restarted] = False
         if st.standing_search_nll > 0 and old.size and self._ticks % st.standing_search_every_ticks == 0:
             # the standing window changes slowly (minute memory): a global re-search every few ticks is
             # enough, and doing all devices in the same tick keeps the per-call numpy overhead down
             pick = old[self._was_standing[slots[old]] & ~np.isin(old, restarted)]
-            self._search_standing(slots[pick], censor, st)
+            search = self._search_batch(slots[pick], censor, st)
         state, cov, _ = self.tracker.estimate(slots, at=now)
         xy = state[:, :2].copy()
         pcov = cov[:, :2, :2].copy()
         sidx = np.flatnonzero(standing & (self._stand.cnt[slots].max(axis=1) >= st.standing_min_adverts))
         if sidx.size:
-            self._standing_fix(now, slots, sidx, censor, standing, state, cov, xy, pcov)
+            self._standing_fix(now, slots, sidx, censor, standing, state, cov, xy, pcov, search)
+        elif search is not None:
+            self._search_finish(search, est.refine_batches([search.batch])[0], st)
         self._was_standing[slots] = standing
         self._ticks += 1
         xy = self.region.project(xy)

@@ -132,7 +132,8 @@ class ImmTracker:
         P0 = np.einsum("nij,nikl->njkl", w, P) + np.einsum("nij,nijk,nijl->njkl", w, dx, dx)
         f, q = self._models(dt)
         xp = np.einsum("njkl,njl->njk", f, x0)
-        Pp = _sym(np.einsum("njkl,njlm,njom->njko", f, P0, f) + q)
+        # matmul chains, not 3-operand einsums: ~4x faster at tick sizes
+        Pp = _sym(f @ P0 @ f.swapaxes(-1, -2) + q)
         self._xp, self._Pp, self._c = xp, Pp, c
         th = xp[:, :, THETA]
         m = np.einsum("nj,njk->nk", c, th)
@@ -160,7 +161,7 @@ class ImmTracker:
         )
         K = np.einsum("njkl,njlm->njkm", Pp[:, :, :, THETA], lam)  # (n, 2, 5, 3)
         x = xp + np.einsum("njkl,njl->njk", K, m_post - m)
-        P = Pp - np.einsum("njkl,njlm,njom->njko", K, S - S_post, K)
+        P = Pp - K @ (S - S_post) @ K.swapaxes(-1, -2)
         P = _sym(P)
         xmin, xmax, ymin, ymax = self.p.bounds
         np.clip(x[:, :, 0], xmin, xmax, out=x[:, :, 0])
@@ -184,7 +185,7 @@ class ImmTracker:
             dt = np.maximum(at - self.t[slots], 0.0)
             f, q = self._models(dt)
             x = np.einsum("njkl,njl->njk", f, x)
-            P = _sym(np.einsum("njkl,njlm,njom->njko", f, P, f) + q)
+            P = _sym(f @ P @ f.swapaxes(-1, -2) + q)
         m = np.einsum("nj,njk->nk", mu, x)
         d = x - m[:, None, :]
         P = np.einsum("nj,njkl->nkl", mu, P) + np.einsum("nj,njk,njl->nkl", mu, d, d)
