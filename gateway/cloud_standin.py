@@ -79,8 +79,19 @@ class CloudStandIn:
         protocol: Any = "5",
         out: TextIO | None = None,
         verbose: bool = True,
+        durable: bool = False,
     ) -> None:
-        self.client = AsyncMqttClient(host, port, client_id="cloud-standin", protocol=protocol)
+        # durable: a persistent session (as the platform's ingest runs): the broker keeps the
+        # subscriptions and queues QoS 1 events while the stand-in is away (and across a broker
+        # restart when the broker persists its state)
+        self.client = AsyncMqttClient(
+            host,
+            port,
+            client_id="cloud-standin",
+            protocol=protocol,
+            clean_start=not durable,
+            session_expiry_s=3600 if durable else None,
+        )
         self.prefix = prefix
         self.out = out or sys.stdout
         self.verbose = verbose

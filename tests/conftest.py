@@ -66,17 +66,25 @@ def mosquitto_path() -> str | None:
     return shutil.which("mosquitto") or ("/usr/sbin/mosquitto" if Path("/usr/sbin/mosquitto").exists() else None)
 
 
-def make_mosquitto(tmp_path: Path, extra_conf: str = "", port: int | None = None) -> Mosquitto:
+def make_mosquitto(
+    tmp_path: Path, extra_conf: str = "", port: int | None = None, persist_to: Path | None = None
+) -> Mosquitto:
+    """A broker config on 127.0.0.1 (started by the caller); ``persist_to``: a directory where it keeps
+    sessions and queued messages across a restart, as a production broker does."""
     exe = mosquitto_path()
     if exe is None:
         pytest.fail("mosquitto is not installed (the README's test command installs it)")
     port = port or free_port()
+    if persist_to is not None:
+        persist_to.mkdir(parents=True, exist_ok=True)
     conf = tmp_path / f"mosquitto-{port}.conf"
     conf.write_text(
         f"listener {port} 127.0.0.1\n"
         "allow_anonymous true\n"
-        "persistence false\n"
-        "max_inflight_messages 0\n"
+        # started as root, mosquitto drops to its own user, which cannot enter pytest's 0700 tmp dirs
+        + (f"persistence true\npersistence_location {persist_to}/\n" if persist_to else "persistence false\n")
+        + ("user root\n" if persist_to and os.geteuid() == 0 else "")
+        + "max_inflight_messages 0\n"
         "max_queued_messages 0\n" + extra_conf
     )
     return Mosquitto("127.0.0.1", port, conf, exe)

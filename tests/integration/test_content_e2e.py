@@ -17,7 +17,7 @@ import pytest
 from gateway.cloud_standin import CloudStandIn
 from gateway.commands import make_command
 from gateway.mqtt_async import AsyncMqttClient
-from tests.conftest import Mosquitto, gateway_cmd, gateway_env, make_mosquitto
+from tests.conftest import gateway_cmd, gateway_env, make_mosquitto
 
 pytestmark = pytest.mark.integration
 
@@ -41,9 +41,14 @@ async def collect(client: AsyncMqttClient, sink: list[tuple[str, dict[str, Any]]
             sink.append((m.topic, json.loads(m.payload)))
 
 
-async def test_commands_activations_and_offline_reports(tmp_path: Path, mosquitto: Mosquitto) -> None:
+async def test_commands_activations_and_offline_reports(tmp_path: Path) -> None:
     local = make_mosquitto(tmp_path)
     local.start()
+    # the uplink broker keeps its sessions across the restart below (as a production broker does), and
+    # the platform's stand-in has a persistent session: reports the gateway delivers before the new
+    # stand-in has subscribed are queued for it, not dropped (that race made this test flaky)
+    mosquitto = make_mosquitto(tmp_path, persist_to=tmp_path / "broker-db")
+    mosquitto.start()
     uplink_port = mosquitto.port
     cfg = tmp_path / "gw.toml"
     cfg.write_text(
@@ -81,7 +86,7 @@ format = "json"
     await screen.subscribe("gateway/actors/screen-1")
     shown: list[tuple[str, dict[str, Any]]] = []
     stask = asyncio.create_task(collect(screen, shown))
-    standin = CloudStandIn("127.0.0.1", uplink_port, verbose=False)
+    standin = CloudStandIn("127.0.0.1", uplink_port, verbose=False, durable=True)
     ctask = asyncio.create_task(standin.run())
     proc = await asyncio.create_subprocess_exec(
         *gateway_cmd("run", "--config", str(cfg)),
@@ -145,7 +150,7 @@ format = "json"
         await asyncio.sleep(0.5)
         # broker back (same port): the stored reports are delivered
         mosquitto.start()
-        standin2 = CloudStandIn("127.0.0.1", uplink_port, verbose=False)
+        standin2 = CloudStandIn("127.0.0.1", uplink_port, verbose=False, durable=True)
         c2task = asyncio.create_task(standin2.run())
         s2 = standin2
 
@@ -173,3 +178,4 @@ format = "json"
         with contextlib.suppress(Exception):
             await cloud.disconnect()
         local.stop()
+        mosquitto.stop()
