@@ -22,7 +22,6 @@ The file is read once; with ``--grouping stream`` its size does not matter. No S
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import sys
 from array import array
@@ -90,18 +89,14 @@ class _Names:
         self.raw = raw
         self.cache: dict[str, str] = {}  # mac -> text, for the current key epoch (emptied when it changes)
         self.epoch = 0
-        # the whole minute [lo, hi) the key epoch was last asked for: the epoch changes on a whole
-        # minute (rotation_time is HH:MM), so callers ask once a minute (``not lo <= ts < hi``);
-        # raw addresses have no epoch: never ask
-        self.lo, self.hi = (-math.inf, math.inf) if raw else (0.0, 0.0)
+        # the key epoch of a frame's time (cached per minute by the keyring); raw addresses have none.
+        # Callers: ``if epoch_of is not None and epoch_of(ts) != names.epoch: names.turn(ts)``
+        self.epoch_of = None if raw else self.keyring.epoch_of
 
-    def minute(self, ts: float) -> None:
-        self.lo = (ts // 60.0) * 60.0
-        self.hi = self.lo + 60.0
-        e = self.keyring.epoch_of(ts)
-        if e != self.epoch:
-            self.epoch = e
-            self.cache.clear()
+    def turn(self, ts: float) -> None:
+        """A new key epoch: every MAC's pseudonym changes."""
+        self.epoch = self.keyring.epoch_of(ts)
+        self.cache.clear()
 
     def make(self, mac: str, randomized: bool, ts: float) -> str:
         name = mac if self.raw else self.keyring.pseudonym(mac, ts)
@@ -186,11 +181,12 @@ def _decode_capture(probes: Iterator[Probe], out: TextIO, names: _Names) -> Pcap
     fp_list = list(fp_ids)
     group_of = [groups[m] for m, _r in mac_list]
     cache = names.cache
+    epoch_of = names.epoch_of
     lines: list[str] = []
     add = lines.append
     for j, ts in enumerate(tss):
-        if not names.lo <= ts < names.hi:
-            names.minute(ts)
+        if epoch_of is not None and epoch_of(ts) != names.epoch:
+            names.turn(ts)
         i = macs[j]
         mac, randomized = mac_list[i]
         mid = cache.get(mac)
@@ -222,6 +218,7 @@ def _decode_stream(probes: Iterator[Probe], out: TextIO, names: _Names, group_ho
     """Group online (held frames wait, with the lines after them) and write lines as they settle."""
     grouper = WifiGrouper(GroupParams(max_delay_s=group_hold_s), prefix="g")
     cache = names.cache
+    epoch_of = names.epoch_of
     # lines in capture order; a held frame's line is its slot's index in ``held`` until decided
     lines: list[str] = []
     add = lines.append
@@ -253,8 +250,8 @@ def _decode_stream(probes: Iterator[Probe], out: TextIO, names: _Names, group_ho
 
     try:
         for ts, mac, randomized, rssi, channel, hidden, fp, seq in probes:
-            if not names.lo <= ts < names.hi:
-                names.minute(ts)
+            if epoch_of is not None and epoch_of(ts) != names.epoch:
+                names.turn(ts)
             mid = cache.get(mac)
             if mid is None:
                 mid = names.make(mac, randomized, ts)

@@ -304,20 +304,16 @@ class MlLocalizer:
         self.zones.reset(np.array([d]))
         self._free.append(d)
 
-    def _check(self, now: float, ss: np.ndarray, censor: np.ndarray, st: LocalizationSettings) -> np.ndarray:
-        """Restart tracks the last few seconds of data place far away (lost, or started walking).
-
-        The recent window's best place (coarse grid with the offset profiled out, then Gauss-Newton) is
-        compared with the tracker's state and with the standing-window fix; if either explains the
-        recent data worse by ``restart_nll`` nats and lies > 3 m away, the tracker restarts there and
-        the standing window restarts from the recent data. Returns the mask of restarted devices.
-        (:meth:`_tick` runs the two halves itself, to solve the refinement with the tick's other ones.)
-        """
-        batch = self._check_batch(ss, censor, st)
-        return self._check_finish(now, ss, batch, self.estimator.refine_batches([batch])[0], st)
-
     def _check_batch(self, ss: np.ndarray, censor: np.ndarray, st: LocalizationSettings) -> RefineBatch:
-        """The check's refinement: the recent window from its best point on the coarse grid."""
+        """Track check, first half: restart tracks the last few seconds of data place far away (lost, or
+        started walking).
+
+        The recent window's best place (coarse grid with the offset profiled out, then Gauss-Newton:
+        this batch, refined in :meth:`_tick`'s solve with the others) is compared by
+        :meth:`_check_finish` with the tracker's state and with the standing-window fix; if either
+        explains the recent data worse by ``restart_nll`` nats and lies > 3 m away, the tracker restarts
+        there and the standing window restarts from the recent data.
+        """
         k = ss.size
         sub = self._recent.problem(ss, censor)
         pp = self._tx_prior(k)
@@ -327,6 +323,7 @@ class MlLocalizer:
     def _check_finish(
         self, now: float, ss: np.ndarray, batch: RefineBatch, best: Solution, st: LocalizationSettings
     ) -> np.ndarray:
+        """Track check, second half (see :meth:`_check_batch`); returns the mask of restarted devices."""
         est = self.estimator
         k = ss.size
         sub = batch.prob
@@ -357,8 +354,10 @@ class MlLocalizer:
             self.stats.drop("track_restarted", int(moved.sum()))
         return moved
 
-    def _search_standing(self, ss: np.ndarray, censor: np.ndarray, st: LocalizationSettings) -> None:
-        """Global re-search of the standing window: leave a wrong basin once the window shows it.
+    def _search_batch(self, ss: np.ndarray, censor: np.ndarray, st: LocalizationSettings) -> _Search | None:
+        """Global re-search of the standing window (its refinement; ``None``: nothing to refine - the
+        batch is solved in :meth:`_standing_fix` with its own): leave a wrong basin once the window
+        shows it.
 
         The standing-window fix is refined locally every tick from where it was, so it inherits the
         basin of the track's first fix - with a few seconds of data that is often a wrong one, e.g.
@@ -367,14 +366,8 @@ class MlLocalizer:
         standing window holds up to a minute of adverts and separates the basins clearly. Grid search
         (offset profiled out) + refinement over that window; if it beats the current window fix by
         ``standing_search_nll`` nats of posterior, the window fix moves there (the tracker follows
-        through the re-centring test of :meth:`_standing_fix`).
+        through the re-centring test of :meth:`_standing_fix`). :meth:`_search_finish` applies it.
         """
-        search = self._search_batch(ss, censor, st)
-        if search is not None:
-            self._search_finish(search, self.estimator.refine_batches([search.batch])[0], st)
-
-    def _search_batch(self, ss: np.ndarray, censor: np.ndarray, st: LocalizationSettings) -> _Search | None:
-        """The re-search's refinement (``None``: nothing to refine); :meth:`_standing_fix` solves it with its own."""
         k = ss.size
         if k == 0:
             return None
@@ -430,7 +423,7 @@ class MlLocalizer:
         A tracker linearises each second's likelihood once, where it stood then; for a device that
         stays put the window ML uses all of it at the current estimate, which is what gets close to
         the bound. A tracker state that disagrees with the window fix is re-centred on it. ``search``:
-        this tick's standing re-search (:meth:`_search_standing`), refined in the same batched solve.
+        this tick's standing re-search (:meth:`_search_batch`), refined in the same batched solve.
         """
         est = self.estimator
         st = self._s

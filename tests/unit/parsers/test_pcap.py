@@ -376,6 +376,35 @@ def test_decode_pcap_groupings_print_the_same_frames_and_capture_groups_are_pure
     assert r.returncode == 2 and "--grouping" in r.stderr and "Traceback" not in r.stderr
 
 
+@pytest.mark.parametrize("grouping", ["capture", "stream"])
+def test_decode_pcap_pseudonyms_turn_over_at_the_key_rotation(tmp_path: Path, grouping: str) -> None:
+    """The same MACs before and after 21:00 UTC (the default rotation): one pseudonym each within a
+    key epoch, a new one after it, none shared across it."""
+    from gateway.decode_pcap import decode_file
+    from gateway.parsers.pcap import write_pcap
+
+    with (FIX / "crowd.pcap").open("rb") as f:
+        recs = [r for r in read_records(f) if r[1] == LINKTYPE_RADIOTAP]
+    t0 = recs[0][0]
+    turn = 1_767_301_200.0  # 2026-01-01 21:00 UTC
+    # the crowd once ending just before the rotation, then once again right after it
+    shifted = [(ts - t0 + turn - 400.0, d) for ts, _lt, d in recs] + [(ts - t0 + turn + 5.0, d) for ts, _lt, d in recs]
+    path = tmp_path / "rotation.pcap"
+    with path.open("wb") as f:
+        write_pcap(f, shifted, LINKTYPE_RADIOTAP)
+    raw, pseudo = io.StringIO(), io.StringIO()
+    decode_file(path, raw, raw=True, grouping=grouping)
+    decode_file(path, pseudo, grouping=grouping)
+    before: dict[str, set[str]] = collections.defaultdict(set)
+    after: dict[str, set[str]] = collections.defaultdict(set)
+    for a, b in zip(raw.getvalue().splitlines(), pseudo.getvalue().splitlines(), strict=True):
+        ra, rb = json.loads(a), json.loads(b)
+        (before if ra["ts"] < turn else after)[ra["mac"]].add(rb["mac"])
+    assert before and set(before) == set(after)
+    assert all(len(v) == 1 for v in [*before.values(), *after.values()])
+    assert not set().union(*before.values()) & set().union(*after.values())
+
+
 def test_decode_pcap_refuses_an_unbounded_group_hold() -> None:
     for bad in ("inf", "nan", "-1", "601"):
         r = _decode(str(FIX / "simple.pcapng"), "--group-hold", bad)
