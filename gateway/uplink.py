@@ -49,7 +49,8 @@ CommandHandler = Callable[[str, bytes], Awaitable[None]]
 # PUBACK codes that mean "this payload will never be accepted": dead-letter instead of retrying.
 DEAD_LETTER_CODES = frozenset({0x99})
 PACKET_TOO_LARGE = 0x95
-# Link losses in a row with the same message at the head of the window before it is set aside.
+# Link losses in a row with the same message at the head of the window before it is suspected;
+# it is set aside only if the broker then accepts a control message on the same link (_check_poison).
 POISON_LOSSES = 5
 _READAHEAD = 1000
 _ACK_CHUNK = 2048
@@ -132,6 +133,12 @@ class Uplink:
         self._prev_loss_head: tuple[int, int] | None = None
         self._same_head_losses = 0
         self._probing = False
+        # Poison check: the suspected seq, the control message's outcome on the current link
+        # (None: not sent, False: in flight, True: acknowledged) and the last acknowledged event
+        # (re-sent as the control: a duplicate the platform already dedupes, so order is kept).
+        self._suspect: int | None = None
+        self._control: bool | None = None
+        self._last_acked: StoredEvent | None = None
         # called with the rows of each acknowledged message (metrics: event-to-ack latency)
         self.on_published: Callable[[list[StoredEvent]], None] | None = None
 
@@ -269,33 +276,87 @@ class Uplink:
 
         After a link loss the next connection sends only the oldest message (a probe). When the
         link drops ``POISON_LOSSES`` times in a row with that same probe alone in flight, a batch
-        is re-sent one event per message; a single event is dead-lettered (kept in the
-        ``dead_letter`` table, counted, reported), never deleted as sent.
+        is re-sent one event per message. A single event is only *suspected*: a broker that is
+        itself unwell (a cluster node re-electing its stream leaders drops every publisher for
+        a while) looks the same. The next link first sends a control message (the last
+        acknowledged event again, a duplicate the platform dedupes) and then the suspect alone.
+        Only when the broker acknowledges the control and then drops the link on the suspect is
+        the suspect dead-lettered (kept in the ``dead_letter`` table, counted, reported), never
+        deleted as sent. A link lost with the control in flight clears the suspicion.
         """
         head = self._loss_head
-        probing, self._probing = self._probing, head is not None
+        control, self._control = self._control, None
+        probing, self._probing = self._probing, head is not None or control is False
+        if control is False:
+            log.warning("uplink.poison_cleared", seq=self._suspect, reason="link dropped on a control message too")
+            self._suspect = None
+            self._same_head_losses = 0
+            self._prev_loss_head = None
+            return
         if head is None or not probing:
             # Lost with a full window: the culprit is not known yet; the next link probes.
             self._same_head_losses = 0
             self._prev_loss_head = None
+            self._suspect = None
+            return
+        seq, count = head
+        if control and seq == self._suspect:
+            text = (
+                f"link dropped {POISON_LOSSES + 1} times while seq {seq} was in flight, the last right after the"
+                " broker acknowledged a control message (refused by the broker?)"
+            )
+            self._suspect = None
+            self._same_head_losses = 0
+            self._prev_loss_head = None
+            self._record_error(text)
+            self.dead_lettered += await self.outbox.dead_letter([seq], text, None)
             return
         if head != self._prev_loss_head:
             self._same_head_losses = 1
             self._prev_loss_head = head
+            self._suspect = None
             return
         self._same_head_losses += 1
         if self._same_head_losses < POISON_LOSSES:
             return
-        seq, count = head
         self._same_head_losses = 0
         self._prev_loss_head = None
         if count > 1:
             self._no_batch_until = max(self._no_batch_until, seq + count - 1)
             log.warning("uplink.batch_unbatched", seq_first=seq, events=count, reason="link dropped while in flight")
             return
-        text = f"link dropped {POISON_LOSSES} times while seq {seq} was in flight (refused by the broker?)"
-        self._record_error(text)
-        self.dead_lettered += await self.outbox.dead_letter([seq], text, None)
+        self._suspect = seq
+        log.warning("uplink.poison_suspected", seq=seq, losses=POISON_LOSSES, next="control message, then the suspect")
+
+    async def _send_control(self, client: AsyncMqttClient) -> None:
+        """Send the control message of the poison check (see ``_check_poison``) alone and await it.
+
+        The control is the last acknowledged event again. With none since start, it is the next
+        pending event after the suspect (acknowledged and deleted as usual); if the suspect then
+        goes through after all, that one event arrived before it.
+        """
+        suspect = self._suspect
+        assert suspect is not None
+        dup = self._last_acked
+        rows = [dup] if dup is not None else [r for r in await self.outbox.pending(2) if r.seq > suspect][:1]
+        if not rows:
+            return  # nothing to compare with yet: keep probing the suspect (nothing is lost)
+        self._control = False
+        self._inflight = 1
+        try:
+            await client.publish(self.topics.events, rows[0].payload, qos=1)
+        except MqttPublishError as e:  # refused with a code: no evidence either way
+            self._control = None
+            self._count_failure(e.reason_code)
+            return
+        self._control = True
+        if dup is None:
+            self._ack_pending.extend(r.seq for r in rows)
+            self.published_messages += 1
+            self.published_events += 1
+            if self.on_published is not None:
+                self.on_published(rows)
+            await self._flush_acks()
 
     async def _close_session(self, client: AsyncMqttClient, graceful: bool) -> None:
         """Flush acks; say goodbye (retained offline + DISCONNECT) if the link is still up."""
@@ -400,6 +461,8 @@ class Uplink:
         cursor = 0
         buffer: deque[StoredEvent] = deque()
         failures_in_row = 0
+        if self._suspect is not None and self._probing:
+            await self._send_control(client)
         while True:
             stopping = self._stop.is_set()
             # 1. Fill the window.
@@ -439,7 +502,10 @@ class Uplink:
             exc = fut.exception()
             if exc is None:
                 failures_in_row = 0
-                self._probing = False
+                if self._probing:
+                    self._probing = False
+                    self._suspect = None
+                self._last_acked = msg_rows[-1]
                 self._ack_pending.extend(r.seq for r in msg_rows)
                 self.published_messages += 1
                 self.published_events += len(msg_rows)

@@ -14,7 +14,7 @@ from gateway.models import EventBase, VisitEnded, ZoneEntered
 from gateway.outbox import Outbox
 from gateway.uplink import POISON_LOSSES, Uplink
 from tests.conftest import Mosquitto, make_mosquitto
-from tests.integration.uplink_support import Cloud, until
+from tests.integration.uplink_support import Cloud, SickBrokerProxy, until
 
 pytestmark = pytest.mark.integration
 
@@ -128,6 +128,61 @@ async def test_batch_the_broker_drops_the_link_for_goes_out_unbatched(tmp_path: 
             assert sorted(cloud.ids) == list(range(1, 121))
             assert ob.stats().dead_letters == 0
             assert up.status()["reconnects"] >= POISON_LOSSES
+    finally:
+        m.stop()
+        await ob.close()
+
+
+async def test_broker_dropping_every_publisher_for_a_while_sets_nothing_aside(
+    mosquitto: Mosquitto, tmp_path: Path
+) -> None:
+    """A sick broker (every events publish costs the link) is told from a poison message by a control message."""
+    ob = await Outbox.open(tmp_path / "o.db", IDENT.id)
+    await ob.append(small(3))
+    try:
+        async with Cloud(mosquitto) as cloud, SickBrokerProxy(mosquitto) as proxy:
+            s = settings(mosquitto, host=proxy.host, port=proxy.port)
+            up = Uplink(s, IDENT, ob)
+            task = asyncio.create_task(up.run())
+            try:
+                await until(lambda: ob.stats().backlog == 0, 10)
+                proxy.sick = True
+                await ob.append(small(4, 3))
+                # The head is suspected after POISON_LOSSES drops; the control message then costs a
+                # link too, which clears the suspicion; a second round starts.
+                await until(lambda: proxy.drops >= 2 * (POISON_LOSSES + 1) + 1, 30)
+                proxy.sick = False
+                await until(lambda: ob.stats().backlog == 0, 10)
+                await cloud.wait_for(7, 5)
+            finally:
+                task.cancel()
+                with pytest.raises(asyncio.CancelledError):
+                    await task
+            assert sorted(cloud.ids) == list(range(1, 8))
+            assert ob.stats().dead_letters == 0
+            assert up.status()["dead_lettered"] == 0
+            first: list[int] = []
+            for q in cloud.seqs:
+                if q not in first:
+                    first.append(q)
+            assert first == list(range(1, 8))  # the control is a duplicate: first arrivals stay in order
+    finally:
+        await ob.close()
+
+
+async def test_poison_message_first_after_start_is_set_aside(tmp_path: Path) -> None:
+    """Nothing acknowledged since start: the control is the next event (delivered before the poison's verdict)."""
+    m = broker(tmp_path, "message_size_limit 2048\n")
+    ob = await Outbox.open(tmp_path / "o.db", IDENT.id)
+    await ob.append([big()])  # seq 1
+    await ob.append(small(3))
+    try:
+        async with Cloud(m) as cloud:
+            up = Uplink(settings(m), IDENT, ob)
+            await run_until(up, lambda: ob.stats().backlog == 0, 20)
+            await cloud.wait_for(3, 5)
+            assert sorted(cloud.ids) == [2, 3, 4]
+            assert [e.seq for e, _, _ in await ob.dead_letters()] == [1]
     finally:
         m.stop()
         await ob.close()

@@ -112,3 +112,79 @@ def assert_in_order(seqs: list[int], last: int) -> None:
             seen.add(s)
             first_seen.append(s)
     assert first_seen == list(range(1, last + 1))
+
+
+class SickBrokerProxy:
+    """A loopback TCP proxy in front of a broker that, while ``sick``, drops any connection on
+    which the client publishes to a topic ending in ``/events`` - the way a cluster node whose
+    stream leaders are being re-elected drops every publisher for a while. ``drops`` counts them.
+    """
+
+    def __init__(self, m: Mosquitto) -> None:
+        self.m = m
+        self.sick = False
+        self.drops = 0
+        self.connections = 0
+        self.host = "127.0.0.1"
+        self.port = 0
+        self._server: asyncio.Server | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def __aenter__(self) -> SickBrokerProxy:
+        self._server = await asyncio.start_server(self._handle, self.host, 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._server is not None
+        self._server.close()
+        for t in list(self._tasks):
+            t.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self._server.wait_closed()
+
+    async def _handle(self, cr: asyncio.StreamReader, cw: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        br, bw = await asyncio.open_connection(self.m.host, self.m.port)
+        up = asyncio.create_task(self._client_to_broker(cr, bw))
+        down = asyncio.create_task(self._pipe(br, cw))
+        self._tasks.update((up, down))
+        try:
+            await asyncio.wait([up, down], return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for t in (up, down):
+                t.cancel()
+            await asyncio.gather(up, down, return_exceptions=True)
+            self._tasks.difference_update((up, down))
+            for w in (cw, bw):
+                w.close()
+
+    @staticmethod
+    async def _pipe(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        while data := await r.read(65536):
+            w.write(data)
+            await w.drain()
+
+    async def _client_to_broker(self, r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        """Forward whole MQTT packets; cut the link on an events PUBLISH while sick."""
+        while True:
+            try:
+                first = await r.readexactly(1)
+            except asyncio.IncompleteReadError:
+                return
+            length, mult, raw = 0, 1, b""
+            for _ in range(4):
+                b = await r.readexactly(1)
+                raw += b
+                length += (b[0] & 0x7F) * mult
+                mult *= 128
+                if not b[0] & 0x80:
+                    break
+            body = await r.readexactly(length)
+            if first[0] >> 4 == 3 and self.sick:  # PUBLISH
+                topic = body[2 : 2 + int.from_bytes(body[:2], "big")]
+                if topic.endswith(b"/events"):
+                    self.drops += 1
+                    return
+            w.write(first + raw + body)
+            await w.drain()
