@@ -289,15 +289,11 @@ class Uplink:
         probing, self._probing = self._probing, head is not None or control is False
         if control is False:
             log.warning("uplink.poison_cleared", seq=self._suspect, reason="link dropped on a control message too")
-            self._suspect = None
-            self._same_head_losses = 0
-            self._prev_loss_head = None
+            self._forget_suspicion()
             return
         if head is None or not probing:
             # Lost with a full window: the culprit is not known yet; the next link probes.
-            self._same_head_losses = 0
-            self._prev_loss_head = None
-            self._suspect = None
+            self._forget_suspicion()
             return
         seq, count = head
         if control and seq == self._suspect:
@@ -305,9 +301,7 @@ class Uplink:
                 f"link dropped {POISON_LOSSES + 1} times while seq {seq} was in flight, the last right after the"
                 " broker acknowledged a control message (refused by the broker?)"
             )
-            self._suspect = None
-            self._same_head_losses = 0
-            self._prev_loss_head = None
+            self._forget_suspicion()
             self._record_error(text)
             self.dead_lettered += await self.outbox.dead_letter([seq], text, None)
             return
@@ -319,14 +313,19 @@ class Uplink:
         self._same_head_losses += 1
         if self._same_head_losses < POISON_LOSSES:
             return
-        self._same_head_losses = 0
-        self._prev_loss_head = None
+        self._forget_suspicion()
         if count > 1:
             self._no_batch_until = max(self._no_batch_until, seq + count - 1)
             log.warning("uplink.batch_unbatched", seq_first=seq, events=count, reason="link dropped while in flight")
             return
         self._suspect = seq
         log.warning("uplink.poison_suspected", seq=seq, losses=POISON_LOSSES, next="control message, then the suspect")
+
+    def _forget_suspicion(self) -> None:
+        """Start counting link losses on the same probe from zero."""
+        self._suspect = None
+        self._same_head_losses = 0
+        self._prev_loss_head = None
 
     async def _send_control(self, client: AsyncMqttClient) -> None:
         """Send the control message of the poison check (see ``_check_poison``) alone and await it.
@@ -338,7 +337,7 @@ class Uplink:
         suspect = self._suspect
         assert suspect is not None
         dup = self._last_acked
-        rows = [dup] if dup is not None else [r for r in await self.outbox.pending(2) if r.seq > suspect][:1]
+        rows = [dup] if dup is not None else await self.outbox.pending(1, after_seq=suspect)
         if not rows:
             return  # nothing to compare with yet: keep probing the suspect (nothing is lost)
         self._control = False
@@ -351,11 +350,7 @@ class Uplink:
             return
         self._control = True
         if dup is None:
-            self._ack_pending.extend(r.seq for r in rows)
-            self.published_messages += 1
-            self.published_events += 1
-            if self.on_published is not None:
-                self.on_published(rows)
+            self._acknowledged(rows)
             await self._flush_acks()
 
     async def _close_session(self, client: AsyncMqttClient, graceful: bool) -> None:
@@ -404,6 +399,15 @@ class Uplink:
                 await self.on_command(msg.topic, msg.payload)
             except Exception as e:  # a bad command must not take the link down
                 log.error("uplink.command_failed", topic=msg.topic, error=f"{type(e).__name__}: {e}")
+
+    def _acknowledged(self, rows: list[StoredEvent]) -> None:
+        """A message got its PUBACK: its rows are deleted (in chunks), counted and kept as the control."""
+        self._ack_pending.extend(r.seq for r in rows)
+        self._last_acked = rows[-1]
+        self.published_messages += 1
+        self.published_events += len(rows)
+        if self.on_published is not None:
+            self.on_published(rows)
 
     def _count_failure(self, code: int | None) -> None:
         key = reason_name(code) if code is not None else "unknown"
@@ -505,12 +509,7 @@ class Uplink:
                 if self._probing:
                     self._probing = False
                     self._suspect = None
-                self._last_acked = msg_rows[-1]
-                self._ack_pending.extend(r.seq for r in msg_rows)
-                self.published_messages += 1
-                self.published_events += len(msg_rows)
-                if self.on_published is not None:
-                    self.on_published(msg_rows)
+                self._acknowledged(msg_rows)
                 if len(self._ack_pending) >= _ACK_CHUNK:
                     self._kick_acks()
                 continue
@@ -525,11 +524,7 @@ class Uplink:
                 await asyncio.wait([f2])
                 e2 = f2.exception()
                 if e2 is None:
-                    self._ack_pending.extend(r.seq for r in rows2)
-                    self.published_messages += 1
-                    self.published_events += len(rows2)
-                    if self.on_published is not None:
-                        self.on_published(rows2)
+                    self._acknowledged(rows2)
                 elif isinstance(e2, MqttPublishError):
                     failed.append((rows2, e2))
                 else:
