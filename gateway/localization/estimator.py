@@ -267,7 +267,11 @@ class Estimator:
         return loss, d1, d2
 
     def evaluate(self, prob: Problem, theta: F64, nu_dev: F64 | None = None) -> tuple[F64, F64, F64, F64, F64]:
-        """Negative log-likelihood (D,), d/dmu (D,S), curvature (D,S), dmu/dx (D,S), dmu/dy (D,S)."""
+        """Negative log-likelihood (D,), d/dmu (D,S), curvature (D,S), dmu/dx (D,S), dmu/dy (D,S).
+
+        The plain form of the likelihood: the solver uses the fused :meth:`_post_terms` and :meth:`nll`,
+        and tests pin both to this one (tests/unit/localization/test_batched_tick.py).
+        """
         mu0, gx, gy = self.model.mean_and_gradient(theta[:, :2])
         mu = mu0 + theta[:, 2:3]
         heard = prob.count > 0
