@@ -28,8 +28,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from gateway.decode_ble import decode_hex
 from gateway.identity.addresses import IrkResolver, ah
+from gateway.ops.decode_ble import decode_hex
 from gateway.parsers import ble as P
 
 # CPU time of this process: "one core" throughput even when the shared 2-core box is busy with

@@ -17,13 +17,13 @@ import tempfile
 import time
 from pathlib import Path
 
-from gateway.capture_relay import CaptureReceiver
+from gateway.capture.relay import CaptureReceiver
 
 FRAME_LEN = 256  # ~ a probe request with radiotap header and IEs
 
 SENDER = """
 import socket, sys, time
-from gateway.capture_relay import Relay, LINKTYPE_RADIOTAP
+from gateway.capture.relay import Relay, LINKTYPE_RADIOTAP
 path, n, raw = sys.argv[1], int(sys.argv[2]), sys.argv[3] == "raw"
 frame = bytes(range(256))[:{n_bytes}]
 retries = 0

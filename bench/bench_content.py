@@ -26,13 +26,13 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 
-from gateway.actors import ActorDispatcher
-from gateway.commands import decode_command, make_command
 from gateway.config import load_settings
-from gateway.content_runtime import ContentRuntime
+from gateway.content.actors import ActorDispatcher
+from gateway.content.commands import decode_command, make_command
+from gateway.content.runtime import ContentRuntime
 from gateway.layout import load_layout
 from gateway.models import EventBase, Observation
-from gateway.mqtt_async import AsyncMqttClient
+from gateway.mqtt.client import AsyncMqttClient
 from gateway.pipeline import Pipeline
 from gateway.sim.store import StoreSimulator
 
@@ -196,7 +196,7 @@ async def run(quick: bool) -> None:
                 for a in acts:
                     submit[a.activation_id] = t0
                     produced[a.activation_id] = t1
-                if acts:  # as the daemon does (gateway/daemon.py: _run_pipeline)
+                if acts:  # as the daemon does (gateway/runtime/daemon.py: _run_pipeline)
                     await rt.let_dispatch_run()
                 fed += len(chunk)
                 # pace: the k-th chunk is due at t_start + (k / RATE)

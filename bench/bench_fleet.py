@@ -112,8 +112,8 @@ async def _worker(cfg: dict[str, Any]) -> None:
     from gateway.config import BrokerEndpoint, GatewayIdentity, MqttSettings
     from gateway.log import configure_logging
     from gateway.models import ZoneEntered
-    from gateway.outbox import Outbox
-    from gateway.uplink import Uplink
+    from gateway.uplink.link import Uplink
+    from gateway.uplink.outbox import Outbox
 
     configure_logging("error", "json", sys.stderr)
     endpoints: list[tuple[str, int]] = [tuple(e) for e in cfg["endpoints"]]  # type: ignore[misc]
@@ -303,7 +303,7 @@ class MqttConsumer(Consumer):
     client_id: str = "platform-durable"
 
     async def start(self) -> None:
-        from gateway.mqtt_async import AsyncMqttClient
+        from gateway.mqtt.client import AsyncMqttClient
 
         self.per_conn = [0]
         client = AsyncMqttClient(

@@ -22,7 +22,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from gateway.config import LocalizationSettings
 from gateway.layout import Layout, load_layout
 from gateway.localization import make_localizer
-from gateway.localization.cli import ObsReader, run_locate
 from gateway.localization.crlb import crlb_rmse, fisher
 from gateway.localization.estimator import Estimator, EstimatorParams, aggregate
 from gateway.localization.localizer import layout_bounds
@@ -30,6 +29,7 @@ from gateway.localization.pathloss import PathLossModel
 from gateway.localization.region import Walkable
 from gateway.localization.synth import RadioParams, SyntheticRun, simulate_rssi, synthetic_run, write_jsonl
 from gateway.models import Observation
+from gateway.ops.locate import ObsReader, run_locate
 
 LAYOUT = Path(__file__).resolve().parent.parent / "hardware" / "layouts" / "demo-store.toml"
 REALISTIC = RadioParams(sigma_db=6.0, tx_spread_db=4.0, fade_probability=0.05, fade_db=12.0, packet_loss=0.02)

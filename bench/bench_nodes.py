@@ -34,8 +34,8 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
 from gateway.config import NodesSettings
-from gateway.daemon import embedded_layout
-from gateway.node_ingest import NodeIngest
+from gateway.runtime.daemon import embedded_layout
+from gateway.sources.node_ingest import NodeIngest
 from gateway.sources.nodes import NodesSource
 
 ROOMS = [s.id for s in embedded_layout().sensors]

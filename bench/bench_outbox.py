@@ -33,8 +33,8 @@ from paho.mqtt.enums import CallbackAPIVersion
 from gateway.config import GatewayIdentity, MqttSettings
 from gateway.log import configure_logging
 from gateway.models import EventBase, ZoneEntered
-from gateway.outbox import Outbox
-from gateway.uplink import Uplink
+from gateway.uplink.link import Uplink
+from gateway.uplink.outbox import Outbox
 
 BATCH = 500
 IDENT = GatewayIdentity(id="gw-bench", store_id="store-bench")

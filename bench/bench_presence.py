@@ -32,7 +32,7 @@ from gateway.identity.subjects import IdentityResolver
 from gateway.layout import Layout, load_layout
 from gateway.localization import make_localizer
 from gateway.models import EventBase, Fix, Observation, VisitEnded
-from gateway.presence import PresenceEngine
+from gateway.presence.engine import PresenceEngine
 from gateway.sim.store import StoreSimulator, VisitTruth, _Person
 
 LAYOUT_PATH = Path(__file__).resolve().parent.parent / "hardware" / "layouts" / "demo-store.toml"

@@ -215,9 +215,9 @@ def serve_daemon(argv: list[str]) -> None:
     import asyncio
 
     from gateway.config import StatusSettings, load_settings
-    from gateway.daemon import Daemon, load_store_layout
     from gateway.log import configure_logging
-    from gateway.status.daemon_provider import DaemonStatusProvider
+    from gateway.runtime.daemon import Daemon, load_store_layout
+    from gateway.runtime.status_provider import DaemonStatusProvider
     from gateway.status.server import StatusServer
 
     ap = argparse.ArgumentParser()
@@ -281,8 +281,8 @@ def stream_dots_cpu(ticks: int) -> None:
 
     from gateway.layout import load_layout
     from gateway.models import Fix
+    from gateway.runtime.status_provider import DaemonStatusProvider
     from gateway.status.app import StreamHub, dumps
-    from gateway.status.daemon_provider import DaemonStatusProvider
 
     layout = load_layout(REPO / "hardware" / "layouts" / "demo-store.toml")
     rng = np.random.default_rng(0)

@@ -35,9 +35,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from gateway.decode_pcap import decode_file
 from gateway.identity.wifi_chains import ChainGrouper, ChainParams
 from gateway.identity.wifi_groups import WifiGrouper
+from gateway.ops.decode_pcap import decode_file
 from gateway.parsers.pcap import read_records, write_pcap
 from gateway.parsers.wifi_probe import ProbeDecoder
 from gateway.sim.wifi_crowd import CrowdFrame, generate_crowd

@@ -18,14 +18,14 @@ from gateway.config import ConfigError, Settings, config_docs, load_settings
 
 # Modules that add sub-commands (imported lazily by main()).
 COMMAND_MODULES: list[str] = [
-    "gateway.decode",
-    "gateway.localization.cli",
-    "gateway.daemon",
-    "gateway.demo",
-    "gateway.provision",
-    "gateway.doctor",
-    "gateway.update",
-    "gateway.status.cli",
+    "gateway.ops.decode",
+    "gateway.ops.locate",
+    "gateway.runtime.daemon",
+    "gateway.demo.run",
+    "gateway.ops.provision",
+    "gateway.ops.doctor",
+    "gateway.ops.update",
+    "gateway.ops.status_cli",
 ]
 
 
@@ -52,7 +52,7 @@ def _config_docs(args: argparse.Namespace) -> int:
 
 
 def _schemas(args: argparse.Namespace) -> int:
-    from gateway.schemas import write_schemas
+    from gateway.ops.schemas import write_schemas
 
     for p in write_schemas(Path(args.out)):
         print(p)

@@ -20,7 +20,7 @@ from gateway.identity.subjects import IdentityResolver
 from gateway.layout import Layout
 from gateway.localization import Localizer, make_localizer
 from gateway.models import EventBase, Fix, Observation, PositionFix, SubjectKind
-from gateway.presence import PresenceEngine
+from gateway.presence.engine import PresenceEngine
 
 # event-time silence ticked through before the tick grid jumps ahead (far longer than any timeout)
 MAX_TICK_GAP_S = 7200.0  # > presence.visit_timeout_s (at most 3600 s)

@@ -15,7 +15,7 @@ identity from RPA resolution, a Wi-Fi fingerprint group, an app token). They go 
    ``pseudonyms.py``), so linked address rotations share one pseudonym within a rotation period.
 
 Pure: time is an argument, no I/O; persistence of opt-out digests is the caller's job
-(``gateway/presence_store.py``). Resolutions are cached per rotation period so the steady-state
+(``gateway/presence/store.py``). Resolutions are cached per rotation period so the steady-state
 cost is one dict lookup per observation.
 """
 

@@ -34,7 +34,7 @@ from gateway.config import SimulatorSettings
 from gateway.layout import Layout
 from gateway.log import get_logger
 from gateway.models import Observation
-from gateway.mqtt_async import AsyncMqttClient, Will
+from gateway.mqtt.client import AsyncMqttClient, Will
 from gateway.sim.store import StoreSimulator
 
 log = get_logger(__name__)

@@ -431,10 +431,10 @@ class BleSource:
 
 
 def enabled(settings: Settings) -> bool:
-    """For ``gateway.daemon.SOURCE_FACTORIES``: scan when ``[ble] enabled = true``."""
+    """For ``gateway.runtime.daemon.SOURCE_FACTORIES``: scan when ``[ble] enabled = true``."""
     return settings.ble.enabled
 
 
 def make_source(settings: Settings, layout: Layout) -> BleSource:
-    """For ``gateway.daemon.SOURCE_FACTORIES``; the layout is not needed (the sensor id names our radio)."""
+    """For ``gateway.runtime.daemon.SOURCE_FACTORIES``; the layout is not needed (the sensor id names our radio)."""
     return BleSource(settings.ble)

@@ -1,11 +1,11 @@
 """Sensor-node source: ESP32 nodes (ESPresense or our native firmware) over the store-local broker.
 
-Thin async adapter around the pure :class:`gateway.node_ingest.NodeIngest`:
+Thin async adapter around the pure :class:`gateway.sources.node_ingest.NodeIngest`:
 
 * one MQTT 3.1.1 subscription (QoS 0: a late RSSI is worth nothing, so no broker backlog) on the
   **store-local** broker - ``[local_broker]``, or the embedded broker on 127.0.0.1 when its host is
   unset - never the cloud uplink;
-* the subscriber (``gateway/mqtt_sub.py``, an asyncio Protocol: paho's per-packet reads cap a
+* the subscriber (``gateway/mqtt/subscriber.py``, an asyncio Protocol: paho's per-packet reads cap a
   subscriber below the message rates nodes reach) appends ``(topic, payload)`` lists to a bounded
   buffer; ``batches()`` wakes, reads the clock once, decodes the whole chunk and yields one batch;
 * every ``check_interval_s`` it runs the liveness check and calls ``on_sensor_state(sensor,
@@ -31,9 +31,9 @@ from gateway.identity.addresses import IrkResolver
 from gateway.layout import Layout
 from gateway.log import get_logger
 from gateway.models import Observation, SourceHealth
-from gateway.mqtt_async import MqttError
-from gateway.mqtt_sub import MqttSubscriber
-from gateway.node_ingest import NodeIngest
+from gateway.mqtt.client import MqttError
+from gateway.mqtt.subscriber import MqttSubscriber
+from gateway.sources.node_ingest import NodeIngest
 
 log = get_logger(__name__)
 
@@ -242,12 +242,12 @@ def local_broker_address(settings: Settings) -> tuple[str, int]:
 
 
 def enabled(settings: Settings) -> bool:
-    """For ``gateway.daemon.SOURCE_FACTORIES``."""
+    """For ``gateway.runtime.daemon.SOURCE_FACTORIES``."""
     return settings.nodes.enabled
 
 
 def make_source(settings: Settings, layout: Layout) -> NodesSource:
-    """For ``gateway.daemon.SOURCE_FACTORIES``: subscribe on the store-local broker."""
+    """For ``gateway.runtime.daemon.SOURCE_FACTORIES``: subscribe on the store-local broker."""
     host, port = local_broker_address(settings)
     n = settings.nodes
     resolver = None

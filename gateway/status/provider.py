@@ -2,7 +2,7 @@
 
 The web app never reaches into the pipeline: it asks a ``StatusProvider`` for plain, JSON-able
 data and calls its async actions. The daemon implements the provider over its live state; tests
-and the demo use ``gateway.status.demo.SimulatedStatusProvider``. Keeping the boundary this narrow
+and the demo use ``gateway.demo.status_demo.SimulatedStatusProvider``. Keeping the boundary this narrow
 is what lets the web server stay cheap (it only serialises what it is handed) and lets the page
 be tested in a real browser without a running daemon.
 

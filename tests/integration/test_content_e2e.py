@@ -14,9 +14,9 @@ from typing import Any
 
 import pytest
 
-from gateway.cloud_standin import CloudStandIn
-from gateway.commands import make_command
-from gateway.mqtt_async import AsyncMqttClient
+from gateway.content.commands import make_command
+from gateway.demo.cloud_standin import CloudStandIn
+from gateway.mqtt.client import AsyncMqttClient
 from tests.conftest import gateway_cmd, gateway_env, make_mosquitto
 
 pytestmark = pytest.mark.integration

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from gateway.config import Settings
-from gateway.doctor import check_ble
+from gateway.ops.doctor import check_ble
 
 pytestmark = [pytest.mark.integration, pytest.mark.skipif(shutil.which("dbus-daemon") is None, reason="no dbus")]
 

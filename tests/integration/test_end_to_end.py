@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from gateway.cloud_standin import CloudStandIn
 from gateway.config import SimulatorSettings
+from gateway.demo.cloud_standin import CloudStandIn
 from gateway.layout import load_layout
 from gateway.sim.store import StoreSimulator
 from tests.conftest import LAYOUT, Mosquitto, gateway_cmd, gateway_env

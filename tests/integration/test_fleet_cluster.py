@@ -22,8 +22,8 @@ from pydantic import ValidationError
 from bench.brokers import NatsCluster, nats_server_path
 from gateway.config import BrokerEndpoint, GatewayIdentity, MqttSettings
 from gateway.models import EventBase, ZoneEntered
-from gateway.outbox import Outbox
-from gateway.uplink import Uplink
+from gateway.uplink.link import Uplink
+from gateway.uplink.outbox import Outbox
 from tests.conftest import Mosquitto, make_mosquitto
 from tests.integration.uplink_support import Cloud, until
 
@@ -238,7 +238,7 @@ async def test_link_loss_moves_on_to_the_next_endpoint_first(
     accepts TCP but never answers (seen on the NATS cluster after a node kill), for every gateway
     that was on it.
     """
-    import gateway.uplink as uplink_mod
+    import gateway.uplink.link as uplink_mod
 
     monkeypatch.setattr(uplink_mod, "_STABLE_SESSION_S", 0.3)
     second = make_mosquitto(tmp_path)

@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 
 from gateway.config import NodesSettings, load_settings
-from gateway.daemon import embedded_layout
 from gateway.models import Observation
-from gateway.mqtt_async import AsyncMqttClient, MqttConnectError, MqttError
+from gateway.mqtt.client import AsyncMqttClient, MqttConnectError, MqttError
+from gateway.runtime.daemon import embedded_layout
 from gateway.sources.nodes import NodesSource, make_source
 from tests.conftest import REPO, Mosquitto, make_mosquitto
 

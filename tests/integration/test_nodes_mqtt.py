@@ -20,11 +20,11 @@ import numpy as np
 import pytest
 
 from gateway.config import NodesSettings, Settings, SimulatorSettings
-from gateway.daemon import embedded_layout
 from gateway.identity.subjects import irk_link
 from gateway.models import Fix, Observation, SubjectKind
-from gateway.mqtt_async import AsyncMqttClient
+from gateway.mqtt.client import AsyncMqttClient
 from gateway.pipeline import Pipeline
+from gateway.runtime.daemon import embedded_layout
 from gateway.sim.nodes import EspresenseEmitter, espresense_id, sim_irk
 from gateway.sim.store import StoreSimulator
 from gateway.sources.nodes import NodesSource

@@ -35,7 +35,7 @@ from gateway.config import SimulatorSettings, load_settings
 from gateway.identity.subjects import ConsentRecord
 from gateway.layout import load_layout
 from gateway.log import configure_logging
-from gateway.mqtt_async import AsyncMqttClient
+from gateway.mqtt.client import AsyncMqttClient
 from gateway.parsers.pcap import write_pcap
 from gateway.sim.store import StoreSimulator
 from gateway.sim.wifi_crowd import generate_crowd
@@ -339,7 +339,7 @@ async def test_simulated_day_leaves_no_raw_identifier(tmp_path: Path, mosquitto:
 
 
 async def test_consent_and_optouts_leave_no_irk_mac_or_link(tmp_path: Path, mosquitto: Mosquitto) -> None:
-    from gateway.daemon import Daemon, load_store_layout
+    from gateway.runtime.daemon import Daemon, load_store_layout
 
     duration = 1.5 * 3600.0
     sim_cfg = {**SIM, "shoppers_per_hour": 60}

@@ -23,9 +23,9 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
 
 from gateway.config import StatusSettings, load_settings
+from gateway.demo.status_sim import SimPipelineProvider
 from gateway.status.metrics import GatewayMetrics
 from gateway.status.server import StatusServer
-from gateway.status.simprovider import SimPipelineProvider
 from tests.unit.status.support import (
     PASSWORD,
     USER,

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.update import install, keygen, pack, read_ready, sign
+from gateway.ops.update import install, keygen, pack, read_ready, sign
 from tests.conftest import REPO, Mosquitto
 
 pytestmark = pytest.mark.integration

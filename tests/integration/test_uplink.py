@@ -10,8 +10,8 @@ import pytest
 
 from gateway.config import GatewayIdentity, MqttSettings
 from gateway.models import EventBase, ZoneEntered
-from gateway.outbox import Outbox
-from gateway.uplink import Uplink
+from gateway.uplink.link import Uplink
+from gateway.uplink.outbox import Outbox
 from tests.conftest import Mosquitto
 from tests.integration.uplink_support import Cloud, assert_in_order, until
 

@@ -15,11 +15,11 @@ from pathlib import Path
 
 import pytest
 
-from gateway import outbox_tool
 from gateway.config import GatewayIdentity, MqttSettings
 from gateway.models import EventBase, ZoneEntered
-from gateway.outbox import Outbox
-from gateway.uplink import Uplink
+from gateway.ops import outbox_tool
+from gateway.uplink.link import Uplink
+from gateway.uplink.outbox import Outbox
 from tests.conftest import Mosquitto, gateway_env, make_mosquitto
 from tests.integration.uplink_support import Cloud, assert_in_order, until
 
@@ -124,13 +124,13 @@ async def test_kill_9_during_drain_leaves_no_gap(mosquitto: Mosquitto, tmp_path:
 
     The killed runs are real processes forked from a forkserver that has the gateway imported
     (so each start costs milliseconds, not a Python start-up); the final run is a plain
-    ``python -m gateway.outbox_tool`` subprocess.
+    ``python -m gateway.ops.outbox_tool`` subprocess.
     """
     db = tmp_path / "outbox.db"
     endless = 10_000_000  # killed runs never finish appending: every kill lands mid-run
     rng = random.Random(8)
     ctx = multiprocessing.get_context("forkserver")
-    ctx.set_forkserver_preload(["gateway.outbox_tool"])
+    ctx.set_forkserver_preload(["gateway.ops.outbox_tool"])
     kills = 0
     in_flight_at_kill: list[int] = []
     t_start = time.monotonic()
@@ -172,7 +172,7 @@ async def test_kill_9_during_drain_leaves_no_gap(mosquitto: Mosquitto, tmp_path:
         final = await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",
-            "gateway.outbox_tool",
+            "gateway.ops.outbox_tool",
             *drive_args(db, mosquitto.port, total),
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,

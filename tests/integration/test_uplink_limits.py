@@ -11,8 +11,8 @@ import pytest
 
 from gateway.config import GatewayIdentity, MqttSettings
 from gateway.models import EventBase, VisitEnded, ZoneEntered
-from gateway.outbox import Outbox
-from gateway.uplink import POISON_LOSSES, Uplink
+from gateway.uplink.link import POISON_LOSSES, Uplink
+from gateway.uplink.outbox import Outbox
 from tests.conftest import Mosquitto, make_mosquitto
 from tests.integration.uplink_support import Cloud, SickBrokerProxy, until
 

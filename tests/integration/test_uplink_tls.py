@@ -11,8 +11,8 @@ from structlog.testing import capture_logs
 
 from gateway.config import GatewayIdentity, MqttSettings
 from gateway.models import ZoneEntered
-from gateway.outbox import Outbox
-from gateway.uplink import Uplink
+from gateway.uplink.link import Uplink
+from gateway.uplink.outbox import Outbox
 from tests.conftest import REPO, Mosquitto, free_port, make_mosquitto
 from tests.integration.certs import Ca, Issued
 from tests.integration.uplink_support import Cloud, assert_in_order, until

@@ -8,7 +8,7 @@ import json
 from collections.abc import Callable
 
 from gateway.models import GatewayStatus, UplinkBatch, UplinkEvent
-from gateway.mqtt_async import AsyncMqttClient, MqttError
+from gateway.mqtt.client import AsyncMqttClient, MqttError
 from tests.conftest import Mosquitto
 
 

@@ -56,7 +56,7 @@ def test_capture_unit_is_the_only_one_with_net_caps() -> None:
     u = _unit("gateway-wifi-capture.service")
     assert sorted(u["Service.CapabilityBoundingSet"][0].split()) == ["CAP_NET_ADMIN", "CAP_NET_RAW"]
     assert sorted(u["Service.RestrictAddressFamilies"][0].split()) == ["AF_NETLINK", "AF_PACKET", "AF_UNIX"]
-    assert "gateway.capture_relay" in u["Service.ExecStart"][0]
+    assert "gateway.capture.relay" in u["Service.ExecStart"][0]
 
 
 def _copy_units(tmp_path: Path) -> list[Path]:
@@ -127,7 +127,7 @@ ec.generate_private_key(ec.SECP256R1())
 ed25519.Ed25519PrivateKey.generate().sign(b"x")
 import ssl, sqlite3, json, zlib
 import paho.mqtt.client, aiohttp, dbus_fast, pydantic, structlog, aiosqlite
-import gateway.config, gateway.layout, gateway.capture_relay
+import gateway.config, gateway.layout, gateway.capture.relay
 print("OK")
 """
 

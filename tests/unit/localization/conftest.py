@@ -1,23 +1,10 @@
 from __future__ import annotations
 
 import numpy as np
-import pytest
 
-from gateway.layout import Layout, load_layout
 from gateway.localization.estimator import Problem, aggregate
 from gateway.localization.pathloss import PathLossModel
 from gateway.localization.synth import RadioParams, simulate_rssi
-from tests.conftest import LAYOUT
-
-
-@pytest.fixture(scope="session")
-def layout() -> Layout:
-    return load_layout(LAYOUT)
-
-
-@pytest.fixture(scope="session")
-def model(layout: Layout) -> PathLossModel:
-    return PathLossModel.from_layout(layout)
 
 
 def static_problem(

@@ -19,7 +19,7 @@ from gateway.layout import Layout
 from gateway.localization.localizer import MlLocalizer
 from gateway.localization.pathloss import PathLossModel
 from gateway.localization.synth import RadioParams, simulate_rssi
-from gateway.node_ingest import NodeIngest
+from gateway.sources.node_ingest import NodeIngest
 
 # Misses carry position information when the floor is within the store's RSSI range (ESP32 nodes with
 # a report cut-off, e.g. ESPresense max_distance) and random loss is rare; that is when a dead node

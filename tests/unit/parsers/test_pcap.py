@@ -317,7 +317,7 @@ def test_decode_pcap_holds_undecided_frames_but_keeps_capture_order() -> None:
     """Held frames (new random MACs awaiting their group) come out in capture order, none lost."""
     import io
 
-    from gateway.decode_pcap import decode_file
+    from gateway.ops.decode_pcap import decode_file
 
     outs = {}
     for hold in (0.0, 90.0):
@@ -344,7 +344,7 @@ def test_decode_pcap_holds_undecided_frames_but_keeps_capture_order() -> None:
 def test_decode_pcap_groupings_print_the_same_frames_and_capture_groups_are_purer(tmp_path: Path) -> None:
     """--grouping capture (default) and stream: the same lines but the group; on a crowd with
     ground truth, whole-capture groups mix devices less, at no more groups."""
-    from gateway.decode_pcap import decode_file
+    from gateway.ops.decode_pcap import decode_file
     from gateway.parsers.pcap import write_pcap
     from gateway.sim.wifi_crowd import generate_crowd
 
@@ -380,7 +380,7 @@ def test_decode_pcap_groupings_print_the_same_frames_and_capture_groups_are_pure
 def test_decode_pcap_pseudonyms_turn_over_at_the_key_rotation(tmp_path: Path, grouping: str) -> None:
     """The same MACs before and after 21:00 UTC (the default rotation): one pseudonym each within a
     key epoch, a new one after it, none shared across it."""
-    from gateway.decode_pcap import decode_file
+    from gateway.ops.decode_pcap import decode_file
     from gateway.parsers.pcap import write_pcap
 
     with (FIX / "crowd.pcap").open("rb") as f:

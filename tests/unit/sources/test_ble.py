@@ -300,7 +300,7 @@ def test_error_texts_never_carry_device_addresses() -> None:
 
 def test_daemon_factory_hooks() -> None:
     from gateway.config import Settings
-    from gateway.daemon import embedded_layout
+    from gateway.runtime.daemon import embedded_layout
     from gateway.sources.ble import BleakBackend, enabled, make_source
 
     s = Settings.model_validate({"ble": {"enabled": True, "adapter": "hci1", "sensor_id": "gw"}})

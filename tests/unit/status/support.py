@@ -12,9 +12,9 @@ from aiohttp.test_utils import TestClient, TestServer
 from argon2 import PasswordHasher
 
 from gateway.config import StatusSettings
+from gateway.demo.status_demo import SimulatedStatusProvider
 from gateway.layout import Layout, load_layout
 from gateway.status.app import make_app
-from gateway.status.demo import SimulatedStatusProvider
 from gateway.status.metrics import GatewayMetrics
 
 REPO = Path(__file__).resolve().parents[3]

@@ -10,8 +10,8 @@ import numpy as np
 
 from gateway.layout import Layout, load_layout, points_in_polygon
 from gateway.models import Fix
+from gateway.runtime.status_provider import DaemonStatusProvider
 from gateway.status.app import StreamHub
-from gateway.status.daemon_provider import DaemonStatusProvider
 from gateway.status.provider import StatusProvider
 from tests.unit.status.support import DEMO_LAYOUT
 

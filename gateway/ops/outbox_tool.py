@@ -1,0 +1,140 @@
+"""Outbox tools: ``stats`` for technicians, ``drive`` to exercise append + drain end to end.
+
+``python -m gateway.ops.outbox_tool drive ...`` appends synthetic presence events in batches while an
+`Uplink` drains them to a broker - the crash tests kill it with SIGKILL at random moments and
+check that, after restarts, the platform saw every sequence number. It is a real process with
+the real outbox and uplink, independent of the daemon wiring.
+
+Both are also offered as ``gateway outbox stats|drive`` through `add_commands`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from gateway.config import GatewayIdentity, MqttSettings
+from gateway.models import EventBase, ZoneEntered
+from gateway.uplink.outbox import Outbox, OutboxError
+
+
+def _stats_cmd(args: argparse.Namespace) -> int:
+    if not Path(args.db).exists():
+        print(f"{args.db}: no such outbox file", file=sys.stderr)
+        return 2
+    return asyncio.run(_stats(args))
+
+
+async def _stats(args: argparse.Namespace) -> int:
+    path = Path(args.db)
+    import sqlite3
+
+    try:
+        con = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        row = con.execute("SELECT value FROM meta WHERE key = 'gateway_id'").fetchone()
+        con.close()
+    except sqlite3.Error as e:
+        print(f"{path}: not an outbox: {e}", file=sys.stderr)
+        return 2
+    if row is None:
+        print(f"{path}: not an outbox (no gateway id)", file=sys.stderr)
+        return 2
+    try:
+        ob = await Outbox.open(path, str(row[0]))
+    except OutboxError as e:
+        print(str(e), file=sys.stderr)
+        return 1
+    st = ob.stats()
+    await ob.close()
+    print(json.dumps({"gateway_id": row[0], **{k: getattr(st, k) for k in st.__slots__}}, indent=2))
+    return 0
+
+
+def _events(n: int, start: int, store_id: str) -> list[EventBase]:
+    return [
+        ZoneEntered(ts=1_767_261_600.0 + i, store_id=store_id, subject=f"p{i % 97}", zone=f"z{i % 5}")
+        for i in range(start, start + n)
+    ]
+
+
+async def _drive(args: argparse.Namespace) -> int:
+    ident = GatewayIdentity(id=args.gateway_id, store_id=args.store_id)
+    settings = MqttSettings(
+        host=args.host,
+        port=args.port,
+        tls=False,
+        reconnect_min_s=0.05,
+        reconnect_max_s=0.5,
+        inflight=args.inflight,
+        batch_threshold=args.batch_threshold,
+        batch_max=args.batch_max,
+    )
+    from gateway.uplink.link import Uplink
+
+    ob = await Outbox.open(Path(args.db), ident.id)
+    up = Uplink(settings, ident, ob)
+    task = asyncio.create_task(up.run())
+    ready = json.dumps({"ready": True, "last_seq": ob.last_seq, "backlog": ob.backlog})
+    print(ready, flush=True)
+    if args.ready_file:
+        await asyncio.to_thread(Path(args.ready_file).write_text, ready)
+    try:
+        while ob.last_seq < args.events:
+            n = min(args.batch, args.events - ob.last_seq)
+            await ob.append(_events(n, ob.last_seq, ident.store_id))
+            if args.interval > 0:
+                await asyncio.sleep(args.interval)
+        for _ in range(int(args.timeout / 0.05)):
+            if ob.backlog == 0:
+                break
+            await asyncio.sleep(0.05)
+        await up.drain(5.0)
+        await asyncio.wait_for(task, 5.0)
+    finally:
+        if not task.done():
+            task.cancel()
+        await ob.close()
+    done: dict[str, Any] = {"done": True, "last_seq": ob.last_seq, "backlog": ob.backlog, **up.status()}
+    print(json.dumps(done, default=str), flush=True)
+    return 0 if ob.backlog == 0 else 1
+
+
+def add_commands(subparsers: Any) -> None:
+    p = subparsers.add_parser("outbox", help="inspect or exercise the durable outbox")
+    sub = p.add_subparsers(dest="outbox_command", required=True, metavar="ACTION")
+    st = sub.add_parser("stats", help="print backlog, last seq, evictions of an outbox file")
+    st.add_argument("db", help="outbox SQLite file")
+    st.set_defaults(func=_stats_cmd)
+    dr = sub.add_parser("drive", help="append synthetic events while draining them to a broker (tests)")
+    dr.add_argument("--db", required=True)
+    dr.add_argument("--host", default="127.0.0.1")
+    dr.add_argument("--port", type=int, required=True)
+    dr.add_argument("--gateway-id", default="gw-drive")
+    dr.add_argument("--store-id", default="store-drive")
+    dr.add_argument("--events", type=int, default=1000, help="stop appending when last_seq reaches this")
+    dr.add_argument("--batch", type=int, default=50)
+    dr.add_argument("--interval", type=float, default=0.01, help="pause between append batches (s)")
+    dr.add_argument("--inflight", type=int, default=64)
+    dr.add_argument("--batch-threshold", type=int, default=200)
+    dr.add_argument("--batch-max", type=int, default=100)
+    dr.add_argument("--timeout", type=float, default=30.0, help="max wait for the backlog to drain (s)")
+    dr.add_argument("--ready-file", help="write the ready line here too (for test harnesses)")
+    dr.set_defaults(func=lambda a: asyncio.run(_drive(a)))
+
+
+def main(argv: list[str] | None = None) -> int:
+    from gateway.log import configure_logging
+
+    parser = argparse.ArgumentParser(prog="python -m gateway.ops.outbox_tool")
+    add_commands(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(["outbox", *(argv if argv is not None else sys.argv[1:])])
+    configure_logging("warning", "json", sys.stderr)
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
