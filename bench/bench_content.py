@@ -29,7 +29,7 @@ import paho.mqtt.client as mqtt
 from gateway.config import load_settings
 from gateway.content.actors import ActorDispatcher
 from gateway.content.commands import decode_command, make_command
-from gateway.content.runtime import ContentRuntime
+from gateway.content.service import ContentService
 from gateway.layout import load_layout
 from gateway.models import EventBase, Observation
 from gateway.mqtt.client import AsyncMqttClient
@@ -151,7 +151,7 @@ async def run(quick: bool) -> None:
             layout = load_layout(LAYOUT)
             disp = ActorDispatcher(settings.content)
             reports: list[EventBase] = []
-            rt = await ContentRuntime.open(settings, emit=reports.extend, dispatcher=disp)
+            rt = await ContentService.open(settings, emit=reports.extend, dispatcher=disp)
             for i, (kind, body) in enumerate(
                 [("actors.put", {"actor": {"id": "bench-screen", "categories": ["promo"], "scopes": ["zone"]}})]
                 + [

@@ -250,7 +250,7 @@ def bench_grouping(n_devices: int, duration_s: float, seed: int = 42) -> tuple[i
         f"wifi.grouping_hold: stream: {g.held_frames / n_frames:.1%} of frames held for a group decision "
         f"({g.held_macs} MACs), delay mean {sum(held_delay) / max(1, len(held_delay)):.1f} s, "
         f"p95 {held_delay[int(0.95 * len(held_delay))] if held_delay else 0.0:.1f} s, "
-        f"max {held_delay[-1] if held_delay else 0.0:.1f} s (bound group_hold_s {g.p.max_delay_s:.0f} s)"
+        f"max {held_delay[-1] if held_delay else 0.0:.1f} s (bound group_hold_s {g.params.max_delay_s:.0f} s)"
     )
     return imp_c, imp_s, (len(by_chain) - devices) / devices
 

@@ -65,7 +65,7 @@ class Pipeline:
         presence: PresenceEngine | None = None,
         on_fixes: Callable[[list[Fix]], None] | None = None,
     ) -> None:
-        self.s = settings
+        self.settings = settings
         self.layout = layout
         self.identity: IdentityStage | IdentityResolver = identity or IdentityStage(
             PseudonymKeyring(
@@ -95,7 +95,7 @@ class Pipeline:
         for o in batch:
             if o.sensor not in self._sensors:
                 self._drop("unknown_sensor")
-            elif o.ts < self.now - self.s.localization.window_s:
+            elif o.ts < self.now - self.settings.localization.window_s:
                 self._drop("too_late")
             else:
                 good.append(o)
@@ -144,7 +144,7 @@ class Pipeline:
                 self.stats.last_fixes = fixes
                 if self._on_fixes is not None:
                     self._on_fixes(fixes)
-                if self.s.presence.publish_fixes:
+                if self.settings.presence.publish_fixes:
                     events += [self._fix_event(f) for f in fixes]
             events += self.presence.update(fixes, t)
             events += self.presence.tick(t)
@@ -156,7 +156,7 @@ class Pipeline:
     def _fix_event(self, f: Fix) -> PositionFix:
         return PositionFix(
             ts=f.ts,
-            store_id=self.s.gateway.store_id,
+            store_id=self.settings.gateway.store_id,
             subject=f.device,
             subject_kind=self.identity.subject_kind(f.device),
             x=round(f.x, 2),

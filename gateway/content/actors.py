@@ -99,7 +99,7 @@ class ActorDispatcher:
         session: aiohttp.ClientSession | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self.s = settings
+        self.settings = settings
         self.mqtt = mqtt
         self._session = session
         self._own_session = session is None
@@ -111,11 +111,11 @@ class ActorDispatcher:
         self.counters: dict[str, int] = {}
 
     def topic(self, actor_id: str) -> str:
-        return f"{self.s.actor_topic_prefix}/actors/{actor_id}"
+        return f"{self.settings.actor_topic_prefix}/actors/{actor_id}"
 
     async def start(self) -> None:
         if self.mqtt is not None:
-            await self.mqtt.subscribe(f"{self.s.actor_topic_prefix}/actors/+/ack", qos=1)
+            await self.mqtt.subscribe(f"{self.settings.actor_topic_prefix}/actors/+/ack", qos=1)
             self._ack_task = asyncio.create_task(self._ack_loop(self.mqtt), name="actor-acks")
 
     async def run_local(self, host: str, port: int, client_id: str, *, max_backoff_s: float = 10.0) -> None:
@@ -126,7 +126,7 @@ class ActorDispatcher:
             client = AsyncMqttClient(host, port, client_id=client_id, connect_timeout_s=5.0)
             try:
                 await client.connect()
-                await client.subscribe(f"{self.s.actor_topic_prefix}/actors/+/ack", qos=1)
+                await client.subscribe(f"{self.settings.actor_topic_prefix}/actors/+/ack", qos=1)
                 self.mqtt = client
                 delay = 0.5
                 log.info("content.local_broker_connected", host=host, port=port)
@@ -165,7 +165,9 @@ class ActorDispatcher:
     def breaker(self, actor_id: str) -> CircuitBreaker:
         b = self.breakers.get(actor_id)
         if b is None:
-            b = self.breakers[actor_id] = CircuitBreaker(self.s.breaker_failures, self.s.breaker_reset_s, self.clock)
+            b = self.breakers[actor_id] = CircuitBreaker(
+                self.settings.breaker_failures, self.settings.breaker_reset_s, self.clock
+            )
         return b
 
     def _count(self, key: str) -> None:
@@ -203,7 +205,7 @@ class ActorDispatcher:
         try:
             try:
                 await asyncio.wait_for(
-                    self.mqtt.publish(self.topic(actor.id), payload, qos=1), self.s.mqtt_ack_timeout_s
+                    self.mqtt.publish(self.topic(actor.id), payload, qos=1), self.settings.mqtt_ack_timeout_s
                 )
             except TimeoutError:
                 return DispatchResult("timeout", "no PUBACK from local broker", 1)
@@ -212,9 +214,9 @@ class ActorDispatcher:
             if fut is None:
                 return DispatchResult("sent", None, 1)
             try:
-                status = await asyncio.wait_for(fut, self.s.mqtt_ack_timeout_s)
+                status = await asyncio.wait_for(fut, self.settings.mqtt_ack_timeout_s)
             except TimeoutError:
-                return DispatchResult("timeout", f"no ack within {self.s.mqtt_ack_timeout_s}s", 1)
+                return DispatchResult("timeout", f"no ack within {self.settings.mqtt_ack_timeout_s}s", 1)
             return DispatchResult("ok" if status == "ok" else "rejected", f"ack {status}", 1)
         finally:
             if fut is not None:
@@ -224,10 +226,10 @@ class ActorDispatcher:
         assert actor.url is not None
         if self._session is None:
             self._session = aiohttp.ClientSession()
-        timeout = aiohttp.ClientTimeout(total=self.s.webhook_timeout_s)
-        delay = self.s.webhook_backoff_s
+        timeout = aiohttp.ClientTimeout(total=self.settings.webhook_timeout_s)
+        delay = self.settings.webhook_backoff_s
         last = DispatchResult("failed", "not attempted", 0)
-        for attempt in range(1, self.s.webhook_retries + 2):
+        for attempt in range(1, self.settings.webhook_retries + 2):
             try:
                 async with self._session.post(actor.url, json=act.payload, timeout=timeout) as resp:
                     await resp.read()
@@ -237,10 +239,10 @@ class ActorDispatcher:
                         return DispatchResult("rejected", f"http {resp.status}", attempt)
                     last = DispatchResult("failed", f"http {resp.status}", attempt)
             except TimeoutError:
-                last = DispatchResult("timeout", f"no answer within {self.s.webhook_timeout_s}s", attempt)
+                last = DispatchResult("timeout", f"no answer within {self.settings.webhook_timeout_s}s", attempt)
             except aiohttp.ClientError as e:
                 last = DispatchResult("failed", type(e).__name__, attempt)
-            if attempt <= self.s.webhook_retries:
+            if attempt <= self.settings.webhook_retries:
                 self._count("retries")
                 await asyncio.sleep(delay)
                 delay *= 2

@@ -134,7 +134,7 @@ class ChainGrouper:
     """Feed every probe request with :meth:`add`, then :meth:`solve` for the group of each MAC."""
 
     def __init__(self, params: ChainParams | None = None, *, prefix: str = "w") -> None:
-        self.p = params or ChainParams()
+        self.params = params or ChainParams()
         self._prefix = prefix
         self._lives: dict[str, _Life] = {}
         self.out_of_order = 0  # frames earlier than their MAC's latest (counted, not learned from)
@@ -160,15 +160,15 @@ class ChainGrouper:
                 life.first_ts = ts
                 life.first_seq = seq
             return life.idx
-        if dt >= self.p.burst_gap_s:
+        if dt >= self.params.burst_gap_s:
             life.bursts += 1
             life.last_sum = 0.0
             life.last_n = 0
         step = (seq - life.last_seq) % SEQ_MOD
-        if step < SEQ_MOD // 2 and dt <= self.p.max_gap_s:
+        if step < SEQ_MOD // 2 and dt <= self.params.max_gap_s:
             life.rate_adv += step
             life.rate_span += dt
-            if dt >= self.p.burst_gap_s:
+            if dt >= self.params.burst_gap_s:
                 life.silences += 1
         life.last_ts = ts
         life.last_seq = seq
@@ -187,7 +187,7 @@ class ChainGrouper:
 
     def _scores(self, c: _Columns, ia: I64, ib: I64) -> tuple[F64, I64, I64]:
         """Log-likelihood ratios of the possible links among ``ia[k] -> ib[k]``, and their ends."""
-        p = self.p
+        p = self.params
         gap = c.first_ts[ib] - c.last_ts[ia]
         wa, wb = c.rate_w[ia], c.rate_w[ib]
         w = wa + wb
@@ -220,7 +220,7 @@ class ChainGrouper:
 
     def solve(self) -> dict[str, str]:
         """The group id of every MAC added so far (see the module docstring for how)."""
-        p = self.p
+        p = self.params
         by_fp: dict[str, list[_Life]] = {}
         for life in self._lives.values():
             if life.randomized:

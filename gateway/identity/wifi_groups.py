@@ -151,9 +151,9 @@ class WifiGrouper:
     """Online grouping: :meth:`observe` returns the group id of each frame as it arrives."""
 
     def __init__(self, params: GroupParams | None = None, *, prefix: str = "w") -> None:
-        self.p = params or GroupParams()
-        self._burst_gap_s = self.p.burst_gap_s
-        self._alpha = self.p.rssi_alpha
+        self.params = params or GroupParams()
+        self._burst_gap_s = self.params.burst_gap_s
+        self._alpha = self.params.rssi_alpha
         self._prefix = prefix
         self._next = 1
         self._by_mac: dict[str, _Mac] = {}
@@ -162,8 +162,8 @@ class WifiGrouper:
         self.linked = 0  # new MACs attached to an existing group
         self.unlinked = 0  # links undone
         self.created = 0
-        self._delay = self.p.max_delay_s
-        self._fold_at = self.p.fold_at
+        self._delay = self.params.max_delay_s
+        self._fold_at = self.params.fold_at
         # MACs whose link is undecided (held frames), by when to decide: (due, first_ts, n, mac);
         # entries of MACs decided meanwhile by observe() are skipped when they come up
         self._held: list[tuple[float, float, int, _Mac]] = []
@@ -236,7 +236,7 @@ class WifiGrouper:
         """
         if self._n_held:
             self._behind += 1
-            if self._behind > self.p.max_held_behind or ts < self._hold_start_ts - self._delay:
+            if self._behind > self.params.max_held_behind or ts < self._hold_start_ts - self._delay:
                 # a stalled clock (timeless records) or one stepping back (concatenated captures)
                 # would never make a hold due: decide them all now rather than buffer without end
                 self.flush_into_ready()
@@ -357,7 +357,7 @@ class WifiGrouper:
         ``max_delay_s``. A time not after ``ts`` means: decide now.
         """
         due = -math.inf
-        confirm = self.p.confirm_factor
+        confirm = self.params.confirm_factor
         for g in cands:
             t = g.tail
             iv = g.interval
@@ -439,7 +439,7 @@ class WifiGrouper:
         if ref is None or tr.rssi_n == 0:
             return False
         n = tr.rssi_n
-        p = self.p
+        p = self.params
         spread = math.sqrt(p.trial_frame_db * p.trial_frame_db / n + p.trial_ref_db * p.trial_ref_db)
         return abs(tr.rssi_sum / n - ref) > p.trial_z * spread
 
@@ -498,7 +498,7 @@ class WifiGrouper:
         advance and of the RSSI; a group whose silence, sequence advance or RSSI is out of bounds
         does not fit at all. (Inlined loop: this runs for every candidate of every new MAC.)
         """
-        p = self.p
+        p = self.params
         min_gap = p.min_gap_s
         max_gap = p.max_gap_s
         gap_factor = p.gap_factor
@@ -550,13 +550,13 @@ class WifiGrouper:
         """Forget MACs and groups quiet for ``forget_s``; returns how many MACs were dropped."""
         self._last_expire = now
         self._next_event = min(self._next_due, now + 60.0)
-        cutoff = now - self.p.forget_s
+        cutoff = now - self.params.forget_s
         stale = [k for k, m in self._by_mac.items() if m.last_ts < cutoff]
         for k in stale:
             del self._by_mac[k]
         # groups silent longer than max_gap_s cannot be a candidate (see _match): off the lists, so
         # a new MAC's search only walks groups that could continue; they come back if they speak
-        dormant = now - self.p.max_gap_s
+        dormant = now - self.params.max_gap_s
         for fp in list(self._by_fp):
             keep = []
             for g in self._by_fp[fp]:

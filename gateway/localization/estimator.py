@@ -165,7 +165,7 @@ class Estimator:
 
     def __init__(self, model: PathLossModel, params: EstimatorParams, region: Walkable | None = None) -> None:
         self.model = model
-        self.p = params
+        self.params = params
         self.region = region
         self.grid = self.make_grid(params.grid_step_m)
         self._grid_mu_t = np.ascontiguousarray(model.mean_rssi(self.grid).T)  # (S, G)
@@ -178,7 +178,7 @@ class Estimator:
         self._sx, self._sy = np.ascontiguousarray(model.xy[:, 0]), np.ascontiguousarray(model.xy[:, 1])
 
     def make_grid(self, step: float) -> F64:
-        g = make_grid(self.p.bounds, step)
+        g = make_grid(self.params.bounds, step)
         return g if self.region is None else g[self.region.contains(g)]
 
     # -- per-term losses ------------------------------------------------------------------
@@ -188,12 +188,12 @@ class Estimator:
 
         ``nu_dev``: per-device degrees of freedom ``(D, 1)`` instead of ``p.nu`` (all > 0).
         """
-        s2 = self.p.sigma_db**2
+        s2 = self.params.sigma_db**2
         u2 = count * e * e / s2
-        if nu_dev is not None or self.p.nu > 0:
+        if nu_dev is not None or self.params.nu > 0:
             # the mean of k heavy-tailed adverts is close to Gaussian: nu grows with k, so one faded
             # advert is down-weighted but a well-averaged sensor is not treated as an outlier
-            nu = (self.p.nu if nu_dev is None else nu_dev) * np.maximum(count, 1.0)
+            nu = (self.params.nu if nu_dev is None else nu_dev) * np.maximum(count, 1.0)
             rho = 0.5 * (nu + 1.0) * np.log1p(u2 / nu)
             w = (nu + 1.0) / (nu + u2)
         else:
@@ -206,9 +206,9 @@ class Estimator:
         """Loss of the heard terms (grid search: ``e`` is (pairs, G), computed in place, same values)."""
         u2 = count * e
         u2 *= e
-        u2 /= self.p.sigma_db**2
-        if self.p.nu > 0:
-            nu = self.p.nu * np.maximum(count, 1.0)
+        u2 /= self.params.sigma_db**2
+        if self.params.nu > 0:
+            nu = self.params.nu * np.maximum(count, 1.0)
             u2 /= nu
             np.log1p(u2, out=u2)
             u2 *= 0.5 * (nu + 1.0)
@@ -218,9 +218,9 @@ class Estimator:
 
     def _missed_loss(self, mu: F64, missed: F64) -> F64:
         """The loss of :meth:`_missed` alone (the grid search needs no derivatives)."""
-        sig = self.p.sigma_db
-        eps = self.p.packet_loss
-        alpha = (self.p.floor_dbm - mu) / sig
+        sig = self.params.sigma_db
+        eps = self.params.packet_loss
+        alpha = (self.params.floor_dbm - mu) / sig
         if eps > 0:
             like = eps + (1.0 - eps) * norm_cdf(alpha)
             loss = -np.log(like)
@@ -235,17 +235,17 @@ class Estimator:
         exp(-x^2) / sqrt(2 pi)`` for ``alpha = (floor - mu) / sigma``, so one ``erfc`` and one ``exp``,
         in place (this runs in every likelihood evaluation of a refinement).
         """
-        sig = self.p.sigma_db
-        eps = self.p.packet_loss
+        sig = self.params.sigma_db
+        eps = self.params.packet_loss
         if eps <= 0:
-            alpha = (self.p.floor_dbm - mu) / sig
+            alpha = (self.params.floor_dbm - mu) / sig
             loss = -log_norm_cdf(alpha)
             from gateway.localization.pathloss import mills_ratio
 
             d1 = mills_ratio(alpha) / sig
             d2 = np.maximum(d1 * (alpha + sig * d1) / sig, 0.0)
             return missed * loss, missed * d1, missed * d2
-        x = mu - self.p.floor_dbm
+        x = mu - self.params.floor_dbm
         x *= 1.0 / (sig * _SQRT2)
         like = erfc(x)
         like *= 0.5 * (1.0 - eps)
@@ -325,7 +325,7 @@ class Estimator:
         theta = np.empty((d_all, 3))
         best_cost = np.empty(d_all)
         step = max(1, chunk_elems // (g * s))
-        s2 = self.p.sigma_db**2
+        s2 = self.params.sigma_db**2
         for lo in range(0, d_all, step):
             sl = slice(lo, min(d_all, lo + step))
             cnt, mean, missed = prob.count[sl], prob.mean[sl], prob.missed[sl]
@@ -361,10 +361,10 @@ class Estimator:
         the number of numpy calls, not the arithmetic: this hoists the per-cell constants out of the
         iterations. A cell that heard nothing has ``count = 0`` and so zero loss, gradient and weight.
         """
-        cs2 = prob.count / self.p.sigma_db**2
+        cs2 = prob.count / self.params.sigma_db**2
         tdist = None
-        if nu_dev is not None or self.p.nu > 0:
-            nu = (self.p.nu if nu_dev is None else nu_dev) * np.maximum(prob.count, 1.0)
+        if nu_dev is not None or self.params.nu > 0:
+            nu = (self.params.nu if nu_dev is None else nu_dev) * np.maximum(prob.count, 1.0)
             tdist = (nu, 0.5 * (nu + 1.0), cs2 * (nu + 1.0))
         flat = np.flatnonzero(prob.missed)
         return _Prepared(prob.mean, cs2, tdist, prob.missed, flat, prob.missed.reshape(-1)[flat])
@@ -450,7 +450,7 @@ class Estimator:
         ``nu``: per-device Student-t degrees of freedom ``(D,)`` instead of ``p.nu`` (0 = Gaussian).
         """
         nu_dev = None if nu is None else np.where(nu > 0, nu, 1e9)[:, None]
-        p = self.p
+        p = self.params
         xmin, xmax, ymin, ymax = p.bounds
         lo, hi = np.array([xmin, ymin]), np.array([xmax, ymax])
         n = theta0.shape[0]
@@ -536,7 +536,7 @@ class Estimator:
         sizes = [b.theta0.shape[0] for b in batches]
         nu = None
         if any(b.nu is not None for b in batches):
-            nus = [np.full(k, self.p.nu) if b.nu is None else b.nu for b, k in zip(batches, sizes, strict=True)]
+            nus = [np.full(k, self.params.nu) if b.nu is None else b.nu for b, k in zip(batches, sizes, strict=True)]
             nu = np.concatenate(nus)
         sol = self.refine(
             Problem.concat([b.prob for b in batches]),

@@ -386,7 +386,7 @@ class MlLocalizer:
         if far.size < k:
             ss, sub, theta_g, cur = ss[far], sub.take(far), theta_g[far], cur[far]
             pp, pm = pp[: far.size], pm[: far.size]
-        return _Search(ss, cur, RefineBatch(sub, theta_g, pm, pp, est.p.max_iter))
+        return _Search(ss, cur, RefineBatch(sub, theta_g, pm, pp, est.params.max_iter))
 
     def _search_finish(self, search: _Search, best: Solution, st: LocalizationSettings) -> np.ndarray:
         """Move the window fixes the re-search beats; returns the slots moved."""
@@ -534,7 +534,7 @@ class MlLocalizer:
             sub = prob.take(new)
             k = new.size
             theta0, _ = est.grid_search(sub, np.zeros(k), np.full(k, tx_prec))
-            batches.append(RefineBatch(sub, theta0, np.zeros((k, 3)), self._tx_prior(k), est.p.max_iter))
+            batches.append(RefineBatch(sub, theta0, np.zeros((k, 3)), self._tx_prior(k), est.params.max_iter))
         due = old[(slots[old] + self._ticks) % st.check_every_ticks == 0]
         if due.size:
             batches.append(self._check_batch(slots[due], censor, st))

@@ -51,7 +51,7 @@ def _sym(a: F64) -> F64:
 
 class ImmTracker:
     def __init__(self, params: TrackerParams, capacity: int = 64) -> None:
-        self.p = params
+        self.params = params
         self.x = np.zeros((capacity, 2, 5))
         self.P = np.tile(np.eye(5), (capacity, 2, 1, 1))
         self.mu = np.full((capacity, 2), 0.5)
@@ -78,7 +78,7 @@ class ImmTracker:
         x = np.zeros((n, 5))
         x[:, [0, 1, 4]] = theta
         p = np.zeros((n, 5, 5))
-        p[:, 2, 2] = p[:, 3, 3] = self.p.init_speed_sd**2
+        p[:, 2, 2] = p[:, 3, 3] = self.params.init_speed_sd**2
         p[np.ix_(np.arange(n), THETA, THETA)] = cov
         self.x[slots] = x[:, None, :]
         self.P[slots] = p[:, None, :, :]
@@ -88,7 +88,7 @@ class ImmTracker:
     def _models(self, dt: F64) -> tuple[F64, F64]:
         """Transition matrices and process noise ``(n, 2, 5, 5)`` for elapsed times ``dt`` ``(n,)``."""
         n = dt.size
-        p = self.p
+        p = self.params
         f = np.zeros((n, 2, 5, 5))
         q = np.zeros((n, 2, 5, 5))
         # standing
@@ -115,7 +115,7 @@ class ImmTracker:
         ``t`` is the time the next measurement describes - for a window of adverts, their mean time, not
         the tick: fusing a window as if taken at its end lags a walker by speed x window / 2.
         """
-        p = self.p
+        p = self.params
         dt = np.maximum(t - self.t[slots], 1e-3)
         mu = self.mu[slots]
         x = self.x[slots]
@@ -163,7 +163,7 @@ class ImmTracker:
         x = xp + np.einsum("njkl,njl->njk", K, m_post - m)
         P = Pp - K @ (S - S_post) @ K.swapaxes(-1, -2)
         P = _sym(P)
-        xmin, xmax, ymin, ymax = self.p.bounds
+        xmin, xmax, ymin, ymax = self.params.bounds
         np.clip(x[:, :, 0], xmin, xmax, out=x[:, :, 0])
         np.clip(x[:, :, 1], ymin, ymax, out=x[:, :, 1])
         ll = ll - ll.max(axis=1, keepdims=True)

@@ -48,7 +48,7 @@ def _packet(first: int, body: bytes) -> bytes:
 
 class _Protocol(asyncio.Protocol):
     def __init__(self, owner: MqttSubscriber) -> None:
-        self.o = owner
+        self.owner = owner
         self.buf = bytearray()
         self.transport: asyncio.Transport | None = None
 
@@ -63,7 +63,7 @@ class _Protocol(asyncio.Protocol):
         pos = 0
         out: list[tuple[str, bytes]] = []
         retained: list[tuple[str, bytes]] = []
-        o = self.o
+        o = self.owner
         while n - pos >= 2:
             first = buf[pos]
             # remaining length: 1-4 bytes, 7 bits each
@@ -127,7 +127,7 @@ class _Protocol(asyncio.Protocol):
             o.on_messages(out)
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self.o._lost(exc)
+        self.owner._lost(exc)
 
 
 class MqttSubscriber:

@@ -47,10 +47,10 @@ class PcapError(ValueError):
 class _Buf:
     """A sliding window over a file: ``need(n)`` makes ``n`` bytes available at ``pos``."""
 
-    __slots__ = ("base", "data", "eof", "f", "pos")
+    __slots__ = ("base", "data", "eof", "pos", "stream")
 
     def __init__(self, f: BinaryIO) -> None:
-        self.f = f
+        self.stream = f
         self.data = b""
         self.pos = 0  # position within data
         self.base = 0  # file offset of data[0]
@@ -62,7 +62,7 @@ class _Buf:
     def need(self, n: int) -> bool:
         """True if ``n`` bytes are available at pos; False at a clean EOF before any of them."""
         while len(self.data) - self.pos < n and not self.eof:
-            more = self.f.read(max(CHUNK, n))
+            more = self.stream.read(max(CHUNK, n))
             if not more:
                 self.eof = True
                 break

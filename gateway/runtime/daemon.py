@@ -28,13 +28,13 @@ from typing import Any
 
 from gateway import __version__
 from gateway.config import ConfigError, Settings, load_settings
-from gateway.content.runtime import ContentRuntime, IdentityConsents, PresenceConsentAdapter
+from gateway.content.service import ContentService, IdentityConsents, PresenceConsentAdapter
 from gateway.layout import Layout, LayoutError, load_layout, parse_layout
 from gateway.log import configure_logging, get_logger
 from gateway.models import EventBase, Fix, Observation
 from gateway.ops.update import announce_ready
 from gateway.pipeline import Pipeline
-from gateway.presence.runtime import PresenceRuntime
+from gateway.presence.service import PresenceService
 from gateway.runtime.notify import Notifier
 from gateway.runtime.supervisor import Supervisor, TaskSpec
 from gateway.sources.base import Source
@@ -123,13 +123,13 @@ class Runtime:
 
 class Daemon:
     def __init__(self, settings: Settings, layout: Layout, *, notifier: Notifier | None = None) -> None:
-        self.s = settings
+        self.settings = settings
         self.layout = layout
         self.notifier = notifier or Notifier()
         self.runtime = Runtime(started_monotonic=time.monotonic())
         self.sources = build_sources(settings, layout)
         # presence + privacy (identity resolver with consents/opt-outs, qualification history)
-        self.presence = PresenceRuntime(settings, layout)
+        self.presence = PresenceService(settings, layout)
         self.presence.forget_hooks.append(self._forget_subject)
         self.pipeline = Pipeline(
             settings,
@@ -145,8 +145,8 @@ class Daemon:
         self._flush_lock = asyncio.Lock()
         self.outbox: Outbox | None = None
         self.uplink: Uplink | None = None
-        # content activation (issue 9): command store + rules + actor dispatch; see content_runtime
-        self.content: ContentRuntime | None = None
+        # content activation (issue 9): command store + rules + actor dispatch; see gateway/content/service.py
+        self.content: ContentService | None = None
         self.content_identity: IdentityConsents | None = None
         self.supervisor = Supervisor(settings.supervisor, drain=self.drain)
         self.status_server: StatusServer | None = None
@@ -242,7 +242,7 @@ class Daemon:
 
     async def _run_writer(self) -> None:
         assert self.outbox is not None
-        interval = self.s.outbox.flush_interval_s
+        interval = self.settings.outbox.flush_interval_s
         while True:
             await asyncio.sleep(interval)
             await self.flush()
@@ -253,7 +253,7 @@ class Daemon:
         n = 0
         async with self._flush_lock:  # the writer task and the drain may both flush
             while self.pending:
-                chunk = self.pending[: self.s.outbox.append_batch]
+                chunk = self.pending[: self.settings.outbox.append_batch]
                 # taken out before the await: a cancelled await still commits on the DB thread, so
                 # putting it back then would commit it twice; only a failed append puts it back
                 del self.pending[: len(chunk)]
@@ -314,21 +314,25 @@ class Daemon:
     # -- lifecycle ----------------------------------------------------------------------------------
 
     async def start(self) -> None:
-        self.s.paths.state_dir.mkdir(parents=True, exist_ok=True)
-        self.outbox = await Outbox.open(self.s.outbox_path, self.s.gateway.id, max_bytes=self.s.outbox.max_bytes)
+        self.settings.paths.state_dir.mkdir(parents=True, exist_ok=True)
+        self.outbox = await Outbox.open(
+            self.settings.outbox_path, self.settings.gateway.id, max_bytes=self.settings.outbox.max_bytes
+        )
         clock = self.event_clock() or time.time
         await self.presence.open(clock())
-        if self.s.content.enabled:
+        if self.settings.content.enabled:
             await self._start_content()
         self.uplink = Uplink(
-            self.s.mqtt,
-            self.s.gateway,
+            self.settings.mqtt,
+            self.settings.gateway,
             self.outbox,
             on_command=self._on_command if self.content is not None else None,
         )
         sup = self.supervisor
         for src in self.sources:
-            finite = is_replay(src) or (isinstance(src, SimulatedSource) and self.s.simulator.duration_s is not None)
+            finite = is_replay(src) or (
+                isinstance(src, SimulatedSource) and self.settings.simulator.duration_s is not None
+            )
             sup.add(TaskSpec(f"source:{src.name}", self._source_task(src), "finite" if finite else "restart", "intake"))
         sup.add(TaskSpec("pipeline", self._run_pipeline, "fatal"))
         sup.add(TaskSpec("clock", self._run_clock, "restart", "intake"))  # no advance() after close()
@@ -336,7 +340,7 @@ class Daemon:
         sup.add(TaskSpec("uplink", self._run_uplink, "restart", "egress"))
         sup.add(TaskSpec("watchdog", self._run_watchdog, "fatal"))
         sup.add(TaskSpec("presence-maintenance", lambda: self.presence.run_maintenance(clock), "restart"))
-        if self.s.status.enabled:
+        if self.settings.status.enabled:
             await self._start_status()
 
     async def _start_status(self) -> None:
@@ -347,11 +351,11 @@ class Daemon:
         from gateway.status.server import StatusServer
 
         metrics = default_metrics()
-        server = StatusServer(DaemonStatusProvider(self), self.s.status, metrics=metrics)
+        server = StatusServer(DaemonStatusProvider(self), self.settings.status, metrics=metrics)
         try:
             await server.start()
         except OSError as e:
-            log.error("status page not served", reason=str(e), port=self.s.status.port)
+            log.error("status page not served", reason=str(e), port=self.settings.status.port)
             return
         self.status_server = server
         if self.uplink is not None and self.event_clock() is time.time:
@@ -364,21 +368,21 @@ class Daemon:
     async def _start_content(self) -> None:
         from gateway.content.actors import ActorDispatcher
 
-        dispatcher = ActorDispatcher(self.s.content)
+        dispatcher = ActorDispatcher(self.settings.content)
         identity = self.content_identity or PresenceConsentAdapter.maybe(
             getattr(self, "presence", None), self.event_clock() or time.time
         )
-        self.content = await ContentRuntime.open(
-            self.s, emit=self.pending.extend, dispatcher=dispatcher, identity=identity, reply=self._reply
+        self.content = await ContentService.open(
+            self.settings, emit=self.pending.extend, dispatcher=dispatcher, identity=identity, reply=self._reply
         )
-        lb, m = self.s.local_broker, self.s.mqtt
+        lb, m = self.settings.local_broker, self.settings.mqtt
         if lb.host is not None:
             host, port = lb.host, lb.port
         elif m.host is not None and not m.tls:  # demo/tests: one plain broker serves both roles
             host, port = m.host, m.port
         else:
             host, port = "127.0.0.1", lb.port
-        client_id = f"{self.s.gateway.id}-actors"
+        client_id = f"{self.settings.gateway.id}-actors"
         self.supervisor.add(
             TaskSpec("actors-local", lambda: dispatcher.run_local(host, port, client_id), "restart", "egress")
         )
@@ -400,8 +404,8 @@ class Daemon:
             log.info(
                 "gateway ready",
                 version=__version__,
-                gateway=self.s.gateway.id,
-                store=self.s.gateway.store_id,
+                gateway=self.settings.gateway.id,
+                store=self.settings.gateway.store_id,
                 sources=[s.name for s in self.sources],
                 startup_s=round(time.monotonic() - self.runtime.started_monotonic, 3),
             )

@@ -35,7 +35,7 @@ DOT_TTL_S = 5.0  # event-time seconds a dot stays after its last fix
 
 class DaemonStatusProvider:
     def __init__(self, daemon: Daemon) -> None:
-        self.d = daemon
+        self.daemon = daemon
         self._latest: dict[str, Fix] = {}
         self._zones: dict[str, str | None] = {}  # zone of each latest fix, computed once per fix
         self._dots: list[dict[str, Any]] | None = None  # serialisable dots, rebuilt only on change
@@ -49,7 +49,7 @@ class DaemonStatusProvider:
 
     def _refresh_dots(self) -> None:
         before = self._version
-        fixes = self.d.runtime.last_fixes
+        fixes = self.daemon.runtime.last_fixes
         if fixes is not None and fixes is not self._seen_fixes:
             self._seen_fixes = fixes
             for f in fixes:
@@ -77,10 +77,10 @@ class DaemonStatusProvider:
         one vectorised test per zone for the whole tick instead of one per dot per page refresh."""
         out: dict[str, str | None] = {f.device: f.zone for f in fixes}
         missing = [f for f in fixes if f.zone is None]
-        if missing and self.d.layout.zones:
+        if missing and self.daemon.layout.zones:
             pts = np.array([[f.x, f.y] for f in missing], dtype=float)
             left = np.ones(len(missing), dtype=bool)
-            for z in self.d.layout.zones:
+            for z in self.daemon.layout.zones:
                 hit = left & points_in_polygon(pts, z.polygon)
                 for i in np.flatnonzero(hit).tolist():
                     out[missing[i].device] = z.id
@@ -95,10 +95,10 @@ class DaemonStatusProvider:
     # -- StatusProvider -------------------------------------------------------------------------
 
     def ready(self) -> bool:
-        return bool(self.d.runtime.ready) and not self.d.supervisor.stopping
+        return bool(self.daemon.runtime.ready) and not self.daemon.supervisor.stopping
 
     def layout(self) -> Layout:
-        return self.d.layout
+        return self.daemon.layout
 
     def devices(self) -> list[dict[str, Any]]:
         self._refresh_dots()
@@ -110,7 +110,7 @@ class DaemonStatusProvider:
         return list(self._dots)
 
     def snapshot(self) -> dict[str, Any]:
-        d = self.d
+        d = self.daemon
         self._refresh_dots()
         now = (d.event_clock() or time.time)()  # ages on the page are in event time (simulator too)
         occ = {z.id: 0 for z in d.layout.zones}
@@ -152,8 +152,8 @@ class DaemonStatusProvider:
             }
         disk: dict[str, Any] = {}
         try:
-            du = shutil.disk_usage(d.s.paths.state_dir)
-            disk = {"path": str(d.s.paths.state_dir), "total_bytes": du.total, "free_bytes": du.free}
+            du = shutil.disk_usage(d.settings.paths.state_dir)
+            disk = {"path": str(d.settings.paths.state_dir), "total_bytes": du.total, "free_bytes": du.free}
         except OSError:
             pass
         st = d.pipeline.stats
@@ -161,8 +161,8 @@ class DaemonStatusProvider:
             ts=now,
             version=__version__,
             uptime_s=time.monotonic() - d.runtime.started_monotonic,
-            gateway_id=d.s.gateway.id,
-            store_id=d.s.gateway.store_id,
+            gateway_id=d.settings.gateway.id,
+            store_id=d.settings.gateway.store_id,
             ready=self.ready(),
             sources=[src.health for src in d.sources],
             sensors_last_heard=heard,
@@ -189,13 +189,13 @@ class DaemonStatusProvider:
 
     def crlb_grid(self) -> dict[str, Any] | None:
         if self._crlb is None:
-            loc = self.d.s.localization
-            self._crlb = coverage_grid(self.d.layout, loc.sigma_db, loc.detection_floor_dbm)
+            loc = self.daemon.settings.localization
+            self._crlb = coverage_grid(self.daemon.layout, loc.sigma_db, loc.detection_floor_dbm)
         return self._crlb
 
     async def restart_scanner(self) -> ActionResult:
         restarted = 0
-        for src in self.d.sources:
+        for src in self.daemon.sources:
             fn = getattr(src, "restart", None)
             if callable(fn):
                 await fn()
@@ -209,17 +209,19 @@ class DaemonStatusProvider:
 
     async def send_test_event(self) -> ActionResult:
         ev = Heartbeat(
-            ts=(self.d.event_clock() or time.time)(), store_id=self.d.s.gateway.store_id, note="status page test event"
+            ts=(self.daemon.event_clock() or time.time)(),
+            store_id=self.daemon.settings.gateway.store_id,
+            note="status page test event",
         )
-        self.d.pending.append(ev)
+        self.daemon.pending.append(ev)
         self._events.appendleft({"ts": ev.ts, "type": ev.type, "subject": None, "zone": None})
         return ActionResult(True, "test event queued")
 
     def _oldest_age(self, now: float) -> float | None:
         """Age of the oldest unsent event in event time (the simulator's clock in the demo)."""
-        if self.d.outbox is None:
+        if self.daemon.outbox is None:
             return None
-        oldest = self.d.outbox.stats().oldest_ts
+        oldest = self.daemon.outbox.stats().oldest_ts
         return None if oldest is None else max(0.0, now - oldest)
 
     def _recent_events(self) -> list[dict[str, Any]]:
@@ -231,10 +233,10 @@ class DaemonStatusProvider:
                 "subject": getattr(e, "subject", None),
                 "zone": getattr(e, "zone", None),
             }
-            for e in reversed(getattr(self.d, "recent", ()))
+            for e in reversed(getattr(self.daemon, "recent", ()))
             if getattr(e, "type", None) != "activation"
         ][:20]
-        if hasattr(self.d, "recent"):  # a test event shows up here once committed, like any other
+        if hasattr(self.daemon, "recent"):  # a test event shows up here once committed, like any other
             return sorted(out, key=lambda e: -float(e["ts"]))
         return list(self._events)[:20]
 
@@ -248,15 +250,15 @@ class DaemonStatusProvider:
                 "subject": getattr(e, "subject", None),
                 "result": getattr(e, "result", None),
             }
-            for e in reversed(getattr(self.d, "recent", ()))
+            for e in reversed(getattr(self.daemon, "recent", ()))
             if getattr(e, "type", None) == "activation"
         ][:20]
 
     def _campaigns(self) -> list[dict[str, Any]]:
-        content = getattr(self.d, "content", None)
+        content = getattr(self.daemon, "content", None)
         if content is None:
             return []
-        now = (self.d.event_clock() or time.time)()
+        now = (self.daemon.event_clock() or time.time)()
         out = []
         for c in content.state.campaigns.values():
             active = (c.valid_from is None or c.valid_from <= now) and (c.valid_to is None or now < c.valid_to)
@@ -264,13 +266,13 @@ class DaemonStatusProvider:
         return out
 
     def _actors(self) -> list[dict[str, Any]]:
-        content = getattr(self.d, "content", None)
+        content = getattr(self.daemon, "content", None)
         if content is None:
             return []
         return [{"id": a.id, "name": a.id, "kind": a.kind, "state": a.transport} for a in content.state.actors.values()]
 
     def _optout_count(self) -> int:
-        presence = getattr(self.d, "presence", None)
+        presence = getattr(self.daemon, "presence", None)
         if presence is not None:
             return int(presence.resolver.optout_count)
         return self._optout.blocked if self._optout is not None else 0
@@ -278,9 +280,9 @@ class DaemonStatusProvider:
     async def add_optout(self, identifier: str) -> ActionResult:
         if not identifier.strip():
             return ActionResult(False, "identifier is empty")
-        presence = getattr(self.d, "presence", None)
+        presence = getattr(self.daemon, "presence", None)
         if presence is not None:  # the daemon's resolver: persisted, and erases live state + history
-            clock = self.d.event_clock() or time.time
+            clock = self.daemon.event_clock() or time.time
             erased = await presence.add_optout(identifier, clock())
             self._latest.clear()  # dots come back with the next fixes, minus the opted-out device
             self._zones.clear()
@@ -288,12 +290,12 @@ class DaemonStatusProvider:
             self._version += 1
             return ActionResult(True, f"opt-out recorded; {erased} tracked subject(s) erased")
         if self._optout is None:
-            current = self.d.pipeline.identity
+            current = self.daemon.pipeline.identity
             keyring = getattr(current, "_keys", None)
             if keyring is None or type(current).__name__ != "IdentityStage":
                 return ActionResult(False, "this identity stage does not support opt-outs")
             self._optout = OptOutIdentity(keyring)
-            self.d.pipeline.identity = self._optout
+            self.daemon.pipeline.identity = self._optout
         self._optout.block(identifier)
         return ActionResult(True, "opt-out recorded; the device is no longer tracked")
 
@@ -308,8 +310,8 @@ class DaemonMetricsSampler:
     """
 
     def __init__(self, daemon: Daemon, metrics: GatewayMetrics) -> None:
-        self.d = daemon
-        self.m = metrics
+        self.daemon = daemon
+        self.metrics = metrics
         self._last: dict[tuple[str, str], float] = {}
 
     def _delta(self, kind: str, key: str, total: float) -> float:
@@ -318,7 +320,7 @@ class DaemonMetricsSampler:
         return max(0.0, total - prev)  # a restarted source resets its totals: never go backwards
 
     def sample(self) -> None:
-        d, m = self.d, self.m
+        d, m = self.daemon, self.metrics
         for src in d.sources:
             h = src.health
             if n := self._delta("obs", h.name, h.observations):

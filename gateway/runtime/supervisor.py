@@ -60,7 +60,7 @@ class Supervisor:
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         stop_when_finite_done: bool = True,
     ) -> None:
-        self.s = settings
+        self.settings = settings
         self._drain = drain
         self._clock = clock
         self._sleep = sleep
@@ -132,13 +132,16 @@ class Supervisor:
                     return
                 now = self._clock()
                 st.failures.append(now)
-                while st.failures and st.failures[0] < now - self.s.restart_window_s:
+                while st.failures and st.failures[0] < now - self.settings.restart_window_s:
                     st.failures.popleft()
-                if len(st.failures) > self.s.max_restarts:
+                if len(st.failures) > self.settings.max_restarts:
                     st.state = "failed"
                     self.request_stop(f"task {spec.name} keeps failing", exit_code=1)
                     return
-                delay = min(self.s.restart_backoff_max_s, self.s.restart_backoff_min_s * 2 ** (len(st.failures) - 1))
+                delay = min(
+                    self.settings.restart_backoff_max_s,
+                    self.settings.restart_backoff_min_s * 2 ** (len(st.failures) - 1),
+                )
                 st.state = "backoff"
                 st.restarts += 1
                 log.info("restarting task", task=spec.name, delay_s=round(delay, 3), restarts=st.restarts)
@@ -164,9 +167,9 @@ class Supervisor:
                     self._tasks[spec.name].cancel()
             if self._drain is not None:
                 try:
-                    await asyncio.wait_for(self._drain(self.s.drain_deadline_s), self.s.drain_deadline_s)
+                    await asyncio.wait_for(self._drain(self.settings.drain_deadline_s), self.settings.drain_deadline_s)
                 except TimeoutError:
-                    log.warning("drain deadline exceeded", deadline_s=self.s.drain_deadline_s)
+                    log.warning("drain deadline exceeded", deadline_s=self.settings.drain_deadline_s)
                 except Exception as e:
                     log.error("drain failed", error=f"{type(e).__name__}: {e}")
                     self.exit_code = max(self.exit_code, 1)

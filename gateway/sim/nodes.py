@@ -96,7 +96,7 @@ class EspresenseEmitter:
         self.firmware = firmware
         self.native_prefix = native_prefix
         self.layout = layout
-        self.s = settings
+        self.settings = settings
         self.host, self.port = host, port
         self.rooms = rooms if rooms is not None else {x.id: x.id for x in layout.sensors}
         self.prefix = prefix
@@ -122,14 +122,14 @@ class EspresenseEmitter:
         """
         if self._wall0 is None:
             return self.start_ts
-        t = self.start_ts + (time.monotonic() - self._wall0) * self.s.speed
+        t = self.start_ts + (time.monotonic() - self._wall0) * self.settings.speed
         if self._edge is not None:
             t = min(t, self._edge + self.slice_s)
         return t
 
     def _wall_due(self, t_sim: float) -> float:
         assert self._wall0 is not None
-        return self._wall0 + (t_sim - self.start_ts) / self.s.speed
+        return self._wall0 + (t_sim - self.start_ts) / self.settings.speed
 
     def silence(self, sensor: str) -> None:
         """The node stops publishing (power cut: nothing more, not even a last will yet)."""
@@ -172,7 +172,7 @@ class EspresenseEmitter:
 
     async def run(self) -> None:
         """Connect every node, then publish until ``duration_s`` (or forever); close at the end."""
-        s = self.s
+        s = self.settings
         await self._connect_all()
         self._wall0 = time.monotonic()
         self._edge = self.start_ts

@@ -77,7 +77,7 @@ class StoreSimulator:
         start_ts: float | None = None,
     ) -> None:
         self.layout = layout
-        self.s = settings
+        self.settings = settings
         self.rng = np.random.default_rng(settings.seed)
         self.now = settings.start_ts if start_ts is None else start_ts
         self.t0 = self.now
@@ -109,7 +109,7 @@ class StoreSimulator:
         return next((z for z in self.layout.zones if z.kind == kind), None)
 
     def _interarrival(self) -> float:
-        rate = self.s.shoppers_per_hour / 3600.0
+        rate = self.settings.shoppers_per_hour / 3600.0
         return float(self.rng.exponential(1.0 / rate)) if rate > 0 else math.inf
 
     def _point_in(self, zone: Zone, margin: float = 0.5) -> tuple[float, float]:
@@ -147,10 +147,10 @@ class StoreSimulator:
             t=arr[:, 0],
             x=arr[:, 1],
             y=arr[:, 2],
-            tx_offset=float(self.rng.normal(0.0, self.s.tx_spread_db)),
-            advert_phase=float(self.rng.uniform(0, self.s.advert_interval_s)),
-            rotation_phase=float(self.rng.uniform(0, self.s.mac_rotation_s)),
-            next_advert=float(arr[0, 0] + self.rng.uniform(0, self.s.advert_interval_s)),
+            tx_offset=float(self.rng.normal(0.0, self.settings.tx_spread_db)),
+            advert_phase=float(self.rng.uniform(0, self.settings.advert_interval_s)),
+            rotation_phase=float(self.rng.uniform(0, self.settings.mac_rotation_s)),
+            next_advert=float(arr[0, 0] + self.rng.uniform(0, self.settings.advert_interval_s)),
         )
         self._next_pid += 1
         self.people[p.pid] = p
@@ -172,7 +172,7 @@ class StoreSimulator:
         speed = float(self.rng.uniform(0.8, 1.4))
         wps: list[tuple[float, float, float]] = [(t, a[0], a[1])]
         outside, inside = self._door()
-        if self.rng.random() < self.s.passer_by_fraction:
+        if self.rng.random() < self.settings.passer_by_fraction:
             kind: PersonKind = "passer-by"
             if self.rng.random() < 0.25 and self._entrance is not None:  # glances in at the door
                 self._walk(wps, outside, speed)
@@ -238,10 +238,10 @@ class StoreSimulator:
 
     def device_id(self, p: _Person, t: float) -> str:
         if p.kind == "beacon":
-            mac = _mac_from(self.s.seed, p.pid, 0, static=True)
+            mac = _mac_from(self.settings.seed, p.pid, 0, static=True)
         else:
-            epoch = int((t + p.rotation_phase) // self.s.mac_rotation_s)
-            mac = _mac_from(self.s.seed, p.pid, epoch, static=False)
+            epoch = int((t + p.rotation_phase) // self.settings.mac_rotation_s)
+            mac = _mac_from(self.settings.seed, p.pid, epoch, static=False)
         self.mac_owner.setdefault(mac, p.pid)
         return mac
 
@@ -262,7 +262,7 @@ class StoreSimulator:
         while self._next_arrival <= t_end:
             self._spawn_shopper(self._next_arrival)
             self._next_arrival += self._interarrival()
-        interval = self.s.advert_interval_s
+        interval = self.settings.advert_interval_s
         times: list[NDArray[np.float64]] = []
         owners: list[_Person] = []
         for p in list(self.people.values()):
@@ -293,11 +293,11 @@ class StoreSimulator:
             tx[off : off + len(arr)] = p.tx_offset
             off += len(arr)
         rssi = self.rssi(np.column_stack([xs, ys]), tx)
-        heard = rssi >= self.s.detection_floor_dbm
+        heard = rssi >= self.settings.detection_floor_dbm
         order = np.argsort(ts_all, kind="stable")
         out: list[Observation] = []
         sids = self.sensor_ids
-        link = self.s.link_rotations
+        link = self.settings.link_rotations
         for a in order:
             row = heard[a]
             if not row.any():
@@ -305,7 +305,7 @@ class StoreSimulator:
             p = owners[a]
             t = float(ts_all[a])
             dev = self.device_id(p, t)
-            lk = f"sim-{self.s.seed}-{p.pid}" if (link and p.kind != "beacon") else None
+            lk = f"sim-{self.settings.seed}-{p.pid}" if (link and p.kind != "beacon") else None
             r1m = -59.0 if p.kind == "beacon" else None
             for j in np.flatnonzero(row):
                 out.append(Observation(t, sids[j], dev, float(rssi[a, j]), "sim", r1m, lk))
@@ -317,6 +317,8 @@ class StoreSimulator:
         dy = xy[:, None, 1] - self._sxy[None, :, 1]
         d = np.sqrt(dx * dx + dy * dy + self._sz[None, :] ** 2)
         mean = self._p0[None, :] + tx_offset[:, None] - 10.0 * self._n[None, :] * np.log10(np.maximum(d, 0.1))
-        noise = self.rng.normal(0.0, self.s.shadowing_db, size=mean.shape) if self.s.shadowing_db > 0 else 0.0
-        fades = self.rng.random(size=mean.shape) < self.s.fade_probability
-        return np.asarray(np.round(mean + noise - fades * self.s.fade_db), dtype=np.float64)
+        noise = (
+            self.rng.normal(0.0, self.settings.shadowing_db, size=mean.shape) if self.settings.shadowing_db > 0 else 0.0
+        )
+        fades = self.rng.random(size=mean.shape) < self.settings.fade_probability
+        return np.asarray(np.round(mean + noise - fades * self.settings.fade_db), dtype=np.float64)

@@ -112,7 +112,7 @@ class NodeState:
 
 class NodeIngest:
     def __init__(self, settings: NodesSettings, sensors: Iterable[str], resolver: IrkResolver | None = None) -> None:
-        self.s = settings
+        self.settings = settings
         # native nodes forward raw random addresses: resolve RPAs with the known IRKs, as the BLE stage does
         self.resolver = resolver
         known = set(sensors)
@@ -153,7 +153,7 @@ class NodeIngest:
 
     def _admit(self, st: NodeState, now: float) -> bool:
         """Token bucket: ``max_rate_per_node`` per second, one second of burst."""
-        rate = self.s.max_rate_per_node
+        rate = self.settings.max_rate_per_node
         if st._tokens_ts is not None and now > st._tokens_ts:
             st._tokens = min(rate, st._tokens + (now - st._tokens_ts) * rate)
         st._tokens_ts = now
@@ -229,7 +229,7 @@ class NodeIngest:
             return
         newest = max(a.dt_s for a in b.adverts)
         sample = arrival - (b.t0 + newest)
-        if abs(sample) > self.s.max_clock_skew_s:
+        if abs(sample) > self.settings.max_clock_skew_s:
             st.drop("clock_skew")
             self._drop("clock_skew")
             st.last_error = f"t0_ms: node clock {sample:+.1f} s off the gateway's"
@@ -237,7 +237,7 @@ class NodeIngest:
         # fast down, slow up: a queueing burst raises one sample, not the estimate
         lat = st.latency_s
         lat = sample if sample < lat else lat + 0.05 * (sample - lat)
-        lat = min(max(lat, 0.0), self.s.latency_max_s)
+        lat = min(max(lat, 0.0), self.settings.latency_max_s)
         st.latency_s = lat
         anchor = arrival - lat - newest  # node time t0 mapped onto the gateway's clock
         sensor = st.sensor
@@ -298,7 +298,7 @@ class NodeIngest:
     # -- liveness ---------------------------------------------------------------------------
 
     def quiet_after(self, st: NodeState) -> float:
-        s = self.s
+        s = self.settings
         if st.rate_at_last <= 0:
             return s.silent_after_s
         return min(max(s.quiet_gap_factor / st.rate_at_last, s.min_quiet_s), s.silent_after_s)
@@ -322,10 +322,10 @@ class NodeIngest:
             if st.online is False:
                 state: NodeStateName = "down"
             elif st.last_seen is None:
-                state = "down" if now - self.started >= self.s.silent_after_s else "unknown"
+                state = "down" if now - self.started >= self.settings.silent_after_s else "unknown"
             else:
                 silent = now - st.last_seen
-                if silent >= self.s.silent_after_s:
+                if silent >= self.settings.silent_after_s:
                     state = "down"
                 elif silent >= self.quiet_after(st):
                     state = "quiet"

@@ -31,7 +31,7 @@ def test_unknown_sensor_and_late_observations_are_counted_and_dropped() -> None:
     p = Pipeline(settings(), layout)
     p.process(ring(layout, 10.0, 10.0, 1000.0))
     p.process([Observation(ts=1000.5, sensor="nope", device="x", rssi=-60.0)])
-    late = 1000.0 - p.s.localization.window_s - 1.0
+    late = 1000.0 - p.settings.localization.window_s - 1.0
     p.process([Observation(ts=late, sensor=layout.sensors[0].id, device="x", rssi=-60.0)])
     assert p.stats.dropped == {"unknown_sensor": 1, "too_late": 1}
     assert p.stats.observations == len(layout.sensors)
@@ -109,7 +109,7 @@ def test_a_clock_jump_does_not_tick_every_second_of_it() -> None:
 
     p.localizer.fixes = counting  # type: ignore[method-assign]
     events = p.advance(5000.0 + 300 * 86400.0)
-    assert 0 < ticks <= MAX_TICK_GAP_S / p.s.localization.fix_interval_s + 2  # not ~26 M
+    assert 0 < ticks <= MAX_TICK_GAP_S / p.settings.localization.fix_interval_s + 2  # not ~26 M
     assert any(e.type == "visit.ended" or e.type == "zone.left" for e in events)
     # the tick grid is realigned just after the new time, and the next observation ticks normally
     later = 5000.0 + 300 * 86400.0 + 10.0

@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from gateway.content.commands import Command, CommandError, decode_command, make_command, sign
-from gateway.content.state import ContentState
+from gateway.content.store import ContentStore
 
 CAMPAIGN: dict[str, Any] = {
     "campaign": {
@@ -98,7 +98,7 @@ def test_hmac_and_issuer() -> None:
 
 
 async def test_revisions_replay_and_idempotency(tmp_path: Path) -> None:
-    st_ = await ContentState.open(tmp_path / "c.sqlite3")
+    st_ = await ContentStore.open(tmp_path / "c.sqlite3")
     try:
         c1 = decode_command(make_command("campaigns.put", CAMPAIGN, id="a", revision=5))
         assert isinstance(c1, Command)
@@ -187,13 +187,13 @@ async def test_rejected_commands_leave_state_unchanged(tmp_path: Path) -> None:
     """Apply a valid baseline, then a stream of mutated commands: every rejected one (decoder or
     revision) must leave the stored state byte-identical, also after reopening the database."""
     path = tmp_path / "c.sqlite3"
-    st_ = await ContentState.open(path)
+    st_ = await ContentStore.open(path)
     for doc in valid_docs():
         cmd = decode_command(json.dumps({**doc, "revision": 100 if doc["kind"] != "ping" else 0}).encode())
         assert isinstance(cmd, Command)
         await st_.apply(cmd)
 
-    def snapshot(s: ContentState) -> tuple[Any, ...]:
+    def snapshot(s: ContentStore) -> tuple[Any, ...]:
         return (
             dict(s.campaigns),
             dict(s.actors),
@@ -228,7 +228,7 @@ async def test_rejected_commands_leave_state_unchanged(tmp_path: Path) -> None:
     assert rejected > 50
     final = snapshot(st_)
     await st_.close()
-    st2 = await ContentState.open(path)
+    st2 = await ContentStore.open(path)
     try:
         assert snapshot(st2) == final
     finally:

@@ -194,7 +194,7 @@ def test_censored_terms_match_the_textbook_form(model: PathLossModel, layout: La
     est = _estimator(model, layout, packet_loss=0.05)
     mu = np.random.default_rng(1).uniform(-110.0, -50.0, size)
     missed = np.random.default_rng(2).uniform(0.1, 5.0, size)
-    sig, eps = est.p.sigma_db, est.p.packet_loss
+    sig, eps = est.params.sigma_db, est.params.packet_loss
     alpha = (FLOOR - mu) / sig
     like = eps + (1.0 - eps) * norm_cdf(alpha)
     d1 = (1.0 - eps) * norm_pdf(alpha) / (sig * like)

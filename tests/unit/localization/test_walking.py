@@ -143,7 +143,9 @@ def test_walking_devices_use_the_tracking_tail(layout: Layout, model: PathLossMo
     # the fade pulls the likelihood's mode (h^-1 b) further while walking: it keeps more weight
     mode = np.linalg.solve(h, b[:, :, None])[:, :, 0]
     assert np.hypot(*(mode[0, :2] - theta[0, :2])) > np.hypot(*(mode[1, :2] - theta[0, :2])) + 0.05, mode
-    ref = Estimator(model, replace(loc.estimator.p, nu=16.0), loc.region).refine(sub, theta, theta, lam, iterations=3)
+    ref = Estimator(model, replace(loc.estimator.params, nu=16.0), loc.region).refine(
+        sub, theta, theta, lam, iterations=3
+    )
     assert np.allclose(h[0], ref.h_lik) and np.allclose(b[0], ref.b_lik)
     ref4 = loc.estimator.refine(sub, theta, theta, lam, iterations=3)
     assert np.allclose(h[1], ref4.h_lik)

@@ -30,7 +30,7 @@ def test_observations_are_time_ordered_and_above_floor() -> None:
     sim, obs = run(3)
     ts = [o.ts for o in obs]
     assert ts == sorted(ts)
-    assert min(o.rssi for o in obs) >= sim.s.detection_floor_dbm
+    assert min(o.rssi for o in obs) >= sim.settings.detection_floor_dbm
     assert {o.sensor for o in obs} <= {s.id for s in LAYOUT.sensors}
 
 

@@ -1,4 +1,4 @@
-"""ContentRuntime glue: commands change rules and identity, events produce activation reports,
+"""ContentService glue: commands change rules and identity, events produce activation reports,
 state and identity consents are restored after a restart, HMAC is enforced when configured."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from typing import Any
 from gateway.config import Settings, load_settings
 from gateway.content.actors import ActorDispatcher
 from gateway.content.commands import make_command
-from gateway.content.runtime import ContentRuntime
+from gateway.content.service import ContentService
 from gateway.models import ActivationReport, EventBase, ZoneEntered
 
 IRK = "00112233445566778899aabbccddeeff"
@@ -42,11 +42,11 @@ def settings(tmp: Path, **content: Any) -> Settings:
     return load_settings(paths={"state_dir": str(tmp)}, content={"cap_per_subject": None, **content})
 
 
-async def open_rt(s: Settings, ident: IdentityRecorder, out: list[EventBase], replies: list[bytes]) -> ContentRuntime:
+async def open_rt(s: Settings, ident: IdentityRecorder, out: list[EventBase], replies: list[bytes]) -> ContentService:
     async def reply(b: bytes) -> None:
         replies.append(b)
 
-    return await ContentRuntime.open(
+    return await ContentService.open(
         s, emit=out.extend, dispatcher=ActorDispatcher(s.content), identity=ident, reply=reply
     )
 

@@ -6,7 +6,7 @@ import sqlite3
 from pathlib import Path
 
 from gateway.content.commands import Command, decode_command, make_command
-from gateway.content.state import ContentState
+from gateway.content.store import ContentStore
 
 IRK = "00112233445566778899aabbccddeeff"
 
@@ -23,7 +23,7 @@ def read_all(d: Path) -> bytes:
 
 async def test_state_survives_restart_and_hides_secrets(tmp_path: Path) -> None:
     path = tmp_path / "content.sqlite3"
-    s = await ContentState.open(path)
+    s = await ContentStore.open(path)
     camp = {
         "id": "c1",
         "category": "promo",
@@ -54,7 +54,7 @@ async def test_state_survives_restart_and_hides_secrets(tmp_path: Path) -> None:
     assert IRK.encode() not in raw and bytes.fromhex(IRK) not in raw and b"tok-secret-123" not in raw
     assert (tmp_path / "content.key").stat().st_mode & 0o777 == 0o600
 
-    s2 = await ContentState.open(path)
+    s2 = await ContentStore.open(path)
     try:
         assert set(s2.campaigns) == {"c2"}
         assert set(s2.consents) == {"cust-1"} and s2.consents["cust-1"].first_name == "Ada"

@@ -27,7 +27,7 @@ from gateway.content.commands import (
     decode_command,
 )
 from gateway.content.rules import Activation, Caps, ContentContext, CountWindow, RulesEngine, TimeWindow
-from gateway.content.state import ContentState
+from gateway.content.store import ContentStore
 from gateway.log import configure_logging, get_logger
 from gateway.models import ActivationReport, EventBase
 
@@ -50,7 +50,7 @@ class IdentityConsents(Protocol):
 
 
 class PresenceConsentAdapter:
-    """`IdentityConsents` over the presence/privacy runtime (``gateway/presence/runtime.py``:
+    """`IdentityConsents` over the presence/privacy runtime (``gateway/presence/service.py``:
     ``put_consent(ConsentRecord)``, async ``revoke_consent(ref)``, async ``add_optout(id, now)``).
     Bound by duck typing so this module does not depend on that one's import graph."""
 
@@ -99,11 +99,11 @@ def parse_quiet_hours(items: Sequence[str]) -> list[TimeWindow]:
     return out
 
 
-class ContentRuntime:
+class ContentService:
     def __init__(
         self,
         settings: Settings,
-        state: ContentState,
+        state: ContentStore,
         dispatcher: ActorDispatcher,
         *,
         emit: Callable[[list[EventBase]], None],
@@ -111,7 +111,7 @@ class ContentRuntime:
         reply: Callable[[bytes], Awaitable[None]] | None = None,
         on_activation: Callable[[Activation, DispatchResult], None] | None = None,
     ) -> None:
-        self.s = settings
+        self.settings = settings
         self.state = state
         self.dispatcher = dispatcher
         self.emit = emit
@@ -144,8 +144,8 @@ class ContentRuntime:
         identity: IdentityConsents | None = None,
         reply: Callable[[bytes], Awaitable[None]] | None = None,
         state_path: Path | None = None,
-    ) -> ContentRuntime:
-        state = await ContentState.open(state_path or settings.content_state_path)
+    ) -> ContentService:
+        state = await ContentStore.open(state_path or settings.content_state_path)
         try:
             rt = cls(settings, state, dispatcher, emit=emit, identity=identity, reply=reply)
             await rt._restore()
@@ -165,11 +165,11 @@ class ContentRuntime:
 
     def _apply_config(self) -> None:
         for key, val in self.state.config.get("presence", {}).items():
-            setattr(self.s.presence, key, val)
+            setattr(self.settings.presence, key, val)
         level = self.state.config.get("log", {}).get("level")
-        if level and level != self.s.log.level:
-            self.s.log.level = level
-            configure_logging(level, self.s.log.format)
+        if level and level != self.settings.log.level:
+            self.settings.log.level = level
+            configure_logging(level, self.settings.log.format)
 
     # -- commands ---------------------------------------------------------------------------
 
@@ -267,7 +267,7 @@ class ContentRuntime:
                 ActivationReport(
                     event_id=a.activation_id,
                     ts=a.ts,
-                    store_id=self.s.gateway.store_id,
+                    store_id=self.settings.gateway.store_id,
                     campaign_id=a.campaign_id,
                     content_id=a.content_id,
                     actor_id=a.actor_id,

@@ -39,9 +39,9 @@ def optout_key_path(settings: Settings) -> Path:
     return settings.privacy.optout_key_file or settings.paths.state_dir / "optout.key"
 
 
-class PresenceRuntime:
+class PresenceService:
     def __init__(self, settings: Settings, layout: Layout) -> None:
-        self.s = settings
+        self.settings = settings
         self.keyring = PseudonymKeyring.from_settings(settings.privacy)
         # a placeholder opt-out key until open() loads the persistent one (nothing is resolved before)
         self.resolver = IdentityResolver(
@@ -57,14 +57,16 @@ class PresenceRuntime:
         self.forget_hooks: list[Callable[[str], None]] = []
 
     async def open(self, now: float) -> None:
-        key = await load_or_create_key(optout_key_path(self.s))
-        self.store = await PresenceStore.open(presence_db_path(self.s))
+        key = await load_or_create_key(optout_key_path(self.settings))
+        self.store = await PresenceStore.open(presence_db_path(self.settings))
         digests = await self.store.optout_digests()
         self.resolver.set_optout_key(key)
         self.resolver.add_optout_digests(digests)
         since = self._pseudonym_since(now)
-        purged = await self.store.purge(now, pseudonym_since=since, retention_days=self.s.privacy.retention_days)
-        hist = await self.store.load_history(now, pseudonym_since=since, retention_days=self.s.privacy.retention_days)
+        purged = await self.store.purge(now, pseudonym_since=since, retention_days=self.settings.privacy.retention_days)
+        hist = await self.store.load_history(
+            now, pseudonym_since=since, retention_days=self.settings.privacy.retention_days
+        )
         self.qualifier.load(hist)
         self._last_pseudonym_since = since
         log.info("presence state loaded", optouts=len(digests), history_visits=len(hist), purged=purged)
@@ -88,7 +90,7 @@ class PresenceRuntime:
         if self.store is None or not math.isfinite(now):
             return 0
         since = self._pseudonym_since(now)
-        retention = self.s.privacy.retention_days
+        retention = self.settings.privacy.retention_days
         n = await self.store.purge(now, pseudonym_since=since, retention_days=retention)
         self.qualifier.prune(pseudonym_since=since, older_than=now - retention * DAY_S)
         if since != self._last_pseudonym_since:

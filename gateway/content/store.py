@@ -71,7 +71,7 @@ def _load_key(path: Path) -> bytes:
     return key
 
 
-class ContentState:
+class ContentStore:
     def __init__(self, db: aiosqlite.Connection, fernet: Fernet) -> None:
         self._db = db
         self._f = fernet
@@ -83,7 +83,7 @@ class ContentState:
         self.revisions: dict[str, tuple[int, str]] = {}
 
     @classmethod
-    async def open(cls, path: Path, key_path: Path | None = None) -> ContentState:
+    async def open(cls, path: Path, key_path: Path | None = None) -> ContentStore:
         path.parent.mkdir(parents=True, exist_ok=True)
         fernet = Fernet(_load_key(key_path or path.with_name("content.key")))
         db = await aiosqlite.connect(path)

@@ -13,7 +13,7 @@ from gateway.config import Settings
 from gateway.identity.subjects import ConsentRecord, irk_link
 from gateway.layout import load_layout
 from gateway.models import Observation, VisitEnded
-from gateway.presence.runtime import PresenceRuntime, optout_key_path, presence_db_path
+from gateway.presence.service import PresenceService, optout_key_path, presence_db_path
 
 LAYOUT = load_layout(Path(__file__).resolve().parents[3] / "hardware/layouts/demo-store.toml")
 T = 1_767_261_600.0
@@ -21,9 +21,9 @@ IRK = bytes(range(16))
 
 
 @pytest.fixture
-async def runtimes() -> AsyncIterator[list[PresenceRuntime]]:
+async def runtimes() -> AsyncIterator[list[PresenceService]]:
     """Runtimes to close even when an assertion fails (an open aiosqlite thread blocks exit)."""
-    made: list[PresenceRuntime] = []
+    made: list[PresenceService] = []
     yield made
     for rt in made:
         await rt.close()
@@ -42,9 +42,9 @@ def visit(subject: str, kind: str = "pseudonym") -> VisitEnded:
     )
 
 
-async def test_open_record_optout_and_restart(tmp_path: Path, runtimes: list[PresenceRuntime]) -> None:
+async def test_open_record_optout_and_restart(tmp_path: Path, runtimes: list[PresenceService]) -> None:
     s = Settings(paths={"state_dir": tmp_path})  # type: ignore[arg-type]
-    rt = PresenceRuntime(s, LAYOUT)
+    rt = PresenceService(s, LAYOUT)
     runtimes.append(rt)
     await rt.open(T)
     assert stat.S_IMODE(os.stat(optout_key_path(s)).st_mode) == 0o600
@@ -60,7 +60,7 @@ async def test_open_record_optout_and_restart(tmp_path: Path, runtimes: list[Pre
     assert mac.encode() not in presence_db_path(s).read_bytes()
 
     # after a restart the opt-out still holds (same key file, stored digests) and history reloads
-    rt2 = PresenceRuntime(s, LAYOUT)
+    rt2 = PresenceService(s, LAYOUT)
     runtimes.append(rt2)
     await rt2.open(T + 60)
     assert rt2.resolver.resolve_batch([Observation(T + 61, "n11", mac.lower(), -60.0)], T + 61) == []
@@ -68,9 +68,9 @@ async def test_open_record_optout_and_restart(tmp_path: Path, runtimes: list[Pre
     await rt2.close()
 
 
-async def test_consent_revocation_erases_customer_history(tmp_path: Path, runtimes: list[PresenceRuntime]) -> None:
+async def test_consent_revocation_erases_customer_history(tmp_path: Path, runtimes: list[PresenceService]) -> None:
     s = Settings(paths={"state_dir": tmp_path})  # type: ignore[arg-type]
-    rt = PresenceRuntime(s, LAYOUT)
+    rt = PresenceService(s, LAYOUT)
     runtimes.append(rt)
     await rt.open(T)
     rt.put_consent(ConsentRecord("cust-9", frozenset({"presence"}), irk=IRK))
@@ -85,9 +85,9 @@ async def test_consent_revocation_erases_customer_history(tmp_path: Path, runtim
     await rt.close()
 
 
-async def test_maintenance_purges_past_rotation_periods(tmp_path: Path, runtimes: list[PresenceRuntime]) -> None:
+async def test_maintenance_purges_past_rotation_periods(tmp_path: Path, runtimes: list[PresenceService]) -> None:
     s = Settings(paths={"state_dir": tmp_path})  # type: ignore[arg-type]
-    rt = PresenceRuntime(s, LAYOUT)
+    rt = PresenceService(s, LAYOUT)
     runtimes.append(rt)
     await rt.open(T)
     await rt.record([visit("p-today"), visit("cust-1", "customer")])
