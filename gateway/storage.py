@@ -1,0 +1,28 @@
+"""SQLite on a small or full disk: what the three stores (outbox, presence, content) share.
+
+See docs/storage.md for the space model. Only the classification of "no room" lives here; each
+store decides what degrading means for its data.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+
+# A small WAL for the stores that write little (presence, content): a checkpoint every 32 pages
+# and at most 256 KiB kept between checkpoints. SQLite's default (1000 pages, never truncated)
+# lets a WAL grow to 4 MiB, which alone fills a small state partition.
+SMALL_WAL_AUTOCHECKPOINT_PAGES = 32
+SMALL_WAL_SIZE_LIMIT = 256 * 1024
+
+
+def is_disk_full(e: BaseException) -> bool:
+    """SQLite ran out of room: ``SQLITE_FULL`` (the disk, or a ``max_page_count`` ceiling), or its
+    -shm index could not be sized at open (``SQLITE_IOERR_SHMSIZE``: the filesystem is full)."""
+    if not isinstance(e, sqlite3.OperationalError):
+        return False
+    name = getattr(e, "sqlite_errorname", "")
+    return (
+        getattr(e, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL
+        or name in ("SQLITE_FULL", "SQLITE_IOERR_SHMSIZE")
+        or "database or disk is full" in str(e)
+    )
