@@ -13,8 +13,10 @@ for the identity resolver only.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import sqlite3
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +39,10 @@ from gateway.content.commands import (
     StateKind,
 )
 from gateway.content.rules import Actor, Campaign, ConsentInfo
+from gateway.log import get_logger
+from gateway.storage import SMALL_WAL_AUTOCHECKPOINT_PAGES, SMALL_WAL_SIZE_LIMIT, is_disk_full
+
+log = get_logger(__name__)
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS applied (kind TEXT PRIMARY KEY, revision INTEGER NOT NULL, command_id TEXT NOT NULL,
@@ -66,9 +72,39 @@ def _load_key(path: Path) -> bytes:
         return path.read_bytes().strip()
     key = Fernet.generate_key()
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(key)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(key)
+    except OSError:  # a full disk: leave no empty key file behind (it would fail every start)
+        with contextlib.suppress(OSError):
+            path.unlink()
+        raise
     return key
+
+
+async def _connect(path: Path) -> aiosqlite.Connection:
+    """Open in WAL mode with a small WAL (this store writes little; on a small state partition a
+    WAL left to grow to SQLite's default 4 MiB fills the disk). On a disk too full for the -shm
+    index, open in exclusive locking mode instead (no -shm file): the state still loads."""
+    for exclusive in (False, True):
+        db = await aiosqlite.connect(path)
+        try:
+            if exclusive:
+                await db.execute("PRAGMA locking_mode=EXCLUSIVE")
+            await db.execute("PRAGMA journal_mode=WAL")
+            await db.execute("PRAGMA synchronous=NORMAL")
+            await db.execute(f"PRAGMA wal_autocheckpoint={SMALL_WAL_AUTOCHECKPOINT_PAGES}")
+            await db.execute(f"PRAGMA journal_size_limit={SMALL_WAL_SIZE_LIMIT}")
+            await db.executescript(SCHEMA)
+            await db.commit()
+        except sqlite3.OperationalError as e:
+            await db.close()
+            if exclusive or not is_disk_full(e):
+                raise
+            log.warning("content.store_open_disk_full", reason=str(e))
+            continue
+        return db
+    raise AssertionError("unreachable")  # pragma: no cover
 
 
 class ContentStore:
@@ -86,11 +122,7 @@ class ContentStore:
     async def open(cls, path: Path, key_path: Path | None = None) -> ContentStore:
         path.parent.mkdir(parents=True, exist_ok=True)
         fernet = Fernet(_load_key(key_path or path.with_name("content.key")))
-        db = await aiosqlite.connect(path)
-        await db.execute("PRAGMA journal_mode=WAL")
-        await db.execute("PRAGMA synchronous=NORMAL")
-        await db.executescript(SCHEMA)
-        await db.commit()
+        db = await _connect(path)
         st = cls(db, fernet)
         await st._load()
         return st

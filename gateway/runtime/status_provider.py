@@ -150,12 +150,25 @@ class DaemonStatusProvider:
                 "evictions": ob.evicted_total,
                 "bytes": ob.bytes,
             }
+        if d.outbox is not None:  # the disk as the outbox sees it (docs/storage.md)
+            ob = d.outbox.stats()
+            outbox.update(
+                disk_state=ob.disk_state,
+                cap_bytes=ob.cap_bytes,
+                evictions_by_priority=ob.evicted_by_priority,
+                refusing=d.outbox_refusing,
+                pending=len(d.pending),
+                dropped_in_ram=dict(d.pending.dropped),
+            )
         disk: dict[str, Any] = {}
         try:
             du = shutil.disk_usage(d.settings.paths.state_dir)
             disk = {"path": str(d.settings.paths.state_dir), "total_bytes": du.total, "free_bytes": du.free}
         except OSError:
             pass
+        presence_store = getattr(getattr(d, "presence", None), "store", None)
+        if presence_store is not None:
+            disk["presence_store"] = presence_store.state()
         st = d.pipeline.stats
         return StatusSnapshot(
             ts=now,
@@ -362,6 +375,15 @@ class DaemonMetricsSampler:
             for prio, total in (u.get("evictions_by_priority") or {}).items():
                 if n := self._delta("evict", str(prio), float(total)):
                     m.evicted(str(prio), int(n))
+        if d.outbox is not None:
+            ob = d.outbox.stats()
+            m.storage("outbox", ob.disk_state, ob.cap_bytes, ob.bytes)
+            for prio, total in d.pending.dropped.items():
+                if n := self._delta("ram_drop", prio, float(total)):
+                    m.unsaved(prio, int(n))
+        presence_store = getattr(getattr(d, "presence", None), "store", None)
+        if presence_store is not None:
+            m.storage("presence", "full" if presence_store.disk_full else "ok")
 
     async def run(self, period_s: float = 1.0) -> None:
         while True:
