@@ -9,6 +9,7 @@ documented in ``docs/config.md`` (generated from the ``description`` texts here 
 
 from __future__ import annotations
 
+import re
 import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -27,6 +28,17 @@ from gateway.layout import format_validation_error
 # Ids are MQTT topic levels and sequence namespaces: no '.', which NATS maps to its own separator
 # (a dotted id is refused by a NATS cluster; docs/fleet.md), no '/', '+', '#'.
 Id = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]*$")]
+
+
+QUIET_RE = re.compile(r"^([01]\d|2[0-3]):[0-5]\d\s*-\s*([01]\d|2[0-3]):[0-5]\d$")
+
+
+def _check_tz(v: str) -> str:
+    try:
+        ZoneInfo(v)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ValueError(f"unknown time zone {v!r} (an IANA name such as 'Europe/Paris')") from None
+    return v
 
 
 class Section(BaseModel):
@@ -361,11 +373,7 @@ class PrivacySettings(Section):
     @field_validator("timezone")
     @classmethod
     def _known_tz(cls, v: str) -> str:
-        try:
-            ZoneInfo(v)
-        except (ZoneInfoNotFoundError, ValueError):
-            raise ValueError(f"unknown time zone {v!r}") from None
-        return v
+        return _check_tz(v)
 
 
 class BrokerEndpoint(Section):
@@ -423,10 +431,35 @@ class ContentSettings(Section):
     webhook_backoff_s: float = Field(default=0.2, ge=0, le=30, description="First retry delay (doubles)")
     breaker_failures: int = Field(default=5, ge=1, le=1000, description="Consecutive failures that open a breaker")
     breaker_reset_s: float = Field(default=30.0, gt=0, le=3600, description="Open time before a half-open probe")
+    command_auth: Literal["ed25519", "hmac-sha256"] = Field(
+        default="ed25519",
+        description="How cloud commands are signed: ed25519 (the platform's public key, installed by provisioning)"
+        " or hmac-sha256 (a per-gateway shared key, command_secret_file); unsigned commands are always refused",
+    )
+    command_public_key_file: Path | None = Field(
+        default=None,
+        description="The platform's Ed25519 command-signing public key(s), PEM; None: every command is refused",
+    )
     command_secret_file: Path | None = Field(
-        default=None, description="Shared secret for HMAC-SHA256 command signatures; None: broker ACL only"
+        default=None,
+        description="Shared HMAC-SHA256 key (>= 32 bytes), only with command_auth = 'hmac-sha256'",
     )
     command_issuers: list[str] | None = Field(default=None, description="Allowed command issuers; None: any")
+    accept_fleet_commands: bool = Field(
+        default=True, description="Accept commands addressed to the whole fleet (aud '*') besides this gateway's"
+    )
+    command_clock_skew_s: float = Field(
+        default=300.0, ge=0, le=3600, description="Allowed clock difference to the platform (issued_at, expires_at)"
+    )
+    command_max_lifetime_s: float = Field(
+        default=86400.0, gt=0, le=30 * 86400, description="Longest expires_at - issued_at accepted for a command"
+    )
+    webhook_allow_http: bool = Field(default=False, description="Allow plain-http webhook actors (default: https only)")
+    webhook_allow: list[str] = Field(
+        default_factory=list,
+        description="Webhook allow-list: host names ('*.example.com') and IP networks ('10.20.0.0/24'); when not"
+        " empty only these hosts; private, loopback and link-local addresses only inside a listed network",
+    )
     cap_per_subject: int | None = Field(default=1, ge=1, description="Default cap: activations per subject")
     cap_per_subject_window_s: float = Field(default=3600.0, gt=0, description="Default per-subject cap window")
     cap_per_actor: int | None = Field(default=None, ge=1, description="Default cap: activations per actor")
@@ -437,15 +470,56 @@ class ContentSettings(Section):
     timezone: str = Field(default="UTC", description="IANA zone for time-of-day windows and quiet hours")
     max_concurrent_dispatch: int = Field(default=256, ge=1, le=10000, description="In-flight actor dispatches")
 
+    @field_validator("timezone")
+    @classmethod
+    def _known_tz(cls, v: str) -> str:
+        return _check_tz(v)
+
+    @field_validator("quiet_hours")
+    @classmethod
+    def _windows(cls, v: list[str]) -> list[str]:
+        for item in v:
+            if not QUIET_RE.fullmatch(item.strip()):
+                raise ValueError(f"{item!r} is not a window HH:MM-HH:MM (24 h clock, e.g. '21:00-08:00')")
+        return v
+
+    @field_validator("webhook_allow")
+    @classmethod
+    def _allow(cls, v: list[str]) -> list[str]:
+        from gateway.content.actors import parse_allow_entry  # imports this module: import late
+
+        for e in v:
+            parse_allow_entry(e)
+        return v
+
+    @model_validator(mode="after")
+    def _keys(self) -> ContentSettings:
+        if self.command_auth == "ed25519" and self.command_secret_file is not None:
+            raise ValueError(
+                "content.command_secret_file is only used with command_auth = 'hmac-sha256'"
+                " (ed25519 uses command_public_key_file)"
+            )
+        if self.command_auth == "hmac-sha256" and self.command_secret_file is None:
+            raise ValueError("content.command_auth is 'hmac-sha256' but content.command_secret_file is not set")
+        return self
+
 
 class StatusSettings(Section):
     enabled: bool = Field(default=True, description="Serve the technician status page")
     bind: list[str] = Field(default=["127.0.0.1"], description="Addresses to listen on")
+    allowed_hosts: list[str] = Field(
+        default_factory=list,
+        description="Host names the page may be reached by (Host header), besides localhost and the bound"
+        " addresses (any IP address when bound to 0.0.0.0 or ::); anything else is refused (DNS rebinding)",
+    )
     port: int = Field(default=8080, ge=0, le=65535, description="HTTP port (0: any free port)")
     credential_file: Path | None = Field(
         default=None, description="Hashed technician credential (gateway status set-password); None: no login possible"
     )
-    secure_cookie: bool = Field(default=False, description="Mark the session cookie Secure (set when served over TLS)")
+    secure_cookie: bool = Field(
+        default=False,
+        description="Always mark the session cookie Secure (behind a TLS proxy); it is set anyway on https requests",
+    )
     session_ttl_s: float = Field(default=8 * 3600.0, gt=0, description="Absolute session lifetime")
     session_idle_s: float = Field(default=3600.0, gt=0, description="Session expires after this much inactivity")
     login_free_attempts: int = Field(default=3, ge=1, le=100, description="Failed logins before lockouts start")
