@@ -245,8 +245,9 @@ class ContentService:
         """Replay checks against the persisted floor, the URL policy, then the store."""
         guard, kind = self.guard, cmd.state_kind
         if guard is not None:
-            skew = self.policy.clock_skew_s
-            if cmd.issued_at < guard.epoch - skew:
+            # strict (no skew allowance): a command issued before a wipe must never apply after it;
+            # a platform clock behind ours only delays new commands by that much (they are re-issued)
+            if cmd.issued_at < guard.epoch:
                 return self._refuse(
                     cmd,
                     "/issued_at",

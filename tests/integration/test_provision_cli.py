@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from gateway.content.commands import Ed25519Signer
 from tests.conftest import LAYOUT, REPO, gateway_cmd, gateway_env
 from tests.pki import make_pki
 
@@ -22,8 +23,17 @@ def _image(tmp_path: Path) -> Path:
     return root
 
 
+def _command_pubkey(root: Path) -> Path:
+    p = root.parent / "platform-command.pub"
+    if not p.exists():
+        p.write_bytes(Ed25519Signer.generate().public_pem())
+    return p
+
+
 def _args(root: Path, ca: Path, pw: Path, *extra: str) -> list[str]:
     return [
+        "--command-pubkey",
+        str(_command_pubkey(root)),
         "--root",
         str(root),
         "--store-id",

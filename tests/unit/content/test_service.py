@@ -175,6 +175,12 @@ async def test_unconfigured_gateway_refuses_every_command(tmp_path: Path) -> Non
         await rt.close()
 
 
+def remove(d: Path, *patterns: str) -> None:
+    for pat in patterns:
+        for f in d.glob(pat):
+            f.unlink()
+
+
 def _reply(r: Any) -> tuple[str, str]:
     assert not r.ok and r.error is not None, r
     return r.error.path, r.error.reason
@@ -207,8 +213,7 @@ async def test_replays_are_refused_also_after_state_loss(tmp_path: Path) -> None
         await rt.close()
 
     # content.sqlite3 lost (a technician "reset the campaigns"): the floor kept with the outbox still refuses
-    for f in tmp_path.glob("content.*"):
-        f.unlink()
+    remove(tmp_path, "content.*")
     clock.t = T0 + 20
     rt = await open_rt(settings(tmp_path), IdentityRecorder(), [], [], clock)
     try:
@@ -222,8 +227,7 @@ async def test_replays_are_refused_also_after_state_loss(tmp_path: Path) -> None
         await rt.close()
 
     # the whole state dir lost: commands issued before the new history began are refused (still unexpired)
-    for f in list(tmp_path.glob("*.sqlite3*")) + list(tmp_path.glob("content.key")):
-        f.unlink()
+    remove(tmp_path, "*.sqlite3*", "content.key")
     clock.t = T0 + 1000
     rt = await open_rt(settings(tmp_path), IdentityRecorder(), [], [], clock)
     try:

@@ -25,6 +25,10 @@ def cmd(kind: str, body: dict[str, object], rev: int, cid: str) -> Command:
     return c
 
 
+def modes(d: Path, pattern: str) -> set[int]:
+    return {f.stat().st_mode & 0o777 for f in d.glob(pattern)}
+
+
 def read_all(d: Path) -> bytes:
     return b"".join(p.read_bytes() for p in d.glob("content.sqlite3*"))
 
@@ -63,8 +67,7 @@ async def test_state_survives_restart_and_hides_secrets(tmp_path: Path) -> None:
     for plain in (b"cust-1", b"cust-2", b"Ada", b"vip", b"cust-optout"):
         assert plain not in raw, plain
     assert (tmp_path / "content.key").stat().st_mode & 0o777 == 0o600
-    for f in tmp_path.glob("content.sqlite3*"):
-        assert f.stat().st_mode & 0o777 == 0o600, f
+    assert modes(tmp_path, "content.sqlite3*") == {0o600}
 
     s2 = await ContentStore.open(path)
     try:
