@@ -9,8 +9,14 @@ documented in ``docs/config.md`` (generated from the ``description`` texts here 
 
 from __future__ import annotations
 
+import difflib
+import ipaddress
+import json
+import os
 import re
 import tomllib
+import types
+import typing
 from pathlib import Path
 from typing import Annotated, Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -146,6 +152,16 @@ class WifiSettings(Section):
         ),
     )
 
+
+    @field_validator("channels")
+    @classmethod
+    def _channels(cls, v: list[int]) -> list[int]:
+        bad = [c for c in v if not (1 <= c <= 14 or 32 <= c <= 177)]
+        if bad:
+            raise ValueError(f"{bad} not Wi-Fi channels (2.4 GHz: 1-14, 5 GHz: 32-177)")
+        if len(set(v)) != len(v):
+            raise ValueError("a channel is listed twice")
+        return v
 
 class NodesSettings(Section):
     enabled: bool = Field(default=False, description="Read in-store sensor nodes over the local broker")
@@ -532,6 +548,27 @@ class StatusSettings(Section):
     loop_lag_interval_s: float = Field(default=0.5, ge=0, le=60, description="Event-loop lag probe period (0: off)")
 
 
+    @field_validator("bind")
+    @classmethod
+    def _addresses(cls, v: list[str]) -> list[str]:
+        for a in v:
+            if a != "localhost":
+                try:
+                    ipaddress.ip_address(a)
+                except ValueError:
+                    raise ValueError(f"{a!r} is not an IP address to listen on (e.g. 127.0.0.1, 0.0.0.0, ::)") from None
+        if not v:
+            raise ValueError("empty: set status.enabled = false to serve no page")
+        return v
+
+    @field_validator("allowed_hosts")
+    @classmethod
+    def _names(cls, v: list[str]) -> list[str]:
+        for h in v:
+            if not re.fullmatch(r"[A-Za-z0-9]([A-Za-z0-9-]{0,62})(\.[A-Za-z0-9]([A-Za-z0-9-]{0,62}))*\.?", h):
+                raise ValueError(f"{h!r} is not a host name")
+        return v
+
 class SupervisorSettings(Section):
     drain_deadline_s: float = Field(default=10.0, gt=0, le=300, description="Graceful shutdown deadline")
     restart_backoff_min_s: float = Field(default=0.5, gt=0, description="First restart delay")
@@ -601,10 +638,142 @@ class Settings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        sources: list[PydanticBaseSettingsSource] = [init_settings, GatewayEnvSource(settings_cls)]
         if settings_cls.model_config.get("toml_file"):
             sources.append(TomlConfigSettingsSource(settings_cls))
         return tuple(sources)
+
+
+# GATEWAY_* variables that are not settings (read by the CLI, provision.sh, `gateway update`)
+NON_SETTING_ENV = frozenset({"GATEWAY_CONFIG", "GATEWAY_PYTHON", "GATEWAY_READY_FILE", "GATEWAY_DEBUG"})
+ENV_PREFIX = "GATEWAY_"
+
+
+def _unwrap_optional(ann: Any) -> tuple[Any, bool]:
+    args = typing.get_args(ann)
+    if typing.get_origin(ann) in (typing.Union, types.UnionType) and type(None) in args:
+        rest = [a for a in args if a is not type(None)]
+        return (rest[0] if len(rest) == 1 else ann), True
+    return ann, False
+
+
+def env_value(ann: Any, raw: str) -> Any:
+    """One environment value for a field of type ``ann``: lists as ``a,b,c`` or JSON, tables as
+    ``k=v,k2=v2`` or JSON, an empty value unsets an optional field; everything else is handed to
+    pydantic as the string (it parses numbers and booleans). Raises ValueError with the reason."""
+    inner, optional = _unwrap_optional(ann)
+    text = raw.strip()
+    if optional and text == "":
+        return None
+    origin = typing.get_origin(inner)
+    if origin is list:
+        (item,) = typing.get_args(inner) or (str,)
+        if text.startswith("["):
+            try:
+                value = json.loads(text)
+            except ValueError as e:
+                raise ValueError(f"not a JSON list ({e})") from None
+            if not isinstance(value, list):
+                raise ValueError("not a list")
+            return value
+        if isinstance(item, type) and issubclass(item, BaseModel):
+            raise ValueError('expected a JSON list, e.g. [{"host": "b1", "port": 8883}]')
+        return [] if text == "" else [x.strip() for x in text.split(",")]
+    if origin is dict:
+        if text.startswith("{"):
+            try:
+                value = json.loads(text)
+            except ValueError as e:
+                raise ValueError(f"not a JSON object ({e})") from None
+            if not isinstance(value, dict):
+                raise ValueError("not an object")
+            return value
+        out: dict[str, str] = {}
+        for pair in filter(None, (x.strip() for x in text.split(","))):
+            k, eq, v = pair.partition("=")
+            if not eq or not k.strip():
+                raise ValueError(f"{pair!r} is not key=value (write k1=v1,k2=v2 or a JSON object)")
+            out[k.strip()] = v.strip()
+        return out
+    return raw
+
+
+def _env_names() -> list[str]:
+    names = []
+    for sec, f in Settings.model_fields.items():
+        ann = f.annotation
+        if isinstance(ann, type) and issubclass(ann, BaseModel):
+            names += [f"{ENV_PREFIX}{sec.upper()}__{k.upper()}" for k in ann.model_fields]
+    return names
+
+
+def _did_you_mean(name: str, candidates: list[str]) -> str:
+    close = difflib.get_close_matches(name, candidates, n=1, cutoff=0.6)
+    return f"; did you mean {close[0]}?" if close else ""
+
+
+def parse_env(environ: typing.Mapping[str, str]) -> tuple[dict[str, Any], list[str]]:
+    """Settings from ``GATEWAY_<SECTION>__<KEY>`` variables, and one problem line per variable that
+    names nothing (with the closest real name) or holds a value of the wrong shape."""
+    data: dict[str, Any] = {}
+    problems: list[str] = []
+    names = _env_names()
+    sections = {f"{ENV_PREFIX}{k.upper()}" for k in Settings.model_fields}
+    for name, raw in sorted(environ.items()):
+        up = name.upper()
+        if not up.startswith(ENV_PREFIX) or up in NON_SETTING_ENV:
+            continue
+        parts = name[len(ENV_PREFIX) :].split("__")
+        sec = parts[0].lower()
+        fld = Settings.model_fields.get(sec)
+        model = fld.annotation if fld is not None else None
+        if not (isinstance(model, type) and issubclass(model, BaseModel)):
+            problems.append(f"{name}: unknown setting{_did_you_mean(up, names + sorted(sections))}")
+            continue
+        if len(parts) == 1:
+            try:
+                value = json.loads(raw)
+            except ValueError:
+                value = None
+            if not isinstance(value, dict):
+                problems.append(f"{name}: a whole section must be a JSON object; or set {up}__<KEY>")
+                continue
+            data[sec] = {**data.get(sec, {}), **value}
+            continue
+        key = parts[1].lower()
+        sub = model.model_fields.get(key)
+        if sub is None:
+            problems.append(f"{name}: unknown setting{_did_you_mean(up, names)}")
+            continue
+        target = data.setdefault(sec, {})
+        if len(parts) > 2:  # a table entry: GATEWAY_NODES__MAPPING__kitchen=s1
+            inner, _ = _unwrap_optional(sub.annotation)
+            if typing.get_origin(inner) is not dict or len(parts) != 3 or not parts[2]:
+                problems.append(f"{name}: {sec}.{key} has no sub-keys")
+                continue
+            table = target.setdefault(key, {})
+            if isinstance(table, dict):
+                table[parts[2]] = raw
+            continue
+        try:
+            target[key] = env_value(sub.annotation, raw)
+        except ValueError as e:
+            problems.append(f"{name}: {e}")
+    return data, problems
+
+
+class GatewayEnvSource(PydanticBaseSettingsSource):
+    """The ``GATEWAY_*`` environment, stricter and friendlier than pydantic-settings' own source:
+    unknown names are errors (with the closest real name), list values may be written ``a,b,c``."""
+
+    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
+        return None, field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        data, problems = parse_env(os.environ)
+        if problems:
+            raise ConfigError([f"environment: {p}" for p in problems])
+        return data
 
 
 class ConfigError(ValueError):

@@ -83,6 +83,7 @@ def _load_key(path: Path) -> bytes:
 def private_file(path: Path) -> None:
     """Create ``path`` 0600 if missing (SQLite gives its -wal/-shm files the database's mode) and
     take group/other access away from an existing one and its companions."""
+    path.parent.mkdir(parents=True, exist_ok=True)
     with contextlib.suppress(FileExistsError):
         os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE))
     for p in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
