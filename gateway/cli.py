@@ -30,6 +30,7 @@ COMMAND_MODULES: list[str] = [
     "gateway.ops.doctor",
     "gateway.ops.update",
     "gateway.ops.status_cli",
+    "gateway.ops.outbox_tool",
 ]
 
 

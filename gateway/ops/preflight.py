@@ -101,20 +101,24 @@ def check(s: Settings, *, root: Path | None = None) -> list[Problem]:
 
 
 def _layout(c: _Checker, s: Settings) -> None:
+    from gateway.layout import Layout, LayoutError, load_layout
+
+    lay: Layout
     if s.paths.layout is None:
         c.warn("paths.layout", "not set: the embedded example store is used (provision --layout)")
-        return
-    if not c.readable_file("paths.layout", s.paths.layout, "the store layout"):
-        return
-    from gateway.layout import LayoutError, load_layout
+        from gateway.runtime.daemon import embedded_layout
 
-    try:
-        lay = load_layout(c.host(s.paths.layout))
-    except LayoutError as e:
-        c.error("paths.layout", str(e).splitlines()[0] if str(e) else "invalid layout")
-        return
-    if lay.store.id != s.gateway.store_id:
-        c.error("paths.layout", f"layout is for store {lay.store.id!r}, gateway.store_id is {s.gateway.store_id!r}")
+        lay = embedded_layout()
+    else:
+        if not c.readable_file("paths.layout", s.paths.layout, "the store layout"):
+            return
+        try:
+            lay = load_layout(c.host(s.paths.layout))
+        except LayoutError as e:
+            c.error("paths.layout", str(e).splitlines()[0] if str(e) else "invalid layout")
+            return
+        if lay.store.id != s.gateway.store_id:
+            c.error("paths.layout", f"layout is for store {lay.store.id!r}, gateway.store_id is {s.gateway.store_id!r}")
     if s.nodes.enabled:
         known = {x.id for x in lay.sensors}
         for node, sensor in sorted(s.nodes.mapping.items()):
