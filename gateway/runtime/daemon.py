@@ -142,6 +142,8 @@ class Daemon:
         self.pending: list[EventBase] = []
         # the newest committed events (not fixes), for the status page
         self.recent: collections.deque[EventBase] = collections.deque(maxlen=200)
+        # events committed to the outbox, by type (presence events, activation reports, ...): /metrics
+        self.committed_by_type: collections.Counter[str] = collections.Counter()
         self._flush_lock = asyncio.Lock()
         self.outbox: Outbox | None = None
         self.uplink: Uplink | None = None
@@ -265,6 +267,7 @@ class Daemon:
                     self.pending[:0] = chunk
                     raise
                 n += len(chunk)
+                self.committed_by_type.update(str(getattr(e, "type", type(e).__name__)) for e in chunk)
                 self.recent.extend(e for e in chunk if getattr(e, "type", None) != "fix")
                 try:  # visit history for qualification: secondary to the event itself, never retried
                     await self.presence.record(chunk)
