@@ -152,7 +152,6 @@ class WifiSettings(Section):
         ),
     )
 
-
     @field_validator("channels")
     @classmethod
     def _channels(cls, v: list[int]) -> list[int]:
@@ -162,6 +161,7 @@ class WifiSettings(Section):
         if len(set(v)) != len(v):
             raise ValueError("a channel is listed twice")
         return v
+
 
 class NodesSettings(Section):
     enabled: bool = Field(default=False, description="Read in-store sensor nodes over the local broker")
@@ -547,7 +547,6 @@ class StatusSettings(Section):
     metrics_public: bool = Field(default=True, description="Serve /metrics without login (no personal data in it)")
     loop_lag_interval_s: float = Field(default=0.5, ge=0, le=60, description="Event-loop lag probe period (0: off)")
 
-
     @field_validator("bind")
     @classmethod
     def _addresses(cls, v: list[str]) -> list[str]:
@@ -568,6 +567,7 @@ class StatusSettings(Section):
             if not re.fullmatch(r"[A-Za-z0-9]([A-Za-z0-9-]{0,62})(\.[A-Za-z0-9]([A-Za-z0-9-]{0,62}))*\.?", h):
                 raise ValueError(f"{h!r} is not a host name")
         return v
+
 
 class SupervisorSettings(Section):
     drain_deadline_s: float = Field(default=10.0, gt=0, le=300, description="Graceful shutdown deadline")

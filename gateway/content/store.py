@@ -23,6 +23,7 @@ import hashlib
 import hmac
 import json
 import os
+import stat
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -88,7 +89,8 @@ def private_file(path: Path) -> None:
         os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE))
     for p in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
         with contextlib.suppress(FileNotFoundError):
-            if p.stat().st_mode & 0o077:
+            st = p.lstat()
+            if stat.S_ISREG(st.st_mode) and st.st_mode & 0o077:  # not a directory or link: the opener says why
                 os.chmod(p, FILE_MODE)
 
 
