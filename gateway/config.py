@@ -805,7 +805,24 @@ def load_settings(path: str | Path | None = None, **overrides: Any) -> Settings:
     try:
         return cls(**overrides)
     except ValidationError as e:
-        raise ConfigError(format_validation_error(e, f"{source} (+ GATEWAY_* env)")) from None
+        lines = format_validation_error(e, f"{source} (+ GATEWAY_* env)")
+        for i, err in enumerate(e.errors()):  # one line per error, in the same order
+            if err["type"] == "extra_forbidden" and i < len(lines):
+                lines[i] += _suggest_key(tuple(str(x) for x in err["loc"]))
+        raise ConfigError(lines) from None
+
+
+def _suggest_key(loc: tuple[str, ...]) -> str:
+    """'; did you mean [mqtt] port?' for a misspelt section or key of the file."""
+    if len(loc) == 1:
+        close = difflib.get_close_matches(loc[0], list(Settings.model_fields), n=1, cutoff=0.6)
+        return f"; did you mean [{close[0]}]?" if close else ""
+    fld = Settings.model_fields.get(loc[0])
+    model = fld.annotation if fld is not None else None
+    if len(loc) == 2 and isinstance(model, type) and issubclass(model, BaseModel):
+        close = difflib.get_close_matches(loc[1], list(model.model_fields), n=1, cutoff=0.6)
+        return f"; did you mean [{loc[0]}] {close[0]}?" if close else ""
+    return ""
 
 
 def config_docs() -> str:

@@ -158,3 +158,14 @@ def test_env_beats_toml_beats_defaults(tmp_path: Path, monkeypatch: pytest.Monke
     s = load_settings(f)
     assert (s.mqtt.port, s.mqtt.host, s.log.level, s.mqtt.keepalive_s) == (2000, "file-host", "debug", 30)
     assert load_settings(f, mqtt={"port": 3000}).mqtt.port == 3000  # code overrides beat both
+
+
+def test_misspelt_file_keys_get_a_suggestion(tmp_path: Path) -> None:
+    f = tmp_path / "typo.toml"
+    f.write_text("[mqtt]\nprot = 1\n[mqttt]\nport = 2\n[status]\nzzz = 1\n")
+    with pytest.raises(ConfigError) as ei:
+        load_settings(f)
+    text = "\n".join(ei.value.lines)
+    assert "mqtt.prot: unknown key (not allowed); did you mean [mqtt] port?" in text
+    assert "mqttt: unknown key (not allowed); did you mean [mqtt]?" in text
+    assert "status.zzz: unknown key (not allowed)\n" in text + "\n"  # nothing close: no guess
