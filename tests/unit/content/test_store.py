@@ -147,3 +147,23 @@ async def test_old_plain_tables_are_migrated_and_erased(tmp_path: Path) -> None:
     for plain in (b"cust-old", b"Olga", b"gold", b"subject-old"):
         assert plain not in raw, plain
     assert path.stat().st_mode & 0o777 == 0o600
+
+
+def test_private_file_creates_0600_and_repairs_older_modes(tmp_path: Path) -> None:
+    """What the daemon runs on the outbox, content and presence databases at start."""
+    from gateway.content.store import private_file
+
+    new = tmp_path / "sub" / "new.sqlite3"
+    private_file(new)
+    assert new.stat().st_mode & 0o777 == 0o600 and new.read_bytes() == b""
+    old = tmp_path / "outbox.sqlite3"
+    for p in (old, tmp_path / "outbox.sqlite3-wal", tmp_path / "outbox.sqlite3-shm"):
+        p.write_bytes(b"x")
+        os.chmod(p, 0o644)
+    private_file(old)
+    assert modes(tmp_path, "outbox.sqlite3*") == {0o600}
+    assert old.read_bytes() == b"x"  # content untouched
+    d = tmp_path / "a-directory.sqlite3"
+    d.mkdir(mode=0o755)
+    private_file(d)
+    assert d.stat().st_mode & 0o777 == 0o755  # left for the opener to report
