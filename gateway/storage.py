@@ -6,7 +6,9 @@ store decides what degrading means for its data.
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
+from pathlib import Path
 
 # A small WAL for the stores that write little (presence, content): a checkpoint every 32 pages
 # and at most 256 KiB kept between checkpoints. SQLite's default (1000 pages, never truncated)
@@ -26,3 +28,13 @@ def is_disk_full(e: BaseException) -> bool:
         or name in ("SQLITE_FULL", "SQLITE_IOERR_SHMSIZE")
         or "database or disk is full" in str(e)
     )
+
+
+def drop_stub_shm(db: Path) -> None:
+    """Remove the -shm file SQLite began and could not size on a full disk (a few bytes; one in
+    use is at least 32 KiB). Left there, the next normal-mode open after an exclusive-mode session
+    reports "database is locked"."""
+    shm = db.with_name(db.name + "-shm")
+    with contextlib.suppress(OSError):
+        if shm.stat().st_size < 32 * 1024:
+            shm.unlink()

@@ -19,6 +19,7 @@ version (readable ``consents``/``optouts`` tables) is migrated on open.
 from __future__ import annotations
 
 import contextlib
+import gc
 import hashlib
 import hmac
 import json
@@ -48,7 +49,7 @@ from gateway.content.commands import (
 )
 from gateway.content.rules import Actor, Campaign, ConsentInfo
 from gateway.log import get_logger
-from gateway.storage import SMALL_WAL_AUTOCHECKPOINT_PAGES, SMALL_WAL_SIZE_LIMIT, is_disk_full
+from gateway.storage import SMALL_WAL_AUTOCHECKPOINT_PAGES, SMALL_WAL_SIZE_LIMIT, drop_stub_shm, is_disk_full
 
 log = get_logger(__name__)
 
@@ -109,6 +110,7 @@ async def _connect(path: Path) -> aiosqlite.Connection:
             if exclusive or not is_disk_full(e):
                 raise
             log.warning("content.store_open_disk_full", reason=str(e))
+            drop_stub_shm(path)
             continue
         return db
     raise AssertionError("unreachable")  # pragma: no cover
@@ -221,6 +223,7 @@ class ContentStore:
 
     async def close(self) -> None:
         await self._db.close()
+        gc.collect()  # a statement kept by a reference cycle would keep the file (and a lock) open
 
     async def _load(self) -> None:
         async with self._db.execute("SELECT kind, revision, command_id FROM applied") as cur:

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import json
 import os
 import sqlite3
@@ -44,7 +45,7 @@ import aiosqlite
 from gateway.log import get_logger
 from gateway.models import EventBase, VisitEnded
 from gateway.presence.qualification import DAY_S, VisitRecord
-from gateway.storage import SMALL_WAL_AUTOCHECKPOINT_PAGES, SMALL_WAL_SIZE_LIMIT, is_disk_full
+from gateway.storage import SMALL_WAL_AUTOCHECKPOINT_PAGES, SMALL_WAL_SIZE_LIMIT, drop_stub_shm, is_disk_full
 
 log = get_logger(__name__)
 
@@ -177,6 +178,7 @@ class PresenceStore:
                 await db.close()
                 if is_disk_full(e) and not exclusive:
                     log.warning("presence.store_open_disk_full", reason=str(e))
+                    drop_stub_shm(p)
                     continue
                 raise
             except BaseException:
@@ -190,6 +192,9 @@ class PresenceStore:
         if not self._closed:
             self._closed = True
             await self._db.close()
+            # a statement kept by a reference cycle (an exception's traceback) keeps the file and
+            # its lock open until collected - in exclusive mode, against the next open
+            gc.collect()
 
     def _hop(self, fn: Callable[..., _T], *args: Any) -> Awaitable[_T]:
         return self._db._execute(fn, *args)  # type: ignore[no-untyped-call]

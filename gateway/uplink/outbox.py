@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import json
 import os
 import sqlite3
@@ -62,7 +63,7 @@ from gateway.models import (
     ZoneLeft,
     priority_of,
 )
-from gateway.storage import is_disk_full
+from gateway.storage import drop_stub_shm, is_disk_full
 
 log = get_logger(__name__)
 
@@ -294,6 +295,7 @@ def _evict_rows(
     backlog: int,
     protect_upto: int,
     incoming: Sequence[tuple[int, int]] = (),
+    max_priority: int = int(max(Priority)),
 ) -> _Evicted:
     """(DB thread, inside the caller's transaction) Evict rows worth ~want_bytes.
 
@@ -314,7 +316,7 @@ def _evict_rows(
         avg = min(avg, max(1, sum(b for _, b in incoming) // len(incoming))) if backlog > 0 else avg
     left = want_bytes
     for prio in sorted(Priority):
-        if left <= 0:
+        if left <= 0 or prio > max_priority:
             break
         pname = prio.name.lower()
         n = 0
@@ -429,7 +431,7 @@ class Outbox:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         await asyncio.to_thread(_make_room_to_open, path)
-        last: Exception | None = None
+        last = ""
         for exclusive in (False, True):
             try:
                 db = await aiosqlite.connect(path, isolation_level=None)
@@ -442,8 +444,16 @@ class Outbox:
             except sqlite3.OperationalError as e:
                 await db.close()
                 if is_disk_full(e) and not exclusive:
-                    last = e
+                    # only the text: the exception's traceback would keep the failed connection's
+                    # cursor - and with it its file lock - alive
+                    last = str(e)
                     log.warning("outbox.open_disk_full", path=str(path), reason=str(e))
+                    del e, db
+                    # the failed connection is only closed once its last statement is finalized;
+                    # a reference cycle through the exception can keep it (and its file lock,
+                    # which would stop the exclusive-mode session from ever deleting its WAL)
+                    gc.collect()
+                    drop_stub_shm(path)
                     continue
                 raise OutboxError(f"{path}: cannot use outbox: {e}") from None
             except sqlite3.DatabaseError as e:
@@ -459,7 +469,7 @@ class Outbox:
         db = self._db
         if self.exclusive:
             await db.execute("PRAGMA locking_mode=EXCLUSIVE")
-        mode = await (await db.execute("PRAGMA journal_mode=WAL")).fetchone()
+        mode = next(iter(await db.execute_fetchall("PRAGMA journal_mode=WAL")), None)
         if mode is None or str(mode[0]).lower() != "wal":
             raise OutboxError(f"{self.path}: could not switch to WAL (got {mode})")
         for pragma in (
@@ -469,7 +479,7 @@ class Outbox:
             "PRAGMA temp_store=MEMORY",
         ):
             await db.execute(pragma)
-        row = await (await db.execute("PRAGMA page_size")).fetchone()
+        row = next(iter(await db.execute_fetchall("PRAGMA page_size")), None)
         self._page_size = int(row[0]) if row else 4096
         await self._run(self._size_for_filesystem)
         await db.executescript(_SCHEMA)
@@ -493,11 +503,11 @@ class Outbox:
                 self._evicted[k.removeprefix("evicted.")] = int(v)
             elif k.startswith("evicted_priority."):
                 self._evicted_by_priority[k.removeprefix("evicted_priority.")] = int(v)
-        row = await (await db.execute("SELECT count(*), (SELECT count(*) FROM dead_letter) FROM events")).fetchone()
+        row = next(iter(await db.execute_fetchall("SELECT count(*), (SELECT count(*) FROM dead_letter) FROM events")))
         assert row is not None
         self._backlog, self._dead = int(row[0]), int(row[1])
         # A row above last_seq can only exist if meta was edited by hand; never reuse its number.
-        top = await (await db.execute("SELECT max(seq) FROM events")).fetchone()
+        top = next(iter(await db.execute_fetchall("SELECT max(seq) FROM events")), None)
         if top is not None and top[0] is not None and int(top[0]) > self._last_seq:
             self._last_seq = int(top[0])
         await self._refresh()
@@ -520,8 +530,12 @@ class Outbox:
         self._closed = True
         async with self._lock:
             with contextlib.suppress(sqlite3.Error):
-                await self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+                await self._db.execute_fetchall("PRAGMA wal_checkpoint(TRUNCATE)")
             await self._db.close()
+        # SQLite closes a connection only once its last statement is finalized: a statement kept
+        # by a reference cycle (an exception's traceback through a DB-thread frame) would keep the
+        # file and its lock open - in exclusive mode, against the next open.
+        gc.collect()
         # The WAL's room is free again: keep it for the next start (a full disk needs it to open).
         await asyncio.to_thread(self._restore_reserve_at_close)
 
@@ -694,20 +708,22 @@ class Outbox:
             body = ev.__pydantic_serializer__.to_json(ev)
             incoming += len(body) + 64 + _ROW_OVERHEAD
             rows_in.append((ev.event_id, str(getattr(ev, "type", "")), int(priority_of(ev)), ev.ts, body))
+        lowest_incoming = min(r[2] for r in rows_in)
         async with self._lock:
             self._check_open()
             attempt = 0
             extra = 0  # bytes to evict beyond the cap on a retry after SQLITE_FULL
             try:
+                # acknowledged rows the disk refused to delete go first (and are never evicted)
+                if self._ack_deferred and not await self._delete_acked(sorted(self._ack_deferred), counted=True):
+                    raise OutboxFullError(f"{self.path}: disk full: not even acknowledged rows can be deleted")
                 while True:
                     first = self._last_seq + 1
-                    deferred = sorted(self._ack_deferred)
                     try:
                         evicted, reason, used, oldest = await self._run(
-                            self._tx_append, first, rows_in, incoming, deferred, extra
+                            self._tx_append, first, rows_in, incoming, extra
                         )
                         self._apply_eviction(reason, evicted)
-                        self._ack_deferred.difference_update(deferred)
                         break
                     except sqlite3.OperationalError as e:
                         if not is_disk_full(e) or attempt >= _FULL_RETRIES:
@@ -720,14 +736,20 @@ class Outbox:
                         if self._plan.max_pages > ceiling:
                             extra = 0  # the disk has room again: retry as planned
                             continue
-                        # Free at least the batch's size, doubling each time: first in the append's
-                        # own transaction (the batch's rows are candidates too), then - if that
-                        # transaction itself does not fit - in transactions of their own first.
-                        extra = max(incoming, self._used_bytes // 50) * (2**attempt)
-                        if attempt >= 3:
-                            n = await self._evict(extra, "disk_full" if fs_full else self._cap_reason())
-                            if n == 0 and self._backlog == 0:
-                                raise OutboxFullError(f"{self.path}: disk full and nothing left to evict") from e
+                        # Make room for the batch, a little more on each attempt (never a runaway).
+                        # While the disk is full the append's own transaction must fit the WAL's
+                        # allocated frames, so first free pages in small transactions of their own
+                        # - stored rows no more important than the batch's least important one, so
+                        # the order holds - then evict in the append's transaction, where dropping
+                        # the batch's own low-priority rows costs no page at all.
+                        need = incoming * attempt
+                        reason = "disk_full" if fs_full else self._cap_reason()
+                        n = 0
+                        if self._frozen:
+                            n = await self._evict(need, reason, lowest_incoming)
+                        extra = need
+                        if attempt >= 2 and n == 0 and self._backlog == 0 and not fs_full:
+                            raise OutboxFullError(f"{self.path}: disk full and nothing left to evict") from e
             finally:
                 self._log_state()
             self._last_seq = first + len(rows_in) - 1
@@ -745,7 +767,6 @@ class Outbox:
         first: int,
         rows_in: list[tuple[str, str, int, float, bytes]],
         incoming: int,
-        deferred: list[int],
         extra: int,
     ) -> tuple[_Evicted, str, int, float | None]:
         """(DB thread) Evict if needed, insert the batch and advance last_seq; all or nothing."""
@@ -757,8 +778,6 @@ class Outbox:
         reason = "disk_full" if extra and self._frozen else self._cap_reason()
         conn.execute("BEGIN IMMEDIATE")
         try:
-            if deferred:  # acknowledged earlier while the disk refused the deletion
-                conn.executemany("DELETE FROM events WHERE seq BETWEEN ? AND ?", _ranges(deferred))
             evicted = _Evicted()
             over = self._used_bytes + incoming - cap
             if over > 0 or extra:
@@ -791,9 +810,10 @@ class Outbox:
 
     # -- eviction -------------------------------------------------------------------------
 
-    async def _evict(self, want_bytes: int, reason: str) -> int:
-        """Evict ~want_bytes in transactions of their own; while the disk is full, in steps that
-        fit the WAL's allocated frames. Returns how many rows went."""
+    async def _evict(self, want_bytes: int, reason: str, max_priority: int) -> int:
+        """Evict ~want_bytes of stored rows of priority <= ``max_priority`` in transactions of their
+        own; while the disk is full, in steps that fit the WAL's allocated frames. Returns how many
+        rows went."""
         total = 0
         step = max(self._page_size, self._wal_allow // 3) if self._frozen else want_bytes
         left = want_bytes
@@ -801,13 +821,13 @@ class Outbox:
             if left <= 0 or self._backlog <= 0:
                 break
             try:
-                ev, used, oldest = await self._run(self._tx_evict, min(step, left), reason)
+                ev, used, oldest = await self._run(self._tx_evict, min(step, left), reason, max_priority)
             except sqlite3.OperationalError as e:
                 if not is_disk_full(e):
                     raise
                 await self._run(self._relieve_full)
                 try:
-                    ev, used, oldest = await self._run(self._tx_evict, min(step, left), reason)
+                    ev, used, oldest = await self._run(self._tx_evict, min(step, left), reason, max_priority)
                 except sqlite3.OperationalError as e2:
                     if not is_disk_full(e2):
                         raise
@@ -817,14 +837,16 @@ class Outbox:
             if ev.total == 0:
                 break
             total += ev.total
-            left -= max(1, self._used_bytes and step)
+            left -= step
         return total
 
-    def _tx_evict(self, want_bytes: int, reason: str) -> tuple[_Evicted, int, float | None]:
+    def _tx_evict(self, want_bytes: int, reason: str, max_priority: int) -> tuple[_Evicted, int, float | None]:
         conn = self._db._conn
         conn.execute("BEGIN IMMEDIATE")
         try:
-            ev = _evict_rows(conn, want_bytes, reason, self._used_bytes, self._backlog, self._handed_out)
+            ev = _evict_rows(
+                conn, want_bytes, reason, self._used_bytes, self._backlog, self._handed_out, max_priority=max_priority
+            )
             conn.execute("COMMIT")
         except BaseException:
             _rollback(conn)
@@ -871,42 +893,64 @@ class Outbox:
         return out
 
     async def ack(self, seqs: Sequence[int]) -> None:
-        """The broker has these (PUBACK success): delete them, durably, in one transaction.
+        """The broker has these (PUBACK success): delete them, durably.
 
-        On a disk so full that not even the deletion can be written, the rows are remembered as
-        acknowledged (not offered again by `pending`, counted) and deleted with the next write.
+        One transaction normally; while the disk is full, transactions small enough for the WAL's
+        allocated frames. Rows the disk refuses even to delete are remembered as acknowledged (not
+        offered again by `pending`, counted) and deleted before the next append.
         """
         if not seqs:
             return
-        ranges = _ranges(seqs)
         async with self._lock:
             self._check_open()
+            try:
+                await self._delete_acked(sorted(set(seqs) - self._ack_deferred), counted=False)
+            finally:
+                self._log_state()
+
+    def _ack_chunk_rows(self, n: int) -> int:
+        if not self._frozen:
+            return max(1, n)
+        row = max(1, self._used_bytes // max(1, self._backlog))
+        return max(16, _file_size(self._wal_path) // 3 // row)
+
+    async def _delete_acked(self, seqs: list[int], *, counted: bool) -> bool:
+        """Delete acknowledged rows; ``counted``: they were counted as acknowledged when deferred.
+        Returns False if the disk refused (the rest is deferred)."""
+        k = self._ack_chunk_rows(len(seqs))
+        for i in range(0, len(seqs), k):
+            chunk = seqs[i : i + k]
+            # rows evicted after the uplink read them: the broker has them after all
+            sent = [q for q in chunk if q in self._evicted_sent] if self._evicted_sent else []
             reclass: dict[tuple[str, str], int] = {}
-            sent = [s for s in seqs if s in self._evicted_sent] if self._evicted_sent else []
-            for s in sent:
-                key = self._evicted_sent[s]
+            for q in sent:
+                key = self._evicted_sent[q]
                 reclass[key] = reclass.get(key, 0) + 1
             try:
-                n, used, oldest = await self._delete_with_relief(ranges, None, reclass)
+                n, used, oldest = await self._delete_with_relief(_ranges(chunk), None, reclass)
             except sqlite3.OperationalError as e:
                 if not is_disk_full(e):
                     raise
-                fresh = set(seqs) - self._ack_deferred - set(sent)
-                self._ack_deferred.update(fresh)
-                self._backlog -= len(fresh)
-                self._acked += len(fresh)
-                log.debug("outbox.ack_deferred", rows=len(fresh), reason=str(e))
-                return
-            finally:
-                self._log_state()
-            for s in sent:
-                del self._evicted_sent[s]
-            for (pname, reason), k in reclass.items():
-                self._evicted_by_priority[pname] -= k
-                self._evicted[reason] -= k
-            self._backlog -= n
-            self._acked += n + len(sent)
+                rest = seqs[i:]
+                if not counted:
+                    fresh = [q for q in rest if q not in self._evicted_sent]
+                    self._backlog -= len(fresh)
+                    self._acked += len(fresh)
+                self._ack_deferred.update(rest)
+                log.debug("outbox.ack_deferred", rows=len(rest), reason=str(e))
+                return False
+            for q in sent:
+                del self._evicted_sent[q]
+            for (pname, reason), c in reclass.items():
+                self._evicted_by_priority[pname] -= c
+                self._evicted[reason] -= c
+            self._acked += len(sent)
+            if not counted:
+                self._backlog -= n
+                self._acked += n
+            self._ack_deferred.difference_update(chunk)
             self._used_bytes, self._oldest_ts = used, oldest
+        return True
 
     async def dead_letter(self, seqs: Sequence[int], reason: str, reason_code: int | None = None) -> int:
         """Move rows the broker will never accept to ``dead_letter`` (kept, counted, not sent)."""
@@ -1034,7 +1078,7 @@ class Outbox:
         return self.disk_state
 
     async def _refresh(self) -> None:
-        row = await (await self._db.execute(_REFRESH_SQL)).fetchone()
+        row = next(iter(await self._db.execute_fetchall(_REFRESH_SQL)), None)
         assert row is not None
         self._oldest_ts = None if row[0] is None else float(row[0])
         self._used_bytes = int(row[1])
@@ -1046,15 +1090,31 @@ class Outbox:
 
 
 def _make_room_to_open(path: Path) -> None:
-    """Before SQLite opens the file on a (nearly) full filesystem: release the reserve file if
-    the -shm index and the first WAL frames would not fit otherwise."""
+    """Before SQLite opens the file on a (nearly) full filesystem, hand the reserve file's room
+    to it: the -shm index (32 KiB) is freed from the reserve and the rest becomes the WAL file.
+
+    A clean close deletes the WAL; its room went into the reserve (`_restore_reserve_at_close`).
+    Renaming the (zero-filled, allocated) reserve to the -wal name gives it back to the WAL in one
+    step that no other writer can race: SQLite reads an all-zero header as an empty WAL and writes
+    its frames from the start of the file, over blocks that are already allocated. A WAL left by a
+    crash (valid frames) is never touched; then the reserve is only released.
+    """
     reserve = path.with_name(path.name + ".reserve")
+    wal = path.with_name(path.name + "-wal")
     try:
         _, avail = _fs_avail(path.parent)
     except OSError:
         return
-    need = _SHM_BYTES + 256 * 1024
-    if avail < need and _file_size(reserve) > 0:
-        with contextlib.suppress(OSError):
+    size = _file_size(reserve)
+    if avail >= _SHM_BYTES + 256 * 1024 or size == 0:
+        return
+    try:
+        if path.exists() and not wal.exists() and size > _SHM_BYTES:
+            os.truncate(reserve, size - _SHM_BYTES)
+            os.rename(reserve, wal)
+            log.warning("outbox.reserve_released", to="wal", bytes=size, fs_free_bytes=avail, at="open")
+        else:
             reserve.unlink()
-            log.warning("outbox.reserve_released", path=str(reserve), fs_free_bytes=avail, at="open")
+            log.warning("outbox.reserve_released", to="filesystem", bytes=size, fs_free_bytes=avail, at="open")
+    except OSError as e:
+        log.warning("outbox.reserve_release_failed", reason=str(e))

@@ -23,7 +23,13 @@ def batch(k: int, n: int = 100) -> list[EventBase]:
         if i % 20 == 0:
             out.append(
                 ActivationReport(
-                    ts=1000.0 + j, store_id="s", campaign_id="c", content_id="k", actor_id="a", subject="p", result="shown"
+                    ts=1000.0 + j,
+                    store_id="s",
+                    campaign_id="c",
+                    content_id="k",
+                    actor_id="a",
+                    subject="p",
+                    result="shown",
                 )
             )
         elif i % 10 == 0:
@@ -58,8 +64,14 @@ def test_plan_grows_by_free_room_minus_what_is_kept_and_caps_at_max_bytes() -> N
     assert plan_space(max_bytes=64 * KIB, fs_avail=1 * MIB, **kw).cap_bytes == 64 * KIB  # type: ignore[arg-type]
     # the reserve and the WAL still to be written come out of the room
     p2 = plan_space(
-        max_bytes=1 << 40, fs_avail=1 * MIB, page_size=4096, page_count=100, keep_free=256 * KIB,
-        reserve_missing=128 * KIB, wal_missing=128 * KIB, frozen=False,
+        max_bytes=1 << 40,
+        fs_avail=1 * MIB,
+        page_size=4096,
+        page_count=100,
+        keep_free=256 * KIB,
+        reserve_missing=128 * KIB,
+        wal_missing=128 * KIB,
+        frozen=False,
     )
     assert p2.max_pages == p.max_pages - 64
 
@@ -200,7 +212,10 @@ async def test_no_room_at_all_opens_exclusive_reads_and_defers_acks(tmp_path: Pa
 
 
 def fixes(start: int, n: int) -> list[EventBase]:
-    return [PositionFix(ts=1000.0 + i, store_id="s", subject="p", x=1.0, y=1.0, sigma_m=1.0) for i in range(start, start + n)]
+    return [
+        PositionFix(ts=1000.0 + i, store_id="s", subject="p", x=1.0, y=1.0, sigma_m=1.0)
+        for i in range(start, start + n)
+    ]
 
 
 async def test_eviction_spares_rows_the_uplink_has_read(tmp_path: Path) -> None:
