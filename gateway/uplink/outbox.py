@@ -285,6 +285,9 @@ class _Evicted:
     sent: list[tuple[int, str]] = field(default_factory=list)
     # positions in the incoming batch evicted before they were stored (their seqs are consumed)
     incoming: set[int] = field(default_factory=set)
+    # when rows above FIX went: stored rows of a lower priority left after it (0 by the policy;
+    # counted in SQL, an independent check the daemon logs once per priority level reached)
+    lower_left: int = 0
 
 
 def _evict_rows(
@@ -353,6 +356,11 @@ def _evict_rows(
         conn.execute(_BUMP_SQL, (f"evicted_priority.{pname}", n, n))
     if out.total:
         conn.execute(_BUMP_SQL, (f"evicted.{reason}", out.total, out.total))
+        top = max(Priority[k.upper()] for k in out.by_prio)
+        if top > Priority.FIX:
+            out.lower_left = int(
+                conn.execute("SELECT count(*) FROM events WHERE priority < ?", (int(top),)).fetchone()[0]
+            )
     return out
 
 
@@ -407,6 +415,7 @@ class Outbox:
         self._state_logged = DISK_OK
         self.exclusive = False  # opened without a -shm file (the disk was too full for one)
         # -- exact accounting --
+        self._evicting = Priority.FIX  # the highest priority evicted in this process (logged once each)
         self._handed_out = 0  # highest seq `pending` returned in this process
         self._evicted_sent: dict[int, tuple[str, str]] = {}  # seq -> (priority, reason)
         self._ack_deferred: set[int] = set()  # acknowledged; deletion not written yet
@@ -634,7 +643,10 @@ class Outbox:
             _, avail = _fs_avail(self.path.parent)
         except OSError:
             avail = 0
-        fs_full = avail < self._wal_allow + self._keep_free // 2
+        # below our page ceiling, SQLITE_FULL can only be the filesystem; at it, the ceiling -
+        # unless the room left for others is gone too
+        at_ceiling = int(conn.execute("PRAGMA page_count").fetchone()[0]) >= self._max_pages_set
+        fs_full = not at_ceiling or avail < self._keep_free // 2
         if fs_full:
             self._frozen = True
             if _file_size(self.reserve_path) > 0:
@@ -865,6 +877,16 @@ class Outbox:
             self._evicted_sent[seq] = (pname, reason)
         while len(self._evicted_sent) > _EVICTED_SENT_MAX:
             del self._evicted_sent[next(iter(self._evicted_sent))]
+        top = max(Priority[k.upper()] for k in ev.by_prio)
+        if top > self._evicting:  # one line per priority level reached, never per eviction
+            self._evicting = top
+            log.warning(
+                "outbox.evicting",
+                priority=top.name.lower(),
+                reason=reason,
+                lower_priority_left=ev.lower_left,
+                evicted_by_priority=self._evicted_by_priority,
+            )
         log.debug("outbox.evicted", reason=reason, rows=ev.total, backlog=self._backlog)
 
     # -- reading and acknowledging --------------------------------------------------------

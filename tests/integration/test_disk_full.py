@@ -29,6 +29,7 @@ from typing import Any
 
 import pytest
 
+from gateway.models import EVENT_PRIORITY, Priority, UplinkBatch, UplinkEvent
 from tests.conftest import free_port, gateway_cmd, gateway_env, make_mosquitto
 from tests.integration.uplink_support import Cloud, until
 from tests.smallfs import MIB, free_bytes, small_filesystem
@@ -36,6 +37,28 @@ from tests.smallfs import MIB, free_bytes, small_filesystem
 pytestmark = pytest.mark.integration
 
 SOAK_S = float(os.environ.get("GATEWAY_DISK_SOAK_S", "15"))
+
+
+def prio(event_type: str) -> str:
+    return EVENT_PRIORITY.get(event_type, Priority.PRESENCE).name.lower()
+
+
+class TypedCloud(Cloud):
+    """The platform stand-in, also keeping each delivered seq's priority class."""
+
+    def __init__(self, *a: Any, **kw: Any) -> None:
+        super().__init__(*a, **kw)
+        self.classes: dict[int, str] = {}
+
+    async def _read(self) -> None:
+        async for msg in self.client.messages():
+            if msg.topic.endswith("/events"):
+                doc = json.loads(msg.payload)
+                items = [UplinkEvent.model_validate(doc)] if "seq" in doc else UplinkBatch.model_validate(doc).batch
+                for ev in items:
+                    assert self.ids.setdefault(ev.seq, ev.event.event_id) == ev.event.event_id, f"seq {ev.seq} reused"
+                    self.seqs.append(ev.seq)
+                    self.classes[ev.seq] = prio(str(getattr(ev.event, "type", "")))
 
 
 class Gateway:
@@ -169,6 +192,7 @@ def fill_up(state: Path) -> None:
 # one line per change of state (never per event): each may appear a few times in a run, no more
 STATE_LINES = {
     "outbox.disk_state",
+    "outbox.evicting",
     "outbox.reserve_released",
     "outbox.open_disk_full",
     "presence.store_open_disk_full",
@@ -223,7 +247,9 @@ async def test_full_disk_keeps_the_daemon_running_and_drains(tmp_path: Path, siz
             assert m['gateway_storage_state{store="outbox"}'] == 2
             assert m.get('gateway_outbox_evictions_total{priority="fix"}', 0) > 0
             assert await gw.stop() == 0
-            run1 = gw.stopped()["stats"]["accounting"]
+            run1_stats = gw.stopped()["stats"]
+            run1 = run1_stats["accounting"]
+            evicting = gw.events("outbox.evicting")
             assert run1["outbox"]["evicted_by_priority"].get("fix", 0) > 0
             assert noisy_lines(gw) == [], noisy_lines(gw)
 
@@ -234,13 +260,16 @@ async def test_full_disk_keeps_the_daemon_running_and_drains(tmp_path: Path, siz
             await wait_log(gw, "gateway ready", 60)
             await soak(gw, SOAK_S)
             broker.start()
-            async with Cloud(broker, topic="retail/#") as cloud:
+            cloud = TypedCloud(broker, topic="retail/#")
+            async with cloud:
                 await until(lambda: gw.metrics().get("gateway_outbox_backlog", 1e9) < 500, 120)
                 assert await gw.stop() == 0
-                acc = gw.stopped()["stats"]["accounting"]
+                run2_stats = gw.stopped()["stats"]
+                acc = run2_stats["accounting"]
                 await until(lambda: len(cloud.ids) >= acc["outbox"]["acked"], 30)
                 await asyncio.sleep(0.5)
             assert noisy_lines(gw) == [], noisy_lines(gw)
+            evicting += gw.events("outbox.evicting")
         finally:
             await gw.kill()
             broker.stop()
@@ -253,17 +282,28 @@ async def test_full_disk_keeps_the_daemon_running_and_drains(tmp_path: Path, siz
     evicted = sum(ob["evicted"].values())
     print(  # the figures of the bar, for the report
         f"disk {size_mib} MiB: last_seq {last_seq}, delivered {len(cloud.ids)}, evicted {ob['evicted_by_priority']}"
-        f" ({ob['evicted']}), dead-lettered {ob['dead_letters']}, run 1 {run1['added']} events, run 2 {acc['added']}"
+        f" ({ob['evicted']}), dead-lettered {ob['dead_letters']}, run 1 {run1['added']} events, run 2 {acc['added']};"
+        f" levels reached {[(r['priority'], r['lower_priority_left']) for r in evicting]}"
     )
     # every event has a seq, none is pending or lost in RAM
-    for a in (run1, acc):
+    for a, st in ((run1, run1_stats), (acc, run2_stats)):
         assert a["pending"] == 0 and a["dropped_in_ram"] == {} and a["unsaved_at_exit"] == {}
-        assert a["added"] == a["committed"] + a["erased"]
+        assert a["added"] == a["committed"] + a["erased"] == sum(st["events"].values())
     assert last_seq == run1["committed"] + acc["committed"]
-    # every seq is delivered, or evicted, or dead-lettered: exactly
+    # every seq is delivered, or evicted, or dead-lettered: exactly, and per priority class
     assert set(cloud.ids) <= set(range(1, last_seq + 1))
     assert len(cloud.ids) + evicted + ob["dead_letters"] == last_seq
     assert ob["backlog"] == 0
-    # raw fixes were evicted, visits and zone events never
+    produced: dict[str, int] = {}
+    for st in (run1_stats, run2_stats):
+        for t, n in st["events"].items():
+            produced[prio(t)] = produced.get(prio(t), 0) + n
+    delivered: dict[str, int] = {}
+    for c in cloud.classes.values():
+        delivered[c] = delivered.get(c, 0) + 1
+    for c in produced:
+        assert produced[c] == delivered.get(c, 0) + ob["evicted_by_priority"].get(c, 0), (c, produced, delivered)
+    # raw fixes go first: a higher class is evicted only once no row of a lower one is stored
     assert ob["evicted_by_priority"].get("fix", 0) > 0
-    assert set(ob["evicted_by_priority"]) == {"fix"}
+    assert all(r["lower_priority_left"] == 0 for r in evicting), evicting
+    assert {r["priority"] for r in evicting} == set(ob["evicted_by_priority"]) - {"fix"}
