@@ -897,12 +897,7 @@ class Outbox:
         out: list[StoredEvent] = []
         cursor = after_seq
         for _ in range(1000):  # bounded; loops only past acknowledged rows not deleted yet
-            rows = list(
-                await self._db.execute_fetchall(
-                    "SELECT seq, event_id, type, priority, ts, payload FROM events WHERE seq > ? ORDER BY seq LIMIT ?",
-                    (cursor, limit - len(out)),
-                )
-            )
+            rows = await self._run(self._read_pending, cursor, limit - len(out))
             if not rows:
                 break
             cursor = int(rows[-1][0])
@@ -910,9 +905,18 @@ class Outbox:
             out += [StoredEvent(r[0], r[1], r[2], Priority(r[3]), r[4], r[5]) for r in rows if r[0] not in skip]
             if len(out) >= limit or not skip:
                 break
-        if out and out[-1].seq > self._handed_out:
-            self._handed_out = out[-1].seq
         return out
+
+    def _read_pending(self, after_seq: int, limit: int) -> list[Any]:
+        """(DB thread) Read rows for the uplink and mark them as read in the same hop: an eviction
+        queued behind this read must already know them (see `_evict_rows`)."""
+        rows = self._db._conn.execute(
+            "SELECT seq, event_id, type, priority, ts, payload FROM events WHERE seq > ? ORDER BY seq LIMIT ?",
+            (after_seq, limit),
+        ).fetchall()
+        if rows and rows[-1][0] > self._handed_out:
+            self._handed_out = int(rows[-1][0])
+        return rows
 
     async def ack(self, seqs: Sequence[int]) -> None:
         """The broker has these (PUBACK success): delete them, durably.

@@ -3,6 +3,7 @@ writer filling the disk, restarts on a full disk, and exact accounting (docs/sto
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import pytest
@@ -252,5 +253,24 @@ async def test_row_evicted_after_it_was_read_then_acknowledged_counts_as_deliver
     ob = await Outbox.open(tmp_path / "o.db", GW)  # the correction was persisted
     try:
         assert ob.stats().evicted_total == st.evicted_total
+    finally:
+        await ob.close()
+
+
+async def test_rows_read_in_the_same_moment_as_an_eviction_count_as_delivered(tmp_path: Path) -> None:
+    """The uplink reads while an append evicts (both queued on the connection's thread, the read
+    first). Every row it read and the broker then acknowledged must count as acknowledged, none
+    as evicted: the read marks its rows in its own hop, before the eviction runs. (Marked on the
+    loop after the read returned, the eviction took 71 of 200 read rows as unread: counted
+    evicted and delivered both - found on the real daemon as 16 too many on a 4 MiB disk.)"""
+    ob = await Outbox.open(tmp_path / "o.db", GW)
+    try:
+        await ob.append(fixes(0, 300))
+        await ob.set_page_cap(30)
+        read, _ = await asyncio.gather(ob.pending(200), ob.append(fixes(300, 100)))
+        await ob.ack([r.seq for r in read])
+        st = ob.stats()
+        assert st.acked == len(read) == 200
+        accounted(ob)
     finally:
         await ob.close()
