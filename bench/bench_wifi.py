@@ -31,14 +31,16 @@ import struct
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import BinaryIO
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from gateway.identity.wifi_chains import ChainGrouper, ChainParams
 from gateway.identity.wifi_groups import WifiGrouper
 from gateway.ops.decode_pcap import decode_file
-from gateway.parsers.pcap import read_records, write_pcap
+from gateway.parsers.pcap import read_records, write_pcap, write_pcapng
 from gateway.parsers.wifi_probe import ProbeDecoder
 from gateway.sim.wifi_crowd import CrowdFrame, generate_crowd
 
@@ -101,6 +103,112 @@ def bench_decode(frames: list[CrowdFrame], repeat: int) -> None:
         f"wifi.decode_pcap_end_to_end: {n / t_e2e:.0f} frames/s incl. whole-capture grouping, pseudonyms, "
         f"JSON (--grouping stream: {n / t_stream:.0f} frames/s; reference {ref:.3g}/s, ratio {t_ref / t_e2e:.2f})"
     )
+
+
+FIXTURES = Path(__file__).resolve().parent.parent / "tests" / "fixtures" / "wifi"
+REAL = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "wifi-real"
+
+
+def _read_ours(f: BinaryIO) -> Iterator[tuple[float | None, int, bytes]]:
+    return read_records(f)
+
+
+def _read_dpkt(f: BinaryIO) -> Iterator[tuple[float | None, int, bytes]]:
+    import dpkt
+
+    head = f.read(4)
+    f.seek(0)
+    r = dpkt.pcapng.Reader(f) if head == b"\x0a\x0d\x0d\x0a" else dpkt.pcap.Reader(f)
+    lt = r.datalink()
+    for ts, buf in r:
+        yield float(ts), lt, bytes(buf)
+
+
+def _read_python_pcapng(f: BinaryIO) -> Iterator[tuple[float | None, int, bytes]]:
+    import pcapng
+
+    for b in pcapng.FileScanner(f):
+        if isinstance(b, pcapng.blocks.EnhancedPacket):
+            yield float(b.timestamp), b.interface.link_type, bytes(b.packet_data)
+        elif isinstance(b, pcapng.blocks.SimplePacket):
+            yield None, b.interface.link_type, bytes(b.packet_data)
+
+
+def _records(reader: object, path: Path) -> tuple[list[tuple[float | None, int, bytes]], str | None]:
+    """Every record a reader yields from ``path`` before it stops, and its error (None: clean end)."""
+    out: list[tuple[float | None, int, bytes]] = []
+    with path.open("rb") as f:
+        try:
+            for rec in reader(f):  # type: ignore[operator]
+                out.append(rec)
+        except Exception as e:  # a reader's verdict on a corrupt file is part of what is compared
+            return out, f"{type(e).__name__}: {e}"
+    return out, None
+
+
+def _same(a: tuple[float | None, int, bytes], b: tuple[float | None, int, bytes]) -> bool:
+    if (a[0] is None) != (b[0] is None) or a[1] != b[1] or a[2] != b[2]:
+        return False
+    return a[0] is None or b[0] is None or abs(a[0] - b[0]) < 1e-6
+
+
+def bench_pcap_readers(frames: list[CrowdFrame], repeat: int) -> None:
+    """``gateway.parsers.pcap`` against maintained readers (dpkt, python-pcapng): records/s on the
+    same crowd capture (classic pcap and pcapng) and agreement on the fixture files, whose expected
+    records are known (``tests/fixtures/wifi/make_pcaps.py``; ours is tested against them)."""
+    readers: dict[str, object] = {"ours": _read_ours}
+    missing = []
+    for name, fn, mod in (("dpkt", _read_dpkt, "dpkt"), ("python-pcapng", _read_python_pcapng, "pcapng")):
+        try:
+            __import__(mod)
+            readers[name] = fn
+        except ImportError:
+            missing.append(name)
+    if missing:
+        print(f"wifi.pcap_readers: {', '.join(missing)} not installed (pip install -e '.[dev]'): compared without")
+    with tempfile.TemporaryDirectory() as d:
+        pp, pg = Path(d) / "crowd.pcap", Path(d) / "crowd.pcapng"
+        with pp.open("wb") as f:
+            write_pcap(f, [(x.ts, x.frame) for x in frames], 127)
+        with pg.open("wb") as f:
+            write_pcapng(f, [(0, x.ts, x.frame) for x in frames], [(127, 6)])
+        for path in (pp, pg):
+            parts = []
+            for name, fn in readers.items():
+                recs, err = _records(fn, path)
+                if err is not None or len(recs) != len(frames):
+                    parts.append(f"{name}: cannot ({(err or str(len(recs)) + ' records')[:50]})")
+                    continue
+
+                def run(fn: object = fn, path: Path = path) -> None:
+                    _records(fn, path)
+
+                parts.append(f"{name} {len(frames) / _best(run, repeat):,.0f}")
+            print(
+                f"wifi.pcap_readers_speed: {path.suffix[1:]} records/s "
+                + ", ".join(parts)
+                + f" ({len(frames)} records)"
+            )
+    files = sorted(FIXTURES.glob("*.pcap*")) + sorted(REAL.glob("*.pcap"))
+    verdicts: dict[str, list[str]] = {name: [] for name in readers if name != "ours"}
+    for path in files:
+        ref, ref_err = _records(_read_ours, path)
+        for name in verdicts:
+            recs, err = _records(readers[name], path)
+            bad = sum(not _same(a, b) for a, b in zip(recs, ref, strict=False)) + abs(len(recs) - len(ref))
+            if bad:
+                verdicts[name].append(
+                    f"{path.name}: {bad} of {len(ref)} records differ" + (f" ({err[:40]})" if err else "")
+                )
+            elif (err is None) != (ref_err is None):
+                verdicts[name].append(
+                    f"{path.name}: " + ("no error on a corrupt file" if err is None else f"error {err[:40]}")
+                )
+    for name, v in verdicts.items():
+        print(
+            f"wifi.pcap_readers_agree: {name} vs ours on {len(files)} files: "
+            + ("all records and errors agree" if not v else f"{len(v)} disagree - " + "; ".join(v))
+        )
 
 
 def bench_fuzz(frames: list[CrowdFrame], count: int) -> None:
@@ -296,6 +404,7 @@ def bench_frontier() -> None:
 def main(quick: bool = False) -> None:
     frames = generate_crowd(150 if quick else 300, 1800.0 if quick else 3600.0, seed=7)
     bench_decode(frames, 5 if quick else 7)  # best CPU time of several: the box is shared
+    bench_pcap_readers(frames, 3 if quick else 5)
     bench_fuzz(frames, 100_000 if quick else 1_000_000)
     if quick:
         bench_grouping(100, 3600.0)
