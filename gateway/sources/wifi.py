@@ -91,11 +91,11 @@ class _ProbeObservations:
             return None
         if p.rssi is None:
             # plain 802.11 without radiotap: nothing to range with (the grouper still learns from it)
-            self.grouper.offer(p.mac, p.randomized, p.fingerprint, p.seq, ts, None, None)
+            self.grouper.offer(p.mac, p.randomized, p.fingerprint, p.seq, ts, None, None, p.ssid)
             self.health.drop("no_rssi")
             return None
         obs = Observation(ts, self.sensor, p.mac, float(p.rssi), "wifi", None, None)
-        obs.link = self.grouper.offer(p.mac, p.randomized, p.fingerprint, p.seq, ts, p.rssi, obs)
+        obs.link = self.grouper.offer(p.mac, p.randomized, p.fingerprint, p.seq, ts, p.rssi, obs, p.ssid)
         return obs  # link None: held (the grouper sets it on this object when it decides)
 
     @property
