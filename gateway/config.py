@@ -141,15 +141,20 @@ class WifiSettings(Section):
         le=300,
         description="The capture relay is reported silent (status page, /metrics) after this long without a datagram",
     )
+    count_window_s: float = Field(
+        default=120.0,
+        ge=30,
+        le=900,
+        description="Wi-Fi devices present at a minute's end: device groups heard within this window before it",
+    )
     group_hold_s: float = Field(
-        default=0.0,
+        default=2.0,
         ge=0,
         le=600,
         description=(
-            "Longest hold (frame time) of a new random MAC's frames until its group is decided; 0: at once. "
-            "Held frames reach the pipeline later than localization.window_s and are counted too_late "
-            "instead of localized, so the daemon decides at once by default; 30 buys purer groups "
-            "(docs/wifi.md) at that price. `gateway decode pcap --group-hold` defaults to 30"
+            "Longest hold (frame time) of a new burst's frames until its device is decided (usually when the "
+            "burst is over, ~1.5 s); 0: at once. Held frames later than localization.window_s are counted "
+            "too_late instead of localized. `gateway decode pcap --group-hold` defaults to 30"
         ),
     )
 

@@ -176,6 +176,7 @@ class DaemonStatusProvider:
             campaigns=self._campaigns(),
             actors=self._actors(),
             zone_occupancy=occ,
+            wifi_devices=dict(d.pipeline.wifi_count.latest) if d.pipeline.wifi_count is not None else {},
             optouts=self._optout_count(),
             extra={
                 "observations": st.observations,

@@ -170,7 +170,7 @@ async def test_relay_in_a_private_netns_feeds_the_source(netns: Netns, tmp_path:
     with drop reasons counted; the interface disappearing and coming back is a relay state, and
     capture resumes without a restart of either side."""
     sock = tmp_path / "capture.sock"
-    src = WifiRelaySource(WifiSettings(capture_socket=sock, sensor_id="gw-test", relay_silent_s=3.0))
+    src = WifiRelaySource(WifiSettings(capture_socket=sock, sensor_id="gw-test", relay_silent_s=3.0, group_hold_s=0.0))
     got: list[Observation] = []
 
     async def consume() -> None:

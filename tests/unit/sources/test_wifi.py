@@ -131,7 +131,7 @@ class _Wired:
 
 
 def test_drain_reads_at_most_batch_max_per_wakeup(tmp_path: Path) -> None:
-    w = _Wired(tmp_path, batch_max=3)
+    w = _Wired(tmp_path, batch_max=3, group_hold_s=0.0)
     src = w.src
     try:
         for i in range(7):
@@ -150,7 +150,7 @@ def test_drain_reads_at_most_batch_max_per_wakeup(tmp_path: Path) -> None:
 
 
 def test_drain_counts_drops_and_backpressure(tmp_path: Path) -> None:
-    w = _Wired(tmp_path, max_pending=100)
+    w = _Wired(tmp_path, max_pending=100, group_hold_s=0.0)
     src = w.src
     try:
         mac = bytes.fromhex("020000000001")
@@ -258,41 +258,44 @@ def test_wifi_settings_from_toml_and_env(tmp_path: Path, monkeypatch: pytest.Mon
         load_settings(bad)
 
 
-def test_drain_holds_a_new_random_mac_until_its_group_is_decided(tmp_path: Path) -> None:
-    """A rotated MAC's observations wait (not lost) for the group decision; then they carry the link."""
+def test_drain_holds_a_new_burst_until_its_device_is_decided(tmp_path: Path) -> None:
+    """A new burst's observations wait (not lost) for the decision; then they carry the link."""
     w = _Wired(tmp_path, group_hold_s=30.0)
     src = w.src
     try:
-        old, new = bytes.fromhex("020000000001"), bytes.fromhex("020000000002")
-        for t, mac, seq in ((500.0, old, 100), (530.0, old, 130), (560.0, new, 160), (560.0, new, 161)):
+        mac, public = bytes.fromhex("020000000001"), bytes.fromhex("001122334455")
+        for t, m, seq in ((500.0, mac, 100), (500.02, mac, 101), (500.03, public, 7)):
             w.now[0] = t
-            w.send(_probe(mac, seq, -50))
+            w.send(_probe(m, seq, -50))
             src._on_readable()
-        assert [o.device for o in src._pending] == ["02:00:00:00:00:01"] * 2  # the new MAC's frames are held
+        assert [o.device for o in src._pending] == ["00:11:22:33:44:55"]  # the random MAC's frames are held
         assert src._conv.held
-        src._release(src._conv.poll(575.0))  # what the source's once-a-second wake-up does
+        src._release(src._conv.poll(500.5))  # what the source's once-a-second wake-up does
+        assert src._conv.held  # its burst may not be over yet
+        src._release(src._conv.poll(501.1))
         assert not src._conv.held
-        assert [o.device for o in src._pending] == ["02:00:00:00:00:01"] * 2 + ["02:00:00:00:00:02"] * 2
-        assert len({o.link for o in src._pending}) == 1  # linked: one device
+        assert [o.device for o in src._pending] == ["02:00:00:00:00:01", "02:00:00:00:00:01", "00:11:22:33:44:55"]
+        assert src._pending[0].link == src._pending[1].link != src._pending[2].link
         assert [o.ts for o in src._pending] == sorted(o.ts for o in src._pending)
     finally:
         w.close()
 
 
-def test_daemon_default_decides_a_rotation_at_once(tmp_path: Path) -> None:
-    """By default (group_hold_s 0) nothing is held: a held probe would reach the pipeline after
-    localization.window_s and be dropped as too_late instead of localized."""
-    assert WifiSettings().group_hold_s == 0.0
+def test_daemon_default_holds_a_burst_only_briefly(tmp_path: Path) -> None:
+    """By default (group_hold_s 2) a held probe is released when its burst is over - well within
+    localization.window_s (3 s), so it is still localized - and never later than 2 s."""
+    assert WifiSettings().group_hold_s == 2.0
     w = _Wired(tmp_path)
     src = w.src
     try:
-        old, new = bytes.fromhex("020000000001"), bytes.fromhex("020000000002")
-        for t, mac, seq in ((500.0, old, 100), (530.0, old, 130), (560.0, new, 160)):
+        t = 500.0
+        for seq in range(10):  # a MAC speaking every 0.5 s: its burst never looks over
             w.now[0] = t
-            w.send(_probe(mac, seq, -50))
+            w.send(_probe(bytes.fromhex("020000000001"), seq, -50))
             src._on_readable()
-        assert not src._conv.held
-        assert [o.device for o in src._pending] == ["02:00:00:00:00:01"] * 2 + ["02:00:00:00:00:02"]
-        assert len({o.link for o in src._pending}) == 1  # linked at once
+            src._release(src._conv.poll(t))
+            t += 0.5
+        assert src._pending and src._pending[0].ts == 500.0
+        assert src._conv.grouper.held_frames <= 5  # decided by 502.0 at the latest
     finally:
         w.close()
