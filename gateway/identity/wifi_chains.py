@@ -59,7 +59,7 @@ class ChainParams:
     link: LinkParams = field(default_factory=LinkParams)
     mac_burst_gap_s: float = 5.0  # frames of one MAC further apart than this are different bursts
     min_p: float = 0.5  # a MAC joins the best candidate's chain when that is at least this likely
-    passes: int = 3  # tracking passes: each learns the families' sequence behaviour from the last
+    passes: int = 2  # tracking passes: each learns the families' sequence behaviour from the last
     learn_arrivals: bool = True  # ... and their arrival rates, at most ``arrivals``
     arrivals: float = 1.0 / 300.0  # new devices of one family per second (the weight of "a new device")
 

@@ -196,17 +196,27 @@ def evidence_score(
     score = 0.0
     # RSSI step (where both have one)
     in_burst = gap <= p.burst_gap_s
-    a_mean, a_n = a_level if a_level is not None else (a.last_sum / a.last_n if a.last_n else 0.0, a.last_n)
-    if a_n and b.first_n:
+    if a_level is not None:
+        a_mean, a_n = a_level
+    else:
+        a_n = a.last_n
+        a_mean = a.last_sum / a_n if a_n else 0.0
+    b_n = b.first_n
+    if a_n and b_n:
         fd2 = p.rssi_frame_db * p.rssi_frame_db
-        extra = p.rssi_channel_db**2 if in_burst else p.rssi_walk_db**2 * max(1.0, gap / p.rssi_walk_s)
-        s = math.sqrt(fd2 / a_n + fd2 / b.first_n + extra)
-        zr = (b.first_sum / b.first_n - a_mean) / s
-        if abs(zr) > p.max_z:
+        if in_burst:
+            extra = p.rssi_channel_db * p.rssi_channel_db
+        else:
+            w = gap / p.rssi_walk_s
+            extra = p.rssi_walk_db * p.rssi_walk_db * (w if w > 1.0 else 1.0)
+        s = math.sqrt(fd2 / a_n + fd2 / b_n + extra)
+        zr = (b.first_sum / b_n - a_mean) / s
+        if zr > p.max_z or zr < -p.max_z:
             return -math.inf
-        score += _T_CONST - _T_EXP * math.log1p(zr * zr / _T_NU) - math.log(s) + math.log(p.rssi_range_db)
+        score += _T_CONST - _T_EXP * math.log1p(zr * zr / _T_NU) - math.log(s / p.rssi_range_db)
     # sequence number: continues (normal around the expected advance) or restarts (uniform)
-    ra, rb = a.rate, b.rate
+    ra = a.rate_adv / a.rate_span if a.silences and a.rate_span > 0.0 else 0.0
+    rb = b.rate_adv / b.rate_span if b.silences and b.rate_span > 0.0 else 0.0
     wa, wb = (a.silences if ra > 0.0 else 0), (b.silences if rb > 0.0 else 0)
     dseq = (b.first_seq - a.last_seq) % SEQ_MOD
     if wa + wb > 0 and not in_burst:
@@ -217,7 +227,9 @@ def evidence_score(
         cont = math.exp(-0.5 * z * z - _LOG_SQRT_2PI) / spread * SEQ_MOD if dseq else 0.0
     else:
         # else the rest of a burst and a few frames between bursts: any small step forward
-        window = min(SEQ_MOD / 2, p.seq_window + p.seq_rate * gap)
+        window = p.seq_window + p.seq_rate * gap
+        if window > SEQ_MOD / 2:
+            window = SEQ_MOD / 2
         cont = SEQ_MOD / window if 0 < dseq <= window else 0.0
     q = p.seq_continue if seq_continue is None else seq_continue
     score += math.log(q * cont + (1.0 - q))
@@ -228,7 +240,7 @@ def evidence_score(
         pop = p.pop_rate_sd
         score += -0.5 * (d / sd) ** 2 - math.log(sd) + 0.5 * (d / pop) ** 2 + math.log(pop)
     # fingerprint within the family
-    share = max(fp_share, p.min_fp_share)
+    share = fp_share if fp_share > p.min_fp_share else p.min_fp_share
     score += math.log((p.same_fp if a.fingerprint == b.fingerprint else 1.0 - p.same_fp) / share)
     return score
 
@@ -401,12 +413,12 @@ class Tracker:
             gap = b.first_ts - a.last_ts
             if not 0.0 < gap <= p.max_gap_s:
                 continue  # still speaking when b started: another device
-            lvl = (t.level, t.level_n) if t.level_n else None
-            v = self._timing(t, gap, table) + evidence_score(a, b, gap, p, fp_share, q, lvl)
-            if b.ssids and t.ssids:
-                v += ssid_score(t.ssids, b.ssids, self.ssid_share, p)
+            v = evidence_score(a, b, gap, p, fp_share, q, (t.level, t.level_n) if t.level_n else None)
             if v == -math.inf:
                 continue
+            v += table.one(gap) if t.iv_n == 0 else self._timing(t, gap, table)
+            if b.ssids and t.ssids:
+                v += ssid_score(t.ssids, b.ssids, self.ssid_share, p)
             e = math.exp(min(v, 700.0))
             total += e
             if v > best_v:
