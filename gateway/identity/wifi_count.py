@@ -89,13 +89,19 @@ class WifiCounter:
         return out
 
     def close(self, now: float) -> list[EventBase]:
-        """Shutdown: the completed minutes (a partial minute is not a count of its own)."""
-        return self.tick(now)
+        """Shutdown: the completed minutes, then the minute under way as far as it went (its
+        ``interval_s`` says how far) and the interval it closes."""
+        out = self.tick(now)
+        nxt = self._next_minute
+        if nxt is not None and now > nxt - MINUTE_S:
+            self._minute(now, out, length=now - (nxt - MINUTE_S), final=True)
+            self._next_minute = None
+        return out
 
     def _sd(self, n: float) -> float:
         return math.sqrt((self.rel_sd * n) ** 2 + n)
 
-    def _minute(self, end: float, out: list[EventBase]) -> None:
+    def _minute(self, end: float, out: list[EventBase], *, length: float = MINUTE_S, final: bool = False) -> None:
         start = end - self.window_s
         present = [s for s, t in self._last_heard.items() if start < t <= end]
         by_zone: dict[str | None, float] = {}
@@ -105,9 +111,9 @@ class WifiCounter:
                 by_zone[z] = by_zone.get(z, 0.0) + 1.0
         n = float(len(present))
         by_zone[None] = n
-        out.append(self._event(end - MINUTE_S, MINUTE_S, None, n))
+        out.append(self._event(end - length, length, None, n))
         for z in sorted(k for k in by_zone if k is not None):
-            out.append(self._event(end - MINUTE_S, MINUTE_S, z, by_zone[z]))
+            out.append(self._event(end - length, length, z, by_zone[z]))
         self.latest = {
             "ts": end,
             "devices": n,
@@ -117,7 +123,7 @@ class WifiCounter:
         }
         # the interval this minute closes
         self._minutes.append((end, n, by_zone))
-        if end % self.interval_s == 0.0 or end - self._minutes[0][0] >= self.interval_s - 1e-6:
+        if final or end % self.interval_s == 0.0 or end - self._minutes[0][0] >= self.interval_s - 1e-6:
             self._interval(end, out)
         # forget subjects silent longer than the window (bounded memory)
         stale = [s for s, t in self._last_heard.items() if t <= start]
@@ -129,13 +135,16 @@ class WifiCounter:
         minutes = self._minutes
         self._minutes = []
         k = len(minutes)
-        begin = end - k * MINUTE_S
+        begin = minutes[0][0] - MINUTE_S
+        if k == 1 and end - begin < MINUTE_S:  # a lone partial minute is its own interval already
+            return
         zones = sorted({z for _e, _n, bz in minutes for z in bz if z is not None})
         mean = sum(n for _e, n, _bz in minutes) / k
-        out.append(self._event(begin, k * MINUTE_S, None, mean))
+        length = end - begin
+        out.append(self._event(begin, length, None, mean))
         for z in zones:
-            out.append(self._event(begin, k * MINUTE_S, z, sum(bz.get(z, 0.0) for _e, _n, bz in minutes) / k))
-        self.latest["interval"] = {"start": begin, "interval_s": k * MINUTE_S, "devices": round(mean, 2)}
+            out.append(self._event(begin, length, z, sum(bz.get(z, 0.0) for _e, _n, bz in minutes) / k))
+        self.latest["interval"] = {"start": begin, "interval_s": length, "devices": round(mean, 2)}
 
     def _event(self, start: float, length: float, zone: str | None, n: float) -> DeviceCount:
         self.published += 1

@@ -349,7 +349,8 @@ async def test_gateway_run_unprivileged_on_the_relay_frames(netns: Netns, mosqui
     """The store's arrangement end to end. ``gateway run`` as ``nobody``, no capabilities, only the
     address families gateway.service allows, ``[wifi]`` enabled; it starts *before* the relay (as
     root in the namespace). Probe requests injected on the captured interface become events at a
-    real broker; the relay restarting is noticed and capture goes on; the daemon stops cleanly."""
+    real broker (fixes, and the Wi-Fi device count); the relay restarting is noticed and capture goes
+    on; the daemon stops cleanly."""
     if not sandbox.supported():
         pytest.skip(f"no seccomp address-family filter for {sys.platform}/{os.uname().machine} in tests/sandbox.py")
     base, run_dir, cfg = _store_dirs(netns, mosquitto)
@@ -451,10 +452,17 @@ async def test_gateway_run_unprivileged_on_the_relay_frames(netns: Netns, mosqui
             await reader
             assert daemon.stderr is not None
             daemon.stderr.close()
+            # what the daemon published while it drained (the wait above held this loop)
+            with contextlib.suppress(AssertionError):
+                await _until(
+                    lambda: any(e.get("event", {}).get("type") == "wifi.devices" for e in cloud.events), 10, ""
+                )
             cloud_task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await cloud_task
-        assert daemon.returncode == 0, log_lines[-10:]
+        assert daemon.returncode == 0, [r for r in log_lines if r.get("level") in ("error", "critical")] or log_lines[
+            -10:
+        ]
         assert "relay stopped: received=" in relay_err
         stopped = next(r for r in log_lines if r.get("event") == "gateway stopped")
         stats = stopped["stats"]
@@ -465,6 +473,10 @@ async def test_gateway_run_unprivileged_on_the_relay_frames(netns: Netns, mosqui
         subjects = {e.get("subject") for e in events if e.get("type") == "fix"}
         assert len(subjects) == 1  # one phone, one pseudonym; no raw MAC on the wire
         assert all("aa:bb:cc:dd:10" not in json.dumps(e) for e in events)
+        # the Wi-Fi device count reached the platform too (at least the minute under way at shutdown)
+        counts = [e for e in events if e.get("type") == "wifi.devices" and e.get("zone") is None]
+        assert counts and max(e["devices"] for e in counts) == 1.0, (stats, [e.get("type") for e in events][-5:])
+        assert all(e["sd"] > 0 and e["window_s"] == 120.0 for e in counts)
         assert not any(r.get("event") == "wifi.socket_failed" for r in log_lines)
     finally:
         shutil.rmtree(base, ignore_errors=True)

@@ -53,6 +53,17 @@ def test_the_interval_is_the_mean_of_its_minutes_per_zone_where_located() -> Non
     assert c.latest["interval"]["devices"] == pytest.approx(sum(minutes) / 15, abs=0.01)
 
 
+def test_shutdown_publishes_the_minute_under_way_and_its_interval() -> None:
+    c = WifiCounter("s1", window_s=120.0, interval_s=900.0)
+    c.heard(T0 + 10.0, "a")
+    c.heard(T0 + 70.0, "b")
+    ev = c.close(T0 + 95.0)
+    minutes = [(e.interval_start, e.interval_s, e.devices) for e in ev if isinstance(e, DeviceCount)]
+    # the full first minute, the 35 s of the second, and the 95 s interval they make
+    assert minutes == [(T0, 60.0, 1.0), (T0 + 60.0, 35.0, 2.0), (T0, 95.0, 1.5)]
+    assert c.close(T0 + 200.0) == []  # once
+
+
 def test_events_are_wire_valid_and_memory_is_bounded() -> None:
     c = WifiCounter("s1")
     for k in range(10_000):
