@@ -332,6 +332,7 @@ class DaemonMetricsSampler:
             if n := self._delta("recov", h.name, h.recoveries):
                 for _ in range(int(n)):
                     m.radio_recovered(h.name)
+            m.source_state(h.name, h.state == "running")
         for src in d.sources:
             node_status = getattr(src, "node_status", None)
             if callable(node_status):

@@ -299,3 +299,16 @@ def test_daemon_default_holds_a_burst_only_briefly(tmp_path: Path) -> None:
         assert src._conv.grouper.held_frames <= 5  # decided by 502.0 at the latest
     finally:
         w.close()
+
+
+def test_relay_state_shows_in_metrics() -> None:
+    """/metrics: the source's state as gateway_source_up (sampled from its health every second)."""
+    from prometheus_client import generate_latest
+
+    from gateway.status.metrics import GatewayMetrics
+
+    m = GatewayMetrics()
+    m.source_state("wifi:mon0", False)  # relay silent: degraded
+    assert b'gateway_source_up{source="wifi:mon0"} 0.0' in generate_latest(m.registry)
+    m.source_state("wifi:mon0", True)
+    assert b'gateway_source_up{source="wifi:mon0"} 1.0' in generate_latest(m.registry)
