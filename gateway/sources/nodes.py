@@ -8,8 +8,8 @@ Thin async adapter around the pure :class:`gateway.sources.node_ingest.NodeInges
 * the subscriber (``gateway/mqtt/subscriber.py``, an asyncio Protocol: paho's per-packet reads cap a
   subscriber below the message rates nodes reach) appends ``(topic, payload)`` lists to a bounded
   buffer; ``batches()`` wakes, reads the clock once, decodes the whole chunk and yields one batch;
-* every ``check_interval_s`` it runs the liveness check and calls ``on_sensor_state(sensor,
-  active)`` for each change (the daemon forwards that to the localizer);
+* every ``check_interval_s`` it runs the liveness check and tells the listener given to
+  ``watch_sensors`` of each change (the daemon forwards that to the localizer);
 * the link to the local broker is retried with jittered backoff; while it is down the source is
   ``degraded`` (and, after the thresholds, every node is reported quiet/down: we cannot hear them).
 
@@ -23,8 +23,7 @@ import asyncio
 import contextlib
 import random
 import time
-from collections.abc import AsyncIterator, Callable
-from typing import Any
+from collections.abc import AsyncGenerator, Callable
 
 from gateway.config import NodesSettings, Settings
 from gateway.identity.addresses import IrkResolver
@@ -33,6 +32,7 @@ from gateway.log import get_logger
 from gateway.models import Observation, SourceHealth
 from gateway.mqtt.client import MqttError
 from gateway.mqtt.subscriber import MqttSubscriber
+from gateway.sources.base import Capabilities, NodeStatus, SensorStateListener
 from gateway.sources.node_ingest import NodeIngest
 
 log = get_logger(__name__)
@@ -42,7 +42,7 @@ MAX_CHUNK = 5000  # messages decoded per wake-up (bounds the time between yields
 
 
 class NodesSource:
-    """Implements the ``Source`` protocol for in-store sensor nodes."""
+    """Implements the ``Source`` protocol for in-store sensor nodes (and its ``SensorNodes`` capability)."""
 
     def __init__(
         self,
@@ -67,7 +67,7 @@ class NodesSource:
         # event time of this source: the wall clock for real nodes; the simulator's clock in the demo
         self.event_clock = clock
         self.check_interval_s = check_interval_s
-        self.on_sensor_state: Callable[[str, bool], None] | None = None
+        self.on_sensor_state: SensorStateListener | None = None
         self.health = SourceHealth(name=self.name)
         self._pending: list[tuple[str, bytes]] = []
         self._wake: asyncio.Event | None = None
@@ -102,9 +102,21 @@ class NodesSource:
         if keep:
             self._on_messages(keep)
 
-    # -- status -------------------------------------------------------------------------------------
+    # -- capabilities and status ---------------------------------------------------------------------
 
-    def node_status(self) -> list[dict[str, Any]]:
+    @property
+    def capabilities(self) -> Capabilities:
+        """Live, restartable (a new subscription), its own event clock, per-node health."""
+        return Capabilities(event_clock=self.event_clock, restartable=True, nodes=self)
+
+    def use_clock(self, clock: Callable[[], float]) -> None:
+        """Stamp arrivals with ``clock`` (the demo's simulated time) instead of the wall clock."""
+        self.event_clock = clock
+
+    def watch_sensors(self, listener: SensorStateListener) -> None:
+        self.on_sensor_state = listener
+
+    def node_status(self) -> list[NodeStatus]:
         """Per-node health for the status page and metrics (no device data in it)."""
         return self.core.status(self.event_clock())
 
@@ -198,7 +210,7 @@ class NodesSource:
 
     # -- Source protocol ----------------------------------------------------------------------------
 
-    async def batches(self) -> AsyncIterator[list[Observation]]:
+    async def batches(self) -> AsyncGenerator[list[Observation], None]:
         self._wake = wake = asyncio.Event()
         connected = asyncio.Event()
         link = asyncio.create_task(self._link(connected), name="nodes-link")
