@@ -27,6 +27,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Literal
 
+from gateway.backoff import Backoff
 from gateway.config import SupervisorSettings
 from gateway.log import get_logger
 
@@ -165,10 +166,8 @@ class Supervisor:
                     st.state = "failed"
                     self.request_stop(f"task {spec.name} keeps failing", exit_code=1)
                     return
-                delay = min(
-                    self.settings.restart_backoff_max_s,
-                    self.settings.restart_backoff_min_s * 2 ** (len(st.failures) - 1),
-                )
+                backoff = Backoff(self.settings.restart_backoff_min_s, self.settings.restart_backoff_max_s)
+                delay = backoff.delay(len(st.failures) - 1)  # failures within the window
                 st.state = "backoff"
                 st.restarts += 1
                 log.info("restarting task", task=spec.name, delay_s=round(delay, 3), restarts=st.restarts)

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from gateway import __version__
+from gateway.backoff import Backoff
 from gateway.config import GatewayIdentity, MqttSettings
 from gateway.log import get_logger
 from gateway.models import GatewayStatus
@@ -75,12 +76,6 @@ def batch_payload(gateway_id_json: bytes, rows: list[StoredEvent]) -> bytes:
     return b'{"v":1,"gateway_id":%s,"batch":[%s]}' % (gateway_id_json, b",".join(r.payload for r in rows))
 
 
-def backoff_delay(attempt: int, lo: float, hi: float, rng: random.Random) -> float:
-    """Full-jitter exponential backoff: uniform in [lo, min(hi, lo * 2**attempt)]."""
-    cap = min(hi, lo * (2 ** min(attempt, 30)))
-    return rng.uniform(lo, max(lo, cap))
-
-
 def _consume(fut: asyncio.Future[int]) -> None:
     if not fut.cancelled():
         fut.exception()
@@ -105,6 +100,8 @@ class Uplink:
         self.topics = UplinkTopics.for_gateway(settings.topic_prefix, identity.store_id, identity.id)
         self._gw_json = json.dumps(identity.id).encode()
         self._rng = rng or random.Random()
+        # full jitter: a fleet that lost its broker at once does not come back in step
+        self._backoff = Backoff(settings.reconnect_min_s, settings.reconnect_max_s, "full", self._rng)
         self._client: AsyncMqttClient | None = None
         self._state = "stopped"
         self._last_error: str | None = None
@@ -222,9 +219,7 @@ class Uplink:
                     attempt += 1
                     index += 1
                     self._state = "backoff"
-                    await self._sleep_or_stop(
-                        backoff_delay(attempt, self.settings.reconnect_min_s, self.settings.reconnect_max_s, self._rng)
-                    )
+                    await self._sleep_or_stop(self._backoff.delay(attempt))
                     continue
                 if self._ever_connected:
                     self.reconnects += 1
@@ -262,9 +257,7 @@ class Uplink:
                 # costs a whole connect timeout. Sessions are cluster-wide (docs/fleet.md).
                 index += 1
                 self._state = "backoff"
-                await self._sleep_or_stop(
-                    backoff_delay(attempt, self.settings.reconnect_min_s, self.settings.reconnect_max_s, self._rng)
-                )
+                await self._sleep_or_stop(self._backoff.delay(attempt))
         finally:
             self._state = "stopped"
             self._running = False
@@ -559,11 +552,7 @@ class Uplink:
             if retry_from is not None:
                 failures_in_row += 1
                 self._state = "retrying"
-                await self._sleep_or_stop(
-                    backoff_delay(
-                        failures_in_row, self.settings.reconnect_min_s, self.settings.reconnect_max_s, self._rng
-                    )
-                )
+                await self._sleep_or_stop(self._backoff.delay(failures_in_row))
                 self._state = "connected"
                 buffer.clear()
                 cursor = retry_from - 1

@@ -20,8 +20,8 @@ ROOT = Path(__file__).resolve().parents[2] / "gateway"
 # Lowest first. A module may import its own layer and the layers below it, never one above.
 LAYERS: list[tuple[str, ...]] = [
     # shared by everything: wire models and in-RAM records, the settings model, the floor plan,
-    # logging, the version
-    ("gateway", "models", "config", "layout", "log"),
+    # logging, retry timing, the version
+    ("gateway", "models", "config", "layout", "log", "backoff"),
     # the pure cores, in the order an observation goes through them (no I/O, time passed in)
     ("parsers",),
     ("identity",),
