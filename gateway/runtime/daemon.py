@@ -35,6 +35,7 @@ from gateway.identity.subjects import ConsentRecord
 from gateway.layout import Layout, LayoutError, load_layout, parse_layout
 from gateway.log import configure_logging, get_logger
 from gateway.models import ActivationReport, EventBase, Fix, Observation, PositionFix, SubjectEvent
+from gateway.mqtt.local import local_broker_address
 from gateway.ops.update import announce_ready
 from gateway.pipeline import Pipeline
 from gateway.presence.service import PresenceService
@@ -389,13 +390,7 @@ class Daemon:
         self.content = await ContentService.open(
             self.settings, emit=self.pending.extend, dispatcher=dispatcher, identity=identity, reply=self._reply
         )
-        lb, m = self.settings.local_broker, self.settings.mqtt
-        if lb.host is not None:
-            host, port = lb.host, lb.port
-        elif m.host is not None and not m.tls:  # demo/tests: one plain broker serves both roles
-            host, port = m.host, m.port
-        else:
-            host, port = "127.0.0.1", lb.port
+        host, port = local_broker_address(self.settings)  # the same rule as the sensor-node source
         client_id = f"{self.settings.gateway.id}-actors"
         self.supervisor.add(
             TaskSpec("actors-local", lambda: dispatcher.run_local(host, port, client_id), "restart", "egress")

@@ -5,13 +5,15 @@ Thin async adapter around the pure :class:`gateway.sources.node_ingest.NodeInges
 * one MQTT 3.1.1 subscription (QoS 0: a late RSSI is worth nothing, so no broker backlog) on the
   **store-local** broker - ``[local_broker]``, or the embedded broker on 127.0.0.1 when its host is
   unset - never the cloud uplink;
-* the subscriber (``gateway/mqtt/subscriber.py``, an asyncio Protocol: paho's per-packet reads cap a
-  subscriber below the message rates nodes reach) appends ``(topic, payload)`` lists to a bounded
-  buffer; ``batches()`` wakes, reads the clock once, decodes the whole chunk and yields one batch;
+* the store-local broker client (``gateway/mqtt/local.py``, an asyncio Protocol: paho's per-packet
+  reads cap a subscriber below the message rates nodes reach) appends ``(topic, payload)`` lists to
+  a bounded buffer; ``batches()`` wakes, reads the clock once, decodes the whole chunk and yields
+  one batch;
 * every ``check_interval_s`` it runs the liveness check and tells the listener given to
   ``watch_sensors`` of each change (the daemon forwards that to the localizer);
-* the link to the local broker is retried with jittered backoff; while it is down the source is
-  ``degraded`` (and, after the thresholds, every node is reported quiet/down: we cannot hear them).
+* the link to the local broker is retried with jittered backoff (``run_connected``, the same loop
+  as the content actors'); while it is down the source is ``degraded`` (and, after the
+  thresholds, every node is reported quiet/down: we cannot hear them).
 
 Raw MACs from node messages stay in the ``Observation`` (RAM only); topics, which contain device
 ids, are never logged.
@@ -21,23 +23,24 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import random
 import time
 from collections.abc import AsyncGenerator, Callable
 
+from gateway.backoff import Backoff
 from gateway.config import NodesSettings, Settings
 from gateway.identity.addresses import IrkResolver
 from gateway.layout import Layout
 from gateway.log import get_logger
 from gateway.models import Observation, SourceHealth
 from gateway.mqtt.client import MqttError
-from gateway.mqtt.subscriber import MqttSubscriber
+from gateway.mqtt.local import LocalBrokerClient, local_broker_address, run_connected
 from gateway.sources.base import Capabilities, NodeStatus, SensorStateListener
 from gateway.sources.node_ingest import NodeIngest
 
 log = get_logger(__name__)
 
 CHECK_INTERVAL_S = 0.5
+LINK_RETRY_FIRST_S = 0.2  # first reconnect delay to the local broker (doubles up to nodes.reconnect_max_s)
 MAX_CHUNK = 5000  # messages decoded per wake-up (bounds the time between yields to the loop)
 
 
@@ -71,7 +74,7 @@ class NodesSource:
         self.health = SourceHealth(name=self.name)
         self._pending: list[tuple[str, bytes]] = []
         self._wake: asyncio.Event | None = None
-        self._client: MqttSubscriber | None = None
+        self._client: LocalBrokerClient | None = None
         self._connects = 0
         self._last_error: str | None = None
         self._overflow = 0
@@ -152,8 +155,8 @@ class NodesSource:
 
     # -- link ---------------------------------------------------------------------------------------
 
-    async def _connect(self) -> MqttSubscriber:
-        client = MqttSubscriber(
+    def _client_for_link(self) -> LocalBrokerClient:
+        return LocalBrokerClient(
             self.host,
             self.port,
             self._on_messages,
@@ -163,42 +166,23 @@ class NodesSource:
             username=self._username,
             password=self._password,
         )
-        await client.connect()
-        try:
-            await client.subscribe(self.core.router.filters, qos=0)
-        except MqttError:
-            await client.close()
-            raise
-        return client
 
-    async def _link(self, connected: asyncio.Event) -> None:
+    async def _up(self, client: LocalBrokerClient) -> None:
+        await client.subscribe(self.core.router.filters, qos=0)
+        self._client = client
+        self._connects += 1
+        self._last_error = None
+        self.health.state = "running"
+
+    def _down(self, err: MqttError) -> None:
+        self._client = None
+        self._last_error = str(err)[:200]
+        self.health.state = "degraded"
+
+    async def _link(self) -> None:
         """Keep one subscription to the local broker alive (jittered exponential backoff)."""
-        delay = 0.2
-        while True:
-            try:
-                client = await self._connect()
-            except MqttError as e:
-                self._last_error = str(e)[:200]
-                self.health.state = "degraded"
-                log.warning("nodes.local_broker_unreachable", error=self._last_error, retry_s=round(delay, 2))
-                await asyncio.sleep(delay * random.uniform(0.8, 1.2))
-                delay = min(delay * 2, self.settings.reconnect_max_s)
-                continue
-            self._client = client
-            self._connects += 1
-            self._last_error = None
-            self.health.state = "running"
-            delay = 0.2
-            connected.set()
-            log.info("nodes.local_broker_connected", broker=f"{self.host}:{self.port}")
-            try:
-                err = await client.wait_closed()
-            finally:
-                await client.close()
-                self._client = None
-            self._last_error = str(err)[:200] if err is not None else "closed"
-            self.health.state = "degraded"
-            log.warning("nodes.local_broker_lost", error=self._last_error)
+        backoff = Backoff(LINK_RETRY_FIRST_S, self.settings.reconnect_max_s, "spread")
+        await run_connected(self._client_for_link, self._up, backoff, on_down=self._down, what="nodes")
 
     async def wait_connected(self, timeout: float = 10.0) -> None:
         """For tests and the demo: until the subscription is in place."""
@@ -212,8 +196,7 @@ class NodesSource:
 
     async def batches(self) -> AsyncGenerator[list[Observation], None]:
         self._wake = wake = asyncio.Event()
-        connected = asyncio.Event()
-        link = asyncio.create_task(self._link(connected), name="nodes-link")
+        link = asyncio.create_task(self._link(), name="nodes-link")
         loop = asyncio.get_running_loop()
         next_check = loop.time()
         try:
@@ -245,12 +228,6 @@ class NodesSource:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await link
             self.health.state = "stopped"
-
-
-def local_broker_address(settings: Settings) -> tuple[str, int]:
-    """The store-local broker: ``[local_broker]``, else the embedded one on this box."""
-    lb = settings.local_broker
-    return (lb.host or "127.0.0.1"), lb.port
 
 
 def enabled(settings: Settings) -> bool:
