@@ -11,12 +11,13 @@ import asyncio
 import contextlib
 import json
 import secrets
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any
 
 from gateway.config import ConfigError, load_settings
-from gateway.demo.broker import EmbeddedBroker
+from gateway.demo.broker import BrokerUnavailable, EmbeddedBroker
 from gateway.demo.cloud_standin import CloudStandIn
 from gateway.layout import LayoutError
 from gateway.log import configure_logging, get_logger
@@ -158,7 +159,11 @@ class DemoScreen:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    return asyncio.run(run_demo(args))
+    try:
+        return asyncio.run(run_demo(args))
+    except BrokerUnavailable as e:
+        print(f"gateway demo: {e}", file=sys.stderr)
+        return 1
 
 
 def add_commands(sub: Any) -> None:
