@@ -23,7 +23,7 @@ from gateway.layout import LayoutError
 from gateway.log import configure_logging, get_logger
 from gateway.mqtt.client import AsyncMqttClient
 from gateway.runtime.daemon import Daemon, load_store_layout
-from gateway.sim.nodes import EspresenseEmitter
+from gateway.sim.espresense import EspresenseEmitter
 from gateway.sources.nodes import NodesSource
 from gateway.status.auth import write_credential
 

@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from gateway.config import NodesSettings
 from gateway.identity.addresses import IrkResolver
 from gateway.models import Observation
-from gateway.parsers.nodes import (
+from gateway.parsers.node_payloads import (
     EspDevice,
     NodePayloadError,
     NodeTelemetry,

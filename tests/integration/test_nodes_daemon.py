@@ -18,7 +18,7 @@ from gateway.config import load_settings
 from gateway.localization.localizer import MlLocalizer
 from gateway.runtime.daemon import Daemon, embedded_layout
 from gateway.runtime.status_provider import DaemonMetricsSampler, DaemonStatusProvider
-from gateway.sim.nodes import EspresenseEmitter
+from gateway.sim.espresense import EspresenseEmitter
 from gateway.sources.nodes import NodesSource
 from gateway.status.metrics import GatewayMetrics
 from tests.conftest import Mosquitto, gateway_cmd, gateway_env, make_mosquitto

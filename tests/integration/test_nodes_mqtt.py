@@ -25,7 +25,7 @@ from gateway.models import Fix, Observation, SubjectKind
 from gateway.mqtt.client import AsyncMqttClient
 from gateway.pipeline import Pipeline
 from gateway.runtime.daemon import embedded_layout
-from gateway.sim.nodes import EspresenseEmitter, espresense_id, sim_irk
+from gateway.sim.espresense import EspresenseEmitter, espresense_id, sim_irk
 from gateway.sim.store import StoreSimulator
 from gateway.sources.nodes import NodesSource
 from tests.conftest import Mosquitto, make_mosquitto
