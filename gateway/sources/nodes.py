@@ -70,7 +70,7 @@ class NodesSource:
         # event time of this source: the wall clock for real nodes; the simulator's clock in the demo
         self.event_clock = clock
         self.check_interval_s = check_interval_s
-        self.on_sensor_state: SensorStateListener | None = None
+        self._sensor_listener: SensorStateListener | None = None
         self.health = SourceHealth(name=self.name)
         self._pending: list[tuple[str, bytes]] = []
         self._wake: asyncio.Event | None = None
@@ -117,7 +117,7 @@ class NodesSource:
         self.event_clock = clock
 
     def watch_sensors(self, listener: SensorStateListener) -> None:
-        self.on_sensor_state = listener
+        self._sensor_listener = listener
 
     def node_status(self) -> list[NodeStatus]:
         """Per-node health for the status page and metrics (no device data in it)."""
@@ -149,8 +149,8 @@ class NodesSource:
         now = self.event_clock()
         for sensor, active in self.core.check(now):
             log.info("nodes.sensor_state", sensor=sensor, active=active)
-            if self.on_sensor_state is not None:
-                self.on_sensor_state(sensor, active)
+            if self._sensor_listener is not None:
+                self._sensor_listener(sensor, active)
         self._publish_health(now)
 
     # -- link ---------------------------------------------------------------------------------------

@@ -154,7 +154,7 @@ async def test_validation_and_liveness_over_mqtt(broker: Mosquitto) -> None:
     ns = NodesSettings(enabled=True, mapping={"front": "n11", "back": "n12"}, min_quiet_s=0.5, quiet_gap_factor=2)
     src = NodesSource(ns, layout, host=broker.host, port=broker.port, check_interval_s=0.1)
     changes: list[tuple[str, bool]] = []
-    src.on_sensor_state = lambda s, a: changes.append((s, a))
+    src.watch_sensors(lambda s, a: changes.append((s, a)))
     got: list[Observation] = []
 
     async def consume() -> None:
