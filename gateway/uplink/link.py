@@ -47,7 +47,7 @@ from gateway.mqtt.client import (
 )
 from gateway.uplink.batcher import Batcher, batch_payload, max_payload
 from gateway.uplink.outbox import Outbox, StoredEvent
-from gateway.uplink.poison import POISON_LOSSES, PoisonDetector
+from gateway.uplink.poison import PACKET_TOO_LARGE, POISON_LOSSES, PoisonDetector, refusal
 
 __all__ = ["POISON_LOSSES", "AckWriter", "Uplink", "UplinkTopics", "batch_payload"]
 
@@ -55,9 +55,6 @@ log = get_logger(__name__)
 
 CommandHandler = Callable[[str, bytes], Awaitable[None]]
 
-# PUBACK codes that mean "this payload will never be accepted": dead-letter instead of retrying.
-DEAD_LETTER_CODES = frozenset({0x99})
-PACKET_TOO_LARGE = 0x95
 _READAHEAD = 1000
 _ACK_CHUNK = 2048
 _STABLE_SESSION_S = 30.0
@@ -510,11 +507,12 @@ class Uplink:
                 first_seq, last_seq = rows_f[0].seq, rows_f[-1].seq
                 text = f"PUBACK {reason_name(code)} (0x{code:02X}) on {topic} for seq {first_seq}..{last_seq}"
                 self._record_error(text, code)
-                if code == PACKET_TOO_LARGE and len(rows_f) > 1:
+                what = refusal(code, len(rows_f))
+                if what == "unbatch":
                     self.batcher.unbatch_until(last_seq)
                     log.warning("uplink.batch_too_large", seq_first=first_seq, seq_last=last_seq, events=len(rows_f))
                     retry_from = first_seq if retry_from is None else min(retry_from, first_seq)
-                elif code in DEAD_LETTER_CODES or code == PACKET_TOO_LARGE:
+                elif what == "dead_letter":
                     n = await self.outbox.dead_letter([r.seq for r in rows_f], text, code)
                     self.stats.dead_lettered += n
                 else:

@@ -1,4 +1,9 @@
-"""Finding a message the broker answers by dropping the link (pure: no I/O, no clock).
+"""Messages the broker will never accept: refused with a code, or answered by dropping the link
+(pure: no I/O, no clock).
+
+``refusal(code, events)`` says what a PUBACK failure code means for the message: a batch too
+large is re-sent event by event, a payload the broker can never take is dead-lettered, anything
+else is retried (with backoff, from the lowest refused seq).
 
 A message the broker never acknowledges but drops the connection for (no PUBACK at all) must not
 block the queue forever; a broker that is itself unwell (a cluster node re-electing its stream
@@ -25,6 +30,20 @@ from typing import Literal
 
 # Link losses in a row with the same message alone in flight before it is suspected.
 POISON_LOSSES = 5
+# PUBACK codes that mean "this payload will never be accepted": dead-letter instead of retrying.
+DEAD_LETTER_CODES = frozenset({0x99})  # Payload format invalid
+PACKET_TOO_LARGE = 0x95
+
+Refusal = Literal["unbatch", "dead_letter", "retry"]
+
+
+def refusal(code: int, events: int) -> Refusal:
+    """What the broker answering a message of ``events`` events with failure ``code`` means."""
+    if code == PACKET_TOO_LARGE and events > 1:
+        return "unbatch"
+    if code in DEAD_LETTER_CODES or code == PACKET_TOO_LARGE:
+        return "dead_letter"
+    return "retry"
 
 Decision = Literal["none", "counting", "cleared", "unbatch", "suspect", "dead_letter"]
 

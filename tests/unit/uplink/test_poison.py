@@ -3,7 +3,7 @@ link for is set aside, and when the broker itself is to blame (docs/fleet.md, st
 
 from __future__ import annotations
 
-from gateway.uplink.poison import POISON_LOSSES, PoisonDetector, Verdict
+from gateway.uplink.poison import PACKET_TOO_LARGE, POISON_LOSSES, PoisonDetector, Verdict, refusal
 
 
 def lose_alone(p: PoisonDetector, seq: int, times: int, count: int = 1) -> list[Verdict]:
@@ -92,3 +92,11 @@ def test_a_batch_dropped_on_five_times_is_unbatched_not_suspected() -> None:
     verdicts = lose_alone(p, 10, POISON_LOSSES, count=50)
     assert verdicts[-1] == Verdict("unbatch", 10, until=59, losses=POISON_LOSSES)
     assert p.suspect is None
+
+
+def test_what_a_puback_failure_means() -> None:
+    assert refusal(PACKET_TOO_LARGE, 50) == "unbatch"  # re-sent event by event
+    assert refusal(PACKET_TOO_LARGE, 1) == "dead_letter"  # one event too large: never accepted
+    assert refusal(0x99, 1) == refusal(0x99, 20) == "dead_letter"  # payload format invalid
+    for code in (0x80, 0x87, 0x97, 0x83):  # unspecified, not authorized, quota, implementation specific
+        assert refusal(code, 1) == refusal(code, 9) == "retry"
