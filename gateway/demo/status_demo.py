@@ -13,6 +13,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import ipaddress
+import math
 import sys
 import time
 from collections import deque
@@ -260,6 +262,38 @@ class SimulatedStatusProvider:
 # ---------------------------------------------------------------------------------------------
 
 
+def check_demo_args(args: argparse.Namespace) -> str | None:
+    """Why these ``status demo`` arguments are wrong (None: fine)."""
+    if not 0 <= args.port <= 65535:
+        return f"--port {args.port}: must be 0..65535 (0: any free port)"
+    try:
+        ipaddress.ip_address(args.host)
+    except ValueError:
+        if args.host != "localhost":
+            return f"--host {args.host!r}: not an IP address to listen on (e.g. 127.0.0.1)"
+    if not 0 <= args.devices <= 10000:
+        return f"--devices {args.devices}: must be 0..10000"
+    if not args.credential.is_file():
+        return f"--credential {args.credential}: no such file (make one: gateway status set-password)"
+    for name in ("speed", "rate", "warmup"):
+        v = getattr(args, name)
+        low_ok = v >= 0 if name == "warmup" else v > 0
+        if not (math.isfinite(v) and low_ok and v <= 1e6):
+            return f"--{name} {v:g}: must be a finite number {'>= 0' if name == 'warmup' else '> 0'}"
+    if args.speed > 10000:
+        return f"--speed {args.speed:g}: at most 10000"
+    return None
+
+
+def _checked_demo_command(args: argparse.Namespace) -> int:
+    from gateway.ops.status_cli import usage_error
+
+    why = check_demo_args(args)
+    if why is not None:
+        return usage_error(why)
+    return demo_command(args)
+
+
 def add_commands(sub: Any) -> None:
     """``gateway status demo``, in the ``gateway status`` group (``gateway/ops/status_cli.py``)."""
     from gateway.ops.status_cli import status_actions
@@ -275,7 +309,7 @@ def add_commands(sub: Any) -> None:
     dp.add_argument("--speed", type=float, default=1.0, help="--sim: simulated seconds per wall second")
     dp.add_argument("--rate", type=float, default=600.0, help="--sim: shoppers per hour")
     dp.add_argument("--warmup", type=float, default=60.0, help="--sim: simulated seconds run before serving")
-    dp.set_defaults(func=demo_command)
+    dp.set_defaults(func=_checked_demo_command)
 
 
 def demo_command(args: argparse.Namespace) -> int:

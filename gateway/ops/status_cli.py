@@ -7,6 +7,7 @@ adds it to this group (production code never imports the demo; only the CLI list
 from __future__ import annotations
 
 import argparse
+import sys
 import weakref
 from pathlib import Path
 from typing import Any
@@ -14,9 +15,20 @@ from typing import Any
 _GROUPS: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
 
 
+def usage_error(msg: str) -> int:
+    """One line on stderr, exit code 2 (argparse's convention for bad input)."""
+    print(f"gateway status: error: {msg}", file=sys.stderr)
+    return 2
+
+
 def _set_password(args: argparse.Namespace) -> int:
     from gateway.status.auth import set_password_command
 
+    f: Path = args.file
+    if f.is_dir():
+        return usage_error(f"--file {f}: is a directory; give the credential file's name")
+    if not f.parent.is_dir():
+        return usage_error(f"--file {f}: directory {f.parent} does not exist")
     return set_password_command(args)
 
 

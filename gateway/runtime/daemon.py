@@ -19,7 +19,6 @@ import argparse
 import asyncio
 import collections
 import contextlib
-import importlib.resources
 import os
 import sqlite3
 import sys
@@ -32,7 +31,7 @@ from gateway import __version__
 from gateway.config import ConfigError, Settings, load_settings
 from gateway.content.service import ContentService, IdentityConsents
 from gateway.identity.subjects import ConsentRecord
-from gateway.layout import Layout, LayoutError, load_layout, parse_layout
+from gateway.layout import Layout, LayoutError, embedded_layout, load_layout
 from gateway.log import configure_logging, get_logger
 from gateway.models import ActivationReport, EventBase, Fix, Observation, PositionFix, SubjectEvent
 from gateway.mqtt.local import local_broker_address
@@ -52,13 +51,6 @@ from gateway.uplink.outbox import Outbox
 log = get_logger(__name__)
 
 QUEUE_BATCHES = 256
-
-
-def embedded_layout() -> Layout:
-    text = importlib.resources.files("gateway").joinpath("data/demo-store.toml").read_text(encoding="utf-8")
-    import tomllib
-
-    return parse_layout(tomllib.loads(text), "<embedded demo-store.toml>")
 
 
 def load_store_layout(settings: Settings) -> Layout:
@@ -115,6 +107,19 @@ def _subject_of(e: EventBase) -> str | None:
     return e.subject if isinstance(e, SubjectEvent | ActivationReport) else None
 
 
+_TYPE_OF: dict[type[EventBase], str] = {}
+
+
+def _event_type(e: EventBase) -> str:
+    """The wire ``type`` of an event ("zone.entered" ...), from its class (one lookup per class)."""
+    cls = type(e)
+    t = _TYPE_OF.get(cls)
+    if t is None:
+        field = cls.model_fields.get("type")
+        t = _TYPE_OF[cls] = str(field.default) if field is not None else cls.__name__
+    return t
+
+
 class PresenceConsents:
     """Content's ``IdentityConsents`` over the presence service: consents and opt-outs from cloud
     commands go to the same identity resolver as the status page's opt-out."""
@@ -166,6 +171,8 @@ class Daemon:
         self.pending: list[EventBase] = []
         # the newest committed events (not fixes), for the status page
         self.recent: collections.deque[EventBase] = collections.deque(maxlen=200)
+        # events committed to the outbox, by type (presence events, activation reports, ...): /metrics
+        self.committed_by_type: collections.Counter[str] = collections.Counter()
         self._flush_lock = asyncio.Lock()
         self.outbox: Outbox | None = None
         self.uplink: Uplink | None = None
@@ -288,6 +295,7 @@ class Daemon:
                     self.pending[:0] = chunk
                     raise
                 n += len(chunk)
+                self.committed_by_type.update(_event_type(e) for e in chunk)
                 self.recent.extend(e for e in chunk if not isinstance(e, PositionFix))
                 try:  # visit history for qualification: secondary to the event itself, never retried
                     await self.presence.record(chunk)
@@ -338,6 +346,12 @@ class Daemon:
 
     async def start(self) -> None:
         self.settings.paths.state_dir.mkdir(parents=True, exist_ok=True)
+        from gateway.content.store import private_file
+        from gateway.presence.service import presence_db_path
+
+        # events and personal data: 0600 whatever the umask, also for files an older version made 0644
+        for db in (self.settings.outbox_path, self.settings.content_state_path, presence_db_path(self.settings)):
+            private_file(db)
         self.outbox = await Outbox.open(
             self.settings.outbox_path, self.settings.gateway.id, max_bytes=self.settings.outbox.max_bytes
         )
@@ -507,10 +521,21 @@ def _load(args: argparse.Namespace, **overrides: Any) -> tuple[Settings, Layout]
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
+    if args.config is not None and not Path(args.config).is_file():
+        print(f"gateway run: --config {args.config}: no such file", file=sys.stderr)
+        return 2
     loaded = _load(args)
     if isinstance(loaded, int):
         return loaded
     settings, layout = loaded
+    from gateway.ops.preflight import check  # what would stop the daemon: refuse now, in one line each
+
+    problems = [p for p in check(settings) if p.severity == "error"]
+    for p in problems:
+        print(f"gateway run: {p.line()}", file=sys.stderr)
+    if problems:
+        return 2
+    os.umask(0o077)  # outbox, content state, keys: readable by the service user only (0600)
     configure_logging(settings.log.level, settings.log.format)
 
     async def main() -> int:

@@ -23,7 +23,7 @@ from __future__ import annotations
 import asyncio
 import shutil
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -111,6 +111,11 @@ class DaemonView(Protocol):
 
     @property
     def queue(self) -> asyncio.Queue[list[Observation] | None]: ...
+
+    @property
+    def committed_by_type(self) -> Mapping[str, int]:
+        """Events committed to the outbox since start, by wire type (metrics)."""
+        ...
 
     def event_clock(self) -> Callable[[], float] | None:
         """Where event time comes from (None: a recording's own time)."""
@@ -418,9 +423,14 @@ class DaemonMetricsSampler:
                 m.dropped(reason, int(n))
         if n := self._delta("fix", "", st.fixes):
             m.fixed(int(n))
-        for etype, total in st.events.items():
+        # every event stored in the outbox (activation reports included), not only the pipeline's
+        for etype, total in d.committed_by_type.items():
             if n := self._delta("event", etype, total):
                 m.produced(etype, int(n))
+        if d.content is not None:
+            for key, result in (("commands_ok", "ok"), ("commands_rejected", "rejected")):
+                if n := self._delta("command", result, d.content.counters.get(key, 0)):
+                    m.command(result, int(n))
         if d.uplink is not None:
             u = d.uplink.status()
             now = (d.event_clock() or time.time)()
@@ -432,6 +442,14 @@ class DaemonMetricsSampler:
             for prio, total in (u["evictions_by_priority"] or {}).items():
                 if n := self._delta("evict", str(prio), float(total)):
                     m.evicted(str(prio), int(n))
+            if n := self._delta("dead", "", float(u.get("dead_lettered") or 0)):
+                m.dead_lettered(int(n))
+            for reason, total in (u.get("publish_failures") or {}).items():
+                if n := self._delta("pubfail", str(reason), float(total)):
+                    m.publish_failed(str(reason), int(n))
+            if d.outbox is not None:
+                os_ = d.outbox.stats()
+                m.outbox_size(os_.bytes, os_.max_bytes)
 
     async def run(self, period_s: float = 1.0) -> None:
         while True:

@@ -45,6 +45,7 @@ def refusal(code: int, events: int) -> Refusal:
         return "dead_letter"
     return "retry"
 
+
 Decision = Literal["none", "counting", "cleared", "unbatch", "suspect", "dead_letter"]
 
 

@@ -123,7 +123,7 @@ class FakePresence:
 async def test_an_opt_out_clears_the_dot_and_zone_caches_until_the_next_fixes() -> None:
     d = fake_daemon(load_layout(DEMO_LAYOUT))
     d.presence = FakePresence()
-    d.event_clock = lambda: (lambda: 123.0)
+    d.event_clock = lambda: lambda: 123.0
     p = DaemonStatusProvider(d)
     d.runtime.last_fixes = [Fix(100.0, "a", 5.0, 10.0, 1.0), Fix(100.0, "b", 15.0, 10.0, 1.0)]
     assert {dot["subject"] for dot in p.devices()} == {"a", "b"}
