@@ -30,7 +30,7 @@ import os
 import secrets
 import socket
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncGenerator, Callable, Iterator
 from pathlib import Path
 
 from gateway.capture import wire
@@ -41,6 +41,7 @@ from gateway.log import get_logger
 from gateway.models import Observation, SourceHealth
 from gateway.parsers.pcap import PcapError, Record, read_records
 from gateway.parsers.wifi_probe import Probe, ProbeDecoder
+from gateway.sources.base import LIVE_RADIO, RECORDING
 
 __all__ = ["PcapReplaySource", "RelaySocket", "WifiRelaySource", "make_wifi_source"]
 
@@ -232,6 +233,8 @@ class RelaySocket:
 class WifiRelaySource:
     """Live probe requests from the capture relay (see the module docstring)."""
 
+    capabilities = LIVE_RADIO  # "Restart scanner" binds the capture socket again
+
     def __init__(
         self, settings: WifiSettings, *, socket_path: Path | None = None, clock: Callable[[], float] = time.time
     ) -> None:
@@ -356,7 +359,7 @@ class WifiRelaySource:
         if self.rx.malformed:
             h.dropped["malformed.relay_message"] = self.rx.malformed
 
-    async def batches(self) -> AsyncIterator[list[Observation]]:
+    async def batches(self) -> AsyncGenerator[list[Observation], None]:
         h = self.health
         h.detail["socket"] = str(self.path)
         try:
@@ -421,7 +424,7 @@ class PcapReplaySource:
     the disk. A corrupt file ends the replay with ``health.state = "failed"`` and the offset.
     """
 
-    replay = True  # a recording: finite, waits rather than drops, its own time (see daemon)
+    capabilities = RECORDING  # finite, waits rather than drops, its own time (see the daemon)
 
     def __init__(self, settings: WifiSettings, path: Path | None = None, *, chunk: int = 2048) -> None:
         p = path or settings.pcap
@@ -434,7 +437,7 @@ class PcapReplaySource:
         self._conv = _ProbeObservations(settings, self.health)
         self._chunk = chunk
 
-    async def batches(self) -> AsyncIterator[list[Observation]]:
+    async def batches(self) -> AsyncGenerator[list[Observation], None]:
         h = self.health
         try:
             f = self.path.open("rb")
