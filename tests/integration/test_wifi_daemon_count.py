@@ -35,13 +35,14 @@ async def test_replayed_capture_gives_counts_on_the_page_and_as_events(tmp_path:
     sampler = DaemonMetricsSampler(daemon, metrics)
     run = asyncio.create_task(daemon.run())
     try:
+        wifi: dict[str, object] = {}
         for _ in range(300):
-            snap = provider.snapshot() if provider.ready() else {}
-            if snap.get("wifi_devices", {}).get("devices"):
-                break
+            if provider.ready():
+                wifi = provider.snapshot().wifi_devices
+                if wifi.get("devices"):
+                    break
             await asyncio.sleep(0.1)
-        wifi = snap["wifi_devices"]
-        assert wifi["devices"] >= 1 and wifi["sd"] > 0 and wifi["window_s"] == 120.0
+        assert wifi["devices"] >= 1 and wifi["sd"] > 0 and wifi["window_s"] == 120.0  # type: ignore[operator]
         sampler.sample()
         text = generate_latest(metrics.registry).decode()
         assert 'gateway_source_up{source="wifi-pcap:crowd.pcap"}' in text
