@@ -189,28 +189,9 @@ class LocalizationSettings(Section):
     forget_after_s: float = Field(default=30.0, gt=0, description="Drop a device's track after silence")
     detection_floor_dbm: float = Field(default=-95.0, description="Weakest RSSI the sensors report")
     sigma_db: float = Field(default=6.0, gt=0, le=30, description="Path-loss noise sigma (dB)")
-    estimator: Literal["particle", "ml", "centroid"] = Field(
-        default="ml",
-        description="particle: particle filter over the walkable area (docs/localization.md); ml: censored"
-        " robust ML + IMM tracker; centroid: first-cut fallback",
+    estimator: Literal["ml", "centroid"] = Field(
+        default="ml", description="ml: censored robust ML + IMM tracker; centroid: first-cut fallback"
     )
-    particles: int = Field(default=256, ge=16, le=8192, description="particle: particles per device")
-    particle_sigma_db: float = Field(
-        default=5.0, gt=0, le=30, description="particle: white (advert-to-advert) RSSI noise sd (dB)"
-    )
-    shadow_sd_db: float = Field(
-        default=2.0, ge=0, le=20, description="particle: sd of the slowly varying shadowing per sensor and phone (dB)"
-    )
-    shadow_tau_s: float = Field(
-        default=30.0, gt=0, le=3600, description="particle: time constant of that shadowing (s)"
-    )
-    walk_accel_sigma: float = Field(
-        default=0.15, gt=0, le=10, description="particle: walking model acceleration noise (m/s^2)"
-    )
-    walk_velocity_tau_s: float = Field(
-        default=8.0, gt=0, le=600, description="particle: walking model velocity decay time (s)"
-    )
-    max_speed_mps: float = Field(default=2.0, gt=0, le=10, description="particle: fastest walk considered (m/s)")
     tx_spread_db: float = Field(default=4.0, gt=0, le=30, description="Prior sd of a phone's transmit offset (dB)")
     robust_nu: float = Field(
         default=4.0, ge=0, le=100, description="Student-t degrees of freedom for RSSI residuals (0: Gaussian)"

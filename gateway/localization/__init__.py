@@ -34,10 +34,6 @@ def make_localizer(layout: Layout, settings: LocalizationSettings) -> Localizer:
         from gateway.localization.centroid import CentroidLocalizer
 
         return CentroidLocalizer(layout, settings)
-    if settings.estimator == "particle":
-        from gateway.localization.particle import ParticleLocalizer
-
-        return ParticleLocalizer(layout, settings)
     from gateway.localization.localizer import MlLocalizer
 
     return MlLocalizer(layout, settings)

@@ -206,7 +206,6 @@ def run_locate(
     sids = [s.id for s in layout.sensors]
     interval = settings.fix_interval_s
     from gateway.localization.localizer import MlLocalizer
-    from gateway.localization.particle import ParticleLocalizer
     from gateway.models import Observation
 
     tick = -math.inf
@@ -220,7 +219,7 @@ def run_locate(
     def flush() -> None:
         if not ts_b:
             return
-        if isinstance(loc, (MlLocalizer, ParticleLocalizer)):
+        if isinstance(loc, MlLocalizer):
             loc.add_arrays(np.asarray(ts_b), np.asarray(s_b), d_b, np.asarray(r_b))
         else:
             loc.add([Observation(t, sids[s], d, r) for t, s, d, r in zip(ts_b, s_b, d_b, r_b, strict=True)])
