@@ -192,6 +192,18 @@ class LocalizationSettings(Section):
     estimator: Literal["ml", "centroid"] = Field(
         default="ml", description="ml: censored robust ML + IMM tracker; centroid: first-cut fallback"
     )
+    learn_radio: bool = Field(
+        default=True,
+        description="Learn each sensor's detection floor and packet loss and the advert-to-advert noise from"
+        " the data (detection_floor_dbm, packet_loss and sigma_db are then only the starting values)",
+    )
+    shadowing_db: float = Field(
+        default=2.0,
+        ge=0,
+        le=20,
+        description="Part of the RSSI noise that persists over seconds (body, shelves; dB): added to the"
+        " learnt advert-to-advert noise for the estimator's sigma (learn_radio)",
+    )
     tx_spread_db: float = Field(default=4.0, gt=0, le=30, description="Prior sd of a phone's transmit offset (dB)")
     robust_nu: float = Field(
         default=4.0, ge=0, le=100, description="Student-t degrees of freedom for RSSI residuals (0: Gaussian)"
