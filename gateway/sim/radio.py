@@ -291,18 +291,26 @@ def draw_store(
     return SimStore(name, layout, env, rate)
 
 
-def technician_walk(layout: Layout, spacing_m: float = 3.0, speed: float = 0.8, margin_m: float = 1.0) -> F64:
-    """A calibration walk: back and forth across the store every ``spacing_m`` (a lawnmower), at
-    ``speed``; returns waypoints ``(K, 3)`` of ``(t, x, y)`` with t from 0 (what a technician logs by
-    walking between marks on the floor; docs/localization.md §7)."""
+def technician_walk(
+    layout: Layout, spacing_m: float = 3.0, speed: float = 0.8, margin_m: float = 1.0, min_duration_s: float = 180.0
+) -> F64:
+    """A calibration walk: back and forth across the store every ``spacing_m`` (a lawnmower) at
+    ``speed``, and back again the other way until it lasts ``min_duration_s``; returns waypoints
+    ``(K, 3)`` of ``(t, x, y)`` from t = 0 (what a technician logs by walking between marks on the
+    floor; docs/localization.md §7)."""
     w, d = layout.store.width_m, layout.store.depth_m
     ys = np.arange(margin_m, d - margin_m + 1e-9, spacing_m)
     pts: list[tuple[float, float]] = []
     for i, y in enumerate(ys):
         xs = (margin_m, w - margin_m) if i % 2 == 0 else (w - margin_m, margin_m)
         pts += [(xs[0], float(y)), (xs[1], float(y))]
-    xy = np.array(pts)
-    seg = np.hypot(*np.diff(xy, axis=0).T)
+    one = np.array(pts)
+    xy = one
+    while True:
+        seg = np.hypot(*np.diff(xy, axis=0).T)
+        if seg.sum() / speed >= min_duration_s:
+            break
+        xy = np.concatenate([xy, xy[::-1][1:]])
     t = np.r_[0.0, np.cumsum(seg) / speed]
     return np.column_stack([t, xy])
 
