@@ -231,8 +231,8 @@ class LocalizationSettings(Section):
     static_sigma_m: float = Field(
         default=0.03, gt=0, le=5, description="Standing model: position drift (m per sqrt(s))"
     )
-    accel_sigma: float = Field(default=0.3, gt=0, le=10, description="Walking model: acceleration noise (m/s^2)")
-    stand_s: float = Field(default=60.0, gt=0, description="Mean time a shopper stands before walking (s)")
+    accel_sigma: float = Field(default=0.2, gt=0, le=10, description="Walking model: acceleration noise (m/s^2)")
+    stand_s: float = Field(default=20.0, gt=0, description="Mean time a shopper stands before walking (s)")
     walk_s: float = Field(default=60.0, gt=0, description="Mean time a shopper walks before standing (s)")
     init_extra_var_m2: float = Field(
         default=4.0, ge=0, description="Extra position variance of a new track (multi-modal first fix)"

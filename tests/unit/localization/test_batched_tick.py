@@ -171,9 +171,11 @@ def _scenario(layout: Layout, model: PathLossModel, loc: MlLocalizer) -> list[tu
 
 def test_batched_tick_gives_the_fixes_of_separate_refinements(layout: Layout, model: PathLossModel) -> None:
     """Every refinement solved alone, the standing re-search before the standing fix: same fixes."""
-    batched = MlLocalizer(layout, LocalizationSettings())
+    # the scenario (a re-search that moves a window fix) was built on a 60 s standing sojourn
+    settings = LocalizationSettings(stand_s=60.0, accel_sigma=0.3)
+    batched = MlLocalizer(layout, settings)
     got = _scenario(layout, model, batched)
-    plain = MlLocalizer(layout, LocalizationSettings())
+    plain = MlLocalizer(layout, settings)
     est = plain.estimator
 
     def one_by_one(batches: Sequence[RefineBatch]) -> list[Solution]:
