@@ -63,6 +63,16 @@ class SimulatorSettings(Section):
     tx_spread_db: float = Field(default=3.0, ge=0, le=20, description="Per-device transmit power spread (dB)")
     fade_probability: float = Field(default=0.03, ge=0, le=1, description="Chance of a body-shadow fade")
     fade_db: float = Field(default=12.0, ge=0, le=40, description="Depth of a body-shadow fade (dB)")
+    persistent_shadowing_db: float = Field(
+        default=0.0,
+        ge=0,
+        le=20,
+        description="Shadowing that persists per phone and sensor, sd (dB; gateway/sim/radio.py)",
+    )
+    shadowing_tau_s: float = Field(default=10.0, gt=0, le=3600, description="Time constant of that shadowing (s)")
+    packet_loss: float = Field(
+        default=0.0, ge=0, lt=1, description="Chance a sensor misses an advert whatever its strength"
+    )
     detection_floor_dbm: float = Field(default=-95.0, ge=-130, le=-30, description="Weakest RSSI heard")
     advert_interval_s: float = Field(default=1.0, gt=0, le=60, description="Per-device advert interval")
     mac_rotation_s: float = Field(default=900.0, gt=0, description="Phones rotate random MACs this often")

@@ -46,6 +46,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from numpy.typing import NDArray
 
+from gateway.config import SimulatorSettings
 from gateway.layout import Layout, Sensor, Store
 
 F64 = NDArray[np.float64]
@@ -90,6 +91,24 @@ class RadioEnv:
     @property
     def residual_db(self) -> float:
         return math.hypot(self.white_db, self.shadow_db)
+
+    @classmethod
+    def from_settings(cls, p0: F64, n: F64, z: F64, s: SimulatorSettings) -> RadioEnv:
+        """The store simulator's radio (``[simulator]`` settings) for sensors with these values."""
+        k = p0.size
+        return cls(
+            p0=p0,
+            n=n,
+            dz=z,
+            white_db=s.shadowing_db,
+            shadow_db=s.persistent_shadowing_db,
+            shadow_tau_s=s.shadowing_tau_s,
+            packet_loss=np.full(k, s.packet_loss),
+            floor_dbm=np.full(k, s.detection_floor_dbm),
+            fade_probability=s.fade_probability,
+            fade_db=s.fade_db,
+            tx_spread_db=s.tx_spread_db,
+        )
 
     @classmethod
     def ideal(cls, layout: Layout, sigma_db: float, floor_dbm: float = -95.0, packet_loss: float = 0.0) -> RadioEnv:
