@@ -74,6 +74,11 @@ class Zone(_Strict):
     def _non_degenerate(cls, poly: list[tuple[float, float]]) -> list[tuple[float, float]]:
         if abs(polygon_area(poly)) < 1e-6:
             raise ValueError("polygon has zero area")
+        crossing = _self_crossing(poly)
+        if crossing is not None:
+            raise ValueError(
+                f"polygon edges {crossing[0]} and {crossing[1]} cross (a bow tie?): list the corners in order"
+            )
         return poly
 
 
@@ -121,6 +126,25 @@ class Layout(_Strict):
 
 class LayoutError(ValueError):
     """A layout file that cannot be used; the message names the file, field and reason."""
+
+
+def _self_crossing(poly: list[tuple[float, float]]) -> tuple[int, int] | None:
+    """The first pair of non-adjacent edges that cross (edge i joins corner i and i+1), or None."""
+
+    def orient(a: tuple[float, float], b: tuple[float, float], c: tuple[float, float]) -> float:
+        return (b[0] - a[0]) * (c[1] - a[1]) - (b[1] - a[1]) * (c[0] - a[0])
+
+    n = len(poly)
+    edges = [(poly[i], poly[(i + 1) % n]) for i in range(n)]
+    for i in range(n):
+        for j in range(i + 2, n):
+            if i == 0 and j == n - 1:  # the closing edge shares corner 0 with the first
+                continue
+            (a, b), (c, d) = edges[i], edges[j]
+            d1, d2, d3, d4 = orient(a, b, c), orient(a, b, d), orient(c, d, a), orient(c, d, b)
+            if d1 * d2 < 0 and d3 * d4 < 0:
+                return i, j
+    return None
 
 
 def polygon_area(poly: list[tuple[float, float]]) -> float:

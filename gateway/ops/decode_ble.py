@@ -57,17 +57,25 @@ def _run(args: argparse.Namespace) -> int:
         with open(args.file, encoding="utf-8", errors="replace") as fh:
             lines = fh.read().splitlines()
     except OSError as e:
-        print(f"cannot read {args.file}: {e.strerror}", file=sys.stderr)
+        print(f"gateway decode ble: --file {args.file}: cannot read ({e.strerror})", file=sys.stderr)
         return 2
     rc = 0
+    payloads = 0
     for lineno, line in enumerate(lines, 1):
         if not line.strip() or line.lstrip().startswith("#"):
             continue
+        payloads += 1
         try:
             print(json.dumps(decode_hex(line)))
         except AdvertParseError as e:
             print(f"{args.file}:{lineno}: malformed advert: {e}", file=sys.stderr)
             rc = 2
+    if payloads == 0:
+        print(
+            f"gateway decode ble: --file {args.file}: no payload in the file (one hex payload per line)",
+            file=sys.stderr,
+        )
+        return 2
     return rc
 
 

@@ -3,19 +3,58 @@
 from __future__ import annotations
 
 import argparse
+import ipaddress
+import math
+import sys
 from pathlib import Path
 from typing import Any
+
+
+def _usage(msg: str) -> int:
+    print(f"gateway status: error: {msg}", file=sys.stderr)
+    return 2
 
 
 def _set_password(args: argparse.Namespace) -> int:
     from gateway.status.auth import set_password_command
 
+    f: Path = args.file
+    if f.is_dir():
+        return _usage(f"--file {f}: is a directory; give the credential file's name")
+    if not f.parent.is_dir():
+        return _usage(f"--file {f}: directory {f.parent} does not exist")
     return set_password_command(args)
+
+
+def check_demo_args(args: argparse.Namespace) -> str | None:
+    """Why these ``status demo`` arguments are wrong (None: fine)."""
+    if not 0 <= args.port <= 65535:
+        return f"--port {args.port}: must be 0..65535 (0: any free port)"
+    try:
+        ipaddress.ip_address(args.host)
+    except ValueError:
+        if args.host != "localhost":
+            return f"--host {args.host!r}: not an IP address to listen on (e.g. 127.0.0.1)"
+    if not 0 <= args.devices <= 10000:
+        return f"--devices {args.devices}: must be 0..10000"
+    if not args.credential.is_file():
+        return f"--credential {args.credential}: no such file (make one: gateway status set-password)"
+    for name in ("speed", "rate", "warmup"):
+        v = getattr(args, name)
+        low_ok = v >= 0 if name == "warmup" else v > 0
+        if not (math.isfinite(v) and low_ok and v <= 1e6):
+            return f"--{name} {v:g}: must be a finite number {'>= 0' if name == 'warmup' else '> 0'}"
+    if args.speed > 10000:
+        return f"--speed {args.speed:g}: at most 10000"
+    return None
 
 
 def _demo(args: argparse.Namespace) -> int:
     from gateway.demo.status_demo import demo_command
 
+    why = check_demo_args(args)
+    if why is not None:
+        return _usage(why)
     return demo_command(args)
 
 

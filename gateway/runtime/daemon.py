@@ -142,6 +142,8 @@ class Daemon:
         self.pending: list[EventBase] = []
         # the newest committed events (not fixes), for the status page
         self.recent: collections.deque[EventBase] = collections.deque(maxlen=200)
+        # events committed to the outbox, by type (presence events, activation reports, ...): /metrics
+        self.committed_by_type: collections.Counter[str] = collections.Counter()
         self._flush_lock = asyncio.Lock()
         self.outbox: Outbox | None = None
         self.uplink: Uplink | None = None
@@ -265,6 +267,7 @@ class Daemon:
                     self.pending[:0] = chunk
                     raise
                 n += len(chunk)
+                self.committed_by_type.update(str(getattr(e, "type", type(e).__name__)) for e in chunk)
                 self.recent.extend(e for e in chunk if getattr(e, "type", None) != "fix")
                 try:  # visit history for qualification: secondary to the event itself, never retried
                     await self.presence.record(chunk)
@@ -315,6 +318,12 @@ class Daemon:
 
     async def start(self) -> None:
         self.settings.paths.state_dir.mkdir(parents=True, exist_ok=True)
+        from gateway.content.store import private_file
+        from gateway.presence.service import presence_db_path
+
+        # events and personal data: 0600 whatever the umask, also for files an older version made 0644
+        for db in (self.settings.outbox_path, self.settings.content_state_path, presence_db_path(self.settings)):
+            private_file(db)
         self.outbox = await Outbox.open(
             self.settings.outbox_path, self.settings.gateway.id, max_bytes=self.settings.outbox.max_bytes
         )
@@ -461,10 +470,21 @@ def _load(args: argparse.Namespace, **overrides: Any) -> tuple[Settings, Layout]
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
+    if args.config is not None and not Path(args.config).is_file():
+        print(f"gateway run: --config {args.config}: no such file", file=sys.stderr)
+        return 2
     loaded = _load(args)
     if isinstance(loaded, int):
         return loaded
     settings, layout = loaded
+    from gateway.ops.preflight import check  # what would stop the daemon: refuse now, in one line each
+
+    problems = [p for p in check(settings) if p.severity == "error"]
+    for p in problems:
+        print(f"gateway run: {p.line()}", file=sys.stderr)
+    if problems:
+        return 2
+    os.umask(0o077)  # outbox, content state, keys: readable by the service user only (0600)
     configure_logging(settings.log.level, settings.log.format)
 
     async def main() -> int:

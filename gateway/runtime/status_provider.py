@@ -348,9 +348,14 @@ class DaemonMetricsSampler:
                 m.dropped(reason, int(n))
         if n := self._delta("fix", "", st.fixes):
             m.fixed(int(n))
-        for etype, total in st.events.items():
+        # every event stored in the outbox (activation reports included), not only the pipeline's
+        for etype, total in d.committed_by_type.items():
             if n := self._delta("event", etype, total):
                 m.produced(etype, int(n))
+        if d.content is not None:
+            for key, result in (("commands_ok", "ok"), ("commands_rejected", "rejected")):
+                if n := self._delta("command", result, d.content.counters.get(key, 0)):
+                    m.command(result, int(n))
         if d.uplink is not None:
             u = d.uplink.status()
             now = (d.event_clock() or time.time)()
@@ -362,6 +367,14 @@ class DaemonMetricsSampler:
             for prio, total in (u.get("evictions_by_priority") or {}).items():
                 if n := self._delta("evict", str(prio), float(total)):
                     m.evicted(str(prio), int(n))
+            if n := self._delta("dead", "", float(u.get("dead_lettered") or 0)):
+                m.dead_lettered(int(n))
+            for reason, total in (u.get("publish_failures") or {}).items():
+                if n := self._delta("pubfail", str(reason), float(total)):
+                    m.publish_failed(str(reason), int(n))
+            if d.outbox is not None:
+                os_ = d.outbox.stats()
+                m.outbox_size(os_.bytes, os_.max_bytes)
 
     async def run(self, period_s: float = 1.0) -> None:
         while True:

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from gateway.config import SupervisorSettings
-from gateway.log import get_logger
+from gateway.log import describe_exception, get_logger
 
 log = get_logger(__name__)
 
@@ -125,7 +125,9 @@ class Supervisor:
                 raise
             except Exception as e:
                 st.last_error = f"{type(e).__name__}: {e}"
-                log.error("task failed", task=spec.name, error=st.last_error, exc_info=True)
+                # one line per failure (it repeats at every restart); the traceback only at debug level
+                log.error("task failed", task=spec.name, error=describe_exception(e), policy=spec.policy)
+                log.debug("task failed: traceback", task=spec.name, exc_info=e, traceback=True)
                 if spec.policy == "fatal" or self._stop.is_set():
                     st.state = "failed"
                     self.request_stop(f"task {spec.name} failed", exit_code=1)

@@ -102,7 +102,8 @@ async def test_daemon_reads_nodes_reports_health_and_unexpects_a_silent_node(tmp
 
 def test_demo_runs_the_node_path(tmp_path: Path) -> None:
     out = subprocess.run(
-        gateway_cmd("demo", "--nodes", "--duration", "90", "--speed", "30", "--quiet", "--status-port", "0"),
+        # not --quiet: the run's statistics are in the "gateway stopped" log line (info)
+        gateway_cmd("demo", "--nodes", "--duration", "90", "--speed", "30", "--status-port", "0"),
         env=gateway_env(),
         capture_output=True,
         text=True,

@@ -152,3 +152,37 @@ async def test_duplicate_names_rejected() -> None:
     sup.add(TaskSpec("a", asyncio.sleep, "restart"))  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="duplicate"):
         sup.add(TaskSpec("a", asyncio.sleep, "restart"))  # type: ignore[arg-type]
+
+
+async def test_each_failure_is_one_log_line_without_traceback() -> None:
+    """A task failing at every restart logs one line per failure (type, message, where) - not a
+    multi-line traceback each time; the traceback is there at debug level only."""
+    import io
+    import json
+
+    from gateway.log import configure_logging
+
+    async def broken() -> None:
+        raise OSError("replay file vanished")
+
+    async def sleep(_d: float) -> None:
+        return None
+
+    for level, want_traceback in (("info", False), ("debug", True)):
+        buf = io.StringIO()
+        configure_logging(level, "json", stream=buf)
+        try:
+            sup = Supervisor(FAST, sleep=sleep)
+            sup.add(TaskSpec("source:replay", broken, "restart"))
+            assert await asyncio.wait_for(sup.run(), 5) == 1
+        finally:
+            configure_logging("info", "json")
+        lines = [json.loads(ln) for ln in buf.getvalue().splitlines()]
+        failed = [r for r in lines if r["event"] == "task failed"]
+        assert len(failed) == FAST.max_restarts + 1
+        assert all(r["error"].startswith("OSError: replay file vanished at test_supervisor.py:") for r in failed)
+        assert all(r["level"] == "error" and "exception" not in r for r in failed)
+        traces = [r for r in lines if "exception" in r]
+        assert bool(traces) == want_traceback
+        if want_traceback:
+            assert "Traceback (most recent call last)" in traces[0]["exception"]
