@@ -457,6 +457,23 @@ class OutboxSettings(Section):
     flush_interval_s: float = Field(default=0.2, gt=0, le=10, description="Append flush cadence")
 
 
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+_HOST_RE = re.compile(r"^(\*\.)?[A-Za-z0-9]([A-Za-z0-9-]{0,62})(\.[A-Za-z0-9]([A-Za-z0-9-]{0,62}))*$")
+
+
+def parse_allow_entry(entry: str) -> str | IPNetwork:
+    """One ``content.webhook_allow`` entry: an IP network (``10.20.0.0/24``, a bare IP) or a host
+    name (``tablets.store.lan``, ``*.example.com``). Raises ValueError naming the entry."""
+    e = entry.strip()
+    try:
+        return ipaddress.ip_network(e, strict=False)
+    except ValueError:
+        pass
+    if not _HOST_RE.fullmatch(e) or len(e) > 253:
+        raise ValueError(f"{entry!r} is neither an IP network (10.20.0.0/24) nor a host name (*.example.com)")
+    return e.lower()
+
+
 class ContentSettings(Section):
     enabled: bool = Field(default=True, description="Evaluate campaigns and dispatch to local actors")
     state_path: Path | None = Field(
@@ -524,8 +541,6 @@ class ContentSettings(Section):
     @field_validator("webhook_allow")
     @classmethod
     def _allow(cls, v: list[str]) -> list[str]:
-        from gateway.content.actors import parse_allow_entry  # imports this module: import late
-
         for e in v:
             parse_allow_entry(e)
         return v
