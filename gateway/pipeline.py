@@ -107,6 +107,8 @@ class Pipeline:
         if self._next_tick is None:
             self._next_tick = math.floor(good[0].ts / self._interval) * self._interval + self._interval
         resolved = self.identity.resolve(good)
+        if not resolved:  # every observation dropped by identity (e.g. all of an opted-out phone)
+            return events
         start = 0
         for j, o in enumerate(resolved):
             if o.ts >= self._next_tick:
