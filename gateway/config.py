@@ -81,6 +81,16 @@ class SimulatorSettings(Section):
     tx_spread_db: float = Field(default=3.0, ge=0, le=20, description="Per-device transmit power spread (dB)")
     fade_probability: float = Field(default=0.03, ge=0, le=1, description="Chance of a body-shadow fade")
     fade_db: float = Field(default=12.0, ge=0, le=40, description="Depth of a body-shadow fade (dB)")
+    persistent_shadowing_db: float = Field(
+        default=0.0,
+        ge=0,
+        le=20,
+        description="Shadowing that persists per phone and sensor, sd (dB; gateway/sim/radio.py)",
+    )
+    shadowing_tau_s: float = Field(default=10.0, gt=0, le=3600, description="Time constant of that shadowing (s)")
+    packet_loss: float = Field(
+        default=0.0, ge=0, lt=1, description="Chance a sensor misses an advert whatever its strength"
+    )
     detection_floor_dbm: float = Field(default=-95.0, ge=-130, le=-30, description="Weakest RSSI heard")
     advert_interval_s: float = Field(default=1.0, gt=0, le=60, description="Per-device advert interval")
     mac_rotation_s: float = Field(default=900.0, gt=0, description="Phones rotate random MACs this often")
@@ -244,6 +254,18 @@ class LocalizationSettings(Section):
     estimator: Literal["ml", "centroid"] = Field(
         default="ml", description="ml: censored robust ML + IMM tracker; centroid: first-cut fallback"
     )
+    learn_radio: bool = Field(
+        default=True,
+        description="Learn each sensor's detection floor and packet loss and the advert-to-advert noise from"
+        " the data (detection_floor_dbm, packet_loss and sigma_db are then only the starting values)",
+    )
+    shadowing_db: float = Field(
+        default=2.0,
+        ge=0,
+        le=20,
+        description="Part of the RSSI noise that persists over seconds (body, shelves; dB): added to the"
+        " learnt advert-to-advert noise for the estimator's sigma (learn_radio)",
+    )
     tx_spread_db: float = Field(default=4.0, gt=0, le=30, description="Prior sd of a phone's transmit offset (dB)")
     robust_nu: float = Field(
         default=4.0, ge=0, le=100, description="Student-t degrees of freedom for RSSI residuals (0: Gaussian)"
@@ -271,8 +293,8 @@ class LocalizationSettings(Section):
     static_sigma_m: float = Field(
         default=0.03, gt=0, le=5, description="Standing model: position drift (m per sqrt(s))"
     )
-    accel_sigma: float = Field(default=0.3, gt=0, le=10, description="Walking model: acceleration noise (m/s^2)")
-    stand_s: float = Field(default=60.0, gt=0, description="Mean time a shopper stands before walking (s)")
+    accel_sigma: float = Field(default=0.2, gt=0, le=10, description="Walking model: acceleration noise (m/s^2)")
+    stand_s: float = Field(default=20.0, gt=0, description="Mean time a shopper stands before walking (s)")
     walk_s: float = Field(default=60.0, gt=0, description="Mean time a shopper walks before standing (s)")
     init_extra_var_m2: float = Field(
         default=4.0, ge=0, description="Extra position variance of a new track (multi-modal first fix)"

@@ -118,6 +118,8 @@ class Pipeline:
         if self._next_tick is None:
             self._next_tick = math.floor(good[0].ts / self._interval) * self._interval + self._interval
         resolved = self.identity.resolve(good)
+        if not resolved:  # every observation dropped by identity (e.g. all of an opted-out phone)
+            return events
         wc = self.wifi_count
         if wc is not None:
             for o in resolved:
