@@ -129,36 +129,60 @@ class BleSettings(Section):
 
 class WifiSettings(Section):
     enabled: bool = Field(default=False, description="Capture probe requests on a monitor interface")
-    interface: str = Field(default="mon0", description="Monitor-mode interface")
+    interface: str = Field(default="mon0", description="Monitor-mode interface the capture relay opens")
     sensor_id: str = Field(default="gw", description="Layout sensor id of the gateway's Wi-Fi radio")
-    channels: list[int] = Field(default=[1, 6, 11], description="Channels to hop over")
+    channels: list[int] = Field(default=[1, 6, 11], description="Channels the capture relay hops over")
     dwell_s: float = Field(default=0.25, gt=0, le=60, description="Time on each channel")
-    set_monitor: bool = Field(default=False, description="Put the interface into monitor mode at start")
+    set_monitor: bool = Field(
+        default=False, description="The capture relay puts the interface into monitor mode at start"
+    )
     pcap: Path | None = Field(default=None, description="Replay this pcap/pcapng instead of capturing")
     pcap_speed: float = Field(default=0.0, ge=0, description="pcap replay pace: 0 as fast as possible, 1 recorded")
     linktype: Literal["auto", "radiotap", "ieee80211"] = Field(
         default="auto",
         description="Frame format on the interface; auto: from its ARPHRD type (803 radiotap, 801 plain 802.11)",
     )
-    hop: bool = Field(default=True, description="Hop over `channels` (needs CAP_NET_ADMIN); false: stay put")
+    hop: bool = Field(
+        default=True, description="The capture relay hops over `channels` (CAP_NET_ADMIN); false: stay put"
+    )
     keep_off_channel: bool = Field(
         default=False, description="Keep frames heard off the channel they were sent on (their RSSI is too low)"
     )
     kernel_filter: bool = Field(
-        default=True, description="BPF filter on the capture socket: only probe requests reach Python"
+        default=True, description="BPF filter on the relay's packet socket: only probe requests leave the kernel"
     )
-    batch_max: int = Field(default=512, ge=1, le=65536, description="Frames read per event-loop wake-up (max)")
+    batch_max: int = Field(
+        default=512, ge=1, le=65536, description="Frames read per event-loop wake-up (max), relay and daemon"
+    )
     max_pending: int = Field(default=50_000, ge=100, description="Observations buffered for a slow consumer")
-    rcvbuf_bytes: int = Field(default=4 << 20, ge=65536, description="Capture socket receive buffer")
+    rcvbuf_bytes: int = Field(default=4 << 20, ge=65536, description="Receive buffer of the relay's packet socket")
+    capture_socket: Path = Field(
+        default=Path("/run/gateway/capture.sock"),
+        description=(
+            "Unix datagram socket the daemon binds (mode 0660) and the capture relay "
+            "(gateway-wifi-capture.service) sends frames to; in gateway.service's RuntimeDirectory"
+        ),
+    )
+    relay_silent_s: float = Field(
+        default=5.0,
+        gt=1,
+        le=300,
+        description="The capture relay is reported silent (status page, /metrics) after this long without a datagram",
+    )
+    count_window_s: float = Field(
+        default=120.0,
+        ge=30,
+        le=900,
+        description="Wi-Fi devices present at a minute's end: device groups heard within this window before it",
+    )
     group_hold_s: float = Field(
-        default=0.0,
+        default=2.0,
         ge=0,
         le=600,
         description=(
-            "Longest hold (frame time) of a new random MAC's frames until its group is decided; 0: at once. "
-            "Held frames reach the pipeline later than localization.window_s and are counted too_late "
-            "instead of localized, so the daemon decides at once by default; 30 buys purer groups "
-            "(docs/wifi.md) at that price. `gateway decode pcap --group-hold` defaults to 30"
+            "Longest hold (frame time) of a new burst's frames until its device is decided (usually when the "
+            "burst is over, ~1.5 s); 0: at once. Held frames later than localization.window_s are counted "
+            "too_late instead of localized. `gateway decode pcap --group-hold` defaults to 30"
         ),
     )
 
