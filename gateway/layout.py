@@ -25,6 +25,7 @@ polygon = [[0, 0], [6, 0], [6, 4], [0, 4]]
 
 from __future__ import annotations
 
+import importlib.resources
 import tomllib
 from pathlib import Path
 from typing import Literal
@@ -205,3 +206,10 @@ def load_layout(path: str | Path) -> Layout:
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
         raise LayoutError(f"{p}: not valid TOML: {e}") from None
     return parse_layout(data, str(p))
+
+
+def embedded_layout() -> Layout:
+    """The example store shipped in the package (``gateway/data/demo-store.toml``): the demo's, and
+    the daemon's when ``paths.layout`` is not set."""
+    text = importlib.resources.files("gateway").joinpath("data/demo-store.toml").read_text(encoding="utf-8")
+    return parse_layout(tomllib.loads(text), "<embedded demo-store.toml>")

@@ -12,6 +12,7 @@ Two families live here:
 
 from __future__ import annotations
 
+import hashlib
 import uuid
 from dataclasses import dataclass, field
 from enum import IntEnum
@@ -43,8 +44,31 @@ class Observation:
     rssi: float
     radio: Radio = "ble"
     rssi_at_1m: float | None = None
-    # Extra linking hints filled by parsers (e.g. Wi-Fi fingerprint group, resolved IRK identity).
+    # Extra linking hints filled by parsers (e.g. Wi-Fi fingerprint group, resolved IRK identity):
+    # ``irk_link(irk)``, ``app_link(token)`` or a group id. Identity turns it into the subject.
     link: str | None = None
+
+
+_IRK_LINK_TAG = b"gateway/irk-link/v1\x00"
+
+
+def irk_link(irk: bytes) -> str:
+    """The ``Observation.link`` value for a device whose RPA resolved with ``irk``.
+
+    A one-way tag of the IRK (SHA-256, domain-separated, truncated), so the link string is not the
+    IRK itself; parsers, the BLE stage and consent records all derive it from the IRK.
+    """
+    if len(irk) != 16:
+        raise ValueError(f"an IRK is 16 bytes, got {len(irk)}")
+    return "irk:" + hashlib.sha256(_IRK_LINK_TAG + irk).hexdigest()[:32]
+
+
+def app_link(token: str) -> str:
+    """The ``Observation.link`` value for a device that advertised a companion-app token."""
+    t = token.strip()
+    if not t:
+        raise ValueError("empty app token")
+    return "app:" + t
 
 
 @dataclass(slots=True)
@@ -160,6 +184,19 @@ class Aggregate(EventBase):
     dwell_histogram: dict[str, int] = Field(default_factory=dict)
 
 
+class DeviceCount(EventBase):
+    """Wi-Fi devices present (gateway/identity/wifi_count.py): distinct device groups heard in the
+    ``window_s`` before each minute's end; for a longer interval the mean of its minutes."""
+
+    type: Literal["wifi.devices"] = "wifi.devices"
+    interval_start: float
+    interval_s: float = Field(gt=0)
+    zone: str | None = Field(default=None, description="None for the whole store; a zone: devices located in it")
+    devices: float = Field(ge=0, description="Estimated devices present (a mean over the interval's minutes)")
+    sd: float = Field(ge=0, description="Its uncertainty (one standard deviation)")
+    window_s: float = Field(gt=0, description="A device heard within this window before a minute's end is present")
+
+
 class ActivationReport(EventBase):
     type: Literal["activation"] = "activation"
     campaign_id: str
@@ -177,7 +214,15 @@ class Heartbeat(EventBase):
 
 
 Event = Annotated[
-    VisitStarted | ZoneEntered | ZoneLeft | VisitEnded | PositionFix | Aggregate | ActivationReport | Heartbeat,
+    VisitStarted
+    | ZoneEntered
+    | ZoneLeft
+    | VisitEnded
+    | PositionFix
+    | Aggregate
+    | DeviceCount
+    | ActivationReport
+    | Heartbeat,
     Field(discriminator="type"),
 ]
 EVENT_ADAPTER: TypeAdapter[Event] = TypeAdapter(Event)
@@ -185,6 +230,7 @@ EVENT_ADAPTER: TypeAdapter[Event] = TypeAdapter(Event)
 EVENT_PRIORITY: dict[str, Priority] = {
     "fix": Priority.FIX,
     "aggregate": Priority.AGGREGATE,
+    "wifi.devices": Priority.AGGREGATE,
     "visit.started": Priority.PRESENCE,
     "zone.entered": Priority.PRESENCE,
     "zone.left": Priority.PRESENCE,

@@ -9,6 +9,18 @@ from __future__ import annotations
 import contextlib
 import sqlite3
 from pathlib import Path
+from typing import TypedDict
+
+
+class StoreStatus(TypedDict, total=False):
+    """A small store on a full disk (docs/storage.md): what it could not write."""
+
+    disk: str  # ok | full
+    exclusive: bool  # opened without a -shm index (the disk had no room for one)
+    visits_not_recorded: int
+    unsaved_optouts: int
+    unsaved_erasures: int
+
 
 # A small WAL for the stores that write little (presence, content): a checkpoint every 32 pages
 # and at most 256 KiB kept between checkpoints. SQLite's default (1000 pages, never truncated)

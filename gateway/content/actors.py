@@ -1,8 +1,9 @@
 """Async dispatch of activations to local actors: store-local MQTT topics and HTTP webhooks.
 
-* MQTT: publish (QoS 1) the payload on ``<prefix>/actors/<actor_id>``; actors with ``ack = true``
-  answer on ``<prefix>/actors/<actor_id>/ack`` with ``{"activation_id": ..., "status": ...}``
-  within ``mqtt_ack_timeout_s``; otherwise the broker's PUBACK is the answer ("sent").
+* MQTT: publish (QoS 1) the payload on ``<prefix>/actors/<actor_id>`` on the store-local broker
+  (``gateway/mqtt/local.py``: the same client and broker rule as the sensor nodes); actors with
+  ``ack = true`` answer on ``<prefix>/actors/<actor_id>/ack`` with ``{"activation_id": ...,
+  "status": ...}`` within ``mqtt_ack_timeout_s``; otherwise the broker's PUBACK is the answer ("sent").
 * Webhooks: POST JSON with a per-attempt timeout, bounded retries with exponential backoff on
   connection errors, timeouts and 5xx (4xx is the actor's final answer: no retry).
 * Per-actor circuit breaker (closed -> open after N consecutive failures -> half-open probe after
@@ -25,10 +26,8 @@ not followed.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import ipaddress
 import json
-import re
 import socket
 import time
 from collections.abc import Callable, Sequence
@@ -40,34 +39,21 @@ import aiohttp
 from aiohttp.abc import AbstractResolver, ResolveResult
 from aiohttp.resolver import DefaultResolver
 
-from gateway.config import ContentSettings
+from gateway.backoff import Backoff
+from gateway.config import ContentSettings, IPNetwork, parse_allow_entry
 from gateway.content.rules import Activation, Actor
 from gateway.log import get_logger
-from gateway.mqtt.client import AsyncMqttClient, MqttError
+from gateway.mqtt.client import MqttError
+from gateway.mqtt.local import LocalBrokerClient, run_connected
 
 log = get_logger(__name__)
 
+LOCAL_RETRY_FIRST_S = 0.5  # first reconnect delay to the local broker (doubles up to max_backoff_s)
 BreakerState = Literal["closed", "open", "half_open"]
-
-IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
-_HOST_RE = re.compile(r"^(\*\.)?[A-Za-z0-9]([A-Za-z0-9-]{0,62})(\.[A-Za-z0-9]([A-Za-z0-9-]{0,62}))*$")
 
 
 class UrlPolicyError(OSError):
     """A webhook URL or one of its addresses is not allowed (message: why, one line)."""
-
-
-def parse_allow_entry(entry: str) -> str | IPNetwork:
-    """One ``content.webhook_allow`` entry: an IP network (``10.20.0.0/24``, a bare IP) or a host
-    name (``tablets.store.lan``, ``*.example.com``). Raises ValueError naming the entry."""
-    e = entry.strip()
-    try:
-        return ipaddress.ip_network(e, strict=False)
-    except ValueError:
-        pass
-    if not _HOST_RE.fullmatch(e) or len(e) > 253:
-        raise ValueError(f"{entry!r} is neither an IP network (10.20.0.0/24) nor a host name (*.example.com)")
-    return e.lower()
 
 
 @dataclass(frozen=True)
@@ -227,24 +213,22 @@ class CircuitBreaker:
 
 
 class ActorDispatcher:
-    """Sends activations to actors; owns the local MQTT ack listener and the HTTP session."""
+    """Sends activations to actors; owns the local broker link (and its ack listener) and the HTTP session."""
 
     def __init__(
         self,
         settings: ContentSettings,
         *,
-        mqtt: AsyncMqttClient | None = None,
         session: aiohttp.ClientSession | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.settings = settings
-        self.mqtt = mqtt
+        self.mqtt: LocalBrokerClient | None = None  # while the local broker link is up (run_local)
         self._session = session
         self._own_session = session is None
         self.clock = clock
         self.breakers: dict[str, CircuitBreaker] = {}
         self._acks: dict[str, asyncio.Future[str]] = {}
-        self._ack_task: asyncio.Task[None] | None = None
         self._sem = asyncio.Semaphore(settings.max_concurrent_dispatch)
         self.counters: dict[str, int] = {}
         self.url_policy = UrlPolicy.from_settings(settings)
@@ -252,47 +236,36 @@ class ActorDispatcher:
     def topic(self, actor_id: str) -> str:
         return f"{self.settings.actor_topic_prefix}/actors/{actor_id}"
 
-    async def start(self) -> None:
-        if self.mqtt is not None:
-            await self.mqtt.subscribe(f"{self.settings.actor_topic_prefix}/actors/+/ack", qos=1)
-            self._ack_task = asyncio.create_task(self._ack_loop(self.mqtt), name="actor-acks")
-
     async def run_local(self, host: str, port: int, client_id: str, *, max_backoff_s: float = 10.0) -> None:
         """Keep a connection to the store-local broker (reconnecting with backoff); until cancelled.
         While it is down, MQTT actors are reported 'failed' and rules keep evaluating."""
-        delay = 0.5
-        while True:
-            client = AsyncMqttClient(host, port, client_id=client_id, connect_timeout_s=5.0)
-            try:
-                await client.connect()
-                await client.subscribe(f"{self.settings.actor_topic_prefix}/actors/+/ack", qos=1)
-                self.mqtt = client
-                delay = 0.5
-                log.info("content.local_broker_connected", host=host, port=port)
-                await self._ack_loop(client)
-            except MqttError as e:
-                log.warning("content.local_broker_down", error=str(e)[:200], retry_s=delay)
-            finally:
-                self.mqtt = None
-                with contextlib.suppress(Exception):
-                    await client.disconnect()
-            await asyncio.sleep(delay)
-            delay = min(max_backoff_s, delay * 2)
+
+        def make() -> LocalBrokerClient:
+            return LocalBrokerClient(host, port, self._on_acks, client_id=client_id, connect_timeout_s=5.0)
+
+        async def up(client: LocalBrokerClient) -> None:
+            await client.subscribe([f"{self.settings.actor_topic_prefix}/actors/+/ack"], qos=1)
+            self.mqtt = client
+
+        def down(_err: MqttError) -> None:
+            self.mqtt = None
+
+        backoff = Backoff(LOCAL_RETRY_FIRST_S, max_backoff_s, "spread")
+        try:
+            await run_connected(make, up, backoff, on_down=down, what="actors")
+        finally:
+            self.mqtt = None
 
     async def close(self) -> None:
-        if self._ack_task is not None:
-            self._ack_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, MqttError):
-                await self._ack_task
         if self._own_session and self._session is not None:
             await self._session.close()
 
-    async def _ack_loop(self, client: AsyncMqttClient) -> None:
-        async for msg in client.messages():
-            if not msg.topic.endswith("/ack"):
+    def _on_acks(self, msgs: list[tuple[str, bytes]]) -> None:
+        for topic, payload in msgs:
+            if not topic.endswith("/ack"):
                 continue
             try:
-                doc = json.loads(msg.payload)
+                doc = json.loads(payload)
                 aid, status = str(doc["activation_id"]), str(doc.get("status", "ok"))
             except (ValueError, KeyError, TypeError):
                 self._count("malformed_ack")
@@ -371,7 +344,7 @@ class ActorDispatcher:
                 connector=aiohttp.TCPConnector(resolver=PolicyResolver(self.url_policy))
             )
         timeout = aiohttp.ClientTimeout(total=self.settings.webhook_timeout_s)
-        delay = self.settings.webhook_backoff_s
+        backoff = Backoff(self.settings.webhook_backoff_s)
         last = DispatchResult("failed", "not attempted", 0)
         for attempt in range(1, self.settings.webhook_retries + 2):
             try:
@@ -392,6 +365,5 @@ class ActorDispatcher:
                 last = DispatchResult("failed", type(e).__name__, attempt)
             if attempt <= self.settings.webhook_retries:
                 self._count("retries")
-                await asyncio.sleep(delay)
-                delay *= 2
+                await asyncio.sleep(backoff.next_delay())
         return last

@@ -10,11 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import importlib
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Protocol
 
 from gateway.config import Settings
 from gateway.content.actors import ActorDispatcher, DispatchResult
@@ -44,7 +43,9 @@ class IdentityConsents(Protocol):
     """What content needs from the identity stage: recognise consented customers, forget them, drop
     opted-out people. Content owns the durable consent store (identity keeps consents in RAM only),
     so consents are re-sent at every start; opt-outs are persisted by identity itself (as keyed
-    digests), so they are sent once, when the command is applied."""
+    digests), so they are sent once, when the command is applied. The daemon binds it to the
+    presence service (``gateway.runtime.daemon.PresenceConsents``): the same opt-out path as the
+    status page's."""
 
     async def add_consent(
         self, customer_ref: str, *, irk: bytes | None, app_token: str | None, scope: frozenset[str]
@@ -53,38 +54,6 @@ class IdentityConsents(Protocol):
     async def revoke_consent(self, customer_ref: str) -> None: ...
 
     async def add_optout(self, identifier: str) -> None: ...
-
-
-class PresenceConsentAdapter:
-    """`IdentityConsents` over the presence/privacy runtime (``gateway/presence/service.py``:
-    ``put_consent(ConsentRecord)``, async ``revoke_consent(ref)``, async ``add_optout(id, now)``).
-    Bound by duck typing so this module does not depend on that one's import graph."""
-
-    def __init__(self, presence: Any, clock: Callable[[], float]) -> None:
-        self._p = presence
-        self._clock = clock
-        self._record: Any = importlib.import_module("gateway.identity.subjects").ConsentRecord
-
-    @classmethod
-    def maybe(cls, presence: Any, clock: Callable[[], float]) -> PresenceConsentAdapter | None:
-        needed = ("put_consent", "revoke_consent", "add_optout")
-        if presence is None or not all(hasattr(presence, n) for n in needed):
-            return None
-        try:
-            return cls(presence, clock)
-        except (ImportError, AttributeError):
-            return None
-
-    async def add_consent(
-        self, customer_ref: str, *, irk: bytes | None, app_token: str | None, scope: frozenset[str]
-    ) -> None:
-        self._p.put_consent(self._record(customer_ref=customer_ref, scope=scope, irk=irk, app_token=app_token))
-
-    async def revoke_consent(self, customer_ref: str) -> None:
-        await self._p.revoke_consent(customer_ref)
-
-    async def add_optout(self, identifier: str) -> None:
-        await self._p.add_optout(identifier, self._clock())
 
 
 def default_caps(s: Settings) -> Caps:

@@ -28,7 +28,8 @@ from gateway.layout import LayoutError
 from gateway.log import configure_logging, get_logger
 from gateway.mqtt.client import AsyncMqttClient
 from gateway.runtime.daemon import Daemon, load_store_layout
-from gateway.sim.nodes import EspresenseEmitter
+from gateway.sim.espresense import EspresenseEmitter
+from gateway.sources.nodes import NodesSource
 from gateway.status.auth import write_credential
 
 log = get_logger(__name__)
@@ -108,25 +109,22 @@ async def _run_with_broker(args: argparse.Namespace, broker: EmbeddedBroker, sta
     pubkey.write_bytes(signer.public_pem())
     try:
         sim = {"enabled": True, "speed": args.speed, "duration_s": args.duration, "seed": args.seed}
-        extra: dict[str, Any] = {}
+        overrides: dict[str, Any] = {
+            "paths": {"state_dir": str(state_dir)},
+            "simulator": sim,
+            # one embedded broker plays the cloud's and the store's (actors, sensor nodes)
+            "mqtt": {"host": broker.host, "port": broker.port, "tls": False, "protocol": broker.protocol},
+            "local_broker": {"host": broker.host, "port": broker.port},
+            "status": {"port": args.status_port, "credential_file": str(credential)},
+            "content": {"command_public_key_file": str(pubkey)},
+        }
         if args.nodes:
             # the simulated sensors become ESPresense nodes on the embedded broker; the gateway
             # hears them through its nodes source (the real node path) instead of in-process
             layout = load_store_layout(load_settings(args.config))
             sim["enabled"] = False
-            extra = {
-                "nodes": {"enabled": True, "mapping": {x.id: x.id for x in layout.sensors}},
-                "local_broker": {"host": broker.host, "port": broker.port},
-            }
-        settings = load_settings(
-            args.config,
-            paths={"state_dir": str(state_dir)},
-            simulator=sim,
-            mqtt={"host": broker.host, "port": broker.port, "tls": False, "protocol": broker.protocol},
-            status={"port": args.status_port, "credential_file": str(credential)},
-            content={"command_public_key_file": str(pubkey)},
-            **extra,
-        )
+            overrides["nodes"] = {"enabled": True, "mapping": {x.id: x.id for x in layout.sensors}}
+        settings = load_settings(args.config, **overrides)
         layout = load_store_layout(settings)
     except (ConfigError, LayoutError) as e:
         print(str(e), file=sys.stderr)
@@ -156,13 +154,13 @@ async def _run_with_broker(args: argparse.Namespace, broker: EmbeddedBroker, sta
     log.info(
         "demo running", store=settings.gateway.store_id, speed=args.speed, state_dir=str(state_dir), broker=broker.kind
     )
-    daemon = Daemon(settings, layout)
+    daemon = Daemon(settings, layout, reload_settings=lambda: load_settings(args.config, **overrides))
     emitter_task: asyncio.Task[None] | None = None
     if args.nodes:
         emitter = EspresenseEmitter(layout, settings.simulator, broker.host, broker.port)
         for src in daemon.sources:
-            if src.name == "nodes":
-                src.event_clock = emitter.clock  # type: ignore[attr-defined]  # arrival in simulated time
+            if isinstance(src, NodesSource):
+                src.use_clock(emitter.clock)  # arrival in simulated time
         emitter_task = asyncio.create_task(_run_nodes(daemon, emitter))
     announce = asyncio.create_task(_announce_status(daemon, password, say))
     try:

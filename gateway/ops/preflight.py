@@ -101,13 +101,11 @@ def check(s: Settings, *, root: Path | None = None) -> list[Problem]:
 
 
 def _layout(c: _Checker, s: Settings) -> None:
-    from gateway.layout import Layout, LayoutError, load_layout
+    from gateway.layout import Layout, LayoutError, embedded_layout, load_layout
 
     lay: Layout
     if s.paths.layout is None:
         c.warn("paths.layout", "not set: the embedded example store is used (provision --layout)")
-        from gateway.runtime.daemon import embedded_layout
-
         lay = embedded_layout()
     else:
         if not c.readable_file("paths.layout", s.paths.layout, "the store layout"):

@@ -45,7 +45,13 @@ import aiosqlite
 from gateway.log import get_logger
 from gateway.models import EventBase, VisitEnded
 from gateway.presence.qualification import DAY_S, VisitRecord
-from gateway.storage import SMALL_WAL_AUTOCHECKPOINT_PAGES, SMALL_WAL_SIZE_LIMIT, drop_stub_shm, is_disk_full
+from gateway.storage import (
+    SMALL_WAL_AUTOCHECKPOINT_PAGES,
+    SMALL_WAL_SIZE_LIMIT,
+    StoreStatus,
+    drop_stub_shm,
+    is_disk_full,
+)
 
 log = get_logger(__name__)
 
@@ -362,12 +368,12 @@ class PresenceStore:
 
         return await self._hop(read, self._db._conn)
 
-    def state(self) -> dict[str, Any]:
+    def state(self) -> StoreStatus:
         """For the status page: ``disk`` ok/full, what waits for room, what was not recorded."""
-        return {
-            "disk": "full" if self.disk_full else "ok",
-            "exclusive": self.exclusive,
-            "visits_not_recorded": self.visits_not_recorded,
-            "unsaved_optouts": len(self._unsaved_optouts),
-            "unsaved_erasures": len(self._unsaved_forgets),
-        }
+        return StoreStatus(
+            disk="full" if self.disk_full else "ok",
+            exclusive=self.exclusive,
+            visits_not_recorded=self.visits_not_recorded,
+            unsaved_optouts=len(self._unsaved_optouts),
+            unsaved_erasures=len(self._unsaved_forgets),
+        )

@@ -177,9 +177,8 @@ class StreamHub:
         ts, gen, payload = self._dev
         if now - ts >= self.devices_every_s * 0.9:
             # a provider that can tell when its dots changed (the daemon's: once per fix tick) saves
-            # rebuilding and resending the same map; the others are rebuilt every interval
-            version_of = getattr(self.provider, "devices_version", None)
-            version = version_of() if callable(version_of) else None
+            # rebuilding and resending the same map; the others (version None) are rebuilt every interval
+            version = self.provider.devices_version()
             if version is not None and gen > 0 and version == self._dev_version:
                 self._dev = (now, gen, payload)
                 return gen, payload
@@ -192,7 +191,7 @@ class StreamHub:
     def status_event(self, now: float) -> tuple[int, bytes]:
         ts, gen, payload = self._status
         if now - ts >= self.status_every_s * 0.9:
-            gen, payload = gen + 1, b"event: status\ndata: " + dumps(self.provider.snapshot()) + b"\n\n"
+            gen, payload = gen + 1, b"event: status\ndata: " + dumps(self.provider.snapshot().as_dict()) + b"\n\n"
             self._status = (now, gen, payload)
         return gen, payload
 
@@ -388,7 +387,7 @@ async def api_layout(request: web.Request) -> web.Response:
 
 
 async def api_status(request: web.Request) -> web.Response:
-    snap = dict(request.app[PROVIDER].snapshot())
+    snap = request.app[PROVIDER].snapshot().as_dict()
     snap["status_page"] = {"stream_clients": request.app[HUB].clients, "sessions": len(request.app[AUTH].sessions)}
     return json_response(snap)
 

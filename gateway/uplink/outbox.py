@@ -53,6 +53,7 @@ from gateway.log import get_logger
 from gateway.models import (
     ActivationReport,
     Aggregate,
+    DeviceCount,
     EventBase,
     Heartbeat,
     PositionFix,
@@ -91,6 +92,7 @@ WIRE_EVENT_TYPES: tuple[type[EventBase], ...] = (
     VisitEnded,
     PositionFix,
     Aggregate,
+    DeviceCount,
     ActivationReport,
     Heartbeat,
 )

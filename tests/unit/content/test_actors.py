@@ -151,13 +151,16 @@ async def test_webhook_connection_refused_is_failed() -> None:
 
 
 async def test_mqtt_actor_sent_ack_and_ack_timeout(mosquitto: Mosquitto) -> None:
-    gw = AsyncMqttClient(mosquitto.host, mosquitto.port, client_id="gw-actors")
     screen = AsyncMqttClient(mosquitto.host, mosquitto.port, client_id="screen")
-    await gw.connect()
     await screen.connect()
     await screen.subscribe("gateway/actors/#", qos=1)
-    d = ActorDispatcher(settings(), mqtt=gw)
-    await d.start()
+    d = ActorDispatcher(settings())
+    link = asyncio.create_task(d.run_local(mosquitto.host, mosquitto.port, "gw-actors"))
+    for _ in range(250):  # bounded: 5 s
+        if d.mqtt is not None:
+            break
+        await asyncio.sleep(0.02)
+    assert d.mqtt is not None and d.mqtt.connected
     got: list[tuple[str, dict[str, Any]]] = []
     answer = {"value": "ok"}
 
@@ -192,9 +195,11 @@ async def test_mqtt_actor_sent_ack_and_ack_timeout(mosquitto: Mosquitto) -> None
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
+        link.cancel()
+        await asyncio.gather(link, return_exceptions=True)
+        assert d.mqtt is None
         await d.close()
         await screen.disconnect()
-        await gw.disconnect()
 
 
 async def test_mqtt_actor_without_broker_is_failed() -> None:
