@@ -488,8 +488,7 @@ class OutboxSettings(Section):
     ram_max_events: int = Field(
         default=20_000,
         ge=100,
-        description="Events held in RAM while the disk refuses them; beyond, the lowest priority is dropped"
-        " (counted)",
+        description="Events held in RAM while the disk refuses them; beyond, the lowest priority is dropped (counted)",
     )
 
 
