@@ -143,6 +143,9 @@ port = {broker_port}
 tls = false
 reconnect_min_s = 0.1
 reconnect_max_s = 0.5
+[local_broker]
+host = "127.0.0.1"
+port = {broker_port}
 [status]
 enabled = true
 port = {status_port}
@@ -212,6 +215,7 @@ def noisy_lines(gw: Gateway) -> list[str]:
         "uplink.link_lost",
         "uplink.drain_deadline",
         "content.local_broker_down",
+        "mqtt.local_unreachable",
         "content.no_command_key",
         "status.no_credential",
         *STATE_LINES,
