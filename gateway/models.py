@@ -28,6 +28,21 @@ WIRE_VERSION: Literal[1] = 1
 Radio = Literal["ble", "wifi", "node", "sim"]
 
 
+@dataclass(slots=True, frozen=True)
+class AdvertInfo:
+    """What one BLE advert says about its sender, for the rotation linker and presence (RAM only).
+
+    ``kind`` is the device kind (``gateway.parsers.ble_vendors.DEVICE_KINDS``); ``signature`` the
+    advert content that survives an address rotation (no name, no address); ``rotating`` whether the
+    address is a private (rotating) one; ``seq`` a counter that keeps counting across a rotation.
+    """
+
+    kind: str
+    signature: str
+    rotating: bool = True
+    seq: int | None = None
+
+
 @dataclass(slots=True)
 class Observation:
     """One reception of one device at one sensor.
@@ -45,6 +60,8 @@ class Observation:
     rssi_at_1m: float | None = None
     # Extra linking hints filled by parsers (e.g. Wi-Fi fingerprint group, resolved IRK identity).
     link: str | None = None
+    # What the BLE advert said about its sender (kind, rotation-stable content); None: not known.
+    adv: AdvertInfo | None = None
 
 
 @dataclass(slots=True)

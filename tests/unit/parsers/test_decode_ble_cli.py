@@ -35,7 +35,8 @@ def test_decode_hex_prints_one_json_object() -> None:
         "major": 3838,
         "minor": 4949,
         "measured_power": -59,
-        "company_id": 76,
+        "company_id": "0x004C",
+        "company": "Apple, Inc.",
         "rssi_at_1m": -59.0,
     }
 
@@ -93,4 +94,4 @@ def test_separators_and_prefix_are_tolerated(capsys: pytest.CaptureFixture[str])
 
 def test_needs_hex_or_file(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["decode", "ble"]) == 2
-    assert "either HEX or --file" in capsys.readouterr().err
+    assert "either HEX, --file F or -" in capsys.readouterr().err
