@@ -66,8 +66,18 @@ class SimulatorSettings(Section):
     detection_floor_dbm: float = Field(default=-95.0, ge=-130, le=-30, description="Weakest RSSI heard")
     advert_interval_s: float = Field(default=1.0, gt=0, le=60, description="Per-device advert interval")
     mac_rotation_s: float = Field(default=900.0, gt=0, description="Phones rotate random MACs this often")
+    rotation_jitter_s: float = Field(
+        default=60.0, ge=0, le=600, description="Each address lasts mac_rotation_s +- up to this (uniform)"
+    )
     link_rotations: bool = Field(
-        default=True, description="Mark rotations of one phone as linkable (as IRK resolution would)"
+        default=False,
+        description="Mark a phone's address rotations as linkable (a consented phone whose IRK the box holds)",
+    )
+    staff: int = Field(default=2, ge=0, le=100, description="Staff walking the store all day (phone, some a scanner)")
+    fixtures: int = Field(default=3, ge=0, le=100, description="Fixed devices in the store (TV, printer, Apple TV)")
+    ios_share: float = Field(default=0.5, ge=0, le=1, description="Share of shoppers whose phone is an iPhone")
+    android_silent: float = Field(
+        default=0.3, ge=0, le=1, description="Share of Android phones that send no BLE advert while idle"
     )
     tick_s: float = Field(default=0.5, gt=0, le=10, description="Simulated step; fixed for reproducibility")
 
