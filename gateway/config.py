@@ -332,6 +332,23 @@ class PresenceSettings(Section):
         min_length=1,
         description="Upper edges (s) of the aggregate dwell histogram bins; a last open bin is added",
     )
+    visitor_confirm_s: float = Field(
+        default=20.0,
+        ge=0,
+        le=600,
+        description="A visit qualifies in a zone past the entrance only once it has lasted this long (strays)",
+    )
+    resident_after_s: float = Field(
+        default=3600.0,
+        gt=0,
+        description="A linked device present this long (staff phone, fixture, neighbour) is set apart as resident",
+    )
+    companion_radius_m: float = Field(
+        default=5.0,
+        ge=0,
+        le=20,
+        description="A tracker/earbuds/wearable this close to a phone moves with it: not an extra visitor",
+    )
     report_passers_by: bool = Field(
         default=True, description="Emit 'visit.ended' (visitor=false) for passers-by; aggregates count them anyway"
     )
@@ -343,6 +360,24 @@ class PresenceSettings(Section):
         if any(b[i] >= b[i + 1] for i in range(len(b) - 1)) or b[0] <= 0:
             raise ValueError("presence.dwell_bins_s must be positive and strictly increasing")
         return self
+
+
+class LinkingSettings(Section):
+    """Joining a device's address rotations without its IRK (``gateway/identity/linking.py``)."""
+
+    enabled: bool = Field(default=True, description="Link address rotations of one device inside a pseudonym period")
+    max_gap_s: float = Field(
+        default=4.0,
+        gt=0,
+        le=60,
+        description="Longest silence between the old address's last and the new one's first advert",
+    )
+    rssi_tol_db: float = Field(
+        default=5.0, gt=0, le=40, description="Largest mean RSSI difference (shared sensors) across the switch"
+    )
+    ambiguity_db: float = Field(
+        default=1.5, ge=0, le=20, description="No link unless the best candidate beats the second by this much"
+    )
 
 
 class PrivacySettings(Section):
@@ -498,6 +533,7 @@ class Settings(BaseSettings):
     nodes: NodesSettings = Field(default_factory=NodesSettings)
     localization: LocalizationSettings = Field(default_factory=LocalizationSettings)
     presence: PresenceSettings = Field(default_factory=PresenceSettings)
+    linking: LinkingSettings = Field(default_factory=LinkingSettings)
     privacy: PrivacySettings = Field(default_factory=PrivacySettings)
     mqtt: MqttSettings = Field(default_factory=MqttSettings)
     local_broker: LocalBrokerSettings = Field(default_factory=LocalBrokerSettings)

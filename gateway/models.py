@@ -156,6 +156,10 @@ class VisitEnded(SubjectEvent):
     zone_affinity: dict[str, float] = Field(
         default_factory=dict, description="Share of the subject's in-store dwell per zone over its history"
     )
+    resident: bool = Field(
+        default=False,
+        description="The subject turned out to be staff, a fixture or a neighbour (present all day): not a visit",
+    )
 
 
 class PositionFix(SubjectEvent):
@@ -175,6 +179,7 @@ class Aggregate(EventBase):
     passers_by: int = Field(ge=0)
     conversion: float | None = None
     dwell_histogram: dict[str, int] = Field(default_factory=dict)
+    residents: int = Field(default=0, ge=0, description="Staff, fixtures and neighbours seen (set apart)")
 
 
 class ActivationReport(EventBase):

@@ -432,9 +432,14 @@ def describe(
         else:
             ck = _COMPANY_KINDS.get(cid)
             if ck is not None:
+                # the header bytes of a vendor's format (message type, device model) do not rotate
                 out.append(
                     VendorMessage(
-                        ck[0], ck[1], _company(cid), {"company_id": cid, "data": body.hex()}, f"m{cid:04x}{len(body)}"
+                        ck[0],
+                        ck[1],
+                        _company(cid),
+                        {"company_id": cid, "data": body.hex()},
+                        f"m{cid:04x}{len(body)}{body[:3].hex()}",
                     )
                 )
             else:

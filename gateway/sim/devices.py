@@ -106,7 +106,7 @@ class SimDevice:
                 body = bytes([0x0C, 0x0E, 0x00, seq & 0xFF, seq >> 8]) + rnd[3:14] + body
             return FLAGS_PHONE + _ad(0x0A, b"\x0c") + _mfr(0x004C, body)
         if m == "android":
-            return FLAGS_PHONE + _mfr(0x0075, bytes([0x42, 0x09, 0x81, 0x02, s["galaxy"]]) + rnd[:8])
+            return FLAGS_PHONE + _mfr(0x0075, bytes([0x42, 0x09, s["galaxy"], 0x02, 0x81]) + rnd[:8])
         if m == "airpods":
             batt = max(0, 10 - int(t // 1800.0) % 11)
             body = (

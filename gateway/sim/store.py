@@ -40,7 +40,6 @@ from gateway.layout import Layout, Zone, points_in_polygon
 from gateway.models import AdvertInfo, Observation
 from gateway.sim.devices import SimDevice, advert_info, draw_shopper_devices, draw_staff_devices, fixture_devices
 
-
 PersonKind = Literal["visitor", "passer-by", "staff", "fixture"]
 
 
@@ -149,6 +148,7 @@ class StoreSimulator:
         self.mac_device: dict[str, int] = {}  # raw address -> device id
         self.device_kind: dict[int, str] = {}  # device id -> true kind
         self.device_owner: dict[int, int] = {}  # device id -> person
+        self._person_kind: dict[int, PersonKind] = {}
         self._emitters: list[_Emitter] = []
         self._next_pid = 0
         self._next_did = 0
@@ -215,6 +215,7 @@ class StoreSimulator:
         )
         self._next_pid += 1
         self.people[p.pid] = p
+        self._person_kind[p.pid] = kind
         s = self.settings
         r = self.dev_rng
         for d in devices:
@@ -348,6 +349,13 @@ class StoreSimulator:
             self.mac_device[mac] = em.dev.did
         return mac, epoch
 
+    def visits_kind(self, did: int) -> PersonKind | None:
+        """Who carries device ``did``: visitor, passer-by, staff or fixture (truth)."""
+        p = self.device_owner.get(did)
+        if p is None:
+            return None
+        return self._person_kind.get(p)
+
     def device_id(self, p: _Person, t: float) -> str:
         """The address of ``p``'s first device at ``t`` (its phone, when it carries one)."""
         if not p.devices:
@@ -423,7 +431,9 @@ class StoreSimulator:
             t = float(ts_all[a])
             dev, epoch = self._address(em, t)
             info: AdvertInfo = advert_info(em.dev.payload(epoch, t), em.dev.rotates)
-            lk = f"sim-{seed}-{p.pid}" if (link and em.dev.rotates and em is p.devices[0]) else None
+            lk = None
+            if link and em.dev.rotates:  # the phone keeps the historical id; other devices their own
+                lk = f"sim-{seed}-{p.pid}" if em is p.devices[0] else f"sim-{seed}-{p.pid}-d{em.dev.did}"
             r1m = -59.0 if em.dev.model == "ibeacon" else None
             for j in np.flatnonzero(row):
                 out.append(Observation(t, sids[j], dev, float(rssi[a, j]), "sim", r1m, lk, info))

@@ -1,0 +1,291 @@
+"""Link a device's address rotations without its IRK, inside one pseudonym period, pseudonymously.
+
+A phone that the box holds no IRK for draws a new resolvable private address about every 15
+minutes; without help every rotation looks like a new device (a 40-minute visit becomes three
+visitors). What persists across one rotation, and what this linker uses:
+
+* **Advert content** that does not rotate with the address (``AdvertInfo.signature``: Continuity
+  message types with their status/flags bytes, AirPods model and colour, Fast Pair/CDP header
+  bytes, TX power, AD flags; see ``gateway.parsers.ble_vendors``) and the device kind: the new
+  address must carry exactly the same signature as the old one.
+* **Counters that keep counting** (``AdvertInfo.seq``: Handoff IV sequence number, SmartTag aging
+  counter): the new value must not be below the old one and not far above it.
+* **Timing of the switch**: the old address stops and the new one starts within a couple of
+  advert intervals (``link_max_gap_s``); an old address still advertising cannot have rotated.
+* **Radio continuity**: the new address's first advert must be heard at the same sensors with
+  about the same RSSI as the old address's last adverts (``rssi_tol_db``, mean absolute difference
+  over shared sensors), i.e. from the same place.
+
+The best candidate wins only if it is clearly better than the second (``ambiguity_db``):
+a missed link costs one extra visitor, a wrong one merges two people, so ambiguity means no link.
+If an old address that was linked away advertises again, the link was wrong and is undone for
+what follows (``stats.undone``).
+
+Privacy: the linker runs after the identity stage and sees **daily pseudonyms only**, never a raw
+address. A chain is named by its first pseudonym; all state is dropped when the pseudonym key
+rotates (``epoch_bounds``), so no link ever spans two pseudonym periods, and nothing is stored.
+Consented devices (resolved by IRK, subject = customer reference) are not rotating subjects here:
+their adverts carry no ``AdvertInfo`` with ``rotating`` and pass untouched.
+
+Pure: time comes from the observations; no I/O.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from gateway.models import Observation
+
+__all__ = ["ChainInfo", "LinkerStats", "RotationLinker"]
+
+RESIDENT_KINDS = frozenset({"beacon", "sensor", "fixture", "scanner"})
+COMPANION_KINDS = frozenset({"earbuds", "wearable", "tracker", "accessory"})
+
+
+@dataclass(slots=True)
+class _Addr:
+    subject: str
+    chain: str
+    signature: str
+    kind: str
+    first_ts: float
+    last_ts: float
+    count: int = 0
+    interval: float = 1.0
+    seq: int | None = None
+    rssi: dict[str, float] = field(default_factory=dict)
+    last_advert_ts: float = -math.inf
+
+
+@dataclass(slots=True)
+class ChainInfo:
+    """What the linker knows about one chain (a device within this pseudonym period)."""
+
+    root: str
+    kind: str
+    first_ts: float
+    last_ts: float
+    addresses: int = 1
+    current: str = ""
+
+
+@dataclass(slots=True)
+class LinkerStats:
+    addresses: int = 0
+    links: int = 0
+    ambiguous: int = 0
+    no_candidate: int = 0
+    undone: int = 0
+    resets: int = 0
+
+
+class RotationLinker:
+    """Observations (subjects = daily pseudonyms) in, the same with rotated addresses joined."""
+
+    def __init__(
+        self,
+        epoch_bounds: Callable[[float], tuple[int, float, float]],
+        *,
+        link_max_gap_s: float = 3.0,
+        rssi_tol_db: float = 5.0,
+        ambiguity_db: float = 1.5,
+        seq_window: int = 64,
+        min_shared_sensors: int = 2,
+    ) -> None:
+        self._bounds_of = epoch_bounds
+        self._epoch: tuple[int, float, float] | None = None
+        self.max_gap = link_max_gap_s
+        self.tol = rssi_tol_db
+        self.ambiguity = ambiguity_db
+        self.seq_window = seq_window
+        self.min_shared = min_shared_sensors
+        self._addr: dict[str, _Addr] = {}
+        self._chains: dict[str, ChainInfo] = {}
+        # chains whose current address may be rotating out: signature -> {chain root}
+        self._by_sig: dict[str, set[str]] = {}
+        self.stats = LinkerStats()
+        # (new subject, chain root) of every link made, for measuring (bounded)
+        self.link_log: list[tuple[str, str]] = []
+
+    # -- queries ------------------------------------------------------------------------------
+
+    def chain_of(self, subject: str) -> str:
+        a = self._addr.get(subject)
+        return a.chain if a is not None else subject
+
+    def info(self, root: str) -> ChainInfo | None:
+        return self._chains.get(root)
+
+    def chains(self) -> dict[str, ChainInfo]:
+        return self._chains
+
+    # -- processing ---------------------------------------------------------------------------
+
+    def _reset(self) -> None:
+        self._addr.clear()
+        self._chains.clear()
+        self._by_sig.clear()
+        self.link_log.clear()
+        self.stats.resets += 1
+
+    def process(self, batch: Sequence[Observation]) -> list[Observation]:
+        """Rewrite ``device`` of observations from a rotated address to its chain's root subject."""
+        if not batch:
+            return []
+        out: list[Observation] = []
+        ep = self._epoch
+        # first sight of an address in this batch: gather its first advert (all sensors)
+        fresh: dict[str, list[Observation]] = {}
+        for o in batch:
+            info = o.adv
+            if info is None or not info.rotating:
+                if info is not None:
+                    self._touch_static(o)
+                out.append(o)
+                continue
+            ts = o.ts
+            if ep is None or not ep[1] <= ts < ep[2]:
+                nb = self._bounds_of(ts)
+                if ep is None or nb[0] > ep[0]:
+                    if ep is not None:
+                        self._reset()
+                    ep = self._epoch = nb
+                else:  # late observation from the previous period: never linked
+                    out.append(o)
+                    continue
+            a = self._addr.get(o.device)
+            if a is None:
+                first = fresh.get(o.device)
+                if first is None:
+                    fresh[o.device] = [o]
+                elif o.ts - first[0].ts < 0.05:
+                    first.append(o)
+                out.append(o)
+                continue
+            self._update(a, o)
+            o.device = a.chain
+            out.append(o)
+        for subject, obs in fresh.items():
+            root = self._first_sight(subject, obs)
+            for o in out:
+                if o.device == subject:
+                    o.device = root
+            a = self._addr[subject]
+            for o in obs:
+                self._update(a, o)
+        return out
+
+    def _touch_static(self, o: Observation) -> None:
+        """Non-rotating devices are their own chain (kind and span still wanted by presence)."""
+        c = self._chains.get(o.device)
+        if c is None:
+            assert o.adv is not None
+            self._chains[o.device] = ChainInfo(o.device, o.adv.kind, o.ts, o.ts, 1, o.device)
+        elif o.ts > c.last_ts:
+            c.last_ts = o.ts
+
+    def _update(self, a: _Addr, o: Observation) -> None:
+        ts = o.ts
+        if ts - a.last_advert_ts > 0.05:  # a new advert (several sensors hear the same one)
+            if a.count and ts > a.last_advert_ts:
+                gap = ts - a.last_advert_ts
+                if gap < 10 * a.interval:
+                    a.interval = 0.8 * a.interval + 0.2 * gap if a.count > 1 else gap
+            a.count += 1
+            a.last_advert_ts = ts
+            info = o.adv
+            if info is not None:
+                if info.seq is not None:
+                    a.seq = info.seq
+                if info.signature != a.signature:  # e.g. the user woke the phone: action code changed
+                    a.signature = info.signature
+                    self._by_sig.setdefault(info.signature, set()).add(a.chain)
+        prev = a.rssi.get(o.sensor)
+        a.rssi[o.sensor] = o.rssi if prev is None else 0.5 * prev + 0.5 * o.rssi
+        if ts > a.last_ts:
+            a.last_ts = ts
+        c = self._chains[a.chain]
+        if ts > c.last_ts:
+            c.last_ts = ts
+        if c.current != a.subject:
+            # the old address of a linked chain speaks again: that link was wrong, undo it
+            cur = self._addr.get(c.current)
+            if cur is not None and cur.chain == a.chain and a.first_ts < cur.first_ts:
+                self._detach(cur)
+
+    def _detach(self, a: _Addr) -> None:
+        self.stats.undone += 1
+        old = self._chains[a.chain]
+        old.current = next(
+            (s for s, x in self._addr.items() if x.chain == a.chain and s != a.subject and x.last_ts == old.last_ts),
+            old.root,
+        )
+        a.chain = a.subject
+        self._chains[a.subject] = ChainInfo(a.subject, a.kind, a.first_ts, a.last_ts, 1, a.subject)
+        self._by_sig.setdefault(a.signature, set()).add(a.subject)
+
+    def _first_sight(self, subject: str, obs: list[Observation]) -> str:
+        o0 = obs[0]
+        info = o0.adv
+        assert info is not None
+        t = o0.ts
+        self.stats.addresses += 1
+        rssi = {}
+        for o in obs:
+            rssi[o.sensor] = o.rssi
+        best: tuple[float, str] | None = None
+        second = math.inf
+        cands = self._by_sig.get(info.signature, set())
+        for root in list(cands):
+            c = self._chains.get(root)
+            if c is None:
+                cands.discard(root)
+                continue
+            cur = self._addr.get(c.current)
+            if cur is None:
+                continue
+            gap = t - cur.last_ts
+            if gap > max(self.max_gap, 2.5 * cur.interval):
+                if gap > 600.0:
+                    cands.discard(root)  # long gone: no longer a candidate
+                continue
+            if gap < 0.4 * cur.interval or cur.count < 2 or cur.kind != info.kind:
+                continue
+            if cur.seq is not None and info.seq is not None and not (0 <= info.seq - cur.seq <= self.seq_window):
+                continue
+            shared = [s for s in rssi if s in cur.rssi]
+            if len(shared) < min(self.min_shared, len(rssi)):
+                continue
+            d = sum(abs(rssi[s] - cur.rssi[s]) for s in shared) / len(shared)
+            # a sensor that heard one but not the other speaks against the same place
+            missing = len([s for s in rssi if s not in cur.rssi])
+            d += 2.0 * missing / max(1, len(rssi))
+            if d > self.tol:
+                continue
+            if best is None or d < best[0]:
+                if best is not None:
+                    second = best[0]
+                best = (d, root)
+            elif d < second:
+                second = d
+        if best is not None and second - best[0] < self.ambiguity:
+            self.stats.ambiguous += 1
+            best = None
+        if best is None:
+            if not cands:
+                self.stats.no_candidate += 1
+            root = subject
+            self._chains[root] = ChainInfo(root, info.kind, t, t, 1, subject)
+        else:
+            root = best[1]
+            c = self._chains[root]
+            c.addresses += 1
+            c.current = subject
+            self.stats.links += 1
+            if len(self.link_log) < 1_000_000:
+                self.link_log.append((subject, root))
+        self._by_sig.setdefault(info.signature, set()).add(root)
+        self._addr[subject] = _Addr(subject, root, info.signature, info.kind, t, t, seq=info.seq)
+        return root
