@@ -367,7 +367,7 @@ class LinkingSettings(Section):
 
     enabled: bool = Field(default=True, description="Link address rotations of one device inside a pseudonym period")
     max_gap_s: float = Field(
-        default=4.0,
+        default=3.0,
         gt=0,
         le=60,
         description="Longest silence between the old address's last and the new one's first advert",
