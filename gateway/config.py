@@ -332,6 +332,10 @@ class PresenceSettings(Section):
         min_length=1,
         description="Upper edges (s) of the aggregate dwell histogram bins; a last open bin is added",
     )
+    front_from_outside: bool = Field(
+        default=True,
+        description="In-store zones that border an outside zone (pavement) qualify a visit like the entrance",
+    )
     visitor_confirm_s: float = Field(
         default=20.0,
         ge=0,

@@ -165,7 +165,8 @@ class PresenceEngine:
         self._entrances = {
             z.id
             for z in layout.zones
-            if z.kind in ("entrance", "front") or (z.kind != "outside" and any(_borders(z, o) for o in outside))
+            if z.kind in ("entrance", "front")
+            or (settings.front_from_outside and z.kind != "outside" and any(_borders(z, o) for o in outside))
         }
         self._edge_zones = self._entrances | {z.id for z in layout.zones if z.kind == "outside"}
         self.alias: dict[str, str] = {}  # orphan subject -> the subject whose visit it continues

@@ -405,7 +405,7 @@ class StoreSimulator:
             return []
         ts_all = np.concatenate(times)
         # BLE advDelay: 0-10 ms pseudo-random jitter per advert
-        ts_all = ts_all + self.rng.uniform(0.0, 0.01, size=len(ts_all))
+        ts_all = np.minimum(ts_all + self.rng.uniform(0.0, 0.01, size=len(ts_all)), t_end)
         xs = np.empty(len(ts_all))
         ys = np.empty(len(ts_all))
         tx = np.empty(len(ts_all))
