@@ -336,6 +336,12 @@ class PresenceSettings(Section):
         default=True,
         description="In-store zones that border an outside zone (pavement) qualify a visit like the entrance",
     )
+    front_margin_m: float = Field(
+        default=1.5, ge=0, le=10, description="Fixes closer than this to an outside zone are not 'clearly inside'"
+    )
+    visitor_deep_s: float = Field(
+        default=10.0, ge=0, le=600, description="A visit qualifies only after this long seen clearly inside the store"
+    )
     visitor_confirm_s: float = Field(
         default=20.0,
         ge=0,

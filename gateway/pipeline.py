@@ -126,6 +126,10 @@ class Pipeline:
         resolved = self.identity.resolve(good)
         if self.linker is not None and resolved:
             resolved = self.linker.process(resolved)
+            for stub, _root in self.linker.take_relabelled():
+                # the new address's first adverts ran under a provisional subject: drop that stub
+                self.localizer.forget(stub)
+                self.presence.forget(stub)
         start = 0
         for j, o in enumerate(resolved):
             if o.ts >= self._next_tick:

@@ -106,6 +106,9 @@ class RotationLinker:
         # chains whose current address may be rotating out: signature -> {chain root}
         self._by_sig: dict[str, set[str]] = {}
         self.stats = LinkerStats()
+        # new addresses waiting for their decision: subject -> (due time, [(root, old subject, d)])
+        self._pending: dict[str, tuple[float, list[tuple[str, str, float]]]] = {}
+        self._relabelled: list[tuple[str, str]] = []
         # (new subject, chain root) of every link made, for measuring (bounded)
         self.link_log: list[tuple[str, str]] = []
 
@@ -127,6 +130,8 @@ class RotationLinker:
         self._addr.clear()
         self._chains.clear()
         self._by_sig.clear()
+        self._pending.clear()
+        self._relabelled.clear()
         self.link_log.clear()
         self.stats.resets += 1
 
@@ -135,6 +140,8 @@ class RotationLinker:
         if not batch:
             return []
         out: list[Observation] = []
+        if self._pending:  # decide before labelling this batch (an old address in it still speaks)
+            self._decide(batch[0].ts, {o.device for o in batch})
         ep = self._epoch
         # first sight of an address in this batch: gather its first advert (all sensors)
         fresh: dict[str, list[Observation]] = {}
@@ -168,13 +175,22 @@ class RotationLinker:
             o.device = a.chain
             out.append(o)
         for subject, obs in fresh.items():
-            root = self._first_sight(subject, obs)
-            for o in out:
-                if o.device == subject:
-                    o.device = root
+            self._first_sight(subject, obs)
             a = self._addr[subject]
             for o in obs:
                 self._update(a, o)
+        if self._pending:
+            self._decide(batch[-1].ts)
+        return out
+
+    def take_relabelled(self) -> list[tuple[str, str]]:
+        """(provisional subject, chain root) of links decided since the last call.
+
+        The provisional subject was used for the new address's first adverts (about one advert
+        interval, while the linker waited to see whether the old address really stopped); the
+        pipeline makes the localizer and presence forget it, its later adverts carry the root.
+        """
+        out, self._relabelled = self._relabelled, []
         return out
 
     def _touch_static(self, o: Observation) -> None:
@@ -226,22 +242,26 @@ class RotationLinker:
         self._chains[a.subject] = ChainInfo(a.subject, a.kind, a.first_ts, a.last_ts, 1, a.subject)
         self._by_sig.setdefault(a.signature, set()).add(a.subject)
 
-    def _first_sight(self, subject: str, obs: list[Observation]) -> str:
+    def _first_sight(self, subject: str, obs: list[Observation]) -> None:
+        """A new address: a chain of its own for now, and the candidates it may continue.
+
+        The decision waits about one and a half advert intervals of the candidates: a device that
+        rotated has stopped using its old address, another device that only happened to be quiet
+        for a moment speaks again in that time and drops out.
+        """
         o0 = obs[0]
         info = o0.adv
         assert info is not None
         t = o0.ts
         self.stats.addresses += 1
-        rssi = {}
-        for o in obs:
-            rssi[o.sensor] = o.rssi
-        best: tuple[float, str] | None = None
-        second = math.inf
-        cands = self._by_sig.get(info.signature, set())
-        for root in list(cands):
+        rssi = {o.sensor: o.rssi for o in obs}
+        cands: list[tuple[str, str, float]] = []
+        due = t
+        roots = self._by_sig.get(info.signature, set())
+        for root in list(roots):
             c = self._chains.get(root)
             if c is None:
-                cands.discard(root)
+                roots.discard(root)
                 continue
             cur = self._addr.get(c.current)
             if cur is None:
@@ -249,9 +269,9 @@ class RotationLinker:
             gap = t - cur.last_ts
             if gap > max(self.max_gap, 2.5 * cur.interval):
                 if gap > 600.0:
-                    cands.discard(root)  # long gone: no longer a candidate
+                    roots.discard(root)  # long gone: no longer a candidate
                 continue
-            if gap < 0.4 * cur.interval or cur.count < 2 or cur.kind != info.kind:
+            if gap < 0.3 * cur.interval or cur.count < 2 or cur.kind != info.kind:
                 continue
             if cur.seq is not None and info.seq is not None and not (0 <= info.seq - cur.seq <= self.seq_window):
                 continue
@@ -260,32 +280,53 @@ class RotationLinker:
                 continue
             d = sum(abs(rssi[s] - cur.rssi[s]) for s in shared) / len(shared)
             # a sensor that heard one but not the other speaks against the same place
-            missing = len([s for s in rssi if s not in cur.rssi])
-            d += 2.0 * missing / max(1, len(rssi))
+            d += 2.0 * len([s for s in rssi if s not in cur.rssi]) / max(1, len(rssi))
             if d > self.tol:
                 continue
-            if best is None or d < best[0]:
-                if best is not None:
-                    second = best[0]
-                best = (d, root)
-            elif d < second:
-                second = d
-        if best is not None and second - best[0] < self.ambiguity:
-            self.stats.ambiguous += 1
-            best = None
-        if best is None:
-            if not cands:
-                self.stats.no_candidate += 1
-            root = subject
-            self._chains[root] = ChainInfo(root, info.kind, t, t, 1, subject)
+            cands.append((root, cur.subject, d))
+            due = max(due, cur.last_ts + 1.6 * cur.interval + 0.1)
+        self._chains[subject] = ChainInfo(subject, info.kind, t, t, 1, subject)
+        self._by_sig.setdefault(info.signature, set()).add(subject)
+        self._addr[subject] = _Addr(subject, subject, info.signature, info.kind, t, t, seq=info.seq)
+        if cands:
+            self._pending[subject] = (min(due, t + self.max_gap), cands)
         else:
-            root = best[1]
+            self.stats.no_candidate += 1
+
+    def _decide(self, now: float, speaking: set[str] | frozenset[str] = frozenset()) -> None:
+        for subject, (due, cands) in list(self._pending.items()):
+            if now < due:
+                continue
+            del self._pending[subject]
+            a = self._addr.get(subject)
+            if a is None or a.chain != subject:
+                continue
+            alive: list[tuple[float, str]] = []
+            for root, old, d in cands:
+                c = self._chains.get(root)
+                cur = self._addr.get(old)
+                # the old address must still be the chain's and must not have spoken since
+                if c is None or cur is None or c.current != old or cur.last_ts >= a.first_ts - 0.02:
+                    continue
+                if old in speaking:
+                    continue
+                alive.append((d, root))
+            alive.sort()
+            if not alive:
+                self.stats.no_candidate += 1
+                continue
+            if len(alive) > 1 and alive[1][0] - alive[0][0] < self.ambiguity:
+                self.stats.ambiguous += 1
+                continue
+            root = alive[0][1]
             c = self._chains[root]
+            stub = self._chains.pop(subject)
+            self._by_sig.get(a.signature, set()).discard(subject)
+            a.chain = root
             c.addresses += 1
             c.current = subject
+            c.last_ts = max(c.last_ts, stub.last_ts)
             self.stats.links += 1
+            self._relabelled.append((subject, root))
             if len(self.link_log) < 1_000_000:
                 self.link_log.append((subject, root))
-        self._by_sig.setdefault(info.signature, set()).add(root)
-        self._addr[subject] = _Addr(subject, root, info.signature, info.kind, t, t, seq=info.seq)
-        return root

@@ -37,6 +37,9 @@ Model, per subject:
   ``ORPHAN_WAIT_S``; if in that time another subject of the same device kind went silent within
   ``ORPHAN_RADIUS_M`` of where the orphan appeared, the orphan continues that subject's visit
   (its fixes are attributed to it; ``stats.merges``), else it is a track of its own.
+* **Clearly inside.** A visit qualifies only once the subject has been seen for ``visitor_deep_s``
+  farther than ``front_margin_m`` from any ``outside`` zone: a passer-by walking close to the glass
+  has fixes just inside it, seldom metres inside for long.
 * **Shop fronts.** Zones of kind ``front``, and every in-store zone that borders an ``outside``
   zone, (window displays along the pavement) qualify a visit only
   after ``visitor_min_s`` there, like the entrance: a passer-by's fix that strays across the shop
@@ -126,6 +129,9 @@ class _Track:
     x: float = 0.0
     y: float = 0.0
     orphan_until: float = -math.inf  # an orphan waits until then for a vanished track to continue
+    deep_s: float = 0.0  # time seen clearly inside (farther than front_margin_m from the pavement)
+    near_phone: int = 0  # ticks a companion-kind device was next to a phone / ticks checked
+    near_checks: int = 0
 
 
 @dataclass(slots=True)
@@ -169,6 +175,7 @@ class PresenceEngine:
             or (settings.front_from_outside and z.kind != "outside" and any(_borders(z, o) for o in outside))
         }
         self._edge_zones = self._entrances | {z.id for z in layout.zones if z.kind == "outside"}
+        self._outside_ids = [z.id for z in outside]
         self.alias: dict[str, str] = {}  # orphan subject -> the subject whose visit it continues
         self.merge_log: list[tuple[str, str]] = []
         self._chain_info: Callable[[str], ChainInfo | None] | None = None
@@ -272,6 +279,10 @@ class PresenceEngine:
             elif ts < tr.last_seen:
                 late += 1
                 continue
+            if z in inside and not (
+                self._outside_ids and any(self._near(o, f.x, f.y, self._s.front_margin_m) for o in self._outside_ids)
+            ):
+                tr.deep_s += min(ts - tr.last_seen, 2.0) if ts > tr.first_seen else 1.0
             tr.last_seen = ts
             tr.x = f.x
             tr.y = f.y
@@ -307,6 +318,10 @@ class PresenceEngine:
         for dev in list(self._tracks):
             tr = self._tracks[dev]
             silent = now - tr.last_seen >= timeout
+            if now - tr.last_seen < 1.5 and not tr.resident and self._companion_kind(dev):
+                tr.near_checks += 1
+                if self._moves_with_phone(dev):
+                    tr.near_phone += 1
             if not tr.resident and self._chain_info is not None:
                 why = self._resident_kind(dev, now)
                 if why is not None:
@@ -469,6 +484,20 @@ class PresenceEngine:
             elif now >= tr.orphan_until:
                 tr.orphan_until = -math.inf  # a device of its own: qualifies like any other (tick)
 
+    def _companion_kind(self, dev: str) -> bool:
+        if self._chain_info is None:
+            return False
+        c = self._chain_info(dev)
+        return c is not None and c.kind in COMPANION_KINDS
+
+    def _is_companion(self, dev: str, tr: _Track) -> bool:
+        """Moved with a phone most of the time it was seen (or, seen too briefly, right now)."""
+        if tr.companion:
+            return True
+        if tr.near_checks >= 3:
+            return tr.near_phone * 2 >= tr.near_checks
+        return self._moves_with_phone(dev)
+
     def _moves_with_phone(self, dev: str) -> bool:
         """Is ``dev`` a tracker/earbuds/wearable right next to a phone (the phone is the visitor)?"""
         if self._chain_info is None:
@@ -492,7 +521,9 @@ class PresenceEngine:
         tr = self._tracks.get(dev)
         if tr is not None and tr.orphan_until != -math.inf:
             return  # an orphan waits: it may continue a visit already counted
-        if tr is not None and (tr.companion or self._moves_with_phone(dev)):
+        if tr is not None and tr.deep_s < self._s.visitor_deep_s:
+            return  # not yet seen clearly inside: a passer-by's estimate strays across the shop front
+        if tr is not None and self._is_companion(dev, tr):
             if not tr.companion:
                 tr.companion = True
                 self.stats.companions += 1
@@ -542,7 +573,10 @@ class PresenceEngine:
                 )
             self._count(end, dev, False, duration, {}, resident=True)
             return
-        if tr.companion:
+        if tr.companion or (not v.visitor and self._companion_kind(dev) and self._is_companion(dev, tr)):
+            if not tr.companion:
+                tr.companion = True
+                self.stats.companions += 1
             self._count(end, dev, False, duration, {}, resident=False, companion=True)
             return
         if v.visitor:
@@ -579,6 +613,9 @@ class PresenceEngine:
         self._count(end, dev, v.visitor, duration, dwell)
 
     def _street_passer_by(self, dev: str, tr: _Track, out: list[EventBase]) -> None:
+        if self._companion_kind(dev) and self._is_companion(dev, tr):
+            self.stats.companions += 1
+            return  # a tag or earbuds going by with a phone: the phone is the passer-by
         self.stats.passers_by += 1
         end = tr.last_seen
         if self._s.report_passers_by:

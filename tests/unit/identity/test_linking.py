@@ -28,8 +28,12 @@ def test_a_rotation_is_linked_to_the_address_that_just_stopped() -> None:
     obs = [o for k in range(10) for o in advert(T0 + k, "old", (-60, -70, -75, -80))]
     obs += [o for k in range(10, 20) for o in advert(T0 + k + 0.1, "new", (-61, -69, -76, -80))]
     out = feed(lk, obs)
-    assert {o.device for o in out} == {"old"}
+    # the new address's first advert waits under a provisional subject while the linker checks
+    # that the old address really stopped; from the decision on it carries the old chain's name
+    assert {o.device for o in out if o.ts > T0 + 11} == {"old"}
+    assert {o.device for o in out if o.ts < T0 + 10.5} <= {"old", "new"}
     assert lk.stats.links == 1 and lk.link_log == [("new", "old")]
+    assert lk.take_relabelled() == [("new", "old")] and lk.take_relabelled() == []
 
 
 def test_no_link_when_the_new_address_is_heard_elsewhere() -> None:
@@ -37,6 +41,17 @@ def test_no_link_when_the_new_address_is_heard_elsewhere() -> None:
     obs = [o for k in range(10) for o in advert(T0 + k, "old", (-60, -70, -75, -80))]
     obs += [o for k in range(10, 20) for o in advert(T0 + k + 0.1, "new", (-85, -62, -70, -60))]
     assert {o.device for o in feed(lk, obs)} == {"old", "new"}
+    assert lk.stats.links == 0
+
+
+def test_a_device_only_quiet_for_a_moment_is_not_taken_for_a_rotation() -> None:
+    """'b' appears while 'a' skipped one advert: 'a' speaks again before the decision, no link."""
+    lk = RotationLinker(KR.epoch_bounds)
+    obs = [o for k in range(10) for o in advert(T0 + k, "a", (-60, -70, -75, -80))]
+    obs += [o for k in range(11, 20) for o in advert(T0 + k, "a", (-60, -70, -75, -80))]  # skipped T0+10
+    obs += [o for k in range(10, 20) for o in advert(T0 + k + 0.4, "b", (-60, -70, -75, -80))]
+    out = feed(lk, obs)
+    assert {o.device for o in out} == {"a", "b"}
     assert lk.stats.links == 0
 
 
@@ -54,7 +69,7 @@ def test_two_equal_candidates_mean_no_link() -> None:
     lk = RotationLinker(KR.epoch_bounds)
     obs = [o for k in range(10) for o in advert(T0 + k, "x", (-60, -70, -75, -80))]
     obs += [o for k in range(10) for o in advert(T0 + k + 0.3, "y", (-60, -70, -75, -80))]
-    obs += advert(T0 + 10.6, "z", (-60, -70, -75, -80))
+    obs += [o for k in range(4) for o in advert(T0 + 10.6 + k, "z", (-60, -70, -75, -80))]
     feed(lk, obs)
     assert lk.stats.links == 0 and lk.stats.ambiguous == 1
 
