@@ -18,7 +18,9 @@ seed, then the bars over all runs:
 
 * visitors and passers-by within +-10 % of truth; visitor dwell per in-store zone within +-10 %;
 * staff and fixtures excluded (no visitor visit) >= 95 % of those devices;
-* wrong links <= 2 % of links (a link joins an address to a chain of another device).
+* wrong links <= 2 % of links: a link joins a new address to the address it continues; it is
+  wrong when the two belong to different devices (the presence stage's position-continuity
+  merges are counted the same way).
 """
 
 from __future__ import annotations

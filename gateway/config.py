@@ -383,7 +383,7 @@ class LinkingSettings(Section):
         description="Longest silence between the old address's last and the new one's first advert",
     )
     rssi_tol_db: float = Field(
-        default=5.0, gt=0, le=40, description="Largest mean RSSI difference (shared sensors) across the switch"
+        default=6.5, gt=0, le=40, description="Largest mean RSSI difference (shared sensors) across the switch"
     )
     ambiguity_db: float = Field(
         default=1.5, ge=0, le=20, description="No link unless the best candidate beats the second by this much"

@@ -56,6 +56,7 @@ class _Addr:
     interval: float = 1.0
     seq: int | None = None
     rssi: dict[str, float] = field(default_factory=dict)
+    heard: dict[str, float] = field(default_factory=dict)  # sensor -> when it last heard this address
     last_advert_ts: float = -math.inf
 
 
@@ -81,6 +82,21 @@ class LinkerStats:
     resets: int = 0
 
 
+RECENT_S = 5.0  # only what a sensor heard this recently describes where a device is now
+
+
+def _distance(new: dict[str, float], old: _Addr, min_shared: int) -> float | None:
+    """Mean absolute RSSI difference over sensors that heard both recently, plus a penalty for
+    sensors that heard only one of them; None when too few sensors are shared."""
+    recent = {x: v for x, v in old.rssi.items() if old.last_ts - old.heard.get(x, -math.inf) <= RECENT_S}
+    shared = [x for x in new if x in recent]
+    if not shared or len(shared) < min(min_shared, len(new), len(recent)):
+        return None
+    d = sum(abs(new[x] - recent[x]) for x in shared) / len(shared)
+    only = len(new) + len(recent) - 2 * len(shared)
+    return d + 8.0 * only / max(1, len(new) + len(recent))
+
+
 class RotationLinker:
     """Observations (subjects = daily pseudonyms) in, the same with rotated addresses joined."""
 
@@ -89,10 +105,10 @@ class RotationLinker:
         epoch_bounds: Callable[[float], tuple[int, float, float]],
         *,
         link_max_gap_s: float = 3.0,
-        rssi_tol_db: float = 5.0,
+        rssi_tol_db: float = 6.5,
         ambiguity_db: float = 1.5,
         seq_window: int = 64,
-        min_shared_sensors: int = 2,
+        min_shared_sensors: int = 3,
     ) -> None:
         self._bounds_of = epoch_bounds
         self._epoch: tuple[int, float, float] | None = None
@@ -109,7 +125,7 @@ class RotationLinker:
         # new addresses waiting for their decision: subject -> (due time, [(root, old subject, d)])
         self._pending: dict[str, tuple[float, list[tuple[str, str, float]]]] = {}
         self._relabelled: list[tuple[str, str]] = []
-        # (new subject, chain root) of every link made, for measuring (bounded)
+        # (new subject, the address it continues) of every link made, for measuring (bounded)
         self.link_log: list[tuple[str, str]] = []
 
     # -- queries ------------------------------------------------------------------------------
@@ -219,7 +235,11 @@ class RotationLinker:
                     a.signature = info.signature
                     self._by_sig.setdefault(info.signature, set()).add(a.chain)
         prev = a.rssi.get(o.sensor)
-        a.rssi[o.sensor] = o.rssi if prev is None else 0.5 * prev + 0.5 * o.rssi
+        if prev is None or ts - a.heard.get(o.sensor, ts) > RECENT_S:
+            a.rssi[o.sensor] = o.rssi  # a sensor that had lost it starts afresh
+        else:
+            a.rssi[o.sensor] = 0.5 * prev + 0.5 * o.rssi
+        a.heard[o.sensor] = ts
         if ts > a.last_ts:
             a.last_ts = ts
         c = self._chains[a.chain]
@@ -275,13 +295,11 @@ class RotationLinker:
                 continue
             if cur.seq is not None and info.seq is not None and not (0 <= info.seq - cur.seq <= self.seq_window):
                 continue
-            shared = [s for s in rssi if s in cur.rssi]
-            if len(shared) < min(self.min_shared, len(rssi)):
+            dist = _distance(rssi, cur, self.min_shared)
+            if dist is None or dist > self.tol + 2.0:
                 continue
-            d = sum(abs(rssi[s] - cur.rssi[s]) for s in shared) / len(shared)
-            # a sensor that heard one but not the other speaks against the same place
-            d += 2.0 * len([s for s in rssi if s not in cur.rssi]) / max(1, len(rssi))
-            if d > self.tol:
+            d = dist
+            if d > self.tol + 2.0:
                 continue
             cands.append((root, cur.subject, d))
             due = max(due, cur.last_ts + 1.6 * cur.interval + 0.1)
@@ -310,6 +328,12 @@ class RotationLinker:
                     continue
                 if old in speaking:
                     continue
+                # the new address has been heard a little longer now: compare averages, not one advert
+                dist = _distance(a.rssi, cur, self.min_shared)
+                if dist is not None:
+                    d = dist
+                if d > self.tol:
+                    continue
                 alive.append((d, root))
             alive.sort()
             if not alive:
@@ -320,6 +344,7 @@ class RotationLinker:
                 continue
             root = alive[0][1]
             c = self._chains[root]
+            previous = c.current
             stub = self._chains.pop(subject)
             self._by_sig.get(a.signature, set()).discard(subject)
             a.chain = root
@@ -329,4 +354,4 @@ class RotationLinker:
             self.stats.links += 1
             self._relabelled.append((subject, root))
             if len(self.link_log) < 1_000_000:
-                self.link_log.append((subject, root))
+                self.link_log.append((subject, previous))

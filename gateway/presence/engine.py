@@ -75,7 +75,7 @@ from gateway.presence.qualification import Qualifier, VisitRecord
 
 _FAR = math.inf
 ORPHAN_WAIT_S = 20.0  # how long an orphan waits for a vanished track to continue
-ORPHAN_RADIUS_M = 4.0  # how far from where that track was last seen it may appear
+ORPHAN_RADIUS_M = 2.5  # how far from where that track was last seen it may appear
 ORPHAN_SILENCE_S = 2.0  # a track silent this long (while the orphan speaks) has stopped
 _NO = "\x00no-candidate"  # sentinel: no candidate zone (None is a valid candidate: "no zone")
 
@@ -458,9 +458,9 @@ class PresenceEngine:
             for other, ot in tracks.items():
                 if other == dev or ot.resident or ot.orphan_until != -math.inf:
                     continue
-                if not (tr.first_seen - ORPHAN_WAIT_S <= ot.last_seen <= tr.last_seen - ORPHAN_SILENCE_S):
+                if not (tr.first_seen - 6.0 <= ot.last_seen <= tr.last_seen - ORPHAN_SILENCE_S):
                     continue
-                if ot.last_seen > tr.first_seen + 8.0:  # spoke long after the orphan appeared: not it
+                if ot.last_seen > tr.first_seen + 5.0:  # spoke long after the orphan appeared: not it
                     continue
                 oi = self._chain_info(other)
                 if oi is None or oi.kind != kind:
