@@ -12,6 +12,7 @@ Everything here is cheap and synchronous: it runs on the event loop a few times 
 from __future__ import annotations
 
 import asyncio
+import collections
 import shutil
 import time
 from collections import deque
@@ -184,6 +185,9 @@ class DaemonStatusProvider:
                 "dropped": dict(st.dropped),
                 "loop_lag_s": round(d.runtime.loop_lag_s, 4),
                 "queued_batches": d.queue.qsize(),
+                # staff, fixtures and neighbours set apart today, by why (device kind or all-day)
+                "residents": dict(collections.Counter(d.pipeline.presence.residents().values())),
+                "linked_rotations": d.pipeline.linker.stats.links if d.pipeline.linker is not None else 0,
             },
         ).as_dict()
 

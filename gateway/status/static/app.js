@@ -206,6 +206,12 @@
   }
 
   // -- panels -------------------------------------------------------------------------------
+  function fmtResidents(r) {
+    if (!r) return "-";
+    const parts = Object.keys(r).sort().map(function (k) { return k + " " + r[k]; });
+    return parts.length ? parts.join(", ") : "0";
+  }
+
   function renderStatus(s) {
     const now = s.ts || Date.now() / 1000;
     kv(document.getElementById("overview"), [
@@ -214,6 +220,8 @@
       ["clock", fmtClock(s.clock)],
       ["disk free", s.disk && s.disk.total_bytes ? fmtBytes(s.disk.free_bytes) + " of " + fmtBytes(s.disk.total_bytes) : "-"],
       ["opt-outs", s.optouts],
+      ["staff / fixtures set apart", fmtResidents((s.extra || {}).residents)],
+      ["rotations linked", (s.extra || {}).linked_rotations],
     ]);
     const u = s.uplink || {};
     kv(document.getElementById("uplink"), [
