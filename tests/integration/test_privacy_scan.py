@@ -56,6 +56,7 @@ SIM = {
     "beacons": 1,
     "advert_interval_s": 4.0,
     "tick_s": 2.0,
+    "link_rotations": True,  # the test follows phones by their simulated IRK identity
 }
 IRK = bytes.fromhex("0f1e2d3c4b5a69788796a5b4c3d2e1f0")
 SSIDS = ["HomeWifi-Dupont", "FreeWifi_Secure"]

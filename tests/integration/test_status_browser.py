@@ -186,7 +186,7 @@ def served(tmp_path: Path, clock: PausableClock) -> Iterator[ServerThread]:
         login_lockout_base_s=1.0,
         loop_lag_interval_s=0.5,
     )
-    sim = load_settings(simulator={"seed": SEED, "speed": 2.0, "shoppers_per_hour": 1800})
+    sim = load_settings(simulator={"seed": SEED, "speed": 2.0, "shoppers_per_hour": 1800, "link_rotations": True})
     provider = SimPipelineProvider(sim, xss_layout(), clock=clock, campaigns=xss_campaigns(), warmup_s=45)
     st = ServerThread(provider, settings, cred)
     try:

@@ -39,7 +39,8 @@ async def until(pred: Callable[[], Any], timeout: float = 10.0) -> Any:
 async def test_status_over_a_running_daemon(tmp_path: Path, mosquitto: Mosquitto, credential: Path) -> None:
     settings = load_settings(
         paths={"state_dir": str(tmp_path / "state")},
-        simulator={"enabled": True, "speed": 4.0, "seed": 11, "shoppers_per_hour": 2400},
+        # linked rotations: the test finds a phone by its simulated IRK identity
+        simulator={"enabled": True, "speed": 4.0, "seed": 11, "shoppers_per_hour": 2400, "link_rotations": True},
         mqtt={"host": mosquitto.host, "port": mosquitto.port, "tls": False},
         status={"enabled": False},
     )
