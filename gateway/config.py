@@ -343,7 +343,7 @@ class PresenceSettings(Section):
         default=10.0, ge=0, le=600, description="A visit qualifies only after this long seen clearly inside the store"
     )
     visitor_confirm_s: float = Field(
-        default=20.0,
+        default=45.0,
         ge=0,
         le=600,
         description="A visit qualifies in a zone past the entrance only once it has lasted this long (strays)",

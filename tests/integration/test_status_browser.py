@@ -160,7 +160,7 @@ def find_phone_on_map(p: SimPipelineProvider, shown: set[str]) -> tuple[str, str
     """(current MAC, subject) of a simulated phone whose dot is on the map and stays a while."""
     kr = p.identity.keyring
     for pid, person in sorted(p.sim.people.items()):
-        if person.kind == "beacon" or person.t_end < p.sim_now + 30:
+        if person.kind == "fixture" or person.t_end < p.sim_now + 30:
             continue
         subject = kr.pseudonym(f"sim-{SEED}-{pid}", p.sim_now)  # the simulator's linked identity
         if subject in shown:
