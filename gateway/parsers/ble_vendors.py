@@ -54,12 +54,14 @@ import hashlib
 from collections.abc import Iterable, Mapping
 from typing import Any, Literal, NamedTuple
 
+from gateway.models import AdvertInfo
 from gateway.parsers.ble_companies import company_name
 
 __all__ = [
     "DEVICE_KINDS",
     "DeviceKind",
     "VendorMessage",
+    "advert_info",
     "advert_kind",
     "advert_signature",
     "describe",
@@ -507,3 +509,34 @@ def is_manufacturer_only(data: bytes) -> bool:
         return True
     # an AD walk that overruns on the very first structure is another strong sign
     return data[0] + 1 > len(data) and company_name(cid) is not None
+
+
+_INFO_CACHE: dict[tuple[object, ...], AdvertInfo] = {}
+
+
+def advert_info(
+    manufacturer_data: Mapping[int, bytes],
+    service_data: Mapping[str, bytes],
+    *,
+    rotating: bool,
+    service_uuids: Iterable[str] = (),
+    tx_power: int | None = None,
+    flags: int | None = None,
+    local_name: str | None = None,
+) -> AdvertInfo:
+    """The ``Observation.adv`` of one advert (cached: a device repeats its payload between rotations).
+
+    ``rotating``: the address is a private one (resolvable or not) that the device will replace.
+    """
+    uu = tuple(service_uuids)
+    key = (tuple(manufacturer_data.items()), tuple(service_data.items()), uu, rotating, tx_power, flags, local_name)
+    info = _INFO_CACHE.get(key)
+    if info is None:
+        msgs = describe(manufacturer_data, service_data, uu)
+        seq = next((m.seq for m in msgs if m.seq is not None), None)
+        sig = advert_signature(msgs, tx_power=tx_power, flags=flags, local_name=local_name)
+        info = AdvertInfo(advert_kind(msgs), sig, rotating, seq)
+        if len(_INFO_CACHE) >= 65536:
+            _INFO_CACHE.clear()
+        _INFO_CACHE[key] = info
+    return info

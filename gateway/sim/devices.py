@@ -46,7 +46,7 @@ import numpy as np
 
 from gateway.models import AdvertInfo
 from gateway.parsers.ble import parse_advert
-from gateway.parsers.ble_vendors import advert_kind, advert_signature, describe
+from gateway.parsers.ble_vendors import advert_info as vendor_advert_info
 
 __all__ = [
     "SimDevice",
@@ -159,27 +159,18 @@ class SimDevice:
         raise ValueError(f"unknown simulated device model {m!r}")
 
 
-_INFO_CACHE: dict[tuple[bytes, bool], AdvertInfo] = {}
-
-
 def advert_info(payload: bytes, rotating: bool) -> AdvertInfo:
-    """Parse a payload as the gateway would (cached: payloads repeat within an address epoch)."""
-    key = (payload, rotating)
-    info = _INFO_CACHE.get(key)
-    if info is None:
-        adv = parse_advert(payload)
-        msgs = describe(adv.manufacturer_data, adv.service_data, adv.service_uuids)
-        seq = next((m.seq for m in msgs if m.seq is not None), None)
-        info = AdvertInfo(
-            advert_kind(msgs),
-            advert_signature(msgs, tx_power=adv.tx_power, flags=adv.flags, local_name=adv.local_name),
-            rotating,
-            seq,
-        )
-        if len(_INFO_CACHE) > 200_000:
-            _INFO_CACHE.clear()
-        _INFO_CACHE[key] = info
-    return info
+    """Parse a payload as the gateway would (the parser and the vendor layer cache repeats)."""
+    adv = parse_advert(payload)
+    return vendor_advert_info(
+        adv.manufacturer_data,
+        adv.service_data,
+        rotating=rotating,
+        service_uuids=adv.service_uuids,
+        tx_power=adv.tx_power,
+        flags=adv.flags,
+        local_name=adv.local_name,
+    )
 
 
 def _phone(rng: np.random.Generator, ios_share: float, android_silent: float) -> SimDevice | None:
