@@ -130,6 +130,7 @@ class _Track:
     y: float = 0.0
     orphan_until: float = -math.inf  # an orphan waits until then for a vanished track to continue
     deep_s: float = 0.0  # time seen clearly inside (farther than front_margin_m from the pavement)
+    last_inside: float = -math.inf  # time of the newest fix inside an in-store zone
     near_phone: int = 0  # ticks a companion-kind device was next to a phone / ticks checked
     near_checks: int = 0
 
@@ -279,10 +280,13 @@ class PresenceEngine:
             elif ts < tr.last_seen:
                 late += 1
                 continue
-            if z in inside and not (
-                self._outside_ids and any(self._near(o, f.x, f.y, self._s.front_margin_m) for o in self._outside_ids)
-            ):
-                tr.deep_s += min(ts - tr.last_seen, 2.0) if ts > tr.first_seen else 1.0
+            if z in inside:
+                tr.last_inside = ts
+                if not (
+                    self._outside_ids
+                    and any(self._near(o, f.x, f.y, self._s.front_margin_m) for o in self._outside_ids)
+                ):
+                    tr.deep_s += min(ts - tr.last_seen, 2.0) if ts > tr.first_seen else 1.0
             tr.last_seen = ts
             tr.x = f.x
             tr.y = f.y
@@ -338,11 +342,13 @@ class PresenceEngine:
                     not v.visitor
                     and tr.zone in self._in_store
                     and tr.zone not in self._entrances
-                    and now - v.start >= s.visitor_confirm_s
+                    and min(now, tr.last_inside) - v.start >= s.visitor_confirm_s
                 ) or (
                     not v.visitor
                     and tr.zone in self._entrances
-                    and v.entrance_s + (now - tr.zone_since) >= s.visitor_min_s
+                    # time actually seen inside: a passer-by walking along the glass stays in the
+                    # hysteresis band of a front zone without being in it
+                    and v.entrance_s + (min(now, tr.last_inside) - tr.zone_since) >= s.visitor_min_s
                 ):
                     self._qualify(dev, v, out)
             if silent:
