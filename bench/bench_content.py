@@ -28,7 +28,7 @@ import paho.mqtt.client as mqtt
 
 from gateway.config import load_settings
 from gateway.content.actors import ActorDispatcher
-from gateway.content.commands import decode_command, make_command
+from gateway.content.commands import Ed25519Signer, make_command
 from gateway.content.service import ContentService
 from gateway.layout import load_layout
 from gateway.models import EventBase, Observation
@@ -147,7 +147,12 @@ async def run(quick: bool) -> None:
         recv = Receiver(port, "gateway/actors/#")
         recv.ready.wait(10)
         try:
-            settings = load_settings(paths={"state_dir": str(tmp)}, content={"cap_per_subject": None})
+            signer = Ed25519Signer.generate()  # the platform's key; the gateway gets the public half
+            (Path(tmp) / "command.pub").write_bytes(signer.public_pem())
+            settings = load_settings(
+                paths={"state_dir": str(tmp)},
+                content={"cap_per_subject": None, "command_public_key_file": str(Path(tmp) / "command.pub")},
+            )
             layout = load_layout(LAYOUT)
             disp = ActorDispatcher(settings.content)
             reports: list[EventBase] = []
@@ -171,9 +176,9 @@ async def run(quick: bool) -> None:
                     for z in layout.zones
                 ]
             ):
-                cmd = decode_command(make_command(kind, body, id=f"b{i}", revision=i + 1))
-                assert not hasattr(cmd, "reason"), cmd
-                await rt.handle_command("", make_command(kind, body, id=f"b{i}", revision=i + 1))
+                cmd = make_command(kind, body, id=f"b{i}", revision=i + 1, aud=settings.gateway.id, signer=signer)
+                reply = await rt.handle_command("", cmd)
+                assert reply.ok, reply
             local = asyncio.create_task(disp.run_local("127.0.0.1", port, "bench-gw"))
             for _ in range(500):  # bounded: 5 s for the local connection
                 if disp.mqtt is not None:

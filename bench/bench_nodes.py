@@ -5,10 +5,15 @@
   payloads (the floor any JSON decoder pays).
 * ``nodes.ingest_mqtt``: end to end through a real mosquitto on 127.0.0.1. A publisher in another
   process writes pre-encoded MQTT PUBLISH packets as fast as the socket takes them (so it is not the
-  bottleneck); the receiver is the real ``NodesSource`` (paho on the asyncio loop, decode, batches).
-  Reference, same messages, same broker: a raw paho client whose ``on_message`` only counts, driven
-  by ``loop_forever()`` (paho's own fastest receive loop, no asyncio, no decoding). The bar is
-  >= 20 000 messages/s.
+  bottleneck); the receiver is the real ``NodesSource`` (``gateway/mqtt/local.py``'s client on the
+  asyncio loop, decode, batches). Reference, same messages, same broker: a raw paho client whose
+  ``on_message`` only counts, driven by ``loop_forever()`` (paho's own fastest receive loop, no
+  asyncio, no decoding). The bar is >= 20 000 messages/s.
+* ``nodes.client[...]``: the MQTT client alone, each receiving the same stream from the same broker
+  and only keeping ``(topic, payload)`` (checked against what was sent: a client that loses or
+  garbles messages is not a candidate): ours (``LocalBrokerClient``), gmqtt and aiomqtt, beside
+  paho's ``loop_forever``. Why the gateway keeps its own client rests on these lines (gmqtt and
+  aiomqtt are the ``bench`` extra; without them their lines say so).
 * ``nodes.jitter``: what arrival-time stamping costs in accuracy. The simulated store (same seed) is
   run through the real pipeline (ML localizer + tracker) with every reception delayed by an
   exponential transport delay of mean J and stamped ``arrival - latency_s`` (0.1 s), fed in arrival
@@ -34,6 +39,7 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
 from gateway.config import NodesSettings
+from gateway.mqtt.local import LocalBrokerClient
 from gateway.runtime.daemon import embedded_layout
 from gateway.sources.node_ingest import NodeIngest
 from gateway.sources.nodes import NodesSource
@@ -246,6 +252,112 @@ async def run_nodes_source(port: int, blob_path: str, n: int) -> tuple[float, in
     return count / max(last - first, 1e-9), count
 
 
+Received = tuple[float, list[tuple[str, bytes]]]  # (msgs/s from the first to the last message, messages)
+
+
+async def _until_quiet(got: list[tuple[str, bytes]], n: int, stamps: list[float], pub: subprocess.Popen[str]) -> None:
+    t_end = time.monotonic() + 120
+    while len(got) < n and time.monotonic() < t_end:
+        await asyncio.sleep(0.05)
+        if got and time.perf_counter() - stamps[-1] > 2.0:
+            break  # the rest was lost
+    await asyncio.to_thread(pub.wait, 60)
+
+
+def _rate(got: list[tuple[str, bytes]], stamps: list[float]) -> float:
+    return (len(got) - 1) / max(stamps[-1] - stamps[0], 1e-9) if len(stamps) > 1 else 0.0
+
+
+async def client_local(port: int, blob_path: str, n: int) -> Received:
+    got: list[tuple[str, bytes]] = []
+    stamps: list[float] = []
+
+    def on(msgs: list[tuple[str, bytes]]) -> None:
+        if not got:
+            stamps.append(time.perf_counter())
+        got.extend(msgs)
+        stamps.append(time.perf_counter())
+
+    c = LocalBrokerClient("127.0.0.1", port, on, client_id="bench-local")
+    await c.connect()
+    await c.subscribe(["espresense/devices/+/+"])
+    pub = await asyncio.to_thread(start_publisher, port, blob_path)
+    await _until_quiet(got, n, stamps, pub)
+    await c.close()
+    return _rate(got, stamps), got
+
+
+async def client_gmqtt(port: int, blob_path: str, n: int) -> Received | None:
+    try:
+        import gmqtt
+    except ImportError:
+        return None
+    got: list[tuple[str, bytes]] = []
+    stamps: list[float] = []
+
+    def on_message(_client: object, topic: str, payload: bytes, _qos: int, _properties: object) -> int:
+        got.append((topic, payload))
+        stamps.append(time.perf_counter())
+        return 0
+
+    c = gmqtt.Client("bench-gmqtt")
+    c.on_message = on_message
+    await c.connect("127.0.0.1", port, version=gmqtt.constants.MQTTv311)
+    c.subscribe("espresense/devices/+/+", qos=0)
+    await asyncio.sleep(0.5)  # the SUBACK (gmqtt's subscribe does not wait for it)
+    pub = await asyncio.to_thread(start_publisher, port, blob_path)
+    await _until_quiet(got, n, stamps, pub)
+    await c.disconnect()
+    return _rate(got, stamps), got
+
+
+async def client_aiomqtt(port: int, blob_path: str, n: int) -> Received | None:
+    try:
+        import aiomqtt
+    except ImportError:
+        return None
+    got: list[tuple[str, bytes]] = []
+    stamps: list[float] = []
+    async with aiomqtt.Client(
+        "127.0.0.1", port, identifier="bench-aiomqtt", protocol=aiomqtt.ProtocolVersion.V311
+    ) as c:
+        await c.subscribe("espresense/devices/+/+")
+
+        async def consume() -> None:
+            async for m in c.messages:
+                got.append((m.topic.value, bytes(m.payload)))  # type: ignore[arg-type]
+                stamps.append(time.perf_counter())
+
+        task = asyncio.create_task(consume())
+        pub = await asyncio.to_thread(start_publisher, port, blob_path)
+        await _until_quiet(got, n, stamps, pub)
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    return _rate(got, stamps), got
+
+
+def compare_clients(port: int, blob: str, msgs: list[tuple[str, bytes]], paho_rate: float, paho_got: int) -> None:
+    n = len(msgs)
+    runs = (("local", client_local), ("gmqtt", client_gmqtt), ("aiomqtt", client_aiomqtt))
+    for name, run in runs:
+        res = asyncio.run(run(port, blob, n))  # type: ignore[operator]
+        if res is None:
+            print(f"nodes.client[{name}]: not installed (pip install -e '.[bench]')")
+            continue
+        rate, got = res
+        if got == msgs:
+            ok = "all received, all correct"
+        else:
+            same = "equal" if got == msgs[: len(got)] else "differing"
+            ok = f"WRONG: {len(got)}/{n} received, {same} prefix"
+        print(
+            f"nodes.client[{name}]: {rate:.0f} msgs/s, {ok} (reference raw paho loop_forever {paho_rate:.0f}/s,"
+            f" {paho_got}/{n}; ratio {rate / paho_rate:.2f})",
+            flush=True,
+        )
+
+
 def jitter_study(quick: bool) -> None:
     import math
     from collections.abc import Sequence
@@ -338,6 +450,7 @@ def main(quick: bool = False) -> None:
         ceiling = run_socket_ceiling(broker.port, blob, n, total)
         ref_rate, ref_got = run_reference(broker.port, blob, n)
         rate, got = asyncio.run(run_nodes_source(broker.port, blob, n))
+        compare_clients(broker.port, blob, msgs, ref_rate, ref_got)
         Path(blob).unlink()
     finally:
         broker.stop()

@@ -1,6 +1,6 @@
 """Wi-Fi benchmark: decode throughput, parser fuzzing, randomized-MAC grouping quality.
 
-    /work/main/.venv/bin/python bench/bench_wifi.py [--quick | --frontier]
+    .venv/bin/python bench/bench_wifi.py [--quick | --frontier]
 
 Throughputs are CPU time of this process (``time.process_time``, best of several runs), so other
 work on a shared machine does not count against them.

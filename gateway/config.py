@@ -9,7 +9,14 @@ documented in ``docs/config.md`` (generated from the ``description`` texts here 
 
 from __future__ import annotations
 
+import difflib
+import ipaddress
+import json
+import os
+import re
 import tomllib
+import types
+import typing
 from pathlib import Path
 from typing import Annotated, Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -27,6 +34,17 @@ from gateway.layout import format_validation_error
 # Ids are MQTT topic levels and sequence namespaces: no '.', which NATS maps to its own separator
 # (a dotted id is refused by a NATS cluster; docs/fleet.md), no '/', '+', '#'.
 Id = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]*$")]
+
+
+QUIET_RE = re.compile(r"^([01]\d|2[0-3]):[0-5]\d\s*-\s*([01]\d|2[0-3]):[0-5]\d$")
+
+
+def _check_tz(v: str) -> str:
+    try:
+        ZoneInfo(v)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ValueError(f"unknown time zone {v!r} (an IANA name such as 'Europe/Paris')") from None
+    return v
 
 
 class Section(BaseModel):
@@ -143,6 +161,16 @@ class WifiSettings(Section):
             "(docs/wifi.md) at that price. `gateway decode pcap --group-hold` defaults to 30"
         ),
     )
+
+    @field_validator("channels")
+    @classmethod
+    def _channels(cls, v: list[int]) -> list[int]:
+        bad = [c for c in v if not (1 <= c <= 14 or 32 <= c <= 177)]
+        if bad:
+            raise ValueError(f"{bad} not Wi-Fi channels (2.4 GHz: 1-14, 5 GHz: 32-177)")
+        if len(set(v)) != len(v):
+            raise ValueError("a channel is listed twice")
+        return v
 
 
 class NodesSettings(Section):
@@ -416,11 +444,7 @@ class PrivacySettings(Section):
     @field_validator("timezone")
     @classmethod
     def _known_tz(cls, v: str) -> str:
-        try:
-            ZoneInfo(v)
-        except (ZoneInfoNotFoundError, ValueError):
-            raise ValueError(f"unknown time zone {v!r}") from None
-        return v
+        return _check_tz(v)
 
 
 class BrokerEndpoint(Section):
@@ -466,6 +490,23 @@ class OutboxSettings(Section):
     flush_interval_s: float = Field(default=0.2, gt=0, le=10, description="Append flush cadence")
 
 
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+_HOST_RE = re.compile(r"^(\*\.)?[A-Za-z0-9]([A-Za-z0-9-]{0,62})(\.[A-Za-z0-9]([A-Za-z0-9-]{0,62}))*$")
+
+
+def parse_allow_entry(entry: str) -> str | IPNetwork:
+    """One ``content.webhook_allow`` entry: an IP network (``10.20.0.0/24``, a bare IP) or a host
+    name (``tablets.store.lan``, ``*.example.com``). Raises ValueError naming the entry."""
+    e = entry.strip()
+    try:
+        return ipaddress.ip_network(e, strict=False)
+    except ValueError:
+        pass
+    if not _HOST_RE.fullmatch(e) or len(e) > 253:
+        raise ValueError(f"{entry!r} is neither an IP network (10.20.0.0/24) nor a host name (*.example.com)")
+    return e.lower()
+
+
 class ContentSettings(Section):
     enabled: bool = Field(default=True, description="Evaluate campaigns and dispatch to local actors")
     state_path: Path | None = Field(
@@ -478,10 +519,35 @@ class ContentSettings(Section):
     webhook_backoff_s: float = Field(default=0.2, ge=0, le=30, description="First retry delay (doubles)")
     breaker_failures: int = Field(default=5, ge=1, le=1000, description="Consecutive failures that open a breaker")
     breaker_reset_s: float = Field(default=30.0, gt=0, le=3600, description="Open time before a half-open probe")
+    command_auth: Literal["ed25519", "hmac-sha256"] = Field(
+        default="ed25519",
+        description="How cloud commands are signed: ed25519 (the platform's public key, installed by provisioning)"
+        " or hmac-sha256 (a per-gateway shared key, command_secret_file); unsigned commands are always refused",
+    )
+    command_public_key_file: Path | None = Field(
+        default=None,
+        description="The platform's Ed25519 command-signing public key(s), PEM; None: every command is refused",
+    )
     command_secret_file: Path | None = Field(
-        default=None, description="Shared secret for HMAC-SHA256 command signatures; None: broker ACL only"
+        default=None,
+        description="Shared HMAC-SHA256 key (>= 32 bytes), only with command_auth = 'hmac-sha256'",
     )
     command_issuers: list[str] | None = Field(default=None, description="Allowed command issuers; None: any")
+    accept_fleet_commands: bool = Field(
+        default=True, description="Accept commands addressed to the whole fleet (aud '*') besides this gateway's"
+    )
+    command_clock_skew_s: float = Field(
+        default=300.0, ge=0, le=3600, description="Allowed clock difference to the platform (issued_at, expires_at)"
+    )
+    command_max_lifetime_s: float = Field(
+        default=86400.0, gt=0, le=30 * 86400, description="Longest expires_at - issued_at accepted for a command"
+    )
+    webhook_allow_http: bool = Field(default=False, description="Allow plain-http webhook actors (default: https only)")
+    webhook_allow: list[str] = Field(
+        default_factory=list,
+        description="Webhook allow-list: host names ('*.example.com') and IP networks ('10.20.0.0/24'); when not"
+        " empty only these hosts; private, loopback and link-local addresses only inside a listed network",
+    )
     cap_per_subject: int | None = Field(default=1, ge=1, description="Default cap: activations per subject")
     cap_per_subject_window_s: float = Field(default=3600.0, gt=0, description="Default per-subject cap window")
     cap_per_actor: int | None = Field(default=None, ge=1, description="Default cap: activations per actor")
@@ -492,15 +558,54 @@ class ContentSettings(Section):
     timezone: str = Field(default="UTC", description="IANA zone for time-of-day windows and quiet hours")
     max_concurrent_dispatch: int = Field(default=256, ge=1, le=10000, description="In-flight actor dispatches")
 
+    @field_validator("timezone")
+    @classmethod
+    def _known_tz(cls, v: str) -> str:
+        return _check_tz(v)
+
+    @field_validator("quiet_hours")
+    @classmethod
+    def _windows(cls, v: list[str]) -> list[str]:
+        for item in v:
+            if not QUIET_RE.fullmatch(item.strip()):
+                raise ValueError(f"{item!r} is not a window HH:MM-HH:MM (24 h clock, e.g. '21:00-08:00')")
+        return v
+
+    @field_validator("webhook_allow")
+    @classmethod
+    def _allow(cls, v: list[str]) -> list[str]:
+        for e in v:
+            parse_allow_entry(e)
+        return v
+
+    @model_validator(mode="after")
+    def _keys(self) -> ContentSettings:
+        if self.command_auth == "ed25519" and self.command_secret_file is not None:
+            raise ValueError(
+                "content.command_secret_file is only used with command_auth = 'hmac-sha256'"
+                " (ed25519 uses command_public_key_file)"
+            )
+        if self.command_auth == "hmac-sha256" and self.command_secret_file is None:
+            raise ValueError("content.command_auth is 'hmac-sha256' but content.command_secret_file is not set")
+        return self
+
 
 class StatusSettings(Section):
     enabled: bool = Field(default=True, description="Serve the technician status page")
     bind: list[str] = Field(default=["127.0.0.1"], description="Addresses to listen on")
+    allowed_hosts: list[str] = Field(
+        default_factory=list,
+        description="Host names the page may be reached by (Host header), besides localhost and the bound"
+        " addresses (any IP address when bound to 0.0.0.0 or ::); anything else is refused (DNS rebinding)",
+    )
     port: int = Field(default=8080, ge=0, le=65535, description="HTTP port (0: any free port)")
     credential_file: Path | None = Field(
         default=None, description="Hashed technician credential (gateway status set-password); None: no login possible"
     )
-    secure_cookie: bool = Field(default=False, description="Mark the session cookie Secure (set when served over TLS)")
+    secure_cookie: bool = Field(
+        default=False,
+        description="Always mark the session cookie Secure (behind a TLS proxy); it is set anyway on https requests",
+    )
     session_ttl_s: float = Field(default=8 * 3600.0, gt=0, description="Absolute session lifetime")
     session_idle_s: float = Field(default=3600.0, gt=0, description="Session expires after this much inactivity")
     login_free_attempts: int = Field(default=3, ge=1, le=100, description="Failed logins before lockouts start")
@@ -511,6 +616,27 @@ class StatusSettings(Section):
     max_stream_clients: int = Field(default=8, ge=1, le=256, description="Concurrent live-map streams")
     metrics_public: bool = Field(default=True, description="Serve /metrics without login (no personal data in it)")
     loop_lag_interval_s: float = Field(default=0.5, ge=0, le=60, description="Event-loop lag probe period (0: off)")
+
+    @field_validator("bind")
+    @classmethod
+    def _addresses(cls, v: list[str]) -> list[str]:
+        for a in v:
+            if a != "localhost":
+                try:
+                    ipaddress.ip_address(a)
+                except ValueError:
+                    raise ValueError(f"{a!r} is not an IP address to listen on (e.g. 127.0.0.1, 0.0.0.0, ::)") from None
+        if not v:
+            raise ValueError("empty: set status.enabled = false to serve no page")
+        return v
+
+    @field_validator("allowed_hosts")
+    @classmethod
+    def _names(cls, v: list[str]) -> list[str]:
+        for h in v:
+            if not re.fullmatch(r"[A-Za-z0-9]([A-Za-z0-9-]{0,62})(\.[A-Za-z0-9]([A-Za-z0-9-]{0,62}))*\.?", h):
+                raise ValueError(f"{h!r} is not a host name")
+        return v
 
 
 class SupervisorSettings(Section):
@@ -583,10 +709,142 @@ class Settings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        sources: list[PydanticBaseSettingsSource] = [init_settings, GatewayEnvSource(settings_cls)]
         if settings_cls.model_config.get("toml_file"):
             sources.append(TomlConfigSettingsSource(settings_cls))
         return tuple(sources)
+
+
+# GATEWAY_* variables that are not settings (read by the CLI, provision.sh, `gateway update`)
+NON_SETTING_ENV = frozenset({"GATEWAY_CONFIG", "GATEWAY_PYTHON", "GATEWAY_READY_FILE", "GATEWAY_DEBUG"})
+ENV_PREFIX = "GATEWAY_"
+
+
+def _unwrap_optional(ann: Any) -> tuple[Any, bool]:
+    args = typing.get_args(ann)
+    if typing.get_origin(ann) in (typing.Union, types.UnionType) and type(None) in args:
+        rest = [a for a in args if a is not type(None)]
+        return (rest[0] if len(rest) == 1 else ann), True
+    return ann, False
+
+
+def env_value(ann: Any, raw: str) -> Any:
+    """One environment value for a field of type ``ann``: lists as ``a,b,c`` or JSON, tables as
+    ``k=v,k2=v2`` or JSON, an empty value unsets an optional field; everything else is handed to
+    pydantic as the string (it parses numbers and booleans). Raises ValueError with the reason."""
+    inner, optional = _unwrap_optional(ann)
+    text = raw.strip()
+    if optional and text == "":
+        return None
+    origin = typing.get_origin(inner)
+    if origin is list:
+        (item,) = typing.get_args(inner) or (str,)
+        if text.startswith("["):
+            try:
+                value = json.loads(text)
+            except ValueError as e:
+                raise ValueError(f"not a JSON list ({e})") from None
+            if not isinstance(value, list):
+                raise ValueError("not a list")
+            return value
+        if isinstance(item, type) and issubclass(item, BaseModel):
+            raise ValueError('expected a JSON list, e.g. [{"host": "b1", "port": 8883}]')
+        return [] if text == "" else [x.strip() for x in text.split(",")]
+    if origin is dict:
+        if text.startswith("{"):
+            try:
+                value = json.loads(text)
+            except ValueError as e:
+                raise ValueError(f"not a JSON object ({e})") from None
+            if not isinstance(value, dict):
+                raise ValueError("not an object")
+            return value
+        out: dict[str, str] = {}
+        for pair in filter(None, (x.strip() for x in text.split(","))):
+            k, eq, v = pair.partition("=")
+            if not eq or not k.strip():
+                raise ValueError(f"{pair!r} is not key=value (write k1=v1,k2=v2 or a JSON object)")
+            out[k.strip()] = v.strip()
+        return out
+    return raw
+
+
+def _env_names() -> list[str]:
+    names = []
+    for sec, f in Settings.model_fields.items():
+        ann = f.annotation
+        if isinstance(ann, type) and issubclass(ann, BaseModel):
+            names += [f"{ENV_PREFIX}{sec.upper()}__{k.upper()}" for k in ann.model_fields]
+    return names
+
+
+def _did_you_mean(name: str, candidates: list[str]) -> str:
+    close = difflib.get_close_matches(name, candidates, n=1, cutoff=0.6)
+    return f"; did you mean {close[0]}?" if close else ""
+
+
+def parse_env(environ: typing.Mapping[str, str]) -> tuple[dict[str, Any], list[str]]:
+    """Settings from ``GATEWAY_<SECTION>__<KEY>`` variables, and one problem line per variable that
+    names nothing (with the closest real name) or holds a value of the wrong shape."""
+    data: dict[str, Any] = {}
+    problems: list[str] = []
+    names = _env_names()
+    sections = {f"{ENV_PREFIX}{k.upper()}" for k in Settings.model_fields}
+    for name, raw in sorted(environ.items()):
+        up = name.upper()
+        if not up.startswith(ENV_PREFIX) or up in NON_SETTING_ENV:
+            continue
+        parts = name[len(ENV_PREFIX) :].split("__")
+        sec = parts[0].lower()
+        fld = Settings.model_fields.get(sec)
+        model = fld.annotation if fld is not None else None
+        if not (isinstance(model, type) and issubclass(model, BaseModel)):
+            problems.append(f"{name}: unknown setting{_did_you_mean(up, names + sorted(sections))}")
+            continue
+        if len(parts) == 1:
+            try:
+                value = json.loads(raw)
+            except ValueError:
+                value = None
+            if not isinstance(value, dict):
+                problems.append(f"{name}: a whole section must be a JSON object; or set {up}__<KEY>")
+                continue
+            data[sec] = {**data.get(sec, {}), **value}
+            continue
+        key = parts[1].lower()
+        sub = model.model_fields.get(key)
+        if sub is None:
+            problems.append(f"{name}: unknown setting{_did_you_mean(up, names)}")
+            continue
+        target = data.setdefault(sec, {})
+        if len(parts) > 2:  # a table entry: GATEWAY_NODES__MAPPING__kitchen=s1
+            inner, _ = _unwrap_optional(sub.annotation)
+            if typing.get_origin(inner) is not dict or len(parts) != 3 or not parts[2]:
+                problems.append(f"{name}: {sec}.{key} has no sub-keys")
+                continue
+            table = target.setdefault(key, {})
+            if isinstance(table, dict):
+                table[parts[2]] = raw
+            continue
+        try:
+            target[key] = env_value(sub.annotation, raw)
+        except ValueError as e:
+            problems.append(f"{name}: {e}")
+    return data, problems
+
+
+class GatewayEnvSource(PydanticBaseSettingsSource):
+    """The ``GATEWAY_*`` environment, stricter and friendlier than pydantic-settings' own source:
+    unknown names are errors (with the closest real name), list values may be written ``a,b,c``."""
+
+    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
+        return None, field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        data, problems = parse_env(os.environ)
+        if problems:
+            raise ConfigError([f"environment: {p}" for p in problems])
+        return data
 
 
 class ConfigError(ValueError):
@@ -618,7 +876,24 @@ def load_settings(path: str | Path | None = None, **overrides: Any) -> Settings:
     try:
         return cls(**overrides)
     except ValidationError as e:
-        raise ConfigError(format_validation_error(e, f"{source} (+ GATEWAY_* env)")) from None
+        lines = format_validation_error(e, f"{source} (+ GATEWAY_* env)")
+        for i, err in enumerate(e.errors()):  # one line per error, in the same order
+            if err["type"] == "extra_forbidden" and i < len(lines):
+                lines[i] += _suggest_key(tuple(str(x) for x in err["loc"]))
+        raise ConfigError(lines) from None
+
+
+def _suggest_key(loc: tuple[str, ...]) -> str:
+    """'; did you mean [mqtt] port?' for a misspelt section or key of the file."""
+    if len(loc) == 1:
+        close = difflib.get_close_matches(loc[0], list(Settings.model_fields), n=1, cutoff=0.6)
+        return f"; did you mean [{close[0]}]?" if close else ""
+    fld = Settings.model_fields.get(loc[0])
+    model = fld.annotation if fld is not None else None
+    if len(loc) == 2 and isinstance(model, type) and issubclass(model, BaseModel):
+        close = difflib.get_close_matches(loc[1], list(model.model_fields), n=1, cutoff=0.6)
+        return f"; did you mean [{loc[0]}] {close[0]}?" if close else ""
+    return ""
 
 
 def config_docs() -> str:
@@ -628,8 +903,20 @@ def config_docs() -> str:
         "",
         "Generated by `gateway config docs` from `gateway/config.py`. Every key can be set in the TOML file",
         "(`[section]` then `key = value`) or by environment variable `GATEWAY_<SECTION>__<KEY>`",
-        "(e.g. `GATEWAY_MQTT__PORT=8883`). Unknown keys are errors. Check a file with",
-        "`gateway config check FILE`; the JSON Schema is printed by `gateway config schema`.",
+        "(e.g. `GATEWAY_MQTT__PORT=8883`). An annotated example: [gateway.example.toml](gateway.example.toml).",
+        "",
+        "**Precedence** (highest first): environment variables, then the TOML file, then the defaults below.",
+        "A variable overrides one key and leaves the rest of its section from the file",
+        "(`GATEWAY_MQTT__PORT=8884` keeps `[mqtt] host`). In a variable, a list is `a,b,c` or JSON",
+        "(`GATEWAY_WIFI__CHANNELS=1,6,11`, `GATEWAY_STATUS__BIND=127.0.0.1,10.20.0.5`), a table is",
+        "`k=v,k2=v2` or JSON (`GATEWAY_NODES__MAPPING=kitchen=n11`; one entry: `GATEWAY_NODES__MAPPING__kitchen=n11`),",
+        "`mqtt.brokers` is JSON only, and an empty value unsets an optional key (`GATEWAY_PATHS__LAYOUT=`).",
+        "",
+        "Unknown keys are errors, in the file and in the environment (`GATEWAY_MQTTT__PORT: unknown setting;",
+        "did you mean GATEWAY_MQTT__PORT?`); `GATEWAY_CONFIG`, `GATEWAY_PYTHON`, `GATEWAY_READY_FILE` and",
+        "`GATEWAY_DEBUG` are not settings. `gateway config check FILE` reports every error with its field",
+        "path and what would stop `gateway run` (missing files, no source, no uplink broker, a bad command",
+        "key); `--root DIR` checks an image mounted at DIR. The JSON Schema is printed by `gateway config schema`.",
         "",
     ]
     for name, fld in Settings.model_fields.items():

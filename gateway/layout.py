@@ -25,6 +25,7 @@ polygon = [[0, 0], [6, 0], [6, 4], [0, 4]]
 
 from __future__ import annotations
 
+import importlib.resources
 import tomllib
 from pathlib import Path
 from typing import Literal
@@ -77,6 +78,11 @@ class Zone(_Strict):
     def _non_degenerate(cls, poly: list[tuple[float, float]]) -> list[tuple[float, float]]:
         if abs(polygon_area(poly)) < 1e-6:
             raise ValueError("polygon has zero area")
+        crossing = _self_crossing(poly)
+        if crossing is not None:
+            raise ValueError(
+                f"polygon edges {crossing[0]} and {crossing[1]} cross (a bow tie?): list the corners in order"
+            )
         return poly
 
 
@@ -124,6 +130,25 @@ class Layout(_Strict):
 
 class LayoutError(ValueError):
     """A layout file that cannot be used; the message names the file, field and reason."""
+
+
+def _self_crossing(poly: list[tuple[float, float]]) -> tuple[int, int] | None:
+    """The first pair of non-adjacent edges that cross (edge i joins corner i and i+1), or None."""
+
+    def orient(a: tuple[float, float], b: tuple[float, float], c: tuple[float, float]) -> float:
+        return (b[0] - a[0]) * (c[1] - a[1]) - (b[1] - a[1]) * (c[0] - a[0])
+
+    n = len(poly)
+    edges = [(poly[i], poly[(i + 1) % n]) for i in range(n)]
+    for i in range(n):
+        for j in range(i + 2, n):
+            if i == 0 and j == n - 1:  # the closing edge shares corner 0 with the first
+                continue
+            (a, b), (c, d) = edges[i], edges[j]
+            d1, d2, d3, d4 = orient(a, b, c), orient(a, b, d), orient(c, d, a), orient(c, d, b)
+            if d1 * d2 < 0 and d3 * d4 < 0:
+                return i, j
+    return None
 
 
 def polygon_area(poly: list[tuple[float, float]]) -> float:
@@ -184,3 +209,10 @@ def load_layout(path: str | Path) -> Layout:
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
         raise LayoutError(f"{p}: not valid TOML: {e}") from None
     return parse_layout(data, str(p))
+
+
+def embedded_layout() -> Layout:
+    """The example store shipped in the package (``gateway/data/demo-store.toml``): the demo's, and
+    the daemon's when ``paths.layout`` is not set."""
+    text = importlib.resources.files("gateway").joinpath("data/demo-store.toml").read_text(encoding="utf-8")
+    return parse_layout(tomllib.loads(text), "<embedded demo-store.toml>")

@@ -12,6 +12,7 @@ Two families live here:
 
 from __future__ import annotations
 
+import hashlib
 import uuid
 from dataclasses import dataclass, field
 from enum import IntEnum
@@ -58,10 +59,33 @@ class Observation:
     rssi: float
     radio: Radio = "ble"
     rssi_at_1m: float | None = None
-    # Extra linking hints filled by parsers (e.g. Wi-Fi fingerprint group, resolved IRK identity).
+    # Extra linking hints filled by parsers (e.g. Wi-Fi fingerprint group, resolved IRK identity):
+    # ``irk_link(irk)``, ``app_link(token)`` or a group id. Identity turns it into the subject.
     link: str | None = None
     # What the BLE advert said about its sender (kind, rotation-stable content); None: not known.
     adv: AdvertInfo | None = None
+
+
+_IRK_LINK_TAG = b"gateway/irk-link/v1\x00"
+
+
+def irk_link(irk: bytes) -> str:
+    """The ``Observation.link`` value for a device whose RPA resolved with ``irk``.
+
+    A one-way tag of the IRK (SHA-256, domain-separated, truncated), so the link string is not the
+    IRK itself; parsers, the BLE stage and consent records all derive it from the IRK.
+    """
+    if len(irk) != 16:
+        raise ValueError(f"an IRK is 16 bytes, got {len(irk)}")
+    return "irk:" + hashlib.sha256(_IRK_LINK_TAG + irk).hexdigest()[:32]
+
+
+def app_link(token: str) -> str:
+    """The ``Observation.link`` value for a device that advertised a companion-app token."""
+    t = token.strip()
+    if not t:
+        raise ValueError("empty app token")
+    return "app:" + t
 
 
 @dataclass(slots=True)

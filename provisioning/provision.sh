@@ -3,7 +3,7 @@
 #
 #   provisioning/provision.sh --root /mnt/image --store-id s-0042 --gateway-id gw-0042-a \
 #       --broker mqtts://mqtt.example.net:8883 --ca store-ca.pem --layout s-0042.toml \
-#       --tech-user tech --tech-password-file tech.pw
+#       --tech-user tech --tech-password-file tech.pw --command-pubkey platform-command.pub
 #
 # It runs the Python implementation of the release it ships with, so the script and the code that
 # validates the config are always the same version.

@@ -43,10 +43,11 @@ stamp=".venv/.installed-$(cat pyproject.toml | sha256sum | cut -c1-16)-$purpose"
 if [ ! -f "$stamp" ]; then
   echo "bootstrap: installing Python dependencies into .venv" >&2
   .venv/bin/python -m pip install -q --upgrade pip >/dev/null
-  if [ "$purpose" = demo ]; then
-    .venv/bin/python -m pip install -q -e . >/dev/null
-  else
-    .venv/bin/python -m pip install -q -e ".[dev]" >/dev/null
-  fi
+  case "$purpose" in
+    demo) extras="demo" ;;          # the gateway + amqtt (the demo's broker when mosquitto is missing)
+    test) extras="dev,demo" ;;      # the demo runs in the integration tests
+    *) extras="dev,bench" ;;        # bench: also the MQTT clients bench_nodes compares
+  esac
+  .venv/bin/python -m pip install -q -e ".[$extras]" >/dev/null
   touch "$stamp"
 fi

@@ -10,22 +10,27 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import importlib
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Protocol
 
 from gateway.config import Settings
 from gateway.content.actors import ActorDispatcher, DispatchResult
 from gateway.content.commands import (
+    ActorsPut,
     Command,
     CommandError,
+    CommandPolicy,
     CommandReply,
     ConfigPatch,
     ConsentsPut,
     ConsentsRevoke,
+    ReplyError,
     decode_command,
+    load_verifier,
 )
+from gateway.content.replay import ReplayGuard
 from gateway.content.rules import Activation, Caps, ContentContext, CountWindow, RulesEngine, TimeWindow
 from gateway.content.store import ContentStore
 from gateway.log import configure_logging, get_logger
@@ -38,7 +43,9 @@ class IdentityConsents(Protocol):
     """What content needs from the identity stage: recognise consented customers, forget them, drop
     opted-out people. Content owns the durable consent store (identity keeps consents in RAM only),
     so consents are re-sent at every start; opt-outs are persisted by identity itself (as keyed
-    digests), so they are sent once, when the command is applied."""
+    digests), so they are sent once, when the command is applied. The daemon binds it to the
+    presence service (``gateway.runtime.daemon.PresenceConsents``): the same opt-out path as the
+    status page's."""
 
     async def add_consent(
         self, customer_ref: str, *, irk: bytes | None, app_token: str | None, scope: frozenset[str]
@@ -49,38 +56,6 @@ class IdentityConsents(Protocol):
     async def add_optout(self, identifier: str) -> None: ...
 
 
-class PresenceConsentAdapter:
-    """`IdentityConsents` over the presence/privacy runtime (``gateway/presence/service.py``:
-    ``put_consent(ConsentRecord)``, async ``revoke_consent(ref)``, async ``add_optout(id, now)``).
-    Bound by duck typing so this module does not depend on that one's import graph."""
-
-    def __init__(self, presence: Any, clock: Callable[[], float]) -> None:
-        self._p = presence
-        self._clock = clock
-        self._record: Any = importlib.import_module("gateway.identity.subjects").ConsentRecord
-
-    @classmethod
-    def maybe(cls, presence: Any, clock: Callable[[], float]) -> PresenceConsentAdapter | None:
-        needed = ("put_consent", "revoke_consent", "add_optout")
-        if presence is None or not all(hasattr(presence, n) for n in needed):
-            return None
-        try:
-            return cls(presence, clock)
-        except (ImportError, AttributeError):
-            return None
-
-    async def add_consent(
-        self, customer_ref: str, *, irk: bytes | None, app_token: str | None, scope: frozenset[str]
-    ) -> None:
-        self._p.put_consent(self._record(customer_ref=customer_ref, scope=scope, irk=irk, app_token=app_token))
-
-    async def revoke_consent(self, customer_ref: str) -> None:
-        await self._p.revoke_consent(customer_ref)
-
-    async def add_optout(self, identifier: str) -> None:
-        await self._p.add_optout(identifier, self._clock())
-
-
 def default_caps(s: Settings) -> Caps:
     c = s.content
     return Caps(
@@ -88,6 +63,19 @@ def default_caps(s: Settings) -> Caps:
         if c.cap_per_subject
         else None,
         per_actor=CountWindow(count=c.cap_per_actor, window_s=c.cap_per_actor_window_s) if c.cap_per_actor else None,
+    )
+
+
+def command_policy(s: Settings) -> CommandPolicy:
+    """What this gateway accepts; raises `CommandKeyError` (one line) on an unusable key file."""
+    c = s.content
+    return CommandPolicy(
+        verifier=load_verifier(c.command_auth, c.command_public_key_file, c.command_secret_file),
+        gateway_id=s.gateway.id,
+        accept_fleet=c.accept_fleet_commands,
+        issuers=frozenset(c.command_issuers) if c.command_issuers else None,
+        clock_skew_s=c.command_clock_skew_s,
+        max_lifetime_s=c.command_max_lifetime_s,
     )
 
 
@@ -110,6 +98,8 @@ class ContentService:
         identity: IdentityConsents | None = None,
         reply: Callable[[bytes], Awaitable[None]] | None = None,
         on_activation: Callable[[Activation, DispatchResult], None] | None = None,
+        guard: ReplayGuard | None = None,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self.settings = settings
         self.state = state
@@ -127,9 +117,9 @@ class ContentService:
         self.ctx = ContentContext(
             store_id=settings.gateway.store_id, actors=state.actors, consents=state.consents, optouts=state.optouts
         )
-        secret_file = settings.content.command_secret_file
-        self.secret = secret_file.read_bytes().strip() if secret_file is not None else None
-        self.issuers = frozenset(settings.content.command_issuers) if settings.content.command_issuers else None
+        self.policy = command_policy(settings)
+        self.guard = guard
+        self.clock = clock
         self._tasks: set[asyncio.Task[None]] = set()
         self.replies: list[CommandReply] = []
         self.counters: dict[str, int] = {"commands_ok": 0, "commands_rejected": 0, "activations": 0}
@@ -144,14 +134,27 @@ class ContentService:
         identity: IdentityConsents | None = None,
         reply: Callable[[bytes], Awaitable[None]] | None = None,
         state_path: Path | None = None,
+        guard_path: Path | None = None,
+        clock: Callable[[], float] = time.time,
     ) -> ContentService:
+        policy = command_policy(settings)  # a bad key file fails here, before anything is opened
         state = await ContentStore.open(state_path or settings.content_state_path)
+        guard: ReplayGuard | None = None
         try:
-            rt = cls(settings, state, dispatcher, emit=emit, identity=identity, reply=reply)
+            # the replay floor lives in the outbox's file: it survives losing content.sqlite3
+            guard = await ReplayGuard.open(guard_path or settings.outbox_path, clock())
+            rt = cls(settings, state, dispatcher, emit=emit, identity=identity, reply=reply, guard=guard, clock=clock)
             await rt._restore()
         except BaseException:
             await state.close()  # an open aiosqlite thread would keep the failed process alive
+            if guard is not None:
+                await guard.close()
             raise
+        if policy.verifier is None:
+            log.warning(
+                "content.no_command_key",
+                hint="every cloud command is refused until content.command_public_key_file is set (provisioning)",
+            )
         return rt
 
     async def _restore(self) -> None:
@@ -174,13 +177,13 @@ class ContentService:
     # -- commands ---------------------------------------------------------------------------
 
     async def handle_command(self, _topic: str, payload: bytes) -> CommandReply:
-        decoded = decode_command(payload, secret=self.secret, issuers=self.issuers)
+        now = self.clock()
+        decoded = decode_command(payload, policy=self.policy, now=now)
         if isinstance(decoded, CommandError):
             reply = decoded.reply()
-            changed = False
         else:
             try:
-                reply, changed = await self.state.apply(decoded)
+                reply, changed = await self._apply(decoded, now)
             except Exception as e:  # storage failure: report, change nothing in memory
                 log.error("content.command_store_failed", id=decoded.id, error=type(e).__name__)
                 reply = CommandError(id=decoded.id, path="", reason="gateway storage error").reply()
@@ -201,6 +204,49 @@ class ContentService:
             with contextlib.suppress(Exception):  # replies are best effort; the platform retries
                 await self.reply(reply.model_dump_json().encode())
         return reply
+
+    def _refuse(self, cmd: Command, path: str, reason: str, applied: int | None = None) -> tuple[CommandReply, bool]:
+        return CommandReply(
+            id=cmd.id, ok=False, error=ReplyError(path=path, reason=reason), applied_revision=applied
+        ), False
+
+    async def _apply(self, cmd: Command, now: float) -> tuple[CommandReply, bool]:
+        """Replay checks against the persisted floor, the URL policy, then the store."""
+        guard, kind = self.guard, cmd.state_kind
+        if guard is not None:
+            # strict (no skew allowance): a command issued before a wipe must never apply after it;
+            # a platform clock behind ours only delays new commands by that much (they are re-issued)
+            if cmd.issued_at < guard.epoch:
+                return self._refuse(
+                    cmd,
+                    "/issued_at",
+                    "issued before this gateway's command history began"
+                    f" ({time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime(guard.epoch))}: its state was reset);"
+                    " re-issue it",
+                    self.state.applied_revision(kind),
+                )
+            if kind is None:  # ping: no state; a re-delivered id is acknowledged again, nothing else
+                if not guard.seen_before(cmd.id):
+                    await guard.record(cmd.id, None, 0, cmd.issued_at, cmd.expires_at, now)
+                return CommandReply(id=cmd.id, ok=True), False
+            floor = guard.floor(kind)
+            last_rev, last_id = self.state.revisions.get(kind, (0, ""))
+            if floor is not None and cmd.revision <= floor.revision and (cmd.revision, cmd.id) != (last_rev, last_id):
+                reason = f"stale revision {cmd.revision}: {kind} already at revision {floor.revision}"
+                if last_rev < floor.revision:
+                    reason += " (the command state was reset since; re-issue with a new revision)"
+                return self._refuse(cmd, "/revision", reason, floor.revision)
+        if isinstance(cmd.body, ActorsPut) and cmd.body.actor.url is not None:
+            why = self.dispatcher.url_policy.check_url(cmd.body.actor.url)
+            if why is not None:
+                return self._refuse(cmd, "/body/actor/url", f"url policy: {why}", self.state.applied_revision(kind))
+        reply, changed = await self.state.apply(cmd, now)
+        if changed and guard is not None:
+            try:
+                await guard.record(cmd.id, kind, cmd.revision, cmd.issued_at, cmd.expires_at, now)
+            except Exception as e:  # applied already; the store's own revision still guards this kind
+                log.error("content.replay_floor_not_saved", id=cmd.id, error=type(e).__name__)
+        return reply, changed
 
     async def _side_effects(self, cmd: Command) -> None:
         b = cmd.body
@@ -288,3 +334,5 @@ class ContentService:
             t.cancel()
         await self.dispatcher.close()
         await self.state.close()
+        if self.guard is not None:
+            await self.guard.close()

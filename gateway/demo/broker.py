@@ -1,7 +1,8 @@
-"""An MQTT broker on 127.0.0.1 for the demo and for stores without a broker of their own.
+"""An MQTT broker on 127.0.0.1 for the demo.
 
 Prefers a spawned ``mosquitto`` (the broker stores run in production: MQTT 5, fast) and falls back to
-amqtt, a pure-Python broker (MQTT 3.1.1 only), when mosquitto is not installed.
+amqtt, a pure-Python broker (MQTT 3.1.1 only), when mosquitto is not installed. amqtt is the ``demo``
+extra (``pip install -e '.[demo]'``, which ``./scripts/demo`` does), not a dependency of the gateway.
 """
 
 from __future__ import annotations
@@ -32,6 +33,10 @@ def find_mosquitto() -> str | None:
     return exe
 
 
+class BrokerUnavailable(RuntimeError):
+    """Neither mosquitto nor amqtt is installed."""
+
+
 class EmbeddedBroker:
     def __init__(self, host: str = "127.0.0.1", port: int = 0, prefer: Literal["mosquitto", "amqtt"] = "mosquitto"):
         self.host = host
@@ -60,7 +65,13 @@ class EmbeddedBroker:
             )
             self.kind = "mosquitto"
         else:
-            from amqtt.broker import Broker
+            try:
+                from amqtt.broker import Broker
+            except ImportError:
+                raise BrokerUnavailable(
+                    "no MQTT broker for the demo: install mosquitto, or the demo extra for amqtt"
+                    " (pip install -e '.[demo]'; ./scripts/demo does both)"
+                ) from None
 
             self._amqtt = Broker(
                 {

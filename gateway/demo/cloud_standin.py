@@ -14,7 +14,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 
-from gateway.content.commands import make_command
+from gateway.content.commands import Signer, make_command
 from gateway.mqtt.client import AsyncMqttClient
 
 # What the stand-in pushes to every gateway at start (demo): a screen actor, a campaign, a consent.
@@ -80,6 +80,7 @@ class CloudStandIn:
         out: TextIO | None = None,
         verbose: bool = True,
         durable: bool = False,
+        signer: Signer | None = None,
     ) -> None:
         # durable: a persistent session (as the platform's ingest runs): the broker keeps the
         # subscriptions and queues QoS 1 events while the stand-in is away (and across a broker
@@ -104,6 +105,8 @@ class CloudStandIn:
         self._tasks: set[asyncio.Task[None]] = set()
         self.replies: dict[str, dict[str, Any]] = {}
         self.push_commands = False
+        # the platform's command-signing key (the gateway holds only its public half)
+        self.signer = signer
 
     async def run(self) -> None:
         await self.client.connect()
@@ -126,7 +129,7 @@ class CloudStandIn:
         if topic.endswith("/status"):
             gw = topic.split("/")[-2]
             self.status[gw] = str(doc.get("state"))
-            self._print(f"cloud <- {gw} status {doc.get('state')}")
+            self._say(f"cloud <- {gw} status {doc.get('state')}")
             if doc.get("state") == "online" and self.push_commands:
                 store = topic.split("/")[-3]
                 task = asyncio.create_task(self.push_demo_state(store, gw))
@@ -137,7 +140,7 @@ class CloudStandIn:
             if isinstance(doc, dict):
                 self.replies[str(doc.get("id"))] = doc
                 err = doc.get("error")
-                self._print(f"cloud <- reply {doc.get('id')} ok={doc.get('ok')}" + (f" error={err}" if err else ""))
+                self._say(f"cloud <- reply {doc.get('id')} ok={doc.get('ok')}" + (f" error={err}" if err else ""))
             return
         items = doc.get("batch", [doc])
         for item in items:
@@ -151,9 +154,11 @@ class CloudStandIn:
         for n, (kind, body, rev) in enumerate(demo_commands(now)):
             cid = f"demo-{kind}-{int(now)}-{n}"
             end = time.monotonic() + timeout
+            # signed for this gateway only, valid for an hour
+            cmd = make_command(kind, body, id=cid, revision=rev, aud=gw, issued_at=now, ttl_s=3600, signer=self.signer)
             while cid not in self.replies and time.monotonic() < end:
-                self._print(f"cloud -> {gw} {kind} id={cid} revision={rev}")
-                await self.client.publish(topic, make_command(kind, body, id=cid, revision=rev, issued_at=now))
+                self._say(f"cloud -> {gw} {kind} id={cid} revision={rev}")
+                await self.client.publish(topic, cmd)
                 for _ in range(10):
                     if cid in self.replies:
                         break
@@ -180,6 +185,11 @@ class CloudStandIn:
 
     def _print(self, line: str) -> None:
         print(line, file=self.out, flush=True)
+
+    def _say(self, line: str) -> None:
+        """Progress lines: only when verbose (``gateway demo --quiet`` prints the summary alone)."""
+        if self.verbose:
+            self._print(line)
 
     def summary(self) -> dict[str, Any]:
         return {

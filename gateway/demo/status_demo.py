@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import importlib
+import ipaddress
 import math
 import sys
 import time
@@ -28,61 +28,24 @@ from gateway import __version__
 from gateway.identity.pseudonyms import PseudonymKeyring
 from gateway.layout import Layout, load_layout, points_in_polygon
 from gateway.models import SourceHealth
-from gateway.status.provider import ActionResult, DeviceDot, StatusProvider, StatusSnapshot
+from gateway.sources.base import NodeStatus
+from gateway.status.coverage import coverage_grid
+from gateway.status.provider import (
+    ActionResult,
+    ActivationRow,
+    ActorRow,
+    CampaignRow,
+    DeviceDot,
+    EventRow,
+    StatusProvider,
+    StatusSnapshot,
+)
 
 DEFAULT_LAYOUT = Path(__file__).resolve().parent.parent / "data" / "demo-store.toml"
 
 
 def demo_mac(i: int) -> str:
     return f"02:00:00:00:{(i >> 8) & 0xFF:02x}:{i & 0xFF:02x}"
-
-
-def geometric_crlb_grid(layout: Layout, sigma_db: float = 6.0, step_m: float = 1.0) -> dict[str, Any]:
-    """Cramér-Rao bound on 2-D position RMSE for the log-distance model, on a grid.
-
-    For RSSI_i = P0_i - 10 n_i log10(d_i) + N(0, sigma^2), the Fisher information of (x, y) is
-    sum_i (10 n_i / (ln 10 sigma))^2 (p - s_i)(p - s_i)^T / d_i^4 and RMSE >= sqrt(tr J^-1).
-    (The localization module's own CRLB replaces this when wired by the daemon.)
-    """
-    w, d = layout.store.width_m, layout.store.depth_m
-    xs = np.arange(step_m / 2, w, step_m)
-    ys = np.arange(step_m / 2, d, step_m)
-    gx, gy = np.meshgrid(xs, ys)
-    pts = np.stack([gx.ravel(), gy.ravel()], axis=1)
-    s = layout.sensor_xy()
-    z = layout.sensor_z()
-    b = (10.0 * layout.sensor_n() / (math.log(10.0) * sigma_db)) ** 2
-    dx = pts[:, None, 0] - s[None, :, 0]
-    dy = pts[:, None, 1] - s[None, :, 1]
-    d2 = dx * dx + dy * dy + z[None, :] ** 2
-    wgt = b[None, :] / (d2 * d2)
-    jxx = (wgt * dx * dx).sum(1)
-    jyy = (wgt * dy * dy).sum(1)
-    jxy = (wgt * dx * dy).sum(1)
-    det = jxx * jyy - jxy * jxy
-    with np.errstate(divide="ignore", invalid="ignore"):
-        rmse = np.sqrt((jxx + jyy) / det)
-    return grid_dict(xs, ys, rmse.reshape(gy.shape), step_m)
-
-
-def grid_dict(xs: Any, ys: Any, rmse: Any, step_m: float) -> dict[str, Any]:
-    """The page's coverage JSON from grid axes and an ``(ny, nx)`` RMSE array (non-finite -> null)."""
-    rows = [[None if not math.isfinite(float(v)) else round(float(v), 2) for v in row] for row in rmse]
-    return {"x0": float(xs[0]), "y0": float(ys[0]), "step_m": step_m, "nx": len(xs), "ny": len(ys), "rmse_m": rows}
-
-
-def coverage_grid(
-    layout: Layout, sigma_db: float = 6.0, floor_dbm: float = -95.0, step_m: float = 1.0
-) -> dict[str, Any]:
-    """Coverage overlay: the localization module's CRLB map (censored model, unknown transmit
-    power) when it is available, else the plain geometric bound above."""
-    try:
-        crlb = importlib.import_module("gateway.localization.crlb")
-        crlb_map = crlb.crlb_map
-    except (ImportError, AttributeError):
-        return geometric_crlb_grid(layout, sigma_db, step_m)
-    xs, ys, rmse = crlb_map(layout, sigma_db, step_m=step_m, floor_dbm=floor_dbm)
-    return grid_dict(xs, ys, rmse, step_m)
 
 
 class SimulatedStatusProvider:
@@ -94,8 +57,8 @@ class SimulatedStatusProvider:
         n_devices: int = 40,
         seed: int = 1,
         clock: Callable[[], float] = time.time,
-        campaigns: list[dict[str, Any]] | None = None,
-        actors: list[dict[str, Any]] | None = None,
+        campaigns: list[CampaignRow] | None = None,
+        actors: list[ActorRow] | None = None,
     ) -> None:
         self._layout = layout
         self._clock = clock
@@ -114,22 +77,22 @@ class SimulatedStatusProvider:
         self._keyring = PseudonymKeyring()
         self._subjects = [self._keyring.pseudonym(m, self._t0) for m in self._macs]
         self._zone_of: list[str | None] = [None] * n
-        self._events: deque[dict[str, Any]] = deque(maxlen=50)
-        self._activations: deque[dict[str, Any]] = deque(maxlen=50)
+        self._events: deque[EventRow] = deque(maxlen=50)
+        self._activations: deque[ActivationRow] = deque(maxlen=50)
         self._optouts: set[str] = set()
         self._source = SourceHealth(name="simulated", state="running", detail={"adverts_per_s": 0.0})
         self._ble = SourceHealth(name="ble:hci0", state="running", detail={"adapter": "hci0", "adverts_per_s": 0.0})
         self._reloads = 0
         self._test_events = 0
         self._crlb: dict[str, Any] | None = None
-        self._campaigns: list[dict[str, Any]] = (
+        self._campaigns: list[CampaignRow] = (
             campaigns
             if campaigns is not None
             else [
                 {"id": "welcome", "name": "Welcome offer", "active": True, "zones": ["entrance"]},
             ]
         )
-        self._actors: list[dict[str, Any]] = (
+        self._actors: list[ActorRow] = (
             actors
             if actors is not None
             else [
@@ -211,7 +174,10 @@ class SimulatedStatusProvider:
             )
         return out
 
-    def snapshot(self) -> dict[str, Any]:
+    def devices_version(self) -> int | None:
+        return None  # the crowd moves on every call
+
+    def snapshot(self) -> StatusSnapshot:
         self._step()
         now = self._t
         occupancy = {z.id: 0 for z in self._layout.zones}
@@ -222,7 +188,7 @@ class SimulatedStatusProvider:
         for k, s in enumerate(self._layout.sensors):
             # a deterministic, slightly staggered "last heard"; the last sensor is silent (down)
             last_heard[s.id] = None if k == len(self._layout.sensors) - 1 and k > 0 else now - (k % 4) * 0.7
-        nodes = [
+        nodes: list[NodeStatus] = [
             {
                 "name": s.id,
                 "sensor": s.id,
@@ -258,7 +224,7 @@ class SimulatedStatusProvider:
             zone_occupancy=occupancy,
             optouts=len(self._optouts),
             extra={"reloads": self._reloads, "test_events": self._test_events},
-        ).as_dict()
+        )
 
     def crlb_grid(self) -> dict[str, Any] | None:
         if self._crlb is None:
@@ -294,6 +260,56 @@ class SimulatedStatusProvider:
 # ---------------------------------------------------------------------------------------------
 # gateway status demo
 # ---------------------------------------------------------------------------------------------
+
+
+def check_demo_args(args: argparse.Namespace) -> str | None:
+    """Why these ``status demo`` arguments are wrong (None: fine)."""
+    if not 0 <= args.port <= 65535:
+        return f"--port {args.port}: must be 0..65535 (0: any free port)"
+    try:
+        ipaddress.ip_address(args.host)
+    except ValueError:
+        if args.host != "localhost":
+            return f"--host {args.host!r}: not an IP address to listen on (e.g. 127.0.0.1)"
+    if not 0 <= args.devices <= 10000:
+        return f"--devices {args.devices}: must be 0..10000"
+    if not args.credential.is_file():
+        return f"--credential {args.credential}: no such file (make one: gateway status set-password)"
+    for name in ("speed", "rate", "warmup"):
+        v = getattr(args, name)
+        low_ok = v >= 0 if name == "warmup" else v > 0
+        if not (math.isfinite(v) and low_ok and v <= 1e6):
+            return f"--{name} {v:g}: must be a finite number {'>= 0' if name == 'warmup' else '> 0'}"
+    if args.speed > 10000:
+        return f"--speed {args.speed:g}: at most 10000"
+    return None
+
+
+def _checked_demo_command(args: argparse.Namespace) -> int:
+    from gateway.ops.status_cli import usage_error
+
+    why = check_demo_args(args)
+    if why is not None:
+        return usage_error(why)
+    return demo_command(args)
+
+
+def add_commands(sub: Any) -> None:
+    """``gateway status demo``, in the ``gateway status`` group (``gateway/ops/status_cli.py``)."""
+    from gateway.ops.status_cli import status_actions
+
+    dp = status_actions(sub).add_parser("demo", help="serve the status page over a simulated crowd (no radios needed)")
+    dp.add_argument("--layout", type=Path, default=None, help="layout TOML (default: the embedded demo store)")
+    dp.add_argument("--credential", type=Path, required=True, help="credential file (gateway status set-password)")
+    dp.add_argument("--host", default="127.0.0.1")
+    dp.add_argument("--port", type=int, default=8080)
+    dp.add_argument("--devices", type=int, default=40, help="synthetic crowd size (without --sim)")
+    dp.add_argument("--seed", type=int, default=1)
+    dp.add_argument("--sim", action="store_true", help="drive the page from the store simulator + pipeline")
+    dp.add_argument("--speed", type=float, default=1.0, help="--sim: simulated seconds per wall second")
+    dp.add_argument("--rate", type=float, default=600.0, help="--sim: shoppers per hour")
+    dp.add_argument("--warmup", type=float, default=60.0, help="--sim: simulated seconds run before serving")
+    dp.set_defaults(func=_checked_demo_command)
 
 
 def demo_command(args: argparse.Namespace) -> int:

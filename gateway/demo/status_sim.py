@@ -6,74 +6,40 @@ the localizer's fixes, the events are presence's events: what the page shows is 
 would compute from those radios. Used by the browser test and ``gateway status demo --sim``; the
 daemon's own provider reads the same objects from its running pipeline instead.
 
-Opt-out: the identifier the technician types (a MAC or beacon id) is kept only as a keyed hash;
-observations whose address - or whose linked identity, once one such address was seen - matches
-are dropped *before* pseudonymisation, and the subject's track is forgotten at once.
+Opt-out goes through the daemon's own path, ``gateway.identity.subjects.IdentityResolver``: the
+identifier the technician types (a MAC or beacon id) is kept only as keyed digests (with a
+per-run key: nothing is persisted here), observations of it - and of the identity it was seen
+linked to - are dropped *before* pseudonymisation, and the subject's track is forgotten at once.
 """
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import os
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any
 
 from gateway import __version__
 from gateway.config import Settings
-from gateway.demo.status_demo import coverage_grid
 from gateway.identity.pseudonyms import PseudonymKeyring
+from gateway.identity.subjects import IdentityResolver
 from gateway.layout import Layout
-from gateway.models import Fix, Observation, SourceHealth
-from gateway.pipeline import IdentityStage, Pipeline
+from gateway.models import Fix, SourceHealth
+from gateway.pipeline import Pipeline
 from gateway.sim.store import StoreSimulator
-from gateway.status.provider import ActionResult, DeviceDot, StatusSnapshot
+from gateway.status.coverage import coverage_grid
+from gateway.status.provider import (
+    ActionResult,
+    ActorRow,
+    CampaignRow,
+    DeviceDot,
+    EventRow,
+    StatusSnapshot,
+    UplinkStatus,
+)
 
 MAX_STEP_S = 30.0  # never simulate more than this per call (a page left open overnight)
-
-
-class OptOutIdentity(IdentityStage):
-    """Identity stage that drops opted-out devices before they get a pseudonym."""
-
-    def __init__(self, keyring: PseudonymKeyring) -> None:
-        super().__init__(keyring)
-        self.keyring = keyring
-        self._key = os.urandom(32)
-        self._blocked: set[bytes] = set()  # entered identifiers + identities linked to them
-        self._entered: set[bytes] = set()
-        self.suppressed: set[str] = set()  # subjects that vanished because of an opt-out
-        self.dropped = 0
-
-    def _h(self, ident: str) -> bytes:
-        return hmac.new(self._key, ident.strip().lower().encode(), hashlib.sha256).digest()
-
-    def block(self, identifier: str) -> None:
-        h = self._h(identifier)
-        self._entered.add(h)
-        self._blocked.add(h)
-
-    @property
-    def blocked(self) -> int:
-        """Number of opted-out identifiers (not ``__len__``: an empty stage must stay truthy)."""
-        return len(self._entered)
-
-    def resolve(self, batch: Sequence[Observation]) -> list[Observation]:
-        if not self._blocked:
-            return super().resolve(batch)
-        keep: list[Observation] = []
-        for o in batch:
-            hd = self._h(o.device)
-            hl = self._h(o.link) if o.link else None
-            if hd in self._blocked or (hl is not None and hl in self._blocked):
-                if hl is not None:
-                    self._blocked.add(hl)  # one address opts out the whole linked identity
-                self.suppressed.add(self.keyring.pseudonym(o.link or o.device, o.ts))
-                self.dropped += 1
-            else:
-                keep.append(o)
-        return super().resolve(keep)
 
 
 class SimPipelineProvider:
@@ -83,8 +49,8 @@ class SimPipelineProvider:
         layout: Layout,
         *,
         clock: Callable[[], float] = time.monotonic,
-        campaigns: list[dict[str, Any]] | None = None,
-        actors: list[dict[str, Any]] | None = None,
+        campaigns: list[CampaignRow] | None = None,
+        actors: list[ActorRow] | None = None,
         warmup_s: float = 0.0,
     ) -> None:
         """``warmup_s`` of simulated time are run at once, so the store is not empty at start."""
@@ -94,14 +60,15 @@ class SimPipelineProvider:
         self._t0 = clock()
         self.sim = StoreSimulator(layout, settings.simulator)
         s = settings.privacy
-        self.identity = OptOutIdentity(
-            PseudonymKeyring(rotation_time=s.rotation_time, period_h=s.rotation_period_h, nbytes=s.pseudonym_bytes)
+        self.keyring = PseudonymKeyring(
+            rotation_time=s.rotation_time, period_h=s.rotation_period_h, nbytes=s.pseudonym_bytes
         )
+        self.identity = IdentityResolver(self.keyring, optout_key=os.urandom(32), consent_scope=s.consent_scope)
         self.pipeline = Pipeline(settings, layout, identity=self.identity, on_fixes=self._on_fixes)
         self.sim_start = settings.simulator.start_ts
         self.sim_now = self.sim_start
         self._latest: dict[str, Fix] = {}
-        self._events: deque[dict[str, Any]] = deque(maxlen=50)
+        self._events: deque[EventRow] = deque(maxlen=50)
         self._heard: dict[str, float | None] = {s.id: None for s in layout.sensors}
         self._health = SourceHealth(name="simulated", state="running")
         self._rate = 0.0
@@ -137,19 +104,15 @@ class SimPipelineProvider:
             events = self.pipeline.process(obs)
             events += self.pipeline.advance(self.sim_now)
             for e in events:
-                d = e.model_dump(mode="json")
+                d = e.model_dump(mode="json", include={"type", "subject", "zone"})
                 self._events.appendleft(
-                    {"ts": d["ts"], "type": d["type"], "subject": d.get("subject"), "zone": d.get("zone")}
+                    EventRow(ts=e.ts, type=str(d["type"]), subject=d.get("subject"), zone=d.get("zone"))
                 )
         if span:
             self._health.observations += n_obs
             self._health.last_observation_ts = self.sim_now
             self._rate = n_obs / span
             self._health.detail["adverts_per_s"] = round(self._rate, 1)
-        for subj in self.identity.suppressed:
-            self._latest.pop(subj, None)
-            self.pipeline.localizer.forget(subj)
-        self.identity.suppressed.clear()
         horizon = self.sim_now - self.settings.localization.forget_after_s
         for subj in [k for k, f in self._latest.items() if f.ts < horizon]:
             del self._latest[subj]
@@ -169,7 +132,10 @@ class SimPipelineProvider:
             for f in self._latest.values()
         ]
 
-    def snapshot(self) -> dict[str, Any]:
+    def devices_version(self) -> int | None:
+        return None  # the simulation advances on every call
+
+    def snapshot(self) -> StatusSnapshot:
         self.advance()
         occ = {z.id: 0 for z in self._layout.zones}
         for f in self._latest.values():
@@ -185,16 +151,16 @@ class SimPipelineProvider:
             store_id=self.settings.gateway.store_id,
             sources=[self._health],
             sensors_last_heard=dict(self._heard),
-            uplink={"state": "not connected (simulation)", "broker": None, "last_error": None, "reconnects": 0},
+            uplink=UplinkStatus(state="not connected (simulation)", broker=None, last_error=None, reconnects=0),
             outbox={"backlog": 0, "oldest_age_s": None, "evictions": 0},
             clock={"synchronized": None, "source": "simulated", "offset_s": None},
             recent_events=list(self._events)[:20],
             campaigns=self._campaigns,
             actors=self._actors,
             zone_occupancy=occ,
-            optouts=self.identity.blocked,
+            optouts=self.identity.optout_count,
             extra={"fixes": st.fixes, "events": dict(st.events), "reloads": self._reloads},
-        ).as_dict()
+        )
 
     def crlb_grid(self) -> dict[str, Any] | None:
         if self._crlb is None:
@@ -218,5 +184,9 @@ class SimPipelineProvider:
     async def add_optout(self, identifier: str) -> ActionResult:
         if not identifier.strip():
             return ActionResult(False, "identifier is empty")
-        self.identity.block(identifier)
+        erased = self.identity.add_optout(identifier, self.sim_now)
+        for subject in erased.subjects:
+            self._latest.pop(subject, None)
+            self.pipeline.localizer.forget(subject)
+            self.pipeline.presence.forget(subject)
         return ActionResult(True, "opt-out recorded; the device is no longer tracked")

@@ -28,12 +28,13 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from gateway.identity.pseudonyms import PseudonymKeyring
-from gateway.models import Observation, SubjectKind
+from gateway.models import Observation, SubjectKind, app_link, irk_link
+
+__all__ = ["ConsentRecord", "IdentityResolver", "OptOutResult", "app_link", "irk_link", "normalize_identifier"]
 
 _MAC_SEP_RE = re.compile(r"^[0-9a-f]{2}([:\-]?)(?:[0-9a-f]{2}\1){4}[0-9a-f]{2}$")
 _MAC_DOT_RE = re.compile(r"^[0-9a-f]{4}\.[0-9a-f]{4}\.[0-9a-f]{4}$")
 _HEX32_RE = re.compile(r"^[0-9a-f]{32}$")
-_IRK_LINK_TAG = b"gateway/irk-link/v1\x00"
 _CACHE_MAX = 500_000
 _DROPPED = ""  # cache value for an opted-out (device, link)
 
@@ -45,25 +46,6 @@ def normalize_identifier(text: str) -> str:
         h = re.sub(r"[^0-9a-f]", "", t)
         return ":".join(h[i : i + 2] for i in range(0, 12, 2))
     return t
-
-
-def irk_link(irk: bytes) -> str:
-    """The ``Observation.link`` value for a device whose RPA resolved with ``irk``.
-
-    A one-way tag of the IRK (SHA-256, domain-separated, truncated), so the link string is not the
-    IRK itself; the BLE stage and consent records both derive it from the IRK.
-    """
-    if len(irk) != 16:
-        raise ValueError(f"an IRK is 16 bytes, got {len(irk)}")
-    return "irk:" + hashlib.sha256(_IRK_LINK_TAG + irk).hexdigest()[:32]
-
-
-def app_link(token: str) -> str:
-    """The ``Observation.link`` value for a device that advertised a companion-app token."""
-    t = token.strip()
-    if not t:
-        raise ValueError("empty app token")
-    return "app:" + t
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,16 +136,21 @@ class IdentityResolver:
 
         ``identifier`` is a MAC, an IRK (32 hex digits), an app token or a customer reference. The
         raw value is used here and then dropped: only its keyed digests are kept (and returned for
-        persistence). ``subjects`` lists the subject ids it currently maps to, so the caller can
-        erase live presence state and stored history for them.
+        persistence). An address seen linked to an identity (a resolved IRK, a Wi-Fi group, an app
+        token) opts that identity out too, so the device's next rotated address is dropped as well.
+        ``subjects`` lists the subject ids it currently maps to, so the caller can erase live
+        presence state and stored history for them.
         """
         forms = self._forms(identifier)
-        digests = tuple(sorted(self.optout_digest(f) for f in forms))
+        linked: set[str] = set()
         subjects: set[str] = set()
         for cache in self._caches.values():
             for (dev, link), subj in cache.items():
                 if subj and (link in forms or normalize_identifier(dev) in forms):
                     subjects.add(subj)
+                    if link is not None:
+                        linked.add(link)
+        digests = tuple(sorted({self.optout_digest(f) for f in forms | linked}))
         for f in forms:
             c = self._consent_by_link.get(f)
             if c is not None:

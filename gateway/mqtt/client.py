@@ -16,6 +16,14 @@ small exception hierarchy rooted at `MqttError`, each keeping the MQTT reason co
 One `AsyncMqttClient` is one connection: after a disconnect, make a new one. Callers that own a
 durable queue (the uplink) re-publish from their queue, so paho's own in-memory retransmission
 state is deliberately not carried across connections.
+
+Why not aiomqtt, which drives paho the same way: its publish completes on *any* PUBACK - its
+``_on_publish`` drops the MQTT 5 reason code (aiomqtt 2.5, ``client.py``) - so a message the
+broker refused (0x97 quota exceeded, 0x99 payload format invalid, 0x87 not authorized) would look
+sent and the uplink would delete it from the outbox. The uplink needs the code per message id to
+retry, dead-letter or keep (``gateway/uplink/link.py``), and ``publish_nowait`` to keep a window of
+QoS 1 publishes in flight without a task each. The store-local broker has its own client
+(``gateway/mqtt/local.py``; ``bench/bench_nodes.py`` measures it against gmqtt and aiomqtt).
 """
 
 from __future__ import annotations

@@ -91,23 +91,28 @@ def _lines(source: TextIO, label: str) -> Iterable[tuple[str, str]]:
             yield f"{label}:{lineno}", line
 
 
-def _decode_many(items: Iterable[tuple[str, str]]) -> int:
+def _decode_many(items: Iterable[tuple[str, str]], what: str) -> int:
     rc = 0
+    payloads = 0
     for where, line in items:
+        payloads += 1
         try:
             print(json.dumps(decode_hex(line)))
         except AdvertParseError as e:
             print(f"{where}: malformed advert: {e}", file=sys.stderr)
             rc = 2
+    if payloads == 0:
+        print(f"gateway decode ble: {what}: no payload in the input (one hex payload per line)", file=sys.stderr)
+        return 2
     return rc
 
 
 def _run(args: argparse.Namespace) -> int:
     if (args.hex is None) == (args.file is None):
-        print("gateway decode ble: give either HEX, --file F or - (standard input)", file=sys.stderr)
+        print("gateway decode ble: give either HEX or --file F (- for either reads standard input)", file=sys.stderr)
         return 2
     if args.hex == "-" or args.file == "-":
-        return _decode_many(_lines(sys.stdin, "<stdin>"))
+        return _decode_many(_lines(sys.stdin, "<stdin>"), "standard input")
     if args.hex is not None:
         try:
             print(json.dumps(decode_hex(args.hex)))
@@ -117,10 +122,11 @@ def _run(args: argparse.Namespace) -> int:
         return 0
     try:
         with open(args.file, encoding="utf-8", errors="replace") as fh:
-            return _decode_many(list(_lines(fh, args.file)))
+            items = list(_lines(fh, args.file))
     except OSError as e:
-        print(f"cannot read {args.file}: {e.strerror}", file=sys.stderr)
+        print(f"gateway decode ble: --file {args.file}: cannot read ({e.strerror})", file=sys.stderr)
         return 2
+    return _decode_many(items, f"--file {args.file}")
 
 
 def add_decode_command(dsub: Any) -> None:

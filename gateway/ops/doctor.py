@@ -13,6 +13,7 @@ import asyncio
 import ctypes
 import datetime as dt
 import json
+import math
 import os
 import re
 import shutil
@@ -102,14 +103,28 @@ def disk_verdict(path: Path, total: int, free: int) -> Check:
 # --------------------------------------------------------------------------- checks with I/O
 
 
+# preflight fields that have a check row of their own below (layout, tls identity, technician login)
+_OWN_ROWS = ("paths.layout", "mqtt.ca_file", "mqtt.cert_file", "mqtt.key_file", "status.credential_file")
+
+
 def check_config(path: Path | None) -> tuple[Check, Settings | None]:
+    """The settings model, then what would stop `gateway run` (gateway/ops/preflight.py)."""
+    from gateway.ops.preflight import check
+
+    remedy = f"fix the file, then `gateway config check {path}`" if path else "set GATEWAY_* or give --config"
     try:
         s = load_settings(path)
     except ConfigError as e:
-        return Check(
-            "config", "fail", "; ".join(e.lines)[:400], f"fix the file, then `gateway config check {path}`"
-        ), None
-    return Check("config", "pass", f"{path or '<defaults+env>'}: gateway {s.gateway.id}, store {s.gateway.store_id}"), s
+        return Check("config", "fail", "; ".join(e.lines)[:400], remedy), None
+    ok = f"{path or '<defaults+env>'}: gateway {s.gateway.id}, store {s.gateway.store_id}"
+    problems = [p for p in check(s) if p.field not in _OWN_ROWS]
+    errors = [p.line() for p in problems if p.severity == "error"]
+    warnings = [p.line() for p in problems if p.severity == "warning"]
+    if errors:
+        return Check("config", "fail", "; ".join(errors + warnings)[:600], remedy), s
+    if warnings:
+        return Check("config", "warn", f"{ok}; " + "; ".join(warnings)[:500], remedy), s
+    return Check("config", "pass", ok), s
 
 
 def check_layout(s: Settings) -> Check:
@@ -342,6 +357,64 @@ def check_broker(s: Settings, timeout_s: float) -> Check:
 _TLS_REMEDY = "check mqtt.ca_file is the broker's CA, the device certificate is signed and current, and the clock"
 
 
+def local_broker_address(s: Settings) -> tuple[str, int]:
+    """Where the daemon looks for the store-local broker (sensor nodes, MQTT actors)."""
+    lb, m = s.local_broker, s.mqtt
+    if lb.host is not None:
+        return lb.host, lb.port
+    if m.host is not None and not m.tls:  # demo/tests: one plain broker serves both roles
+        return m.host, m.port
+    return "127.0.0.1", lb.port
+
+
+def check_local_broker(s: Settings, timeout_s: float) -> Check:
+    """MQTT CONNECT to the store-local broker: sensor nodes need it (fail), MQTT actors use it (warn)."""
+    import paho.mqtt.client as mqtt
+    from paho.mqtt.enums import CallbackAPIVersion
+
+    if not (s.nodes.enabled or s.content.enabled):
+        return Check("local broker", "skip", "no sensor nodes and no content activation")
+    host, port = local_broker_address(s)
+    target = f"{host}:{port}"
+    bad: Status = "fail" if s.nodes.enabled else "warn"
+    why = "sensor nodes report through it" if s.nodes.enabled else "MQTT actors (screens) are reached through it"
+    remedy = f"start the store broker (`systemctl enable --now mosquitto`) or set [local_broker] host/port ({why})"
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"{s.gateway.id}-doctor-local")
+    client.connect_timeout = timeout_s
+    if s.nodes.broker_username:
+        client.username_pw_set(s.nodes.broker_username, s.nodes.broker_password)
+    result: dict[str, Any] = {}
+    done = threading.Event()
+
+    def on_connect(_c: Any, _u: Any, _f: Any, rc: Any, _p: Any = None) -> None:
+        result["rc"] = rc
+        done.set()
+
+    client.on_connect = on_connect
+    try:
+        client.connect(host, port, keepalive=max(5, int(timeout_s) + 5))
+    except (OSError, ValueError) as e:
+        return Check("local broker", bad, f"{target}: cannot connect: {e}", remedy)
+    try:
+        deadline = time.monotonic() + timeout_s
+        while not done.is_set() and time.monotonic() < deadline:
+            if client.loop(timeout=0.1) != mqtt.MQTT_ERR_SUCCESS and not done.is_set():
+                return Check("local broker", bad, f"{target}: connection closed before CONNACK", remedy)
+    finally:
+        if done.is_set():
+            client.disconnect()
+            client.loop(timeout=0.1)
+        sock = client.socket()
+        if sock is not None:
+            sock.close()
+    if not done.is_set():
+        return Check("local broker", bad, f"{target}: no CONNACK within {timeout_s:g}s", remedy)
+    rc = result["rc"]
+    if getattr(rc, "is_failure", False) or (isinstance(rc, int) and rc != 0):
+        return Check("local broker", bad, f"{target}: CONNECT refused: {rc}", "check nodes.broker_username/password")
+    return Check("local broker", "pass", f"{target}: MQTT CONNECT ok")
+
+
 def check_ble(s: Settings, timeout_s: float) -> Check:
     if not s.ble.enabled:
         return Check("ble radio", "skip", "ble.enabled is false")
@@ -445,6 +518,7 @@ def run_checks(config: Path | None, timeout_s: float = 5.0, skip: frozenset[str]
             ("tls", lambda: check_tls_identity(s)),
             ("login", lambda: check_credential(s)),
             ("broker", lambda: check_broker(s, timeout_s)),
+            ("local-broker", lambda: check_local_broker(s, timeout_s)),
             ("ble", lambda: check_ble(s, timeout_s)),
             ("wifi", lambda: check_wifi(s)),
         ]
@@ -470,9 +544,28 @@ def render(checks: list[Check]) -> str:
     return "\n".join(lines)
 
 
+CHECK_KEYS = ("clock", "layout", "disk", "outbox", "tls", "login", "broker", "local-broker", "ble", "wifi")
+
+
 def _cmd(args: argparse.Namespace) -> int:
-    cfg = Path(args.config) if args.config else (DEFAULT_CONFIG if DEFAULT_CONFIG.exists() else None)
+    def usage(msg: str) -> int:
+        print(f"gateway doctor: error: {msg}", file=sys.stderr)
+        return 2
+
+    if args.config:
+        cfg = Path(args.config)
+        if not cfg.is_file():
+            return usage(f"--config {cfg}: no such file")
+    elif DEFAULT_CONFIG.exists():
+        cfg = DEFAULT_CONFIG
+    else:
+        return usage(f"no config file: {DEFAULT_CONFIG} does not exist; give --config FILE")
+    if not (math.isfinite(args.timeout) and 0 < args.timeout <= 300):
+        return usage(f"--timeout {args.timeout:g}: must be > 0 and <= 300 seconds")
     skip = frozenset(x.strip() for x in args.skip.split(",") if x.strip()) if args.skip else frozenset()
+    unknown = sorted(skip - set(CHECK_KEYS))
+    if unknown:
+        return usage(f"--skip {','.join(unknown)}: unknown check (choose from {','.join(CHECK_KEYS)})")
     checks = run_checks(cfg, args.timeout, skip)
     if args.json:
         print(json.dumps([asdict(c) for c in checks], indent=2))
@@ -485,6 +578,6 @@ def add_commands(sub: Any) -> None:
     p: argparse.ArgumentParser = sub.add_parser("doctor", help="check this box: radios, clock, disk, config, broker")
     p.add_argument("--config", "-c", default=os.environ.get("GATEWAY_CONFIG"), help=f"default {DEFAULT_CONFIG}")
     p.add_argument("--timeout", type=float, default=5.0, help="per network check (s)")
-    p.add_argument("--skip", default="", help="comma list: clock,layout,disk,outbox,tls,login,broker,ble,wifi")
+    p.add_argument("--skip", default="", help="comma list of checks to skip: " + ",".join(CHECK_KEYS))
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=_cmd)

@@ -13,6 +13,7 @@ import argparse
 import json
 import json.scanner
 import math
+import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -38,7 +39,7 @@ def add_commands(sub: Any) -> None:
     loc.add_argument("--crlb", action="store_true", help="print the Cramér-Rao bound map instead of locating")
     loc.add_argument("--sigma-db", type=float, default=None, help="noise sigma (dB) for --crlb / the estimator")
     loc.add_argument("--adverts", type=float, default=None, help="--crlb: adverts per sensor (default: window)")
-    loc.add_argument("--step", type=float, default=2.0, help="--crlb: grid step (m)")
+    loc.add_argument("--step", type=float, default=None, help="--crlb: grid step (m, default 2)")
     loc.add_argument("--json", action="store_true", help="--crlb: print the map as JSON")
     loc.add_argument("--strict", action="store_true", help="stop at the first bad input line (exit 2)")
     loc.set_defaults(func=_locate)
@@ -164,11 +165,16 @@ class ObsReader:
 def _crlb(args: argparse.Namespace, layout: Layout, settings: LocalizationSettings) -> int:
     from gateway.localization.crlb import crlb_map
 
-    if args.step <= 0.05:
-        _err("--step must be > 0.05 m")
+    step = 2.0 if args.step is None else args.step
+    size = max(layout.store.width_m, layout.store.depth_m)
+    if not (math.isfinite(step) and 0.05 < step <= size):
+        _err(f"locate: --step {step:g}: must be > 0.05 m and at most the store's size ({size:g} m)")
+        return 2
+    if args.adverts is not None and not (math.isfinite(args.adverts) and 0 < args.adverts <= 1e6):
+        _err(f"locate: --adverts {args.adverts:g}: must be a number of adverts per sensor > 0")
         return 2
     adverts = args.adverts if args.adverts is not None else settings.window_s / settings.fix_interval_s
-    xs, ys, r = crlb_map(layout, settings.sigma_db, args.step, adverts, settings.detection_floor_dbm)
+    xs, ys, r = crlb_map(layout, settings.sigma_db, step, adverts, settings.detection_floor_dbm)
     if args.json:
         print(json.dumps({"sigma_db": settings.sigma_db, "adverts": adverts, "x": xs.round(3).tolist(),
                           "y": ys.round(3).tolist(), "rmse_m": r.round(3).tolist()}))  # fmt: skip
@@ -250,7 +256,14 @@ def _locate(args: argparse.Namespace) -> int:
         return loaded
     layout, settings = loaded
     if args.crlb:
+        if args.obs:
+            _err(f"locate: {args.obs}: --crlb computes a map from the layout and reads no observations")
+            return 2
         return _crlb(args, layout, settings)
+    only_crlb = [o for o, v in (("--adverts", args.adverts), ("--step", args.step), ("--json", args.json or None)) if v]
+    if only_crlb:
+        _err(f"locate: {', '.join(only_crlb)}: only with --crlb")
+        return 2
     if not args.obs:
         _err("locate: an observations file (or '-') is required unless --crlb is given")
         return 2
@@ -305,6 +318,17 @@ def _read_positions(path: str) -> tuple[dict[str, tuple[float, float, float]], d
 def _calibrate(args: argparse.Namespace) -> int:
     from gateway.localization.calibrate import CalibrationData, fit_sensors, sensors_toml
 
+    if args.out:  # checked before the fit runs, not after
+        out = Path(args.out)
+        if out.is_dir():
+            _err(f"calibrate: --out {out}: is a directory; give a file name")
+            return 2
+        if not out.parent.is_dir():
+            _err(f"calibrate: --out {out}: directory {out.parent} does not exist")
+            return 2
+        if not os.access(out if out.exists() else out.parent, os.W_OK):
+            _err(f"calibrate: --out {out}: not writable")
+            return 2
     loaded = _load(args)
     if isinstance(loaded, int):
         return loaded
@@ -315,7 +339,10 @@ def _calibrate(args: argparse.Namespace) -> int:
         _err(f"calibrate: {e}")
         return 2
     except OSError as e:
-        _err(f"calibrate: {args.positions}: cannot read: {e.strerror}")
+        _err(f"calibrate: --positions {args.positions}: cannot read ({e.strerror})")
+        return 2
+    except UnicodeDecodeError:
+        _err(f"calibrate: --positions {args.positions}: not UTF-8 text")
         return 2
     sensors = {s.id: s for s in layout.sensors}
     if not args.no_sensor_links:
@@ -352,7 +379,11 @@ def _calibrate(args: argparse.Namespace) -> int:
         _err(f"calibrate: {line}")
     text = sensors_toml(layout, result)
     if args.out:
-        Path(args.out).write_text(text, encoding="utf-8")
+        try:
+            Path(args.out).write_text(text, encoding="utf-8")
+        except OSError as e:
+            _err(f"calibrate: --out {args.out}: cannot write ({e.strerror})")
+            return 1
         _err(f"calibrate: wrote {args.out}")
     else:
         sys.stdout.write(text)

@@ -26,6 +26,9 @@ def _stats_cmd(args: argparse.Namespace) -> int:
     if not Path(args.db).exists():
         print(f"{args.db}: no such outbox file", file=sys.stderr)
         return 2
+    if not Path(args.db).is_file():
+        print(f"{args.db}: not an outbox file (a directory?)", file=sys.stderr)
+        return 2
     return asyncio.run(_stats(args))
 
 
@@ -59,6 +62,46 @@ def _events(n: int, start: int, store_id: str) -> list[EventBase]:
         ZoneEntered(ts=1_767_261_600.0 + i, store_id=store_id, subject=f"p{i % 97}", zone=f"z{i % 5}")
         for i in range(start, start + n)
     ]
+
+
+def check_drive_args(args: argparse.Namespace) -> str | None:
+    """Why these ``outbox drive`` arguments are wrong (None: fine); the settings models decide."""
+    from pydantic import ValidationError
+
+    for what, value, lo, hi in (
+        ("--events", args.events, 0, 10**9),
+        ("--batch", args.batch, 1, 100_000),
+        ("--interval", args.interval, 0, 60),
+        ("--timeout", args.timeout, 0, 3600),
+    ):
+        if not (lo <= value <= hi):
+            return f"{what} {value}: must be {lo}..{hi}"
+    db = Path(args.db)
+    if db.is_dir() or not db.parent.is_dir():
+        return f"--db {db}: {'is a directory' if db.is_dir() else f'directory {db.parent} does not exist'}"
+    try:
+        GatewayIdentity(id=args.gateway_id, store_id=args.store_id)
+        MqttSettings(
+            host=args.host,
+            port=args.port,
+            tls=False,
+            inflight=args.inflight,
+            batch_threshold=args.batch_threshold,
+            batch_max=args.batch_max,
+        )
+    except ValidationError as e:
+        err = e.errors(include_url=False)[0]
+        flag = {"id": "--gateway-id", "store_id": "--store-id"}.get(str(err["loc"][0]), f"--{err['loc'][0]}")
+        return f"{flag.replace('_', '-')} {err.get('input')!r}: {err['msg']}"
+    return None
+
+
+def _drive_cmd(args: argparse.Namespace) -> int:
+    why = check_drive_args(args)
+    if why is not None:
+        print(f"gateway outbox drive: error: {why}", file=sys.stderr)
+        return 2
+    return asyncio.run(_drive(args))
 
 
 async def _drive(args: argparse.Namespace) -> int:
@@ -123,7 +166,7 @@ def add_commands(subparsers: Any) -> None:
     dr.add_argument("--batch-max", type=int, default=100)
     dr.add_argument("--timeout", type=float, default=30.0, help="max wait for the backlog to drain (s)")
     dr.add_argument("--ready-file", help="write the ready line here too (for test harnesses)")
-    dr.set_defaults(func=lambda a: asyncio.run(_drive(a)))
+    dr.set_defaults(func=_drive_cmd)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -46,6 +46,7 @@ CSR = TLS / "device.csr"
 CERT = TLS / "device.crt"
 CA = TLS / "ca.pem"
 RELEASE_PUBKEY = ETC / "release.pub"
+COMMAND_PUBKEY = ETC / "command.pub"
 STATE_DIR = Path("/var/lib/gateway")
 LOG_DIR = Path("/var/log/gateway")
 UNIT_DIR = Path("/etc/systemd/system")
@@ -78,6 +79,18 @@ class Request:
     dry_run: bool = False
     units_dir: Path | None = None
     update_pubkey_pem: bytes | None = None
+    command_pubkey_pem: bytes | None = None
+
+
+def check_command_pubkey(pem: bytes, source: str) -> bytes:
+    """The platform's command-signing public key(s): Ed25519 PEM, never a private key."""
+    from gateway.content.commands import CommandKeyError, load_public_keys
+
+    try:
+        load_public_keys(pem, f"--command-pubkey {source}")
+    except CommandKeyError as e:
+        raise ProvisionError(str(e)) from None
+    return pem
 
 
 def check_update_pubkey(pem: bytes, source: str) -> bytes:
@@ -181,6 +194,9 @@ def request_from_args(args: argparse.Namespace) -> Request:
     upd = None
     if args.update_pubkey:
         upd = check_update_pubkey(_read(args.update_pubkey, "--update-pubkey"), args.update_pubkey)
+    cmd_key = None
+    if args.command_pubkey:
+        cmd_key = check_command_pubkey(_read(args.command_pubkey, "--command-pubkey"), args.command_pubkey)
     root = Path(args.root)
     if not root.is_dir():
         raise ProvisionError(f"--root {root}: not a directory")
@@ -199,6 +215,7 @@ def request_from_args(args: argparse.Namespace) -> Request:
         dry_run=args.dry_run,
         units_dir=Path(args.units_dir) if args.units_dir else None,
         update_pubkey_pem=upd,
+        command_pubkey_pem=cmd_key,
     )
 
 
@@ -645,10 +662,11 @@ def render_config(req: Request, existing: dict[str, Any], has_layout: bool, has_
         cert_file=str(CERT),
         key_file=str(KEY),
     )
+    put("content", command_public_key_file=str(COMMAND_PUBKEY))
     data.setdefault("log", {}).setdefault("format", "json")
     if has_credential:
         put("status", credential_file=str(CREDENTIAL))
-    order = ["gateway", "paths", "mqtt", "status", "log"]
+    order = ["gateway", "paths", "mqtt", "content", "status", "log"]
     ordered = {k: data[k] for k in order if k in data} | {k: v for k, v in data.items() if k not in order}
     return dump_toml(ordered, "# Written by `gateway provision`; keys you add are kept on re-provisioning.")
 
@@ -713,6 +731,16 @@ def provision(req: Request, out: TextIO = sys.stdout) -> Plan:
     plan.ensure_file(CA, req.ca_pem, 0o644)
     if req.update_pubkey_pem is not None:
         plan.ensure_file(RELEASE_PUBKEY, req.update_pubkey_pem, 0o644)
+    # cloud commands are refused unless signed with the platform's key: the box gets its public half
+    if req.command_pubkey_pem is not None:
+        plan.ensure_file(COMMAND_PUBKEY, req.command_pubkey_pem, 0o644)
+    elif plan.host(COMMAND_PUBKEY).exists():
+        check_command_pubkey(plan.host(COMMAND_PUBKEY).read_bytes(), str(COMMAND_PUBKEY))
+    else:
+        raise ProvisionError(
+            "--command-pubkey FILE is required: the platform's Ed25519 command-signing public key"
+            " (without it the gateway refuses every cloud command)"
+        )
     has_cert = ensure_identity(plan, req)
     cred = credential_bytes(plan, req)
     if cred is not None:
@@ -782,6 +810,10 @@ def add_commands(sub: Any, _cmd_func: Callable[[argparse.Namespace], int] = _cmd
     p.add_argument("--tech-password-file", help="file holding the technician password (hashed with argon2id)")
     p.add_argument("--cert", help="signed device certificate to import (second step)")
     p.add_argument("--update-pubkey", help="Ed25519 release-signing public key for `gateway update`")
+    p.add_argument(
+        "--command-pubkey",
+        help="the platform's Ed25519 command-signing public key (PEM); required unless already installed",
+    )
     p.add_argument("--units-dir", help=argparse.SUPPRESS)
     p.add_argument("--force", action="store_true", help="replace an existing device key (new CSR needed)")
     p.add_argument("--dry-run", action="store_true", help="print what would change; write nothing")

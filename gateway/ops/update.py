@@ -37,6 +37,7 @@ import fcntl
 import hashlib
 import io
 import json
+import math
 import os
 import re
 import shlex
@@ -419,6 +420,34 @@ gateway update sign PACKAGE.tar.gz --key FILE
 gateway update pack SRC_DIR --version V --out PACKAGE.tar.gz"""
 
 
+def _file(value: str, what: str) -> Path:
+    """An existing regular file, or UpdateError naming the option."""
+    p = Path(value)
+    if not p.exists():
+        raise UpdateError(f"{what} {p}: no such file")
+    if not p.is_file():
+        raise UpdateError(f"{what} {p}: not a regular file")
+    return p
+
+
+def _dir(value: str, what: str) -> Path:
+    p = Path(value)
+    if not p.is_dir():
+        raise UpdateError(f"{what} {p}: {'not a directory' if p.exists() else 'no such directory'}")
+    return p
+
+
+def _out(value: str, what: str, *, directory: bool = False) -> Path:
+    p = Path(value)
+    if directory and p.exists() and not p.is_dir():
+        raise UpdateError(f"{what} {p}: exists and is not a directory")
+    if not directory and p.is_dir():
+        raise UpdateError(f"{what} {p}: is a directory; give a file name")
+    if not p.exists() and not p.parent.is_dir():
+        raise UpdateError(f"{what} {p}: directory {p.parent} does not exist")
+    return p
+
+
 def _run(args: argparse.Namespace) -> int:
     rest: list[str] = args.rest
     action = args.target
@@ -427,7 +456,7 @@ def _run(args: argparse.Namespace) -> int:
             p = argparse.ArgumentParser(prog="gateway update keygen")
             p.add_argument("--out", required=True)
             a = p.parse_args(rest)
-            priv, pub = keygen(Path(a.out))
+            priv, pub = keygen(_out(a.out, "--out", directory=True))
             print(f"private key: {priv} (keep offline)\npublic key:  {pub} (ship to boxes as --pubkey)")
             return 0
         if action == "sign":
@@ -435,7 +464,12 @@ def _run(args: argparse.Namespace) -> int:
             p.add_argument("package")
             p.add_argument("--key", required=True)
             a = p.parse_args(rest)
-            print(sign(Path(a.package), Path(a.key)))
+            package, key = _file(a.package, "PACKAGE"), _file(a.key, "--key")
+            try:
+                _load_private(key)
+            except UpdateError as e:
+                raise UpdateError(f"--key {e}") from None
+            print(sign(package, key))
             return 0
         if action == "pack":
             p = argparse.ArgumentParser(prog="gateway update pack")
@@ -444,7 +478,9 @@ def _run(args: argparse.Namespace) -> int:
             p.add_argument("--out", required=True)
             p.add_argument("--entry", default="bin/gateway")
             a = p.parse_args(rest)
-            print(pack(Path(a.src), a.version, Path(a.out), a.entry))
+            if not VERSION_RE.match(a.version) or a.version in RESERVED:
+                raise UpdateError(f"--version {a.version!r} is not valid (letters, digits, '.', '+', '_', '-')")
+            print(pack(_dir(a.src, "SRC_DIR"), a.version, _out(a.out, "--out"), a.entry))
             return 0
         p = argparse.ArgumentParser(prog="gateway update", usage=USAGE)
         p.add_argument("--releases-dir", required=True)
@@ -454,11 +490,17 @@ def _run(args: argparse.Namespace) -> int:
         p.add_argument("--ready-file", default=str(DEFAULT_READY_FILE))
         p.add_argument("--ready-timeout", type=float, default=120.0)
         a = p.parse_args(rest)
+        if not (math.isfinite(a.ready_timeout) and 0 < a.ready_timeout <= 3600):
+            raise UpdateError(f"--ready-timeout {a.ready_timeout:g}: must be > 0 and <= 3600 seconds")
+        package = _file(action, "PACKAGE")
+        releases = _out(a.releases_dir, "--releases-dir", directory=True)  # created when missing
+        pubkey = _file(a.pubkey, "--pubkey")
+        load_public(pubkey)  # its errors name --pubkey
         res = install(
-            Path(action),
-            Path(a.releases_dir),
-            Path(a.pubkey),
-            Path(a.sig) if a.sig else None,
+            package,
+            releases,
+            pubkey,
+            _file(a.sig, "--sig") if a.sig else None,
             shlex.split(a.restart_cmd),
             Path(a.ready_file),
             a.ready_timeout,

@@ -4,7 +4,10 @@
     SQLite transactions) --> uplink (MQTT QoS 1, acks delete rows)
 
 Back-pressure: the queue between sources and the pipeline is bounded; a live source that cannot
-enqueue drops the batch and counts it (radios cannot be paused), a replay simply waits.
+enqueue drops the batch and counts it (radios cannot be paused), a replay simply waits. What a
+source is (a recording, a node feed, restartable, on its own clock) it declares in its
+``capabilities`` (``gateway/sources/base.py``); the daemon never probes it.
+The status page reads the daemon through ``gateway.runtime.status_provider.DaemonView``.
 Shutdown (first SIGTERM/SIGINT): intake stops, the queue is drained through the pipeline, open
 visits are closed, pending events are committed to SQLite, the uplink gets the rest of the drain
 deadline to publish; a second signal exits at once (committed events are safe on disk).
@@ -16,29 +19,31 @@ import argparse
 import asyncio
 import collections
 import contextlib
-import importlib.resources
 import os
 import sqlite3
 import sys
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from gateway import __version__
 from gateway.config import ConfigError, Settings, load_settings
-from gateway.content.service import ContentService, IdentityConsents, PresenceConsentAdapter
-from gateway.layout import Layout, LayoutError, load_layout, parse_layout
+from gateway.content.service import ContentService, IdentityConsents
+from gateway.identity.subjects import ConsentRecord
+from gateway.layout import Layout, LayoutError, embedded_layout, load_layout
 from gateway.log import configure_logging, get_logger
-from gateway.models import EventBase, Fix, Observation
+from gateway.models import ActivationReport, EventBase, Fix, Observation, PositionFix, SubjectEvent
+from gateway.mqtt.local import local_broker_address
 from gateway.ops.update import announce_ready
 from gateway.pipeline import Pipeline
 from gateway.presence.service import PresenceService
 from gateway.runtime.notify import Notifier
-from gateway.runtime.supervisor import Supervisor, TaskSpec
+from gateway.runtime.reload import ReloadResult, plan_reload
+from gateway.runtime.status_provider import DaemonMetricsSampler, DaemonStatusProvider, Runtime
+from gateway.runtime.supervisor import Policy, Supervisor, TaskSpec
 from gateway.sources.base import Source
-from gateway.sources.simulated import SimulatedSource
+from gateway.status.metrics import default_metrics, monitor_loop_lag
 from gateway.status.server import StatusServer
 from gateway.uplink.link import Uplink
 from gateway.uplink.outbox import Outbox
@@ -46,13 +51,6 @@ from gateway.uplink.outbox import Outbox
 log = get_logger(__name__)
 
 QUEUE_BATCHES = 256
-
-
-def embedded_layout() -> Layout:
-    text = importlib.resources.files("gateway").joinpath("data/demo-store.toml").read_text(encoding="utf-8")
-    import tomllib
-
-    return parse_layout(tomllib.loads(text), "<embedded demo-store.toml>")
 
 
 def load_store_layout(settings: Settings) -> Layout:
@@ -105,26 +103,57 @@ def _nodes_source(settings: Settings, layout: Layout) -> Source:
 SOURCE_FACTORIES.append((lambda s: s.nodes.enabled, _nodes_source))
 
 
-def is_replay(src: Source) -> bool:
-    """A recording (JSON lines, pcap): finite, never dropped under back-pressure, and it carries its
-    own event time, so the wall clock must not drive the pipeline while it plays."""
-    return bool(getattr(src, "replay", False))
+def _subject_of(e: EventBase) -> str | None:
+    return e.subject if isinstance(e, SubjectEvent | ActivationReport) else None
 
 
-@dataclass
-class Runtime:
-    """What the status page and tests can read about a running daemon."""
+_TYPE_OF: dict[type[EventBase], str] = {}
 
-    started_monotonic: float
-    ready: bool = False
-    loop_lag_s: float = 0.0
-    last_fixes: list[Fix] | None = None
+
+def _event_type(e: EventBase) -> str:
+    """The wire ``type`` of an event ("zone.entered" ...), from its class (one lookup per class)."""
+    cls = type(e)
+    t = _TYPE_OF.get(cls)
+    if t is None:
+        field = cls.model_fields.get("type")
+        t = _TYPE_OF[cls] = str(field.default) if field is not None else cls.__name__
+    return t
+
+
+class PresenceConsents:
+    """Content's ``IdentityConsents`` over the presence service: consents and opt-outs from cloud
+    commands go to the same identity resolver as the status page's opt-out."""
+
+    def __init__(self, presence: PresenceService, clock: Callable[[], float]) -> None:
+        self.presence = presence
+        self.clock = clock
+
+    async def add_consent(
+        self, customer_ref: str, *, irk: bytes | None, app_token: str | None, scope: frozenset[str]
+    ) -> None:
+        self.presence.put_consent(ConsentRecord(customer_ref=customer_ref, scope=scope, irk=irk, app_token=app_token))
+
+    async def revoke_consent(self, customer_ref: str) -> None:
+        await self.presence.revoke_consent(customer_ref)
+
+    async def add_optout(self, identifier: str) -> None:
+        await self.presence.add_optout(identifier, self.clock())
 
 
 class Daemon:
-    def __init__(self, settings: Settings, layout: Layout, *, notifier: Notifier | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        layout: Layout,
+        *,
+        notifier: Notifier | None = None,
+        reload_settings: Callable[[], Settings] | None = None,
+    ) -> None:
+        """``reload_settings`` loads the configuration again as it was loaded for this run (same
+        file, environment and overrides): "Reload config" on the status page calls it."""
         self.settings = settings
         self.layout = layout
+        self._reload_settings = reload_settings
         self.notifier = notifier or Notifier()
         self.runtime = Runtime(started_monotonic=time.monotonic())
         self.sources = build_sources(settings, layout)
@@ -142,6 +171,8 @@ class Daemon:
         self.pending: list[EventBase] = []
         # the newest committed events (not fixes), for the status page
         self.recent: collections.deque[EventBase] = collections.deque(maxlen=200)
+        # events committed to the outbox, by type (presence events, activation reports, ...): /metrics
+        self.committed_by_type: collections.Counter[str] = collections.Counter()
         self._flush_lock = asyncio.Lock()
         self.outbox: Outbox | None = None
         self.uplink: Uplink | None = None
@@ -150,11 +181,12 @@ class Daemon:
         self.content_identity: IdentityConsents | None = None
         self.supervisor = Supervisor(settings.supervisor, drain=self.drain)
         self.status_server: StatusServer | None = None
-        # sources that know when one of their sensors is down (sensor nodes) tell the localizer, so
-        # a silent sensor is not read as "every device is far from it"
+        # sources fed by sensor nodes say when one goes quiet and comes back; the localizer must
+        # know, so a silent sensor is not read as "every device is far from it"
         for src in self.sources:
-            if hasattr(src, "on_sensor_state"):
-                src.on_sensor_state = self._sensor_state
+            nodes = src.capabilities.nodes
+            if nodes is not None:
+                nodes.watch_sensors(self._sensor_state)
         self._pipeline_idle = asyncio.Event()
         self._last_obs_wall = time.monotonic()
 
@@ -162,8 +194,8 @@ class Daemon:
         """An opt-out erased ``subject`` from presence: drop it everywhere else it still lives (the
         localizer's buffered observations, events not yet committed, the status page's lists)."""
         self.pipeline.localizer.forget(subject)
-        self.pending[:] = [e for e in self.pending if getattr(e, "subject", None) != subject]
-        kept = [e for e in self.recent if getattr(e, "subject", None) != subject]
+        self.pending[:] = [e for e in self.pending if _subject_of(e) != subject]
+        kept = [e for e in self.recent if _subject_of(e) != subject]
         self.recent.clear()
         self.recent.extend(kept)
         if self.runtime.last_fixes is not None:
@@ -181,17 +213,19 @@ class Daemon:
         return lambda: self._run_source(src)
 
     async def _run_source(self, src: Source) -> None:
-        live = not is_replay(src)
-        async for batch in src.batches():
-            if live:
-                # radios cannot be paused: when the pipeline is behind, drop and count
-                try:
-                    self.queue.put_nowait(batch)
-                except asyncio.QueueFull:
-                    src.health.drop("backpressure", len(batch))
-                await asyncio.sleep(0)
-            else:
-                await self.queue.put(batch)
+        live = not src.capabilities.replay
+        # closed here, not by the garbage collector: a restart must release the radio first
+        async with contextlib.aclosing(src.batches()) as batches:
+            async for batch in batches:
+                if live:
+                    # radios cannot be paused: when the pipeline is behind, drop and count
+                    try:
+                        self.queue.put_nowait(batch)
+                    except asyncio.QueueFull:
+                        src.health.drop("backpressure", len(batch))
+                    await asyncio.sleep(0)
+                else:
+                    await self.queue.put(batch)
 
     async def _run_pipeline(self) -> None:
         while True:
@@ -211,17 +245,14 @@ class Daemon:
                 self._pipeline_idle.clear()
 
     def event_clock(self) -> Callable[[], float] | None:
-        """Where event time comes from when nothing is heard: the simulator's clock, the wall clock
-        for live radios, none for a replay (its end closes every visit)."""
-        live = [src for src in self.sources if not is_replay(src) and not isinstance(src, SimulatedSource)]
-        if live:
-            # a live source may run on a clock of its own (sensor nodes fed by the simulator in the demo)
-            clocks = {getattr(src, "event_clock", time.time) for src in live}
-            return clocks.pop() if len(clocks) == 1 else time.time
-        sim = next((src for src in self.sources if isinstance(src, SimulatedSource)), None)
-        if sim is not None:
-            return lambda: float(sim.sim.now)
-        return None
+        """Where event time comes from when nothing is heard: the live sources' clock (the wall
+        clock for radios; a source may declare its own, like the simulator's, or sensor nodes fed by
+        the simulator in the demo), the wall clock when they disagree, none for a replay (its end
+        closes every visit)."""
+        clocks = {src.capabilities.event_clock or time.time for src in self.sources if not src.capabilities.replay}
+        if not clocks:
+            return None
+        return clocks.pop() if len(clocks) == 1 else time.time
 
     async def _run_clock(self) -> None:
         """Advance event time through silence so visits time out with no observations."""
@@ -242,9 +273,8 @@ class Daemon:
 
     async def _run_writer(self) -> None:
         assert self.outbox is not None
-        interval = self.settings.outbox.flush_interval_s
         while True:
-            await asyncio.sleep(interval)
+            await asyncio.sleep(self.settings.outbox.flush_interval_s)  # read each time: reloadable
             await self.flush()
 
     async def flush(self) -> int:
@@ -265,7 +295,8 @@ class Daemon:
                     self.pending[:0] = chunk
                     raise
                 n += len(chunk)
-                self.recent.extend(e for e in chunk if getattr(e, "type", None) != "fix")
+                self.committed_by_type.update(_event_type(e) for e in chunk)
+                self.recent.extend(e for e in chunk if not isinstance(e, PositionFix))
                 try:  # visit history for qualification: secondary to the event itself, never retried
                     await self.presence.record(chunk)
                 except Exception as e:
@@ -315,6 +346,12 @@ class Daemon:
 
     async def start(self) -> None:
         self.settings.paths.state_dir.mkdir(parents=True, exist_ok=True)
+        from gateway.content.store import private_file
+        from gateway.presence.service import presence_db_path
+
+        # events and personal data: 0600 whatever the umask, also for files an older version made 0644
+        for db in (self.settings.outbox_path, self.settings.content_state_path, presence_db_path(self.settings)):
+            private_file(db)
         self.outbox = await Outbox.open(
             self.settings.outbox_path, self.settings.gateway.id, max_bytes=self.settings.outbox.max_bytes
         )
@@ -330,10 +367,8 @@ class Daemon:
         )
         sup = self.supervisor
         for src in self.sources:
-            finite = is_replay(src) or (
-                isinstance(src, SimulatedSource) and self.settings.simulator.duration_s is not None
-            )
-            sup.add(TaskSpec(f"source:{src.name}", self._source_task(src), "finite" if finite else "restart", "intake"))
+            policy: Policy = "finite" if src.capabilities.finite else "restart"
+            sup.add(TaskSpec(self._task_name(src), self._source_task(src), policy, "intake"))
         sup.add(TaskSpec("pipeline", self._run_pipeline, "fatal"))
         sup.add(TaskSpec("clock", self._run_clock, "restart", "intake"))  # no advance() after close()
         sup.add(TaskSpec("outbox-writer", self._run_writer, "fatal", "egress"))
@@ -346,10 +381,6 @@ class Daemon:
     async def _start_status(self) -> None:
         """The technician page is not on the data path: if its port is taken the daemon keeps
         collecting and says so loudly, rather than refusing to start."""
-        from gateway.runtime.status_provider import DaemonMetricsSampler, DaemonStatusProvider
-        from gateway.status.metrics import default_metrics, monitor_loop_lag
-        from gateway.status.server import StatusServer
-
         metrics = default_metrics()
         server = StatusServer(DaemonStatusProvider(self), self.settings.status, metrics=metrics)
         try:
@@ -369,23 +400,52 @@ class Daemon:
         from gateway.content.actors import ActorDispatcher
 
         dispatcher = ActorDispatcher(self.settings.content)
-        identity = self.content_identity or PresenceConsentAdapter.maybe(
-            getattr(self, "presence", None), self.event_clock() or time.time
-        )
+        identity = self.content_identity or PresenceConsents(self.presence, self.event_clock() or time.time)
         self.content = await ContentService.open(
             self.settings, emit=self.pending.extend, dispatcher=dispatcher, identity=identity, reply=self._reply
         )
-        lb, m = self.settings.local_broker, self.settings.mqtt
-        if lb.host is not None:
-            host, port = lb.host, lb.port
-        elif m.host is not None and not m.tls:  # demo/tests: one plain broker serves both roles
-            host, port = m.host, m.port
-        else:
-            host, port = "127.0.0.1", lb.port
+        host, port = local_broker_address(self.settings)  # the same rule as the sensor-node source
         client_id = f"{self.settings.gateway.id}-actors"
         self.supervisor.add(
             TaskSpec("actors-local", lambda: dispatcher.run_local(host, port, client_id), "restart", "egress")
         )
+
+    # -- what the status page asks (gateway.runtime.status_provider.DaemonView) ------------------------
+
+    def queue_event(self, event: EventBase) -> None:
+        self.pending.append(event)
+
+    @staticmethod
+    def _task_name(src: Source) -> str:
+        return f"source:{src.name}"
+
+    async def restart_sources(self) -> list[str]:
+        """Restart, through the supervisor, every running source that declares ``restartable``."""
+        done = []
+        for src in self.sources:
+            if src.capabilities.restartable and self.supervisor.restart(self._task_name(src)):
+                done.append(src.name)
+        if done:
+            log.info("sources restarted on request", sources=done)
+        return done
+
+    async def reload_config(self) -> ReloadResult:
+        """Load the configuration again; apply the keys that can change live, name the others."""
+        if self._reload_settings is None:
+            return ReloadResult(False, errors=("this daemon was not started from a configuration it can read again",))
+        result, settings = plan_reload(self.settings, self._reload_settings)
+        if result.applied:
+            self.settings = settings
+            self.supervisor.settings = settings.supervisor
+            if any(k.startswith("log.") for k in result.applied):
+                configure_logging(settings.log.level, settings.log.format)
+        log.info(
+            "configuration reloaded" if result.ok else "configuration reload refused",
+            applied=list(result.applied),
+            needs_restart=list(result.needs_restart),
+            errors=len(result.errors),
+        )
+        return result
 
     async def _on_command(self, topic: str, payload: bytes) -> None:
         assert self.content is not None
@@ -461,14 +521,25 @@ def _load(args: argparse.Namespace, **overrides: Any) -> tuple[Settings, Layout]
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
+    if args.config is not None and not Path(args.config).is_file():
+        print(f"gateway run: --config {args.config}: no such file", file=sys.stderr)
+        return 2
     loaded = _load(args)
     if isinstance(loaded, int):
         return loaded
     settings, layout = loaded
+    from gateway.ops.preflight import check  # what would stop the daemon: refuse now, in one line each
+
+    problems = [p for p in check(settings) if p.severity == "error"]
+    for p in problems:
+        print(f"gateway run: {p.line()}", file=sys.stderr)
+    if problems:
+        return 2
+    os.umask(0o077)  # outbox, content state, keys: readable by the service user only (0600)
     configure_logging(settings.log.level, settings.log.format)
 
     async def main() -> int:
-        return await Daemon(settings, layout).run()
+        return await Daemon(settings, layout, reload_settings=lambda: load_settings(args.config)).run()
 
     try:
         return asyncio.run(main())

@@ -1,12 +1,21 @@
-"""``StatusProvider`` over a running ``gateway.runtime.daemon.Daemon``: what the lead wires into ``run``.
+"""The running daemon as the status page sees it: ``DaemonStatusProvider`` and ``DaemonMetricsSampler``.
 
-It only *reads* the daemon's live objects (runtime flags, source health, pipeline stats and latest
-fixes, outbox and uplink status) and turns them into the page's plain JSON. The two actions that
-change something go through the daemon's own paths: a test event is appended to the daemon's
-pending events (so it travels outbox -> uplink like any other), and an opt-out installs
-``OptOutIdentity`` in front of pseudonymisation (the identifier is kept only as a keyed hash).
+Both read the daemon through ``DaemonView``, a protocol listing exactly what they use (typed
+attributes of the daemon; nothing is looked up by name, and this module does not import the
+daemon: ``daemon.py`` imports it). The provider turns those live objects (runtime flags, source
+health and capabilities, pipeline stats and latest fixes, outbox and uplink status, content
+state) into the page's ``StatusSnapshot``; its actions go through the daemon's own paths:
 
-Everything here is cheap and synchronous: it runs on the event loop a few times a second.
+* test event: ``DaemonView.queue_event`` appends a ``Heartbeat`` to the pending events, so it
+  travels outbox -> uplink like any other;
+* opt-out: the presence service (``gateway.identity.subjects.IdentityResolver``): persisted keyed
+  digests, live state and stored history erased;
+* restart scanner: ``DaemonView.restart_sources`` restarts the live sources that declare
+  ``restartable`` through the supervisor;
+* reload config: ``DaemonView.reload_config`` re-reads and validates the configuration, applies
+  what can change live and names what needs a restart (``gateway.runtime.reload``).
+
+Everything but the actions is cheap and synchronous: it runs on the event loop a few times a second.
 """
 
 from __future__ import annotations
@@ -15,38 +24,158 @@ import asyncio
 import collections
 import shutil
 import time
-from collections import deque
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
 
 import numpy as np
 
 from gateway import __version__
-from gateway.demo.status_demo import coverage_grid
-from gateway.demo.status_sim import OptOutIdentity
+from gateway.config import Settings
+from gateway.content.service import ContentService
 from gateway.layout import Layout, points_in_polygon
-from gateway.models import Fix, Heartbeat
+from gateway.models import ActivationReport, EventBase, Fix, Heartbeat, Observation
+from gateway.pipeline import Pipeline
+from gateway.presence.service import PresenceService
+from gateway.runtime.reload import ReloadResult
+from gateway.runtime.supervisor import Supervisor
+from gateway.sources.base import NodeStatus, Source
+from gateway.status.coverage import coverage_grid
 from gateway.status.metrics import GatewayMetrics
-from gateway.status.provider import ActionResult, DeviceDot, StatusSnapshot
-
-if TYPE_CHECKING:
-    from gateway.runtime.daemon import Daemon
+from gateway.status.provider import (
+    ActionResult,
+    ActivationRow,
+    ActorRow,
+    CampaignRow,
+    ClockStatus,
+    DeviceDot,
+    DiskStatus,
+    EventRow,
+    OutboxStatus,
+    StatusSnapshot,
+    UplinkStatus,
+)
+from gateway.uplink.link import Uplink
+from gateway.uplink.outbox import Outbox
 
 DOT_TTL_S = 5.0  # event-time seconds a dot stays after its last fix
+RECENT_ROWS = 20
+
+
+@dataclass
+class Runtime:
+    """Flags the daemon keeps for the status page and tests (the daemon writes, they read)."""
+
+    started_monotonic: float
+    ready: bool = False
+    loop_lag_s: float = 0.0
+    last_fixes: list[Fix] | None = None  # the newest fix tick (replaced, never mutated)
+
+
+class DaemonView(Protocol):
+    """What the status page reads from the daemon, and the actions it asks of it."""
+
+    @property
+    def settings(self) -> Settings: ...
+
+    @property
+    def layout(self) -> Layout: ...
+
+    @property
+    def runtime(self) -> Runtime: ...
+
+    @property
+    def supervisor(self) -> Supervisor: ...
+
+    @property
+    def sources(self) -> Sequence[Source]: ...
+
+    @property
+    def pipeline(self) -> Pipeline: ...
+
+    @property
+    def presence(self) -> PresenceService: ...
+
+    @property
+    def content(self) -> ContentService | None: ...
+
+    @property
+    def outbox(self) -> Outbox | None: ...
+
+    @property
+    def uplink(self) -> Uplink | None: ...
+
+    @property
+    def recent(self) -> Sequence[EventBase]:
+        """The newest committed events (never fixes), oldest first."""
+        ...
+
+    @property
+    def queue(self) -> asyncio.Queue[list[Observation] | None]: ...
+
+    @property
+    def committed_by_type(self) -> Mapping[str, int]:
+        """Events committed to the outbox since start, by wire type (metrics)."""
+        ...
+
+    def event_clock(self) -> Callable[[], float] | None:
+        """Where event time comes from (None: a recording's own time)."""
+        ...
+
+    def queue_event(self, event: EventBase) -> None:
+        """Commit ``event`` with the next flush (outbox -> uplink)."""
+        ...
+
+    async def restart_sources(self) -> list[str]:
+        """Restart every running source that declares ``restartable``; their names."""
+        ...
+
+    async def reload_config(self) -> ReloadResult: ...
+
+
+def node_status(sources: Sequence[Source]) -> list[NodeStatus]:
+    """Every sensor node of every source fed by nodes (``Capabilities.nodes``)."""
+    out: list[NodeStatus] = []
+    for src in sources:
+        nodes = src.capabilities.nodes
+        if nodes is not None:
+            out.extend(nodes.node_status())
+    return out
+
+
+def _event_row(e: EventBase) -> EventRow:
+    d = e.model_dump(include={"type", "subject", "zone"})
+    return EventRow(ts=e.ts, type=str(d.get("type", "?")), subject=d.get("subject"), zone=d.get("zone"))
+
+
+def _activation_row(e: ActivationReport) -> ActivationRow:
+    return ActivationRow(
+        ts=e.ts,
+        campaign_id=e.campaign_id,
+        content_id=e.content_id,
+        actor_id=e.actor_id,
+        subject=e.subject,
+        result=e.result,
+    )
 
 
 class DaemonStatusProvider:
-    def __init__(self, daemon: Daemon) -> None:
+    """``StatusProvider`` over a running daemon (what ``gateway run`` serves)."""
+
+    def __init__(self, daemon: DaemonView) -> None:
         self.daemon = daemon
         self._latest: dict[str, Fix] = {}
         self._zones: dict[str, str | None] = {}  # zone of each latest fix, computed once per fix
         self._dots: list[dict[str, Any]] | None = None  # serialisable dots, rebuilt only on change
         self._version = 0  # bumped whenever the set of dots changes (the stream skips unchanged ticks)
         self._seen_fixes: list[Fix] | None = None
-        self._events: deque[dict[str, Any]] = deque(maxlen=50)
         self._crlb: dict[str, Any] | None = None
-        self._optout: OptOutIdentity | None = None
 
     # -- helpers --------------------------------------------------------------------------------
+
+    def _now(self) -> float:
+        """Event time: ages on the page are in the daemon's event time (the simulator's too)."""
+        return (self.daemon.event_clock() or time.time)()
 
     def _refresh_dots(self) -> None:
         before = self._version
@@ -56,12 +185,6 @@ class DaemonStatusProvider:
             for f in fixes:
                 self._latest[f.device] = f
             self._zones.update(self._zones_of(fixes))
-            self._version += 1
-        if self._optout is not None and self._optout.suppressed:
-            for subj in self._optout.suppressed:
-                self._latest.pop(subj, None)
-                self._zones.pop(subj, None)
-            self._optout.suppressed.clear()
             self._version += 1
         if self._latest:
             newest = max(f.ts for f in self._latest.values())
@@ -88,18 +211,24 @@ class DaemonStatusProvider:
                 left &= ~hit
         return out
 
-    def devices_version(self) -> int:
-        """Changes whenever ``devices()`` would return something new (the live stream's cache key)."""
-        self._refresh_dots()
-        return self._version
+    def _forget_dots(self) -> None:
+        """Drop every dot; they come back with the next fixes (minus an opted-out device)."""
+        self._latest.clear()
+        self._zones.clear()
+        self._dots = None
+        self._version += 1
 
-    # -- StatusProvider -------------------------------------------------------------------------
+    # -- StatusProvider: getters ----------------------------------------------------------------
 
     def ready(self) -> bool:
         return bool(self.daemon.runtime.ready) and not self.daemon.supervisor.stopping
 
     def layout(self) -> Layout:
         return self.daemon.layout
+
+    def devices_version(self) -> int | None:
+        self._refresh_dots()
+        return self._version
 
     def devices(self) -> list[dict[str, Any]]:
         self._refresh_dots()
@@ -110,10 +239,10 @@ class DaemonStatusProvider:
             ]
         return list(self._dots)
 
-    def snapshot(self) -> dict[str, Any]:
+    def snapshot(self) -> StatusSnapshot:
         d = self.daemon
         self._refresh_dots()
-        now = (d.event_clock() or time.time)()  # ages on the page are in event time (simulator too)
+        now = self._now()
         occ = {z.id: 0 for z in d.layout.zones}
         for k in self._latest:
             z = self._zones.get(k)
@@ -121,43 +250,8 @@ class DaemonStatusProvider:
                 occ[z] += 1
         last = d.pipeline.sensor_last_heard
         heard: dict[str, float | None] = {sid: last.get(sid) for sid in d.layout.sensor_index()}
-        nodes: list[dict[str, Any]] = []
-        for src in d.sources:
-            node_status = getattr(src, "node_status", None)
-            if callable(node_status):
-                nodes.extend(node_status())
-        uplink: dict[str, Any] = {}
-        outbox: dict[str, Any] = {}
-        if d.uplink is not None:
-            u = d.uplink.status()
-            uplink = {
-                "state": u.get("link"),
-                "broker": u.get("broker"),
-                "last_error": u.get("last_error"),
-                "reconnects": u.get("reconnects"),
-                "published_events": u.get("published_events"),
-            }
-            outbox = {
-                "backlog": u.get("backlog"),
-                "oldest_age_s": self._oldest_age(now),
-                "evictions": sum((u.get("evictions") or {}).values()),
-                "bytes": u.get("outbox_bytes"),
-            }
-        elif d.outbox is not None:
-            ob = d.outbox.stats()
-            outbox = {
-                "backlog": ob.backlog,
-                "oldest_age_s": None if ob.oldest_ts is None else max(0.0, now - ob.oldest_ts),
-                "evictions": ob.evicted_total,
-                "bytes": ob.bytes,
-            }
-        disk: dict[str, Any] = {}
-        try:
-            du = shutil.disk_usage(d.settings.paths.state_dir)
-            disk = {"path": str(d.settings.paths.state_dir), "total_bytes": du.total, "free_bytes": du.free}
-        except OSError:
-            pass
         st = d.pipeline.stats
+        events, activations = self._recent()
         return StatusSnapshot(
             ts=now,
             version=__version__,
@@ -167,17 +261,17 @@ class DaemonStatusProvider:
             ready=self.ready(),
             sources=[src.health for src in d.sources],
             sensors_last_heard=heard,
-            nodes=nodes,
-            uplink=uplink,
-            outbox=outbox,
-            disk=disk,
-            clock={"synchronized": None, "source": "system", "offset_s": None},
-            recent_events=self._recent_events(),
-            recent_activations=self._recent_activations(),
-            campaigns=self._campaigns(),
+            nodes=node_status(d.sources),
+            uplink=self._uplink(),
+            outbox=self._outbox(now),
+            disk=self._disk(),
+            clock=ClockStatus(synchronized=None, source="system", offset_s=None),
+            recent_events=events,
+            recent_activations=activations,
+            campaigns=self._campaigns(now),
             actors=self._actors(),
             zone_occupancy=occ,
-            optouts=self._optout_count(),
+            optouts=d.presence.resolver.optout_count,
             extra={
                 "observations": st.observations,
                 "fixes": st.fixes,
@@ -189,7 +283,7 @@ class DaemonStatusProvider:
                 "residents": dict(collections.Counter(d.pipeline.presence.residents().values())),
                 "linked_rotations": d.pipeline.linker.stats.links if d.pipeline.linker is not None else 0,
             },
-        ).as_dict()
+        )
 
     def crlb_grid(self) -> dict[str, Any] | None:
         if self._crlb is None:
@@ -197,111 +291,95 @@ class DaemonStatusProvider:
             self._crlb = coverage_grid(self.daemon.layout, loc.sigma_db, loc.detection_floor_dbm)
         return self._crlb
 
-    async def restart_scanner(self) -> ActionResult:
-        restarted = 0
-        for src in self.daemon.sources:
-            fn = getattr(src, "restart", None)
-            if callable(fn):
-                await fn()
-                restarted += 1
-        if not restarted:
-            return ActionResult(False, "no running source supports a restart")
-        return ActionResult(True, f"{restarted} scanner(s) restarted")
-
-    async def reload_config(self) -> ActionResult:
-        return ActionResult(False, "reload is not supported yet: restart the service (systemctl restart gateway)")
-
-    async def send_test_event(self) -> ActionResult:
-        ev = Heartbeat(
-            ts=(self.daemon.event_clock() or time.time)(),
-            store_id=self.daemon.settings.gateway.store_id,
-            note="status page test event",
+    def _uplink(self) -> UplinkStatus:
+        if self.daemon.uplink is None:
+            return UplinkStatus()
+        u = self.daemon.uplink.status()
+        return UplinkStatus(
+            state=u["link"],
+            broker=u["broker"],
+            last_error=u["last_error"],
+            reconnects=u["reconnects"],
+            published_events=u["published_events"],
         )
-        self.daemon.pending.append(ev)
-        self._events.appendleft({"ts": ev.ts, "type": ev.type, "subject": None, "zone": None})
-        return ActionResult(True, "test event queued")
 
-    def _oldest_age(self, now: float) -> float | None:
-        """Age of the oldest unsent event in event time (the simulator's clock in the demo)."""
-        if self.daemon.outbox is None:
-            return None
-        oldest = self.daemon.outbox.stats().oldest_ts
-        return None if oldest is None else max(0.0, now - oldest)
+    def _outbox(self, now: float) -> OutboxStatus:
+        """Backlog and the event-time age of the oldest unsent event."""
+        outbox = self.daemon.outbox
+        if outbox is None:
+            return OutboxStatus()
+        ob = outbox.stats()
+        return OutboxStatus(
+            backlog=ob.backlog,
+            oldest_age_s=None if ob.oldest_ts is None else max(0.0, now - ob.oldest_ts),
+            evictions=ob.evicted_total,
+            bytes=ob.bytes,
+        )
 
-    def _recent_events(self) -> list[dict[str, Any]]:
-        """Newest first: presence events the daemon committed, and test events sent from this page."""
-        out = [
-            {
-                "ts": e.ts,
-                "type": getattr(e, "type", "?"),
-                "subject": getattr(e, "subject", None),
-                "zone": getattr(e, "zone", None),
-            }
-            for e in reversed(getattr(self.daemon, "recent", ()))
-            if getattr(e, "type", None) != "activation"
-        ][:20]
-        if hasattr(self.daemon, "recent"):  # a test event shows up here once committed, like any other
-            return sorted(out, key=lambda e: -float(e["ts"]))
-        return list(self._events)[:20]
+    def _disk(self) -> DiskStatus:
+        state_dir = self.daemon.settings.paths.state_dir
+        try:
+            du = shutil.disk_usage(state_dir)
+        except OSError:
+            return DiskStatus()
+        return DiskStatus(path=str(state_dir), total_bytes=du.total, free_bytes=du.free)
 
-    def _recent_activations(self) -> list[dict[str, Any]]:
-        return [
-            {
-                "ts": e.ts,
-                "campaign_id": getattr(e, "campaign_id", None),
-                "content_id": getattr(e, "content_id", None),
-                "actor_id": getattr(e, "actor_id", None),
-                "subject": getattr(e, "subject", None),
-                "result": getattr(e, "result", None),
-            }
-            for e in reversed(getattr(self.daemon, "recent", ()))
-            if getattr(e, "type", None) == "activation"
-        ][:20]
+    def _recent(self) -> tuple[list[EventRow], list[ActivationRow]]:
+        """Newest first: committed events (presence, and test events sent from this page) and
+        activation reports, at most ``RECENT_ROWS`` of each."""
+        events: list[EventRow] = []
+        activations: list[ActivationRow] = []
+        for e in reversed(self.daemon.recent):
+            if isinstance(e, ActivationReport):
+                if len(activations) < RECENT_ROWS:
+                    activations.append(_activation_row(e))
+            elif len(events) < RECENT_ROWS:
+                events.append(_event_row(e))
+            if len(events) >= RECENT_ROWS and len(activations) >= RECENT_ROWS:
+                break
+        events.sort(key=lambda r: -r["ts"])  # commit order is not quite event order
+        return events, activations
 
-    def _campaigns(self) -> list[dict[str, Any]]:
-        content = getattr(self.daemon, "content", None)
+    def _campaigns(self, now: float) -> list[CampaignRow]:
+        content = self.daemon.content
         if content is None:
             return []
-        now = (self.daemon.event_clock() or time.time)()
-        out = []
+        out: list[CampaignRow] = []
         for c in content.state.campaigns.values():
             active = (c.valid_from is None or c.valid_from <= now) and (c.valid_to is None or now < c.valid_to)
-            out.append({"id": c.id, "name": c.name or c.id, "active": active, "category": c.category})
+            out.append(CampaignRow(id=c.id, name=c.name or c.id, active=active, category=c.category))
         return out
 
-    def _actors(self) -> list[dict[str, Any]]:
-        content = getattr(self.daemon, "content", None)
+    def _actors(self) -> list[ActorRow]:
+        content = self.daemon.content
         if content is None:
             return []
-        return [{"id": a.id, "name": a.id, "kind": a.kind, "state": a.transport} for a in content.state.actors.values()]
+        return [ActorRow(id=a.id, name=a.id, kind=a.kind, state=a.transport) for a in content.state.actors.values()]
 
-    def _optout_count(self) -> int:
-        presence = getattr(self.daemon, "presence", None)
-        if presence is not None:
-            return int(presence.resolver.optout_count)
-        return self._optout.blocked if self._optout is not None else 0
+    # -- StatusProvider: actions ----------------------------------------------------------------
+
+    async def restart_scanner(self) -> ActionResult:
+        names = await self.daemon.restart_sources()
+        if not names:
+            return ActionResult(False, "no running source can be restarted (recordings and timed simulations cannot)")
+        return ActionResult(True, f"{len(names)} source(s) restarted: {', '.join(names)}")
+
+    async def reload_config(self) -> ActionResult:
+        r = await self.daemon.reload_config()
+        return ActionResult(r.ok, r.message())
+
+    async def send_test_event(self) -> ActionResult:
+        ev = Heartbeat(ts=self._now(), store_id=self.daemon.settings.gateway.store_id, note="status page test event")
+        self.daemon.queue_event(ev)  # listed in recent events once committed, like any other
+        return ActionResult(True, "test event queued")
 
     async def add_optout(self, identifier: str) -> ActionResult:
         if not identifier.strip():
             return ActionResult(False, "identifier is empty")
-        presence = getattr(self.daemon, "presence", None)
-        if presence is not None:  # the daemon's resolver: persisted, and erases live state + history
-            clock = self.daemon.event_clock() or time.time
-            erased = await presence.add_optout(identifier, clock())
-            self._latest.clear()  # dots come back with the next fixes, minus the opted-out device
-            self._zones.clear()
-            self._dots = None
-            self._version += 1
-            return ActionResult(True, f"opt-out recorded; {erased} tracked subject(s) erased")
-        if self._optout is None:
-            current = self.daemon.pipeline.identity
-            keyring = getattr(current, "_keys", None)
-            if keyring is None or type(current).__name__ != "IdentityStage":
-                return ActionResult(False, "this identity stage does not support opt-outs")
-            self._optout = OptOutIdentity(keyring)
-            self.daemon.pipeline.identity = self._optout
-        self._optout.block(identifier)
-        return ActionResult(True, "opt-out recorded; the device is no longer tracked")
+        # the daemon's resolver: persisted, and erases live state + history
+        erased = await self.daemon.presence.add_optout(identifier, self._now())
+        self._forget_dots()
+        return ActionResult(True, f"opt-out recorded; {erased} tracked subject(s) erased")
 
 
 class DaemonMetricsSampler:
@@ -313,7 +391,7 @@ class DaemonMetricsSampler:
     observed where it happens (``GatewayMetrics.published`` from the uplink's ack handler).
     """
 
-    def __init__(self, daemon: Daemon, metrics: GatewayMetrics) -> None:
+    def __init__(self, daemon: DaemonView, metrics: GatewayMetrics) -> None:
         self.daemon = daemon
         self.metrics = metrics
         self._last: dict[tuple[str, str], float] = {}
@@ -335,37 +413,47 @@ class DaemonMetricsSampler:
             if n := self._delta("recov", h.name, h.recoveries):
                 for _ in range(int(n)):
                     m.radio_recovered(h.name)
-        for src in d.sources:
-            node_status = getattr(src, "node_status", None)
-            if callable(node_status):
-                for n in node_status():
-                    name = str(n["name"])
-                    m.node(name, n["state"] == "up", n["latency_s"], n["rate_per_s"])
-                    if k := self._delta("node_msg", name, n["messages"]):
-                        m.node_messages(name, int(k))
-                    for reason, total in n["dropped"].items():
-                        if k := self._delta("node_drop", f"{name}:{reason}", total):
-                            m.node_dropped(name, reason, int(k))
+        for node in node_status(d.sources):
+            name = node["name"]
+            m.node(name, node["state"] == "up", node.get("latency_s", 0.0), node.get("rate_per_s", 0.0))
+            if k := self._delta("node_msg", name, node.get("messages", 0)):
+                m.node_messages(name, int(k))
+            for reason, total in node.get("dropped", {}).items():
+                if k := self._delta("node_drop", f"{name}:{reason}", total):
+                    m.node_dropped(name, reason, int(k))
         st = d.pipeline.stats
         for reason, total in st.dropped.items():
             if n := self._delta("drop", f"pipeline:{reason}", total):
                 m.dropped(reason, int(n))
         if n := self._delta("fix", "", st.fixes):
             m.fixed(int(n))
-        for etype, total in st.events.items():
+        # every event stored in the outbox (activation reports included), not only the pipeline's
+        for etype, total in d.committed_by_type.items():
             if n := self._delta("event", etype, total):
                 m.produced(etype, int(n))
+        if d.content is not None:
+            for key, result in (("commands_ok", "ok"), ("commands_rejected", "rejected")):
+                if n := self._delta("command", result, d.content.counters.get(key, 0)):
+                    m.command(result, int(n))
         if d.uplink is not None:
             u = d.uplink.status()
             now = (d.event_clock() or time.time)()
             oldest = d.outbox.stats().oldest_ts if d.outbox is not None else None
-            m.outbox(int(u.get("backlog") or 0), None if oldest is None else max(0.0, now - oldest))
-            m.uplink_state(u.get("link") == "connected")
-            if n := self._delta("reconnect", "", float(u.get("reconnects") or 0)):
+            m.outbox(int(u["backlog"] or 0), None if oldest is None else max(0.0, now - oldest))
+            m.uplink_state(u["link"] == "connected")
+            if n := self._delta("reconnect", "", float(u["reconnects"] or 0)):
                 m.reconnects.inc(n)
-            for prio, total in (u.get("evictions_by_priority") or {}).items():
+            for prio, total in (u["evictions_by_priority"] or {}).items():
                 if n := self._delta("evict", str(prio), float(total)):
                     m.evicted(str(prio), int(n))
+            if n := self._delta("dead", "", float(u.get("dead_lettered") or 0)):
+                m.dead_lettered(int(n))
+            for reason, total in (u.get("publish_failures") or {}).items():
+                if n := self._delta("pubfail", str(reason), float(total)):
+                    m.publish_failed(str(reason), int(n))
+            if d.outbox is not None:
+                os_ = d.outbox.stats()
+                m.outbox_size(os_.bytes, os_.max_bytes)
 
     async def run(self, period_s: float = 1.0) -> None:
         while True:

@@ -8,6 +8,10 @@ Each task has a policy:
 * ``finite``: the task may end normally (a replay that reached the end of its file); when every
   finite task has ended and ``stop_when_finite_done`` is set, the daemon drains and exits 0.
 
+``restart(name)`` restarts a running ``restart`` task now (the status page's "Restart scanner"):
+its current run is cancelled (its ``finally`` blocks run) and it starts again at once; that is
+counted in ``restarts`` but not as a failure.
+
 Shutdown: ``request_stop()`` (first SIGTERM/SIGINT) runs the drain callback within the drain
 deadline, then cancels every task; a second signal cancels everything at once without draining.
 Time comes from an injectable monotonic clock; sleeping is injectable too, for tests.
@@ -23,8 +27,9 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Literal
 
+from gateway.backoff import Backoff
 from gateway.config import SupervisorSettings
-from gateway.log import get_logger
+from gateway.log import describe_exception, get_logger
 
 log = get_logger(__name__)
 
@@ -68,6 +73,8 @@ class Supervisor:
         self._specs: list[TaskSpec] = []
         self.states: dict[str, TaskState] = {}
         self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._runs: dict[str, asyncio.Future[None]] = {}  # the current run of each task
+        self._restart_requested: set[str] = set()
         self._shutdown_task: asyncio.Task[None] | None = None
         self._stop = asyncio.Event()
         self._forced = False
@@ -104,6 +111,18 @@ class Supervisor:
         if self._shutdown_task is not None:
             self._shutdown_task.cancel()
 
+    def restart(self, name: str) -> bool:
+        """Restart task ``name`` now; False when it is not a running ``restart`` task."""
+        run = self._runs.get(name)
+        st = self.states.get(name)
+        if run is None or run.done() or st is None or st.policy != "restart" or st.state != "running":
+            return False
+        if self._stop.is_set():
+            return False
+        self._restart_requested.add(name)
+        run.cancel()
+        return True
+
     def install_signal_handlers(self, loop: asyncio.AbstractEventLoop) -> None:
         def on_signal(signame: str) -> None:
             if self._stop.is_set():
@@ -116,16 +135,27 @@ class Supervisor:
 
     async def _guard(self, spec: TaskSpec) -> None:
         st = self.states[spec.name]
+        me = asyncio.current_task()
         while True:
             st.state = "running"
+            run = self._runs[spec.name] = asyncio.ensure_future(spec.factory())
+            if isinstance(run, asyncio.Task):
+                run.set_name(f"{spec.name}:run")
             try:
-                await spec.factory()
+                await run
             except asyncio.CancelledError:
+                if spec.name in self._restart_requested and me is not None and not me.cancelling():
+                    self._restart_requested.discard(spec.name)
+                    st.restarts += 1
+                    log.info("task restarted on request", task=spec.name, restarts=st.restarts)
+                    continue
                 st.state = "cancelled"
                 raise
             except Exception as e:
                 st.last_error = f"{type(e).__name__}: {e}"
-                log.error("task failed", task=spec.name, error=st.last_error, exc_info=True)
+                # one line per failure (it repeats at every restart); the traceback only at debug level
+                log.error("task failed", task=spec.name, error=describe_exception(e), policy=spec.policy)
+                log.debug("task failed: traceback", task=spec.name, exc_info=e, traceback=True)
                 if spec.policy == "fatal" or self._stop.is_set():
                     st.state = "failed"
                     self.request_stop(f"task {spec.name} failed", exit_code=1)
@@ -138,10 +168,8 @@ class Supervisor:
                     st.state = "failed"
                     self.request_stop(f"task {spec.name} keeps failing", exit_code=1)
                     return
-                delay = min(
-                    self.settings.restart_backoff_max_s,
-                    self.settings.restart_backoff_min_s * 2 ** (len(st.failures) - 1),
-                )
+                backoff = Backoff(self.settings.restart_backoff_min_s, self.settings.restart_backoff_max_s)
+                delay = backoff.delay(len(st.failures) - 1)  # failures within the window
                 st.state = "backoff"
                 st.restarts += 1
                 log.info("restarting task", task=spec.name, delay_s=round(delay, 3), restarts=st.restarts)

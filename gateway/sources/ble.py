@@ -24,7 +24,7 @@ import asyncio
 import contextlib
 import re
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Protocol
@@ -36,6 +36,7 @@ from gateway.log import REDACTED, get_logger, redact_text
 from gateway.models import Observation, SourceHealth
 from gateway.parsers.ble import AdvertParseError, rssi_at_1m_of
 from gateway.parsers.ble_vendors import advert_info
+from gateway.sources.base import LIVE_RADIO
 
 log = get_logger("gateway.sources.ble")
 
@@ -254,6 +255,8 @@ class _Heard:
 class BleSource:
     """Implements the ``Source`` protocol for the gateway's own adapter."""
 
+    capabilities = LIVE_RADIO  # "Restart scanner" stops and starts the scan
+
     def __init__(
         self,
         settings: BleSettings,
@@ -405,7 +408,7 @@ class BleSource:
             }
         )
 
-    async def batches(self) -> AsyncIterator[list[Observation]]:
+    async def batches(self) -> AsyncGenerator[list[Observation], None]:
         """Scan until cancelled; yield what arrived each tick; run the watchdog between yields."""
         self._wake = asyncio.Event()
         self._stopped = False

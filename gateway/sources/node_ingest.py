@@ -28,12 +28,11 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any, Literal
 
 from gateway.config import NodesSettings
 from gateway.identity.addresses import IrkResolver
 from gateway.models import Observation
-from gateway.parsers.nodes import (
+from gateway.parsers.node_payloads import (
     EspDevice,
     NodePayloadError,
     NodeTelemetry,
@@ -44,8 +43,8 @@ from gateway.parsers.nodes import (
     decode_native_adv,
     decode_status,
 )
+from gateway.sources.base import NodeStateName, NodeStatus
 
-NodeStateName = Literal["unknown", "up", "quiet", "down"]
 RATE_TAU_S = 10.0  # time constant of the per-node message-rate average
 MAX_UNMAPPED_NAMES = 64
 _TOPIC_CACHE_MAX = 200_000
@@ -85,7 +84,7 @@ class NodeState:
     def drop(self, reason: str, n: int = 1) -> None:
         self.dropped[reason] = self.dropped.get(reason, 0) + n
 
-    def as_dict(self, now: float) -> dict[str, Any]:
+    def as_dict(self, now: float) -> NodeStatus:
         tele = self.telemetry
         uptime: float | None = None
         if tele is not None and tele.uptime_s is not None and self.telemetry_at is not None:
@@ -341,5 +340,5 @@ class NodeIngest:
     def sensor_active(self) -> dict[str, bool]:
         return {st.sensor: st.active for st in self.nodes.values()}
 
-    def status(self, now: float) -> list[dict[str, Any]]:
+    def status(self, now: float) -> list[NodeStatus]:
         return [st.as_dict(now) for st in self.nodes.values()]

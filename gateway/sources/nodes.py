@@ -5,13 +5,15 @@ Thin async adapter around the pure :class:`gateway.sources.node_ingest.NodeInges
 * one MQTT 3.1.1 subscription (QoS 0: a late RSSI is worth nothing, so no broker backlog) on the
   **store-local** broker - ``[local_broker]``, or the embedded broker on 127.0.0.1 when its host is
   unset - never the cloud uplink;
-* the subscriber (``gateway/mqtt/subscriber.py``, an asyncio Protocol: paho's per-packet reads cap a
-  subscriber below the message rates nodes reach) appends ``(topic, payload)`` lists to a bounded
-  buffer; ``batches()`` wakes, reads the clock once, decodes the whole chunk and yields one batch;
-* every ``check_interval_s`` it runs the liveness check and calls ``on_sensor_state(sensor,
-  active)`` for each change (the daemon forwards that to the localizer);
-* the link to the local broker is retried with jittered backoff; while it is down the source is
-  ``degraded`` (and, after the thresholds, every node is reported quiet/down: we cannot hear them).
+* the store-local broker client (``gateway/mqtt/local.py``, an asyncio Protocol: paho's per-packet
+  reads cap a subscriber below the message rates nodes reach) appends ``(topic, payload)`` lists to
+  a bounded buffer; ``batches()`` wakes, reads the clock once, decodes the whole chunk and yields
+  one batch;
+* every ``check_interval_s`` it runs the liveness check and tells the listener given to
+  ``watch_sensors`` of each change (the daemon forwards that to the localizer);
+* the link to the local broker is retried with jittered backoff (``run_connected``, the same loop
+  as the content actors'); while it is down the source is ``degraded`` (and, after the
+  thresholds, every node is reported quiet/down: we cannot hear them).
 
 Raw MACs from node messages stay in the ``Observation`` (RAM only); topics, which contain device
 ids, are never logged.
@@ -21,28 +23,29 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import random
 import time
-from collections.abc import AsyncIterator, Callable
-from typing import Any
+from collections.abc import AsyncGenerator, Callable
 
+from gateway.backoff import Backoff
 from gateway.config import NodesSettings, Settings
 from gateway.identity.addresses import IrkResolver
 from gateway.layout import Layout
 from gateway.log import get_logger
 from gateway.models import Observation, SourceHealth
 from gateway.mqtt.client import MqttError
-from gateway.mqtt.subscriber import MqttSubscriber
+from gateway.mqtt.local import LocalBrokerClient, local_broker_address, run_connected
+from gateway.sources.base import Capabilities, NodeStatus, SensorStateListener
 from gateway.sources.node_ingest import NodeIngest
 
 log = get_logger(__name__)
 
 CHECK_INTERVAL_S = 0.5
+LINK_RETRY_FIRST_S = 0.2  # first reconnect delay to the local broker (doubles up to nodes.reconnect_max_s)
 MAX_CHUNK = 5000  # messages decoded per wake-up (bounds the time between yields to the loop)
 
 
 class NodesSource:
-    """Implements the ``Source`` protocol for in-store sensor nodes."""
+    """Implements the ``Source`` protocol for in-store sensor nodes (and its ``SensorNodes`` capability)."""
 
     def __init__(
         self,
@@ -67,11 +70,11 @@ class NodesSource:
         # event time of this source: the wall clock for real nodes; the simulator's clock in the demo
         self.event_clock = clock
         self.check_interval_s = check_interval_s
-        self.on_sensor_state: Callable[[str, bool], None] | None = None
+        self._sensor_listener: SensorStateListener | None = None
         self.health = SourceHealth(name=self.name)
         self._pending: list[tuple[str, bytes]] = []
         self._wake: asyncio.Event | None = None
-        self._client: MqttSubscriber | None = None
+        self._client: LocalBrokerClient | None = None
         self._connects = 0
         self._last_error: str | None = None
         self._overflow = 0
@@ -102,9 +105,21 @@ class NodesSource:
         if keep:
             self._on_messages(keep)
 
-    # -- status -------------------------------------------------------------------------------------
+    # -- capabilities and status ---------------------------------------------------------------------
 
-    def node_status(self) -> list[dict[str, Any]]:
+    @property
+    def capabilities(self) -> Capabilities:
+        """Live, restartable (a new subscription), its own event clock, per-node health."""
+        return Capabilities(event_clock=self.event_clock, restartable=True, nodes=self)
+
+    def use_clock(self, clock: Callable[[], float]) -> None:
+        """Stamp arrivals with ``clock`` (the demo's simulated time) instead of the wall clock."""
+        self.event_clock = clock
+
+    def watch_sensors(self, listener: SensorStateListener) -> None:
+        self._sensor_listener = listener
+
+    def node_status(self) -> list[NodeStatus]:
         """Per-node health for the status page and metrics (no device data in it)."""
         return self.core.status(self.event_clock())
 
@@ -134,14 +149,14 @@ class NodesSource:
         now = self.event_clock()
         for sensor, active in self.core.check(now):
             log.info("nodes.sensor_state", sensor=sensor, active=active)
-            if self.on_sensor_state is not None:
-                self.on_sensor_state(sensor, active)
+            if self._sensor_listener is not None:
+                self._sensor_listener(sensor, active)
         self._publish_health(now)
 
     # -- link ---------------------------------------------------------------------------------------
 
-    async def _connect(self) -> MqttSubscriber:
-        client = MqttSubscriber(
+    def _client_for_link(self) -> LocalBrokerClient:
+        return LocalBrokerClient(
             self.host,
             self.port,
             self._on_messages,
@@ -151,42 +166,23 @@ class NodesSource:
             username=self._username,
             password=self._password,
         )
-        await client.connect()
-        try:
-            await client.subscribe(self.core.router.filters, qos=0)
-        except MqttError:
-            await client.close()
-            raise
-        return client
 
-    async def _link(self, connected: asyncio.Event) -> None:
+    async def _up(self, client: LocalBrokerClient) -> None:
+        await client.subscribe(self.core.router.filters, qos=0)
+        self._client = client
+        self._connects += 1
+        self._last_error = None
+        self.health.state = "running"
+
+    def _down(self, err: MqttError) -> None:
+        self._client = None
+        self._last_error = str(err)[:200]
+        self.health.state = "degraded"
+
+    async def _link(self) -> None:
         """Keep one subscription to the local broker alive (jittered exponential backoff)."""
-        delay = 0.2
-        while True:
-            try:
-                client = await self._connect()
-            except MqttError as e:
-                self._last_error = str(e)[:200]
-                self.health.state = "degraded"
-                log.warning("nodes.local_broker_unreachable", error=self._last_error, retry_s=round(delay, 2))
-                await asyncio.sleep(delay * random.uniform(0.8, 1.2))
-                delay = min(delay * 2, self.settings.reconnect_max_s)
-                continue
-            self._client = client
-            self._connects += 1
-            self._last_error = None
-            self.health.state = "running"
-            delay = 0.2
-            connected.set()
-            log.info("nodes.local_broker_connected", broker=f"{self.host}:{self.port}")
-            try:
-                err = await client.wait_closed()
-            finally:
-                await client.close()
-                self._client = None
-            self._last_error = str(err)[:200] if err is not None else "closed"
-            self.health.state = "degraded"
-            log.warning("nodes.local_broker_lost", error=self._last_error)
+        backoff = Backoff(LINK_RETRY_FIRST_S, self.settings.reconnect_max_s, "spread")
+        await run_connected(self._client_for_link, self._up, backoff, on_down=self._down, what="nodes")
 
     async def wait_connected(self, timeout: float = 10.0) -> None:
         """For tests and the demo: until the subscription is in place."""
@@ -198,10 +194,9 @@ class NodesSource:
 
     # -- Source protocol ----------------------------------------------------------------------------
 
-    async def batches(self) -> AsyncIterator[list[Observation]]:
+    async def batches(self) -> AsyncGenerator[list[Observation], None]:
         self._wake = wake = asyncio.Event()
-        connected = asyncio.Event()
-        link = asyncio.create_task(self._link(connected), name="nodes-link")
+        link = asyncio.create_task(self._link(), name="nodes-link")
         loop = asyncio.get_running_loop()
         next_check = loop.time()
         try:
@@ -233,12 +228,6 @@ class NodesSource:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await link
             self.health.state = "stopped"
-
-
-def local_broker_address(settings: Settings) -> tuple[str, int]:
-    """The store-local broker: ``[local_broker]``, else the embedded one on this box."""
-    lb = settings.local_broker
-    return (lb.host or "127.0.0.1"), lb.port
 
 
 def enabled(settings: Settings) -> bool:

@@ -12,11 +12,12 @@ import asyncio
 import json
 import math
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncGenerator, Iterator
 from pathlib import Path
 from typing import IO, Any
 
 from gateway.models import Observation, SourceHealth
+from gateway.sources.base import RECORDING
 
 CHUNK_LINES = 4096
 _RADIOS = {"ble", "wifi", "node", "sim"}
@@ -75,7 +76,7 @@ def read_chunks(fh: IO[str], health: SourceHealth) -> Iterator[list[Observation]
 
 
 class ReplaySource:
-    replay = True  # a recording: finite, waits rather than drops, its own time (see daemon)
+    capabilities = RECORDING  # finite, waits rather than drops, its own time (see the daemon)
 
     def __init__(self, path: Path, speed: float = 0.0, *, name: str = "replay") -> None:
         self.name = name
@@ -83,7 +84,7 @@ class ReplaySource:
         self.speed = speed
         self.health = SourceHealth(name=name)
 
-    async def batches(self) -> AsyncIterator[list[Observation]]:
+    async def batches(self) -> AsyncGenerator[list[Observation], None]:
         loop = asyncio.get_running_loop()
         fh = await loop.run_in_executor(None, lambda: self.path.open("r", encoding="utf-8", errors="replace"))
         self.health.state = "running"

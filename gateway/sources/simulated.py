@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 
 from gateway.config import SimulatorSettings
 from gateway.layout import Layout
 from gateway.models import Observation, SourceHealth
 from gateway.sim.store import StoreSimulator
+from gateway.sources.base import Capabilities
 
 
 class SimulatedSource:
@@ -25,11 +26,20 @@ class SimulatedSource:
         self.settings = settings
         self.sim = StoreSimulator(layout, settings, sensors=sensors)
         self.health = SourceHealth(name=name, detail={"seed": settings.seed, "speed": settings.speed})
+        t0 = self.sim.now
+        self._t_end = t0 + settings.duration_s if settings.duration_s is not None else float("inf")
+        # event time is the simulator's; with a duration it ends on its own (and is not restarted:
+        # a restart resumes from the simulator's current time, so it would not change the stream)
+        bounded = settings.duration_s is not None
+        self.capabilities = Capabilities(finite=bounded, event_clock=self.sim_time, restartable=not bounded)
 
-    async def batches(self) -> AsyncIterator[list[Observation]]:
+    def sim_time(self) -> float:
+        return float(self.sim.now)
+
+    async def batches(self) -> AsyncGenerator[list[Observation], None]:
         s = self.settings
         t_sim0 = self.sim.now
-        t_end = t_sim0 + s.duration_s if s.duration_s is not None else float("inf")
+        t_end = self._t_end
         wall0 = time.monotonic()
         self.health.state = "running"
         k = 0

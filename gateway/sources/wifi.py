@@ -31,7 +31,7 @@ import shutil
 import socket
 import struct
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncGenerator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +41,7 @@ from gateway.log import get_logger
 from gateway.models import Observation, SourceHealth
 from gateway.parsers.pcap import LINKTYPE_IEEE802_11, LINKTYPE_RADIOTAP, PcapError, Record, read_records
 from gateway.parsers.wifi_probe import Probe, ProbeDecoder
+from gateway.sources.base import LIVE_RADIO, RECORDING
 
 __all__ = ["ChannelHopper", "PcapReplaySource", "WifiCaptureSource", "channel_freq", "make_wifi_source"]
 
@@ -328,6 +329,8 @@ async def set_monitor_mode(interface: str) -> str:
 class WifiCaptureSource:
     """Live probe-request capture from a monitor-mode interface (see the module docstring)."""
 
+    capabilities = LIVE_RADIO  # "Restart scanner" reopens the socket
+
     def __init__(self, settings: WifiSettings, *, clock: Callable[[], float] = time.time) -> None:
         self.settings = settings
         self.name = f"wifi:{settings.interface}"
@@ -419,7 +422,7 @@ class WifiCaptureSource:
             pending.extend(obs)
             pending.sort(key=_obs_ts)
 
-    async def batches(self) -> AsyncIterator[list[Observation]]:
+    async def batches(self) -> AsyncGenerator[list[Observation], None]:
         s = self.settings
         h = self.health
         h.detail["interface"] = s.interface
@@ -504,7 +507,7 @@ class PcapReplaySource:
     the disk. A corrupt file ends the replay with ``health.state = "failed"`` and the offset.
     """
 
-    replay = True  # a recording: finite, waits rather than drops, its own time (see daemon)
+    capabilities = RECORDING  # finite, waits rather than drops, its own time (see the daemon)
 
     def __init__(self, settings: WifiSettings, path: Path | None = None, *, chunk: int = 2048) -> None:
         p = path or settings.pcap
@@ -517,7 +520,7 @@ class PcapReplaySource:
         self._conv = _ProbeObservations(settings, self.health)
         self._chunk = chunk
 
-    async def batches(self) -> AsyncIterator[list[Observation]]:
+    async def batches(self) -> AsyncGenerator[list[Observation], None]:
         h = self.health
         try:
             f = self.path.open("rb")

@@ -3,14 +3,19 @@
 Security model, in order of the request path:
 
 1. ``security_headers`` (on_response_prepare, so it also covers errors, static files and the
-   event stream): strict CSP with no inline script/style, frame denial, nosniff, no referrer.
-2. ``guard`` middleware: every non-GET request must come from this origin (Origin header, when
+   event stream): strict CSP with no inline script/style, frame denial, nosniff, no referrer, and
+   ``Server: gateway`` (no aiohttp/Python versions).
+2. ``guard`` middleware: the ``Host`` header must name this box - ``localhost``, a bound address
+   (any IP address when bound to 0.0.0.0 / ::) or a name in ``status.allowed_hosts`` - so a
+   DNS-rebinding page (its own name pointing at the box) reaches nothing, not even ``/metrics``
+   or the login; every non-GET request must come from this origin (Origin header, when
    the browser sends one, must equal our own); everything but the login page, static assets,
    ``/healthz`` and (configurably) ``/metrics`` needs a live session; every authenticated POST
    needs the session's CSRF token in ``X-CSRF-Token`` (SameSite=Strict cookies are the first
    line, the token the second).
 3. Login: JSON only, per-address exponential lockout, argon2 verification in an executor behind
-   a one-slot semaphore (a login flood cannot pin the CPU or block the loop).
+   a one-slot semaphore (a login flood cannot pin the CPU or block the loop). The session cookie
+   is HttpOnly, SameSite=Strict, and Secure on https requests (or always: ``status.secure_cookie``).
 
 Rendering: the server emits two fixed HTML templates whose only substitutions go through
 ``html.escape``; all live data is JSON, and the page builds its DOM with ``textContent`` /
@@ -23,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import html
+import ipaddress
 import json
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -30,7 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from aiohttp import web
+from aiohttp import web, web_response
 
 from gateway.config import StatusSettings
 from gateway.log import get_logger
@@ -63,6 +69,8 @@ CSP = (
     "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; "
     "font-src 'self'; object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
 )
+SERVER_NAME = "gateway"
+WILDCARD_BINDS = frozenset({"0.0.0.0", "::", ""})  # noqa: S104 - compared against, never bound here
 SECURITY_HEADERS = {
     "Content-Security-Policy": CSP,
     "X-Frame-Options": "DENY",
@@ -72,6 +80,42 @@ SECURITY_HEADERS = {
     "Cross-Origin-Resource-Policy": "same-origin",
     "Permissions-Policy": "camera=(), microphone=(), geolocation=(), interest-cohort=()",
 }
+
+
+@dataclass(frozen=True)
+class HostPolicy:
+    """Which ``Host`` header values name this box."""
+
+    names: frozenset[str]
+    any_ip: bool
+
+    @classmethod
+    def from_settings(cls, s: StatusSettings) -> HostPolicy:
+        names = {"localhost"} | {h.lower().rstrip(".") for h in s.allowed_hosts}
+        for b in s.bind:
+            if b not in WILDCARD_BINDS:
+                names.add(_normal_ip(b) or b.lower())
+        return cls(frozenset(names), any(b in WILDCARD_BINDS for b in s.bind))
+
+    def allows(self, host_header: str | None) -> bool:
+        if not host_header:
+            return False
+        host = host_header.strip()
+        if host.startswith("["):  # [v6]:port
+            host = host[1 : host.find("]")] if "]" in host else ""
+        elif host.count(":") == 1:
+            host = host.rsplit(":", 1)[0]
+        ip = _normal_ip(host)
+        if ip is not None:
+            return self.any_ip or ip in self.names
+        return host.lower().rstrip(".") in self.names
+
+
+def _normal_ip(text: str) -> str | None:
+    try:
+        return str(ipaddress.ip_address(text.split("%", 1)[0]))
+    except ValueError:
+        return None
 
 
 class AuthState:
@@ -133,9 +177,8 @@ class StreamHub:
         ts, gen, payload = self._dev
         if now - ts >= self.devices_every_s * 0.9:
             # a provider that can tell when its dots changed (the daemon's: once per fix tick) saves
-            # rebuilding and resending the same map; the others are rebuilt every interval
-            version_of = getattr(self.provider, "devices_version", None)
-            version = version_of() if callable(version_of) else None
+            # rebuilding and resending the same map; the others (version None) are rebuilt every interval
+            version = self.provider.devices_version()
             if version is not None and gen > 0 and version == self._dev_version:
                 self._dev = (now, gen, payload)
                 return gen, payload
@@ -148,7 +191,7 @@ class StreamHub:
     def status_event(self, now: float) -> tuple[int, bytes]:
         ts, gen, payload = self._status
         if now - ts >= self.status_every_s * 0.9:
-            gen, payload = gen + 1, b"event: status\ndata: " + dumps(self.provider.snapshot()) + b"\n\n"
+            gen, payload = gen + 1, b"event: status\ndata: " + dumps(self.provider.snapshot().as_dict()) + b"\n\n"
             self._status = (now, gen, payload)
         return gen, payload
 
@@ -161,6 +204,7 @@ HUB = web.AppKey("hub", StreamHub)
 Clock = Callable[[], float]
 CLOCK: web.AppKey[Clock] = web.AppKey("clock")
 TEMPLATES = web.AppKey("templates", dict[str, str])
+HOSTS = web.AppKey("hosts", HostPolicy)
 SESSION = web.RequestKey("session", Session)
 
 
@@ -188,6 +232,7 @@ def render(template: str, **values: str) -> str:
 async def security_headers(request: web.Request, response: web.StreamResponse) -> None:
     for k, v in SECURITY_HEADERS.items():
         response.headers.setdefault(k, v)
+    response.headers["Server"] = SERVER_NAME  # aiohttp would add its and Python's versions
     if not request.path.startswith("/static/"):
         response.headers.setdefault("Cache-Control", "no-store")
 
@@ -213,6 +258,9 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 async def guard(
     request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
 ) -> web.StreamResponse:
+    if not request.app[HOSTS].allows(request.headers.get("Host")):
+        # DNS rebinding: a page on another name reaching the box through the browser
+        return json_response({"error": "unknown Host; use the box's address or a name in status.allowed_hosts"}, 421)
     unsafe = request.method not in ("GET", "HEAD", "OPTIONS")
     if unsafe and not _same_origin(request):
         return json_response({"error": "cross-origin request refused"}, 403)
@@ -310,7 +358,7 @@ async def login(request: web.Request) -> web.Response:
         session.sid,
         httponly=True,
         samesite="Strict",
-        secure=settings.secure_cookie,
+        secure=settings.secure_cookie or request.secure,
         path="/",
         max_age=int(settings.session_ttl_s),
     )
@@ -339,7 +387,7 @@ async def api_layout(request: web.Request) -> web.Response:
 
 
 async def api_status(request: web.Request) -> web.Response:
-    snap = dict(request.app[PROVIDER].snapshot())
+    snap = request.app[PROVIDER].snapshot().as_dict()
     snap["status_page"] = {"stream_clients": request.app[HUB].clients, "sessions": len(request.app[AUTH].sessions)}
     return json_response(snap)
 
@@ -481,6 +529,9 @@ def make_app(
     clock: Callable[[], float] = time.monotonic,
 ) -> web.Application:
     """Build the application; the caller runs it (``StatusServer`` or aiohttp's test server)."""
+    # responses made before a request reaches the app (malformed HTTP: 400) skip on_response_prepare;
+    # aiohttp names its and Python's versions there through this module constant
+    web_response.SERVER_SOFTWARE = SERVER_NAME  # type: ignore[attr-defined]
     app = web.Application(middlewares=[guard], client_max_size=MAX_BODY)
     app[PROVIDER] = provider
     app[SETTINGS] = settings
@@ -488,6 +539,7 @@ def make_app(
     app[METRICS] = metrics if metrics is not None else GatewayMetrics()
     app[HUB] = StreamHub(provider, settings.stream_interval_s, settings.status_interval_s)
     app[CLOCK] = clock
+    app[HOSTS] = HostPolicy.from_settings(settings)
     app[TEMPLATES] = {n: (TEMPLATE_DIR / f"{n}.html").read_text(encoding="utf-8") for n in ("index", "login")}
     app.on_response_prepare.append(security_headers)
     app.on_shutdown.append(_stop_streams)

@@ -6,15 +6,30 @@ daemon updates metrics through the small methods of ``GatewayMetrics`` - once pe
 per observation - so the hot path pays one lock + one add per batch. Labelled children are cached
 in dicts because ``Counter.labels()`` costs a tuple build and a lock each call.
 
-Names (all prefixed ``gateway_``) are listed in docs/status-api.md.
+Names (all prefixed ``gateway_``) are listed in docs/status-api.md. Counters export ``_total``
+only: the ``_created`` timestamps prometheus_client adds by default are switched off (they double
+the series and no dashboard reads them).
 """
 
 from __future__ import annotations
 
 import asyncio
+import platform
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    Info,
+    disable_created_metrics,
+    generate_latest,
+)
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+from gateway import __version__
+
+disable_created_metrics()  # type: ignore[no-untyped-call]  # process-wide: every registry
 
 __all__ = ["CONTENT_TYPE_LATEST", "GatewayMetrics", "default_metrics", "monitor_loop_lag"]
 
@@ -71,6 +86,18 @@ class GatewayMetrics:
             "gateway_node_latency_seconds", "Latency estimate that time-stamps a node's messages", ["node"], registry=r
         )
         self.node_rate = Gauge("gateway_node_message_rate", "Recent messages/s from a node", ["node"], registry=r)
+        self.build = Info("gateway_build", "Version of the running gateway", registry=r)
+        self.build.info({"version": __version__, "python": platform.python_version()})
+        self.outbox_bytes = Gauge("gateway_outbox_bytes", "Bytes the outbox's live pages use", registry=r)
+        self.outbox_max_bytes = Gauge("gateway_outbox_max_bytes", "Outbox size cap (outbox.max_bytes)", registry=r)
+        self.dead_letters = Counter(
+            "gateway_outbox_dead_letters", "Events the broker will never accept, moved to dead_letter", registry=r
+        )
+        self.publish_failures = Counter(
+            "gateway_uplink_publish_failures", "Failed publishes (retried or dead-lettered), by reason", ["reason"],
+            registry=r,
+        )  # fmt: skip
+        self.commands = Counter("gateway_commands", "Cloud commands answered, by result", ["result"], registry=r)
         self._obs: dict[str, Counter] = {}
         self._drops: dict[str, Counter] = {}
         self._events: dict[str, Counter] = {}
@@ -114,6 +141,19 @@ class GatewayMetrics:
         """Record the creation-to-ack latency of each acknowledged event in one batch."""
         for v in latencies_s:
             self.publish_latency.observe(v)
+
+    def outbox_size(self, used: int, cap: int) -> None:
+        self.outbox_bytes.set(used)
+        self.outbox_max_bytes.set(cap)
+
+    def dead_lettered(self, n: int) -> None:
+        self.dead_letters.inc(n)
+
+    def publish_failed(self, reason: str, n: int = 1) -> None:
+        self.publish_failures.labels(reason).inc(n)
+
+    def command(self, result: str, n: int = 1) -> None:
+        self.commands.labels(result).inc(n)
 
     def reconnected(self) -> None:
         self.reconnects.inc()

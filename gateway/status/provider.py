@@ -1,10 +1,17 @@
 """The contract between the daemon and the status page.
 
-The web app never reaches into the pipeline: it asks a ``StatusProvider`` for plain, JSON-able
-data and calls its async actions. The daemon implements the provider over its live state; tests
-and the demo use ``gateway.demo.status_demo.SimulatedStatusProvider``. Keeping the boundary this narrow
-is what lets the web server stay cheap (it only serialises what it is handed) and lets the page
-be tested in a real browser without a running daemon.
+The web app never reaches into the pipeline: it asks a ``StatusProvider`` for a typed
+``StatusSnapshot`` and the live dots, and calls its async actions. Three providers implement it:
+``gateway.runtime.status_provider.DaemonStatusProvider`` over the running daemon (what ``gateway
+run`` serves), and for the page without radios ``gateway.demo.status_demo.SimulatedStatusProvider``
+(a synthetic crowd) and ``gateway.demo.status_sim.SimPipelineProvider`` (the store simulator
+through the real pipeline). Keeping the boundary this narrow is what lets the web server stay
+cheap (it only serialises what it is handed) and lets the page be tested in a real browser
+without a running daemon.
+
+Every record below is plain data; the JSON the page receives is ``StatusSnapshot.as_dict()``
+(field for field, documented in docs/status-api.md). Time stamps are Unix seconds in *event time*
+(the simulator's clock in the demo); ``*_age_s`` are seconds before ``ts``.
 
 Privacy: everything a provider returns may be shown to a technician and therefore holds
 pseudonyms only - never a raw MAC, device name or IRK. ``add_optout`` receives the identifier the
@@ -14,10 +21,11 @@ technician typed (e.g. a MAC); the provider must not log, store or echo it back 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Protocol, TypedDict, runtime_checkable
 
 from gateway.layout import Layout
 from gateway.models import SourceHealth
+from gateway.sources.base import NodeStatus
 
 
 @dataclass(slots=True, frozen=True)
@@ -45,12 +53,72 @@ class DeviceDot:
         return {"subject": self.subject, "x": self.x, "y": self.y, "sigma_m": self.sigma_m, "zone": self.zone}
 
 
+class UplinkStatus(TypedDict, total=False):
+    state: str  # connected | connecting | backoff | retrying | stopped (or a provider's own words)
+    broker: str | None  # host:port being used
+    last_error: str | None
+    reconnects: int
+    published_events: int
+    last_publish_ts: float | None
+
+
+class OutboxStatus(TypedDict, total=False):
+    backlog: int | None  # events not yet acknowledged by the broker
+    oldest_age_s: float | None  # event-time age of the oldest of them
+    evictions: int
+    bytes: int | None
+
+
+class DiskStatus(TypedDict, total=False):
+    """Empty when the state directory cannot be read."""
+
+    path: str
+    total_bytes: int
+    free_bytes: int
+
+
+class ClockStatus(TypedDict):
+    synchronized: bool | None  # None: not known
+    source: str  # system | simulated | ...
+    offset_s: float | None
+
+
+class EventRow(TypedDict):
+    """A committed event (never a fix), newest first."""
+
+    ts: float
+    type: str
+    subject: str | None
+    zone: str | None
+
+
+class ActivationRow(TypedDict):
+    ts: float
+    campaign_id: str
+    content_id: str
+    actor_id: str
+    subject: str
+    result: str
+
+
+class CampaignRow(TypedDict, total=False):
+    id: str
+    name: str
+    active: bool
+    category: str | None
+    zones: list[str]
+
+
+class ActorRow(TypedDict):
+    id: str
+    name: str
+    kind: str
+    state: str
+
+
 @dataclass(slots=True)
 class StatusSnapshot:
-    """Typed builder for ``StatusProvider.snapshot()``; ``as_dict()`` is what /api/status serves.
-
-    Every field is plain data. Time stamps are Unix seconds; ``*_age_s`` are seconds before ``ts``.
-    """
+    """What ``StatusProvider.snapshot()`` returns; ``as_dict()`` is what /api/status serves."""
 
     ts: float
     version: str
@@ -59,30 +127,21 @@ class StatusSnapshot:
     store_id: str = ""
     ready: bool = True
     sources: list[SourceHealth] = field(default_factory=list)
-    # sensor id -> Unix time last heard (None: never)
+    # sensor id -> event time last heard (None: never)
     sensors_last_heard: dict[str, float | None] = field(default_factory=dict)
-    # node name -> {"sensor": id, "state": "up"|"down", "last_seen": ts, ...}
-    nodes: list[dict[str, Any]] = field(default_factory=list)
-    # {"state": "connected"|"connecting"|"disconnected", "broker": "host:port", "last_error": str|None,
-    #  "reconnects": int, "last_publish_ts": float|None}
-    uplink: dict[str, Any] = field(default_factory=dict)
-    # {"backlog": int, "oldest_age_s": float|None, "evictions": int, "bytes": int}
-    outbox: dict[str, Any] = field(default_factory=dict)
-    # {"path": str, "total_bytes": int, "free_bytes": int}
-    disk: dict[str, Any] = field(default_factory=dict)
-    # {"synchronized": bool|None, "source": str, "offset_s": float|None}
-    clock: dict[str, Any] = field(default_factory=dict)
-    # newest first: {"ts", "type", "subject", "zone"?}
-    recent_events: list[dict[str, Any]] = field(default_factory=list)
-    # newest first: {"ts", "campaign_id", "content_id", "actor_id", "subject", "result"}
-    recent_activations: list[dict[str, Any]] = field(default_factory=list)
-    # {"id", "name", "active": bool, ...}
-    campaigns: list[dict[str, Any]] = field(default_factory=list)
-    # {"id", "name", "kind", "state", ...}
-    actors: list[dict[str, Any]] = field(default_factory=list)
+    nodes: list[NodeStatus] = field(default_factory=list)  # sensor nodes, when a source has them
+    uplink: UplinkStatus = field(default_factory=lambda: UplinkStatus())
+    outbox: OutboxStatus = field(default_factory=lambda: OutboxStatus())
+    disk: DiskStatus = field(default_factory=lambda: DiskStatus())
+    clock: ClockStatus = field(default_factory=lambda: ClockStatus(synchronized=None, source="system", offset_s=None))
+    recent_events: list[EventRow] = field(default_factory=list)
+    recent_activations: list[ActivationRow] = field(default_factory=list)
+    campaigns: list[CampaignRow] = field(default_factory=list)
+    actors: list[ActorRow] = field(default_factory=list)
     # zone id -> number of subjects currently inside
     zone_occupancy: dict[str, int] = field(default_factory=dict)
     optouts: int = 0
+    # counters a provider adds for the technician (pipeline totals, loop lag ...), shown as they are
     extra: dict[str, Any] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
@@ -106,8 +165,9 @@ def source_health_dict(h: SourceHealth) -> dict[str, Any]:
 
 @runtime_checkable
 class StatusProvider(Protocol):
-    """What the daemon hands the status server. Sync getters must be cheap and non-blocking
-    (they run on the event loop, several times a second); actions may take time."""
+    """What the status server is handed. Sync getters must be cheap and non-blocking (they run on
+    the event loop, several times a second); actions may take time. An action a provider cannot
+    do answers ``ActionResult(False, why)`` (the page shows it, the API answers 409)."""
 
     def ready(self) -> bool:
         """True once the pipeline is up (sources started, outbox open): /healthz answers 200."""
@@ -117,24 +177,37 @@ class StatusProvider(Protocol):
         """The store layout the pipeline uses (map geometry, sensors, zones)."""
         ...
 
-    def snapshot(self) -> dict[str, Any]:
-        """Health and activity, JSON-able; build it with ``StatusSnapshot(...).as_dict()``."""
+    def snapshot(self) -> StatusSnapshot:
+        """Health and activity (the /api/status panel)."""
         ...
 
     def devices(self) -> list[dict[str, Any]]:
         """Current dots: ``DeviceDot(...).as_dict()`` items (subject, x, y, sigma_m, zone)."""
         ...
 
-    def crlb_grid(self) -> dict[str, Any] | None:
-        """Coverage overlay or None: ``{"x0", "y0", "step_m", "nx", "ny", "rmse_m": [[...] * nx] * ny}``
-        (row j is y = y0 + j*step, column i is x = x0 + i*step; null cells are uncovered)."""
+    def devices_version(self) -> int | None:
+        """A number that changes whenever ``devices()`` would return something new, so the live
+        stream neither rebuilds nor resends an unchanged map; None: not tracked (rebuild every
+        interval)."""
         ...
 
-    async def restart_scanner(self) -> ActionResult: ...
+    def crlb_grid(self) -> dict[str, Any] | None:
+        """Coverage overlay or None: ``{"x0", "y0", "step_m", "nx", "ny", "rmse_m": [[...] * nx] * ny}``
+        (row j is y = y0 + j*step, column i is x = x0 + i*step; null cells are uncovered);
+        ``gateway.status.coverage.coverage_grid`` builds it."""
+        ...
 
-    async def reload_config(self) -> ActionResult: ...
+    async def restart_scanner(self) -> ActionResult:
+        """Restart the live sources that allow it (radios, node subscription)."""
+        ...
 
-    async def send_test_event(self) -> ActionResult: ...
+    async def reload_config(self) -> ActionResult:
+        """Re-read and validate the configuration, apply what can change live, say what needs a restart."""
+        ...
+
+    async def send_test_event(self) -> ActionResult:
+        """Queue a heartbeat event through the outbox and uplink."""
+        ...
 
     async def add_optout(self, identifier: str) -> ActionResult:
         """Opt a device out (identifier as typed: MAC / beacon id). Never log it."""

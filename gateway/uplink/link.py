@@ -1,5 +1,9 @@
 """MQTT uplink: drains the durable outbox to the central broker, in seq order, at QoS 1.
 
+This module is the connection loop; its decisions live in two pure parts: ``batcher.py`` (which
+events share a message, as what bytes) and ``poison.py`` (a message the broker drops the link for,
+told apart from a broker that is unwell). ``AckWriter`` deletes acknowledged rows in chunks.
+
 Contract (docs/mqtt.md has the full version):
 
 * Topics: ``<prefix>/<store_id>/<gateway_id>/events`` (up), ``.../status`` (up, retained:
@@ -23,10 +27,11 @@ import random
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from gateway import __version__
+from gateway.backoff import Backoff
 from gateway.config import GatewayIdentity, MqttSettings
 from gateway.log import get_logger
 from gateway.models import GatewayStatus
@@ -40,18 +45,16 @@ from gateway.mqtt.client import (
     Will,
     reason_name,
 )
+from gateway.uplink.batcher import Batcher, batch_payload, max_payload
 from gateway.uplink.outbox import Outbox, StoredEvent
+from gateway.uplink.poison import PACKET_TOO_LARGE, POISON_LOSSES, PoisonDetector, refusal
+
+__all__ = ["POISON_LOSSES", "AckWriter", "Uplink", "UplinkTopics", "batch_payload"]
 
 log = get_logger(__name__)
 
 CommandHandler = Callable[[str, bytes], Awaitable[None]]
 
-# PUBACK codes that mean "this payload will never be accepted": dead-letter instead of retrying.
-DEAD_LETTER_CODES = frozenset({0x99})
-PACKET_TOO_LARGE = 0x95
-# Link losses in a row with the same message at the head of the window before it is suspected;
-# it is set aside only if the broker then accepts a control message on the same link (_check_poison).
-POISON_LOSSES = 5
 _READAHEAD = 1000
 _ACK_CHUNK = 2048
 _STABLE_SESSION_S = 30.0
@@ -70,15 +73,58 @@ class UplinkTopics:
         return cls(f"{base}/events", f"{base}/status", f"{base}/commands", f"{base}/replies")
 
 
-def batch_payload(gateway_id_json: bytes, rows: list[StoredEvent]) -> bytes:
-    """``UplinkBatch`` JSON from stored ``UplinkEvent`` bytes (byte-identical to pydantic's dump)."""
-    return b'{"v":1,"gateway_id":%s,"batch":[%s]}' % (gateway_id_json, b",".join(r.payload for r in rows))
+@dataclass(slots=True)
+class LinkStats:
+    """What ``Uplink.status()`` reports about the link (the outbox adds its own counts)."""
+
+    state: str = "stopped"  # stopped | connecting | connected | backoff | retrying
+    broker: str | None = None
+    connected_since: float | None = None
+    last_error: str | None = None
+    last_error_ts: float | None = None
+    last_reason_code: int | None = None
+    inflight: int = 0
+    published_messages: int = 0
+    published_events: int = 0
+    reconnects: int = 0
+    connect_failures: int = 0
+    publish_failures: dict[str, int] = field(default_factory=dict)
+    dead_lettered: int = 0
 
 
-def backoff_delay(attempt: int, lo: float, hi: float, rng: random.Random) -> float:
-    """Full-jitter exponential backoff: uniform in [lo, min(hi, lo * 2**attempt)]."""
-    cap = min(hi, lo * (2 ** min(attempt, 30)))
-    return rng.uniform(lo, max(lo, cap))
+class AckWriter:
+    """Acknowledged seqs are deleted from the outbox in the background, in chunks: the publish
+    window never waits on SQLite, and a crash before the delete only re-sends (duplicates, never loss)."""
+
+    def __init__(self, outbox: Outbox) -> None:
+        self.outbox = outbox
+        self.pending: list[int] = []
+        self._task: asyncio.Task[None] | None = None
+
+    def add(self, seqs: list[int]) -> None:
+        self.pending.extend(seqs)
+        if len(self.pending) >= _ACK_CHUNK:
+            self.kick()
+
+    def kick(self) -> None:
+        """Start deleting what is pending (unless a delete is already running)."""
+        if self.pending and (self._task is None or self._task.done()):
+            if self._task is not None and not self._task.cancelled() and self._task.exception():
+                log.error("uplink.ack_failed", reason=str(self._task.exception()))
+            self._task = asyncio.create_task(self._worker(), name="uplink-acks")
+
+    async def _worker(self) -> None:
+        while self.pending:
+            seqs, self.pending = self.pending, []
+            await self.outbox.ack(seqs)
+
+    async def flush(self) -> None:
+        """Until every acknowledged seq so far is deleted."""
+        if self._task is not None and not self._task.done():
+            await self._task
+        if self.pending:
+            self._task = asyncio.create_task(self._worker(), name="uplink-acks")
+            await self._task
 
 
 def _consume(fut: asyncio.Future[int]) -> None:
@@ -103,41 +149,24 @@ class Uplink:
         self.outbox = outbox
         self.on_command = on_command
         self.topics = UplinkTopics.for_gateway(settings.topic_prefix, identity.store_id, identity.id)
-        self._gw_json = json.dumps(identity.id).encode()
+        self.batcher = Batcher(json.dumps(identity.id).encode(), settings.batch_threshold, settings.batch_max)
+        self.poison = PoisonDetector()
+        self.acks = AckWriter(outbox)
         self._rng = rng or random.Random()
+        # full jitter: a fleet that lost its broker at once does not come back in step
+        self._backoff = Backoff(settings.reconnect_min_s, settings.reconnect_max_s, "full", self._rng)
         self._client: AsyncMqttClient | None = None
-        self._state = "stopped"
-        self._last_error: str | None = None
-        self._last_error_ts: float | None = None
-        self._last_reason_code: int | None = None
-        self._broker: str | None = None
-        self._connected_since: float | None = None
+        self.stats = LinkStats()
         self._ever_connected = False
-        self.published_messages = 0
-        self.published_events = 0
-        self.reconnects = 0
-        self.connect_failures = 0
-        self.publish_failures: dict[str, int] = {}
-        self.dead_lettered = 0
-        self._inflight = 0
-        self._ack_pending: list[int] = []
-        self._ack_task: asyncio.Task[None] | None = None
-        self._no_batch_until = 0
         self._stop = asyncio.Event()
         self._drain_requested = False
         self._drained = asyncio.Event()
         self._wake = asyncio.Event()
         self._running = False
         self._finished = asyncio.Event()
+        # (first seq, events) of the oldest message in flight when the link dropped (poison check)
         self._loss_head: tuple[int, int] | None = None
-        self._prev_loss_head: tuple[int, int] | None = None
-        self._same_head_losses = 0
-        self._probing = False
-        # Poison check: the suspected seq, the control message's outcome on the current link
-        # (None: not sent, False: in flight, True: acknowledged) and the last acknowledged event
-        # (re-sent as the control: a duplicate the platform already dedupes, so order is kept).
-        self._suspect: int | None = None
-        self._control: bool | None = None
+        # re-sent as the poison check's control message: a duplicate the platform dedupes
         self._last_acked: StoredEvent | None = None
         # called with the rows of each acknowledged message (metrics: event-to-ack latency)
         self.on_published: Callable[[list[StoredEvent]], None] | None = None
@@ -183,9 +212,9 @@ class Uplink:
         )
 
     def _record_error(self, text: str, code: int | None = None) -> None:
-        self._last_error = text
-        self._last_error_ts = time.time()
-        self._last_reason_code = code
+        self.stats.last_error = text
+        self.stats.last_error_ts = time.time()
+        self.stats.last_reason_code = code
 
     async def _sleep_or_stop(self, delay: float) -> None:
         with contextlib.suppress(TimeoutError):
@@ -204,13 +233,13 @@ class Uplink:
         try:
             while not self._stop.is_set():
                 host, port = endpoints[index % len(endpoints)]
-                self._broker = f"{host}:{port}"
-                self._state = "connecting"
+                self.stats.broker = f"{host}:{port}"
+                self.stats.state = "connecting"
                 client = self._make_client(host, port)
                 try:
                     res = await client.connect()
                 except MqttError as e:
-                    self.connect_failures += 1
+                    self.stats.connect_failures += 1
                     self._record_error(f"connect to {host}:{port} failed: {e}", e.reason_code)
                     log.error(
                         "uplink.connect_failed",
@@ -221,18 +250,16 @@ class Uplink:
                     )
                     attempt += 1
                     index += 1
-                    self._state = "backoff"
-                    await self._sleep_or_stop(
-                        backoff_delay(attempt, self.settings.reconnect_min_s, self.settings.reconnect_max_s, self._rng)
-                    )
+                    self.stats.state = "backoff"
+                    await self._sleep_or_stop(self._backoff.delay(attempt))
                     continue
                 if self._ever_connected:
-                    self.reconnects += 1
+                    self.stats.reconnects += 1
                 self._ever_connected = True
                 self._client = client
-                self._state = "connected"
+                self.stats.state = "connected"
                 started = time.monotonic()
-                self._connected_since = time.time()
+                self.stats.connected_since = time.time()
                 log.info(
                     "uplink.connected",
                     broker=f"{host}:{port}",
@@ -250,8 +277,8 @@ class Uplink:
                     await self._check_poison()
                 finally:
                     self._client = None
-                    self._connected_since = None
-                    self._inflight = 0
+                    self.stats.connected_since = None
+                    self.stats.inflight = 0
                     await self._close_session(client, graceful)
                 if graceful:
                     break
@@ -261,102 +288,70 @@ class Uplink:
                 # during leader election, a dead host behind a load balancer) retrying it first
                 # costs a whole connect timeout. Sessions are cluster-wide (docs/fleet.md).
                 index += 1
-                self._state = "backoff"
-                await self._sleep_or_stop(
-                    backoff_delay(attempt, self.settings.reconnect_min_s, self.settings.reconnect_max_s, self._rng)
-                )
+                self.stats.state = "backoff"
+                await self._sleep_or_stop(self._backoff.delay(attempt))
         finally:
-            self._state = "stopped"
+            self.stats.state = "stopped"
             self._running = False
             self._drained.set()
             self._finished.set()
 
     async def _check_poison(self) -> None:
-        """A message the broker answers by dropping the link (no PUBACK at all) must not block the queue.
-
-        After a link loss the next connection sends only the oldest message (a probe). When the
-        link drops ``POISON_LOSSES`` times in a row with that same probe alone in flight, a batch
-        is re-sent one event per message. A single event is only *suspected*: a broker that is
-        itself unwell (a cluster node re-electing its stream leaders drops every publisher for
-        a while) looks the same. The next link first sends a control message (the last
-        acknowledged event again, a duplicate the platform dedupes) and then the suspect alone.
-        Only when the broker acknowledges the control and then drops the link on the suspect is
-        the suspect dead-lettered (kept in the ``dead_letter`` table, counted, reported), never
-        deleted as sent. A link lost with the control in flight clears the suspicion.
-        """
-        head = self._loss_head
-        control, self._control = self._control, None
-        probing, self._probing = self._probing, head is not None or control is False
-        if control is False:
-            log.warning("uplink.poison_cleared", seq=self._suspect, reason="link dropped on a control message too")
-            self._forget_suspicion()
-            return
-        if head is None or not probing:
-            # Lost with a full window: the culprit is not known yet; the next link probes.
-            self._forget_suspicion()
-            return
-        seq, count = head
-        if control and seq == self._suspect:
+        """The link dropped: ask the poison detector what that means and do it (see ``poison.py``)."""
+        v = self.poison.link_lost(self._loss_head)
+        if v.decision == "cleared":
+            log.warning("uplink.poison_cleared", seq=v.seq, reason="link dropped on a control message too")
+        elif v.decision == "dead_letter":
+            assert v.seq is not None
             text = (
-                f"link dropped {POISON_LOSSES + 1} times while seq {seq} was in flight, the last right after the"
+                f"link dropped {v.losses} times while seq {v.seq} was in flight, the last right after the"
                 " broker acknowledged a control message (refused by the broker?)"
             )
-            self._forget_suspicion()
             self._record_error(text)
-            self.dead_lettered += await self.outbox.dead_letter([seq], text, None)
-            return
-        if head != self._prev_loss_head:
-            self._same_head_losses = 1
-            self._prev_loss_head = head
-            self._suspect = None
-            return
-        self._same_head_losses += 1
-        if self._same_head_losses < POISON_LOSSES:
-            return
-        self._forget_suspicion()
-        if count > 1:
-            self._no_batch_until = max(self._no_batch_until, seq + count - 1)
-            log.warning("uplink.batch_unbatched", seq_first=seq, events=count, reason="link dropped while in flight")
-            return
-        self._suspect = seq
-        log.warning("uplink.poison_suspected", seq=seq, losses=POISON_LOSSES, next="control message, then the suspect")
-
-    def _forget_suspicion(self) -> None:
-        """Start counting link losses on the same probe from zero."""
-        self._suspect = None
-        self._same_head_losses = 0
-        self._prev_loss_head = None
+            self.stats.dead_lettered += await self.outbox.dead_letter([v.seq], text, None)
+        elif v.decision == "unbatch":
+            assert v.seq is not None
+            assert v.until is not None
+            self.batcher.unbatch_until(v.until)
+            log.warning(
+                "uplink.batch_unbatched",
+                seq_first=v.seq,
+                events=v.until - v.seq + 1,
+                reason="link dropped while in flight",
+            )
+        elif v.decision == "suspect":
+            log.warning("uplink.poison_suspected", seq=v.seq, losses=v.losses, next="control message, then the suspect")
 
     async def _send_control(self, client: AsyncMqttClient) -> None:
-        """Send the control message of the poison check (see ``_check_poison``) alone and await it.
+        """Send the control message of the poison check (see ``poison.py``) alone and await it.
 
         The control is the last acknowledged event again. With none since start, it is the next
         pending event after the suspect (acknowledged and deleted as usual); if the suspect then
         goes through after all, that one event arrived before it.
         """
-        suspect = self._suspect
+        suspect = self.poison.suspect
         assert suspect is not None
         dup = self._last_acked
         rows = [dup] if dup is not None else await self.outbox.pending(1, after_seq=suspect)
         if not rows:
             return  # nothing to compare with yet: keep probing the suspect (nothing is lost)
-        self._control = False
-        self._inflight = 1
+        self.poison.control_sent()
+        self.stats.inflight = 1
         try:
             await client.publish(self.topics.events, rows[0].payload, qos=1)
         except MqttPublishError as e:  # refused with a code: no evidence either way
-            self._control = None
+            self.poison.control_refused()
             self._count_failure(e.reason_code)
             return
-        self._control = True
+        self.poison.control_acknowledged()
         if dup is None:
             self._acknowledged(rows)
-            await self._flush_acks()
+            await self.acks.flush()
 
     async def _close_session(self, client: AsyncMqttClient, graceful: bool) -> None:
         """Flush acks; say goodbye (retained offline + DISCONNECT) if the link is still up."""
         try:
-            await asyncio.wait_for(asyncio.shield(self._flush_acks()), 5.0)
+            await asyncio.wait_for(asyncio.shield(self.acks.flush()), 5.0)
         except (TimeoutError, asyncio.CancelledError):
             pass
         except Exception as e:  # an ack write failed: rows stay and are re-sent (duplicates, not loss)
@@ -369,7 +364,7 @@ class Uplink:
         with contextlib.suppress(asyncio.CancelledError):
             await client.disconnect()
         if graceful:
-            log.info("uplink.stopped", backlog=self.outbox.backlog, published=self.published_events)
+            log.info("uplink.stopped", backlog=self.outbox.backlog, published=self.stats.published_events)
 
     async def _session(self, client: AsyncMqttClient, res: ConnectResult) -> None:
         try:
@@ -402,39 +397,16 @@ class Uplink:
 
     def _acknowledged(self, rows: list[StoredEvent]) -> None:
         """A message got its PUBACK: its rows are deleted (in chunks), counted and kept as the control."""
-        self._ack_pending.extend(r.seq for r in rows)
+        self.acks.pending.extend(r.seq for r in rows)
         self._last_acked = rows[-1]
-        self.published_messages += 1
-        self.published_events += len(rows)
+        self.stats.published_messages += 1
+        self.stats.published_events += len(rows)
         if self.on_published is not None:
             self.on_published(rows)
 
     def _count_failure(self, code: int | None) -> None:
         key = reason_name(code) if code is not None else "unknown"
-        self.publish_failures[key] = self.publish_failures.get(key, 0) + 1
-
-    def _max_payload(self, res: ConnectResult) -> int:
-        limit = self.settings.batch_max_bytes
-        if res.maximum_packet_size:
-            limit = min(limit, res.maximum_packet_size - len(self.topics.events) - 64)
-        return max(1024, limit)
-
-    def _next_message(self, buffer: deque[StoredEvent], max_payload: int) -> tuple[list[StoredEvent], bytes]:
-        first = buffer.popleft()
-        s = self.settings
-        if self.outbox.backlog <= s.batch_threshold or not buffer or first.seq <= self._no_batch_until:
-            return [first], first.payload
-        rows = [first]
-        size = 64 + len(first.payload)
-        while buffer and len(rows) < s.batch_max:
-            nxt = buffer[0]
-            if size + len(nxt.payload) + 1 > max_payload or nxt.seq <= self._no_batch_until:
-                break
-            rows.append(buffer.popleft())
-            size += len(nxt.payload) + 1
-        if len(rows) == 1:
-            return rows, first.payload
-        return rows, batch_payload(self._gw_json, rows)
+        self.stats.publish_failures[key] = self.stats.publish_failures.get(key, 0) + 1
 
     async def _drain_loop(self, client: AsyncMqttClient, res: ConnectResult) -> None:
         """Publish pending rows in seq order with a bounded window; ack on PUBACK success."""
@@ -450,7 +422,7 @@ class Uplink:
                         f.exception()
                 else:
                     f.add_done_callback(_consume)
-            self._inflight = 0
+            self.stats.inflight = 0
 
     async def _drain(
         self,
@@ -459,20 +431,20 @@ class Uplink:
         inflight: deque[tuple[list[StoredEvent], asyncio.Future[int]]],
     ) -> None:
         window = max(1, min(self.settings.inflight, res.receive_maximum))
-        max_payload = self._max_payload(res)
+        limit = max_payload(self.settings.batch_max_bytes, res.maximum_packet_size, self.topics.events)
         hard_limit = res.maximum_packet_size
         topic = self.topics.events
         cursor = 0
         buffer: deque[StoredEvent] = deque()
         failures_in_row = 0
-        if self._suspect is not None and self._probing:
+        if self.poison.needs_control():
             await self._send_control(client)
         while True:
             stopping = self._stop.is_set()
             # 1. Fill the window.
             # After a link loss, probe with the oldest message alone until it is acknowledged, so a
-            # message the broker drops the link for is identified exactly (see _check_poison).
-            while not stopping and len(inflight) < (1 if self._probing else window):
+            # message the broker drops the link for is identified exactly (see poison.py).
+            while not stopping and len(inflight) < self.poison.window(window):
                 if not buffer:
                     self.outbox.data_event.clear()
                     rows = await self.outbox.pending(_READAHEAD, after_seq=cursor)
@@ -480,18 +452,18 @@ class Uplink:
                         break
                     buffer.extend(rows)
                     cursor = rows[-1].seq
-                msg_rows, payload = self._next_message(buffer, max_payload)
+                msg_rows, payload = self.batcher.next_message(buffer, self.outbox.backlog, limit)
                 if hard_limit is not None and len(payload) + len(topic) + 16 > hard_limit and len(msg_rows) == 1:
                     # The broker announced it would drop the link for this packet: never send it.
                     text = f"event of {len(payload)} bytes exceeds the broker's Maximum Packet Size {hard_limit}"
                     self._record_error(text, PACKET_TOO_LARGE)
-                    self.dead_lettered += await self.outbox.dead_letter([msg_rows[0].seq], text, PACKET_TOO_LARGE)
+                    self.stats.dead_lettered += await self.outbox.dead_letter([msg_rows[0].seq], text, PACKET_TOO_LARGE)
                     continue
                 inflight.append((msg_rows, client.publish_nowait(topic, payload, qos=1)))
-            self._inflight = len(inflight)
+            self.stats.inflight = len(inflight)
             # 2. Nothing in flight: idle until new data, a stop, or the link dropping.
             if not inflight:
-                await self._flush_acks()
+                await self.acks.flush()
                 if stopping or (self._drain_requested and self.outbox.backlog == 0):
                     self._drained.set()
                     return
@@ -500,18 +472,16 @@ class Uplink:
             # 3. Settle the oldest publish (PUBACKs arrive in order for QoS 1).
             msg_rows, fut = inflight[0]
             if not fut.done():
-                self._kick_acks()
+                self.acks.kick()
                 await asyncio.wait([fut])
             inflight.popleft()
             exc = fut.exception()
             if exc is None:
                 failures_in_row = 0
-                if self._probing:
-                    self._probing = False
-                    self._suspect = None
+                self.poison.acknowledged()
                 self._acknowledged(msg_rows)
-                if len(self._ack_pending) >= _ACK_CHUNK:
-                    self._kick_acks()
+                if len(self.acks.pending) >= _ACK_CHUNK:
+                    self.acks.kick()
                 continue
             if not isinstance(exc, MqttPublishError):
                 # Link dropped: everything in flight failed the same way; rows stay for the next link.
@@ -537,13 +507,14 @@ class Uplink:
                 first_seq, last_seq = rows_f[0].seq, rows_f[-1].seq
                 text = f"PUBACK {reason_name(code)} (0x{code:02X}) on {topic} for seq {first_seq}..{last_seq}"
                 self._record_error(text, code)
-                if code == PACKET_TOO_LARGE and len(rows_f) > 1:
-                    self._no_batch_until = max(self._no_batch_until, last_seq)
+                what = refusal(code, len(rows_f))
+                if what == "unbatch":
+                    self.batcher.unbatch_until(last_seq)
                     log.warning("uplink.batch_too_large", seq_first=first_seq, seq_last=last_seq, events=len(rows_f))
                     retry_from = first_seq if retry_from is None else min(retry_from, first_seq)
-                elif code in DEAD_LETTER_CODES or code == PACKET_TOO_LARGE:
+                elif what == "dead_letter":
                     n = await self.outbox.dead_letter([r.seq for r in rows_f], text, code)
-                    self.dead_lettered += n
+                    self.stats.dead_lettered += n
                 else:
                     if retry_from is None:  # one line per round, not one per message
                         log.error(
@@ -555,16 +526,12 @@ class Uplink:
                             attempt=failures_in_row + 1,
                         )
                     retry_from = first_seq if retry_from is None else min(retry_from, first_seq)
-            await self._flush_acks()
+            await self.acks.flush()
             if retry_from is not None:
                 failures_in_row += 1
-                self._state = "retrying"
-                await self._sleep_or_stop(
-                    backoff_delay(
-                        failures_in_row, self.settings.reconnect_min_s, self.settings.reconnect_max_s, self._rng
-                    )
-                )
-                self._state = "connected"
+                self.stats.state = "retrying"
+                await self._sleep_or_stop(self._backoff.delay(failures_in_row))
+                self.stats.state = "connected"
                 buffer.clear()
                 cursor = retry_from - 1
 
@@ -582,24 +549,6 @@ class Uplink:
         if client.closed.done():
             err = client.closed.result()
             raise err or MqttDisconnectedError("disconnected")
-
-    def _kick_acks(self) -> None:
-        if self._ack_pending and (self._ack_task is None or self._ack_task.done()):
-            if self._ack_task is not None and not self._ack_task.cancelled() and self._ack_task.exception():
-                log.error("uplink.ack_failed", reason=str(self._ack_task.exception()))
-            self._ack_task = asyncio.create_task(self._ack_worker(), name="uplink-acks")
-
-    async def _ack_worker(self) -> None:
-        while self._ack_pending:
-            seqs, self._ack_pending = self._ack_pending, []
-            await self.outbox.ack(seqs)
-
-    async def _flush_acks(self) -> None:
-        if self._ack_task is not None and not self._ack_task.done():
-            await self._ack_task
-        if self._ack_pending:
-            self._ack_task = asyncio.create_task(self._ack_worker(), name="uplink-acks")
-            await self._ack_task
 
     # -- shutdown, replies, status --------------------------------------------------------
 
@@ -633,27 +582,31 @@ class Uplink:
 
     @property
     def link_state(self) -> str:
-        return self._state
+        return self.stats.state
+
+    @property
+    def published_messages(self) -> int:
+        return self.stats.published_messages
 
     def status(self) -> dict[str, Any]:
         st = self.outbox.stats()
         now = time.time()
         return {
-            "link": self._state,
-            "broker": self._broker,
-            "connected_since": self._connected_since,
-            "last_error": self._last_error,
-            "last_error_ts": self._last_error_ts,
-            "last_reason_code": self._last_reason_code,
+            "link": self.stats.state,
+            "broker": self.stats.broker,
+            "connected_since": self.stats.connected_since,
+            "last_error": self.stats.last_error,
+            "last_error_ts": self.stats.last_error_ts,
+            "last_reason_code": self.stats.last_reason_code,
             "backlog": st.backlog,
             "oldest_unsent_age_s": None if st.oldest_ts is None else max(0.0, now - st.oldest_ts),
             "last_seq": st.last_seq,
-            "inflight": self._inflight,
-            "published_messages": self.published_messages,
-            "published_events": self.published_events,
-            "reconnects": self.reconnects,
-            "connect_failures": self.connect_failures,
-            "publish_failures": dict(self.publish_failures),
+            "inflight": self.stats.inflight,
+            "published_messages": self.stats.published_messages,
+            "published_events": self.stats.published_events,
+            "reconnects": self.stats.reconnects,
+            "connect_failures": self.stats.connect_failures,
+            "publish_failures": dict(self.stats.publish_failures),
             "dead_lettered": st.dead_letters,
             "evictions": dict(st.evicted),
             "evictions_by_priority": dict(st.evicted_by_priority),

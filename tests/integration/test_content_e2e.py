@@ -14,10 +14,10 @@ from typing import Any
 
 import pytest
 
-from gateway.content.commands import make_command
 from gateway.demo.cloud_standin import CloudStandIn
 from gateway.mqtt.client import AsyncMqttClient
 from tests.conftest import gateway_cmd, gateway_env, make_mosquitto
+from tests.signing import Platform
 
 pytestmark = pytest.mark.integration
 
@@ -50,6 +50,8 @@ async def test_commands_activations_and_offline_reports(tmp_path: Path) -> None:
     mosquitto = make_mosquitto(tmp_path, persist_to=tmp_path / "broker-db")
     mosquitto.start()
     uplink_port = mosquitto.port
+    platform = Platform("gw-test")  # signs every command; the gateway holds the public key
+    platform.write_public_key(tmp_path / "command.pub")
     cfg = tmp_path / "gw.toml"
     cfg.write_text(
         f"""
@@ -72,6 +74,8 @@ speed = 30
 shoppers_per_hour = 900
 [status]
 enabled = false
+[content]
+command_public_key_file = "{tmp_path / "command.pub"}"
 [log]
 format = "json"
 """
@@ -99,13 +103,13 @@ format = "json"
     try:
         # the gateway subscribes to its command topic once connected: retry ping until answered
         for i in range(100):
-            await cloud.publish(CMD_TOPIC, make_command("ping", {}, id=f"ping-{i}"))
+            await cloud.publish(CMD_TOPIC, platform.cmd("ping", {}, id=f"ping-{i}"))
             if await wait_for(lambda: any(r["id"] and r["id"].startswith("ping") for _, r in replies), 0.3):
                 break
         assert any(r["ok"] for _, r in replies), replies
         await cloud.publish(
             CMD_TOPIC,
-            make_command(
+            platform.cmd(
                 "actors.put",
                 {"actor": {"id": "screen-1", "categories": ["promo"], "scopes": ["zone"]}},
                 id="a1",
@@ -120,12 +124,12 @@ format = "json"
             "segment": {"trigger": "visit.started"},
             "caps": {},
         }
-        await cloud.publish(CMD_TOPIC, make_command("campaigns.put", {"campaign": campaign}, id="c1", revision=1))
+        await cloud.publish(CMD_TOPIC, platform.cmd("campaigns.put", {"campaign": campaign}, id="c1", revision=1))
         await cloud.publish(
-            CMD_TOPIC, make_command("campaigns.put", {"campaign": {**campaign, "priority": "x"}}, id="bad", revision=2)
+            CMD_TOPIC, platform.cmd("campaigns.put", {"campaign": {**campaign, "priority": "x"}}, id="bad", revision=2)
         )
         await cloud.publish(
-            CMD_TOPIC, make_command("campaigns.delete", {"campaign_id": "welcome"}, id="old", revision=1)
+            CMD_TOPIC, platform.cmd("campaigns.delete", {"campaign_id": "welcome"}, id="old", revision=1)
         )
         await cloud.publish(CMD_TOPIC, b"\xff not json")
         assert await wait_for(lambda: {"a1", "c1", "bad", "old", None} <= {r["id"] for _, r in replies}, 10), replies

@@ -202,7 +202,7 @@ async def test_a_start_up_that_fails_half_way_exits_instead_of_hanging(tmp_path:
     connection is closed (their threads would keep the process alive) and the error is named."""
     bad = tmp_path / "presence-is-a-directory"
     bad.mkdir()
-    cfg = write_config(tmp_path, mosquitto, f'[privacy]\npresence_db = "{bad}"\n')
+    cfg = write_config(tmp_path, mosquitto, f'[privacy]\npresence_db = "{bad}"\n[simulator]\nenabled = true\n')
     proc = await asyncio.create_subprocess_exec(
         *gateway_cmd("run", "--config", str(cfg)),
         env=gateway_env(),

@@ -18,7 +18,7 @@ from gateway.config import load_settings
 from gateway.localization.localizer import MlLocalizer
 from gateway.runtime.daemon import Daemon, embedded_layout
 from gateway.runtime.status_provider import DaemonMetricsSampler, DaemonStatusProvider
-from gateway.sim.nodes import EspresenseEmitter
+from gateway.sim.espresense import EspresenseEmitter
 from gateway.sources.nodes import NodesSource
 from gateway.status.metrics import GatewayMetrics
 from tests.conftest import Mosquitto, gateway_cmd, gateway_env, make_mosquitto
@@ -59,7 +59,7 @@ async def test_daemon_reads_nodes_reports_health_and_unexpects_a_silent_node(tmp
     daemon = Daemon(settings, layout)
     src = next(s for s in daemon.sources if isinstance(s, NodesSource))
     em = EspresenseEmitter(layout, settings.simulator, broker.host, broker.port)
-    src.event_clock = em.clock
+    src.use_clock(em.clock)
     provider = DaemonStatusProvider(daemon)
     metrics = GatewayMetrics()
     sampler = DaemonMetricsSampler(daemon, metrics)
@@ -70,12 +70,12 @@ async def test_daemon_reads_nodes_reports_health_and_unexpects_a_silent_node(tmp
         assert daemon.pipeline.stats.observations > 0
 
         def states() -> dict[str, str]:
-            return {n["name"]: n["state"] for n in provider.snapshot()["nodes"]}
+            return {n["name"]: n["state"] for n in provider.snapshot().nodes}
 
         await until(lambda: set(states().values()) == {"up"})
         snap = provider.snapshot()
-        assert len(snap["nodes"]) == len(layout.sensors)
-        assert set(snap["sensors_last_heard"]) == {s.id for s in layout.sensors}
+        assert len(snap.nodes) == len(layout.sensors)
+        assert set(snap.sensors_last_heard) == {s.id for s in layout.sensors}
         sampler.sample()
         text = metrics.render().decode()
         assert 'gateway_node_up{node="n22"} 1.0' in text
@@ -91,6 +91,15 @@ async def test_daemon_reads_nodes_reports_health_and_unexpects_a_silent_node(tmp
         assert {k for k, v in states().items() if v != "up"} == {"n22"}
         sampler.sample()
         assert 'gateway_node_up{node="n22"} 0.0' in metrics.render().decode()
+        # "Restart scanner": the supervisor restarts the node subscription (a new connection), and
+        # the node path keeps producing
+        assert src.health.detail["connects"] == 1
+        r = await provider.restart_scanner()
+        assert r.ok and r.message == "1 source(s) restarted: nodes"
+        await until(lambda: daemon.supervisor.states["source:nodes"].restarts == 1)
+        await until(lambda: src.health.detail["connects"] == 2 and src.health.state == "running")
+        seen = daemon.pipeline.stats.observations
+        await until(lambda: daemon.pipeline.stats.observations > seen)
     finally:
         daemon.supervisor.request_stop("test over", 0)
         emit.cancel()
@@ -102,7 +111,8 @@ async def test_daemon_reads_nodes_reports_health_and_unexpects_a_silent_node(tmp
 
 def test_demo_runs_the_node_path(tmp_path: Path) -> None:
     out = subprocess.run(
-        gateway_cmd("demo", "--nodes", "--duration", "90", "--speed", "30", "--quiet", "--status-port", "0"),
+        # not --quiet: the run's statistics are in the "gateway stopped" log line (info)
+        gateway_cmd("demo", "--nodes", "--duration", "90", "--speed", "30", "--status-port", "0"),
         env=gateway_env(),
         capture_output=True,
         text=True,

@@ -25,7 +25,7 @@ from gateway.models import Fix, Observation, SubjectKind
 from gateway.mqtt.client import AsyncMqttClient
 from gateway.pipeline import Pipeline
 from gateway.runtime.daemon import embedded_layout
-from gateway.sim.nodes import EspresenseEmitter, espresense_id, sim_irk
+from gateway.sim.espresense import EspresenseEmitter, espresense_id, sim_irk
 from gateway.sim.store import StoreSimulator
 from gateway.sources.nodes import NodesSource
 from tests.conftest import Mosquitto, make_mosquitto
@@ -154,7 +154,7 @@ async def test_validation_and_liveness_over_mqtt(broker: Mosquitto) -> None:
     ns = NodesSettings(enabled=True, mapping={"front": "n11", "back": "n12"}, min_quiet_s=0.5, quiet_gap_factor=2)
     src = NodesSource(ns, layout, host=broker.host, port=broker.port, check_interval_s=0.1)
     changes: list[tuple[str, bool]] = []
-    src.on_sensor_state = lambda s, a: changes.append((s, a))
+    src.watch_sensors(lambda s, a: changes.append((s, a)))
     got: list[Observation] = []
 
     async def consume() -> None:

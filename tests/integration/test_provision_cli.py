@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from gateway.content.commands import Ed25519Signer
 from tests.conftest import LAYOUT, REPO, gateway_cmd, gateway_env
 from tests.pki import make_pki
 
@@ -22,8 +23,17 @@ def _image(tmp_path: Path) -> Path:
     return root
 
 
+def _command_pubkey(root: Path) -> Path:
+    p = root.parent / "platform-command.pub"
+    if not p.exists():
+        p.write_bytes(Ed25519Signer.generate().public_pem())
+    return p
+
+
 def _args(root: Path, ca: Path, pw: Path, *extra: str) -> list[str]:
     return [
+        "--command-pubkey",
+        str(_command_pubkey(root)),
         "--root",
         str(root),
         "--store-id",
@@ -70,8 +80,14 @@ def test_shell_script_twice_then_cli_cert_import(tmp_path: Path) -> None:
     r = _run(gateway_cmd("provision", *_args(root, pki.ca_file, pw, "--cert", str(cert))))
     assert r.returncode == 0, r.stderr
     assert "create /etc/gateway/tls/device.crt" in r.stdout
-    r = _run(gateway_cmd("config", "check", str(root / "etc/gateway/gateway.toml")))
+    # checked as `gateway run` would use it, box paths looked up in the image
+    cfg = root / "etc/gateway/gateway.toml"
+    r = _run(gateway_cmd("config", "check", "--root", str(root), str(cfg)))
+    assert r.returncode == 2 and "no observation source is enabled" in r.stderr, r.stderr
+    cfg.write_text(cfg.read_text() + "\n[ble]\nenabled = true\n")  # what the technician adds (docs/install.md)
+    r = _run(gateway_cmd("config", "check", "--root", str(root), str(cfg)))
     assert r.returncode == 0, r.stderr
+    assert "warning" not in r.stderr, r.stderr
 
 
 @pytest.mark.parametrize(

@@ -158,7 +158,7 @@ def http_status(url: str, data: bytes | None = None, headers: dict[str, str] | N
 
 def find_phone_on_map(p: SimPipelineProvider, shown: set[str]) -> tuple[str, str]:
     """(current MAC, subject) of a simulated phone whose dot is on the map and stays a while."""
-    kr = p.identity.keyring
+    kr = p.keyring
     for pid, person in sorted(p.sim.people.items()):
         if person.kind == "fixture" or person.t_end < p.sim_now + 30:
             continue
@@ -289,8 +289,11 @@ def test_status_page_in_chromium(served: ServerThread, clock: PausableClock, tmp
         u2 = updates()
         wait_for(lambda: updates() >= u2 + 8, what="more updates")
         assert victim not in dom_dots(driver)
-        assert served.run(lambda: served.provider.identity.dropped) > 0
-        wait_for(lambda: "opt-outs\n1" in text(driver, "#overview"), what="opt-out count")
+        assert served.run(lambda: served.provider.identity.stats.dropped_optout) > 0
+        # the identifier's keyed digests (its forms, and the identity it was seen linked to)
+        digests = served.run(lambda: served.provider.identity.optout_count)
+        assert digests >= 2
+        wait_for(lambda: f"opt-outs\n{digests}" in text(driver, "#overview"), what="opt-out count")
         driver.find_element(By.CSS_SELECTOR, "button[data-action='test-event']").click()
         wait_for(lambda: text(driver, "#action-result") == "test event queued", what="test event")
         wait_for(lambda: "heartbeat" in text(driver, "#events"), what="test event listed")

@@ -29,3 +29,52 @@ def test_console_format_is_key_value() -> None:
     out = buf.getvalue()
     assert "hello" in out and "gateway=gw-1" in out
     configure_logging("info", "json")
+
+
+def test_journald_priority_prefix(tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """On the journal's stream each line carries its syslog priority, so `journalctl -p warning`
+    filters; on any other stream, no prefix."""
+    import os
+
+    f = (tmp_path / "journal").open("w+")
+    st = os.fstat(f.fileno())
+    monkeypatch.setenv("JOURNAL_STREAM", f"{st.st_dev}:{st.st_ino}")
+    try:
+        configure_logging("debug", "json", stream=f)
+        log = get_logger("t")
+        log.debug("d")
+        log.info("i")
+        log.warning("w")
+        log.error("e")
+        f.seek(0)
+        prefixes = [ln[:3] for ln in f.read().splitlines()]
+        assert prefixes == ["<7>", "<6>", "<4>", "<3>"]
+        other = io.StringIO()
+        configure_logging("info", "json", stream=other)
+        get_logger("t").warning("w")
+        assert other.getvalue().startswith("{")
+    finally:
+        f.close()
+        configure_logging("info", "json")
+
+
+def test_library_logging_and_exceptions_are_one_line() -> None:
+    import logging
+
+    buf = io.StringIO()
+    configure_logging("info", "json", stream=buf)
+    try:
+        try:
+            raise ValueError("bad\nthing")
+        except ValueError:
+            logging.getLogger("aiohttp.server").exception("Error handling request from 10.0.0.9")
+            get_logger("t").error("failed", exc_info=True)
+        logging.getLogger("aiohttp.access").info("not shown below warning")
+    finally:
+        configure_logging("info", "json")
+    lines = buf.getvalue().splitlines()
+    assert len(lines) == 2, lines
+    lib, own = (json.loads(x) for x in lines)
+    assert lib["logger"] == "aiohttp.server" and lib["level"] == "error"
+    assert lib["error"].startswith("ValueError: bad thing at test_log.py:")
+    assert own["error"].startswith("ValueError: bad thing at test_log.py:") and "exception" not in own

@@ -11,7 +11,7 @@ import pytest
 from aiohttp import web
 
 from gateway.config import ContentSettings
-from gateway.content.actors import ActorDispatcher, CircuitBreaker
+from gateway.content.actors import ActorDispatcher, CircuitBreaker, PolicyResolver, UrlPolicy, UrlPolicyError
 from gateway.content.rules import Activation, Actor
 from gateway.mqtt.client import AsyncMqttClient
 from tests.conftest import Mosquitto
@@ -43,6 +43,8 @@ class Hook:
     async def handle(self, req: web.Request) -> web.Response:
         self.calls.append(await req.json())
         step = self.script.pop(0) if self.script else 200
+        if step == 302:
+            raise web.HTTPFound("/elsewhere")
         if step == "hang":
             await asyncio.sleep(0.8)
         return web.Response(status=int(step) if step != "hang" else 200)
@@ -72,6 +74,9 @@ def settings(**kw: Any) -> ContentSettings:
         "breaker_failures": 3,
         "breaker_reset_s": 0.3,
         "mqtt_ack_timeout_s": 0.5,
+        # the test webhook listens on loopback over plain http: allowed explicitly, as a store would
+        "webhook_allow_http": True,
+        "webhook_allow": ["127.0.0.0/8"],
     }
     base.update(kw)
     return ContentSettings(**base)
@@ -146,13 +151,16 @@ async def test_webhook_connection_refused_is_failed() -> None:
 
 
 async def test_mqtt_actor_sent_ack_and_ack_timeout(mosquitto: Mosquitto) -> None:
-    gw = AsyncMqttClient(mosquitto.host, mosquitto.port, client_id="gw-actors")
     screen = AsyncMqttClient(mosquitto.host, mosquitto.port, client_id="screen")
-    await gw.connect()
     await screen.connect()
     await screen.subscribe("gateway/actors/#", qos=1)
-    d = ActorDispatcher(settings(), mqtt=gw)
-    await d.start()
+    d = ActorDispatcher(settings())
+    link = asyncio.create_task(d.run_local(mosquitto.host, mosquitto.port, "gw-actors"))
+    for _ in range(250):  # bounded: 5 s
+        if d.mqtt is not None:
+            break
+        await asyncio.sleep(0.02)
+    assert d.mqtt is not None and d.mqtt.connected
     got: list[tuple[str, dict[str, Any]]] = []
     answer = {"value": "ok"}
 
@@ -187,12 +195,69 @@ async def test_mqtt_actor_sent_ack_and_ack_timeout(mosquitto: Mosquitto) -> None
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
+        link.cancel()
+        await asyncio.gather(link, return_exceptions=True)
+        assert d.mqtt is None
         await d.close()
         await screen.disconnect()
-        await gw.disconnect()
 
 
 async def test_mqtt_actor_without_broker_is_failed() -> None:
     d = ActorDispatcher(settings())
     r = await d.dispatch(act(actor="s1"), Actor(id="s1"))
     assert (r.result, r.detail) == ("failed", "local broker not connected")
+
+
+async def test_webhook_policy_at_dispatch_and_no_redirects(hook: tuple[Hook, str]) -> None:
+    h, url = hook
+    actor = Actor(id="w1", transport="webhook", url=url)
+    # default policy (https only, public addresses only): the stored loopback actor is not called
+    d = ActorDispatcher(ContentSettings())
+    try:
+        r = await d.dispatch(act(), actor)
+        assert r.result == "skipped" and r.detail is not None and r.detail.startswith("url policy: plain http")
+        assert h.calls == []
+    finally:
+        await d.close()
+    d = ActorDispatcher(settings())
+    try:
+        h.script = [302]
+        r = await d.dispatch(act(), actor)
+        assert (r.result, r.detail, r.attempts) == ("rejected", "http 302", 1)  # the redirect is not followed
+        assert len(h.calls) == 1
+    finally:
+        await d.close()
+
+
+class FakeDns:
+    def __init__(self, answers: dict[str, list[str]]) -> None:
+        self.answers = answers
+
+    async def resolve(self, host: str, port: int = 0, family: Any = 0) -> list[Any]:
+        return [
+            {"hostname": host, "host": a, "port": port, "family": 2, "proto": 0, "flags": 0} for a in self.answers[host]
+        ]
+
+    async def close(self) -> None:
+        return None
+
+
+async def test_resolver_refuses_names_that_resolve_inside() -> None:
+    """A public-looking name answering with the metadata address (DNS rebinding) is refused at
+    connect time; a name in the allow-list still has to resolve to an allowed network."""
+    dns = FakeDns({"evil.example": ["93.184.216.34", "169.254.169.254"], "ok.example": ["93.184.216.34"]})
+    r = PolicyResolver(UrlPolicy(), dns)  # type: ignore[arg-type]
+    assert [x["host"] for x in await r.resolve("ok.example", 443)] == ["93.184.216.34"]
+    with pytest.raises(UrlPolicyError, match="169.254.169.254 is a link-local address"):
+        await r.resolve("evil.example", 443)
+    pol = UrlPolicy.build(False, ["tablets.store.lan", "10.20.0.0/24"])
+    assert pol.check_url("https://tablets.store.lan/x") is None
+    assert pol.check_url("https://other.store.lan/x") == "host 'other.store.lan' is not in content.webhook_allow"
+    dns.answers["tablets.store.lan"] = ["10.99.0.1"]
+    with pytest.raises(UrlPolicyError, match="10.99.0.1 is a private address"):
+        await PolicyResolver(pol, dns).resolve("tablets.store.lan", 443)  # type: ignore[arg-type]
+    dns.answers["tablets.store.lan"] = ["10.20.0.7"]
+    assert len(await PolicyResolver(pol, dns).resolve("tablets.store.lan", 443)) == 1  # type: ignore[arg-type]
+    assert UrlPolicy.build(False, ["*.example.com"]).check_url("https://a.b.example.com/") is None
+    for bad in ("https://user:pw@example.com/", "https:///x", "https://[zz]/"):
+        assert UrlPolicy().check_url(bad) is not None, bad

@@ -1,5 +1,7 @@
 """ContentService glue: commands change rules and identity, events produce activation reports,
-state and identity consents are restored after a restart, HMAC is enforced when configured."""
+state and identity consents are restored after a restart; signatures are always required (Ed25519
+by default, HMAC when configured), replays are refused against the floor kept with the outbox -
+also after content.sqlite3 or the whole state dir is lost - and webhook URLs follow the policy."""
 
 from __future__ import annotations
 
@@ -9,9 +11,10 @@ from typing import Any
 
 from gateway.config import Settings, load_settings
 from gateway.content.actors import ActorDispatcher
-from gateway.content.commands import make_command
+from gateway.content.commands import HmacKey, make_command
 from gateway.content.service import ContentService
 from gateway.models import ActivationReport, EventBase, ZoneEntered
+from tests.signing import Platform
 
 IRK = "00112233445566778899aabbccddeeff"
 T0 = 1_767_261_600.0
@@ -38,16 +41,32 @@ class IdentityRecorder:
         self.optouts.add(identifier)
 
 
+PLATFORM = Platform("gw-demo")
+
+
 def settings(tmp: Path, **content: Any) -> Settings:
+    if "command_secret_file" not in content:
+        content.setdefault("command_public_key_file", str(PLATFORM.write_public_key(tmp / "command.pub")))
     return load_settings(paths={"state_dir": str(tmp)}, content={"cap_per_subject": None, **content})
 
 
-async def open_rt(s: Settings, ident: IdentityRecorder, out: list[EventBase], replies: list[bytes]) -> ContentService:
+class Clock:
+    def __init__(self, t: float) -> None:
+        self.t = t
+
+    def __call__(self) -> float:
+        return self.t
+
+
+async def open_rt(
+    s: Settings, ident: IdentityRecorder, out: list[EventBase], replies: list[bytes], clock: Clock | None = None
+) -> ContentService:
     async def reply(b: bytes) -> None:
         replies.append(b)
 
+    kw: dict[str, Any] = {"clock": clock} if clock is not None else {}
     return await ContentService.open(
-        s, emit=out.extend, dispatcher=ActorDispatcher(s.content), identity=ident, reply=reply
+        s, emit=out.extend, dispatcher=ActorDispatcher(s.content), identity=ident, reply=reply, **kw
     )
 
 
@@ -75,7 +94,7 @@ async def test_commands_drive_rules_identity_and_reports(tmp_path: Path) -> None
             ("config.patch", {"presence": {"visit_timeout_s": 42}}),
         ]
     ):
-        r = await rt.handle_command("t", make_command(kind, body, id=f"k{i}", revision=1))
+        r = await rt.handle_command("t", PLATFORM.cmd(kind, body, id=f"k{i}", revision=1))
         assert r.ok, r
     assert len(replies) == 5 and b'"ok":true' in replies[0]
     assert ident.consents == {"cust-1": (bytes.fromhex(IRK), None)} and ident.optouts == {"p-out"}
@@ -93,10 +112,10 @@ async def test_commands_drive_rules_identity_and_reports(tmp_path: Path) -> None
         "c1",
         "s1",
     )
-    r = await rt.handle_command("t", make_command("consents.revoke", {"customer_ref": "cust-1"}, id="k9", revision=2))
+    r = await rt.handle_command("t", PLATFORM.cmd("consents.revoke", {"customer_ref": "cust-1"}, id="k9", revision=2))
     assert r.ok and ident.consents == {}
     await rt.handle_command(
-        "t", make_command("consents.put", {"customer_ref": "cust-2", "app_token": "tok-12345678"}, id="k10", revision=3)
+        "t", PLATFORM.cmd("consents.put", {"customer_ref": "cust-2", "app_token": "tok-12345678"}, id="k10", revision=3)
     )
     await rt.close()
 
@@ -114,25 +133,137 @@ async def test_commands_drive_rules_identity_and_reports(tmp_path: Path) -> None
         await rt2.close()
 
 
-async def test_hmac_required_when_secret_configured(tmp_path: Path) -> None:
+async def test_hmac_only_when_configured(tmp_path: Path) -> None:
     secret_file = tmp_path / "cmd.secret"
-    secret_file.write_bytes(b"per-gateway-secret\n")
-    s = settings(tmp_path, command_secret_file=str(secret_file), command_issuers=["platform"])
+    secret_file.write_bytes(b"per-gateway-secret-of-32-bytes-at-least\n")
+    key = HmacKey(b"per-gateway-secret-of-32-bytes-at-least")
+    s = settings(
+        tmp_path, command_auth="hmac-sha256", command_secret_file=str(secret_file), command_issuers=["platform"]
+    )
     out: list[EventBase] = []
     rt = await open_rt(s, IdentityRecorder(), out, [])
     try:
         body = {"actor": {"id": "s1", "categories": ["promo"]}}
-        r = await rt.handle_command("t", make_command("actors.put", body, id="a", revision=1))
+        r = await rt.handle_command("t", PLATFORM.cmd("actors.put", body, id="a", revision=1, signer=None))
         assert not r.ok and r.error is not None and r.error.path == "/sig" and rt.state.actors == {}
-        r = await rt.handle_command(
-            "t", make_command("actors.put", body, id="a", revision=1, secret=b"per-gateway-secret")
-        )
+        r = await rt.handle_command("t", PLATFORM.cmd("actors.put", body, id="a", revision=1))  # ed25519
+        assert not r.ok and r.error is not None and r.error.path == "/alg"
+        r = await rt.handle_command("t", PLATFORM.cmd("actors.put", body, id="a", revision=1, signer=key))
         assert r.ok and set(rt.state.actors) == {"s1"}
         r = await rt.handle_command(
-            "t", make_command("actors.put", body, id="b", revision=2, issuer="other", secret=b"per-gateway-secret")
+            "t", PLATFORM.cmd("actors.put", body, id="b", revision=2, issuer="other", signer=key)
         )
         assert not r.ok and r.error is not None and r.error.path == "/issuer"
-        assert rt.counters == {"commands_ok": 1, "commands_rejected": 2, "activations": 0}
+        assert rt.counters == {"commands_ok": 1, "commands_rejected": 3, "activations": 0}
     finally:
         await rt.close()
     await asyncio.sleep(0)
+
+
+async def test_unconfigured_gateway_refuses_every_command(tmp_path: Path) -> None:
+    s = load_settings(paths={"state_dir": str(tmp_path)})
+    rt = await open_rt(s, IdentityRecorder(), [], [])
+    try:
+        for payload in (
+            PLATFORM.cmd("actors.put", {"actor": {"id": "s1"}}, id="a", revision=1),
+            make_command("ping", {}, id="p", aud="gw-demo", signer=None),
+        ):
+            r = await rt.handle_command("t", payload)
+            assert not r.ok and r.error is not None and "no command key" in r.error.reason
+        assert rt.state.actors == {}
+    finally:
+        await rt.close()
+
+
+def remove(d: Path, *patterns: str) -> None:
+    for pat in patterns:
+        for f in d.glob(pat):
+            f.unlink()
+
+
+def _reply(r: Any) -> tuple[str, str]:
+    assert not r.ok and r.error is not None, r
+    return r.error.path, r.error.reason
+
+
+async def test_replays_are_refused_also_after_state_loss(tmp_path: Path) -> None:
+    clock = Clock(T0)
+    s = settings(tmp_path)
+    rt = await open_rt(s, IdentityRecorder(), [], [], clock)
+    camp = {
+        "id": "c1",
+        "category": "promo",
+        "content_id": "v",
+        "actors": ["s1"],
+        "segment": {"trigger": "visit.started"},
+    }
+    put = PLATFORM.cmd("campaigns.put", {"campaign": camp}, id="c-1", revision=1, issued_at=T0 + 1, ttl_s=3600)
+    delete = PLATFORM.cmd("campaigns.delete", {"campaign_id": "c1"}, id="c-2", revision=2, issued_at=T0 + 2, ttl_s=3600)
+    ping = PLATFORM.cmd("ping", {}, id="p-1", issued_at=T0 + 3, ttl_s=3600)
+    try:
+        clock.t = T0 + 10
+        assert (await rt.handle_command("t", put)).ok
+        assert (await rt.handle_command("t", put)).ok  # QoS 1 re-delivery: acknowledged, nothing changes
+        assert (await rt.handle_command("t", delete)).ok and rt.state.campaigns == {}
+        assert (await rt.handle_command("t", ping)).ok and (await rt.handle_command("t", ping)).ok
+        path, reason = _reply(await rt.handle_command("t", put))  # replay of an older revision
+        assert path == "/revision" and "stale revision 1: campaigns already at revision 2" in reason
+        assert rt.state.campaigns == {}
+    finally:
+        await rt.close()
+
+    # content.sqlite3 lost (a technician "reset the campaigns"): the floor kept with the outbox still refuses
+    remove(tmp_path, "content.*")
+    clock.t = T0 + 20
+    rt = await open_rt(settings(tmp_path), IdentityRecorder(), [], [], clock)
+    try:
+        for old in (put, delete):
+            path, reason = _reply(await rt.handle_command("t", old))
+            assert path == "/revision" and "already at revision 2" in reason and "state was reset" in reason
+        assert rt.state.campaigns == {}
+        newer = PLATFORM.cmd("campaigns.put", {"campaign": camp}, id="c-3", revision=3, issued_at=T0 + 15)
+        assert (await rt.handle_command("t", newer)).ok and set(rt.state.campaigns) == {"c1"}
+    finally:
+        await rt.close()
+
+    # the whole state dir lost: commands issued before the new history began are refused (still unexpired)
+    remove(tmp_path, "*.sqlite3*", "content.key")
+    clock.t = T0 + 1000
+    rt = await open_rt(settings(tmp_path), IdentityRecorder(), [], [], clock)
+    try:
+        for old in (put, delete, ping):
+            path, reason = _reply(await rt.handle_command("t", old))
+            assert path == "/issued_at" and "issued before this gateway's command history began" in reason
+        assert rt.state.campaigns == {} and rt.state.revisions == {}
+        fresh = PLATFORM.cmd("campaigns.put", {"campaign": camp}, id="c-4", revision=4, issued_at=T0 + 1000)
+        assert (await rt.handle_command("t", fresh)).ok
+    finally:
+        await rt.close()
+
+
+async def test_webhook_url_policy_on_actors_put(tmp_path: Path) -> None:
+    s = settings(tmp_path, webhook_allow=["10.20.0.0/24"])
+    rt = await open_rt(s, IdentityRecorder(), [], [])
+
+    def actor(url: str, rev: int) -> bytes:
+        body = {"actor": {"id": f"w{rev}", "transport": "webhook", "url": url, "scopes": ["customer_ref"]}}
+        return PLATFORM.cmd("actors.put", body, id=f"a{rev}", revision=rev)
+
+    try:
+        refused = {
+            "http://169.254.169.254/latest/meta-data/": "plain http is refused",
+            "https://169.254.169.254/latest/meta-data/": "169.254.169.254 is a link-local address",
+            "https://127.0.0.1:8080/x": "127.0.0.1 is a loopback address",
+            "https://192.168.1.5/x": "192.168.1.5 is a private address",
+            "https://[::1]/x": "::1 is a loopback address",
+            "https://[::ffff:169.254.169.254]/x": "link-local",
+            "https://localhost/x": "loopback",
+            "https://api.example.com/x": "host 'api.example.com' is not in content.webhook_allow",
+        }
+        for rev, (url, why) in enumerate(refused.items(), 1):
+            path, reason = _reply(await rt.handle_command("t", actor(url, rev)))
+            assert path == "/body/actor/url" and why in reason, (url, reason)
+        assert rt.state.actors == {}
+        assert (await rt.handle_command("t", actor("https://10.20.0.5:8443/activate", 50))).ok
+    finally:
+        await rt.close()

@@ -99,6 +99,23 @@ def test_optout_by_irk_drops_every_linked_address() -> None:
     assert r.resolve_batch([obs("5A:00:00:00:00:02", link=link), obs("5A:00:00:00:00:03", link=link)], T) == []
 
 
+def test_optout_by_an_address_drops_the_identity_it_was_seen_linked_to() -> None:
+    """The status page's opt-out takes the MAC a technician reads off a phone; its next rotated
+    address (same resolved IRK) must stay dropped too, also after a restart (the digest persists)."""
+    key = os.urandom(32)
+    r = resolver(key)
+    link = irk_link(IRK)
+    subject = r.resolve_batch([obs("5A:00:00:00:00:01", link=link)], T)[0].device
+    res = r.add_optout("5a:00:00:00:00:01", T + 1)
+    assert subject in res.subjects
+    assert r.optout_digest(link) in res.digests
+    assert r.resolve_batch([obs("5A:00:00:00:00:02", T + 2, link=link)], T + 2) == []
+    assert len(r.resolve_batch([obs("5A:00:00:00:00:03", T + 2, link="irk:other")], T + 2)) == 1
+    r2 = resolver(key)
+    r2.add_optout_digests(res.digests)
+    assert r2.resolve_batch([obs("5A:00:00:00:00:04", T + 3, link=link)], T + 3) == []
+
+
 def test_consent_reports_customer_ref_across_days() -> None:
     r = resolver()
     r.put_consent(ConsentRecord("cust-42", frozenset({"presence", "offers"}), irk=IRK))

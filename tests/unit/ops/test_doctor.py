@@ -12,6 +12,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from gateway.config import load_settings
+from gateway.content.commands import Ed25519Signer
 from gateway.ops.doctor import (
     STA_UNSYNC,
     TIME_ERROR,
@@ -91,8 +92,9 @@ def tls_broker(tmp_path: Path, pki: Pki) -> Mosquitto:
         m.stop()
 
 
-def _box(tmp_path: Path, pki: Pki, port: int, signed: bool = True) -> Path:
-    """A provisioned-looking box laid out in tmp_path: key, cert, config, state dir, outbox."""
+def _box(tmp_path: Path, pki: Pki, port: int, signed: bool = True, local_port: int = 1) -> Path:
+    """A provisioned-looking box laid out in tmp_path: key, cert, config, state dir, outbox, the
+    platform's command key; the observations come from a replay file (a radio needs D-Bus)."""
     tls = tmp_path / "tls"
     tls.mkdir()
     key = ec.generate_private_key(ec.SECP256R1())
@@ -114,10 +116,20 @@ def _box(tmp_path: Path, pki: Pki, port: int, signed: bool = True) -> Path:
     cred = tmp_path / "technician.json"
     cred.write_text(json.dumps({"user": "tech", "hash": PasswordHasher().hash("a long password")}))
     cred.chmod(0o640)
+    (tmp_path / "command.pub").write_bytes(Ed25519Signer.generate().public_pem())
+    (tmp_path / "obs.jsonl").write_text('{"ts": 1.0, "sensor": "s1", "device": "d", "rssi": -60}\n')
     cfg = tmp_path / "gateway.toml"
     cfg.write_text(
         f"""[status]
 credential_file = "{cred}"
+[content]
+command_public_key_file = "{tmp_path / "command.pub"}"
+[replay]
+enabled = true
+path = "{tmp_path / "obs.jsonl"}"
+[local_broker]
+host = "127.0.0.1"
+port = {local_port}
 [gateway]
 id = "gw-1"
 store_id = "demo-store"
@@ -140,8 +152,8 @@ def _by_name(checks: list) -> dict[str, str]:  # type: ignore[type-arg]
     return {c.name: c.status for c in checks}
 
 
-def test_good_box_all_pass(tmp_path: Path, pki: Pki, tls_broker: Mosquitto) -> None:
-    cfg = _box(tmp_path, pki, tls_broker.port)
+def test_good_box_all_pass(tmp_path: Path, pki: Pki, tls_broker: Mosquitto, mosquitto: Mosquitto) -> None:
+    cfg = _box(tmp_path, pki, tls_broker.port, local_port=mosquitto.port)
     checks = run_checks(cfg, timeout_s=5, skip=frozenset({"clock"}))
     st = _by_name(checks)
     assert st == {
@@ -152,6 +164,7 @@ def test_good_box_all_pass(tmp_path: Path, pki: Pki, tls_broker: Mosquitto) -> N
         "tls identity": "pass",
         "technician login": "pass",
         "broker": "pass",
+        "local broker": "pass",
         "ble radio": "skip",
         "wifi monitor": "skip",
     }, render(checks)
@@ -247,3 +260,31 @@ def test_wifi_check_with_real_iw(tmp_path: Path) -> None:
         assert c.status == "fail"
         assert c.remedy
     assert check_wifi(Settings()).status == "skip"
+
+
+def test_config_row_reports_what_would_stop_the_daemon(tmp_path: Path, pki: Pki) -> None:
+    """A config the model accepts but `gateway run` could not use: doctor fails it (it passed before)."""
+    cfg = _box(tmp_path, pki, 1)
+    (tmp_path / "obs.jsonl").unlink()
+    text = cfg.read_text().replace("[content]\n", '[content]\nquiet_hours = ["21:00-08:00"]\n')
+    cfg.write_text(text)
+    checks = run_checks(cfg, timeout_s=1, skip=frozenset({"clock", "broker", "local-broker"}))
+    row = next(c for c in checks if c.name == "config")
+    assert row.status == "fail" and "replay.path" in row.detail and "no such file" in row.detail
+    (tmp_path / "command.pub").write_text("")
+    row = run_checks(cfg, timeout_s=1, skip=frozenset({"clock", "broker", "local-broker"}))[0]
+    assert "content.command_key" in row.detail and "no PEM public key" in row.detail
+
+
+def test_local_broker_down_fails_for_nodes_and_warns_for_actors(tmp_path: Path, pki: Pki) -> None:
+    from gateway.ops.doctor import check_local_broker
+    from tests.conftest import free_port
+
+    cfg = _box(tmp_path, pki, 1, local_port=free_port())
+    s = load_settings(cfg)
+    c = check_local_broker(s, 2)
+    assert c.status == "warn" and "cannot connect" in c.detail and "MQTT actors" in c.remedy
+    s = load_settings(cfg, nodes={"enabled": True, "mapping": {"n1": "s1"}})
+    c = check_local_broker(s, 2)
+    assert c.status == "fail" and "sensor nodes" in c.remedy
+    assert check_local_broker(load_settings(cfg, content={"enabled": False}), 2).status == "skip"

@@ -15,6 +15,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from gateway.config import load_settings
+from gateway.content.commands import Ed25519Signer, load_verifier
 from gateway.layout import load_layout
 from gateway.ops.provision import (
     CONFIG,
@@ -30,6 +31,7 @@ from gateway.ops.provision import (
 from tests.conftest import LAYOUT
 from tests.pki import Pki, make_pki
 
+PLATFORM_KEY = Ed25519Signer.generate()  # the platform's command-signing key pair (the box gets the public half)
 PASSWD = "root:x:0:0:root:/root:/bin/bash\nmessagebus:x:100:101::/nonexistent:/usr/sbin/nologin\n"
 GROUP = "root:x:0:\nshadow:x:42:\nmessagebus:x:101:\nbluetooth:x:112:pi\n"
 SHADOW = "root:*:19000:0:99999:7:::\n"
@@ -63,6 +65,7 @@ def _req(image: Path, pki: Pki, **kw: object) -> Request:
         layout_toml=LAYOUT.read_bytes(),
         tech_user="tech",
         tech_password="correct horse battery",
+        command_pubkey_pem=PLATFORM_KEY.public_pem(),
     )
     return replace(base, **kw)  # type: ignore[arg-type]
 
@@ -118,6 +121,11 @@ def test_first_run_writes_everything_with_modes_and_owners(image: Path, pki: Pki
     assert (s.mqtt.host, s.mqtt.port, s.mqtt.tls) == ("mqtt.example.net", 8883, True)
     assert str(s.mqtt.key_file) == "/etc/gateway/tls/device.key"
     assert str(s.status.credential_file) == "/etc/gateway/technician.json"
+    # cloud commands: verified with the platform's public key, which the box holds (0644, public)
+    assert str(s.content.command_public_key_file) == "/etc/gateway/command.pub"
+    assert s.content.command_auth == "ed25519" and s.content.command_secret_file is None
+    assert meta("etc/gateway/command.pub")[0] == oct(0o644)
+    assert load_verifier("ed25519", image / "etc/gateway/command.pub", None) is not None
     assert load_layout(image / "etc/gateway/layout.toml").store.id == "demo-store"
     cred = json.loads((image / "etc/gateway/technician.json").read_text())
     assert cred["user"] == "tech"
@@ -309,3 +317,30 @@ def test_ids_are_whole_topic_levels(bad: str) -> None:
     with pytest.raises(ProvisionError, match="not valid"):
         check_id(bad, "--gateway-id")
     assert check_id("gw-1_a", "--gateway-id") == "gw-1_a"
+
+
+def test_command_pubkey_required_checked_and_kept(image: Path, pki: Pki, tmp_path: Path) -> None:
+    """No box is provisioned that would run without a command key; the key is validated; a re-run
+    without the option keeps the installed key (--cert step)."""
+    from gateway.ops.provision import check_command_pubkey
+
+    with pytest.raises(ProvisionError, match="--command-pubkey FILE is required"):
+        _run(_req(image, pki, command_pubkey_pem=None))
+    assert not (image / "etc/gateway/gateway.toml").exists()
+    with pytest.raises(ProvisionError, match="PRIVATE key"):
+        check_command_pubkey(PLATFORM_KEY.private_pem(), "platform.key")
+    with pytest.raises(ProvisionError, match="not an Ed25519 key"):
+        check_command_pubkey(
+            pki.cert.public_key().public_bytes(
+                serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+            ),
+            "ec.pub",
+        )
+    with pytest.raises(ProvisionError, match="no PEM public key"):
+        check_command_pubkey(b"", "empty.pub")
+    _run(_req(image, pki))
+    changes, out = _run(_req(image, pki, command_pubkey_pem=None))
+    assert changes == [] and "no changes" in out
+    rotated = PLATFORM_KEY.public_pem() + Ed25519Signer.generate().public_pem()
+    changes, _ = _run(_req(image, pki, command_pubkey_pem=rotated))
+    assert changes == [f"update /etc/gateway/command.pub (0644 root:root, {len(rotated)} bytes)"]

@@ -94,7 +94,7 @@ def test_separators_and_prefix_are_tolerated(capsys: pytest.CaptureFixture[str])
 
 def test_needs_hex_or_file(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["decode", "ble"]) == 2
-    assert "either HEX, --file F or -" in capsys.readouterr().err
+    assert "either HEX or --file F (- for either reads standard input)" in capsys.readouterr().err
 
 
 def test_stdin_company_names_kind_and_bare_manufacturer_hint() -> None:

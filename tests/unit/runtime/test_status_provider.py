@@ -1,14 +1,16 @@
 """The status app over a real in-process Daemon (simulator source, real pipeline, SQLite outbox,
-uplink to a real mosquitto on 127.0.0.1): readiness, live dots, health, test event, opt-out."""
+uplink to a real mosquitto on 127.0.0.1): readiness, live dots, health, test event, opt-out,
+restart scanner (through the supervisor) and reload config (the file read again)."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+import structlog
 from aiohttp.test_utils import TestClient, TestServer
 
 from gateway.config import StatusSettings, load_settings
@@ -36,15 +38,42 @@ async def until(pred: Callable[[], Any], timeout: float = 10.0) -> Any:
         await asyncio.sleep(0.1)
 
 
-async def test_status_over_a_running_daemon(tmp_path: Path, mosquitto: Mosquitto, credential: Path) -> None:
-    settings = load_settings(
-        paths={"state_dir": str(tmp_path / "state")},
-        # linked rotations: the test finds a phone by its simulated IRK identity
-        simulator={"enabled": True, "speed": 4.0, "seed": 11, "shoppers_per_hour": 2400, "link_rotations": True},
-        mqtt={"host": mosquitto.host, "port": mosquitto.port, "tls": False},
-        status={"enabled": False},
+def write_config(path: Path, mosquitto: Mosquitto, state_dir: Path, extra: str = "") -> Path:
+    path.write_text(
+        f"""
+[paths]
+state_dir = "{state_dir}"
+[simulator]
+enabled = true
+speed = 4.0
+seed = 11
+shoppers_per_hour = 2400
+link_rotations = true  # the test finds a phone by its simulated IRK identity
+[mqtt]
+host = "{mosquitto.host}"
+port = {mosquitto.port}
+tls = false
+[status]
+enabled = false
+{extra}
+"""
     )
-    daemon = Daemon(settings, load_store_layout(settings))
+    return path
+
+
+@pytest.fixture
+def restore_logging() -> Iterator[None]:
+    """Reloading ``[log]`` reconfigures structlog for the whole process: put it back afterwards."""
+    saved = structlog.get_config()
+    yield
+    structlog.configure(**saved)
+
+
+@pytest.mark.usefixtures("restore_logging")
+async def test_status_over_a_running_daemon(tmp_path: Path, mosquitto: Mosquitto, credential: Path) -> None:
+    config = write_config(tmp_path / "gateway.toml", mosquitto, tmp_path / "state")
+    settings = load_settings(config)
+    daemon = Daemon(settings, load_store_layout(settings), reload_settings=lambda: load_settings(config))
     provider = DaemonStatusProvider(daemon)
     assert not provider.ready()
     metrics = GatewayMetrics()
@@ -112,8 +141,49 @@ async def test_status_over_a_running_daemon(tmp_path: Path, mosquitto: Mosquitto
             assert all(f.device != victim for f in daemon.runtime.last_fixes or [])
             optouts = (await (await c.get("/api/status")).json())["optouts"]
             assert optouts == daemon.presence.resolver.optout_count >= 1  # the MAC and the identity behind it
-            r = await c.post("/api/actions/reload-config", json={}, headers={"X-CSRF-Token": csrf})
-            assert r.status == 409  # honest: not supported yet
+
+            # -- restart scanner: the simulator's task is restarted by the supervisor, and keeps going
+            task = daemon.supervisor.states["source:simulator"]
+            assert task.restarts == 0
+            r = await c.post("/api/actions/restart-scanner", json={}, headers={"X-CSRF-Token": csrf})
+            assert r.status == 200
+            assert (await r.json())["message"] == "1 source(s) restarted: simulator"
+            await until(lambda: task.restarts == 1 and task.state == "running")
+            seen = daemon.sources[0].health.observations
+            await until(lambda: daemon.sources[0].health.observations > seen)
+
+            # -- reload config: the file is read again; live keys applied, the others named
+            async def reload() -> tuple[int, str]:
+                r = await c.post("/api/actions/reload-config", json={}, headers={"X-CSRF-Token": csrf})
+                return r.status, str((await r.json())["message"])
+
+            assert await reload() == (200, "configuration reloaded: no changes")
+            write_config(
+                config,
+                mosquitto,
+                tmp_path / "state",
+                '[log]\nlevel = "warning"\n[outbox]\nflush_interval_s = 0.3\n[localization]\nsigma_db = 7.5\n',
+            )
+            status, message = await reload()
+            assert status == 200
+            assert message == (
+                "configuration reloaded: applied log.level, outbox.flush_interval_s;"
+                " needs a restart (systemctl restart gateway): localization.sigma_db"
+            )
+            assert daemon.settings.log.level == "warning" and daemon.settings.outbox.flush_interval_s == 0.3
+            assert daemon.settings.localization.sigma_db == settings.localization.sigma_db  # until the restart
+            config.write_text(config.read_text() + "\n[outbox]\nappend_batch = 0\n")  # invalid (and a dup table)
+            status, message = await reload()
+            assert status == 409 and message.startswith("configuration not reloaded (1 error(s)): ")
+            assert daemon.settings.log.level == "warning"  # nothing changed
+            config.write_text(
+                config.read_text()
+                .replace("\n[outbox]\nappend_batch = 0\n", "")
+                .replace("flush_interval_s = 0.3", "flush_interval_s = 0.3\nappend_batch = 0")
+            )
+            status, message = await reload()
+            assert status == 409 and "outbox.append_batch" in message
+            assert daemon.settings.outbox.append_batch == settings.outbox.append_batch
 
             # /metrics carries the daemon's own counters (totals read with no await in between)
             sampler.sample()

@@ -152,3 +152,77 @@ async def test_duplicate_names_rejected() -> None:
     sup.add(TaskSpec("a", asyncio.sleep, "restart"))  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="duplicate"):
         sup.add(TaskSpec("a", asyncio.sleep, "restart"))  # type: ignore[arg-type]
+
+
+async def test_restart_on_request_releases_first_and_is_not_a_failure() -> None:
+    """The status page's "Restart scanner": the run is cancelled (its finally runs) and started again
+    at once; other tasks, the failure window and the exit code are untouched."""
+    log: list[str] = []
+    started = asyncio.Event()
+
+    async def scanner() -> None:
+        log.append("start")
+        started.set()
+        try:
+            await asyncio.Event().wait()
+        finally:
+            log.append("released")
+
+    async def other() -> None:
+        await asyncio.Event().wait()
+
+    async def replay() -> None:
+        await asyncio.Event().wait()
+
+    sup = Supervisor(FAST, stop_when_finite_done=False)
+    sup.add(TaskSpec("scanner", scanner, "restart", "intake"))
+    sup.add(TaskSpec("pipeline", other, "fatal"))
+    sup.add(TaskSpec("replay", replay, "finite", "intake"))
+    runner = asyncio.create_task(sup.run())
+    await asyncio.wait_for(started.wait(), 5)
+    started.clear()
+    assert sup.restart("scanner")
+    await asyncio.wait_for(started.wait(), 5)
+    assert log == ["start", "released", "start"]
+    st = sup.states["scanner"]
+    assert st.restarts == 1 and st.state == "running" and not st.failures and st.last_error is None
+    assert not sup.restart("pipeline") and not sup.restart("replay") and not sup.restart("nope")
+    assert sup.states["pipeline"].state == "running" and not sup.stopping
+    sup.request_stop("test")
+    assert not sup.restart("scanner")  # not while stopping
+    assert await asyncio.wait_for(runner, 5) == 0
+    assert log[-1] == "released"
+
+
+async def test_each_failure_is_one_log_line_without_traceback() -> None:
+    """A task failing at every restart logs one line per failure (type, message, where) - not a
+    multi-line traceback each time; the traceback is there at debug level only."""
+    import io
+    import json
+
+    from gateway.log import configure_logging
+
+    async def broken() -> None:
+        raise OSError("replay file vanished")
+
+    async def sleep(_d: float) -> None:
+        return None
+
+    for level, want_traceback in (("info", False), ("debug", True)):
+        buf = io.StringIO()
+        configure_logging(level, "json", stream=buf)
+        try:
+            sup = Supervisor(FAST, sleep=sleep)
+            sup.add(TaskSpec("source:replay", broken, "restart"))
+            assert await asyncio.wait_for(sup.run(), 5) == 1
+        finally:
+            configure_logging("info", "json")
+        lines = [json.loads(ln) for ln in buf.getvalue().splitlines()]
+        failed = [r for r in lines if r["event"] == "task failed"]
+        assert len(failed) == FAST.max_restarts + 1
+        assert all(r["error"].startswith("OSError: replay file vanished at test_supervisor.py:") for r in failed)
+        assert all(r["level"] == "error" and "exception" not in r for r in failed)
+        traces = [r for r in lines if "exception" in r]
+        assert bool(traces) == want_traceback
+        if want_traceback:
+            assert "Traceback (most recent call last)" in traces[0]["exception"]

@@ -405,3 +405,75 @@ async def test_stream_survives_a_failing_provider(credential: Path) -> None:
         await _read_event(resp, "error")
         assert await asyncio.wait_for(resp.content.read(), 5) == b"\n"
         assert (await c.get("/api/status")).status == 200  # the server is fine
+
+
+async def test_host_header_must_name_this_box(credential: Path) -> None:
+    """DNS rebinding: a page on attacker.example resolving to the box gets nothing, not even the
+    unauthenticated endpoints; the box's own address, localhost and configured names work."""
+    async with status_client(credential, allowed_hosts=["gw-42.store.lan"]) as c:
+        port = c.server.port
+        for path in ("/metrics", "/login", "/healthz", "/", "/static/app.js"):
+            r = await c.get(path, headers={"Host": f"attacker.example:{port}"}, allow_redirects=False)
+            assert r.status == 421, path
+            assert r.headers["Server"] == "gateway"
+        r = await c.post("/login", json={"user": USER, "password": PASSWORD}, headers={"Host": "attacker.example"})
+        assert r.status == 421 and "Set-Cookie" not in r.headers
+        for host in (f"127.0.0.1:{port}", f"localhost:{port}", "gw-42.store.lan", f"GW-42.store.lan.:{port}"):
+            assert (await c.get("/healthz", headers={"Host": host})).status == 200, host
+        for host in ("10.1.2.3", "[::1]:80", "", "127.0.0.1.nip.io"):
+            assert (await c.get("/healthz", headers={"Host": host})).status == 421, host
+    # bound to every interface: any IP address of the box, still no foreign names
+    async with status_client(credential, bind=["0.0.0.0"]) as c:
+        assert (await c.get("/healthz", headers={"Host": "10.1.2.3:8080"})).status == 200
+        assert (await c.get("/healthz", headers={"Host": "[fe80::1]:8080"})).status == 200
+        assert (await c.get("/healthz", headers={"Host": "rebind.attacker.example"})).status == 421
+
+
+async def test_server_header_discloses_no_versions(credential: Path) -> None:
+    async with status_client(credential) as c:
+        for path in ("/login", "/nope", "/static/app.js", "/metrics"):
+            r = await c.get(path)
+            assert r.headers["Server"] == "gateway", path
+        await login(c)
+        r = await c.get("/api/status")
+        assert r.headers["Server"] == "gateway"
+        assert "aiohttp" not in str(r.headers) and "Python" not in str(r.headers)
+
+
+async def test_session_cookie_secure_over_tls(credential: Path, tmp_path: Path) -> None:
+    import ssl
+
+    from aiohttp import TCPConnector
+    from aiohttp.test_utils import TestClient, TestServer
+
+    from gateway.config import StatusSettings
+    from gateway.status.app import make_app
+    from tests.pki import make_pki
+    from tests.unit.status.support import FakeClock
+
+    pki = make_pki(tmp_path / "pki")
+    cert, key = pki.server_files()
+    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_ctx.load_cert_chain(cert, key)
+    client_ctx = ssl.create_default_context(cafile=str(pki.ca_file))
+    client_ctx.check_hostname = False
+    app = make_app(make_provider(), StatusSettings(loop_lag_interval_s=0), credential, clock=FakeClock())
+    server = TestServer(app, host="127.0.0.1")
+    await server.start_server(ssl=server_ctx)  # TestServer's constructor ignores ssl=
+    async with TestClient(server, connector=TCPConnector(ssl=client_ctx)) as c:
+        assert str(c.make_url("/")).startswith("https://")
+        r = await c.post("/login", json={"user": USER, "password": PASSWORD})
+        assert r.status == 200, await r.text()
+        assert "Secure" in r.headers["Set-Cookie"] and "HttpOnly" in r.headers["Set-Cookie"]
+
+
+async def test_malformed_http_answer_names_no_versions(credential: Path) -> None:
+    """A 400 aiohttp writes before the app sees the request (bad header syntax) says Server: gateway too."""
+    async with status_client(credential) as c:
+        reader, writer = await asyncio.open_connection("127.0.0.1", c.server.port)
+        writer.write(b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nBad Header\r\n\r\n")
+        await writer.drain()
+        head = (await asyncio.wait_for(reader.read(4096), 5)).split(b"\r\n\r\n")[0].decode()
+        writer.close()
+        assert head.startswith("HTTP/1.") and " 400 " in head
+        assert "Server: gateway" in head and "aiohttp" not in head and "Python" not in head

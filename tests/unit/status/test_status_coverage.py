@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import math
 
-from gateway.demo.status_demo import coverage_grid, geometric_crlb_grid
 from gateway.layout import load_layout
+from gateway.status.coverage import coverage_grid, geometric_crlb_grid
 from tests.unit.status.support import DEMO_LAYOUT
 
 

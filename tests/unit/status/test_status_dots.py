@@ -80,8 +80,10 @@ class CountingProvider:
     def __init__(self, with_version: bool) -> None:
         self.calls = 0
         self.version = 0
-        if with_version:
-            self.devices_version = lambda: self.version
+        self.with_version = with_version
+
+    def devices_version(self) -> int | None:
+        return self.version if self.with_version else None
 
     def devices(self) -> list[dict[str, Any]]:
         self.calls += 1
@@ -109,11 +111,26 @@ def test_hub_rebuilds_every_interval_without_a_version() -> None:
     assert g2 == g1 + 1 and prov.calls == 2
 
 
-def test_an_opted_out_subject_leaves_the_dot_and_zone_caches() -> None:
+class FakePresence:
+    def __init__(self) -> None:
+        self.optouts: list[tuple[str, float]] = []
+
+    async def add_optout(self, identifier: str, now: float) -> int:
+        self.optouts.append((identifier, now))
+        return 1
+
+
+async def test_an_opt_out_clears_the_dot_and_zone_caches_until_the_next_fixes() -> None:
     d = fake_daemon(load_layout(DEMO_LAYOUT))
+    d.presence = FakePresence()
+    d.event_clock = lambda: lambda: 123.0
     p = DaemonStatusProvider(d)
     d.runtime.last_fixes = [Fix(100.0, "a", 5.0, 10.0, 1.0), Fix(100.0, "b", 15.0, 10.0, 1.0)]
     assert {dot["subject"] for dot in p.devices()} == {"a", "b"}
-    p._optout = cast(Any, SimpleNamespace(suppressed={"a"}))
-    assert {dot["subject"] for dot in p.devices()} == {"b"}
+    v = p.devices_version()
+    r = await p.add_optout("02:00:00:00:00:01")
+    assert r.ok and d.presence.optouts == [("02:00:00:00:00:01", 123.0)]  # in event time
+    assert p.devices() == [] and p.devices_version() != v
     assert "a" not in p._zones and "a" not in p._latest
+    d.runtime.last_fixes = [Fix(101.0, "b", 15.0, 10.0, 1.0)]  # the next tick, without the opted-out one
+    assert {dot["subject"] for dot in p.devices()} == {"b"}

@@ -15,7 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gateway.identity.subjects import irk_link
-from gateway.parsers.nodes import (
+from gateway.parsers.node_payloads import (
     NodePayloadError,
     TopicRouter,
     decode_espresense_device,

@@ -35,7 +35,7 @@ import json
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from gateway.identity.subjects import irk_link
+from gateway.models import irk_link
 from gateway.parsers.ble import AdvertParseError, parse_advert
 
 __all__ = [
