@@ -271,6 +271,7 @@ class DaemonStatusProvider:
             campaigns=self._campaigns(now),
             actors=self._actors(),
             zone_occupancy=occ,
+            wifi_devices=dict(d.pipeline.wifi_count.latest) if d.pipeline.wifi_count is not None else {},
             optouts=d.presence.resolver.optout_count,
             extra={
                 "observations": st.observations,
@@ -413,6 +414,7 @@ class DaemonMetricsSampler:
             if n := self._delta("recov", h.name, h.recoveries):
                 for _ in range(int(n)):
                     m.radio_recovered(h.name)
+            m.source_state(h.name, h.state == "running")
         for node in node_status(d.sources):
             name = node["name"]
             m.node(name, node["state"] == "up", node.get("latency_s", 0.0), node.get("rate_per_s", 0.0))

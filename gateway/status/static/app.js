@@ -212,6 +212,14 @@
     return parts.length ? parts.join(", ") : "0";
   }
 
+  // Wi-Fi devices present (last minute, with its uncertainty; the mean of the last interval)
+  function fmtWifi(w) {
+    if (!w || w.devices === undefined) return "-";
+    let out = w.devices + " \u00b1 " + w.sd + " (heard in " + fmtAge(w.window_s) + ")";
+    if (w.interval) out += "; " + w.interval.devices + " on average over " + fmtAge(w.interval.interval_s);
+    return out;
+  }
+
   function renderStatus(s) {
     const now = s.ts || Date.now() / 1000;
     kv(document.getElementById("overview"), [
@@ -222,6 +230,7 @@
       ["opt-outs", s.optouts],
       ["staff / fixtures set apart", fmtResidents((s.extra || {}).residents)],
       ["rotations linked", (s.extra || {}).linked_rotations],
+      ["Wi-Fi devices", fmtWifi(s.wifi_devices)],
     ]);
     const u = s.uplink || {};
     kv(document.getElementById("uplink"), [
@@ -265,14 +274,15 @@
     }
     table(document.getElementById("sensors"), ["sensor", "last heard"], rows);
     const occ = s.zone_occupancy || {};
+    const wz = (s.wifi_devices && s.wifi_devices.by_zone) || {};
     const zrows = [];
     for (const z of (layout ? layout.zones : [])) {
       const n = occ[z.id] || 0;
       const t = zoneLabels.get(z.id);
       if (t) t.textContent = n + " here";
-      zrows.push([z.name || z.id, z.kind, n]);
+      zrows.push([z.name || z.id, z.kind, n, wz[z.id] === undefined ? "-" : wz[z.id]]);
     }
-    table(document.getElementById("zones"), ["zone", "kind", "occupancy"], zrows);
+    table(document.getElementById("zones"), ["zone", "kind", "occupancy", "Wi-Fi devices"], zrows);
     table(document.getElementById("campaigns"), ["id", "name", "active"],
       (s.campaigns || []).map((c) => [c.id, c.name, c.active]));
     table(document.getElementById("actors"), ["id", "name", "kind", "state"],
