@@ -534,6 +534,17 @@ class OutboxSettings(Section):
     max_bytes: int = Field(default=512 * 1024 * 1024, ge=64 * 1024, description="Size cap, then eviction")
     append_batch: int = Field(default=500, ge=1, description="Events per append transaction (max)")
     flush_interval_s: float = Field(default=0.2, gt=0, le=10, description="Append flush cadence")
+    keep_free_bytes: int | None = Field(
+        default=None,
+        ge=0,
+        description="Room the outbox leaves free on its filesystem for the other stores and logs;"
+        " None: 5 % of the filesystem, 256 KiB..64 MiB (docs/storage.md)",
+    )
+    ram_max_events: int = Field(
+        default=20_000,
+        ge=100,
+        description="Events held in RAM while the disk refuses them; beyond, the lowest priority is dropped (counted)",
+    )
 
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network

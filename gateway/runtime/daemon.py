@@ -23,7 +23,7 @@ import os
 import sqlite3
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +33,7 @@ from gateway.content.service import ContentService, IdentityConsents
 from gateway.identity.subjects import ConsentRecord
 from gateway.layout import Layout, LayoutError, embedded_layout, load_layout
 from gateway.log import configure_logging, get_logger
-from gateway.models import ActivationReport, EventBase, Fix, Observation, PositionFix, SubjectEvent
+from gateway.models import ActivationReport, EventBase, Fix, Observation, PositionFix, SubjectEvent, priority_of
 from gateway.mqtt.local import local_broker_address
 from gateway.ops.update import announce_ready
 from gateway.pipeline import Pipeline
@@ -46,7 +46,7 @@ from gateway.sources.base import Source
 from gateway.status.metrics import default_metrics, monitor_loop_lag
 from gateway.status.server import StatusServer
 from gateway.uplink.link import Uplink
-from gateway.uplink.outbox import Outbox
+from gateway.uplink.outbox import Outbox, OutboxFullError
 
 log = get_logger(__name__)
 
@@ -105,6 +105,48 @@ SOURCE_FACTORIES.append((lambda s: s.nodes.enabled, _nodes_source))
 
 def _subject_of(e: EventBase) -> str | None:
     return e.subject if isinstance(e, SubjectEvent | ActivationReport) else None
+
+
+class PendingEvents(list[EventBase]):
+    """Events produced and not committed to the outbox yet, oldest first (RAM only).
+
+    It counts, so the daemon's accounting adds up (docs/storage.md): every event ``added`` is
+    committed to the outbox (it gets a seq), erased by an opt-out, or dropped here - lowest
+    priority first, counted by priority - when the disk has refused appends for longer than
+    ``outbox.ram_max_events`` events.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.added = 0
+        self.committed = 0
+        self.erased = 0
+        self.dropped: dict[str, int] = {}
+
+    def append(self, ev: EventBase) -> None:
+        self.added += 1
+        super().append(ev)
+
+    def extend(self, evs: Iterable[EventBase]) -> None:
+        n = len(self)
+        super().extend(evs)
+        self.added += len(self) - n
+
+    def drop_to(self, max_events: int) -> dict[str, int]:
+        """Keep at most ``max_events``: drop the lowest priority first, oldest first within one."""
+        over = len(self) - max_events
+        if over <= 0:
+            return {}
+        order = sorted(range(len(self)), key=lambda i: (int(priority_of(self[i])), i))
+        gone = set(order[:over])
+        out: dict[str, int] = {}
+        for i in gone:
+            name = priority_of(self[i]).name.lower()
+            out[name] = out.get(name, 0) + 1
+        self[:] = [e for i, e in enumerate(self) if i not in gone]
+        for name, n in out.items():
+            self.dropped[name] = self.dropped.get(name, 0) + n
+        return out
 
 
 _TYPE_OF: dict[type[EventBase], str] = {}
@@ -168,7 +210,9 @@ class Daemon:
             on_fixes=self._on_fixes,
         )
         self.queue: asyncio.Queue[list[Observation] | None] = asyncio.Queue(maxsize=QUEUE_BATCHES)
-        self.pending: list[EventBase] = []
+        self.pending = PendingEvents()
+        self.outbox_refusing: str | None = None  # why the disk refuses appends (None: it does not)
+        self.unsaved_at_exit: dict[str, int] = {}
         # the newest committed events (not fixes), for the status page
         self.recent: collections.deque[EventBase] = collections.deque(maxlen=200)
         # events committed to the outbox, by type (presence events, activation reports, ...): /metrics
@@ -194,10 +238,12 @@ class Daemon:
         """An opt-out erased ``subject`` from presence: drop it everywhere else it still lives (the
         localizer's buffered observations, events not yet committed, the status page's lists)."""
         self.pipeline.localizer.forget(subject)
-        self.pending[:] = [e for e in self.pending if _subject_of(e) != subject]
-        kept = [e for e in self.recent if _subject_of(e) != subject]
+        kept = [e for e in self.pending if _subject_of(e) != subject]
+        self.pending.erased += len(self.pending) - len(kept)
+        self.pending[:] = kept
+        recent = [e for e in self.recent if _subject_of(e) != subject]
         self.recent.clear()
-        self.recent.extend(kept)
+        self.recent.extend(recent)
         if self.runtime.last_fixes is not None:
             self.runtime.last_fixes = [f for f in self.runtime.last_fixes if f.device != subject]
 
@@ -272,10 +318,41 @@ class Daemon:
                     self.content.tick(now)
 
     async def _run_writer(self) -> None:
+        """Commit pending events every ``flush_interval_s``. A disk that refuses them (full with
+        nothing left to evict, or held by another process) does not stop the daemon: the events
+        wait in RAM (bounded, lowest priority dropped first and counted) and the writer retries
+        with a growing delay; one log line when it starts and one when it ends."""
         assert self.outbox is not None
+        delay = self.settings.outbox.flush_interval_s
+        next_space_check = 0.0
         while True:
-            await asyncio.sleep(self.settings.outbox.flush_interval_s)  # read each time: reloadable
-            await self.flush()
+            await asyncio.sleep(delay)
+            try:
+                await self.flush()
+            except (OutboxFullError, sqlite3.OperationalError) as e:
+                self._refused(f"{type(e).__name__}: {e}")
+                delay = min(5.0, delay * 2)
+                continue
+            delay = self.settings.outbox.flush_interval_s  # read each time: reloadable
+            if self.outbox_refusing is not None:
+                log.info("outbox.accepting_again", pending=len(self.pending), dropped=self.pending.dropped)
+                self.outbox_refusing = None
+            if time.monotonic() >= next_space_check:  # keep the disk state fresh while idle
+                next_space_check = time.monotonic() + 1.0
+                await self.outbox.check_space()
+
+    @property
+    def held_events(self) -> tuple[int, dict[str, int]]:
+        """Events waiting in RAM for the outbox, and those dropped there by priority."""
+        return len(self.pending), self.pending.dropped
+
+    def _refused(self, reason: str) -> None:
+        dropped = self.pending.drop_to(self.settings.outbox.ram_max_events)
+        if self.outbox_refusing is None:
+            log.error("outbox.refusing_writes", reason=reason, pending=len(self.pending))
+            self.outbox_refusing = reason
+        if dropped:
+            log.debug("events dropped in RAM", dropped=dropped, pending=len(self.pending))
 
     async def flush(self) -> int:
         """Commit pending events to the outbox in batches (one transaction per batch)."""
@@ -295,6 +372,7 @@ class Daemon:
                     self.pending[:0] = chunk
                     raise
                 n += len(chunk)
+                self.pending.committed += len(chunk)
                 self.committed_by_type.update(_event_type(e) for e in chunk)
                 self.recent.extend(e for e in chunk if not isinstance(e, PositionFix))
                 try:  # visit history for qualification: secondary to the event itself, never retried
@@ -337,8 +415,11 @@ class Daemon:
         if self.content is not None:  # in-flight dispatches report before the final flush
             await self.content.drain(max(0.1, (t_end - time.monotonic()) / 4))
         if self.outbox is not None:
-            n = await self.flush()
-            log.info("events committed", count=n)
+            try:
+                n = await self.flush()
+                log.info("events committed", count=n)
+            except (OutboxFullError, sqlite3.OperationalError) as e:  # counted at close (_final_flush)
+                log.error("events not committed at drain", reason=str(e), pending=len(self.pending))
         if self.uplink is not None:
             await self.uplink.drain(max(0.0, t_end - time.monotonic()))
 
@@ -353,7 +434,10 @@ class Daemon:
         for db in (self.settings.outbox_path, self.settings.content_state_path, presence_db_path(self.settings)):
             private_file(db)
         self.outbox = await Outbox.open(
-            self.settings.outbox_path, self.settings.gateway.id, max_bytes=self.settings.outbox.max_bytes
+            self.settings.outbox_path,
+            self.settings.gateway.id,
+            max_bytes=self.settings.outbox.max_bytes,
+            keep_free_bytes=self.settings.outbox.keep_free_bytes,
         )
         clock = self.event_clock() or time.time
         await self.presence.open(clock())
@@ -500,11 +584,52 @@ class Daemon:
 
     async def _final_flush(self) -> None:
         if self.outbox is not None and self.pending:
-            await self.flush()
+            try:
+                await self.flush()
+            except (OutboxFullError, sqlite3.OperationalError) as e:
+                # the disk refused them to the end: lost with the process, and counted as such
+                for ev in self.pending:
+                    name = priority_of(ev).name.lower()
+                    self.unsaved_at_exit[name] = self.unsaved_at_exit.get(name, 0) + 1
+                log.error("events not saved at exit", reason=str(e), events=self.unsaved_at_exit)
+                self.pending.clear()
 
     def _stats(self) -> dict[str, Any]:
         st = self.pipeline.stats
-        return {"observations": st.observations, "fixes": st.fixes, "events": st.events, "dropped": st.dropped}
+        return {
+            "observations": st.observations,
+            "fixes": st.fixes,
+            "events": st.events,
+            "dropped": st.dropped,
+            "accounting": self.accounting(),
+        }
+
+    def accounting(self) -> dict[str, Any]:
+        """Where every event of this run went (docs/storage.md): ``added`` = committed + erased +
+        dropped in RAM + unsaved at exit + still pending; the outbox's own counters say what
+        became of committed ones (acknowledged, evicted by priority, dead-lettered, backlog)."""
+        p = self.pending
+        out: dict[str, Any] = {
+            "added": p.added,
+            "committed": p.committed,
+            "erased": p.erased,
+            "dropped_in_ram": dict(p.dropped),
+            "unsaved_at_exit": dict(self.unsaved_at_exit),
+            "pending": len(p),
+        }
+        if self.outbox is not None:
+            ob = self.outbox.stats()
+            out["outbox"] = {
+                "last_seq": ob.last_seq,
+                "appended": ob.appended,
+                "acked": ob.acked,
+                "backlog": ob.backlog,
+                "evicted": ob.evicted,
+                "evicted_by_priority": ob.evicted_by_priority,
+                "dead_letters": ob.dead_letters,
+                "disk": ob.disk_state,
+            }
+        return out
 
 
 # -- commands -----------------------------------------------------------------------------------------

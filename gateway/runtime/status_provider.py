@@ -114,6 +114,16 @@ class DaemonView(Protocol):
     def queue(self) -> asyncio.Queue[list[Observation] | None]: ...
 
     @property
+    def outbox_refusing(self) -> str | None:
+        """Why the disk refuses appends to the outbox (None: it does not); docs/storage.md."""
+        ...
+
+    @property
+    def held_events(self) -> tuple[int, Mapping[str, int]]:
+        """Events waiting in RAM for the outbox, and those dropped there by priority."""
+        ...
+
+    @property
     def committed_by_type(self) -> Mapping[str, int]:
         """Events committed to the outbox since start, by wire type (metrics)."""
         ...
@@ -310,11 +320,19 @@ class DaemonStatusProvider:
         if outbox is None:
             return OutboxStatus()
         ob = outbox.stats()
+        d = self.daemon
         return OutboxStatus(
             backlog=ob.backlog,
             oldest_age_s=None if ob.oldest_ts is None else max(0.0, now - ob.oldest_ts),
             evictions=ob.evicted_total,
             bytes=ob.bytes,
+            # the disk as the outbox sees it, and what waits in RAM if it refuses (docs/storage.md)
+            disk_state=ob.disk_state,
+            cap_bytes=ob.cap_bytes,
+            evictions_by_priority=ob.evicted_by_priority,
+            refusing=d.outbox_refusing,
+            pending=d.held_events[0],
+            dropped_in_ram=dict(d.held_events[1]),
         )
 
     def _disk(self) -> DiskStatus:
@@ -323,7 +341,11 @@ class DaemonStatusProvider:
             du = shutil.disk_usage(state_dir)
         except OSError:
             return DiskStatus()
-        return DiskStatus(path=str(state_dir), total_bytes=du.total, free_bytes=du.free)
+        disk = DiskStatus(path=str(state_dir), total_bytes=du.total, free_bytes=du.free)
+        store = self.daemon.presence.store
+        if store is not None:
+            disk["presence_store"] = store.state()
+        return disk
 
     def _recent(self) -> tuple[list[EventRow], list[ActivationRow]]:
         """Newest first: committed events (presence, and test events sent from this page) and
@@ -456,6 +478,14 @@ class DaemonMetricsSampler:
             if d.outbox is not None:
                 os_ = d.outbox.stats()
                 m.outbox_size(os_.bytes, os_.max_bytes)
+        if d.outbox is not None:
+            ob = d.outbox.stats()
+            m.storage("outbox", ob.disk_state, ob.cap_bytes)
+            for prio, total in d.held_events[1].items():
+                if n := self._delta("ram_drop", prio, float(total)):
+                    m.unsaved(prio, int(n))
+        if d.presence.store is not None:
+            m.storage("presence", "full" if d.presence.store.disk_full else "ok")
 
     async def run(self, period_s: float = 1.0) -> None:
         while True:

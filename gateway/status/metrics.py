@@ -35,6 +35,7 @@ __all__ = ["CONTENT_TYPE_LATEST", "GatewayMetrics", "default_metrics", "monitor_
 
 PUBLISH_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0)
 LAG_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0)
+STORAGE_STATES = {"ok": 0, "limited": 1, "full": 2}
 
 
 class GatewayMetrics:
@@ -53,6 +54,20 @@ class GatewayMetrics:
         )
         self.evictions = Counter(
             "gateway_outbox_evictions", "Events evicted by the size cap, by priority", ["priority"], registry=r
+        )
+        # the disk (docs/storage.md): 0 ok, 1 limited (the disk sets the outbox's cap and it is
+        # at it), 2 full (the filesystem is full; the store degrades, the daemon keeps running)
+        self.storage_state = Gauge(
+            "gateway_storage_state", "Disk state of a store: 0 ok, 1 limited, 2 full", ["store"], registry=r
+        )
+        self.outbox_cap = Gauge(
+            "gateway_outbox_cap_bytes", "Effective outbox cap: min(max_bytes, what the disk can give)", registry=r
+        )
+        self.unsaved_events = Counter(
+            "gateway_events_unsaved",
+            "Events dropped in RAM while the disk refused appends, by priority",
+            ["priority"],
+            registry=r,
         )
         self.publish_latency = Histogram(
             "gateway_publish_latency_seconds",
@@ -142,6 +157,14 @@ class GatewayMetrics:
         if c is None:
             c = self._evict[priority] = self.evictions.labels(priority)
         c.inc(n)
+
+    def storage(self, store: str, state: str, cap_bytes: int | None = None) -> None:
+        self.storage_state.labels(store).set(STORAGE_STATES.get(state, 2))
+        if cap_bytes is not None:
+            self.outbox_cap.set(cap_bytes)
+
+    def unsaved(self, priority: str, n: int) -> None:
+        self.unsaved_events.labels(priority).inc(n)
 
     def published(self, latencies_s: list[float] | tuple[float, ...]) -> None:
         """Record the creation-to-ack latency of each acknowledged event in one batch."""

@@ -26,6 +26,7 @@ from typing import Any, Protocol, TypedDict, runtime_checkable
 from gateway.layout import Layout
 from gateway.models import SourceHealth
 from gateway.sources.base import NodeStatus
+from gateway.storage import StoreStatus
 
 
 @dataclass(slots=True, frozen=True)
@@ -67,6 +68,14 @@ class OutboxStatus(TypedDict, total=False):
     oldest_age_s: float | None  # event-time age of the oldest of them
     evictions: int
     bytes: int | None
+    # the disk (docs/storage.md): ok | limited | full, the effective cap, evictions by priority,
+    # and - while the disk refuses appends - why, and what waits in RAM or was dropped there
+    disk_state: str
+    cap_bytes: int
+    evictions_by_priority: dict[str, int]
+    refusing: str | None
+    pending: int
+    dropped_in_ram: dict[str, int]
 
 
 class DiskStatus(TypedDict, total=False):
@@ -75,6 +84,7 @@ class DiskStatus(TypedDict, total=False):
     path: str
     total_bytes: int
     free_bytes: int
+    presence_store: StoreStatus
 
 
 class ClockStatus(TypedDict):

@@ -241,6 +241,9 @@
     kv(document.getElementById("outbox"), [
       ["backlog", o.backlog], ["oldest unsent", o.oldest_age_s === null ? "-" : fmtAge(o.oldest_age_s)],
       ["evictions", o.evictions], ["size", fmtBytes(o.bytes)],
+      ["disk", o.disk_state ? { text: o.disk_state, cls: "state-" + String(o.disk_state).replace(/[^a-z]/g, "") } : "-"],
+      ["cap", o.cap_bytes ? fmtBytes(o.cap_bytes) : "-"],
+      ["held in RAM", o.refusing ? String(o.pending) + " (disk refuses: " + o.refusing + ")" : "-"],
     ]);
     const RATES = ["adverts_per_s", "frames_per_s"];
     table(document.getElementById("sources"), ["source", "state", "observations", "rate/s", "recoveries", "dropped", "last", "detail"],
