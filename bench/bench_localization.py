@@ -1,171 +1,270 @@
-"""Localization benchmark on a seeded synthetic store (same log-distance model as the estimator).
+"""Localization benchmark: real walked tracks, a family of simulated stores, throughput, CPU share.
 
-Prints accuracy against the Cramér-Rao bound, accuracy under realistic impairments (transmit-power
-spread, body-shadow fades, packet loss), `gateway locate` throughput and the CPU share of a 500-device
-store in real time - each beside a reference measured in the same run.
+    python -m bench.bench_localization [--quick] [--only real|family|speed]
 
-    python bench/bench_localization.py [--quick]
+1. **Real tracks** (``../shared/data/ble-real``, or ``$GATEWAY_SHARED_DATA/ble-real``): every track
+   through ``gateway locate``'s code path with the default settings and the track's layout, scored by
+   the data set's ``score.py``, beside its two references computed in the same run by its
+   ``baselines.py`` (weighted centroid, plain 2 s-window Gauss-Newton MLE). Skipped, and said so,
+   when the data is absent.
+2. **Family of stores** (``gateway.sim.radio.FAMILY``: 8 stores, 6-16 sensors, 10 x 8 to 50 x 40 m,
+   four layout styles, 1-10 adverts/s, radio drawn from the documented ranges). Per store:
+   *static ideal* - the localizer's own model (true layout, white noise of the store's residual, the
+   store's floor), 10 s of adverts from still phones, RMSE of the fix at 10 s over its Cramér-Rao
+   bound for those adverts; *walking* - the full radio (persistent shadowing, gain offsets, heights,
+   packet loss, fades), the layout as ``gateway calibrate`` fits it from a simulated technician walk,
+   shoppers walking with pauses: median error after 10 s over the linearised causal limit
+   (:func:`gateway.localization.crlb.tracking_limit`, same paths, true radio).
+3. **Speed**: ``gateway locate`` throughput on one core and the CPU share of 500 devices in real time,
+   each beside the centroid localizer run in the same process.
+
+Accuracy is deterministic (seeded); CPU figures depend on the machine's load: read them beside their
+same-run reference.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import io
+import math
+import os
 import sys
 import tempfile
 import time
 from pathlib import Path
+from types import ModuleType
 
 import numpy as np
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from gateway.config import LocalizationSettings
 from gateway.layout import Layout, load_layout
 from gateway.localization import make_localizer
-from gateway.localization.crlb import crlb_rmse, fisher
-from gateway.localization.estimator import Estimator, EstimatorParams, aggregate
-from gateway.localization.localizer import layout_bounds
+from gateway.localization.calibrate import CalibrationData, fit_sensors
+from gateway.localization.crlb import crlb_rmse, tracking_limit
 from gateway.localization.pathloss import PathLossModel
-from gateway.localization.region import Walkable
-from gateway.localization.synth import RadioParams, SyntheticRun, simulate_rssi, synthetic_run, write_jsonl
+from gateway.localization.synth import RadioParams, SyntheticRun, channel_run, synthetic_run, write_jsonl
 from gateway.models import Observation
 from gateway.ops.locate import ObsReader, run_locate
+from gateway.sim.radio import FAMILY, Channel, FamilySpec, RadioEnv, SimStore, family_store, technician_walk
 
-LAYOUT = Path(__file__).resolve().parent.parent / "hardware" / "layouts" / "demo-store.toml"
+ROOT = Path(__file__).resolve().parent.parent
+LAYOUT = ROOT / "hardware" / "layouts" / "demo-store.toml"
 REALISTIC = RadioParams(sigma_db=6.0, tx_spread_db=4.0, fade_probability=0.05, fade_db=12.0, packet_loss=0.02)
+STATIC_BAR = 1.25
+WALK_BAR = 1.1
 
 
-def pct(a: np.ndarray, q: float) -> float:
-    return float(np.percentile(a, q))
+def data_dir() -> Path:
+    env = os.environ.get("GATEWAY_SHARED_DATA")
+    return Path(env) if env else ROOT.parent / "shared" / "data"
 
 
 def rmse(e: np.ndarray) -> float:
     return float(np.sqrt(np.mean(e**2)))
 
 
-def static_vs_crlb(model: PathLossModel, layout: Layout, n: int, adverts: int) -> None:
-    rng = np.random.default_rng(1)
-    pos = np.column_stack([rng.uniform(1, 29, n), rng.uniform(1, 19, n)])
-    s = model.num_sensors
-    r, heard = simulate_rssi(model, np.repeat(pos, adverts, 0), np.zeros(n * adverts), RadioParams(), rng)
-    dev = np.repeat(np.arange(n), adverts)[:, None].repeat(s, 1)
-    sen = np.tile(np.arange(s), (n * adverts, 1))
-    prob = aggregate(dev[heard], sen[heard], r[heard], n, s, np.ones(s, dtype=bool))
-    bound = rmse(crlb_rmse(model, pos, 6.0, adverts=adverts))
-    bounds = layout_bounds(layout)
-    walkable = Walkable.from_layout(layout)
-    for label, params, region in (
-        ("production: t nu=4, packet-loss 0.05, walkable-area prior", EstimatorParams(bounds=bounds), walkable),
-        ("production without the walkable-area prior", EstimatorParams(bounds=bounds), None),
-        ("Gaussian, no packet-loss term, no area prior", EstimatorParams(bounds=bounds, nu=0.0, packet_loss=0.0), None),
-    ):
-        sol = Estimator(model, params, region).locate(prob)  # transmit power unknown (free)
-        e = np.hypot(*(sol.theta[:, :2] - pos).T)
-        print(
-            f"loc.static_pure_noise[{adverts} adverts, {label}]: RMSE {rmse(e):.2f} m vs CRLB {bound:.2f} m, "
-            f"ratio {rmse(e) / bound:.2f} (bar <= 1.25); median {np.median(e):.2f} m"
-        )
+def pf(ok: bool) -> str:
+    return "PASS" if ok else "FAIL"
 
 
-def track(run: SyntheticRun, layout: Layout, settings: LocalizationSettings) -> tuple[np.ndarray, float, int]:
-    """Feed a synthetic run through the daemon's localizer tick by tick; errors (t_rel, err), CPU s, obs."""
+# -- 1. real tracks -------------------------------------------------------------------------------
+
+
+def _load_module(name: str, path: Path) -> ModuleType:
+    spec = importlib.util.spec_from_file_location(name, path)
+    if spec is None or spec.loader is None:
+        raise ImportError(f"{path}: not a Python module")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def real_tracks(settings: LocalizationSettings) -> None:
+    real = data_dir() / "ble-real"
+    if not (real / "score.py").is_file() or not (real / "baselines.py").is_file():
+        print(f"loc.real: {real} is absent: real-track figures skipped (the rest of the bench runs)")
+        return
+    sys.dont_write_bytecode = True  # keep the data folder clean
+    baselines = _load_module("ble_real_baselines", real / "baselines.py")
+    scorer = baselines.scorer
+    tracks = sorted(p.parent for p in real.glob("*/layout.toml"))
+    ours: list[tuple[dict[str, object], np.ndarray]] = []
+    refs: dict[str, list[tuple[dict[str, object], np.ndarray]]] = {"mle": [], "centroid": []}
+    per_track_ok = True
+    with tempfile.TemporaryDirectory() as tmp:
+        for td in tracks:
+            layout = load_layout(td / "layout.toml")
+            fixes = Path(tmp) / f"{td.name}.jsonl"
+            with open(td / "observations.jsonl", encoding="utf-8") as f, open(fixes, "w", encoding="utf-8") as out:
+                run_locate(layout, settings, f, out, ObsReader(td.name, layout.sensor_index(), strict=False))
+            res, err = scorer.score(str(td), str(fixes))
+            ours.append((res, err))
+            line = {}
+            for m in refs:
+                path = Path(tmp) / f"{td.name}.{m}.jsonl"
+                with open(path, "w", encoding="utf-8") as f:
+                    for fx in baselines.run(str(td), m):
+                        f.write(f'{{"ts": {fx["ts"]}, "device": "{fx["device"]}", "x": {fx["x"]}, "y": {fx["y"]}}}\n')
+                rr, ee = scorer.score(str(td), str(path))
+                refs[m].append((rr, ee))
+                line[m] = rr
+            below = res["median_m"] < line["mle"]["median_m"]
+            per_track_ok &= below and res["coverage"] >= 0.9
+            print(
+                f"loc.real[{td.name}]: median {res['median_m']:.2f} m, p90 {res['p90_m']:.2f} m, coverage "
+                f"{res['coverage']:.2f} ({res['n_fixes']} fixes) (reference MLE median {line['mle']['median_m']:.2f} m "
+                f"p90 {line['mle']['p90_m']:.2f} m; centroid {line['centroid']['median_m']:.2f} / "
+                f"{line['centroid']['p90_m']:.2f} m; below MLE: {'yes' if below else 'NO'})"
+            )
+    agg = scorer.aggregate(ours)
+    mle = scorer.aggregate(refs["mle"])
+    cen = scorer.aggregate(refs["centroid"])
+    print(
+        f"loc.real[pooled, {len(tracks)} tracks]: median {agg['median_m']:.2f} m (bar <= 1.2: "
+        f"{pf(agg['median_m'] <= 1.2)}), p90 {agg['p90_m']:.2f} m (bar <= 3.5: {pf(agg['p90_m'] <= 3.5)}), "
+        f"min coverage {agg['min_coverage']:.2f} (bar >= 0.9: {pf(agg['min_coverage'] >= 0.9)}); every track "
+        f"below MLE: {pf(per_track_ok)} (reference MLE {mle['median_m']:.2f} / {mle['p90_m']:.2f} m, centroid "
+        f"{cen['median_m']:.2f} / {cen['p90_m']:.2f} m)"
+    )
+
+
+# -- 2. the family of stores ----------------------------------------------------------------------
+
+
+def feed(run: SyntheticRun, layout: Layout, settings: LocalizationSettings, interval: float = 1.0) -> np.ndarray:
+    """Run a synthetic run through the daemon's localizer tick by tick: rows (t_rel, device, error)."""
     loc = make_localizer(layout, settings)
     ids = [s.id for s in layout.sensors]
-    obs = [
-        Observation(t, ids[s], f"d{d}", r)
-        for t, s, d, r in zip(run.ts.tolist(), run.sensor.tolist(), run.device.tolist(), run.rssi.tolist(), strict=True)
-    ]
-    ticks = np.arange(np.ceil(run.ts[0]), run.ts[-1], settings.fix_interval_s)
+    ticks = np.arange(math.ceil(run.ts[0]), run.ts[-1], interval)
     cut = np.searchsorted(run.ts, ticks, side="right")
-    errs = []
-    cpu = 0.0
+    names = [f"d{d}" for d in range(int(run.device.max()) + 1)]
+    out = []
     lo = 0
-    t0 = run.truth_t[0]
+    t0 = float(run.truth_t[0])
     for tick, hi in zip(ticks.tolist(), cut.tolist(), strict=True):
-        c = time.process_time()
-        loc.add(obs[lo:hi])
-        fixes = loc.fixes(tick)
-        cpu += time.process_time() - c
+        if hi > lo:
+            loc.add(
+                [
+                    Observation(t, ids[s], names[d], r)
+                    for t, s, d, r in zip(
+                        run.ts[lo:hi].tolist(),
+                        run.sensor[lo:hi].tolist(),
+                        run.device[lo:hi].tolist(),
+                        run.rssi[lo:hi].tolist(),
+                        strict=True,
+                    )
+                ]
+            )
         lo = hi
-        for f in fixes:
+        for f in loc.fixes(tick):
             d = int(f.device[1:])
-            truth = run.truth_at(d, tick)
-            errs.append((tick - t0, float(np.hypot(f.x - truth[0], f.y - truth[1]))))
-    return np.array(errs), cpu, len(obs)
+            tr = run.truth_at(d, tick)
+            out.append((tick - t0, d, float(np.hypot(f.x - tr[0], f.y - tr[1]))))
+    return np.array(out)
 
 
-def tracking_bound(model: PathLossModel, accel_sigma: float, adverts_per_s: float) -> float:
-    """Median 2-D error of a steady-state constant-velocity Kalman filter fed the per-second CRLB
-    (transmit power known: the tracker learns it) - the linearised limit for a causal walker fix."""
-    rng = np.random.default_rng(0)
-    pos = np.column_stack([rng.uniform(1, 29, 2000), rng.uniform(1, 19, 2000)])
-    f = fisher(model, pos, 6.0)[:, :2, :2] * adverts_per_s
-    r = float(np.mean(np.linalg.inv(f)[:, [0, 1], [0, 1]]))  # per-axis variance per second
-    F = np.array([[1.0, 1.0], [0.0, 1.0]])
-    Q = accel_sigma**2 * np.array([[1 / 3, 1 / 2], [1 / 2, 1.0]])
-    P = np.eye(2) * 100.0
-    for _ in range(500):
-        P = F @ P @ F.T + Q
-        K = P[:, 0] / (P[0, 0] + r)
-        P = P - np.outer(K, P[0])
-    return 1.1774 * float(np.sqrt(P[0, 0]))  # median of a circular 2-D Gaussian
+def calibrated_layout(store: SimStore, seed: int) -> tuple[Layout, float]:
+    """What ``gateway calibrate`` makes of a technician's walk through the store (reference beacon at
+    5 adverts/s, lawnmower 3 m apart at 0.8 m/s): the layout with fitted p0 / exponents, and the fit's
+    residual sigma."""
+    layout = store.layout
+    wp = technician_walk(layout)
+    rate = 5.0
+    t = np.arange(0.0, wp[-1, 0], 1.0 / rate)
+    xy = np.column_stack([np.interp(t, wp[:, 0], wp[:, 1]), np.interp(t, wp[:, 0], wp[:, 2])])
+    ch = Channel(store.env, layout.sensor_xy(), np.random.default_rng([seed, 1]))
+    r, heard = ch.sample(np.zeros(t.size, dtype=np.int64), t, xy, np.zeros(t.size))
+    # what the logged walk and the recorded reports give (the adverts each sensor missed included, as
+    # `gateway calibrate` finds them by grouping one transmitter's reports in time)
+    rows = [
+        (int(s), "beacon", float(xy[i, 0]), float(xy[i, 1]), 0.0, float(r[i, s]), float(t[i]))
+        for i, s in zip(*np.nonzero(heard), strict=True)
+    ]
+    misses = [
+        (int(s), "beacon", float(xy[i, 0]), float(xy[i, 1]), 0.0) for i, s in zip(*np.nonzero(~heard), strict=True)
+    ]
+    data = CalibrationData.from_rows(rows, layout, {"beacon"}, misses)
+    res = fit_sensors(data, layout, floor_dbm=LocalizationSettings().detection_floor_dbm)
+    sensors = [
+        s.model_copy(update={"rssi_at_1m": float(res.p0[i]), "path_loss_exponent": float(res.n[i])})
+        for i, s in enumerate(layout.sensors)
+    ]
+    return layout.model_copy(update={"sensors": sensors}), res.sigma_db
 
 
-def tracking_bound_latency(model: PathLossModel, accel_sigma: float, adverts_per_s: float) -> float:
-    """Same linearised limit, but as the bench's data arrive: one update per advert (the per-advert CRLB,
-    every ``1/rate`` s) and the fix scored ``1/rate`` s after the newest advert's position (synth.py
-    samples positions on the advert grid and the newest advert before a tick left the previous grid
-    point). :func:`tracking_bound` fuses each second's adverts at the tick itself, which no causal
-    tracker can do: at 1 advert/s it is optimistic by about the 1-s prediction."""
-    rng = np.random.default_rng(0)
-    pos = np.column_stack([rng.uniform(1, 29, 2000), rng.uniform(1, 19, 2000)])
-    f = fisher(model, pos, 6.0)[:, :2, :2]
-    r = float(np.mean(np.linalg.inv(f)[:, [0, 1], [0, 1]]))  # per-axis variance per advert
-    dt = 1.0 / adverts_per_s
-    F = np.array([[1.0, dt], [0.0, 1.0]])
-    Q = accel_sigma**2 * np.array([[dt**3 / 3, dt**2 / 2], [dt**2 / 2, dt]])
-    P = np.eye(2) * 100.0
-    for _ in range(int(500 * adverts_per_s)):
-        K = P[:, 0] / (P[0, 0] + r)
-        P = P - np.outer(K, P[0])
-        P = F @ P @ F.T + Q
-    return 1.1774 * float(np.sqrt(P[0, 0]))
+def static_ideal(store: SimStore, settings: LocalizationSettings, devices: int, seed: int) -> tuple[float, float]:
+    """RMSE of the fix 10 s after still phones start advertising, and the CRLB for those adverts."""
+    true = store.true_layout()
+    env = store.env
+    ideal = RadioEnv.ideal(true, env.residual_db, float(np.mean(env.floor_dbm)))
+    w, d = true.store.width_m, true.store.depth_m
+    ch = Channel(ideal, true.sensor_xy(), np.random.default_rng([seed, 2]))
+    run = channel_run(
+        ch.sample, devices, 12.0, np.random.default_rng([seed, 3]), bounds=(0.5, w - 0.5, 0.5, d - 0.5),
+        advert_interval_s=1.0 / store.advert_rate_hz,
+    )  # fmt: skip
+    e = feed(run, true, settings)
+    at = e[np.isclose(e[:, 0], 10.0, atol=0.5)]
+    pos = run.truth_xy[at[:, 1].astype(int), 0]
+    adverts = 10.0 * store.advert_rate_hz
+    bound = crlb_rmse(PathLossModel.from_layout(true), pos, env.residual_db, adverts, float(np.mean(env.floor_dbm)))
+    return rmse(at[:, 2]), rmse(bound)
 
 
-def realistic(model: PathLossModel, layout: Layout, quick: bool) -> None:
-    settings = LocalizationSettings()
-    n, dur = (40, 120.0) if quick else (150, 180.0)
-    run = synthetic_run(model, n, dur, REALISTIC, np.random.default_rng(2), walking=False)
-    e, _, _ = track(run, layout, settings)
-    ref, _, _ = track(run, layout, LocalizationSettings(estimator="centroid"))
-    for warm in (10.0, 30.0, 60.0):
-        sel = e[e[:, 0] >= warm, 1]
+def walking(
+    store: SimStore, layout: Layout, settings: LocalizationSettings, devices: int, duration: float, seed: int
+) -> tuple[float, float, float]:
+    """Median / p90 error after 10 s of shoppers walking with pauses, and the linearised causal limit."""
+    true = store.true_layout()
+    env = store.env
+    w, d = true.store.width_m, true.store.depth_m
+    ch = Channel(env, true.sensor_xy(), np.random.default_rng([seed, 4]))
+    run = channel_run(
+        ch.sample, devices, duration, np.random.default_rng([seed, 5]), bounds=(0.5, w - 0.5, 0.5, d - 0.5),
+        walking=True, advert_interval_s=1.0 / store.advert_rate_hz,
+    )  # fmt: skip
+    e = feed(run, layout, settings)
+    sel = e[e[:, 0] >= 10.0, 2]
+    assert run.phase is not None
+    times = run.truth_t[None, :] + run.phase[:, None]
+    limit = tracking_limit(
+        PathLossModel.from_layout(true), times, run.truth_xy, white_db=env.white_db, shadow_db=env.shadow_db,
+        shadow_tau_s=env.shadow_tau_s, floor_dbm=env.floor_dbm, packet_loss=env.packet_loss,
+        tx_prior_sd=env.tx_spread_db,
+    )  # fmt: skip
+    return float(np.median(sel)), float(np.percentile(sel, 90)), limit
+
+
+def family(settings: LocalizationSettings, quick: bool) -> None:
+    specs: tuple[FamilySpec, ...] = FAMILY[::2] if quick else FAMILY
+    static_ok = walk_ok = True
+    for i, spec in enumerate(specs):
+        store = family_store(spec)
+        env = store.env
+        t0 = time.perf_counter()
+        rm, bound = static_ideal(store, settings, 30 if quick else 80, i)
+        cal, cal_sigma = calibrated_layout(store, i)
+        n_walk = 10 if quick else 24
+        if spec.rate_hz >= 5:
+            n_walk = 6 if quick else 12
+        med, p90, limit = walking(store, cal, settings, n_walk, 120.0 if quick else 240.0, i)
+        s_ok = rm / bound <= STATIC_BAR
+        w_ok = med / limit <= WALK_BAR
+        static_ok &= s_ok
+        walk_ok &= w_ok
         print(
-            f"loc.static_realistic[after {warm:.0f} s]: median {np.median(sel):.2f} m (bar <= 0.6), "
-            f"RMSE {rmse(sel):.2f} m (bar <= 1.0), p90 {pct(sel, 90):.2f} m"
+            f"loc.family[{spec.name}: {spec.width:g}x{spec.depth:g} m, {spec.sensors} sensors {spec.kind}, "
+            f"{spec.rate_hz:g} adverts/s, n {env.n.mean():.2f}, residual {env.residual_db:.1f} dB (white "
+            f"{env.white_db:.1f}, shadowing {env.shadow_db:.1f} dB / {env.shadow_tau_s:.0f} s), loss "
+            f"{env.packet_loss.mean():.2f}]: static RMSE {rm:.2f} m / CRLB {bound:.2f} m = {rm / bound:.2f} "
+            f"(bar <= {STATIC_BAR}: {pf(s_ok)}); walking median {med:.2f} m (p90 {p90:.2f}) / limit {limit:.2f} m "
+            f"= {med / limit:.2f} (bar <= {WALK_BAR}: {pf(w_ok)}); calibration residual {cal_sigma:.1f} dB; "
+            f"{time.perf_counter() - t0:.0f} s"
         )
-    rs = ref[ref[:, 0] >= 30.0, 1]
-    print(f"loc.static_realistic[reference centroid, after 30 s]: median {np.median(rs):.2f} m, RMSE {rmse(rs):.2f} m")
-    for rate in (1.0, 10.0) if quick else (1.0, 5.0, 10.0):
-        # fewer devices at high rates: the centroid reference costs ~0.1 ms per observation
-        n, dur = (30, 120.0) if quick else (100, 240.0)
-        if rate >= 10.0:
-            n, dur = (10, 90.0) if quick else (40, 240.0)
-        run = synthetic_run(
-            model, n, dur, REALISTIC, np.random.default_rng(3), walking=True, advert_interval_s=1.0 / rate
-        )
-        e, _, _ = track(run, layout, settings)
-        sel = e[e[:, 0] >= 10.0, 1]
-        ref, _, _ = track(run, layout, LocalizationSettings(estimator="centroid"))
-        rsel = ref[ref[:, 0] >= 10.0, 1]
-        bound = tracking_bound(model, settings.accel_sigma, rate)
-        lat = tracking_bound_latency(model, settings.accel_sigma, rate)
-        print(
-            f"loc.walking_realistic[{rate:g} advert/s, {n} shoppers with pauses, {dur:.0f} s]: median "
-            f"{np.median(sel):.2f} m (bar <= 0.9), p90 {pct(sel, 90):.2f} m (bar <= 2.0), RMSE {rmse(sel):.2f} m; "
-            f"reference centroid median {np.median(rsel):.2f} m, p90 {pct(rsel, 90):.2f} m; linearised causal "
-            f"tracking limit ~{bound:.2f} m median (~{lat:.2f} m with the advert latency)"
-        )
+    print(f"loc.family[all {len(specs)} stores]: static {pf(static_ok)}, walking {pf(walk_ok)}")
+
+
+# -- 3. speed --------------------------------------------------------------------------------------
 
 
 def throughput(model: PathLossModel, layout: Layout, quick: bool) -> None:
@@ -176,7 +275,7 @@ def throughput(model: PathLossModel, layout: Layout, quick: bool) -> None:
         write_jsonl(run, [s.id for s in layout.sensors], str(path))
         rates = {}
         for label, settings in (
-            ("ml", LocalizationSettings()),
+            ("default", LocalizationSettings()),
             ("centroid", LocalizationSettings(estimator="centroid")),
         ):
             reader = ObsReader(str(path), layout.sensor_index(), strict=False)
@@ -190,35 +289,61 @@ def throughput(model: PathLossModel, layout: Layout, quick: bool) -> None:
             parsed = sum(1 for _ in reader.read(f))
         parse_rate = parsed / (time.process_time() - c)
     print(
-        f"loc.locate_throughput: {rates['ml']:.0f} obs/s on one core ({n} devices, bar >= 50000) "
-        f"(reference plain per-device numpy loop [centroid] {rates['centroid']:.0f} obs/s, ratio "
-        f"{rates['ml'] / rates['centroid']:.2f}; JSON parse+validate alone {parse_rate:.0f} obs/s)"
+        f"loc.locate_throughput: {rates['default']:.0f} obs/s on one core ({n} devices; bar >= 50000: "
+        f"{pf(rates['default'] >= 50000)}) (reference plain per-device numpy loop [centroid] "
+        f"{rates['centroid']:.0f} obs/s, ratio {rates['default'] / rates['centroid']:.2f}; JSON parse+validate "
+        f"alone {parse_rate:.0f} obs/s)"
     )
 
 
 def realtime_share(model: PathLossModel, layout: Layout, quick: bool) -> None:
     n, dur = 500, (10.0 if quick else 60.0)
     run = synthetic_run(model, n, dur, REALISTIC, np.random.default_rng(5), walking=True)
-    _, cpu, n_obs = track(run, layout, LocalizationSettings())
-    _, cpu_ref, _ = track(run, layout, LocalizationSettings(estimator="centroid"))
+    cpu = {}
+    for label, settings in (
+        ("default", LocalizationSettings()),
+        ("centroid", LocalizationSettings(estimator="centroid")),
+    ):
+        loc = make_localizer(layout, settings)
+        ids = [s.id for s in layout.sensors]
+        obs = [
+            Observation(t, ids[s], f"d{d}", r)
+            for t, s, d, r in zip(
+                run.ts.tolist(), run.sensor.tolist(), run.device.tolist(), run.rssi.tolist(), strict=True
+            )
+        ]
+        ticks = np.arange(np.ceil(run.ts[0]), run.ts[-1], settings.fix_interval_s)
+        cut = np.searchsorted(run.ts, ticks, side="right")
+        lo = 0
+        c = time.process_time()
+        for tick, hi in zip(ticks.tolist(), cut.tolist(), strict=True):
+            loc.add(obs[lo:hi])
+            loc.fixes(tick)
+            lo = hi
+        cpu[label] = time.process_time() - c
     print(
-        f"loc.realtime_500_devices: {100 * cpu / dur:.1f}% of a core ({n_obs / dur:.0f} obs/s, fix every 1 s per "
-        f"device; bar < 25%) (reference centroid loop {100 * cpu_ref / dur:.1f}%)"
+        f"loc.realtime_500_devices: {100 * cpu['default'] / dur:.1f}% of a core ({run.ts.size / dur:.0f} obs/s, "
+        f"fix every 1 s per device; bar < 10%: {pf(100 * cpu['default'] / dur < 10)}) (reference centroid loop "
+        f"{100 * cpu['centroid'] / dur:.1f}%)"
     )
 
 
-def main(quick: bool = False) -> None:
-    layout = load_layout(LAYOUT)
-    model = PathLossModel.from_layout(layout)
+def main(argv: list[str]) -> None:
+    quick = "--quick" in argv
+    only = argv[argv.index("--only") + 1] if "--only" in argv else None
+    settings = LocalizationSettings()
     t0 = time.perf_counter()
-    static_vs_crlb(model, layout, 150 if quick else 400, 10)
-    if not quick:
-        static_vs_crlb(model, layout, 400, 30)
-    realistic(model, layout, quick)
-    throughput(model, layout, quick)
-    realtime_share(model, layout, quick)
+    if only in (None, "real"):
+        real_tracks(settings)
+    if only in (None, "family"):
+        family(settings, quick)
+    if only in (None, "speed"):
+        layout = load_layout(LAYOUT)
+        model = PathLossModel.from_layout(layout)
+        throughput(model, layout, quick)
+        realtime_share(model, layout, quick)
     print(f"loc.bench_wall_time: {time.perf_counter() - t0:.1f} s")
 
 
 if __name__ == "__main__":
-    main("--quick" in sys.argv)
+    main(sys.argv[1:])

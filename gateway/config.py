@@ -81,6 +81,16 @@ class SimulatorSettings(Section):
     tx_spread_db: float = Field(default=3.0, ge=0, le=20, description="Per-device transmit power spread (dB)")
     fade_probability: float = Field(default=0.03, ge=0, le=1, description="Chance of a body-shadow fade")
     fade_db: float = Field(default=12.0, ge=0, le=40, description="Depth of a body-shadow fade (dB)")
+    persistent_shadowing_db: float = Field(
+        default=0.0,
+        ge=0,
+        le=20,
+        description="Shadowing that persists per phone and sensor, sd (dB; gateway/sim/radio.py)",
+    )
+    shadowing_tau_s: float = Field(default=10.0, gt=0, le=3600, description="Time constant of that shadowing (s)")
+    packet_loss: float = Field(
+        default=0.0, ge=0, lt=1, description="Chance a sensor misses an advert whatever its strength"
+    )
     detection_floor_dbm: float = Field(default=-95.0, ge=-130, le=-30, description="Weakest RSSI heard")
     advert_interval_s: float = Field(default=1.0, gt=0, le=60, description="Per-device advert interval")
     mac_rotation_s: float = Field(default=900.0, gt=0, description="Phones rotate random MACs this often")
@@ -119,36 +129,60 @@ class BleSettings(Section):
 
 class WifiSettings(Section):
     enabled: bool = Field(default=False, description="Capture probe requests on a monitor interface")
-    interface: str = Field(default="mon0", description="Monitor-mode interface")
+    interface: str = Field(default="mon0", description="Monitor-mode interface the capture relay opens")
     sensor_id: str = Field(default="gw", description="Layout sensor id of the gateway's Wi-Fi radio")
-    channels: list[int] = Field(default=[1, 6, 11], description="Channels to hop over")
+    channels: list[int] = Field(default=[1, 6, 11], description="Channels the capture relay hops over")
     dwell_s: float = Field(default=0.25, gt=0, le=60, description="Time on each channel")
-    set_monitor: bool = Field(default=False, description="Put the interface into monitor mode at start")
+    set_monitor: bool = Field(
+        default=False, description="The capture relay puts the interface into monitor mode at start"
+    )
     pcap: Path | None = Field(default=None, description="Replay this pcap/pcapng instead of capturing")
     pcap_speed: float = Field(default=0.0, ge=0, description="pcap replay pace: 0 as fast as possible, 1 recorded")
     linktype: Literal["auto", "radiotap", "ieee80211"] = Field(
         default="auto",
         description="Frame format on the interface; auto: from its ARPHRD type (803 radiotap, 801 plain 802.11)",
     )
-    hop: bool = Field(default=True, description="Hop over `channels` (needs CAP_NET_ADMIN); false: stay put")
+    hop: bool = Field(
+        default=True, description="The capture relay hops over `channels` (CAP_NET_ADMIN); false: stay put"
+    )
     keep_off_channel: bool = Field(
         default=False, description="Keep frames heard off the channel they were sent on (their RSSI is too low)"
     )
     kernel_filter: bool = Field(
-        default=True, description="BPF filter on the capture socket: only probe requests reach Python"
+        default=True, description="BPF filter on the relay's packet socket: only probe requests leave the kernel"
     )
-    batch_max: int = Field(default=512, ge=1, le=65536, description="Frames read per event-loop wake-up (max)")
+    batch_max: int = Field(
+        default=512, ge=1, le=65536, description="Frames read per event-loop wake-up (max), relay and daemon"
+    )
     max_pending: int = Field(default=50_000, ge=100, description="Observations buffered for a slow consumer")
-    rcvbuf_bytes: int = Field(default=4 << 20, ge=65536, description="Capture socket receive buffer")
+    rcvbuf_bytes: int = Field(default=4 << 20, ge=65536, description="Receive buffer of the relay's packet socket")
+    capture_socket: Path = Field(
+        default=Path("/run/gateway/capture.sock"),
+        description=(
+            "Unix datagram socket the daemon binds (mode 0660) and the capture relay "
+            "(gateway-wifi-capture.service) sends frames to; in gateway.service's RuntimeDirectory"
+        ),
+    )
+    relay_silent_s: float = Field(
+        default=5.0,
+        gt=1,
+        le=300,
+        description="The capture relay is reported silent (status page, /metrics) after this long without a datagram",
+    )
+    count_window_s: float = Field(
+        default=120.0,
+        ge=30,
+        le=900,
+        description="Wi-Fi devices present at a minute's end: device groups heard within this window before it",
+    )
     group_hold_s: float = Field(
-        default=0.0,
+        default=2.0,
         ge=0,
         le=600,
         description=(
-            "Longest hold (frame time) of a new random MAC's frames until its group is decided; 0: at once. "
-            "Held frames reach the pipeline later than localization.window_s and are counted too_late "
-            "instead of localized, so the daemon decides at once by default; 30 buys purer groups "
-            "(docs/wifi.md) at that price. `gateway decode pcap --group-hold` defaults to 30"
+            "Longest hold (frame time) of a new burst's frames until its device is decided (usually when the "
+            "burst is over, ~1.5 s); 0: at once. Held frames later than localization.window_s are counted "
+            "too_late instead of localized. `gateway decode pcap --group-hold` defaults to 30"
         ),
     )
 
@@ -220,6 +254,18 @@ class LocalizationSettings(Section):
     estimator: Literal["ml", "centroid"] = Field(
         default="ml", description="ml: censored robust ML + IMM tracker; centroid: first-cut fallback"
     )
+    learn_radio: bool = Field(
+        default=True,
+        description="Learn each sensor's detection floor and packet loss and the advert-to-advert noise from"
+        " the data (detection_floor_dbm, packet_loss and sigma_db are then only the starting values)",
+    )
+    shadowing_db: float = Field(
+        default=2.0,
+        ge=0,
+        le=20,
+        description="Part of the RSSI noise that persists over seconds (body, shelves; dB): added to the"
+        " learnt advert-to-advert noise for the estimator's sigma (learn_radio)",
+    )
     tx_spread_db: float = Field(default=4.0, gt=0, le=30, description="Prior sd of a phone's transmit offset (dB)")
     robust_nu: float = Field(
         default=4.0, ge=0, le=100, description="Student-t degrees of freedom for RSSI residuals (0: Gaussian)"
@@ -247,8 +293,8 @@ class LocalizationSettings(Section):
     static_sigma_m: float = Field(
         default=0.03, gt=0, le=5, description="Standing model: position drift (m per sqrt(s))"
     )
-    accel_sigma: float = Field(default=0.3, gt=0, le=10, description="Walking model: acceleration noise (m/s^2)")
-    stand_s: float = Field(default=60.0, gt=0, description="Mean time a shopper stands before walking (s)")
+    accel_sigma: float = Field(default=0.2, gt=0, le=10, description="Walking model: acceleration noise (m/s^2)")
+    stand_s: float = Field(default=20.0, gt=0, description="Mean time a shopper stands before walking (s)")
     walk_s: float = Field(default=60.0, gt=0, description="Mean time a shopper walks before standing (s)")
     init_extra_var_m2: float = Field(
         default=4.0, ge=0, description="Extra position variance of a new track (multi-modal first fix)"

@@ -184,6 +184,19 @@ class Aggregate(EventBase):
     dwell_histogram: dict[str, int] = Field(default_factory=dict)
 
 
+class DeviceCount(EventBase):
+    """Wi-Fi devices present (gateway/identity/wifi_count.py): distinct device groups heard in the
+    ``window_s`` before each minute's end; for a longer interval the mean of its minutes."""
+
+    type: Literal["wifi.devices"] = "wifi.devices"
+    interval_start: float
+    interval_s: float = Field(gt=0)
+    zone: str | None = Field(default=None, description="None for the whole store; a zone: devices located in it")
+    devices: float = Field(ge=0, description="Estimated devices present (a mean over the interval's minutes)")
+    sd: float = Field(ge=0, description="Its uncertainty (one standard deviation)")
+    window_s: float = Field(gt=0, description="A device heard within this window before a minute's end is present")
+
+
 class ActivationReport(EventBase):
     type: Literal["activation"] = "activation"
     campaign_id: str
@@ -201,7 +214,15 @@ class Heartbeat(EventBase):
 
 
 Event = Annotated[
-    VisitStarted | ZoneEntered | ZoneLeft | VisitEnded | PositionFix | Aggregate | ActivationReport | Heartbeat,
+    VisitStarted
+    | ZoneEntered
+    | ZoneLeft
+    | VisitEnded
+    | PositionFix
+    | Aggregate
+    | DeviceCount
+    | ActivationReport
+    | Heartbeat,
     Field(discriminator="type"),
 ]
 EVENT_ADAPTER: TypeAdapter[Event] = TypeAdapter(Event)
@@ -209,6 +230,7 @@ EVENT_ADAPTER: TypeAdapter[Event] = TypeAdapter(Event)
 EVENT_PRIORITY: dict[str, Priority] = {
     "fix": Priority.FIX,
     "aggregate": Priority.AGGREGATE,
+    "wifi.devices": Priority.AGGREGATE,
     "visit.started": Priority.PRESENCE,
     "zone.entered": Priority.PRESENCE,
     "zone.left": Priority.PRESENCE,

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from gateway.config import Settings
 from gateway.identity.pseudonyms import PseudonymKeyring
 from gateway.identity.subjects import IdentityResolver
+from gateway.identity.wifi_count import WifiCounter
 from gateway.layout import Layout
 from gateway.localization import Localizer, make_localizer
 from gateway.models import EventBase, Fix, Observation, PositionFix, SubjectKind
@@ -86,6 +87,16 @@ class Pipeline:
         self._on_fixes = on_fixes
         # event time each layout sensor was last heard (status page: a silent sensor is a fault)
         self.sensor_last_heard: dict[str, float] = {}
+        # Wi-Fi devices present per minute / aggregate interval (docs/wifi.md, "Counting")
+        self.wifi_count: WifiCounter | None = (
+            WifiCounter(
+                settings.gateway.store_id,
+                window_s=settings.wifi.count_window_s,
+                interval_s=settings.presence.aggregate_interval_s,
+            )
+            if settings.wifi.enabled
+            else None
+        )
 
     def process(self, batch: Sequence[Observation]) -> list[EventBase]:
         """Feed one time-ordered batch; return the events it completes."""
@@ -107,6 +118,13 @@ class Pipeline:
         if self._next_tick is None:
             self._next_tick = math.floor(good[0].ts / self._interval) * self._interval + self._interval
         resolved = self.identity.resolve(good)
+        if not resolved:  # every observation dropped by identity (e.g. all of an opted-out phone)
+            return events
+        wc = self.wifi_count
+        if wc is not None:
+            for o in resolved:
+                if o.radio == "wifi":
+                    wc.heard(o.ts, o.device)
         start = 0
         for j, o in enumerate(resolved):
             if o.ts >= self._next_tick:
@@ -125,7 +143,10 @@ class Pipeline:
         return self._ticks_until(now)
 
     def close(self) -> list[EventBase]:
-        return self._count(self.presence.close(self.now))
+        events = self.presence.close(self.now)
+        if self.wifi_count is not None:
+            events += self.wifi_count.close(self.now)
+        return self._count(events)
 
     def _ticks_until(self, ts: float) -> list[EventBase]:
         events: list[EventBase] = []
@@ -148,6 +169,9 @@ class Pipeline:
                     events += [self._fix_event(f) for f in fixes]
             events += self.presence.update(fixes, t)
             events += self.presence.tick(t)
+            if self.wifi_count is not None:
+                self.wifi_count.located(fixes)
+                events += self.wifi_count.tick(t)
             self._next_tick = t + self._interval
         if gap_end is not None:
             self._next_tick = math.floor(gap_end / self._interval) * self._interval + self._interval

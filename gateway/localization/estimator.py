@@ -176,6 +176,20 @@ class Estimator:
         self._kn = -TEN_OVER_LN10 * model.n
         self._p0 = model.p0
         self._sx, self._sy = np.ascontiguousarray(model.xy[:, 0]), np.ascontiguousarray(model.xy[:, 1])
+        # per-sensor detection floor and packet loss (learnt by the localizer); None: the params' values
+        self.floor_s: F64 | None = None
+        self.eps_s: F64 | None = None
+
+    def _floor_eps(self, sens: I64 | None) -> tuple[F64 | float, F64 | float]:
+        """Floor and packet loss for the censored cells of sensors ``sens`` (scalars when not learnt)."""
+        floor: F64 | float = self.params.floor_dbm
+        eps: F64 | float = self.params.packet_loss
+        if sens is not None:
+            if self.floor_s is not None:
+                floor = self.floor_s[sens]
+            if self.eps_s is not None:
+                eps = self.eps_s[sens]
+        return floor, eps
 
     def make_grid(self, step: float) -> F64:
         g = make_grid(self.params.bounds, step)
@@ -216,36 +230,37 @@ class Estimator:
         u2 *= 0.5
         return u2
 
-    def _missed_loss(self, mu: F64, missed: F64) -> F64:
+    def _missed_loss(self, mu: F64, missed: F64, sens: I64 | None = None) -> F64:
         """The loss of :meth:`_missed` alone (the grid search needs no derivatives)."""
         sig = self.params.sigma_db
-        eps = self.params.packet_loss
-        alpha = (self.params.floor_dbm - mu) / sig
-        if eps > 0:
+        floor, eps = self._floor_eps(sens)
+        alpha = (floor - mu) / sig
+        if self.params.packet_loss > 0:
             like = eps + (1.0 - eps) * norm_cdf(alpha)
             loss = -np.log(like)
         else:
             loss = -log_norm_cdf(alpha)
         return np.asarray(missed * loss)
 
-    def _missed(self, mu: F64, missed: F64) -> tuple[F64, F64, F64]:
+    def _missed(self, mu: F64, missed: F64, sens: I64 | None = None) -> tuple[F64, F64, F64]:
         """Loss, first and (clipped) second derivative wrt mu of the censored terms.
 
         With ``x = (mu - floor) / (sigma sqrt 2)``: ``Phi(alpha) = erfc(x) / 2`` and ``phi(alpha) =
         exp(-x^2) / sqrt(2 pi)`` for ``alpha = (floor - mu) / sigma``, so one ``erfc`` and one ``exp``,
-        in place (this runs in every likelihood evaluation of a refinement).
+        in place (this runs in every likelihood evaluation of a refinement). ``sens``: the sensor of
+        each cell, for the learnt per-sensor floor and packet loss.
         """
         sig = self.params.sigma_db
-        eps = self.params.packet_loss
-        if eps <= 0:
-            alpha = (self.params.floor_dbm - mu) / sig
+        floor, eps = self._floor_eps(sens)
+        if self.params.packet_loss <= 0:
+            alpha = (floor - mu) / sig
             loss = -log_norm_cdf(alpha)
             from gateway.localization.pathloss import mills_ratio
 
             d1 = mills_ratio(alpha) / sig
             d2 = np.maximum(d1 * (alpha + sig * d1) / sig, 0.0)
             return missed * loss, missed * d1, missed * d2
-        x = mu - self.params.floor_dbm
+        x = mu - floor
         x *= 1.0 / (sig * _SQRT2)
         like = erfc(x)
         like *= 0.5 * (1.0 - eps)
@@ -282,7 +297,7 @@ class Estimator:
         # censored terms only where adverts were missed (a minority of the cells while tracking)
         miss = np.nonzero(prob.missed)
         if miss[0].size:
-            lc, ac, bc = self._missed(mu[miss], prob.missed[miss])
+            lc, ac, bc = self._missed(mu[miss], prob.missed[miss], miss[1])
             rho[miss] += lc
             a[miss] += ac
             b[miss] += bc
@@ -342,7 +357,7 @@ class Estimator:
             _add_rows(cost, hd, rho)
             md, ms = np.nonzero(missed)
             if md.size:
-                lc = self._missed_loss(grid_mu_t[ms] + delta[md], missed[md, ms][:, None])
+                lc = self._missed_loss(grid_mu_t[ms] + delta[md], missed[md, ms][:, None], ms[:, None])
                 _add_rows(cost, md, lc)
             prior = 0.5 * delta_prec[sl][:, None] * (delta - delta_mean[sl][:, None]) ** 2
             k = np.argmin(cost + prior, axis=1)
@@ -385,7 +400,9 @@ class Estimator:
         rho = self._heard_cost(e, prob.count)
         miss = np.flatnonzero(prob.missed)
         if miss.size:
-            rho.reshape(-1)[miss] += self._missed_loss(mu.reshape(-1)[miss], prob.missed.reshape(-1)[miss])
+            rho.reshape(-1)[miss] += self._missed_loss(
+                mu.reshape(-1)[miss], prob.missed.reshape(-1)[miss], miss % self.model.num_sensors
+            )
         return np.asarray(rho.sum(axis=1))
 
     def _post_terms(self, q: _Prepared, th: F64) -> tuple[F64, F64, F64]:
@@ -426,7 +443,7 @@ class Estimator:
             wk = q.cs2.copy()
         a = wk * e
         if q.miss_flat.size:
-            lc, ac, bc = self._missed(mu.reshape(-1)[q.miss_flat], q.missed)
+            lc, ac, bc = self._missed(mu.reshape(-1)[q.miss_flat], q.missed, q.miss_flat % self.model.num_sensors)
             rho.reshape(-1)[q.miss_flat] += lc
             a.reshape(-1)[q.miss_flat] += ac
             wk.reshape(-1)[q.miss_flat] += bc

@@ -20,13 +20,14 @@ Causal by construction: observations with ``ts > now`` stay buffered for a later
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
 from gateway.config import LocalizationSettings
 from gateway.layout import Layout
 from gateway.localization.estimator import Estimator, EstimatorParams, Problem, RefineBatch, Solution, aggregate
+from gateway.localization.learn import PAIR_MAX_GAP_S, RadioLearner
 from gateway.localization.pathloss import F64, PathLossModel
 from gateway.localization.region import Walkable
 from gateway.localization.tracker import ImmTracker, TrackerParams
@@ -155,6 +156,13 @@ class MlLocalizer:
         self.stats = LocalizerStats()
         self._sidx = layout.sensor_index()
         ns = len(self._sidx)
+        self.learn = RadioLearner(
+            ns, settings.detection_floor_dbm, settings.packet_loss, settings.sigma_db, settings.shadowing_db
+        )
+        # the last per-tick mean of each (device, sensor): successive differences measure the noise
+        self._last_mean = np.zeros((0, ns))
+        self._last_cnt = np.zeros((0, ns))
+        self._last_t = np.zeros((0, ns))
         self._active = np.ones(ns, dtype=bool)
         self._last_heard = np.full(ns, -np.inf)
         self._slot: dict[str, int] = {}
@@ -289,6 +297,11 @@ class MlLocalizer:
                 was = np.zeros(live.size, dtype=bool)
                 was[: self._was_standing.size] = self._was_standing
                 self._was_standing = was
+                for name in ("_last_mean", "_last_cnt", "_last_t"):
+                    old = getattr(self, name)
+                    arr = np.zeros((live.size, old.shape[1]))
+                    arr[: old.shape[0]] = old
+                    setattr(self, name, arr)
                 self.tracker.ensure(live.size)
                 self.zones.ensure(live.size)
         self._slot[device] = d
@@ -296,6 +309,7 @@ class MlLocalizer:
         self._stand.reset(np.array([d]))
         self._recent.reset(np.array([d]))
         self._was_standing[d] = False
+        self._last_t[d] = -np.inf
         return d
 
     def _release(self, d: int) -> None:
@@ -485,6 +499,38 @@ class MlLocalizer:
         nu = np.where(walking, st.track_robust_nu, st.robust_nu)
         return RefineBatch(sub, m, m, lam, st.track_iterations, nu)
 
+    def _learn_noise(
+        self, slots: np.ndarray, prob: Problem, t_obs: np.ndarray, sen: np.ndarray, rssi: np.ndarray
+    ) -> None:
+        """Floors from the weakest reports, noise from successive means; the estimator uses both."""
+        lr = self.learn
+        lr.reports(sen, rssi)
+        heard = prob.count > 0
+        lt = self._last_t[slots]
+        pair = heard & (lt >= t_obs[:, None] - PAIR_MAX_GAP_S)
+        if pair.any():
+            lk = self._last_cnt[slots]
+            z = (prob.mean - self._last_mean[slots]) / np.sqrt(
+                1.0 / np.maximum(prob.count, 1.0) + 1.0 / np.maximum(lk, 1.0)
+            )
+            lr.pairs(z[pair])
+        self._last_mean[slots] = np.where(heard, prob.mean, self._last_mean[slots])
+        self._last_cnt[slots] = np.where(heard, prob.count, self._last_cnt[slots])
+        self._last_t[slots] = np.where(heard, t_obs[:, None], lt)
+        est = self.estimator
+        est.floor_s = lr.floors()
+        est.eps_s = lr.packet_loss()
+        sigma = lr.sigma()
+        if sigma != est.params.sigma_db:
+            est.params = replace(est.params, sigma_db=sigma)
+
+    def _learn_loss(self, now: float, prob: Problem, state: np.ndarray, censor: np.ndarray) -> None:
+        """Packet loss: misses where the device should have been heard well (at its current estimate)."""
+        lr = self.learn
+        mu = self.model.mean_rssi(state[:, :2], state[:, 4])
+        strong = censor[None, :] & (mu > lr.floors()[None, :] + 3.0 * lr.sigma())
+        lr.misses(now, prob.count.max(axis=1), prob.missed, strong)
+
     def _expire(self, now: float) -> None:
         live = np.flatnonzero(self._live)
         if live.size == 0:
@@ -505,6 +551,8 @@ class MlLocalizer:
         # the time the window's adverts describe (their mean time): the tracker fuses them there and
         # extrapolates to ``now`` for the fix
         t_obs = np.bincount(inv, weights=ts, minlength=slots.size) / np.bincount(inv, minlength=slots.size)
+        if self._s.learn_radio:
+            self._learn_noise(slots, prob, t_obs, sen, rssi)
         if not self._s.time_align:
             t_obs = np.full(slots.size, now)
         live = self._live[slots]
@@ -578,6 +626,8 @@ class MlLocalizer:
             self._search_finish(search, est.refine_batches([search.batch])[0], st)
         self._was_standing[slots] = standing
         self._ticks += 1
+        if self._s.learn_radio and old.size:
+            self._learn_loss(now, prob.take(old), state[old], censor)
         xy = self.region.project(xy)
         sigma = np.sqrt(np.maximum(pcov[:, 0, 0] + pcov[:, 1, 1], 0.0))
         zones = self.zones.update(slots, xy)

@@ -6,6 +6,7 @@ one-sided body-shadow fades, random packet loss, and the detection floor (weaker
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -80,8 +81,14 @@ class SyntheticRun:
     truth_t: F64  # (T,)
     truth_xy: F64  # (D, T, 2)
     tx_offset: F64  # (D,)
+    phase: F64 | None = None  # (D,) per-device offset of the truth grid (channel_run)
 
     def truth_at(self, device: int, t: float) -> F64:
+        if self.phase is not None:
+            # channel_run: the path sampled at the device's advert times, interpolated to ``t``
+            tq = t - float(self.phase[device])
+            path = self.truth_xy[device]
+            return np.array([np.interp(tq, self.truth_t, path[:, 0]), np.interp(tq, self.truth_t, path[:, 1])])
         k = int(np.clip(np.searchsorted(self.truth_t, t, side="right") - 1, 0, self.truth_t.size - 1))
         return np.asarray(self.truth_xy[device, k])
 
@@ -134,3 +141,53 @@ def write_jsonl(run: SyntheticRun, sensor_ids: list[str], path: str, prefix: str
                 run.ts.tolist(), run.sensor.tolist(), run.device.tolist(), run.rssi.tolist(), strict=True
             )
         )
+
+
+def channel_run(
+    sample: Callable[[np.ndarray, F64, F64, F64], tuple[F64, np.ndarray]],
+    devices: int,
+    duration_s: float,
+    rng: np.random.Generator,
+    *,
+    bounds: tuple[float, float, float, float],
+    walking: bool = False,
+    advert_interval_s: float = 1.0,
+    tx_spread_db: float = 4.0,
+    speed: float = 1.0,
+    pause_p: float = 0.3,
+    latency_s: float = 0.02,
+    t0: float = 1_767_261_600.0,
+) -> SyntheticRun:
+    """Like :func:`synthetic_run`, with RSSI from a caller's radio (``sample(keys, t, xy, tx)`` ->
+    ``(rssi (N, S), heard (N, S))``, e.g. :meth:`gateway.sim.radio.Channel.sample`).
+
+    Each advert is sent from where the device is at its send time (``truth_at`` is sampled on the
+    same per-device grid, so the truth of a fix at ``t`` is the position at the newest advert <= t).
+    """
+    steps = int(duration_s / advert_interval_s)
+    tt: F64 = np.asarray(t0 + np.arange(steps, dtype=np.float64) * advert_interval_s, dtype=np.float64)
+    phase = rng.uniform(0, advert_interval_s, devices)
+    if walking:
+        xy = np.stack([random_walk_path(rng, tt + phase[d], bounds, speed, pause_p) for d in range(devices)])
+    else:
+        p = np.column_stack([rng.uniform(bounds[0], bounds[1], devices), rng.uniform(bounds[2], bounds[3], devices)])
+        xy = np.repeat(p[:, None, :], steps, axis=1)
+    tx = tx_spread_db * rng.standard_normal(devices)
+    ts = (tt[None, :] + phase[:, None]).reshape(-1)
+    keys = np.repeat(np.arange(devices), steps)
+    r, heard = sample(keys, ts, xy.reshape(-1, 2), np.repeat(tx, steps))
+    s = r.shape[1]
+    ts_all = np.repeat(ts, s).reshape(-1, s) + rng.uniform(0, latency_s, (ts.size, s))
+    sen = np.broadcast_to(np.arange(s), heard.shape)
+    dev = np.broadcast_to(keys[:, None], heard.shape)
+    order = np.argsort(ts_all[heard], kind="stable")
+    return SyntheticRun(
+        ts=ts_all[heard][order],
+        sensor=sen[heard][order],
+        device=dev[heard][order],
+        rssi=r[heard][order],
+        truth_t=tt,
+        truth_xy=xy,
+        tx_offset=tx,
+        phase=phase,
+    )

@@ -53,6 +53,13 @@ def add_commands(sub: Any) -> None:
     )
     cal.add_argument("--layout", default=None, help="store layout TOML (sensor positions, starting values)")
     cal.add_argument("--no-sensor-links", action="store_true", help="ignore sensors hearing each other")
+    cal.add_argument(
+        "--advert-gap",
+        type=float,
+        default=0.04,
+        help="reports of one transmitter closer than this (s) are one advert; a sensor missing from an advert"
+        " of a reference transmitter counts as a miss (0: do not count misses)",
+    )
     cal.add_argument("--out", default=None, help="write the TOML here instead of stdout")
     cal.set_defaults(func=_calibrate)
 
@@ -315,6 +322,31 @@ def _read_positions(path: str) -> tuple[dict[str, tuple[float, float, float]], d
     return fixed, {k: np.array(sorted(v)) for k, v in walks.items()}
 
 
+def advert_misses(
+    rows: list[tuple[int, str, float, float, float, float, float]], reference: set[str], gap_s: float
+) -> list[tuple[int, str, float, float, float]]:
+    """Adverts of the reference transmitters each sensor did not report: one transmitter's reports
+    closer than ``gap_s`` are one advert; a sensor that reported something during the recording but
+    not this advert missed it (at the advert's place)."""
+    heard_any = {r[0] for r in rows}
+    by_tx: dict[str, list[tuple[float, int, float, float, float]]] = {}
+    for s, dev, x, y, z, _rssi, ts in rows:
+        if dev in reference:
+            by_tx.setdefault(dev, []).append((ts, s, x, y, z))
+    out: list[tuple[int, str, float, float, float]] = []
+    for dev, reps in by_tx.items():
+        reps.sort()
+        start = 0
+        for i in range(1, len(reps) + 1):
+            if i == len(reps) or reps[i][0] - reps[i - 1][0] > gap_s:
+                advert = reps[start:i]
+                got = {a[1] for a in advert}
+                _, _, x, y, z = advert[0]
+                out.extend((s, dev, x, y, z) for s in sorted(heard_any - got))
+                start = i
+    return out
+
+
 def _calibrate(args: argparse.Namespace) -> int:
     from gateway.localization.calibrate import CalibrationData, fit_sensors, sensors_toml
 
@@ -348,8 +380,11 @@ def _calibrate(args: argparse.Namespace) -> int:
     if not args.no_sensor_links:
         for sensor in layout.sensors:
             fixed.setdefault(sensor.id, (sensor.x, sensor.y, sensor.z))
+    if not (0 <= args.advert_gap <= 5):
+        _err(f"calibrate: --advert-gap {args.advert_gap}: must be in [0, 5] seconds")
+        return 2
     reader = ObsReader(args.obs, layout.sensor_index(), strict=False)
-    rows: list[tuple[int, str, float, float, float, float]] = []  # sensor, tx, x, y, z, rssi
+    rows: list[tuple[int, str, float, float, float, float, float]] = []  # sensor, tx, x, y, z, rssi, ts
     unplaced = 0
     try:
         with _open(args.obs) as f:
@@ -365,7 +400,7 @@ def _calibrate(args: argparse.Namespace) -> int:
                 else:
                     unplaced += 1
                     continue
-                rows.append((s, dev, x, y, z, rssi))
+                rows.append((s, dev, x, y, z, rssi, ts))
     except OSError as e:
         _err(f"calibrate: {args.obs}: cannot read: {e.strerror}")
         return 2
@@ -373,7 +408,9 @@ def _calibrate(args: argparse.Namespace) -> int:
     if not rows:
         _err("calibrate: no observation has a known transmitter position")
         return 2
-    data = CalibrationData.from_rows(rows, layout, reference={d for d in fixed if d not in sensors} | set(walks))
+    reference = {d for d in fixed if d not in sensors} | set(walks)
+    misses = advert_misses(rows, reference, args.advert_gap) if args.advert_gap > 0 else []
+    data = CalibrationData.from_rows(rows, layout, reference, misses)
     result = fit_sensors(data, layout, floor_dbm=settings.detection_floor_dbm)
     for line in result.notes:
         _err(f"calibrate: {line}")

@@ -112,7 +112,7 @@ SOURCE_FACTORIES: list[tuple[Callable[[Settings], bool], Callable[[Settings, Lay
 
 
 def _wifi_source(settings: Settings, layout: Layout) -> Source:
-    from gateway.sources.wifi import make_wifi_source  # AF_PACKET capture, or pcap replay if wifi.pcap is set
+    from gateway.sources.wifi import make_wifi_source  # the capture relay's frames, or a pcap replay (wifi.pcap)
 
     return make_wifi_source(settings.wifi)
 

@@ -88,6 +88,7 @@ class PipelineView:
     dropped: Mapping[str, int] = field(default_factory=dict)
     sensor_last_heard: Mapping[str, float] = field(default_factory=dict)  # event time, by sensor
     optouts: int = 0
+    wifi_devices: Mapping[str, Any] = field(default_factory=dict)  # the Wi-Fi count's last minute
 
 
 def pipeline_view(pipeline: Pipeline, presence: PresenceService) -> PipelineView:
@@ -100,6 +101,7 @@ def pipeline_view(pipeline: Pipeline, presence: PresenceService) -> PipelineView
         dropped=dict(st.dropped),
         sensor_last_heard=dict(pipeline.sensor_last_heard),
         optouts=presence.resolver.optout_count,
+        wifi_devices=dict(pipeline.wifi_count.latest) if pipeline.wifi_count is not None else {},
     )
 
 
@@ -355,6 +357,7 @@ class DaemonStatusProvider:
             campaigns=self._campaigns(now),
             actors=self._actors(),
             zone_occupancy=occ,
+            wifi_devices=dict(pv.wifi_devices),
             optouts=pv.optouts,
             pipeline=pipeline_status(d.backpressure, self._load, d.runtime.loop_lag_s),
             extra={
@@ -496,6 +499,7 @@ class DaemonMetricsSampler:
             if n := self._delta("recov", h.name, h.recoveries):
                 for _ in range(int(n)):
                     m.radio_recovered(h.name)
+            m.source_state(h.name, h.state == "running")
         for node in node_status(d.sources):
             name = node["name"]
             m.node(name, node["state"] == "up", node.get("latency_s", 0.0), node.get("rate_per_s", 0.0))

@@ -4,12 +4,13 @@ Pure: time is an argument (``step(t_end)``), randomness comes from one seeded ge
 output depends only on the seed, the layout, the settings and the step schedule (the simulated
 source always steps in fixed ``tick_s`` increments, so a run is reproducible end to end).
 
-Radio model (per advert, per sensor)::
+Radio model: :mod:`gateway.sim.radio` (per advert, per sensor)::
 
-    rssi = p0_sensor + tx_offset_device - 10 * n_sensor * log10(d_3d) + N(0, shadowing) - fade
-    heard iff rssi >= detection_floor;  rssi is rounded to an integer dBm like real radios.
+    rssi = p0_sensor + tx_offset_device - 10 * n_sensor * log10(d_3d) + shadow(t) + N(0, shadowing) - fade
+    heard iff rssi >= detection_floor and the report is not lost (packet_loss); rounded to 1 dBm.
 
-``fade`` is a body/shelf shadow of ``fade_db`` with probability ``fade_probability``. Ground truth
+``shadow(t)`` persists per phone and sensor (``persistent_shadowing_db``, ``shadowing_tau_s``; 0 by
+default); ``fade`` is a body/shelf shadow of ``fade_db`` with probability ``fade_probability``. Ground truth
 (positions, visits, dwell per zone) is kept for tests and benchmarks.
 """
 
@@ -26,6 +27,7 @@ from numpy.typing import NDArray
 from gateway.config import SimulatorSettings
 from gateway.layout import Layout, Zone, points_in_polygon
 from gateway.models import Observation
+from gateway.sim.radio import Channel, RadioEnv
 
 PersonKind = Literal["visitor", "passer-by", "beacon"]
 
@@ -88,6 +90,7 @@ class StoreSimulator:
         self._sz = layout.sensor_z()[sel]
         self._p0 = layout.sensor_p0()[sel]
         self._n = layout.sensor_n()[sel]
+        self.channel = Channel(RadioEnv.from_settings(self._p0, self._n, self._sz, settings), self._sxy, self.rng)
         self._zones = layout.zones
         self._entrance = self._zone_of_kind("entrance")
         self._street = self._zone_of_kind("outside")
@@ -286,14 +289,15 @@ class StoreSimulator:
         xs = np.empty(len(ts_all))
         ys = np.empty(len(ts_all))
         tx = np.empty(len(ts_all))
+        pid = np.empty(len(ts_all), dtype=np.int64)
         off = 0
         for arr in times:
             p = owners[off]
             xs[off : off + len(arr)], ys[off : off + len(arr)] = p.position(arr)
             tx[off : off + len(arr)] = p.tx_offset
+            pid[off : off + len(arr)] = p.pid
             off += len(arr)
-        rssi = self.rssi(np.column_stack([xs, ys]), tx)
-        heard = rssi >= self.settings.detection_floor_dbm
+        rssi, heard = self.channel.sample(pid, ts_all, np.column_stack([xs, ys]), tx)
         order = np.argsort(ts_all, kind="stable")
         out: list[Observation] = []
         sids = self.sensor_ids
@@ -312,13 +316,8 @@ class StoreSimulator:
         return out
 
     def rssi(self, xy: NDArray[np.float64], tx_offset: NDArray[np.float64]) -> NDArray[np.float64]:
-        """Noisy integer RSSI (dBm) at every sensor for an (N, 2) array of positions."""
-        dx = xy[:, None, 0] - self._sxy[None, :, 0]
-        dy = xy[:, None, 1] - self._sxy[None, :, 1]
-        d = np.sqrt(dx * dx + dy * dy + self._sz[None, :] ** 2)
-        mean = self._p0[None, :] + tx_offset[:, None] - 10.0 * self._n[None, :] * np.log10(np.maximum(d, 0.1))
-        noise = (
-            self.rng.normal(0.0, self.settings.shadowing_db, size=mean.shape) if self.settings.shadowing_db > 0 else 0.0
-        )
-        fades = self.rng.random(size=mean.shape) < self.settings.fade_probability
-        return np.asarray(np.round(mean + noise - fades * self.settings.fade_db), dtype=np.float64)
+        """Noisy integer RSSI (dBm) at every sensor for an (N, 2) array of positions (misses not applied)."""
+        keys = np.full(xy.shape[0], -1, dtype=np.int64)
+        r, _ = self.channel.sample(keys, np.zeros(xy.shape[0]), xy, tx_offset)
+        self.channel.forget([-1])
+        return r

@@ -69,6 +69,12 @@ class GatewayMetrics:
             ["radio"],
             registry=r,
         )
+        self.source_up = Gauge(
+            "gateway_source_up",
+            "1 while a source runs; 0 starting, degraded (e.g. the Wi-Fi capture relay silent), failed or stopped",
+            ["source"],
+            registry=r,
+        )
         self.loop_lag = Gauge("gateway_event_loop_lag_seconds", "Latest measured event-loop lag", registry=r)
         self.loop_lag_hist = Histogram(
             "gateway_event_loop_lag_distribution_seconds", "Event-loop lag samples", buckets=LAG_BUCKETS, registry=r
@@ -181,6 +187,9 @@ class GatewayMetrics:
 
     def uplink_state(self, connected: bool) -> None:
         self.uplink_connected.set(1 if connected else 0)
+
+    def source_state(self, source: str, running: bool) -> None:
+        self.source_up.labels(source).set(1 if running else 0)
 
     def radio_recovered(self, radio: str) -> None:
         c = self._radio.get(radio)

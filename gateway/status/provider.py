@@ -156,6 +156,9 @@ class StatusSnapshot:
     actors: list[ActorRow] = field(default_factory=list)
     # zone id -> number of subjects currently inside
     zone_occupancy: dict[str, int] = field(default_factory=dict)
+    # Wi-Fi devices present at the last minute's end (gateway/identity/wifi_count.py):
+    # {"ts", "devices", "sd", "window_s", "by_zone": {zone: n}, "interval"?: {"start", "interval_s", "devices"}}
+    wifi_devices: dict[str, Any] = field(default_factory=dict)
     optouts: int = 0
     pipeline: PipelineStatus = field(default_factory=lambda: PipelineStatus())
     # counters a provider adds for the technician (pipeline totals, loop lag ...), shown as they are

@@ -38,6 +38,7 @@ from gateway.log import get_logger
 from gateway.models import (
     ActivationReport,
     Aggregate,
+    DeviceCount,
     EventBase,
     Heartbeat,
     PositionFix,
@@ -66,6 +67,7 @@ WIRE_EVENT_TYPES: tuple[type[EventBase], ...] = (
     VisitEnded,
     PositionFix,
     Aggregate,
+    DeviceCount,
     ActivationReport,
     Heartbeat,
 )

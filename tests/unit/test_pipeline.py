@@ -116,3 +116,21 @@ def test_a_clock_jump_does_not_tick_every_second_of_it() -> None:
     p.process(ring(layout, 3.0, 3.0, later))
     assert p.now == later
     assert p.stats.fixes > 0
+
+
+def test_a_batch_of_only_opted_out_observations_is_dropped_quietly() -> None:
+    """Identity may drop a whole batch (one opted-out phone alone in the store): nothing to localize,
+    no crash (it raised IndexError and took the daemon's pipeline task down)."""
+    from gateway.identity.pseudonyms import PseudonymKeyring
+    from gateway.identity.subjects import IdentityResolver
+
+    layout = load_layout(LAYOUT)
+    resolver = IdentityResolver(PseudonymKeyring(), optout_key=b"k" * 32)
+    resolver.add_optout("aa:bb:cc:00:00:01", 1000.0)
+    p = Pipeline(settings(), layout, identity=resolver)
+    assert p.process(ring(layout, 10.0, 10.0, 1000.0)) == []
+    assert resolver.stats.dropped_optout == len(layout.sensors)
+    # and the next phone is localized as usual
+    p.process(ring(layout, 10.0, 10.0, 1000.5, device="aa:bb:cc:00:00:02"))
+    events = p.process(ring(layout, 10.0, 10.0, 1002.0, device="aa:bb:cc:00:00:02"))
+    assert any(e.type == "fix" for e in events)

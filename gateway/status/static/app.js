@@ -213,6 +213,14 @@
   }
 
   // -- panels -------------------------------------------------------------------------------
+  // Wi-Fi devices present (last minute, with its uncertainty; the mean of the last interval)
+  function fmtWifi(w) {
+    if (!w || w.devices === undefined) return "-";
+    let out = w.devices + " \u00b1 " + w.sd + " (heard in " + fmtAge(w.window_s) + ")";
+    if (w.interval) out += "; " + w.interval.devices + " on average over " + fmtAge(w.interval.interval_s);
+    return out;
+  }
+
   function renderStatus(s) {
     const now = s.ts || Date.now() / 1000;
     kv(document.getElementById("overview"), [
@@ -221,6 +229,7 @@
       ["clock", fmtClock(s.clock)],
       ["disk free", s.disk && s.disk.total_bytes ? fmtBytes(s.disk.free_bytes) + " of " + fmtBytes(s.disk.total_bytes) : "-"],
       ["opt-outs", s.optouts],
+      ["Wi-Fi devices", fmtWifi(s.wifi_devices)],
     ]);
     const u = s.uplink || {};
     kv(document.getElementById("uplink"), [
@@ -273,14 +282,15 @@
     }
     table(document.getElementById("sensors"), ["sensor", "last heard"], rows);
     const occ = s.zone_occupancy || {};
+    const wz = (s.wifi_devices && s.wifi_devices.by_zone) || {};
     const zrows = [];
     for (const z of (layout ? layout.zones : [])) {
       const n = occ[z.id] || 0;
       const t = zoneLabels.get(z.id);
       if (t) t.textContent = n + " here";
-      zrows.push([z.name || z.id, z.kind, n]);
+      zrows.push([z.name || z.id, z.kind, n, wz[z.id] === undefined ? "-" : wz[z.id]]);
     }
-    table(document.getElementById("zones"), ["zone", "kind", "occupancy"], zrows);
+    table(document.getElementById("zones"), ["zone", "kind", "occupancy", "Wi-Fi devices"], zrows);
     table(document.getElementById("campaigns"), ["id", "name", "active"],
       (s.campaigns || []).map((c) => [c.id, c.name, c.active]));
     table(document.getElementById("actors"), ["id", "name", "kind", "state"],

@@ -64,6 +64,29 @@ def test_fused_evaluation_matches_evaluate_and_normal_equations(
     assert np.allclose(h, h0, rtol=1e-10, atol=1e-9)
 
 
+def test_per_sensor_floor_and_loss_in_every_path(model: PathLossModel, layout: Layout) -> None:
+    """Learnt per-sensor floors / packet loss (``learn_radio``) reach the fused terms, ``nll``, the
+    plain ``evaluate`` and the grid search alike, and they change the result (the test can fail)."""
+    est = _estimator(model, layout)
+    prob, truth = _problem(model, 20, 5)
+    theta = truth + np.random.default_rng(6).normal(0.0, 1.5, truth.shape)
+    base = est.nll(prob, theta)
+    s = model.num_sensors
+    est.floor_s = FLOOR - np.linspace(0.0, 6.0, s)
+    est.eps_s = np.linspace(0.02, 0.3, s)
+    cost, g, h = est._post_terms(est._prepare(prob, None), theta)
+    cost0, a, b, gx, gy = est.evaluate(prob, theta)
+    g0, h0 = est._normal_eq(a, b, gx, gy)
+    assert np.allclose(cost, cost0, rtol=1e-12, atol=1e-9)
+    assert np.allclose(est.nll(prob, theta), cost0, rtol=1e-12, atol=1e-9)
+    assert np.allclose(g, g0, rtol=1e-10, atol=1e-9)
+    assert np.allclose(h, h0, rtol=1e-10, atol=1e-9)
+    assert not np.allclose(cost0, base)
+    # the grid search's censored cost at its chosen point is the same likelihood
+    grid_theta, grid_cost = est.grid_search(prob, np.zeros(20), np.zeros(20))
+    assert np.allclose(grid_cost, est.nll(prob, grid_theta), rtol=1e-6, atol=1e-6)
+
+
 def test_refine_batches_equal_separate_calls(model: PathLossModel, layout: Layout) -> None:
     """Different priors, tails and iteration budgets in one solve: each batch as if refined alone."""
     est = _estimator(model, layout)
@@ -148,9 +171,11 @@ def _scenario(layout: Layout, model: PathLossModel, loc: MlLocalizer) -> list[tu
 
 def test_batched_tick_gives_the_fixes_of_separate_refinements(layout: Layout, model: PathLossModel) -> None:
     """Every refinement solved alone, the standing re-search before the standing fix: same fixes."""
-    batched = MlLocalizer(layout, LocalizationSettings())
+    # the scenario (a re-search that moves a window fix) was built on a 60 s standing sojourn
+    settings = LocalizationSettings(stand_s=60.0, accel_sigma=0.3)
+    batched = MlLocalizer(layout, settings)
     got = _scenario(layout, model, batched)
-    plain = MlLocalizer(layout, LocalizationSettings())
+    plain = MlLocalizer(layout, settings)
     est = plain.estimator
 
     def one_by_one(batches: Sequence[RefineBatch]) -> list[Solution]:

@@ -49,13 +49,15 @@ def run(layout: Layout, model: PathLossModel, settings: LocalizationSettings, se
 
 @pytest.mark.parametrize("seed", [0, 2, 3])
 def test_standing_fix_leaves_a_wrong_basin(layout: Layout, model: PathLossModel, seed: int) -> None:
-    errs, moved = run(layout, model, LocalizationSettings(), seed)
+    # learn_radio off: the scenario is tuned to the configured noise (with the learnt noise and
+    # packet loss the track check alone already restarts this particular track)
+    errs, moved = run(layout, model, LocalizationSettings(learn_radio=False), seed)
     assert errs[20] > 5.0  # the forced wall fix was output
     assert max(errs[-10:]) < 1.5, errs[-10:]
     assert moved >= 1
     # without the re-search the track stays at the wall: the local refinement cannot leave, and a 4 s
     # recent window is too little evidence for the track check's restart
-    stuck, moved_off = run(layout, model, LocalizationSettings(standing_search_nll=0.0), seed)
+    stuck, moved_off = run(layout, model, LocalizationSettings(standing_search_nll=0.0, learn_radio=False), seed)
     assert float(np.median(stuck[-10:])) > 5.0, stuck[-10:]
     assert moved_off == 0
 
