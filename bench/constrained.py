@@ -4,9 +4,10 @@ The store boxes (``hardware/boards/``: Raspberry Pi 4/5 class, CM4) are slower t
 benchmarks run on, and the gateway shares them with the store-local broker and whatever else runs
 there. Two stand-ins, each printed beside the unconstrained figure of the same run:
 
-* ``sibling``: the process (and every process it starts later: broker, receivers) is pinned to one
-  CPU together with a busy sibling process (a pure-Python spin loop), so the kernel's fair scheduler
-  gives each about half of that core and the gateway must win the CPU back at every wake-up.
+* ``sibling``: a busy sibling process (a pure-Python spin loop) runs beside the process for the
+  whole measurement, so one more runnable process competes for the machine's CPUs and the gateway
+  must win a CPU back at every wake-up. ``pin=True`` pins the process (and every process it starts
+  later: broker, receivers) to one CPU together with the sibling: about half of that core at most.
 * ``quota``: the process moves into a cgroup limited to ``share`` of one core (default 25 %) with a
   short period (default 10 ms: 2.5 ms of CPU every 10 ms), so a burst of work is throttled for at
   most 7.5 ms at a time rather than for most of a 100 ms default period. cgroup v1 (the ``cpu``
@@ -26,7 +27,7 @@ As a library::
 As a command (runs COMMAND under the condition, prints the cgroup's throttling at the end)::
 
     python -m bench.constrained quota [--share 0.25] [--period-ms 10] -- COMMAND ...
-    python -m bench.constrained sibling -- COMMAND ...
+    python -m bench.constrained sibling [--pin] -- COMMAND ...
 """
 
 from __future__ import annotations
@@ -158,7 +159,7 @@ class Condition:
     kind: Kind
     share: float = 0.25
     period_us: int = 10_000
-    cpu: int | None = None  # sibling: the CPU shared with the busy process
+    cpu: int | None = None  # sibling, pinned: the CPU shared with the busy process
     cgroup_version: int | None = None
     stats: dict[str, float] = field(default_factory=dict)  # quota: throttling over the condition
 
@@ -166,7 +167,8 @@ class Condition:
         if self.kind == "free":
             return "unconstrained"
         if self.kind == "sibling":
-            return f"pinned to CPU {self.cpu} beside a busy sibling process (pure-Python spin loop)"
+            where = f"pinned to CPU {self.cpu} with it" if self.cpu is not None else f"{os.cpu_count()} CPUs shared"
+            return f"beside a busy sibling process (pure-Python spin loop; {where})"
         q = self.share * self.period_us / 1000
         per = self.period_us / 1000
         s = f"{self.share * 100:.0f} % of one core (cgroup v{self.cgroup_version}, {q:g} ms per {per:g} ms)"
@@ -178,10 +180,11 @@ class Condition:
         return s
 
 
-def start_sibling(cpu: int) -> subprocess.Popen[bytes]:
-    """A process that keeps ``cpu`` busy (pure-Python spin), until terminated."""
+def start_sibling(cpu: int | None = None) -> subprocess.Popen[bytes]:
+    """A process that keeps a CPU busy (pure-Python spin), until terminated; pinned to ``cpu`` if given."""
     proc = subprocess.Popen([sys.executable, "-c", SPIN], stdin=subprocess.DEVNULL)
-    os.sched_setaffinity(proc.pid, {cpu})
+    if cpu is not None:
+        os.sched_setaffinity(proc.pid, {cpu})
     return proc
 
 
@@ -197,7 +200,7 @@ def stop_process(proc: subprocess.Popen[bytes]) -> None:
 
 @contextlib.contextmanager
 def condition(
-    kind: Kind, *, share: float = 0.25, period_ms: float = 10.0, pid: int | None = None
+    kind: Kind, *, share: float = 0.25, period_ms: float = 10.0, pin: bool = False, pid: int | None = None
 ) -> Iterator[Condition]:
     """Constrain this process (or ``pid``), and every process it starts inside the block."""
     if kind not in KINDS:
@@ -213,10 +216,10 @@ def condition(
         return
     if kind == "sibling":
         before = os.sched_getaffinity(target)
-        cpu = max(before)
-        cond.cpu = cpu
-        sibling = start_sibling(cpu)
-        os.sched_setaffinity(target, {cpu})
+        cond.cpu = max(before) if pin else None
+        sibling = start_sibling(cond.cpu)
+        if cond.cpu is not None:
+            os.sched_setaffinity(target, {cond.cpu})
         try:
             yield cond
         finally:
@@ -244,6 +247,7 @@ def main(argv: list[str]) -> int:
     p.add_argument("kind", choices=KINDS)
     p.add_argument("--share", type=float, default=0.25, help="quota: cores allowed (default 0.25)")
     p.add_argument("--period-ms", type=float, default=10.0, help="quota: CFS period (default 10 ms)")
+    p.add_argument("--pin", action="store_true", help="sibling: pin the command and the sibling to one CPU")
     p.add_argument("command", nargs=argparse.REMAINDER, help="-- COMMAND [ARGS...]")
     args = p.parse_args(argv)
     cmd = args.command[1:] if args.command[:1] == ["--"] else args.command
@@ -251,7 +255,7 @@ def main(argv: list[str]) -> int:
         print("python -m bench.constrained: no command given (after --)", file=sys.stderr)
         return 2
     try:
-        with condition(args.kind, share=args.share, period_ms=args.period_ms) as cond:
+        with condition(args.kind, share=args.share, period_ms=args.period_ms, pin=args.pin) as cond:
             rc = subprocess.run(cmd).returncode
     except ConditionError as e:
         print(f"python -m bench.constrained: {e}", file=sys.stderr)
