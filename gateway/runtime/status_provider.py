@@ -25,6 +25,7 @@ thread builds (``pipeline_view``), and the back-pressure figures the daemon keep
 from __future__ import annotations
 
 import asyncio
+import collections
 import shutil
 import time
 from collections import deque
@@ -89,6 +90,8 @@ class PipelineView:
     sensor_last_heard: Mapping[str, float] = field(default_factory=dict)  # event time, by sensor
     optouts: int = 0
     wifi_devices: Mapping[str, Any] = field(default_factory=dict)  # the Wi-Fi count's last minute
+    residents: Mapping[str, int] = field(default_factory=dict)  # set apart today, by why
+    linked_rotations: int = 0
 
 
 def pipeline_view(pipeline: Pipeline, presence: PresenceService) -> PipelineView:
@@ -102,6 +105,8 @@ def pipeline_view(pipeline: Pipeline, presence: PresenceService) -> PipelineView
         sensor_last_heard=dict(pipeline.sensor_last_heard),
         optouts=presence.resolver.optout_count,
         wifi_devices=dict(pipeline.wifi_count.latest) if pipeline.wifi_count is not None else {},
+        residents=dict(collections.Counter(pipeline.presence.residents().values())),
+        linked_rotations=pipeline.linker.stats.links if pipeline.linker is not None else 0,
     )
 
 
@@ -367,6 +372,9 @@ class DaemonStatusProvider:
                 "dropped": dict(pv.dropped),
                 "loop_lag_s": round(d.runtime.loop_lag_s, 4),
                 "queued_batches": d.backpressure.queued_batches,
+                # staff, fixtures and neighbours set apart today, by why (device kind or all-day)
+                "residents": dict(pv.residents),
+                "linked_rotations": pv.linked_rotations,
             },
         )
 
