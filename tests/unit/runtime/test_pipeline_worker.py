@@ -131,7 +131,15 @@ async def test_inline_before_start_and_after_stop() -> None:
 class ListSource:
     """Given batches, as a recording (waits when the queue is full) or as a live radio."""
 
-    def __init__(self, batches: list[list[Observation]], *, live: bool = False, pace_s: float = 0.0) -> None:
+    def __init__(
+        self,
+        batches: list[list[Observation]],
+        *,
+        live: bool = False,
+        pace_s: float = 0.0,
+        release: asyncio.Event | None = None,
+    ) -> None:
+        self.release = release  # a recording ends only once this is set
         self.name = "list"
         self.health = SourceHealth(self.name)
         self._batches = batches
@@ -153,6 +161,8 @@ class ListSource:
             await asyncio.sleep(self._pace_s)
         if self._live:
             await asyncio.Event().wait()  # a radio does not end
+        if self.release is not None:
+            await self.release.wait()
 
 
 def sim_batches(seconds: float, seed: int = 3, shoppers_per_hour: float = 1500) -> list[list[Observation]]:
@@ -221,7 +231,8 @@ async def test_the_daemon_computes_what_the_pipeline_computes_directly(tmp_path:
     assert sum(e["type"] == "fix" for e in expected) > 1000
     assert {"visit.started", "zone.entered", "zone.left", "visit.ended"} <= {e["type"] for e in expected}
 
-    daemon.sources = [ListSource(copies(batches))]
+    release = asyncio.Event()
+    daemon.sources = [ListSource(copies(batches), release=release)]
     jobs: list[int] = []
     process = daemon._process
 
@@ -230,7 +241,13 @@ async def test_the_daemon_computes_what_the_pipeline_computes_directly(tmp_path:
         return process(b)
 
     daemon._process = counting  # type: ignore[method-assign]
-    assert await asyncio.wait_for(daemon.run(), 120) == 0
+    run = asyncio.create_task(daemon.run())
+    end = time.monotonic() + 120
+    while daemon.pipeline.stats.observations < ref.stats.observations:  # counted on the pipeline thread
+        assert time.monotonic() < end and not run.done()
+        await asyncio.sleep(0.05)
+    release.set()  # the recording ends with everything processed: the drain does not cut it short
+    assert await asyncio.wait_for(run, 60) == 0
     got = outbox_events(settings)
     assert got == json.loads(json.dumps(expected))
     assert daemon.pipeline.stats.observations == ref.stats.observations
