@@ -427,3 +427,20 @@ def test_every_read_of_the_page_goes_through_the_copy() -> None:
     from gateway.runtime.status_provider import DaemonView
 
     assert "pipeline" not in DaemonView.__dict__ and "pipeline_view" in DaemonView.__dict__
+
+
+def test_load_meter_reports_the_share_of_the_last_window() -> None:
+    from gateway.runtime.status_provider import LoadMeter
+    from gateway.runtime.worker import WorkerStats
+
+    w = WorkerStats()
+    m = LoadMeter(window_s=1.0)
+    m.update(w, now=100.0)
+    w.busy_s, w.cpu_s = 0.25, 0.2
+    m.update(w, now=100.5)  # shorter than the window: nothing new yet
+    assert (m.busy_pct, m.cpu_pct) == (0.0, 0.0)
+    m.update(w, now=101.0)
+    assert (m.busy_pct, m.cpu_pct) == (25.0, 20.0)
+    w.busy_s += 3.0  # more than the wall time (clock granularity): capped
+    m.update(w, now=102.0)
+    assert m.busy_pct == 100.0
