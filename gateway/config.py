@@ -704,6 +704,18 @@ class SupervisorSettings(Section):
     restart_window_s: float = Field(default=300.0, gt=0, description="Window for max_restarts")
 
 
+class PipelineSettings(Section):
+    max_delay_s: float = Field(
+        default=2.0,
+        ge=0,
+        le=3600,
+        description=(
+            "A live batch that waited longer than this for the pipeline is dropped and counted as late "
+            "(latency stays bounded when the box is overloaded; recordings always wait); 0: never"
+        ),
+    )
+
+
 NODES_PACKET_LOSS = 0.3
 
 
@@ -734,6 +746,7 @@ class Settings(BaseSettings):
     status: StatusSettings = Field(default_factory=StatusSettings)
     content: ContentSettings = Field(default_factory=ContentSettings)
     supervisor: SupervisorSettings = Field(default_factory=SupervisorSettings)
+    pipeline: PipelineSettings = Field(default_factory=PipelineSettings)
 
     @model_validator(mode="after")
     def _cross_checks(self) -> Settings:

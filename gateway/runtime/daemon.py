@@ -1,10 +1,19 @@
 """The daemon: wires sources -> pipeline (pure core) -> outbox -> uplink under one supervisor.
 
-    sources --(bounded queue of batches)--> pipeline task --(events)--> outbox writer (batched
-    SQLite transactions) --> uplink (MQTT QoS 1, acks delete rows)
+    sources --(bounded queue of batches)--> pipeline task --> pipeline thread --(events)--> outbox
+    writer (batched SQLite transactions) --> uplink (MQTT QoS 1, acks delete rows)
+
+The pipeline (identity -> localization -> presence) runs on a thread of its own
+(``gateway.runtime.worker.PipelineWorker``), which alone touches its state: the pipeline task
+hands it the queued batches (all those waiting, in one job), the clock its ``advance``, the drain
+its ``close``, opt-outs and consents their changes; the events come back on the loop, in order.
+The event loop stays free for I/O while a fix tick computes.
 
 Back-pressure: the queue between sources and the pipeline is bounded; a live source that cannot
-enqueue drops the batch and counts it (radios cannot be paused), a replay simply waits. What a
+enqueue drops the batch and counts it (radios cannot be paused), a replay simply waits; a live
+batch that waited longer than ``pipeline.max_delay_s`` is dropped as ``late`` (so latency stays
+bounded on an overloaded box). Queue depth, waits, late drops and the pipeline thread's load are
+on /metrics and the status page (``BackPressure``). What a
 source is (a recording, a node feed, restartable, on its own clock) it declares in its
 ``capabilities`` (``gateway/sources/base.py``); the daemon never probes it.
 The status page reads the daemon through ``gateway.runtime.status_provider.DaemonView``.
@@ -22,8 +31,11 @@ import contextlib
 import os
 import sqlite3
 import sys
+import threading
 import time
 from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -40,8 +52,16 @@ from gateway.pipeline import Pipeline
 from gateway.presence.service import PresenceService
 from gateway.runtime.notify import Notifier
 from gateway.runtime.reload import ReloadResult, plan_reload
-from gateway.runtime.status_provider import DaemonMetricsSampler, DaemonStatusProvider, Runtime
+from gateway.runtime.status_provider import (
+    BackPressure,
+    DaemonMetricsSampler,
+    DaemonStatusProvider,
+    PipelineView,
+    Runtime,
+    pipeline_view,
+)
 from gateway.runtime.supervisor import Policy, Supervisor, TaskSpec
+from gateway.runtime.worker import PipelineWorker
 from gateway.sources.base import Source
 from gateway.status.metrics import default_metrics, monitor_loop_lag
 from gateway.status.server import StatusServer
@@ -51,6 +71,19 @@ from gateway.uplink.outbox import Outbox, OutboxFullError
 log = get_logger(__name__)
 
 QUEUE_BATCHES = 256
+# observations handed to the pipeline thread in one job at most, when batches have piled up
+MAX_JOB_OBSERVATIONS = 2048
+# the status page's copy of the pipeline counters is rebuilt at most this often while busy
+VIEW_EVERY_S = 0.2
+
+
+@dataclass(slots=True)
+class Queued:
+    """A batch waiting for the pipeline: when it was queued and, for a live source, which one."""
+
+    batch: list[Observation] | None  # None: the end marker the drain puts
+    t: float  # time.monotonic() when queued
+    source: Source | None = None  # a live source (its late drops are counted there); None: a recording
 
 
 def load_store_layout(settings: Settings) -> Layout:
@@ -173,7 +206,8 @@ class PresenceConsents:
     async def add_consent(
         self, customer_ref: str, *, irk: bytes | None, app_token: str | None, scope: frozenset[str]
     ) -> None:
-        self.presence.put_consent(ConsentRecord(customer_ref=customer_ref, scope=scope, irk=irk, app_token=app_token))
+        record = ConsentRecord(customer_ref=customer_ref, scope=scope, irk=irk, app_token=app_token)
+        await self.presence.run_owned(partial(self.presence.put_consent, record))
 
     async def revoke_consent(self, customer_ref: str) -> None:
         await self.presence.revoke_consent(customer_ref)
@@ -209,7 +243,15 @@ class Daemon:
             presence=self.presence.engine,
             on_fixes=self._on_fixes,
         )
-        self.queue: asyncio.Queue[list[Observation] | None] = asyncio.Queue(maxsize=QUEUE_BATCHES)
+        self.queue: asyncio.Queue[Queued] = asyncio.Queue(maxsize=QUEUE_BATCHES)
+        # the one thread that touches pipeline state once the daemon runs (inline before / after)
+        self.worker = PipelineWorker()
+        self.presence.run_owned = self.worker.call
+        self.backpressure = BackPressure(self.worker.stats)
+        self.pipeline_view: PipelineView = pipeline_view(self.pipeline, self.presence)
+        self._view_t = 0.0
+        self._dispatched = False
+        self._loop: asyncio.AbstractEventLoop | None = None
         self.pending = PendingEvents()
         self.outbox_refusing: str | None = None  # why the disk refuses appends (None: it does not)
         self.unsaved_at_exit: dict[str, int] = {}
@@ -236,22 +278,68 @@ class Daemon:
 
     def _forget_subject(self, subject: str) -> None:
         """An opt-out erased ``subject`` from presence: drop it everywhere else it still lives (the
-        localizer's buffered observations, events not yet committed, the status page's lists)."""
+        localizer's buffered observations, events not yet committed, the status page's lists).
+
+        Runs where the opt-out ran, on the pipeline thread: the events and lists are the loop's,
+        so that part is sent there - after every event the pipeline produced before the opt-out
+        (those were handed to the loop first, in order)."""
         self.pipeline.localizer.forget(subject)
+        if self.runtime.last_fixes is not None:
+            self.runtime.last_fixes = [f for f in self.runtime.last_fixes if f.device != subject]
+        self._refresh_view(force=True)
+        if self._loop is not None and self.worker.ident == threading.get_ident():
+            self._loop.call_soon_threadsafe(self._forget_events, subject)
+        else:
+            self._forget_events(subject)
+
+    def _forget_events(self, subject: str) -> None:
         kept = [e for e in self.pending if _subject_of(e) != subject]
         self.pending.erased += len(self.pending) - len(kept)
         self.pending[:] = kept
         recent = [e for e in self.recent if _subject_of(e) != subject]
         self.recent.clear()
         self.recent.extend(recent)
-        if self.runtime.last_fixes is not None:
-            self.runtime.last_fixes = [f for f in self.runtime.last_fixes if f.device != subject]
 
     def _on_fixes(self, fixes: list[Fix]) -> None:
-        self.runtime.last_fixes = fixes
+        self.runtime.last_fixes = fixes  # a new list each tick: the page reads it from the loop
 
     def _sensor_state(self, sensor: str, active: bool) -> None:
-        self.pipeline.localizer.set_sensor_active(sensor, active)
+        self.worker.post(partial(self.pipeline.localizer.set_sensor_active, sensor, active))
+
+    # -- on the pipeline thread (PipelineWorker jobs) ------------------------------------------------
+
+    def _process(self, batches: list[list[Observation]]) -> list[EventBase]:
+        events: list[EventBase] = []
+        for batch in batches:  # one call per batch, as they came: the same results as one by one
+            events += self.pipeline.process(batch)
+        self._refresh_view()
+        return events
+
+    def _advance(self, now: float) -> list[EventBase]:
+        events = self.pipeline.advance(now)
+        self._refresh_view(force=True)
+        return events
+
+    def _close_pipeline(self) -> list[EventBase]:
+        events = self.pipeline.close()
+        self._refresh_view(force=True)
+        return events
+
+    def _refresh_view(self, force: bool = False) -> None:
+        """The status page's copy of the pipeline counters (it never reads the live ones)."""
+        t = time.monotonic()
+        if force or t - self._view_t >= VIEW_EVERY_S:
+            self._view_t = t
+            self.pipeline_view = pipeline_view(self.pipeline, self.presence)
+
+    # -- back on the loop ----------------------------------------------------------------------------
+
+    def _deliver(self, events: list[EventBase], now: float | None = None) -> None:
+        """Events of a pipeline job, on the loop, in job order: to the outbox writer and content."""
+        if events:
+            self.pending.extend(events)
+            if self.content is not None and self.content.on_events(events, now):
+                self._dispatched = True
 
     # -- tasks ------------------------------------------------------------------------------------
 
@@ -261,30 +349,68 @@ class Daemon:
     async def _run_source(self, src: Source) -> None:
         live = not src.capabilities.replay
         # closed here, not by the garbage collector: a restart must release the radio first
+        bp = self.backpressure
         async with contextlib.aclosing(src.batches()) as batches:
             async for batch in batches:
                 if live:
                     # radios cannot be paused: when the pipeline is behind, drop and count
                     try:
-                        self.queue.put_nowait(batch)
+                        self.queue.put_nowait(Queued(batch, time.monotonic(), src))
                     except asyncio.QueueFull:
                         src.health.drop("backpressure", len(batch))
+                    else:
+                        bp.queued_batches += 1
+                        bp.queued_observations += len(batch)
                     await asyncio.sleep(0)
                 else:
-                    await self.queue.put(batch)
+                    await self.queue.put(Queued(batch, time.monotonic()))
+                    bp.queued_batches += 1
+                    bp.queued_observations += len(batch)
+
+    def _take(self, items: list[Queued]) -> tuple[list[list[Observation]], bool]:
+        """The batches of ``items`` the pipeline should process (late live ones dropped and
+        counted), and whether the end marker came."""
+        bp = self.backpressure
+        now = time.monotonic()
+        max_delay = self.settings.pipeline.max_delay_s  # read each time: reloadable
+        out: list[list[Observation]] = []
+        for it in items:
+            if it.batch is None:
+                return out, True
+            wait = now - it.t
+            bp.queued_batches -= 1
+            bp.queued_observations -= len(it.batch)
+            bp.wait_s = wait
+            bp.max_wait_s = max(bp.max_wait_s, wait)
+            bp.waits.append(wait)
+            if it.source is not None and 0 < max_delay < wait:
+                it.source.health.drop("late", len(it.batch))
+                bp.dropped_late += len(it.batch)
+                continue
+            out.append(it.batch)
+        return out, False
 
     async def _run_pipeline(self) -> None:
+        """Hand the queued batches to the pipeline thread - everything waiting, up to
+        ``MAX_JOB_OBSERVATIONS``, in one job - and wait for it; its events come back through
+        ``_deliver``. New activations get the loop to themselves (their packets written) before
+        the next job starts competing for the interpreter."""
         while True:
-            batch = await self.queue.get()
-            if batch is None:
+            items = [await self.queue.get()]
+            n = len(items[0].batch or ())
+            while items[-1].batch is not None and n < MAX_JOB_OBSERVATIONS and not self.queue.empty():
+                items.append(self.queue.get_nowait())
+                n += len(items[-1].batch or ())
+            batches, end = self._take(items)
+            if batches:
+                self._last_obs_wall = time.monotonic()
+                self._dispatched = False
+                await self.worker.call(partial(self._process, batches), deliver=self._deliver)
+                if self._dispatched:
+                    await ContentService.let_dispatch_run()
+            if end:
                 self._pipeline_idle.set()
                 return
-            self._last_obs_wall = time.monotonic()
-            events = self.pipeline.process(batch)
-            if events:
-                self.pending.extend(events)
-                if self.content is not None and self.content.on_events(events):
-                    await self.content.let_dispatch_run()
             if self.queue.empty():
                 self._pipeline_idle.set()
             else:
@@ -311,10 +437,8 @@ class Daemon:
             # only when the pipeline has caught up: queued observations are older than the clock
             if self.queue.empty() and time.monotonic() - self._last_obs_wall >= 1.0:
                 now = clock()
-                events = self.pipeline.advance(now)
-                self.pending.extend(events)
+                await self.worker.call(partial(self._advance, now), deliver=partial(self._deliver, now=now))
                 if self.content is not None:
-                    self.content.on_events(events, now)
                     self.content.tick(now)
 
     async def _run_writer(self) -> None:
@@ -409,9 +533,11 @@ class Daemon:
         # pipeline: idle is set again only once the pipeline has taken the end marker
         self._pipeline_idle.clear()
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self.queue.put(None), max(0.1, (t_end - time.monotonic()) / 4))
+            await asyncio.wait_for(
+                self.queue.put(Queued(None, time.monotonic())), max(0.1, (t_end - time.monotonic()) / 4)
+            )
             await asyncio.wait_for(self._pipeline_idle.wait(), max(0.1, (t_end - time.monotonic()) / 2))
-        self.pending.extend(self.pipeline.close())
+        await self.worker.call(self._close_pipeline, deliver=self.pending.extend)
         if self.content is not None:  # in-flight dispatches report before the final flush
             await self.content.drain(max(0.1, (t_end - time.monotonic()) / 4))
         if self.outbox is not None:
@@ -449,6 +575,8 @@ class Daemon:
             self.outbox,
             on_command=self._on_command if self.content is not None else None,
         )
+        self._loop = asyncio.get_running_loop()
+        self.worker.start()
         sup = self.supervisor
         for src in self.sources:
             policy: Policy = "finite" if src.capabilities.finite else "restart"
@@ -567,6 +695,8 @@ class Daemon:
         that failed half-way) must not leave another SQLite connection's thread keeping the
         process alive."""
         steps: list[tuple[str, Callable[[], Awaitable[None]]]] = []
+        # the pipeline thread finishes what it was given (its events delivered) before the rest closes
+        steps.append(("pipeline worker", self.worker.stop))
         if self.status_server is not None:
             steps.append(("status server", self.status_server.stop))
         if self.content is not None:
