@@ -24,7 +24,7 @@ what follows (``stats.undone``).
 Privacy: the linker runs after the identity stage and sees **daily pseudonyms only**, never a raw
 address. A chain is named by its first pseudonym; all state is dropped when the pseudonym key
 rotates (``epoch_bounds``), so no link ever spans two pseudonym periods, and nothing is stored.
-Within a period, an address or chain silent for ``forget_after_s`` (default 30 min; never below the
+Within a period, an address or chain silent for ``forget_after_s`` (default 15 min; never below the
 10 min after which an old address is no longer a candidate) is forgotten: the state is sized to the
 devices around, not to every device the day saw (issue 22: 2,400 addresses by 10:00 at 100 devices).
 Consented devices (resolved by IRK, subject = customer reference) are not rotating subjects here:
@@ -115,7 +115,7 @@ class RotationLinker:
         ambiguity_db: float = 1.5,
         seq_window: int = 64,
         min_shared_sensors: int = 3,
-        forget_after_s: float = 1800.0,
+        forget_after_s: float = 900.0,
     ) -> None:
         self._bounds_of = epoch_bounds
         self.forget_after = max(GONE_S, forget_after_s)
