@@ -89,6 +89,7 @@ class LinkerStats:
 RECENT_S = 5.0  # only what a sensor heard this recently describes where a device is now
 GONE_S = 600.0  # an address silent this long is no longer a candidate for a rotation
 PRUNE_EVERY_S = 60.0  # event time between two sweeps for addresses and chains gone silent
+LINK_LOG_MAX = 10_000  # links kept in ``link_log`` (a measuring aid: ~1.5 MB at most)
 
 
 def _distance(new: dict[str, float], old: _Addr, min_shared: int) -> float | None:
@@ -134,7 +135,7 @@ class RotationLinker:
         # new addresses waiting for their decision: subject -> (due time, [(root, old subject, d)])
         self._pending: dict[str, tuple[float, list[tuple[str, str, float]]]] = {}
         self._relabelled: list[tuple[str, str]] = []
-        # (new subject, the address it continues) of every link made, for measuring (bounded)
+        # (new subject, the address it continues) of the latest links made, for measuring (bounded)
         self.link_log: list[tuple[str, str]] = []
 
     # -- queries ------------------------------------------------------------------------------
@@ -383,5 +384,6 @@ class RotationLinker:
             c.last_ts = max(c.last_ts, stub.last_ts)
             self.stats.links += 1
             self._relabelled.append((subject, root))
-            if len(self.link_log) < 1_000_000:
-                self.link_log.append((subject, previous))
+            if len(self.link_log) >= LINK_LOG_MAX:  # the latest links only (it grew all day: issue 22)
+                del self.link_log[: LINK_LOG_MAX // 2]
+            self.link_log.append((subject, previous))

@@ -78,7 +78,7 @@ _FAR = math.inf
 ORPHAN_WAIT_S = 20.0  # how long an orphan waits for a vanished track to continue
 ORPHAN_RADIUS_M = 2.5  # how far from where that track was last seen it may appear
 ORPHAN_SILENCE_S = 2.0  # a track silent this long (while the orphan speaks) has stopped
-MERGE_LOG_MAX = 20_000  # merges kept in ``merge_log`` (a measuring aid, a few MB at most)
+MERGE_LOG_MAX = 10_000  # merges kept in ``merge_log`` (a measuring aid: ~1.5 MB at most)
 _NO = "\x00no-candidate"  # sentinel: no candidate zone (None is a valid candidate: "no zone")
 
 

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import pytest
+
+from gateway.identity import linking
 from gateway.identity.linking import RotationLinker
 from gateway.identity.pseudonyms import PseudonymKeyring
 from gateway.models import AdvertInfo, Observation
@@ -34,7 +37,8 @@ def sizes(lk: RotationLinker) -> tuple[int, int, int]:
     return len(lk._addr), len(lk._chains), sum(len(v) for v in lk._by_sig.values())
 
 
-def test_state_does_not_grow_with_the_devices_that_came_and_went() -> None:
+def test_state_does_not_grow_with_the_devices_that_came_and_went(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(linking, "LINK_LOG_MAX", 16)
     lk = RotationLinker(KR.epoch_bounds, forget_after_s=1800.0)
     seen: list[tuple[int, int, int]] = []
     for w in range(18):  # three hours of devices coming and going, 180 phones, 360 addresses
@@ -44,6 +48,7 @@ def test_state_does_not_grow_with_the_devices_that_came_and_went() -> None:
     # every rotation linked (the pruning forgets nothing a link needs)
     assert lk.stats.links == 18 * PER_WAVE
     assert lk.stats.forgotten > 0
+    assert 8 <= len(lk.link_log) <= 16 and lk.link_log[-1][0].startswith("w17")  # the latest links
     # at most the devices of the last 30 min + one wave (each with two addresses) are held
     bound = (1800.0 / WAVE_S + 2) * PER_WAVE * 2
     assert all(a <= bound and c <= bound and b <= bound for a, c, b in seen), seen
