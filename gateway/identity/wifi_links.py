@@ -28,6 +28,7 @@ Facts and their sources: docs/wifi.md, "The phone population".
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -113,12 +114,18 @@ class TimingTable:
         self.lo = math.log(1e-3)
         self.hi = math.log(p.max_gap_s)
         self.step = (self.hi - self.lo) / (self.N - 1)
+        self.inv_step = 1.0 / self.step
         gaps = np.exp(np.linspace(self.lo, self.hi, self.N))
         self.table = [_timing(float(g), p) for g in gaps]
+        self.exp_table = [math.exp(v) for v in self.table]
 
     def one(self, gap: float) -> float:
-        k = round((math.log(max(gap, 1e-3)) - self.lo) / self.step)
-        return self.table[min(max(k, 0), self.N - 1)]
+        return self.table[self.index(math.log(max(gap, 1e-3)))]
+
+    def index(self, log_gap: float) -> int:
+        """The table's row for a silence of ``exp(log_gap)`` seconds."""
+        k = int((log_gap - self.lo) * self.inv_step + 0.5)
+        return 0 if k < 0 else (k if k < self.N else self.N - 1)
 
 
 def _phi(x: float) -> float:
@@ -193,7 +200,31 @@ def evidence_score(
 
     ``a_level``: (level, frames) of ``a``'s device from more than its last burst (a track's level).
     """
+    return _evidence(a, b, gap, p, fp_share, seq_continue, a_level, False)[0]
+
+
+BLIND_GAP_S = 180.0  # the silence every link is judged at by the gap-blind score (see _evidence)
+
+
+def _evidence(
+    a: Mac,
+    b: Mac,
+    gap: float,
+    p: LinkParams,
+    fp_share: float,
+    seq_continue: float | None,
+    a_level: tuple[float, float] | None,
+    blind: bool,
+) -> tuple[float, float]:
+    """(:func:`evidence_score`, its gap-blind variant or 0.0 unless ``blind``).
+
+    The gap-blind score judges every link as if its silence were ``BLIND_GAP_S``: the RSSI step
+    against a fixed walk, a plausible sequence continuation worth the same at any silence. A link
+    confident by it was not chosen for being short, so the silences of such links sample how long
+    a device stays silent between heard bursts without favouring short ones (wifi_presence.py).
+    """
     score = 0.0
+    blind_score = 0.0
     # RSSI step (where both have one)
     in_burst = gap <= p.burst_gap_s
     if a_level is not None:
@@ -204,16 +235,22 @@ def evidence_score(
     b_n = b.first_n
     if a_n and b_n:
         fd2 = p.rssi_frame_db * p.rssi_frame_db
+        frames = fd2 / a_n + fd2 / b_n
         if in_burst:
             extra = p.rssi_channel_db * p.rssi_channel_db
         else:
             w = gap / p.rssi_walk_s
             extra = p.rssi_walk_db * p.rssi_walk_db * (w if w > 1.0 else 1.0)
-        s = math.sqrt(fd2 / a_n + fd2 / b_n + extra)
-        zr = (b.first_sum / b_n - a_mean) / s
-        if zr > p.max_z or zr < -p.max_z:
-            return -math.inf
-        score += _T_CONST - _T_EXP * math.log1p(zr * zr / _T_NU) - math.log(s / p.rssi_range_db)
+        s2 = frames + extra  # the step's variance
+        step = b.first_sum / b_n - a_mean
+        step2 = step * step
+        if step2 > p.max_z * p.max_z * s2:
+            return -math.inf, -math.inf
+        log_range = math.log(p.rssi_range_db)
+        score += _T_CONST - _T_EXP * math.log1p(step2 / s2 / _T_NU) - 0.5 * math.log(s2) + log_range
+        if blind:
+            sb2 = frames + p.rssi_walk_db * p.rssi_walk_db * (BLIND_GAP_S / p.rssi_walk_s)
+            blind_score += _T_CONST - _T_EXP * math.log1p(step2 / sb2 / _T_NU) - 0.5 * math.log(sb2) + log_range
     # sequence number: continues (normal around the expected advance) or restarts (uniform)
     ra = a.rate_adv / a.rate_span if a.silences and a.rate_span > 0.0 else 0.0
     rb = b.rate_adv / b.rate_span if b.silences and b.rate_span > 0.0 else 0.0
@@ -225,24 +262,29 @@ def evidence_score(
         spread = p.seq_slack + p.seq_spread * expect
         z = (dseq - expect) / spread
         cont = math.exp(-0.5 * z * z - _LOG_SQRT_2PI) / spread * SEQ_MOD if dseq else 0.0
+        plausible = dseq > 0 and -2.5 < z < 2.5
     else:
         # else the rest of a burst and a few frames between bursts: any small step forward
         window = p.seq_window + p.seq_rate * gap
         if window > SEQ_MOD / 2:
             window = SEQ_MOD / 2
-        cont = SEQ_MOD / window if 0 < dseq <= window else 0.0
+        plausible = 0 < dseq <= window
+        cont = SEQ_MOD / window if plausible else 0.0
     q = p.seq_continue if seq_continue is None else seq_continue
     score += math.log(q * cont + (1.0 - q))
-    # the two MACs' own sequence rates
+    if blind:
+        cont_b = SEQ_MOD / (p.seq_window + p.seq_rate * BLIND_GAP_S) if plausible else 0.0
+        blind_score += math.log(q * cont_b + (1.0 - q))
+    # the two MACs' own sequence rates, and the fingerprint within the family: gap-free evidence
+    rest = 0.0
     if wa > 0 and wb > 0:
         d = math.log(ra / rb)
         sd = p.rate_sd * math.sqrt(1.0 / wa + 1.0 / wb)
         pop = p.pop_rate_sd
-        score += -0.5 * (d / sd) ** 2 - math.log(sd) + 0.5 * (d / pop) ** 2 + math.log(pop)
-    # fingerprint within the family
+        rest += -0.5 * (d / sd) ** 2 - math.log(sd) + 0.5 * (d / pop) ** 2 + math.log(pop)
     share = fp_share if fp_share > p.min_fp_share else p.min_fp_share
-    score += math.log((p.same_fp if a.fingerprint == b.fingerprint else 1.0 - p.same_fp) / share)
-    return score
+    rest += math.log((p.same_fp if a.fingerprint == b.fingerprint else 1.0 - p.same_fp) / share)
+    return score + rest, (blind_score + rest if blind else 0.0)
 
 
 def ssid_score(known: set[int] | None, new: set[int] | None, share: dict[int, float], p: LinkParams) -> float:
@@ -278,6 +320,11 @@ class Track:
     iv_n: int = 0
     iv_sum: float = 0.0  # of log intervals
     iv_sq: float = 0.0
+    iv_mu: float = 0.0  # their mean and spread (kept with them)
+    iv_sd: float = 0.35
+    first_ts: float = 0.0  # its first burst
+    silences: int = 0  # confident silences the presence model learnt from it (wifi_presence.py) ...
+    silence_s: float = 0.0  # ... and their sum
 
     def learn_ssids(self, m: Mac) -> None:
         if m.ssids:
@@ -298,6 +345,8 @@ class Track:
         self.iv_n += 1
         self.iv_sum += u
         self.iv_sq += u * u
+        mu = self.iv_mu = self.iv_sum / self.iv_n
+        self.iv_sd = 0.35 if self.iv_n < 2 else max(0.15, math.sqrt(max(0.0, self.iv_sq / self.iv_n - mu * mu)))
 
 
 class Tracker:
@@ -338,9 +387,14 @@ class Tracker:
         self.ssid_share = ssid_share if ssid_share is not None else {}  # network -> share of directed scans
         self._tables: dict[float, TimingTable] = {}
         self.track_share = track_share
+        self._rep_density = 1.0 / (p.repeat_s[1] - p.burst_gap_s)  # repeated scans: uniform over their range
         self._by_family: dict[str, list[Track]] = {}
         self.linked = 0
         self.links: list[tuple[Mac, Mac]] = []  # (old tail, new MAC) of every link made, for learning
+        self.blind = False  # also score links gap-blind (see assign)
+        self.on_drop: Callable[[Track], None] | None = None  # a track leaves the candidates (silent too long)
+        self.last_confidence = 0.0
+        self.last_gap = 0.0
 
     def new_weight(self, family: str) -> float:
         """log weight of "a new device" against the link ratios (normalised to uniform over
@@ -354,14 +408,25 @@ class Tracker:
         horizon = ts - self.p.max_gap_s
         if tracks[0].tail.last_ts < horizon:  # oldest first: prune what went silent
             keep = [t for t in tracks if t.tail.last_ts >= horizon]
+            self._dropped(tracks, horizon)
             self._by_family[family] = tracks = keep
         return tracks
+
+    def _dropped(self, tracks: list[Track], horizon: float) -> None:
+        """Tracks silent since before ``horizon`` leave: :attr:`on_drop` hears of each."""
+        if self.on_drop is not None:
+            for t in tracks:
+                if t.tail.last_ts < horizon:
+                    self.on_drop(t)
 
     def prune(self, now: float) -> None:
         """Drop tracks silent for ``max_gap_s`` in every family (the ones no MAC asked for lately too)."""
         horizon = now - self.p.max_gap_s
         for fam in list(self._by_family):
-            keep = [t for t in self._by_family[fam] if t.tail.last_ts >= horizon]
+            tracks = self._by_family[fam]
+            keep = [t for t in tracks if t.tail.last_ts >= horizon]
+            if len(keep) < len(tracks):
+                self._dropped(tracks, horizon)
             if keep:
                 self._by_family[fam] = keep
             else:
@@ -380,31 +445,33 @@ class Tracker:
             table = self._tables[share] = TimingTable(replace(self.p, in_burst_share=share))
         return table
 
-    def _timing(self, t: Track, gap: float, table: TimingTable) -> float:
-        pop = table.one(gap)
+    def _timing(self, t: Track, gap: float, table: TimingTable, log_gap: float) -> float:
+        k = table.index(log_gap)
         p = table.p
         if t.iv_n == 0 or gap <= p.burst_gap_s:
-            return pop
-        mu = t.iv_sum / t.iv_n
-        sd = 0.35 if t.iv_n < 2 else max(0.15, math.sqrt(max(0.0, t.iv_sq / t.iv_n - mu * mu)))
-        u = math.log(gap)
-        z = (u - mu) / sd
+            return table.table[k]
+        sd = t.iv_sd
+        z = (log_gap - t.iv_mu) / sd
         own = math.exp(-0.5 * z * z - _LOG_SQRT_2PI) / sd / gap  # log-normal density of the gap
-        lo, hi = p.burst_gap_s, p.repeat_s[1]
-        rep = 1.0 / (hi - lo) if gap <= hi else 0.0
+        rep = self._rep_density if gap <= p.repeat_s[1] else 0.0
         dens = (1.0 - p.in_burst_share) * (p.repeat_share * rep + (1.0 - p.repeat_share) * own)
-
-        mixed = self.track_share * dens * p.max_gap_s + (1.0 - self.track_share) * math.exp(pop)
-        return math.log(max(mixed, 1e-9))
+        mixed = self.track_share * dens * p.max_gap_s + (1.0 - self.track_share) * table.exp_table[k]
+        return math.log(mixed if mixed > 1e-9 else 1e-9)
 
     def assign(self, b: Mac, fp_share: float, gid: str = "") -> tuple[Track, float]:
-        """Put ``b`` on a track (a continued one or a new one); returns it and P(b starts a device)."""
+        """Put ``b`` on a track (a continued one or a new one); returns it and P(b starts a device).
+
+        With :attr:`blind` set, :attr:`last_confidence` is then how likely the link made is by the
+        gap-blind evidence alone (no timing; 0.0 for a new track) and :attr:`last_gap` its silence."""
         family = b.fingerprint[:8]
         tracks = self.candidates(family, b.first_ts)
         best: Track | None = None
         best_v = -math.inf
+        best_blind = 0.0
         total = math.exp(self.new_weight(family))
         new = total
+        total_blind = total
+        blind = self.blind
         p = self.p
         q = self.seq_continue.get(family)
         table = self._table(family)
@@ -413,20 +480,33 @@ class Tracker:
             gap = b.first_ts - a.last_ts
             if not 0.0 < gap <= p.max_gap_s:
                 continue  # still speaking when b started: another device
-            v = evidence_score(a, b, gap, p, fp_share, q, (t.level, t.level_n) if t.level_n else None)
+            v, vb = _evidence(a, b, gap, p, fp_share, q, (t.level, t.level_n) if t.level_n else None, blind)
             if v == -math.inf:
                 continue
-            v += table.one(gap) if t.iv_n == 0 else self._timing(t, gap, table)
+            lg = math.log(gap)
+            v += table.table[table.index(lg)] if t.iv_n == 0 else self._timing(t, gap, table, lg)
             if b.ssids and t.ssids:
-                v += ssid_score(t.ssids, b.ssids, self.ssid_share, p)
+                ss = ssid_score(t.ssids, b.ssids, self.ssid_share, p)
+                v += ss
+                vb += ss
             e = math.exp(min(v, 700.0))
             total += e
+            if blind:
+                eb = math.exp(min(vb, 700.0))
+                total_blind += eb
             if v > best_v:
                 best, best_v = t, v
+                if blind:
+                    best_blind = eb
         p_new = new / total
+        self.last_confidence = 0.0
+        self.last_gap = 0.0
         if best is not None and math.exp(min(best_v, 700.0)) / total >= self.min_p:
             a = best.tail
             gap = b.first_ts - a.last_ts
+            if blind:
+                self.last_confidence = best_blind / total_blind
+                self.last_gap = gap
             if gap > p.repeat_s[1]:
                 best.learn_interval(gap)
             best.learn_level(b, gap)
@@ -440,7 +520,7 @@ class Tracker:
             tracks.remove(best)
             tracks.append(best)
             return best, p_new
-        track = Track(gid, b, None)
+        track = Track(gid, b, None, first_ts=b.first_ts)
         track.learn_level(b, 0.0)
         track.learn_ssids(b)
         self._by_family.setdefault(family, []).append(track)
