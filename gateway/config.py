@@ -94,8 +94,18 @@ class SimulatorSettings(Section):
     detection_floor_dbm: float = Field(default=-95.0, ge=-130, le=-30, description="Weakest RSSI heard")
     advert_interval_s: float = Field(default=1.0, gt=0, le=60, description="Per-device advert interval")
     mac_rotation_s: float = Field(default=900.0, gt=0, description="Phones rotate random MACs this often")
+    rotation_jitter_s: float = Field(
+        default=60.0, ge=0, le=600, description="Each address lasts mac_rotation_s +- up to this (uniform)"
+    )
     link_rotations: bool = Field(
-        default=True, description="Mark rotations of one phone as linkable (as IRK resolution would)"
+        default=False,
+        description="Mark a phone's address rotations as linkable (a consented phone whose IRK the box holds)",
+    )
+    staff: int = Field(default=2, ge=0, le=100, description="Staff walking the store all day (phone, some a scanner)")
+    fixtures: int = Field(default=3, ge=0, le=100, description="Fixed devices in the store (TV, printer, Apple TV)")
+    ios_share: float = Field(default=0.5, ge=0, le=1, description="Share of shoppers whose phone is an iPhone")
+    android_silent: float = Field(
+        default=0.3, ge=0, le=1, description="Share of Android phones that send no BLE advert while idle"
     )
     tick_s: float = Field(default=0.5, gt=0, le=10, description="Simulated step; fixed for reproducibility")
 
@@ -399,6 +409,33 @@ class PresenceSettings(Section):
         min_length=1,
         description="Upper edges (s) of the aggregate dwell histogram bins; a last open bin is added",
     )
+    front_from_outside: bool = Field(
+        default=True,
+        description="In-store zones that border an outside zone (pavement) qualify a visit like the entrance",
+    )
+    front_margin_m: float = Field(
+        default=1.5, ge=0, le=10, description="Fixes closer than this to an outside zone are not 'clearly inside'"
+    )
+    visitor_deep_s: float = Field(
+        default=10.0, ge=0, le=600, description="A visit qualifies only after this long seen clearly inside the store"
+    )
+    visitor_confirm_s: float = Field(
+        default=45.0,
+        ge=0,
+        le=600,
+        description="A visit qualifies in a zone past the entrance only once it has lasted this long (strays)",
+    )
+    resident_after_s: float = Field(
+        default=3600.0,
+        gt=0,
+        description="A linked device present this long (staff phone, fixture, neighbour) is set apart as resident",
+    )
+    companion_radius_m: float = Field(
+        default=5.0,
+        ge=0,
+        le=20,
+        description="A tracker/earbuds/wearable this close to a phone moves with it: not an extra visitor",
+    )
     report_passers_by: bool = Field(
         default=True, description="Emit 'visit.ended' (visitor=false) for passers-by; aggregates count them anyway"
     )
@@ -410,6 +447,24 @@ class PresenceSettings(Section):
         if any(b[i] >= b[i + 1] for i in range(len(b) - 1)) or b[0] <= 0:
             raise ValueError("presence.dwell_bins_s must be positive and strictly increasing")
         return self
+
+
+class LinkingSettings(Section):
+    """Joining a device's address rotations without its IRK (``gateway/identity/linking.py``)."""
+
+    enabled: bool = Field(default=True, description="Link address rotations of one device inside a pseudonym period")
+    max_gap_s: float = Field(
+        default=3.0,
+        gt=0,
+        le=60,
+        description="Longest silence between the old address's last and the new one's first advert",
+    )
+    rssi_tol_db: float = Field(
+        default=6.5, gt=0, le=40, description="Largest mean RSSI difference (shared sensors) across the switch"
+    )
+    ambiguity_db: float = Field(
+        default=1.5, ge=0, le=20, description="No link unless the best candidate beats the second by this much"
+    )
 
 
 class PrivacySettings(Section):
@@ -663,6 +718,7 @@ class Settings(BaseSettings):
     nodes: NodesSettings = Field(default_factory=NodesSettings)
     localization: LocalizationSettings = Field(default_factory=LocalizationSettings)
     presence: PresenceSettings = Field(default_factory=PresenceSettings)
+    linking: LinkingSettings = Field(default_factory=LinkingSettings)
     privacy: PrivacySettings = Field(default_factory=PrivacySettings)
     mqtt: MqttSettings = Field(default_factory=MqttSettings)
     local_broker: LocalBrokerSettings = Field(default_factory=LocalBrokerSettings)

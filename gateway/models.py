@@ -29,6 +29,21 @@ WIRE_VERSION: Literal[1] = 1
 Radio = Literal["ble", "wifi", "node", "sim"]
 
 
+@dataclass(slots=True, frozen=True)
+class AdvertInfo:
+    """What one BLE advert says about its sender, for the rotation linker and presence (RAM only).
+
+    ``kind`` is the device kind (``gateway.parsers.ble_vendors.DEVICE_KINDS``); ``signature`` the
+    advert content that survives an address rotation (no name, no address); ``rotating`` whether the
+    address is a private (rotating) one; ``seq`` a counter that keeps counting across a rotation.
+    """
+
+    kind: str
+    signature: str
+    rotating: bool = True
+    seq: int | None = None
+
+
 @dataclass(slots=True)
 class Observation:
     """One reception of one device at one sensor.
@@ -47,6 +62,8 @@ class Observation:
     # Extra linking hints filled by parsers (e.g. Wi-Fi fingerprint group, resolved IRK identity):
     # ``irk_link(irk)``, ``app_link(token)`` or a group id. Identity turns it into the subject.
     link: str | None = None
+    # What the BLE advert said about its sender (kind, rotation-stable content); None: not known.
+    adv: AdvertInfo | None = None
     # Wi-Fi: set on one frame of each heard scan burst - the presence it stands for (the count)
     presence: PresenceMark | None = None
 
@@ -176,6 +193,10 @@ class VisitEnded(SubjectEvent):
     zone_affinity: dict[str, float] = Field(
         default_factory=dict, description="Share of the subject's in-store dwell per zone over its history"
     )
+    resident: bool = Field(
+        default=False,
+        description="The subject turned out to be staff, a fixture or a neighbour (present all day): not a visit",
+    )
 
 
 class PositionFix(SubjectEvent):
@@ -195,6 +216,7 @@ class Aggregate(EventBase):
     passers_by: int = Field(ge=0)
     conversion: float | None = None
     dwell_histogram: dict[str, int] = Field(default_factory=dict)
+    residents: int = Field(default=0, ge=0, description="Staff, fixtures and neighbours seen (set apart)")
 
 
 class DeviceCount(EventBase):

@@ -21,6 +21,7 @@ Everything but the actions is cheap and synchronous: it runs on the event loop a
 from __future__ import annotations
 
 import asyncio
+import collections
 import shutil
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -279,6 +280,9 @@ class DaemonStatusProvider:
                 "dropped": dict(st.dropped),
                 "loop_lag_s": round(d.runtime.loop_lag_s, 4),
                 "queued_batches": d.queue.qsize(),
+                # staff, fixtures and neighbours set apart today, by why (device kind or all-day)
+                "residents": dict(collections.Counter(d.pipeline.presence.residents().values())),
+                "linked_rotations": d.pipeline.linker.stats.links if d.pipeline.linker is not None else 0,
             },
         )
 

@@ -206,6 +206,12 @@
   }
 
   // -- panels -------------------------------------------------------------------------------
+  function fmtResidents(r) {
+    if (!r) return "-";
+    const parts = Object.keys(r).sort().map(function (k) { return k + " " + r[k]; });
+    return parts.length ? parts.join(", ") : "0";
+  }
+
   // Wi-Fi devices present (last minute, with its uncertainty; the mean of the last interval)
   function fmtWifi(w) {
     if (!w || w.devices === undefined) return "-";
@@ -222,6 +228,8 @@
       ["clock", fmtClock(s.clock)],
       ["disk free", s.disk && s.disk.total_bytes ? fmtBytes(s.disk.free_bytes) + " of " + fmtBytes(s.disk.total_bytes) : "-"],
       ["opt-outs", s.optouts],
+      ["staff / fixtures set apart", fmtResidents((s.extra || {}).residents)],
+      ["rotations linked", (s.extra || {}).linked_rotations],
       ["Wi-Fi devices", fmtWifi(s.wifi_devices)],
     ]);
     const u = s.uplink || {};

@@ -48,6 +48,7 @@ enabled = true
 speed = 4.0
 seed = 11
 shoppers_per_hour = 2400
+link_rotations = true  # the test finds a phone by its simulated IRK identity
 [mqtt]
 host = "{mosquitto.host}"
 port = {mosquitto.port}
