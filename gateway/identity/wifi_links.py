@@ -215,8 +215,10 @@ def _evidence(
     seq_continue: float | None,
     a_level: tuple[float, float] | None,
     blind: bool,
+    same_fp: bool | None = None,
 ) -> tuple[float, float]:
-    """(:func:`evidence_score`, its gap-blind variant or 0.0 unless ``blind``).
+    """(:func:`evidence_score`, its gap-blind variant or 0.0 unless ``blind``). ``same_fp``: whether
+    ``b``'s element set is one ``a``'s device has used (default: ``a``'s own).
 
     The gap-blind score judges every link as if its silence were ``BLIND_GAP_S``: the RSSI step
     against a fixed walk, a plausible sequence continuation worth the same at any silence. A link
@@ -283,7 +285,9 @@ def _evidence(
         pop = p.pop_rate_sd
         rest += -0.5 * (d / sd) ** 2 - math.log(sd) + 0.5 * (d / pop) ** 2 + math.log(pop)
     share = fp_share if fp_share > p.min_fp_share else p.min_fp_share
-    rest += math.log((p.same_fp if a.fingerprint == b.fingerprint else 1.0 - p.same_fp) / share)
+    if same_fp is None:
+        same_fp = a.fingerprint == b.fingerprint
+    rest += math.log((p.same_fp if same_fp else 1.0 - p.same_fp) / share)
     return score + rest, (blind_score + rest if blind else 0.0)
 
 
@@ -314,8 +318,11 @@ class Track:
     tail: Mac
     tail_before: Mac | None  # the tail before the latest assignment (None: the track started with it)
     macs: int = 1
-    level: float = 0.0  # RSSI level of the device (frames weighted, older bursts fading)
-    level_n: float = 0.0
+    level: float = 0.0  # RSSI level of the device (frames weighted, older bursts fading) in the
+    level_n: float = 0.0  # element set it was first heard with; its other sets' beside (a phone's
+    level_fp: str = ""  # directed and wildcard scans, or an iPhone's two, may differ in level)
+    level_ts: float = 0.0
+    other_levels: dict[str, tuple[float, float, float]] | None = None  # fingerprint -> (level, n, ts)
     ssids: set[int] | None = None  # every network the device's MACs probed for
     iv_n: int = 0
     iv_sum: float = 0.0  # of log intervals
@@ -333,12 +340,44 @@ class Track:
             if len(self.ssids) < 64:
                 self.ssids |= m.ssids
 
-    def learn_level(self, m: Mac, gap: float) -> None:
+    def learn_level(self, m: Mac) -> None:
         if not m.first_n:
             return
-        w = self.level_n * math.exp(-gap / LEVEL_MEMORY_S)
-        self.level = (self.level * w + m.first_sum) / (w + m.first_n)
-        self.level_n = min(w + m.first_n, LEVEL_MAX_N)
+        ts = m.first_ts
+        if not self.level_fp or m.fingerprint == self.level_fp:
+            self.level_fp = m.fingerprint
+            w = self.level_n * math.exp(-max(0.0, ts - self.level_ts) / LEVEL_MEMORY_S)
+            self.level = (self.level * w + m.first_sum) / (w + m.first_n)
+            self.level_n = min(w + m.first_n, LEVEL_MAX_N)
+            self.level_ts = ts
+            return
+        if self.other_levels is None:
+            self.other_levels = {}
+        level, n, t0 = self.other_levels.get(m.fingerprint, (0.0, 0.0, ts))
+        if n == 0.0 and len(self.other_levels) >= 8:
+            return
+        w = n * math.exp(-max(0.0, ts - t0) / LEVEL_MEMORY_S)
+        self.other_levels[m.fingerprint] = (
+            (level * w + m.first_sum) / (w + m.first_n),
+            min(w + m.first_n, LEVEL_MAX_N),
+            ts,
+        )
+
+    def has_fp(self, fingerprint: str) -> bool:
+        """Whether a burst of ``fingerprint`` sends the device's elements: its latest MAC's, or
+        the set the device was first heard with (an iPhone alternating two element sets goes back
+        to its usual one). Any set the track ever used would let one wrong join pull in the
+        next phone of another model."""
+        return fingerprint == self.tail.fingerprint or fingerprint == self.level_fp
+
+    def level_for(self, fingerprint: str) -> tuple[float, float] | None:
+        """(level, frames) to compare a burst of ``fingerprint`` with: its own element set's where
+        the track has heard it, else the track's first one's (None: no level yet)."""
+        if fingerprint != self.level_fp and self.other_levels:
+            other = self.other_levels.get(fingerprint)
+            if other is not None:
+                return other[0], other[1]
+        return (self.level, self.level_n) if self.level_n else None
 
     def learn_interval(self, gap: float) -> None:
         u = math.log(gap)
@@ -480,7 +519,7 @@ class Tracker:
             gap = b.first_ts - a.last_ts
             if not 0.0 < gap <= p.max_gap_s:
                 continue  # still speaking when b started: another device
-            v, vb = _evidence(a, b, gap, p, fp_share, q, (t.level, t.level_n) if t.level_n else None, blind)
+            v, vb = _evidence(a, b, gap, p, fp_share, q, t.level_for(b.fingerprint), blind, t.has_fp(b.fingerprint))
             if v == -math.inf:
                 continue
             lg = math.log(gap)
@@ -509,7 +548,7 @@ class Tracker:
                 self.last_gap = gap
             if gap > p.repeat_s[1]:
                 best.learn_interval(gap)
-            best.learn_level(b, gap)
+            best.learn_level(b)
             best.learn_ssids(b)
             best.tail_before = a
             best.tail = b
@@ -521,7 +560,7 @@ class Tracker:
             tracks.append(best)
             return best, p_new
         track = Track(gid, b, None, first_ts=b.first_ts)
-        track.learn_level(b, 0.0)
+        track.learn_level(b)
         track.learn_ssids(b)
         self._by_family.setdefault(family, []).append(track)
         return track, p_new
