@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import pytest
 
@@ -97,14 +98,24 @@ def test_tracker_prefers_the_track_whose_networks_match() -> None:
     assert p_new < 0.05
 
 
-def test_track_learns_its_level_and_networks() -> None:
-    t = Track("w", _mac("a", 0.0, 1.0, 0, 1, -60.0), None)
+def test_track_learns_its_level_per_element_set_and_networks() -> None:
+    a = _mac("a", 0.0, 1.0, 0, 1, -60.0)
+    t = Track("w", a, None)
+    t.learn_level(a)
     m = _mac("b", 30.0, 31.0, 0, 1, -70.0)
     m.ssids = {5}
-    t.learn_level(m, 30.0)
+    t.learn_level(m)
     t.learn_ssids(m)
-    assert t.level == pytest.approx(-70.0)
+    w = 3 * math.exp(-30.0 / 120.0)  # three frames each; the first burst faded over 30 s
+    assert t.level == pytest.approx((-60.0 * w - 70.0 * 3) / (w + 3))
     assert t.ssids == {5}
+    # a burst of another element set keeps its own level, and does not move the device's
+    other = replace(_mac("c", 60.0, 61.0, 0, 1, -85.0), fingerprint="ffffffff00000000")
+    t.learn_level(other)
+    assert t.level_for(other.fingerprint) == (pytest.approx(-85.0), 3.0)
+    assert t.level_for(a.fingerprint) == (t.level, t.level_n) and t.level > -66.0
+    t.tail = other
+    assert t.has_fp(a.fingerprint) and t.has_fp(other.fingerprint) and not t.has_fp("eeeeeeee00000000")
 
 
 def test_params_are_validated() -> None:
