@@ -13,13 +13,10 @@ frame, one summary per MAC) and then links MAC lifetimes into chains - one chain
    log(exp(``prior``) + the odds of the competitors); links are taken best first while the score is
    at least ``min_score`` and neither end is taken.
 
-**Counting** (:meth:`ChainGrouper.count`): where a link cannot be decided with confidence the
-chains split a device, but the evidence still says how likely each MAC is to start a device: with
-``P(a -> b) = odds(a, b) / (exp(end_weight) + sum of a's odds)``, ``P(b starts a device) =
-prod_a (1 - P(a -> b))``, and the expected number of devices is the sum over MACs (public MACs count
-one each), with the variance of that sum of Bernoulli variables as its uncertainty.
-``end_weight`` (how often a MAC is its device's last) is calibrated on simulated crowds built from
-the measured phone behaviours (docs/wifi.md) and checked on the real captures.
+**Counting** (:meth:`ChainGrouper.marks`): what every heard burst stands for in presence
+(gateway/identity/wifi_presence.py), learnt over the whole capture - the silences of public MACs,
+within one MAC, and across the links made with gap-blind confidence in the last pass; the mean
+visit from public MACs' visits and from devices followed with confidence all along.
 
 Cost of :meth:`ChainGrouper.solve`: every pair of same-family MACs whose start falls within
 ``max_gap_s`` after the other's end is scored, numpy-vectorised in chunks of ``_PAIRS_PER_CHUNK``.
@@ -52,7 +49,7 @@ from gateway.identity.wifi_presence import FOLLOWED_MIN, PresenceModel, Presence
 from gateway.models import PresenceMark
 from gateway.parsers.ieee80211 import family_of
 
-__all__ = ["ChainGrouper", "ChainParams", "DeviceCount"]
+__all__ = ["ChainGrouper", "ChainParams"]
 
 _PAIRS_PER_CHUNK = 200_000  # candidate pairs scored per numpy pass (bounds solve()'s working memory)
 
@@ -74,15 +71,6 @@ class ChainParams:
             raise ValueError(f"ChainParams.min_p must be between 0 and 1, got {self.min_p!r}")
         if not 1 <= self.passes <= 10:
             raise ValueError(f"ChainParams.passes must be 1..10, got {self.passes!r}")
-
-
-@dataclass(slots=True, frozen=True)
-class DeviceCount:
-    """An estimate of how many devices a set of MACs came from, with its standard deviation."""
-
-    devices: float
-    sd: float
-    groups: int  # the chains (hard decisions) it sits beside
 
 
 class ChainGrouper:
@@ -107,7 +95,6 @@ class ChainGrouper:
         self._track_of: dict[str, Track] = {}  # ... and their tracks
         self._head_of: dict[str, str] = {}  # other MACs of a scan burst -> its head
         self.linked = 0  # set by solve(): MAC changes linked into chains
-        self._p_start: dict[str, float] = {}  # set by solve(): each randomized MAC's chance to start a device
 
     def __len__(self) -> int:
         return len(self._lives)
@@ -313,8 +300,6 @@ class ChainGrouper:
                     fam[f] = fam.get(f, 0.0) + ps
                 arrivals = {f: min(max(n, 1.0) / span, p.arrivals) for f, n in fam.items()}
         self.linked = len(pred)
-        self._p_start = p_start
-        self._n_groups = len(set(groups.values()))
         return groups
 
     def _track(
@@ -423,19 +408,6 @@ class ChainGrouper:
                 mk = pm.mark(fam, public=True, own=(span, silences) if silences else None)
             out.append((ts, groups.get(life.mac, ""), mk))
         return out
-
-    def count(self, macs: set[str] | None = None) -> DeviceCount:
-        """Expected number of devices behind ``macs`` (default: all), after :meth:`solve`."""
-        total = var = 0.0
-        for mac in self._lives if macs is None else macs:
-            ps = self._p_start.get(mac, 1.0)  # public MACs: a device each
-            total += ps
-            var += ps * (1.0 - ps)
-        return DeviceCount(total, math.sqrt(var), getattr(self, "_n_groups", 0))
-
-    def p_start(self, mac: str) -> float:
-        """After :meth:`solve`: the chance that ``mac`` is its device's first MAC in the capture."""
-        return self._p_start.get(mac, 1.0)
 
     def life(self, mac: str) -> Mac | None:
         return self._lives.get(mac)

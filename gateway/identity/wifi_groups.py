@@ -150,7 +150,6 @@ class WifiGrouper:
         self.created = 0  # groups started
         self.held_macs = 0
         self.held_frames = 0
-        self.expected_devices = 0.0  # sum of P(start) over every burst (and 1 per public MAC)
 
     def __len__(self) -> int:
         """Groups with a MAC not yet forgotten."""
@@ -293,7 +292,6 @@ class WifiGrouper:
         if h is not None:
             m.ssids = {h}
         if not randomized:  # a public MAC: a device of its own
-            self.expected_devices += 1.0
             st = self._macs[mac] = _MacState(m, _Unit(m, fam, Track(self._gid(), m, None)), False, ts)
             st.mark = self.presence.mark(fam, public=True)
             return st
@@ -485,7 +483,6 @@ class WifiGrouper:
             track.silences += 1
             track.silence_s += tr.last_gap
         u.mark = pm.mark(fam, own=(track.silence_s, track.silences))
-        self.expected_devices += p_new
         if track.tail_before is None:
             track.gid = self._gid()
         else:

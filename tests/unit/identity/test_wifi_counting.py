@@ -52,7 +52,7 @@ def _marks(grouping: str, probes: Labelled) -> list[tuple[float, str, PresenceMa
 def test_every_heard_burst_is_marked_once_however_many_macs_it_used(grouping: str) -> None:
     """iPhones on iOS 16 use a MAC per channel (a burst of several MACs), Android 13 one per burst,
     a laptop its own MAC: one mark per burst each - the count does not follow the MACs."""
-    probes = scene(["iphone-12", "iphone-13", "galaxy-a54", "laptop-intel"], [-50.0, -65.0, -80.0, -58.0], 1800.0)
+    probes = scene(["iphone-13", "iphone-14", "galaxy-a54", "laptop-intel"], [-50.0, -65.0, -80.0, -58.0], 1800.0)
     macs = collections.Counter(d for d, _p in {(d, p.mac): 0 for d, p in probes})
     truth = _bursts(probes)
     marks = _marks(grouping, probes)
