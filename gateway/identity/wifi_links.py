@@ -514,29 +514,96 @@ class Tracker:
         p = self.p
         q = self.seq_continue.get(family)
         table = self._table(family)
+        # what every candidate is judged against: b's side of _evidence, once (the loop is hot;
+        # test_wifi_links keeps it equal to _evidence)
+        fp = b.fingerprint
+        b_n = b.first_n
+        b_mean = b.first_sum / b_n if b_n else 0.0
+        fd2 = p.rssi_frame_db * p.rssi_frame_db
+        fd2_b = fd2 / b_n if b_n else 0.0
+        ch2 = p.rssi_channel_db * p.rssi_channel_db
+        walk2 = p.rssi_walk_db * p.rssi_walk_db
+        walk_s = p.rssi_walk_s
+        blind_walk = walk2 * (BLIND_GAP_S / walk_s)
+        max_z2 = p.max_z * p.max_z
+        rssi_const = _T_CONST + math.log(p.rssi_range_db)
+        rb = b.rate_adv / b.rate_span if b.silences and b.rate_span > 0.0 else 0.0
+        qq = p.seq_continue if q is None else q
+        log_restart = math.log(1.0 - qq)
+        log_cont_blind = math.log(qq * SEQ_MOD / (p.seq_window + p.seq_rate * BLIND_GAP_S) + (1.0 - qq))
+        share = fp_share if fp_share > p.min_fp_share else p.min_fp_share
+        fp_same = math.log(p.same_fp / share)
+        fp_other = math.log((1.0 - p.same_fp) / share)
+        b_seq = b.first_seq
+        ssids = b.ssids
+        burst_gap = p.burst_gap_s
+        max_gap = p.max_gap_s
+        log = math.log
+        log1p = math.log1p
         for t in tracks:
             a = t.tail
             gap = b.first_ts - a.last_ts
-            if not 0.0 < gap <= p.max_gap_s:
+            if not 0.0 < gap <= max_gap:
                 continue  # still speaking when b started: another device
-            v, vb = _evidence(a, b, gap, p, fp_share, q, t.level_for(b.fingerprint), blind, t.has_fp(b.fingerprint))
-            if v == -math.inf:
-                continue
-            lg = math.log(gap)
+            in_burst = gap <= burst_gap
+            if (a.silences and a.rate_span > 0.0) or rb > 0.0:
+                # a MAC heard over several bursts (own sequence rates): the general scoring
+                v, vb = _evidence(a, b, gap, p, fp_share, q, t.level_for(fp), blind, t.has_fp(fp))
+                if v == -math.inf:
+                    continue
+            else:
+                # the level the burst is judged against: its element set's on the track
+                other = t.other_levels
+                if fp != t.level_fp and other is not None and fp in other:
+                    a_mean, a_n = other[fp][0], other[fp][1]
+                elif t.level_n:
+                    a_mean, a_n = t.level, t.level_n
+                else:
+                    a_n = a.last_n
+                    a_mean = a.last_sum / a_n if a_n else 0.0
+                v = vb = 0.0
+                if a_n and b_n:
+                    frames = fd2 / a_n + fd2_b
+                    if in_burst:
+                        s2 = frames + ch2
+                    else:
+                        w = gap / walk_s
+                        s2 = frames + walk2 * (w if w > 1.0 else 1.0)
+                    step = b_mean - a_mean
+                    step2 = step * step
+                    if step2 > max_z2 * s2:
+                        continue
+                    v = rssi_const - _T_EXP * log1p(step2 / s2 / _T_NU) - 0.5 * log(s2)
+                    if blind:
+                        sb2 = frames + blind_walk
+                        vb = rssi_const - _T_EXP * log1p(step2 / sb2 / _T_NU) - 0.5 * log(sb2)
+                window = p.seq_window + p.seq_rate * gap
+                if window > SEQ_MOD / 2:
+                    window = SEQ_MOD / 2
+                dseq = (b_seq - a.last_seq) % SEQ_MOD
+                if 0 < dseq <= window:
+                    v += log(qq * SEQ_MOD / window + (1.0 - qq))
+                    vb += log_cont_blind
+                else:
+                    v += log_restart
+                    vb += log_restart
+                f = fp_same if (fp == a.fingerprint or fp == t.level_fp) else fp_other
+                v += f
+                vb += f
+            lg = log(gap)
             v += table.table[table.index(lg)] if t.iv_n == 0 else self._timing(t, gap, table, lg)
-            if b.ssids and t.ssids:
-                ss = ssid_score(t.ssids, b.ssids, self.ssid_share, p)
+            if ssids and t.ssids:
+                ss = ssid_score(t.ssids, ssids, self.ssid_share, p)
                 v += ss
                 vb += ss
-            e = math.exp(min(v, 700.0))
+            e = math.exp(v if v < 700.0 else 700.0)
             total += e
+            eb = 0.0
             if blind:
-                eb = math.exp(min(vb, 700.0))
+                eb = math.exp(vb if vb < 700.0 else 700.0)
                 total_blind += eb
             if v > best_v:
-                best, best_v = t, v
-                if blind:
-                    best_blind = eb
+                best, best_v, best_blind = t, v, eb
         p_new = new / total
         self.last_confidence = 0.0
         self.last_gap = 0.0

@@ -9,7 +9,7 @@ import pytest
 
 from gateway.identity.wifi_chains import ChainGrouper, ChainParams
 from gateway.parsers.ieee80211 import family_of
-from tests.unit.identity.wifi_scenes import GROUPINGS, capture, scene, stream, v_measure
+from tests.unit.identity.wifi_scenes import GROUPINGS, scene, v_measure
 
 BOTH = pytest.mark.parametrize("grouping", sorted(GROUPINGS))
 
