@@ -86,6 +86,7 @@ class _Unit:
     due: float = math.inf
     p_start: float = 1.0
     mark: PresenceMark | None = None  # what the burst stands for, until given to one of its frames
+    extra: float = 0.0  # MACs joined to it, each by its chance of starting another burst (the count)
 
 
 @dataclass(slots=True, eq=False)
@@ -360,6 +361,11 @@ class WifiGrouper:
         le.in_burst += p_in
         le.in_n += 1.0
         if best is not None and best_e / tot >= self.params.min_p:
+            # the count: the MAC may still be another device's burst (1 / tot); counted so much
+            if best.held is not None or best.track is None:
+                best.extra += 1.0 / tot
+            else:
+                best.mark = _plus(best.mark, self.presence.mark(fam), 1.0 / tot)
             a = best.agg
             a.last_ts, a.last_seq = m.last_ts, m.last_seq
             if m.first_n:
@@ -483,6 +489,9 @@ class WifiGrouper:
             track.silences += 1
             track.silence_s += tr.last_gap
         u.mark = pm.mark(fam, own=(track.silence_s, track.silences))
+        if u.extra:
+            u.mark = _plus(u.mark, pm.mark(fam), u.extra)
+            u.extra = 0.0
         if track.tail_before is None:
             track.gid = self._gid()
         else:
@@ -564,6 +573,16 @@ class WifiGrouper:
             else:
                 del self._open[fam]
         return len(stale)
+
+
+def _plus(mark: PresenceMark | None, more: PresenceMark, f: float) -> PresenceMark:
+    """``mark`` and ``f`` times ``more`` (a share of another burst; the relative errors are the learnt
+    parameters', alike for both)."""
+    if mark is None:
+        return PresenceMark(more.presence_s * f, more.rel_sd, more.arrivals * f, more.arrivals_rel_sd)
+    return PresenceMark(
+        mark.presence_s + more.presence_s * f, mark.rel_sd, mark.arrivals + more.arrivals * f, mark.arrivals_rel_sd
+    )
 
 
 class _Shares(dict[int, float]):

@@ -104,3 +104,31 @@ def test_a_crowd_is_counted_within_its_stated_uncertainty_where_its_groups_fall_
         end = probes[0][1].ts + 60.0 * k
         heard.append(len({g for (_d, p), (_d2, g) in zip(probes, pairs, strict=True) if end - 120.0 < p.ts <= end}))
     assert abs(statistics.mean(heard) - n) > 0.15 * n
+
+
+def test_a_mac_joined_to_a_burst_still_counts_by_its_chance_of_being_another() -> None:
+    """Online, a MAC starting within a second of an open burst of its family joins it (an iPhone's
+    next channel) - or is another phone's burst: it adds its chance of that to the burst's mark,
+    so a busy family's bursts merged online are not all lost to the count. A sure join adds little."""
+    fp = "aaaaaaaa11111111"
+
+    def presence(rssi_b: float, hold: float) -> tuple[float, float]:
+        g = WifiGrouper(GroupParams(max_delay_s=hold))
+        got: list[PresenceMark] = []
+        g.on_mark = lambda _item, mk: got.append(mk)
+        one = g.presence.mark(fp[:8]).presence_s
+        for i in range(3):
+            g.offer("02:00:00:00:00:01", True, fp, 100 + i, 1000.0 + 0.02 * i, -60.0, ("a", i))
+        for i in range(2):
+            g.offer("02:00:00:00:00:02", True, fp, 3000 + i, 1000.3 + 0.02 * i, rssi_b, ("b", i))
+        g.offer("02:00:00:00:00:01", True, fp, 200, 1060.0, -60.0, ("a", 9))  # later: releases all
+        g.flush()
+        assert len(g._macs) == 2 and g._macs["02:00:00:00:00:02"].unit is g._macs["02:00:00:00:00:01"].unit
+        return sum(mk.presence_s for mk in got[:-1]), one  # (the last: the later burst's)
+
+    for hold in (2.0, 0.0):  # joined while held, and after the burst's track was decided
+        near, one = presence(-60.0, hold)
+        far, _one = presence(-80.0, hold)
+        assert one < near < 1.005 * one  # the same level: surely the same burst
+        assert 1.01 * one < far < 2.0 * one  # 20 dB off but joined: it may be another phone's
+        assert far - one > 4.0 * (near - one)
