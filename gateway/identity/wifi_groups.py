@@ -294,6 +294,7 @@ class WifiGrouper:
             m.ssids = {h}
         if not randomized:  # a public MAC: a device of its own
             st = self._macs[mac] = _MacState(m, _Unit(m, fam, Track(self._gid(), m, None)), False, ts)
+            self.presence.visit_open(mac, fam, ts)
             st.mark = self.presence.mark(fam, public=True)
             return st
         # stage 1: does it continue a burst still open in its family?
@@ -437,11 +438,13 @@ class WifiGrouper:
         fam = st.unit.family
         if not st.randomized:
             if dt > pm.params.visit_gap_s:  # the visit was over: another starts
-                pm.visit(fam, st.mac.last_ts - st.visit_ts, ts)
+                pm.visit(fam, st.mac.last_ts - st.visit_ts, ts, key=st.mac.mac)
                 st.visit_ts, st.visit_silences, st.visit_silence_s = ts, 0, 0.0
+                pm.visit_open(st.mac.mac, fam, ts)
                 st.mark = pm.mark(fam, public=True)
                 return
             pm.silence(fam, dt, ts, public=True, own=(st.visit_silence_s, st.visit_silences))
+            pm.visit_heard(st.mac.mac, ts)
             st.visit_silences += 1
             st.visit_silence_s += dt
             st.mark = pm.mark(fam, public=True, own=(st.visit_silence_s, st.visit_silences))
@@ -564,7 +567,7 @@ class WifiGrouper:
         for k in stale:
             st = self._macs.pop(k)
             if not st.randomized:  # its visit is over
-                self.presence.visit(st.unit.family, st.mac.last_ts - st.visit_ts, now)
+                self.presence.visit(st.unit.family, st.mac.last_ts - st.visit_ts, now, key=k)
         self._tracker.prune(now)
         for fam in list(self._open):
             keep = [u for u in self._open[fam] if now - u.agg.last_ts <= self._link.burst_gap_s]

@@ -28,7 +28,11 @@ devices over a period is estimated). What is learnt, from the capture itself:
 * **the mean visit**: from whole visits, once over - of public MACs (whose presence is known
   exactly; a silence of ``visit_gap_s`` ends one) and of randomizing devices the grouping followed
   with confidence from their first burst to their last (``FOLLOWED_MIN`` bursts at least) - with a
-  prior of ``prior_visits`` visits of ``prior_stay_s``.
+  prior of ``prior_visits`` visits of ``prior_stay_s``. Online, public visits under way count too
+  (:meth:`PresenceModel.visit_open`): visits over alone are the short ones for the first hours of
+  a day (the long ones are still under way), so the mean is the product-limit (Kaplan-Meier) one,
+  a visit under way being known to last at least as long as it has; one silent for
+  ``quiet_silences`` of its family's mean silences is taken as over at its latest burst.
 
 A burst whose device's silences are known - a public MAC's, or a randomizing device's the grouping
 followed with confidence - weighs the device's own mean silence (shrunk to its family's): a phone
@@ -40,6 +44,7 @@ deviation (``rel_sd``), with the mean visit's for the arrivals.
 
 from __future__ import annotations
 
+import bisect
 import math
 from dataclasses import dataclass
 
@@ -62,12 +67,13 @@ class PresenceParams:
     prior_stay_s: float = 600.0  # mean visit (per arrival) before public visits say otherwise ...
     prior_visits: float = 5.0  # ... worth this many visits
     own_n: float = 2.0  # a device's own silences count against this many of its family's
+    quiet_silences: float = 2.0  # a public visit under way this many mean silences quiet counts as over
     max_kappa: float = 2.0
 
     def __post_init__(self) -> None:
         for name in (
             "window_s", "learn_s", "max_gap_s", "visit_gap_s", "shrink_devices", "prior_gap_s",
-            "prior_spread_s", "prior_n", "prior_stay_s", "prior_visits", "own_n",
+            "prior_spread_s", "prior_n", "prior_stay_s", "prior_visits", "own_n", "quiet_silences",
         ):  # fmt: skip
             v = getattr(self, name)
             if not (v > 0.0) or math.isnan(v) or (math.isinf(v) and name != "learn_s"):
@@ -118,6 +124,9 @@ class _Moments:
         return max(0.0, self.c2 - 2.0 * mean * self.cn + mean * mean * self.n2) / (self.n * self.n)
 
 
+_EDGES = [0.0] + [30.0 * 1.15**k for k in range(48)]  # visit length bins (s): 30 s .. ~24 h, 15 % wide
+_MAX_OPEN = 65536  # public visits under way remembered
+_STAY_EVERY_S = 10.0  # the product-limit mean visit is recomputed at most this often (frame time)
 BETWEEN_CV = 0.2  # families' mean silences differ by at least this much (relative sd) - an assumption
 FOLLOWED_MIN = 3  # bursts of a device followed with confidence all along before its visit is learnt
 _MAX_FAMILIES = 4096  # families remembered (a flood of forged fingerprints cannot grow this without end)
@@ -132,13 +141,20 @@ class PresenceModel:
         self._public: dict[str, _Moments] = {}  # family -> silences of public MACs
         self._pool = _Moments()  # every randomizing family's
         self._pool_public = _Moments()
-        self._visits = 0.0  # public visits started ...
+        self._visits = 0.0  # whole visits over ...
         self._visit_time = 0.0  # ... and their presence (silences within them + their ends)
+        self._ended = [0.0] * len(_EDGES)  # the same by length (product-limit mean visit) ...
+        self._ended_s = [0.0] * len(_EDGES)  # ... and their sum in each bin
+        self._open: dict[object, tuple[str, float, float]] = {}  # public visits under way: (family, first, latest)
+        self._now = -math.inf  # latest frame time heard of
+        self._stay: tuple[float, float] | None = None  # (time, value) of the latest product-limit mean
         self._ts = -math.inf  # time the decayed sums are as of
 
     # -- learning -----------------------------------------------------------------------------
 
     def _decay(self, ts: float) -> None:
+        if ts > self._now:
+            self._now = ts
         if ts <= self._ts:
             return
         if self._ts > -math.inf and math.isfinite(self.params.learn_s):
@@ -148,6 +164,8 @@ class PresenceModel:
                     m.scale(f)
                 self._visits *= f
                 self._visit_time *= f
+                self._ended = [x * f for x in self._ended]
+                self._ended_s = [x * f for x in self._ended_s]
             else:
                 return  # too little time for it to matter: keep the old time so it adds up
         self._ts = ts
@@ -171,13 +189,34 @@ class PresenceModel:
         m.add(gap, own[0], own[1])
         (self._pool_public if public else self._pool).add(gap, own[0], own[1])
 
-    def visit(self, family: str, length: float, ts: float, *, public: bool = True) -> None:
+    def visit(self, family: str, length: float, ts: float, *, public: bool = True, key: object = None) -> None:
         """A whole visit, over: ``length`` seconds from its first heard burst to its last (a public
         MAC's, or a randomizing device's followed with confidence all along); its two ends add
-        ``spread``. Only whole visits count: one still under way would make the mean visit short."""
+        ``spread``. ``key``: the handle it was opened with (:meth:`visit_open`), if it was."""
+        if key is not None:
+            self._open.pop(key, None)
         self._decay(ts)
         self._visits += 1.0
-        self._visit_time += max(0.0, length) + self.spread(family, public=public)
+        d = max(0.0, length) + self.spread(family, public=public)
+        self._visit_time += d
+        k = bisect.bisect_right(_EDGES, d) - 1
+        self._ended[k] += 1.0
+        self._ended_s[k] += d
+        self._stay = None
+
+    def visit_open(self, key: object, family: str, ts: float) -> None:
+        """A public MAC's visit starts with a burst at ``ts`` (``key``: the caller's handle for it);
+        :meth:`visit_heard` as it is heard again, :meth:`visit` with ``key`` once it is over."""
+        self._decay(ts)
+        if len(self._open) >= _MAX_OPEN:  # a flood of forged public MACs: forget the oldest
+            self._open.pop(next(iter(self._open)))
+        self._open[key] = (family, ts, ts)
+
+    def visit_heard(self, key: object, ts: float) -> None:
+        """The public visit ``key`` under way was heard again at ``ts``."""
+        v = self._open.get(key)
+        if v is not None:
+            self._open[key] = (v[0], v[1], ts)
 
     # -- what is learnt -----------------------------------------------------------------------
 
@@ -227,9 +266,61 @@ class PresenceModel:
         return max(mean, sq / mean)
 
     def stay(self) -> float:
-        """Mean visit per arrival (public MACs' visits, with the prior)."""
+        """Mean visit per arrival, with the prior: the visits over, and the public ones under way
+        (product-limit mean; see the module docstring). Recomputed at most every ``_STAY_EVERY_S``."""
         p = self.params
-        return (self._visit_time + p.prior_visits * p.prior_stay_s) / (self._visits + p.prior_visits)
+        if not self._open:
+            return (self._visit_time + p.prior_visits * p.prior_stay_s) / (self._visits + p.prior_visits)
+        cached = self._stay
+        if cached is not None and self._now - cached[0] < _STAY_EVERY_S:
+            return cached[1]
+        value = self._product_limit()
+        self._stay = (self._now, value)
+        return value
+
+    def _product_limit(self) -> float:
+        p = self.params
+        ended = list(self._ended)
+        ended_s = list(self._ended_s)
+        under_way: list[float] = []  # how long each visit under way has lasted so far (censored)
+        spreads: dict[str, tuple[float, float]] = {}
+        now = self._now
+        for fam, first, latest in self._open.values():
+            sp = spreads.get(fam)
+            if sp is None:
+                sp = spreads[fam] = (self.spread(fam, public=True), self.mean_silence(fam, public=True))
+            d = latest - first + sp[0]
+            if now - latest > p.quiet_silences * sp[1]:  # quiet for long: over at its latest burst
+                k = bisect.bisect_right(_EDGES, d) - 1
+                ended[k] += 1.0
+                ended_s[k] += d
+            else:
+                under_way.append(d)
+        under_way.sort()
+        n_total = sum(ended) + len(under_way)
+        if n_total <= 0.0:
+            return p.prior_stay_s
+        # product-limit survival over the length bins: a visit under way is at risk up to its length
+        at_risk = n_total
+        surv = 1.0
+        mean = 0.0
+        j = 0  # visits under way shorter than the current bin's start (no longer at risk)
+        last = 0.0
+        for k, lo in enumerate(_EDGES):
+            while j < len(under_way) and under_way[j] < lo:
+                at_risk -= 1.0
+                j += 1
+            d = ended[k]
+            if d > 0.0 and at_risk > 0.0:
+                q = min(1.0, d / at_risk)
+                mean += surv * q * (ended_s[k] / d)
+                surv *= 1.0 - q
+                last = ended_s[k] / d
+            at_risk -= d
+        # those that outlast every visit seen over: at least as long as the longest seen, or the prior
+        tail = max(p.prior_stay_s, last, under_way[-1] if under_way else 0.0)
+        m = mean + surv * tail
+        return (n_total * m + p.prior_visits * p.prior_stay_s) / (n_total + p.prior_visits)
 
     def _kappa(self, mean: float, spread: float, stay: float) -> float:
         return min(self.params.max_kappa, 1.0 / max(1e-9, 1.0 - (spread - mean) / stay))

@@ -5,6 +5,7 @@ marked once however many MACs it used, and a crowd comes out at its size where i
 from __future__ import annotations
 
 import collections
+import random
 import statistics
 
 import pytest
@@ -132,3 +133,30 @@ def test_a_mac_joined_to_a_burst_still_counts_by_its_chance_of_being_another() -
         assert one < near < 1.005 * one  # the same level: surely the same burst
         assert 1.01 * one < far < 2.0 * one  # 20 dB off but joined: it may be another phone's
         assert far - one > 4.0 * (near - one)
+
+
+def test_the_daemon_learns_the_mean_visit_from_visits_under_way_too() -> None:
+    """An hour after opening, the public devices' visits over are the short ones; the daemon's
+    mean visit counts those under way as lasting at least as long as they have."""
+    rng = random.Random(5)
+    g = WifiGrouper(GroupParams(max_delay_s=2.0))
+    frames = []
+    visits = []
+    for k in range(80):
+        start = rng.uniform(0.0, 3600.0)
+        length = rng.uniform(300.0, 3600.0)
+        visits.append((start, length))
+        mac = f"00:11:22:33:{k // 256:02x}:{k % 256:02x}"
+        t = start
+        while t <= start + length:
+            frames.append((t, mac))
+            t += rng.uniform(20.0, 40.0)
+    frames.sort()
+    for ts, mac in frames:
+        if ts > 3600.0:
+            break
+        g.offer(mac, False, "aaaaaaaa11111111", 0, ts, -60.0, None)
+    true_mean = statistics.mean(x for _s, x in visits)
+    over = [x for s, x in visits if s + x <= 3600.0 - 900.0]  # over and forgotten by now
+    assert statistics.mean(over) < 0.65 * true_mean  # what the visits over alone say
+    assert 0.8 * true_mean < g.presence.stay() < 1.3 * true_mean

@@ -128,3 +128,72 @@ def test_silences_beyond_their_limits_are_not_learnt() -> None:
 def test_bad_params_are_refused_naming_the_field(field: str, value: float) -> None:
     with pytest.raises(ValueError, match=field):
         PresenceParams(**{field: value})
+
+
+def _km_mean(lengths: list[float], over: list[bool]) -> float:
+    """The product-limit (Kaplan-Meier) mean of ``lengths``, ``over[i]`` False where still under way
+    (the survivors beyond the last visit over: as long as the longest seen)."""
+    order = sorted(range(len(lengths)), key=lambda i: (lengths[i], not over[i]))
+    at_risk, surv, mean = float(len(lengths)), 1.0, 0.0
+    for i in order:
+        if over[i]:
+            mean += surv / at_risk * lengths[i]
+            surv *= 1.0 - 1.0 / at_risk
+        at_risk -= 1.0
+    return mean + surv * max(lengths)
+
+
+def test_visits_under_way_count_in_the_mean_visit_as_lasting_at_least_so_long() -> None:
+    """Early in a day only the short visits are over: the mean of those alone reads short for
+    hours. Visits under way count as lasting at least as long as they have (product-limit mean)."""
+    rng = random.Random(3)
+    p = PresenceParams(prior_visits=1.0, prior_stay_s=600.0, learn_s=math.inf)
+    pm = PresenceModel(p)
+    _learn(pm, FAM_A, [40.0] * 400, 100, public=True)  # public silences: 40 s
+    spread = pm.spread(FAM_A, public=True)
+    # a store that opened an hour ago: visits of 5-60 min arriving all along; now = 3600
+    lengths, over = [], []
+    for k in range(300):
+        start = rng.uniform(0.0, 3600.0)
+        length = rng.uniform(300.0, 3600.0)
+        if start + length <= 3600.0:
+            pm.visit(FAM_A, length, start + length, public=True)
+            lengths.append(length + spread)
+            over.append(True)
+        else:
+            pm.visit_open(k, FAM_A, start)
+            pm.visit_heard(k, 3600.0 - 5.0)  # heard a moment ago
+            lengths.append(3600.0 - 5.0 - start + spread)
+            over.append(False)
+    pm.silence(FAM_A, 40.0, 3600.0, public=True)  # the model's clock: now
+    done = [x for x, o in zip(lengths, over, strict=True) if o]
+    only_over = (sum(done) + p.prior_stay_s) / (len(done) + 1.0)
+    km = (_km_mean(lengths, over) * len(lengths) + p.prior_stay_s) / (len(lengths) + 1.0)
+    assert pm.stay() == pytest.approx(km, rel=0.05)  # binned 15 % wide: close to the exact one
+    assert pm.stay() > 1.3 * only_over  # what the visits over alone said
+    # all over (a whole capture, or the end of the day): the plain mean of the visits, with the prior
+    pm2 = PresenceModel(p)
+    _learn(pm2, FAM_A, [40.0] * 400, 100, public=True)
+    for x in lengths:
+        pm2.visit(FAM_A, x - pm2.spread(FAM_A, public=True), 4000.0)
+    assert pm2.stay() == pytest.approx((sum(lengths) + p.prior_stay_s) / (len(lengths) + 1.0), rel=1e-6)
+
+
+def test_a_visit_under_way_but_long_quiet_counts_as_over_and_closing_forgets_it() -> None:
+    p = PresenceParams(prior_visits=1.0, prior_stay_s=600.0, learn_s=math.inf, quiet_silences=2.0)
+    pm = PresenceModel(p)
+    _learn(pm, FAM_A, [40.0] * 400, 100, public=True)
+    spread = pm.spread(FAM_A, public=True)
+    for _ in range(50):
+        pm.visit(FAM_A, 200.0, 1000.0, public=True)
+    pm.visit_open("quiet", FAM_A, 0.0)
+    pm.visit_heard("quiet", 3000.0)  # a visit of 50 min so far ...
+    pm.silence(FAM_A, 40.0, 3000.0 + 1.9 * pm.mean_silence(FAM_A, public=True), public=True)
+    under_way = pm.stay()  # ... heard lately: it outlasts every visit over, at least 50 min
+    assert under_way == pytest.approx((50 * (200.0 + spread) + 3000.0 + spread + 600.0) / 52.0, rel=0.02)
+    pm.silence(FAM_A, 40.0, 3000.0 + 2.1 * pm.mean_silence(FAM_A, public=True) + 20.0, public=True)
+    quiet = pm.stay()  # quiet for over two mean silences: over at its latest burst, the same here
+    assert quiet == pytest.approx(under_way, rel=0.02)
+    pm.visit(FAM_A, 3000.0, 3100.0, public=True, key="quiet")  # over: counted once, not open any more
+    assert pm.stay() == pytest.approx((50 * (200.0 + spread) + 3000.0 + spread + 600.0) / 52.0, rel=0.02)
+    assert not pm._open
