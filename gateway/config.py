@@ -309,14 +309,14 @@ class LocalizationSettings(Section):
         " next one, so an advert is not split across two ticks (0: off; not for devices clearly walking)",
     )
     standing_search_nll: float = Field(
-        default=4.0,
+        default=2.0,
         ge=0,
         description="At each track check, move a standing device's window fix to the window's global best fit"
         " (grid search) when that explains the window better by this (nats; 0: off). The per-tick refinement is"
         " local and a wrong first fix (e.g. at a wall) otherwise stays in its basin",
     )
     standing_search_every_ticks: int = Field(
-        default=6, ge=1, le=1000, description="Re-search the standing devices' windows every N ticks (all at once)"
+        default=3, ge=1, le=1000, description="Re-search the standing devices' windows every N ticks (all at once)"
     )
     time_align: bool = Field(
         default=True,
