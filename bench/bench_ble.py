@@ -31,6 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from gateway.identity.addresses import IrkResolver, ah
 from gateway.ops.decode_ble import decode_hex
 from gateway.parsers import ble as P
+from gateway.parsers.ble_vendors import describe
 
 # CPU time of this process: "one core" throughput even when the shared 2-core box is busy with
 # other jobs (wall-clock figures there mostly measure the neighbours). Both are reported for parse.
@@ -272,6 +273,9 @@ def _mutate(seed: bytes, rng: random.Random) -> bytes:
     return bytes(b)
 
 
+_VENDOR_UUIDS = [f"0000{u}-0000-1000-8000-00805f9b34fb" for u in ("fe2c", "fd5a", "feaa", "feed", "fd6f", "fe95")]
+
+
 def fuzz(n: int, seed: int = 3) -> tuple[int, int, list[str]]:
     """Returns (documented errors, unexpected exceptions, first few unexpected tracebacks)."""
     rng = random.Random(seed)
@@ -307,6 +311,13 @@ def fuzz(n: int, seed: int = 3) -> tuple[int, int, list[str]]:
                 # bleak-style split data through the frame parsers
                 if len(data) >= 2:
                     P.rssi_at_1m_of({int.from_bytes(data[:2], "little"): data[2:]}, {P.EDDYSTONE_UUID: data[1:]})
+            elif r == 7:
+                # vendor messages (Continuity, CDP, Fast Pair, SmartTag...) of unknown / mangled vendors
+                adv = parse(data)
+                describe(adv.manufacturer_data, adv.service_data, adv.service_uuids)
+                if len(data) >= 2:
+                    cid = int.from_bytes(data[:2], "little") if k % 3 else rng.choice((0x004C, 0x0006, 0x0075))
+                    describe({cid: data[2:]}, {rng.choice(_VENDOR_UUIDS): data[1:]})
             else:
                 parse(data).to_dict()
         except P.AdvertParseError:

@@ -26,12 +26,12 @@ from pathlib import Path
 
 import numpy as np
 
-from gateway.config import LocalizationSettings, PresenceSettings, SimulatorSettings
+from gateway.config import PresenceSettings, Settings, SimulatorSettings
 from gateway.identity.pseudonyms import PseudonymKeyring
 from gateway.identity.subjects import IdentityResolver
 from gateway.layout import Layout, load_layout
-from gateway.localization import make_localizer
 from gateway.models import EventBase, Fix, Observation, VisitEnded
+from gateway.pipeline import Pipeline
 from gateway.presence.engine import PresenceEngine
 from gateway.sim.store import StoreSimulator, VisitTruth, _Person
 
@@ -71,7 +71,7 @@ def truth_fixes(
     a = float(np.exp(-1.0 / NOISE_TAU_S))
     out: list[Fix] = []
     for pid, p in people.items():
-        if p.kind == "beacon":
+        if p.kind not in ("visitor", "passer-by"):  # staff and fixtures are not in the truth visits
             continue
         t0 = float(p.t[0]) + float(rng.uniform(0, 1))
         t1 = min(float(p.t[-1]), t_stop)
@@ -184,7 +184,9 @@ def accuracy_truth(layout: Layout, quick: bool) -> float:
     t_end = s.start_ts + hours * 3600 + 3600  # let everyone spawned leave
     sim.step(t_end)
     truth = [v for v in sim.visits if v.start < s.start_ts + hours * 3600]
-    people = {pid: p for pid, p in people.items() if p.kind != "beacon" and p.t[0] < s.start_ts + hours * 3600}
+    people = {
+        pid: p for pid, p in people.items() if p.kind in ("visitor", "passer-by") and p.t[0] < s.start_ts + hours * 3600
+    }
     ps = PresenceSettings(k_anonymity=1)
     stays = truth_stays(layout, people, truth, ps.enter_debounce_s)
     in_store = [z.id for z in layout.zones if z.kind != "outside"]
@@ -223,22 +225,20 @@ def accuracy_chain(layout: Layout, quick: bool) -> None:
     sim = StoreSimulator(layout, s)
     keyring = PseudonymKeyring()
     resolver = IdentityResolver(keyring, optout_key=b"k" * 32)
-    loc = make_localizer(layout, LocalizationSettings())
-    engine = PresenceEngine(layout, PresenceSettings(k_anonymity=1), layout.store.id)
+    # the daemon's path: pseudonyms -> rotation linker (phones rotate unlinkably) -> localizer -> presence
+    settings = Settings.model_validate({"presence": {"k_anonymity": 1}})
+    pipe = Pipeline(settings, layout, identity=resolver)
+    loc = pipe.localizer
     events: list[EventBase] = []
     t = s.start_ts
     t_stop = s.start_ts + hours * 3600
     t_end = t_stop + 1800
-    nfix = 0
     while t < t_end:
         t += 1.0
-        obs = sim.step(t)
-        loc.add(resolver.resolve_batch(obs, t))
-        fixes = loc.fixes(t)
-        nfix += len(fixes)
-        events += engine.update(fixes, t)
-        events += engine.tick(t)
-    events += engine.close(t_end)
+        events += pipe.process(sim.step(t))
+    events += pipe.advance(t_end)
+    events += pipe.close()
+    nfix = pipe.stats.fixes
     # the simulator keeps spawning people after t_stop (so everyone can leave): compare visits
     # that started before t_stop on both sides
     truth = [v for v in sim.visits if v.start < t_stop]

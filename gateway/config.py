@@ -94,8 +94,18 @@ class SimulatorSettings(Section):
     detection_floor_dbm: float = Field(default=-95.0, ge=-130, le=-30, description="Weakest RSSI heard")
     advert_interval_s: float = Field(default=1.0, gt=0, le=60, description="Per-device advert interval")
     mac_rotation_s: float = Field(default=900.0, gt=0, description="Phones rotate random MACs this often")
+    rotation_jitter_s: float = Field(
+        default=60.0, ge=0, le=600, description="Each address lasts mac_rotation_s +- up to this (uniform)"
+    )
     link_rotations: bool = Field(
-        default=True, description="Mark rotations of one phone as linkable (as IRK resolution would)"
+        default=False,
+        description="Mark a phone's address rotations as linkable (a consented phone whose IRK the box holds)",
+    )
+    staff: int = Field(default=2, ge=0, le=100, description="Staff walking the store all day (phone, some a scanner)")
+    fixtures: int = Field(default=3, ge=0, le=100, description="Fixed devices in the store (TV, printer, Apple TV)")
+    ios_share: float = Field(default=0.5, ge=0, le=1, description="Share of shoppers whose phone is an iPhone")
+    android_silent: float = Field(
+        default=0.3, ge=0, le=1, description="Share of Android phones that send no BLE advert while idle"
     )
     tick_s: float = Field(default=0.5, gt=0, le=10, description="Simulated step; fixed for reproducibility")
 
@@ -129,36 +139,60 @@ class BleSettings(Section):
 
 class WifiSettings(Section):
     enabled: bool = Field(default=False, description="Capture probe requests on a monitor interface")
-    interface: str = Field(default="mon0", description="Monitor-mode interface")
+    interface: str = Field(default="mon0", description="Monitor-mode interface the capture relay opens")
     sensor_id: str = Field(default="gw", description="Layout sensor id of the gateway's Wi-Fi radio")
-    channels: list[int] = Field(default=[1, 6, 11], description="Channels to hop over")
+    channels: list[int] = Field(default=[1, 6, 11], description="Channels the capture relay hops over")
     dwell_s: float = Field(default=0.25, gt=0, le=60, description="Time on each channel")
-    set_monitor: bool = Field(default=False, description="Put the interface into monitor mode at start")
+    set_monitor: bool = Field(
+        default=False, description="The capture relay puts the interface into monitor mode at start"
+    )
     pcap: Path | None = Field(default=None, description="Replay this pcap/pcapng instead of capturing")
     pcap_speed: float = Field(default=0.0, ge=0, description="pcap replay pace: 0 as fast as possible, 1 recorded")
     linktype: Literal["auto", "radiotap", "ieee80211"] = Field(
         default="auto",
         description="Frame format on the interface; auto: from its ARPHRD type (803 radiotap, 801 plain 802.11)",
     )
-    hop: bool = Field(default=True, description="Hop over `channels` (needs CAP_NET_ADMIN); false: stay put")
+    hop: bool = Field(
+        default=True, description="The capture relay hops over `channels` (CAP_NET_ADMIN); false: stay put"
+    )
     keep_off_channel: bool = Field(
         default=False, description="Keep frames heard off the channel they were sent on (their RSSI is too low)"
     )
     kernel_filter: bool = Field(
-        default=True, description="BPF filter on the capture socket: only probe requests reach Python"
+        default=True, description="BPF filter on the relay's packet socket: only probe requests leave the kernel"
     )
-    batch_max: int = Field(default=512, ge=1, le=65536, description="Frames read per event-loop wake-up (max)")
+    batch_max: int = Field(
+        default=512, ge=1, le=65536, description="Frames read per event-loop wake-up (max), relay and daemon"
+    )
     max_pending: int = Field(default=50_000, ge=100, description="Observations buffered for a slow consumer")
-    rcvbuf_bytes: int = Field(default=4 << 20, ge=65536, description="Capture socket receive buffer")
+    rcvbuf_bytes: int = Field(default=4 << 20, ge=65536, description="Receive buffer of the relay's packet socket")
+    capture_socket: Path = Field(
+        default=Path("/run/gateway/capture.sock"),
+        description=(
+            "Unix datagram socket the daemon binds (mode 0660) and the capture relay "
+            "(gateway-wifi-capture.service) sends frames to; in gateway.service's RuntimeDirectory"
+        ),
+    )
+    relay_silent_s: float = Field(
+        default=5.0,
+        gt=1,
+        le=300,
+        description="The capture relay is reported silent (status page, /metrics) after this long without a datagram",
+    )
+    count_window_s: float = Field(
+        default=120.0,
+        ge=30,
+        le=900,
+        description="Wi-Fi devices present at a minute's end: device groups heard within this window before it",
+    )
     group_hold_s: float = Field(
-        default=0.0,
+        default=2.0,
         ge=0,
         le=600,
         description=(
-            "Longest hold (frame time) of a new random MAC's frames until its group is decided; 0: at once. "
-            "Held frames reach the pipeline later than localization.window_s and are counted too_late "
-            "instead of localized, so the daemon decides at once by default; 30 buys purer groups "
-            "(docs/wifi.md) at that price. `gateway decode pcap --group-hold` defaults to 30"
+            "Longest hold (frame time) of a new burst's frames until its device is decided (usually when the "
+            "burst is over, ~1.5 s); 0: at once. Held frames later than localization.window_s are counted "
+            "too_late instead of localized. `gateway decode pcap --group-hold` defaults to 30"
         ),
     )
 
@@ -372,6 +406,33 @@ class PresenceSettings(Section):
         min_length=1,
         description="Upper edges (s) of the aggregate dwell histogram bins; a last open bin is added",
     )
+    front_from_outside: bool = Field(
+        default=True,
+        description="In-store zones that border an outside zone (pavement) qualify a visit like the entrance",
+    )
+    front_margin_m: float = Field(
+        default=1.5, ge=0, le=10, description="Fixes closer than this to an outside zone are not 'clearly inside'"
+    )
+    visitor_deep_s: float = Field(
+        default=10.0, ge=0, le=600, description="A visit qualifies only after this long seen clearly inside the store"
+    )
+    visitor_confirm_s: float = Field(
+        default=45.0,
+        ge=0,
+        le=600,
+        description="A visit qualifies in a zone past the entrance only once it has lasted this long (strays)",
+    )
+    resident_after_s: float = Field(
+        default=3600.0,
+        gt=0,
+        description="A linked device present this long (staff phone, fixture, neighbour) is set apart as resident",
+    )
+    companion_radius_m: float = Field(
+        default=5.0,
+        ge=0,
+        le=20,
+        description="A tracker/earbuds/wearable this close to a phone moves with it: not an extra visitor",
+    )
     report_passers_by: bool = Field(
         default=True, description="Emit 'visit.ended' (visitor=false) for passers-by; aggregates count them anyway"
     )
@@ -383,6 +444,24 @@ class PresenceSettings(Section):
         if any(b[i] >= b[i + 1] for i in range(len(b) - 1)) or b[0] <= 0:
             raise ValueError("presence.dwell_bins_s must be positive and strictly increasing")
         return self
+
+
+class LinkingSettings(Section):
+    """Joining a device's address rotations without its IRK (``gateway/identity/linking.py``)."""
+
+    enabled: bool = Field(default=True, description="Link address rotations of one device inside a pseudonym period")
+    max_gap_s: float = Field(
+        default=3.0,
+        gt=0,
+        le=60,
+        description="Longest silence between the old address's last and the new one's first advert",
+    )
+    rssi_tol_db: float = Field(
+        default=6.5, gt=0, le=40, description="Largest mean RSSI difference (shared sensors) across the switch"
+    )
+    ambiguity_db: float = Field(
+        default=1.5, ge=0, le=20, description="No link unless the best candidate beats the second by this much"
+    )
 
 
 class PrivacySettings(Section):
@@ -455,6 +534,17 @@ class OutboxSettings(Section):
     max_bytes: int = Field(default=512 * 1024 * 1024, ge=64 * 1024, description="Size cap, then eviction")
     append_batch: int = Field(default=500, ge=1, description="Events per append transaction (max)")
     flush_interval_s: float = Field(default=0.2, gt=0, le=10, description="Append flush cadence")
+    keep_free_bytes: int | None = Field(
+        default=None,
+        ge=0,
+        description="Room the outbox leaves free on its filesystem for the other stores and logs;"
+        " None: 5 % of the filesystem, 256 KiB..64 MiB (docs/storage.md)",
+    )
+    ram_max_events: int = Field(
+        default=20_000,
+        ge=100,
+        description="Events held in RAM while the disk refuses them; beyond, the lowest priority is dropped (counted)",
+    )
 
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -614,6 +704,18 @@ class SupervisorSettings(Section):
     restart_window_s: float = Field(default=300.0, gt=0, description="Window for max_restarts")
 
 
+class PipelineSettings(Section):
+    max_delay_s: float = Field(
+        default=2.0,
+        ge=0,
+        le=3600,
+        description=(
+            "A live batch that waited longer than this for the pipeline is dropped and counted as late "
+            "(latency stays bounded when the box is overloaded; recordings always wait); 0: never"
+        ),
+    )
+
+
 NODES_PACKET_LOSS = 0.3
 
 
@@ -636,6 +738,7 @@ class Settings(BaseSettings):
     nodes: NodesSettings = Field(default_factory=NodesSettings)
     localization: LocalizationSettings = Field(default_factory=LocalizationSettings)
     presence: PresenceSettings = Field(default_factory=PresenceSettings)
+    linking: LinkingSettings = Field(default_factory=LinkingSettings)
     privacy: PrivacySettings = Field(default_factory=PrivacySettings)
     mqtt: MqttSettings = Field(default_factory=MqttSettings)
     local_broker: LocalBrokerSettings = Field(default_factory=LocalBrokerSettings)
@@ -643,6 +746,7 @@ class Settings(BaseSettings):
     status: StatusSettings = Field(default_factory=StatusSettings)
     content: ContentSettings = Field(default_factory=ContentSettings)
     supervisor: SupervisorSettings = Field(default_factory=SupervisorSettings)
+    pipeline: PipelineSettings = Field(default_factory=PipelineSettings)
 
     @model_validator(mode="after")
     def _cross_checks(self) -> Settings:

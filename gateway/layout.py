@@ -18,7 +18,7 @@ path_loss_exponent = 2.2
 
 [[zones]]
 id = "entrance"
-kind = "entrance"      # entrance | checkout | aisle | outside | other
+kind = "entrance"      # entrance | checkout | aisle | outside | other | front
 polygon = [[0, 0], [6, 0], [6, 4], [0, 4]]
 ```
 """
@@ -34,7 +34,10 @@ import numpy as np
 from numpy.typing import NDArray
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-ZoneKind = Literal["entrance", "checkout", "aisle", "outside", "other"]
+ZoneKind = Literal["entrance", "checkout", "aisle", "outside", "other", "front"]
+"""``front``: inside the store along a shop front that borders the pavement (window displays): a
+visit there counts only after ``presence.visitor_min_s``, like the entrance, because a passer-by's
+position estimate strays into it."""
 
 
 class _Strict(BaseModel):

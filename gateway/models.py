@@ -29,6 +29,21 @@ WIRE_VERSION: Literal[1] = 1
 Radio = Literal["ble", "wifi", "node", "sim"]
 
 
+@dataclass(slots=True, frozen=True)
+class AdvertInfo:
+    """What one BLE advert says about its sender, for the rotation linker and presence (RAM only).
+
+    ``kind`` is the device kind (``gateway.parsers.ble_vendors.DEVICE_KINDS``); ``signature`` the
+    advert content that survives an address rotation (no name, no address); ``rotating`` whether the
+    address is a private (rotating) one; ``seq`` a counter that keeps counting across a rotation.
+    """
+
+    kind: str
+    signature: str
+    rotating: bool = True
+    seq: int | None = None
+
+
 @dataclass(slots=True)
 class Observation:
     """One reception of one device at one sensor.
@@ -47,6 +62,8 @@ class Observation:
     # Extra linking hints filled by parsers (e.g. Wi-Fi fingerprint group, resolved IRK identity):
     # ``irk_link(irk)``, ``app_link(token)`` or a group id. Identity turns it into the subject.
     link: str | None = None
+    # What the BLE advert said about its sender (kind, rotation-stable content); None: not known.
+    adv: AdvertInfo | None = None
 
 
 _IRK_LINK_TAG = b"gateway/irk-link/v1\x00"
@@ -163,6 +180,10 @@ class VisitEnded(SubjectEvent):
     zone_affinity: dict[str, float] = Field(
         default_factory=dict, description="Share of the subject's in-store dwell per zone over its history"
     )
+    resident: bool = Field(
+        default=False,
+        description="The subject turned out to be staff, a fixture or a neighbour (present all day): not a visit",
+    )
 
 
 class PositionFix(SubjectEvent):
@@ -182,6 +203,20 @@ class Aggregate(EventBase):
     passers_by: int = Field(ge=0)
     conversion: float | None = None
     dwell_histogram: dict[str, int] = Field(default_factory=dict)
+    residents: int = Field(default=0, ge=0, description="Staff, fixtures and neighbours seen (set apart)")
+
+
+class DeviceCount(EventBase):
+    """Wi-Fi devices present (gateway/identity/wifi_count.py): distinct device groups heard in the
+    ``window_s`` before each minute's end; for a longer interval the mean of its minutes."""
+
+    type: Literal["wifi.devices"] = "wifi.devices"
+    interval_start: float
+    interval_s: float = Field(gt=0)
+    zone: str | None = Field(default=None, description="None for the whole store; a zone: devices located in it")
+    devices: float = Field(ge=0, description="Estimated devices present (a mean over the interval's minutes)")
+    sd: float = Field(ge=0, description="Its uncertainty (one standard deviation)")
+    window_s: float = Field(gt=0, description="A device heard within this window before a minute's end is present")
 
 
 class ActivationReport(EventBase):
@@ -201,7 +236,15 @@ class Heartbeat(EventBase):
 
 
 Event = Annotated[
-    VisitStarted | ZoneEntered | ZoneLeft | VisitEnded | PositionFix | Aggregate | ActivationReport | Heartbeat,
+    VisitStarted
+    | ZoneEntered
+    | ZoneLeft
+    | VisitEnded
+    | PositionFix
+    | Aggregate
+    | DeviceCount
+    | ActivationReport
+    | Heartbeat,
     Field(discriminator="type"),
 ]
 EVENT_ADAPTER: TypeAdapter[Event] = TypeAdapter(Event)
@@ -209,6 +252,7 @@ EVENT_ADAPTER: TypeAdapter[Event] = TypeAdapter(Event)
 EVENT_PRIORITY: dict[str, Priority] = {
     "fix": Priority.FIX,
     "aggregate": Priority.AGGREGATE,
+    "wifi.devices": Priority.AGGREGATE,
     "visit.started": Priority.PRESENCE,
     "zone.entered": Priority.PRESENCE,
     "zone.left": Priority.PRESENCE,

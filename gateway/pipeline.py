@@ -1,6 +1,10 @@
 """The pure core of the data path: observations in, wire events out. No I/O, time from the data.
 
-    raw observations --identity--> subject observations --localizer--> fixes --presence--> events
+    raw observations --identity--> subject observations --linker--> device observations
+        --localizer--> fixes --presence--> events
+
+The linker (``gateway/identity/linking.py``) joins the address rotations of one device without
+its IRK, inside one pseudonym period, and tells presence what kind of device each subject is.
 
 Event time is the observations' own ``ts``: fixes are computed on a fixed cadence
 (``localization.fix_interval_s``) as observation time crosses each tick, so a replay at any speed
@@ -15,11 +19,13 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from gateway.config import Settings
+from gateway.identity.linking import RotationLinker
 from gateway.identity.pseudonyms import PseudonymKeyring
 from gateway.identity.subjects import IdentityResolver
+from gateway.identity.wifi_count import WifiCounter
 from gateway.layout import Layout
 from gateway.localization import Localizer, make_localizer
-from gateway.models import EventBase, Fix, Observation, PositionFix, SubjectKind
+from gateway.models import AdvertInfo, EventBase, Fix, Observation, PositionFix, SubjectKind
 from gateway.presence.engine import PresenceEngine
 
 # event-time silence ticked through before the tick grid jumps ahead (far longer than any timeout)
@@ -46,6 +52,9 @@ class IdentityStage:
         out = []
         for o in batch:
             o.device = pn(o.link or o.device, o.ts)
+            if o.link is not None and o.adv is not None and o.adv.rotating:
+                # resolved (IRK/consent): one subject already, nothing to link; the kind still counts
+                o.adv = AdvertInfo(o.adv.kind, o.adv.signature, False, o.adv.seq)
             o.link = None
             out.append(o)
         return out
@@ -78,6 +87,15 @@ class Pipeline:
         self.presence = presence or PresenceEngine(
             layout, settings.presence, settings.gateway.store_id, self.identity.subject_kind
         )
+        self.linker: RotationLinker | None = None
+        if settings.linking.enabled:
+            # only the period boundaries are used, never a key
+            bounds = PseudonymKeyring.from_settings(settings.privacy).epoch_bounds
+            lk = settings.linking
+            self.linker = RotationLinker(
+                bounds, link_max_gap_s=lk.max_gap_s, rssi_tol_db=lk.rssi_tol_db, ambiguity_db=lk.ambiguity_db
+            )
+            self.presence.set_chain_info(self.linker.info)
         self._sensors = set(layout.sensor_index())
         self._interval = settings.localization.fix_interval_s
         self._next_tick: float | None = None
@@ -86,6 +104,16 @@ class Pipeline:
         self._on_fixes = on_fixes
         # event time each layout sensor was last heard (status page: a silent sensor is a fault)
         self.sensor_last_heard: dict[str, float] = {}
+        # Wi-Fi devices present per minute / aggregate interval (docs/wifi.md, "Counting")
+        self.wifi_count: WifiCounter | None = (
+            WifiCounter(
+                settings.gateway.store_id,
+                window_s=settings.wifi.count_window_s,
+                interval_s=settings.presence.aggregate_interval_s,
+            )
+            if settings.wifi.enabled
+            else None
+        )
 
     def process(self, batch: Sequence[Observation]) -> list[EventBase]:
         """Feed one time-ordered batch; return the events it completes."""
@@ -109,6 +137,17 @@ class Pipeline:
         resolved = self.identity.resolve(good)
         if not resolved:  # every observation dropped by identity (e.g. all of an opted-out phone)
             return events
+        if self.linker is not None:
+            resolved = self.linker.process(resolved)
+            for stub, _root in self.linker.take_relabelled():
+                # the new address's first adverts ran under a provisional subject: drop that stub
+                self.localizer.forget(stub)
+                self.presence.forget(stub)
+        wc = self.wifi_count
+        if wc is not None:
+            for o in resolved:
+                if o.radio == "wifi":
+                    wc.heard(o.ts, o.device)
         start = 0
         for j, o in enumerate(resolved):
             if o.ts >= self._next_tick:
@@ -127,7 +166,10 @@ class Pipeline:
         return self._ticks_until(now)
 
     def close(self) -> list[EventBase]:
-        return self._count(self.presence.close(self.now))
+        events = self.presence.close(self.now)
+        if self.wifi_count is not None:
+            events += self.wifi_count.close(self.now)
+        return self._count(events)
 
     def _ticks_until(self, ts: float) -> list[EventBase]:
         events: list[EventBase] = []
@@ -150,6 +192,9 @@ class Pipeline:
                     events += [self._fix_event(f) for f in fixes]
             events += self.presence.update(fixes, t)
             events += self.presence.tick(t)
+            if self.wifi_count is not None:
+                self.wifi_count.located(fixes)
+                events += self.wifi_count.tick(t)
             self._next_tick = t + self._interval
         if gap_end is not None:
             self._next_tick = math.floor(gap_end / self._interval) * self._interval + self._interval

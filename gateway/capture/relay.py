@@ -1,23 +1,25 @@
-"""Privilege-separated Wi-Fi capture: a tiny relay moves raw frames to the unprivileged daemon.
+"""Privilege-separated Wi-Fi capture: a small relay moves raw frames to the unprivileged daemon.
 
 Why: capturing in monitor mode needs CAP_NET_RAW (and CAP_NET_ADMIN for channel changes). Parsing
 untrusted radio frames with those capabilities would make every parser bug a privileged bug. So
-``gateway-wifi-capture.service`` runs only this module: it reads frames from an ``AF_PACKET``
-socket and forwards them, *unparsed*, as datagrams to ``/run/gateway/capture.sock``, a Unix
-datagram socket bound by the main daemon (no capabilities) which does all 802.11 decoding.
+``gateway-wifi-capture.service`` runs only this module: it opens the packet socket
+(:func:`gateway.capture.radio.open_packet_socket`), hops channels
+(:class:`gateway.capture.radio.ChannelHopper`), and forwards each frame *unparsed*, with the
+channel it was tuned to, as one message on a Unix ``SOCK_SEQPACKET`` connection to
+``wifi.capture_socket`` (``/run/gateway/capture.sock``), bound by the daemon (no capabilities), which
+does all 802.11 decoding. The format is in :mod:`gateway.capture.wire`.
 
-Datagram format (network byte order), one frame per datagram::
+What it does when things go wrong - it never exits for them, it says so and retries:
 
-    magic   4s  b"GWCF"
-    version B   1
-    flags   B   bit 0: frame was truncated to MAX_FRAME
-    link    H   DLT link type of the payload (127 = radiotap, 105 = bare 802.11, 1 = Ethernet)
-    ts_ns   Q   capture time, Unix nanoseconds
-    payload     the raw frame bytes
+* the daemon is down, restarting or slow: frames are dropped and counted (capture must keep up
+  with the radio); it connects again (at most every 0.5 s) as soon as the daemon's socket is back;
+* the interface is missing (USB adapter not plugged yet), goes away or cannot be opened (no
+  CAP_NET_RAW): the state says why, and it tries again every ``retry_s`` (doubling to 30 s);
+* about once a second (and at every change) it sends a status message - state, interface,
+  hopping, monitor mode, counts - so the daemon's status page and /metrics show the relay's
+  state, and a relay that stopped (silence) or restarted (a new ``instance``).
 
-The relay never blocks on the daemon: if the daemon is down or slow, frames are dropped and
-counted (capture must keep up with the radio; the daemon's pseudonymisation is the only
-consumer anyway).
+SIGTERM / SIGINT stop it; the last line on stderr gives the counts.
 """
 
 from __future__ import annotations
@@ -26,73 +28,38 @@ import argparse
 import asyncio
 import contextlib
 import errno
+import math
 import os
+import secrets
 import signal
 import socket
-import struct
-import subprocess
 import sys
-import threading
 import time
-from collections.abc import AsyncIterator, Callable, Iterable
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-MAGIC = b"GWCF"
-VERSION = 1
-HEADER = struct.Struct("!4sBBHQ")
-MAX_FRAME = 8192
-FLAG_TRUNCATED = 0x01
-LINKTYPE_UNKNOWN = 0  # the daemon drops link types it has no parser for
-LINKTYPE_ETHERNET = 1
-LINKTYPE_IEEE802_11 = 105
-LINKTYPE_RADIOTAP = 127
-ETH_P_ALL = 0x0003
-ARPHRD_ETHER = 1
-ARPHRD_LOOPBACK = 772  # Linux loopback frames carry a (zeroed) Ethernet header
-ARPHRD_IEEE80211 = 801
-ARPHRD_IEEE80211_RADIOTAP = 803
-DEFAULT_SOCKET = Path("/run/gateway/capture.sock")
+from gateway.capture import wire
+from gateway.capture.radio import (
+    ChannelHopper,
+    arphrd_type,
+    linktype_of_arphrd,
+    open_packet_socket,
+    set_monitor_mode,
+)
+from gateway.capture.wire import (
+    LINKTYPE_IEEE802_11,
+    LINKTYPE_RADIOTAP,
+    LINKTYPE_UNKNOWN,
+    RelayStatus,
+)
+from gateway.config import WifiSettings
 
-_ARPHRD_TO_LINKTYPE = {
-    ARPHRD_ETHER: LINKTYPE_ETHERNET,
-    ARPHRD_LOOPBACK: LINKTYPE_ETHERNET,
-    ARPHRD_IEEE80211: LINKTYPE_IEEE802_11,
-    ARPHRD_IEEE80211_RADIOTAP: LINKTYPE_RADIOTAP,
-}
+__all__ = ["Relay", "RelayStats", "main", "run_relay"]
 
-
-class FrameError(ValueError):
-    """A datagram that is not a relay frame (wrong magic/version/short)."""
-
-
-@dataclass(frozen=True, slots=True)
-class CapturedFrame:
-    ts: float
-    linktype: int
-    data: bytes
-    truncated: bool = False
-
-
-def encode_frame(data: bytes, ts_ns: int, linktype: int) -> bytes:
-    """Frame one captured packet for the socket; oversized packets are truncated and flagged."""
-    flags = 0
-    if len(data) > MAX_FRAME:
-        data = data[:MAX_FRAME]
-        flags |= FLAG_TRUNCATED
-    return HEADER.pack(MAGIC, VERSION, flags, linktype, ts_ns) + data
-
-
-def decode_frame(dgram: bytes) -> CapturedFrame:
-    if len(dgram) < HEADER.size:
-        raise FrameError(f"datagram of {len(dgram)} bytes is shorter than the {HEADER.size}-byte header")
-    magic, version, flags, linktype, ts_ns = HEADER.unpack_from(dgram)
-    if magic != MAGIC:
-        raise FrameError(f"bad magic {magic!r} at offset 0")
-    if version != VERSION:
-        raise FrameError(f"unsupported relay version {version} at offset 4")
-    return CapturedFrame(ts_ns / 1e9, linktype, bytes(dgram[HEADER.size :]), bool(flags & FLAG_TRUNCATED))
+SO_SNDBUFFORCE = 32
+STATUS_EVERY_S = 1.0  # the daemon calls the relay silent after wifi.relay_silent_s without a message
+_LINKTYPE_NAMES = {LINKTYPE_RADIOTAP: "radiotap", LINKTYPE_IEEE802_11: "ieee80211", 1: "ethernet"}
 
 
 @dataclass
@@ -103,238 +70,281 @@ class RelayStats:
     dropped_busy: int = 0
     truncated: int = 0
 
+    def as_dict(self) -> dict[str, int]:
+        return {
+            "received": self.received,
+            "forwarded": self.forwarded,
+            "dropped_no_daemon": self.dropped_no_daemon,
+            "dropped_busy": self.dropped_busy,
+            "truncated": self.truncated,
+        }
+
 
 class Relay:
-    """Sender side: forward frames to the daemon's socket without ever blocking capture."""
+    """Sender side: forward frames to the daemon's socket without ever blocking capture.
 
-    def __init__(self, socket_path: Path) -> None:
+    A ``SOCK_SEQPACKET`` connection (message boundaries kept, like datagrams): an unconnected Unix
+    datagram socket may queue only ``net.unix.max_dgram_qlen`` messages (10 on a kernel without
+    systemd's sysctl) whatever their size, so a probe burst arriving while the daemon's loop is
+    busy for a few milliseconds would be dropped; a connection is bounded by the socket buffer
+    (``sndbuf`` bytes, ~1,000 frames) instead. When the daemon is not there the frames are dropped
+    and counted, and a new connection is tried at most every ``reconnect_s``.
+    """
+
+    def __init__(
+        self,
+        socket_path: Path,
+        *,
+        sndbuf: int = 1 << 20,
+        reconnect_s: float = 0.5,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.socket_path = socket_path
         self.stats = RelayStats()
-        self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        self._sock.setblocking(False)
-
-    def close(self) -> None:
-        self._sock.close()
-
-    def forward(self, data: bytes, linktype: int, ts_ns: int | None = None) -> bool:
-        self.stats.received += 1
-        if len(data) > MAX_FRAME:
-            self.stats.truncated += 1
-        dgram = encode_frame(data, time.time_ns() if ts_ns is None else ts_ns, linktype)
-        try:
-            self._sock.sendto(dgram, str(self.socket_path))
-        except (FileNotFoundError, ConnectionRefusedError):
-            self.stats.dropped_no_daemon += 1
-            return False
-        except (BlockingIOError, InterruptedError):
-            self.stats.dropped_busy += 1
-            return False
-        except OSError as e:
-            if e.errno in (errno.ENOBUFS, errno.EAGAIN):
-                self.stats.dropped_busy += 1
-                return False
-            raise
-        self.stats.forwarded += 1
-        return True
-
-    def pump(self, frames: Iterable[tuple[bytes, int]], should_stop: Callable[[], bool] = lambda: False) -> None:
-        for data, linktype in frames:
-            self.forward(data, linktype)
-            if should_stop():
-                break
-
-
-def packet_frames(interface: str, should_stop: Callable[[], bool], poll_s: float = 0.5) -> Iterable[tuple[bytes, int]]:
-    """Raw frames from an AF_PACKET socket on ``interface`` (needs CAP_NET_RAW)."""
-    sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ALL))
-    try:
-        sock.bind((interface, ETH_P_ALL))
-        sock.settimeout(poll_s)
-        while not should_stop():
-            try:
-                data, addr = sock.recvfrom(65535)
-            except TimeoutError:
-                continue
-            # addr = (ifname, proto, pkttype, hatype, hwaddr)
-            yield data, _ARPHRD_TO_LINKTYPE.get(int(addr[3]), LINKTYPE_UNKNOWN)
-    finally:
-        sock.close()
-
-
-@dataclass
-class ReceiverStats:
-    frames: int = 0
-    malformed: int = 0
-    last_error: str | None = None
-    by_linktype: dict[int, int] = field(default_factory=dict)
-
-
-class CaptureReceiver:
-    """Daemon side: bind the datagram socket and yield frames on the event loop (never blocks)."""
-
-    def __init__(self, socket_path: Path, mode: int = 0o660) -> None:
-        self.socket_path = socket_path
-        self.mode = mode
-        self.stats = ReceiverStats()
+        self.connects = 0
+        self._path = str(socket_path)
+        self._sndbuf = sndbuf
+        self._reconnect_s = reconnect_s
+        self._clock = clock
         self._sock: socket.socket | None = None
+        self._next_try = -math.inf
 
-    def open(self) -> None:
-        with contextlib.suppress(FileNotFoundError):
-            self.socket_path.unlink()  # a stale socket from a previous run
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        sock.setblocking(False)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
-        sock.bind(str(self.socket_path))
-        os.chmod(self.socket_path, self.mode)
-        self._sock = sock
+    @property
+    def connected(self) -> bool:
+        return self._sock is not None
 
     def close(self) -> None:
         if self._sock is not None:
             self._sock.close()
             self._sock = None
-            with contextlib.suppress(FileNotFoundError):
-                self.socket_path.unlink()
 
-    async def __aenter__(self) -> CaptureReceiver:
-        self.open()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        self.close()
-
-    async def recv(self) -> CapturedFrame:
-        """Next well-formed frame; malformed datagrams are counted and skipped. Cancel-safe."""
-        if self._sock is None:
-            self.open()
-        assert self._sock is not None
-        loop = asyncio.get_running_loop()
-        while True:
-            frame = self._accept(await loop.sock_recv(self._sock, HEADER.size + MAX_FRAME))
-            if frame is not None:
-                return frame
-
-    def _accept(self, dgram: bytes) -> CapturedFrame | None:
-        """Decode one datagram and count it: a frame, or None for a malformed one (counted, kept as last_error)."""
-        try:
-            frame = decode_frame(dgram)
-        except FrameError as e:
-            self.stats.malformed += 1
-            self.stats.last_error = str(e)
+    def _connect(self) -> socket.socket | None:
+        now = self._clock()
+        if now < self._next_try:
             return None
-        self.stats.frames += 1
-        self.stats.by_linktype[frame.linktype] = self.stats.by_linktype.get(frame.linktype, 0) + 1
-        return frame
+        self._next_try = now + self._reconnect_s
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        try:
+            for opt in (SO_SNDBUFFORCE, socket.SO_SNDBUF):  # FORCE needs CAP_NET_ADMIN (the relay has it)
+                try:
+                    sock.setsockopt(socket.SOL_SOCKET, opt, self._sndbuf)
+                    break
+                except OSError:
+                    continue
+            sock.setblocking(False)
+            sock.connect(self._path)
+        except OSError:
+            sock.close()  # no daemon (yet): no socket file, refused, or its directory is missing
+            return None
+        self._sock = sock
+        self.connects += 1
+        return sock
 
-    async def recv_batch(self, max_frames: int = 256) -> list[CapturedFrame]:
-        """Wait for one datagram, then drain what is already queued without waiting: one event
-        loop wake-up per burst instead of per frame (monitor mode delivers bursts)."""
-        out = [await self.recv()]
-        assert self._sock is not None
-        while len(out) < max_frames:
-            try:
-                dgram = self._sock.recv(HEADER.size + MAX_FRAME)
-            except (BlockingIOError, InterruptedError):
-                break
-            frame = self._accept(dgram)
-            if frame is not None:
-                out.append(frame)
-        return out
+    def _send(self, msg: bytes) -> str | None:
+        """Send one message; None when sent, else why not ("no_daemon" / "busy")."""
+        sock = self._sock or self._connect()
+        if sock is None:
+            return "no_daemon"
+        try:
+            sock.send(msg)
+        except (BlockingIOError, InterruptedError):
+            return "busy"
+        except OSError as e:
+            if e.errno in (errno.ENOBUFS, errno.EAGAIN):
+                return "busy"
+            # the daemon closed its end (stopped, restarted): connect again on a later frame
+            self.close()
+            self._next_try = -math.inf
+            return "no_daemon"
+        return None
 
-    async def frames(self) -> AsyncIterator[CapturedFrame]:
-        while True:
-            for frame in await self.recv_batch():
-                yield frame
+    def forward(self, data: bytes, linktype: int, ts_ns: int | None = None, channel: int | None = None) -> bool:
+        s = self.stats
+        s.received += 1
+        if len(data) > wire.MAX_FRAME:
+            s.truncated += 1
+        why = self._send(wire.encode_frame(data, time.time_ns() if ts_ns is None else ts_ns, linktype, channel))
+        if why is None:
+            s.forwarded += 1
+            return True
+        if why == "busy":
+            s.dropped_busy += 1
+        else:
+            s.dropped_no_daemon += 1
+        return False
+
+    def send_status(self, status: RelayStatus) -> bool:
+        """Tell the daemon how the relay is; not counted as a frame (a lost status is resent soon)."""
+        status.counts = self.stats.as_dict()
+        return self._send(wire.encode_status(status, time.time_ns())) is None
 
 
-class ChannelHopper:
-    """Cycles the monitor interface over ``channels`` (probe requests are sent on every channel a
-    phone scans, so a few well-chosen ones suffice). Time is passed in; the setter is injected:
-    production uses ``iw`` (this unit holds CAP_NET_ADMIN for it), tests record the calls.
-    After ``max_failures`` consecutive failures it stops hopping and stays where it is."""
+class _Capture:
+    """The relay's event-loop side: packet socket, hopper, forwarding, status, reopening."""
 
-    def __init__(
-        self,
-        interface: str,
-        channels: list[int],
-        dwell_s: float,
-        set_channel: Callable[[str, int], None] | None = None,
-        max_failures: int = 5,
-    ) -> None:
-        if not channels:
-            raise ValueError("no channels to hop over")
+    def __init__(self, settings: WifiSettings, relay: Relay, *, interface: str, hop: bool, retry_s: float) -> None:
+        self.settings = settings
+        self.relay = relay
         self.interface = interface
-        self.channels = channels
-        self.dwell_s = dwell_s
-        self.set_channel = set_channel or iw_set_channel
-        self.max_failures = max_failures
-        self.failures = 0
-        self.hops = 0
-        self.last_error: str | None = None
-        self._current: int | None = None
-        self._t0: float | None = None
+        self.hop = hop and settings.hop and len(settings.channels) > 0
+        self.retry_s = retry_s
+        self.status = RelayStatus(
+            instance=secrets.token_hex(6), started=time.time(), interface=interface, state="starting"
+        )
+        self.hopper = ChannelHopper(interface, list(settings.channels), settings.dwell_s, on_change=self._changed)
+        self._sock: socket.socket | None = None
+        self._lt = LINKTYPE_UNKNOWN
+        self._lost: OSError | None = None
+        self._wake = asyncio.Event()
+        self._dirty = asyncio.Event()
 
-    @property
-    def stopped(self) -> bool:
-        return self.failures >= self.max_failures
+    def _changed(self) -> None:
+        self._dirty.set()
 
-    def channel_at(self, now: float) -> int:
-        if self._t0 is None:
-            self._t0 = now
-        slot = int((now - self._t0) / self.dwell_s)
-        return self.channels[slot % len(self.channels)]
+    def _set_state(self, state: str) -> None:
+        if state != self.status.state:
+            self.status.state = state
+            print(f"relay: {state}", file=sys.stderr, flush=True)
+            self._dirty.set()
 
-    def tick(self, now: float) -> int | None:
-        """Switch if the schedule says so; returns the channel switched to, else None."""
-        if self.stopped:
+    def _linktype(self) -> int | None:
+        lt = self.settings.linktype
+        if lt == "radiotap":
+            return LINKTYPE_RADIOTAP
+        if lt == "ieee80211":
+            return LINKTYPE_IEEE802_11
+        t = arphrd_type(self.interface)
+        if t is None:
             return None
-        ch = self.channel_at(now)
-        if ch == self._current:
-            return None
+        found = linktype_of_arphrd(t)
+        return found if found in (LINKTYPE_RADIOTAP, LINKTYPE_IEEE802_11) else LINKTYPE_UNKNOWN
+
+    def _on_readable(self) -> None:
+        sock = self._sock
+        if sock is None:
+            return
+        forward = self.relay.forward
+        lt = self._lt
+        channel = self.hopper.current
+        for _ in range(self.settings.batch_max):
+            try:
+                data = sock.recv(65535)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as e:  # interface gone (ENODEV), network down (ENETDOWN)...
+                self._lost = e
+                self._wake.set()
+                return
+            forward(data, lt, time.time_ns(), channel)
+
+    async def _open(self) -> socket.socket:
+        """Open the packet socket, waiting (and saying why) until it can be opened."""
+        s = self.settings
+        delay = self.retry_s
+        while True:
+            if s.set_monitor:
+                self.status.monitor = await set_monitor_mode(self.interface)
+            lt = self._linktype()
+            why: str
+            if lt is None:
+                why = f"interface {self.interface} does not exist"
+            elif lt == LINKTYPE_UNKNOWN:
+                why = (
+                    f"{self.interface} is not a monitor interface (ARPHRD type {arphrd_type(self.interface)}); "
+                    "set wifi.set_monitor = true or wifi.linktype explicitly"
+                )
+            else:
+                try:
+                    sock = open_packet_socket(self.interface, lt, rcvbuf=s.rcvbuf_bytes, kernel_filter=s.kernel_filter)
+                except PermissionError:
+                    why = f"cannot open a packet socket on {self.interface}: permission denied (needs CAP_NET_RAW)"
+                except OSError as e:
+                    why = f"cannot open a packet socket on {self.interface}: {e.strerror or e}"
+                else:
+                    self._lt = lt
+                    self.status.linktype = _LINKTYPE_NAMES.get(lt, str(lt))
+                    filtered = s.kernel_filter and lt in (LINKTYPE_RADIOTAP, LINKTYPE_IEEE802_11)
+                    self.status.kernel_filter = "probe requests only" if filtered else "off"
+                    return sock
+            self._set_state(f"waiting: {why}; retrying in {delay:g} s")
+            await asyncio.sleep(delay)
+            delay = min(30.0, delay * 2)
+
+    async def _report(self) -> None:
+        """A status message every STATUS_EVERY_S, and at once when something changed."""
+        while True:
+            self.status.hopping = self.hopper.state if self.hop else "off (wifi.hop = false or no channels)"
+            self.status.channel = self.hopper.current
+            self.relay.send_status(self.status)
+            self._dirty.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._dirty.wait(), STATUS_EVERY_S)
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        reporter = asyncio.create_task(self._report(), name="relay-status")
         try:
-            self.set_channel(self.interface, ch)
-        except (OSError, subprocess.SubprocessError, RuntimeError) as e:
-            self.failures += 1
-            self.last_error = str(e)
-            return None
-        self.failures = 0
-        self._current = ch
-        self.hops += 1
-        return ch
+            while True:
+                self._sock = await self._open()
+                hop_task = asyncio.create_task(self.hopper.run(), name="relay-hop") if self.hop else None
+                loop.add_reader(self._sock.fileno(), self._on_readable)
+                self._set_state("capturing")
+                try:
+                    while self._lost is None:
+                        await self._wake.wait()
+                        self._wake.clear()
+                    e, self._lost = self._lost, None
+                    self._set_state(f"waiting: capture on {self.interface} failed: {e.strerror or e}")
+                finally:
+                    loop.remove_reader(self._sock.fileno())
+                    self._sock.close()
+                    self._sock = None
+                    if hop_task is not None:
+                        hop_task.cancel()
+                        with contextlib.suppress(asyncio.CancelledError):
+                            await hop_task
+                await asyncio.sleep(self.retry_s)
+        finally:
+            reporter.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await reporter
+            self.status.state = "stopped"
+            self.relay.send_status(self.status)
 
 
-def iw_set_channel(interface: str, channel: int) -> None:
-    r = subprocess.run(
-        ["iw", "dev", interface, "set", "channel", str(channel)], capture_output=True, text=True, timeout=2, check=False
-    )
-    if r.returncode != 0:
-        raise RuntimeError(f"iw set channel {channel} on {interface}: {r.stderr.strip() or r.returncode}")
-
-
-def set_monitor_mode(interface: str) -> None:
-    """``wifi.set_monitor``: the interface must be down to change its type."""
-    for cmd in (
-        ["ip", "link", "set", "dev", interface, "down"],
-        ["iw", "dev", interface, "set", "type", "monitor"],
-        ["ip", "link", "set", "dev", interface, "up"],
-    ):
-        r = subprocess.run(cmd, capture_output=True, text=True, timeout=5, check=False)
-        if r.returncode != 0:
-            raise RuntimeError(f"{' '.join(cmd)}: {r.stderr.strip() or r.returncode}")
-
-
-def _hop_loop(hopper: ChannelHopper, should_stop: Callable[[], bool]) -> None:
-    while not should_stop() and not hopper.stopped:
-        hopper.tick(time.monotonic())
-        time.sleep(min(0.05, hopper.dwell_s / 4))
-    if hopper.stopped:
-        print(f"channel hopping stopped: {hopper.last_error}", file=sys.stderr)
+async def run_relay(
+    settings: WifiSettings,
+    socket_path: Path,
+    *,
+    interface: str | None = None,
+    hop: bool = True,
+    retry_s: float = 2.0,
+    stop: asyncio.Event | None = None,
+) -> RelayStats:
+    """Capture and forward until ``stop`` is set (or the task is cancelled); returns the counts."""
+    relay = Relay(socket_path)
+    cap = _Capture(settings, relay, interface=interface or settings.interface, hop=hop, retry_s=retry_s)
+    task = asyncio.create_task(cap.run(), name="relay")
+    try:
+        if stop is None:
+            await task
+        else:
+            waiter = asyncio.create_task(stop.wait())
+            await asyncio.wait({task, waiter}, return_when=asyncio.FIRST_COMPLETED)
+            waiter.cancel()
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        relay.close()
+    return relay.stats
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m gateway.capture.relay", description=__doc__.splitlines()[0])
-    p.add_argument("--config", default=None, help="gateway.toml (for wifi.interface)")
-    p.add_argument("--interface", default=None, help="monitor interface (overrides the config)")
-    p.add_argument("--socket", default=str(DEFAULT_SOCKET), help="daemon's datagram socket")
+    p.add_argument("--config", default=None, help="gateway.toml (its [wifi] section)")
+    p.add_argument("--interface", default=None, help="monitor interface (overrides wifi.interface)")
+    p.add_argument("--socket", default=None, help="the daemon's socket (overrides wifi.capture_socket)")
     p.add_argument("--no-hop", action="store_true", help="stay on the current channel")
     args = p.parse_args(argv)
     from gateway.config import ConfigError, load_settings
@@ -344,39 +354,19 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         print("\n".join(e.lines), file=sys.stderr)
         return 2
-    interface = args.interface or wifi.interface
-    if wifi.set_monitor:
-        try:
-            set_monitor_mode(interface)
-        except (RuntimeError, OSError, subprocess.SubprocessError) as e:
-            print(f"cannot put {interface} into monitor mode: {e}", file=sys.stderr)
-            return 1
-    stop = False
+    path = Path(args.socket) if args.socket else wifi.capture_socket
 
-    def _stop(*_: Any) -> None:
-        nonlocal stop
-        stop = True
+    async def _main() -> RelayStats:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        return await run_relay(wifi, path, interface=args.interface, hop=not args.no_hop, stop=stop)
 
-    signal.signal(signal.SIGTERM, _stop)
-    signal.signal(signal.SIGINT, _stop)
-    if not args.no_hop and len(wifi.channels) > 1:
-        hopper = ChannelHopper(interface, list(wifi.channels), wifi.dwell_s)
-        threading.Thread(target=_hop_loop, args=(hopper, lambda: stop), daemon=True, name="hopper").start()
-    relay = Relay(Path(args.socket))
-    try:
-        relay.pump(packet_frames(interface, lambda: stop), lambda: stop)
-    except PermissionError:
-        print(f"capture on {interface}: permission denied (needs CAP_NET_RAW)", file=sys.stderr)
-        return 1
-    except OSError as e:
-        print(f"capture on {interface}: {e.strerror or e}", file=sys.stderr)
-        return 1
-    finally:
-        relay.close()
-    s = relay.stats
+    s = asyncio.run(_main())
     print(
         f"relay stopped: received={s.received} forwarded={s.forwarded} "
-        f"dropped_no_daemon={s.dropped_no_daemon} dropped_busy={s.dropped_busy}",
+        f"dropped_no_daemon={s.dropped_no_daemon} dropped_busy={s.dropped_busy} pid={os.getpid()}",
         file=sys.stderr,
     )
     return 0

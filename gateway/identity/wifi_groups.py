@@ -1,571 +1,515 @@
-"""Group rotating randomized Wi-Fi MACs that are probably one device (pure; time is an argument).
+"""Group rotating randomized Wi-Fi MACs that are probably one device, online (pure; time is an argument).
 
-A phone changes its random MAC every few minutes, but keeps its driver (same probe-request
-fingerprint) and usually keeps counting 802.11 sequence numbers (12 bits, wrapping at 4096) across
-the change. When a randomized MAC we have not seen appears, we look for a group that
+What the daemon and ``gateway decode pcap --grouping stream`` use. It runs the same two stages as the
+whole-capture grouping (:mod:`gateway.identity.wifi_chains`), frame by frame, deciding with what
+has been heard so far:
 
-* has the same fingerprint,
-* went quiet shortly before: at least ``min_gap_s`` (a MAC changes between probe bursts) and
-  ``early_frac`` of the group's own learned burst interval (a device whose next burst is not due
-  yet has not rotated: it is still talking on its old MAC), at most ``gap_factor`` times that
-  interval (and ``max_gap_s``),
-* is continued by the new sequence number: ``(seq_new - seq_last) mod 4096`` close to the advance
-  expected from the group's learned sequence rate (frames sent between bursts use the counter too),
-* sounds alike (RSSI close to the group's smoothed RSSI: same place, same transmitter),
+1. **within a burst**: iPhones on iOS 16 draw a new MAC for every channel of a scan burst. A new
+   MAC that starts within ``burst_gap_s`` of the last frame of an open burst of its fingerprint
+   family joins that burst when the evidence says so (RSSI, sequence number, fingerprint; odds
+   learned per family - a family that keeps one MAC per burst learns that it does not change MAC
+   within one, so another phone of the model bursting in the same second stays another phone);
+2. **across bursts**: a new burst continues the device track it fits best
+   (:class:`~gateway.identity.wifi_links.Tracker`: timing against the population's and the track's
+   own schedule, sequence continuation or restart, RSSI against the track's level, fingerprint,
+   the networks its directed probes name), if that is at least ``min_p`` likely against every
+   other track and against "a new device" (the family's arrival rate, learned, at most
+   ``arrivals``); else it starts a track of its own.
 
-and pick the best by a normalised squared error (sequence, RSSI) - but only when it is clearly the
-best: if the second-best group scores within ``min_margin`` of it, either device could have become
-this MAC, and the MAC starts a group of its own (a split costs one group; a wrong merge makes a whole
-group impure). Otherwise too the MAC starts a new group. Globally administered (public) MACs are
-their own group.
+What is learned per family as frames come (a family's phones behave alike): the share of MAC
+changes that continue the sequence number, the share within a burst, the arrival rate (from the
+chance each burst starts a device, decayed over ``learn_s``), and how common each network name is.
 
-A new link is on probation during the new MAC's first burst: when the mean RSSI of its frames so far
-is ``trial_z`` spreads away from the group's RSSI before the link (the link was decided on one
-frame), the link is rejected - the group gets its state back and the MAC is matched again.
+:meth:`WifiGrouper.offer` can **hold** a new burst's frames until its decision is due: at most
+``max_delay_s`` after its first frame (``wifi.group_hold_s``, daemon default 0: decide at once -
+a held probe reaches the localizer late; ``decode pcap --grouping stream`` 30 s), and in any case
+once the burst is over (``decide_after_s``) - by then its mean RSSI and the networks it probed for
+are known. A new burst of the same family decides every held one first (it may continue them).
+Held frames come back in :attr:`WifiGrouper.ready` as ``(item, group id)``.
 
-A wrong link shows itself when the MAC it retired speaks again (a device does not go back to a MAC
-it left): the link is then undone - the retired MAC gets its group back and the newer MAC is
-matched again without that group - so such a mistake costs a couple of frames, not a group.
-
-:meth:`WifiGrouper.offer` (what ``gateway decode pcap`` and the daemon sources use) goes further:
-the frames of a new MAC with candidates are held until every candidate's old MAC has had time to
-speak again (``confirm_factor`` burst intervals; at once if all have already), at most
-``max_delay_s``; a group whose old MAC spoke meanwhile is then no candidate, so a device that did
-not rotate does not get a stranger's frames at all. :meth:`observe` decides at once.
-
-A hopping capture misses many bursts: a silence of several burst intervals is learned as that
-many missed bursts (``fold_at``), so a group's interval stays its device's own.
-
-Group ids are counters with a caller-chosen prefix, never derived from a MAC, so they can be
-printed; they feed ``Observation.link`` and the pseudonym stage. State is bounded: MACs and groups
-quiet for ``forget_s`` are dropped (:meth:`WifiGrouper.expire`, also run from :meth:`observe`).
-Signals after Vanhoef et al., "Why MAC Address Randomization is not Enough" (AsiaCCS 2016) and
-Martin et al., "A Study of MAC Address Randomization in Mobile Devices" (PETS 2017).
+Group ids are counters with a caller-chosen prefix, never derived from a MAC. State is bounded:
+MACs quiet for ``forget_s`` are dropped (:meth:`WifiGrouper.expire`, run every minute of frame
+time), tracks silent for ``max_gap_s`` leave the candidate lists, the learned tables are capped.
+Globally administered (public) MACs are their own group.
 """
 
 from __future__ import annotations
 
 import heapq
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
+
+from gateway.identity.wifi_links import SEQ_MOD, LinkParams, Mac, TimingTable, Track, Tracker, evidence_score
 
 __all__ = ["DEFAULT_GROUP_HOLD_S", "GroupParams", "WifiGrouper"]
 
-SEQ_MOD = 4096
-DEFAULT_GROUP_HOLD_S = 30.0  # longest hold of a new MAC's frames (frame time) in offer()
+DEFAULT_GROUP_HOLD_S = 30.0  # longest hold of a new burst's frames (frame time) in offer()
+_MAX_SSIDS = 100_000  # network names remembered for their rarity (then the table starts again)
 
 
 @dataclass(slots=True, frozen=True)
 class GroupParams:
-    max_gap_s: float = 240.0  # longest silence between the old MAC's last and the new MAC's first frame
-    seq_rate: float = 1.5  # sequence numbers per second of silence, until a group has learned its own
-    seq_slack: float = 16.0  # spread of the sequence-number advance: slack + spread * expected advance
-    seq_spread: float = 0.2
-    rssi_sigma_db: float = 6.5  # spread of a device's RSSI between bursts
-    max_err: float = 3.0  # largest normalised error (sequence, RSSI) of an acceptable continuation
-    min_gap_s: float = 2.0  # a MAC changes between probe bursts, not within one
-    gap_factor: float = 5.0  # longest silence, in the group's own burst intervals (missed bursts)
-    early_frac: float = 0.4  # shortest silence, in the group's burst intervals (its next burst is not due)
-    min_margin: float = 0.1  # required score gap between the best and the second-best candidate
-    burst_gap_s: float = 5.0  # frames further apart than this belong to different probe bursts
-    forget_s: float = 900.0  # drop groups quiet this long
-    rssi_alpha: float = 0.4  # smoothing of the group's RSSI
-    trial_z: float = 2.5  # a link is undone when its MAC's first-burst mean RSSI is this many spreads off
-    trial_frame_db: float = 6.0  # spread of one frame's RSSI around the device's level
-    trial_ref_db: float = 3.0  # spread of the group's RSSI (walk since its last burst, smoothing)
-    max_delay_s: float = DEFAULT_GROUP_HOLD_S  # longest hold of a new MAC's frames until its link is decided
-    fold_at: float = 1.7  # a silence this many intervals long counts as several missed bursts
-    confirm_factor: float = 1.4  # a candidate's old MAC is gone once silent this many burst intervals
-    max_held_behind: int = 100_000  # frames offered while holding before every held MAC is decided anyway
+    link: LinkParams = field(default_factory=LinkParams)
+    min_p: float = 0.5  # a burst continues the best track when that is at least this likely
+    arrivals: float = 1.0 / 300.0  # most new devices of one family per second (learned below it)
+    min_arrivals: float = 1.0 / 7200.0  # least (a family seen once is not a store of one phone)
+    learn_s: float = 1800.0  # time over which learned arrival rates and shares fade
+    mac_burst_gap_s: float = 5.0  # frames of one MAC further apart are different bursts
+    forget_s: float = 900.0  # drop MACs quiet this long
+    max_delay_s: float = DEFAULT_GROUP_HOLD_S  # longest hold of a new burst's frames until decided
+    decide_after_s: float = 1.0  # a held burst is decided once it has been silent this long
+    max_held_behind: int = 100_000  # frames offered while holding before every held burst is decided
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.min_p < 1.0:
+            raise ValueError(f"GroupParams.min_p must be between 0 and 1, got {self.min_p!r}")
+        for name in ("arrivals", "min_arrivals", "learn_s", "mac_burst_gap_s", "forget_s", "decide_after_s"):
+            v = getattr(self, name)
+            if not (math.isfinite(v) and v > 0.0):
+                raise ValueError(f"GroupParams.{name} must be a positive number, got {v!r}")
+        if not (math.isfinite(self.max_delay_s) and 0.0 <= self.max_delay_s < self.forget_s):
+            raise ValueError(f"GroupParams.max_delay_s must be within [0, forget_s), got {self.max_delay_s!r}")
 
 
 @dataclass(slots=True, eq=False)
-class _Mac:
-    """One MAC address as heard: the group it belongs to and its own latest frame."""
+class _Unit:
+    """One scan burst of one device: its MACs, summarised as one :class:`Mac` (what stage 2 links)."""
 
-    group: _Group
-    first_ts: float
-    first_seq: int
-    last_ts: float
-    last_seq: int
-    trial: _Trial | None = None  # set while the link that gave this MAC its group is on probation
-    held: _Held | None = None  # set while the MAC's link is undecided (its frames are held)
-
-
-@dataclass(slots=True, eq=False)
-class _Held:
-    """A new MAC whose link waits for evidence: its frames so far, and when to decide at the latest."""
-
-    mac: str
-    fingerprint: str
-    due: float
-    frames: list[tuple[int, float, float | None, object]]
-    cands: list[_Group]  # the groups it could continue at its first frame (the only ones it can)
+    agg: Mac
+    family: str
+    track: Track | None = None
+    held: list[tuple[float, object]] | None = None  # (ts, item) of held frames, until decided
+    due: float = math.inf
+    p_start: float = 1.0
 
 
 @dataclass(slots=True, eq=False)
-class _Trial:
-    """What a group was before a new MAC was linked to it, and the MAC's evidence so far."""
-
-    tail: _Mac | None
-    prev: _Mac | None
-    rssi: float | None
-    last_ts: float
-    seq_rate: float | None
-    interval: float | None
-    rssi_sum: float = 0.0
-    rssi_n: int = 0
+class _MacState:
+    mac: Mac
+    unit: _Unit
+    randomized: bool
 
 
-@dataclass(slots=True, eq=False)
-class _Group:
-    gid: str
-    fingerprint: str
-    tail: _Mac | None = None  # the MAC the device uses now: new MACs continue from it
-    prev: _Mac | None = None  # the MAC before ``tail`` (to undo a wrong link)
-    rssi: float | None = None
-    last_ts: float = 0.0
-    seq_rate: float | None = None  # learned sequence numbers per second between bursts
-    interval: float | None = None  # learned time between probe bursts
-    macs: int = 0
-    frames: int = 0
-    dormant: bool = False  # silent longer than max_gap_s: off the candidate lists until it speaks
+class _Learned:
+    """Per-family statistics, fading over ``learn_s`` of frame time (exponential)."""
 
+    __slots__ = ("in_burst", "in_n", "links", "seq_cont", "starts", "starts_ts", "units")
 
-def _fold(dt: float, iv: float, fold_at: float) -> float:
-    """A silence between two heard bursts, as one burst interval: a capture hopping over channels
-    misses many bursts, and ``dt`` is then a multiple of the device's interval, not a longer one."""
-    if dt <= fold_at * iv:
-        return dt
-    return dt / round(dt / iv)
-
-
-def _first_ts(m: _Mac) -> float:
-    return m.first_ts
-
-
-_NO_GROUP = _Group("", "")  # a held MAC's group until its link is decided
+    def __init__(self) -> None:
+        self.starts = 0.0  # decayed sum of P(start) ...
+        self.starts_ts = -math.inf  # ... as of this time
+        self.in_burst = 1.0  # decayed sums for the in-burst share (prior 0.5: 1 of 2)
+        self.in_n = 2.0
+        self.seq_cont = 1.0  # decayed sums for the sequence continuation share (prior 0.5)
+        self.links = 2.0
+        self.units = 0.0  # decayed count of bursts started
 
 
 class WifiGrouper:
-    """Online grouping: :meth:`observe` returns the group id of each frame as it arrives."""
+    """Online grouping: :meth:`offer` (holding) or :meth:`observe` (at once) per probe request."""
 
     def __init__(self, params: GroupParams | None = None, *, prefix: str = "w") -> None:
         self.params = params or GroupParams()
-        self._burst_gap_s = self.params.burst_gap_s
-        self._alpha = self.params.rssi_alpha
+        p = self.params
         self._prefix = prefix
         self._next = 1
-        self._by_mac: dict[str, _Mac] = {}
-        self._by_fp: dict[str, list[_Group]] = {}
-        self._last_expire = float("-inf")
-        self.linked = 0  # new MACs attached to an existing group
-        self.unlinked = 0  # links undone
-        self.created = 0
-        self._delay = self.params.max_delay_s
-        self._fold_at = self.params.fold_at
-        # MACs whose link is undecided (held frames), by when to decide: (due, first_ts, n, mac);
-        # entries of MACs decided meanwhile by observe() are skipped when they come up
-        self._held: list[tuple[float, float, int, _Mac]] = []
+        self._link = p.link
+        self._cross = replace(p.link, in_burst_share=0.01)  # stage 2 links bursts: never within one
+        self._tracker = Tracker(self._cross, TimingTable(self._cross), min_p=p.min_p, default_arrivals=p.arrivals)
+        self._macs: dict[str, _MacState] = {}
+        self._open: dict[str, list[_Unit]] = {}  # family -> bursts still open (stage 1 candidates)
+        self._learned: dict[str, _Learned] = {}
+        self._fp_frames: dict[str, float] = {}
+        self._fam_frames: dict[str, float] = {}
+        self._ssid_n: dict[int, int] = {}
+        self._directed = 0
+        self._held: list[tuple[float, int, _Unit]] = []  # (due, n, unit) heap of undecided bursts
+        self._held_by_family: dict[str, list[_Unit]] = {}
         self._n_held = 0
-        # bounds on what callers buffer behind a held frame, whatever the capture's clock does: a
-        # holding period ends after max_held_behind frames, or when time steps back past its start
-        self._behind = 0
+        self._heap_n = 0
+        self._behind = 0  # frames offered since the current holding period started
         self._hold_start_ts = math.inf
-        self._next_due = math.inf
-        self._next_event = -math.inf  # min(_next_due, next expiry): one test per frame in offer()
+        self._last_expire = -math.inf
         self.ready: list[tuple[object, str]] = []  # held frames decided: (item, group id), in order per MAC
+        self.linked = 0  # bursts that continued a track
+        self.created = 0  # groups started
         self.held_macs = 0
         self.held_frames = 0
+        self.expected_devices = 0.0  # sum of P(start) over every burst (and 1 per public MAC)
 
     def __len__(self) -> int:
-        return len({id(m.group) for m in self._by_mac.values() if m.held is None})
-
-    def _new_group(self, fp: str, randomized: bool) -> _Group:
-        g = _Group(f"{self._prefix}{self._next}", fp)
-        self._next += 1
-        self.created += 1
-        if randomized:
-            self._by_fp.setdefault(fp, []).append(g)
-        return g
-
-    def _wake(self, g: _Group) -> None:
-        """A group taken off the candidate lists for its silence speaks (or gets a MAC): list it again."""
-        if g.dormant:
-            g.dormant = False
-            self._by_fp.setdefault(g.fingerprint, []).append(g)
-
-    def _new_burst(self, g: _Group, last_seq: int, seq: int, dt: float) -> None:
-        """The group's MAC speaks again after ``dt`` s of silence: learn its sequence rate and burst
-        interval (a silence of several intervals counts as missed bursts, see :func:`_fold`)."""
-        self._wake(g)
-        rate = ((seq - last_seq) % SEQ_MOD) / dt
-        sr = g.seq_rate
-        g.seq_rate = rate if sr is None else sr + 0.3 * (rate - sr)
-        iv = g.interval
-        g.interval = dt if iv is None else iv + 0.3 * (_fold(dt, iv, self._fold_at) - iv)
-
-    def _attach(self, m: _Mac, g: _Group) -> None:
-        self._wake(g)  # a held MAC decided for a group that went dormant meanwhile
-        if g.tail is not None:
-            self.linked += 1
-        m.group = g
-        g.prev = g.tail
-        g.tail = m
-        g.macs += 1
-
-    def observe(self, mac: str, randomized: bool, fingerprint: str, seq: int, ts: float, rssi: float | None) -> str:
-        """Group id of one probe request from ``mac`` at time ``ts``, decided at once."""
-        if ts - self._last_expire > 60.0:
-            self.expire(ts)
-        m = self._by_mac.get(mac)
-        if m is None:
-            m = self._start(mac, randomized, fingerprint, seq, ts, rssi)
-        elif m.held is not None:  # mixed use of offer() and observe(): decide now
-            self._decide(m, m.held)
-        return self._frame(m, randomized, fingerprint, seq, ts, rssi)
-
-    def offer(
-        self, mac: str, randomized: bool, fingerprint: str, seq: int, ts: float, rssi: float | None, item: object
-    ) -> str | None:
-        """Group id of one probe request, or None when it is held: its MAC's link is not decided yet.
-
-        A held frame comes back as ``(item, group id)`` in :attr:`ready` once decided - at the latest
-        ``max_delay_s`` (frame time) after its MAC's first frame: on a later :meth:`offer` or
-        :meth:`poll`, or on :meth:`flush` at the end of input. Frames of one MAC are released in order.
-        """
-        if self._n_held:
-            self._behind += 1
-            if self._behind > self.params.max_held_behind or ts < self._hold_start_ts - self._delay:
-                # a stalled clock (timeless records) or one stepping back (concatenated captures)
-                # would never make a hold due: decide them all now rather than buffer without end
-                self.flush_into_ready()
-        if ts >= self._next_event:  # a held MAC is due, or the periodic expiry
-            if ts >= self._next_due:
-                self.poll(ts)
-            if ts - self._last_expire > 60.0:
-                self.expire(ts)
-        m = self._by_mac.get(mac)
-        if m is None:
-            if randomized and self._delay > 0.0:
-                cands: list[_Group] = []
-                best = self._match(fingerprint, seq, ts, rssi, None, cands)
-                due = self._hold_until(ts, cands) if cands else None
-                if due is not None and due <= ts:
-                    # every candidate's old MAC has had its chance to speak again: decide now
-                    g = best if best is not None else self._new_group(fingerprint, True)
-                    m = _Mac(g, ts, seq, ts, seq)
-                    if best is not None:
-                        self._link(m, g)
-                    else:
-                        self._attach(m, g)
-                    self._by_mac[mac] = m
-                    return self._frame(m, randomized, fingerprint, seq, ts, rssi)
-                if due is not None:
-                    m = _Mac(_NO_GROUP, ts, seq, ts, seq)
-                    m.held = _Held(mac, fingerprint, due, [(seq, ts, rssi, item)], cands)
-                    self._by_mac[mac] = m
-                    heapq.heappush(self._held, (due, ts, self.held_macs, m))
-                    if not self._n_held:  # a holding period starts
-                        self._behind = 0
-                        self._hold_start_ts = ts
-                    self._n_held += 1
-                    if due < self._next_due:
-                        self._next_due = due
-                        if due < self._next_event:
-                            self._next_event = due
-                    self.held_macs += 1
-                    self.held_frames += 1
-                    return None
-                # no candidate at all: a group of its own (no second search)
-                g = self._new_group(fingerprint, True)
-                m = _Mac(g, ts, seq, ts, seq)
-                self._attach(m, g)
-                self._by_mac[mac] = m
-            else:
-                m = self._start(mac, randomized, fingerprint, seq, ts, rssi)
-        else:
-            h2 = m.held
-            if h2 is not None:
-                h2.frames.append((seq, ts, rssi, item))
-                self.held_frames += 1
-                if ts >= m.last_ts:
-                    m.last_ts = ts
-                    m.last_seq = seq
-                return None
-            g = m.group
-            last = m.last_ts
-            if m.trial is None and g.tail is m and ts >= last:
-                # most frames: a settled MAC's (what _frame does, inlined)
-                dt = ts - last
-                if dt >= self._burst_gap_s:  # once per burst, not per frame: a call is fine
-                    self._new_burst(g, m.last_seq, seq, dt)
-                m.last_ts = ts
-                m.last_seq = seq
-                if ts >= g.last_ts:
-                    g.last_ts = ts
-                if rssi is not None:
-                    r = g.rssi
-                    g.rssi = rssi if r is None else r + self._alpha * (rssi - r)
-                g.frames += 1
-                return g.gid
-        return self._frame(m, randomized, fingerprint, seq, ts, rssi)
+        """Groups with a MAC not yet forgotten."""
+        return len({id(s.unit.track) for s in self._macs.values() if s.unit.track is not None})
 
     @property
     def holding(self) -> bool:
-        """Whether any MAC's frames are held (its link undecided)."""
+        """Whether any burst's frames are held (its track undecided)."""
         return self._n_held > 0
 
+    # -- frames -------------------------------------------------------------------------------
+
+    def observe(
+        self,
+        mac: str,
+        randomized: bool,
+        fingerprint: str,
+        seq: int,
+        ts: float,
+        rssi: float | None,
+        ssid: bytes | None = None,
+    ) -> str:
+        """Group id of one probe request, decided at once."""
+        gid = self._frame(mac, randomized, fingerprint, seq, ts, rssi, ssid, None, hold=False)
+        assert gid is not None
+        return gid
+
+    def offer(
+        self,
+        mac: str,
+        randomized: bool,
+        fingerprint: str,
+        seq: int,
+        ts: float,
+        rssi: float | None,
+        item: object,
+        ssid: bytes | None = None,
+    ) -> str | None:
+        """Group id of one probe request, or None when it is held: its burst's track is not decided
+        yet. A held frame comes back as ``(item, group id)`` in :attr:`ready` once decided - at the
+        latest ``max_delay_s`` (frame time) after its burst's first frame: on a later :meth:`offer`
+        or :meth:`poll`, or on :meth:`flush` at the end of input. Frames of one MAC keep their order.
+        """
+        return self._frame(mac, randomized, fingerprint, seq, ts, rssi, ssid, item, hold=self.params.max_delay_s > 0)
+
     def poll(self, now: float) -> None:
-        """Decide every held MAC whose time is up at ``now`` (frame time); results go to :attr:`ready`."""
+        """Decide every held burst whose time is up at ``now`` (frame time); results go to :attr:`ready`:
+        silent for ``decide_after_s`` (its burst is over), or ``max_delay_s`` after its first frame."""
         heap = self._held
-        due: list[_Mac] = []
+        p = self.params
         while heap and heap[0][0] <= now:
-            due.append(heapq.heappop(heap)[3])
-        if due:
-            self._decide_all(due)
-        self._next_due = heap[0][0] if heap else math.inf
-        self._next_event = min(self._next_due, self._last_expire + 60.0)
+            u = heapq.heappop(heap)[2]
+            if u.held is None:
+                continue
+            due = min(u.agg.first_ts + p.max_delay_s, u.agg.last_ts + p.decide_after_s)
+            if due > now:  # it spoke again meanwhile: its burst goes on
+                u.due = due
+                self._heap_n += 1
+                heapq.heappush(heap, (due, self._heap_n, u))
+                continue
+            self._decide(u)
 
     def flush_into_ready(self) -> None:
-        """End of input: decide every held MAC now (results in :attr:`ready`)."""
-        self._decide_all([e[3] for e in self._held])
+        """End of input: decide every held burst now (results in :attr:`ready`)."""
+        pending = sorted(self._held, key=lambda e: e[2].agg.first_ts)
         self._held.clear()
-        self._next_due = math.inf
-        self._next_event = self._last_expire + 60.0
+        for _due, _n, u in pending:
+            if u.held is not None:
+                self._decide(u)
 
     def flush(self) -> list[tuple[object, str]]:
-        """End of input: decide every held MAC now; returns (and clears) :attr:`ready`."""
+        """End of input: decide every held burst now; returns (and clears) :attr:`ready`."""
         self.flush_into_ready()
         out = list(self.ready)
         self.ready.clear()  # in place: callers may keep a reference to the list
         return out
 
-    def _decide_all(self, ms: list[_Mac]) -> None:
-        if len(ms) > 1:
-            ms.sort(key=_first_ts)  # due together: in the order they appeared
-        for m in ms:
-            h = m.held
-            if h is not None:
-                self._decide(m, h)
-
-    def _hold_until(self, ts: float, cands: list[_Group]) -> float:
-        """When to decide the link of a new MAC first heard at ``ts`` with candidates ``cands``.
-
-        Each candidate group's old MAC has had time to speak again (showing it did not rotate) once
-        it has been silent ``confirm_factor`` of its burst intervals; never later than
-        ``max_delay_s``. A time not after ``ts`` means: decide now.
-        """
-        due = -math.inf
-        confirm = self.params.confirm_factor
-        for g in cands:
-            t = g.tail
-            iv = g.interval
-            if t is None or iv is None:
-                return ts + self._delay
-            due = max(due, t.last_ts + confirm * iv)
-        return min(due, ts + self._delay)
-
-    def _decide(self, m: _Mac, h: _Held) -> None:
-        """Link a held MAC with all the evidence in: groups whose old MAC spoke since are out."""
-        m.held = None
-        self._n_held -= 1
-        frames = h.frames
-        rs = [r for _s, _t, r, _i in frames if r is not None]
-        mean = sum(rs) / len(rs) if rs else None
-        fp = h.fingerprint
-        # only its candidates at its first frame can fit (any other group did not fit then, and a
-        # group changes by its own MACs speaking, which rules it out): no second search
-        g = self._match(fp, m.first_seq, m.first_ts, mean, None, None, h.cands)
-        if g is None:
-            self._attach(m, self._new_group(fp, True))
-        else:
-            self._link(m, g)
-        m.last_ts, m.last_seq = m.first_ts, m.first_seq
-        add = self.ready.append
-        for seq, ts, rssi, item in frames:
-            add((item, self._frame(m, True, fp, seq, ts, rssi)))
-
-    def _start(self, mac: str, randomized: bool, fingerprint: str, seq: int, ts: float, rssi: float | None) -> _Mac:
-        g = self._match(fingerprint, seq, ts, rssi, None) if randomized else None
-        if g is None:
-            g = self._new_group(fingerprint, randomized)
-            m = _Mac(g, ts, seq, ts, seq)
-            self._attach(m, g)
-        else:
-            m = _Mac(g, ts, seq, ts, seq)
-            self._link(m, g)
-        self._by_mac[mac] = m
-        return m
-
-    def _frame(self, m: _Mac, randomized: bool, fingerprint: str, seq: int, ts: float, rssi: float | None) -> str:
-        """One frame of a MAC with a group: undo/probation checks, then learn from it."""
-        g = m.group
-        if g.tail is not m:
-            m.trial = None
-            self._undo(m, fingerprint, randomized)
-            g = m.group
-        tr = m.trial
-        if tr is not None:
-            if ts - m.last_ts >= self._burst_gap_s:
-                m.trial = None  # the MAC's second burst: the link has held through its first
-            elif rssi is not None:
-                tr.rssi_sum += rssi
-                tr.rssi_n += 1
-                if self._off_rssi(tr):
-                    self._reject(m, tr, fingerprint, randomized)
-                    g = m.group
-        last = m.last_ts
-        if ts >= last:
-            if ts - last >= self._burst_gap_s:
-                self._new_burst(g, m.last_seq, seq, ts - last)
-            m.last_ts = ts
-            m.last_seq = seq
-            if ts >= g.last_ts:
-                g.last_ts = ts
-        if rssi is not None:
-            r = g.rssi
-            g.rssi = rssi if r is None else r + self._alpha * (rssi - r)
-        g.frames += 1
-        return g.gid
-
-    def _link(self, m: _Mac, g: _Group) -> None:
-        """Attach a new MAC to an existing group on probation (see :meth:`_reject`)."""
-        m.trial = _Trial(g.tail, g.prev, g.rssi, g.last_ts, g.seq_rate, g.interval)
-        self._attach(m, g)
-
-    def _off_rssi(self, tr: _Trial) -> bool:
-        ref = tr.rssi
-        if ref is None or tr.rssi_n == 0:
-            return False
-        n = tr.rssi_n
-        p = self.params
-        spread = math.sqrt(p.trial_frame_db * p.trial_frame_db / n + p.trial_ref_db * p.trial_ref_db)
-        return abs(tr.rssi_sum / n - ref) > p.trial_z * spread
-
-    def _reject(self, m: _Mac, tr: _Trial, fingerprint: str, randomized: bool) -> None:
-        """The MAC's own frames contradict its link: give the group its state back, match again."""
-        g = m.group
-        m.trial = None
-        if g.tail is not m:
-            return
-        g.tail, g.prev = tr.tail, tr.prev
-        g.rssi, g.last_ts, g.seq_rate, g.interval = tr.rssi, tr.last_ts, tr.seq_rate, tr.interval
-        g.macs -= 1
-        self.unlinked += 1
-        mean = tr.rssi_sum / tr.rssi_n if tr.rssi_n else None
-        other = self._match(fingerprint, m.first_seq, m.first_ts, mean, g)
-        if other is None:
-            other = self._new_group(fingerprint, randomized)
-            self._attach(m, other)
-        else:
-            self._link(m, other)
-        other.last_ts = max(other.last_ts, m.last_ts)
-
-    def _undo(self, m: _Mac, fingerprint: str, randomized: bool) -> None:
-        """``m`` was retired from its group but speaks again: the link that retired it was wrong."""
-        g = m.group
-        wrong = g.tail
-        if g.prev is m and wrong is not None:
-            # give the group back to m; match the newer MAC again, as of its first frame
-            g.tail, g.prev = m, None
-            g.last_ts = m.last_ts
-            self.unlinked += 1
-            other = self._match(fingerprint, wrong.first_seq, wrong.first_ts, None, g)
-            if other is None:
-                other = self._new_group(fingerprint, randomized)
-            other.prev = None
-            self._attach(wrong, other)
-            other.last_ts = max(other.last_ts, wrong.last_ts)
-        else:
-            # an older MAC of the group: it stands alone from now on
-            self._attach(m, self._new_group(fingerprint, randomized))
-            m.group.last_ts = m.last_ts
-
-    def _match(
+    def _frame(
         self,
+        mac: str,
+        randomized: bool,
         fp: str,
         seq: int,
         ts: float,
         rssi: float | None,
-        exclude: _Group | None,
-        cands: list[_Group] | None = None,
-        among: list[_Group] | None = None,
-    ) -> _Group | None:
-        """The group whose tail MAC this frame continues best, or None.
+        ssid: bytes | None,
+        item: object,
+        *,
+        hold: bool,
+    ) -> str | None:
+        if self._n_held:
+            self._behind += 1
+            if self._behind > self.params.max_held_behind or ts < self._hold_start_ts - self.params.max_delay_s:
+                # a stalled clock (timeless records) or one stepping back (concatenated captures)
+                # would never make a hold due: decide them all now rather than buffer without end
+                self.flush_into_ready()
+            elif ts >= self._held[0][0]:
+                self.poll(ts)
+        if ts - self._last_expire > 60.0:
+            self.expire(ts)
+        fam = fp[:8]
+        self._fp_frames[fp] = self._fp_frames.get(fp, 0.0) + 1.0
+        self._fam_frames[fam] = self._fam_frames.get(fam, 0.0) + 1.0
+        st = self._macs.get(mac)
+        h = hash(ssid) if ssid else None
+        if st is None:
+            st = self._new_mac(mac, randomized, fp, fam, seq, ts, rssi, h)
+        else:
+            self._learn_frame(st, seq, ts, rssi, h)
+        u = st.unit
+        if u.held is not None:
+            if not hold:
+                self._decide(u)
+            else:
+                u.held.append((ts, item))
+                self.held_frames += 1
+                return None
+        assert u.track is not None
+        return u.track.gid
 
-        A group's fit (lower is better) is the normalised squared error of the sequence-number
-        advance and of the RSSI; a group whose silence, sequence advance or RSSI is out of bounds
-        does not fit at all. (Inlined loop: this runs for every candidate of every new MAC.)
-        """
-        p = self.params
-        min_gap = p.min_gap_s
-        max_gap = p.max_gap_s
-        gap_factor = p.gap_factor
-        seq_rate = p.seq_rate
-        seq_slack = p.seq_slack
-        seq_spread = p.seq_spread
-        max_err = p.max_err
-        sigma = p.rssi_sigma_db
-        early = p.early_frac
-        best: _Group | None = None
-        best_score = second = float("inf")
-        for g in self._by_fp.get(fp, ()) if among is None else among:
-            t = g.tail
-            if t is None:
+    def _new_mac(
+        self, mac: str, randomized: bool, fp: str, fam: str, seq: int, ts: float, rssi: float | None, h: int | None
+    ) -> _MacState:
+        m = Mac(0, mac, fp, ts, seq, ts, seq)
+        if rssi is not None:
+            m.first_sum = m.last_sum = rssi
+            m.first_n = m.last_n = 1
+        if h is not None:
+            m.ssids = {h}
+        if not randomized:  # a public MAC: a device of its own
+            self.expected_devices += 1.0
+            st = self._macs[mac] = _MacState(m, _Unit(m, fam, Track(self._gid(), m, None)), False)
+            return st
+        # stage 1: does it continue a burst still open in its family?
+        found = self._in_burst(m, fam, ts)
+        if found is not None:
+            u = found
+        else:
+            # stage 2 (now, or when its hold is up): held bursts of the family go first
+            for other in self._held_by_family.pop(fam, []):
+                if other.held is not None:
+                    self._decide(other)
+            agg = Mac(0, mac, fp, ts, seq, ts, seq, first_sum=m.first_sum, first_n=m.first_n)
+            agg.last_sum, agg.last_n, agg.ssids = m.last_sum, m.last_n, set(m.ssids) if m.ssids else None
+            u = _Unit(agg, fam)
+            self._open.setdefault(fam, []).append(u)
+            p = self.params
+            le = self._learned.setdefault(fam, _Learned())
+            self._decay(le, ts)
+            le.units += 1.0
+            if p.max_delay_s > 0.0:
+                if not self._n_held:  # a holding period starts
+                    self._behind = 0
+                    self._hold_start_ts = ts
+                u.held = []
+                u.due = ts + min(p.max_delay_s, p.decide_after_s)
+                self._heap_n += 1
+                heapq.heappush(self._held, (u.due, self._heap_n, u))
+                self._held_by_family.setdefault(fam, []).append(u)
+                self._n_held += 1
+                self.held_macs += 1
+            else:
+                self._assign(u)
+        st = self._macs[mac] = _MacState(m, u, True)
+        return st
+
+    def _in_burst(self, m: Mac, fam: str, ts: float) -> _Unit | None:
+        lp = self._link
+        units = self._open.get(fam)
+        if not units:
+            return None
+        units[:] = [u for u in units if ts - u.agg.last_ts <= lp.burst_gap_s]
+        if not units:
+            return None
+        le = self._learned.setdefault(fam, _Learned())
+        share = min(0.95, max(0.01, le.in_burst / le.in_n))
+        self._decay(le, ts)
+        rate = max(le.units / self.params.learn_s, 1e-3)  # the family's burst starts per second
+        k = share / lp.burst_gap_s / rate
+        best: _Unit | None = None
+        best_e = 0.0
+        tot = 1.0
+        fp_share = self._fp_share(m.fingerprint)
+        for u in units:
+            gap = ts - u.agg.last_ts
+            if gap <= 0.0:
                 continue
-            gap = ts - t.last_ts
-            if gap < min_gap or gap > max_gap or g is exclude:
+            v = evidence_score(u.agg, m, gap, lp, fp_share, 0.05)
+            if v == -math.inf:
                 continue
-            interval = g.interval
-            if interval is not None and (gap < early * interval or gap > gap_factor * interval + min_gap):
-                # its next burst is not due yet (it has not rotated), or it has been silent for
-                # several of its burst intervals (more likely gone than rotated)
-                continue
-            dseq = (seq - t.last_seq) % SEQ_MOD
-            rate = g.seq_rate
-            expect = (rate if rate is not None else seq_rate) * gap
-            e_seq = (dseq - expect) / (seq_slack + seq_spread * expect)
-            if dseq == 0 or abs(e_seq) > max_err:
-                continue
-            e_rssi = 0.0
+            e = math.exp(min(v, 50.0)) * k
+            tot += e
+            if e > best_e:
+                best, best_e = u, e
+        p_in = (tot - 1.0) / tot
+        le.in_burst += p_in
+        le.in_n += 1.0
+        if best is not None and best_e / tot >= self.params.min_p:
+            a = best.agg
+            a.last_ts, a.last_seq = m.last_ts, m.last_seq
+            if m.first_n:
+                a.first_sum += m.first_sum
+                a.first_n += m.first_n
+                a.last_sum += m.first_sum
+                a.last_n += m.first_n
+            if m.ssids:
+                a.ssids = (a.ssids or set()) | m.ssids
+            return best
+        return None
+
+    def _learn_frame(self, st: _MacState, seq: int, ts: float, rssi: float | None, h: int | None) -> None:
+        m = st.mac
+        dt = ts - m.last_ts
+        if dt < 0.0:
+            return
+        new_burst = dt >= self.params.mac_burst_gap_s
+        if new_burst:
+            m.bursts += 1
+            m.last_sum = 0.0
+            m.last_n = 0
+            step = (seq - m.last_seq) % SEQ_MOD
+            if step < SEQ_MOD // 2 and dt <= self._link.max_gap_s:
+                m.rate_adv += step
+                m.rate_span += dt
+                m.silences += 1
+        m.last_ts, m.last_seq = ts, seq
+        m.frames += 1
+        if rssi is not None:
+            m.last_sum += rssi
+            m.last_n += 1
+            if m.bursts == 1:
+                m.first_sum += rssi
+                m.first_n += 1
+        if h is not None:
+            if m.ssids is None:
+                m.ssids = {h}
+            elif len(m.ssids) < 32:
+                m.ssids.add(h)
+        # the burst's summary follows its MACs (a one-MAC burst: the MAC itself)
+        a = st.unit.agg
+        if a is not m:
+            a.last_ts, a.last_seq = ts, seq
+            a.frames += 1
+            if new_burst and a.mac == m.mac:
+                a.bursts = m.bursts
             if rssi is not None:
-                g_rssi = g.rssi
-                if g_rssi is not None:
-                    e_rssi = (rssi - g_rssi) / sigma
-                    if abs(e_rssi) > max_err:
-                        continue
-            score = e_seq * e_seq + e_rssi * e_rssi
-            if cands is not None:
-                cands.append(g)
-            if score < best_score:
-                best, best_score, second = g, score, best_score
-            elif score < second:
-                second = score
-        if best is not None and second - best_score < p.min_margin:
-            return None  # two devices could have become this MAC: a wrong link costs more than a split
-        return best
+                if new_burst:
+                    a.last_sum, a.last_n = 0.0, 0
+                a.last_sum += rssi
+                a.last_n += 1
+                if st.unit.held is not None:  # the first burst still counts while undecided
+                    a.first_sum += rssi
+                    a.first_n += 1
+            if h is not None:
+                a.ssids = (a.ssids or set()) | {h}
+            a.rate_adv, a.rate_span, a.silences = m.rate_adv, m.rate_span, m.silences
+
+    # -- decisions ----------------------------------------------------------------------------
+
+    def _decide(self, u: _Unit) -> None:
+        held = u.held or []
+        u.held = None
+        self._n_held -= 1
+        fam_list = self._held_by_family.get(u.family)
+        if fam_list is not None and u in fam_list:
+            fam_list.remove(u)
+        self._assign(u)
+        assert u.track is not None
+        gid = u.track.gid
+        add = self.ready.append
+        for _ts, item in held:
+            add((item, gid))
+
+    def _assign(self, u: _Unit) -> None:
+        fam = u.family
+        tr = self._tracker
+        ts = u.agg.first_ts
+        tr.arrivals[fam] = self._arrival_rate(fam, ts)
+        le = self._learned.get(fam)
+        if le is not None and le.links >= 5.0:
+            tr.seq_continue[fam] = min(0.95, max(0.05, le.seq_cont / le.links))
+        tr.ssid_share = self._ssid_shares_view
+        track, p_new = tr.assign(u.agg, self._fp_share(u.agg.fingerprint), "")
+        u.p_start = p_new
+        self.expected_devices += p_new
+        if track.tail_before is None:
+            track.gid = self._gid()
+        else:
+            self.linked += 1
+            self._learn_link(fam, track.tail_before, u.agg)
+        u.track = track
+        self._learn_start(fam, ts, p_new)
+        if u.agg.ssids:
+            self._directed += 1
+            for s in u.agg.ssids:
+                self._ssid_n[s] = self._ssid_n.get(s, 0) + 1
+            if len(self._ssid_n) > _MAX_SSIDS:
+                self._ssid_n.clear()
+                self._directed = 0
+
+    @property
+    def _ssid_shares_view(self) -> _Shares:
+        return _Shares(self._ssid_n, self._directed)
+
+    def _gid(self) -> str:
+        g = f"{self._prefix}{self._next}"
+        self._next += 1
+        self.created += 1
+        return g
+
+    def _fp_share(self, fp: str) -> float:
+        fam = self._fam_frames.get(fp[:8], 0.0)
+        return self._fp_frames.get(fp, 0.0) / fam if fam else 1.0
+
+    def _decay(self, le: _Learned, ts: float) -> None:
+        if le.starts_ts == -math.inf:
+            le.starts_ts = ts
+            return
+        dt = ts - le.starts_ts
+        if dt > 0.0:
+            f = math.exp(-dt / self.params.learn_s)
+            le.starts *= f
+            le.units *= f
+            le.in_burst = 1.0 + (le.in_burst - 1.0) * f
+            le.in_n = 2.0 + (le.in_n - 2.0) * f
+            le.seq_cont = 1.0 + (le.seq_cont - 1.0) * f
+            le.links = 2.0 + (le.links - 2.0) * f
+            le.starts_ts = ts
+
+    def _arrival_rate(self, fam: str, ts: float) -> float:
+        le = self._learned.setdefault(fam, _Learned())
+        self._decay(le, ts)
+        p = self.params
+        return min(p.arrivals, max(p.min_arrivals, le.starts / p.learn_s))
+
+    def _learn_start(self, fam: str, ts: float, p_new: float) -> None:
+        le = self._learned.setdefault(fam, _Learned())
+        self._decay(le, ts)
+        le.starts += p_new
+
+    def _learn_link(self, fam: str, a: Mac, b: Mac) -> None:
+        le = self._learned.setdefault(fam, _Learned())
+        lp = self._link
+        gap = b.first_ts - a.last_ts
+        dseq = (b.first_seq - a.last_seq) % SEQ_MOD
+        le.links += 1.0
+        if 0 < dseq <= lp.seq_window + lp.seq_rate * gap + (a.rate * gap if a.rate else 0.0):
+            le.seq_cont += 1.0
 
     def expire(self, now: float) -> int:
-        """Forget MACs and groups quiet for ``forget_s``; returns how many MACs were dropped."""
+        """Forget MACs quiet for ``forget_s``; returns how many were dropped."""
         self._last_expire = now
-        self._next_event = min(self._next_due, now + 60.0)
         cutoff = now - self.params.forget_s
-        stale = [k for k, m in self._by_mac.items() if m.last_ts < cutoff]
+        stale = [k for k, s in self._macs.items() if s.mac.last_ts < cutoff and s.unit.held is None]
         for k in stale:
-            del self._by_mac[k]
-        # groups silent longer than max_gap_s cannot be a candidate (see _match): off the lists, so
-        # a new MAC's search only walks groups that could continue; they come back if they speak
-        dormant = now - self.params.max_gap_s
-        for fp in list(self._by_fp):
-            keep = []
-            for g in self._by_fp[fp]:
-                if g.last_ts >= dormant:
-                    keep.append(g)
-                else:
-                    g.dormant = True
+            del self._macs[k]
+        self._tracker.prune(now)
+        for fam in list(self._open):
+            keep = [u for u in self._open[fam] if now - u.agg.last_ts <= self._link.burst_gap_s]
             if keep:
-                self._by_fp[fp] = keep
+                self._open[fam] = keep
             else:
-                del self._by_fp[fp]
+                del self._open[fam]
         return len(stale)
+
+
+class _Shares(dict[int, float]):
+    """A network's share of directed bursts, computed on lookup (the counts change every burst)."""
+
+    def __init__(self, counts: dict[int, int], total: int) -> None:
+        super().__init__()
+        self._counts = counts
+        self._total = max(total, 1)
+
+    def get(self, key: int, default: float | None = None) -> float:  # type: ignore[override]
+        n = self._counts.get(key)
+        return (default if default is not None else 1.0) if n is None else n / self._total

@@ -123,8 +123,12 @@ def decode_file(
     keep_off_channel: bool = False,
     grouping: str = "capture",
     group_hold_s: float = DEFAULT_GROUP_HOLD_S,
+    summary: dict[str, float] | None = None,
 ) -> tuple[ProbeDecoder, int, PcapError | None]:
     """Decode ``path`` to ``out``; returns the decoder (its counts), records read and any file error.
+
+    ``summary`` (when given) receives ``groups`` and the grouper's estimate of the number of devices,
+    ``devices`` and ``devices_sd`` (see docs/wifi.md, "Counting").
 
     Lines come out in capture order. ``grouping="capture"`` decides groups once the whole file is
     read (:class:`ChainGrouper`) and writes every line then; ``"stream"`` groups online
@@ -139,16 +143,18 @@ def decode_file(
     with path.open("rb") as f:
         probes = dec.iter_probes(read_records(f))
         if grouping == "capture":
-            error = _decode_capture(probes, out, names)
+            error = _decode_capture(probes, out, names, summary)
         else:
-            error = _decode_stream(probes, out, names, group_hold_s)
+            error = _decode_stream(probes, out, names, group_hold_s, summary)
     return dec, dec.records, error
 
 
 _NO_VALUE = -32768  # rssi / channel not known (array slots hold ints)
 
 
-def _decode_capture(probes: Iterator[Probe], out: TextIO, names: _Names) -> PcapError | None:
+def _decode_capture(
+    probes: Iterator[Probe], out: TextIO, names: _Names, summary: dict[str, float] | None
+) -> PcapError | None:
     """Read every probe (kept compactly: ~20 bytes each), group over the whole capture, write."""
     chains = ChainGrouper(prefix="g")
     learn = chains.add
@@ -162,8 +168,8 @@ def _decode_capture(probes: Iterator[Probe], out: TextIO, names: _Names) -> Pcap
     mac_list: list[tuple[str, bool]] = []
     error: PcapError | None = None
     try:
-        for ts, mac, randomized, rssi, channel, hidden, fp, seq in probes:
-            i = learn(mac, randomized, fp, seq, ts, rssi)
+        for ts, mac, randomized, rssi, channel, hidden, fp, seq, ssid in probes:
+            i = learn(mac, randomized, fp, seq, ts, rssi, ssid)
             if i == len(mac_list):
                 mac_list.append((mac, randomized))
             k = fp_ids.get(fp)
@@ -178,6 +184,9 @@ def _decode_capture(probes: Iterator[Probe], out: TextIO, names: _Names) -> Pcap
     except PcapError as e:
         error = e
     groups = chains.solve()
+    if summary is not None:
+        est = chains.count()
+        summary.update(groups=float(est.groups), devices=est.devices, devices_sd=est.sd)
     fp_list = list(fp_ids)
     group_of = [groups[m] for m, _r in mac_list]
     cache = names.cache
@@ -214,7 +223,9 @@ def _decode_capture(probes: Iterator[Probe], out: TextIO, names: _Names) -> Pcap
     return error
 
 
-def _decode_stream(probes: Iterator[Probe], out: TextIO, names: _Names, group_hold_s: float) -> PcapError | None:
+def _decode_stream(
+    probes: Iterator[Probe], out: TextIO, names: _Names, group_hold_s: float, summary: dict[str, float] | None
+) -> PcapError | None:
     """Group online (held frames wait, with the lines after them) and write lines as they settle."""
     grouper = WifiGrouper(GroupParams(max_delay_s=group_hold_s), prefix="g")
     cache = names.cache
@@ -249,14 +260,14 @@ def _decode_stream(probes: Iterator[Probe], out: TextIO, names: _Names, group_ho
             base += first
 
     try:
-        for ts, mac, randomized, rssi, channel, hidden, fp, seq in probes:
+        for ts, mac, randomized, rssi, channel, hidden, fp, seq, ssid in probes:
             if epoch_of is not None and epoch_of(ts) != names.epoch:
                 names.turn(ts)
             mid = cache.get(mac)
             if mid is None:
                 mid = names.make(mac, randomized, ts)
             slot = base + len(lines)
-            group = offer(mac, randomized, fp, seq, ts, rssi, slot)
+            group = offer(mac, randomized, fp, seq, ts, rssi, slot, ssid)
             head = _head(ts, mid, rssi, channel, hidden, fp)
             if group is not None:
                 add(head + group + '"}\n')
@@ -274,11 +285,14 @@ def _decode_stream(probes: Iterator[Probe], out: TextIO, names: _Names, group_ho
         settle(grouper.flush())
         write_settled()
         out.flush()
+        if summary is not None:
+            summary.update(groups=float(grouper.created), devices=grouper.expected_devices, devices_sd=0.0)
     return error
 
 
 def _run(args: argparse.Namespace) -> int:
     path: Path = args.file
+    summary: dict[str, float] = {}
     try:
         dec, records, error = decode_file(
             path,
@@ -287,6 +301,7 @@ def _run(args: argparse.Namespace) -> int:
             keep_off_channel=args.keep_off_channel,
             grouping=args.grouping,
             group_hold_s=args.group_hold,
+            summary=summary,
         )
     except BrokenPipeError:  # the reader went away (`| head`): not an error of ours
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
@@ -306,6 +321,11 @@ def _run(args: argparse.Namespace) -> int:
         + (f" ({counts})" if counts else ""),
         file=sys.stderr,
     )
+    if summary:
+        sd = f" +- {summary['devices_sd']:.1f}" if summary["devices_sd"] else ""
+        print(
+            f"{path}: {summary['groups']:.0f} groups; devices (estimate) {summary['devices']:.1f}{sd}", file=sys.stderr
+        )
     if error is not None:
         print(f"error: {path}: {error}", file=sys.stderr)
         return 2

@@ -6,7 +6,9 @@ Pure and bounds-checked: every length is checked before it is used and a bad fra
 The **fingerprint** identifies a device *model / driver*, not a device: Vanhoef et al., "Why MAC
 Address Randomization is not Enough" (AsiaCCS 2016) show the ordered list of information elements
 (IEs) and the content of the capability IEs survive MAC randomization and differ between models.
-It hashes, in order:
+It is 16 hex digits: the first 8 are the model's *family* (:func:`family_of`: rates, HT and VHT
+capabilities - what a phone keeps in every probe; an Android 13 phone sends other elements in its
+directed scans than in its wildcard ones), the last 8 hash, in order:
 
 * the ordered IE ids (and the extension id of element-id extensions),
 * supported and extended supported rates,
@@ -28,6 +30,7 @@ from typing import NamedTuple
 __all__ = [
     "Ieee80211Error",
     "MgmtFrame",
+    "family_of",
     "is_locally_administered",
     "parse_mgmt",
 ]
@@ -94,6 +97,11 @@ class MgmtFrame(NamedTuple):
     @property
     def is_probe_request(self) -> bool:
         return self.subtype == SUBTYPE_PROBE_REQ
+
+
+def family_of(fingerprint: str) -> str:
+    """The family part of a fingerprint (see the module docstring)."""
+    return fingerprint[:8]
 
 
 def is_locally_administered(mac: bytes | str) -> bool:
@@ -187,6 +195,7 @@ def _parse_ies(b: bytes, i: int, n: int, o: int) -> _IEs:
     ds: int | None = None
     rates = b""
     ht = b""
+    vht = b""
     while i < n:
         if i + 2 > n:
             raise Ieee80211Error("truncated information element header", i - o)
@@ -217,16 +226,24 @@ def _parse_ies(b: bytes, i: int, n: int, o: int) -> _IEs:
                 raise Ieee80211Error("element extension without an extension id", i - o)
             # HE capabilities (ext 35): whole body; other extensions: just the extension id
             parts.append(b[i:end] if b[i + 2] == EXT_HE_CAPS else b[i : i + 3])
-        elif eid in (127, 191):  # extended capabilities, VHT capabilities
+        elif eid == IE_EXT_CAPS:
             parts.append(b[i:end])
+        elif eid == IE_VHT_CAPS:
+            vht = b[i:end]
+            parts.append(vht)
         elif eid == IE_INTERWORKING and end > i + 2:
             parts.append(bytes((IE_INTERWORKING, b[i + 2] & 0x0F)))  # access network type only
         i = end
 
     if len(ht) >= 4:
         # mask the SM power save bits (2-3 of HT capability info): they follow the power state
-        parts.append(ht[:2] + bytes((ht[2] & 0xF3,)) + ht[3:])
-    fp = hashlib.blake2b(bytes(ids) + b"|" + b"|".join(parts), digest_size=8).hexdigest()
+        ht = ht[:2] + bytes((ht[2] & 0xF3,)) + ht[3:]
+        parts.append(ht)
+    # family (first 8 hex digits): what a phone keeps in every probe it sends - rates, HT and VHT
+    # capabilities; the rest (element order, extended/HE capabilities, vendor elements) can differ
+    # between its wildcard and directed scans (seen from an Android 13 phone)
+    family = hashlib.blake2b(rates + b"|" + ht + b"|" + vht, digest_size=4).hexdigest()
+    fp = family + hashlib.blake2b(bytes(ids) + b"|" + b"|".join(parts), digest_size=4).hexdigest()
     hidden = ssid is None or not ssid.strip(b"\x00")
     return (ssid, hidden, ds, rates, bytes(ids), tuple(vendor), fp)
 

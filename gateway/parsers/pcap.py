@@ -11,6 +11,16 @@ with ``struct.unpack_from`` - no per-byte Python work.
 
 A corrupt file raises :class:`PcapError` with the byte offset of the bad header/block; records
 before it have already been yielded (nothing is lost).
+
+Why our own reader and not a maintained one: ``bench/bench_wifi.py`` (``wifi.pcap_readers_*``)
+reads the same crowd capture with this module, dpkt 1.9.8 (``dpkt.pcap`` / ``dpkt.pcapng``) and
+python-pcapng 2.1.1, and compares them on the fixture files whose records are known. This one is the
+fastest (classic pcap ~2.1M records/s against dpkt's ~0.73M; pcapng ~0.83M against dpkt's ~0.44M and
+python-pcapng's ~0.06M, one core, same run) and the only correct one on every file: dpkt gives every
+record of a pcapng the *first* interface's link type (mixed.pcapng: 20 of 40 records wrong), reads
+no Simple Packet Blocks (simple.pcapng: none of 10), and yields a truncated last record of a classic
+pcap as if it were whole, with no error; python-pcapng reads pcapng only (no classic pcap, which is
+what most capture tools and the shared real data write). Neither names the byte offset of damage.
 """
 
 from __future__ import annotations

@@ -41,6 +41,9 @@ class Probe(NamedTuple):
     ssid_hidden: bool
     fingerprint: str
     seq: int
+    # SSID of a directed probe (None for a wildcard one): RAM only, never printed, stored or sent -
+    # the groupers use it as linking evidence (a phone probes the same networks under every MAC)
+    ssid: bytes | None = None
 
 
 class ProbeDecoder:
@@ -99,7 +102,7 @@ class ProbeDecoder:
         if m is None:
             self._count("not_probe_request")
             return None
-        subtype, src, randomized, seq, _ssid, hidden, ds, _rates, _ids, _vendor, fp = m
+        subtype, src, randomized, seq, ssid, hidden, ds, _rates, _ids, _vendor, fp = m
         if subtype != SUBTYPE_PROBE_REQ:
             self._count("not_probe_request")
             return None
@@ -111,7 +114,7 @@ class ProbeDecoder:
                 counts["off_channel"] = counts.get("off_channel", 0) + 1
                 return None
         self.probes += 1
-        return _new_probe(Probe, (ts, src, randomized, rssi, channel, hidden, fp, seq))
+        return _new_probe(Probe, (ts, src, randomized, rssi, channel, hidden, fp, seq, None if hidden else ssid))
 
     def iter_probes(self, records: Iterable[Record]) -> Iterator[Probe]:
         """:meth:`decode` of every record; a record without a time (pcapng Simple Packet Block)
@@ -180,6 +183,7 @@ class ProbeDecoder:
                                     r[1],
                                     r[6],
                                     (data[o + 22] | data[o + 23] << 8) >> 4,
+                                    None if r[1] else r[0],
                                 ),
                             )
                             continue

@@ -14,14 +14,36 @@ Model, per subject:
 * **Visit** = a span of presence in the store's in-store zones (every zone whose kind is not
   ``outside``). It starts at the first in-store zone entry and ends at the last in-store zone exit
   once the subject has been out of the store (or silent) for ``visit_timeout_s``.
-* **Visitor vs passer-by.** A visit becomes a *visitor* visit when the subject enters an in-store
-  zone that is not the entrance, or stays at the entrance for ``visitor_min_s`` in total. Only
+* **Visitor vs passer-by.** A visit becomes a *visitor* visit when the subject is in an in-store
+  zone that is not the entrance (once the visit has lasted ``visitor_confirm_s``: a passer-by's
+  position estimate strays a few metres into the shop for a few seconds), or stays at the entrance
+  for ``visitor_min_s`` in total. Only
   then are its ``visit.started`` (backdated) and zone events emitted; a visit that never
   qualifies, and a subject seen only outside (a confirmed ``outside`` zone), yields one
   ``visit.ended`` with ``visitor=false`` (if ``report_passers_by``) and nothing else - people
   who never enter the shop produce no per-zone trail at all (data minimisation).
-* **Residents.** A visit longer than ``max_visit_s`` (staff phone, fixed beacon) is ended and the
-  subject is ignored until it has been silent for ``visit_timeout_s``.
+* **Residents.** Staff, fixtures and neighbours are set apart: a subject whose device kind (from the
+  rotation linker, ``set_chain_info``) is a beacon, sensor, fixture or handheld scanner never
+  starts a visit; a linked device present for ``resident_after_s`` (its address rotations joined)
+  is a resident from then on: an open visit is closed with ``resident=true`` (not a visitor).
+  A visit longer than ``max_visit_s`` also makes its subject a resident. Residents are counted in
+  ``stats``, in ``residents()`` (status page) and in the aggregates' ``residents``.
+* **Companions.** A tracker, earbuds, wearable or accessory within ``companion_radius_m`` of a phone
+  when its visit would qualify moves with that phone: it is not an extra visitor (a tag alone, with
+  no phone near it, still counts: many Android phones do not advertise).
+* **Orphans (position continuity).** A subject whose first fix is deep in the store (not at the
+  entrance, a shop front or outside) did not walk in: it is a device already inside whose address
+  rotation the linker could not join (or one just switched on). Its visit does not qualify for
+  ``ORPHAN_WAIT_S``; if in that time another subject of the same device kind went silent within
+  ``ORPHAN_RADIUS_M`` of where the orphan appeared, the orphan continues that subject's visit
+  (its fixes are attributed to it; ``stats.merges``), else it is a track of its own.
+* **Clearly inside.** A visit qualifies only once the subject has been seen for ``visitor_deep_s``
+  farther than ``front_margin_m`` from any ``outside`` zone: a passer-by walking close to the glass
+  has fixes just inside it, seldom metres inside for long.
+* **Shop fronts.** Zones of kind ``front``, and every in-store zone that borders an ``outside``
+  zone, (window displays along the pavement) qualify a visit only
+  after ``visitor_min_s`` there, like the entrance: a passer-by's fix that strays across the shop
+  front for a few seconds does not make a visitor.
 * **Aggregates** per ``aggregate_interval_s`` (aligned to Unix time), for the store and per zone:
   distinct visitors and passers-by whose visit *ended* in the interval, conversion, and a dwell
   histogram. Published only when the distinct subjects are at least ``k_anonymity``; an interval
@@ -37,7 +59,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from gateway.config import PresenceSettings
-from gateway.layout import Layout, points_in_polygon
+from gateway.identity.linking import COMPANION_KINDS, RESIDENT_KINDS, ChainInfo
+from gateway.layout import Layout, Zone, points_in_polygon
 from gateway.models import (
     Aggregate,
     EventBase,
@@ -51,7 +74,31 @@ from gateway.models import (
 from gateway.presence.qualification import Qualifier, VisitRecord
 
 _FAR = math.inf
+ORPHAN_WAIT_S = 20.0  # how long an orphan waits for a vanished track to continue
+ORPHAN_RADIUS_M = 2.5  # how far from where that track was last seen it may appear
+ORPHAN_SILENCE_S = 2.0  # a track silent this long (while the orphan speaks) has stopped
 _NO = "\x00no-candidate"  # sentinel: no candidate zone (None is a valid candidate: "no zone")
+
+
+def _borders(a: Zone, b: Zone, tol: float = 0.3) -> bool:
+    """Do two zones' polygons touch (a point of one's boundary within ``tol`` of the other)?"""
+    pa = np.asarray(a.polygon, dtype=np.float64)
+    pb = np.asarray(b.polygon, dtype=np.float64)
+    pts = []
+    for i in range(len(pa)):
+        p0, p1 = pa[i], pa[(i + 1) % len(pa)]
+        n = max(2, int(np.hypot(*(p1 - p0)) / 0.25))
+        pts.append(p0 + (p1 - p0) * np.linspace(0, 1, n)[:, None])
+    q = np.concatenate(pts)
+    best = np.full(len(q), np.inf)
+    for i in range(len(pb)):
+        p0, p1 = pb[i], pb[(i + 1) % len(pb)]
+        d = p1 - p0
+        ll = float(d @ d) or 1.0
+        t = np.clip(((q - p0) @ d) / ll, 0.0, 1.0)
+        e = p0 + t[:, None] * d - q
+        best = np.minimum(best, np.hypot(e[:, 0], e[:, 1]))
+    return bool((best <= tol).any())
 
 
 @dataclass(slots=True)
@@ -78,6 +125,14 @@ class _Track:
     had_visit: bool = False
     outside_seen: list[str] = field(default_factory=list)
     resident: bool = False
+    companion: bool = False
+    x: float = 0.0
+    y: float = 0.0
+    orphan_until: float = -math.inf  # an orphan waits until then for a vanished track to continue
+    deep_s: float = 0.0  # time seen clearly inside (farther than front_margin_m from the pavement)
+    last_inside: float = -math.inf  # time of the newest fix inside an in-store zone
+    near_phone: int = 0  # ticks a companion-kind device was next to a phone / ticks checked
+    near_checks: int = 0
 
 
 @dataclass(slots=True)
@@ -88,6 +143,8 @@ class PresenceStats:
     visits_ended: int = 0
     passers_by: int = 0
     residents: int = 0
+    companions: int = 0
+    merges: int = 0
     aggregates_published: int = 0
     aggregates_withheld: int = 0
 
@@ -109,7 +166,21 @@ class PresenceEngine:
         self._kind_of_subject = subject_kind or (lambda _s: "pseudonym")
         self._zone_kind = {z.id: z.kind for z in layout.zones}
         self._in_store = {z.id for z in layout.zones if z.kind != "outside"}
-        self._entrances = {z.id for z in layout.zones if z.kind == "entrance"}
+        # zones where a visit qualifies only after visitor_min_s: the door, the shop front (a zone of
+        # kind "front" or any in-store zone that borders an outside zone: a pavement's fixes stray in)
+        outside = [z for z in layout.zones if z.kind == "outside"]
+        self._entrances = {
+            z.id
+            for z in layout.zones
+            if z.kind in ("entrance", "front")
+            or (settings.front_from_outside and z.kind != "outside" and any(_borders(z, o) for o in outside))
+        }
+        self._edge_zones = self._entrances | {z.id for z in layout.zones if z.kind == "outside"}
+        self._outside_ids = [z.id for z in outside]
+        self.alias: dict[str, str] = {}  # orphan subject -> the subject whose visit it continues
+        self.merge_log: list[tuple[str, str]] = []
+        self._chain_info: Callable[[str], ChainInfo | None] | None = None
+        self._residents: dict[str, str] = {}  # subject -> kind, this pseudonym period
         self._tracks: dict[str, _Track] = {}
         self._edges: dict[str, list[tuple[float, float, float, float, float]]] = {}
         for zn in layout.zones:
@@ -122,12 +193,40 @@ class PresenceEngine:
             self._edges[zn.id] = segs
         # interval index -> scope (None = store, else zone id) -> [(subject, visitor, dwell_s)]
         self._buckets: dict[int, dict[str | None, list[tuple[str, bool, float]]]] = {}
+        self._resident_rows: dict[int, set[str]] = {}
         self._bins = list(settings.dwell_bins_s)
         self._bin_labels = self._make_bin_labels(self._bins)
         self._grace = settings.visit_timeout_s + settings.enter_debounce_s + settings.exit_debounce_s
         self.stats = PresenceStats()
 
     # -- public API ------------------------------------------------------------------------------
+
+    def set_chain_info(self, info: Callable[[str], ChainInfo | None]) -> None:
+        """What the rotation linker knows of a subject (device kind, span of its linked addresses)."""
+        self._chain_info = info
+
+    def residents(self) -> dict[str, str]:
+        """Subjects set apart as residents in this pseudonym period -> why (device kind or 'all-day')."""
+        return dict(self._residents)
+
+    def _resident_kind(self, dev: str, now: float) -> str | None:
+        if self._chain_info is None:
+            return None
+        c = self._chain_info(dev)
+        if c is None:
+            return None
+        if c.kind in RESIDENT_KINDS:
+            return c.kind
+        if c.last_ts - c.first_ts >= self._s.resident_after_s:
+            return "all-day"
+        return None
+
+    def _make_resident(self, dev: str, tr: _Track, why: str, now: float, out: list[EventBase]) -> None:
+        if tr.visit is not None:
+            self._end_visit(dev, tr, min(now, tr.last_seen), out, resident=True)
+        tr.resident = True
+        self._residents[dev] = why
+        self.stats.residents += 1
 
     @property
     def open_visits(self) -> int:
@@ -165,17 +264,32 @@ class PresenceEngine:
         hyst = self._s.zone_hysteresis_m
         inside = self._in_store
         late = 0
+        alias = self.alias
         for f in fixes:
-            dev = f.device
+            dev = alias.get(f.device, f.device)
             ts = f.ts
             z = f.zone
             tr = tracks.get(dev)
             if tr is None:
-                tr = tracks[dev] = _Track(ts, ts, cand=z, cand_since=ts, clear_since=ts)
+                tr = tracks[dev] = _Track(ts, ts, cand=z, cand_since=ts, clear_since=ts, x=f.x, y=f.y)
+                why = self._resident_kind(dev, ts)
+                if why is not None or dev in self._residents:
+                    self._make_resident(dev, tr, why or self._residents[dev], ts, out)
+                elif self._chain_info is not None and z is not None and z not in self._edge_zones:
+                    tr.orphan_until = ts + ORPHAN_WAIT_S
             elif ts < tr.last_seen:
                 late += 1
                 continue
+            if z in inside:
+                tr.last_inside = ts
+                if not (
+                    self._outside_ids
+                    and any(self._near(o, f.x, f.y, self._s.front_margin_m) for o in self._outside_ids)
+                ):
+                    tr.deep_s += min(ts - tr.last_seen, 2.0) if ts > tr.first_seen else 1.0
             tr.last_seen = ts
+            tr.x = f.x
+            tr.y = f.y
             if tr.resident:
                 continue
             cur = tr.zone
@@ -204,9 +318,18 @@ class PresenceEngine:
         out: list[EventBase] = []
         s = self._s
         timeout = s.visit_timeout_s
+        self._resolve_orphans(now, out)
         for dev in list(self._tracks):
             tr = self._tracks[dev]
             silent = now - tr.last_seen >= timeout
+            if now - tr.last_seen < 1.5 and not tr.resident and self._companion_kind(dev):
+                tr.near_checks += 1
+                if self._moves_with_phone(dev):
+                    tr.near_phone += 1
+            if not tr.resident and self._chain_info is not None:
+                why = self._resident_kind(dev, now)
+                if why is not None:
+                    self._make_resident(dev, tr, why, now, out)
             v = tr.visit
             if v is not None:
                 if silent:
@@ -214,19 +337,27 @@ class PresenceEngine:
                 elif tr.zone not in self._in_store and now - v.last_in >= timeout:
                     self._end_visit(dev, tr, v.last_in, out)
                 elif now - v.start >= s.max_visit_s:
-                    self._end_visit(dev, tr, now, out)
-                    tr.resident = True
-                    self.stats.residents += 1
+                    self._make_resident(dev, tr, "long-visit", now, out)
                 elif (
                     not v.visitor
+                    and tr.zone in self._in_store
+                    and tr.zone not in self._entrances
+                    and min(now, tr.last_inside) - v.start >= s.visitor_confirm_s
+                ) or (
+                    not v.visitor
                     and tr.zone in self._entrances
-                    and v.entrance_s + (now - tr.zone_since) >= s.visitor_min_s
+                    # time actually seen inside: a passer-by walking along the glass stays in the
+                    # hysteresis band of a front zone without being in it
+                    and v.entrance_s + (min(now, tr.last_inside) - tr.zone_since) >= s.visitor_min_s
                 ):
                     self._qualify(dev, v, out)
             if silent:
                 if not tr.had_visit and not tr.resident and tr.outside_seen:
                     self._street_passer_by(dev, tr, out)
                 del self._tracks[dev]
+                if self.alias:
+                    for k in [k for k, tgt in self.alias.items() if tgt == dev]:
+                        del self.alias[k]
         self._publish_aggregates(now, out, final=False)
         return out
 
@@ -251,6 +382,10 @@ class PresenceEngine:
     def forget(self, subject: str) -> None:
         """Erase everything held about ``subject`` (opt-out): no event is emitted for it."""
         self._tracks.pop(subject, None)
+        self._residents.pop(subject, None)
+        for k in [k for k, v in self.alias.items() if v == subject or k == subject]:
+            self._tracks.pop(k, None)
+            del self.alias[k]
         self.qualifier.forget(subject)
         for scopes in self._buckets.values():
             for scope, rows in scopes.items():
@@ -303,7 +438,7 @@ class PresenceEngine:
             self._emit(
                 v, ZoneEntered(ts=t, store_id=self.store_id, subject=dev, subject_kind=self._sk(dev), zone=new), out
             )
-            if not v.visitor and new not in self._entrances:
+            if not v.visitor and new not in self._entrances and t - v.start >= self._s.visitor_confirm_s:
                 self._qualify(dev, v, out)
         elif not tr.outside_seen or tr.outside_seen[-1] != new:
             tr.outside_seen.append(new)
@@ -314,14 +449,98 @@ class PresenceEngine:
         else:
             v.pending.append(ev)
 
+    def _resolve_orphans(self, now: float, out: list[EventBase]) -> None:
+        """Let each waiting orphan continue a track of the same kind that stopped where it appeared."""
+        if self._chain_info is None:
+            return
+        tracks = self._tracks
+        r2 = ORPHAN_RADIUS_M**2
+        for dev, tr in list(tracks.items()):
+            if tr.orphan_until == -math.inf:
+                continue
+            info = self._chain_info(dev)
+            kind = info.kind if info is not None else None
+            best: tuple[float, str] | None = None
+            for other, ot in tracks.items():
+                if other == dev or ot.resident or ot.orphan_until != -math.inf:
+                    continue
+                if not (tr.first_seen - 6.0 <= ot.last_seen <= tr.last_seen - ORPHAN_SILENCE_S):
+                    continue
+                if ot.last_seen > tr.first_seen + 5.0:  # spoke long after the orphan appeared: not it
+                    continue
+                oi = self._chain_info(other)
+                if oi is None or oi.kind != kind:
+                    continue
+                d2 = (ot.x - tr.x) ** 2 + (ot.y - tr.y) ** 2
+                if d2 <= r2 and (best is None or d2 < best[0]):
+                    best = (d2, other)
+            if best is not None:
+                old = best[1]
+                self.alias[dev] = old
+                for k, tgt in list(self.alias.items()):
+                    if tgt == dev:
+                        self.alias[k] = old
+                ot = tracks[old]
+                ot.last_seen = max(ot.last_seen, tr.last_seen)
+                ot.x, ot.y = tr.x, tr.y
+                del tracks[dev]
+                self.stats.merges += 1
+                if len(self.merge_log) < 1_000_000:
+                    self.merge_log.append((dev, old))
+            elif now >= tr.orphan_until:
+                tr.orphan_until = -math.inf  # a device of its own: qualifies like any other (tick)
+
+    def _companion_kind(self, dev: str) -> bool:
+        if self._chain_info is None:
+            return False
+        c = self._chain_info(dev)
+        return c is not None and c.kind in COMPANION_KINDS
+
+    def _is_companion(self, dev: str, tr: _Track) -> bool:
+        """Moved with a phone most of the time it was seen (or, seen too briefly, right now)."""
+        if tr.companion:
+            return True
+        if tr.near_checks >= 3:
+            return tr.near_phone * 2 >= tr.near_checks
+        return self._moves_with_phone(dev)
+
+    def _moves_with_phone(self, dev: str) -> bool:
+        """Is ``dev`` a tracker/earbuds/wearable right next to a phone (the phone is the visitor)?"""
+        if self._chain_info is None:
+            return False
+        c = self._chain_info(dev)
+        if c is None or c.kind not in COMPANION_KINDS:
+            return False
+        me = self._tracks.get(dev)
+        if me is None:
+            return False
+        r2 = self._s.companion_radius_m**2
+        for other, tr in self._tracks.items():
+            if other == dev or tr.resident or abs(tr.last_seen - me.last_seen) > 5.0:
+                continue
+            oc = self._chain_info(other)
+            if oc is not None and oc.kind in ("phone", "computer") and (tr.x - me.x) ** 2 + (tr.y - me.y) ** 2 <= r2:
+                return True
+        return False
+
     def _qualify(self, dev: str, v: _Visit, out: list[EventBase]) -> None:
+        tr = self._tracks.get(dev)
+        if tr is not None and tr.orphan_until != -math.inf:
+            return  # an orphan waits: it may continue a visit already counted
+        if tr is not None and tr.deep_s < self._s.visitor_deep_s:
+            return  # not yet seen clearly inside: a passer-by's estimate strays across the shop front
+        if tr is not None and self._is_companion(dev, tr):
+            if not tr.companion:
+                tr.companion = True
+                self.stats.companions += 1
+            return
         v.visitor = True
         self.stats.visits_started += 1
         out.append(VisitStarted(ts=v.start, store_id=self.store_id, subject=dev, subject_kind=self._sk(dev)))
         out.extend(v.pending)
         v.pending = []
 
-    def _end_visit(self, dev: str, tr: _Track, end: float, out: list[EventBase]) -> None:
+    def _end_visit(self, dev: str, tr: _Track, end: float, out: list[EventBase], *, resident: bool = False) -> None:
         v = tr.visit
         if v is None:
             return
@@ -335,13 +554,37 @@ class PresenceEngine:
             tr.zone = None
             tr.zone_since = end
             tr.cand = _NO
-            if not v.visitor and v.entrance_s >= self._s.visitor_min_s:
+            if not v.visitor and v.entrance_s >= self._s.visitor_min_s and not resident:
                 self._qualify(dev, v, out)
         tr.visit = None
         end = max(end, v.start)
         duration = end - v.start
         dwell = {z: round(d, 3) for z, d in v.dwell.items()}
         kind = self._sk(dev)
+        if resident:
+            # it turned out to be staff / a fixture: close what went out, count it as no visit
+            if v.visitor:
+                self.stats.visits_started -= 1
+                out.append(
+                    VisitEnded(
+                        ts=end,
+                        store_id=self.store_id,
+                        subject=dev,
+                        subject_kind=kind,
+                        started_ts=v.start,
+                        duration_s=duration,
+                        visitor=False,
+                        resident=True,
+                    )
+                )
+            self._count(end, dev, False, duration, {}, resident=True)
+            return
+        if tr.companion or (not v.visitor and self._companion_kind(dev) and self._is_companion(dev, tr)):
+            if not tr.companion:
+                tr.companion = True
+                self.stats.companions += 1
+            self._count(end, dev, False, duration, {}, resident=False, companion=True)
+            return
         if v.visitor:
             self.stats.visits_ended += 1
         else:
@@ -376,6 +619,9 @@ class PresenceEngine:
         self._count(end, dev, v.visitor, duration, dwell)
 
     def _street_passer_by(self, dev: str, tr: _Track, out: list[EventBase]) -> None:
+        if self._companion_kind(dev) and self._is_companion(dev, tr):
+            self.stats.companions += 1
+            return  # a tag or earbuds going by with a phone: the phone is the passer-by
         self.stats.passers_by += 1
         end = tr.last_seen
         if self._s.report_passers_by:
@@ -413,9 +659,25 @@ class PresenceEngine:
                 return label
         return self._bin_labels[-1]
 
-    def _count(self, end: float, dev: str, visitor: bool, duration: float, dwell: dict[str, float]) -> None:
+    def _count(
+        self,
+        end: float,
+        dev: str,
+        visitor: bool,
+        duration: float,
+        dwell: dict[str, float],
+        *,
+        resident: bool = False,
+        companion: bool = False,
+    ) -> None:
         idx = math.floor(end / self._s.aggregate_interval_s)
         scopes = self._buckets.setdefault(idx, {})
+        if resident:
+            self._resident_rows.setdefault(idx, set()).add(dev)
+            scopes.setdefault(None, [])
+            return
+        if companion:
+            return
         scopes.setdefault(None, []).append((dev, visitor, duration))
         for z, d in dwell.items():
             scopes.setdefault(z, []).append((dev, visitor, d))
@@ -428,6 +690,7 @@ class PresenceEngine:
             if not final and start + iv + self._grace > now:
                 break
             scopes = self._buckets.pop(idx)
+            residents = len(self._resident_rows.pop(idx, ()))
             for scope in sorted(scopes, key=lambda z: (z is not None, z or "")):
                 rows = scopes[scope]
                 visitors = {r[0] for r in rows if r[1]}
@@ -451,6 +714,7 @@ class PresenceEngine:
                         passers_by=len(passers),
                         conversion=round(len(visitors) / total, 4) if total else None,
                         dwell_histogram=hist,
+                        residents=residents if scope is None else 0,
                     )
                 )
                 self.stats.aggregates_published += 1

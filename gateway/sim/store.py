@@ -1,4 +1,4 @@
-"""A seeded store simulator: shoppers, passers-by, phones with rotating addresses, fixed beacons.
+"""A seeded store simulator: shoppers, passers-by, staff, fixed devices, each with real BLE adverts.
 
 Pure: time is an argument (``step(t_end)``), randomness comes from one seeded generator, and the
 output depends only on the seed, the layout, the settings and the step schedule (the simulated
@@ -12,10 +12,21 @@ Radio model: :mod:`gateway.sim.radio` (per advert, per sensor)::
 ``shadow(t)`` persists per phone and sensor (``persistent_shadowing_db``, ``shadowing_tau_s``; 0 by
 default); ``fade`` is a body/shelf shadow of ``fade_db`` with probability ``fade_probability``. Ground truth
 (positions, visits, dwell per zone) is kept for tests and benchmarks.
+
+Devices (``gateway.sim.devices`` says what each kind advertises and where the figures come from):
+every person carries zero or more devices, each with its own advert interval, transmit power and
+address-rotation schedule (about every ``mac_rotation_s`` with ``rotation_jitter_s`` of jitter).
+Every observation carries the advert's parsed content (``Observation.adv``) as a real radio's would.
+Rotations are **unlinkable** unless ``link_rotations`` (the stand-in for a consented phone's IRK):
+then a phone's addresses carry ``link = sim-<seed>-<person>``. Staff (``staff``) carry a phone and
+every second one a handheld scanner, and walk the store all day; fixed devices (``fixtures``: a
+TV, a printer, an Apple TV whose address rotates) and ``beacons`` never move. Passers-by walk the
+pavement (the ``outside`` zone) at a random distance from the shop front.
 """
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 import math
 from dataclasses import dataclass, field
@@ -26,10 +37,11 @@ from numpy.typing import NDArray
 
 from gateway.config import SimulatorSettings
 from gateway.layout import Layout, Zone, points_in_polygon
-from gateway.models import Observation
+from gateway.models import AdvertInfo, Observation
+from gateway.sim.devices import SimDevice, advert_info, draw_shopper_devices, draw_staff_devices, fixture_devices
 from gateway.sim.radio import Channel, RadioEnv
 
-PersonKind = Literal["visitor", "passer-by", "beacon"]
+PersonKind = Literal["visitor", "passer-by", "staff", "fixture"]
 
 
 @dataclass(slots=True)
@@ -40,6 +52,7 @@ class VisitTruth:
     end: float
     dwell_by_zone: dict[str, float] = field(default_factory=dict)
     path: list[str] = field(default_factory=list)
+    devices: list[str] = field(default_factory=list)  # true kinds of the devices carried
 
 
 @dataclass(slots=True)
@@ -53,6 +66,7 @@ class _Person:
     advert_phase: float
     rotation_phase: float
     next_advert: float
+    devices: list[_Emitter] = field(default_factory=list)
 
     @property
     def t_end(self) -> float:
@@ -62,11 +76,39 @@ class _Person:
         return np.interp(ts, self.t, self.x), np.interp(ts, self.t, self.y)
 
 
+@dataclass(slots=True)
+class _Emitter:
+    """One advertising device of a person: its schedule, power and address epochs."""
+
+    person: _Person
+    dev: SimDevice
+    tx_offset: float
+    next_advert: float
+    bounds: list[float]  # address rotation instants so far (epoch k starts at bounds[k-1])
+    period: float
+    jitter: float
+    rng_seed: int
+
+    def epoch(self, t: float) -> int:
+        if not self.dev.rotates:
+            return 0
+        b = self.bounds
+        while b[-1] <= t:
+            # deterministic jitter per (device, rotation) so a replay reproduces the schedule
+            h = hashlib.sha256(f"{self.rng_seed}:{self.dev.did}:{len(b)}".encode()).digest()
+            u = int.from_bytes(h[:4], "big") / 2**32 * 2.0 - 1.0
+            b.append(b[-1] + max(60.0, self.period + u * self.jitter))
+        return bisect.bisect_right(b, t)
+
+
 def _mac_from(seed: int, pid: int, epoch: int, static: bool) -> str:
     b = bytearray(hashlib.sha256(f"{seed}:{pid}:{epoch}".encode()).digest()[:6])
     # BLE: top two bits 0b01 = resolvable private address (phones); 0b11 = random static (beacons)
     b[0] = (b[0] & 0x3F) | (0xC0 if static else 0x40)
     return ":".join(f"{x:02X}" for x in b)
+
+
+STAFF_DAY_S = 14 * 3600.0
 
 
 class StoreSimulator:
@@ -81,6 +123,9 @@ class StoreSimulator:
         self.layout = layout
         self.settings = settings
         self.rng = np.random.default_rng(settings.seed)
+        # devices and schedules come from their own stream, so adding a device kind does not move
+        # every shopper's path
+        self.dev_rng = np.random.default_rng([settings.seed, 0xDE71CE])
         self.now = settings.start_ts if start_ts is None else start_ts
         self.t0 = self.now
         ids = [x.id for x in layout.sensors]
@@ -94,17 +139,26 @@ class StoreSimulator:
         self._zones = layout.zones
         self._entrance = self._zone_of_kind("entrance")
         self._street = self._zone_of_kind("outside")
-        self._targets = [z for z in layout.zones if z.kind in ("aisle", "other")] or [
+        self._targets = [z for z in layout.zones if z.kind in ("aisle", "other", "front")] or [
             z for z in layout.zones if z.kind not in ("outside", "entrance")
         ]
         self._checkout = self._zone_of_kind("checkout")
         self.people: dict[int, _Person] = {}
         self.visits: list[VisitTruth] = []
-        self.mac_owner: dict[str, int] = {}
+        self.residents: list[VisitTruth] = []  # staff and fixed devices (truth)
+        self.mac_owner: dict[str, int] = {}  # raw address -> person
+        self.mac_device: dict[str, int] = {}  # raw address -> device id
+        self.device_kind: dict[int, str] = {}  # device id -> true kind
+        self.device_owner: dict[int, int] = {}  # device id -> person
+        self._person_kind: dict[int, PersonKind] = {}
+        self._emitters: list[_Emitter] = []
         self._next_pid = 0
+        self._next_did = 0
         self._next_arrival = self.now + self._interarrival()
-        for _ in range(settings.beacons):
-            self._spawn_beacon()
+        for i in range(settings.staff):
+            self._spawn_staff(i)
+        for d in fixture_devices(settings.fixtures, settings.beacons):
+            self._spawn_fixture(d)
 
     # -- world --------------------------------------------------------------------------------
 
@@ -134,15 +188,21 @@ class StoreSimulator:
         cx = float(poly[:, 0].mean())
         return (cx, float(poly[:, 1].min()) - 2.5), (cx, float(poly[:, 1].min()) + 1.5)
 
-    def _street_ends(self) -> tuple[tuple[float, float], tuple[float, float]]:
+    def _street_ends(self, lane: float | None = None) -> tuple[tuple[float, float], tuple[float, float]]:
+        """Both ends of a walk along the pavement; ``lane`` in [0, 1]: 0 at the shop front."""
         if self._street is None:
             w = self.layout.store.width_m
             return (-2.0, -2.5), (w + 2.0, -2.5)
         poly = np.asarray(self._street.polygon)
         y = float(poly[:, 1].mean())
+        if lane is not None:
+            lo, hi = float(poly[:, 1].min()), float(poly[:, 1].max())
+            front = hi if abs(hi) <= abs(lo) else lo  # the side that touches the store (y = 0)
+            back = lo if front == hi else hi
+            y = front + (back - front) * (0.15 + 0.7 * lane)
         return (float(poly[:, 0].min()) + 0.1, y), (float(poly[:, 0].max()) - 0.1, y)
 
-    def _new_person(self, kind: PersonKind, wps: list[tuple[float, float, float]]) -> _Person:
+    def _new_person(self, kind: PersonKind, wps: list[tuple[float, float, float]], devices: list[SimDevice]) -> _Person:
         arr = np.asarray(wps, dtype=np.float64)
         p = _Person(
             pid=self._next_pid,
@@ -157,6 +217,30 @@ class StoreSimulator:
         )
         self._next_pid += 1
         self.people[p.pid] = p
+        self._person_kind[p.pid] = kind
+        s = self.settings
+        r = self.dev_rng
+        for d in devices:
+            d.did = self._next_did
+            d.seed = s.seed
+            self._next_did += 1
+            interval = d.interval_s * s.advert_interval_s
+            period = s.mac_rotation_s * float(r.uniform(0.93, 1.07))
+            em = _Emitter(
+                person=p,
+                dev=d,
+                tx_offset=d.tx_db + float(r.normal(0.0, s.tx_spread_db)),
+                next_advert=float(arr[0, 0] + r.uniform(0, interval)),
+                bounds=[float(arr[0, 0] + r.uniform(0, period))],
+                period=period,
+                jitter=s.rotation_jitter_s,
+                rng_seed=s.seed,
+            )
+            em.dev.interval_s = interval
+            p.devices.append(em)
+            self._emitters.append(em)
+            self.device_kind[d.did] = d.truth_kind
+            self.device_owner[d.did] = p.pid
         return p
 
     def _walk(self, wps: list[tuple[float, float, float]], to: tuple[float, float], speed: float) -> None:
@@ -169,13 +253,16 @@ class StoreSimulator:
         wps.append((t + seconds, x, y))
 
     def _spawn_shopper(self, t: float) -> None:
-        a, b = self._street_ends()
-        if self.rng.random() < 0.5:
-            a, b = b, a
         speed = float(self.rng.uniform(0.8, 1.4))
+        flip = self.rng.random() < 0.5
+        passer = self.rng.random() < self.settings.passer_by_fraction
+        lane = float(self.rng.random()) if passer else None
+        a, b = self._street_ends(lane)
+        if flip:
+            a, b = b, a
         wps: list[tuple[float, float, float]] = [(t, a[0], a[1])]
         outside, inside = self._door()
-        if self.rng.random() < self.settings.passer_by_fraction:
+        if passer:
             kind: PersonKind = "passer-by"
             if self.rng.random() < 0.25 and self._entrance is not None:  # glances in at the door
                 self._walk(wps, outside, speed)
@@ -199,16 +286,33 @@ class StoreSimulator:
             self._walk(wps, inside, speed)
             self._walk(wps, outside, speed)
             self._walk(wps, b, speed)
-        p = self._new_person(kind, wps)
-        self.visits.append(self._truth(p))
+        devices = draw_shopper_devices(
+            self.dev_rng, ios_share=self.settings.ios_share, android_silent=self.settings.android_silent
+        )
+        p = self._new_person(kind, wps, devices)
+        truth = self._truth(p)
+        truth.devices = [d.truth_kind for d in devices]
+        self.visits.append(truth)
 
-    def _spawn_beacon(self) -> None:
+    def _spawn_staff(self, index: int) -> None:
+        zones = [*self._targets, *([self._checkout] if self._checkout is not None else [])]
+        x, y = self._point_in(zones[index % len(zones)])
+        wps: list[tuple[float, float, float]] = [(self.now, x, y)]
+        while wps[-1][0] < self.now + STAFF_DAY_S:
+            self._walk(wps, self._point_in(zones[int(self.rng.integers(len(zones)))]), 1.0)
+            self._dwell(wps, float(np.clip(self.rng.lognormal(math.log(240), 0.7), 30, 1800)))
+        devices = draw_staff_devices(self.dev_rng, index)
+        p = self._new_person("staff", wps, devices)
+        self.residents.append(VisitTruth(p.pid, "staff", self.now, p.t_end, devices=[d.truth_kind for d in devices]))
+
+    def _spawn_fixture(self, dev: SimDevice) -> None:
         zone = self._targets[self._next_pid % len(self._targets)] if self._targets else None
         if zone is not None:
             x, y = self._point_in(zone)
         else:
             x, y = self.layout.store.width_m / 2, self.layout.store.depth_m / 2
-        self._new_person("beacon", [(self.now, x, y), (math.inf, x, y)])
+        p = self._new_person("fixture", [(self.now, x, y), (math.inf, x, y)], [dev])
+        self.residents.append(VisitTruth(p.pid, "fixture", self.now, math.inf, devices=[dev.truth_kind]))
 
     def _truth(self, p: _Person) -> VisitTruth:
         ts = np.arange(p.t[0], p.t[-1], 0.5)
@@ -239,14 +343,26 @@ class StoreSimulator:
 
     # -- observation ----------------------------------------------------------------------------
 
+    def _address(self, em: _Emitter, t: float) -> tuple[str, int]:
+        epoch = em.epoch(t)
+        mac = _mac_from(self.settings.seed, 1_000_000 + em.dev.did, epoch, static=not em.dev.rotates)
+        if mac not in self.mac_owner:
+            self.mac_owner[mac] = em.person.pid
+            self.mac_device[mac] = em.dev.did
+        return mac, epoch
+
+    def visits_kind(self, did: int) -> PersonKind | None:
+        """Who carries device ``did``: visitor, passer-by, staff or fixture (truth)."""
+        p = self.device_owner.get(did)
+        if p is None:
+            return None
+        return self._person_kind.get(p)
+
     def device_id(self, p: _Person, t: float) -> str:
-        if p.kind == "beacon":
-            mac = _mac_from(self.settings.seed, p.pid, 0, static=True)
-        else:
-            epoch = int((t + p.rotation_phase) // self.settings.mac_rotation_s)
-            mac = _mac_from(self.settings.seed, p.pid, epoch, static=False)
-        self.mac_owner.setdefault(mac, p.pid)
-        return mac
+        """The address of ``p``'s first device at ``t`` (its phone, when it carries one)."""
+        if not p.devices:
+            return _mac_from(self.settings.seed, p.pid, 0, static=True)
+        return self._address(p.devices[0], t)[0]
 
     def truth_position(self, pid: int, t: float) -> tuple[float, float] | None:
         p = self.people.get(pid)
@@ -265,54 +381,67 @@ class StoreSimulator:
         while self._next_arrival <= t_end:
             self._spawn_shopper(self._next_arrival)
             self._next_arrival += self._interarrival()
-        interval = self.settings.advert_interval_s
         times: list[NDArray[np.float64]] = []
-        owners: list[_Person] = []
-        for p in list(self.people.values()):
-            if p.next_advert > t_end:
-                if p.t_end < self.now:
-                    del self.people[p.pid]
+        owners: list[_Emitter] = []
+        keep: list[_Emitter] = []
+        for em in self._emitters:
+            p = em.person
+            interval = em.dev.interval_s
+            if em.next_advert > t_end:
+                if p.t_end >= self.now:
+                    keep.append(em)
                 continue
-            k = int((t_end - p.next_advert) // interval) + 1
-            ts = np.asarray(p.next_advert + interval * np.arange(k), dtype=np.float64)
+            keep.append(em)
+            k = int((t_end - em.next_advert) // interval) + 1
+            ts = np.asarray(em.next_advert + interval * np.arange(k), dtype=np.float64)
             ts = ts[ts <= p.t_end]
-            p.next_advert += interval * k
+            em.next_advert += interval * k
             if len(ts):
                 times.append(ts)
-                owners.extend([p] * len(ts))
+                owners.extend([em] * len(ts))
+        self._emitters = keep
+        gone = [pid for pid, p in self.people.items() if p.t_end < self.now]
+        for pid in gone:
+            del self.people[pid]
+        self.channel.forget(gone)
         self.now = t_end
         if not times:
             return []
         ts_all = np.concatenate(times)
         # BLE advDelay: 0-10 ms pseudo-random jitter per advert
-        ts_all = ts_all + self.rng.uniform(0.0, 0.01, size=len(ts_all))
+        ts_all = np.minimum(ts_all + self.rng.uniform(0.0, 0.01, size=len(ts_all)), t_end)
         xs = np.empty(len(ts_all))
         ys = np.empty(len(ts_all))
         tx = np.empty(len(ts_all))
-        pid = np.empty(len(ts_all), dtype=np.int64)
+        keys = np.empty(len(ts_all), dtype=np.int64)  # the radio channel's shadowing is per person
         off = 0
         for arr in times:
-            p = owners[off]
-            xs[off : off + len(arr)], ys[off : off + len(arr)] = p.position(arr)
-            tx[off : off + len(arr)] = p.tx_offset
-            pid[off : off + len(arr)] = p.pid
+            em = owners[off]
+            xs[off : off + len(arr)], ys[off : off + len(arr)] = em.person.position(arr)
+            tx[off : off + len(arr)] = em.person.tx_offset + em.tx_offset
+            keys[off : off + len(arr)] = em.person.pid
             off += len(arr)
-        rssi, heard = self.channel.sample(pid, ts_all, np.column_stack([xs, ys]), tx)
+        rssi, heard = self.channel.sample(keys, ts_all, np.column_stack([xs, ys]), tx)
         order = np.argsort(ts_all, kind="stable")
         out: list[Observation] = []
         sids = self.sensor_ids
         link = self.settings.link_rotations
+        seed = self.settings.seed
         for a in order:
             row = heard[a]
             if not row.any():
                 continue
-            p = owners[a]
+            em = owners[a]
+            p = em.person
             t = float(ts_all[a])
-            dev = self.device_id(p, t)
-            lk = f"sim-{self.settings.seed}-{p.pid}" if (link and p.kind != "beacon") else None
-            r1m = -59.0 if p.kind == "beacon" else None
+            dev, epoch = self._address(em, t)
+            info: AdvertInfo = advert_info(em.dev.payload(epoch, t), em.dev.rotates)
+            lk = None
+            if link and em.dev.rotates:  # the phone keeps the historical id; other devices their own
+                lk = f"sim-{seed}-{p.pid}" if em is p.devices[0] else f"sim-{seed}-{p.pid}-d{em.dev.did}"
+            r1m = -59.0 if em.dev.model == "ibeacon" else None
             for j in np.flatnonzero(row):
-                out.append(Observation(t, sids[j], dev, float(rssi[a, j]), "sim", r1m, lk))
+                out.append(Observation(t, sids[j], dev, float(rssi[a, j]), "sim", r1m, lk, info))
         return out
 
     def rssi(self, xy: NDArray[np.float64], tx_offset: NDArray[np.float64]) -> NDArray[np.float64]:

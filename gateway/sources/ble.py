@@ -35,6 +35,7 @@ from gateway.layout import Layout
 from gateway.log import REDACTED, get_logger, redact_text
 from gateway.models import Observation, SourceHealth
 from gateway.parsers.ble import AdvertParseError, rssi_at_1m_of
+from gateway.parsers.ble_vendors import advert_info
 from gateway.sources.base import LIVE_RADIO
 
 log = get_logger("gateway.sources.ble")
@@ -317,6 +318,8 @@ class BleSource:
                     r1m = rssi_at_1m_of(h.manufacturer_data, h.service_data)
                 except AdvertParseError:
                     self.health.drop("malformed_frame")  # observation kept, ranging data dropped
+            # what the advert says about its sender, for the rotation linker and presence
+            rotating = h.address_type != "public" and h.address[:1] in "01234567"  # private: top bit 0
             out.append(
                 Observation(
                     ts=h.ts,
@@ -326,6 +329,7 @@ class BleSource:
                     radio="ble",
                     rssi_at_1m=r1m,
                     link=links[k] if links is not None else None,
+                    adv=advert_info(h.manufacturer_data, h.service_data, rotating=rotating),
                 )
             )
         self.health.observations += len(out)

@@ -1,18 +1,20 @@
-"""Wi-Fi probe-request sources: live monitor-mode capture and pcap replay.
+"""Wi-Fi probe-request sources: the capture relay's frames (live) and pcap replay.
 
-Live capture (:class:`WifiCaptureSource`):
+Live (:class:`WifiRelaySource`): the daemon holds no capability and its unit denies ``AF_PACKET``
+and ``AF_NETLINK``, so it never opens the radio. The capture relay (``gateway-wifi-capture.service``,
+:mod:`gateway.capture.relay`) does - packet socket, monitor mode, channel hopping - and sends every
+frame, unparsed, as one message on a Unix ``SOCK_SEQPACKET`` connection to ``wifi.capture_socket``,
+which this source binds and listens on (mode 0660, in the daemon's RuntimeDirectory). The source
+reads with ``add_reader``, draining up to ``batch_max`` messages per wake-up, and decodes here,
+unprivileged.
 
-* one raw ``AF_PACKET`` socket bound to the monitor interface (no tcpdump subprocess), driven by
-  the event loop with ``add_reader``: each wake-up drains up to ``batch_max`` frames with
-  non-blocking ``recv`` and decodes them in place (a few microseconds each), so the loop is never
-  held for long and nothing blocks;
-* channel hopping over ``channels`` with ``dwell_s`` per channel through nl80211 (pyroute2), or the
-  ``iw`` tool when pyroute2 cannot, or not at all - the health record says which, and why;
-* monitor mode is set at start when ``set_monitor`` asks and the kernel lets us.
-
-Privileges: opening the socket needs CAP_NET_RAW; hopping and monitor mode need CAP_NET_ADMIN.
-Only :meth:`WifiCaptureSource._open` and :class:`ChannelHopper` use them; everything else is
-plain Python over bytes.
+The relay also sends a status message about once a second. The source's health says what the relay
+says (interface, hopping, monitor mode, its drops) and whether it is there at all: ``running``
+while it captures, ``degraded`` with ``relay: not heard yet`` / ``disconnected`` / ``silent`` when
+it has not connected, has closed its connection, or has sent nothing for ``wifi.relay_silent_s``,
+and ``running`` again when it is back; a relay that restarted (a new instance id) counts as a
+recovery. The source never fails for a missing relay: it waits for it, so start order does not
+matter.
 
 Observations: ``radio="wifi"``, ``sensor=settings.sensor_id``, ``device`` = raw MAC (RAM only -
 the identity stage pseudonymises it), ``link`` = the MAC group id (rotating randomized MACs that
@@ -24,91 +26,28 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
-import fcntl
+import os
 import secrets
-import shutil
 import socket
-import struct
 import time
 from collections.abc import AsyncGenerator, Callable, Iterator
 from pathlib import Path
-from typing import Any
 
+from gateway.capture import wire
+from gateway.capture.wire import CapturedFrame, FrameError, RelayStatus
 from gateway.config import WifiSettings
 from gateway.identity.wifi_groups import GroupParams, WifiGrouper
 from gateway.log import get_logger
 from gateway.models import Observation, SourceHealth
-from gateway.parsers.pcap import LINKTYPE_IEEE802_11, LINKTYPE_RADIOTAP, PcapError, Record, read_records
+from gateway.parsers.pcap import PcapError, Record, read_records
 from gateway.parsers.wifi_probe import Probe, ProbeDecoder
 from gateway.sources.base import LIVE_RADIO, RECORDING
 
-__all__ = ["ChannelHopper", "PcapReplaySource", "WifiCaptureSource", "channel_freq", "make_wifi_source"]
+__all__ = ["PcapReplaySource", "RelaySocket", "WifiRelaySource", "make_wifi_source"]
 
 log = get_logger(__name__)
 
-ETH_P_ALL = 0x0003
-ARPHRD_IEEE80211 = 801
-ARPHRD_IEEE80211_RADIOTAP = 803
-SIOCGIFHWADDR = 0x8927
-
-
-SO_ATTACH_FILTER = 26
-
-
-def probe_request_filter(linktype: int) -> list[tuple[int, int, int, int]]:
-    """Classic BPF program passing only probe requests (frame control byte 0x40, flags ignored).
-
-    With radiotap the 802.11 frame starts at the little-endian header length in bytes 2-3, which
-    BPF loads into X. On a busy channel most frames are data frames: dropping them in the kernel
-    keeps them off the socket, the event loop and the CPU. (A frame too short for the program is
-    dropped by the kernel too - it is never counted.)
-    """
-    accept, drop = (0x06, 0, 0, 0xFFFF), (0x06, 0, 0, 0)
-    tail = [(0x54, 0, 0, 0xFC), (0x15, 0, 1, 0x40), accept, drop]  # and #0xfc; jeq #0x40
-    if linktype == LINKTYPE_RADIOTAP:
-        head = [
-            (0x30, 0, 0, 3),  # ldb [3]
-            (0x64, 0, 0, 8),  # lsh #8
-            (0x07, 0, 0, 0),  # tax
-            (0x30, 0, 0, 2),  # ldb [2]
-            (0x4C, 0, 0, 0),  # or x
-            (0x07, 0, 0, 0),  # tax      X = radiotap length
-            (0x50, 0, 0, 0),  # ldb [x + 0]
-        ]
-    else:
-        head = [(0x30, 0, 0, 0)]  # ldb [0]
-    return head + tail
-
-
-def attach_filter(sock: socket.socket, program: list[tuple[int, int, int, int]]) -> None:
-    insns = b"".join(struct.pack("HBBI", code, jt, jf, k) for code, jt, jf, k in program)
-    buf = ctypes.create_string_buffer(insns, len(insns))
-    fprog = struct.pack("HL", len(program), ctypes.addressof(buf))
-    sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_FILTER, fprog)
-
-
-def channel_freq(ch: int) -> int:
-    """Centre frequency (MHz) of a 2.4 / 5 GHz channel number."""
-    if ch == 14:
-        return 2484
-    if 1 <= ch <= 13:
-        return 2407 + 5 * ch
-    return 5000 + 5 * ch
-
-
-def arphrd_type(interface: str) -> int | None:
-    """The interface's ARPHRD type (803: radiotap monitor), None if there is no such interface.
-
-    Asked with SIOCGIFHWADDR rather than read from sysfs: /sys shows the network namespace it was
-    mounted in, the ioctl the one we run in.
-    """
-    try:
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-            res = fcntl.ioctl(s.fileno(), SIOCGIFHWADDR, struct.pack("16s16x", interface.encode()[:15]))
-    except OSError:
-        return None
-    return int(struct.unpack_from("H", res, 16)[0])
+SOCKET_MODE = 0o660  # the relay runs as the daemon's user/group (systemd/README.md)
 
 
 def _obs_ts(o: Observation) -> float:
@@ -153,11 +92,11 @@ class _ProbeObservations:
             return None
         if p.rssi is None:
             # plain 802.11 without radiotap: nothing to range with (the grouper still learns from it)
-            self.grouper.offer(p.mac, p.randomized, p.fingerprint, p.seq, ts, None, None)
+            self.grouper.offer(p.mac, p.randomized, p.fingerprint, p.seq, ts, None, None, p.ssid)
             self.health.drop("no_rssi")
             return None
         obs = Observation(ts, self.sensor, p.mac, float(p.rssi), "wifi", None, None)
-        obs.link = self.grouper.offer(p.mac, p.randomized, p.fingerprint, p.seq, ts, p.rssi, obs)
+        obs.link = self.grouper.offer(p.mac, p.randomized, p.fingerprint, p.seq, ts, p.rssi, obs, p.ssid)
         return obs  # link None: held (the grouper sets it on this object when it decides)
 
     @property
@@ -197,218 +136,179 @@ class _ProbeObservations:
         self._health_calls += 1
 
 
-class ChannelHopper:
-    """Cycle the interface over ``channels``, ``dwell_s`` each.
+class RelaySocket:
+    """The daemon's end of the relay's connection: listen, accept, read without blocking, decode.
 
-    Tries nl80211 through pyroute2 (no subprocess per hop), then the ``iw`` tool. When neither
-    works (no wireless device, no CAP_NET_ADMIN) it says so once in the log and in ``state`` and
-    stops trying; capture continues on whatever channel the radio is on.
+    One relay at a time: a new connection replaces the old one (a restarted relay connects again
+    before the old connection's end is noticed). ``connected`` says whether a relay is connected.
     """
 
-    def __init__(self, interface: str, channels: list[int], dwell_s: float) -> None:
-        self.interface = interface
-        self.channels = list(channels)
-        self.dwell_s = dwell_s
-        self.current: int | None = None
-        self.backend: str | None = None
-        self.state = "idle"
-        self.failures: dict[str, str] = {}
-        self._iw: Any = None
-        self._ifindex: int | None = None
+    def __init__(self, path: Path, *, rcvbuf: int = 1 << 20) -> None:
+        self.path = path
+        self.rcvbuf = rcvbuf
+        self.listener: socket.socket | None = None
+        self.conn: socket.socket | None = None
+        self.messages = 0
+        self.malformed = 0
+        self.connections = 0
+        self.last_error: str | None = None
 
-    async def _nl80211(self, ch: int) -> None:
-        from pyroute2.iwutil import AsyncIW
-        from pyroute2.netlink.nl80211 import NL80211_NAMES, nl80211cmd
+    @property
+    def connected(self) -> bool:
+        return self.conn is not None
 
-        if self._iw is None:
-            iw = AsyncIW()
-            try:
-                await iw.setup_endpoint()
-            except BaseException:
-                iw.close()
-                raise
-            self._iw = iw
-            self._ifindex = socket.if_nametoindex(self.interface)
-        msg = nl80211cmd()
-        msg["cmd"] = NL80211_NAMES["NL80211_CMD_SET_WIPHY"]
-        msg["attrs"] = [["NL80211_ATTR_IFINDEX", self._ifindex], ["NL80211_ATTR_WIPHY_FREQ", channel_freq(ch)]]
-        await self._iw._do_request(msg)
-
-    async def _iw_tool(self, ch: int) -> None:
-        exe = shutil.which("iw")
-        if exe is None:
-            raise FileNotFoundError("the iw tool is not installed")
-        proc = await asyncio.create_subprocess_exec(
-            exe, "dev", self.interface, "set", "channel", str(ch),
-            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
-        )  # fmt: skip
+    def open(self) -> None:
+        """Bind and listen (a stale socket from a previous run is replaced); group-writable."""
+        with contextlib.suppress(FileNotFoundError):
+            if self.path.is_socket():
+                self.path.unlink()
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         try:
-            _, err = await asyncio.wait_for(proc.communicate(), 5.0)
-        except TimeoutError:
-            proc.kill()
-            await proc.wait()
-            raise TimeoutError("iw did not answer within 5 s") from None
-        if proc.returncode != 0:
-            raise OSError(err.decode(errors="replace").strip() or f"iw exited with {proc.returncode}")
+            sock.setblocking(False)
+            sock.bind(str(self.path))
+            os.chmod(self.path, SOCKET_MODE)
+            sock.listen(4)
+        except BaseException:
+            sock.close()
+            raise
+        self.listener = sock
 
-    async def set_channel(self, ch: int) -> bool:
-        """Tune to ``ch``; False if no backend can."""
-        backends: list[tuple[str, Callable[[int], Any]]] = [("nl80211", self._nl80211), ("iw", self._iw_tool)]
-        if self.backend is not None:
-            backends = [b for b in backends if b[0] == self.backend]
-        for name, fn in backends:
-            try:
-                await fn(ch)
-            except Exception as e:  # any failure: note it, try the next backend
-                self.failures[name] = f"{type(e).__name__}: {e}"
-                if self.backend == name:
-                    self.backend = None  # it worked before: re-probe all backends next time
-                continue
-            self.backend = name
-            self.current = ch
-            return True
-        return False
-
-    async def run(self) -> None:
-        """Hop until cancelled (or until no backend works)."""
-        if not self.channels:
-            self.state = "off: no channels configured"
-            return
-        i = 0
-        self.state = "starting"
+    def accept(self) -> socket.socket | None:
+        """Take a waiting connection (closing the previous one); None if there is none."""
+        if self.listener is None:
+            return None
         try:
-            while True:
-                ch = self.channels[i % len(self.channels)]
-                if not await self.set_channel(ch):
-                    why = "; ".join(f"{k}: {v}" for k, v in self.failures.items())
-                    self.state = f"unavailable: cannot set the channel ({why})"
-                    log.warning("wifi.hopping_unavailable", interface=self.interface, reason=why)
-                    return
-                self.state = f"hopping via {self.backend}"
-                if len(self.channels) == 1:
-                    self.state = f"fixed on channel {ch} via {self.backend}"
-                    return
-                i += 1
-                await asyncio.sleep(self.dwell_s)
-        finally:
-            self.close()
+            conn, _ = self.listener.accept()
+        except (BlockingIOError, InterruptedError):
+            return None
+        conn.setblocking(False)
+        with contextlib.suppress(OSError):
+            conn.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, self.rcvbuf)
+        self.drop_connection()
+        self.conn = conn
+        self.connections += 1
+        return conn
+
+    def drop_connection(self) -> None:
+        if self.conn is not None:
+            self.conn.close()
+            self.conn = None
 
     def close(self) -> None:
-        if self._iw is not None:
-            with contextlib.suppress(Exception):
-                self._iw.close()
-            self._iw = None
+        self.drop_connection()
+        if self.listener is not None:
+            self.listener.close()
+            self.listener = None
+            with contextlib.suppress(FileNotFoundError):
+                self.path.unlink()
+
+    def read(self, limit: int) -> Iterator[CapturedFrame | RelayStatus]:
+        """What is queued now, up to ``limit`` messages (malformed ones counted and skipped); the
+        relay closing its end drops the connection (``connected`` turns False)."""
+        conn = self.conn
+        if conn is None:
+            return
+        recv = conn.recv
+        decode = wire.decode
+        for _ in range(limit):
+            try:
+                msg = recv(wire.DATAGRAM_MAX + 64)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as e:  # reset by a relay that died
+                self.last_error = f"relay connection: {e.strerror or e}"
+                self.drop_connection()
+                return
+            if not msg:  # the relay closed its end (stopped)
+                self.drop_connection()
+                return
+            self.messages += 1
+            try:
+                yield decode(msg)
+            except FrameError as e:
+                self.malformed += 1
+                self.last_error = str(e)
 
 
-async def set_monitor_mode(interface: str) -> str:
-    """Put ``interface`` into monitor mode (down, type monitor, up). Returns what happened."""
-    if arphrd_type(interface) == ARPHRD_IEEE80211_RADIOTAP:
-        return "already in monitor mode"
-    exe_ip, exe_iw = shutil.which("ip"), shutil.which("iw")
-    if exe_ip is None or exe_iw is None:
-        return "cannot set monitor mode: the ip/iw tools are missing"
-    steps = [
-        [exe_ip, "link", "set", interface, "down"],
-        [exe_iw, "dev", interface, "set", "type", "monitor"],
-        [exe_ip, "link", "set", interface, "up"],
-    ]
-    for cmd in steps:
-        proc = await asyncio.create_subprocess_exec(
-            *cmd, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE
-        )
-        _, err = await asyncio.wait_for(proc.communicate(), 10.0)
-        if proc.returncode != 0:
-            msg = err.decode(errors="replace").strip()
-            if cmd[1] == "dev":  # bring the link back up after a failed type change
-                up = await asyncio.create_subprocess_exec(*steps[2], stderr=asyncio.subprocess.DEVNULL)
-                await up.wait()
-            return f"cannot set monitor mode: {' '.join(cmd[1:])}: {msg}"
-    return "monitor mode set"
+class WifiRelaySource:
+    """Live probe requests from the capture relay (see the module docstring)."""
 
+    capabilities = LIVE_RADIO  # "Restart scanner" binds the capture socket again
 
-class WifiCaptureSource:
-    """Live probe-request capture from a monitor-mode interface (see the module docstring)."""
-
-    capabilities = LIVE_RADIO  # "Restart scanner" reopens the socket
-
-    def __init__(self, settings: WifiSettings, *, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self, settings: WifiSettings, *, socket_path: Path | None = None, clock: Callable[[], float] = time.time
+    ) -> None:
         self.settings = settings
+        self.path = socket_path or settings.capture_socket
         self.name = f"wifi:{settings.interface}"
         self.health = SourceHealth(name=self.name)
         self._clock = clock
         self._conv = _ProbeObservations(settings, self.health)
-        self.hopper = ChannelHopper(settings.interface, settings.channels, settings.dwell_s)
-        self._sock: socket.socket | None = None
+        self.rx = RelaySocket(self.path)
         self._pending: list[Observation] = []
         self._wake = asyncio.Event()
-        self._linktype = LINKTYPE_RADIOTAP
-        self._error: OSError | None = None
         self.frames = 0
+        self.relay: RelayStatus | None = None  # the relay's latest status
+        self._heard: float | None = None  # monotonic time of the relay's latest datagram
+        self._since = time.monotonic()
+        self._relay_drops_before: dict[str, int] = {}  # relay-side drops of earlier relay instances
+        self._conn_fd: int | None = None
 
-    def _resolve_linktype(self) -> int | None:
-        lt = self.settings.linktype
-        if lt == "radiotap":
-            return LINKTYPE_RADIOTAP
-        if lt == "ieee80211":
-            return LINKTYPE_IEEE802_11
-        t = arphrd_type(self.settings.interface)
-        self.health.detail["arphrd"] = t
-        if t == ARPHRD_IEEE80211_RADIOTAP:
-            return LINKTYPE_RADIOTAP
-        if t == ARPHRD_IEEE80211:
-            return LINKTYPE_IEEE802_11
-        return None
-
-    def _open(self) -> socket.socket:
-        """The one privileged step (CAP_NET_RAW): a raw packet socket bound to the interface."""
-        sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ALL))
-        try:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, self.settings.rcvbuf_bytes)
-            if self.settings.kernel_filter:
-                attach_filter(sock, probe_request_filter(self._linktype))
-            sock.bind((self.settings.interface, ETH_P_ALL))
-            sock.setblocking(False)
-        except BaseException:
-            sock.close()
-            raise
-        return sock
+    def _on_accept(self) -> None:
+        """A relay connects (at start, after a restart of either side): read from it from now on."""
+        loop = asyncio.get_running_loop()
+        if self._conn_fd is not None:
+            loop.remove_reader(self._conn_fd)
+            self._conn_fd = None
+        conn = self.rx.accept()
+        if conn is not None:
+            self._conn_fd = conn.fileno()
+            loop.add_reader(self._conn_fd, self._on_readable)
+            self._heard = time.monotonic()
+            self._wake.set()
 
     def _on_readable(self) -> None:
-        """Drain up to batch_max frames; decode them; wake the consumer."""
-        sock = self._sock
-        if sock is None:
-            return
-        now = self._clock()
-        channel = self.hopper.current
-        lt = self._linktype
+        """Drain up to batch_max messages; decode frames; note the relay's status; wake the consumer."""
         convert = self._conv.convert
         pending = self._pending
         limit = self.settings.max_pending
         n = 0
-        for _ in range(self.settings.batch_max):
-            try:
-                data = sock.recv(65535)
-            except (BlockingIOError, InterruptedError):
-                break
-            except OSError as e:  # interface gone (ENODEV), network down (ENETDOWN)...
-                self.health.state = "degraded"
-                self.health.detail["error"] = f"recv on {self.settings.interface}: {e.strerror or e}"
-                self._error = e
-                self._wake.set()
-                break
+        got = False
+        for item in self.rx.read(self.settings.batch_max):
+            got = True
+            if type(item) is not CapturedFrame:
+                assert isinstance(item, RelayStatus)
+                self._relay_status(item)
+                continue
             n += 1
-            obs = convert(now, lt, data, channel)
+            obs = convert(item.ts, item.linktype, item.data, item.channel)
             if obs is None or obs.link is None:
                 continue  # dropped, or held until its group is decided (then from take_ready)
             if len(pending) >= limit:
                 self.health.drop("backpressure")
                 continue
             pending.append(obs)
+        if got:
+            self._heard = time.monotonic()
+        if not self.rx.connected and self._conn_fd is not None:  # the relay went away
+            asyncio.get_running_loop().remove_reader(self._conn_fd)
+            self._conn_fd = None
+            self._wake.set()
         if self._conv.ready:
             self._release(self._conv.take_ready())
         self.frames += n
-        if pending:
+        if pending or got:
             self._wake.set()
+
+    def _relay_status(self, st: RelayStatus) -> None:
+        prev = self.relay
+        if prev is not None and prev.instance != st.instance:
+            # the relay restarted: its counts start again; keep the earlier instance's drops
+            self.health.recoveries += 1
+            for k, v in prev.counts.items():
+                self._relay_drops_before[k] = self._relay_drops_before.get(k, 0) + v
+            log.info("wifi.relay_restarted", interface=st.interface)
+        self.relay = st
 
     def _release(self, obs: list[Observation]) -> None:
         """Queue held observations whose group was decided (older than those queued: sorted in)."""
@@ -422,63 +322,83 @@ class WifiCaptureSource:
             pending.extend(obs)
             pending.sort(key=_obs_ts)
 
-    async def batches(self) -> AsyncGenerator[list[Observation], None]:
-        s = self.settings
+    def _sync_relay_health(self) -> None:
+        """Health from the relay's latest status and from how long it has been silent."""
         h = self.health
-        h.detail["interface"] = s.interface
-        if s.set_monitor:
-            h.detail["monitor"] = await set_monitor_mode(s.interface)
-            log.info("wifi.monitor", interface=s.interface, result=h.detail["monitor"])
-        lt = self._resolve_linktype()
-        if lt is None:
-            h.state = "failed"
-            h.detail["error"] = (
-                f"{s.interface} is not a monitor interface (ARPHRD type {h.detail.get('arphrd')}); "
-                "set wifi.set_monitor = true or wifi.linktype explicitly"
+        d = h.detail
+        now = time.monotonic()
+        silent_s = now - (self._heard if self._heard is not None else self._since)
+        st = self.relay
+        if not self.rx.connected and self._heard is not None:
+            h.state = "degraded"
+            d["relay"] = f"disconnected {silent_s:.0f} s ago (is gateway-wifi-capture.service running?)"
+        elif silent_s > self.settings.relay_silent_s:
+            h.state = "degraded"
+            d["relay"] = (
+                f"silent for {silent_s:.0f} s (is gateway-wifi-capture.service running?)"
+                if self._heard is not None
+                else f"not heard yet ({silent_s:.0f} s; is gateway-wifi-capture.service running?)"
             )
-            log.error("wifi.not_monitor", interface=s.interface, arphrd=h.detail.get("arphrd"))
-            return
-        self._linktype = lt
-        h.detail["linktype"] = "radiotap" if lt == LINKTYPE_RADIOTAP else "ieee80211"
-        h.detail["kernel_filter"] = "probe requests only" if s.kernel_filter else "off"
+        elif st is not None:
+            d["relay"] = st.state
+            h.state = "running" if st.state == "capturing" else "degraded"
+        if st is not None:
+            d["interface"] = st.interface
+            d["hopping"] = st.hopping
+            d["monitor"] = st.monitor
+            d["channel"] = st.channel
+            d["linktype"] = st.linktype
+            d["kernel_filter"] = st.kernel_filter
+            d["relay_received"] = st.counts.get("received", 0)
+            for key in ("dropped_busy", "dropped_no_daemon", "truncated"):
+                total = st.counts.get(key, 0) + self._relay_drops_before.get(key, 0)
+                if total:
+                    h.dropped[f"relay_{key.removeprefix('dropped_')}"] = total
+        d["relay_restarts"] = h.recoveries
+        d["frames"] = self.frames
+        if self.rx.malformed:
+            h.dropped["malformed.relay_message"] = self.rx.malformed
+
+    async def batches(self) -> AsyncGenerator[list[Observation], None]:
+        h = self.health
+        h.detail["socket"] = str(self.path)
         try:
-            self._sock = self._open()
+            self.rx.open()
         except OSError as e:
             h.state = "failed"
-            h.detail["error"] = f"cannot open a packet socket on {s.interface}: {e.strerror or e}"
-            log.error("wifi.open_failed", interface=s.interface, error=str(e.strerror or e))
+            h.detail["error"] = f"cannot bind the capture socket {self.path}: {e.strerror or e}"
+            log.error("wifi.socket_failed", path=str(self.path), error=str(e.strerror or e))
             return
+        assert self.rx.listener is not None
+        fd = self.rx.listener.fileno()
         loop = asyncio.get_running_loop()
-        hop_task: asyncio.Task[None] | None = None
-        if s.hop and s.channels:
-            hop_task = asyncio.create_task(self.hopper.run(), name=f"{self.name}:hop")
-        else:
-            self.hopper.state = "off (wifi.hop = false)" if not s.hop else "off: no channels configured"
-        h.detail["hopping"] = self.hopper.state
-        loop.add_reader(self._sock.fileno(), self._on_readable)
-        h.state = "running"
+        loop.add_reader(fd, self._on_accept)
+        self._since = time.monotonic()
+        h.state = "degraded"
+        h.detail["relay"] = "not heard yet"
+        was_silent = announced = False
         try:
             while True:
-                # wake at least once a second: a held MAC's frames must not wait for the next frame
+                # wake at least once a second: held MACs must not wait for the next frame, and a
+                # silent relay must show on the status page
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), 1.0)
                 self._wake.clear()
                 if self._conv.held:
                     self._release(self._conv.poll(self._clock()))
+                self._sync_relay_health()
+                silent = h.detail.get("relay", "").startswith(("silent", "not heard yet (", "disconnected"))
+                if silent and not was_silent:
+                    log.warning("wifi.relay_silent", detail=h.detail["relay"])
+                elif not silent and self.relay is not None and (was_silent or not announced):
+                    log.info("wifi.relay_heard", relay=h.detail["relay"], interface=self.relay.interface)
+                    announced = True
+                was_silent = silent
                 batch, self._pending = self._pending, []
-                if self._error is not None and not batch:
-                    # the socket is dead: fail loudly so the supervisor restarts the source
-                    err, self._error = self._error, None
-                    h.state = "failed"
-                    log.error("wifi.capture_failed", interface=s.interface, error=str(err.strerror or err))
-                    raise err
                 if not batch:
                     continue
                 h.observations += len(batch)
                 h.last_observation_ts = batch[-1].ts
-                h.detail["hopping"] = self.hopper.state
-                h.detail["channel"] = self.hopper.current
-                h.detail["frames"] = self.frames
                 self._conv.sync_health()
                 yield batch
         finally:
@@ -487,15 +407,12 @@ class WifiCaptureSource:
             lost = len(self._conv.flush())
             if lost:
                 h.detail["held_at_stop"] = lost
-            loop.remove_reader(self._sock.fileno())
-            self._sock.close()
-            self._sock = None
-            if hop_task is not None:
-                hop_task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await hop_task
+            loop.remove_reader(fd)
+            if self._conn_fd is not None:
+                loop.remove_reader(self._conn_fd)
+                self._conn_fd = None
+            self.rx.close()
             self._conv.sync_health()
-            h.detail["hopping"] = self.hopper.state
             if h.state != "failed":
                 h.state = "stopped"
 
@@ -604,8 +521,8 @@ class PcapReplaySource:
         return batch
 
 
-def make_wifi_source(settings: WifiSettings) -> WifiCaptureSource | PcapReplaySource:
-    """The configured Wi-Fi source: pcap replay when ``wifi.pcap`` is set, else live capture."""
+def make_wifi_source(settings: WifiSettings) -> WifiRelaySource | PcapReplaySource:
+    """The configured Wi-Fi source: pcap replay when ``wifi.pcap`` is set, else the capture relay's frames."""
     if settings.pcap is not None:
         return PcapReplaySource(settings)
-    return WifiCaptureSource(settings)
+    return WifiRelaySource(settings)

@@ -56,8 +56,11 @@ async def test_metrics_add_up_to_what_the_platform_received(tmp_path: Path, mosq
         loop = asyncio.get_running_loop()
         end = loop.time() + 90
         sim = next(s for s in daemon.sources if s.name.startswith("sim"))
+        settled: tuple[int, float] | None = None  # (last_seq, since): nothing new for 3 s (the clock task
+        # advances event time once more after the last batch, which may close a zone)
         while loop.time() < end:
-            # the simulated 15 minutes are over, everything stored was acknowledged and received
+            # the simulated 15 minutes are over, everything stored was acknowledged and received,
+            # and the pipeline has worked through its queue (the last batches may still be in it)
             done = daemon.supervisor.states.get(f"source:{sim.name}")
             ob = daemon.outbox
             # ... and the event clock has ticked the pipeline through the simulated day's last second
@@ -66,8 +69,11 @@ async def test_metrics_add_up_to_what_the_platform_received(tmp_path: Path, mosq
             ticked = daemon.pipeline._next_tick is not None and daemon.pipeline._next_tick > sim.sim.now
             if done is not None and done.state == "done" and ob is not None and not daemon.pending and ticked:
                 received = sum(led.received for led in cloud.ledgers.values())
-                if ob.backlog == 0 and ob.last_seq > 0 and received == ob.last_seq:
-                    break
+                if ob.backlog == 0 and ob.last_seq > 0 and received == ob.last_seq and daemon.queue.qsize() == 0:
+                    if settled is None or settled[0] != ob.last_seq:
+                        settled = (ob.last_seq, loop.time())
+                    elif loop.time() - settled[1] >= 3.0:
+                        break
             await asyncio.sleep(0.2)
         else:
             raise AssertionError("the daemon did not settle")

@@ -160,7 +160,7 @@ def find_phone_on_map(p: SimPipelineProvider, shown: set[str]) -> tuple[str, str
     """(current MAC, subject) of a simulated phone whose dot is on the map and stays a while."""
     kr = p.keyring
     for pid, person in sorted(p.sim.people.items()):
-        if person.kind == "beacon" or person.t_end < p.sim_now + 30:
+        if person.kind == "fixture" or person.t_end < p.sim_now + 30:
             continue
         subject = kr.pseudonym(f"sim-{SEED}-{pid}", p.sim_now)  # the simulator's linked identity
         if subject in shown:
@@ -186,7 +186,7 @@ def served(tmp_path: Path, clock: PausableClock) -> Iterator[ServerThread]:
         login_lockout_base_s=1.0,
         loop_lag_interval_s=0.5,
     )
-    sim = load_settings(simulator={"seed": SEED, "speed": 2.0, "shoppers_per_hour": 1800})
+    sim = load_settings(simulator={"seed": SEED, "speed": 2.0, "shoppers_per_hour": 1800, "link_rotations": True})
     provider = SimPipelineProvider(sim, xss_layout(), clock=clock, campaigns=xss_campaigns(), warmup_s=45)
     st = ServerThread(provider, settings, cred)
     try:
@@ -294,6 +294,8 @@ def test_status_page_in_chromium(served: ServerThread, clock: PausableClock, tmp
         digests = served.run(lambda: served.provider.identity.optout_count)
         assert digests >= 2
         wait_for(lambda: f"opt-outs\n{digests}" in text(driver, "#overview"), what="opt-out count")
+        # the pipeline panel (this provider runs the pipeline inline: no queue or thread to show)
+        assert text(driver, "#pipeline").startswith("queued\n-\nwait\n- (longest -)")
         driver.find_element(By.CSS_SELECTOR, "button[data-action='test-event']").click()
         wait_for(lambda: text(driver, "#action-result") == "test event queued", what="test event")
         wait_for(lambda: "heartbeat" in text(driver, "#events"), what="test event listed")

@@ -52,6 +52,13 @@
     if (typeof v === "object") return JSON.stringify(v);
     return String(v);
   }
+  function fmtMs(seconds) {
+    if (seconds === null || seconds === undefined || !isFinite(seconds)) return "-";
+    return (seconds * 1000).toFixed(seconds < 0.01 ? 1 : 0) + " ms";
+  }
+  function fmtPct(v) {
+    return v === null || v === undefined || !isFinite(v) ? "-" : v.toFixed(0) + " %";
+  }
   function fmtClock(c) {
     if (!c) return "-";
     const state = c.synchronized === true ? "synchronized" : c.synchronized === false ? "NOT synchronized" : "sync unknown";
@@ -206,6 +213,20 @@
   }
 
   // -- panels -------------------------------------------------------------------------------
+  function fmtResidents(r) {
+    if (!r) return "-";
+    const parts = Object.keys(r).sort().map(function (k) { return k + " " + r[k]; });
+    return parts.length ? parts.join(", ") : "0";
+  }
+
+  // Wi-Fi devices present (last minute, with its uncertainty; the mean of the last interval)
+  function fmtWifi(w) {
+    if (!w || w.devices === undefined) return "-";
+    let out = w.devices + " \u00b1 " + w.sd + " (heard in " + fmtAge(w.window_s) + ")";
+    if (w.interval) out += "; " + w.interval.devices + " on average over " + fmtAge(w.interval.interval_s);
+    return out;
+  }
+
   function renderStatus(s) {
     const now = s.ts || Date.now() / 1000;
     kv(document.getElementById("overview"), [
@@ -214,6 +235,9 @@
       ["clock", fmtClock(s.clock)],
       ["disk free", s.disk && s.disk.total_bytes ? fmtBytes(s.disk.free_bytes) + " of " + fmtBytes(s.disk.total_bytes) : "-"],
       ["opt-outs", s.optouts],
+      ["staff / fixtures set apart", fmtResidents((s.extra || {}).residents)],
+      ["rotations linked", (s.extra || {}).linked_rotations],
+      ["Wi-Fi devices", fmtWifi(s.wifi_devices)],
     ]);
     const u = s.uplink || {};
     kv(document.getElementById("uplink"), [
@@ -224,6 +248,18 @@
     kv(document.getElementById("outbox"), [
       ["backlog", o.backlog], ["oldest unsent", o.oldest_age_s === null ? "-" : fmtAge(o.oldest_age_s)],
       ["evictions", o.evictions], ["size", fmtBytes(o.bytes)],
+      ["disk", o.disk_state ? { text: o.disk_state, cls: "state-" + String(o.disk_state).replace(/[^a-z]/g, "") } : "-"],
+      ["cap", o.cap_bytes ? fmtBytes(o.cap_bytes) : "-"],
+      ["held in RAM", o.refusing ? String(o.pending) + " (disk refuses: " + o.refusing + ")" : "-"],
+    ]);
+    // back-pressure in front of the pipeline thread, and its load: the box's headroom
+    const p = s.pipeline || {};
+    kv(document.getElementById("pipeline"), [
+      ["queued", p.queued_batches === undefined ? "-" : p.queued_batches + " batches, " + p.queued_observations + " observations"],
+      ["wait", fmtMs(p.wait_s) + " (longest " + fmtMs(p.max_wait_s) + ")"],
+      ["thread busy", fmtPct(p.busy_pct) + " (CPU " + fmtPct(p.cpu_pct) + " of a core)"],
+      ["longest job", fmtMs(p.longest_job_s)],
+      ["dropped late", p.dropped_late], ["loop lag", fmtMs(p.loop_lag_s)],
     ]);
     const RATES = ["adverts_per_s", "frames_per_s"];
     table(document.getElementById("sources"), ["source", "state", "observations", "rate/s", "recoveries", "dropped", "last", "detail"],
@@ -257,14 +293,15 @@
     }
     table(document.getElementById("sensors"), ["sensor", "last heard"], rows);
     const occ = s.zone_occupancy || {};
+    const wz = (s.wifi_devices && s.wifi_devices.by_zone) || {};
     const zrows = [];
     for (const z of (layout ? layout.zones : [])) {
       const n = occ[z.id] || 0;
       const t = zoneLabels.get(z.id);
       if (t) t.textContent = n + " here";
-      zrows.push([z.name || z.id, z.kind, n]);
+      zrows.push([z.name || z.id, z.kind, n, wz[z.id] === undefined ? "-" : wz[z.id]]);
     }
-    table(document.getElementById("zones"), ["zone", "kind", "occupancy"], zrows);
+    table(document.getElementById("zones"), ["zone", "kind", "occupancy", "Wi-Fi devices"], zrows);
     table(document.getElementById("campaigns"), ["id", "name", "active"],
       (s.campaigns || []).map((c) => [c.id, c.name, c.active]));
     table(document.getElementById("actors"), ["id", "name", "kind", "state"],

@@ -35,7 +35,8 @@ def test_decode_hex_prints_one_json_object() -> None:
         "major": 3838,
         "minor": 4949,
         "measured_power": -59,
-        "company_id": 76,
+        "company_id": "0x004C",
+        "company": "Apple, Inc.",
         "rssi_at_1m": -59.0,
     }
 
@@ -93,4 +94,23 @@ def test_separators_and_prefix_are_tolerated(capsys: pytest.CaptureFixture[str])
 
 def test_needs_hex_or_file(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["decode", "ble"]) == 2
-    assert "either HEX or --file" in capsys.readouterr().err
+    assert "either HEX or --file F (- for either reads standard input)" in capsys.readouterr().err
+
+
+def test_stdin_company_names_kind_and_bare_manufacturer_hint() -> None:
+    """``-`` reads stdin; company ids come with their SIG name; bare manufacturer data gets a hint."""
+    p = subprocess.run(
+        gateway_cmd("decode", "ble", "-"),
+        input="0aff4c001005471cfe5900\n4c001005471cfe5900\n",
+        capture_output=True,
+        text=True,
+        env=gateway_env(),
+        timeout=60,
+    )
+    assert p.returncode == 2
+    first = json.loads(p.stdout.splitlines()[0])
+    assert first["kind"] == "phone"
+    assert first["messages"][0]["message"] == "apple-nearby-info"
+    assert first["frames"][0]["company_id"] == "0x004C" and first["frames"][0]["company"] == "Apple, Inc."
+    assert "<stdin>:2: malformed advert" in p.stderr
+    assert "bare manufacturer data (company 0x004C Apple, Inc.)" in p.stderr and "try 0aff4c00" in p.stderr

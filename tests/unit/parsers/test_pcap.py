@@ -336,8 +336,8 @@ def test_decode_pcap_holds_undecided_frames_but_keeps_capture_order() -> None:
 
     g = WifiGrouper(GroupParams(max_delay_s=90.0))
     with (FIX / "crowd.pcap").open("rb") as f:
-        for ts, mac, randomized, rssi, _ch, _hidden, fp, seq in ProbeDecoder().iter_probes(read_records(f)):
-            g.offer(mac, randomized, fp, seq, ts, rssi, None)
+        for ts, mac, randomized, rssi, _ch, _hidden, fp, seq, ssid in ProbeDecoder().iter_probes(read_records(f)):
+            g.offer(mac, randomized, fp, seq, ts, rssi, None, ssid)
     assert g.held_frames > 0
 
 

@@ -28,6 +28,9 @@ T0 = 1_767_261_600.0  # aligned to the 900 s aggregate grid
 
 
 def engine(**kw: float) -> PresenceEngine:
+    # these tests are about zone sessions and timing: the shop-front rules (bench_store and
+    # test_residents_fronts.py cover them) are off so the demo layout's front zones act as before
+    kw = {"front_from_outside": False, "visitor_confirm_s": 0.0, "visitor_deep_s": 0.0, **kw}
     return PresenceEngine(LAYOUT, PresenceSettings(**kw), "demo-store")
 
 

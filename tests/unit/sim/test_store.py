@@ -45,7 +45,7 @@ def test_rssi_follows_path_loss_model() -> None:
 
 
 def test_phones_rotate_addresses_and_linking_is_marked() -> None:
-    sim, obs = run(5, seconds=900, mac_rotation_s=120)
+    sim, obs = run(5, seconds=900, mac_rotation_s=120, link_rotations=True)
     by_person: dict[str, set[str]] = {}
     for o in obs:
         if o.link:
@@ -65,3 +65,17 @@ def test_ground_truth_visits() -> None:
             assert any(z in v.dwell_by_zone for z in ("produce", "grocery", "electronics", "service"))
         else:
             assert not any(z in v.dwell_by_zone for z in ("produce", "grocery", "electronics", "checkout"))
+
+
+def test_rotations_are_unlinkable_by_default_and_adverts_carry_their_kind() -> None:
+    sim, obs = run(5, seconds=900, mac_rotation_s=120)
+    assert all(o.link is None for o in obs)
+    assert all(o.adv is not None for o in obs)
+    by_device: dict[int, set[str]] = {}
+    for o in obs:
+        by_device.setdefault(sim.mac_device[o.device], set()).add(o.device)
+    assert any(len(v) > 1 for v in by_device.values()), "no device rotated its address"
+    kinds = {o.adv.kind for o in obs if o.adv is not None}
+    assert {"phone", "fixture", "beacon"} <= kinds
+    # staff and fixtures are in the truth, apart from visits
+    assert {r.kind for r in sim.residents} == {"staff", "fixture"}

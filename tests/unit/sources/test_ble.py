@@ -162,6 +162,27 @@ async def test_observations_carry_sensor_rssi_ranging_and_resolved_identity() ->
     assert src.health.state == "stopped"
 
 
+async def test_observations_say_what_kind_of_device_and_whether_its_address_rotates() -> None:
+    """The rotation linker downstream needs the advert's kind and rotation-stable content."""
+    be = FakeBackend()
+    src = BleSource(settings(), backend=be)
+    it = src.batches()
+    task = asyncio.ensure_future(anext(it))
+    await wait_for(lambda: be.cb is not None)
+    nearby = bytes.fromhex("1005471cfe5900")  # Apple Nearby Info (ROS-BLE-Device-scanner log)
+    be.emit("5C:11:22:33:44:55", -60, mfr={0x004C: nearby})  # resolvable private address
+    be.emit("C0:11:22:33:44:55", -70, mfr={0x004C: IBEACON_BODY})  # random static
+    async with asyncio.timeout(2):
+        batch = await task
+    while len(batch) < 2:
+        batch += await next_batch(it)
+    phone, beacon = batch[0].adv, batch[1].adv
+    assert phone is not None and phone.kind == "phone" and phone.rotating
+    assert beacon is not None and beacon.kind == "beacon" and not beacon.rotating
+    assert "11:22" not in phone.signature and "5c1122" not in phone.signature  # no address in it
+    await it.aclose()
+
+
 async def test_malformed_beacon_frame_is_counted_but_observation_kept() -> None:
     be = FakeBackend()
     src = BleSource(settings(), backend=be)

@@ -1,30 +1,28 @@
-"""Wi-Fi sources: pcap replay, the capture drain loop, channel hopper fallbacks, settings.
+"""Wi-Fi sources: pcap replay, the relay's frames (drain loop, relay state), settings.
 
-The live AF_PACKET path on a real veth pair is in tests/integration/test_wifi_capture.py.
+The relay capturing on a real veth pair, and `gateway run` unprivileged on its frames, are in
+tests/integration/test_wifi_capture.py.
 """
 
 from __future__ import annotations
 
 import asyncio
-import socket
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
+from gateway.capture.radio import channel_freq
+from gateway.capture.relay import Relay
+from gateway.capture.wire import LINKTYPE_RADIOTAP, RelayStatus
 from gateway.config import ConfigError, WifiSettings, load_settings
 from gateway.models import Observation
 from gateway.parsers.ieee80211 import build_probe_request
 from gateway.parsers.pcap import write_pcap
 from gateway.parsers.radiotap import build_radiotap
 from gateway.sources.base import Source
-from gateway.sources.wifi import (
-    ChannelHopper,
-    PcapReplaySource,
-    WifiCaptureSource,
-    channel_freq,
-    make_wifi_source,
-)
+from gateway.sources.wifi import PcapReplaySource, WifiRelaySource, make_wifi_source
 
 FIX = Path(__file__).resolve().parents[2] / "fixtures" / "wifi"
 
@@ -110,47 +108,59 @@ async def test_plain_80211_replay_has_no_rssi_to_range_with(tmp_path: Path) -> N
     assert src.health.dropped == {"no_rssi": 1}
 
 
-def _capture_with_socketpair(**kw: object) -> tuple[WifiCaptureSource, socket.socket]:
-    """A capture source whose packet socket is replaced by one end of a datagram socketpair, so the
-    drain loop (batching, decoding, backpressure) can be driven without privileges."""
-    src = WifiCaptureSource(WifiSettings(linktype="radiotap", **kw), clock=lambda: 500.0)  # type: ignore[arg-type]
-    a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
-    a.setblocking(False)
-    src._sock = a
-    return src, b
+class _Wired:
+    """A relay source whose socket is bound in ``tmp_path`` and a :class:`Relay` connected to it, so the
+    drain loop (batching, decoding, backpressure, relay state) runs for real without privileges."""
+
+    def __init__(self, tmp_path: Path, **kw: object) -> None:
+        self.now = [500.0]
+        path = tmp_path / "capture.sock"
+        self.src = WifiRelaySource(WifiSettings(capture_socket=path, **kw), clock=lambda: self.now[0])  # type: ignore[arg-type]
+        self.src.rx.open()
+        self.relay = Relay(path)
+
+    def send(self, frame: bytes, ts: float | None = None) -> None:
+        t = self.now[0] if ts is None else ts
+        assert self.relay.forward(frame, LINKTYPE_RADIOTAP, ts_ns=int(t * 1e9), channel=6)
+        if not self.src.rx.connected:
+            self.src.rx.accept()
+
+    def close(self) -> None:
+        self.relay.close()
+        self.src.rx.close()
 
 
-def test_drain_reads_at_most_batch_max_per_wakeup() -> None:
-    src, tx = _capture_with_socketpair(batch_max=3)
+def test_drain_reads_at_most_batch_max_per_wakeup(tmp_path: Path) -> None:
+    w = _Wired(tmp_path, batch_max=3, group_hold_s=0.0)
+    src = w.src
     try:
         for i in range(7):
-            tx.send(_probe(bytes.fromhex("020000000001"), 10 + i, -40 - i))
+            w.send(_probe(bytes.fromhex("020000000001"), 10 + i, -40 - i), ts=500.0 + i)
         src._on_readable()
         assert len(src._pending) == 3
         src._on_readable()
         src._on_readable()
         src._on_readable()  # nothing left: returns without blocking
         assert [o.rssi for o in src._pending] == [-40.0 - i for i in range(7)]
-        assert all(o.ts == 500.0 for o in src._pending)
+        assert [o.ts for o in src._pending] == [500.0 + i for i in range(7)]  # the relay's capture time
         assert src.frames == 7
         assert src._wake.is_set()
     finally:
-        tx.close()
-        assert src._sock is not None
-        src._sock.close()
+        w.close()
 
 
-def test_drain_counts_drops_and_backpressure() -> None:
-    src, tx = _capture_with_socketpair(max_pending=100)
+def test_drain_counts_drops_and_backpressure(tmp_path: Path) -> None:
+    w = _Wired(tmp_path, max_pending=100, group_hold_s=0.0)
+    src = w.src
     try:
         mac = bytes.fromhex("020000000001")
         for i in range(105):
-            tx.send(_probe(mac, i, -50))
-        tx.send(_probe(mac, 200, -50, ch=4))  # valid, on its channel: but the buffer is full
-        tx.send(b"\x00\x00\x09\x00" + bytes(3))  # malformed radiotap
+            w.send(_probe(mac, i, -50))
+        w.send(_probe(mac, 200, -50, ch=4))  # valid, on its channel: but the buffer is full
+        w.send(b"\x00\x00\x09\x00" + bytes(3))  # malformed radiotap
         off = bytearray(_probe(mac, 201, -50, ch=6))
         off[-1] = 9  # DS parameter set: sent on channel 9, heard on 6
-        tx.send(bytes(off))
+        w.send(bytes(off))
         for _ in range(5):
             src._on_readable()
         src._conv.sync_health()
@@ -159,62 +169,80 @@ def test_drain_counts_drops_and_backpressure() -> None:
         assert src.health.dropped["malformed.radiotap"] == 1
         assert src.health.dropped["off_channel"] == 1
     finally:
-        tx.close()
-        assert src._sock is not None
-        src._sock.close()
+        w.close()
 
 
-async def test_capture_on_missing_interface_fails_clearly() -> None:
-    src = WifiCaptureSource(WifiSettings(interface="nosuchif0", linktype="radiotap"))
+async def _wait(pred: Callable[[], bool], timeout: float = 10.0) -> None:
+    for _ in range(int(timeout / 0.02)):
+        if pred():
+            return
+        await asyncio.sleep(0.02)
+    assert pred()
+
+
+async def test_relay_source_follows_the_relay_coming_going_and_restarting(tmp_path: Path) -> None:
+    """Start order does not matter: before the relay the source waits (degraded, says why); it runs
+    once the relay captures; a stopped relay shows as disconnected; a restarted one as a recovery."""
+    path = tmp_path / "capture.sock"
+    src = WifiRelaySource(WifiSettings(capture_socket=path, relay_silent_s=2.0, sensor_id="gw"))
+    got: list[Observation] = []
+
+    async def consume() -> None:
+        async for batch in src.batches():
+            got.extend(batch)
+
+    task = asyncio.create_task(consume())
+    h = src.health
+    try:
+        await _wait(lambda: path.exists())
+        assert path.stat().st_mode & 0o777 == 0o660
+        assert h.state == "degraded"
+        assert h.detail["relay"].startswith("not heard yet")
+        relay = Relay(path)
+        st = RelayStatus("first", 1.0, "mon0", "capturing", "radiotap", "hopping via iw", "monitor mode set")
+        assert relay.send_status(st)
+        mac = bytes.fromhex("001122334455")
+        for i in range(3):
+            assert relay.forward(_probe(mac, i, -55), LINKTYPE_RADIOTAP, channel=6)
+        await _wait(lambda: len(got) == 3 and h.state == "running")
+        assert h.detail["relay"] == "capturing"
+        assert (h.detail["interface"], h.detail["hopping"], h.detail["monitor"]) == (
+            "mon0",
+            "hopping via iw",
+            "monitor mode set",
+        )
+        assert all(o.sensor == "gw" and o.radio == "wifi" for o in got)
+        relay.stats.dropped_busy = 4  # what a relay that could not keep up reports
+        relay.send_status(st)
+        await _wait(lambda: h.dropped.get("relay_busy") == 4)
+        relay.close()  # the relay stops
+        await _wait(lambda: h.detail["relay"].startswith("disconnected"))
+        assert h.state == "degraded"
+        relay2 = Relay(path)  # ... and starts again: a new instance
+        relay2.send_status(RelayStatus("second", 2.0, "mon0", "capturing"))
+        relay2.forward(_probe(mac, 9, -55), LINKTYPE_RADIOTAP)
+        await _wait(lambda: len(got) == 4 and h.state == "running")
+        assert h.recoveries == 1
+        assert h.detail["relay_restarts"] == 1
+        assert h.dropped["relay_busy"] == 4  # the first instance's drops are kept
+        # a relay that stays connected but says nothing (wedged) is reported silent
+        await _wait(lambda: h.detail["relay"].startswith("silent"), 6.0)
+        assert h.state == "degraded"
+        relay2.close()
+    finally:
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+    assert h.state == "stopped"
+    assert not path.exists()
+
+
+async def test_relay_source_says_why_it_cannot_bind(tmp_path: Path) -> None:
+    src = WifiRelaySource(WifiSettings(capture_socket=tmp_path / "missing-dir" / "capture.sock"))
     assert await _collect(src) == []
     assert src.health.state == "failed"
-    assert "cannot open a packet socket on nosuchif0" in src.health.detail["error"]
-
-
-async def test_capture_auto_linktype_refuses_unknown_interface() -> None:
-    src = WifiCaptureSource(WifiSettings(interface="nosuchif0"))
-    assert await _collect(src) == []
-    assert src.health.state == "failed"
-    assert "not a monitor interface" in src.health.detail["error"]
-
-
-async def test_hopper_reports_when_no_backend_can_tune() -> None:
-    hop = ChannelHopper("nosuchif0", [1, 6, 11], 0.01)
-    await asyncio.wait_for(hop.run(), 20.0)
-    assert hop.state.startswith("unavailable: cannot set the channel")
-    assert "nl80211" in hop.state
-    assert "iw" in hop.state
-    assert hop.current is None
-
-
-async def test_hopper_without_channels_is_off() -> None:
-    hop = ChannelHopper("mon0", [], 0.1)
-    await hop.run()
-    assert hop.state == "off: no channels configured"
-
-
-async def test_hopper_cycles_with_a_working_backend(monkeypatch: pytest.MonkeyPatch) -> None:
-    tuned: list[int] = []
-
-    async def fake_nl80211(ch: int) -> None:
-        tuned.append(ch)
-
-    hop = ChannelHopper("mon0", [1, 6, 11], 0.01)
-    monkeypatch.setattr(hop, "_nl80211", fake_nl80211)
-    task = asyncio.create_task(hop.run())
-    for _ in range(500):
-        if len(tuned) >= 7:
-            break
-        await asyncio.sleep(0.005)
-    task.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await task
-    assert tuned[:7] == [1, 6, 11, 1, 6, 11, 1]
-    assert hop.state == "hopping via nl80211"
-
-
-def test_channel_freq() -> None:
-    assert [channel_freq(c) for c in (1, 6, 11, 14, 36, 149)] == [2412, 2437, 2462, 2484, 5180, 5745]
+    assert "cannot bind the capture socket" in src.health.detail["error"]
+    assert "No such file or directory" in src.health.detail["error"]
 
 
 def test_wifi_settings_from_toml_and_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -230,49 +258,57 @@ def test_wifi_settings_from_toml_and_env(tmp_path: Path, monkeypatch: pytest.Mon
         load_settings(bad)
 
 
-def test_drain_holds_a_new_random_mac_until_its_group_is_decided() -> None:
-    """A rotated MAC's observations wait (not lost) for the group decision; then they carry the link."""
-    now = [500.0]
-    src = WifiCaptureSource(WifiSettings(linktype="radiotap", group_hold_s=30.0), clock=lambda: now[0])
-    a, tx = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
-    a.setblocking(False)
-    src._sock = a
+def test_drain_holds_a_new_burst_until_its_device_is_decided(tmp_path: Path) -> None:
+    """A new burst's observations wait (not lost) for the decision; then they carry the link."""
+    w = _Wired(tmp_path, group_hold_s=30.0)
+    src = w.src
     try:
-        old, new = bytes.fromhex("020000000001"), bytes.fromhex("020000000002")
-        for t, mac, seq in ((500.0, old, 100), (530.0, old, 130), (560.0, new, 160), (560.0, new, 161)):
-            now[0] = t
-            tx.send(_probe(mac, seq, -50))
+        mac, public = bytes.fromhex("020000000001"), bytes.fromhex("001122334455")
+        for t, m, seq in ((500.0, mac, 100), (500.02, mac, 101), (500.03, public, 7)):
+            w.now[0] = t
+            w.send(_probe(m, seq, -50))
             src._on_readable()
-        assert [o.device for o in src._pending] == ["02:00:00:00:00:01"] * 2  # the new MAC's frames are held
+        assert [o.device for o in src._pending] == ["00:11:22:33:44:55"]  # the random MAC's frames are held
         assert src._conv.held
-        src._release(src._conv.poll(575.0))  # what the source's once-a-second wake-up does
+        src._release(src._conv.poll(500.5))  # what the source's once-a-second wake-up does
+        assert src._conv.held  # its burst may not be over yet
+        src._release(src._conv.poll(501.1))
         assert not src._conv.held
-        assert [o.device for o in src._pending] == ["02:00:00:00:00:01"] * 2 + ["02:00:00:00:00:02"] * 2
-        assert len({o.link for o in src._pending}) == 1  # linked: one device
+        assert [o.device for o in src._pending] == ["02:00:00:00:00:01", "02:00:00:00:00:01", "00:11:22:33:44:55"]
+        assert src._pending[0].link == src._pending[1].link != src._pending[2].link
         assert [o.ts for o in src._pending] == sorted(o.ts for o in src._pending)
     finally:
-        tx.close()
-        a.close()
+        w.close()
 
 
-def test_daemon_default_decides_a_rotation_at_once() -> None:
-    """By default (group_hold_s 0) nothing is held: a held probe would reach the pipeline after
-    localization.window_s and be dropped as too_late instead of localized."""
-    assert WifiSettings().group_hold_s == 0.0
-    now = [500.0]
-    src = WifiCaptureSource(WifiSettings(linktype="radiotap"), clock=lambda: now[0])
-    a, tx = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
-    a.setblocking(False)
-    src._sock = a
+def test_daemon_default_holds_a_burst_only_briefly(tmp_path: Path) -> None:
+    """By default (group_hold_s 2) a held probe is released when its burst is over - well within
+    localization.window_s (3 s), so it is still localized - and never later than 2 s."""
+    assert WifiSettings().group_hold_s == 2.0
+    w = _Wired(tmp_path)
+    src = w.src
     try:
-        old, new = bytes.fromhex("020000000001"), bytes.fromhex("020000000002")
-        for t, mac, seq in ((500.0, old, 100), (530.0, old, 130), (560.0, new, 160)):
-            now[0] = t
-            tx.send(_probe(mac, seq, -50))
+        t = 500.0
+        for seq in range(10):  # a MAC speaking every 0.5 s: its burst never looks over
+            w.now[0] = t
+            w.send(_probe(bytes.fromhex("020000000001"), seq, -50))
             src._on_readable()
-        assert not src._conv.held
-        assert [o.device for o in src._pending] == ["02:00:00:00:00:01"] * 2 + ["02:00:00:00:00:02"]
-        assert len({o.link for o in src._pending}) == 1  # linked at once
+            src._release(src._conv.poll(t))
+            t += 0.5
+        assert src._pending and src._pending[0].ts == 500.0
+        assert src._conv.grouper.held_frames <= 5  # decided by 502.0 at the latest
     finally:
-        tx.close()
-        a.close()
+        w.close()
+
+
+def test_relay_state_shows_in_metrics() -> None:
+    """/metrics: the source's state as gateway_source_up (sampled from its health every second)."""
+    from prometheus_client import generate_latest
+
+    from gateway.status.metrics import GatewayMetrics
+
+    m = GatewayMetrics()
+    m.source_state("wifi:mon0", False)  # relay silent: degraded
+    assert b'gateway_source_up{source="wifi:mon0"} 0.0' in generate_latest(m.registry)
+    m.source_state("wifi:mon0", True)
+    assert b'gateway_source_up{source="wifi:mon0"} 1.0' in generate_latest(m.registry)

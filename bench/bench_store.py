@@ -1,0 +1,230 @@
+"""Store bars: visitors, passers-by, dwell, staff/fixtures and wrong links in a realistic store.
+
+    python -m bench.bench_store [--quick]
+
+The store simulator (``gateway/sim``) runs a 2 h day with devices per kind (``gateway/sim/devices.py``:
+iPhones, Android phones, earbuds, trackers, wearables; staff phones and scanners; a TV, a printer,
+an Apple TV and beacons), phones rotating unlinkably about every 15 minutes, and passers-by on the
+pavement in front of the shop. Its observations go through the real pipeline (identity ->
+rotation linker -> localizer -> presence) in three modes, each on the same store:
+
+* ``linker``: no consent, no IRK: rotations joined by ``gateway/identity/linking.py`` (the product);
+* ``all linked`` (reference): every rotation marked linkable, as if the box held every IRK;
+* ``unlinked`` (reference): linker off, every rotation a new device (what main did without IRKs).
+
+Truth counts people who carry at least one advertising device (a shopper whose only phone is a
+silent Android is invisible to any BLE system; their share is printed). Figures per layout and
+seed, then the bars over all runs:
+
+* visitors and passers-by within +-10 % of truth; visitor dwell per in-store zone within +-10 %;
+* staff and fixtures excluded (no visitor visit) >= 95 % of those devices;
+* wrong links <= 2 % of links: a link joins a new address to the address it continues; it is
+  wrong when the two belong to different devices (the presence stage's position-continuity
+  merges are counted the same way).
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+from gateway.config import Settings, SimulatorSettings
+from gateway.layout import load_layout
+from gateway.models import EventBase, Observation, VisitEnded
+from gateway.pipeline import IdentityStage, Pipeline
+from gateway.sim.store import StoreSimulator
+
+LAYOUTS = Path(__file__).resolve().parent.parent / "hardware" / "layouts"
+RESIDENT_KINDS = {"staff", "fixture"}
+
+
+@dataclass
+class RunResult:
+    visitors: int
+    passers: int
+    dwell: dict[str, float]
+    resident_devices: int
+    residents_as_visitor: int
+    links: int
+    wrong_links: int
+    seconds: float
+    observations: int
+
+
+def run(
+    layout_name: str, seed: int, mode: str, hours: float, linking: dict[str, float] | None = None
+) -> tuple[RunResult, dict[str, float]]:
+    layout = load_layout(LAYOUTS / layout_name)
+    sim_s = SimulatorSettings(
+        seed=seed,
+        shoppers_per_hour=90.0,
+        passer_by_fraction=0.55,
+        staff=3,
+        fixtures=3,
+        beacons=2,
+        link_rotations=(mode == "all linked"),
+    )
+    settings = Settings.model_validate(
+        {"simulator": sim_s.model_dump(), "linking": {"enabled": mode != "unlinked", **(linking or {})}}
+    )
+    sim = StoreSimulator(layout, sim_s)
+    pipe = Pipeline(settings, layout)
+    assert isinstance(pipe.identity, IdentityStage)
+    keyring = pipe.identity._keys
+    t0 = sim_s.start_ts
+    t_end = t0 + hours * 3600.0
+    events: list[EventBase] = []
+    subj_dev: dict[str, int] = {}
+    n_obs = 0
+    wall = time.perf_counter()
+    t = t0
+    while t < t_end:
+        t += sim_s.tick_s
+        obs = sim.step(t)
+        n_obs += len(obs)
+        for o in obs:  # truth: which device is behind each subject (bench only, never the product)
+            key = o.link or o.device
+            if key not in subj_dev:
+                subj_dev[key] = sim.mac_device.get(o.device, -1)
+        batch = [Observation(o.ts, o.sensor, o.device, o.rssi, o.radio, o.rssi_at_1m, o.link, o.adv) for o in obs]
+        events += pipe.process(batch)
+    # doors close at t_end: nobody new arrives, the shoppers inside finish (every visit completes)
+    sim._next_arrival = float("inf")
+    t_stop = t_end + 3600.0
+    while t < t_stop and any(p.kind in ("visitor", "passer-by") for p in sim.people.values()):
+        t += sim_s.tick_s
+        obs = sim.step(t)
+        n_obs += len(obs)
+        for o in obs:
+            key = o.link or o.device
+            if key not in subj_dev:
+                subj_dev[key] = sim.mac_device.get(o.device, -1)
+        batch = [Observation(o.ts, o.sensor, o.device, o.rssi, o.radio, o.rssi_at_1m, o.link, o.adv) for o in obs]
+        events += pipe.process(batch)
+    events += pipe.advance(t + 300.0)
+    events += pipe.close()
+    seconds = time.perf_counter() - wall
+    pn_dev = {keyring.pseudonym(k, t0 + 1.0): d for k, d in subj_dev.items()}
+    ends = [e for e in events if isinstance(e, VisitEnded)]
+    dev_kind = sim.device_kind
+    owner_kind = {did: sim.visits_kind(did) for did in dev_kind}
+    visitors = [e for e in ends if e.visitor]
+    passers = [e for e in ends if not e.visitor and not e.resident]
+    dwell: Counter[str] = Counter()
+    for e in visitors:
+        dwell.update(e.dwell_by_zone)
+    res_devs = {did for did, k in owner_kind.items() if k in RESIDENT_KINDS}
+    res_vis = {pn_dev.get(e.subject, -1) for e in visitors} & res_devs
+    links = wrong = 0
+    wrong_by: Counter[str] = Counter()
+    if pipe.linker is not None:
+        for src, log in (("linker", pipe.linker.link_log), ("presence", pipe.presence.merge_log)):
+            for new, root in log:
+                links += 1
+                if pn_dev.get(new, -2) != pn_dev.get(root, -3):
+                    wrong += 1
+                    wrong_by[f"{src}:{dev_kind.get(pn_dev.get(new, -2), '?')}"] += 1
+    if wrong_by:
+        print(f"    wrong links by stage:kind {dict(wrong_by)}")
+    # truth
+    in_store = {z.id for z in layout.zones if z.kind != "outside"}
+    tv = [v for v in sim.visits if v.devices]
+    tvis = [v for v in tv if v.kind == "visitor"]
+    tdwell: Counter[str] = Counter()
+    for v in tvis:
+        tdwell.update({z: d for z, d in v.dwell_by_zone.items() if z in in_store})
+    truth = {
+        "visitors": len(tvis),
+        "passers": len([v for v in tv if v.kind == "passer-by"]),
+        "invisible": len([v for v in sim.visits if not v.devices]),
+        **{f"dwell.{z}": d for z, d in tdwell.items()},
+    }
+    seen_res = {pn_dev[s] for s in pn_dev if pn_dev[s] in res_devs}
+    return (
+        RunResult(
+            len(visitors),
+            len(passers),
+            {z: d for z, d in dwell.items() if z in in_store},
+            len(seen_res),
+            len(res_vis),
+            links,
+            wrong,
+            seconds,
+            n_obs,
+        ),
+        truth,
+    )
+
+
+def pct(a: float, b: float) -> str:
+    return f"{(a - b) / b * 100:+.1f} %" if b else "n/a"
+
+
+def main(argv: list[str]) -> int:
+    quick = "--quick" in argv
+    hours = 2.0
+    plan = (
+        [("demo-store.toml", 1), ("shopfront.toml", 2)]
+        if quick
+        else [(lay, seed) for lay in ("demo-store.toml", "shopfront.toml") for seed in (1, 2, 3)]
+    )
+    modes = ("linker", "all linked", "unlinked")
+    tot: dict[str, Counter[str]] = {m: Counter() for m in modes}
+    truth_tot: Counter[str] = Counter()
+    print(f"store bars: {hours:g} h per run, runs {plan}")
+    for lay, seed in plan:
+        for mode in modes:
+            r, truth = run(lay, seed, mode, hours)
+            if mode == "linker":
+                truth_tot.update({k: float(v) for k, v in truth.items()})
+            c = tot[mode]
+            c["visitors"] += r.visitors
+            c["passers"] += r.passers
+            c["res_devices"] += r.resident_devices
+            c["res_as_visitor"] += r.residents_as_visitor
+            c["links"] += r.links
+            c["wrong"] += r.wrong_links
+            for z, d in r.dwell.items():
+                c[f"dwell.{z}"] += int(d)
+            print(
+                f"  {lay:16s} seed {seed} {mode:10s}: visitors {r.visitors:4d} (truth {truth['visitors']}, "
+                f"{pct(r.visitors, truth['visitors'])}), passers-by {r.passers:4d} (truth {truth['passers']}, "
+                f"{pct(r.passers, truth['passers'])}), residents as visitor {r.residents_as_visitor}/"
+                f"{r.resident_devices}, links {r.links} wrong {r.wrong_links}; invisible shoppers "
+                f"{truth['invisible']}; {r.observations / r.seconds / 1000:.1f} k obs/s"
+            )
+    print("totals over all runs (truth: people carrying an advertising device)")
+    ok = True
+    for mode in modes:
+        c = tot[mode]
+        v_err = (c["visitors"] - truth_tot["visitors"]) / truth_tot["visitors"]
+        p_err = (c["passers"] - truth_tot["passers"]) / truth_tot["passers"]
+        zones = sorted(k for k in truth_tot if k.startswith("dwell."))
+        d_errs = {z[6:]: (c[z] - truth_tot[z]) / truth_tot[z] for z in zones if truth_tot[z] > 0}
+        excl = 1.0 - c["res_as_visitor"] / max(1, c["res_devices"])
+        wrong = c["wrong"] / c["links"] if c["links"] else 0.0
+        print(
+            f"  {mode:10s}: visitors {v_err * 100:+.1f} %, passers-by {p_err * 100:+.1f} %, dwell per zone "
+            + ", ".join(f"{z} {e * 100:+.1f} %" for z, e in d_errs.items())
+            + f"; staff/fixtures excluded {excl * 100:.1f} %; links {c['links']}, wrong {wrong * 100:.2f} %"
+        )
+        if mode == "linker":
+            bars = [
+                ("visitors within +-10 %", abs(v_err) <= 0.10),
+                ("passers-by within +-10 %", abs(p_err) <= 0.10),
+                ("dwell per zone within +-10 %", all(abs(e) <= 0.10 for e in d_errs.values())),
+                ("staff/fixtures excluded >= 95 %", excl >= 0.95),
+                ("wrong links <= 2 %", wrong <= 0.02),
+            ]
+            for name, passed in bars:
+                ok &= passed
+                print(f"    bar {name}: {'PASS' if passed else 'FAIL'}")
+    print("RESULT", "PASS" if ok else "FAIL")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))

@@ -1,0 +1,447 @@
+"""How likely is it that MAC ``b`` is MAC ``a``'s device after a MAC change? (pure; shared scoring)
+
+Both Wi-Fi groupings - online (:mod:`gateway.identity.wifi_groups`, the daemon) and over a whole
+capture (:mod:`gateway.identity.wifi_chains`, ``gateway decode pcap``) - link MAC lifetimes into
+device chains with the same evidence, as a log-likelihood ratio "``b`` continues ``a``'s device"
+against "``b`` is an unrelated device of the same family" (:func:`link_scores`, numpy over pairs;
+:func:`link_score`, one pair; a test keeps them equal):
+
+* **family** (gate): the first half of the fingerprint (rates, HT, VHT capabilities) must match;
+  the whole fingerprint matching is evidence (``same_fp``: a phone's next MAC usually sends the same
+  elements; an Android 13 phone alternates its wildcard and directed element sets), weighed against
+  how common ``b``'s fingerprint is in the family;
+* **timing**: iPhones on iOS 16 draw a new MAC for every channel of a scan burst - the next MAC
+  starts tens of ms after the last (``burst_gap_s``); otherwise the next MAC comes with the next
+  burst, whose interval follows the population's schedule: scans repeated after 1.5-8 s
+  (``repeat_share``), else a device's median interval (log-uniform 17-135 s) with log-normal
+  spread. Against a new MAC of an unrelated device starting at any time within ``max_gap_s``;
+* **sequence number**: modern phones restart it at a MAC change, older ones continue it; a mixture
+  (``seq_continue``) of "continues: normal around the expected advance" and "restarts: uniform",
+  against uniform - a continuation is strong evidence, a restart only a mild one against;
+* **RSSI**: the step from ``a``'s last burst to ``b``'s first (frame noise; within a burst the
+  channel changes, across bursts the shopper walks), against the spread of levels in a store;
+* **sequence rates** of both MACs, where both were heard over several bursts (their own rate).
+
+Facts and their sources: docs/wifi.md, "The phone population".
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+
+import numpy as np
+
+__all__ = [
+    "SEQ_MOD",
+    "LinkParams",
+    "Mac",
+    "TimingTable",
+    "Track",
+    "Tracker",
+    "evidence_score",
+    "link_score",
+    "ssid_score",
+]
+
+SEQ_MOD = 4096
+_LOG_SQRT_2PI = 0.5 * math.log(2.0 * math.pi)
+_SQRT2 = math.sqrt(2.0)
+# RSSI steps: Student-t with 4 degrees of freedom (a radio's gain, a body in the way: heavy tails)
+_T_NU = 4.0
+_T_EXP = (_T_NU + 1.0) / 2.0
+_T_CONST = math.lgamma(_T_EXP) - math.lgamma(_T_NU / 2.0) - 0.5 * math.log(_T_NU * math.pi)
+
+
+@dataclass(frozen=True, slots=True)
+class LinkParams:
+    burst_gap_s: float = 1.0  # per-channel MACs of one scan burst follow each other within this
+    max_gap_s: float = 600.0  # longest silence between a MAC's last frame and the next MAC's first
+    in_burst_share: float = 0.5  # prior share of next MACs that come within the same burst
+    repeat_share: float = 0.3  # share of scans repeated at once ...
+    repeat_s: tuple[float, float] = (1.5, 8.0)  # ... this long after the last
+    interval_s: tuple[float, float] = (17.0, 135.0)  # range of devices' median burst intervals
+    interval_sd: float = 0.6  # spread of one device's intervals around its median (log)
+    seq_continue: float = 0.5  # prior chance that a device continues its sequence over a MAC change
+    seq_window: float = 96.0  # a continued sequence without a rate of its own steps forward by at most ...
+    seq_rate: float = 3.0  # ... this plus this many per second of silence (bursts the radio missed)
+    seq_slack: float = 16.0  # spread of the sequence advance: slack + spread * expected advance
+    seq_spread: float = 0.2
+    rssi_frame_db: float = 5.0  # one frame's RSSI around the device's level
+    rssi_channel_db: float = 3.0  # level difference between two channels of one burst
+    rssi_walk_db: float = 2.5  # how far a shopper's level wanders per rssi_walk_s of silence
+    rssi_walk_s: float = 30.0
+    rssi_range_db: float = 40.0  # spread of levels between devices in a store
+    max_z: float = 8.0  # an RSSI step beyond this many spreads is no continuation
+    rate_sd: float = 0.45  # spread of log(sequence rate) measured over one silence
+    pop_rate_sd: float = 0.6  # spread of log(sequence rate) between devices
+    same_fp: float = 0.85  # chance a device's next MAC sends the same elements (whole fingerprint)
+    ssid_cover: float = 0.9  # chance a device's directed scan probes a network it probed before
+    min_ssid_share: float = 0.002  # floor of a network's share of directed scans (its rarity)
+    min_fp_share: float = 0.05  # floor of a fingerprint's share of its family (rare ones are not certain)
+
+    def __post_init__(self) -> None:
+        for name in (
+            "burst_gap_s", "max_gap_s", "interval_sd", "seq_window", "seq_rate", "seq_slack",
+            "rssi_frame_db", "rssi_channel_db", "rssi_walk_db", "rssi_walk_s", "rssi_range_db", "max_z",
+            "rate_sd", "pop_rate_sd", "min_fp_share", "min_ssid_share",
+        ):  # fmt: skip
+            v = getattr(self, name)
+            if not (math.isfinite(v) and v > 0.0):
+                raise ValueError(f"LinkParams.{name} must be a positive number, got {v!r}")
+        for name in ("in_burst_share", "repeat_share", "seq_continue", "same_fp", "ssid_cover"):
+            v = getattr(self, name)
+            if not 0.0 < v < 1.0:
+                raise ValueError(f"LinkParams.{name} must be between 0 and 1 (exclusive), got {v!r}")
+        if self.max_gap_s <= self.burst_gap_s:
+            raise ValueError("LinkParams.max_gap_s must be above burst_gap_s")
+        lo, hi = self.interval_s
+        if not 0.0 < lo < hi:
+            raise ValueError(f"LinkParams.interval_s must be 0 < low < high, got {self.interval_s!r}")
+        lo, hi = self.repeat_s
+        if not 0.0 < lo < hi:
+            raise ValueError(f"LinkParams.repeat_s must be 0 < low < high, got {self.repeat_s!r}")
+
+
+class TimingTable:
+    """log LR of the silence between two MACs (a table over log(gap): the same for every pair)."""
+
+    N = 2048
+
+    def __init__(self, p: LinkParams) -> None:
+        self.p = p
+        self.lo = math.log(1e-3)
+        self.hi = math.log(p.max_gap_s)
+        self.step = (self.hi - self.lo) / (self.N - 1)
+        gaps = np.exp(np.linspace(self.lo, self.hi, self.N))
+        self.table = [_timing(float(g), p) for g in gaps]
+
+    def one(self, gap: float) -> float:
+        k = round((math.log(max(gap, 1e-3)) - self.lo) / self.step)
+        return self.table[min(max(k, 0), self.N - 1)]
+
+
+def _phi(x: float) -> float:
+    return 0.5 * (1.0 + math.erf(x / _SQRT2))
+
+
+def _timing(gap: float, p: LinkParams) -> float:
+    """log of p(gap | the same device's next MAC) * max_gap_s (uniform for an unrelated device)."""
+    if gap <= p.burst_gap_s:
+        dens = p.in_burst_share / p.burst_gap_s
+    else:
+        lo, hi = p.burst_gap_s, p.repeat_s[1]
+        rep = 1.0 / (hi - lo) if gap <= hi else 0.0
+        a, b = math.log(p.interval_s[0]), math.log(p.interval_s[1])
+        u = math.log(gap)
+        box = (_phi((u - a) / p.interval_sd) - _phi((u - b) / p.interval_sd)) / (b - a) / gap
+        dens = (1.0 - p.in_burst_share) * (p.repeat_share * rep + (1.0 - p.repeat_share) * box)
+    return math.log(max(dens, 1e-6) * p.max_gap_s)
+
+
+@dataclass(slots=True, eq=False)
+class Mac:
+    """What the groupers know of one MAC address (one lifetime)."""
+
+    idx: int
+    mac: str
+    fingerprint: str
+    first_ts: float
+    first_seq: int
+    last_ts: float
+    last_seq: int
+    rate_adv: int = 0  # sequence numbers counted over plausible forward steps between bursts ...
+    rate_span: float = 0.0  # ... and the time they took
+    silences: int = 0  # inter-burst silences among those steps
+    bursts: int = 1
+    first_sum: float = 0.0  # RSSI of the first burst
+    first_n: int = 0
+    last_sum: float = 0.0  # RSSI of the latest burst
+    last_n: int = 0
+    frames: int = 1
+    ssids: set[int] | None = None  # the networks its directed probes named (hashed; RAM only)
+
+    @property
+    def rate(self) -> float:
+        return self.rate_adv / self.rate_span if self.silences and self.rate_span > 0.0 else 0.0
+
+
+def link_score(
+    a: Mac, b: Mac, p: LinkParams, timing: TimingTable, fp_share: float, seq_continue: float | None = None
+) -> float | None:
+    """log LR that ``b`` continues ``a``'s device; None when it cannot (see the module docstring).
+
+    ``fp_share``: the share of ``b``'s fingerprint among its family's frames (same-family pairs
+    only); ``seq_continue``: the family's chance of continuing its sequence (default the prior).
+    """
+    gap = b.first_ts - a.last_ts
+    if not 0.0 < gap <= p.max_gap_s:
+        return None
+    return timing.one(gap) + evidence_score(a, b, gap, p, fp_share, seq_continue)
+
+
+def evidence_score(
+    a: Mac,
+    b: Mac,
+    gap: float,
+    p: LinkParams,
+    fp_share: float,
+    seq_continue: float | None = None,
+    a_level: tuple[float, float] | None = None,
+) -> float:
+    """:func:`link_score` without its timing term (-inf: an RSSI step too far to be one device).
+
+    ``a_level``: (level, frames) of ``a``'s device from more than its last burst (a track's level).
+    """
+    score = 0.0
+    # RSSI step (where both have one)
+    in_burst = gap <= p.burst_gap_s
+    if a_level is not None:
+        a_mean, a_n = a_level
+    else:
+        a_n = a.last_n
+        a_mean = a.last_sum / a_n if a_n else 0.0
+    b_n = b.first_n
+    if a_n and b_n:
+        fd2 = p.rssi_frame_db * p.rssi_frame_db
+        if in_burst:
+            extra = p.rssi_channel_db * p.rssi_channel_db
+        else:
+            w = gap / p.rssi_walk_s
+            extra = p.rssi_walk_db * p.rssi_walk_db * (w if w > 1.0 else 1.0)
+        s = math.sqrt(fd2 / a_n + fd2 / b_n + extra)
+        zr = (b.first_sum / b_n - a_mean) / s
+        if zr > p.max_z or zr < -p.max_z:
+            return -math.inf
+        score += _T_CONST - _T_EXP * math.log1p(zr * zr / _T_NU) - math.log(s / p.rssi_range_db)
+    # sequence number: continues (normal around the expected advance) or restarts (uniform)
+    ra = a.rate_adv / a.rate_span if a.silences and a.rate_span > 0.0 else 0.0
+    rb = b.rate_adv / b.rate_span if b.silences and b.rate_span > 0.0 else 0.0
+    wa, wb = (a.silences if ra > 0.0 else 0), (b.silences if rb > 0.0 else 0)
+    dseq = (b.first_seq - a.last_seq) % SEQ_MOD
+    if wa + wb > 0 and not in_burst:
+        # a MAC heard over several bursts has its own rate: the advance is about rate x silence
+        expect = (ra * wa + rb * wb) / (wa + wb) * gap
+        spread = p.seq_slack + p.seq_spread * expect
+        z = (dseq - expect) / spread
+        cont = math.exp(-0.5 * z * z - _LOG_SQRT_2PI) / spread * SEQ_MOD if dseq else 0.0
+    else:
+        # else the rest of a burst and a few frames between bursts: any small step forward
+        window = p.seq_window + p.seq_rate * gap
+        if window > SEQ_MOD / 2:
+            window = SEQ_MOD / 2
+        cont = SEQ_MOD / window if 0 < dseq <= window else 0.0
+    q = p.seq_continue if seq_continue is None else seq_continue
+    score += math.log(q * cont + (1.0 - q))
+    # the two MACs' own sequence rates
+    if wa > 0 and wb > 0:
+        d = math.log(ra / rb)
+        sd = p.rate_sd * math.sqrt(1.0 / wa + 1.0 / wb)
+        pop = p.pop_rate_sd
+        score += -0.5 * (d / sd) ** 2 - math.log(sd) + 0.5 * (d / pop) ** 2 + math.log(pop)
+    # fingerprint within the family
+    share = fp_share if fp_share > p.min_fp_share else p.min_fp_share
+    score += math.log((p.same_fp if a.fingerprint == b.fingerprint else 1.0 - p.same_fp) / share)
+    return score
+
+
+def ssid_score(known: set[int] | None, new: set[int] | None, share: dict[int, float], p: LinkParams) -> float:
+    """log LR of the networks a new MAC probed for, given those its candidate device probed before:
+    a device probes its own saved networks under every MAC. A shared network counts by its rarity
+    (``share``: the fraction of directed scans naming it - a home network is as good as a name, a
+    coffee-shop chain's much less); none shared speaks against. 0 when either has none."""
+    if not known or not new:
+        return 0.0
+    common = known & new
+    if not common:
+        return math.log(1.0 - p.ssid_cover)
+    rarest = min(share.get(s, 1.0) for s in common)
+    return math.log(p.ssid_cover / max(rarest, p.min_ssid_share))
+
+
+LEVEL_MEMORY_S = 120.0  # a track's RSSI level forgets older bursts over this time
+LEVEL_MAX_N = 12.0  # ... and never counts more frames than this (the shopper walks)
+
+
+@dataclass(slots=True, eq=False)
+class Track:
+    """One device as followed so far: its latest MAC (the tail new MACs continue from) and the
+    intervals between its bursts (log seconds), which sharpen the timing of its next MAC."""
+
+    gid: str
+    tail: Mac
+    tail_before: Mac | None  # the tail before the latest assignment (None: the track started with it)
+    macs: int = 1
+    level: float = 0.0  # RSSI level of the device (frames weighted, older bursts fading)
+    level_n: float = 0.0
+    ssids: set[int] | None = None  # every network the device's MACs probed for
+    iv_n: int = 0
+    iv_sum: float = 0.0  # of log intervals
+    iv_sq: float = 0.0
+
+    def learn_ssids(self, m: Mac) -> None:
+        if m.ssids:
+            if self.ssids is None:
+                self.ssids = set()
+            if len(self.ssids) < 64:
+                self.ssids |= m.ssids
+
+    def learn_level(self, m: Mac, gap: float) -> None:
+        if not m.first_n:
+            return
+        w = self.level_n * math.exp(-gap / LEVEL_MEMORY_S)
+        self.level = (self.level * w + m.first_sum) / (w + m.first_n)
+        self.level_n = min(w + m.first_n, LEVEL_MAX_N)
+
+    def learn_interval(self, gap: float) -> None:
+        u = math.log(gap)
+        self.iv_n += 1
+        self.iv_sum += u
+        self.iv_sq += u * u
+
+
+class Tracker:
+    """Follow devices of every family in time: each new MAC (in order of first frame) continues the
+    track whose tail it fits best - if that is at least ``min_p`` likely against every other track
+    and against "a new device" - or starts a track of its own.
+
+    "A new device" weighs its family's arrival rate (``arrivals``, devices per second) against the
+    link ratios, which are normalised to a MAC starting uniformly within ``max_gap_s``. A track that
+    has been continued across bursts before has its own interval: its next burst is expected around
+    it (log-normal), beside a share ``(1 - track_share)`` of the population's schedule.
+
+    The chance that the MAC starts a device, ``exp(new) / (exp(new) + sum of exp(link ratios))``,
+    is returned beside: summed over MACs it estimates the number of devices even where a MAC's
+    track cannot be told with confidence. Tracks silent for ``max_gap_s`` leave the candidate lists.
+    """
+
+    def __init__(
+        self,
+        p: LinkParams,
+        timing: TimingTable,
+        *,
+        min_p: float,
+        arrivals: dict[str, float] | None = None,
+        default_arrivals: float = 1.0 / 600.0,
+        seq_continue: dict[str, float] | None = None,
+        in_burst: dict[str, float] | None = None,
+        ssid_share: dict[int, float] | None = None,
+        track_share: float = 0.8,
+    ) -> None:
+        self.p = p
+        self.timing = timing
+        self.min_p = min_p
+        self.arrivals = arrivals or {}  # family -> new devices per second
+        self.default_arrivals = default_arrivals
+        self.seq_continue = seq_continue or {}  # family -> chance of continuing the sequence
+        self.in_burst = in_burst or {}  # family -> share of its links within a burst
+        self.ssid_share = ssid_share if ssid_share is not None else {}  # network -> share of directed scans
+        self._tables: dict[float, TimingTable] = {}
+        self.track_share = track_share
+        self._by_family: dict[str, list[Track]] = {}
+        self.linked = 0
+        self.links: list[tuple[Mac, Mac]] = []  # (old tail, new MAC) of every link made, for learning
+
+    def new_weight(self, family: str) -> float:
+        """log weight of "a new device" against the link ratios (normalised to uniform over
+        ``max_gap_s``): its arrival rate times ``max_gap_s``."""
+        return math.log(self.arrivals.get(family, self.default_arrivals) * self.p.max_gap_s)
+
+    def candidates(self, family: str, ts: float) -> list[Track]:
+        tracks = self._by_family.get(family)
+        if not tracks:
+            return []
+        horizon = ts - self.p.max_gap_s
+        if tracks[0].tail.last_ts < horizon:  # oldest first: prune what went silent
+            keep = [t for t in tracks if t.tail.last_ts >= horizon]
+            self._by_family[family] = tracks = keep
+        return tracks
+
+    def prune(self, now: float) -> None:
+        """Drop tracks silent for ``max_gap_s`` in every family (the ones no MAC asked for lately too)."""
+        horizon = now - self.p.max_gap_s
+        for fam in list(self._by_family):
+            keep = [t for t in self._by_family[fam] if t.tail.last_ts >= horizon]
+            if keep:
+                self._by_family[fam] = keep
+            else:
+                del self._by_family[fam]
+
+    def __len__(self) -> int:
+        return sum(len(v) for v in self._by_family.values())
+
+    def _table(self, family: str) -> TimingTable:
+        share = self.in_burst.get(family)
+        if share is None:
+            return self.timing
+        share = round(share, 2)
+        table = self._tables.get(share)
+        if table is None:
+            table = self._tables[share] = TimingTable(replace(self.p, in_burst_share=share))
+        return table
+
+    def _timing(self, t: Track, gap: float, table: TimingTable) -> float:
+        pop = table.one(gap)
+        p = table.p
+        if t.iv_n == 0 or gap <= p.burst_gap_s:
+            return pop
+        mu = t.iv_sum / t.iv_n
+        sd = 0.35 if t.iv_n < 2 else max(0.15, math.sqrt(max(0.0, t.iv_sq / t.iv_n - mu * mu)))
+        u = math.log(gap)
+        z = (u - mu) / sd
+        own = math.exp(-0.5 * z * z - _LOG_SQRT_2PI) / sd / gap  # log-normal density of the gap
+        lo, hi = p.burst_gap_s, p.repeat_s[1]
+        rep = 1.0 / (hi - lo) if gap <= hi else 0.0
+        dens = (1.0 - p.in_burst_share) * (p.repeat_share * rep + (1.0 - p.repeat_share) * own)
+
+        mixed = self.track_share * dens * p.max_gap_s + (1.0 - self.track_share) * math.exp(pop)
+        return math.log(max(mixed, 1e-9))
+
+    def assign(self, b: Mac, fp_share: float, gid: str = "") -> tuple[Track, float]:
+        """Put ``b`` on a track (a continued one or a new one); returns it and P(b starts a device)."""
+        family = b.fingerprint[:8]
+        tracks = self.candidates(family, b.first_ts)
+        best: Track | None = None
+        best_v = -math.inf
+        total = math.exp(self.new_weight(family))
+        new = total
+        p = self.p
+        q = self.seq_continue.get(family)
+        table = self._table(family)
+        for t in tracks:
+            a = t.tail
+            gap = b.first_ts - a.last_ts
+            if not 0.0 < gap <= p.max_gap_s:
+                continue  # still speaking when b started: another device
+            v = evidence_score(a, b, gap, p, fp_share, q, (t.level, t.level_n) if t.level_n else None)
+            if v == -math.inf:
+                continue
+            v += table.one(gap) if t.iv_n == 0 else self._timing(t, gap, table)
+            if b.ssids and t.ssids:
+                v += ssid_score(t.ssids, b.ssids, self.ssid_share, p)
+            e = math.exp(min(v, 700.0))
+            total += e
+            if v > best_v:
+                best, best_v = t, v
+        p_new = new / total
+        if best is not None and math.exp(min(best_v, 700.0)) / total >= self.min_p:
+            a = best.tail
+            gap = b.first_ts - a.last_ts
+            if gap > p.repeat_s[1]:
+                best.learn_interval(gap)
+            best.learn_level(b, gap)
+            best.learn_ssids(b)
+            best.tail_before = a
+            best.tail = b
+            best.macs += 1
+            self.linked += 1
+            self.links.append((a, b))
+            # most recently continued last: the list stays ordered by tail time
+            tracks.remove(best)
+            tracks.append(best)
+            return best, p_new
+        track = Track(gid, b, None)
+        track.learn_level(b, 0.0)
+        track.learn_ssids(b)
+        self._by_family.setdefault(family, []).append(track)
+        return track, p_new
