@@ -147,7 +147,7 @@ class Pipeline:
         if wc is not None:
             for o in resolved:
                 if o.radio == "wifi":
-                    wc.heard(o.ts, o.device)
+                    wc.heard(o.ts, o.device, o.presence)
         start = 0
         for j, o in enumerate(resolved):
             if o.ts >= self._next_tick:
