@@ -8,6 +8,10 @@
   events/s with batching (UplinkBatch of 100).
 * outbox.rss: process RSS while the outbox fills to N events and while the uplink drains it.
 * outbox.restart: `Outbox.open` + first `pending(1000)` with an N-event backlog (time to READY).
+* outbox.append_at_disk_cap / outbox.append_full_disk (as root: a real 16 MiB tmpfs, no max_bytes):
+  events/s (90 % raw fixes) while the disk-derived cap evicts in every batch, and once another writer
+  has taken every free byte (file frozen, a checkpoint after every commit); reference: raw sqlite3
+  deleting the oldest fixes and inserting the same batch in one transaction, same pragmas, same disk.
 
 Full mode uses N = 1,000,000; ``--quick`` uses 100,000 (and smaller drain runs).
 """
@@ -25,6 +29,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import paho.mqtt.client as mqtt
@@ -32,7 +37,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from gateway.config import GatewayIdentity, MqttSettings
 from gateway.log import configure_logging
-from gateway.models import EventBase, ZoneEntered
+from gateway.models import EventBase, PositionFix, ZoneEntered
 from gateway.uplink.link import Uplink
 from gateway.uplink.outbox import Outbox
 
@@ -123,6 +128,106 @@ def bench_append_reference(path: Path, n: int) -> float:
         spent += time.perf_counter() - t0
     con.close()
     return n / spent
+
+
+# -- at the disk's cap ---------------------------------------------------------------------------
+
+
+def mixed_events(n: int, start: int) -> list[EventBase]:
+    """The daemon's mix with raw fixes published: 9 fixes for each zone event."""
+    return [
+        ZoneEntered(ts=1_767_261_600.0 + i, store_id="store-bench", subject=f"{i % 50:024x}", zone=f"zone-{i % 12}")
+        if i % 10 == 0
+        else PositionFix(
+            ts=1_767_261_600.0 + i, store_id="store-bench", subject=f"{i % 50:024x}", x=3.25, y=7.5, sigma_m=1.2
+        )
+        for i in range(start, start + n)
+    ]
+
+
+@contextlib.contextmanager
+def small_tmpfs(where: Path, size: int) -> Iterator[Path | None]:
+    """A real small filesystem (needs root); yields None where it cannot be mounted."""
+    where.mkdir()
+    if (
+        os.geteuid() != 0
+        or subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(where)], capture_output=True, check=False
+        ).returncode
+    ):
+        yield None
+        return
+    try:
+        yield where
+    finally:
+        subprocess.run(["umount", "-l", str(where)], capture_output=True, check=False)
+
+
+def fill_filesystem(path: Path) -> None:
+    with open(path, "ab", buffering=0) as f:
+        with contextlib.suppress(OSError):
+            while True:
+                f.write(b"\0" * 65536)
+        with contextlib.suppress(OSError):
+            while True:
+                f.write(b"\0" * 4096)
+
+
+async def bench_at_cap(d: Path, batches: int) -> tuple[float, float, dict[str, int]]:
+    """(events/s at the disk-derived cap, events/s on the full disk, evictions by priority)."""
+    ob = await Outbox.open(d / "outbox.sqlite3", IDENT.id)
+    k = 0
+    while ob.stats().disk_state == "ok" and k < 10_000:  # fill to the cap (not timed)
+        await ob.append(mixed_events(BATCH, k * BATCH))
+        k += 1
+    rates = []
+    for phase in ("cap", "full"):
+        if phase == "full":
+            fill_filesystem(d / "other-process.bin")
+            await ob.append(mixed_events(BATCH, k * BATCH))  # notices the full disk (not timed)
+            k += 1
+        t0 = time.perf_counter()
+        for _ in range(batches):
+            await ob.append(mixed_events(BATCH, k * BATCH))
+            k += 1
+        rates.append(batches * BATCH / (time.perf_counter() - t0))
+    st = ob.stats()
+    await ob.close()
+    (d / "other-process.bin").unlink()
+    return rates[0], rates[1], st.evicted_by_priority
+
+
+def reference_at_cap(d: Path, batches: int) -> float:
+    """Raw sqlite3 at a fixed size: each transaction deletes the oldest BATCH fixes and inserts BATCH
+    pre-built rows (same schema, pragmas and payload sizes, the same filesystem)."""
+    evs = mixed_events(BATCH, 0)
+    rows = [(e.type, int(e.type != "fix") * 2, e.model_dump_json().encode()) for e in evs]
+    con = sqlite3.connect(d / "ref.sqlite3", isolation_level=None)
+    con.execute("PRAGMA journal_mode=WAL")
+    con.execute("PRAGMA synchronous=FULL")
+    con.execute(
+        "CREATE TABLE events (seq INTEGER PRIMARY KEY, event_id TEXT NOT NULL, type TEXT NOT NULL,"
+        " priority INTEGER NOT NULL, ts REAL NOT NULL, payload BLOB NOT NULL)"
+    )
+    con.execute("CREATE INDEX events_by_priority ON events (priority, seq)")
+
+    def batch(k: int) -> list[tuple[int, str, str, int, float, bytes]]:
+        return [(k * BATCH + i + 1, f"{k * BATCH + i:032x}", t, p, float(i), b) for i, (t, p, b) in enumerate(rows)]
+
+    for k in range(8):  # a standing backlog to delete from
+        con.executemany("INSERT INTO events VALUES (?, ?, ?, ?, ?, ?)", batch(k))
+    t0 = time.perf_counter()
+    for k in range(8, 8 + batches):
+        con.execute("BEGIN IMMEDIATE")
+        con.execute(
+            "DELETE FROM events WHERE seq IN (SELECT seq FROM events WHERE priority = 0 ORDER BY seq LIMIT ?)",
+            (int(BATCH * 0.9),),
+        )
+        con.executemany("INSERT INTO events VALUES (?, ?, ?, ?, ?, ?)", batch(k))
+        con.execute("COMMIT")
+    rate = batches * BATCH / (time.perf_counter() - t0)
+    con.close()
+    return rate
 
 
 # -- drain --------------------------------------------------------------------------------------
@@ -249,6 +354,25 @@ def main(quick: bool = False) -> None:
             f"outbox.restart: {t_open * 1000:,.0f} ms open + first pending with {backlog:,} events backlog"
             f" ({size_mb:,.0f} MB file; reference raw sqlite3 open + first page {t_ref * 1000:,.1f} ms; bar < 2000 ms)"
         )
+        with small_tmpfs(d / "small", 16 * 1024**2) as fs:
+            if fs is None:
+                print("outbox.append_at_disk_cap: skipped (mounting a 16 MiB tmpfs needs root)")
+            else:
+                batches = 40 if quick else 200
+                ref_cap = reference_at_cap(fs, batches)  # first, and removed: the outbox gets the disk
+                for f in fs.glob("ref.sqlite3*"):
+                    f.unlink()
+                at_cap, full, evicted = asyncio.run(bench_at_cap(fs, batches))
+                print(
+                    f"outbox.append_at_disk_cap: {at_cap:,.0f} events/s on a 16 MiB tmpfs, no max_bytes, evicting"
+                    f" every batch (reference raw sqlite3 delete+insert {ref_cap:,.0f} rows/s, ratio"
+                    f" {at_cap / ref_cap:.2f}; evicted {evicted})"
+                )
+                print(
+                    f"outbox.append_full_disk: {full:,.0f} events/s after another writer took every free byte"
+                    f" (file frozen, checkpoint per commit; reference raw sqlite3 delete+insert {ref_cap:,.0f} rows/s,"
+                    f" ratio {full / ref_cap:.2f})"
+                )
         broker = Broker(d)
         try:
             # RSS first: the paho reference below leaves its 100k queued messages' memory behind.

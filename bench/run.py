@@ -14,6 +14,8 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+# benchmarks that run the whole daemon for a while: their own time limits (quick, full), seconds
+TIMEOUTS = {"bench_daemon": (900, 7200), "bench_content": (600, 1800)}
 
 
 def main(argv: list[str]) -> int:
@@ -27,8 +29,9 @@ def main(argv: list[str]) -> int:
         print(f"== {m}{' (quick)' if quick else ''}", flush=True)
         t0 = time.monotonic()
         cmd = [sys.executable, "-m", f"bench.{m}"] + (["--quick"] if quick else [])
+        quick_s, full_s = TIMEOUTS.get(m, (300, 1800))
         try:
-            rc = subprocess.run(cmd, cwd=HERE.parent, timeout=1800 if not quick else 300).returncode
+            rc = subprocess.run(cmd, cwd=HERE.parent, timeout=quick_s if quick else full_s).returncode
         except subprocess.TimeoutExpired:
             rc = -1
             print(f"{m}: timed out", flush=True)

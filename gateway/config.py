@@ -534,6 +534,17 @@ class OutboxSettings(Section):
     max_bytes: int = Field(default=512 * 1024 * 1024, ge=64 * 1024, description="Size cap, then eviction")
     append_batch: int = Field(default=500, ge=1, description="Events per append transaction (max)")
     flush_interval_s: float = Field(default=0.2, gt=0, le=10, description="Append flush cadence")
+    keep_free_bytes: int | None = Field(
+        default=None,
+        ge=0,
+        description="Room the outbox leaves free on its filesystem for the other stores and logs;"
+        " None: 5 % of the filesystem, 256 KiB..64 MiB (docs/storage.md)",
+    )
+    ram_max_events: int = Field(
+        default=20_000,
+        ge=100,
+        description="Events held in RAM while the disk refuses them; beyond, the lowest priority is dropped (counted)",
+    )
 
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -693,6 +704,18 @@ class SupervisorSettings(Section):
     restart_window_s: float = Field(default=300.0, gt=0, description="Window for max_restarts")
 
 
+class PipelineSettings(Section):
+    max_delay_s: float = Field(
+        default=2.0,
+        ge=0,
+        le=3600,
+        description=(
+            "A live batch that waited longer than this for the pipeline is dropped and counted as late "
+            "(latency stays bounded when the box is overloaded; recordings always wait); 0: never"
+        ),
+    )
+
+
 NODES_PACKET_LOSS = 0.3
 
 
@@ -723,6 +746,7 @@ class Settings(BaseSettings):
     status: StatusSettings = Field(default_factory=StatusSettings)
     content: ContentSettings = Field(default_factory=ContentSettings)
     supervisor: SupervisorSettings = Field(default_factory=SupervisorSettings)
+    pipeline: PipelineSettings = Field(default_factory=PipelineSettings)
 
     @model_validator(mode="after")
     def _cross_checks(self) -> Settings:

@@ -19,10 +19,12 @@ version (readable ``consents``/``optouts`` tables) is migrated on open.
 from __future__ import annotations
 
 import contextlib
+import gc
 import hashlib
 import hmac
 import json
 import os
+import sqlite3
 import stat
 import time
 from dataclasses import dataclass
@@ -46,6 +48,10 @@ from gateway.content.commands import (
     StateKind,
 )
 from gateway.content.rules import Actor, Campaign, ConsentInfo
+from gateway.log import get_logger
+from gateway.storage import SMALL_WAL_AUTOCHECKPOINT_PAGES, SMALL_WAL_SIZE_LIMIT, drop_stub_shm, is_disk_full
+
+log = get_logger(__name__)
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS applied (kind TEXT PRIMARY KEY, revision INTEGER NOT NULL, command_id TEXT NOT NULL,
@@ -76,9 +82,38 @@ def _load_key(path: Path) -> bytes:
         return path.read_bytes().strip()
     key = Fernet.generate_key()
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE)
-    with os.fdopen(fd, "wb") as f:
-        f.write(key)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(key)
+    except OSError:  # a full disk: leave no empty key file behind (it would fail every start)
+        with contextlib.suppress(OSError):
+            path.unlink()
+        raise
     return key
+
+
+async def _connect(path: Path) -> aiosqlite.Connection:
+    """Open in WAL mode with a small WAL (this store writes little; on a small state partition a
+    WAL left to grow to SQLite's default 4 MiB fills the disk). On a disk too full for the -shm
+    index, open in exclusive locking mode instead (no -shm file): the state still loads."""
+    for exclusive in (False, True):
+        db = await aiosqlite.connect(path)
+        try:
+            if exclusive:
+                await db.execute("PRAGMA locking_mode=EXCLUSIVE")
+            await db.execute("PRAGMA journal_mode=WAL")
+            await db.execute("PRAGMA synchronous=NORMAL")
+            await db.execute(f"PRAGMA wal_autocheckpoint={SMALL_WAL_AUTOCHECKPOINT_PAGES}")
+            await db.execute(f"PRAGMA journal_size_limit={SMALL_WAL_SIZE_LIMIT}")
+        except sqlite3.OperationalError as e:
+            await db.close()
+            if exclusive or not is_disk_full(e):
+                raise
+            log.warning("content.store_open_disk_full", reason=str(e))
+            drop_stub_shm(path)
+            continue
+        return db
+    raise AssertionError("unreachable")  # pragma: no cover
 
 
 def private_file(path: Path) -> None:
@@ -125,7 +160,7 @@ class ContentStore:
         key = _load_key(key_path or path.with_name("content.key"))
         fernet = Fernet(key)
         private_file(path)
-        db = await aiosqlite.connect(path)
+        db = await _connect(path)
         try:
             await db.execute("PRAGMA journal_mode=WAL")
             await db.execute("PRAGMA synchronous=NORMAL")
@@ -188,6 +223,7 @@ class ContentStore:
 
     async def close(self) -> None:
         await self._db.close()
+        gc.collect()  # a statement kept by a reference cycle would keep the file (and a lock) open
 
     async def _load(self) -> None:
         async with self._db.execute("SELECT kind, revision, command_id FROM applied") as cur:

@@ -25,6 +25,11 @@ from zoneinfo import ZoneInfo
 if TYPE_CHECKING:
     from gateway.config import PrivacySettings
 
+# identity -> pseudonym memo, per period: a few times the devices present. A day's distinct
+# addresses (tens of thousands in a busy store) are not worth keeping (issue 22: RSS), a miss
+# costs one HMAC (about a microsecond)
+CACHE_MAX = 16_384
+
 
 def _parse_hhmm(text: str) -> int:
     hh, mm = text.split(":")
@@ -124,7 +129,7 @@ class PseudonymKeyring:
             return hit
         digest = hmac.digest(self._key(epoch), identity.encode("utf-8"), "sha256").hex()  # one-shot (C)
         p = digest[: 2 * self._nbytes]
-        if len(self._cache) > 200_000:
+        if len(self._cache) >= CACHE_MAX:
             self._cache.clear()
         self._cache[(epoch, identity)] = p
         return p

@@ -35,7 +35,7 @@ __all__ = ["ConsentRecord", "IdentityResolver", "OptOutResult", "app_link", "irk
 _MAC_SEP_RE = re.compile(r"^[0-9a-f]{2}([:\-]?)(?:[0-9a-f]{2}\1){4}[0-9a-f]{2}$")
 _MAC_DOT_RE = re.compile(r"^[0-9a-f]{4}\.[0-9a-f]{4}\.[0-9a-f]{4}$")
 _HEX32_RE = re.compile(r"^[0-9a-f]{32}$")
-_CACHE_MAX = 500_000
+_CACHE_MAX = 16_384  # (device, link) -> subject per period: a few times the devices present (issue 22: RSS)
 _DROPPED = ""  # cache value for an opted-out (device, link)
 
 

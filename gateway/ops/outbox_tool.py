@@ -33,28 +33,70 @@ def _stats_cmd(args: argparse.Namespace) -> int:
 
 
 async def _stats(args: argparse.Namespace) -> int:
-    path = Path(args.db)
-    import sqlite3
-
     try:
-        con = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
-        row = con.execute("SELECT value FROM meta WHERE key = 'gateway_id'").fetchone()
-        con.close()
-    except sqlite3.Error as e:
-        print(f"{path}: not an outbox: {e}", file=sys.stderr)
-        return 2
-    if row is None:
-        print(f"{path}: not an outbox (no gateway id)", file=sys.stderr)
-        return 2
-    try:
-        ob = await Outbox.open(path, str(row[0]))
+        out = await asyncio.to_thread(read_stats, Path(args.db))
     except OutboxError as e:
         print(str(e), file=sys.stderr)
-        return 1
-    st = ob.stats()
-    await ob.close()
-    print(json.dumps({"gateway_id": row[0], **{k: getattr(st, k) for k in st.__slots__}}, indent=2))
+        return 2
+    print(json.dumps(out, indent=2))
     return 0
+
+
+def read_stats(path: Path) -> dict[str, Any]:
+    """What an outbox file holds, read-only (it never writes, takes no lock a running daemon would
+    wait for, and leaves the reserve file alone - on a full disk that room is the daemon's):
+    backlog, sequence numbers, eviction and dead-letter counters, sizes, the filesystem's room."""
+    import os
+    import sqlite3
+
+    wal = path.with_name(path.name + "-wal")
+    # read-only; a cleanly closed file has no WAL and needs no -shm either (works on a full disk)
+    uri = f"file:{path}?mode=ro" + ("&immutable=1" if not wal.exists() else "")
+    try:
+        con = sqlite3.connect(uri, uri=True)
+        try:
+            meta = {str(k): v for k, v in con.execute("SELECT key, value FROM meta")}
+            backlog, oldest, dead = con.execute(
+                "SELECT count(*), (SELECT ts FROM events ORDER BY seq LIMIT 1), (SELECT count(*) FROM dead_letter)"
+                " FROM events"
+            ).fetchone()
+            by_type = dict(con.execute("SELECT type, count(*) FROM events GROUP BY type ORDER BY type").fetchall())
+            pages, free, page = (
+                con.execute(f"PRAGMA {p}").fetchone()[0] for p in ("page_count", "freelist_count", "page_size")
+            )
+        finally:
+            con.close()
+    except sqlite3.Error as e:
+        hint = " (disk full: stop the daemon or free space to read it)" if "I/O" in str(e) else ""
+        raise OutboxError(f"{path}: not an outbox: {e}{hint}") from None
+    if "gateway_id" not in meta:
+        raise OutboxError(f"{path}: not an outbox (no gateway id)")
+
+    def size(p: Path) -> int:
+        try:
+            return p.stat().st_size
+        except OSError:
+            return 0
+
+    def counters(prefix: str) -> dict[str, int]:
+        return {k.removeprefix(prefix): int(v) for k, v in meta.items() if k.startswith(prefix) and v}
+
+    st = os.statvfs(path.parent)
+    return {
+        "gateway_id": meta["gateway_id"],
+        "backlog": backlog,
+        "backlog_by_type": by_type,
+        "oldest_ts": oldest,
+        "last_seq": int(meta.get("last_seq", 0)),
+        "evicted": counters("evicted."),
+        "evicted_by_priority": counters("evicted_priority."),
+        "dead_letters": dead,
+        "bytes": (pages - free) * page,
+        "file_bytes": size(path) + size(wal) + size(path.with_name(path.name + "-shm")),
+        "reserve_bytes": size(path.with_name(path.name + ".reserve")),
+        "fs_free_bytes": st.f_bavail * st.f_frsize,
+        "fs_total_bytes": st.f_blocks * st.f_frsize,
+    }
 
 
 def _events(n: int, start: int, store_id: str) -> list[EventBase]:

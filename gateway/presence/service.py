@@ -6,6 +6,10 @@ the presence database (opt-out digests, visit history for qualification) and a f
 purge. The daemon calls ``record(events)`` for every batch it commits to the outbox (visitor
 visits go to the history), ``maintain(now)`` periodically (retention + rotation purge), and
 ``add_optout`` / ``put_consent`` / ``revoke_consent`` from the command channel or status page.
+
+The resolver, engine and qualifier are pipeline state: the daemon runs the pipeline on a thread
+of its own (``gateway.runtime.worker``) and sets ``run_owned`` so that the changes made here
+(opt-out, revoked consent, pruning) run on that thread too, in order with the observations.
 """
 
 from __future__ import annotations
@@ -13,12 +17,14 @@ from __future__ import annotations
 import asyncio
 import math
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
+from functools import partial
 from pathlib import Path
+from typing import Protocol, TypeVar
 
 from gateway.config import Settings
 from gateway.identity.pseudonyms import PseudonymKeyring
-from gateway.identity.subjects import ConsentRecord, IdentityResolver
+from gateway.identity.subjects import ConsentRecord, IdentityResolver, OptOutResult
 from gateway.layout import Layout
 from gateway.log import get_logger
 from gateway.models import EventBase
@@ -29,6 +35,18 @@ from gateway.presence.store import PresenceStore, load_or_create_key
 log = get_logger(__name__)
 
 MAINTENANCE_INTERVAL_S = 60.0
+
+T = TypeVar("T")
+
+
+class OwnerRunner(Protocol):
+    """Runs a function where the live identity / presence state is owned; awaits its result."""
+
+    def __call__(self, fn: Callable[[], T], /) -> Awaitable[T]: ...
+
+
+async def run_inline(fn: Callable[[], T]) -> T:
+    return fn()
 
 
 def presence_db_path(settings: Settings) -> Path:
@@ -53,8 +71,10 @@ class PresenceService:
         )
         self.store: PresenceStore | None = None
         self._last_pseudonym_since = -math.inf
-        # called with each subject an opt-out erases, after presence forgot it
+        # called with each subject an opt-out erases, after presence forgot it (through run_owned)
         self.forget_hooks: list[Callable[[str], None]] = []
+        # where changes to the resolver / engine / qualifier run (the daemon: its pipeline thread)
+        self.run_owned: OwnerRunner = run_inline
 
     async def open(self, now: float) -> None:
         key = await load_or_create_key(optout_key_path(self.settings))
@@ -92,7 +112,7 @@ class PresenceService:
         since = self._pseudonym_since(now)
         retention = self.settings.privacy.retention_days
         n = await self.store.purge(now, pseudonym_since=since, retention_days=retention)
-        self.qualifier.prune(pseudonym_since=since, older_than=now - retention * DAY_S)
+        await self.run_owned(partial(self.qualifier.prune, pseudonym_since=since, older_than=now - retention * DAY_S))
         if since != self._last_pseudonym_since:
             self._last_pseudonym_since = since
             log.info("pseudonym rotation period started; pseudonymous history purged", purged=n)
@@ -106,11 +126,7 @@ class PresenceService:
     async def add_optout(self, identifier: str, now: float) -> int:
         """Opt out a MAC / IRK / app token / customer ref: drops it from the next observation on,
         erases live presence state and stored history. Returns how many subjects were erased."""
-        res = self.resolver.add_optout(identifier, now)
-        for subject in res.subjects:
-            self.engine.forget(subject)
-            for hook in self.forget_hooks:  # the daemon's other stages (localizer, queued events)
-                hook(subject)
+        res = await self.run_owned(partial(self._optout_live, identifier, now))
         if self.store is not None:
             await self.store.add_optouts(res.digests, now)
             for subject in res.subjects:
@@ -118,14 +134,26 @@ class PresenceService:
         log.info("opt-out added", digests=len(res.digests), subjects_erased=len(res.subjects))
         return len(res.subjects)
 
+    def _optout_live(self, identifier: str, now: float) -> OptOutResult:
+        res = self.resolver.add_optout(identifier, now)
+        for subject in res.subjects:
+            self.engine.forget(subject)
+            for hook in self.forget_hooks:  # the daemon's other stages (localizer, queued events)
+                hook(subject)
+        return res
+
+    def _revoke_live(self, customer_ref: str) -> int:
+        n = self.resolver.revoke_consent(customer_ref)
+        self.qualifier.forget(customer_ref)
+        return n
+
     def put_consent(self, record: ConsentRecord) -> None:
         self.resolver.put_consent(record)
 
     async def revoke_consent(self, customer_ref: str) -> int:
         """Withdrawn consent: the device falls back to daily pseudonyms from the next observation,
         and the customer's cross-day history (kept only because of the consent) is erased."""
-        n = self.resolver.revoke_consent(customer_ref)
-        self.qualifier.forget(customer_ref)
+        n = await self.run_owned(partial(self._revoke_live, customer_ref))
         if self.store is not None:
             await self.store.forget_subject(customer_ref)
         log.info("consent revoked", links=n)

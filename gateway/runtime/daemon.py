@@ -1,10 +1,19 @@
 """The daemon: wires sources -> pipeline (pure core) -> outbox -> uplink under one supervisor.
 
-    sources --(bounded queue of batches)--> pipeline task --(events)--> outbox writer (batched
-    SQLite transactions) --> uplink (MQTT QoS 1, acks delete rows)
+    sources --(bounded queue of batches)--> pipeline task --> pipeline thread --(events)--> outbox
+    writer (batched SQLite transactions) --> uplink (MQTT QoS 1, acks delete rows)
+
+The pipeline (identity -> localization -> presence) runs on a thread of its own
+(``gateway.runtime.worker.PipelineWorker``), which alone touches its state: the pipeline task
+hands it the queued batches (all those waiting, in one job), the clock its ``advance``, the drain
+its ``close``, opt-outs and consents their changes; the events come back on the loop, in order.
+The event loop stays free for I/O while a fix tick computes.
 
 Back-pressure: the queue between sources and the pipeline is bounded; a live source that cannot
-enqueue drops the batch and counts it (radios cannot be paused), a replay simply waits. What a
+enqueue drops the batch and counts it (radios cannot be paused), a replay simply waits; a live
+batch that waited longer than ``pipeline.max_delay_s`` is dropped as ``late`` (so latency stays
+bounded on an overloaded box). Queue depth, waits, late drops and the pipeline thread's load are
+on /metrics and the status page (``BackPressure``). What a
 source is (a recording, a node feed, restartable, on its own clock) it declares in its
 ``capabilities`` (``gateway/sources/base.py``); the daemon never probes it.
 The status page reads the daemon through ``gateway.runtime.status_provider.DaemonView``.
@@ -22,8 +31,11 @@ import contextlib
 import os
 import sqlite3
 import sys
+import threading
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -33,24 +45,45 @@ from gateway.content.service import ContentService, IdentityConsents
 from gateway.identity.subjects import ConsentRecord
 from gateway.layout import Layout, LayoutError, embedded_layout, load_layout
 from gateway.log import configure_logging, get_logger
-from gateway.models import ActivationReport, EventBase, Fix, Observation, PositionFix, SubjectEvent
+from gateway.models import ActivationReport, EventBase, Fix, Observation, PositionFix, SubjectEvent, priority_of
 from gateway.mqtt.local import local_broker_address
 from gateway.ops.update import announce_ready
 from gateway.pipeline import Pipeline
 from gateway.presence.service import PresenceService
 from gateway.runtime.notify import Notifier
 from gateway.runtime.reload import ReloadResult, plan_reload
-from gateway.runtime.status_provider import DaemonMetricsSampler, DaemonStatusProvider, Runtime
+from gateway.runtime.status_provider import (
+    BackPressure,
+    DaemonMetricsSampler,
+    DaemonStatusProvider,
+    PipelineView,
+    Runtime,
+    pipeline_view,
+)
 from gateway.runtime.supervisor import Policy, Supervisor, TaskSpec
+from gateway.runtime.worker import PipelineWorker
 from gateway.sources.base import Source
 from gateway.status.metrics import default_metrics, monitor_loop_lag
 from gateway.status.server import StatusServer
 from gateway.uplink.link import Uplink
-from gateway.uplink.outbox import Outbox
+from gateway.uplink.outbox import Outbox, OutboxFullError
 
 log = get_logger(__name__)
 
 QUEUE_BATCHES = 256
+# observations handed to the pipeline thread in one job at most, when batches have piled up
+MAX_JOB_OBSERVATIONS = 2048
+# the status page's copy of the pipeline counters is rebuilt at most this often while busy
+VIEW_EVERY_S = 0.2
+
+
+@dataclass(slots=True)
+class Queued:
+    """A batch waiting for the pipeline: when it was queued and, for a live source, which one."""
+
+    batch: list[Observation] | None  # None: the end marker the drain puts
+    t: float  # time.monotonic() when queued
+    source: Source | None = None  # a live source (its late drops are counted there); None: a recording
 
 
 def load_store_layout(settings: Settings) -> Layout:
@@ -107,6 +140,48 @@ def _subject_of(e: EventBase) -> str | None:
     return e.subject if isinstance(e, SubjectEvent | ActivationReport) else None
 
 
+class PendingEvents(list[EventBase]):
+    """Events produced and not committed to the outbox yet, oldest first (RAM only).
+
+    It counts, so the daemon's accounting adds up (docs/storage.md): every event ``added`` is
+    committed to the outbox (it gets a seq), erased by an opt-out, or dropped here - lowest
+    priority first, counted by priority - when the disk has refused appends for longer than
+    ``outbox.ram_max_events`` events.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.added = 0
+        self.committed = 0
+        self.erased = 0
+        self.dropped: dict[str, int] = {}
+
+    def append(self, ev: EventBase) -> None:
+        self.added += 1
+        super().append(ev)
+
+    def extend(self, evs: Iterable[EventBase]) -> None:
+        n = len(self)
+        super().extend(evs)
+        self.added += len(self) - n
+
+    def drop_to(self, max_events: int) -> dict[str, int]:
+        """Keep at most ``max_events``: drop the lowest priority first, oldest first within one."""
+        over = len(self) - max_events
+        if over <= 0:
+            return {}
+        order = sorted(range(len(self)), key=lambda i: (int(priority_of(self[i])), i))
+        gone = set(order[:over])
+        out: dict[str, int] = {}
+        for i in gone:
+            name = priority_of(self[i]).name.lower()
+            out[name] = out.get(name, 0) + 1
+        self[:] = [e for i, e in enumerate(self) if i not in gone]
+        for name, n in out.items():
+            self.dropped[name] = self.dropped.get(name, 0) + n
+        return out
+
+
 _TYPE_OF: dict[type[EventBase], str] = {}
 
 
@@ -131,7 +206,8 @@ class PresenceConsents:
     async def add_consent(
         self, customer_ref: str, *, irk: bytes | None, app_token: str | None, scope: frozenset[str]
     ) -> None:
-        self.presence.put_consent(ConsentRecord(customer_ref=customer_ref, scope=scope, irk=irk, app_token=app_token))
+        record = ConsentRecord(customer_ref=customer_ref, scope=scope, irk=irk, app_token=app_token)
+        await self.presence.run_owned(partial(self.presence.put_consent, record))
 
     async def revoke_consent(self, customer_ref: str) -> None:
         await self.presence.revoke_consent(customer_ref)
@@ -167,8 +243,18 @@ class Daemon:
             presence=self.presence.engine,
             on_fixes=self._on_fixes,
         )
-        self.queue: asyncio.Queue[list[Observation] | None] = asyncio.Queue(maxsize=QUEUE_BATCHES)
-        self.pending: list[EventBase] = []
+        self.queue: asyncio.Queue[Queued] = asyncio.Queue(maxsize=QUEUE_BATCHES)
+        # the one thread that touches pipeline state once the daemon runs (inline before / after)
+        self.worker = PipelineWorker()
+        self.presence.run_owned = self.worker.call
+        self.backpressure = BackPressure(self.worker.stats)
+        self.pipeline_view: PipelineView = pipeline_view(self.pipeline, self.presence)
+        self._view_t = 0.0
+        self._dispatched = False
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self.pending = PendingEvents()
+        self.outbox_refusing: str | None = None  # why the disk refuses appends (None: it does not)
+        self.unsaved_at_exit: dict[str, int] = {}
         # the newest committed events (not fixes), for the status page
         self.recent: collections.deque[EventBase] = collections.deque(maxlen=200)
         # events committed to the outbox, by type (presence events, activation reports, ...): /metrics
@@ -192,20 +278,68 @@ class Daemon:
 
     def _forget_subject(self, subject: str) -> None:
         """An opt-out erased ``subject`` from presence: drop it everywhere else it still lives (the
-        localizer's buffered observations, events not yet committed, the status page's lists)."""
+        localizer's buffered observations, events not yet committed, the status page's lists).
+
+        Runs where the opt-out ran, on the pipeline thread: the events and lists are the loop's,
+        so that part is sent there - after every event the pipeline produced before the opt-out
+        (those were handed to the loop first, in order)."""
         self.pipeline.localizer.forget(subject)
-        self.pending[:] = [e for e in self.pending if _subject_of(e) != subject]
-        kept = [e for e in self.recent if _subject_of(e) != subject]
-        self.recent.clear()
-        self.recent.extend(kept)
         if self.runtime.last_fixes is not None:
             self.runtime.last_fixes = [f for f in self.runtime.last_fixes if f.device != subject]
+        self._refresh_view(force=True)
+        if self._loop is not None and self.worker.ident == threading.get_ident():
+            self._loop.call_soon_threadsafe(self._forget_events, subject)
+        else:
+            self._forget_events(subject)
+
+    def _forget_events(self, subject: str) -> None:
+        kept = [e for e in self.pending if _subject_of(e) != subject]
+        self.pending.erased += len(self.pending) - len(kept)
+        self.pending[:] = kept
+        recent = [e for e in self.recent if _subject_of(e) != subject]
+        self.recent.clear()
+        self.recent.extend(recent)
 
     def _on_fixes(self, fixes: list[Fix]) -> None:
-        self.runtime.last_fixes = fixes
+        self.runtime.last_fixes = fixes  # a new list each tick: the page reads it from the loop
 
     def _sensor_state(self, sensor: str, active: bool) -> None:
-        self.pipeline.localizer.set_sensor_active(sensor, active)
+        self.worker.post(partial(self.pipeline.localizer.set_sensor_active, sensor, active))
+
+    # -- on the pipeline thread (PipelineWorker jobs) ------------------------------------------------
+
+    def _process(self, batches: list[list[Observation]]) -> list[EventBase]:
+        events: list[EventBase] = []
+        for batch in batches:  # one call per batch, as they came: the same results as one by one
+            events += self.pipeline.process(batch)
+        self._refresh_view()
+        return events
+
+    def _advance(self, now: float) -> list[EventBase]:
+        events = self.pipeline.advance(now)
+        self._refresh_view(force=True)
+        return events
+
+    def _close_pipeline(self) -> list[EventBase]:
+        events = self.pipeline.close()
+        self._refresh_view(force=True)
+        return events
+
+    def _refresh_view(self, force: bool = False) -> None:
+        """The status page's copy of the pipeline counters (it never reads the live ones)."""
+        t = time.monotonic()
+        if force or t - self._view_t >= VIEW_EVERY_S:
+            self._view_t = t
+            self.pipeline_view = pipeline_view(self.pipeline, self.presence)
+
+    # -- back on the loop ----------------------------------------------------------------------------
+
+    def _deliver(self, events: list[EventBase], now: float | None = None) -> None:
+        """Events of a pipeline job, on the loop, in job order: to the outbox writer and content."""
+        if events:
+            self.pending.extend(events)
+            if self.content is not None and self.content.on_events(events, now):
+                self._dispatched = True
 
     # -- tasks ------------------------------------------------------------------------------------
 
@@ -215,30 +349,68 @@ class Daemon:
     async def _run_source(self, src: Source) -> None:
         live = not src.capabilities.replay
         # closed here, not by the garbage collector: a restart must release the radio first
+        bp = self.backpressure
         async with contextlib.aclosing(src.batches()) as batches:
             async for batch in batches:
                 if live:
                     # radios cannot be paused: when the pipeline is behind, drop and count
                     try:
-                        self.queue.put_nowait(batch)
+                        self.queue.put_nowait(Queued(batch, time.monotonic(), src))
                     except asyncio.QueueFull:
                         src.health.drop("backpressure", len(batch))
+                    else:
+                        bp.queued_batches += 1
+                        bp.queued_observations += len(batch)
                     await asyncio.sleep(0)
                 else:
-                    await self.queue.put(batch)
+                    await self.queue.put(Queued(batch, time.monotonic()))
+                    bp.queued_batches += 1
+                    bp.queued_observations += len(batch)
+
+    def _take(self, items: list[Queued]) -> tuple[list[list[Observation]], bool]:
+        """The batches of ``items`` the pipeline should process (late live ones dropped and
+        counted), and whether the end marker came."""
+        bp = self.backpressure
+        now = time.monotonic()
+        max_delay = self.settings.pipeline.max_delay_s  # read each time: reloadable
+        out: list[list[Observation]] = []
+        for it in items:
+            if it.batch is None:
+                return out, True
+            wait = now - it.t
+            bp.queued_batches -= 1
+            bp.queued_observations -= len(it.batch)
+            bp.wait_s = wait
+            bp.max_wait_s = max(bp.max_wait_s, wait)
+            bp.waits.append(wait)
+            if it.source is not None and 0 < max_delay < wait:
+                it.source.health.drop("late", len(it.batch))
+                bp.dropped_late += len(it.batch)
+                continue
+            out.append(it.batch)
+        return out, False
 
     async def _run_pipeline(self) -> None:
+        """Hand the queued batches to the pipeline thread - everything waiting, up to
+        ``MAX_JOB_OBSERVATIONS``, in one job - and wait for it; its events come back through
+        ``_deliver``. New activations get the loop to themselves (their packets written) before
+        the next job starts competing for the interpreter."""
         while True:
-            batch = await self.queue.get()
-            if batch is None:
+            items = [await self.queue.get()]
+            n = len(items[0].batch or ())
+            while items[-1].batch is not None and n < MAX_JOB_OBSERVATIONS and not self.queue.empty():
+                items.append(self.queue.get_nowait())
+                n += len(items[-1].batch or ())
+            batches, end = self._take(items)
+            if batches:
+                self._last_obs_wall = time.monotonic()
+                self._dispatched = False
+                await self.worker.call(partial(self._process, batches), deliver=self._deliver)
+                if self._dispatched:
+                    await ContentService.let_dispatch_run()
+            if end:
                 self._pipeline_idle.set()
                 return
-            self._last_obs_wall = time.monotonic()
-            events = self.pipeline.process(batch)
-            if events:
-                self.pending.extend(events)
-                if self.content is not None and self.content.on_events(events):
-                    await self.content.let_dispatch_run()
             if self.queue.empty():
                 self._pipeline_idle.set()
             else:
@@ -265,17 +437,46 @@ class Daemon:
             # only when the pipeline has caught up: queued observations are older than the clock
             if self.queue.empty() and time.monotonic() - self._last_obs_wall >= 1.0:
                 now = clock()
-                events = self.pipeline.advance(now)
-                self.pending.extend(events)
+                await self.worker.call(partial(self._advance, now), deliver=partial(self._deliver, now=now))
                 if self.content is not None:
-                    self.content.on_events(events, now)
                     self.content.tick(now)
 
     async def _run_writer(self) -> None:
+        """Commit pending events every ``flush_interval_s``. A disk that refuses them (full with
+        nothing left to evict, or held by another process) does not stop the daemon: the events
+        wait in RAM (bounded, lowest priority dropped first and counted) and the writer retries
+        with a growing delay; one log line when it starts and one when it ends."""
         assert self.outbox is not None
+        delay = self.settings.outbox.flush_interval_s
+        next_space_check = 0.0
         while True:
-            await asyncio.sleep(self.settings.outbox.flush_interval_s)  # read each time: reloadable
-            await self.flush()
+            await asyncio.sleep(delay)
+            try:
+                await self.flush()
+            except (OutboxFullError, sqlite3.OperationalError) as e:
+                self._refused(f"{type(e).__name__}: {e}")
+                delay = min(5.0, delay * 2)
+                continue
+            delay = self.settings.outbox.flush_interval_s  # read each time: reloadable
+            if self.outbox_refusing is not None:
+                log.info("outbox.accepting_again", pending=len(self.pending), dropped=self.pending.dropped)
+                self.outbox_refusing = None
+            if time.monotonic() >= next_space_check:  # keep the disk state fresh while idle
+                next_space_check = time.monotonic() + 1.0
+                await self.outbox.check_space()
+
+    @property
+    def held_events(self) -> tuple[int, dict[str, int]]:
+        """Events waiting in RAM for the outbox, and those dropped there by priority."""
+        return len(self.pending), self.pending.dropped
+
+    def _refused(self, reason: str) -> None:
+        dropped = self.pending.drop_to(self.settings.outbox.ram_max_events)
+        if self.outbox_refusing is None:
+            log.error("outbox.refusing_writes", reason=reason, pending=len(self.pending))
+            self.outbox_refusing = reason
+        if dropped:
+            log.debug("events dropped in RAM", dropped=dropped, pending=len(self.pending))
 
     async def flush(self) -> int:
         """Commit pending events to the outbox in batches (one transaction per batch)."""
@@ -295,6 +496,7 @@ class Daemon:
                     self.pending[:0] = chunk
                     raise
                 n += len(chunk)
+                self.pending.committed += len(chunk)
                 self.committed_by_type.update(_event_type(e) for e in chunk)
                 self.recent.extend(e for e in chunk if not isinstance(e, PositionFix))
                 try:  # visit history for qualification: secondary to the event itself, never retried
@@ -331,14 +533,19 @@ class Daemon:
         # pipeline: idle is set again only once the pipeline has taken the end marker
         self._pipeline_idle.clear()
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self.queue.put(None), max(0.1, (t_end - time.monotonic()) / 4))
+            await asyncio.wait_for(
+                self.queue.put(Queued(None, time.monotonic())), max(0.1, (t_end - time.monotonic()) / 4)
+            )
             await asyncio.wait_for(self._pipeline_idle.wait(), max(0.1, (t_end - time.monotonic()) / 2))
-        self.pending.extend(self.pipeline.close())
+        await self.worker.call(self._close_pipeline, deliver=self.pending.extend)
         if self.content is not None:  # in-flight dispatches report before the final flush
             await self.content.drain(max(0.1, (t_end - time.monotonic()) / 4))
         if self.outbox is not None:
-            n = await self.flush()
-            log.info("events committed", count=n)
+            try:
+                n = await self.flush()
+                log.info("events committed", count=n)
+            except (OutboxFullError, sqlite3.OperationalError) as e:  # counted at close (_final_flush)
+                log.error("events not committed at drain", reason=str(e), pending=len(self.pending))
         if self.uplink is not None:
             await self.uplink.drain(max(0.0, t_end - time.monotonic()))
 
@@ -353,7 +560,10 @@ class Daemon:
         for db in (self.settings.outbox_path, self.settings.content_state_path, presence_db_path(self.settings)):
             private_file(db)
         self.outbox = await Outbox.open(
-            self.settings.outbox_path, self.settings.gateway.id, max_bytes=self.settings.outbox.max_bytes
+            self.settings.outbox_path,
+            self.settings.gateway.id,
+            max_bytes=self.settings.outbox.max_bytes,
+            keep_free_bytes=self.settings.outbox.keep_free_bytes,
         )
         clock = self.event_clock() or time.time
         await self.presence.open(clock())
@@ -365,6 +575,8 @@ class Daemon:
             self.outbox,
             on_command=self._on_command if self.content is not None else None,
         )
+        self._loop = asyncio.get_running_loop()
+        self.worker.start()
         sup = self.supervisor
         for src in self.sources:
             policy: Policy = "finite" if src.capabilities.finite else "restart"
@@ -483,6 +695,8 @@ class Daemon:
         that failed half-way) must not leave another SQLite connection's thread keeping the
         process alive."""
         steps: list[tuple[str, Callable[[], Awaitable[None]]]] = []
+        # the pipeline thread finishes what it was given (its events delivered) before the rest closes
+        steps.append(("pipeline worker", self.worker.stop))
         if self.status_server is not None:
             steps.append(("status server", self.status_server.stop))
         if self.content is not None:
@@ -500,11 +714,52 @@ class Daemon:
 
     async def _final_flush(self) -> None:
         if self.outbox is not None and self.pending:
-            await self.flush()
+            try:
+                await self.flush()
+            except (OutboxFullError, sqlite3.OperationalError) as e:
+                # the disk refused them to the end: lost with the process, and counted as such
+                for ev in self.pending:
+                    name = priority_of(ev).name.lower()
+                    self.unsaved_at_exit[name] = self.unsaved_at_exit.get(name, 0) + 1
+                log.error("events not saved at exit", reason=str(e), events=self.unsaved_at_exit)
+                self.pending.clear()
 
     def _stats(self) -> dict[str, Any]:
         st = self.pipeline.stats
-        return {"observations": st.observations, "fixes": st.fixes, "events": st.events, "dropped": st.dropped}
+        return {
+            "observations": st.observations,
+            "fixes": st.fixes,
+            "events": st.events,
+            "dropped": st.dropped,
+            "accounting": self.accounting(),
+        }
+
+    def accounting(self) -> dict[str, Any]:
+        """Where every event of this run went (docs/storage.md): ``added`` = committed + erased +
+        dropped in RAM + unsaved at exit + still pending; the outbox's own counters say what
+        became of committed ones (acknowledged, evicted by priority, dead-lettered, backlog)."""
+        p = self.pending
+        out: dict[str, Any] = {
+            "added": p.added,
+            "committed": p.committed,
+            "erased": p.erased,
+            "dropped_in_ram": dict(p.dropped),
+            "unsaved_at_exit": dict(self.unsaved_at_exit),
+            "pending": len(p),
+        }
+        if self.outbox is not None:
+            ob = self.outbox.stats()
+            out["outbox"] = {
+                "last_seq": ob.last_seq,
+                "appended": ob.appended,
+                "acked": ob.acked,
+                "backlog": ob.backlog,
+                "evicted": ob.evicted,
+                "evicted_by_priority": ob.evicted_by_priority,
+                "dead_letters": ob.dead_letters,
+                "disk": ob.disk_state,
+            }
+        return out
 
 
 # -- commands -----------------------------------------------------------------------------------------

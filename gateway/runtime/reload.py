@@ -28,6 +28,7 @@ LIVE_KEYS = frozenset(
         "log.format",
         "outbox.flush_interval_s",
         "outbox.append_batch",
+        "pipeline.max_delay_s",
         "supervisor.drain_deadline_s",
         "supervisor.restart_backoff_min_s",
         "supervisor.restart_backoff_max_s",

@@ -9,13 +9,17 @@ state) into the page's ``StatusSnapshot``; its actions go through the daemon's o
 * test event: ``DaemonView.queue_event`` appends a ``Heartbeat`` to the pending events, so it
   travels outbox -> uplink like any other;
 * opt-out: the presence service (``gateway.identity.subjects.IdentityResolver``): persisted keyed
-  digests, live state and stored history erased;
+  digests, live state and stored history erased (the live part on the pipeline's thread);
 * restart scanner: ``DaemonView.restart_sources`` restarts the live sources that declare
   ``restartable`` through the supervisor;
 * reload config: ``DaemonView.reload_config`` re-reads and validates the configuration, applies
   what can change live and names what needs a restart (``gateway.runtime.reload``).
 
 Everything but the actions is cheap and synchronous: it runs on the event loop a few times a second.
+
+The pipeline runs on a thread of its own (``gateway.runtime.worker``) that changes its state while
+the page renders, so the page never reads the live pipeline: it reads ``PipelineView``, a copy that
+thread builds (``pipeline_view``), and the back-pressure figures the daemon keeps on the loop.
 """
 
 from __future__ import annotations
@@ -24,8 +28,9 @@ import asyncio
 import collections
 import shutil
 import time
+from collections import deque
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import numpy as np
@@ -34,11 +39,12 @@ from gateway import __version__
 from gateway.config import Settings
 from gateway.content.service import ContentService
 from gateway.layout import Layout, points_in_polygon
-from gateway.models import ActivationReport, EventBase, Fix, Heartbeat, Observation
+from gateway.models import ActivationReport, EventBase, Fix, Heartbeat
 from gateway.pipeline import Pipeline
 from gateway.presence.service import PresenceService
 from gateway.runtime.reload import ReloadResult
 from gateway.runtime.supervisor import Supervisor
+from gateway.runtime.worker import WorkerStats
 from gateway.sources.base import NodeStatus, Source
 from gateway.status.coverage import coverage_grid
 from gateway.status.metrics import GatewayMetrics
@@ -52,6 +58,7 @@ from gateway.status.provider import (
     DiskStatus,
     EventRow,
     OutboxStatus,
+    PipelineStatus,
     StatusSnapshot,
     UplinkStatus,
 )
@@ -70,6 +77,87 @@ class Runtime:
     ready: bool = False
     loop_lag_s: float = 0.0
     last_fixes: list[Fix] | None = None  # the newest fix tick (replaced, never mutated)
+
+
+@dataclass(frozen=True)
+class PipelineView:
+    """The pipeline as the status page and /metrics see it: copies made on the pipeline's thread."""
+
+    observations: int = 0
+    fixes: int = 0
+    events: Mapping[str, int] = field(default_factory=dict)
+    dropped: Mapping[str, int] = field(default_factory=dict)
+    sensor_last_heard: Mapping[str, float] = field(default_factory=dict)  # event time, by sensor
+    optouts: int = 0
+    wifi_devices: Mapping[str, Any] = field(default_factory=dict)  # the Wi-Fi count's last minute
+    residents: Mapping[str, int] = field(default_factory=dict)  # set apart today, by why
+    linked_rotations: int = 0
+
+
+def pipeline_view(pipeline: Pipeline, presence: PresenceService) -> PipelineView:
+    """Copy what the page shows of the pipeline; runs where the pipeline state lives."""
+    st = pipeline.stats
+    return PipelineView(
+        observations=st.observations,
+        fixes=st.fixes,
+        events=dict(st.events),
+        dropped=dict(st.dropped),
+        sensor_last_heard=dict(pipeline.sensor_last_heard),
+        optouts=presence.resolver.optout_count,
+        wifi_devices=dict(pipeline.wifi_count.latest) if pipeline.wifi_count is not None else {},
+        residents=dict(collections.Counter(pipeline.presence.residents().values())),
+        linked_rotations=pipeline.linker.stats.links if pipeline.linker is not None else 0,
+    )
+
+
+@dataclass
+class BackPressure:
+    """The queue in front of the pipeline thread and that thread's load (the daemon updates it)."""
+
+    worker: WorkerStats = field(default_factory=WorkerStats)
+    queued_batches: int = 0
+    queued_observations: int = 0
+    wait_s: float = 0.0  # how long the newest batch taken had waited
+    max_wait_s: float = 0.0
+    dropped_late: int = 0  # observations: they waited longer than pipeline.max_delay_s
+    # waits not yet observed by the metrics histogram (the sampler empties it; bounded without one)
+    waits: deque[float] = field(default_factory=lambda: deque(maxlen=4096))
+
+
+class LoadMeter:
+    """Busy and CPU share of the pipeline thread over the last ``window_s`` (at least)."""
+
+    def __init__(self, window_s: float = 1.0) -> None:
+        self.window_s = window_s
+        self._last: tuple[float, float, float] | None = None
+        self.busy_pct = 0.0
+        self.cpu_pct = 0.0
+
+    def update(self, w: WorkerStats, now: float | None = None) -> None:
+        now = time.monotonic() if now is None else now
+        if self._last is None:
+            self._last = (now, w.busy_s, w.cpu_s)
+            return
+        t0, b0, c0 = self._last
+        if now - t0 >= self.window_s:
+            self.busy_pct = min(100.0, 100.0 * (w.busy_s - b0) / (now - t0))
+            self.cpu_pct = 100.0 * (w.cpu_s - c0) / (now - t0)
+            self._last = (now, w.busy_s, w.cpu_s)
+
+
+def pipeline_status(bp: BackPressure, meter: LoadMeter, loop_lag_s: float) -> PipelineStatus:
+    meter.update(bp.worker)
+    return PipelineStatus(
+        queued_batches=bp.queued_batches,
+        queued_observations=bp.queued_observations,
+        wait_s=round(bp.wait_s, 4),
+        max_wait_s=round(bp.max_wait_s, 4),
+        busy_pct=round(meter.busy_pct, 1),
+        cpu_pct=round(meter.cpu_pct, 1),
+        longest_job_s=round(bp.worker.max_job_s, 4),
+        dropped_late=bp.dropped_late,
+        loop_lag_s=round(loop_lag_s, 4),
+    )
 
 
 class DaemonView(Protocol):
@@ -91,7 +179,12 @@ class DaemonView(Protocol):
     def sources(self) -> Sequence[Source]: ...
 
     @property
-    def pipeline(self) -> Pipeline: ...
+    def pipeline_view(self) -> PipelineView:
+        """The pipeline's counters and sensors, copied on its thread (never the live objects)."""
+        ...
+
+    @property
+    def backpressure(self) -> BackPressure: ...
 
     @property
     def presence(self) -> PresenceService: ...
@@ -111,7 +204,14 @@ class DaemonView(Protocol):
         ...
 
     @property
-    def queue(self) -> asyncio.Queue[list[Observation] | None]: ...
+    def outbox_refusing(self) -> str | None:
+        """Why the disk refuses appends to the outbox (None: it does not); docs/storage.md."""
+        ...
+
+    @property
+    def held_events(self) -> tuple[int, Mapping[str, int]]:
+        """Events waiting in RAM for the outbox, and those dropped there by priority."""
+        ...
 
     @property
     def committed_by_type(self) -> Mapping[str, int]:
@@ -170,6 +270,7 @@ class DaemonStatusProvider:
         self._version = 0  # bumped whenever the set of dots changes (the stream skips unchanged ticks)
         self._seen_fixes: list[Fix] | None = None
         self._crlb: dict[str, Any] | None = None
+        self._load = LoadMeter()
 
     # -- helpers --------------------------------------------------------------------------------
 
@@ -248,9 +349,9 @@ class DaemonStatusProvider:
             z = self._zones.get(k)
             if z in occ:
                 occ[z] += 1
-        last = d.pipeline.sensor_last_heard
+        pv = d.pipeline_view
+        last = pv.sensor_last_heard
         heard: dict[str, float | None] = {sid: last.get(sid) for sid in d.layout.sensor_index()}
-        st = d.pipeline.stats
         events, activations = self._recent()
         return StatusSnapshot(
             ts=now,
@@ -271,18 +372,19 @@ class DaemonStatusProvider:
             campaigns=self._campaigns(now),
             actors=self._actors(),
             zone_occupancy=occ,
-            wifi_devices=dict(d.pipeline.wifi_count.latest) if d.pipeline.wifi_count is not None else {},
-            optouts=d.presence.resolver.optout_count,
+            wifi_devices=dict(pv.wifi_devices),
+            optouts=pv.optouts,
+            pipeline=pipeline_status(d.backpressure, self._load, d.runtime.loop_lag_s),
             extra={
-                "observations": st.observations,
-                "fixes": st.fixes,
-                "events": dict(st.events),
-                "dropped": dict(st.dropped),
+                "observations": pv.observations,
+                "fixes": pv.fixes,
+                "events": dict(pv.events),
+                "dropped": dict(pv.dropped),
                 "loop_lag_s": round(d.runtime.loop_lag_s, 4),
-                "queued_batches": d.queue.qsize(),
+                "queued_batches": d.backpressure.queued_batches,
                 # staff, fixtures and neighbours set apart today, by why (device kind or all-day)
-                "residents": dict(collections.Counter(d.pipeline.presence.residents().values())),
-                "linked_rotations": d.pipeline.linker.stats.links if d.pipeline.linker is not None else 0,
+                "residents": dict(pv.residents),
+                "linked_rotations": pv.linked_rotations,
             },
         )
 
@@ -310,11 +412,19 @@ class DaemonStatusProvider:
         if outbox is None:
             return OutboxStatus()
         ob = outbox.stats()
+        d = self.daemon
         return OutboxStatus(
             backlog=ob.backlog,
             oldest_age_s=None if ob.oldest_ts is None else max(0.0, now - ob.oldest_ts),
             evictions=ob.evicted_total,
             bytes=ob.bytes,
+            # the disk as the outbox sees it, and what waits in RAM if it refuses (docs/storage.md)
+            disk_state=ob.disk_state,
+            cap_bytes=ob.cap_bytes,
+            evictions_by_priority=ob.evicted_by_priority,
+            refusing=d.outbox_refusing,
+            pending=d.held_events[0],
+            dropped_in_ram=dict(d.held_events[1]),
         )
 
     def _disk(self) -> DiskStatus:
@@ -323,7 +433,11 @@ class DaemonStatusProvider:
             du = shutil.disk_usage(state_dir)
         except OSError:
             return DiskStatus()
-        return DiskStatus(path=str(state_dir), total_bytes=du.total, free_bytes=du.free)
+        disk = DiskStatus(path=str(state_dir), total_bytes=du.total, free_bytes=du.free)
+        store = self.daemon.presence.store
+        if store is not None:
+            disk["presence_store"] = store.state()
+        return disk
 
     def _recent(self) -> tuple[list[EventRow], list[ActivationRow]]:
         """Newest first: committed events (presence, and test events sent from this page) and
@@ -396,6 +510,7 @@ class DaemonMetricsSampler:
         self.daemon = daemon
         self.metrics = metrics
         self._last: dict[tuple[str, str], float] = {}
+        self._load = LoadMeter()
 
     def _delta(self, kind: str, key: str, total: float) -> float:
         prev = self._last.get((kind, key), 0.0)
@@ -423,12 +538,24 @@ class DaemonMetricsSampler:
             for reason, total in node.get("dropped", {}).items():
                 if k := self._delta("node_drop", f"{name}:{reason}", total):
                     m.node_dropped(name, reason, int(k))
-        st = d.pipeline.stats
+        st = d.pipeline_view
         for reason, total in st.dropped.items():
             if n := self._delta("drop", f"pipeline:{reason}", total):
                 m.dropped(reason, int(n))
         if n := self._delta("fix", "", st.fixes):
             m.fixed(int(n))
+        bp = d.backpressure
+        self._load.update(bp.worker)
+        waits = list(bp.waits)
+        bp.waits.clear()
+        m.pipeline(
+            bp.queued_batches,
+            bp.queued_observations,
+            waits,
+            self._load.busy_pct / 100.0,
+            self._delta("pipeline_cpu", "", bp.worker.cpu_s),
+            bp.worker.max_job_s,
+        )
         # every event stored in the outbox (activation reports included), not only the pipeline's
         for etype, total in d.committed_by_type.items():
             if n := self._delta("event", etype, total):
@@ -456,6 +583,14 @@ class DaemonMetricsSampler:
             if d.outbox is not None:
                 os_ = d.outbox.stats()
                 m.outbox_size(os_.bytes, os_.max_bytes)
+        if d.outbox is not None:
+            ob = d.outbox.stats()
+            m.storage("outbox", ob.disk_state, ob.cap_bytes)
+            for prio, total in d.held_events[1].items():
+                if n := self._delta("ram_drop", prio, float(total)):
+                    m.unsaved(prio, int(n))
+        if d.presence.store is not None:
+            m.storage("presence", "full" if d.presence.store.disk_full else "ok")
 
     async def run(self, period_s: float = 1.0) -> None:
         while True:

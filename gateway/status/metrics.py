@@ -35,6 +35,8 @@ __all__ = ["CONTENT_TYPE_LATEST", "GatewayMetrics", "default_metrics", "monitor_
 
 PUBLISH_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0)
 LAG_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0)
+STORAGE_STATES = {"ok": 0, "limited": 1, "full": 2}
+WAIT_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 
 
 class GatewayMetrics:
@@ -53,6 +55,20 @@ class GatewayMetrics:
         )
         self.evictions = Counter(
             "gateway_outbox_evictions", "Events evicted by the size cap, by priority", ["priority"], registry=r
+        )
+        # the disk (docs/storage.md): 0 ok, 1 limited (the disk sets the outbox's cap and it is
+        # at it), 2 full (the filesystem is full; the store degrades, the daemon keeps running)
+        self.storage_state = Gauge(
+            "gateway_storage_state", "Disk state of a store: 0 ok, 1 limited, 2 full", ["store"], registry=r
+        )
+        self.outbox_cap = Gauge(
+            "gateway_outbox_cap_bytes", "Effective outbox cap: min(max_bytes, what the disk can give)", registry=r
+        )
+        self.unsaved_events = Counter(
+            "gateway_events_unsaved",
+            "Events dropped in RAM while the disk refused appends, by priority",
+            ["priority"],
+            registry=r,
         )
         self.publish_latency = Histogram(
             "gateway_publish_latency_seconds",
@@ -104,6 +120,26 @@ class GatewayMetrics:
             registry=r,
         )  # fmt: skip
         self.commands = Counter("gateway_commands", "Cloud commands answered, by result", ["result"], registry=r)
+        # back-pressure in front of the pipeline thread, and its load (headroom on the box)
+        self.pipeline_queue_batches = Gauge(
+            "gateway_pipeline_queue_batches", "Observation batches waiting for the pipeline", registry=r
+        )
+        self.pipeline_queue_observations = Gauge(
+            "gateway_pipeline_queue_observations", "Observations waiting for the pipeline", registry=r
+        )
+        self.pipeline_queue_wait = Histogram(
+            "gateway_pipeline_queue_wait_seconds",
+            "Time a batch waited in the queue before the pipeline took it",
+            buckets=WAIT_BUCKETS,
+            registry=r,
+        )
+        self.pipeline_busy = Gauge(
+            "gateway_pipeline_busy_ratio", "Share of wall time the pipeline thread computed (last second)", registry=r
+        )
+        self.pipeline_cpu = Counter("gateway_pipeline_cpu_seconds", "CPU time of the pipeline thread", registry=r)
+        self.pipeline_longest_job = Gauge(
+            "gateway_pipeline_longest_job_seconds", "Longest single pipeline job (a batch with a fix tick)", registry=r
+        )
         self._obs: dict[str, Counter] = {}
         self._drops: dict[str, Counter] = {}
         self._events: dict[str, Counter] = {}
@@ -142,6 +178,14 @@ class GatewayMetrics:
         if c is None:
             c = self._evict[priority] = self.evictions.labels(priority)
         c.inc(n)
+
+    def storage(self, store: str, state: str, cap_bytes: int | None = None) -> None:
+        self.storage_state.labels(store).set(STORAGE_STATES.get(state, 2))
+        if cap_bytes is not None:
+            self.outbox_cap.set(cap_bytes)
+
+    def unsaved(self, priority: str, n: int) -> None:
+        self.unsaved_events.labels(priority).inc(n)
 
     def published(self, latencies_s: list[float] | tuple[float, ...]) -> None:
         """Record the creation-to-ack latency of each acknowledged event in one batch."""
@@ -186,6 +230,19 @@ class GatewayMetrics:
 
     def node_dropped(self, name: str, reason: str, n: int) -> None:
         self.node_drops.labels(name, reason).inc(n)
+
+    def pipeline(
+        self, batches: int, observations: int, waits: list[float], busy_ratio: float, cpu_s: float, longest_s: float
+    ) -> None:
+        """The pipeline's queue and thread, once a second (``waits``: batches taken since the last call)."""
+        self.pipeline_queue_batches.set(batches)
+        self.pipeline_queue_observations.set(observations)
+        for w in waits:
+            self.pipeline_queue_wait.observe(w)
+        self.pipeline_busy.set(busy_ratio)
+        if cpu_s > 0:
+            self.pipeline_cpu.inc(cpu_s)
+        self.pipeline_longest_job.set(longest_s)
 
     def lag(self, seconds: float) -> None:
         self.loop_lag.set(seconds)

@@ -26,6 +26,7 @@ from typing import Any, Protocol, TypedDict, runtime_checkable
 from gateway.layout import Layout
 from gateway.models import SourceHealth
 from gateway.sources.base import NodeStatus
+from gateway.storage import StoreStatus
 
 
 @dataclass(slots=True, frozen=True)
@@ -67,6 +68,14 @@ class OutboxStatus(TypedDict, total=False):
     oldest_age_s: float | None  # event-time age of the oldest of them
     evictions: int
     bytes: int | None
+    # the disk (docs/storage.md): ok | limited | full, the effective cap, evictions by priority,
+    # and - while the disk refuses appends - why, and what waits in RAM or was dropped there
+    disk_state: str
+    cap_bytes: int
+    evictions_by_priority: dict[str, int]
+    refusing: str | None
+    pending: int
+    dropped_in_ram: dict[str, int]
 
 
 class DiskStatus(TypedDict, total=False):
@@ -75,6 +84,7 @@ class DiskStatus(TypedDict, total=False):
     path: str
     total_bytes: int
     free_bytes: int
+    presence_store: StoreStatus
 
 
 class ClockStatus(TypedDict):
@@ -116,6 +126,22 @@ class ActorRow(TypedDict):
     state: str
 
 
+class PipelineStatus(TypedDict, total=False):
+    """The queue in front of the pipeline and the load of its thread: the box's headroom.
+
+    Empty when the provider has no pipeline of its own to report."""
+
+    queued_batches: int  # observation batches waiting for the pipeline
+    queued_observations: int
+    wait_s: float  # how long the newest batch the pipeline took had waited in the queue
+    max_wait_s: float  # the longest such wait since start
+    busy_pct: float  # share of wall time the pipeline thread spent computing, recently
+    cpu_pct: float  # the pipeline thread's CPU time, % of one core, recently
+    longest_job_s: float  # the longest single job (a batch with a fix tick) since start
+    dropped_late: int  # observations dropped: they waited longer than pipeline.max_delay_s
+    loop_lag_s: float  # how late the event loop last woke a timer
+
+
 @dataclass(slots=True)
 class StatusSnapshot:
     """What ``StatusProvider.snapshot()`` returns; ``as_dict()`` is what /api/status serves."""
@@ -144,6 +170,7 @@ class StatusSnapshot:
     # {"ts", "devices", "sd", "window_s", "by_zone": {zone: n}, "interval"?: {"start", "interval_s", "devices"}}
     wifi_devices: dict[str, Any] = field(default_factory=dict)
     optouts: int = 0
+    pipeline: PipelineStatus = field(default_factory=lambda: PipelineStatus())
     # counters a provider adds for the technician (pipeline totals, loop lag ...), shown as they are
     extra: dict[str, Any] = field(default_factory=dict)
 

@@ -294,6 +294,8 @@ def test_status_page_in_chromium(served: ServerThread, clock: PausableClock, tmp
         digests = served.run(lambda: served.provider.identity.optout_count)
         assert digests >= 2
         wait_for(lambda: f"opt-outs\n{digests}" in text(driver, "#overview"), what="opt-out count")
+        # the pipeline panel (this provider runs the pipeline inline: no queue or thread to show)
+        assert text(driver, "#pipeline").startswith("queued\n-\nwait\n- (longest -)")
         driver.find_element(By.CSS_SELECTOR, "button[data-action='test-event']").click()
         wait_for(lambda: text(driver, "#action-result") == "test event queued", what="test event")
         wait_for(lambda: "heartbeat" in text(driver, "#events"), what="test event listed")

@@ -20,8 +20,8 @@ ROOT = Path(__file__).resolve().parents[2] / "gateway"
 # Lowest first. A module may import its own layer and the layers below it, never one above.
 LAYERS: list[tuple[str, ...]] = [
     # shared by everything: wire models and in-RAM records, the settings model, the floor plan,
-    # logging, retry timing, the version
-    ("gateway", "models", "config", "layout", "log", "backoff"),
+    # logging, retry timing, the version, what the SQLite stores share on a small or full disk
+    ("gateway", "models", "config", "layout", "log", "backoff", "storage"),
     # the pure cores, in the order an observation goes through them (no I/O, time passed in)
     ("parsers",),
     ("identity",),

@@ -52,6 +52,13 @@
     if (typeof v === "object") return JSON.stringify(v);
     return String(v);
   }
+  function fmtMs(seconds) {
+    if (seconds === null || seconds === undefined || !isFinite(seconds)) return "-";
+    return (seconds * 1000).toFixed(seconds < 0.01 ? 1 : 0) + " ms";
+  }
+  function fmtPct(v) {
+    return v === null || v === undefined || !isFinite(v) ? "-" : v.toFixed(0) + " %";
+  }
   function fmtClock(c) {
     if (!c) return "-";
     const state = c.synchronized === true ? "synchronized" : c.synchronized === false ? "NOT synchronized" : "sync unknown";
@@ -241,6 +248,18 @@
     kv(document.getElementById("outbox"), [
       ["backlog", o.backlog], ["oldest unsent", o.oldest_age_s === null ? "-" : fmtAge(o.oldest_age_s)],
       ["evictions", o.evictions], ["size", fmtBytes(o.bytes)],
+      ["disk", o.disk_state ? { text: o.disk_state, cls: "state-" + String(o.disk_state).replace(/[^a-z]/g, "") } : "-"],
+      ["cap", o.cap_bytes ? fmtBytes(o.cap_bytes) : "-"],
+      ["held in RAM", o.refusing ? String(o.pending) + " (disk refuses: " + o.refusing + ")" : "-"],
+    ]);
+    // back-pressure in front of the pipeline thread, and its load: the box's headroom
+    const p = s.pipeline || {};
+    kv(document.getElementById("pipeline"), [
+      ["queued", p.queued_batches === undefined ? "-" : p.queued_batches + " batches, " + p.queued_observations + " observations"],
+      ["wait", fmtMs(p.wait_s) + " (longest " + fmtMs(p.max_wait_s) + ")"],
+      ["thread busy", fmtPct(p.busy_pct) + " (CPU " + fmtPct(p.cpu_pct) + " of a core)"],
+      ["longest job", fmtMs(p.longest_job_s)],
+      ["dropped late", p.dropped_late], ["loop lag", fmtMs(p.loop_lag_s)],
     ]);
     const RATES = ["adverts_per_s", "frames_per_s"];
     table(document.getElementById("sources"), ["source", "state", "observations", "rate/s", "recoveries", "dropped", "last", "detail"],

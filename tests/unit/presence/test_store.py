@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import sqlite3
 import stat
@@ -13,6 +14,7 @@ import pytest
 from gateway.models import VisitEnded, ZoneEntered
 from gateway.presence.qualification import DAY_S
 from gateway.presence.store import PresenceStore, PresenceStoreError, load_or_create_key
+from tests.smallfs import MIB, fill, small_filesystem
 
 T = 1_767_261_600.0
 
@@ -146,3 +148,77 @@ async def test_schema_version_mismatch_is_a_clear_error(tmp_path: Path, stores: 
         con.execute("UPDATE meta SET value='99' WHERE key='schema_version'")
     with pytest.raises(PresenceStoreError, match="schema version 99"):
         await PresenceStore.open(db)
+
+
+async def test_writer_and_maintenance_sharing_the_connection_never_see_a_lock(
+    tmp_path: Path, stores: list[PresenceStore]
+) -> None:
+    """The outbox writer records visits while maintenance purges and an opt-out erases, on one
+    connection. With a statement per hop, the purge's WAL checkpoint ran between the writer's
+    INSERT and its COMMIT and failed with "database table is locked" (3 of 3 runs on the old
+    store); with each operation one hop on the connection's thread it cannot happen."""
+    store = await opened(tmp_path / "presence.sqlite3", stores)
+
+    async def writer() -> None:
+        for i in range(200):
+            await store.record_visits([ended(f"s{i}", T + i)])
+
+    async def maintenance() -> None:
+        for i in range(200):
+            await store.purge(T + 10 * DAY_S, pseudonym_since=T + i, retention_days=30)
+            await store.forget_subject(f"s{i}")
+
+    await asyncio.gather(writer(), maintenance())
+    # every visit was recorded and then purged or erased: nothing lost to an error, nothing left
+    assert (await store.counts())["visits"] == 0
+
+
+async def test_full_disk_degrades_and_catches_up(tmp_path: Path, stores: list[PresenceStore]) -> None:
+    """On a full filesystem: history is not recorded (counted), purges wait, opt-outs and erasures
+    are honoured from memory and written once the disk takes them; opening still works."""
+    with small_filesystem(tmp_path / "fs", 1 * MIB) as d:
+        db = d / "presence.sqlite3"
+        store = await opened(db, stores)
+        await store.record_visits([ended(f"old{i}", T) for i in range(20)])
+        filler = d / "other-process.log"
+        fill(filler)
+        assert await store.record_visits([ended("lost", T + 1)]) == 0
+        assert store.disk_full and store.visits_not_recorded == 1
+        await store.add_optouts(["c" * 64], T)
+        assert await store.optout_digests() == ["c" * 64]  # honoured although not written yet
+        await store.forget_subject("old3")
+        hist = await store.load_history(T + 60, pseudonym_since=T - 3600, retention_days=30)
+        assert "old3" not in {r.subject for r in hist} and len(hist) == 19
+        assert store.state()["unsaved_optouts"] == 1 and store.state()["unsaved_erasures"] == 1
+        await store.close()
+        store = await opened(db, stores)  # a restart on the full disk opens (exclusive if it must)
+        assert len(await store.load_history(T + 60, pseudonym_since=T - 3600, retention_days=30)) == 20
+        filler.unlink()
+        await store.add_optouts(["c" * 64], T)  # (the first store's memory died with it)
+        await store.forget_subject("old3")
+        assert not store.disk_full
+        await store.close()
+        store = await opened(db, stores)
+        assert await store.optout_digests() == ["c" * 64]
+        assert (await store.counts())["visits"] == 19
+
+
+async def test_unsaved_optouts_are_written_with_the_next_write(tmp_path: Path, stores: list[PresenceStore]) -> None:
+    with small_filesystem(tmp_path / "fs", 1 * MIB) as d:
+        db = d / "presence.sqlite3"
+        store = await opened(db, stores)
+        await store.record_visits([ended("a", T), ended("b", T)])
+        filler = d / "other-process.log"
+        fill(filler)
+        await store.add_optouts(["d" * 64], T)
+        await store.forget_subject("a")
+        filler.unlink()
+        assert await store.record_visits([ended("c", T)]) == 1  # this write carries them along
+        assert store.state()["unsaved_optouts"] == 0 and store.state()["unsaved_erasures"] == 0
+        await store.close()
+        store = await opened(db, stores)
+        assert await store.optout_digests() == ["d" * 64]
+        assert sorted(r.subject for r in await store.load_history(T, pseudonym_since=0, retention_days=30)) == [
+            "b",
+            "c",
+        ]

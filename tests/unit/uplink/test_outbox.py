@@ -18,7 +18,7 @@ from gateway.models import (
     UplinkEvent,
     ZoneEntered,
 )
-from gateway.uplink.outbox import Outbox, OutboxError, OutboxFullError, envelope_bytes
+from gateway.uplink.outbox import Outbox, OutboxError, envelope_bytes
 
 GW = "gw-test"
 
@@ -158,7 +158,7 @@ async def test_eviction_lowest_priority_then_oldest(tmp_path: Path) -> None:
 
 
 async def test_disk_full_evicts_and_retries(tmp_path: Path) -> None:
-    """PRAGMA max_page_count makes a tiny 'disk': SQLITE_FULL -> evict low priority -> retry, no crash."""
+    """A page cap (a tiny 'disk'): the disk-derived cap evicts low priority first, no crash."""
     ob = await Outbox.open(tmp_path / "o.db", GW)  # size cap far above the page cap
     await ob.append([act(i) for i in range(20)])
     await ob.set_page_cap(60)  # ~240 KiB with 4 KiB pages
@@ -168,7 +168,8 @@ async def test_disk_full_evicts_and_retries(tmp_path: Path) -> None:
         assert seqs == list(range(appended + 1, appended + 41))
         appended += 40
     st = ob.stats()
-    assert st.evicted.get("disk_full", 0) > 0
+    assert st.evicted.get("disk", 0) > 0
+    assert st.disk_state == "limited"
     assert st.last_seq == appended
     rows = await ob.pending(100_000)
     assert sum(1 for r in rows if r.type == "activation") == 20
@@ -176,17 +177,24 @@ async def test_disk_full_evicts_and_retries(tmp_path: Path) -> None:
     await ob.close()
 
 
-async def test_disk_full_with_nothing_evictable_raises_cleanly(tmp_path: Path) -> None:
+async def test_batch_larger_than_the_cap_keeps_what_fits_and_counts_the_rest(tmp_path: Path) -> None:
+    """The batch's own rows are eviction candidates (the newest of their priority): a batch of
+    fixes bigger than the whole cap keeps the stored activation reports and as many of its own
+    newest fixes as fit; the rest consume their seqs and are counted as evicted."""
     ob = await Outbox.open(tmp_path / "o.db", GW)
-    await ob.set_page_cap(8)
-    with pytest.raises(OutboxFullError):
-        await ob.append([fix(i) for i in range(2000)])
+    await ob.append([act(i) for i in range(5)])
+    await ob.set_page_cap(30)  # ~90 KiB of live pages, the schema's included
+    assert await ob.append([fix(i) for i in range(2000)]) == list(range(6, 2006))
     st = ob.stats()
-    assert st.last_seq == 0
-    assert st.backlog == 0
-    # Still usable afterwards; the failed batch consumed no sequence number.
+    rows = await ob.pending(10_000)
+    assert [r.type for r in rows[:5]] == ["activation"] * 5
+    assert 0 < len(rows) - 5 < 2000
+    assert st.evicted_by_priority == {"fix": 2000 - (len(rows) - 5)}
+    assert st.last_seq == 2005 == st.backlog + st.evicted_total
+    # the fixes kept are the newest ones
+    assert [r.seq for r in rows[5:]] == list(range(2006 - (len(rows) - 5), 2006))
     await ob.set_page_cap(100_000)
-    assert await ob.append([zone(1)]) == [1]
+    assert await ob.append([zone(1)]) == [2006]
     await ob.close()
 
 

@@ -1,0 +1,552 @@
+"""Whole-daemon cost on a store's load: CPU % of one core and RSS for 100 / 500 / 2,000 devices.
+
+Every stage runs: the real ``Daemon`` (source -> queue -> pipeline thread: identity, localization,
+presence -> content rules with a campaign per zone and a screen on the store-local broker ->
+SQLite outbox -> uplink to a local mosquitto on 127.0.0.1), the status page served with one client
+following its live stream (``curl`` on ``/api/stream``), the metrics sampler, the watchdog.
+
+What "N devices" means: N advertising devices present in the demo store (30 x 20 m, 12 sensors,
+``hardware/layouts/demo-store.toml``), as the store simulator makes them (``gateway/sim``): each
+device advertises at its kind's interval (phones about once a second) and every advert is heard by
+the sensors within reach of it (about 9 of the 12); the arrival rate is calibrated so that N
+devices were heard in the last minute once the store is full. The simulator runs in a process of
+its own and hands the daemon's process its observations through a pipe (pickled batches, the stand-in
+for a radio source's decoding), so the daemon's figures are the daemon's alone; CPU and RSS are
+read by the daemon process about itself (all threads) and printed with the simulated time.
+
+* ``daemon.cpu[N devices]``: the store filled first (the simulator runs ahead without feeding),
+  then paced at real time (1 simulated second per wall second): after the daemon settles (it sees
+  the full store at once), CPU seconds per simulated second over a window = % of one core.
+  Reference in the same run: the same daemon with an empty store (fixed beacons and devices only,
+  page client connected).
+* ``daemon.day[N devices]``: a simulated 24 h as fast as the daemon goes: the store opens at 08:00 (N devices), closes
+  at 21:00 (the pseudonym key rotates then), staff and fixtures stay; RSS every simulated 15 min,
+  its least-squares slope over the day after the first opening hour, and CPU seconds per simulated
+  second. To fit a 24 h day into minutes, every device advertises ``THIN`` x less often than
+  its kind does (the same devices, identities, rotations, visits and state; fewer adverts each).
+
+Bars (issue 22): 500 devices <= 5 % of one core; RSS <= 100 MB and flat over the day. A day takes
+minutes of wall time per 100 devices on a shared 2-core box: ``--quick`` runs the day for 100
+devices only, the full run for 100 and 500 (``--day 100,500,2000`` for more).
+``python -m bench.bench_daemon [--quick] [--devices 100,500,2000] [--day 100,500]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import math
+import os
+import pickle
+import resource
+import shutil
+import socket
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import AsyncGenerator
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+LAYOUT = REPO / "hardware" / "layouts" / "demo-store.toml"
+USER, PASSWORD = "bench", "bench-password-1"
+FRAME = struct.Struct("<I")
+DAY_START = 1_767_247_200.0  # 2026-01-01 06:00 UTC
+OPEN_H, CLOSE_H = 8.0, 21.0
+THIN = 10.0  # the day's adverts: every device advertises this much less often than its kind does
+BARS = {"cpu_pct_500": 5.0, "rss_mb": 100.0}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_port(port: int, timeout: float = 60.0) -> None:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        try:
+            socket.create_connection(("127.0.0.1", port), 0.2).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise TimeoutError(f"nothing listening on 127.0.0.1:{port}")
+
+
+def env() -> dict[str, str]:
+    e = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")}
+    e["PYTHONPATH"] = str(REPO) + os.pathsep + e.get("PYTHONPATH", "")
+    return e
+
+
+def rss_mb() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+# -- the simulator's process ---------------------------------------------------------------------------
+
+
+def _sim(seed: int, rate: float, thin: float, start: float) -> Any:
+    from gateway.config import load_settings
+    from gateway.layout import load_layout
+    from gateway.sim.store import StoreSimulator
+
+    s = load_settings(simulator={"seed": seed, "shoppers_per_hour": rate, "advert_interval_s": thin, "start_ts": start})
+    return StoreSimulator(load_layout(LAYOUT), s.simulator), s.simulator.tick_s
+
+
+def devices_heard(rate: float, seed: int = 7, fill_s: float = 1200.0) -> int:
+    """Devices heard in the last simulated minute once the store filled at ``rate`` shoppers/h."""
+    sim, tick = _sim(seed, rate, 5.0, DAY_START)  # fewer adverts: a device heard at least every 5 s
+    t0 = sim.now
+    k = 0
+    while k * tick < fill_s:
+        k += 1
+        sim.step(t0 + k * tick)
+    heard: set[str] = set()
+    while k * tick < fill_s + 60:
+        k += 1
+        heard.update(o.link or o.device for o in sim.step(t0 + k * tick))
+    return len(heard)
+
+
+def calibrate(n: int) -> float:
+    """The arrival rate (shoppers/h) that fills the store with ``n`` devices (two linear steps)."""
+    rate = 10.0 * n
+    for _ in range(2):
+        got = devices_heard(rate)
+        rate *= n / max(1, got)
+    return rate
+
+
+def generate(a: argparse.Namespace) -> None:
+    """Child: run the simulator and write its observations to stdout, one frame per step.
+
+    ``--fill`` simulated seconds run without output (the store fills), then ``--paced`` seconds at
+    ``--speed`` simulated seconds per wall second (0: as fast as the daemon takes them: the pipe
+    blocks while it is busy). ``--day``: arrivals follow opening hours (none outside OPEN_H..CLOSE_H)."""
+    sim, tick = _sim(a.seed, a.rate, a.thin, a.start)
+    out = sys.stdout.buffer
+    t0 = sim.now
+    k = 0
+
+    def hour(t: float) -> float:
+        return (t % 86400.0) / 3600.0
+
+    is_open = True
+
+    def step() -> tuple[float, list[Any]]:
+        nonlocal k, is_open
+        k += 1
+        t = t0 + k * tick
+        if a.day and is_open != (OPEN_H <= hour(t) < CLOSE_H):
+            is_open = not is_open
+            sim.settings.shoppers_per_hour = a.rate if is_open else 0.0
+            # the simulator draws the next arrival when the last one came: draw it again at opening
+            sim._next_arrival = t + sim._interarrival() if is_open else math.inf
+        return t, sim.step(t)
+
+    while k * tick < a.fill:
+        step()
+    t_emit = t0 + k * tick
+    wall0 = time.monotonic()
+    while True:
+        t, obs = step()
+        if t > t_emit + a.paced:
+            break
+        if a.speed > 0:
+            delay = wall0 + (t - t_emit) / a.speed - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
+        body = pickle.dumps((t, obs), protocol=pickle.HIGHEST_PROTOCOL)
+        out.write(FRAME.pack(len(body)) + body)
+        out.flush()
+    out.write(FRAME.pack(0))
+    out.flush()
+
+
+# -- the daemon's process --------------------------------------------------------------------------------
+
+
+class PipeSource:
+    """A live source reading the simulator's frames from stdin; event time from the data.
+
+    It reads the next frame only once the daemon's queue is nearly empty, so a simulator running
+    ahead waits for the daemon (the pipe fills) instead of its batches being dropped as late."""
+
+    def __init__(self, mark_every: float, queue: asyncio.Queue[Any]) -> None:
+        from gateway.models import SourceHealth
+
+        self.queue = queue
+        self.name = "bench"
+        self.health = SourceHealth(self.name)
+        self.now = 0.0
+        self.mark_every = mark_every
+        self.next_mark: float | None = None
+
+    @property
+    def capabilities(self) -> Any:
+        from gateway.sources.base import Capabilities
+
+        # live: the clock advances event time through silence (the night), maintenance follows it
+        return Capabilities(event_clock=lambda: self.now, finite=True)
+
+    def mark(self, what: str) -> None:
+        print(
+            f"{what} {self.now:.1f} {time.monotonic():.3f} {time.process_time():.3f} {rss_mb():.1f} "
+            f"{self.health.observations}",
+            flush=True,
+        )
+
+    async def batches(self) -> AsyncGenerator[list[Any], None]:
+        loop = asyncio.get_running_loop()
+        reader = asyncio.StreamReader(limit=1 << 24)
+        await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin.buffer)
+        self.health.state = "running"
+        while True:
+            while self.queue.qsize() > 4:  # noqa: ASYNC110 - the daemon's queue has no "not full" event
+                await asyncio.sleep(0.002)
+            (n,) = FRAME.unpack(await reader.readexactly(FRAME.size))
+            if n == 0:
+                break
+            t, obs = pickle.loads(await reader.readexactly(n))
+            self.now = t
+            if self.next_mark is None:
+                self.next_mark = t
+            while t >= self.next_mark:
+                self.mark("MARK")
+                self.next_mark += self.mark_every
+            if obs:
+                self.health.observations += len(obs)
+                self.health.last_observation_ts = obs[-1].ts
+                yield obs
+        self.mark("END")
+
+
+async def _serve(a: argparse.Namespace, signer: Any) -> None:
+    from gateway.config import load_settings
+    from gateway.content.commands import make_command
+    from gateway.layout import load_layout
+    from gateway.log import configure_logging
+    from gateway.runtime.daemon import Daemon
+
+    configure_logging("warning", "json")
+    key = Path(a.state_dir) / "command.pub"
+    settings = load_settings(
+        paths={"state_dir": a.state_dir},
+        mqtt={"host": "127.0.0.1", "port": a.mqtt_port, "tls": False},
+        local_broker={"host": "127.0.0.1", "port": a.mqtt_port},
+        content={"command_public_key_file": str(key)},
+        status={"enabled": True, "port": a.status_port, "credential_file": a.credential},
+    )
+    layout = load_layout(LAYOUT)
+    daemon = Daemon(settings, layout)
+    src = PipeSource(a.mark_every, daemon.queue)
+    daemon.sources = [src]
+    run = asyncio.create_task(daemon.run())
+    for _ in range(3000):  # bounded: 30 s to READY and the local broker
+        c = daemon.content
+        if daemon.runtime.ready and c is not None and c.dispatcher.mqtt is not None:
+            break
+        await asyncio.sleep(0.01)
+    content = daemon.content
+    if content is None:
+        raise RuntimeError("content not started")
+    bodies: list[tuple[str, dict[str, Any]]] = [
+        ("actors.put", {"actor": {"id": "screen", "categories": ["promo"], "scopes": ["zone"]}})
+    ]
+    for z in layout.zones:
+        campaign: dict[str, Any] = {"id": f"c-{z.id}", "category": "promo", "content_id": f"v-{z.id}"}
+        campaign |= {"actors": ["screen"], "segment": {"trigger": "zone.entered", "zone": z.id}, "caps": {}}
+        bodies.append(("campaigns.put", {"campaign": campaign}))
+    for i, (kind, body) in enumerate(bodies):
+        cmd = make_command(kind, body, id=f"b{i}", revision=i + 1, aud=settings.gateway.id, signer=signer)
+        if not (await content.handle_command("", cmd)).ok:
+            raise RuntimeError(f"command {kind} refused")
+    print("READY", flush=True)
+    rc = await run
+    st = daemon.pipeline.stats
+    out = {
+        "rc": rc,
+        "observations": st.observations,
+        "fixes": st.fixes,
+        "events": sum(st.events.values()),
+        "committed": sum(daemon.committed_by_type.values()),
+        "activations": content.counters.get("activations", 0),
+        "late": daemon.backpressure.dropped_late,
+        "queue_full": src.health.dropped.get("backpressure", 0),
+        "pipeline_cpu_s": daemon.worker.stats.cpu_s,
+        "maxrss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    }
+    print("DONE " + json.dumps(out), flush=True)
+
+
+def serve(a: argparse.Namespace) -> None:
+    from gateway.content.commands import Ed25519Signer
+
+    Path(a.state_dir).mkdir(parents=True, exist_ok=True)
+    signer = Ed25519Signer.generate()  # the platform's key; the daemon gets the public half
+    (Path(a.state_dir) / "command.pub").write_bytes(signer.public_pem())
+    asyncio.run(_serve(a, signer))
+
+
+# -- the orchestrator ------------------------------------------------------------------------------------
+
+
+class Run:
+    """One simulator process piped into one daemon process, a page client on the daemon."""
+
+    def __init__(self, tmp: Path, mqtt_port: int, cred: Path, gen_args: list[str], mark_every: float) -> None:
+        self.status_port = free_port()
+        self.gen = subprocess.Popen(
+            [sys.executable, "-m", "bench.bench_daemon", "--generate", *gen_args],
+            stdout=subprocess.PIPE,
+            env=env(),
+            cwd=REPO,
+        )
+        assert self.gen.stdout is not None
+        self.daemon = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "bench.bench_daemon",
+                "--serve",
+                "--state-dir",
+                str(tmp / f"state-{self.status_port}"),
+                "--mqtt-port",
+                str(mqtt_port),
+                "--status-port",
+                str(self.status_port),
+                "--credential",
+                str(cred),
+                "--mark-every",
+                str(mark_every),
+            ],
+            stdin=self.gen.stdout,
+            stdout=subprocess.PIPE,
+            text=True,
+            env=env(),
+            cwd=REPO,
+        )
+        self.gen.stdout.close()  # the daemon holds the read end
+        self.client: subprocess.Popen[bytes] | None = None
+        self.marks: list[tuple[str, float, float, float, float, int]] = []
+        self.done: dict[str, Any] = {}
+
+    def follow_page(self) -> None:
+        wait_port(self.status_port)
+        req = urllib.request.Request(
+            f"http://127.0.0.1:{self.status_port}/login",
+            data=json.dumps({"user": USER, "password": PASSWORD}).encode(),
+            headers={"Content-Type": "application/json"},
+        )
+        with urllib.request.urlopen(req, timeout=30) as r:  # loopback only
+            cookie = r.headers["Set-Cookie"].split(";", 1)[0]
+        self.client = subprocess.Popen(
+            ["curl", "-sN", "-H", f"Cookie: {cookie}", f"http://127.0.0.1:{self.status_port}/api/stream"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+
+    def read(self, on_line: Any = None) -> None:
+        assert self.daemon.stdout is not None
+        for line in self.daemon.stdout:
+            parts = line.split()
+            if not parts:
+                continue
+            if parts[0] in ("MARK", "END"):
+                w, sim, wall, cpu, rss, n = parts[0], *map(float, parts[1:5]), int(parts[5])
+                self.marks.append((w, sim, wall, cpu, rss, n))
+            elif parts[0] == "READY":
+                self.follow_page()
+            elif parts[0] == "DONE":
+                self.done = json.loads(line[5:])
+            if on_line is not None:
+                on_line(parts)
+
+    def close(self) -> None:
+        for p in (self.client, self.gen, self.daemon):
+            if p is not None and p.poll() is None:
+                p.terminate()
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    p.wait(30)
+                if p.poll() is None:
+                    p.kill()
+                    p.wait(5)
+
+
+def slope_per_day(xs: list[float], ys: list[float]) -> float:
+    n = len(xs)
+    if n < 2:
+        return float("nan")
+    mx, my = sum(xs) / n, sum(ys) / n
+    sxx = sum((x - mx) ** 2 for x in xs)
+    return sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True)) / sxx * 86400.0 if sxx else float("nan")
+
+
+def idle_cost(tmp: Path, mqtt_port: int, cred: Path, seconds: float) -> tuple[float, float]:
+    """CPU share and RSS of the daemon with nothing heard for ``seconds`` (page client connected)."""
+    run = Run(tmp, mqtt_port, cred, ["--rate", "0", "--paced", str(seconds)], 1.0)
+    try:
+        run.read()
+    finally:
+        run.close()
+    marks = [m for m in run.marks if m[0] == "MARK"]
+    a, b = marks[len(marks) // 3], marks[-1]  # after the start-up settled
+    return (b[3] - a[3]) / max(1e-9, b[2] - a[2]), b[4]
+
+
+def cpu_for(n: int, tmp: Path, mqtt_port: int, cred: Path, window: float, fill: float, warm: float) -> dict[str, Any]:
+    rate = calibrate(n)
+    gen_args = ["--rate", f"{rate:.1f}", "--fill", str(fill), "--paced", str(warm + window)]
+    run = Run(tmp, mqtt_port, cred, gen_args, 5.0)
+    try:
+        run.read()
+    finally:
+        run.close()
+    marks = [m for m in run.marks if m[0] in ("MARK", "END")]
+    start_sim = marks[0][1] + warm  # the daemon first sees the full store all at once: let it settle
+    paced = [m for m in marks if m[1] >= start_sim]
+    a, b = paced[0], paced[-1]
+    sim_s = b[1] - a[1]
+    return {
+        "n": n,
+        "rate": rate,
+        "cpu": (b[3] - a[3]) / sim_s,
+        "wall": b[2] - a[2],
+        "sim": sim_s,
+        "obs_s": (b[5] - a[5]) / sim_s,
+        "rss": [m[4] for m in marks],
+        "done": run.done,
+    }
+
+
+def day_for(n: int, tmp: Path, mqtt_port: int, cred: Path) -> dict[str, Any]:
+    rate = calibrate(n)
+    gen_args = ["--rate", f"{rate:.1f}", "--thin", str(THIN), "--start", str(DAY_START), "--day"]
+    gen_args += ["--paced", "86400", "--speed", "0"]
+    run = Run(tmp, mqtt_port, cred, gen_args, 900.0)
+    t0 = time.monotonic()
+    try:
+        run.read()
+    finally:
+        run.close()
+    marks = [m for m in run.marks if m[0] in ("MARK", "END")]
+    hours = [(m[1] - DAY_START) / 3600.0 for m in marks]
+    rss = [m[4] for m in marks]
+    after = [i for i, h in enumerate(hours) if h >= 3.0]  # from 09:00 (the day starts at 06:00)
+    slope = slope_per_day([marks[i][1] for i in after], [rss[i] for i in after])
+    return {
+        "n": n,
+        "rate": rate,
+        "hours": hours,
+        "rss": rss,
+        "slope": slope,
+        "cpu_per_sim_s": (marks[-1][3] - marks[0][3]) / max(1e-9, marks[-1][1] - marks[0][1]),
+        "wall": time.monotonic() - t0,
+        "done": run.done,
+    }
+
+
+def main(argv: list[str]) -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--devices", default="100,500,2000")
+    ap.add_argument("--day", default=None, help="device counts for the simulated day (quick: 100; full: 100,500)")
+    a = ap.parse_args(argv)
+    counts = [int(x) for x in a.devices.split(",") if x]
+    days = [int(x) for x in (("100" if a.quick else "100,500") if a.day is None else a.day).split(",") if x]
+    window = 30.0 if a.quick else 120.0
+    warm = 20.0 if a.quick else 60.0
+    fill = 900.0 if a.quick else 1800.0
+    from gateway.status.auth import write_credential
+
+    exe = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+    with tempfile.TemporaryDirectory() as td:
+        tmp = Path(td)
+        cred = tmp / "cred.json"
+        write_credential(cred, USER, PASSWORD)
+        mqtt_port = free_port()
+        conf = tmp / "mosquitto.conf"
+        conf.write_text(f"listener {mqtt_port} 127.0.0.1\nallow_anonymous true\npersistence false\n")
+        broker = subprocess.Popen([exe, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            wait_port(mqtt_port)
+            print(f"daemon.machine: {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} at start", flush=True)
+            idle, idle_rss = idle_cost(tmp, mqtt_port, cred, 10.0 if a.quick else 30.0)
+            print(
+                f"daemon.idle: {idle * 100:.2f} % of one core, RSS {idle_rss:.0f} MB (nothing heard; status page "
+                f"with one live-map client; the reference for the figures below)",
+                flush=True,
+            )
+            for n in counts:
+                r = cpu_for(n, tmp, mqtt_port, cred, window, fill, warm)
+                d = r["done"]
+                ok = r["cpu"] * 100 <= BARS["cpu_pct_500"]
+                bar = f"; bar <= {BARS['cpu_pct_500']:g} %: {'PASS' if ok else 'FAIL'}" if n == 500 else ""
+                print(
+                    f"daemon.cpu[{n} devices]: {r['cpu'] * 100:.2f} % of one core at real time ({r['sim']:.0f} s "
+                    f"paced, {r['obs_s']:,.0f} obs/s, arrival rate {r['rate']:.0f} shoppers/h; reference idle "
+                    f"{idle * 100:.2f} %); RSS {min(r['rss']):.0f}..{max(r['rss']):.0f} MB; pipeline thread "
+                    f"{d.get('pipeline_cpu_s', 0):.1f} CPU s in all, late {d.get('late')}, events "
+                    f"{d.get('committed')}, activations {d.get('activations')}{bar}",
+                    flush=True,
+                )
+            for n in days:
+                r = day_for(n, tmp, mqtt_port, cred)
+                rss = r["rss"]
+                by_h = ", ".join(f"{h:.0f}h {m:.0f}" for h, m in list(zip(r["hours"], rss, strict=True))[::8])
+                flat = abs(r["slope"]) <= 0.05 * max(rss)
+                ok = max(rss) <= BARS["rss_mb"] and flat
+                d = r["done"]
+                print(
+                    f"daemon.day[{n} devices]: RSS {min(rss):.0f}..{max(rss):.0f} MB over a simulated 24 h "
+                    f"(slope {r['slope']:+.1f} MB/day from 09:00; start {rss[0]:.0f} MB; by simulated hour: {by_h}); "
+                    f"CPU {r['cpu_per_sim_s'] * 100:.2f} % of a core per simulated second with adverts {THIN:g} x "
+                    f"thinned ({r['wall']:.0f} s wall; {d.get('observations')} obs, {d.get('committed')} events, "
+                    f"late {d.get('late')}); bar RSS <= {BARS['rss_mb']:g} MB and flat (|slope| <= 5 % of "
+                    f"it per day): {'PASS' if ok else 'FAIL'}",
+                    flush=True,
+                )
+        finally:
+            broker.terminate()
+            broker.wait(5)
+
+
+def _child_args(argv: list[str]) -> argparse.Namespace:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--generate", action="store_true")
+    ap.add_argument("--serve", action="store_true")
+    ap.add_argument("--seed", type=int, default=7)
+    ap.add_argument("--rate", type=float, default=0.0)
+    ap.add_argument("--thin", type=float, default=1.0)
+    ap.add_argument("--start", type=float, default=DAY_START + (10.0 - 6.0) * 3600)
+    ap.add_argument("--day", action="store_true")
+    ap.add_argument("--fill", type=float, default=0.0)
+    ap.add_argument("--paced", type=float, default=60.0)
+    ap.add_argument("--speed", type=float, default=1.0)
+    ap.add_argument("--state-dir")
+    ap.add_argument("--mqtt-port", type=int)
+    ap.add_argument("--status-port", type=int)
+    ap.add_argument("--credential")
+    ap.add_argument("--mark-every", type=float, default=10.0)
+    return ap.parse_args(argv)
+
+
+if __name__ == "__main__":
+    if "--generate" in sys.argv:
+        generate(_child_args(sys.argv[1:]))
+    elif "--serve" in sys.argv:
+        serve(_child_args(sys.argv[1:]))
+    else:
+        main(sys.argv[1:])
