@@ -17,8 +17,11 @@ the receiver and the daemon share it (``bench/constrained.py``):
 * ``quota``: everything inside a cgroup limited to 25 % of one core (2.5 ms per 10 ms).
 
 Bars (issue 22): beside the sibling p99 <= 25 ms and <= 1.2 x raw; inside the quota p99 <= 40 ms
-and <= 1.2 x raw. The full run also measures each condition with the pipeline on the event loop
-(as before issue 22) for the A/B. ``python -m bench.bench_content [--quick] [--condition free|sibling|quota
+and <= 1.2 x raw. ``content.ticks`` says where the pipeline thread's CPU goes: the simulated store
+replays its event time several times faster than live (so a fix tick every few batches, where a
+live store at this rate ticks once a second), and what one localizer tick costs, fixed and per
+fix. The full run also measures each condition with the pipeline on the event loop (as before
+issue 22) for the A/B. ``python -m bench.bench_content [--quick] [--condition free|sibling|quota
 [--inline]]``.
 """
 
@@ -40,13 +43,14 @@ from collections.abc import AsyncGenerator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import paho.mqtt.client as mqtt
 
 from bench.constrained import KINDS, ConditionError, condition
 from gateway.config import load_settings
 from gateway.content.commands import Ed25519Signer, make_command
 from gateway.layout import load_layout
-from gateway.models import EventBase, Observation, SourceHealth
+from gateway.models import EventBase, Fix, Observation, SourceHealth
 from gateway.mqtt.client import AsyncMqttClient
 from gateway.runtime.daemon import Daemon
 from gateway.sim.store import StoreSimulator
@@ -267,6 +271,7 @@ async def through_daemon(
     trigger: dict[str, str] = {}  # activation id -> the event that fired it
     event_batch: dict[str, float] = {}  # event id -> when the batch whose processing produced it was handed over
     jobs_ms: list[float] = []
+    ticks: list[tuple[int, float]] = []  # (fixes, CPU seconds) of each fix tick
     try:
         for _ in range(3000):  # bounded: 30 s to READY and the local broker
             c = daemon.content
@@ -318,6 +323,16 @@ async def through_daemon(
             return out
 
         daemon._process = timed  # type: ignore[method-assign]
+        localizer = daemon.pipeline.localizer
+        fixes_fn = localizer.fixes
+
+        def tick_timed(t: float) -> list[Fix]:  # on the pipeline thread: what each fix tick costs
+            c0 = time.thread_time()
+            out = fixes_fn(t)
+            ticks.append((len(out), time.thread_time() - c0))
+            return out
+
+        localizer.fixes = tick_timed  # type: ignore[method-assign,assignment]
         cpu0, broker0, recv0 = thread_cpu(), proc_cpu(broker_pid), proc_cpu(recv.proc.pid or 0)
         src.go.set()
         await asyncio.wait_for(src.done.wait(), 600)
@@ -338,6 +353,8 @@ async def through_daemon(
             "worker_cpu_s": w.cpu_s,
             "jobs": w.jobs,
             "threads": threads,
+            "ticks": ticks,
+            "event_span_s": obs[-1].ts - obs[0].ts,
         }
     finally:
         recv.stop()
@@ -393,6 +410,19 @@ def report(kind: str, r: dict[str, Any]) -> dict[str, float]:
         f"dropped late {r['late']}, queue full {r['backpressure']}; longest queue wait {r['max_wait_ms']:.1f} ms",
         flush=True,
     )
+    ticks = r["ticks"]
+    if len(ticks) >= 3:
+        n_fix = np.array([t[0] for t in ticks], float)
+        cpu_ms = np.array([t[1] for t in ticks]) * 1000
+        fixed, per_fix = np.linalg.lstsq(np.c_[np.ones(len(ticks)), n_fix], cpu_ms, rcond=None)[0]
+        speed = r["event_span_s"] / r["wall_s"]
+        share = cpu_ms.sum() / 1000 / max(1e-9, r["worker_cpu_s"])
+        print(
+            f"content.ticks[{kind}]: {len(ticks)} fix ticks in {r['wall_s']:.1f} s ({speed:.0f} s of event time per "
+            f"wall second; live, a store ticks once a second), {np.median(n_fix):.0f} fixes each (median); "
+            f"localizer tick CPU {share * 100:.0f} % of the pipeline thread's, median {np.median(cpu_ms):.2f} ms "
+            f"= {fixed:.2f} ms + {per_fix * 1000:.0f} us per fix (fit)"
+        )
     shares = sorted(r["threads"].items(), key=lambda kv: -kv[1])
     print(
         f"content.cpu[{kind}]: % of one core while feeding, by thread: "
