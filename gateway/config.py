@@ -328,12 +328,12 @@ class LocalizationSettings(Section):
         default=3.0, ge=1, description="Adverts in the standing window before its ML fix replaces the tracker's"
     )
     recent_window_s: float = Field(
-        default=4.0, gt=0, le=60, description="Memory of the recent window tracks are checked against"
+        default=3.0, gt=0, le=60, description="Memory of the recent window tracks are checked against"
     )
     check_grid_m: float = Field(default=3.0, gt=0.5, le=10, description="Grid step of the track check")
-    check_every_ticks: int = Field(default=3, ge=1, le=100, description="Check each track every N ticks")
+    check_every_ticks: int = Field(default=1, ge=1, le=100, description="Check each track every N ticks")
     restart_nll: float = Field(
-        default=6.0, gt=0, description="Restart a track the recent data place >3 m away better by this (nats)"
+        default=5.0, gt=0, description="Restart a track the recent data place >3 m away better by this (nats)"
     )
     report_jitter_s: float = Field(
         default=0.03,
@@ -343,14 +343,14 @@ class LocalizationSettings(Section):
         " next one, so an advert is not split across two ticks (0: off; not for devices clearly walking)",
     )
     standing_search_nll: float = Field(
-        default=4.0,
+        default=2.0,
         ge=0,
         description="At each track check, move a standing device's window fix to the window's global best fit"
         " (grid search) when that explains the window better by this (nats; 0: off). The per-tick refinement is"
         " local and a wrong first fix (e.g. at a wall) otherwise stays in its basin",
     )
     standing_search_every_ticks: int = Field(
-        default=6, ge=1, le=1000, description="Re-search the standing devices' windows every N ticks (all at once)"
+        default=3, ge=1, le=1000, description="Re-search the standing devices' windows every N ticks (all at once)"
     )
     time_align: bool = Field(
         default=True,

@@ -19,6 +19,7 @@ Causal by construction: observations with ``ts > now`` stay buffered for a later
 
 from __future__ import annotations
 
+import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 
@@ -169,6 +170,9 @@ class MlLocalizer:
         self._names: list[str | None] = []
         self._free: list[int] = []
         self._live = np.zeros(0, dtype=bool)
+        # each device's phase in the every-N-ticks schedules: from its name, so a device's fixes do not
+        # depend on which other devices happened to be seen first (slot numbers do)
+        self._phase = np.zeros(0, dtype=np.int64)
         # the standing window (long memory while standing) and the recent window (a few seconds)
         self._stand = WindowStats(ns)
         self._recent = WindowStats(ns)
@@ -289,6 +293,9 @@ class MlLocalizer:
                 live = np.zeros(max(64, 2 * cap), dtype=bool)
                 live[: self._live.size] = self._live
                 self._live = live
+                phase = np.zeros(live.size, dtype=np.int64)
+                phase[: self._phase.size] = self._phase
+                self._phase = phase
                 self._stand.ensure(live.size)
                 self._recent.ensure(live.size)
                 swt = np.zeros((live.size, 3))
@@ -305,6 +312,7 @@ class MlLocalizer:
                 self.tracker.ensure(live.size)
                 self.zones.ensure(live.size)
         self._slot[device] = d
+        self._phase[d] = zlib.crc32(device.encode())
         self._live[d] = False
         self._stand.reset(np.array([d]))
         self._recent.reset(np.array([d]))
@@ -583,7 +591,7 @@ class MlLocalizer:
             k = new.size
             theta0, _ = est.grid_search(sub, np.zeros(k), np.full(k, tx_prec))
             batches.append(RefineBatch(sub, theta0, np.zeros((k, 3)), self._tx_prior(k), est.params.max_iter))
-        due = old[(slots[old] + self._ticks) % st.check_every_ticks == 0]
+        due = old[(self._phase[slots[old]] + self._ticks) % st.check_every_ticks == 0]
         if due.size:
             batches.append(self._check_batch(slots[due], censor, st))
         sols = est.refine_batches(batches)

@@ -171,8 +171,9 @@ def _scenario(layout: Layout, model: PathLossModel, loc: MlLocalizer) -> list[tu
 
 def test_batched_tick_gives_the_fixes_of_separate_refinements(layout: Layout, model: PathLossModel) -> None:
     """Every refinement solved alone, the standing re-search before the standing fix: same fixes."""
-    # the scenario (a re-search that moves a window fix) was built on a 60 s standing sojourn
-    settings = LocalizationSettings(stand_s=60.0, accel_sigma=0.3)
+    # the scenario (a re-search that moves a window fix) was built on a 60 s standing sojourn and a
+    # 4 s / 6 nats track check (a quicker check restarts the displaced track before the re-search can)
+    settings = LocalizationSettings(stand_s=60.0, accel_sigma=0.3, recent_window_s=4.0, restart_nll=6.0)
     batched = MlLocalizer(layout, settings)
     got = _scenario(layout, model, batched)
     plain = MlLocalizer(layout, settings)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import pytest
 
 from gateway.config import LocalizationSettings
 from gateway.layout import Layout
@@ -15,7 +16,19 @@ from gateway.localization.synth import RadioParams, synthetic_run
 from gateway.models import Observation
 
 
-def test_future_observations_do_not_change_a_fix(layout: Layout, model: PathLossModel) -> None:
+@pytest.mark.parametrize(
+    "settings",
+    [
+        LocalizationSettings(),
+        # checks every third tick: the devices seen early (here the future ones) take the first slots,
+        # and a schedule by slot number would check the others on other ticks than without them
+        LocalizationSettings(check_every_ticks=3, recent_window_s=3.0, restart_nll=5.0),
+    ],
+    ids=["defaults", "check-every-3"],
+)
+def test_future_observations_do_not_change_a_fix(
+    layout: Layout, model: PathLossModel, settings: LocalizationSettings
+) -> None:
     radio = RadioParams(sigma_db=6.0, tx_spread_db=4.0, fade_probability=0.05, packet_loss=0.1, floor_dbm=-92.0)
     run = synthetic_run(model, 8, 40.0, radio, np.random.default_rng(3), walking=True)
     ids = [s.id for s in layout.sensors]
@@ -26,7 +39,6 @@ def test_future_observations_do_not_change_a_fix(layout: Layout, model: PathLoss
     # reports far in the future (a -118 dBm one would lower a sensor's floor; new devices take slots)
     end = float(run.ts[-1])
     future = [Observation(end + 1.0 + 0.01 * i, o.sensor, f"late{i % 4}", -118.0) for i, o in enumerate(obs[:60])]
-    settings = LocalizationSettings()
     plain = make_localizer(layout, settings)
     ahead = make_localizer(layout, settings)
     ahead.add(future)

@@ -47,29 +47,46 @@ def run(layout: Layout, model: PathLossModel, settings: LocalizationSettings, se
     return errs, loc.stats.dropped.get("standing_moved", 0)
 
 
+# the track check of the scenario: a 4 s window checked every third tick, 6 nats (the defaults'
+# quicker 3 s / every tick / 5 nats check restarts some of these tracks itself, before the re-search)
+SLOW_CHECK = {"recent_window_s": 4.0, "check_every_ticks": 3, "restart_nll": 6.0}
+
+
 @pytest.mark.parametrize("seed", [0, 2, 3])
 def test_standing_fix_leaves_a_wrong_basin(layout: Layout, model: PathLossModel, seed: int) -> None:
     # learn_radio off: the scenario is tuned to the configured noise (with the learnt noise and
     # packet loss the track check alone already restarts this particular track)
-    errs, moved = run(layout, model, LocalizationSettings(learn_radio=False), seed)
+    errs, moved = run(layout, model, LocalizationSettings(learn_radio=False, **SLOW_CHECK), seed)
     assert errs[20] > 5.0  # the forced wall fix was output
     assert max(errs[-10:]) < 1.5, errs[-10:]
     assert moved >= 1
     # without the re-search the track stays at the wall: the local refinement cannot leave, and a 4 s
     # recent window is too little evidence for the track check's restart
-    stuck, moved_off = run(layout, model, LocalizationSettings(standing_search_nll=0.0, learn_radio=False), seed)
+    off = LocalizationSettings(standing_search_nll=0.0, learn_radio=False, **SLOW_CHECK)
+    stuck, moved_off = run(layout, model, off, seed)
     assert float(np.median(stuck[-10:])) > 5.0, stuck[-10:]
     assert moved_off == 0
 
 
+@pytest.mark.parametrize("seed", [0, 2, 3])
+@pytest.mark.parametrize("learn", [False, True])
+def test_defaults_leave_a_wrong_basin(layout: Layout, model: PathLossModel, seed: int, learn: bool) -> None:
+    """With the default check and re-search together, the forced wall fix is left within 30 s."""
+    errs, _ = run(layout, model, LocalizationSettings(learn_radio=learn), seed)
+    assert errs[20] > 5.0
+    assert max(errs[-10:]) < 1.5, errs[-10:]
+
+
 def test_standing_search_leaves_good_fixes_alone(layout: Layout, model: PathLossModel) -> None:
-    """Static devices that start in the right basin are not moved (the search only takes clear wins)."""
+    """Static devices in the right basin are not moved once their windows hold some data (the search only
+    takes clear wins; in the first seconds a 3 s window may still hold two basins)."""
     ids = [s.id for s in layout.sensors]
     rng = np.random.default_rng(5)
     pos = np.column_stack([rng.uniform(6, 24, 12), rng.uniform(5, 15, 12)])
     tx = np.zeros(12)
     loc = MlLocalizer(layout, LocalizationSettings())
     errs = []
+    settled = -1
     for k in range(60):
         r, heard = simulate_rssi(model, pos, tx, RadioParams(sigma_db=3.0), rng)
         t = 100.0 + k
@@ -82,7 +99,9 @@ def test_standing_search_leaves_good_fixes_alone(layout: Layout, model: PathLoss
             ]
         )
         fx = loc.fixes(t + 0.5)
+        if k == 10:
+            settled = loc.stats.dropped.get("standing_moved", 0)
         if k >= 30:
             errs += [math.hypot(f.x - pos[int(f.device[1:]), 0], f.y - pos[int(f.device[1:]), 1]) for f in fx]
     assert max(errs) < 1.5
-    assert loc.stats.dropped.get("standing_moved", 0) == 0
+    assert loc.stats.dropped.get("standing_moved", 0) == settled
