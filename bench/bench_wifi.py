@@ -47,13 +47,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from gateway.config import WifiSettings
 from gateway.identity.wifi_chains import ChainGrouper
+from gateway.identity.wifi_count import count_marks
 from gateway.identity.wifi_groups import GroupParams, WifiGrouper
+from gateway.models import DeviceCount, PresenceMark
 from gateway.ops.decode_pcap import decode_file
 from gateway.parsers.pcap import read_records, write_pcap, write_pcapng
 from gateway.parsers.wifi_probe import Probe, ProbeDecoder
 from gateway.sim.wifi_crowd import CrowdFrame, generate_crowd
+from gateway.sim.wifi_population import Crowd, generate_store
 from gateway.sim.wifi_population import CrowdFrame as StoreFrame
-from gateway.sim.wifi_population import generate_store
 
 
 def _reference_walk(path: Path) -> int:
@@ -295,6 +297,7 @@ def _replay_counts(records: list[tuple[float | None, int, bytes]]) -> dict[str, 
 
 
 Labelled = list[tuple[object, Probe]]  # (true device, probe)
+Marks = list[tuple[float, str, PresenceMark]]
 
 
 def _v_measure(pairs: list[tuple[object, str]]) -> tuple[float, float, int]:
@@ -316,22 +319,31 @@ def _v_measure(pairs: list[tuple[object, str]]) -> tuple[float, float, int]:
     return v, sum(c.most_common(1)[0][1] for c in by.values()) / n, len(group)
 
 
-def _capture(probes: Labelled) -> tuple[list[str], float, float]:
-    """``gateway decode pcap``'s grouping: a group per frame, and its device estimate (and sd)."""
+def _capture(probes: Labelled) -> tuple[list[str], Marks]:
+    """``gateway decode pcap``'s grouping: a group per frame, and every burst's mark (the count)."""
     g = ChainGrouper()
     for _d, p in probes:
         g.add(p.mac, p.randomized, p.fingerprint, p.seq, p.ts, p.rssi, p.ssid)
     groups = g.solve()
-    est = g.count()
-    return [groups[p.mac] for _d, p in probes], est.devices, est.sd
+    return [groups[p.mac] for _d, p in probes], g.marks(groups)
 
 
-def _stream(probes: Labelled, hold_s: float) -> tuple[list[str], float, list[float]]:
-    """The daemon's grouping (held decisions up to ``hold_s``): a group per frame (as emitted), its
-    device estimate, and how long each held frame waited (frame time)."""
-    g = WifiGrouper(GroupParams(max_delay_s=hold_s))
+def _stream(
+    probes: Labelled, hold_s: float, grouper: WifiGrouper | None = None
+) -> tuple[list[str], Marks, list[float]]:
+    """The daemon's grouping (held decisions up to ``hold_s``): a group per frame (as emitted), every
+    burst's mark, and how long each held frame waited (frame time). ``grouper``: one that has run
+    before (a gateway that has been counting for hours)."""
+    g = grouper or WifiGrouper(GroupParams(max_delay_s=hold_s))
     out: list[str] = [""] * len(probes)
     delays: list[float] = []
+    got: dict[int, PresenceMark] = {}
+
+    def on_mark(item: object, mark: PresenceMark) -> None:
+        assert isinstance(item, int)
+        got[item] = mark
+
+    g.on_mark = on_mark
     for k, (_d, p) in enumerate(probes):
         gid = g.offer(p.mac, p.randomized, p.fingerprint, p.seq, p.ts, p.rssi, k, p.ssid)
         if gid is not None:
@@ -345,26 +357,90 @@ def _stream(probes: Labelled, hold_s: float) -> tuple[list[str], float, list[flo
     for item, gid2 in g.flush():
         assert isinstance(item, int)
         out[item] = gid2
-    return out, g.expected_devices, delays
+    marks = sorted(((probes[k][1].ts, out[k], mk) for k, mk in got.items()), key=lambda m: m[0])
+    return out, marks, delays
 
 
-def _per_minute(probes: Labelled, groups: list[str], window_s: float = 120.0) -> tuple[float, float, float]:
-    """Devices present at each minute's end (distinct groups heard in the window before it, as the
-    daemon counts; gateway/identity/wifi_count.py) against the truth (distinct devices heard in
-    it): mean error, mean absolute error, share of minutes within +-10 %; minutes with >= 5 devices."""
+# ------------------------------------------------------------------------------------------ counts
+# Truth: the devices present (heard at least once), time-averaged over each minute - what a
+# wifi.devices event estimates. References in the same run: what a count of labels heard in the two
+# minutes before a minute's end gives (the previous estimator counted groups so) for the grouping's
+# groups, one label per MAC and one per fingerprint.
+
+
+class Truth:
+    """Devices present per second: ``intervals`` [(arrive, leave)] of the devices to count."""
+
+    def __init__(self, intervals: list[tuple[float, float]], start: float, end: float) -> None:
+        self.start = math.floor(start)
+        n = math.ceil(end - self.start) + 1
+        d = [0.0] * (n + 1)
+        for a, b in intervals:
+            i, j = int(max(0.0, a - self.start)), int(min(n, b - self.start))
+            if j > i:
+                d[i] += 1.0
+                d[j] -= 1.0
+        run = 0.0
+        self.per_s: list[float] = []
+        for k in range(n):
+            run += d[k]
+            self.per_s.append(run)
+        self.cum = [0.0]
+        for v in self.per_s:
+            self.cum.append(self.cum[-1] + v)
+
+    def mean(self, t0: float, t1: float) -> float:
+        i = min(len(self.per_s), max(0, int(t0 - self.start)))
+        j = min(len(self.per_s), max(i, int(t1 - self.start)))
+        return (self.cum[j] - self.cum[i]) / (j - i) if j > i else 0.0
+
+
+def _count_figures(events: list[DeviceCount], truth: Truth, *, min_truth: float = 5.0) -> dict[str, float]:
+    """Per minute (minutes with >= ``min_truth`` devices present) and per 15 minutes: mean error,
+    mean absolute error, share of minutes within +-10 %, coverage of the 90 % interval (+-1.645 sd)."""
+    out: dict[str, float] = {}
+    for name, sel in (("minute", 60.0), ("interval", 900.0)):
+        errs, cov = [], []
+        for e in events:
+            if e.zone is not None or abs(e.interval_s - sel) > 1e-6:
+                continue
+            t = truth.mean(e.interval_start, e.interval_start + e.interval_s)
+            if t >= min_truth:
+                errs.append((e.devices - t) / t)
+                cov.append(float(abs(e.devices - t) <= 1.645 * e.sd))
+        if errs:
+            out[f"{name}.bias"] = statistics.mean(errs)
+            out[f"{name}.mae"] = statistics.mean(abs(x) for x in errs)
+            out[f"{name}.within"] = statistics.mean(float(abs(x) <= 0.1) for x in errs)
+            out[f"{name}.cov90"] = statistics.mean(cov)
+            out[f"{name}.n"] = float(len(errs))
+    return out
+
+
+def _reference_minutes(
+    probes: Labelled, labels: list[str], truth: Truth, *, window_s: float = 120.0, min_truth: float = 5.0
+) -> tuple[float, float]:
+    """(mean error, mean absolute error) per minute of the distinct labels heard in the ``window_s``
+    before each minute's end against the devices present during the minute."""
     ts = [p.ts for _d, p in probes]
-    t0 = (ts[0] // 60.0 + 3) * 60.0
     errs = []
-    end = t0
+    end = (ts[0] // 60.0 + 1) * 60.0
     while end <= ts[-1]:
-        lo, hi = bisect.bisect_right(ts, end - window_s), bisect.bisect_right(ts, end)
-        truth = len({probes[k][0] for k in range(lo, hi)})
-        if truth >= 5:
-            errs.append((len({groups[k] for k in range(lo, hi)}) - truth) / truth)
+        t = truth.mean(end - 60.0, end)
+        if t >= min_truth:
+            lo, hi = bisect.bisect_right(ts, end - window_s), bisect.bisect_right(ts, end)
+            errs.append((len({labels[k] for k in range(lo, hi)}) - t) / t)
         end += 60.0
     if not errs:
-        return 0.0, 0.0, 1.0
-    return statistics.mean(errs), statistics.mean(abs(e) for e in errs), sum(abs(e) <= 0.1 for e in errs) / len(errs)
+        return 0.0, 0.0
+    return statistics.mean(errs), statistics.mean(abs(x) for x in errs)
+
+
+def _whole(marks: Marks) -> DeviceCount | None:
+    return count_marks(marks, window_s=COUNT_WINDOW_S)[1]
+
+
+COUNT_WINDOW_S = WifiSettings().count_window_s
 
 
 def bench_real(quick: bool) -> dict[str, bool]:
@@ -387,17 +463,41 @@ def bench_real(quick: bool) -> dict[str, bool]:
         f"{per_mac[2]} groups V {per_mac[0]:.3f}; one per fingerprint {per_fp[2]} groups V {per_fp[0]:.3f} "
         f"purity {per_fp[1]:.3f}"
     )
+    # each phone was captured alone, in one session: present from its first probe to its last
+    span: dict[object, list[float]] = {}
+    for d, p in probes:
+        s = span.setdefault(d, [p.ts, p.ts])
+        s[0], s[1] = min(s[0], p.ts), max(s[1], p.ts)
+    truth = Truth(
+        [(a, b) for a, b in span.values()], min(a for a, _b in span.values()), max(b for _a, b in span.values())
+    )
     met = {}
-    cap, cap_n, cap_sd = _capture(probes)
-    st, st_n, _delays = _stream(probes, DAEMON_HOLD_S)
-    for name, groups, est in (("capture", cap, f"{cap_n:.1f} +- {cap_sd:.1f}"), ("stream", st, f"{st_n:.1f}")):
+    cap, cap_marks = _capture(probes)
+    st, st_marks, _delays = _stream(probes, DAEMON_HOLD_S)
+    for name, groups, marks in (("capture", cap, cap_marks), ("stream", st, st_marks)):
         v, purity, k = _v_measure([(d, g) for (d, _p), g in zip(probes, groups, strict=True)])
         ok = k <= 2 * phones and purity >= 0.90 and v >= 0.90
         met[f"real.{name}"] = ok
         print(
             f"wifi.real_{name}: {k} groups for {phones} phones (bar <= {2 * phones}), frame-weighted purity "
-            f"{purity:.3f} (bar >= 0.90), V-measure {v:.3f} (bar >= 0.90), device estimate {est}: "
-            f"{'PASS' if ok else 'FAIL'}"
+            f"{purity:.3f} (bar >= 0.90), V-measure {v:.3f} (bar >= 0.90): {_pf(ok)}"
+        )
+        events, whole = count_marks(marks, window_s=COUNT_WINDOW_S)
+        fig = _count_figures(events, truth, min_truth=0.5)
+        assert whole is not None
+        assert whole.distinct is not None
+        assert whole.distinct_sd is not None
+        d_err = (whole.distinct - phones) / phones
+        covered = abs(whole.distinct - phones) <= 1.645 * whole.distinct_sd
+        ok_c = fig.get("minute.mae", 1.0) <= 0.10 and abs(d_err) <= 0.10
+        met[f"real.{name}.count"] = ok_c
+        print(
+            f"wifi.real_{name}_count: per minute while a phone is captured (truth 1): mean error "
+            f"{fig.get('minute.bias', 0.0):+.1%}, mean absolute {fig.get('minute.mae', 0.0):.1%} (bar 10%), "
+            f"90% interval covers {fig.get('minute.cov90', 0.0):.0%} of {fig.get('minute.n', 0):.0f} minutes; distinct "
+            f"devices {whole.distinct:.1f} +- {whole.distinct_sd:.1f} for {phones} ({d_err:+.0%}, bar +-10%; 90% "
+            f"interval {'covers' if covered else 'misses'}); references: groups {k}, MACs {per_mac[2]}, "
+            f"fingerprints {per_fp[2]}: {_pf(ok_c)}"
         )
     return met
 
@@ -406,43 +506,92 @@ DAEMON_HOLD_S = WifiSettings().group_hold_s  # the stream grouping as the daemon
 
 # the simulated stores: N devices arriving over the run (shoppers 5-40 min, 30 % passers-by)
 CROWDS = [(100, 3600.0), (300, 3600.0), (1000, 3 * 3600.0)]
+WARM_HOURS = 3  # the daemon's grouping "warm": it has counted this many hours of the same store before
 
 
-def bench_crowds(seeds: list[int]) -> dict[str, bool]:
+def _crowd(n: int, duration: float, seed: int) -> tuple[Labelled, object]:
+    crowd = generate_store(n, duration, seed=seed)
+    dec = ProbeDecoder()
+    probes: Labelled = [(f.device, p) for f in crowd.frames if (p := dec.decode(f.ts, 127, f.frame)) is not None]
+    return probes, crowd
+
+
+def _warm_grouper(n: int, duration: float, seed: int, before: float) -> WifiGrouper:
+    """A daemon grouping that has run through WARM_HOURS hours of the same store (other crowds,
+    ending at ``before``), as a gateway counting since the morning."""
+    g = WifiGrouper(GroupParams(max_delay_s=DAEMON_HOLD_S))
+    hours = max(1, round(WARM_HOURS * 3600.0 / duration))
+    for k in range(hours):
+        probes, _c = _crowd(n, duration, seed + 1000 * (k + 1))
+        shift = before - (hours - k) * duration - probes[0][1].ts + 1.0
+        for i, (_d, p) in enumerate(probes):
+            g.offer(p.mac, p.randomized, p.fingerprint, p.seq, p.ts + shift, p.rssi, i, p.ssid)
+            g.ready.clear()
+        g.flush()
+    return g
+
+
+def bench_crowds(seeds: list[int], warm: bool = True) -> dict[str, bool]:
     """Both groupings on simulated stores of modern phones (gateway/sim/wifi_population.py)."""
     met: dict[str, bool] = {}
-    rows: dict[str, list[tuple[float, ...]]] = collections.defaultdict(list)
+    rows: dict[str, list[dict[str, float]]] = collections.defaultdict(list)
     for n, duration in CROWDS:
         for seed in seeds:
-            crowd = generate_store(n, duration, seed=seed)
-            dec = ProbeDecoder()
-            probes: Labelled = [
-                (f.device, p) for f in crowd.frames if (p := dec.decode(f.ts, 127, f.frame)) is not None
-            ]
+            probes, crowd = _crowd(n, duration, seed)
+            assert isinstance(crowd, Crowd)
             heard = len(crowd.heard)
+            truth = Truth(
+                [(d.arrive, d.leave) for d in crowd.devices if d.idx in crowd.heard],
+                crowd.start_ts,
+                crowd.start_ts + crowd.duration_s,
+            )
             per_mac = _v_measure([(d, p.mac) for d, p in probes])
             per_fp = _v_measure([(d, p.fingerprint) for d, p in probes])
+            ref_mac = _reference_minutes(probes, [p.mac for _d, p in probes], truth)
+            ref_fp = _reference_minutes(probes, [p.fingerprint for _d, p in probes], truth)
             print(
                 f"wifi.crowd: N={n} seed {seed}, {duration / 3600:.0f} h, {heard} devices heard, {len(probes)} probe "
-                f"requests, {per_mac[2]} MACs; references: one group per MAC V {per_mac[0]:.3f}; one per fingerprint "
-                f"{per_fp[2]} groups V {per_fp[0]:.3f} purity {per_fp[1]:.3f}"
+                f"requests, {per_mac[2]} MACs; references: one group per MAC V {per_mac[0]:.3f}, per-minute count "
+                f"{ref_mac[0]:+.1%} (abs {ref_mac[1]:.1%}), distinct {per_mac[2] / heard - 1:+.0%}; one per "
+                f"fingerprint {per_fp[2]} groups V {per_fp[0]:.3f} purity {per_fp[1]:.3f}, per-minute "
+                f"{ref_fp[0]:+.1%} (abs {ref_fp[1]:.1%}), distinct {per_fp[2] / heard - 1:+.0%}"
             )
             t = time.process_time()
-            cap, cap_n, _sd = _capture(probes)
+            cap, cap_marks = _capture(probes)
             t_cap = time.process_time() - t
             t = time.process_time()
-            st, st_n, delays = _stream(probes, DAEMON_HOLD_S)
+            st, st_marks, delays = _stream(probes, DAEMON_HOLD_S)
             t_st = time.process_time() - t
-            for name, groups, est, secs in (("capture", cap, cap_n, t_cap), ("stream", st, st_n, t_st)):
+            runs = [("capture", cap, cap_marks, t_cap), ("stream", st, st_marks, t_st)]
+            if warm:
+                g = _warm_grouper(n, duration, seed, probes[0][1].ts - 60.0)
+                _st, warm_marks, _d = _stream(probes, DAEMON_HOLD_S, g)
+                runs.append(("stream-warm", st, warm_marks, 0.0))
+            for name, groups, marks, secs in runs:
                 v, purity, k = _v_measure([(d, g) for (d, _p), g in zip(probes, groups, strict=True)])
-                mean_e, mae, within = _per_minute(probes, groups)
-                count_err = (est - heard) / heard
-                rows[f"{name}.{n}"].append((v, purity, count_err, mean_e, mae, within))
+                events, whole = count_marks(marks, window_s=COUNT_WINDOW_S)
+                assert whole is not None
+                assert whole.distinct is not None
+                assert whole.distinct_sd is not None
+                fig = _count_figures(events, truth)
+                ref = _reference_minutes(probes, groups, truth)
+                d_err = (whole.distinct - heard) / heard
+                fig["distinct"] = d_err
+                fig["distinct.cov90"] = float(abs(whole.distinct - heard) <= 1.645 * whole.distinct_sd)
+                fig["V"], fig["purity"] = v, purity
+                rows[f"{name}.{n}"].append(fig)
+                if name != "stream-warm":
+                    print(
+                        f"wifi.crowd_{name}: N={n} seed {seed}: {k} groups ({(k - heard) / heard:+.0%}), V-measure "
+                        f"{v:.3f} (bar >= 0.92), frame-weighted purity {purity:.3f} (bar >= 0.90); {secs:.2f} s CPU"
+                    )
                 print(
-                    f"wifi.crowd_{name}: N={n} seed {seed}: {k} groups ({(k - heard) / heard:+.0%}), V-measure {v:.3f} "
-                    f"(bar >= 0.92), frame-weighted purity {purity:.3f} (bar >= 0.90), device estimate {est:.0f} "
-                    f"({count_err:+.1%}, bar +-10%); per minute: mean error {mean_e:+.1%}, mean absolute {mae:.1%} "
-                    f"(bar 10%), {within:.0%} of minutes within +-10%; {secs:.2f} s CPU"
+                    f"wifi.crowd_{name}_count: N={n} seed {seed}: per minute mean error {fig['minute.bias']:+.1%}, "
+                    f"mean absolute {fig['minute.mae']:.1%} (bar 10%), {fig['minute.within']:.0%} of minutes within "
+                    f"+-10%, 90% interval covers {fig['minute.cov90']:.0%}; per 15 min mean absolute "
+                    f"{fig.get('interval.mae', 0.0):.1%}, covered {fig.get('interval.cov90', 0.0):.0%}; distinct "
+                    f"{whole.distinct:.0f} +- {whole.distinct_sd:.0f} for {heard} ({d_err:+.1%}, bar +-10%); "
+                    f"reference (groups heard in the 2 min before a minute's end) {ref[0]:+.1%} (abs {ref[1]:.1%})"
                 )
             if delays:
                 delays.sort()
@@ -453,18 +602,27 @@ def bench_crowds(seeds: list[int]) -> dict[str, bool]:
                     "to the next frame; localization.window_s 3 s)"
                 )
     for key, r in sorted(rows.items()):
-        v = min(x[0] for x in r)
-        purity = min(x[1] for x in r)
-        count = max(abs(x[2]) for x in r)
-        per_minute = max(x[4] for x in r)
-        bias = max(abs(x[3]) for x in r)
-        ok = {"V": v >= 0.92, "purity": purity >= 0.90, "count": count <= 0.10, "per-minute": per_minute <= 0.10}
+        name = key.split(".")[0]
+        v = min(x["V"] for x in r)
+        purity = min(x["purity"] for x in r)
+        count = max(abs(x["distinct"]) for x in r)
+        per_minute = max(x["minute.mae"] for x in r)
+        bias = max(abs(x["minute.bias"]) for x in r)
+        cov = statistics.mean(x["minute.cov90"] for x in r)
+        dcov = statistics.mean(x["distinct.cov90"] for x in r)
+        ok = {"count": count <= 0.10, "per-minute": per_minute <= 0.10}
+        if name != "stream-warm":
+            ok |= {"V": v >= 0.92, "purity": purity >= 0.90}
         for bar, passed in ok.items():
             met[f"crowd.{key}.{bar}"] = passed
+        grouping = (
+            f"worst V {v:.3f} {_pf(ok['V'])}, worst purity {purity:.3f} {_pf(ok['purity'])}, " if "V" in ok else ""
+        )
         print(
-            f"wifi.crowd_bars: {key} over {len(r)} seeds: worst V {v:.3f} {_pf(ok['V'])}, worst purity {purity:.3f} "
-            f"{_pf(ok['purity'])}, worst device estimate {count:+.1%} {_pf(ok['count'])}, worst per-minute mean "
-            f"absolute error {per_minute:.1%} {_pf(ok['per-minute'])} (largest per-minute bias {bias:.1%})"
+            f"wifi.crowd_bars: {key} over {len(r)} seeds: {grouping}worst distinct-device error {count:+.1%} "
+            f"{_pf(ok['count'])}, worst per-minute mean absolute error {per_minute:.1%} {_pf(ok['per-minute'])} "
+            f"(largest per-minute bias {bias:.1%}; 90% intervals cover {cov:.0%} of minutes, {dcov:.0%} of "
+            f"distinct counts)"
         )
     return met
 
@@ -504,7 +662,7 @@ def main(quick: bool = False) -> None:
     bench_pcap_readers(frames, 3 if quick else 5)
     bench_fuzz(frames, 100_000 if quick else 1_000_000)
     met = bench_real(quick)
-    met |= bench_crowds([1] if quick else [1, 2, 3])
+    met |= bench_crowds([1] if quick else [1, 2, 3], warm=not quick)
     bench_day_memory()
     failed = [k for k, v in met.items() if not v]
     print(

@@ -180,10 +180,13 @@ class WifiSettings(Section):
         description="The capture relay is reported silent (status page, /metrics) after this long without a datagram",
     )
     count_window_s: float = Field(
-        default=120.0,
-        ge=30,
+        default=300.0,
+        ge=60,
         le=900,
-        description="Wi-Fi devices present at a minute's end: device groups heard within this window before it",
+        description=(
+            "Wi-Fi devices present in a minute are estimated from the scan bursts heard within this window "
+            "centred on it (docs/wifi.md, Counting); a minute's count is published half of it after the minute"
+        ),
     )
     group_hold_s: float = Field(
         default=2.0,

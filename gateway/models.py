@@ -64,6 +64,19 @@ class Observation:
     link: str | None = None
     # What the BLE advert said about its sender (kind, rotation-stable content); None: not known.
     adv: AdvertInfo | None = None
+    # Wi-Fi: set on one frame of each heard scan burst - the presence it stands for (the count)
+    presence: PresenceMark | None = None
+
+
+@dataclass(slots=True, frozen=True)
+class PresenceMark:
+    """What one heard Wi-Fi scan burst stands for (gateway/identity/wifi_presence.py): device-seconds
+    of presence around it, and arrivals (new devices), each with a relative standard deviation."""
+
+    presence_s: float
+    rel_sd: float
+    arrivals: float
+    arrivals_rel_sd: float
 
 
 _IRK_LINK_TAG = b"gateway/irk-link/v1\x00"
@@ -207,16 +220,21 @@ class Aggregate(EventBase):
 
 
 class DeviceCount(EventBase):
-    """Wi-Fi devices present (gateway/identity/wifi_count.py): distinct device groups heard in the
-    ``window_s`` before each minute's end; for a longer interval the mean of its minutes."""
+    """Wi-Fi devices present (gateway/identity/wifi_count.py): the mean number present during the
+    interval, estimated from the presence each heard scan burst stands for (not from device groups:
+    gateway/identity/wifi_presence.py); for an aggregate interval also the distinct devices."""
 
     type: Literal["wifi.devices"] = "wifi.devices"
     interval_start: float
     interval_s: float = Field(gt=0)
     zone: str | None = Field(default=None, description="None for the whole store; a zone: devices located in it")
-    devices: float = Field(ge=0, description="Estimated devices present (a mean over the interval's minutes)")
+    devices: float = Field(ge=0, description="Estimated devices present (mean over the interval)")
     sd: float = Field(ge=0, description="Its uncertainty (one standard deviation)")
-    window_s: float = Field(gt=0, description="A device heard within this window before a minute's end is present")
+    window_s: float = Field(gt=0, description="Bursts heard within this window centred on a moment count for it")
+    distinct: float | None = Field(
+        default=None, ge=0, description="Aggregate intervals, whole store: distinct devices present during it"
+    )
+    distinct_sd: float | None = Field(default=None, ge=0, description="Its uncertainty (one standard deviation)")
 
 
 class ActivationReport(EventBase):

@@ -280,7 +280,7 @@ class IdentityResolver:
             if not subj:
                 dropped += 1
                 continue
-            append(Observation(ts, o.sensor, subj, o.rssi, o.radio, o.rssi_at_1m, None, o.adv))
+            append(Observation(ts, o.sensor, subj, o.rssi, o.radio, o.rssi_at_1m, None, o.adv, o.presence))
         self.stats.resolved += len(out)
         self.stats.dropped_optout += dropped
         return out

@@ -13,13 +13,10 @@ frame, one summary per MAC) and then links MAC lifetimes into chains - one chain
    log(exp(``prior``) + the odds of the competitors); links are taken best first while the score is
    at least ``min_score`` and neither end is taken.
 
-**Counting** (:meth:`ChainGrouper.count`): where a link cannot be decided with confidence the
-chains split a device, but the evidence still says how likely each MAC is to start a device: with
-``P(a -> b) = odds(a, b) / (exp(end_weight) + sum of a's odds)``, ``P(b starts a device) =
-prod_a (1 - P(a -> b))``, and the expected number of devices is the sum over MACs (public MACs count
-one each), with the variance of that sum of Bernoulli variables as its uncertainty.
-``end_weight`` (how often a MAC is its device's last) is calibrated on simulated crowds built from
-the measured phone behaviours (docs/wifi.md) and checked on the real captures.
+**Counting** (:meth:`ChainGrouper.marks`): what every heard burst stands for in presence
+(gateway/identity/wifi_presence.py), learnt over the whole capture - the silences of public MACs,
+within one MAC, and across the links made with gap-blind confidence in the last pass; the mean
+visit from public MACs' visits and from devices followed with confidence all along.
 
 Cost of :meth:`ChainGrouper.solve`: every pair of same-family MACs whose start falls within
 ``max_gap_s`` after the other's end is scored, numpy-vectorised in chunks of ``_PAIRS_PER_CHUNK``.
@@ -43,13 +40,16 @@ from gateway.identity.wifi_links import (
     LinkParams,
     Mac,
     TimingTable,
+    Track,
     Tracker,
     evidence_score,
     link_score,
 )
+from gateway.identity.wifi_presence import FOLLOWED_MIN, PresenceModel, PresenceParams
+from gateway.models import PresenceMark
 from gateway.parsers.ieee80211 import family_of
 
-__all__ = ["ChainGrouper", "ChainParams", "DeviceCount"]
+__all__ = ["ChainGrouper", "ChainParams"]
 
 _PAIRS_PER_CHUNK = 200_000  # candidate pairs scored per numpy pass (bounds solve()'s working memory)
 
@@ -62,6 +62,7 @@ class ChainParams:
     passes: int = 2  # tracking passes: each learns the families' sequence behaviour from the last
     learn_arrivals: bool = True  # ... and their arrival rates, at most ``arrivals``
     arrivals: float = 1.0 / 300.0  # new devices of one family per second (the weight of "a new device")
+    presence: PresenceParams = field(default_factory=PresenceParams)  # the count (learn_s: the whole capture)
 
     def __post_init__(self) -> None:
         if not (math.isfinite(self.mac_burst_gap_s) and self.mac_burst_gap_s > 0.0):
@@ -70,15 +71,6 @@ class ChainParams:
             raise ValueError(f"ChainParams.min_p must be between 0 and 1, got {self.min_p!r}")
         if not 1 <= self.passes <= 10:
             raise ValueError(f"ChainParams.passes must be 1..10, got {self.passes!r}")
-
-
-@dataclass(slots=True, frozen=True)
-class DeviceCount:
-    """An estimate of how many devices a set of MACs came from, with its standard deviation."""
-
-    devices: float
-    sd: float
-    groups: int  # the chains (hard decisions) it sits beside
 
 
 class ChainGrouper:
@@ -96,8 +88,13 @@ class ChainGrouper:
         self._randomized: dict[str, bool] = {}
         self._fp_frames: dict[str, int] = {}
         self.out_of_order = 0  # frames earlier than their MAC's latest (counted, not learned from)
+        # the count (wifi_presence.py): learnt over the whole capture (nothing fades)
+        self.presence = PresenceModel(replace(self.params.presence, learn_s=math.inf))
+        self._burst_log: list[tuple[float, int]] = []  # (first frame time, MAC index) of every MAC burst
+        self._heads: set[str] = set()  # set by solve(): randomized MACs heading their scan burst ...
+        self._track_of: dict[str, Track] = {}  # ... and their tracks
+        self._head_of: dict[str, str] = {}  # other MACs of a scan burst -> its head
         self.linked = 0  # set by solve(): MAC changes linked into chains
-        self._p_start: dict[str, float] = {}  # set by solve(): each randomized MAC's chance to start a device
 
     def __len__(self) -> int:
         return len(self._lives)
@@ -129,6 +126,7 @@ class ChainGrouper:
             if ssid:
                 life.ssids = {hash(ssid)}
             self._randomized[mac] = randomized
+            self._burst_log.append((ts, life.idx))
             if rssi is not None:
                 life.first_sum = life.last_sum = rssi
                 life.first_n = life.last_n = 1
@@ -146,6 +144,16 @@ class ChainGrouper:
             life.bursts += 1
             life.last_sum = 0.0
             life.last_n = 0
+            self._burst_log.append((ts, life.idx))
+            if dt <= self.presence.params.visit_gap_s:  # one device's silence, known for sure (longer: ignored)
+                # (the MAC's own silences so far: its time from first to last burst, bursts - 1)
+                self.presence.silence(
+                    family_of(fingerprint),
+                    dt,
+                    ts,
+                    public=not self._randomized[mac],
+                    own=(life.last_ts - life.first_ts, life.bursts - 2),
+                )
             step = (seq - life.last_seq) % SEQ_MOD
             if step < SEQ_MOD // 2 and dt <= self._link.max_gap_s:
                 life.rate_adv += step
@@ -281,7 +289,7 @@ class ChainGrouper:
         arrivals: dict[str, float] = {}
         seq_q: dict[str, float] = {}
         for k in range(p.passes):
-            groups, pred, p_start, links = self._track(units, share, arrivals, seq_q)
+            groups, pred, p_start, links = self._track(units, share, arrivals, seq_q, learn=k == p.passes - 1)
             if k == p.passes - 1:
                 break
             seq_q = _learned(links, self._link)
@@ -292,8 +300,6 @@ class ChainGrouper:
                     fam[f] = fam.get(f, 0.0) + ps
                 arrivals = {f: min(max(n, 1.0) / span, p.arrivals) for f, n in fam.items()}
         self.linked = len(pred)
-        self._p_start = p_start
-        self._n_groups = len(set(groups.values()))
         return groups
 
     def _track(
@@ -302,8 +308,11 @@ class ChainGrouper:
         share: dict[str, float],
         arrivals: dict[str, float],
         seq_q: dict[str, float],
+        *,
+        learn: bool = False,
     ) -> tuple[dict[str, str], dict[int, str], dict[str, float], list[tuple[Mac, Mac]]]:
-        """Stage 2: bursts linked into devices by :class:`Tracker`."""
+        """Stage 2: bursts linked into devices by :class:`Tracker`; ``learn``: the last pass - the
+        presence model learns the silences of the links made with gap-blind confidence."""
         tracker = Tracker(
             self._cross,
             self._cross_timing,
@@ -317,6 +326,13 @@ class ChainGrouper:
         p_start: dict[str, float] = {}
         groups: dict[str, str] = {}
         n_groups = 0
+        tracker.blind = learn
+        pm = self.presence
+        confident = pm.params.confident
+        if learn:
+            self._heads = set()
+            self._track_of = {}
+            self._head_of = {}
         for unit, members in units:
             if not self._randomized[unit.mac]:
                 n_groups += 1
@@ -324,9 +340,19 @@ class ChainGrouper:
                 continue
             track, p_new = tracker.assign(unit, share.get(unit.fingerprint, 1.0))
             p_start[unit.mac] = p_new
+            if learn:
+                self._heads.add(unit.mac)
+                if tracker.last_confidence >= confident:
+                    fam = family_of(unit.fingerprint)
+                    pm.silence(fam, tracker.last_gap, unit.first_ts, own=(track.silence_s, track.silences))
+                    track.silences += 1
+                    track.silence_s += tracker.last_gap
+                self._track_of[unit.mac] = track
             for m in members[1:]:
                 p_start[m.mac] = 0.0
                 pred[m.idx] = unit.mac
+                if learn:
+                    self._head_of[m.mac] = unit.mac
             if track.tail_before is None:
                 n_groups += 1
                 track.gid = f"{self._prefix}{n_groups}"
@@ -334,20 +360,54 @@ class ChainGrouper:
                 pred[unit.idx] = track.tail_before.mac
             for m in members:
                 groups[m.mac] = track.gid
+        if learn:  # devices followed with confidence from their first burst to their last: whole visits
+            for tr in {id(t): t for t in self._track_of.values()}.values():
+                if tr.macs >= FOLLOWED_MIN and tr.silences >= tr.macs - 1:
+                    fam = family_of(tr.tail.fingerprint)
+                    pm.visit(fam, tr.tail.last_ts - tr.first_ts, tr.tail.last_ts, public=False)
         return groups, pred, p_start, tracker.links
 
-    def count(self, macs: set[str] | None = None) -> DeviceCount:
-        """Expected number of devices behind ``macs`` (default: all), after :meth:`solve`."""
-        total = var = 0.0
-        for mac in self._lives if macs is None else macs:
-            ps = self._p_start.get(mac, 1.0)  # public MACs: a device each
-            total += ps
-            var += ps * (1.0 - ps)
-        return DeviceCount(total, math.sqrt(var), getattr(self, "_n_groups", 0))
-
-    def p_start(self, mac: str) -> float:
-        """After :meth:`solve`: the chance that ``mac`` is its device's first MAC in the capture."""
-        return self._p_start.get(mac, 1.0)
+    def marks(self, groups: dict[str, str]) -> list[tuple[float, str, PresenceMark]]:
+        """After :meth:`solve` (``groups`` its result): ``(time, group id, mark)`` of every heard burst in
+        time order - what each stands for in presence (wifi_presence.py, wifi_count.py)."""
+        pm = self.presence
+        by_idx = {life.idx: life for life in self._lives.values()}
+        log = sorted(self._burst_log)
+        # public MACs: their visits (bursts more than max_gap_s apart start another), known whole
+        starts: dict[int, list[float]] = {}
+        for ts, idx in log:
+            life = by_idx[idx]
+            if not self._randomized[life.mac]:
+                starts.setdefault(idx, []).append(ts)
+        own: dict[tuple[int, float], tuple[float, int]] = {}  # (MAC, burst time) -> its visit's (span, silences)
+        for idx, times in starts.items():
+            visit = [times[0]]
+            for t in [*times[1:], math.inf]:
+                if t - visit[-1] > pm.params.visit_gap_s:
+                    pm.visit(family_of(by_idx[idx].fingerprint), visit[-1] - visit[0], visit[-1])
+                    for v in visit:
+                        own[(idx, v)] = (visit[-1] - visit[0], len(visit) - 1)
+                    visit = [t]
+                else:
+                    visit.append(t)
+        out: list[tuple[float, str, PresenceMark]] = []
+        cache: dict[tuple[str, int, float], PresenceMark] = {}
+        for ts, idx in log:
+            life = by_idx[idx]
+            fam = family_of(life.fingerprint)
+            if self._randomized[life.mac]:
+                if ts == life.first_ts and life.mac not in self._heads:
+                    continue  # a later MAC of its scan burst: the burst is marked once
+                tr = self._track_of.get(life.mac) or self._track_of.get(self._head_of.get(life.mac, ""))
+                key = (fam, tr.silences, tr.silence_s) if tr is not None else (fam, 0, 0.0)
+                mk = cache.get(key)
+                if mk is None:
+                    mk = cache[key] = pm.mark(fam, own=(key[2], key[1]))
+            else:
+                span, silences = own[(idx, ts)]
+                mk = pm.mark(fam, public=True, own=(span, silences) if silences else None)
+            out.append((ts, groups.get(life.mac, ""), mk))
+        return out
 
     def life(self, mac: str) -> Mac | None:
         return self._lives.get(mac)

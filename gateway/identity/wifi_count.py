@@ -1,36 +1,53 @@
 """How many Wi-Fi devices are present: per minute and per aggregate interval, per zone (pure).
 
 Fed by the pipeline after the identity stage (an observation's subject is its Wi-Fi group's daily
-pseudonym, so one group is one subject) and with its fixes (a subject's zone, where located):
+pseudonym) with its fixes (a subject's zone, where located). The count does not count groups: one
+frame of every heard scan burst carries a :class:`~gateway.models.PresenceMark` - the presence (in
+device-seconds) and the arrivals it stands for, learnt from the capture by
+:mod:`gateway.identity.wifi_presence` - so a phone the grouping split in three still counts once:
 
-* **per minute**: the devices present at the end of each minute are the distinct groups heard in
-  the ``window_s`` before it (a phone scans every 17-135 s by its median, so two minutes hear
-  nearly every phone that is there). Where located, per zone by the subject's latest fix zone;
-* **per aggregate interval** (``presence.aggregate_interval_s``, 15 min): the mean of its minutes -
-  the devices present on average - not the distinct groups of the interval, which would count a
-  phone once per group the grouping split it into.
+* **per minute**: the mean number of devices present during the minute - the presence of the
+  bursts heard within ``window_s`` centred on it, each spread evenly over its own ``window_s``
+  around it. A minute is published once frame time is ``window_s / 2`` (plus ``slack_s`` for held
+  frames) past its end: the bursts after it are part of its evidence. Per zone: each burst by its
+  subject's latest fix zone, where Wi-Fi is localized;
+* **per aggregate interval** (``presence.aggregate_interval_s``, 15 min): the mean of its minutes,
+  and the **distinct** devices present during it: those present at its start and end (half each)
+  plus the arrivals its bursts stand for (Little's law: presence / mean visit);
+* **uncertainty** (one standard deviation): the bursts' own scatter (each burst's contribution
+  squared, as for a sum of counts) and the learnt parameters' (``PresenceMark.rel_sd``, the same
+  for every burst of a family: it does not average out).
 
-Grouping splits and joins phones (docs/wifi.md), within a two-minute window much less than over an
-hour, so the per-minute count is the figure to trust; its uncertainty ``sd`` is the error measured
-for it on simulated stores (``bench/bench_wifi.py``: per-minute counts within ~10 %, so
-``rel_sd`` 0.1 of the count) and Poisson noise, ``sqrt(rel_sd^2 n^2 + n)``.
-
-Events are :class:`gateway.models.DeviceCount` (``wifi.devices``, aggregate priority), published
-for each completed minute and interval; nothing is published before the first Wi-Fi device is
-heard (a gateway without Wi-Fi sends none).
+Events are :class:`gateway.models.DeviceCount` (``wifi.devices``, aggregate priority); nothing is
+published before the first Wi-Fi burst is heard (a gateway without Wi-Fi sends none).
 """
 
 from __future__ import annotations
 
 import math
+from collections import deque
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from gateway.models import DeviceCount, EventBase, Fix
+from gateway.models import DeviceCount, EventBase, Fix, PresenceMark
 
-__all__ = ["WifiCounter"]
+__all__ = ["MINUTE_S", "WifiCounter", "count_marks"]
 
 MINUTE_S = 60.0
+
+
+class _Minute:
+    __slots__ = ("arrivals", "arrivals_syst", "end", "length", "n", "syst", "var", "zones")
+
+    def __init__(self, end: float, length: float) -> None:
+        self.end = end
+        self.length = length
+        self.n = 0.0
+        self.var = 0.0  # the bursts' own scatter (sum of contributions squared) ...
+        self.syst = 0.0  # ... and the learnt parameters' error (sum of contributions x rel_sd)
+        self.arrivals = 0.0  # arrivals of the bursts heard within the minute ...
+        self.arrivals_syst = 0.0  # ... and their parameters' error (sum of arrivals x arrivals_rel_sd)
+        self.zones: dict[str, tuple[float, float, float]] = {}  # zone -> (n, var, syst)
 
 
 class WifiCounter:
@@ -38,115 +55,210 @@ class WifiCounter:
         self,
         store_id: str,
         *,
-        window_s: float = 120.0,
+        window_s: float = 300.0,
         interval_s: float = 900.0,
-        rel_sd: float = 0.1,
+        slack_s: float = 5.0,
         zones: Iterable[str] = (),
     ) -> None:
-        if not (window_s > 0.0 and interval_s >= MINUTE_S):
-            raise ValueError("window_s must be > 0 and interval_s >= 60")
+        if not (window_s >= MINUTE_S and interval_s >= MINUTE_S and slack_s >= 0.0):
+            raise ValueError("window_s and interval_s must be >= 60 and slack_s >= 0")
         self.store_id = store_id
         self.window_s = window_s
         self.interval_s = interval_s
-        self.rel_sd = rel_sd
+        self.slack_s = slack_s
         self.zones = list(zones)
-        self._last_heard: dict[str, float] = {}  # subject -> latest frame time
-        self._zone: dict[str, str | None] = {}  # subject -> zone of its latest fix
+        # (ts, subject, mark) of heard bursts not yet behind every minute they count in
+        self._marks: deque[tuple[float, str, PresenceMark]] = deque()
+        self._zone: dict[str, tuple[str | None, float]] = {}  # subject -> (zone of its latest fix, when)
         self._next_minute: float | None = None  # end of the next minute to publish
-        self._minutes: list[tuple[float, float, dict[str | None, float]]] = []  # (end, n, by zone) this interval
+        self._now = -math.inf
+        self._minutes: list[_Minute] = []  # published minutes of the interval under way
         self.latest: dict[str, Any] = {}  # the last minute's count, for the status page
+        self._interval_view: dict[str, Any] = {}  # the last interval's, shown beside it
         self._pending: list[EventBase] = []  # minutes completed by heard(), until the next tick
         self.published = 0
+        self.all_minutes: list[_Minute] | None = None  # every minute counted, when a list (count_marks)
 
-    def heard(self, ts: float, subject: str) -> None:
-        """A Wi-Fi observation of ``subject`` at ``ts`` (minutes it completes are counted first)."""
-        if self._next_minute is not None and ts >= self._next_minute:
-            done = self.tick(ts)  # (tick() hands over and replaces the pending list)
-            self._pending.extend(done)
-        if ts > self._last_heard.get(subject, -math.inf):
-            self._last_heard[subject] = ts
+    @property
+    def delay_s(self) -> float:
+        """How long after a minute's end its count is published (frame time)."""
+        return self.window_s / 2.0 + self.slack_s
+
+    def heard(self, ts: float, subject: str, mark: PresenceMark | None = None) -> None:
+        """A Wi-Fi observation of ``subject`` at ``ts``; ``mark`` on one frame of each burst."""
         if self._next_minute is None:
+            if mark is None:
+                return
             self._next_minute = (math.floor(ts / MINUTE_S) + 1) * MINUTE_S
+        if ts > self._now:
+            self._now = ts
+        if self._now >= self._next_minute + self.delay_s:
+            done = self.tick(self._now)  # (tick() hands over and replaces the pending list)
+            self._pending.extend(done)
+        if mark is not None and mark.presence_s > 0.0:
+            self._marks.append((ts, subject, mark))
 
     def located(self, fixes: Sequence[Fix]) -> None:
-        """Fixes of any subjects: the Wi-Fi ones remember their zone."""
-        last = self._last_heard
+        """Fixes of any subjects: Wi-Fi subjects remember their zone (a zone is kept ``window_s``)."""
         for f in fixes:
-            if f.device in last:
-                self._zone[f.device] = f.zone
+            self._zone[f.device] = (f.zone, f.ts)
 
     def forget(self, subject: str) -> None:
-        """An opt-out: the subject leaves the counts at once."""
-        self._last_heard.pop(subject, None)
+        """An opt-out: the subject's bursts leave the counts at once."""
         self._zone.pop(subject, None)
+        self._marks = deque(m for m in self._marks if m[1] != subject)
 
     def tick(self, now: float) -> list[EventBase]:
-        """Publish every minute (and interval) completed by ``now``."""
+        """Publish every minute whose evidence is complete by ``now`` (frame time)."""
         out, self._pending = self._pending, []
-        while self._next_minute is not None and self._next_minute <= now:
-            self._minute(self._next_minute, out)
+        if now > self._now:
+            self._now = now
+        while self._next_minute is not None and self._next_minute + self.delay_s <= self._now:
+            self._minute(self._next_minute, MINUTE_S, out)
             self._next_minute += MINUTE_S
+            self._skip_silence(self._now - self.delay_s)
         return out
+
+    def _skip_silence(self, until: float) -> None:
+        """No burst heard for long (a closed store, a capture spanning days): once the interval
+        under way is closed, jump to the interval ``until`` falls in - no zero minutes in between."""
+        nxt = self._next_minute
+        if self._marks or nxt is None or self._minutes:
+            return
+        step = self.interval_s
+        target = math.floor(until / step) * step + MINUTE_S
+        if target > nxt:
+            self._next_minute = target
 
     def close(self, now: float) -> list[EventBase]:
-        """Shutdown: the completed minutes, then the minute under way as far as it went (its
-        ``interval_s`` says how far) and the interval it closes."""
+        """Shutdown (or the end of a capture): every minute up to ``now`` on the evidence heard so
+        far, the last one as far as it went (its ``interval_s`` says how far), and its interval."""
         out = self.tick(now)
         nxt = self._next_minute
-        if nxt is not None and now > nxt - MINUTE_S:
-            self._minute(now, out, length=now - (nxt - MINUTE_S), final=True)
-            self._next_minute = None
+        if nxt is None:
+            return out
+        end = max(self._now, now)
+        while nxt <= end:
+            self._minute(nxt, MINUTE_S, out)
+            self._next_minute = nxt + MINUTE_S
+            self._skip_silence(end)
+            nxt = self._next_minute
+        if end > nxt - MINUTE_S:
+            self._minute(end, end - (nxt - MINUTE_S), out)
+        if self._minutes:
+            self._interval(out)
+        self._next_minute = None
         return out
 
-    def _sd(self, n: float) -> float:
-        return math.sqrt((self.rel_sd * n) ** 2 + n)
+    # -- counting -----------------------------------------------------------------------------
 
-    def _minute(self, end: float, out: list[EventBase], *, length: float = MINUTE_S, final: bool = False) -> None:
-        start = end - self.window_s
-        present = [s for s, t in self._last_heard.items() if start < t <= end]
-        by_zone: dict[str | None, float] = {}
-        for s in present:
-            z = self._zone.get(s)
+    def _zone_of(self, subject: str, at: float) -> str | None:
+        z = self._zone.get(subject)
+        if z is None or z[1] < at - self.window_s:
+            return None
+        return z[0]
+
+    def _minute(self, end: float, length: float, out: list[EventBase]) -> None:
+        start = end - length
+        half = self.window_s / 2.0
+        m = _Minute(end, length)
+        zones: dict[str, list[float]] = {}
+        scale = 1.0 / (self.window_s * length)
+        zoned = bool(self._zone)
+        for ts, subject, mk in self._marks:
+            overlap = min(end, ts + half) - max(start, ts - half)
+            if overlap <= 0.0:
+                continue
+            c = mk.presence_s * overlap * scale
+            m.n += c
+            m.var += c * c
+            m.syst += c * mk.rel_sd
+            if start <= ts < end:
+                m.arrivals += mk.arrivals
+                m.arrivals_syst += mk.arrivals * mk.arrivals_rel_sd
+            z = self._zone_of(subject, end) if zoned else None
             if z is not None:
-                by_zone[z] = by_zone.get(z, 0.0) + 1.0
-        n = float(len(present))
-        by_zone[None] = n
-        out.append(self._event(end - length, length, None, n))
-        for z in sorted(k for k in by_zone if k is not None):
-            out.append(self._event(end - length, length, z, by_zone[z]))
+                acc = zones.setdefault(z, [0.0, 0.0, 0.0])
+                acc[0] += c
+                acc[1] += c * c
+                acc[2] += c * mk.rel_sd
+        m.zones = {z: (v[0], v[1], v[2]) for z, v in zones.items()}
+        out.append(self._event(start, length, None, m.n, m.var + m.syst * m.syst))
+        for z in sorted(m.zones):
+            n, var, syst = m.zones[z]
+            out.append(self._event(start, length, z, n, var + syst * syst))
         self.latest = {
             "ts": end,
-            "devices": n,
-            "sd": round(self._sd(n), 2),
+            "devices": round(m.n, 2),
+            "sd": round(math.sqrt(m.var + m.syst * m.syst), 2),
             "window_s": self.window_s,
-            "by_zone": {z: v for z, v in by_zone.items() if z is not None},
+            "by_zone": {z: round(v[0], 2) for z, v in m.zones.items()},
         }
+        if self._interval_view:
+            self.latest["interval"] = self._interval_view
+        self._minutes.append(m)
+        if self.all_minutes is not None:
+            self.all_minutes.append(m)
         # the interval this minute closes
-        self._minutes.append((end, n, by_zone))
-        if final or end % self.interval_s == 0.0 or end - self._minutes[0][0] >= self.interval_s - 1e-6:
-            self._interval(end, out)
-        # forget subjects silent longer than the window (bounded memory)
-        stale = [s for s, t in self._last_heard.items() if t <= start]
-        for s in stale:
-            del self._last_heard[s]
-            self._zone.pop(s, None)
+        first_start = self._minutes[0].end - self._minutes[0].length
+        if end % self.interval_s == 0.0 or end - first_start >= self.interval_s - 1e-6:
+            self._interval(out)
+        # bursts behind every later minute's window, and zones of subjects gone quiet
+        marks = self._marks
+        while marks and marks[0][0] + half <= end:
+            marks.popleft()
+        if len(self._zone) > 4 * len(marks) + 64:
+            keep = {s for _t, s, _m in marks}
+            self._zone = {s: z for s, z in self._zone.items() if s in keep}
 
-    def _interval(self, end: float, out: list[EventBase]) -> None:
+    def _interval(self, out: list[EventBase]) -> None:
         minutes = self._minutes
         self._minutes = []
-        k = len(minutes)
-        begin = minutes[0][0] - MINUTE_S
-        if k == 1 and end - begin < MINUTE_S:  # a lone partial minute is its own interval already
-            return
-        zones = sorted({z for _e, _n, bz in minutes for z in bz if z is not None})
-        mean = sum(n for _e, n, _bz in minutes) / k
+        begin = minutes[0].end - minutes[0].length
+        end = minutes[-1].end
         length = end - begin
-        out.append(self._event(begin, length, None, mean))
-        for z in zones:
-            out.append(self._event(begin, length, z, sum(bz.get(z, 0.0) for _e, _n, bz in minutes) / k))
-        self.latest["interval"] = {"start": begin, "interval_s": length, "devices": round(mean, 2)}
+        if len(minutes) == 1 and length < MINUTE_S:  # a lone partial minute is its own interval already
+            return
+        total = sum(m.length for m in minutes)
+        # minutes share bursts over window_s: their scatter is correlated over about that long; the
+        # parameters' error is the same for all of them
+        corr = min(max(1.0, self.window_s / MINUTE_S), len(minutes))
 
-    def _event(self, start: float, length: float, zone: str | None, n: float) -> DeviceCount:
+        def mean_sd(parts: list[tuple[float, float, float, float]]) -> tuple[float, float]:
+            n = sum(x * w for x, _v, _s, w in parts) / total
+            var = sum(v * w * w for _x, v, _s, w in parts) / (total * total) * corr
+            syst = sum(s * w for _x, _v, s, w in parts) / total
+            return n, var + syst * syst
+
+        mean, var = mean_sd([(m.n, m.var, m.syst, m.length) for m in minutes])
+        # distinct devices: present at the start and the end (half each), plus the arrivals (a
+        # count: Poisson, and the learnt parameters' error, the same for all)
+        first, last = minutes[0], minutes[-1]
+        arrivals = sum(m.arrivals for m in minutes)
+        distinct = 0.5 * (first.n + last.n) + arrivals
+        syst = sum(m.arrivals_syst for m in minutes) + 0.5 * (first.syst + last.syst)
+        distinct_var = 0.25 * (first.var + last.var) + arrivals + syst * syst
+        out.append(self._event(begin, length, None, mean, var, distinct, distinct_var))
+        for z in sorted({z for m in minutes for z in m.zones}):
+            zn, zv = mean_sd([(*m.zones.get(z, (0.0, 0.0, 0.0)), m.length) for m in minutes])
+            out.append(self._event(begin, length, z, zn, zv))
+        self.latest["interval"] = self._interval_view = {
+            "start": begin,
+            "interval_s": length,
+            "devices": round(mean, 2),
+            "distinct": round(distinct, 1),
+        }
+
+    def _event(
+        self,
+        start: float,
+        length: float,
+        zone: str | None,
+        n: float,
+        var: float,
+        distinct: float | None = None,
+        distinct_var: float = 0.0,
+    ) -> DeviceCount:
         self.published += 1
         return DeviceCount(
             ts=start + length,
@@ -155,6 +267,52 @@ class WifiCounter:
             interval_s=length,
             zone=zone,
             devices=round(n, 2),
-            sd=round(self._sd(n), 2),
+            sd=round(math.sqrt(var), 2),
             window_s=self.window_s,
+            distinct=None if distinct is None else round(distinct, 1),
+            distinct_sd=None if distinct is None else round(math.sqrt(distinct_var), 1),
         )
+
+
+def count_marks(
+    marks: Sequence[tuple[float, str, PresenceMark]],
+    *,
+    store_id: str = "",
+    window_s: float = 300.0,
+    interval_s: float = 900.0,
+) -> tuple[list[DeviceCount], DeviceCount | None]:
+    """The counts of a whole capture from its bursts' marks ``(time, subject, mark)`` in time order:
+    every minute's and interval's events, and one for the whole capture (None without bursts) -
+    the mean number of devices present over its minutes (those within ``window_s / 2`` of a burst)
+    and its distinct devices: the arrivals its bursts stand for (the mean visit is learnt within the
+    same capture, so visits cut by its ends count as short ones: no start and end terms)."""
+    if not marks:
+        return [], None
+    c = WifiCounter(store_id, window_s=window_s, interval_s=interval_s, slack_s=0.0)
+    c.all_minutes = []
+    for ts, subject, mk in marks:
+        c.heard(ts, subject, mk)
+    events = [e for e in c.close(marks[-1][0]) if isinstance(e, DeviceCount)]
+    minutes = c.all_minutes
+    total = sum(m.length for m in minutes)
+    if total <= 0.0:  # a capture of less than a moment (or without times)
+        return events, None
+    corr = min(max(1.0, window_s / MINUTE_S), len(minutes))
+    mean = sum(m.n * m.length for m in minutes) / total
+    syst = sum(m.syst * m.length for m in minutes) / total
+    var = sum(m.var * m.length * m.length for m in minutes) / (total * total) * corr + syst * syst
+    arrivals = sum(mk.arrivals for _t, _s, mk in marks)
+    a_syst = sum(mk.arrivals * mk.arrivals_rel_sd for _t, _s, mk in marks)
+    begin = minutes[0].end - minutes[0].length
+    whole = DeviceCount(
+        ts=minutes[-1].end,
+        store_id=store_id,
+        interval_start=begin,
+        interval_s=minutes[-1].end - begin,
+        devices=round(mean, 2),
+        sd=round(math.sqrt(var), 2),
+        window_s=window_s,
+        distinct=round(arrivals, 1),
+        distinct_sd=round(math.sqrt(arrivals + a_syst * a_syst), 1),
+    )
+    return events, whole

@@ -37,9 +37,12 @@ from __future__ import annotations
 
 import heapq
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
 from gateway.identity.wifi_links import SEQ_MOD, LinkParams, Mac, TimingTable, Track, Tracker, evidence_score
+from gateway.identity.wifi_presence import FOLLOWED_MIN, PresenceModel, PresenceParams
+from gateway.models import PresenceMark
 
 __all__ = ["DEFAULT_GROUP_HOLD_S", "GroupParams", "WifiGrouper"]
 
@@ -59,6 +62,7 @@ class GroupParams:
     max_delay_s: float = DEFAULT_GROUP_HOLD_S  # longest hold of a new burst's frames until decided
     decide_after_s: float = 1.0  # a held burst is decided once it has been silent this long
     max_held_behind: int = 100_000  # frames offered while holding before every held burst is decided
+    presence: PresenceParams = field(default_factory=PresenceParams)  # what a burst stands for (the count)
 
     def __post_init__(self) -> None:
         if not 0.0 < self.min_p < 1.0:
@@ -81,6 +85,8 @@ class _Unit:
     held: list[tuple[float, object]] | None = None  # (ts, item) of held frames, until decided
     due: float = math.inf
     p_start: float = 1.0
+    mark: PresenceMark | None = None  # what the burst stands for, until given to one of its frames
+    extra: float = 0.0  # MACs joined to it, each by its chance of starting another burst (the count)
 
 
 @dataclass(slots=True, eq=False)
@@ -88,6 +94,10 @@ class _MacState:
     mac: Mac
     unit: _Unit
     randomized: bool
+    visit_ts: float = 0.0  # a public MAC: its visit's first burst ...
+    visit_silences: int = 0  # ... and the silences since (how many, how long in all)
+    visit_silence_s: float = 0.0
+    mark: PresenceMark | None = None  # a later burst of the MAC: what it stands for, until given to a frame
 
 
 class _Learned:
@@ -131,11 +141,16 @@ class WifiGrouper:
         self._hold_start_ts = math.inf
         self._last_expire = -math.inf
         self.ready: list[tuple[object, str]] = []  # held frames decided: (item, group id), in order per MAC
+        # the count (wifi_presence.py): one frame of every heard burst gets what the burst stands for
+        self.presence = PresenceModel(p.presence)
+        self._tracker.blind = True
+        self._tracker.on_drop = self._track_done
+        self.on_mark: Callable[[object, PresenceMark], None] | None = None  # (item, mark), before its group
+        self.marks = 0  # marks given
         self.linked = 0  # bursts that continued a track
         self.created = 0  # groups started
         self.held_macs = 0
         self.held_frames = 0
-        self.expected_devices = 0.0  # sum of P(start) over every burst (and 1 per public MAC)
 
     def __len__(self) -> int:
         """Groups with a MAC not yet forgotten."""
@@ -253,8 +268,20 @@ class WifiGrouper:
                 u.held.append((ts, item))
                 self.held_frames += 1
                 return None
+        if item is not None:
+            if st.mark is not None:
+                self._give(item, st.mark)
+                st.mark = None
+            if u.mark is not None:
+                self._give(item, u.mark)
+                u.mark = None
         assert u.track is not None
         return u.track.gid
+
+    def _give(self, item: object, mark: PresenceMark) -> None:
+        self.marks += 1
+        if self.on_mark is not None:
+            self.on_mark(item, mark)
 
     def _new_mac(
         self, mac: str, randomized: bool, fp: str, fam: str, seq: int, ts: float, rssi: float | None, h: int | None
@@ -266,8 +293,9 @@ class WifiGrouper:
         if h is not None:
             m.ssids = {h}
         if not randomized:  # a public MAC: a device of its own
-            self.expected_devices += 1.0
-            st = self._macs[mac] = _MacState(m, _Unit(m, fam, Track(self._gid(), m, None)), False)
+            st = self._macs[mac] = _MacState(m, _Unit(m, fam, Track(self._gid(), m, None)), False, ts)
+            self.presence.visit_open(mac, fam, ts)
+            st.mark = self.presence.mark(fam, public=True)
             return st
         # stage 1: does it continue a burst still open in its family?
         found = self._in_burst(m, fam, ts)
@@ -334,6 +362,11 @@ class WifiGrouper:
         le.in_burst += p_in
         le.in_n += 1.0
         if best is not None and best_e / tot >= self.params.min_p:
+            # the count: the MAC may still be another device's burst (1 / tot); counted so much
+            if best.held is not None or best.track is None:
+                best.extra += 1.0 / tot
+            else:
+                best.mark = _plus(best.mark, self.presence.mark(fam), 1.0 / tot)
             a = best.agg
             a.last_ts, a.last_seq = m.last_ts, m.last_seq
             if m.first_n:
@@ -361,6 +394,7 @@ class WifiGrouper:
                 m.rate_adv += step
                 m.rate_span += dt
                 m.silences += 1
+            self._burst_again(st, dt, ts)
         m.last_ts, m.last_seq = ts, seq
         m.frames += 1
         if rssi is not None:
@@ -393,6 +427,35 @@ class WifiGrouper:
                 a.ssids = (a.ssids or set()) | {h}
             a.rate_adv, a.rate_span, a.silences = m.rate_adv, m.rate_span, m.silences
 
+    def _track_done(self, t: Track) -> None:
+        """A track silent for good: followed with confidence all along, it was one visit."""
+        if t.macs >= FOLLOWED_MIN and t.silences >= t.macs - 1:
+            self.presence.visit(t.tail.fingerprint[:8], t.tail.last_ts - t.first_ts, t.tail.last_ts, public=False)
+
+    def _burst_again(self, st: _MacState, dt: float, ts: float) -> None:
+        """A MAC heard again after a silence: a burst of its own (and a silence of one device)."""
+        pm = self.presence
+        fam = st.unit.family
+        if not st.randomized:
+            if dt > pm.params.visit_gap_s:  # the visit was over: another starts
+                pm.visit(fam, st.mac.last_ts - st.visit_ts, ts, key=st.mac.mac)
+                st.visit_ts, st.visit_silences, st.visit_silence_s = ts, 0, 0.0
+                pm.visit_open(st.mac.mac, fam, ts)
+                st.mark = pm.mark(fam, public=True)
+                return
+            pm.silence(fam, dt, ts, public=True, own=(st.visit_silence_s, st.visit_silences))
+            pm.visit_heard(st.mac.mac, ts)
+            st.visit_silences += 1
+            st.visit_silence_s += dt
+            st.mark = pm.mark(fam, public=True, own=(st.visit_silence_s, st.visit_silences))
+            return
+        tr = st.unit.track
+        pm.silence(fam, dt, ts, own=(tr.silence_s, tr.silences) if tr is not None else (0.0, 0))
+        if tr is not None:
+            tr.silences += 1
+            tr.silence_s += dt
+        st.mark = pm.mark(fam, own=(tr.silence_s, tr.silences) if tr is not None else None)
+
     # -- decisions ----------------------------------------------------------------------------
 
     def _decide(self, u: _Unit) -> None:
@@ -407,6 +470,9 @@ class WifiGrouper:
         gid = u.track.gid
         add = self.ready.append
         for _ts, item in held:
+            if u.mark is not None and item is not None:
+                self._give(item, u.mark)
+                u.mark = None
             add((item, gid))
 
     def _assign(self, u: _Unit) -> None:
@@ -420,7 +486,15 @@ class WifiGrouper:
         tr.ssid_share = self._ssid_shares_view
         track, p_new = tr.assign(u.agg, self._fp_share(u.agg.fingerprint), "")
         u.p_start = p_new
-        self.expected_devices += p_new
+        pm = self.presence
+        if tr.last_confidence >= pm.params.confident:
+            pm.silence(fam, tr.last_gap, ts, own=(track.silence_s, track.silences))
+            track.silences += 1
+            track.silence_s += tr.last_gap
+        u.mark = pm.mark(fam, own=(track.silence_s, track.silences))
+        if u.extra:
+            u.mark = _plus(u.mark, pm.mark(fam), u.extra)
+            u.extra = 0.0
         if track.tail_before is None:
             track.gid = self._gid()
         else:
@@ -491,7 +565,9 @@ class WifiGrouper:
         cutoff = now - self.params.forget_s
         stale = [k for k, s in self._macs.items() if s.mac.last_ts < cutoff and s.unit.held is None]
         for k in stale:
-            del self._macs[k]
+            st = self._macs.pop(k)
+            if not st.randomized:  # its visit is over
+                self.presence.visit(st.unit.family, st.mac.last_ts - st.visit_ts, now, key=k)
         self._tracker.prune(now)
         for fam in list(self._open):
             keep = [u for u in self._open[fam] if now - u.agg.last_ts <= self._link.burst_gap_s]
@@ -500,6 +576,16 @@ class WifiGrouper:
             else:
                 del self._open[fam]
         return len(stale)
+
+
+def _plus(mark: PresenceMark | None, more: PresenceMark, f: float) -> PresenceMark:
+    """``mark`` and ``f`` times ``more`` (a share of another burst; the relative errors are the learnt
+    parameters', alike for both)."""
+    if mark is None:
+        return PresenceMark(more.presence_s * f, more.rel_sd, more.arrivals * f, more.arrivals_rel_sd)
+    return PresenceMark(
+        mark.presence_s + more.presence_s * f, mark.rel_sd, mark.arrivals + more.arrivals * f, mark.arrivals_rel_sd
+    )
 
 
 class _Shares(dict[int, float]):

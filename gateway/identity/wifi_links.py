@@ -28,6 +28,7 @@ Facts and their sources: docs/wifi.md, "The phone population".
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -113,12 +114,18 @@ class TimingTable:
         self.lo = math.log(1e-3)
         self.hi = math.log(p.max_gap_s)
         self.step = (self.hi - self.lo) / (self.N - 1)
+        self.inv_step = 1.0 / self.step
         gaps = np.exp(np.linspace(self.lo, self.hi, self.N))
         self.table = [_timing(float(g), p) for g in gaps]
+        self.exp_table = [math.exp(v) for v in self.table]
 
     def one(self, gap: float) -> float:
-        k = round((math.log(max(gap, 1e-3)) - self.lo) / self.step)
-        return self.table[min(max(k, 0), self.N - 1)]
+        return self.table[self.index(math.log(max(gap, 1e-3)))]
+
+    def index(self, log_gap: float) -> int:
+        """The table's row for a silence of ``exp(log_gap)`` seconds."""
+        k = int((log_gap - self.lo) * self.inv_step + 0.5)
+        return 0 if k < 0 else (k if k < self.N else self.N - 1)
 
 
 def _phi(x: float) -> float:
@@ -193,7 +200,33 @@ def evidence_score(
 
     ``a_level``: (level, frames) of ``a``'s device from more than its last burst (a track's level).
     """
+    return _evidence(a, b, gap, p, fp_share, seq_continue, a_level, False)[0]
+
+
+BLIND_GAP_S = 180.0  # the silence every link is judged at by the gap-blind score (see _evidence)
+
+
+def _evidence(
+    a: Mac,
+    b: Mac,
+    gap: float,
+    p: LinkParams,
+    fp_share: float,
+    seq_continue: float | None,
+    a_level: tuple[float, float] | None,
+    blind: bool,
+    same_fp: bool | None = None,
+) -> tuple[float, float]:
+    """(:func:`evidence_score`, its gap-blind variant or 0.0 unless ``blind``). ``same_fp``: whether
+    ``b``'s element set is one ``a``'s device has used (default: ``a``'s own).
+
+    The gap-blind score judges every link as if its silence were ``BLIND_GAP_S``: the RSSI step
+    against a fixed walk, a plausible sequence continuation worth the same at any silence. A link
+    confident by it was not chosen for being short, so the silences of such links sample how long
+    a device stays silent between heard bursts without favouring short ones (wifi_presence.py).
+    """
     score = 0.0
+    blind_score = 0.0
     # RSSI step (where both have one)
     in_burst = gap <= p.burst_gap_s
     if a_level is not None:
@@ -204,16 +237,22 @@ def evidence_score(
     b_n = b.first_n
     if a_n and b_n:
         fd2 = p.rssi_frame_db * p.rssi_frame_db
+        frames = fd2 / a_n + fd2 / b_n
         if in_burst:
             extra = p.rssi_channel_db * p.rssi_channel_db
         else:
             w = gap / p.rssi_walk_s
             extra = p.rssi_walk_db * p.rssi_walk_db * (w if w > 1.0 else 1.0)
-        s = math.sqrt(fd2 / a_n + fd2 / b_n + extra)
-        zr = (b.first_sum / b_n - a_mean) / s
-        if zr > p.max_z or zr < -p.max_z:
-            return -math.inf
-        score += _T_CONST - _T_EXP * math.log1p(zr * zr / _T_NU) - math.log(s / p.rssi_range_db)
+        s2 = frames + extra  # the step's variance
+        step = b.first_sum / b_n - a_mean
+        step2 = step * step
+        if step2 > p.max_z * p.max_z * s2:
+            return -math.inf, -math.inf
+        log_range = math.log(p.rssi_range_db)
+        score += _T_CONST - _T_EXP * math.log1p(step2 / s2 / _T_NU) - 0.5 * math.log(s2) + log_range
+        if blind:
+            sb2 = frames + p.rssi_walk_db * p.rssi_walk_db * (BLIND_GAP_S / p.rssi_walk_s)
+            blind_score += _T_CONST - _T_EXP * math.log1p(step2 / sb2 / _T_NU) - 0.5 * math.log(sb2) + log_range
     # sequence number: continues (normal around the expected advance) or restarts (uniform)
     ra = a.rate_adv / a.rate_span if a.silences and a.rate_span > 0.0 else 0.0
     rb = b.rate_adv / b.rate_span if b.silences and b.rate_span > 0.0 else 0.0
@@ -225,24 +264,31 @@ def evidence_score(
         spread = p.seq_slack + p.seq_spread * expect
         z = (dseq - expect) / spread
         cont = math.exp(-0.5 * z * z - _LOG_SQRT_2PI) / spread * SEQ_MOD if dseq else 0.0
+        plausible = dseq > 0 and -2.5 < z < 2.5
     else:
         # else the rest of a burst and a few frames between bursts: any small step forward
         window = p.seq_window + p.seq_rate * gap
         if window > SEQ_MOD / 2:
             window = SEQ_MOD / 2
-        cont = SEQ_MOD / window if 0 < dseq <= window else 0.0
+        plausible = 0 < dseq <= window
+        cont = SEQ_MOD / window if plausible else 0.0
     q = p.seq_continue if seq_continue is None else seq_continue
     score += math.log(q * cont + (1.0 - q))
-    # the two MACs' own sequence rates
+    if blind:
+        cont_b = SEQ_MOD / (p.seq_window + p.seq_rate * BLIND_GAP_S) if plausible else 0.0
+        blind_score += math.log(q * cont_b + (1.0 - q))
+    # the two MACs' own sequence rates, and the fingerprint within the family: gap-free evidence
+    rest = 0.0
     if wa > 0 and wb > 0:
         d = math.log(ra / rb)
         sd = p.rate_sd * math.sqrt(1.0 / wa + 1.0 / wb)
         pop = p.pop_rate_sd
-        score += -0.5 * (d / sd) ** 2 - math.log(sd) + 0.5 * (d / pop) ** 2 + math.log(pop)
-    # fingerprint within the family
+        rest += -0.5 * (d / sd) ** 2 - math.log(sd) + 0.5 * (d / pop) ** 2 + math.log(pop)
     share = fp_share if fp_share > p.min_fp_share else p.min_fp_share
-    score += math.log((p.same_fp if a.fingerprint == b.fingerprint else 1.0 - p.same_fp) / share)
-    return score
+    if same_fp is None:
+        same_fp = a.fingerprint == b.fingerprint
+    rest += math.log((p.same_fp if same_fp else 1.0 - p.same_fp) / share)
+    return score + rest, (blind_score + rest if blind else 0.0)
 
 
 def ssid_score(known: set[int] | None, new: set[int] | None, share: dict[int, float], p: LinkParams) -> float:
@@ -272,12 +318,20 @@ class Track:
     tail: Mac
     tail_before: Mac | None  # the tail before the latest assignment (None: the track started with it)
     macs: int = 1
-    level: float = 0.0  # RSSI level of the device (frames weighted, older bursts fading)
-    level_n: float = 0.0
+    level: float = 0.0  # RSSI level of the device (frames weighted, older bursts fading) in the
+    level_n: float = 0.0  # element set it was first heard with; its other sets' beside (a phone's
+    level_fp: str = ""  # directed and wildcard scans, or an iPhone's two, may differ in level)
+    level_ts: float = 0.0
+    other_levels: dict[str, tuple[float, float, float]] | None = None  # fingerprint -> (level, n, ts)
     ssids: set[int] | None = None  # every network the device's MACs probed for
     iv_n: int = 0
     iv_sum: float = 0.0  # of log intervals
     iv_sq: float = 0.0
+    iv_mu: float = 0.0  # their mean and spread (kept with them)
+    iv_sd: float = 0.35
+    first_ts: float = 0.0  # its first burst
+    silences: int = 0  # confident silences the presence model learnt from it (wifi_presence.py) ...
+    silence_s: float = 0.0  # ... and their sum
 
     def learn_ssids(self, m: Mac) -> None:
         if m.ssids:
@@ -286,18 +340,52 @@ class Track:
             if len(self.ssids) < 64:
                 self.ssids |= m.ssids
 
-    def learn_level(self, m: Mac, gap: float) -> None:
+    def learn_level(self, m: Mac) -> None:
         if not m.first_n:
             return
-        w = self.level_n * math.exp(-gap / LEVEL_MEMORY_S)
-        self.level = (self.level * w + m.first_sum) / (w + m.first_n)
-        self.level_n = min(w + m.first_n, LEVEL_MAX_N)
+        ts = m.first_ts
+        if not self.level_fp or m.fingerprint == self.level_fp:
+            self.level_fp = m.fingerprint
+            w = self.level_n * math.exp(-max(0.0, ts - self.level_ts) / LEVEL_MEMORY_S)
+            self.level = (self.level * w + m.first_sum) / (w + m.first_n)
+            self.level_n = min(w + m.first_n, LEVEL_MAX_N)
+            self.level_ts = ts
+            return
+        if self.other_levels is None:
+            self.other_levels = {}
+        level, n, t0 = self.other_levels.get(m.fingerprint, (0.0, 0.0, ts))
+        if n == 0.0 and len(self.other_levels) >= 8:
+            return
+        w = n * math.exp(-max(0.0, ts - t0) / LEVEL_MEMORY_S)
+        self.other_levels[m.fingerprint] = (
+            (level * w + m.first_sum) / (w + m.first_n),
+            min(w + m.first_n, LEVEL_MAX_N),
+            ts,
+        )
+
+    def has_fp(self, fingerprint: str) -> bool:
+        """Whether a burst of ``fingerprint`` sends the device's elements: its latest MAC's, or
+        the set the device was first heard with (an iPhone alternating two element sets goes back
+        to its usual one). Any set the track ever used would let one wrong join pull in the
+        next phone of another model."""
+        return fingerprint == self.tail.fingerprint or fingerprint == self.level_fp
+
+    def level_for(self, fingerprint: str) -> tuple[float, float] | None:
+        """(level, frames) to compare a burst of ``fingerprint`` with: its own element set's where
+        the track has heard it, else the track's first one's (None: no level yet)."""
+        if fingerprint != self.level_fp and self.other_levels:
+            other = self.other_levels.get(fingerprint)
+            if other is not None:
+                return other[0], other[1]
+        return (self.level, self.level_n) if self.level_n else None
 
     def learn_interval(self, gap: float) -> None:
         u = math.log(gap)
         self.iv_n += 1
         self.iv_sum += u
         self.iv_sq += u * u
+        mu = self.iv_mu = self.iv_sum / self.iv_n
+        self.iv_sd = 0.35 if self.iv_n < 2 else max(0.15, math.sqrt(max(0.0, self.iv_sq / self.iv_n - mu * mu)))
 
 
 class Tracker:
@@ -338,9 +426,14 @@ class Tracker:
         self.ssid_share = ssid_share if ssid_share is not None else {}  # network -> share of directed scans
         self._tables: dict[float, TimingTable] = {}
         self.track_share = track_share
+        self._rep_density = 1.0 / (p.repeat_s[1] - p.burst_gap_s)  # repeated scans: uniform over their range
         self._by_family: dict[str, list[Track]] = {}
         self.linked = 0
         self.links: list[tuple[Mac, Mac]] = []  # (old tail, new MAC) of every link made, for learning
+        self.blind = False  # also score links gap-blind (see assign)
+        self.on_drop: Callable[[Track], None] | None = None  # a track leaves the candidates (silent too long)
+        self.last_confidence = 0.0
+        self.last_gap = 0.0
 
     def new_weight(self, family: str) -> float:
         """log weight of "a new device" against the link ratios (normalised to uniform over
@@ -354,14 +447,25 @@ class Tracker:
         horizon = ts - self.p.max_gap_s
         if tracks[0].tail.last_ts < horizon:  # oldest first: prune what went silent
             keep = [t for t in tracks if t.tail.last_ts >= horizon]
+            self._dropped(tracks, horizon)
             self._by_family[family] = tracks = keep
         return tracks
+
+    def _dropped(self, tracks: list[Track], horizon: float) -> None:
+        """Tracks silent since before ``horizon`` leave: :attr:`on_drop` hears of each."""
+        if self.on_drop is not None:
+            for t in tracks:
+                if t.tail.last_ts < horizon:
+                    self.on_drop(t)
 
     def prune(self, now: float) -> None:
         """Drop tracks silent for ``max_gap_s`` in every family (the ones no MAC asked for lately too)."""
         horizon = now - self.p.max_gap_s
         for fam in list(self._by_family):
-            keep = [t for t in self._by_family[fam] if t.tail.last_ts >= horizon]
+            tracks = self._by_family[fam]
+            keep = [t for t in tracks if t.tail.last_ts >= horizon]
+            if len(keep) < len(tracks):
+                self._dropped(tracks, horizon)
             if keep:
                 self._by_family[fam] = keep
             else:
@@ -380,56 +484,138 @@ class Tracker:
             table = self._tables[share] = TimingTable(replace(self.p, in_burst_share=share))
         return table
 
-    def _timing(self, t: Track, gap: float, table: TimingTable) -> float:
-        pop = table.one(gap)
+    def _timing(self, t: Track, gap: float, table: TimingTable, log_gap: float) -> float:
+        k = table.index(log_gap)
         p = table.p
         if t.iv_n == 0 or gap <= p.burst_gap_s:
-            return pop
-        mu = t.iv_sum / t.iv_n
-        sd = 0.35 if t.iv_n < 2 else max(0.15, math.sqrt(max(0.0, t.iv_sq / t.iv_n - mu * mu)))
-        u = math.log(gap)
-        z = (u - mu) / sd
+            return table.table[k]
+        sd = t.iv_sd
+        z = (log_gap - t.iv_mu) / sd
         own = math.exp(-0.5 * z * z - _LOG_SQRT_2PI) / sd / gap  # log-normal density of the gap
-        lo, hi = p.burst_gap_s, p.repeat_s[1]
-        rep = 1.0 / (hi - lo) if gap <= hi else 0.0
+        rep = self._rep_density if gap <= p.repeat_s[1] else 0.0
         dens = (1.0 - p.in_burst_share) * (p.repeat_share * rep + (1.0 - p.repeat_share) * own)
-
-        mixed = self.track_share * dens * p.max_gap_s + (1.0 - self.track_share) * math.exp(pop)
-        return math.log(max(mixed, 1e-9))
+        mixed = self.track_share * dens * p.max_gap_s + (1.0 - self.track_share) * table.exp_table[k]
+        return math.log(mixed if mixed > 1e-9 else 1e-9)
 
     def assign(self, b: Mac, fp_share: float, gid: str = "") -> tuple[Track, float]:
-        """Put ``b`` on a track (a continued one or a new one); returns it and P(b starts a device)."""
+        """Put ``b`` on a track (a continued one or a new one); returns it and P(b starts a device).
+
+        With :attr:`blind` set, :attr:`last_confidence` is then how likely the link made is by the
+        gap-blind evidence alone (no timing; 0.0 for a new track) and :attr:`last_gap` its silence."""
         family = b.fingerprint[:8]
         tracks = self.candidates(family, b.first_ts)
         best: Track | None = None
         best_v = -math.inf
+        best_blind = 0.0
         total = math.exp(self.new_weight(family))
         new = total
+        total_blind = total
+        blind = self.blind
         p = self.p
         q = self.seq_continue.get(family)
         table = self._table(family)
+        # what every candidate is judged against: b's side of _evidence, once (the loop is hot;
+        # test_wifi_links keeps it equal to _evidence)
+        fp = b.fingerprint
+        b_n = b.first_n
+        b_mean = b.first_sum / b_n if b_n else 0.0
+        fd2 = p.rssi_frame_db * p.rssi_frame_db
+        fd2_b = fd2 / b_n if b_n else 0.0
+        ch2 = p.rssi_channel_db * p.rssi_channel_db
+        walk2 = p.rssi_walk_db * p.rssi_walk_db
+        walk_s = p.rssi_walk_s
+        blind_walk = walk2 * (BLIND_GAP_S / walk_s)
+        max_z2 = p.max_z * p.max_z
+        rssi_const = _T_CONST + math.log(p.rssi_range_db)
+        rb = b.rate_adv / b.rate_span if b.silences and b.rate_span > 0.0 else 0.0
+        qq = p.seq_continue if q is None else q
+        log_restart = math.log(1.0 - qq)
+        log_cont_blind = math.log(qq * SEQ_MOD / (p.seq_window + p.seq_rate * BLIND_GAP_S) + (1.0 - qq))
+        share = fp_share if fp_share > p.min_fp_share else p.min_fp_share
+        fp_same = math.log(p.same_fp / share)
+        fp_other = math.log((1.0 - p.same_fp) / share)
+        b_seq = b.first_seq
+        ssids = b.ssids
+        burst_gap = p.burst_gap_s
+        max_gap = p.max_gap_s
+        log = math.log
+        log1p = math.log1p
         for t in tracks:
             a = t.tail
             gap = b.first_ts - a.last_ts
-            if not 0.0 < gap <= p.max_gap_s:
+            if not 0.0 < gap <= max_gap:
                 continue  # still speaking when b started: another device
-            v = evidence_score(a, b, gap, p, fp_share, q, (t.level, t.level_n) if t.level_n else None)
-            if v == -math.inf:
-                continue
-            v += table.one(gap) if t.iv_n == 0 else self._timing(t, gap, table)
-            if b.ssids and t.ssids:
-                v += ssid_score(t.ssids, b.ssids, self.ssid_share, p)
-            e = math.exp(min(v, 700.0))
+            in_burst = gap <= burst_gap
+            if (a.silences and a.rate_span > 0.0) or rb > 0.0:
+                # a MAC heard over several bursts (own sequence rates): the general scoring
+                v, vb = _evidence(a, b, gap, p, fp_share, q, t.level_for(fp), blind, t.has_fp(fp))
+                if v == -math.inf:
+                    continue
+            else:
+                # the level the burst is judged against: its element set's on the track
+                other = t.other_levels
+                if fp != t.level_fp and other is not None and fp in other:
+                    a_mean, a_n = other[fp][0], other[fp][1]
+                elif t.level_n:
+                    a_mean, a_n = t.level, t.level_n
+                else:
+                    a_n = a.last_n
+                    a_mean = a.last_sum / a_n if a_n else 0.0
+                v = vb = 0.0
+                if a_n and b_n:
+                    frames = fd2 / a_n + fd2_b
+                    if in_burst:
+                        s2 = frames + ch2
+                    else:
+                        w = gap / walk_s
+                        s2 = frames + walk2 * (w if w > 1.0 else 1.0)
+                    step = b_mean - a_mean
+                    step2 = step * step
+                    if step2 > max_z2 * s2:
+                        continue
+                    v = rssi_const - _T_EXP * log1p(step2 / s2 / _T_NU) - 0.5 * log(s2)
+                    if blind:
+                        sb2 = frames + blind_walk
+                        vb = rssi_const - _T_EXP * log1p(step2 / sb2 / _T_NU) - 0.5 * log(sb2)
+                window = p.seq_window + p.seq_rate * gap
+                if window > SEQ_MOD / 2:
+                    window = SEQ_MOD / 2
+                dseq = (b_seq - a.last_seq) % SEQ_MOD
+                if 0 < dseq <= window:
+                    v += log(qq * SEQ_MOD / window + (1.0 - qq))
+                    vb += log_cont_blind
+                else:
+                    v += log_restart
+                    vb += log_restart
+                f = fp_same if (fp == a.fingerprint or fp == t.level_fp) else fp_other
+                v += f
+                vb += f
+            lg = log(gap)
+            v += table.table[table.index(lg)] if t.iv_n == 0 else self._timing(t, gap, table, lg)
+            if ssids and t.ssids:
+                ss = ssid_score(t.ssids, ssids, self.ssid_share, p)
+                v += ss
+                vb += ss
+            e = math.exp(v if v < 700.0 else 700.0)
             total += e
+            eb = 0.0
+            if blind:
+                eb = math.exp(vb if vb < 700.0 else 700.0)
+                total_blind += eb
             if v > best_v:
-                best, best_v = t, v
+                best, best_v, best_blind = t, v, eb
         p_new = new / total
+        self.last_confidence = 0.0
+        self.last_gap = 0.0
         if best is not None and math.exp(min(best_v, 700.0)) / total >= self.min_p:
             a = best.tail
             gap = b.first_ts - a.last_ts
+            if blind:
+                self.last_confidence = best_blind / total_blind
+                self.last_gap = gap
             if gap > p.repeat_s[1]:
                 best.learn_interval(gap)
-            best.learn_level(b, gap)
+            best.learn_level(b)
             best.learn_ssids(b)
             best.tail_before = a
             best.tail = b
@@ -440,8 +626,8 @@ class Tracker:
             tracks.remove(best)
             tracks.append(best)
             return best, p_new
-        track = Track(gid, b, None)
-        track.learn_level(b, 0.0)
+        track = Track(gid, b, None, first_ts=b.first_ts)
+        track.learn_level(b)
         track.learn_ssids(b)
         self._by_family.setdefault(family, []).append(track)
         return track, p_new

@@ -1,6 +1,11 @@
-"""``gateway decode pcap FILE [--raw]``: one JSON line per probe request in a pcap/pcapng file.
+"""``gateway decode pcap FILE [--raw] [--counts]``: one JSON line per probe request in a pcap/pcapng file.
 
 ``{"ts", "mac", "randomized", "rssi", "channel", "ssid_hidden", "fingerprint", "group"}``
+
+``--counts`` prints the Wi-Fi device counts instead (``wifi.devices`` events as the daemon sends
+them: every minute, every 15 minutes with the distinct devices, and the whole capture last), and
+the whole capture's on stderr either way: devices present on average and distinct devices, each
+with its standard deviation (gateway/identity/wifi_presence.py; docs/wifi.md, "Counting").
 
 * ``mac`` is the daily pseudonym (keyed HMAC, key drawn for this run and never stored) unless
   ``--raw`` asks for the address itself (a technician's local debugging aid);
@@ -29,12 +34,16 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, TextIO
 
-from gateway.config import PrivacySettings
+from gateway.config import PrivacySettings, WifiSettings
 from gateway.identity.pseudonyms import PseudonymKeyring
 from gateway.identity.wifi_chains import ChainGrouper
+from gateway.identity.wifi_count import count_marks
 from gateway.identity.wifi_groups import DEFAULT_GROUP_HOLD_S, GroupParams, WifiGrouper
+from gateway.models import PresenceMark
 from gateway.parsers.pcap import PcapError, read_records
 from gateway.parsers.wifi_probe import Probe, ProbeDecoder
+
+Marks = list[tuple[float, str, PresenceMark]]  # (time, group, what the burst stands for) of every heard burst
 
 GROUPINGS = ("capture", "stream")
 
@@ -54,6 +63,12 @@ def add_decode_command(dsub: Any) -> None:
         default="capture",
         help="capture: group MACs knowing the whole capture (purest; lines at the end, ~20 bytes of memory "
         "per probe); stream: online as the daemon does (constant memory, lines as decided)",
+    )
+    p.add_argument(
+        "--counts",
+        action="store_true",
+        help="print the Wi-Fi device counts (wifi.devices events: every minute, every 15 minutes, the whole "
+        "capture last) instead of the probe requests",
     )
     p.add_argument(
         "--group-hold",
@@ -124,11 +139,15 @@ def decode_file(
     grouping: str = "capture",
     group_hold_s: float = DEFAULT_GROUP_HOLD_S,
     summary: dict[str, float] | None = None,
+    counts: bool = False,
+    marks: Marks | None = None,
 ) -> tuple[ProbeDecoder, int, PcapError | None]:
     """Decode ``path`` to ``out``; returns the decoder (its counts), records read and any file error.
 
-    ``summary`` (when given) receives ``groups`` and the grouper's estimate of the number of devices,
-    ``devices`` and ``devices_sd`` (see docs/wifi.md, "Counting").
+    ``summary`` (when given) receives ``groups`` and the whole capture's count (see docs/wifi.md,
+    "Counting"): ``devices`` present on average and ``distinct`` devices, each with its ``_sd``.
+    ``counts``: write the count events (JSON lines) instead of the probe requests. ``marks`` (when
+    given) receives every heard burst's mark ``(time, group, mark)`` in time order.
 
     Lines come out in capture order. ``grouping="capture"`` decides groups once the whole file is
     read (:class:`ChainGrouper`) and writes every line then; ``"stream"`` groups online
@@ -140,12 +159,27 @@ def decode_file(
         raise ValueError(f"grouping must be one of {GROUPINGS}, got {grouping!r}")
     dec = ProbeDecoder(keep_off_channel=keep_off_channel)
     names = _Names(raw)
+    got: Marks = [] if marks is None else marks
     with path.open("rb") as f:
         probes = dec.iter_probes(read_records(f))
         if grouping == "capture":
-            error = _decode_capture(probes, out, names, summary)
+            error, groups = _decode_capture(probes, out, names, got, write=not counts)
         else:
-            error = _decode_stream(probes, out, names, group_hold_s, summary)
+            error, groups = _decode_stream(probes, out, names, group_hold_s, got, write=not counts)
+    got.sort(key=lambda m: m[0])
+    events, whole = count_marks(got, window_s=WifiSettings().count_window_s)
+    if counts:
+        for e in [*events, *([whole] if whole is not None else [])]:
+            out.write(e.model_dump_json(exclude_none=True) + "\n")
+        out.flush()
+    if summary is not None:
+        summary.update(groups=float(groups))
+        if whole is not None:
+            assert whole.distinct is not None
+            assert whole.distinct_sd is not None
+            summary.update(
+                devices=whole.devices, devices_sd=whole.sd, distinct=whole.distinct, distinct_sd=whole.distinct_sd
+            )
     return dec, dec.records, error
 
 
@@ -153,9 +187,10 @@ _NO_VALUE = -32768  # rssi / channel not known (array slots hold ints)
 
 
 def _decode_capture(
-    probes: Iterator[Probe], out: TextIO, names: _Names, summary: dict[str, float] | None
-) -> PcapError | None:
-    """Read every probe (kept compactly: ~20 bytes each), group over the whole capture, write."""
+    probes: Iterator[Probe], out: TextIO, names: _Names, marks: Marks, *, write: bool
+) -> tuple[PcapError | None, int]:
+    """Read every probe (kept compactly: ~20 bytes each), group over the whole capture, write (the
+    lines unless ``write`` is false); the bursts' marks go to ``marks``. Returns (error, groups)."""
     chains = ChainGrouper(prefix="g")
     learn = chains.add
     tss = array("d")
@@ -184,9 +219,10 @@ def _decode_capture(
     except PcapError as e:
         error = e
     groups = chains.solve()
-    if summary is not None:
-        est = chains.count()
-        summary.update(groups=float(est.groups), devices=est.devices, devices_sd=est.sd)
+    marks.extend(chains.marks(groups))
+    n_groups = len(set(groups.values()))
+    if not write:
+        return error, n_groups
     fp_list = list(fp_ids)
     group_of = [groups[m] for m, _r in mac_list]
     cache = names.cache
@@ -220,13 +256,14 @@ def _decode_capture(
             lines.clear()
     out.write("".join(lines))
     out.flush()
-    return error
+    return error, n_groups
 
 
 def _decode_stream(
-    probes: Iterator[Probe], out: TextIO, names: _Names, group_hold_s: float, summary: dict[str, float] | None
-) -> PcapError | None:
-    """Group online (held frames wait, with the lines after them) and write lines as they settle."""
+    probes: Iterator[Probe], out: TextIO, names: _Names, group_hold_s: float, marks: Marks, *, write: bool
+) -> tuple[PcapError | None, int]:
+    """Group online (held frames wait, with the lines after them) and write lines as they settle
+    (unless ``write`` is false); the bursts' marks go to ``marks``. Returns (error, groups)."""
     grouper = WifiGrouper(GroupParams(max_delay_s=group_hold_s), prefix="g")
     cache = names.cache
     epoch_of = names.epoch_of
@@ -234,16 +271,26 @@ def _decode_stream(
     lines: list[str] = []
     add = lines.append
     held: dict[int, str] = {}  # slot -> line text before the group id
+    held_ts: dict[int, float] = {}  # slot -> frame time, while held
     base = 0  # capture index of lines[0]
     offer = grouper.offer
     ready = grouper.ready
     error: PcapError | None = None
     limit = 2048  # write out settled lines once this many are buffered
+    now = 0.0
+
+    def on_mark(item: object, mark: PresenceMark) -> None:
+        ts = held_ts.get(item, now) if isinstance(item, int) else now
+        marks.append((ts, "", mark))
+
+    grouper.on_mark = on_mark
 
     def settle(decided: list[tuple[object, str]]) -> None:
         for item, gid in decided:
             k = item if isinstance(item, int) else -1
-            lines[k - base] = held.pop(k) + gid + '"}\n'
+            held_ts.pop(k, None)
+            if write:
+                lines[k - base] = held.pop(k) + gid + '"}\n'
         decided.clear()
 
     def write_settled() -> None:
@@ -259,8 +306,17 @@ def _decode_stream(
             del lines[:first]
             base += first
 
+    slot = 0
     try:
         for ts, mac, randomized, rssi, channel, hidden, fp, seq, ssid in probes:
+            now = ts
+            if not write:
+                if offer(mac, randomized, fp, seq, ts, rssi, slot, ssid) is None:
+                    held_ts[slot] = ts
+                slot += 1
+                if ready:
+                    settle(ready)
+                continue
             if epoch_of is not None and epoch_of(ts) != names.epoch:
                 names.turn(ts)
             mid = cache.get(mac)
@@ -273,6 +329,7 @@ def _decode_stream(
                 add(head + group + '"}\n')
             else:  # held: the line waits for its group (and the lines after it wait for it)
                 held[slot] = head
+                held_ts[slot] = ts
                 add("")
             if ready:
                 settle(ready)
@@ -283,11 +340,10 @@ def _decode_stream(
         error = e
     finally:
         settle(grouper.flush())
-        write_settled()
-        out.flush()
-        if summary is not None:
-            summary.update(groups=float(grouper.created), devices=grouper.expected_devices, devices_sd=0.0)
-    return error
+        if write:
+            write_settled()
+            out.flush()
+    return error, grouper.created
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -302,6 +358,7 @@ def _run(args: argparse.Namespace) -> int:
             grouping=args.grouping,
             group_hold_s=args.group_hold,
             summary=summary,
+            counts=args.counts,
         )
     except BrokenPipeError:  # the reader went away (`| head`): not an error of ours
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
@@ -322,10 +379,13 @@ def _run(args: argparse.Namespace) -> int:
         file=sys.stderr,
     )
     if summary:
-        sd = f" +- {summary['devices_sd']:.1f}" if summary["devices_sd"] else ""
-        print(
-            f"{path}: {summary['groups']:.0f} groups; devices (estimate) {summary['devices']:.1f}{sd}", file=sys.stderr
-        )
+        line = f"{path}: {summary['groups']:.0f} groups"
+        if "devices" in summary:
+            line += (
+                f"; Wi-Fi devices present {summary['devices']:.1f} +- {summary['devices_sd']:.1f} on average, "
+                f"{summary['distinct']:.0f} +- {summary['distinct_sd']:.0f} distinct (estimates, 1 sd)"
+            )
+        print(line, file=sys.stderr)
     if error is not None:
         print(f"error: {path}: {error}", file=sys.stderr)
         return 2

@@ -108,6 +108,8 @@ class PhoneModel:
     weight: float  # popularity among devices of its behaviour
     wildcard: Layout  # elements of a wildcard probe
     directed: Layout | None = None  # elements of a directed probe, when the model uses another set
+    # now and then another kind of scan: (share of bursts, elements, channels, level offset dB)
+    alternate: tuple[float, Layout, tuple[int, ...], float] | None = None
 
 
 # Behaviour -> (share of devices in the store, facts). Shares are assumptions (docs/wifi.md).
@@ -130,7 +132,15 @@ MODELS: list[PhoneModel] = [
     # iOS 16+: per-channel MACs. iPhone 11/12 send the same elements but for the length of the
     # extended capabilities (8 vs 11 bytes, both seen from one iPhone 12)
     PhoneModel("iphone-11", "ios-per-channel", 3, _apple(_HT_APPLE, _EXT_A, _he(0xFD))),
-    PhoneModel("iphone-12", "ios-per-channel", 3, _apple(_HT_APPLE, _EXT_A11, _he(0xFD))),
+    # the iPhone 12 of [B]: 8 of its 43 bursts were another scan - the iPhone 11's elements (8-byte
+    # extended capabilities), about 2 probes on channel 1 only, 17 dB weaker than its usual ones
+    PhoneModel(
+        "iphone-12",
+        "ios-per-channel",
+        3,
+        _apple(_HT_APPLE, _EXT_A11, _he(0xFD)),
+        alternate=(0.19, _apple(_HT_APPLE, _EXT_A, _he(0xFD)), (1,), -17.0),
+    ),
     PhoneModel("iphone-13", "ios-per-channel", 3, _apple(_HT_APPLE, _EXT_A11, _he(0xF5))),
     PhoneModel("iphone-14", "ios-per-channel", 3, _apple(_HT_APPLE2, _EXT_A11, _he(0xF5))),
     PhoneModel("iphone-15", "ios-per-channel", 2, _apple(_HT_APPLE2, _EXT_A11, _he(0xE5))),
@@ -433,10 +443,14 @@ def _device_frames(
                 d.seq = rng.randrange(4096)
         directed_scan = rng.random() < d.directed
         layout = m.directed if directed_scan and m.directed is not None else m.wildcard
+        channels, offset = SCAN_CHANNELS, 0.0
+        if m.alternate is not None and rng.random() < m.alternate[0]:
+            _share, layout, channels, offset = m.alternate
+            directed_scan = False
         # a directed scan names the saved networks (each with a small chance of being skipped)
         ssid_list = [n for n in d.pnl if rng.random() < 0.9] or d.pnl[:1] if directed_scan else []
         tx_t = t
-        for ch in SCAN_CHANNELS:
+        for ch in channels:
             if behaviour == "ios-per-channel":
                 d.mac = _random_mac(rng, True)
                 if rng.random() >= d.continues:
@@ -456,7 +470,7 @@ def _device_frames(
                         continue
                     if rng.random() < loss:
                         continue
-                    rssi = round(d.rssi - att + rng.gauss(0.0, 3.0))
+                    rssi = round(d.rssi + offset - att + rng.gauss(0.0, 3.0))
                     if rssi < -98:
                         continue
                     frame = build_radiotap(signal_dbm=rssi, freq_mhz=CHANNEL_FREQ[rx], flags=0)

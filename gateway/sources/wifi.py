@@ -38,7 +38,7 @@ from gateway.capture.wire import CapturedFrame, FrameError, RelayStatus
 from gateway.config import WifiSettings
 from gateway.identity.wifi_groups import GroupParams, WifiGrouper
 from gateway.log import get_logger
-from gateway.models import Observation, SourceHealth
+from gateway.models import Observation, PresenceMark, SourceHealth
 from gateway.parsers.pcap import PcapError, Record, read_records
 from gateway.parsers.wifi_probe import Probe, ProbeDecoder
 from gateway.sources.base import LIVE_RADIO, RECORDING
@@ -66,6 +66,11 @@ def _settled(queue: list[Observation]) -> list[Observation]:
     return out
 
 
+def _mark(item: object, mark: PresenceMark) -> None:
+    if isinstance(item, Observation):
+        item.presence = mark
+
+
 class _ProbeObservations:
     """Probe -> Observation with grouping: shared by the live and replay sources (pure).
 
@@ -82,6 +87,7 @@ class _ProbeObservations:
         # group ids must not repeat across restarts (they become pseudonym identities)
         params = GroupParams(max_delay_s=settings.group_hold_s)
         self.grouper = WifiGrouper(params, prefix=f"wifi-{secrets.token_hex(3)}-")
+        self.grouper.on_mark = _mark  # one frame of each burst: what it stands for (the Wi-Fi count)
         self.ready = self.grouper.ready
         self.health = health
         self._health_calls = 0

@@ -473,10 +473,14 @@ async def test_gateway_run_unprivileged_on_the_relay_frames(netns: Netns, mosqui
         subjects = {e.get("subject") for e in events if e.get("type") == "fix"}
         assert len(subjects) == 1  # one phone, one pseudonym; no raw MAC on the wire
         assert all("aa:bb:cc:dd:10" not in json.dumps(e) for e in events)
-        # the Wi-Fi device count reached the platform too (at least the minute under way at shutdown)
+        # the Wi-Fi device count reached the platform too (at least the minute under way at shutdown):
+        # the presence its bursts stand for (docs/wifi.md, Counting) - one phone heard for seconds
+        # is a fraction of a device over the count's window, never more than one within its sd
         counts = [e for e in events if e.get("type") == "wifi.devices" and e.get("zone") is None]
-        assert counts and max(e["devices"] for e in counts) == 1.0, (stats, [e.get("type") for e in events][-5:])
-        assert all(e["sd"] > 0 and e["window_s"] == 120.0 for e in counts)
+        assert counts, (stats, [e.get("type") for e in events][-5:])
+        assert max(e["devices"] for e in counts) > 0.0
+        assert all(e["devices"] <= 1.0 + 1.645 * e["sd"] for e in counts), counts
+        assert all(e["sd"] > 0 and e["window_s"] == WifiSettings().count_window_s for e in counts)
         assert not any(r.get("event") == "wifi.socket_failed" for r in log_lines)
     finally:
         shutil.rmtree(base, ignore_errors=True)

@@ -9,7 +9,7 @@ import pytest
 
 from gateway.identity.wifi_chains import ChainGrouper, ChainParams
 from gateway.parsers.ieee80211 import family_of
-from tests.unit.identity.wifi_scenes import GROUPINGS, capture, scene, stream, v_measure
+from tests.unit.identity.wifi_scenes import GROUPINGS, scene, v_measure
 
 BOTH = pytest.mark.parametrize("grouping", sorted(GROUPINGS))
 
@@ -19,7 +19,7 @@ BOTH = pytest.mark.parametrize("grouping", sorted(GROUPINGS))
 def test_a_lone_ios16_iphone_is_a_few_groups_not_one_per_mac(grouping: str, seed: int) -> None:
     """A MAC per channel, ~2 probes each, the counter restarted each time: the sequence-continuity
     grouping made about one group per MAC of it (the issue: 235 groups for 5 real phones)."""
-    probes = scene(["iphone-12"], [-60.0], 900.0, seed=seed)
+    probes = scene(["iphone-12"], [-60.0], 1800.0, seed=seed)
     macs = len({p.mac for _d, p in probes})
     pairs, _g = GROUPINGS[grouping](probes)
     _v, purity, groups = v_measure(pairs)
@@ -43,7 +43,7 @@ def test_an_android_phone_alternating_two_element_sets_is_one_family(grouping: s
 @BOTH
 @pytest.mark.parametrize("seed", [1, 2])
 def test_two_phones_of_one_model_far_apart_stay_apart(grouping: str, seed: int) -> None:
-    probes = scene(["iphone-12", "iphone-12"], [-50.0, -85.0], 900.0, seed=seed)
+    probes = scene(["iphone-13", "iphone-13"], [-50.0, -85.0], 900.0, seed=seed)
     pairs, _g = GROUPINGS[grouping](probes)
     _v, purity, groups = v_measure(pairs)
     assert purity >= 0.95, purity
@@ -65,25 +65,6 @@ def test_a_mac_starting_while_another_still_speaks_is_another_device() -> None:
         g.add("02:00:00:00:00:02", True, "aaaaaaaa11111111", 500 + k, 10.0 * k + 5.0, -60.0)
     groups = g.solve()
     assert groups["02:00:00:00:00:01"] != groups["02:00:00:00:00:02"]
-
-
-def test_whole_capture_count_of_a_lone_phone() -> None:
-    """The device estimate of a capture holding one phone is a few, not one per MAC: it weighs the
-    chance of every burst starting a device, so it sits at or below the groups."""
-    probes = scene(["iphone-12"], [-60.0], 900.0, seed=1)
-    macs = len({p.mac for _d, p in probes})
-    _pairs, g = capture(probes)
-    est = g.count()
-    assert est.devices <= est.groups + 0.5, est
-    assert est.devices < macs / 4, (est, macs)
-    assert est.sd > 0.0
-
-
-def test_online_estimate_counts_public_macs_once_each() -> None:
-    probes = scene(["huawei-p20", "galaxy-s6"], [-60.0, -70.0], 1800.0, seed=1)
-    _pairs, g = stream(probes)
-    assert len({p.mac for _d, p in probes}) == 2
-    assert g.expected_devices == pytest.approx(2.0)
 
 
 def test_out_of_order_frames_are_counted_and_ids_are_counters_in_start_order() -> None:

@@ -126,3 +126,29 @@ def test_params_are_validated() -> None:
         GroupParams(min_p=0.0)
     with pytest.raises(ValueError, match="max_delay_s"):
         GroupParams(max_delay_s=-1.0)
+
+
+def test_a_phone_alternating_two_element_sets_at_two_levels_stays_one_device() -> None:
+    """A real iPhone 12 sends its usual elements and now and then another set (a shorter extended
+    capabilities element), the latter heard 16 dB weaker: a burst of the other set must not become
+    the level, nor the element set, its next usual burst is judged against (it split the phone into
+    four groups online)."""
+    rng = random.Random(4)
+    g = WifiGrouper(GroupParams(max_delay_s=2.0))
+    usual, other = "aaaaaaaa11111111", "aaaaaaaa22222222"  # one family (rates, HT), two sets
+    groups: dict[str, set[str]] = {usual: set(), other: set()}
+    t = 1000.0
+    for k in range(40):
+        fp, level = (other, -78.0) if k % 5 == 4 else (usual, -62.0)
+        mac = f"02:00:00:00:{k // 256:02x}:{k % 256:02x}"
+        for i in range(3):
+            gid = g.offer(mac, True, fp, rng.randrange(4096), t + 0.02 * i, level + rng.gauss(0, 2), (k, i))
+            if gid is not None:
+                groups[fp].add(gid)
+        for _item, gid in g.ready:
+            groups[fp].add(gid)
+        g.ready.clear()
+        t += rng.uniform(25.0, 130.0)
+    for _item, gid in g.flush():
+        groups[usual].add(gid)
+    assert len(groups[usual]) == 1, groups

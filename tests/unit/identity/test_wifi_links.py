@@ -3,10 +3,21 @@
 from __future__ import annotations
 
 import math
+import random
+from dataclasses import replace
 
 import pytest
 
-from gateway.identity.wifi_links import LinkParams, Mac, TimingTable, Track, Tracker, link_score, ssid_score
+from gateway.identity.wifi_links import (
+    LinkParams,
+    Mac,
+    TimingTable,
+    Track,
+    Tracker,
+    _evidence,
+    link_score,
+    ssid_score,
+)
 
 FP = "aaaaaaaa11111111"
 FP2 = "aaaaaaaa22222222"  # the same family, other elements (an Android phone's directed scans)
@@ -97,14 +108,24 @@ def test_tracker_prefers_the_track_whose_networks_match() -> None:
     assert p_new < 0.05
 
 
-def test_track_learns_its_level_and_networks() -> None:
-    t = Track("w", _mac("a", 0.0, 1.0, 0, 1, -60.0), None)
+def test_track_learns_its_level_per_element_set_and_networks() -> None:
+    a = _mac("a", 0.0, 1.0, 0, 1, -60.0)
+    t = Track("w", a, None)
+    t.learn_level(a)
     m = _mac("b", 30.0, 31.0, 0, 1, -70.0)
     m.ssids = {5}
-    t.learn_level(m, 30.0)
+    t.learn_level(m)
     t.learn_ssids(m)
-    assert t.level == pytest.approx(-70.0)
+    w = 3 * math.exp(-30.0 / 120.0)  # three frames each; the first burst faded over 30 s
+    assert t.level == pytest.approx((-60.0 * w - 70.0 * 3) / (w + 3))
     assert t.ssids == {5}
+    # a burst of another element set keeps its own level, and does not move the device's
+    other = replace(_mac("c", 60.0, 61.0, 0, 1, -85.0), fingerprint="ffffffff00000000")
+    t.learn_level(other)
+    assert t.level_for(other.fingerprint) == (pytest.approx(-85.0), 3.0)
+    assert t.level_for(a.fingerprint) == (t.level, t.level_n) and t.level > -66.0
+    t.tail = other
+    assert t.has_fp(a.fingerprint) and t.has_fp(other.fingerprint) and not t.has_fp("eeeeeeee00000000")
 
 
 def test_params_are_validated() -> None:
@@ -114,3 +135,87 @@ def test_params_are_validated() -> None:
         LinkParams(seq_continue=1.0)
     with pytest.raises(ValueError, match="interval_s"):
         LinkParams(interval_s=(50.0, 10.0))
+
+
+def _reference_assign(tr: Tracker, b: Mac, fp_share: float) -> tuple[Track | None, float, float]:
+    """What Tracker.assign decides, scored term by term with _evidence (the general scoring):
+    (track it would continue or None, P(new device), gap-blind confidence of the link)."""
+    family = b.fingerprint[:8]
+    new = math.exp(tr.new_weight(family))
+    total = total_blind = new
+    best, best_v, best_blind = None, -math.inf, 0.0
+    table = tr._table(family)
+    for t in tr._by_family.get(family, []):
+        gap = b.first_ts - t.tail.last_ts
+        if not 0.0 < gap <= tr.p.max_gap_s:
+            continue
+        v, vb = _evidence(
+            t.tail,
+            b,
+            gap,
+            tr.p,
+            fp_share,
+            tr.seq_continue.get(family),
+            t.level_for(b.fingerprint),
+            True,
+            t.has_fp(b.fingerprint),
+        )
+        if v == -math.inf:
+            continue
+        lg = math.log(gap)
+        v += table.table[table.index(lg)] if t.iv_n == 0 else tr._timing(t, gap, table, lg)
+        if b.ssids and t.ssids:
+            ss = ssid_score(t.ssids, b.ssids, tr.ssid_share, tr.p)
+            v, vb = v + ss, vb + ss
+        total += math.exp(min(v, 700.0))
+        total_blind += math.exp(min(vb, 700.0))
+        if v > best_v:
+            best, best_v, best_blind = t, v, math.exp(min(vb, 700.0))
+    if best is None or math.exp(min(best_v, 700.0)) / total < tr.min_p:
+        return None, new / total, 0.0
+    return best, new / total, best_blind / total_blind
+
+
+def test_assign_fast_path_scores_as_evidence_does() -> None:
+    """assign scores MACs heard in one burst inline (the hot loop); its choices, P(new) and
+    gap-blind confidence stay those of _evidence over random devices, element sets, levels,
+    sequence rates and networks."""
+    rng = random.Random(5)
+    fps = [FP, FP2, "aaaaaaaa33333333"]
+    for q in (None, 0.03, 0.9):
+        tr = Tracker(
+            P,
+            T,
+            min_p=0.6,
+            seq_continue={} if q is None else {"aaaaaaaa": q},
+            ssid_share={1: 0.01, 2: 0.3},
+            in_burst={"aaaaaaaa": 0.4},
+        )
+        tr.blind = True
+        ts = 0.0
+        linked = 0
+        for i in range(400):
+            ts += rng.choice([0.03, 0.05, 2.0, 20.0, 60.0, 150.0])
+            dur = rng.choice([0.0, 0.3, 90.0])
+            seq = rng.randrange(4096)
+            m = Mac(i, f"m{i}", rng.choice(fps), ts, seq, ts + dur, (seq + rng.randrange(60)) % 4096)
+            n = rng.randrange(0, 4)
+            m.first_n = n
+            m.first_sum = m.last_sum = rng.uniform(-85.0, -45.0) * n
+            m.last_n = n
+            if dur > 60.0 and rng.random() < 0.7:  # a MAC heard over bursts: its own sequence rate
+                m.silences, m.rate_adv, m.rate_span = 2, rng.randrange(10, 200), dur
+            if rng.random() < 0.2:
+                m.ssids = {rng.choice([1, 2, 3])}
+            share = rng.uniform(0.01, 0.9)
+            want, want_p, want_conf = _reference_assign(tr, m, share)
+            got, got_p = tr.assign(m, share, f"g{i}")
+            assert got_p == pytest.approx(want_p, rel=1e-9, abs=1e-12)
+            if want is None:
+                assert got.tail is m and got.macs == 1 and tr.last_confidence == 0.0
+            else:
+                linked += 1
+                assert got is want
+                assert tr.last_confidence == pytest.approx(want_conf, rel=1e-9, abs=1e-12)
+            ts += dur
+        assert 20 < linked < 380  # both outcomes were exercised

@@ -15,6 +15,7 @@ from types import ModuleType
 import pytest
 
 from gateway.log import MAC_RE
+from gateway.models import EVENT_ADAPTER
 from gateway.parsers.pcap import LINKTYPE_IEEE802_11, LINKTYPE_RADIOTAP, PcapError, read_records, write_pcapng
 from tests.conftest import gateway_cmd, gateway_env
 
@@ -374,6 +375,24 @@ def test_decode_pcap_groupings_print_the_same_frames_and_capture_groups_are_pure
     assert imp_c < imp_s and n_c <= n_s, (imp_c, n_c, imp_s, n_s)
     r = _decode(str(FIX / "crowd.pcap"), "--grouping", "bogus")
     assert r.returncode == 2 and "--grouping" in r.stderr and "Traceback" not in r.stderr
+
+
+@pytest.mark.parametrize("grouping", ["capture", "stream"])
+def test_decode_pcap_counts_are_the_daemons_wifi_devices_events(grouping: str) -> None:
+    """--counts: wifi.devices events (every minute, the quarter hour with its distinct devices, the
+    whole capture last) instead of the probe lines; the whole capture's figures on stderr too."""
+    r = _decode(str(FIX / "crowd.pcap"), "--counts", "--grouping", grouping)
+    assert r.returncode == 0, r.stderr
+    events = [EVENT_ADAPTER.validate_json(line) for line in r.stdout.splitlines()]
+    assert events and all(e.type == "wifi.devices" for e in events)
+    minutes = [e for e in events if e.interval_s == 60.0]
+    assert len(minutes) >= 4 and all(e.sd > 0 for e in minutes if e.devices > 0)
+    whole = events[-1]
+    assert whole.distinct is not None and whole.distinct_sd is not None and whole.distinct > 0
+    assert whole.interval_start == minutes[0].interval_start
+    assert f"Wi-Fi devices present {whole.devices:.1f} +- {whole.sd:.1f} on average" in r.stderr
+    assert f"{whole.distinct:.0f} +- {whole.distinct_sd:.0f} distinct" in r.stderr
+    assert '"mac"' not in r.stdout  # no probe lines, no addresses
 
 
 @pytest.mark.parametrize("grouping", ["capture", "stream"])

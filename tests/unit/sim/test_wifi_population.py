@@ -100,3 +100,18 @@ def test_seeded_and_truth_kept() -> None:
     assert a.heard <= {d.idx for d in a.devices}
     t0 = a.start_ts
     assert 0 < a.present(t0, t0 + 600.0) <= 20
+
+
+def test_an_iphone_12_now_and_then_scans_channel_1_with_the_iphone_11s_elements_weaker() -> None:
+    """As the labelled iPhone 12 of the Open Probe Request Dataset: 8 of 43 bursts another scan."""
+    crowd = generate_store(1, 3600.0, seed=3, models=["iphone-12"], levels_db=[-50.0], whole_run=True, capture="fixed3")
+    frames = [f for f in crowd.frames if f.rx_channel == f.tx_channel]
+    iphone_11 = next(m for m in MODELS if m.name == "iphone-11").wildcard
+    bursts = _bursts(frames)
+    other = [b for b in bursts if all(f.tx_channel == 1 for f in b) and len(b) <= 3]
+    assert 0.08 <= len(other) / len(bursts) <= 0.35
+    usual = [f.rssi for b in bursts if b not in other for f in b if f.tx_channel == 1]
+    weak = [f.rssi for b in other for f in b]
+    assert statistics.mean(usual) - statistics.mean(weak) > 10.0
+    ext = dict(iphone_11)[127]
+    assert ext is not None and all(ext in f.frame for b in other for f in b)
