@@ -17,8 +17,11 @@ the receiver and the daemon share it (``bench/constrained.py``):
 * ``quota``: everything inside a cgroup limited to 25 % of one core (2.5 ms per 10 ms).
 
 Bars (issue 22): beside the sibling p99 <= 25 ms and <= 1.2 x raw; inside the quota p99 <= 40 ms
-and <= 1.2 x raw. The full run also measures each condition with the pipeline on the event loop
-(as before issue 22) for the A/B. ``python -m bench.bench_content [--quick] [--condition free|sibling|quota
+and <= 1.2 x raw. ``content.ticks`` says where the pipeline thread's CPU goes: the simulated store
+replays its event time several times faster than live (so a fix tick every few batches, where a
+live store at this rate ticks once a second), and what one localizer tick costs, fixed and per
+fix. The full run also measures each condition with the pipeline on the event loop (as before
+issue 22) for the A/B. ``python -m bench.bench_content [--quick] [--condition free|sibling|quota
 [--inline]]``.
 """
 
@@ -40,13 +43,14 @@ from collections.abc import AsyncGenerator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import paho.mqtt.client as mqtt
 
 from bench.constrained import KINDS, ConditionError, condition
 from gateway.config import load_settings
 from gateway.content.commands import Ed25519Signer, make_command
 from gateway.layout import load_layout
-from gateway.models import EventBase, Observation, SourceHealth
+from gateway.models import EventBase, Fix, Observation, SourceHealth
 from gateway.mqtt.client import AsyncMqttClient
 from gateway.runtime.daemon import Daemon
 from gateway.sim.store import StoreSimulator
@@ -266,7 +270,9 @@ async def through_daemon(
     produced: dict[str, float] = {}  # activation id -> when it was created (on the loop)
     trigger: dict[str, str] = {}  # activation id -> the event that fired it
     event_batch: dict[str, float] = {}  # event id -> when the batch whose processing produced it was handed over
+    event_done: dict[str, float] = {}  # event id -> when the pipeline thread had finished that batch
     jobs_ms: list[float] = []
+    ticks: list[tuple[int, float]] = []  # (fixes, CPU seconds) of each fix tick
     try:
         for _ in range(3000):  # bounded: 30 s to READY and the local broker
             c = daemon.content
@@ -304,8 +310,10 @@ async def through_daemon(
             events = pipe_process(batch)
             t = src.handed.get(id(batch))
             if t is not None:
+                done = time.monotonic()
                 for e in events:
                     event_batch[e.event_id] = t
+                    event_done[e.event_id] = done
             return events
 
         daemon.pipeline.process = attributing  # type: ignore[method-assign]
@@ -318,6 +326,16 @@ async def through_daemon(
             return out
 
         daemon._process = timed  # type: ignore[method-assign]
+        localizer = daemon.pipeline.localizer
+        fixes_fn = localizer.fixes
+
+        def tick_timed(t: float) -> list[Fix]:  # on the pipeline thread: what each fix tick costs
+            c0 = time.thread_time()
+            out = fixes_fn(t)
+            ticks.append((len(out), time.thread_time() - c0))
+            return out
+
+        localizer.fixes = tick_timed  # type: ignore[method-assign,assignment]
         cpu0, broker0, recv0 = thread_cpu(), proc_cpu(broker_pid), proc_cpu(recv.proc.pid or 0)
         src.go.set()
         await asyncio.wait_for(src.done.wait(), 600)
@@ -338,12 +356,14 @@ async def through_daemon(
             "worker_cpu_s": w.cpu_s,
             "jobs": w.jobs,
             "threads": threads,
+            "ticks": ticks,
+            "event_span_s": obs[-1].ts - obs[0].ts,
         }
     finally:
         recv.stop()
         daemon.supervisor.request_stop("bench over")
         await asyncio.wait_for(run, 60)
-    lat, stage, pipe = [], [], []
+    lat, stage, pipe, handover = [], [], [], []
     for aid, (t_arr, _ts) in arrivals.items():
         t_in = event_batch.get(trigger.get(aid, ""))
         if t_in is None or aid not in produced:
@@ -351,7 +371,9 @@ async def through_daemon(
         lat.append((t_arr - t_in) * 1000)
         stage.append((t_arr - produced[aid]) * 1000)
         pipe.append((produced[aid] - t_in) * 1000)
-    return {"lat": lat, "stage": stage, "pipe": pipe, "jobs_ms": jobs_ms, "created": len(produced), **info}
+        handover.append((produced[aid] - event_done[trigger[aid]]) * 1000)
+    figs = {"lat": lat, "stage": stage, "pipe": pipe, "handover": handover, "jobs_ms": jobs_ms}
+    return {**figs, "created": len(produced), **info}
 
 
 async def measure(quick: bool, kind: str, inline: bool = False) -> dict[str, Any]:
@@ -384,7 +406,9 @@ def report(kind: str, r: dict[str, Any]) -> dict[str, float]:
     )
     print(
         f"content.split_p99[{kind}]: handed -> activation created {pct(r['pipe'], 99):.2f} ms (queue + pipeline "
-        f"thread + rules); created -> received {pct(r['stage'], 99):.2f} ms (dispatch + broker + actor); "
+        f"thread + rules), of which batch processed -> activation created {pct(r['handover'], 99):.2f} ms (p50 "
+        f"{pct(r['handover'], 50):.2f}: the rest of its job + hand-over to the loop); created -> received "
+        f"{pct(r['stage'], 99):.2f} ms (dispatch + broker + actor); "
         f"pipeline job p99 {pct(r['jobs_ms'], 99):.2f} ms, max {max(r['jobs_ms'] or [0]):.2f} ms over {r['jobs']} jobs"
     )
     print(
@@ -393,6 +417,19 @@ def report(kind: str, r: dict[str, Any]) -> dict[str, float]:
         f"dropped late {r['late']}, queue full {r['backpressure']}; longest queue wait {r['max_wait_ms']:.1f} ms",
         flush=True,
     )
+    ticks = r["ticks"]
+    if len(ticks) >= 3:
+        n_fix = np.array([t[0] for t in ticks], float)
+        cpu_ms = np.array([t[1] for t in ticks]) * 1000
+        fixed, per_fix = np.linalg.lstsq(np.c_[np.ones(len(ticks)), n_fix], cpu_ms, rcond=None)[0]
+        speed = r["event_span_s"] / r["wall_s"]
+        share = cpu_ms.sum() / 1000 / max(1e-9, r["worker_cpu_s"])
+        print(
+            f"content.ticks[{kind}]: {len(ticks)} fix ticks in {r['wall_s']:.1f} s ({speed:.0f} s of event time per "
+            f"wall second; live, a store ticks once a second), {np.median(n_fix):.0f} fixes each (median); "
+            f"localizer tick CPU {share * 100:.0f} % of the pipeline thread's, median {np.median(cpu_ms):.2f} ms "
+            f"= {fixed:.2f} ms + {per_fix * 1000:.0f} us per fix (fit)"
+        )
     shares = sorted(r["threads"].items(), key=lambda kv: -kv[1])
     print(
         f"content.cpu[{kind}]: % of one core while feeding, by thread: "
@@ -408,6 +445,7 @@ def child(quick: bool, kind: str, inline: bool) -> int:
         print(f"content[{kind}]: not measured: {e}")
         return 0
     figs = report(kind, r)
+    figs["handover_p50"], figs["handover_p99"] = pct(r["handover"], 50), pct(r["handover"], 99)
     print("RESULT " + json.dumps({"kind": kind, "inline": inline, **figs}), flush=True)
     return 0
 

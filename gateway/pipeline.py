@@ -119,16 +119,20 @@ class Pipeline:
         """Feed one time-ordered batch; return the events it completes."""
         events: list[EventBase] = []
         good: list[Observation] = []
+        keep = good.append
         heard = self.sensor_last_heard
-        for o in batch:
-            if o.sensor not in self._sensors:
+        sensors = self._sensors
+        too_late = self.now - self.settings.localization.window_s
+        for o in batch:  # the per-observation hot loop: locals only
+            sensor, ts = o.sensor, o.ts
+            if sensor not in sensors:
                 self._drop("unknown_sensor")
-            elif o.ts < self.now - self.settings.localization.window_s:
+            elif ts < too_late:
                 self._drop("too_late")
             else:
-                good.append(o)
-                if o.ts > heard.get(o.sensor, -math.inf):
-                    heard[o.sensor] = o.ts
+                keep(o)
+                if ts > heard.get(sensor, -math.inf):
+                    heard[sensor] = ts
         if not good:
             return events
         self.stats.observations += len(good)
@@ -149,12 +153,15 @@ class Pipeline:
                 if o.radio == "wifi":
                     wc.heard(o.ts, o.device, o.presence)
         start = 0
+        add = self.localizer.add
+        next_tick = self._next_tick
         for j, o in enumerate(resolved):
-            if o.ts >= self._next_tick:
-                self.localizer.add(resolved[start:j])
+            if o.ts >= next_tick:
+                add(resolved[start:j])
                 start = j
                 events += self._ticks_until(o.ts)
-        self.localizer.add(resolved[start:])
+                next_tick = self._next_tick
+        add(resolved[start:])
         self.now = max(self.now, resolved[-1].ts)
         return events
 

@@ -10,7 +10,11 @@ Model, per subject:
   ``enter_debounce_s`` (into a zone) or ``exit_debounce_s`` (into no zone). A fix back in the
   confirmed zone cancels the candidate, so boundary noise does not create sessions. Transitions
   are **backdated** to the first fix of the candidate: dwell is measured from when the person
-  really crossed, not from when we became sure.
+  really crossed, not from when we became sure. In-store zones that were candidates for less
+  than the debounce *on the way* between two confirmed zones (the entrance, walked through in a
+  second or two) get their time and their zone events when the next transition is confirmed
+  (``_transit``); a candidate followed by a return to the confirmed zone was noise and gets
+  nothing.
 * **Visit** = a span of presence in the store's in-store zones (every zone whose kind is not
   ``outside``). It starts at the first in-store zone entry and ends at the last in-store zone exit
   once the subject has been out of the store (or silent) for ``visit_timeout_s``.
@@ -79,6 +83,7 @@ ORPHAN_WAIT_S = 20.0  # how long an orphan waits for a vanished track to continu
 ORPHAN_RADIUS_M = 2.5  # how far from where that track was last seen it may appear
 ORPHAN_SILENCE_S = 2.0  # a track silent this long (while the orphan speaks) has stopped
 MERGE_LOG_MAX = 10_000  # merges kept in ``merge_log`` (a measuring aid: ~1.5 MB at most)
+MAX_TRANSIT = 8  # unconfirmed zones remembered between two confirmed ones (a corner's flicker)
 _NO = "\x00no-candidate"  # sentinel: no candidate zone (None is a valid candidate: "no zone")
 
 
@@ -135,6 +140,7 @@ class _Track:
     last_inside: float = -math.inf  # time of the newest fix inside an in-store zone
     near_phone: int = 0  # ticks a companion-kind device was next to a phone / ticks checked
     near_checks: int = 0
+    transit: list[tuple[str, float]] = field(default_factory=list)  # unconfirmed in-store zones passed
 
 
 @dataclass(slots=True)
@@ -299,12 +305,18 @@ class PresenceEngine:
             cur = tr.zone
             if z == cur:
                 tr.cand = _NO
+                tr.transit.clear()
                 continue
             if z != tr.cand:
+                if tr.cand != _NO and tr.cand in inside:  # an in-store zone passed on the way
+                    if len(tr.transit) >= MAX_TRANSIT:
+                        del tr.transit[0]
+                    tr.transit.append((tr.cand, tr.cand_since))
                 tr.cand = z
                 tr.cand_since = tr.clear_since = ts
             if z in inside:
                 if ts - tr.cand_since >= enter_d:
+                    self._transit(dev, tr, out)
                     self._transition(dev, tr, z, tr.cand_since, out)
             elif cur in inside and hyst > 0.0 and self._near(cur, f.x, f.y, hyst):
                 tr.clear_since = _FAR  # leaving the store, but still within the band: not clear yet
@@ -312,6 +324,7 @@ class PresenceEngine:
                 if tr.clear_since == _FAR:
                     tr.clear_since = ts
                 if ts - tr.clear_since >= exit_d:
+                    self._transit(dev, tr, out)
                     self._transition(dev, tr, z, tr.cand_since, out)
         self.stats.fixes += len(fixes)
         self.stats.late_fixes += late
@@ -411,6 +424,21 @@ class PresenceEngine:
         return False
 
     # -- zone sessions -----------------------------------------------------------------------------
+
+    def _transit(self, dev: str, tr: _Track, out: list[EventBase]) -> None:
+        """Before a confirmed transition: give the in-store zones passed on the way their time.
+
+        Walking from the street through the entrance to an aisle (or back out) the fixes are in
+        the entrance for a second or two, less than the debounce: without this the entrance time
+        went to the aisle (leaving) or to no visit at all (arriving). Only between an in-store zone
+        and another zone; a passer-by's stray through a window between two street fixes is not one.
+        """
+        steps, tr.transit = tr.transit, []
+        if steps and (tr.zone in self._in_store or tr.cand in self._in_store):
+            cand, since = tr.cand, tr.cand_since
+            for zone, t in steps:
+                self._transition(dev, tr, zone, t, out)
+            tr.cand, tr.cand_since = cand, since
 
     def _transition(self, dev: str, tr: _Track, new: str | None, t: float, out: list[EventBase]) -> None:
         old = tr.zone
@@ -560,6 +588,7 @@ class PresenceEngine:
             if not v.visitor and v.entrance_s >= self._s.visitor_min_s and not resident:
                 self._qualify(dev, v, out)
         tr.visit = None
+        tr.transit.clear()
         end = max(end, v.start)
         duration = end - v.start
         dwell = {z: round(d, 3) for z, d in v.dwell.items()}

@@ -309,9 +309,16 @@ class Daemon:
     # -- on the pipeline thread (PipelineWorker jobs) ------------------------------------------------
 
     def _process(self, batches: list[list[Observation]]) -> list[EventBase]:
+        """Each batch in turn (the same results as one by one). Events go to the loop as soon as a
+        batch has produced them (a fix tick's zone entries), not after the job's later batches:
+        an activation never waits for the rest of a job that piled up behind a slow moment."""
         events: list[EventBase] = []
-        for batch in batches:  # one call per batch, as they came: the same results as one by one
+        last = len(batches) - 1
+        for i, batch in enumerate(batches):
             events += self.pipeline.process(batch)
+            if events and i < last:
+                self.worker.emit(self._deliver, events)
+                events = []
         self._refresh_view()
         return events
 

@@ -15,7 +15,9 @@ worker runs, so there is nothing to lock and no race with a tick.
 
 A job's result reaches the loop through ``call``'s return value and, when given, ``deliver`` -
 called on the loop, in job order, even when the caller was cancelled meanwhile (events a job
-produced are never lost that way). Before ``start`` and after ``stop`` jobs run inline, on the
+produced are never lost that way). A long job hands what it has so far to the loop with ``emit``
+(the events of a fix tick, say, while later batches of the same job still compute): delivered at
+once, in order with everything else the worker delivers. Before ``start`` and after ``stop`` jobs run inline, on the
 caller's thread (a daemon built but not running, tests).
 
 ``stats`` says how loaded the thread is: jobs, wall seconds busy, its own CPU seconds, the
@@ -25,6 +27,7 @@ longest job and the jobs waiting - the headroom figures on /metrics and the stat
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import queue
 import threading
 import time
@@ -119,6 +122,24 @@ class PipelineWorker:
             return
         self.stats.waiting += 1
         self._jobs.put(_Job(fn, None, None))
+
+    def emit(self, deliver: Callable[[T], None], result: T) -> None:
+        """From inside a job: ``deliver(result)`` on the loop now, without waiting for the job to
+        end - after every delivery of earlier jobs and emits, before the job's own. Called anywhere
+        else (inline, before ``start`` or after ``stop``) it delivers at once, on the caller's thread."""
+        thread, loop = self._thread, self._loop
+        if thread is None or loop is None or threading.get_ident() != thread.ident:
+            deliver(result)
+            return
+        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody is left to tell
+            loop.call_soon_threadsafe(self._emitted, deliver, result)
+
+    @staticmethod
+    def _emitted(deliver: Callable[[T], None], result: T) -> None:
+        try:
+            deliver(result)
+        except Exception as e:  # the job goes on; its caller learns of failures of its own result
+            log.error("pipeline delivery failed", error=f"{type(e).__name__}: {e}")
 
     # -- the thread --------------------------------------------------------------------------------
 

@@ -343,7 +343,9 @@ async def test_consent_and_optouts_leave_no_irk_mac_or_link(tmp_path: Path, mosq
     from gateway.runtime.daemon import Daemon, load_store_layout
 
     duration = 1.5 * 3600.0
-    sim_cfg = {**SIM, "shoppers_per_hour": 60}
+    # slow enough that the opt-outs (pushed once the daemon is ready) are in before the chosen
+    # visitors arrive, also on a loaded box: at 10,000x the first 10 minutes took 0.06 s
+    sim_cfg = {**SIM, "shoppers_per_hour": 60, "speed": 300}
     cfg = write_config(tmp_path, mosquitto, duration, **sim_cfg)
     settings = load_settings(cfg)
     sim, sec = await asyncio.to_thread(simulated_day_ids, duration, **sim_cfg)
@@ -352,7 +354,7 @@ async def test_consent_and_optouts_leave_no_irk_mac_or_link(tmp_path: Path, mosq
     # their linking identity is opted out by identity; one more visitor by one raw MAC
     t0 = settings.simulator.start_ts
     heard = set(sim.mac_owner.values())  # visitors whose phone advertises (some Android phones do not)
-    visitors = [v for v in sim.visits if v.kind == "visitor" and v.start > t0 + 600 and v.person in heard]
+    visitors = [v for v in sim.visits if v.kind == "visitor" and v.start > t0 + 1800 and v.person in heard]
     target = visitors[0].person
     target_link = f"sim-{settings.simulator.seed}-{target}"
     raw_mac = next(m for m, pid in sim.mac_owner.items() if pid == visitors[1].person)
@@ -364,6 +366,7 @@ async def test_consent_and_optouts_leave_no_irk_mac_or_link(tmp_path: Path, mosq
     daemon = Daemon(settings, load_store_layout(settings))
 
     target_subjects: set[str] = set()
+    pushed_at: list[float] = []
 
     async def push_privacy_commands() -> None:
         for _ in range(3000):  # bounded: 30 s
@@ -379,6 +382,8 @@ async def test_consent_and_optouts_leave_no_irk_mac_or_link(tmp_path: Path, mosq
         await rt.add_optout(IRK.hex(), t0)
         await rt.add_optout(target_link, t0)
         await rt.add_optout(raw_mac.lower(), t0)
+        clock = daemon.event_clock()
+        pushed_at.append(clock() if clock is not None else t0)
 
     pusher = asyncio.create_task(push_privacy_commands())
     try:
@@ -395,6 +400,7 @@ async def test_consent_and_optouts_leave_no_irk_mac_or_link(tmp_path: Path, mosq
     assert visitors[0].start < t0 + duration
     assert len(target_subjects) == 1
     assert not [e for e in events if e.get("subject") in target_subjects]
+    assert pushed_at and pushed_at[0] < visitors[0].start, "opt-outs pushed after the visitors came"
     assert daemon.presence.resolver.stats.dropped_optout > 0
     files = state_files(tmp_path / "state")
     digests = files["presence.sqlite3"]

@@ -121,6 +121,56 @@ def test_zone_change_after_debounce_is_backdated() -> None:
     assert left.ts == T0 + 20 and left.dwell_s == 20.0  # type: ignore[attr-defined]
 
 
+def test_zone_passed_within_the_debounce_keeps_its_time() -> None:
+    # walking in and out through the entrance, the fixes are there for 2 s (less than the 3 s
+    # debounce): that time is the entrance's, not the aisle's, and the visit starts at the door
+    eng = engine(enter_debounce_s=3.0)
+    fixes = walk("s1", [("street", 10), ("entrance", 2), ("grocery", 60), ("entrance", 2), ("street", 10)])
+    ev = run(eng, fixes, T0 + 200)
+    end = of(ev, VisitEnded)[0]
+    assert isinstance(end, VisitEnded) and end.visitor
+    assert end.dwell_by_zone == {"entrance": 4.0, "grocery": 60.0}
+    assert end.path == ["entrance", "grocery", "entrance"]
+    assert end.started_ts == T0 + 10
+    assert [(e.zone, e.ts) for e in of(ev, ZoneEntered)] == [  # type: ignore[attr-defined]
+        ("entrance", T0 + 10),
+        ("grocery", T0 + 12),
+        ("entrance", T0 + 72),
+    ]
+
+
+def test_zone_passed_between_two_aisles_keeps_its_time() -> None:
+    eng = engine(enter_debounce_s=3.0)
+    fixes = walk("s1", [("produce", 30), ("grocery", 2), ("electronics", 30)])
+    ev = run(eng, fixes, T0 + 150)
+    end = of(ev, VisitEnded)[0]
+    assert isinstance(end, VisitEnded)
+    assert end.dwell_by_zone == {"produce": 30.0, "grocery": 2.0, "electronics": 29.0}
+
+
+def test_stray_between_street_fixes_makes_no_visit() -> None:
+    # a passer-by's estimate crosses the glass for 2 s, then leaves the plan: no visit, no trail
+    eng = engine(enter_debounce_s=3.0)
+    fixes = walk("s1", [("street", 10), ("entrance", 2), (None, 10)])
+    ev = run(eng, fixes, T0 + 150)
+    assert not of(ev, ZoneEntered) and not of(ev, VisitStarted)
+    assert eng.stats.passers_by == 1 and eng.stats.visits_started == 0
+
+
+def test_flicker_at_a_corner_keeps_a_bounded_transit() -> None:
+    from gateway.presence.engine import MAX_TRANSIT
+
+    eng = engine(enter_debounce_s=3.0)
+    plan: list[tuple[str | None, int]] = [("grocery", 20)]
+    plan += [("produce", 1), ("service", 1), ("entrance", 1)] * 40
+    fixes = walk("s1", plan)
+    run(eng, fixes, fixes[-1].ts)
+    assert 0 < len(eng._tracks["s1"].transit) <= MAX_TRANSIT
+    events = run(eng, walk("s1", [("grocery", 10)], t0=fixes[-1].ts + 1.0), fixes[-1].ts + 11.0)
+    assert not of(events, ZoneEntered)  # back in the confirmed zone: the corner's flicker was noise
+    assert eng._tracks["s1"].transit == []
+
+
 def test_street_only_is_a_passer_by_without_trail() -> None:
     eng = engine()
     ev = run(eng, walk("p1", [("street", 30)]), T0 + 200)
