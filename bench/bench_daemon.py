@@ -27,8 +27,19 @@ read by the daemon process about itself (all threads) and printed with the simul
 
 Bars (issue 22): 500 devices <= 5 % of one core; RSS <= 100 MB and flat over the day. A day takes
 minutes of wall time per 100 devices on a shared 2-core box: ``--quick`` runs the day for 100
-devices only, the full run for 100 and 500 (``--day 100,500,2000`` for more).
-``python -m bench.bench_daemon [--quick] [--devices 100,500,2000] [--day 100,500]``
+devices only, the full run for 100 and 500 (``--day 100,500,2000`` for more; ``--day-only``: the
+day alone, without the idle and CPU runs).
+``python -m bench.bench_daemon [--quick] [--devices 100,500,2000] [--day 100,500] [--day-only] [--arena-max N]``
+
+Memory (issue 22; docs/install.md, "Memory"). The simulator's frames reach the daemon through a
+pipe read with a small read-ahead (256 KiB): with 16 MiB the reader held up to 32 MiB of frames
+not yet taken whenever the daemon was busy, and that buffer - the bench's, not the daemon's - was
+most of the "growth" once measured (36.6 MB of the 46 MB tracemalloc traced at 10:00).
+``--arena-max N`` sets ``MALLOC_ARENA_MAX`` for the daemon's process (default 0: glibc's default,
+what systemd/gateway.service runs); 2 and the default gave the same RSS over the day.
+``BENCH_MEM_PROFILE=DIR`` (with ``BENCH_MEM_EVERY_H``, ``BENCH_MEM_FRAMES`` = tracemalloc frames, 0
+for none, ``BENCH_MEM_TRIM=1`` = ``malloc_trim`` after each report) writes what the daemon holds
+every few simulated hours: see ``MemProfile``.
 """
 
 from __future__ import annotations
@@ -80,9 +91,17 @@ def wait_port(port: int, timeout: float = 60.0) -> None:
     raise TimeoutError(f"nothing listening on 127.0.0.1:{port}")
 
 
-def env() -> dict[str, str]:
+# MALLOC_ARENA_MAX of the daemon's process: "0" = glibc's default, what systemd/gateway.service runs
+ARENA_MAX = "0"
+
+
+def env(arena_max: str | None = None) -> dict[str, str]:
     e = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")}
     e["PYTHONPATH"] = str(REPO) + os.pathsep + e.get("PYTHONPATH", "")
+    if arena_max is not None:
+        e.pop("MALLOC_ARENA_MAX", None)
+        if arena_max != "0":
+            e["MALLOC_ARENA_MAX"] = arena_max
     return e
 
 
@@ -193,6 +212,7 @@ class PipeSource:
         self.now = 0.0
         self.mark_every = mark_every
         self.next_mark: float | None = None
+        self.profile: Any = None  # async () -> None, run at every mark (``BENCH_MEM_PROFILE``)
 
     @property
     def capabilities(self) -> Any:
@@ -210,7 +230,9 @@ class PipeSource:
 
     async def batches(self) -> AsyncGenerator[list[Any], None]:
         loop = asyncio.get_running_loop()
-        reader = asyncio.StreamReader(limit=1 << 24)
+        # a small read-ahead: the reader holds up to twice its limit of frames not yet taken, and
+        # that buffer is the bench's, not the daemon's (16 MiB here once added 36 MB to the RSS)
+        reader = asyncio.StreamReader(limit=1 << 18)
         await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin.buffer)
         self.health.state = "running"
         while True:
@@ -226,6 +248,8 @@ class PipeSource:
             while t >= self.next_mark:
                 self.mark("MARK")
                 self.next_mark += self.mark_every
+                if self.profile is not None:
+                    await self.profile()
             if obs:
                 self.health.observations += len(obs)
                 self.health.last_observation_ts = obs[-1].ts
@@ -253,6 +277,9 @@ async def _serve(a: argparse.Namespace, signer: Any) -> None:
     daemon = Daemon(settings, layout)
     src = PipeSource(a.mark_every, daemon.queue)
     daemon.sources = [src]
+    prof_dir = os.environ.get("BENCH_MEM_PROFILE")
+    if prof_dir:
+        src.profile = MemProfile(Path(prof_dir), daemon, src).run
     run = asyncio.create_task(daemon.run())
     for _ in range(3000):  # bounded: 30 s to READY and the local broker
         c = daemon.content
@@ -289,6 +316,130 @@ async def _serve(a: argparse.Namespace, signer: Any) -> None:
         "maxrss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
     }
     print("DONE " + json.dumps(out), flush=True)
+
+
+def mallinfo() -> dict[str, int]:
+    """glibc's malloc statistics (``mallinfo2``): heap from the system, in use, free, mmapped."""
+    import ctypes
+
+    class MallInfo2(ctypes.Structure):
+        names = "arena ordblks smblks hblks hblkhd usmblks fsmblks uordblks fordblks keepcost"
+        _fields_ = [(n, ctypes.c_size_t) for n in names.split()]
+
+    try:
+        f = ctypes.CDLL("libc.so.6").mallinfo2
+    except (OSError, AttributeError):
+        return {}
+    f.restype = MallInfo2
+    m = f()
+    return {"heap": m.arena, "in_use": m.uordblks, "free": m.fordblks, "mmapped": m.hblkhd}
+
+
+class MemProfile:
+    """``BENCH_MEM_PROFILE=DIR``: what the daemon's memory holds, every ``BENCH_MEM_EVERY_H`` simulated hours.
+
+    Writes ``DIR/h{HH}.txt``: RSS, tracemalloc's top allocation sites by growth since the previous
+    report, the sizes of the containers reachable from the daemon (attribute paths, ``len`` >= 50)
+    and the counts of live objects by type. Runs on the pipeline's thread (its owner), so nothing
+    changes while it looks. Costs time: a diagnosis tool, not a figure."""
+
+    def __init__(self, out: Path, daemon: Any, src: PipeSource) -> None:
+        import tracemalloc
+
+        out.mkdir(parents=True, exist_ok=True)
+        self.out, self.daemon, self.src = out, daemon, src
+        self.every = float(os.environ.get("BENCH_MEM_EVERY_H", "2")) * 3600.0
+        self.next_t: float | None = None
+        self.prev: Any = None
+        self.prev_sizes: dict[str, int] = {}
+        self.trim = os.environ.get("BENCH_MEM_TRIM") == "1"
+        frames = int(os.environ.get("BENCH_MEM_FRAMES", "1"))
+        if frames > 0:
+            tracemalloc.start(frames)
+
+    @staticmethod
+    def sizes(root: Any, name: str, depth: int = 6) -> dict[str, int]:
+        """``len`` of every container reachable from ``root`` by attributes / dict values (first seen)."""
+        seen: set[int] = set()
+        found: dict[str, int] = {}
+
+        def walk(obj: Any, path: str, d: int) -> None:
+            if id(obj) in seen or d < 0 or isinstance(obj, (str, bytes, int, float, bool, type(None))):
+                return
+            seen.add(id(obj))
+            if isinstance(obj, (dict, list, set, frozenset, tuple)) or type(obj).__name__ in ("deque", "OrderedDict"):
+                n = len(obj)
+                if n >= 50:
+                    found[path] = n
+                if isinstance(obj, dict):
+                    items = list(obj.items())[:1]  # one sample value: the shape of a per-device entry
+                    for _k, v in items:
+                        walk(v, f"{path}[*]", d - 1)
+                elif n:
+                    with contextlib.suppress(Exception):
+                        walk(next(iter(obj)), f"{path}[*]", d - 1)
+                return
+            if hasattr(obj, "shape") and hasattr(obj, "nbytes"):  # numpy arrays
+                if obj.nbytes >= 1 << 16:
+                    found[path + " (nbytes)"] = int(obj.nbytes)
+                return
+            attrs: dict[str, Any] = {}
+            with contextlib.suppress(Exception):
+                attrs = dict(vars(obj))
+            for slot in getattr(type(obj), "__slots__", ()):
+                with contextlib.suppress(Exception):
+                    attrs[slot] = getattr(obj, slot)
+            for k, v in attrs.items():
+                if callable(v) and not hasattr(v, "__dict__"):
+                    continue
+                walk(v, f"{path}.{k}", d - 1)
+
+        walk(root, name, depth)
+        return found
+
+    def report(self) -> str:
+        import gc
+        import tracemalloc
+        from collections import Counter
+
+        cur, peak = tracemalloc.get_traced_memory()
+        lines = [f"sim_h {(self.src.now - DAY_START) / 3600:.2f} rss_mb {rss_mb():.1f} traced_mb {cur / 2**20:.1f}"]
+        lines.append(f"traced peak_mb {peak / 2**20:.1f}")
+        lines.append("mallinfo2 " + " ".join(f"{k} {v / 2**20:.1f}" for k, v in mallinfo().items()))
+        if self.trim:
+            import ctypes
+
+            ctypes.CDLL("libc.so.6").malloc_trim(0)
+            lines.append(f"after malloc_trim(0): rss_mb {rss_mb():.1f}")
+        if tracemalloc.is_tracing():
+            skip = [tracemalloc.__file__, "<frozen importlib._bootstrap>"]
+            snap = tracemalloc.take_snapshot().filter_traces([tracemalloc.Filter(False, f) for f in skip])
+            top = snap.compare_to(self.prev, "traceback") if self.prev is not None else snap.statistics("traceback")
+            lines.append("== top allocation sites (growth since the previous report) ==")
+            for st in top[:25]:
+                diff = getattr(st, "size_diff", st.size)
+                lines.append(f"{diff / 1024:+9.0f} KiB now {st.size / 1024:8.0f} KiB n={st.count}")
+                lines.extend(f"      {fr.filename.replace(str(REPO), '.')}:{fr.lineno}" for fr in st.traceback[:6])
+            self.prev = snap
+        sizes = self.sizes(self.daemon, "daemon")
+        lines.append("== containers (len) reachable from the daemon: now (change) ==")
+        for k, v in sorted(sizes.items(), key=lambda kv: -kv[1])[:80]:
+            lines.append(f"{v:9d} ({v - self.prev_sizes.get(k, 0):+d}) {k}")
+        self.prev_sizes = sizes
+        counts = Counter(type(o).__qualname__ for o in gc.get_objects())
+        lines.append("== live gc objects by type ==")
+        lines.extend(f"{n:9d} {t}" for t, n in counts.most_common(30))
+        return "\n".join(lines) + "\n"
+
+    async def run(self) -> None:
+        if self.next_t is None:
+            self.next_t = self.src.now
+        if self.src.now < self.next_t:
+            return
+        self.next_t += self.every
+        text = await self.daemon.worker.call(self.report)
+        h = (self.src.now - DAY_START) / 3600
+        (self.out / f"h{h:05.2f}.txt").write_text(text)
 
 
 def serve(a: argparse.Namespace) -> None:
@@ -335,7 +486,7 @@ class Run:
             stdin=self.gen.stdout,
             stdout=subprocess.PIPE,
             text=True,
-            env=env(),
+            env=env(ARENA_MAX),
             cwd=REPO,
         )
         self.gen.stdout.close()  # the daemon holds the read end
@@ -463,8 +614,11 @@ def main(argv: list[str]) -> None:
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--devices", default="100,500,2000")
     ap.add_argument("--day", default=None, help="device counts for the simulated day (quick: 100; full: 100,500)")
+    ap.add_argument("--day-only", action="store_true", help="only the simulated day (no idle and CPU runs)")
+    ap.add_argument("--arena-max", default=ARENA_MAX, help="MALLOC_ARENA_MAX of the daemon (0: glibc's default)")
     a = ap.parse_args(argv)
-    counts = [int(x) for x in a.devices.split(",") if x]
+    globals()["ARENA_MAX"] = a.arena_max
+    counts = [] if a.day_only else [int(x) for x in a.devices.split(",") if x]
     days = [int(x) for x in (("100" if a.quick else "100,500") if a.day is None else a.day).split(",") if x]
     window = 30.0 if a.quick else 120.0
     warm = 20.0 if a.quick else 60.0
@@ -483,12 +637,14 @@ def main(argv: list[str]) -> None:
         try:
             wait_port(mqtt_port)
             print(f"daemon.machine: {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} at start", flush=True)
-            idle, idle_rss = idle_cost(tmp, mqtt_port, cred, 10.0 if a.quick else 30.0)
-            print(
-                f"daemon.idle: {idle * 100:.2f} % of one core, RSS {idle_rss:.0f} MB (nothing heard; status page "
-                f"with one live-map client; the reference for the figures below)",
-                flush=True,
-            )
+            print(f"daemon.malloc: MALLOC_ARENA_MAX={a.arena_max if a.arena_max != '0' else 'unset'}", flush=True)
+            if not a.day_only:
+                idle, idle_rss = idle_cost(tmp, mqtt_port, cred, 10.0 if a.quick else 30.0)
+                print(
+                    f"daemon.idle: {idle * 100:.2f} % of one core, RSS {idle_rss:.0f} MB (nothing heard; status page "
+                    f"with one live-map client; the reference for the figures below)",
+                    flush=True,
+                )
             for n in counts:
                 r = cpu_for(n, tmp, mqtt_port, cred, window, fill, warm)
                 d = r["done"]

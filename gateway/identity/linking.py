@@ -24,6 +24,9 @@ what follows (``stats.undone``).
 Privacy: the linker runs after the identity stage and sees **daily pseudonyms only**, never a raw
 address. A chain is named by its first pseudonym; all state is dropped when the pseudonym key
 rotates (``epoch_bounds``), so no link ever spans two pseudonym periods, and nothing is stored.
+Within a period, an address or chain silent for ``forget_after_s`` (default 15 min; never below the
+10 min after which an old address is no longer a candidate) is forgotten: the state is sized to the
+devices around, not to every device the day saw (issue 22: 2,400 addresses by 10:00 at 100 devices).
 Consented devices (resolved by IRK, subject = customer reference) are not rotating subjects here:
 their adverts carry no ``AdvertInfo`` with ``rotating`` and pass untouched.
 
@@ -80,9 +83,13 @@ class LinkerStats:
     no_candidate: int = 0
     undone: int = 0
     resets: int = 0
+    forgotten: int = 0  # addresses forgotten after ``forget_after_s`` of silence
 
 
 RECENT_S = 5.0  # only what a sensor heard this recently describes where a device is now
+GONE_S = 600.0  # an address silent this long is no longer a candidate for a rotation
+PRUNE_EVERY_S = 60.0  # event time between two sweeps for addresses and chains gone silent
+LINK_LOG_MAX = 10_000  # links kept in ``link_log`` (a measuring aid: ~1.5 MB at most)
 
 
 def _distance(new: dict[str, float], old: _Addr, min_shared: int) -> float | None:
@@ -109,8 +116,11 @@ class RotationLinker:
         ambiguity_db: float = 1.5,
         seq_window: int = 64,
         min_shared_sensors: int = 3,
+        forget_after_s: float = 900.0,
     ) -> None:
         self._bounds_of = epoch_bounds
+        self.forget_after = max(GONE_S, forget_after_s)
+        self._next_prune = -math.inf
         self._epoch: tuple[int, float, float] | None = None
         self.max_gap = link_max_gap_s
         self.tol = rssi_tol_db
@@ -125,7 +135,7 @@ class RotationLinker:
         # new addresses waiting for their decision: subject -> (due time, [(root, old subject, d)])
         self._pending: dict[str, tuple[float, list[tuple[str, str, float]]]] = {}
         self._relabelled: list[tuple[str, str]] = []
-        # (new subject, the address it continues) of every link made, for measuring (bounded)
+        # (new subject, the address it continues) of the latest links made, for measuring (bounded)
         self.link_log: list[tuple[str, str]] = []
 
     # -- queries ------------------------------------------------------------------------------
@@ -150,6 +160,25 @@ class RotationLinker:
         self._relabelled.clear()
         self.link_log.clear()
         self.stats.resets += 1
+
+    def _prune(self, now: float) -> None:
+        """Forget addresses and chains silent for ``forget_after`` (they can link to nothing now)."""
+        self._next_prune = now + PRUNE_EVERY_S
+        cut = now - self.forget_after
+        gone = [s for s, a in self._addr.items() if a.last_ts < cut]
+        for s in gone:
+            del self._addr[s]
+            self._pending.pop(s, None)
+        dead = [r for r, c in self._chains.items() if c.last_ts < cut]
+        for r in dead:
+            del self._chains[r]
+        if gone or dead:
+            for sig in list(self._by_sig):
+                roots = self._by_sig[sig]
+                roots.difference_update(dead)
+                if not roots:
+                    del self._by_sig[sig]
+            self.stats.forgotten += len(gone)
 
     def process(self, batch: Sequence[Observation]) -> list[Observation]:
         """Rewrite ``device`` of observations from a rotated address to its chain's root subject."""
@@ -197,6 +226,8 @@ class RotationLinker:
                 self._update(a, o)
         if self._pending:
             self._decide(batch[-1].ts)
+        if batch[-1].ts >= self._next_prune:
+            self._prune(batch[-1].ts)
         return out
 
     def take_relabelled(self) -> list[tuple[str, str]]:
@@ -353,5 +384,6 @@ class RotationLinker:
             c.last_ts = max(c.last_ts, stub.last_ts)
             self.stats.links += 1
             self._relabelled.append((subject, root))
-            if len(self.link_log) < 1_000_000:
-                self.link_log.append((subject, previous))
+            if len(self.link_log) >= LINK_LOG_MAX:  # the latest links only (it grew all day: issue 22)
+                del self.link_log[: LINK_LOG_MAX // 2]
+            self.link_log.append((subject, previous))
