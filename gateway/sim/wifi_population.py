@@ -42,10 +42,10 @@ from dataclasses import dataclass, field
 
 from gateway.parsers.ieee80211 import build_probe_request
 from gateway.parsers.radiotap import build_radiotap
+from gateway.sim.wifi_crowd import CHANNEL_FREQ, CrowdFrame
 
 __all__ = ["BEHAVIOURS", "MODELS", "Crowd", "CrowdFrame", "DeviceTruth", "PhoneModel", "generate_store"]
 
-CHANNEL_FREQ = {ch: 2407 + 5 * ch for ch in range(1, 14)}
 SCAN_CHANNELS = tuple(range(1, 14))  # a 2.4 GHz scan in Europe sweeps 1-13
 
 
@@ -265,19 +265,6 @@ def _pnl(rng: random.Random) -> list[bytes]:
         else:
             out.append(f"net-{rng.getrandbits(40):010x}".encode())
     return list(dict.fromkeys(out))
-
-
-@dataclass(slots=True, frozen=True)
-class CrowdFrame:
-    ts: float
-    device: int  # ground truth
-    model: str
-    mac: bytes
-    seq: int
-    rssi: int
-    rx_channel: int
-    tx_channel: int
-    frame: bytes  # radiotap + 802.11 probe request
 
 
 @dataclass(slots=True, frozen=True)
