@@ -1,12 +1,13 @@
 """SQLite on a small or full disk: what the three stores (outbox, presence, content) share.
 
-See docs/storage.md for the space model. Only the classification of "no room" lives here; each
-store decides what degrading means for its data.
+See docs/storage.md for the space model. Only the classification of "no room" and the size of
+files and filesystems live here; each store decides what degrading means for its data.
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
 import sqlite3
 from pathlib import Path
 from typing import TypedDict
@@ -50,3 +51,17 @@ def drop_stub_shm(db: Path) -> None:
     with contextlib.suppress(OSError):
         if shm.stat().st_size < 32 * 1024:
             shm.unlink()
+
+
+def file_size(p: Path) -> int:
+    """Bytes of ``p``; 0 when it does not exist (or cannot be read)."""
+    try:
+        return p.stat().st_size
+    except OSError:
+        return 0
+
+
+def fs_space(d: Path) -> tuple[int, int]:
+    """(total, available to us) bytes of the filesystem holding ``d``."""
+    st = os.statvfs(d)
+    return st.f_blocks * st.f_frsize, st.f_bavail * st.f_frsize

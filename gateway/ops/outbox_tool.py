@@ -19,6 +19,7 @@ from typing import Any
 
 from gateway.config import GatewayIdentity, MqttSettings
 from gateway.models import EventBase, ZoneEntered
+from gateway.storage import file_size, fs_space
 from gateway.uplink.outbox import Outbox, OutboxError
 
 
@@ -46,7 +47,6 @@ def read_stats(path: Path) -> dict[str, Any]:
     """What an outbox file holds, read-only (it never writes, takes no lock a running daemon would
     wait for, and leaves the reserve file alone - on a full disk that room is the daemon's):
     backlog, sequence numbers, eviction and dead-letter counters, sizes, the filesystem's room."""
-    import os
     import sqlite3
 
     wal = path.with_name(path.name + "-wal")
@@ -72,16 +72,10 @@ def read_stats(path: Path) -> dict[str, Any]:
     if "gateway_id" not in meta:
         raise OutboxError(f"{path}: not an outbox (no gateway id)")
 
-    def size(p: Path) -> int:
-        try:
-            return p.stat().st_size
-        except OSError:
-            return 0
-
     def counters(prefix: str) -> dict[str, int]:
         return {k.removeprefix(prefix): int(v) for k, v in meta.items() if k.startswith(prefix) and v}
 
-    st = os.statvfs(path.parent)
+    fs_total, fs_free = fs_space(path.parent)
     return {
         "gateway_id": meta["gateway_id"],
         "backlog": backlog,
@@ -92,10 +86,10 @@ def read_stats(path: Path) -> dict[str, Any]:
         "evicted_by_priority": counters("evicted_priority."),
         "dead_letters": dead,
         "bytes": (pages - free) * page,
-        "file_bytes": size(path) + size(wal) + size(path.with_name(path.name + "-shm")),
-        "reserve_bytes": size(path.with_name(path.name + ".reserve")),
-        "fs_free_bytes": st.f_bavail * st.f_frsize,
-        "fs_total_bytes": st.f_blocks * st.f_frsize,
+        "file_bytes": file_size(path) + file_size(wal) + file_size(path.with_name(path.name + "-shm")),
+        "reserve_bytes": file_size(path.with_name(path.name + ".reserve")),
+        "fs_free_bytes": fs_free,
+        "fs_total_bytes": fs_total,
     }
 
 

@@ -52,7 +52,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterable, Mapping
-from typing import Any, Literal, NamedTuple
+from typing import Any, Literal, NamedTuple, get_args
 
 from gateway.models import AdvertInfo
 from gateway.parsers.ble_companies import company_name
@@ -81,19 +81,7 @@ DeviceKind = Literal[
     "scanner",
     "unknown",
 ]
-DEVICE_KINDS: tuple[DeviceKind, ...] = (
-    "phone",
-    "computer",
-    "earbuds",
-    "wearable",
-    "tracker",
-    "accessory",
-    "beacon",
-    "sensor",
-    "fixture",
-    "scanner",
-    "unknown",
-)
+DEVICE_KINDS: tuple[DeviceKind, ...] = get_args(DeviceKind)
 # when one advert carries several messages, the first kind in this order names the device
 _KIND_RANK = {k: i for i, k in enumerate(DEVICE_KINDS)}
 

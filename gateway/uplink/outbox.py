@@ -64,7 +64,7 @@ from gateway.models import (
     ZoneLeft,
     priority_of,
 )
-from gateway.storage import drop_stub_shm, is_disk_full
+from gateway.storage import drop_stub_shm, file_size, fs_space, is_disk_full
 
 log = get_logger(__name__)
 
@@ -242,23 +242,10 @@ def _rollback(conn: sqlite3.Connection) -> None:
         conn.execute("ROLLBACK")
 
 
-def _file_size(p: Path) -> int:
-    try:
-        return p.stat().st_size
-    except OSError:
-        return 0
-
-
-def _fs_avail(d: Path) -> tuple[int, int]:
-    """(total, available to us) bytes of the filesystem holding ``d``."""
-    st = os.statvfs(d)
-    return st.f_blocks * st.f_frsize, st.f_bavail * st.f_frsize
-
-
 def _allocate(path: Path, size: int) -> int:
     """Make ``path`` hold ``size`` allocated bytes (fallocate); return what it holds after."""
     if size <= 0:
-        return _file_size(path)
+        return file_size(path)
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
     except OSError:
@@ -270,7 +257,7 @@ def _allocate(path: Path, size: int) -> int:
             os.ftruncate(fd, 0)
     finally:
         os.close(fd)
-    return _file_size(path)
+    return file_size(path)
 
 
 def _refresh_sync(conn: sqlite3.Connection) -> tuple[int, float | None]:
@@ -565,7 +552,7 @@ class Outbox:
         """(DB thread, at open) Size the WAL budget, the room left free and the reserve from the
         filesystem's size: a 2 MiB state partition gets a 16-page WAL, a 32 GiB card the default."""
         conn = self._db._conn
-        total, _ = _fs_avail(self.path.parent)
+        total, _ = fs_space(self.path.parent)
         page = self._page_size
         self._wal_pages = max(16, min(1000, total // 64 // page))
         self._keep_free = (
@@ -575,7 +562,7 @@ class Outbox:
         )
         # WAL: the checkpoint threshold plus one large transaction (a 500-event batch with its
         # eviction is ~60 pages); the reserve covers a checkpoint of all of it and the -shm file.
-        self._wal_allow = max(_file_size(self._wal_path), (2 * self._wal_pages + 64) * (page + _FRAME_OVERHEAD))
+        self._wal_allow = max(file_size(self._wal_path), (2 * self._wal_pages + 64) * (page + _FRAME_OVERHEAD))
         self._reserve_target = self._wal_allow + _SHM_BYTES
         conn.execute(f"PRAGMA journal_size_limit={self._wal_allow}")
         self._set_autocheckpoint(conn, self._wal_pages)
@@ -594,12 +581,12 @@ class Outbox:
         self._next_check = now + SPACE_CHECK_S
         conn = self._db._conn
         try:
-            _, avail = _fs_avail(self.path.parent)
+            _, avail = fs_space(self.path.parent)
         except OSError:
             return
-        wal = _file_size(self._wal_path)
+        wal = file_size(self._wal_path)
         self._wal_allow = max(self._wal_allow, wal)
-        res = _file_size(self.reserve_path)
+        res = file_size(self.reserve_path)
         reserve_missing = max(0, self._reserve_target - res)
         if self._frozen:
             # leave only once the room others need and the reserve both fit again
@@ -642,7 +629,7 @@ class Outbox:
         room it freed. Returns True if the filesystem was full."""
         conn = self._db._conn
         try:
-            _, avail = _fs_avail(self.path.parent)
+            _, avail = fs_space(self.path.parent)
         except OSError:
             avail = 0
         # below our page ceiling, SQLITE_FULL can only be the filesystem; at it, the ceiling -
@@ -651,7 +638,7 @@ class Outbox:
         fs_full = not at_ceiling or avail < self._keep_free // 2
         if fs_full:
             self._frozen = True
-            if _file_size(self.reserve_path) > 0:
+            if file_size(self.reserve_path) > 0:
                 with contextlib.suppress(OSError):
                     self.reserve_path.unlink()
                     self._reserve_releases += 1
@@ -661,9 +648,9 @@ class Outbox:
         return fs_full
 
     def _restore_reserve_at_close(self) -> None:
-        if self._reserve_target and _file_size(self.reserve_path) < self._reserve_target:
+        if self._reserve_target and file_size(self.reserve_path) < self._reserve_target:
             try:
-                _, avail = _fs_avail(self.path.parent)
+                _, avail = fs_space(self.path.parent)
             except OSError:
                 return
             _allocate(self.reserve_path, min(self._reserve_target, avail))
@@ -940,7 +927,7 @@ class Outbox:
         if not self._frozen:
             return max(1, n)
         row = max(1, self._used_bytes // max(1, self._backlog))
-        return max(16, _file_size(self._wal_path) // 3 // row)
+        return max(16, file_size(self._wal_path) // 3 // row)
 
     async def _delete_acked(self, seqs: list[int], *, counted: bool) -> bool:
         """Delete acknowledged rows; ``counted``: they were counted as acknowledged when deferred.
@@ -1077,7 +1064,7 @@ class Outbox:
             acked=self._acked,
             disk_state=self.disk_state,
             cap_bytes=self._plan.cap_bytes,
-            file_bytes=self._page_count * self._page_size + _file_size(self._wal_path) + _file_size(self._shm_path),
+            file_bytes=self._page_count * self._page_size + file_size(self._wal_path) + file_size(self._shm_path),
             reserve_bytes=self._reserve_bytes,
             fs_free_bytes=self._fs_avail,
             reserve_releases=self._reserve_releases,
@@ -1130,10 +1117,10 @@ def _make_room_to_open(path: Path) -> None:
     reserve = path.with_name(path.name + ".reserve")
     wal = path.with_name(path.name + "-wal")
     try:
-        _, avail = _fs_avail(path.parent)
+        _, avail = fs_space(path.parent)
     except OSError:
         return
-    size = _file_size(reserve)
+    size = file_size(reserve)
     if avail >= _SHM_BYTES + 256 * 1024 or size == 0:
         return
     try:
