@@ -322,6 +322,7 @@ class ChainGrouper:
             seq_continue=seq_q,
             ssid_share=self._ssid_share,
         )
+        tracker.fp_shares = share
         pred: dict[int, str] = {}
         p_start: dict[str, float] = {}
         groups: dict[str, str] = {}

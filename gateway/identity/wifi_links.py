@@ -216,9 +216,11 @@ def _evidence(
     a_level: tuple[float, float] | None,
     blind: bool,
     same_fp: bool | None = None,
+    a_share: float | None = None,
 ) -> tuple[float, float]:
     """(:func:`evidence_score`, its gap-blind variant or 0.0 unless ``blind``). ``same_fp``: whether
-    ``b``'s element set is one ``a``'s device has used (default: ``a``'s own).
+    ``b``'s element set is one ``a``'s device has used (default: ``a``'s own); ``a_share``: the
+    share of ``a``'s element set in the family (see :func:`other_set`; None: ``b``'s rarity alone).
 
     The gap-blind score judges every link as if its silence were ``BLIND_GAP_S``: the RSSI step
     against a fixed walk, a plausible sequence continuation worth the same at any silence. A link
@@ -287,8 +289,23 @@ def _evidence(
     share = fp_share if fp_share > p.min_fp_share else p.min_fp_share
     if same_fp is None:
         same_fp = a.fingerprint == b.fingerprint
-    rest += math.log((p.same_fp if same_fp else 1.0 - p.same_fp) / share)
+    if same_fp:
+        rest += math.log(p.same_fp / share)
+    elif a_share is not None:
+        rest += other_set(p.same_fp, a_share)
+    else:
+        rest += math.log((1.0 - p.same_fp) / share)
     return score + rest, (blind_score + rest if blind else 0.0)
+
+
+def other_set(keep: float, a_share: float) -> float:
+    """log LR of a burst sending other elements than its candidate device's (whose set is
+    ``a_share`` of its family's frames): a device keeps its set with chance ``keep``, and when it
+    changes, the set it changes to is unknown - drawn like the family's other sets, so it is as
+    likely from the device as from an unrelated one of the family (share ``b`` / (1 - ``a_share``)
+    against share ``b``). Never evidence for the link: a rare set is not a sign of the same
+    device (the old ``(1 - keep) / share b`` made a change to a rare set up to 3x likelier)."""
+    return math.log((1.0 - keep) / max(1.0 - a_share, 1.0 - keep))
 
 
 def ssid_score(known: set[int] | None, new: set[int] | None, share: dict[int, float], p: LinkParams) -> float:
@@ -422,6 +439,7 @@ class Tracker:
         self.arrivals = arrivals or {}  # family -> new devices per second
         self.default_arrivals = default_arrivals
         self.seq_continue = seq_continue or {}  # family -> chance of continuing the sequence
+        self.fp_shares: dict[str, float] = {}  # element set -> its share of its family's frames
         self.in_burst = in_burst or {}  # family -> share of its links within a burst
         self.ssid_share = ssid_share if ssid_share is not None else {}  # network -> share of directed scans
         self._tables: dict[float, TimingTable] = {}
@@ -533,7 +551,8 @@ class Tracker:
         log_cont_blind = math.log(qq * SEQ_MOD / (p.seq_window + p.seq_rate * BLIND_GAP_S) + (1.0 - qq))
         share = fp_share if fp_share > p.min_fp_share else p.min_fp_share
         fp_same = math.log(p.same_fp / share)
-        fp_other = math.log((1.0 - p.same_fp) / share)
+        fp_shares = self.fp_shares
+        keep = p.same_fp
         b_seq = b.first_seq
         ssids = b.ssids
         burst_gap = p.burst_gap_s
@@ -548,7 +567,9 @@ class Tracker:
             in_burst = gap <= burst_gap
             if (a.silences and a.rate_span > 0.0) or rb > 0.0:
                 # a MAC heard over several bursts (own sequence rates): the general scoring
-                v, vb = _evidence(a, b, gap, p, fp_share, q, t.level_for(fp), blind, t.has_fp(fp))
+                v, vb = _evidence(
+                    a, b, gap, p, fp_share, q, t.level_for(fp), blind, t.has_fp(fp), fp_shares.get(a.fingerprint, 0.0)
+                )
                 if v == -math.inf:
                     continue
             else:
@@ -587,7 +608,10 @@ class Tracker:
                 else:
                     v += log_restart
                     vb += log_restart
-                f = fp_same if (fp == a.fingerprint or fp == t.level_fp) else fp_other
+                if fp == a.fingerprint or fp == t.level_fp:
+                    f = fp_same
+                else:
+                    f = other_set(keep, fp_shares.get(a.fingerprint, 0.0))
                 v += f
                 vb += f
             lg = log(gap)
