@@ -452,6 +452,7 @@ class Tracker:
         self.on_drop: Callable[[Track], None] | None = None  # a track leaves the candidates (silent too long)
         self.last_confidence = 0.0
         self.last_gap = 0.0
+        self.last_p = 0.0  # how likely the likeliest track was at the latest assign (linked or not)
 
     def new_weight(self, family: str) -> float:
         """log weight of "a new device" against the link ratios (normalised to uniform over
@@ -629,6 +630,7 @@ class Tracker:
             if v > best_v:
                 best, best_v, best_blind = t, v, eb
         p_new = new / total
+        self.last_p = math.exp(min(best_v, 700.0)) / total if best is not None else 0.0
         self.last_confidence = 0.0
         self.last_gap = 0.0
         if best is not None and math.exp(min(best_v, 700.0)) / total >= self.min_p:
