@@ -554,6 +554,7 @@ class Tracker:
         fp_same = math.log(p.same_fp / share)
         fp_shares = self.fp_shares
         keep = p.same_fp
+        other_lr: dict[str, float] = {}  # the tail's element set -> log LR of b's other set (see other_set)
         b_seq = b.first_seq
         ssids = b.ssids
         burst_gap = p.burst_gap_s
@@ -612,7 +613,10 @@ class Tracker:
                 if fp == a.fingerprint or fp == t.level_fp:
                     f = fp_same
                 else:
-                    f = other_set(keep, fp_shares.get(a.fingerprint, 0.0))
+                    o = other_lr.get(a.fingerprint)
+                    if o is None:
+                        o = other_lr[a.fingerprint] = other_set(keep, fp_shares.get(a.fingerprint, 0.0))
+                    f = o
                 v += f
                 vb += f
             lg = log(gap)
