@@ -533,6 +533,7 @@ class Tracker:
         p = self.p
         q = self.seq_continue.get(family)
         table = self._table(family)
+        t_rows, t_lo, t_inv, t_n = table.table, table.lo, table.inv_step, table.N
         # what every candidate is judged against: b's side of _evidence, once (the loop is hot;
         # test_wifi_links keeps it equal to _evidence)
         fp = b.fingerprint
@@ -620,7 +621,11 @@ class Tracker:
                 v += f
                 vb += f
             lg = log(gap)
-            v += table.table[table.index(lg)] if t.iv_n == 0 else self._timing(t, gap, table, lg)
+            if t.iv_n == 0:  # TimingTable.index, inline (the loop is hot)
+                k = int((lg - t_lo) * t_inv + 0.5)
+                v += t_rows[0 if k < 0 else (k if k < t_n else t_n - 1)]
+            else:
+                v += self._timing(t, gap, table, lg)
             if ssids and t.ssids:
                 ss = ssid_score(t.ssids, ssids, self.ssid_share, p)
                 v += ss
