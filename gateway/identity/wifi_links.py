@@ -9,7 +9,8 @@ against "``b`` is an unrelated device of the same family" (:func:`link_scores`, 
 * **family** (gate): the first half of the fingerprint (rates, HT, VHT capabilities) must match;
   the whole fingerprint matching is evidence (``same_fp``: a phone's next MAC usually sends the same
   elements; an Android 13 phone alternates its wildcard and directed element sets), weighed against
-  how common ``b``'s fingerprint is in the family;
+  how common ``b``'s fingerprint is in the family; another set is never evidence for the link
+  (:func:`other_set`);
 * **timing**: iPhones on iOS 16 draw a new MAC for every channel of a scan burst - the next MAC
   starts tens of ms after the last (``burst_gap_s``); otherwise the next MAC comes with the next
   burst, whose interval follows the population's schedule: scans repeated after 1.5-8 s
