@@ -96,3 +96,95 @@ def _is_rectangle(p: F64) -> bool:
     # consecutive vertices share exactly one coordinate (edges are axis-parallel, not diagonals)
     same = p == np.roll(p, -1, axis=0)
     return bool((same.sum(axis=1) == 1).all())
+
+
+class Walls:
+    """Walls a track does not cross (``[[walls]]`` of the layout): a shop front's glass beside its door.
+
+    The walkable area says where a phone can be; a wall says how it got there. A shopper standing at
+    the window is on the inside of the glass for as long as they stand there, however far an
+    estimate strays onto the pavement, and a passer-by on the pavement stays outside unless the
+    estimate comes in beyond the glass by more than ``release_m`` (a real entry goes through the
+    door, the gap between two walls). :meth:`hold` moves each new estimate that crosses a wall from
+    the previous output back to the previous side: onto the wall, ``GAP_M`` in front of it, at the
+    point of the wall nearest to the estimate (a shopper walking along the glass keeps moving along).
+    """
+
+    GAP_M = 0.05
+    SETTLE_S = 10.0  # a track's first seconds are not held (its side is not known yet)
+    HOLD_S = 5.0  # fixes held this long in a row: the track is let through (it was on the wrong side)
+
+    def __init__(self, segments: F64, release_m: float) -> None:
+        self.a = segments[:, 0, :].copy()
+        self.b = segments[:, 1, :].copy()
+        self.release_m = release_m
+
+    @classmethod
+    def from_layout(cls, layout: Layout, release_m: float) -> Walls | None:
+        segs = [
+            (w.line[i], w.line[i + 1]) for w in layout.walls for i in range(len(w.line) - 1)
+        ]
+        if not segs:
+            return None
+        return cls(np.asarray(segs, dtype=np.float64), release_m)
+
+    def hold(self, prev: F64, new: F64) -> tuple[F64, np.ndarray]:
+        """``new`` (N, 2) with every move ``prev -> new`` that crosses a wall held on ``prev``'s side.
+
+        A move that ends farther than ``release_m`` beyond the wall it crosses first is let through.
+        Returns the positions and the mask of those held.
+        """
+        out = new.copy()
+        if new.shape[0] == 0:
+            return out, np.zeros(0, dtype=bool)
+        a, b = self.a[None, :, :], self.b[None, :, :]
+        p, q = prev[:, None, :], new[:, None, :]
+        ab = b - a
+        pq = q - p
+
+        def cross(u: F64, v: F64) -> F64:
+            return np.asarray(u[..., 0] * v[..., 1] - u[..., 1] * v[..., 0])
+
+        # proper intersection of segment p->q with wall a->b (touching counts: a fix on the wall is held)
+        den = cross(pq, ab)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            t = cross(a - p, ab) / den  # along p->q
+            s = cross(a - p, pq) / den  # along a->b
+        hit = (np.abs(den) > 1e-12) & (t > 0.0) & (t <= 1.0) & (s >= 0.0) & (s <= 1.0)
+        # a previous output exactly on the wall line does not count as being on one side
+        side_p = cross(ab, p - a)
+        hit &= np.abs(side_p) > 1e-9
+        held = hit.any(axis=1)
+        if not held.any():
+            return out, held
+        rows = np.flatnonzero(held)
+        t_h = np.where(hit[rows], t[rows], np.inf)
+        k = np.argmin(t_h, axis=1)
+        wa, wb = self.a[k], self.b[k]
+        w = wb - wa
+        qq = new[rows]
+        u = np.clip(((qq - wa) * w).sum(1) / (w * w).sum(1), 0.0, 1.0)
+        foot = wa + u[:, None] * w
+        beyond = np.hypot(*(qq - foot).T)
+        keep = beyond <= self.release_m
+        # the unit normal pointing to the previous position's side
+        nrm = np.stack([-w[:, 1], w[:, 0]], axis=1) / np.hypot(w[:, 0], w[:, 1])[:, None]
+        sgn = np.sign(((prev[rows] - wa) * nrm).sum(1))
+        cand = foot + (self.GAP_M * sgn)[:, None] * nrm
+        # the held point must not cross another wall from prev (a corner): then stay at prev
+        again = self._crosses(prev[rows], cand)
+        cand[again] = prev[rows][again]
+        out[rows[keep]] = cand[keep]
+        held[rows[~keep]] = False
+        return out, held
+
+    def _crosses(self, p0: F64, p1: F64) -> np.ndarray:
+        a, b = self.a[None, :, :], self.b[None, :, :]
+        p, q = p0[:, None, :], p1[:, None, :]
+        ab, pq = b - a, q - p
+        den = pq[..., 0] * ab[..., 1] - pq[..., 1] * ab[..., 0]
+        ap = a - p
+        with np.errstate(divide="ignore", invalid="ignore"):
+            t = (ap[..., 0] * ab[..., 1] - ap[..., 1] * ab[..., 0]) / den
+            s = (ap[..., 0] * pq[..., 1] - ap[..., 1] * pq[..., 0]) / den
+        return np.asarray(((np.abs(den) > 1e-12) & (t > 0.0) & (t <= 1.0) & (s >= 0.0) & (s <= 1.0)).any(axis=1))
