@@ -368,13 +368,6 @@ class LocalizationSettings(Section):
     zone_confirm_fixes: int = Field(
         default=3, ge=1, le=100, description="Or after this many consecutive fixes in the new zone"
     )
-    wall_release_m: float = Field(
-        default=1.5,
-        ge=0,
-        le=50,
-        description="A fix crossing a layout wall ([[walls]]) is held on the track's side unless it lands"
-        " farther than this beyond it",
-    )
 
 
 class PresenceSettings(Section):

@@ -20,10 +20,6 @@ path_loss_exponent = 2.2
 id = "entrance"
 kind = "entrance"      # entrance | checkout | aisle | outside | other | front
 polygon = [[0, 0], [6, 0], [6, 4], [0, 4]]
-
-[[walls]]               # optional: a wall nobody walks through (a door is a gap between walls)
-id = "glass-west"
-line = [[0, 0], [12, 0]]   # a polyline, at least 2 points
 ```
 """
 
@@ -90,28 +86,10 @@ class Zone(_Strict):
         return poly
 
 
-class Wall(_Strict):
-    """A wall people do not walk through (a shop front's glass beside its door): the localizer keeps a
-    track on its side of it (``localization.wall_release_m``). A door is a gap between two walls."""
-
-    id: str = Field(min_length=1, max_length=64)
-    name: str | None = None
-    line: list[tuple[float, float]] = Field(min_length=2)
-
-    @field_validator("line")
-    @classmethod
-    def _segments(cls, line: list[tuple[float, float]]) -> list[tuple[float, float]]:
-        for i in range(len(line) - 1):
-            if line[i] == line[i + 1]:
-                raise ValueError(f"points {i} and {i + 1} are the same: every segment needs a length")
-        return line
-
-
 class Layout(_Strict):
     store: Store
     sensors: list[Sensor] = Field(min_length=1)
     zones: list[Zone] = Field(default_factory=list)
-    walls: list[Wall] = Field(default_factory=list)
 
     @model_validator(mode="after")
     def _check(self) -> Layout:
@@ -123,10 +101,6 @@ class Layout(_Strict):
         zdup = {i for i in zids if zids.count(i) > 1}
         if zdup:
             raise ValueError(f"duplicate zone id(s): {sorted(zdup)}")
-        wids = [x.id for x in self.walls]
-        wdup = {i for i in wids if wids.count(i) > 1}
-        if wdup:
-            raise ValueError(f"duplicate wall id(s): {sorted(wdup)}")
         w, d = self.store.width_m, self.store.depth_m
         for s in self.sensors:
             if not (-0.5 * w <= s.x <= 1.5 * w and -0.5 * d <= s.y <= 1.5 * d):

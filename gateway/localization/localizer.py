@@ -30,7 +30,7 @@ from gateway.layout import Layout
 from gateway.localization.estimator import Estimator, EstimatorParams, Problem, RefineBatch, Solution, aggregate
 from gateway.localization.learn import PAIR_MAX_GAP_S, RadioLearner
 from gateway.localization.pathloss import F64, PathLossModel
-from gateway.localization.region import Walkable, Walls
+from gateway.localization.region import Walkable
 from gateway.localization.tracker import ImmTracker, TrackerParams
 from gateway.localization.zones import ZoneTracker
 from gateway.models import Fix, Observation
@@ -132,7 +132,6 @@ class MlLocalizer:
         self.model = PathLossModel.from_layout(layout)
         bounds = layout_bounds(layout)
         self.region = Walkable.from_layout(layout)
-        self.walls = Walls.from_layout(layout, settings.wall_release_m)
         self.estimator = Estimator(
             self.model,
             EstimatorParams(
@@ -179,10 +178,6 @@ class MlLocalizer:
         self._recent = WindowStats(ns)
         self._sw_theta = np.zeros((0, 3))
         self._was_standing = np.zeros(0, dtype=bool)
-        # the last fix output per device (walls hold the next one on its side); NaN: none yet
-        self._out_xy = np.full((0, 2), np.nan)
-        self._out_t0 = np.zeros(0)  # the time of the track's first fix
-        self._held_t0 = np.full(0, np.nan)  # since when its fixes have been held at a wall (NaN: not held)
         self._ticks = 0
         self._check_grid = self.estimator.make_grid(settings.check_grid_m)
         # pending observations (not yet consumed by a tick)
@@ -309,15 +304,6 @@ class MlLocalizer:
                 was = np.zeros(live.size, dtype=bool)
                 was[: self._was_standing.size] = self._was_standing
                 self._was_standing = was
-                out_xy = np.full((live.size, 2), np.nan)
-                out_xy[: self._out_xy.shape[0]] = self._out_xy
-                self._out_xy = out_xy
-                t0 = np.zeros(live.size)
-                t0[: self._out_t0.size] = self._out_t0
-                self._out_t0 = t0
-                h0 = np.full(live.size, np.nan)
-                h0[: self._held_t0.size] = self._held_t0
-                self._held_t0 = h0
                 for name in ("_last_mean", "_last_cnt", "_last_t"):
                     old = getattr(self, name)
                     arr = np.zeros((live.size, old.shape[1]))
@@ -331,7 +317,6 @@ class MlLocalizer:
         self._stand.reset(np.array([d]))
         self._recent.reset(np.array([d]))
         self._was_standing[d] = False
-        self._out_xy[d] = np.nan
         self._last_t[d] = -np.inf
         return d
 
@@ -436,35 +421,6 @@ class MlLocalizer:
             self._sw_theta[search.ss[better]] = best.theta[better]
             self.stats.drop("standing_moved", int(better.sum()))
         return np.asarray(search.ss[better])
-
-    def _hold_walls(self, now: float, slots: np.ndarray, new: np.ndarray, xy: np.ndarray) -> np.ndarray:
-        """Fixes that cross a layout wall from the device's last fix are held on its side (``Walls``).
-
-        A track started this tick (``new``) is placed where the data say, and so is every fix of its
-        first ``Walls.SETTLE_S``: a first fix from a second of adverts can be on the wrong side of
-        the glass, and holding it there would keep the whole track there. A track whose fixes have
-        been held for ``Walls.HOLD_S`` in a row is let through: the data keep saying the other side.
-        """
-        assert self.walls is not None
-        self._out_t0[slots[new]] = now
-        self._held_t0[slots[new]] = np.nan
-        prev = self._out_xy[slots]
-        prev[new] = np.nan
-        has = np.flatnonzero(~np.isnan(prev[:, 0]) & (now - self._out_t0[slots] >= self.walls.SETTLE_S))
-        if has.size:
-            held_xy, held = self.walls.hold(prev[has], xy[has])
-            sh = slots[has]
-            since = self._held_t0[sh]
-            since = np.where(held, np.where(np.isnan(since), now, since), np.nan)
-            free = held & (now - since >= self.walls.HOLD_S)
-            held &= ~free
-            self._held_t0[sh] = np.where(free, np.nan, since)
-            if held.any():
-                xy = xy.copy()
-                xy[has[held]] = held_xy[held]
-                self.stats.drop("wall_held", int(held.sum()))
-        self._out_xy[slots] = xy
-        return xy
 
     def _tx_prior(self, k: int) -> np.ndarray:
         pp = np.zeros((k, 3, 3))
@@ -681,8 +637,6 @@ class MlLocalizer:
         if self._s.learn_radio and old.size:
             self._learn_loss(now, prob.take(old), state[old], censor)
         xy = self.region.project(xy)
-        if self.walls is not None:
-            xy = self._hold_walls(now, slots, new, xy)
         sigma = np.sqrt(np.maximum(pcov[:, 0, 0] + pcov[:, 1, 1], 0.0))
         zones = self.zones.update(slots, xy)
         names = self._names
