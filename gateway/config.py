@@ -368,6 +368,13 @@ class LocalizationSettings(Section):
     zone_confirm_fixes: int = Field(
         default=3, ge=1, le=100, description="Or after this many consecutive fixes in the new zone"
     )
+    tick_chunk_devices: int = Field(
+        default=0,
+        ge=0,
+        description="Compute a fix tick in parts of this many devices and hand each part's events on at once"
+        " (0: one part). Fixes equal up to float rounding (not bit for bit: part sizes change the estimator's"
+        " numerics slightly)",
+    )
 
 
 class PresenceSettings(Section):
