@@ -97,11 +97,11 @@ def test_a_tick_in_parts_hands_each_part_on_at_once() -> None:
     before them) go to ``on_partial`` as soon as the part is done; with what the calls return, every
     event once, counted once, and the fixes those of one part (up to float rounding)."""
     layout = load_layout(LAYOUT)
-    sim_s = SimulatorSettings(enabled=True, seed=4, shoppers_per_hour=900, duration_s=300)
+    sim_s = SimulatorSettings(enabled=True, seed=4, shoppers_per_hour=900, duration_s=150)
     sim = StoreSimulator(layout, sim_s)
     batches = []
     t = sim_s.start_ts
-    while t < sim_s.start_ts + 300:
+    while t < sim_s.start_ts + 150:
         t += sim_s.tick_s
         batches.append(sim.step(t))
 
