@@ -296,7 +296,7 @@ class WifiGrouper:
         if not randomized:  # a public MAC: a device of its own
             st = self._macs[mac] = _MacState(m, _Unit(m, fam, Track(self._gid(), m, None)), False, ts)
             self.presence.visit_open(mac, fam, ts)
-            st.mark = self.presence.mark(fam, public=True)
+            st.mark = self.presence.mark(fam, public=True, own=(0.0, 0), so_far=True)
             return st
         # stage 1: does it continue a burst still open in its family?
         found = self._in_burst(m, fam, ts)
@@ -442,13 +442,13 @@ class WifiGrouper:
                 pm.visit(fam, st.mac.last_ts - st.visit_ts, ts, key=st.mac.mac)
                 st.visit_ts, st.visit_silences, st.visit_silence_s = ts, 0, 0.0
                 pm.visit_open(st.mac.mac, fam, ts)
-                st.mark = pm.mark(fam, public=True)
+                st.mark = pm.mark(fam, public=True, own=(0.0, 0), so_far=True)
                 return
             pm.silence(fam, dt, ts, public=True, own=(st.visit_silence_s, st.visit_silences))
             pm.visit_heard(st.mac.mac, ts)
             st.visit_silences += 1
             st.visit_silence_s += dt
-            st.mark = pm.mark(fam, public=True, own=(st.visit_silence_s, st.visit_silences))
+            st.mark = pm.mark(fam, public=True, own=(st.visit_silence_s, st.visit_silences), so_far=True)
             return
         tr = st.unit.track
         pm.silence(fam, dt, ts, own=(tr.silence_s, tr.silences) if tr is not None else (0.0, 0))
