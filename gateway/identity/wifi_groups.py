@@ -333,13 +333,18 @@ class WifiGrouper:
 
     def _in_burst(self, m: Mac, fam: str, ts: float) -> _Unit | None:
         lp = self._link
-        units = self._open.get(fam)
-        if not units:
-            return None
-        units[:] = [u for u in units if ts - u.agg.last_ts <= lp.burst_gap_s]
-        if not units:
-            return None
         le = self._learned.setdefault(fam, _Learned())
+        units = self._open.get(fam)
+        if units:
+            units[:] = [u for u in units if ts - u.agg.last_ts <= lp.burst_gap_s]
+        if not units:
+            # no burst of its family open: surely not within one - it counts in the family's
+            # in-burst share as a 0 (the share is of all the family's new MACs, as the whole
+            # capture's EM has it; counting only those with a burst open made a family of one
+            # MAC per burst learn ~0.5 - its phones' chance meetings - and join them)
+            self._decay(le, ts)
+            le.in_n += 1.0
+            return None
         share = min(0.95, max(0.01, le.in_burst / le.in_n))
         self._decay(le, ts)
         rate = max(le.units / self.params.learn_s, 1e-3)  # the family's burst starts per second
