@@ -335,6 +335,25 @@ def mallinfo() -> dict[str, int]:
     return {"heap": m.arena, "in_use": m.uordblks, "free": m.fordblks, "mmapped": m.hblkhd}
 
 
+def pymalloc_arenas() -> list[str]:
+    """Python's small-object allocator (its arenas are mmapped, outside mallinfo): the summary lines
+    of ``sys._debugmallocstats`` (written by C to fd 2, caught through a temporary file)."""
+    with tempfile.TemporaryFile() as f:
+        sys.stderr.flush()
+        saved = os.dup(2)
+        try:
+            os.dup2(f.fileno(), 2)
+            sys._debugmallocstats()
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+        f.seek(0)
+        text = f.read().decode(errors="replace")
+    keep = ("# arenas allocated current", "# arenas highwater", "# bytes in allocated blocks", "# bytes in available")
+    lines = [" ".join(ln.split()) for ln in text.splitlines() if ln.startswith(keep)]
+    return ["pymalloc " + "; ".join(lines)]
+
+
 class MemProfile:
     """``BENCH_MEM_PROFILE=DIR``: what the daemon's memory holds, every ``BENCH_MEM_EVERY_H`` simulated hours.
 
@@ -406,6 +425,8 @@ class MemProfile:
         lines = [f"sim_h {(self.src.now - DAY_START) / 3600:.2f} rss_mb {rss_mb():.1f} traced_mb {cur / 2**20:.1f}"]
         lines.append(f"traced peak_mb {peak / 2**20:.1f}")
         lines.append("mallinfo2 " + " ".join(f"{k} {v / 2**20:.1f}" for k, v in mallinfo().items()))
+        lines.append(f"pymalloc blocks in use {sys.getallocatedblocks()}")
+        lines.extend(pymalloc_arenas())
         if self.trim:
             import ctypes
 
