@@ -112,6 +112,18 @@ def rss_mb() -> float:
     return float("nan")
 
 
+def import_floor() -> str:
+    """RSS (VmRSS) of a bare python, python + numpy and python + the daemon's imports (fresh processes)."""
+    probe = "{imp}\nprint([ln.split()[1] for ln in open('/proc/self/status') if ln.startswith('VmRSS:')][0])"
+    cases = (("python", "pass"), ("python+numpy", "import numpy"), ("daemon imports", "import gateway.runtime.daemon"))
+    out = []
+    for label, imp in cases:
+        cmd = [sys.executable, "-c", probe.format(imp=imp)]
+        r = subprocess.run(cmd, capture_output=True, text=True, env=env(), timeout=120, check=False)
+        out.append(f"{label} {float(r.stdout.strip() or 'nan') / 1024:.1f} MB")
+    return ", ".join(out)
+
+
 # -- the simulator's process ---------------------------------------------------------------------------
 
 
@@ -659,6 +671,7 @@ def main(argv: list[str]) -> None:
             wait_port(mqtt_port)
             print(f"daemon.machine: {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} at start", flush=True)
             print(f"daemon.malloc: MALLOC_ARENA_MAX={a.arena_max if a.arena_max != '0' else 'unset'}", flush=True)
+            print(f"daemon.floor: RSS {import_floor()} (references for the figures below)", flush=True)
             if not a.day_only:
                 idle, idle_rss = idle_cost(tmp, mqtt_port, cred, 10.0 if a.quick else 30.0)
                 print(
