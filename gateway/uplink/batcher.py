@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections import deque
 
-from gateway.uplink.outbox import StoredEvent
+from gateway.uplink.outbox_sql import StoredEvent
 
 MIN_PAYLOAD = 1024
 HEADER_ALLOWANCE = 64  # bytes of PUBLISH framing and properties beside the topic and the payload

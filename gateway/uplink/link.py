@@ -46,7 +46,8 @@ from gateway.mqtt.client import (
     reason_name,
 )
 from gateway.uplink.batcher import Batcher, batch_payload, max_payload
-from gateway.uplink.outbox import Outbox, StoredEvent
+from gateway.uplink.outbox import Outbox
+from gateway.uplink.outbox_sql import StoredEvent
 from gateway.uplink.poison import PACKET_TOO_LARGE, POISON_LOSSES, PoisonDetector, refusal
 
 __all__ = ["POISON_LOSSES", "AckWriter", "Uplink", "UplinkTopics", "batch_payload"]

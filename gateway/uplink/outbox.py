@@ -39,10 +39,9 @@ import asyncio
 import contextlib
 import gc
 import json
-import os
 import sqlite3
 import time
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -65,22 +64,40 @@ from gateway.models import (
     priority_of,
 )
 from gateway.storage import drop_stub_shm, file_size, fs_space, is_disk_full
+from gateway.uplink.outbox_space import (
+    DISK_FULL,
+    DISK_LIMITED,
+    DISK_OK,
+    FRAME_OVERHEAD,
+    SHM_BYTES,
+    SpacePlan,
+    allocate,
+    make_room_to_open,
+    plan_space,
+)
+from gateway.uplink.outbox_sql import (
+    BUMP_SQL,
+    REFRESH_SQL,
+    ROW_OVERHEAD,
+    SCHEMA,
+    SCHEMA_VERSION,
+    Evicted,
+    StoredEvent,
+    envelope_bytes,
+    evict_rows,
+    refresh_sync,
+    rollback,
+    seq_ranges,
+)
 
 log = get_logger(__name__)
 
 _T = TypeVar("_T")
 
-SCHEMA_VERSION = 1
 DEFAULT_MAX_BYTES = 512 * 1024 * 1024
-# Per-row overhead beyond the payload (row header, columns, index entry), for the size estimate.
-_ROW_OVERHEAD = 96
 _FULL_RETRIES = 6
 # How often the filesystem's free space is re-read while appending (a statvfs and two stats).
 SPACE_CHECK_S = 1.0
-# SQLite's shared-memory WAL index (-shm) is created at open in 32 KiB steps.
-_SHM_BYTES = 32 * 1024
-# One WAL frame = a page + its 24-byte header.
-_FRAME_OVERHEAD = 24
 # Rows remembered as "evicted after the uplink read them" (to move them to acknowledged if their
 # PUBACK still comes); bounded so a long outage cannot grow it without limit.
 _EVICTED_SENT_MAX = 100_000
@@ -97,45 +114,6 @@ WIRE_EVENT_TYPES: tuple[type[EventBase], ...] = (
     Heartbeat,
 )
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS events (
-    seq INTEGER PRIMARY KEY,
-    event_id TEXT NOT NULL,
-    type TEXT NOT NULL,
-    priority INTEGER NOT NULL,
-    ts REAL NOT NULL,
-    payload BLOB NOT NULL
-);
-CREATE INDEX IF NOT EXISTS events_by_priority ON events (priority, seq);
-CREATE TABLE IF NOT EXISTS dead_letter (
-    seq INTEGER PRIMARY KEY,
-    event_id TEXT NOT NULL,
-    type TEXT NOT NULL,
-    priority INTEGER NOT NULL,
-    ts REAL NOT NULL,
-    payload BLOB NOT NULL,
-    reason_code INTEGER,
-    reason TEXT NOT NULL,
-    dead_ts REAL NOT NULL
-);
-"""
-
-_REFRESH_SQL = (
-    "SELECT (SELECT ts FROM events ORDER BY seq LIMIT 1),"
-    " ((SELECT page_count FROM pragma_page_count()) - (SELECT freelist_count FROM pragma_freelist_count()))"
-    " * (SELECT page_size FROM pragma_page_size()),"
-    " (SELECT page_count FROM pragma_page_count())"
-)
-
-_BUMP_SQL = "INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = value + ?"
-
-# Disk states, worst last (status page, /metrics, one log line per change).
-DISK_OK = "ok"  # the outbox can grow to max_bytes, or is well below what the disk allows
-DISK_LIMITED = "limited"  # the disk, not max_bytes, sets the cap and the outbox is at it (evicting)
-DISK_FULL = "full"  # the filesystem is full (another writer took the room left free): file frozen
-DISK_STATES = (DISK_OK, DISK_LIMITED, DISK_FULL)
-
 
 class OutboxError(Exception):
     """The outbox cannot be used (wrong owner, unreadable file)."""
@@ -143,16 +121,6 @@ class OutboxError(Exception):
 
 class OutboxFullError(OutboxError):
     """Not even eviction could make room (disk full and nothing left to evict)."""
-
-
-@dataclass(frozen=True, slots=True)
-class StoredEvent:
-    seq: int
-    event_id: str
-    type: str
-    priority: Priority
-    ts: float
-    payload: bytes
 
 
 @dataclass(slots=True)
@@ -181,176 +149,6 @@ class OutboxStats:
     @property
     def evicted_total(self) -> int:
         return sum(self.evicted.values())
-
-
-@dataclass(frozen=True, slots=True)
-class SpacePlan:
-    """What the disk allows the outbox: ``cap_bytes`` of live pages (eviction keeps below it)
-    and a hard ceiling of ``max_pages`` for the file (``PRAGMA max_page_count``)."""
-
-    cap_bytes: int
-    max_pages: int
-    disk_bound: bool  # the disk, not max_bytes, sets cap_bytes
-
-
-def plan_space(
-    *,
-    max_bytes: int,
-    page_size: int,
-    page_count: int,
-    fs_avail: int,
-    keep_free: int,
-    reserve_missing: int,
-    wal_missing: int,
-    frozen: bool,
-) -> SpacePlan:
-    """(pure) The outbox's cap from the filesystem's free space.
-
-    The file may grow by what is free minus the room left for others (``keep_free``), minus what
-    the reserve file and the WAL may still take; never while ``frozen`` (the disk is full). Free
-    pages inside the file are reused, so the cap never drops below the file's current size: an
-    eviction cannot give space back to the filesystem and is not asked to.
-    """
-    room = 0 if frozen else max(0, fs_avail - keep_free - reserve_missing - wal_missing)
-    max_pages = page_count + room // page_size
-    slack = max(8, max_pages // 50)  # b-tree fill and the next batch's index pages
-    disk_cap = max(0, max_pages - slack) * page_size
-    return SpacePlan(min(max_bytes, disk_cap), max_pages, disk_cap < max_bytes)
-
-
-def envelope_bytes(gateway_id_json: bytes, seq: int, event_json: bytes) -> bytes:
-    """Canonical ``UplinkEvent`` JSON, byte-identical to ``UplinkEvent(...).model_dump_json()``.
-
-    Built by concatenation because it is on the append hot path (tests pin the equality).
-    """
-    return b'{"v":1,"gateway_id":%s,"seq":%d,"event":%s}' % (gateway_id_json, seq, event_json)
-
-
-def _ranges(seqs: Iterable[int]) -> list[tuple[int, int]]:
-    """Collapse sequence numbers into inclusive (first, last) runs."""
-    out: list[tuple[int, int]] = []
-    for s in sorted(set(seqs)):
-        if out and s == out[-1][1] + 1:
-            out[-1] = (out[-1][0], s)
-        else:
-            out.append((s, s))
-    return out
-
-
-def _rollback(conn: sqlite3.Connection) -> None:
-    with contextlib.suppress(sqlite3.Error):
-        conn.execute("ROLLBACK")
-
-
-def _allocate(path: Path, size: int) -> int:
-    """Make ``path`` hold ``size`` allocated bytes (fallocate); return what it holds after."""
-    if size <= 0:
-        return file_size(path)
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
-    except OSError:
-        return 0
-    try:
-        os.posix_fallocate(fd, 0, size)
-    except OSError:  # no room: keep what was there before
-        with contextlib.suppress(OSError):
-            os.ftruncate(fd, 0)
-    finally:
-        os.close(fd)
-    return file_size(path)
-
-
-def _refresh_sync(conn: sqlite3.Connection) -> tuple[int, float | None]:
-    """(DB thread) Live bytes of the file and the ts of the oldest pending row."""
-    row = conn.execute(_REFRESH_SQL).fetchone()
-    return int(row[1]), None if row[0] is None else float(row[0])
-
-
-@dataclass(slots=True)
-class _Evicted:
-    total: int = 0
-    by_prio: dict[str, int] = field(default_factory=dict)
-    # rows the uplink had already read: seq -> priority name (see Outbox._evicted_sent)
-    sent: list[tuple[int, str]] = field(default_factory=list)
-    # positions in the incoming batch evicted before they were stored (their seqs are consumed)
-    incoming: set[int] = field(default_factory=set)
-    # when rows above FIX went: stored rows of a lower priority left after it (0 by the policy;
-    # counted in SQL, an independent check the daemon logs once per priority level reached)
-    lower_left: int = 0
-
-
-def _evict_rows(
-    conn: sqlite3.Connection,
-    want_bytes: int,
-    reason: str,
-    used: int,
-    backlog: int,
-    protect_upto: int,
-    incoming: Sequence[tuple[int, int]] = (),
-    max_priority: int = int(max(Priority)),
-) -> _Evicted:
-    """(DB thread, inside the caller's transaction) Evict rows worth ~want_bytes.
-
-    Lowest priority first, oldest (lowest seq) first within a priority. Within a priority: stored
-    rows the uplink has not read yet (seq > ``protect_upto``), then the ones it has (they may be in
-    flight: evicting them could count as evicted an event the broker still acknowledges), then
-    rows of the ``incoming`` batch ((priority, bytes) in seq order: the newest of all), which are
-    then not inserted - so a batch of raw fixes never displaces a stored visit. Counters are
-    persisted in ``meta`` in the same transaction and mirrored in memory once it committed.
-    """
-    out = _Evicted()
-    if backlog <= 0 and not incoming:
-        return out
-    # bytes a stored row frees: live bytes per row, which the schema's own pages inflate while the
-    # backlog is small - the batch's average row is then the better estimate
-    avg = max(1, used // backlog) if backlog > 0 else 1
-    if incoming:
-        avg = min(avg, max(1, sum(b for _, b in incoming) // len(incoming))) if backlog > 0 else avg
-    left = want_bytes
-    for prio in sorted(Priority):
-        if left <= 0 or prio > max_priority:
-            break
-        pname = prio.name.lower()
-        n = 0
-        if backlog > 0:
-            rows_wanted = max(1, -(-left // avg))
-            n = max(
-                0,
-                conn.execute(
-                    "DELETE FROM events WHERE seq IN"
-                    " (SELECT seq FROM events WHERE priority = ? AND seq > ? ORDER BY seq LIMIT ?)",
-                    (int(prio), protect_upto, rows_wanted),
-                ).rowcount,
-            )
-            if rows_wanted - n > 0 and protect_upto > 0:
-                sent = conn.execute(
-                    "DELETE FROM events WHERE seq IN"
-                    " (SELECT seq FROM events WHERE priority = ? AND seq <= ? ORDER BY seq LIMIT ?) RETURNING seq",
-                    (int(prio), protect_upto, rows_wanted - n),
-                ).fetchall()
-                out.sent += [(int(r[0]), pname) for r in sent]
-                n += len(sent)
-            left -= n * avg
-        for i, (p, size) in enumerate(incoming):
-            if left <= 0:
-                break
-            if p == prio:
-                out.incoming.add(i)
-                n += 1
-                left -= size
-        if n <= 0:
-            continue
-        out.total += n
-        out.by_prio[pname] = n
-        conn.execute(_BUMP_SQL, (f"evicted_priority.{pname}", n, n))
-    if out.total:
-        conn.execute(_BUMP_SQL, (f"evicted.{reason}", out.total, out.total))
-        top = max(Priority[k.upper()] for k in out.by_prio)
-        if top > Priority.FIX:
-            out.lower_left = int(
-                conn.execute("SELECT count(*) FROM events WHERE priority < ?", (int(top),)).fetchone()[0]
-            )
-    return out
 
 
 class Outbox:
@@ -428,7 +226,7 @@ class Outbox:
         """
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        await asyncio.to_thread(_make_room_to_open, path)
+        await asyncio.to_thread(make_room_to_open, path)
         last = ""
         for exclusive in (False, True):
             try:
@@ -480,7 +278,7 @@ class Outbox:
         row = next(iter(await db.execute_fetchall("PRAGMA page_size")), None)
         self._page_size = int(row[0]) if row else 4096
         await self._run(self._size_for_filesystem)
-        await db.executescript(_SCHEMA)
+        await db.executescript(SCHEMA)
         meta: dict[str, Any] = {str(r[0]): r[1] for r in await db.execute_fetchall("SELECT key, value FROM meta")}
         owner = meta.get("gateway_id")
         if owner is None:
@@ -562,8 +360,8 @@ class Outbox:
         )
         # WAL: the checkpoint threshold plus one large transaction (a 500-event batch with its
         # eviction is ~60 pages); the reserve covers a checkpoint of all of it and the -shm file.
-        self._wal_allow = max(file_size(self._wal_path), (2 * self._wal_pages + 64) * (page + _FRAME_OVERHEAD))
-        self._reserve_target = self._wal_allow + _SHM_BYTES
+        self._wal_allow = max(file_size(self._wal_path), (2 * self._wal_pages + 64) * (page + FRAME_OVERHEAD))
+        self._reserve_target = self._wal_allow + SHM_BYTES
         conn.execute(f"PRAGMA journal_size_limit={self._wal_allow}")
         self._set_autocheckpoint(conn, self._wal_pages)
 
@@ -595,7 +393,7 @@ class Outbox:
         elif avail < self._keep_free // 2:
             self._frozen = True  # someone else filled the disk: hold our ground, do not grow
         if not self._frozen and reserve_missing and avail - reserve_missing >= self._keep_free:
-            res = _allocate(self.reserve_path, self._reserve_target)
+            res = allocate(self.reserve_path, self._reserve_target)
             avail -= res - (self._reserve_target - reserve_missing)
             reserve_missing = max(0, self._reserve_target - res)
         self._reserve_bytes = res
@@ -653,7 +451,7 @@ class Outbox:
                 _, avail = fs_space(self.path.parent)
             except OSError:
                 return
-            _allocate(self.reserve_path, min(self._reserve_target, avail))
+            allocate(self.reserve_path, min(self._reserve_target, avail))
 
     @property
     def disk_state(self) -> str:
@@ -707,7 +505,7 @@ class Outbox:
             if not isinstance(ev, WIRE_EVENT_TYPES):
                 raise TypeError(f"outbox.append: {type(ev).__name__} is not a wire event type")
             body = ev.__pydantic_serializer__.to_json(ev)
-            incoming += len(body) + 64 + _ROW_OVERHEAD
+            incoming += len(body) + 64 + ROW_OVERHEAD
             rows_in.append((ev.event_id, str(getattr(ev, "type", "")), int(priority_of(ev)), ev.ts, body))
         lowest_incoming = min(r[2] for r in rows_in)
         async with self._lock:
@@ -769,7 +567,7 @@ class Outbox:
         rows_in: list[tuple[str, str, int, float, bytes]],
         incoming: int,
         extra: int,
-    ) -> tuple[_Evicted, str, int, float | None]:
+    ) -> tuple[Evicted, str, int, float | None]:
         """(DB thread) Evict if needed, insert the batch and advance last_seq; all or nothing."""
         conn = self._db._conn
         self._check_space()
@@ -779,12 +577,12 @@ class Outbox:
         reason = "disk_full" if extra and self._frozen else self._cap_reason()
         conn.execute("BEGIN IMMEDIATE")
         try:
-            evicted = _Evicted()
+            evicted = Evicted()
             over = self._used_bytes + incoming - cap
             if over > 0 or extra:
                 # Evict a little more than needed so that eviction is not paid on every append.
-                sizes = [(prio, len(body) + 64 + _ROW_OVERHEAD) for _, _, prio, _, body in rows_in]
-                evicted = _evict_rows(
+                sizes = [(prio, len(body) + 64 + ROW_OVERHEAD) for _, _, prio, _, body in rows_in]
+                evicted = evict_rows(
                     conn,
                     max(0, over) + cap // 50 + extra,
                     reason,
@@ -805,9 +603,9 @@ class Outbox:
             conn.execute("UPDATE meta SET value = ? WHERE key = 'last_seq'", (last,))
             conn.execute("COMMIT")
         except BaseException:
-            _rollback(conn)
+            rollback(conn)
             raise
-        return (evicted, reason, *_refresh_sync(conn))
+        return (evicted, reason, *refresh_sync(conn))
 
     # -- eviction -------------------------------------------------------------------------
 
@@ -841,20 +639,20 @@ class Outbox:
             left -= step
         return total
 
-    def _tx_evict(self, want_bytes: int, reason: str, max_priority: int) -> tuple[_Evicted, int, float | None]:
+    def _tx_evict(self, want_bytes: int, reason: str, max_priority: int) -> tuple[Evicted, int, float | None]:
         conn = self._db._conn
         conn.execute("BEGIN IMMEDIATE")
         try:
-            ev = _evict_rows(
+            ev = evict_rows(
                 conn, want_bytes, reason, self._used_bytes, self._backlog, self._handed_out, max_priority=max_priority
             )
             conn.execute("COMMIT")
         except BaseException:
-            _rollback(conn)
+            rollback(conn)
             raise
-        return (ev, *_refresh_sync(conn))
+        return (ev, *refresh_sync(conn))
 
-    def _apply_eviction(self, reason: str, ev: _Evicted) -> None:
+    def _apply_eviction(self, reason: str, ev: Evicted) -> None:
         """Mirror a committed eviction in the in-memory counters."""
         if not ev.total:
             return
@@ -898,7 +696,7 @@ class Outbox:
 
     def _read_pending(self, after_seq: int, limit: int) -> list[Any]:
         """(DB thread) Read rows for the uplink and mark them as read in the same hop: an eviction
-        queued behind this read must already know them (see `_evict_rows`)."""
+        queued behind this read must already know them (see `evict_rows`)."""
         rows = self._db._conn.execute(
             "SELECT seq, event_id, type, priority, ts, payload FROM events WHERE seq > ? ORDER BY seq LIMIT ?",
             (after_seq, limit),
@@ -942,7 +740,7 @@ class Outbox:
                 key = self._evicted_sent[q]
                 reclass[key] = reclass.get(key, 0) + 1
             try:
-                n, used, oldest = await self._delete_with_relief(_ranges(chunk), None, reclass)
+                n, used, oldest = await self._delete_with_relief(seq_ranges(chunk), None, reclass)
             except sqlite3.OperationalError as e:
                 if not is_disk_full(e):
                     raise
@@ -971,7 +769,7 @@ class Outbox:
         """Move rows the broker will never accept to ``dead_letter`` (kept, counted, not sent)."""
         if not seqs:
             return 0
-        ranges = _ranges(seqs)
+        ranges = seq_ranges(seqs)
         async with self._lock:
             self._check_open()
             n, used, oldest = await self._delete_with_relief(ranges, (reason_code, reason, time.time()), {})
@@ -1017,13 +815,13 @@ class Outbox:
             cur = conn.executemany("DELETE FROM events WHERE seq BETWEEN ? AND ?", ranges)
             n = max(0, cur.rowcount)
             for (pname, reason), k in reclass.items():
-                conn.execute(_BUMP_SQL, (f"evicted_priority.{pname}", -k, -k))
-                conn.execute(_BUMP_SQL, (f"evicted.{reason}", -k, -k))
+                conn.execute(BUMP_SQL, (f"evicted_priority.{pname}", -k, -k))
+                conn.execute(BUMP_SQL, (f"evicted.{reason}", -k, -k))
             conn.execute("COMMIT")
         except BaseException:
-            _rollback(conn)
+            rollback(conn)
             raise
-        return (n, *_refresh_sync(conn))
+        return (n, *refresh_sync(conn))
 
     async def dead_letters(self, limit: int = 100) -> list[tuple[StoredEvent, int | None, str]]:
         rows = await self._db.execute_fetchall(
@@ -1093,7 +891,7 @@ class Outbox:
         return self.disk_state
 
     async def _refresh(self) -> None:
-        row = next(iter(await self._db.execute_fetchall(_REFRESH_SQL)), None)
+        row = next(iter(await self._db.execute_fetchall(REFRESH_SQL)), None)
         assert row is not None
         self._oldest_ts = None if row[0] is None else float(row[0])
         self._used_bytes = int(row[1])
@@ -1102,34 +900,3 @@ class Outbox:
     def _check_open(self) -> None:
         if self._closed:
             raise OutboxError(f"{self.path}: outbox is closed")
-
-
-def _make_room_to_open(path: Path) -> None:
-    """Before SQLite opens the file on a (nearly) full filesystem, hand the reserve file's room
-    to it: the -shm index (32 KiB) is freed from the reserve and the rest becomes the WAL file.
-
-    A clean close deletes the WAL; its room went into the reserve (`_restore_reserve_at_close`).
-    Renaming the (zero-filled, allocated) reserve to the -wal name gives it back to the WAL in one
-    step that no other writer can race: SQLite reads an all-zero header as an empty WAL and writes
-    its frames from the start of the file, over blocks that are already allocated. A WAL left by a
-    crash (valid frames) is never touched; then the reserve is only released.
-    """
-    reserve = path.with_name(path.name + ".reserve")
-    wal = path.with_name(path.name + "-wal")
-    try:
-        _, avail = fs_space(path.parent)
-    except OSError:
-        return
-    size = file_size(reserve)
-    if avail >= _SHM_BYTES + 256 * 1024 or size == 0:
-        return
-    try:
-        if path.exists() and not wal.exists() and size > _SHM_BYTES:
-            os.truncate(reserve, size - _SHM_BYTES)
-            os.rename(reserve, wal)
-            log.warning("outbox.reserve_released", to="wal", bytes=size, fs_free_bytes=avail, at="open")
-        else:
-            reserve.unlink()
-            log.warning("outbox.reserve_released", to="filesystem", bytes=size, fs_free_bytes=avail, at="open")
-    except OSError as e:
-        log.warning("outbox.reserve_release_failed", reason=str(e))

@@ -8,7 +8,7 @@ from collections import deque
 
 from gateway.models import Priority, UplinkBatch
 from gateway.uplink.batcher import Batcher, max_payload
-from gateway.uplink.outbox import StoredEvent
+from gateway.uplink.outbox_sql import StoredEvent
 
 
 def rows(first: int, n: int, size: int = 100) -> deque[StoredEvent]:

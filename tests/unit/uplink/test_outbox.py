@@ -18,7 +18,8 @@ from gateway.models import (
     UplinkEvent,
     ZoneEntered,
 )
-from gateway.uplink.outbox import Outbox, OutboxError, envelope_bytes
+from gateway.uplink.outbox import Outbox, OutboxError
+from gateway.uplink.outbox_sql import envelope_bytes
 
 GW = "gw-test"
 

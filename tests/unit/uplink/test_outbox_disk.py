@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from gateway.models import ActivationReport, EventBase, PositionFix, ZoneEntered
-from gateway.uplink.outbox import Outbox, OutboxFullError, plan_space
+from gateway.uplink.outbox import Outbox, OutboxFullError
+from gateway.uplink.outbox_space import plan_space
 from tests.smallfs import MIB, fill, free_bytes, small_filesystem
 
 GW = "gw-disk"
