@@ -13,9 +13,9 @@ Model, per subject:
   really crossed, not from when we became sure. In-store zones that were candidates for less
   than the debounce *on the way* into or out of the store (the entrance, walked through in a
   second or two) get their time and their zone events when the next transition is confirmed
-  (``_transit``); between two in-store zones such a pass is not a zone visit (its time stays
-  with the zone before it), and a candidate followed by a return to the confirmed zone was noise
-  and gets nothing.
+  (``_transit``); between two in-store zones such a pass is not a zone visit (its time goes to
+  the zone walked to), and a candidate followed by a return to the confirmed zone was noise and
+  gets nothing.
 * **Visit** = a span of presence in the store's in-store zones (every zone whose kind is not
   ``outside``). It starts at the first in-store zone entry and ends at the last in-store zone exit
   once the subject has been out of the store (or silent) for ``visit_timeout_s``.
@@ -466,7 +466,9 @@ class PresenceEngine:
         passer-by's stray through a window between two street fixes is not one, and an aisle
         crossed in a second between two aisles is not a zone visit (the presence bench's zone
         visit counts went 3.2 % -> 8.7 % off when it was: a stay is what a zone visit means, and
-        ``zone.entered`` campaigns fired for a second's pass).
+        ``zone.entered`` campaigns fired for a second's pass). Such a pass belongs to the zone
+        walked to: the previous zone was left when the pass began (the transition is backdated
+        there), else the entrance kept the seconds of every aisle crossed on the way in (+7.5 %).
         """
         steps, tr.transit = tr.transit, []
         if steps and ((tr.zone in self._in_store) != (tr.cand in self._in_store)):
@@ -474,6 +476,8 @@ class PresenceEngine:
             for zone, t in steps:
                 self._transition(dev, tr, zone, t, out)
             tr.cand, tr.cand_since = cand, since
+        elif steps and tr.zone in self._in_store and tr.cand in self._in_store:
+            tr.cand_since = min(tr.cand_since, steps[0][1])
 
     def _transition(self, dev: str, tr: _Track, new: str | None, t: float, out: list[EventBase]) -> None:
         old = tr.zone

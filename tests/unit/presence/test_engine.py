@@ -142,13 +142,14 @@ def test_zone_passed_within_the_debounce_keeps_its_time() -> None:
 def test_zone_crossed_between_two_aisles_is_not_a_zone_visit() -> None:
     # 2 s in grocery on the way from produce to electronics: a pass, not a stay (what a zone visit
     # means; the presence bench counts stays >= the debounce): no grocery visit, no zone.entered
-    # for it (a campaign would fire for a second's pass); its time stays with produce
+    # for it (a campaign would fire for a second's pass); produce was left when grocery began, so
+    # the pass is electronics' (the zone walked to)
     eng = engine(enter_debounce_s=3.0)
     fixes = walk("s1", [("produce", 30), ("grocery", 2), ("electronics", 30)])
     ev = run(eng, fixes, T0 + 150)
     end = of(ev, VisitEnded)[0]
     assert isinstance(end, VisitEnded)
-    assert end.dwell_by_zone == {"produce": 32.0, "electronics": 29.0}
+    assert end.dwell_by_zone == {"produce": 30.0, "electronics": 31.0}
     assert [e.zone for e in of(ev, ZoneEntered)] == ["produce", "electronics"]  # type: ignore[attr-defined]
 
 
