@@ -20,9 +20,12 @@ Bars (issue 22): beside the sibling p99 <= 25 ms and <= 1.2 x raw; inside the qu
 and <= 1.2 x raw. ``content.ticks`` says where the pipeline thread's CPU goes: the simulated store
 replays its event time several times faster than live (so a fix tick every few batches, where a
 live store at this rate ticks once a second), and what one localizer tick costs, fixed and per
-fix. The full run also measures each condition with the pipeline on the event loop (as before
-issue 22) for the A/B. ``python -m bench.bench_content [--quick] [--condition free|sibling|quota
-[--inline]]``.
+fix. The fixes per wall second are the same either way (an observation rate over the adverts each
+device sends): the replay pays the tick's fixed part once per tick, where a live store at 25k
+obs/s would pay it once a second over ~2,000 devices - less CPU, but one long tick (the line
+prints its estimate; ``localization.tick_chunk_devices`` hands such a tick on in parts). The full
+run also measures each condition with the pipeline on the event loop (as before issue 22) for the
+A/B. ``python -m bench.bench_content [--quick] [--condition free|sibling|quota [--inline]]``.
 """
 
 from __future__ import annotations
@@ -39,7 +42,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -305,18 +308,30 @@ async def through_daemon(
 
         content.engine.evaluate = tagging  # type: ignore[method-assign]
         pipe_process = daemon.pipeline.process
+        handing = daemon.pipeline.on_partial
+        current: list[float | None] = [None]  # when the batch being processed was handed over
 
-        def attributing(batch: list[Observation]) -> list[EventBase]:  # on the pipeline thread
-            events = pipe_process(batch)
-            t = src.handed.get(id(batch))
+        def note(events: list[EventBase]) -> None:
+            t = current[0]
             if t is not None:
                 done = time.monotonic()
                 for e in events:
                     event_batch[e.event_id] = t
                     event_done[e.event_id] = done
+
+        def attributing(batch: list[Observation]) -> list[EventBase]:  # on the pipeline thread
+            current[0] = src.handed.get(id(batch))
+            events = pipe_process(batch)
+            note(events)
             return events
 
+        def partial(events: list[EventBase]) -> None:  # a long tick's parts (tick_chunk_devices)
+            note(events)
+            if handing is not None:
+                handing(events)
+
         daemon.pipeline.process = attributing  # type: ignore[method-assign]
+        daemon.pipeline.on_partial = partial
         process = daemon._process
 
         def timed(batches: list[list[Observation]]) -> list[EventBase]:
@@ -336,6 +351,24 @@ async def through_daemon(
             return out
 
         localizer.fixes = tick_timed  # type: ignore[method-assign,assignment]
+        parts_fn = getattr(localizer, "fixes_chunks", None)
+
+        def parts_timed(t: float, chunk: int = 0) -> Iterator[list[Fix]]:  # the same, for a tick in parts
+            assert parts_fn is not None
+            n, cpu = 0, 0.0
+            it = parts_fn(t, chunk)
+            while True:  # the CPU of computing each part, not of what the pipeline does with it
+                c0 = time.thread_time()
+                part = next(it, None)
+                cpu += time.thread_time() - c0
+                if part is None:
+                    break
+                n += len(part)
+                yield part
+            ticks.append((n, cpu))
+
+        if parts_fn is not None:
+            localizer.fixes_chunks = parts_timed  # type: ignore[attr-defined]
         cpu0, broker0, recv0 = thread_cpu(), proc_cpu(broker_pid), proc_cpu(recv.proc.pid or 0)
         src.go.set()
         await asyncio.wait_for(src.done.wait(), 600)
@@ -424,11 +457,14 @@ def report(kind: str, r: dict[str, Any]) -> dict[str, float]:
         fixed, per_fix = np.linalg.lstsq(np.c_[np.ones(len(ticks)), n_fix], cpu_ms, rcond=None)[0]
         speed = r["event_span_s"] / r["wall_s"]
         share = cpu_ms.sum() / 1000 / max(1e-9, r["worker_cpu_s"])
+        rate = n_fix.sum() / r["wall_s"]
         print(
             f"content.ticks[{kind}]: {len(ticks)} fix ticks in {r['wall_s']:.1f} s ({speed:.0f} s of event time per "
             f"wall second; live, a store ticks once a second), {np.median(n_fix):.0f} fixes each (median); "
             f"localizer tick CPU {share * 100:.0f} % of the pipeline thread's, median {np.median(cpu_ms):.2f} ms "
-            f"= {fixed:.2f} ms + {per_fix * 1000:.0f} us per fix (fit)"
+            f"= {fixed:.2f} ms + {per_fix * 1000:.0f} us per fix (fit); {rate:,.0f} fixes per wall second, which "
+            f"live is one tick a second over ~{rate:,.0f} devices: ~{fixed + per_fix * rate:.0f} ms of CPU by this "
+            f"fit (the replay pays the fixed part {speed:.0f} times a second, a live store once)"
         )
     shares = sorted(r["threads"].items(), key=lambda kv: -kv[1])
     print(

@@ -319,13 +319,32 @@ def _v_measure(pairs: list[tuple[object, str]]) -> tuple[float, float, int]:
     return v, sum(c.most_common(1)[0][1] for c in by.values()) / n, len(group)
 
 
-def _capture(probes: Labelled) -> tuple[list[str], Marks]:
-    """``gateway decode pcap``'s grouping: a group per frame, and every burst's mark (the count)."""
+def _capture(probes: Labelled) -> tuple[list[str], Marks, ChainGrouper]:
+    """``gateway decode pcap``'s grouping: a group per frame, every burst's mark (the count), and
+    the grouper (its links)."""
     g = ChainGrouper()
     for _d, p in probes:
         g.add(p.mac, p.randomized, p.fingerprint, p.seq, p.ts, p.rssi, p.ssid)
     groups = g.solve()
-    return [groups[p.mac] for _d, p in probes], g.marks(groups)
+    return [groups[p.mac] for _d, p in probes], g.marks(groups), g
+
+
+def _calibration(probes: Labelled, g: ChainGrouper) -> str:
+    """How often the links the whole-capture grouping made join two devices, by how sure the
+    tracker was of each (its posterior against every other track and a new device): a
+    calibrated tracker is wrong in about 1 - p of the links it was p sure of."""
+    device = {p.mac: d for d, p in probes}
+    bins: dict[str, list[float]] = {"p>=0.9": [0.0, 0.0, 0.0], "0.5<=p<0.9": [0.0, 0.0, 0.0]}
+    for head, (tail, p) in g.link_p.items():
+        b = bins["p>=0.9" if p >= 0.9 else "0.5<=p<0.9"]
+        b[0] += 1.0
+        b[1] += device[head] != device[tail]
+        b[2] += 1.0 - p
+    return "; ".join(
+        f"{k}: {int(n)} links, {wrong / n:.0%} join two devices (the tracker expected {exp / n:.0%})"
+        for k, (n, wrong, exp) in bins.items()
+        if n
+    )
 
 
 def _stream(
@@ -472,7 +491,7 @@ def bench_real(quick: bool) -> dict[str, bool]:
         [(a, b) for a, b in span.values()], min(a for a, _b in span.values()), max(b for _a, b in span.values())
     )
     met = {}
-    cap, cap_marks = _capture(probes)
+    cap, cap_marks, _g = _capture(probes)
     st, st_marks, _delays = _stream(probes, DAEMON_HOLD_S)
     for name, groups, marks in (("capture", cap, cap_marks), ("stream", st, st_marks)):
         v, purity, k = _v_measure([(d, g) for (d, _p), g in zip(probes, groups, strict=True)])
@@ -557,8 +576,9 @@ def bench_crowds(seeds: list[int], warm: bool = True) -> dict[str, bool]:
                 f"{ref_fp[0]:+.1%} (abs {ref_fp[1]:.1%}), distinct {per_fp[2] / heard - 1:+.0%}"
             )
             t = time.process_time()
-            cap, cap_marks = _capture(probes)
+            cap, cap_marks, cap_g = _capture(probes)
             t_cap = time.process_time() - t
+            print(f"wifi.crowd_capture_links: N={n} seed {seed}: {_calibration(probes, cap_g)}")
             t = time.process_time()
             st, st_marks, delays = _stream(probes, DAEMON_HOLD_S)
             t_st = time.process_time() - t

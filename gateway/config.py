@@ -368,6 +368,13 @@ class LocalizationSettings(Section):
     zone_confirm_fixes: int = Field(
         default=3, ge=1, le=100, description="Or after this many consecutive fixes in the new zone"
     )
+    tick_chunk_devices: int = Field(
+        default=256,
+        ge=0,
+        description="Compute a fix tick in parts of this many devices and hand each part's events on at once"
+        " (0: one part). Fixes equal to one part's up to float rounding (part sizes change the estimator's"
+        " numerics in the last bits)",
+    )
 
 
 class PresenceSettings(Section):

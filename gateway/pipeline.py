@@ -10,6 +10,11 @@ Event time is the observations' own ``ts``: fixes are computed on a fixed cadenc
 (``localization.fix_interval_s``) as observation time crosses each tick, so a replay at any speed
 produces the same events as the live run did. ``advance(now)`` moves time forward when no
 observation arrives (live sources), so visits still time out.
+
+A tick over many devices (a live store at 25k obs/s ticks once a second over ~2,000) is computed in
+parts of ``localization.tick_chunk_devices``: each part's fixes go to presence at once and the
+events so far to ``on_partial`` (the daemon hands them to the loop), so an activation waits for
+its part of the tick, not for all of it.
 """
 
 from __future__ import annotations
@@ -73,6 +78,7 @@ class Pipeline:
         localizer: Localizer | None = None,
         presence: PresenceEngine | None = None,
         on_fixes: Callable[[list[Fix]], None] | None = None,
+        on_partial: Callable[[list[EventBase]], None] | None = None,
     ) -> None:
         self.settings = settings
         self.layout = layout
@@ -102,6 +108,11 @@ class Pipeline:
         self.now = -math.inf
         self.stats = PipelineStats()
         self._on_fixes = on_fixes
+        # a long fix tick (localization.tick_chunk_devices) hands the events of each finished part
+        # of it, and everything the call produced before, to ``on_partial`` at once
+        self.on_partial = on_partial
+        self._chunk = settings.localization.tick_chunk_devices
+        self._out: list[EventBase] = []  # the current call's events not handed on yet
         # event time each layout sensor was last heard (status page: a silent sensor is a fault)
         self.sensor_last_heard: dict[str, float] = {}
         # Wi-Fi devices present per minute / aggregate interval (docs/wifi.md, "Counting")
@@ -155,14 +166,16 @@ class Pipeline:
         start = 0
         add = self.localizer.add
         next_tick = self._next_tick
+        self._out = events
         for j, o in enumerate(resolved):
             if o.ts >= next_tick:
                 add(resolved[start:j])
                 start = j
-                events += self._ticks_until(o.ts)
+                self._out += self._ticks_until(o.ts)
                 next_tick = self._next_tick
         add(resolved[start:])
         self.now = max(self.now, resolved[-1].ts)
+        events, self._out = self._out, []
         return events
 
     def advance(self, now: float) -> list[EventBase]:
@@ -170,6 +183,7 @@ class Pipeline:
         if self._next_tick is None or now < self._next_tick:
             return []
         self.now = max(self.now, now)
+        self._out = []
         return self._ticks_until(now)
 
     def close(self) -> list[EventBase]:
@@ -189,15 +203,12 @@ class Pipeline:
             ts = self._next_tick + MAX_TICK_GAP_S
         while self._next_tick <= ts:
             t = self._next_tick
-            fixes = self.localizer.fixes(t)
+            fixes = self._tick_fixes(t, events)
             self.stats.fixes += len(fixes)
             if fixes:
                 self.stats.last_fixes = fixes
                 if self._on_fixes is not None:
                     self._on_fixes(fixes)
-                if self.settings.presence.publish_fixes:
-                    events += [self._fix_event(f) for f in fixes]
-            events += self.presence.update(fixes, t)
             events += self.presence.tick(t)
             if self.wifi_count is not None:
                 self.wifi_count.located(fixes)
@@ -206,6 +217,31 @@ class Pipeline:
         if gap_end is not None:
             self._next_tick = math.floor(gap_end / self._interval) * self._interval + self._interval
         return self._count(events)
+
+    def _tick_fixes(self, t: float, events: list[EventBase]) -> list[Fix]:
+        """One tick's fixes, fed to presence (their events appended to ``events``). A localizer that
+        computes a tick in parts does so when ``tick_chunk_devices`` asks for it: each part's events
+        go to ``on_partial`` at once, with everything this call produced before them."""
+        parts = getattr(self.localizer, "fixes_chunks", None)
+        if self._chunk <= 0 or self.on_partial is None or parts is None:
+            fixes = self.localizer.fixes(t)
+            self._part(fixes, t, events)
+            return fixes
+        fixes = []
+        for part in parts(t, self._chunk):
+            fixes += part
+            self._part(part, t, events)
+            if events or self._out:
+                out = self._out + self._count(events)  # self._out: counted when it was returned
+                self._out.clear()
+                events.clear()
+                self.on_partial(out)
+        return fixes
+
+    def _part(self, fixes: list[Fix], t: float, events: list[EventBase]) -> None:
+        if fixes and self.settings.presence.publish_fixes:
+            events += [self._fix_event(f) for f in fixes]
+        events += self.presence.update(fixes, t)
 
     def _fix_event(self, f: Fix) -> PositionFix:
         return PositionFix(

@@ -131,6 +131,7 @@ class WifiGrouper:
         self._learned: dict[str, _Learned] = {}
         self._fp_frames: dict[str, float] = {}
         self._fam_frames: dict[str, float] = {}
+        self._fp_shares_view = _FpShares(self._fp_frames, self._fam_frames)
         self._ssid_n: dict[int, int] = {}
         self._directed = 0
         self._held: list[tuple[float, int, _Unit]] = []  # (due, n, unit) heap of undecided bursts
@@ -484,6 +485,7 @@ class WifiGrouper:
         if le is not None and le.links >= 5.0:
             tr.seq_continue[fam] = min(0.95, max(0.05, le.seq_cont / le.links))
         tr.ssid_share = self._ssid_shares_view
+        tr.fp_shares = self._fp_shares_view
         track, p_new = tr.assign(u.agg, self._fp_share(u.agg.fingerprint), "")
         u.p_start = p_new
         pm = self.presence
@@ -599,3 +601,16 @@ class _Shares(dict[int, float]):
     def get(self, key: int, default: float | None = None) -> float:  # type: ignore[override]
         n = self._counts.get(key)
         return (default if default is not None else 1.0) if n is None else n / self._total
+
+
+class _FpShares(dict[str, float]):
+    """A fingerprint's share of its family's frames, computed on lookup (the counts change every frame)."""
+
+    def __init__(self, fp_frames: dict[str, float], fam_frames: dict[str, float]) -> None:
+        super().__init__()
+        self._fp = fp_frames
+        self._fam = fam_frames
+
+    def get(self, key: str, default: float | None = None) -> float:  # type: ignore[override]
+        fam = self._fam.get(key[:8], 0.0)
+        return self._fp.get(key, 0.0) / fam if fam else (default if default is not None else 0.0)

@@ -9,7 +9,8 @@ against "``b`` is an unrelated device of the same family" (:func:`link_scores`, 
 * **family** (gate): the first half of the fingerprint (rates, HT, VHT capabilities) must match;
   the whole fingerprint matching is evidence (``same_fp``: a phone's next MAC usually sends the same
   elements; an Android 13 phone alternates its wildcard and directed element sets), weighed against
-  how common ``b``'s fingerprint is in the family;
+  how common ``b``'s fingerprint is in the family; another set is never evidence for the link
+  (:func:`other_set`);
 * **timing**: iPhones on iOS 16 draw a new MAC for every channel of a scan burst - the next MAC
   starts tens of ms after the last (``burst_gap_s``); otherwise the next MAC comes with the next
   burst, whose interval follows the population's schedule: scans repeated after 1.5-8 s
@@ -216,9 +217,11 @@ def _evidence(
     a_level: tuple[float, float] | None,
     blind: bool,
     same_fp: bool | None = None,
+    a_share: float | None = None,
 ) -> tuple[float, float]:
     """(:func:`evidence_score`, its gap-blind variant or 0.0 unless ``blind``). ``same_fp``: whether
-    ``b``'s element set is one ``a``'s device has used (default: ``a``'s own).
+    ``b``'s element set is one ``a``'s device has used (default: ``a``'s own); ``a_share``: the
+    share of ``a``'s element set in the family (see :func:`other_set`; None: ``b``'s rarity alone).
 
     The gap-blind score judges every link as if its silence were ``BLIND_GAP_S``: the RSSI step
     against a fixed walk, a plausible sequence continuation worth the same at any silence. A link
@@ -287,8 +290,23 @@ def _evidence(
     share = fp_share if fp_share > p.min_fp_share else p.min_fp_share
     if same_fp is None:
         same_fp = a.fingerprint == b.fingerprint
-    rest += math.log((p.same_fp if same_fp else 1.0 - p.same_fp) / share)
+    if same_fp:
+        rest += math.log(p.same_fp / share)
+    elif a_share is not None:
+        rest += other_set(p.same_fp, a_share)
+    else:
+        rest += math.log((1.0 - p.same_fp) / share)
     return score + rest, (blind_score + rest if blind else 0.0)
+
+
+def other_set(keep: float, a_share: float) -> float:
+    """log LR of a burst sending other elements than its candidate device's (whose set is
+    ``a_share`` of its family's frames): a device keeps its set with chance ``keep``, and when it
+    changes, the set it changes to is unknown - drawn like the family's other sets, so it is as
+    likely from the device as from an unrelated one of the family (share ``b`` / (1 - ``a_share``)
+    against share ``b``). Never evidence for the link: a rare set is not a sign of the same
+    device (the old ``(1 - keep) / share b`` made a change to a rare set up to 3x likelier)."""
+    return math.log((1.0 - keep) / max(1.0 - a_share, 1.0 - keep))
 
 
 def ssid_score(known: set[int] | None, new: set[int] | None, share: dict[int, float], p: LinkParams) -> float:
@@ -422,6 +440,7 @@ class Tracker:
         self.arrivals = arrivals or {}  # family -> new devices per second
         self.default_arrivals = default_arrivals
         self.seq_continue = seq_continue or {}  # family -> chance of continuing the sequence
+        self.fp_shares: dict[str, float] = {}  # element set -> its share of its family's frames
         self.in_burst = in_burst or {}  # family -> share of its links within a burst
         self.ssid_share = ssid_share if ssid_share is not None else {}  # network -> share of directed scans
         self._tables: dict[float, TimingTable] = {}
@@ -434,6 +453,7 @@ class Tracker:
         self.on_drop: Callable[[Track], None] | None = None  # a track leaves the candidates (silent too long)
         self.last_confidence = 0.0
         self.last_gap = 0.0
+        self.last_p = 0.0  # how likely the likeliest track was at the latest assign (linked or not)
 
     def new_weight(self, family: str) -> float:
         """log weight of "a new device" against the link ratios (normalised to uniform over
@@ -514,6 +534,7 @@ class Tracker:
         p = self.p
         q = self.seq_continue.get(family)
         table = self._table(family)
+        t_rows, t_lo, t_inv, t_n = table.table, table.lo, table.inv_step, table.N
         # what every candidate is judged against: b's side of _evidence, once (the loop is hot;
         # test_wifi_links keeps it equal to _evidence)
         fp = b.fingerprint
@@ -533,7 +554,9 @@ class Tracker:
         log_cont_blind = math.log(qq * SEQ_MOD / (p.seq_window + p.seq_rate * BLIND_GAP_S) + (1.0 - qq))
         share = fp_share if fp_share > p.min_fp_share else p.min_fp_share
         fp_same = math.log(p.same_fp / share)
-        fp_other = math.log((1.0 - p.same_fp) / share)
+        fp_shares = self.fp_shares
+        keep = p.same_fp
+        other_lr: dict[str, float] = {}  # the tail's element set -> log LR of b's other set (see other_set)
         b_seq = b.first_seq
         ssids = b.ssids
         burst_gap = p.burst_gap_s
@@ -548,7 +571,9 @@ class Tracker:
             in_burst = gap <= burst_gap
             if (a.silences and a.rate_span > 0.0) or rb > 0.0:
                 # a MAC heard over several bursts (own sequence rates): the general scoring
-                v, vb = _evidence(a, b, gap, p, fp_share, q, t.level_for(fp), blind, t.has_fp(fp))
+                v, vb = _evidence(
+                    a, b, gap, p, fp_share, q, t.level_for(fp), blind, t.has_fp(fp), fp_shares.get(a.fingerprint, 0.0)
+                )
                 if v == -math.inf:
                     continue
             else:
@@ -587,11 +612,21 @@ class Tracker:
                 else:
                     v += log_restart
                     vb += log_restart
-                f = fp_same if (fp == a.fingerprint or fp == t.level_fp) else fp_other
+                if fp == a.fingerprint or fp == t.level_fp:
+                    f = fp_same
+                else:
+                    o = other_lr.get(a.fingerprint)
+                    if o is None:
+                        o = other_lr[a.fingerprint] = other_set(keep, fp_shares.get(a.fingerprint, 0.0))
+                    f = o
                 v += f
                 vb += f
             lg = log(gap)
-            v += table.table[table.index(lg)] if t.iv_n == 0 else self._timing(t, gap, table, lg)
+            if t.iv_n == 0:  # TimingTable.index, inline (the loop is hot)
+                k = int((lg - t_lo) * t_inv + 0.5)
+                v += t_rows[0 if k < 0 else (k if k < t_n else t_n - 1)]
+            else:
+                v += self._timing(t, gap, table, lg)
             if ssids and t.ssids:
                 ss = ssid_score(t.ssids, ssids, self.ssid_share, p)
                 v += ss
@@ -605,6 +640,7 @@ class Tracker:
             if v > best_v:
                 best, best_v, best_blind = t, v, eb
         p_new = new / total
+        self.last_p = math.exp(min(best_v, 700.0)) / total if best is not None else 0.0
         self.last_confidence = 0.0
         self.last_gap = 0.0
         if best is not None and math.exp(min(best_v, 700.0)) / total >= self.min_p:

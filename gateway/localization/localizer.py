@@ -20,7 +20,7 @@ Causal by construction: observations with ``ts > now`` stay buffered for a later
 from __future__ import annotations
 
 import zlib
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -238,9 +238,19 @@ class MlLocalizer:
         self._release(d)
 
     def fixes(self, now: float) -> list[Fix]:
+        return [f for part in self.fixes_chunks(now) for f in part]
+
+    def fixes_chunks(self, now: float, chunk: int = 0) -> Iterator[list[Fix]]:
+        """:meth:`fixes` in parts of at most ``chunk`` devices each (0: one part), each part yielded as
+        soon as it is computed: the same fixes in the same order, so a caller can act on the first
+        devices' fixes while the others still compute (a tick over a thousand devices takes tens of
+        milliseconds). Devices are independent within a tick; what the tick learns from all of them
+        (sensor floors, noise, packet loss) is learnt before the first part and after the last, as in
+        one part. Consume it to the end: the tick is complete when the last part is handed out.
+        """
         if not self._ts:
             self._expire(now)
-            return []
+            return
         ts = np.asarray(self._ts)
         dev = np.asarray(self._dev, dtype=np.int64)
         sen = np.asarray(self._sen, dtype=np.int64)
@@ -273,11 +283,9 @@ class MlLocalizer:
         if not fresh.all():
             self.stats.drop("stale", int((~fresh).sum()))
             ts, dev, sen, rssi = ts[fresh], dev[fresh], sen[fresh], rssi[fresh]
-        out: list[Fix] = []
         if ts.size:
-            out = self._tick(now, ts, dev, sen, rssi)
+            yield from self._tick(now, ts, dev, sen, rssi, chunk)
         self._expire(now)
-        return out
 
     # -- internals --------------------------------------------------------------------------
 
@@ -550,7 +558,9 @@ class MlLocalizer:
                 self._slot.pop(name, None)
             self._release(d)
 
-    def _tick(self, now: float, ts: np.ndarray, dev: np.ndarray, sen: np.ndarray, rssi: np.ndarray) -> list[Fix]:
+    def _tick(
+        self, now: float, ts: np.ndarray, dev: np.ndarray, sen: np.ndarray, rssi: np.ndarray, chunk: int = 0
+    ) -> Iterator[list[Fix]]:
         ns = self.model.num_sensors
         np.maximum.at(self._last_heard, sen, ts)
         censor = self._active & (self._last_heard >= now - self._s.sensor_silent_s)
@@ -563,6 +573,26 @@ class MlLocalizer:
             self._learn_noise(slots, prob, t_obs, sen, rssi)
         if not self._s.time_align:
             t_obs = np.full(slots.size, now)
+        n = slots.size
+        step = n if chunk <= 0 else chunk
+        parts = [np.arange(lo, min(n, lo + step)) for lo in range(0, n, step)]
+        seen: list[tuple[Problem, F64]] = []  # each part's tracked devices: the packet-loss learner's input
+        for i, part in enumerate(parts):
+            out, old_prob, old_state = self._solve(now, slots[part], prob.take(part), t_obs[part], censor)
+            seen.append((old_prob, old_state))
+            if i == len(parts) - 1:
+                # the tick's end, before its last part is handed out (the schedules count ticks)
+                self._ticks += 1
+                if self._s.learn_radio and any(q.num_devices for q, _ in seen):
+                    probs = Problem.concat([q for q, _ in seen])
+                    self._learn_loss(now, probs, np.concatenate([st for _, st in seen]), censor)
+            yield out
+
+    def _solve(
+        self, now: float, slots: np.ndarray, prob: Problem, t_obs: np.ndarray, censor: np.ndarray
+    ) -> tuple[list[Fix], Problem, F64]:
+        """One part of a tick (see :meth:`fixes_chunks`): its fixes, and its tracked devices' window and
+        state (for :meth:`_learn_loss`, which learns from the whole tick at once)."""
         live = self._live[slots]
         # a track not updated for a long time restarts from scratch
         live &= self.tracker.t[slots] >= now - self._s.reinit_after_s
@@ -598,7 +628,7 @@ class MlLocalizer:
         if old.size:
             sol = sols.pop(0)
             self.tracker.update(sl, t_obs[old], sol.h_lik, sol.b_lik)
-            p_walk[old] = self.tracker.estimate(sl)[2]
+            p_walk[old] = self.tracker.mu[sl, 1]  # estimate()'s walking probability, without the rest
         if new.size:
             sol = sols.pop(0)
             cov = sol.cov()
@@ -633,9 +663,6 @@ class MlLocalizer:
         elif search is not None:
             self._search_finish(search, est.refine_batches([search.batch])[0], st)
         self._was_standing[slots] = standing
-        self._ticks += 1
-        if self._s.learn_radio and old.size:
-            self._learn_loss(now, prob.take(old), state[old], censor)
         xy = self.region.project(xy)
         sigma = np.sqrt(np.maximum(pcov[:, 0, 0] + pcov[:, 1, 1], 0.0))
         zones = self.zones.update(slots, xy)
@@ -643,4 +670,4 @@ class MlLocalizer:
         xs, ys, ss = xy[:, 0].tolist(), xy[:, 1].tolist(), sigma.tolist()
         out = [Fix(now, names[d] or "", xs[i], ys[i], ss[i], zones[i]) for i, d in enumerate(slots.tolist())]
         self.stats.fixes += len(out)
-        return out
+        return out, prob.take(old), state[old]

@@ -242,6 +242,7 @@ class Daemon:
             identity=self.presence.resolver,
             presence=self.presence.engine,
             on_fixes=self._on_fixes,
+            on_partial=self._partial,
         )
         self.queue: asyncio.Queue[Queued] = asyncio.Queue(maxsize=QUEUE_BATCHES)
         # the one thread that touches pipeline state once the daemon runs (inline before / after)
@@ -321,6 +322,10 @@ class Daemon:
                 events = []
         self._refresh_view()
         return events
+
+    def _partial(self, events: list[EventBase]) -> None:
+        """A long fix tick's events so far (``localization.tick_chunk_devices``): to the loop now."""
+        self.worker.emit(self._deliver, events)
 
     def _advance(self, now: float) -> list[EventBase]:
         events = self.pipeline.advance(now)

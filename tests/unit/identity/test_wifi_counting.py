@@ -83,11 +83,12 @@ def test_a_held_burst_gets_its_mark_when_it_is_released() -> None:
 
 
 @BOTH
-def test_a_crowd_is_counted_within_its_stated_uncertainty_where_its_groups_fall_short(grouping: str) -> None:
+def test_a_crowd_is_counted_within_its_stated_uncertainty(grouping: str) -> None:
     """60 devices of the measured population in the store for an hour: every quarter hour's count
-    holds 60 within its 90 % interval (the daemon's from its second quarter: it learns as it goes),
-    while the groups heard in the two minutes before a minute - what was counted before - miss
-    devices that were there but not heard, and split others."""
+    holds 60 within its 90 % interval (the daemon's from its second quarter: it learns as it goes).
+    (This scene once also showed the groups heard in the two minutes before a minute missing 15 %
+    or more; since the whole-capture grouping weighs new devices by the count's arrivals, its
+    groups heard read 61 for 60 here - the bench compares both on the crowds, same run.)"""
     crowd = generate_store(60, 3600.0, seed=2, whole_run=True)
     probes = decode(crowd)
     n = len(crowd.heard)
@@ -98,13 +99,6 @@ def test_a_crowd_is_counted_within_its_stated_uncertainty_where_its_groups_fall_
         assert abs(e.devices - n) <= 1.645 * e.sd, (e.devices, e.sd, n)
         assert e.sd < 0.35 * n  # an interval that says something
     assert whole is not None and whole.distinct is not None
-    # the groups a minute hears in the two minutes before it
-    pairs, _g = capture(probes)
-    heard = []
-    for k in range(10, 50):
-        end = probes[0][1].ts + 60.0 * k
-        heard.append(len({g for (_d, p), (_d2, g) in zip(probes, pairs, strict=True) if end - 120.0 < p.ts <= end}))
-    assert abs(statistics.mean(heard) - n) > 0.15 * n
 
 
 def test_a_mac_joined_to_a_burst_still_counts_by_its_chance_of_being_another() -> None:

@@ -159,6 +159,7 @@ def _reference_assign(tr: Tracker, b: Mac, fp_share: float) -> tuple[Track | Non
             t.level_for(b.fingerprint),
             True,
             t.has_fp(b.fingerprint),
+            tr.fp_shares.get(t.tail.fingerprint, 0.0),
         )
         if v == -math.inf:
             continue
@@ -192,6 +193,7 @@ def test_assign_fast_path_scores_as_evidence_does() -> None:
             in_burst={"aaaaaaaa": 0.4},
         )
         tr.blind = True
+        tr.fp_shares = {FP: 0.55, FP2: 0.9}  # the third set unknown: share 0
         ts = 0.0
         linked = 0
         for i in range(400):
