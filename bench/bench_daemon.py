@@ -112,6 +112,18 @@ def rss_mb() -> float:
     return float("nan")
 
 
+def import_floor() -> str:
+    """RSS (VmRSS) of a bare python, python + numpy and python + the daemon's imports (fresh processes)."""
+    probe = "{imp}\nprint([ln.split()[1] for ln in open('/proc/self/status') if ln.startswith('VmRSS:')][0])"
+    cases = (("python", "pass"), ("python+numpy", "import numpy"), ("daemon imports", "import gateway.runtime.daemon"))
+    out = []
+    for label, imp in cases:
+        cmd = [sys.executable, "-c", probe.format(imp=imp)]
+        r = subprocess.run(cmd, capture_output=True, text=True, env=env(), timeout=120, check=False)
+        out.append(f"{label} {float(r.stdout.strip() or 'nan') / 1024:.1f} MB")
+    return ", ".join(out)
+
+
 # -- the simulator's process ---------------------------------------------------------------------------
 
 
@@ -335,6 +347,25 @@ def mallinfo() -> dict[str, int]:
     return {"heap": m.arena, "in_use": m.uordblks, "free": m.fordblks, "mmapped": m.hblkhd}
 
 
+def pymalloc_arenas() -> list[str]:
+    """Python's small-object allocator (its arenas are mmapped, outside mallinfo): the summary lines
+    of ``sys._debugmallocstats`` (written by C to fd 2, caught through a temporary file)."""
+    with tempfile.TemporaryFile() as f:
+        sys.stderr.flush()
+        saved = os.dup(2)
+        try:
+            os.dup2(f.fileno(), 2)
+            sys._debugmallocstats()
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+        f.seek(0)
+        text = f.read().decode(errors="replace")
+    keep = ("# arenas allocated current", "# arenas highwater", "# bytes in allocated blocks", "# bytes in available")
+    lines = [" ".join(ln.split()) for ln in text.splitlines() if ln.startswith(keep)]
+    return ["pymalloc " + "; ".join(lines)]
+
+
 class MemProfile:
     """``BENCH_MEM_PROFILE=DIR``: what the daemon's memory holds, every ``BENCH_MEM_EVERY_H`` simulated hours.
 
@@ -406,6 +437,8 @@ class MemProfile:
         lines = [f"sim_h {(self.src.now - DAY_START) / 3600:.2f} rss_mb {rss_mb():.1f} traced_mb {cur / 2**20:.1f}"]
         lines.append(f"traced peak_mb {peak / 2**20:.1f}")
         lines.append("mallinfo2 " + " ".join(f"{k} {v / 2**20:.1f}" for k, v in mallinfo().items()))
+        lines.append(f"pymalloc blocks in use {sys.getallocatedblocks()}")
+        lines.extend(pymalloc_arenas())
         if self.trim:
             import ctypes
 
@@ -638,6 +671,7 @@ def main(argv: list[str]) -> None:
             wait_port(mqtt_port)
             print(f"daemon.machine: {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} at start", flush=True)
             print(f"daemon.malloc: MALLOC_ARENA_MAX={a.arena_max if a.arena_max != '0' else 'unset'}", flush=True)
+            print(f"daemon.floor: RSS {import_floor()} (references for the figures below)", flush=True)
             if not a.day_only:
                 idle, idle_rss = idle_cost(tmp, mqtt_port, cred, 10.0 if a.quick else 30.0)
                 print(

@@ -355,6 +355,13 @@ class LocalizationSettings(Section):
     standing_search_every_ticks: int = Field(
         default=3, ge=1, le=1000, description="Re-search the standing devices' windows every N ticks (all at once)"
     )
+    standing_search_grid_m: float = Field(
+        default=2.0,
+        gt=0.5,
+        le=10,
+        description="Grid step of the standing re-search; a fix whose grid optimum lies farther than this is"
+        " refined there (a 3 m grid never reached the wrong basins 2-4 m from the right one of small stores)",
+    )
     time_align: bool = Field(
         default=True,
         description="Fuse each tick's adverts at their mean time and extrapolate the fix to the tick"

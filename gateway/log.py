@@ -21,7 +21,18 @@ import traceback
 from collections.abc import MutableMapping
 from typing import Any, TextIO
 
-import structlog
+# ``import structlog`` without ``rich``: structlog imports rich (and its pygments) at import time
+# when installed (the demo extra brings it) for its console's tracebacks: 2.8 MB of the daemon's
+# RSS (issue 22). Tracebacks here are one line (``summarize_exc_info``) or formatted by
+# ``traceback``, never by rich; rich stays importable for anything else that wants it.
+_BLOCK_RICH = "rich" not in sys.modules
+if _BLOCK_RICH:
+    sys.modules["rich"] = None  # type: ignore[assignment]  # the import system's "not installed"
+try:
+    import structlog
+finally:
+    if _BLOCK_RICH:
+        del sys.modules["rich"]
 
 MAC_RE = re.compile(
     r"(?<![0-9A-Fa-f])(?:[0-9A-Fa-f]{2}[:-]){5}[0-9A-Fa-f]{2}(?![0-9A-Fa-f])"

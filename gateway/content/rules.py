@@ -19,10 +19,11 @@ event, which campaign fires on which permitted actor, and builds the payload eac
 from __future__ import annotations
 
 import datetime as dt
+import math
 import uuid
 import zoneinfo
 from collections import deque
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal
 
@@ -32,6 +33,11 @@ from gateway.models import EventBase, SubjectEvent, SubjectKind, VisitEnded, Vis
 
 Ident = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:-]+$")]
 Tag = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:-]+$")]
+# how long the visit counts of the previous pseudonym period are kept after a rotation: the events of
+# visits still open at the rotation (backdated qualification, timeouts) arrive within minutes
+PERIOD_GRACE_S = 3600.0
+SWEEP_S = 60.0  # how often (event time) spent cap entries are swept
+
 HHMM = Annotated[str, Field(pattern=r"^([01]\d|2[0-3]):[0-5]\d$")]
 
 # Data an actor may receive beyond the content itself.
@@ -236,6 +242,7 @@ class RulesEngine:
         quiet_hours: Iterable[TimeWindow] = (),
         timezone: str = "UTC",
         max_subjects: int = 100_000,
+        pseudonym_period: Callable[[float], tuple[float, float]] | None = None,
     ) -> None:
         self.default_caps = default_caps or Caps()
         self.quiet_hours = list(quiet_hours)
@@ -243,8 +250,18 @@ class RulesEngine:
         self.max_subjects = max_subjects
         self._campaigns: dict[str, Campaign] = {}
         self._stays: dict[str, _Stay] = {}
+        # visit counts: pseudonymous subjects of this rotation period (and, for PERIOD_GRACE_S after
+        # it began, of the one before: its visits may still be ending) / consented customers
         self._visits: dict[str, int] = {}
-        self._cap_subject: dict[tuple[str, str], deque[float]] = {}
+        self._visits_prev: dict[str, int] = {}
+        self._cvisits: dict[str, int] = {}
+        self._period = pseudonym_period
+        self._period_end = -math.inf
+        self._prev_until = -math.inf
+        # per (campaign, subject): activation times within the cap window (a list: most hold one;
+        # a deque is 760 bytes); entries whose times have all left the window are swept (_sweep)
+        self._cap_subject: dict[tuple[str, str], list[float]] = {}
+        self._next_sweep = -math.inf
         self._cap_actor: dict[tuple[str, str], deque[float]] = {}
         self.fired = 0
         self.suppressed: dict[str, int] = {}
@@ -274,8 +291,10 @@ class RulesEngine:
         subj = event.subject
         trigger: str | None = None
         zone: str | None = None
+        if event.ts >= self._period_end or event.ts >= self._prev_until:
+            self._rotate(event.ts)
         if isinstance(event, VisitStarted):
-            self._visits[subj] = self._visits.get(subj, 0) + 1
+            self._set_visits(subj, event.subject_kind, self.visit_count(subj) + 1)
             trigger = "visit.started"
         elif isinstance(event, ZoneEntered):
             self._stays[subj] = _Stay(event.zone, event.ts, event.subject_kind)
@@ -287,8 +306,8 @@ class RulesEngine:
         elif isinstance(event, VisitEnded):
             self._stays.pop(subj, None)
             if event.visit_count is not None:
-                self._visits[subj] = max(self._visits.get(subj, 0), event.visit_count)
-        self._bound()
+                self._set_visits(subj, event.subject_kind, max(self.visit_count(subj), event.visit_count))
+        self._bound(now)
         if trigger is None:
             return []
         cands = [
@@ -317,7 +336,33 @@ class RulesEngine:
         return out
 
     def visit_count(self, subject: str) -> int:
-        return self._visits.get(subject, 0)
+        n = self._visits.get(subject)
+        if n is None:
+            n = self._cvisits.get(subject)
+            if n is None:
+                n = self._visits_prev.get(subject, 0)
+        return n
+
+    def _set_visits(self, subject: str, kind: SubjectKind, n: int) -> None:
+        (self._cvisits if kind == "customer" else self._visits)[subject] = n
+
+    def _rotate(self, ts: float) -> None:
+        """A new pseudonym rotation period: this period's visit counts become the previous
+        period's, kept PERIOD_GRACE_S for the events of visits still ending, then dropped. A
+        pseudonym never comes back in a later period (keyed daily), so no rule's outcome changes:
+        without it the counts of every subject of every day stayed until ``max_subjects`` (issue 22)."""
+        if ts >= self._prev_until:
+            self._visits_prev = {}
+            self._prev_until = math.inf
+        if self._period is None or ts < self._period_end:
+            return
+        start, end = self._period(ts)
+        if self._period_end != -math.inf:  # not the first event seen
+            if self._visits_prev:  # a period shorter than the grace: nothing of two periods ago is used
+                self._visits_prev = {}
+            self._visits_prev, self._visits = self._visits, {}
+            self._prev_until = start + PERIOD_GRACE_S
+        self._period_end = end
 
     # -- internals ---------------------------------------------------------------------------
 
@@ -336,7 +381,7 @@ class RulesEngine:
             return False
         if seg.store_ids is not None and ctx.store_id not in seg.store_ids:
             return False
-        if seg.min_visit_count is not None and self._visits.get(subj, 0) < seg.min_visit_count:
+        if seg.min_visit_count is not None and self.visit_count(subj) < seg.min_visit_count:
             return False
         if seg.customer_tags is not None:
             consent = ctx.consents.get(subj) if kind == "customer" else None
@@ -353,11 +398,17 @@ class RulesEngine:
         return True
 
     @staticmethod
-    def _cap_ok(hist: deque[float] | None, cap: CountWindow | None, now: float) -> bool:
+    def _cap_ok(hist: deque[float] | list[float] | None, cap: CountWindow | None, now: float) -> bool:
         if cap is None or hist is None:
             return True
-        while hist and hist[0] <= now - cap.window_s:
-            hist.popleft()
+        if isinstance(hist, list):
+            k = 0
+            while k < len(hist) and hist[k] <= now - cap.window_s:
+                k += 1
+            del hist[:k]
+        else:
+            while hist and hist[0] <= now - cap.window_s:
+                hist.popleft()
         return len(hist) < cap.count
 
     def _fire(
@@ -428,13 +479,26 @@ class RulesEngine:
                     self._cap_actor.setdefault(akey, deque()).append(now)
                 fired_any = True
             if fired_any and caps.per_subject is not None:
-                self._cap_subject.setdefault(skey, deque()).append(now)
+                self._cap_subject.setdefault(skey, []).append(now)
         self.fired += len(out)
         return out
 
-    def _bound(self) -> None:
+    def _sweep(self, now: float) -> None:
+        """Drop per-subject cap entries whose activations have all left their cap window: such an
+        entry allows what no entry allows (``_cap_ok``). Once per SWEEP_S of event time."""
+        self._next_sweep = now + SWEEP_S
+        for key, hist in list(self._cap_subject.items()):
+            c = self._campaigns.get(key[0])
+            caps = (c.caps if c is not None else None) or self.default_caps
+            window = caps.per_subject.window_s if caps.per_subject is not None else 0.0
+            if not hist or hist[-1] <= now - window:
+                del self._cap_subject[key]
+
+    def _bound(self, now: float) -> None:
         """Keep per-subject state bounded (pseudonyms rotate daily; visits may never end cleanly)."""
-        for d in (self._visits, self._stays):
+        if now >= self._next_sweep:
+            self._sweep(now)
+        for d in (self._visits, self._cvisits, self._stays):
             while len(d) > self.max_subjects:
                 d.pop(next(iter(d)))
         if len(self._cap_subject) > self.max_subjects:

@@ -33,6 +33,7 @@ from gateway.content.commands import (
 from gateway.content.replay import ReplayGuard
 from gateway.content.rules import Activation, Caps, ContentContext, CountWindow, RulesEngine, TimeWindow
 from gateway.content.store import ContentStore
+from gateway.identity.pseudonyms import PseudonymKeyring
 from gateway.log import configure_logging, get_logger
 from gateway.models import ActivationReport, EventBase
 
@@ -64,6 +65,18 @@ def default_caps(s: Settings) -> Caps:
         else None,
         per_actor=CountWindow(count=c.cap_per_actor, window_s=c.cap_per_actor_window_s) if c.cap_per_actor else None,
     )
+
+
+def pseudonym_period(s: Settings) -> Callable[[float], tuple[float, float]]:
+    """``ts`` -> (start, end) of its pseudonym rotation period: the rules drop the visit counts
+    of past periods' pseudonyms (a pseudonym never comes back)."""
+    keyring = PseudonymKeyring.from_settings(s.privacy)  # its calendar only: no key is ever made here
+
+    def bounds(ts: float) -> tuple[float, float]:
+        _, start, end = keyring.epoch_bounds(ts)
+        return start, end
+
+    return bounds
 
 
 def command_policy(s: Settings) -> CommandPolicy:
@@ -113,6 +126,7 @@ class ContentService:
             default_caps=default_caps(settings),
             quiet_hours=parse_quiet_hours(settings.content.quiet_hours),
             timezone=settings.content.timezone,
+            pseudonym_period=pseudonym_period(settings),
         )
         self.ctx = ContentContext(
             store_id=settings.gateway.store_id, actors=state.actors, consents=state.consents, optouts=state.optouts

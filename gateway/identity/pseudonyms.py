@@ -16,6 +16,7 @@
 from __future__ import annotations
 
 import hmac
+import itertools
 import os
 from collections.abc import Callable
 from datetime import datetime, tzinfo
@@ -27,8 +28,8 @@ if TYPE_CHECKING:
 
 # identity -> pseudonym memo, per period: a few times the devices present. A day's distinct
 # addresses (tens of thousands in a busy store) are not worth keeping (issue 22: RSS), a miss
-# costs one HMAC (about a microsecond)
-CACHE_MAX = 16_384
+# costs one HMAC (about a microsecond); the identity resolver keeps its own memo in front of it
+CACHE_MAX = 4096
 
 
 def _parse_hhmm(text: str) -> int:
@@ -129,8 +130,9 @@ class PseudonymKeyring:
             return hit
         digest = hmac.digest(self._key(epoch), identity.encode("utf-8"), "sha256").hex()  # one-shot (C)
         p = digest[: 2 * self._nbytes]
-        if len(self._cache) >= CACHE_MAX:
-            self._cache.clear()
+        if len(self._cache) >= CACHE_MAX:  # the older half goes (dict order = insertion order)
+            for k in list(itertools.islice(self._cache, len(self._cache) // 2)):
+                del self._cache[k]
         self._cache[(epoch, identity)] = p
         return p
 

@@ -23,9 +23,11 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import itertools
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from gateway.identity.pseudonyms import PseudonymKeyring
 from gateway.models import Observation, SubjectKind, app_link, irk_link
@@ -35,7 +37,16 @@ __all__ = ["ConsentRecord", "IdentityResolver", "OptOutResult", "app_link", "irk
 _MAC_SEP_RE = re.compile(r"^[0-9a-f]{2}([:\-]?)(?:[0-9a-f]{2}\1){4}[0-9a-f]{2}$")
 _MAC_DOT_RE = re.compile(r"^[0-9a-f]{4}\.[0-9a-f]{4}\.[0-9a-f]{4}$")
 _HEX32_RE = re.compile(r"^[0-9a-f]{32}$")
-_CACHE_MAX = 16_384  # (device, link) -> subject per period: a few times the devices present (issue 22: RSS)
+# (device, link) -> subject per period: a few times the addresses heard in a few minutes; when full
+# the older half goes (dict order = insertion order; a device still heard is back at its next
+# advert, one HMAC). 16,384 held
+# ~4 MB at 500 devices (a day's addresses, tens of thousands, pass through it; issue 22: RSS)
+_CACHE_MAX = 4096
+
+
+def _evict_older_half(cache: dict[Any, Any]) -> None:
+    for k in list(itertools.islice(cache, len(cache) // 2)):
+        del cache[k]
 _DROPPED = ""  # cache value for an opted-out (device, link)
 
 
@@ -243,7 +254,7 @@ class IdentityResolver:
         subj = cache.get(key)
         if subj is None:
             if len(cache) >= _CACHE_MAX:
-                cache.clear()
+                _evict_older_half(cache)
             subj = cache[key] = self._miss(device, link, ts)
         return subj or None
 
@@ -271,7 +282,7 @@ class IdentityResolver:
                 subj = cache.get(key)
                 if subj is None:
                     if len(cache) >= _CACHE_MAX:
-                        cache.clear()
+                        _evict_older_half(cache)
                     subj = cache[key] = self._miss(o.device, o.link, ts)
             else:  # late/early observation from another rotation period: slow path
                 s2 = self.subject_for(o.device, o.link, ts)

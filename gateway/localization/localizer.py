@@ -180,6 +180,7 @@ class MlLocalizer:
         self._was_standing = np.zeros(0, dtype=bool)
         self._ticks = 0
         self._check_grid = self.estimator.make_grid(settings.check_grid_m)
+        self._search_grid = self.estimator.make_grid(settings.standing_search_grid_m)
         # pending observations (not yet consumed by a tick)
         self._ts: list[float] = []
         self._dev: list[int] = []
@@ -394,9 +395,10 @@ class MlLocalizer:
         pinned to a wall by the walkable-area projection with a weak transmit offset. The track check
         only looks at the last few seconds, too little to beat it (``restart_nll`` over 4 s); the
         standing window holds up to a minute of adverts and separates the basins clearly. Grid search
-        (offset profiled out) + refinement over that window; if it beats the current window fix by
-        ``standing_search_nll`` nats of posterior, the window fix moves there (the tracker follows
-        through the re-centring test of :meth:`_standing_fix`). :meth:`_search_finish` applies it.
+        (``standing_search_grid_m``, offset profiled out) + refinement over that window; if it beats
+        the current window fix by ``standing_search_nll`` nats of posterior, the window fix moves there
+        (the tracker follows through the re-centring test of :meth:`_standing_fix`).
+        :meth:`_search_finish` applies it.
         """
         k = ss.size
         if k == 0:
@@ -405,12 +407,15 @@ class MlLocalizer:
         sub = self._stand.problem(ss, censor)
         pp = self._tx_prior(k)
         pm = np.zeros((k, 3))
-        theta_g, _ = est.grid_search(sub, np.zeros(k), np.full(k, pp[0, 2, 2]), grid=self._check_grid)
+        # its own grid (`standing_search_grid_m`, 2 m), finer than the track check's: in a small store the
+        # wrong basins lie 2-4 m from the right one, and a 3 m grid whose best point fell within 3 m of
+        # the current fix never refined the basin next to it (docs/localization.md 9.7)
+        theta_g, _ = est.grid_search(sub, np.zeros(k), np.full(k, pp[0, 2, 2]), grid=self._search_grid)
         cur = self._sw_theta[ss]
         # only a grid optimum in another place can mean another basin: a device whose global optimum
         # is next to its fix is already in the right one (the per-tick refinement keeps it there), so
         # the costly refinement is spent on the few that may have to move
-        far = np.flatnonzero(np.hypot(*(theta_g[:, :2] - cur[:, :2]).T) > st.check_grid_m)
+        far = np.flatnonzero(np.hypot(*(theta_g[:, :2] - cur[:, :2]).T) > st.standing_search_grid_m)
         if far.size == 0:
             return None
         if far.size < k:

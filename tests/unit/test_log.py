@@ -78,3 +78,23 @@ def test_library_logging_and_exceptions_are_one_line() -> None:
     assert lib["logger"] == "aiohttp.server" and lib["level"] == "error"
     assert lib["error"].startswith("ValueError: bad thing at test_log.py:")
     assert own["error"].startswith("ValueError: bad thing at test_log.py:") and "exception" not in own
+
+
+def test_structlog_is_imported_without_rich() -> None:
+    """structlog imports rich at import time when installed (2.8 MB of the daemon's RSS, issue 22);
+    gateway.log hides it for that import only: rich stays importable for whoever wants it."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, importlib.util\n"
+        "import gateway.log\n"
+        "assert 'rich' not in sys.modules and 'structlog' in sys.modules, sorted(sys.modules)\n"
+        "if importlib.util.find_spec('rich') is not None:\n"
+        "    import rich\n"
+        "    assert rich.__name__ == 'rich'\n"
+        "print('ok')\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "ok"

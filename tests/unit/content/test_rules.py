@@ -189,3 +189,62 @@ def test_campaign_validation_errors() -> None:
         camp(timezone="Mars/Olympus")
     with pytest.raises(ValidationError, match="webhook actors need"):
         Actor(id="x", transport="webhook")
+
+
+def _day(ts: float) -> tuple[float, float]:
+    start = (ts // 86400.0) * 86400.0
+    return start, start + 86400.0
+
+
+def _visit_day(eng: RulesEngine, day0: float, subjects: list[str], kind: str = "pseudonym") -> list[tuple[str, str]]:
+    """Each subject visits twice (the second visit fires ``min_visit_count`` 2); the activations."""
+    c = ctx()
+    out: list[tuple[str, str]] = []
+    for i, s in enumerate(subjects):
+        for k in range(2):
+            t = day0 + 3600 + i * 10 + k * 4000
+            vs = VisitStarted(ts=t, store_id="demo-store", subject=s, subject_kind=kind)  # type: ignore[arg-type]
+            out += [(a.subject, a.campaign_id) for a in eng.evaluate(vs, t, c)]
+            ve = VisitEnded(
+                ts=t + 60,
+                store_id="demo-store",
+                subject=s,
+                subject_kind=kind,  # type: ignore[arg-type]
+                started_ts=t,
+                duration_s=60,
+                visitor=True,
+                visit_count=k + 1,
+            )
+            eng.evaluate(ve, t + 60, c)
+    return out
+
+
+def test_visit_counts_of_past_pseudonym_periods_are_dropped_and_results_do_not_change() -> None:
+    """Issue 22: a day's pseudonyms kept their visit counts forever (until 100k subjects). A
+    pseudonym never returns after its rotation period: dropping them changes no activation."""
+    campaigns = [camp(segment={"trigger": "visit.started", "min_visit_count": 2}, caps={"per_subject": None})]
+    day0 = (T0 // 86400.0) * 86400.0
+    subjects = [f"p{i}" for i in range(50)]
+    eng, ref = RulesEngine(campaigns, pseudonym_period=_day), RulesEngine(campaigns)
+    got = [*_visit_day(eng, day0, subjects), *_visit_day(eng, day0, ["cust-42"], kind="customer")]
+    want = [*_visit_day(ref, day0, subjects), *_visit_day(ref, day0, ["cust-42"], kind="customer")]
+    assert got == want and len(got) == 51
+    assert eng.visit_count("p3") == ref.visit_count("p3") == 2
+    # the next day (new pseudonyms, an hour after the rotation): the old counts are gone
+    next_subjects = [f"q{i}" for i in range(50)]
+    assert _visit_day(eng, day0 + 86400, next_subjects) == _visit_day(ref, day0 + 86400, next_subjects)
+    assert eng.visit_count("p3") == 0 and ref.visit_count("p3") == 2
+    assert eng.visit_count("q3") == 2 and eng.visit_count("cust-42") == 2  # customers stay (consented)
+
+
+def test_spent_per_subject_caps_are_swept() -> None:
+    """A cap entry whose activations have left the window allows what no entry allows: swept."""
+    eng = RulesEngine([camp(caps={"per_subject": {"count": 1, "window_s": 600}})])
+    c = ctx()
+    for i in range(200):
+        assert len(eng.evaluate(entered(f"p{i}", ts=T0 + i), T0 + i, c)) == 1
+    assert len(eng.evaluate(entered("p0", ts=T0 + 300), T0 + 300, c)) == 0  # still capped
+    assert len(eng._cap_subject) == 200
+    eng.evaluate(entered("late", ts=T0 + 1000), T0 + 1000, c)
+    assert len(eng._cap_subject) == 1  # only the new one
+    assert len(eng.evaluate(entered("p0", ts=T0 + 1001), T0 + 1001, c)) == 1

@@ -174,3 +174,22 @@ def test_drop_in_resolve_for_pipeline() -> None:
     out = r.resolve([obs(MAC, T), obs(MAC, T + 1)])
     assert len(out) == 2 and out[0].device == out[1].device != MAC
     assert r.resolve([]) == []
+
+
+def test_memos_stay_small_and_subjects_do_not_change() -> None:
+    """A day's addresses pass through the memos (issue 22: 16,384 entries each held ~4 MB at 500
+    devices): bounded, the older half goes when full; a device heard all along keeps its subject
+    (recomputed once after an eviction)."""
+    from gateway.identity import subjects
+    from gateway.identity.pseudonyms import CACHE_MAX
+
+    r = resolver()
+    present = f"02:00:00:00:ff:{0:02x}"
+    first = r.resolve_batch([obs(present)], T)[0].device
+    for i in range(3 * subjects._CACHE_MAX):
+        addr = f"02:00:{i >> 16 & 255:02x}:{i >> 8 & 255:02x}:{i & 255:02x}:01"
+        batch = r.resolve_batch([obs(addr, T + i * 0.01), obs(present, T + i * 0.01)], T + i * 0.01)
+        assert batch[1].device == first
+    cache = r._caches[r._bounds[0]]
+    assert len(cache) <= subjects._CACHE_MAX and (present, None) in cache
+    assert len(r._keyring._cache) <= CACHE_MAX

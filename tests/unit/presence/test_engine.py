@@ -139,13 +139,18 @@ def test_zone_passed_within_the_debounce_keeps_its_time() -> None:
     ]
 
 
-def test_zone_passed_between_two_aisles_keeps_its_time() -> None:
+def test_zone_crossed_between_two_aisles_is_not_a_zone_visit() -> None:
+    # 2 s in grocery on the way from produce to electronics: a pass, not a stay (what a zone visit
+    # means; the presence bench counts stays >= the debounce): no grocery visit, no zone.entered
+    # for it (a campaign would fire for a second's pass); produce was left when grocery began, so
+    # the pass is electronics' (the zone walked to)
     eng = engine(enter_debounce_s=3.0)
     fixes = walk("s1", [("produce", 30), ("grocery", 2), ("electronics", 30)])
     ev = run(eng, fixes, T0 + 150)
     end = of(ev, VisitEnded)[0]
     assert isinstance(end, VisitEnded)
-    assert end.dwell_by_zone == {"produce": 30.0, "grocery": 2.0, "electronics": 29.0}
+    assert end.dwell_by_zone == {"produce": 30.0, "electronics": 31.0}
+    assert [e.zone for e in of(ev, ZoneEntered)] == ["produce", "electronics"]  # type: ignore[attr-defined]
 
 
 def test_stray_between_street_fixes_makes_no_visit() -> None:
@@ -417,3 +422,65 @@ def test_settings_validation_names_the_problem() -> None:
     with pytest.raises(ValidationError, match="unknown time zone"):
         PrivacySettings(timezone="Mars/Olympus_Mons")
     assert PrivacySettings(timezone="Europe/Paris").timezone == "Europe/Paris"
+
+
+@settings(max_examples=50, deadline=None)
+@given(
+    st.lists(
+        st.tuples(st.floats(-8.0, 38.0), st.floats(-8.0, 28.0)),
+        min_size=1,
+        max_size=80,
+    ),
+    st.floats(0.0, 3.0),
+)
+def test_shop_front_margin_on_arrays_is_the_per_fix_test(points: list[tuple[float, float]], band: float) -> None:
+    """``_near_outside`` (a batch on arrays) answers exactly what ``_near`` does fix by fix."""
+    eng = PresenceEngine(LAYOUT, PresenceSettings(), "demo-store")
+    assert eng._outside_ids
+    fixes = [Fix(T0, "s", x, y, 1.0, None) for x, y in points]
+    want = [any(eng._near(o, f.x, f.y, band) for o in eng._outside_ids) for f in fixes]
+    assert eng._near_outside(fixes, band) == want
+
+
+def test_a_crowd_gives_the_same_events_in_batches_and_fix_by_fix() -> None:
+    """Batches of >= VECTOR_MIN fixes take the array path; one fix at a time the per-fix one."""
+    import random
+
+    from gateway.presence.engine import VECTOR_MIN
+
+    rng = random.Random(4)
+    zones = [z for z in CENTER if z is not None]
+    fixes: list[Fix] = []
+    for d in range(VECTOR_MIN * 2):
+        t = T0 + rng.uniform(0, 30)
+        for _ in range(rng.randint(20, 120)):
+            z = (
+                rng.choice(zones)
+                if rng.random() < 0.2
+                else (fixes[-1].zone if fixes and fixes[-1].device == f"d{d}" else "street")
+            )
+            x, y = CENTER[z]
+            fixes.append(Fix(t, f"d{d}", x + rng.uniform(-2, 2), y + rng.uniform(-1.5, 1.5), 1.0, z))
+            t += 1.0
+    fixes.sort(key=lambda f: f.ts)
+    batched = PresenceEngine(LAYOUT, PresenceSettings(k_anonymity=1), "demo-store")
+    single = PresenceEngine(LAYOUT, PresenceSettings(k_anonymity=1), "demo-store")
+    a: list[EventBase] = []
+    b: list[EventBase] = []
+    t = T0 + 1.0
+    i = 0
+    while i < len(fixes):
+        j = i
+        while j < len(fixes) and fixes[j].ts < t:
+            j += 1
+        a += batched.update(fixes[i:j], t) + batched.tick(t)
+        for f in fixes[i:j]:
+            b += single.update([f], t)
+        b += single.tick(t)
+        i = j
+        t += 1.0
+    a += batched.close(t)
+    b += single.close(t)
+    strip = [{k: v for k, v in e.model_dump().items() if k != "event_id"} for e in a]
+    assert strip == [{k: v for k, v in e.model_dump().items() if k != "event_id"} for e in b]
+    assert any(isinstance(e, VisitStarted) for e in a) and batched.stats.fixes == len(fixes)

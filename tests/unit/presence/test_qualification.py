@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
-import pytest
+from collections.abc import Iterable
 
-from gateway.presence.qualification import DAY_S, Qualifier, VisitRecord
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from gateway.presence.qualification import DAY_S, Qualification, Qualifier, VisitRecord
 
 T = 1_767_261_600.0
 DAY = DAY_S
@@ -73,3 +77,146 @@ def test_history_is_bounded() -> None:
         q = ql.qualify(rec("c", T + i * DAY, 60))
     assert len(ql.history("c")) == 5
     assert q.visit_count == 6  # the bounded history plus this one
+
+
+def test_history_is_packed_small() -> None:
+    """A day's pseudonymous history at 500 devices (~26k subjects) fits in a few MB (issue 22)."""
+    import tracemalloc
+
+    zones = ["entrance", "service", "checkout", "produce", "grocery", "electronics"]
+    subjects = [f"{i:032x}" for i in range(5000)]
+    tracemalloc.start()
+    try:
+        ql = Qualifier()
+        for i, s in enumerate(subjects):
+            dwell = {z: round(10.0 + i * 0.001 + j, 3) for j, z in enumerate(zones[:4])}
+            ql.qualify(VisitRecord(s, "pseudonym", T + i, T + i + 600.5, dwell))
+        held = tracemalloc.get_traced_memory()[0]
+    finally:
+        tracemalloc.stop()
+    assert len(ql) == 5000
+    assert held / 5000 < 300  # bytes per one-visit subject (~250); ~500 as lists of records with dicts
+
+
+# -- the packed history gives exactly what the list of records gave ------------------------------
+
+
+class ListQualifier:
+    """The qualifier as it was before the packed history (a list of records per subject): the reference."""
+
+    def __init__(self, *, max_visits_per_subject: int = 1000) -> None:
+        self._hist: dict[str, list[VisitRecord]] = {}
+        self._max = max_visits_per_subject
+
+    def load(self, records: Iterable[VisitRecord]) -> int:
+        """Add stored history (any order); returns how many records were loaded."""
+        n = 0
+        for r in records:
+            self._hist.setdefault(r.subject, []).append(r)
+            n += 1
+        for h in self._hist.values():
+            h.sort(key=lambda r: r.started_ts)
+            del h[: -self._max]
+        return n
+
+    def history(self, subject: str) -> list[VisitRecord]:
+        return list(self._hist.get(subject, ()))
+
+    def qualify(self, visit: VisitRecord) -> Qualification:
+        """Qualify ``visit`` against the subject's earlier visits, then add it to the history."""
+        prev = self._hist.get(visit.subject, [])
+        earlier = [r for r in prev if r.ended_ts <= visit.started_ts]
+        days_since = (visit.started_ts - earlier[-1].ended_ts) / DAY_S if earlier else None
+        allv = [*prev, visit]
+        count = len(allv)
+        avg = sum(r.duration_s for r in allv) / count
+        per_week: float | None = None
+        if visit.kind == "customer":
+            span_days = max(1.0, (visit.ended_ts - allv[0].started_ts) / DAY_S)
+            per_week = round(count / span_days * 7.0, 3)
+        dwell: dict[str, float] = {}
+        for r in allv:
+            for z, d in r.dwell_by_zone.items():
+                dwell[z] = dwell.get(z, 0.0) + d
+        total = sum(dwell.values())
+        affinity = {z: round(d / total, 3) for z, d in sorted(dwell.items(), key=lambda kv: -kv[1])} if total else {}
+        prev.append(visit)
+        del prev[: -self._max]
+        self._hist[visit.subject] = prev
+        return Qualification(
+            visit_count=count,
+            days_since_last_visit=None if days_since is None else round(days_since, 4),
+            avg_visit_s=round(avg, 1),
+            visits_per_week=per_week,
+            zone_affinity=affinity,
+        )
+
+    def forget(self, subject: str) -> None:
+        self._hist.pop(subject, None)
+
+    def prune(self, *, pseudonym_since: float, older_than: float) -> int:
+        """Drop pseudonymous visits that ended before ``pseudonym_since`` (the current rotation
+        period's start) and any visit that ended before ``older_than`` (retention)."""
+        dropped = 0
+        for subj in list(self._hist):
+            h = self._hist[subj]
+            keep = [
+                r for r in h if r.ended_ts >= older_than and (r.kind == "customer" or r.ended_ts >= pseudonym_since)
+            ]
+            dropped += len(h) - len(keep)
+            if keep:
+                self._hist[subj] = keep
+            else:
+                del self._hist[subj]
+        return dropped
+
+    def __len__(self) -> int:
+        return sum(len(h) for h in self._hist.values())
+
+
+ZONES = ("entrance", "grocery", "produce", "checkout")
+record = st.builds(
+    lambda subj, kind, start, dur, dw: VisitRecord(
+        subj, kind, T + start, T + start + dur, {ZONES[i]: d for i, d in dw.items()}
+    ),
+    st.sampled_from(["a", "b", "c"]),
+    st.sampled_from(["pseudonym", "customer"]),
+    st.floats(-40 * DAY, 40 * DAY, allow_nan=False),
+    st.one_of(st.floats(0, 3 * 3600, allow_nan=False), st.just(-5.0)),
+    st.dictionaries(st.integers(0, 3), st.floats(0, 3600, allow_nan=False), max_size=4),
+)
+op = st.one_of(
+    st.tuples(st.just("qualify"), record),
+    st.tuples(st.just("load"), st.lists(record, max_size=4)),
+    st.tuples(st.just("prune"), st.floats(-41 * DAY, 41 * DAY), st.floats(-41 * DAY, 41 * DAY)),
+    st.tuples(st.just("forget"), st.sampled_from(["a", "b", "c"])),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(op, max_size=30), st.integers(1, 4))
+def test_packed_history_matches_the_list_of_records(ops: list[tuple[object, ...]], cap: int) -> None:
+    new, old = Qualifier(max_visits_per_subject=cap), ListQualifier(max_visits_per_subject=cap)
+    for o in ops:
+        if o[0] == "qualify":
+            assert isinstance(o[1], VisitRecord)
+            a: Qualification | int | None = new.qualify(o[1])
+            b: Qualification | int | None = old.qualify(o[1])
+            assert isinstance(a, Qualification) and isinstance(b, Qualification)
+            assert list(a.zone_affinity.items()) == list(b.zone_affinity.items())  # order too
+        elif o[0] == "load":
+            recs = o[1]
+            assert isinstance(recs, Iterable)
+            a, b = new.load(list(recs)), old.load(list(recs))
+        elif o[0] == "prune":
+            since, older = o[1], o[2]
+            assert isinstance(since, float) and isinstance(older, float)
+            a = new.prune(pseudonym_since=T + since, older_than=T + older)
+            b = old.prune(pseudonym_since=T + since, older_than=T + older)
+        else:
+            assert isinstance(o[1], str)
+            a, b = new.forget(o[1]), old.forget(o[1])
+        assert a == b
+        assert len(new) == len(old)
+        for s in "abc":
+            assert new.history(s) == old.history(s)
