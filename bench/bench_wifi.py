@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import bisect
 import collections
+import dataclasses
 import io
 import json
 import math
@@ -455,6 +456,26 @@ def _reference_minutes(
     return statistics.mean(errs), statistics.mean(abs(x) for x in errs)
 
 
+def _oracle_spans(probes: Labelled, marks: Marks) -> Marks:
+    """A reference for the count: what a perfect grouping would give it. The same bursts, each
+    weighing half its silence to its true device's previous and next heard burst, and its own
+    mark (the burst model's weight) at either end of its device's visit: the count that uses
+    groups where they are right (issue 19, fourth round). Marks are matched to their device by
+    the time of their burst's first frame."""
+    device = {p.ts: d for d, p in probes}
+    by: dict[object, list[int]] = collections.defaultdict(list)
+    for i, (ts, _g, _mk) in enumerate(marks):
+        by[device[ts]].append(i)
+    out = list(marks)
+    for idx in by.values():
+        for k, i in enumerate(idx):
+            ts, g, mk = marks[i]
+            left = (ts - marks[idx[k - 1]][0]) / 2 if k else mk.presence_s
+            right = (marks[idx[k + 1]][0] - ts) / 2 if k + 1 < len(idx) else mk.presence_s
+            out[i] = (ts, g, dataclasses.replace(mk, presence_s=left + right, arrivals=0.0 if k else 1.0))
+    return out
+
+
 def _whole(marks: Marks) -> DeviceCount | None:
     return count_marks(marks, window_s=COUNT_WINDOW_S)[1]
 
@@ -579,6 +600,12 @@ def bench_crowds(seeds: list[int], warm: bool = True) -> dict[str, bool]:
             cap, cap_marks, cap_g = _capture(probes)
             t_cap = time.process_time() - t
             print(f"wifi.crowd_capture_links: N={n} seed {seed}: {_calibration(probes, cap_g)}")
+            oracle = _count_figures(count_marks(_oracle_spans(probes, cap_marks), window_s=COUNT_WINDOW_S)[0], truth)
+            print(
+                f"wifi.crowd_capture_oracle: N={n} seed {seed}: reference, a perfect grouping's spans (each burst "
+                f"half its silences to its device's neighbours, its mark at a visit's ends): per minute mean "
+                f"absolute error {oracle['minute.mae']:.1%}, mean error {oracle['minute.bias']:+.1%}"
+            )
             t = time.process_time()
             st, st_marks, delays = _stream(probes, DAEMON_HOLD_S)
             t_st = time.process_time() - t

@@ -296,7 +296,7 @@ class WifiGrouper:
         if not randomized:  # a public MAC: a device of its own
             st = self._macs[mac] = _MacState(m, _Unit(m, fam, Track(self._gid(), m, None)), False, ts)
             self.presence.visit_open(mac, fam, ts)
-            st.mark = self.presence.mark(fam, public=True)
+            st.mark = self.presence.mark(fam, public=True, own=(0.0, 0), so_far=True)
             return st
         # stage 1: does it continue a burst still open in its family?
         found = self._in_burst(m, fam, ts)
@@ -333,13 +333,18 @@ class WifiGrouper:
 
     def _in_burst(self, m: Mac, fam: str, ts: float) -> _Unit | None:
         lp = self._link
-        units = self._open.get(fam)
-        if not units:
-            return None
-        units[:] = [u for u in units if ts - u.agg.last_ts <= lp.burst_gap_s]
-        if not units:
-            return None
         le = self._learned.setdefault(fam, _Learned())
+        units = self._open.get(fam)
+        if units:
+            units[:] = [u for u in units if ts - u.agg.last_ts <= lp.burst_gap_s]
+        if not units:
+            # no burst of its family open: surely not within one - it counts in the family's
+            # in-burst share as a 0 (the share is of all the family's new MACs, as the whole
+            # capture's EM has it; counting only those with a burst open made a family of one
+            # MAC per burst learn ~0.5 - its phones' chance meetings - and join them)
+            self._decay(le, ts)
+            le.in_n += 1.0
+            return None
         share = min(0.95, max(0.01, le.in_burst / le.in_n))
         self._decay(le, ts)
         rate = max(le.units / self.params.learn_s, 1e-3)  # the family's burst starts per second
@@ -442,13 +447,13 @@ class WifiGrouper:
                 pm.visit(fam, st.mac.last_ts - st.visit_ts, ts, key=st.mac.mac)
                 st.visit_ts, st.visit_silences, st.visit_silence_s = ts, 0, 0.0
                 pm.visit_open(st.mac.mac, fam, ts)
-                st.mark = pm.mark(fam, public=True)
+                st.mark = pm.mark(fam, public=True, own=(0.0, 0), so_far=True)
                 return
             pm.silence(fam, dt, ts, public=True, own=(st.visit_silence_s, st.visit_silences))
             pm.visit_heard(st.mac.mac, ts)
             st.visit_silences += 1
             st.visit_silence_s += dt
-            st.mark = pm.mark(fam, public=True, own=(st.visit_silence_s, st.visit_silences))
+            st.mark = pm.mark(fam, public=True, own=(st.visit_silence_s, st.visit_silences), so_far=True)
             return
         tr = st.unit.track
         pm.silence(fam, dt, ts, own=(tr.silence_s, tr.silences) if tr is not None else (0.0, 0))

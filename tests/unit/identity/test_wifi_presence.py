@@ -197,3 +197,26 @@ def test_a_visit_under_way_but_long_quiet_counts_as_over_and_closing_forgets_it(
     pm.visit(FAM_A, 3000.0, 3100.0, public=True, key="quiet")  # over: counted once, not open any more
     assert pm.stay() == pytest.approx((50 * (200.0 + spread) + 3000.0 + spread + 600.0) / 52.0, rel=0.02)
     assert not pm._open
+
+
+def test_the_mean_over_devices_weighs_each_device_once() -> None:
+    """Ten devices scanning every 10 s and ten every 120 s, each heard for 20 minutes: the mean
+    silence between bursts leans to the fast ones (they burst 12x as often); the mean over devices
+    of their own mean silence is the plain average (~65 s), what a followed device's first burst
+    stands for online."""
+    pm = PresenceModel(PresenceParams(prior_n=1.0))
+    k = 0
+    for d in range(20):
+        every = 10.0 if d % 2 else 120.0
+        s, n = 0.0, 0
+        for _ in range(int(1200.0 / every)):
+            pm.silence(FAM_A, every, 1000.0 + k, public=True, own=(s, n))
+            s, n = s + every, n + 1
+            k += 1
+    assert pm.mean_silence(FAM_A, public=True) < 25.0
+    assert pm.device_silence(FAM_A, public=True) == pytest.approx(65.0, rel=0.1)
+    # a public MAC followed from its first burst online weighs it so; without ``so_far`` as before
+    first = pm.mark(FAM_A, public=True, own=(0.0, 0), so_far=True).presence_s
+    assert first / pm.mark(FAM_A, public=True).presence_s == pytest.approx(
+        pm.device_silence(FAM_A, public=True) / pm.mean_silence(FAM_A, public=True)
+    )
