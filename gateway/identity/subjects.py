@@ -47,6 +47,8 @@ _CACHE_MAX = 4096
 def _evict_older_half(cache: dict[Any, Any]) -> None:
     for k in list(itertools.islice(cache, len(cache) // 2)):
         del cache[k]
+
+
 _DROPPED = ""  # cache value for an opted-out (device, link)
 
 
