@@ -222,13 +222,12 @@ class Pipeline:
         """One tick's fixes, fed to presence (their events appended to ``events``). A localizer that
         computes a tick in parts does so when ``tick_chunk_devices`` asks for it: each part's events
         go to ``on_partial`` at once, with everything this call produced before them."""
-        parts = getattr(self.localizer, "fixes_chunks", None)
-        if self._chunk <= 0 or self.on_partial is None or parts is None:
+        if self._chunk <= 0 or self.on_partial is None:
             fixes = self.localizer.fixes(t)
             self._part(fixes, t, events)
             return fixes
         fixes = []
-        for part in parts(t, self._chunk):
+        for part in self.localizer.fixes_chunks(t, self._chunk):
             fixes += part
             self._part(part, t, events)
             if events or self._out:

@@ -32,6 +32,13 @@ if TYPE_CHECKING:
 CACHE_MAX = 4096
 
 
+def evict_older_half(memo: dict[Any, Any]) -> None:
+    """Drop the older half of a full memo (dict order is insertion order); what is still in use is
+    back at its next lookup, one HMAC."""
+    for k in list(itertools.islice(memo, len(memo) // 2)):
+        del memo[k]
+
+
 def _parse_hhmm(text: str) -> int:
     hh, mm = text.split(":")
     return int(hh) * 3600 + int(mm) * 60
@@ -130,9 +137,8 @@ class PseudonymKeyring:
             return hit
         digest = hmac.digest(self._key(epoch), identity.encode("utf-8"), "sha256").hex()  # one-shot (C)
         p = digest[: 2 * self._nbytes]
-        if len(self._cache) >= CACHE_MAX:  # the older half goes (dict order = insertion order)
-            for k in list(itertools.islice(self._cache, len(self._cache) // 2)):
-                del self._cache[k]
+        if len(self._cache) >= CACHE_MAX:
+            evict_older_half(self._cache)
         self._cache[(epoch, identity)] = p
         return p
 

@@ -23,13 +23,11 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import itertools
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
 
-from gateway.identity.pseudonyms import PseudonymKeyring
+from gateway.identity.pseudonyms import PseudonymKeyring, evict_older_half
 from gateway.models import Observation, SubjectKind, app_link, irk_link
 
 __all__ = ["ConsentRecord", "IdentityResolver", "OptOutResult", "app_link", "irk_link", "normalize_identifier"]
@@ -42,11 +40,6 @@ _HEX32_RE = re.compile(r"^[0-9a-f]{32}$")
 # advert, one HMAC). 16,384 held
 # ~4 MB at 500 devices (a day's addresses, tens of thousands, pass through it; issue 22: RSS)
 _CACHE_MAX = 4096
-
-
-def _evict_older_half(cache: dict[Any, Any]) -> None:
-    for k in list(itertools.islice(cache, len(cache) // 2)):
-        del cache[k]
 
 
 _DROPPED = ""  # cache value for an opted-out (device, link)
@@ -256,7 +249,7 @@ class IdentityResolver:
         subj = cache.get(key)
         if subj is None:
             if len(cache) >= _CACHE_MAX:
-                _evict_older_half(cache)
+                evict_older_half(cache)
             subj = cache[key] = self._miss(device, link, ts)
         return subj or None
 
@@ -284,7 +277,7 @@ class IdentityResolver:
                 subj = cache.get(key)
                 if subj is None:
                     if len(cache) >= _CACHE_MAX:
-                        _evict_older_half(cache)
+                        evict_older_half(cache)
                     subj = cache[key] = self._miss(o.device, o.link, ts)
             else:  # late/early observation from another rotation period: slow path
                 s2 = self.subject_for(o.device, o.link, ts)

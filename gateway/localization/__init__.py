@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Protocol
 
 from gateway.config import LocalizationSettings
@@ -19,6 +19,11 @@ class Localizer(Protocol):
 
     def fixes(self, now: float) -> list[Fix]:
         """Fixes at ``now`` for devices heard since the previous call (uses only ts <= now)."""
+        ...
+
+    def fixes_chunks(self, now: float, chunk: int = 0) -> Iterator[list[Fix]]:
+        """:meth:`fixes` in parts of at most ``chunk`` devices (0: one part), each yielded as soon as
+        it is computed; consumed to the end it is the same tick as :meth:`fixes`."""
         ...
 
     def set_sensor_active(self, sensor_id: str, active: bool) -> None:
