@@ -187,6 +187,7 @@ class PresenceEngine:
         }
         self._edge_zones = self._entrances | {z.id for z in layout.zones if z.kind == "outside"}
         self._outside_ids = [z.id for z in outside]
+        self._outside = frozenset(self._outside_ids)
         self.alias: dict[str, str] = {}  # orphan subject -> the subject whose visit it continues
         # (orphan, the subject it continues) of the latest merges, for measuring; bounded: never
         # cleared, it grew by ~5,000 a day at 500 devices (issue 22)
@@ -289,7 +290,9 @@ class PresenceEngine:
                 why = self._resident_kind(dev, ts)
                 if why is not None or dev in self._residents:
                     self._make_resident(dev, tr, why or self._residents[dev], ts, out)
-                elif self._chain_info is not None and z is not None and z not in self._edge_zones:
+                elif self._chain_info is not None and z not in self._outside:
+                    # first fixed inside the store (or off the plan: one advert's fix): it did not
+                    # walk in from the pavement, it may be an address rotation the linker missed
                     tr.orphan_until = ts + ORPHAN_WAIT_S
             elif ts < tr.last_seen:
                 late += 1
@@ -533,7 +536,8 @@ class PresenceEngine:
             kind = info.kind if info is not None else None
             best: tuple[float, str] | None = None
             for other, ot in tracks.items():
-                if other == dev or ot.resident or ot.orphan_until != -math.inf:
+                # a resident's rotation the linker missed continues the resident (staff, fixtures)
+                if other == dev or ot.orphan_until != -math.inf:
                     continue
                 if not (tr.first_seen - 6.0 <= ot.last_seen <= tr.last_seen - ORPHAN_SILENCE_S):
                     continue
