@@ -36,12 +36,14 @@ Model, per subject:
 * **Companions.** A tracker, earbuds, wearable or accessory within ``companion_radius_m`` of a phone
   when its visit would qualify moves with that phone: it is not an extra visitor (a tag alone, with
   no phone near it, still counts: many Android phones do not advertise).
-* **Orphans (position continuity).** A subject whose first fix is deep in the store (not at the
-  entrance, a shop front or outside) did not walk in: it is a device already inside whose address
-  rotation the linker could not join (or one just switched on). Its visit does not qualify for
-  ``ORPHAN_WAIT_S``; if in that time another subject of the same device kind went silent within
-  ``ORPHAN_RADIUS_M`` of where the orphan appeared, the orphan continues that subject's visit
-  (its fixes are attributed to it; ``stats.merges``), else it is a track of its own.
+* **Orphans (position continuity).** A subject whose first fix is not on the pavement (an
+  ``outside`` zone) did not walk in from the street: it may be a device already inside whose
+  address rotation the linker could not join (or one just switched on; a first fix is one advert's
+  and may be off the plan). Its visit does not qualify for ``ORPHAN_WAIT_S``; if in that time
+  another subject of the same device kind went silent within ``ORPHAN_RADIUS_M`` of where the
+  orphan is, the orphan continues that subject (its fixes are attributed to it; ``stats.merges``),
+  else it is a track of its own. A resident is such a subject too: a staff phone's missed rotation
+  stays set apart (it was counted as a visitor in every bench_store seed-3 run).
 * **Clearly inside.** A visit qualifies only once the subject has been seen for ``visitor_deep_s``
   farther than ``front_margin_m`` from any ``outside`` zone: a passer-by walking close to the glass
   has fixes just inside it, seldom metres inside for long.
