@@ -36,14 +36,15 @@ Model, per subject:
 * **Companions.** A tracker, earbuds, wearable or accessory within ``companion_radius_m`` of a phone
   when its visit would qualify moves with that phone: it is not an extra visitor (a tag alone, with
   no phone near it, still counts: many Android phones do not advertise).
-* **Orphans (position continuity).** A subject whose first fix is not on the pavement (an
-  ``outside`` zone) did not walk in from the street: it may be a device already inside whose
-  address rotation the linker could not join (or one just switched on; a first fix is one advert's
-  and may be off the plan). Its visit does not qualify for ``ORPHAN_WAIT_S``; if in that time
-  another subject of the same device kind went silent within ``ORPHAN_RADIUS_M`` of where the
-  orphan is, the orphan continues that subject (its fixes are attributed to it; ``stats.merges``),
-  else it is a track of its own. A resident is such a subject too: a staff phone's missed rotation
-  stays set apart (it was counted as a visitor in every bench_store seed-3 run).
+* **Orphans (position continuity).** A subject whose first fix is deep in the store (not at the
+  entrance, a shop front or outside) did not walk in: it is a device already inside whose address
+  rotation the linker could not join (or one just switched on). Its visit does not qualify for
+  ``ORPHAN_WAIT_S``; if in that time another subject of the same device kind went silent within
+  ``ORPHAN_RADIUS_M`` of where the orphan is, the orphan continues that subject (its fixes are
+  attributed to it; ``stats.merges``), else it is a track of its own. A resident is such a subject
+  too, and a new subject first fixed anywhere off the pavement (a first fix is one advert's and may
+  be off the plan) just as a resident of its kind fell silent is an orphan: a staff phone's missed
+  rotation stays set apart (it was counted as a visitor in every bench_store seed-3 run).
 * **Clearly inside.** A visit qualifies only once the subject has been seen for ``visitor_deep_s``
   farther than ``front_margin_m`` from any ``outside`` zone: a passer-by walking close to the glass
   has fixes just inside it, seldom metres inside for long.
@@ -228,11 +229,16 @@ class PresenceEngine:
         if self._chain_info is None:
             return None
         c = self._chain_info(dev)
-        if c is None:
-            return None
-        if c.kind in RESIDENT_KINDS:
-            return c.kind
-        if c.last_ts - c.first_ts >= self._s.resident_after_s:
+        if c is not None:
+            if c.kind in RESIDENT_KINDS:
+                return c.kind
+            if c.last_ts - c.first_ts >= self._s.resident_after_s:
+                return "all-day"
+        # the track's own span: an orphan merged into it (a rotation the linker missed) keeps it
+        # going while its chain (forgotten by the linker once silent) and the new one are each
+        # shorter than resident_after_s
+        tr = self._tracks.get(dev)
+        if tr is not None and tr.last_seen - tr.first_seen >= self._s.resident_after_s:
             return "all-day"
         return None
 
@@ -292,9 +298,13 @@ class PresenceEngine:
                 why = self._resident_kind(dev, ts)
                 if why is not None or dev in self._residents:
                     self._make_resident(dev, tr, why or self._residents[dev], ts, out)
-                elif self._chain_info is not None and z not in self._outside:
-                    # first fixed inside the store (or off the plan: one advert's fix): it did not
-                    # walk in from the pavement, it may be an address rotation the linker missed
+                elif (
+                    self._chain_info is not None
+                    and z not in self._outside
+                    and ((z is not None and z not in self._edge_zones) or self._resident_fell_silent(dev, ts))
+                ):
+                    # deep in the store, or (a first fix is one advert's: anywhere off the pavement)
+                    # just as a resident of its kind fell silent: a rotation the linker missed
                     tr.orphan_until = ts + ORPHAN_WAIT_S
             elif ts < tr.last_seen:
                 late += 1
@@ -524,6 +534,20 @@ class PresenceEngine:
             out.append(ev)
         else:
             v.pending.append(ev)
+
+    def _resident_fell_silent(self, dev: str, ts: float) -> bool:
+        """Did a resident of ``dev``'s device kind stop speaking in the seconds before ``ts``?"""
+        if self._chain_info is None or not self._residents:
+            return False
+        info = self._chain_info(dev)
+        if info is None:
+            return False
+        for other, ot in self._tracks.items():
+            if ot.resident and other != dev and ts - 6.0 <= ot.last_seen <= ts:
+                oi = self._chain_info(other)
+                if oi is not None and oi.kind == info.kind:
+                    return True
+        return False
 
     def _resolve_orphans(self, now: float, out: list[EventBase]) -> None:
         """Let each waiting orphan continue a track of the same kind that stopped where it appeared."""

@@ -153,3 +153,17 @@ def test_a_shopper_walking_in_from_the_pavement_is_no_orphan() -> None:
     ev = walk_sparse(e, ch, {"a": a, "b": b}, T0 + 700)
     assert [x.subject for x in ev if isinstance(x, VisitEnded) and x.visitor] == ["b"]
     assert e.stats.merges == 0
+
+
+def test_a_device_present_all_day_through_a_missed_rotation_becomes_a_resident() -> None:
+    """bench_store shopfront-glass seed 2: an Apple TV in a window rotated unlinked after 15 min;
+    the orphan rule joined the new address to the old track, but the all-day rule read the old
+    chain's span (15 min, never growing): a visitor of 2 h. The merged track's span counts."""
+    e, ch = engine({"a": "computer", "b": "computer"}, resident_after_s=600)
+    a: list[tuple[float, float] | None] = [(18.0, 7.0)] * 300
+    b: list[tuple[float, float] | None] = [None] * 301 + [(18.0, 7.0)] * 700
+    ch["b"].first_ts = T0 + 301
+    ev = walk_sparse(e, ch, {"a": a, "b": b}, T0 + 1100)
+    assert list(e.merge_log) == [("b", "a")]
+    assert not [x for x in ev if isinstance(x, VisitEnded) and x.visitor]
+    assert e.residents() == {"a": "all-day"}
