@@ -86,6 +86,7 @@ _FAR = math.inf
 ORPHAN_WAIT_S = 20.0  # how long an orphan waits for a vanished track to continue
 ORPHAN_RADIUS_M = 2.5  # how far from where that track was last seen it may appear
 ORPHAN_SILENCE_S = 2.0  # a track silent this long (while the orphan speaks) has stopped
+RESIDENT_GONE_S = 10.0  # a resident silent this long (while the orphan speaks) may have rotated
 MERGE_LOG_MAX = 2000  # merges kept in ``merge_log`` (a measuring aid for bench_store: 0.4 MB at most)
 VECTOR_MIN = 32  # batches of at least this many fixes test the shop-front margin on arrays
 MAX_TRANSIT = 8  # unconfirmed zones remembered between two confirmed ones (a corner's flicker)
@@ -141,6 +142,7 @@ class _Track:
     x: float = 0.0
     y: float = 0.0
     orphan_until: float = -math.inf  # an orphan waits until then for a vanished track to continue
+    resident_only: bool = False  # an orphan that may continue a resident only
     deep_s: float = 0.0  # time seen clearly inside (farther than front_margin_m from the pavement)
     last_inside: float = -math.inf  # time of the newest fix inside an in-store zone
     near_phone: int = 0  # ticks a companion-kind device was next to a phone / ticks checked
@@ -298,14 +300,14 @@ class PresenceEngine:
                 why = self._resident_kind(dev, ts)
                 if why is not None or dev in self._residents:
                     self._make_resident(dev, tr, why or self._residents[dev], ts, out)
-                elif (
-                    self._chain_info is not None
-                    and z not in self._outside
-                    and ((z is not None and z not in self._edge_zones) or self._resident_fell_silent(dev, ts))
-                ):
-                    # deep in the store, or (a first fix is one advert's: anywhere off the pavement)
-                    # just as a resident of its kind fell silent: a rotation the linker missed
-                    tr.orphan_until = ts + ORPHAN_WAIT_S
+                elif self._chain_info is not None and z not in self._outside:
+                    if z is not None and z not in self._edge_zones:
+                        tr.orphan_until = ts + ORPHAN_WAIT_S  # deep in the store: it did not walk in
+                    elif self._resident_near_in_time(dev, ts):
+                        # a first fix is one advert's (anywhere off the pavement): a resident of its
+                        # kind that falls silent now may have rotated; it may continue only a resident
+                        tr.orphan_until = ts + ORPHAN_WAIT_S
+                        tr.resident_only = True
             elif ts < tr.last_seen:
                 late += 1
                 continue
@@ -535,8 +537,8 @@ class PresenceEngine:
         else:
             v.pending.append(ev)
 
-    def _resident_fell_silent(self, dev: str, ts: float) -> bool:
-        """Did a resident of ``dev``'s device kind stop speaking in the seconds before ``ts``?"""
+    def _resident_near_in_time(self, dev: str, ts: float) -> bool:
+        """Has a resident of ``dev``'s device kind spoken in the seconds before ``ts``?"""
         if self._chain_info is None or not self._residents:
             return False
         info = self._chain_info(dev)
@@ -563,12 +565,14 @@ class PresenceEngine:
             best: tuple[float, str] | None = None
             for other, ot in tracks.items():
                 # a resident's rotation the linker missed continues the resident (staff, fixtures)
-                if other == dev or ot.orphan_until != -math.inf:
+                if other == dev or ot.orphan_until != -math.inf or (tr.resident_only and not ot.resident):
                     continue
                 if not (tr.first_seen - 6.0 <= ot.last_seen <= tr.last_seen - ORPHAN_SILENCE_S):
                     continue
                 if ot.last_seen > tr.first_seen + 5.0:  # spoke long after the orphan appeared: not it
                     continue
+                if ot.resident and now - ot.last_seen < RESIDENT_GONE_S:
+                    continue  # a staff phone is silent a few seconds now and then: it must be gone
                 oi = self._chain_info(other)
                 if oi is None or oi.kind != kind:
                     continue
@@ -589,6 +593,7 @@ class PresenceEngine:
                 self.merge_log.append((dev, old))
             elif now >= tr.orphan_until:
                 tr.orphan_until = -math.inf  # a device of its own: qualifies like any other (tick)
+                tr.resident_only = False
 
     def _companion_kind(self, dev: str) -> bool:
         if self._chain_info is None:
