@@ -81,6 +81,12 @@ class ZoneCoverage:
     outside: float
     borders_outside: bool
     status: str  # "pass" or "warn"
+    size_m: float = 0.0  # the smaller side of the zone's bounding box
+
+    @property
+    def unplaceable(self) -> bool:
+        """Uncertainty above half the zone's size: kept is then the plan's walls, not the sensors."""
+        return self.crlb_m > 0.5 * self.size_m
 
 
 @dataclass(frozen=True)
@@ -92,6 +98,7 @@ class Suggestion:
     kept_before: float
     kept_after: float
     glass_m: float | None  # distance to the glass (zones bordering an outside zone), else None
+    crlb_after: float = 0.0  # the zone's median bound once it is added (m)
 
 
 @dataclass
@@ -227,6 +234,9 @@ def check_layout_coverage(
         if z.kind == "outside":
             continue
         crlb, kept, outside = ev.zone(sensors, i)
+        poly = np.asarray(z.polygon, dtype=np.float64)
+        size = float((poly.max(axis=0) - poly.min(axis=0)).min())
+        ok = kept >= min_kept and crlb <= 0.5 * size
         zones.append(
             ZoneCoverage(
                 z.id,
@@ -236,7 +246,8 @@ def check_layout_coverage(
                 round(kept, 4),
                 round(outside, 4),
                 bool(_glass_edges(layout, z)),
-                "pass" if kept >= min_kept else "warn",
+                "pass" if ok else "warn",
+                round(size, 3),
             )
         )
     report = LayoutReport(layout.store.id, len(sensors), model, min_kept, zones)
@@ -275,31 +286,58 @@ def _suggest(layout: Layout, ev: _Evaluator, sensors: list[Sensor], min_kept: fl
     cur = list(sensors)
     ids = {s.id for s in cur}
     zis = [i for i, z in enumerate(layout.zones) if z.kind != "outside"]
-    kept = {i: ev.zone(cur, i)[1] for i in zis}
+    kept, bad = _kept_and_bad(layout, ev, cur, zis)
     tried: set[int] = set()
     while len(out) < MAX_SUGGESTIONS:
         short = [i for i in zis if kept[i] < min_kept + TARGET_MARGIN and i not in tried]
+        short += [i for i in zis if bad[i] and i not in tried and i not in short]
         if not short:
             break
-        zi = min(short, key=lambda i: kept[i])
+        zi = min(short, key=lambda i: (not bad[i], kept[i]))
         best: tuple[float, Sensor, float | None] | None = None
         for x, y, glass in _candidates(layout, zi):
             k = 1
             while f"suggested-{k}" in ids:
                 k += 1
             s = Sensor(id=f"suggested-{k}", x=x, y=y, z=h, rssi_at_1m=p0, path_loss_exponent=n)
-            kz = ev.zone([*cur, s], zi)[1]
-            if best is None or kz > best[0] + 1e-9:
-                best = (kz, s, glass)
-        if best is None or best[0] < kept[zi] + MIN_GAIN:
+            crlb, kz, _ = ev.zone([*cur, s], zi)
+            score = -crlb if bad[zi] else kz  # a zone the sensors cannot place: the bound first
+            if best is None or score > best[0] + 1e-9:
+                best = (score, s, glass)
+        if best is None or (not bad[zi] and best[0] < kept[zi] + MIN_GAIN):
             tried.add(zi)  # no single sensor helps this zone: say so, do not loop
             continue
-        kz, s, glass = best
-        out.append(Suggestion(round(s.x, 2), round(s.y, 2), round(h, 2), layout.zones[zi].id, kept[zi], kz, glass))
+        _, s, glass = best
+        crlb_after, kz, _ = ev.zone([*cur, s], zi)
+        out.append(
+            Suggestion(
+                round(s.x, 2),
+                round(s.y, 2),
+                round(h, 2),
+                layout.zones[zi].id,
+                kept[zi],
+                kz,
+                glass,
+                round(crlb_after, 3),
+            )
+        )
         cur.append(s)
         ids.add(s.id)
-        kept = {i: ev.zone(cur, i)[1] for i in zis}
+        kept, bad = _kept_and_bad(layout, ev, cur, zis)
     return out
+
+
+def _kept_and_bad(
+    layout: Layout, ev: _Evaluator, sensors: list[Sensor], zis: list[int]
+) -> tuple[dict[int, float], dict[int, bool]]:
+    kept: dict[int, float] = {}
+    bad: dict[int, bool] = {}
+    for i in zis:
+        crlb, k, _ = ev.zone(sensors, i)
+        poly = np.asarray(layout.zones[i].polygon, dtype=np.float64)
+        kept[i] = k
+        bad[i] = crlb > 0.5 * float((poly.max(axis=0) - poly.min(axis=0)).min())
+    return kept, bad
 
 
 # -- rendering --------------------------------------------------------------------------------------
@@ -313,7 +351,9 @@ def zone_line(z: ZoneCoverage, min_kept: float) -> str:
     )
     if z.borders_outside:
         txt += f", {z.outside:.0%} across the glass"
-    if z.status == "warn":
+    if z.unplaceable:
+        txt += f" (uncertainty above half the zone's size, {z.size_m:g} m: the sensors cannot place a visitor in it)"
+    elif z.status == "warn":
         txt += f" (below {min_kept:.0%}: its dwell will read low, its neighbours' high)"
     return txt
 
@@ -322,7 +362,7 @@ def suggestion_line(s: Suggestion) -> str:
     where = f"within {GLASS_MAX_M:g} m of the glass ({s.glass_m:g} m inside it) " if s.glass_m is not None else ""
     return (
         f"add a sensor {where}at x={s.x:g} y={s.y:g} (z={s.z:g}) for {s.zone}: "
-        f"{s.kept_before:.0%} -> {s.kept_after:.0%} of fixes kept"
+        f"{s.kept_before:.0%} -> {s.kept_after:.0%} of fixes kept, uncertainty {s.crlb_after:.2f} m"
     )
 
 

@@ -117,3 +117,20 @@ def test_doctor_warns_with_the_place_to_add_a_sensor(tmp_path: Path) -> None:
     assert "within 1.5 m of the glass" in c.remedy
     ok = check_coverage(Settings.model_validate({"paths": {"layout": str(LAYOUTS / "shopfront-glass.toml")}}))
     assert ok.status == "pass", ok
+
+
+def test_a_zone_no_sensor_set_can_place_warns_though_its_walls_keep_every_fix() -> None:
+    """One sensor: the position is unobservable (bound of kilometres); fixes clamped to the plan
+    all land in the one zone, so 'kept' alone would pass it."""
+    lay = parse_layout(
+        {
+            "store": {"id": "x", "width_m": 10.0, "depth_m": 10.0},
+            "sensors": [{"id": "a", "x": 5.0, "y": 5.0}],
+            "zones": [{"id": "z", "polygon": [[0, 0], [10, 0], [10, 10], [0, 10]]}],
+        }
+    )
+    r = check_layout_coverage(lay, MODEL)
+    (z,) = r.zones
+    assert z.kept == 1.0 and z.unplaceable and z.status == "warn"
+    assert "cannot place a visitor" in render(r)
+    assert r.suggestions and r.suggestions[-1].crlb_after <= 0.5 * z.size_m
