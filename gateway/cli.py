@@ -32,6 +32,7 @@ COMMAND_MODULES: list[str] = [
     "gateway.ops.status_cli",
     "gateway.demo.status_demo",  # gateway status demo (after status_cli: it joins that group)
     "gateway.ops.outbox_tool",
+    "gateway.ops.layout_check",
 ]
 
 

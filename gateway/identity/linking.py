@@ -89,17 +89,22 @@ class LinkerStats:
 RECENT_S = 5.0  # only what a sensor heard this recently describes where a device is now
 GONE_S = 600.0  # an address silent this long is no longer a candidate for a rotation
 PRUNE_EVERY_S = 60.0  # event time between two sweeps for addresses and chains gone silent
+TRIM_FROM = 5  # shared sensors from which the largest RSSI difference is left out (a fade)
 LINK_LOG_MAX = 2000  # links kept in ``link_log`` (a measuring aid: bench_store reads ~130 per run; 0.4 MB)
 
 
 def _distance(new: dict[str, float], old: _Addr, min_shared: int) -> float | None:
-    """Mean absolute RSSI difference over sensors that heard both recently, plus a penalty for
-    sensors that heard only one of them; None when too few sensors are shared."""
+    """Mean absolute RSSI difference over sensors that heard both recently (the largest dropped
+    when at least ``TRIM_FROM`` are shared), plus a penalty for sensors that heard only one of
+    them; None when too few sensors are shared."""
     recent = {x: v for x, v in old.rssi.items() if old.last_ts - old.heard.get(x, -math.inf) <= RECENT_S}
     shared = [x for x in new if x in recent]
     if not shared or len(shared) < min(min_shared, len(new), len(recent)):
         return None
-    d = sum(abs(new[x] - recent[x]) for x in shared) / len(shared)
+    diffs = sorted(abs(new[x] - recent[x]) for x in shared)
+    if len(diffs) >= TRIM_FROM:
+        diffs.pop()  # one sensor's deep fade (a body between phone and sensor) is not a move
+    d = sum(diffs) / len(diffs)
     only = len(new) + len(recent) - 2 * len(shared)
     return d + 8.0 * only / max(1, len(new) + len(recent))
 

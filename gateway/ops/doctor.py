@@ -146,6 +146,20 @@ def check_layout(s: Settings) -> Check:
     return Check("layout", "pass", f"{lay.store.id}: {len(lay.sensors)} sensors, {len(lay.zones)} zones")
 
 
+def check_coverage(s: Settings) -> Check:
+    """Can the layout's sensors place a standing visitor in each zone? (``gateway layout check``)"""
+    from gateway.layout import embedded_layout, load_layout
+    from gateway.ops.layout_check import RadioModel, check_layout_coverage, doctor_summary
+
+    try:
+        lay = load_layout(s.paths.layout) if s.paths.layout is not None else embedded_layout()
+    except Exception:  # the layout row says why
+        return Check("zone coverage", "skip", "layout not readable")
+    report = check_layout_coverage(lay, RadioModel.from_settings(s.localization))
+    detail, remedy = doctor_summary(report)
+    return Check("zone coverage", "pass" if report.ok else "warn", detail, remedy)
+
+
 def check_disk(s: Settings) -> Check:
     d = s.paths.state_dir
     if not d.is_dir():
@@ -513,6 +527,7 @@ def run_checks(config: Path | None, timeout_s: float = 5.0, skip: frozenset[str]
     if s is not None:
         plan += [
             ("layout", lambda: check_layout(s)),
+            ("coverage", lambda: check_coverage(s)),
             ("disk", lambda: check_disk(s)),
             ("outbox", lambda: check_outbox(s)),
             ("tls", lambda: check_tls_identity(s)),
@@ -544,7 +559,7 @@ def render(checks: list[Check]) -> str:
     return "\n".join(lines)
 
 
-CHECK_KEYS = ("clock", "layout", "disk", "outbox", "tls", "login", "broker", "local-broker", "ble", "wifi")
+CHECK_KEYS = ("clock", "layout", "coverage", "disk", "outbox", "tls", "login", "broker", "local-broker", "ble", "wifi")
 
 
 def _cmd(args: argparse.Namespace) -> int:

@@ -40,8 +40,11 @@ Model, per subject:
   entrance, a shop front or outside) did not walk in: it is a device already inside whose address
   rotation the linker could not join (or one just switched on). Its visit does not qualify for
   ``ORPHAN_WAIT_S``; if in that time another subject of the same device kind went silent within
-  ``ORPHAN_RADIUS_M`` of where the orphan appeared, the orphan continues that subject's visit
-  (its fixes are attributed to it; ``stats.merges``), else it is a track of its own.
+  ``ORPHAN_RADIUS_M`` of where the orphan is, the orphan continues that subject (its fixes are
+  attributed to it; ``stats.merges``), else it is a track of its own. A resident is such a subject
+  too, and a new subject first fixed anywhere off the pavement (a first fix is one advert's and may
+  be off the plan) just as a resident of its kind fell silent is an orphan: a staff phone's missed
+  rotation stays set apart (it was counted as a visitor in every bench_store seed-3 run).
 * **Clearly inside.** A visit qualifies only once the subject has been seen for ``visitor_deep_s``
   farther than ``front_margin_m`` from any ``outside`` zone: a passer-by walking close to the glass
   has fixes just inside it, seldom metres inside for long.
@@ -83,6 +86,7 @@ _FAR = math.inf
 ORPHAN_WAIT_S = 20.0  # how long an orphan waits for a vanished track to continue
 ORPHAN_RADIUS_M = 2.5  # how far from where that track was last seen it may appear
 ORPHAN_SILENCE_S = 2.0  # a track silent this long (while the orphan speaks) has stopped
+RESIDENT_GONE_S = 10.0  # a resident silent this long (while the orphan speaks) may have rotated
 MERGE_LOG_MAX = 2000  # merges kept in ``merge_log`` (a measuring aid for bench_store: 0.4 MB at most)
 VECTOR_MIN = 32  # batches of at least this many fixes test the shop-front margin on arrays
 MAX_TRANSIT = 8  # unconfirmed zones remembered between two confirmed ones (a corner's flicker)
@@ -138,6 +142,7 @@ class _Track:
     x: float = 0.0
     y: float = 0.0
     orphan_until: float = -math.inf  # an orphan waits until then for a vanished track to continue
+    resident_only: bool = False  # an orphan that may continue a resident only
     deep_s: float = 0.0  # time seen clearly inside (farther than front_margin_m from the pavement)
     last_inside: float = -math.inf  # time of the newest fix inside an in-store zone
     near_phone: int = 0  # ticks a companion-kind device was next to a phone / ticks checked
@@ -187,6 +192,7 @@ class PresenceEngine:
         }
         self._edge_zones = self._entrances | {z.id for z in layout.zones if z.kind == "outside"}
         self._outside_ids = [z.id for z in outside]
+        self._outside = frozenset(self._outside_ids)
         self.alias: dict[str, str] = {}  # orphan subject -> the subject whose visit it continues
         # (orphan, the subject it continues) of the latest merges, for measuring; bounded: never
         # cleared, it grew by ~5,000 a day at 500 devices (issue 22)
@@ -225,11 +231,16 @@ class PresenceEngine:
         if self._chain_info is None:
             return None
         c = self._chain_info(dev)
-        if c is None:
-            return None
-        if c.kind in RESIDENT_KINDS:
-            return c.kind
-        if c.last_ts - c.first_ts >= self._s.resident_after_s:
+        if c is not None:
+            if c.kind in RESIDENT_KINDS:
+                return c.kind
+            if c.last_ts - c.first_ts >= self._s.resident_after_s:
+                return "all-day"
+        # the track's own span: an orphan merged into it (a rotation the linker missed) keeps it
+        # going while its chain (forgotten by the linker once silent) and the new one are each
+        # shorter than resident_after_s
+        tr = self._tracks.get(dev)
+        if tr is not None and tr.last_seen - tr.first_seen >= self._s.resident_after_s:
             return "all-day"
         return None
 
@@ -289,8 +300,14 @@ class PresenceEngine:
                 why = self._resident_kind(dev, ts)
                 if why is not None or dev in self._residents:
                     self._make_resident(dev, tr, why or self._residents[dev], ts, out)
-                elif self._chain_info is not None and z is not None and z not in self._edge_zones:
-                    tr.orphan_until = ts + ORPHAN_WAIT_S
+                elif self._chain_info is not None and z not in self._outside:
+                    if z is not None and z not in self._edge_zones:
+                        tr.orphan_until = ts + ORPHAN_WAIT_S  # deep in the store: it did not walk in
+                    elif self._resident_near_in_time(dev, ts):
+                        # a first fix is one advert's (anywhere off the pavement): a resident of its
+                        # kind that falls silent now may have rotated; it may continue only a resident
+                        tr.orphan_until = ts + ORPHAN_WAIT_S
+                        tr.resident_only = True
             elif ts < tr.last_seen:
                 late += 1
                 continue
@@ -520,6 +537,20 @@ class PresenceEngine:
         else:
             v.pending.append(ev)
 
+    def _resident_near_in_time(self, dev: str, ts: float) -> bool:
+        """Has a resident of ``dev``'s device kind spoken in the seconds before ``ts``?"""
+        if self._chain_info is None or not self._residents:
+            return False
+        info = self._chain_info(dev)
+        if info is None:
+            return False
+        for other, ot in self._tracks.items():
+            if ot.resident and other != dev and ts - 6.0 <= ot.last_seen <= ts:
+                oi = self._chain_info(other)
+                if oi is not None and oi.kind == info.kind:
+                    return True
+        return False
+
     def _resolve_orphans(self, now: float, out: list[EventBase]) -> None:
         """Let each waiting orphan continue a track of the same kind that stopped where it appeared."""
         if self._chain_info is None:
@@ -533,12 +564,15 @@ class PresenceEngine:
             kind = info.kind if info is not None else None
             best: tuple[float, str] | None = None
             for other, ot in tracks.items():
-                if other == dev or ot.resident or ot.orphan_until != -math.inf:
+                # a resident's rotation the linker missed continues the resident (staff, fixtures)
+                if other == dev or ot.orphan_until != -math.inf or (tr.resident_only and not ot.resident):
                     continue
                 if not (tr.first_seen - 6.0 <= ot.last_seen <= tr.last_seen - ORPHAN_SILENCE_S):
                     continue
                 if ot.last_seen > tr.first_seen + 5.0:  # spoke long after the orphan appeared: not it
                     continue
+                if ot.resident and now - ot.last_seen < RESIDENT_GONE_S:
+                    continue  # a staff phone is silent a few seconds now and then: it must be gone
                 oi = self._chain_info(other)
                 if oi is None or oi.kind != kind:
                     continue
@@ -559,6 +593,7 @@ class PresenceEngine:
                 self.merge_log.append((dev, old))
             elif now >= tr.orphan_until:
                 tr.orphan_until = -math.inf  # a device of its own: qualifies like any other (tick)
+                tr.resident_only = False
 
     def _companion_kind(self, dev: str) -> bool:
         if self._chain_info is None:

@@ -114,3 +114,33 @@ def test_static_devices_pass_with_their_kind() -> None:
     assert {o.device for o in out} == {"tv"}
     info = lk.info("tv")
     assert info is not None and info.kind == "fixture"
+
+
+def advert5(t: float, subject: str, rssi: tuple[float, ...]) -> list[Observation]:
+    return [Observation(t, s, subject, r, "ble", None, None, PHONE) for s, r in zip("abcde", rssi, strict=True)]
+
+
+def test_one_sensor_fading_on_the_new_addresses_first_advert_still_links() -> None:
+    """bench_store seed 3's staff phone and seed 2's Apple TV (6 shared sensors each): the new
+    address's first advert (the one the decision sees) faded 11-17 dB at one sensor, the others
+    were a few dB off. The mean over every shared sensor read 7.1-7.3 dB > rssi_tol_db: no link,
+    and the device was counted as a visitor."""
+    lk = RotationLinker(KR.epoch_bounds)
+    obs = [o for k in range(10) for o in advert5(T0 + k, "old", (-60, -70, -75, -80, -84))]
+    obs += advert5(T0 + 10.1, "new", (-64, -66, -79, -97, -80))  # 4 dB off at four sensors, 17 dB at one
+    obs += [o for k in range(11, 20) for o in advert5(T0 + k + 0.1, "new", (-61, -69, -76, -80, -84))]
+    out = feed(lk, obs)
+    assert lk.stats.links == 1 and lk.link_log == [("new", "old")]
+    assert {o.device for o in out if o.ts > T0 + 11.5} == {"old"}
+
+
+def test_a_fade_is_left_out_only_once_and_only_among_five_sensors() -> None:
+    """Two deep fades are not one: the second counts; with four sensors nothing is left out."""
+    for rssi, sensors in (((-64, -66, -79, -97, -101), 5), ((-64, -66, -79, -97), 4)):
+        lk = RotationLinker(KR.epoch_bounds)
+        mk = advert5 if sensors == 5 else advert
+        old = (-60, -70, -75, -80, -84)[:sensors]
+        obs = [o for k in range(10) for o in mk(T0 + k, "old", old)]
+        obs += [o for k in range(10, 20) for o in mk(T0 + k + 0.1, "new", rssi)]
+        feed(lk, obs)
+        assert lk.stats.links == 0, rssi

@@ -159,6 +159,7 @@ def test_good_box_all_pass(tmp_path: Path, pki: Pki, tls_broker: Mosquitto, mosq
     assert st == {
         "config": "pass",
         "layout": "pass",
+        "zone coverage": "pass",
         "disk": "pass",
         "outbox": "pass",
         "tls identity": "pass",

@@ -114,3 +114,56 @@ def walk_sparse(
         out += e.tick(t)
         t += 1.0
     return out + e.close(t)
+
+
+def _staff_rotation(first: tuple[float, float]) -> tuple[PresenceEngine, list[EventBase]]:
+    """A staff phone, a resident after 300 s, rotates at t = 400 s and the linker misses it (an
+    advert faded at one sensor): the new address 'b' is a chain of its own, only seconds old, first
+    fixed at ``first`` (one advert's fix), then next to where 'a' stopped, by the window display."""
+    e, ch = engine({"a": "phone", "b": "phone"}, resident_after_s=300)
+    a = [(6.0, 8.0)] * 200 + [(3.0, 4.0)] * 200
+    b: list[tuple[float, float] | None] = [None] * 401 + [first] + [(3.0, 4.0)] * 30 + [(6.0, 8.0)] * 200
+    ch["b"].first_ts = T0 + 401
+    return e, walk_sparse(e, ch, {"a": a, "b": b}, T0 + 700)
+
+
+def test_a_staff_phone_rotating_in_the_store_unlinked_stays_a_resident() -> None:
+    """The seed-3 bench_store staff phone: an orphan deep in the store continues a resident's track
+    (old code skipped residents as orphans' candidates: 'b' became a visitor of 230 s)."""
+    e, ev = _staff_rotation((3.0, 4.5))
+    assert not [x for x in ev if isinstance(x, VisitEnded) and x.visitor]
+    assert list(e.merge_log) == [("b", "a")]
+    assert "a" in e.residents()
+
+
+def test_a_staff_phone_whose_new_address_is_first_fixed_outside_any_zone_stays_a_resident() -> None:
+    """The same with the new address's first fix off the plan (one advert's fix, clamped to the
+    search area's corner), as in the bench: a first fix in no zone made no orphan in the old code."""
+    e, ev = _staff_rotation((-4.0, -4.5))
+    assert not [x for x in ev if isinstance(x, VisitEnded) and x.visitor]
+    assert list(e.merge_log) == [("b", "a")]
+
+
+def test_a_shopper_walking_in_from_the_pavement_is_no_orphan() -> None:
+    """First fixed on the pavement: it walked in, it continues no one (a staff phone fell silent there)."""
+    e, ch = engine({"a": "phone", "b": "phone"}, resident_after_s=300)
+    a = [(12.0, 4.0)] * 400
+    b: list[tuple[float, float] | None] = [None] * 399 + [(12.0, -1.0)] * 3 + [(12.0, 1.5)] * 3 + [(12.0, 5.0)] * 120
+    ch["b"].first_ts = T0 + 399
+    ev = walk_sparse(e, ch, {"a": a, "b": b}, T0 + 700)
+    assert [x.subject for x in ev if isinstance(x, VisitEnded) and x.visitor] == ["b"]
+    assert e.stats.merges == 0
+
+
+def test_a_device_present_all_day_through_a_missed_rotation_becomes_a_resident() -> None:
+    """bench_store shopfront-glass seed 2: an Apple TV in a window rotated unlinked after 15 min;
+    the orphan rule joined the new address to the old track, but the all-day rule read the old
+    chain's span (15 min, never growing): a visitor of 2 h. The merged track's span counts."""
+    e, ch = engine({"a": "computer", "b": "computer"}, resident_after_s=600)
+    a: list[tuple[float, float] | None] = [(18.0, 7.0)] * 300
+    b: list[tuple[float, float] | None] = [None] * 301 + [(18.0, 7.0)] * 700
+    ch["b"].first_ts = T0 + 301
+    ev = walk_sparse(e, ch, {"a": a, "b": b}, T0 + 1100)
+    assert list(e.merge_log) == [("b", "a")]
+    assert not [x for x in ev if isinstance(x, VisitEnded) and x.visitor]
+    assert e.residents() == {"a": "all-day"}
