@@ -355,7 +355,6 @@ async def through_daemon(
             ticks.append((len(out), time.thread_time() - c0))
             return out
 
-        localizer.fixes = tick_timed  # type: ignore[method-assign,assignment]
         parts_fn = getattr(localizer, "fixes_chunks", None)
 
         def parts_timed(t: float, chunk: int = 0) -> Iterator[list[Fix]]:  # the same, for a tick in parts
@@ -372,8 +371,12 @@ async def through_daemon(
                 yield part
             ticks.append((n, cpu))
 
+        # a localizer with parts computes ``fixes`` through ``fixes_chunks``: timing both counted
+        # each tick twice (with ``tick_chunk_devices = 0``)
         if parts_fn is not None:
             localizer.fixes_chunks = parts_timed  # type: ignore[attr-defined]
+        else:
+            localizer.fixes = tick_timed  # type: ignore[method-assign,assignment]
         cpu0, broker0, recv0 = thread_cpu(), proc_cpu(broker_pid), proc_cpu(recv.proc.pid or 0)
         src.go.set()
         await asyncio.wait_for(src.done.wait(), 600)
