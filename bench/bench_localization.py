@@ -121,6 +121,24 @@ def median_diff_interval(
     return float(np.nanpercentile(d, 5)), float(np.nanpercentile(d, 95))
 
 
+SEGMENTS = ("stand", "turn", "straight")
+
+
+def segments(truth: np.ndarray, ts: np.ndarray) -> np.ndarray:
+    """What the walker was doing at each time, from the camera truth (rows ts, x, y): 0 *stand* (speed
+    over +-1 s below 0.12 m/s), 1 *turn* (heading over +-2 s changing by more than 35 degrees), 2
+    *straight* (docs/localization.md 9.8)."""
+
+    def at(t: np.ndarray) -> np.ndarray:
+        return np.column_stack([np.interp(t, truth[:, 0], truth[:, 1]), np.interp(t, truth[:, 0], truth[:, 2])])
+
+    speed = np.hypot(*((at(ts + 1.0) - at(ts - 1.0)) / 2.0).T)
+    a, b = at(ts) - at(ts - 2.0), at(ts + 2.0) - at(ts)
+    turn = np.abs((np.arctan2(b[:, 1], b[:, 0]) - np.arctan2(a[:, 1], a[:, 0]) + np.pi) % (2 * np.pi) - np.pi)
+    moved = (np.hypot(*a.T) > 0.2) & (np.hypot(*b.T) > 0.2)
+    return np.where(speed < 0.12, 0, np.where((turn > np.radians(35)) & moved, 1, 2))
+
+
 def real_tracks(settings: LocalizationSettings) -> None:
     real = data_dir() / "ble-real"
     if not (real / "score.py").is_file() or not (real / "baselines.py").is_file():
@@ -133,6 +151,7 @@ def real_tracks(settings: LocalizationSettings) -> None:
     ours: list[tuple[dict[str, object], np.ndarray]] = []
     refs: dict[str, list[tuple[dict[str, object], np.ndarray]]] = {"mle": [], "centroid": []}
     per_track_ok = True
+    by_seg: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {"ours": [], "mle": []}
     with tempfile.TemporaryDirectory() as tmp:
         for td in tracks:
             layout = load_layout(td / "layout.toml")
@@ -154,7 +173,10 @@ def real_tracks(settings: LocalizationSettings) -> None:
             per_track_ok &= below and res["coverage"] >= 0.9
             truth = next(iter(scorer.load_truth(str(td)).values()))
             mle_ts = _scored_times(Path(tmp) / f"{td.name}.mle.jsonl", truth)
-            lo, hi = median_diff_interval((_scored_times(fixes, truth), err), (mle_ts, refs["mle"][-1][1]))
+            ours_ts = _scored_times(fixes, truth)
+            lo, hi = median_diff_interval((ours_ts, err), (mle_ts, refs["mle"][-1][1]))
+            by_seg["ours"].append((segments(truth, ours_ts), err))
+            by_seg["mle"].append((segments(truth, mle_ts), refs["mle"][-1][1]))
             print(
                 f"loc.real[{td.name}]: median {res['median_m']:.2f} m, p90 {res['p90_m']:.2f} m, coverage "
                 f"{res['coverage']:.2f} ({res['n_fixes']} fixes) (reference MLE median {line['mle']['median_m']:.2f} m "
@@ -163,6 +185,13 @@ def real_tracks(settings: LocalizationSettings) -> None:
                 f"{res['median_m'] - line['mle']['median_m']:+.2f} m, 90 % block-bootstrap interval "
                 f"[{lo:+.2f}, {hi:+.2f}])"
             )
+    parts = []
+    for k, name in enumerate(SEGMENTS):
+        e = {m: np.concatenate([err[seg == k] for seg, err in by_seg[m]]) for m in by_seg}
+        if e["ours"].size and e["mle"].size:
+            mo, mm = np.median(e["ours"]), np.median(e["mle"])
+            parts.append(f"{name} {mo:.2f} vs {mm:.2f} m ({e['ours'].size} / {e['mle'].size} fixes)")
+    print(f"loc.real[segments, pooled median ours vs MLE]: {'; '.join(parts)}")
     agg = scorer.aggregate(ours)
     mle = scorer.aggregate(refs["mle"])
     cen = scorer.aggregate(refs["centroid"])

@@ -333,6 +333,13 @@ class LocalizationSettings(Section):
     recent_window_s: float = Field(
         default=3.0, gt=0, le=60, description="Memory of the recent window tracks are checked against"
     )
+    check_tx_sd_db: float = Field(
+        default=0.5,
+        ge=0,
+        le=30,
+        description="Track check of a walking device: its transmit offset is the tracker's, give or take this"
+        " (dB) on top of the tracker's own uncertainty (0: the population prior tx_spread_db)",
+    )
     check_grid_m: float = Field(default=3.0, gt=0.5, le=10, description="Grid step of the track check")
     check_every_ticks: int = Field(default=1, ge=1, le=100, description="Check each track every N ticks")
     restart_nll: float = Field(

@@ -31,6 +31,7 @@ from gateway.localization.estimator import Estimator, EstimatorParams, Problem, 
 from gateway.localization.learn import PAIR_MAX_GAP_S, RadioLearner
 from gateway.localization.pathloss import F64, PathLossModel
 from gateway.localization.region import Walkable
+from gateway.localization.trackcheck import check_tx_prior
 from gateway.localization.tracker import ImmTracker, TrackerParams
 from gateway.localization.zones import ZoneTracker
 from gateway.models import Fix, Observation
@@ -348,8 +349,11 @@ class MlLocalizer:
         k = ss.size
         sub = self._recent.problem(ss, censor)
         pp = self._tx_prior(k)
-        theta_g, _ = self.estimator.grid_search(sub, np.zeros(k), np.full(k, pp[0, 2, 2]), grid=self._check_grid)
-        return RefineBatch(sub, theta_g, np.zeros((k, 3)), pp, st.track_iterations)
+        pm = np.zeros((k, 3))
+        if st.check_tx_sd_db > 0:
+            check_tx_prior(self.tracker, ss, st.track_nu_p_walk, st.check_tx_sd_db, pm, pp)
+        theta_g, _ = self.estimator.grid_search(sub, pm[:, 2], pp[:, 2, 2], grid=self._check_grid)
+        return RefineBatch(sub, theta_g, pm, pp, st.track_iterations)
 
     def _check_finish(
         self, now: float, ss: np.ndarray, batch: RefineBatch, best: Solution, st: LocalizationSettings

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from bench.bench_localization import median_diff_interval
+from bench.bench_localization import median_diff_interval, segments
 
 
 def _walk(seed: int, noise_seed: int | None = None, n: int = 400) -> tuple[np.ndarray, np.ndarray]:
@@ -39,3 +39,13 @@ def test_a_large_difference_excludes_zero() -> None:
     t, e = _walk(5)
     lo, hi = median_diff_interval((t, e * 2.0), (t, e))
     assert 0.0 < lo <= hi
+
+
+def test_segments_of_a_walk_that_stands_walks_turns_and_walks() -> None:
+    """Stand 10 s at the origin, walk 10 s along x at 0.5 m/s, turn on the spot to y, walk 10 s along y."""
+    t = np.arange(0.0, 30.01, 0.1)
+    x = np.clip(0.5 * (t - 10.0), 0.0, 5.0)
+    y = np.clip(0.5 * (t - 20.0), 0.0, 5.0)
+    truth = np.column_stack([t, x, y])
+    seg = segments(truth, np.array([5.0, 15.0, 20.0, 25.0]))
+    assert seg.tolist() == [0, 2, 1, 2]
