@@ -29,14 +29,18 @@ Bars (issue 22): 500 devices <= 5 % of one core; RSS <= 100 MB and flat over the
 minutes of wall time per 100 devices on a shared 2-core box: ``--quick`` runs the day for 100
 devices only, the full run for 100 and 500 (``--day 100,500,2000`` for more; ``--day-only``: the
 day alone, without the idle and CPU runs).
-``python -m bench.bench_daemon [--quick] [--devices 100,500,2000] [--day 100,500] [--day-only] [--arena-max N]``
+``python -m bench.bench_daemon [--quick] [--devices 100,500,2000] [--day 100,500] [--day-only]``
+``[--daemon-env unit|default]``
+
+RSS is printed at the start, peak and end of each run (and the day's slope) beside the RSS of a bare
+``python -c "import numpy"`` and of python with the daemon's imports, both measured in the same run.
 
 Memory (issue 22; docs/install.md, "Memory"). The simulator's frames reach the daemon through a
 pipe read with a small read-ahead (256 KiB): with 16 MiB the reader held up to 32 MiB of frames
 not yet taken whenever the daemon was busy, and that buffer - the bench's, not the daemon's - was
 most of the "growth" once measured (36.6 MB of the 46 MB tracemalloc traced at 10:00).
-``--arena-max N`` sets ``MALLOC_ARENA_MAX`` for the daemon's process (default 0: glibc's default,
-what systemd/gateway.service runs); 2 and the default gave the same RSS over the day.
+The daemon's process gets the ``Environment=`` of systemd/gateway.service (allocator and BLAS
+settings: what a box runs); ``--daemon-env default`` leaves them out (glibc's and OpenBLAS's defaults).
 ``BENCH_MEM_PROFILE=DIR`` (with ``BENCH_MEM_EVERY_H``, ``BENCH_MEM_FRAMES`` = tracemalloc frames, 0
 for none, ``BENCH_MEM_TRIM=1`` = ``malloc_trim`` after each report) writes what the daemon holds
 every few simulated hours: see ``MemProfile``.
