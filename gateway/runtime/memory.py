@@ -16,7 +16,6 @@ macOS) there is no ``malloc_trim`` and this does nothing.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -36,12 +35,10 @@ def rss_kib() -> int:
 
 
 def _glibc_trim() -> Callable[[], object] | None:
-    name = ctypes.util.find_library("c")
+    # the process's own symbols (libc among them): no ``find_library`` (it runs ldconfig)
     try:
-        fn = ctypes.CDLL(name).malloc_trim if name else None
+        fn = ctypes.CDLL(None).malloc_trim
     except (OSError, AttributeError):
-        return None
-    if fn is None:
         return None
     fn.argtypes = [ctypes.c_size_t]
     fn.restype = ctypes.c_int
