@@ -29,14 +29,18 @@ Bars (issue 22): 500 devices <= 5 % of one core; RSS <= 100 MB and flat over the
 minutes of wall time per 100 devices on a shared 2-core box: ``--quick`` runs the day for 100
 devices only, the full run for 100 and 500 (``--day 100,500,2000`` for more; ``--day-only``: the
 day alone, without the idle and CPU runs).
-``python -m bench.bench_daemon [--quick] [--devices 100,500,2000] [--day 100,500] [--day-only] [--arena-max N]``
+``python -m bench.bench_daemon [--quick] [--devices 100,500,2000] [--day 100,500] [--day-only]``
+``[--daemon-env unit|default]``
+
+RSS is printed at the start, peak and end of each run (and the day's slope) beside the RSS of a bare
+``python -c "import numpy"`` and of python with the daemon's imports, both measured in the same run.
 
 Memory (issue 22; docs/install.md, "Memory"). The simulator's frames reach the daemon through a
 pipe read with a small read-ahead (256 KiB): with 16 MiB the reader held up to 32 MiB of frames
 not yet taken whenever the daemon was busy, and that buffer - the bench's, not the daemon's - was
 most of the "growth" once measured (36.6 MB of the 46 MB tracemalloc traced at 10:00).
-``--arena-max N`` sets ``MALLOC_ARENA_MAX`` for the daemon's process (default 0: glibc's default,
-what systemd/gateway.service runs); 2 and the default gave the same RSS over the day.
+The daemon's process gets the ``Environment=`` of systemd/gateway.service (allocator and BLAS
+settings: what a box runs); ``--daemon-env default`` leaves them out (glibc's and OpenBLAS's defaults).
 ``BENCH_MEM_PROFILE=DIR`` (with ``BENCH_MEM_EVERY_H``, ``BENCH_MEM_FRAMES`` = tracemalloc frames, 0
 for none, ``BENCH_MEM_TRIM=1`` = ``malloc_trim`` after each report) writes what the daemon holds
 every few simulated hours: see ``MemProfile``.
@@ -91,17 +95,33 @@ def wait_port(port: int, timeout: float = 60.0) -> None:
     raise TimeoutError(f"nothing listening on 127.0.0.1:{port}")
 
 
-# MALLOC_ARENA_MAX of the daemon's process: "0" = glibc's default, what systemd/gateway.service runs
-ARENA_MAX = "0"
+UNIT = REPO / "systemd" / "gateway.service"
+# the daemon's process environment: "unit" = the ``Environment=`` of systemd/gateway.service (what a
+# box runs: allocator and BLAS settings), "default" = without them (glibc's and OpenBLAS's defaults)
+DAEMON_ENV = "unit"
+# what the unit sets that changes memory (dropped from the environment for "default")
+TUNABLES = ("MALLOC_", "OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS")
 
 
-def env(arena_max: str | None = None) -> dict[str, str]:
+def unit_environment(unit: Path = UNIT) -> dict[str, str]:
+    """``Environment=`` assignments of a systemd unit (space-separated ``KEY=VALUE``, no quoting)."""
+    out: dict[str, str] = {}
+    for line in unit.read_text().splitlines():
+        if line.startswith("Environment="):
+            for item in line.split("=", 1)[1].split():
+                k, _, v = item.partition("=")
+                out[k] = v
+    return out
+
+
+def env(daemon: str | None = None) -> dict[str, str]:
+    """The environment of a child process; ``daemon`` ("unit" / "default"): the daemon's (above)."""
     e = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")}
     e["PYTHONPATH"] = str(REPO) + os.pathsep + e.get("PYTHONPATH", "")
-    if arena_max is not None:
-        e.pop("MALLOC_ARENA_MAX", None)
-        if arena_max != "0":
-            e["MALLOC_ARENA_MAX"] = arena_max
+    if daemon is not None:
+        e = {k: v for k, v in e.items() if not k.startswith(TUNABLES)}
+        if daemon == "unit":
+            e |= unit_environment()
     return e
 
 
@@ -112,16 +132,18 @@ def rss_mb() -> float:
     return float("nan")
 
 
-def import_floor() -> str:
-    """RSS (VmRSS) of a bare python, python + numpy and python + the daemon's imports (fresh processes)."""
+def import_floor() -> dict[str, float]:
+    """RSS (VmRSS, MB) of fresh processes: a bare python, python + numpy (the reference the day's
+    figures are printed beside) and python + the daemon's imports (what ``gateway run`` loads before
+    it starts)."""
     probe = "{imp}\nprint([ln.split()[1] for ln in open('/proc/self/status') if ln.startswith('VmRSS:')][0])"
     cases = (("python", "pass"), ("python+numpy", "import numpy"), ("daemon imports", "import gateway.runtime.daemon"))
-    out = []
+    out: dict[str, float] = {}
     for label, imp in cases:
         cmd = [sys.executable, "-c", probe.format(imp=imp)]
-        r = subprocess.run(cmd, capture_output=True, text=True, env=env(), timeout=120, check=False)
-        out.append(f"{label} {float(r.stdout.strip() or 'nan') / 1024:.1f} MB")
-    return ", ".join(out)
+        r = subprocess.run(cmd, capture_output=True, text=True, env=env(DAEMON_ENV), timeout=120, check=False)
+        out[label] = float(r.stdout.strip() or "nan") / 1024
+    return out
 
 
 # -- the simulator's process ---------------------------------------------------------------------------
@@ -321,10 +343,13 @@ async def _serve(a: argparse.Namespace, signer: Any) -> None:
         "fixes": st.fixes,
         "events": sum(st.events.values()),
         "committed": sum(daemon.committed_by_type.values()),
+        "by_type": dict(sorted(daemon.committed_by_type.items())),
         "activations": content.counters.get("activations", 0),
         "late": daemon.backpressure.dropped_late,
         "queue_full": src.health.dropped.get("backpressure", 0),
         "pipeline_cpu_s": daemon.worker.stats.cpu_s,
+        "trims": daemon.memory.runs,
+        "trimmed_mb": daemon.memory.returned_kib / 1024,
         "maxrss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
     }
     print("DONE " + json.dumps(out), flush=True)
@@ -345,6 +370,22 @@ def mallinfo() -> dict[str, int]:
     f.restype = MallInfo2
     m = f()
     return {"heap": m.arena, "in_use": m.uordblks, "free": m.fordblks, "mmapped": m.hblkhd}
+
+
+def sqlite_memory() -> str:
+    """What SQLite's own allocator holds in this process (page caches of every connection, schema,
+    statements): ``sqlite3_memory_used`` and its high-water mark, MB."""
+    import ctypes
+    import ctypes.util
+
+    try:
+        lib = ctypes.CDLL(ctypes.util.find_library("sqlite3") or "libsqlite3.so.0")
+    except OSError:
+        return "unknown"
+    lib.sqlite3_memory_used.restype = ctypes.c_int64
+    lib.sqlite3_memory_highwater.restype = ctypes.c_int64
+    lib.sqlite3_memory_highwater.argtypes = [ctypes.c_int]
+    return f"{lib.sqlite3_memory_used() / 2**20:.2f} MB (high water {lib.sqlite3_memory_highwater(0) / 2**20:.2f})"
 
 
 def pymalloc_arenas() -> list[str]:
@@ -437,6 +478,7 @@ class MemProfile:
         lines = [f"sim_h {(self.src.now - DAY_START) / 3600:.2f} rss_mb {rss_mb():.1f} traced_mb {cur / 2**20:.1f}"]
         lines.append(f"traced peak_mb {peak / 2**20:.1f}")
         lines.append("mallinfo2 " + " ".join(f"{k} {v / 2**20:.1f}" for k, v in mallinfo().items()))
+        lines.append(f"sqlite memory used {sqlite_memory()}")
         lines.append(f"pymalloc blocks in use {sys.getallocatedblocks()}")
         lines.extend(pymalloc_arenas())
         if self.trim:
@@ -519,7 +561,7 @@ class Run:
             stdin=self.gen.stdout,
             stdout=subprocess.PIPE,
             text=True,
-            env=env(ARENA_MAX),
+            env=env(DAEMON_ENV),
             cwd=REPO,
         )
         self.gen.stdout.close()  # the daemon holds the read end
@@ -648,9 +690,14 @@ def main(argv: list[str]) -> None:
     ap.add_argument("--devices", default="100,500,2000")
     ap.add_argument("--day", default=None, help="device counts for the simulated day (quick: 100; full: 100,500)")
     ap.add_argument("--day-only", action="store_true", help="only the simulated day (no idle and CPU runs)")
-    ap.add_argument("--arena-max", default=ARENA_MAX, help="MALLOC_ARENA_MAX of the daemon (0: glibc's default)")
+    ap.add_argument(
+        "--daemon-env",
+        choices=("unit", "default"),
+        default=DAEMON_ENV,
+        help="the daemon's environment: the shipped unit's Environment= (default), or without its tunables",
+    )
     a = ap.parse_args(argv)
-    globals()["ARENA_MAX"] = a.arena_max
+    globals()["DAEMON_ENV"] = a.daemon_env
     counts = [] if a.day_only else [int(x) for x in a.devices.split(",") if x]
     days = [int(x) for x in (("100" if a.quick else "100,500") if a.day is None else a.day).split(",") if x]
     window = 30.0 if a.quick else 120.0
@@ -670,8 +717,13 @@ def main(argv: list[str]) -> None:
         try:
             wait_port(mqtt_port)
             print(f"daemon.machine: {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} at start", flush=True)
-            print(f"daemon.malloc: MALLOC_ARENA_MAX={a.arena_max if a.arena_max != '0' else 'unset'}", flush=True)
-            print(f"daemon.floor: RSS {import_floor()} (references for the figures below)", flush=True)
+            tun = {k: v for k, v in env(a.daemon_env).items() if k.startswith(TUNABLES)}
+            shown = " ".join(f"{k}={v}" for k, v in sorted(tun.items())) or "(none)"
+            print(f"daemon.env: {a.daemon_env} {shown}", flush=True)
+            floor = import_floor()
+            ref = floor["python+numpy"]
+            text = ", ".join(f"{k} {v:.1f} MB" for k, v in floor.items())
+            print(f"daemon.floor: RSS {text} (references for the figures below)", flush=True)
             if not a.day_only:
                 idle, idle_rss = idle_cost(tmp, mqtt_port, cred, 10.0 if a.quick else 30.0)
                 print(
@@ -687,7 +739,8 @@ def main(argv: list[str]) -> None:
                 print(
                     f"daemon.cpu[{n} devices]: {r['cpu'] * 100:.2f} % of one core at real time ({r['sim']:.0f} s "
                     f"paced, {r['obs_s']:,.0f} obs/s, arrival rate {r['rate']:.0f} shoppers/h; reference idle "
-                    f"{idle * 100:.2f} %); RSS {min(r['rss']):.0f}..{max(r['rss']):.0f} MB; pipeline thread "
+                    f"{idle * 100:.2f} %); RSS start {r['rss'][0]:.0f}, peak {max(r['rss']):.0f}, end "
+                    f"{r['rss'][-1]:.0f} MB (python+numpy {ref:.0f} MB); pipeline thread "
                     f"{d.get('pipeline_cpu_s', 0):.1f} CPU s in all, late {d.get('late')}, events "
                     f"{d.get('committed')}, activations {d.get('activations')}{bar}",
                     flush=True,
@@ -700,14 +753,17 @@ def main(argv: list[str]) -> None:
                 ok = max(rss) <= BARS["rss_mb"] and flat
                 d = r["done"]
                 print(
-                    f"daemon.day[{n} devices]: RSS {min(rss):.0f}..{max(rss):.0f} MB over a simulated 24 h "
-                    f"(slope {r['slope']:+.1f} MB/day from 09:00; start {rss[0]:.0f} MB; by simulated hour: {by_h}); "
-                    f"CPU {r['cpu_per_sim_s'] * 100:.2f} % of a core per simulated second with adverts {THIN:g} x "
-                    f"thinned ({r['wall']:.0f} s wall; {d.get('observations')} obs, {d.get('committed')} events, "
-                    f"late {d.get('late')}); bar RSS <= {BARS['rss_mb']:g} MB and flat (|slope| <= 5 % of "
-                    f"it per day): {'PASS' if ok else 'FAIL'}",
+                    f"daemon.day[{n} devices]: RSS start {rss[0]:.1f}, peak {max(rss):.1f}, end {rss[-1]:.1f} MB, "
+                    f"slope {r['slope']:+.1f} MB/day from 09:00 over a simulated 24 h (reference in this run: "
+                    f"python+numpy {ref:.1f} MB, daemon imports {floor['daemon imports']:.1f} MB; by simulated "
+                    f"hour: {by_h}); CPU {r['cpu_per_sim_s'] * 100:.2f} % of a core per simulated second with "
+                    f"adverts {THIN:g} x thinned ({r['wall']:.0f} s wall; {d.get('observations')} obs, "
+                    f"{d.get('committed')} events, late {d.get('late')}; malloc_trim {d.get('trims')} x, "
+                    f"{d.get('trimmed_mb', 0):.1f} MB returned); bar RSS <= {BARS['rss_mb']:g} MB and "
+                    f"flat (|slope| <= 5 % of it per day): {'PASS' if ok else 'FAIL'}",
                     flush=True,
                 )
+                print(f"daemon.day[{n} devices] events by type: {json.dumps(d.get('by_type'))}", flush=True)
         finally:
             broker.terminate()
             broker.wait(5)

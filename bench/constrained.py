@@ -12,7 +12,8 @@ there. Two stand-ins, each printed beside the unconstrained figure of the same r
   short period (default 10 ms: 2.5 ms of CPU every 10 ms), so a burst of work is throttled for at
   most 7.5 ms at a time rather than for most of a 100 ms default period. cgroup v1 (the ``cpu``
   controller's ``cpu.cfs_quota_us`` / ``cpu.cfs_period_us``) or v2 (``cpu.max``), whichever has the
-  cpu controller; children started afterwards are in the cgroup too.
+  cpu controller; children started afterwards are in the cgroup too, unless taken out with
+  ``Condition.release(pid)`` (a process standing for another device, like a screen).
 
 ``free`` is the machine as it is. Entering a condition needs root for ``quota`` (cgroup files);
 ``ConditionError`` says in one line what is missing. Every condition ends with the process (and any
@@ -38,7 +39,7 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -162,6 +163,14 @@ class Condition:
     cpu: int | None = None  # sibling, pinned: the CPU shared with the busy process
     cgroup_version: int | None = None
     stats: dict[str, float] = field(default_factory=dict)  # quota: throttling over the condition
+    _release: Callable[[int], None] | None = field(default=None, repr=False)
+
+    def release(self, pid: int) -> None:
+        """Take ``pid``, a process started inside the block, out of the condition again: back to the
+        parent cgroup (quota) or to the CPUs it had (pinned sibling). For a process that stands for
+        another device than the store's box (the screen an activation goes to), not for the box."""
+        if self._release is not None:
+            self._release(pid)
 
     def describe(self) -> str:
         if self.kind == "free":
@@ -220,6 +229,7 @@ def condition(
         sibling = start_sibling(cond.cpu)
         if cond.cpu is not None:
             os.sched_setaffinity(target, {cond.cpu})
+            cond._release = lambda p: os.sched_setaffinity(p, before)
         try:
             yield cond
         finally:
@@ -234,6 +244,11 @@ def condition(
             cg.enter(path, target)
         except OSError as e:
             raise ConditionError(f"cannot move pid {target} into {path}: {e.strerror or e}") from e
+
+        def release(p: int) -> None:
+            (cg.parent / "cgroup.procs").write_text(str(p))
+
+        cond._release = release
         yield cond
     finally:
         cond.stats = cg.throttling(path)

@@ -383,11 +383,12 @@ class LocalizationSettings(Section):
         default=3, ge=1, le=100, description="Or after this many consecutive fixes in the new zone"
     )
     tick_chunk_devices: int = Field(
-        default=256,
+        default=0,
         ge=0,
         description="Compute a fix tick in parts of this many devices and hand each part's events on at once"
-        " (0: one part). Fixes equal to one part's up to float rounding (part sizes change the estimator's"
-        " numerics in the last bits)",
+        " (0: one part, the default: parts pay the tick's fixed cost each and delay the last devices' fixes,"
+        " so they lower the median hand-over but raise the p99 and the CPU). Fixes equal to one part's up to"
+        " float rounding (part sizes change the estimator's numerics in the last bits)",
     )
 
 

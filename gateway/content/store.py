@@ -49,7 +49,13 @@ from gateway.content.commands import (
 )
 from gateway.content.rules import Actor, Campaign, ConsentInfo
 from gateway.log import get_logger
-from gateway.storage import SMALL_WAL_AUTOCHECKPOINT_PAGES, SMALL_WAL_SIZE_LIMIT, drop_stub_shm, is_disk_full
+from gateway.storage import (
+    SMALL_CACHE_KIB,
+    SMALL_WAL_AUTOCHECKPOINT_PAGES,
+    SMALL_WAL_SIZE_LIMIT,
+    drop_stub_shm,
+    is_disk_full,
+)
 
 log = get_logger(__name__)
 
@@ -105,6 +111,7 @@ async def _connect(path: Path) -> aiosqlite.Connection:
             await db.execute("PRAGMA synchronous=NORMAL")
             await db.execute(f"PRAGMA wal_autocheckpoint={SMALL_WAL_AUTOCHECKPOINT_PAGES}")
             await db.execute(f"PRAGMA journal_size_limit={SMALL_WAL_SIZE_LIMIT}")
+            await db.execute(f"PRAGMA cache_size=-{SMALL_CACHE_KIB}")
         except sqlite3.OperationalError as e:
             await db.close()
             if exclusive or not is_disk_full(e):

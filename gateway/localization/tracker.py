@@ -41,8 +41,30 @@ class TrackerParams:
     bounds: tuple[float, float, float, float] = (-2.0, 32.0, -5.0, 22.0)
 
 
-def _inv(a: F64) -> F64:
-    return np.asarray(np.linalg.inv(a))
+def _inv3(a: F64) -> tuple[F64, F64]:
+    """Inverse and log |determinant| of a stack of symmetric 3 x 3 matrices ``(..., 3, 3)``.
+
+    The adjugate in closed form: a few dozen elementwise numpy operations over the whole stack,
+    where ``np.linalg.inv`` + ``slogdet`` run one LAPACK factorisation per matrix each (the tick's
+    tracker update inverts two of these per device and model: ~4x faster at tick sizes). Equal to
+    those up to float rounding for the well-conditioned covariances and precisions of the tracker
+    (``tests/unit/localization/test_tracker_batched.py``). The result is exactly symmetric.
+    """
+    a00, a01, a02 = a[..., 0, 0], a[..., 0, 1], a[..., 0, 2]
+    a11, a12, a22 = a[..., 1, 1], a[..., 1, 2], a[..., 2, 2]
+    c00 = a11 * a22 - a12 * a12
+    c01 = a02 * a12 - a01 * a22
+    c02 = a01 * a12 - a02 * a11
+    det = a00 * c00 + a01 * c01 + a02 * c02
+    r = 1.0 / det
+    out = np.empty(a.shape)
+    out[..., 0, 0] = c00 * r
+    out[..., 0, 1] = out[..., 1, 0] = c01 * r
+    out[..., 0, 2] = out[..., 2, 0] = c02 * r
+    out[..., 1, 1] = (a00 * a22 - a02 * a02) * r
+    out[..., 1, 2] = out[..., 2, 1] = (a01 * a02 - a00 * a12) * r
+    out[..., 2, 2] = (a00 * a11 - a01 * a01) * r
+    return out, np.log(np.abs(det))
 
 
 def _sym(a: F64) -> F64:
@@ -138,28 +160,27 @@ class ImmTracker:
         th = xp[:, :, THETA]
         m = np.einsum("nj,njk->nk", c, th)
         d = th - m[:, None, :]
-        cov = np.einsum("nj,njkl->nkl", c, Pp[:, :, THETA][:, :, :, THETA]) + np.einsum("nj,njk,njl->nkl", c, d, d)
-        return m, _inv(cov)
+        cov = np.einsum("nj,njkl->nkl", c, Pp[:, :, THETA][:, :, :, THETA]) + (d * c[:, :, None]).swapaxes(1, 2) @ d
+        return m, _inv3(cov)[0]
 
     def update(self, slots: I64, t: F64 | float, h_lik: F64, b_lik: F64) -> None:
         """Fuse the linearised likelihood into each model, re-weight the models, store the result."""
         xp, Pp, c = self._xp, self._Pp, self._c
         S = Pp[:, :, THETA][:, :, :, THETA]  # (n, 2, 3, 3)
         m = xp[:, :, THETA]
-        lam = _inv(S)
-        eta = np.einsum("njkl,njl->njk", lam, m) + b_lik[:, None, :]
+        lam, logdet_s = _inv3(S)
+        lam_m = np.einsum("njkl,njl->njk", lam, m)
+        eta = lam_m + b_lik[:, None, :]
         lam_post = lam + h_lik[:, None, :, :]
-        S_post = _sym(_inv(lam_post))
+        S_post, logdet_lp = _inv3(lam_post)
         m_post = np.einsum("njkl,njl->njk", S_post, eta)
-        _, logdet_s = np.linalg.slogdet(S)
-        _, logdet_lp = np.linalg.slogdet(lam_post)
         ll = (
-            -0.5 * np.einsum("njk,njk->nj", m, np.einsum("njkl,njl->njk", lam, m))
+            -0.5 * np.einsum("njk,njk->nj", m, lam_m)
             + 0.5 * np.einsum("njk,njk->nj", eta, m_post)
             - 0.5 * logdet_s
             - 0.5 * logdet_lp
         )
-        K = np.einsum("njkl,njlm->njkm", Pp[:, :, :, THETA], lam)  # (n, 2, 5, 3)
+        K = Pp[:, :, :, THETA] @ lam  # (n, 2, 5, 3); matmul, ~5x faster than the einsum at tick sizes
         x = xp + np.einsum("njkl,njl->njk", K, m_post - m)
         P = Pp - K @ (S - S_post) @ K.swapaxes(-1, -2)
         P = _sym(P)
@@ -188,5 +209,6 @@ class ImmTracker:
             P = _sym(f @ P @ f.swapaxes(-1, -2) + q)
         m = np.einsum("nj,njk->nk", mu, x)
         d = x - m[:, None, :]
-        P = np.einsum("nj,njkl->nkl", mu, P) + np.einsum("nj,njk,njl->nkl", mu, d, d)
+        # the spread of the model means as one batched matmul (the 3-operand einsum is ~4x slower)
+        P = np.einsum("nj,njkl->nkl", mu, P) + (d * mu[:, :, None]).swapaxes(1, 2) @ d
         return m, P, mu[:, 1]

@@ -56,10 +56,13 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from gateway.ops.ready import DEFAULT_READY_FILE, MANIFEST
+from gateway.ops.ready import announce_ready as announce_ready  # the READY handshake lives there (re-exported)
+from gateway.ops.ready import release_version as release_version
+from gateway.ops.ready import write_ready as write_ready
+
 DOMAIN = b"gateway-release-v1\n"
-MANIFEST = "release.json"
 VERSION_RE = re.compile(r"^[0-9A-Za-z][0-9A-Za-z.+_-]{0,63}$")
-DEFAULT_READY_FILE = Path("/run/gateway/ready.json")
 DEFAULT_RESTART = "systemctl restart gateway.service"
 MAX_MEMBERS = 50_000
 MAX_UNPACKED = 2 * 1024**3
@@ -252,39 +255,6 @@ def switch_link(releases: Path, name: str, version: str) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
-
-
-def write_ready(version: str, path: Path = DEFAULT_READY_FILE) -> None:
-    """Called by the daemon right after sd_notify READY=1: tells the updater this version works."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}")
-    tmp.write_text(json.dumps({"version": version, "pid": os.getpid(), "ts": time.time()}))
-    os.replace(tmp, path)
-
-
-def release_version(argv0: str | None = None) -> str:
-    """The running release's version: ``release.json`` at the release root (``bin/..``), else the
-    package version. Parent directories are resolved (``current`` -> ``1.5.0``), the entry is not."""
-    from gateway import __version__
-
-    exe = Path(argv0 if argv0 is not None else sys.argv[0])
-    # A release is a venv built at its own directory: sys.prefix is the release root.
-    for root in (Path(sys.prefix), Path(os.path.realpath(exe.parent)).parent):
-        with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
-            return str(json.loads((root / MANIFEST).read_text())["version"])
-    return __version__
-
-
-def announce_ready(path: Path | None = None, version: str | None = None) -> bool:
-    """Best effort: write the ready file if its directory exists (``/run/gateway`` under systemd,
-    or ``$GATEWAY_READY_FILE``). Never raises: READY reporting must not take the daemon down."""
-    target = path or Path(os.environ.get("GATEWAY_READY_FILE") or DEFAULT_READY_FILE)
-    if not target.parent.is_dir():
-        return False
-    try:
-        write_ready(version or release_version(), target)
-    except OSError:
-        return False
-    return True
 
 
 def read_ready(path: Path) -> str | None:

@@ -46,6 +46,7 @@ from gateway.log import get_logger
 from gateway.models import EventBase, VisitEnded
 from gateway.presence.qualification import DAY_S, VisitRecord
 from gateway.storage import (
+    SMALL_CACHE_KIB,
     SMALL_WAL_AUTOCHECKPOINT_PAGES,
     SMALL_WAL_SIZE_LIMIT,
     StoreStatus,
@@ -123,6 +124,7 @@ def _init_sync(conn: sqlite3.Connection, path: Path, exclusive: bool) -> None:
     conn.execute("PRAGMA busy_timeout=5000")
     conn.execute(f"PRAGMA wal_autocheckpoint={SMALL_WAL_AUTOCHECKPOINT_PAGES}")
     conn.execute(f"PRAGMA journal_size_limit={SMALL_WAL_SIZE_LIMIT}")
+    conn.execute(f"PRAGMA cache_size=-{SMALL_CACHE_KIB}")
     conn.execute("BEGIN IMMEDIATE")
     try:
         for stmt in _SCHEMA.split(";"):

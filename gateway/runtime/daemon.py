@@ -47,9 +47,10 @@ from gateway.layout import Layout, LayoutError, embedded_layout, load_layout
 from gateway.log import configure_logging, get_logger
 from gateway.models import ActivationReport, EventBase, Fix, Observation, PositionFix, SubjectEvent, priority_of
 from gateway.mqtt.local import local_broker_address
-from gateway.ops.update import announce_ready
+from gateway.ops.ready import announce_ready
 from gateway.pipeline import Pipeline
 from gateway.presence.service import PresenceService
+from gateway.runtime.memory import MemoryTrim
 from gateway.runtime.notify import Notifier
 from gateway.runtime.reload import ReloadResult, plan_reload
 from gateway.runtime.status_provider import (
@@ -249,6 +250,8 @@ class Daemon:
         self.worker = PipelineWorker()
         self.presence.run_owned = self.worker.call
         self.backpressure = BackPressure(self.worker.stats)
+        # the C heaps' free pages back to the system once an hour of event time (pipeline thread)
+        self.memory = MemoryTrim.glibc()
         self.pipeline_view: PipelineView = pipeline_view(self.pipeline, self.presence)
         self._view_t = 0.0
         self._dispatched = False
@@ -321,6 +324,8 @@ class Daemon:
                 self.worker.emit(self._deliver, events)
                 events = []
         self._refresh_view()
+        if batches and batches[-1]:
+            self.memory.maybe_trim(batches[-1][-1].ts)
         return events
 
     def _partial(self, events: list[EventBase]) -> None:
@@ -330,6 +335,7 @@ class Daemon:
     def _advance(self, now: float) -> list[EventBase]:
         events = self.pipeline.advance(now)
         self._refresh_view(force=True)
+        self.memory.maybe_trim(now)
         return events
 
     def _close_pipeline(self) -> list[EventBase]:
@@ -744,6 +750,8 @@ class Daemon:
             "events": st.events,
             "dropped": st.dropped,
             "accounting": self.accounting(),
+            "memory_trims": self.memory.runs,
+            "memory_trimmed_mib": round(self.memory.returned_kib / 1024, 1),
         }
 
     def accounting(self) -> dict[str, Any]:
