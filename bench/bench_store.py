@@ -18,7 +18,9 @@ Truth counts people who carry at least one advertising device (a shopper whose o
 silent Android is invisible to any BLE system; their share is printed). Figures per layout and
 seed, then the bars over all runs:
 
-* visitors and passers-by within +-10 % of truth; visitor dwell per in-store zone within +-10 %;
+* visitors and passers-by within +-10 % of truth; visitor dwell per in-store zone within +-10 %, per
+  layout: each (layout, zone) over that layout's seeds (a zone name such as ``entrance`` in two
+  layouts is two zones; the per-seed figures are printed beside);
 * staff and fixtures excluded (no visitor visit) >= 95 % of those devices;
 * wrong links <= 2 % of links: a link joins a new address to the address it continues; it is
   wrong when the two belong to different devices (the presence stage's position-continuity
@@ -406,6 +408,8 @@ def main(argv: list[str]) -> int:
     tots: dict[str, dict[str, Counter[str]]] = {g: {m: Counter() for m in modes} for g in groups}
     conf: dict[str, Confusion] = {m: Confusion.empty() for m in modes}
     truth_tots: dict[str, Counter[str]] = {g: Counter() for g in groups}
+    # per (mode, "layout/zone"): (seed, reported s, truth s) of every run, printed beside the totals
+    per_seed: dict[tuple[str, str], list[tuple[int, float, float]]] = {}
     print(
         f"store bars: {hours:g} h per run, runs {plan}, modes {list(modes)}"
         + (f", quiet radio {QUIET_RADIO}" if args.quiet_radio else "")
@@ -420,9 +424,13 @@ def main(argv: list[str]) -> int:
                 confusion=conf[mode] if args.confusion else None,
                 radio=QUIET_RADIO if args.quiet_radio else None,
             )
+            for z in (k[6:] for k in truth if k.startswith("dwell.")):
+                per_seed.setdefault((mode, f"{lay}/{z}"), []).append((seed, r.dwell.get(z, 0.0), truth[f"dwell.{z}"]))
             for g in groups if passed[lay] else ("all",):
-                if i == 0:
-                    truth_tots[g].update({k: float(v) for k, v in truth.items()})
+                if i == 0:  # dwell per (layout, zone): the same zone name in two layouts is two zones
+                    truth_tots[g].update(
+                        {(f"dwell.{lay}/{k[6:]}" if k.startswith("dwell.") else k): float(v) for k, v in truth.items()}
+                    )
                 c = tots[g][mode]
                 c["visitors"] += r.visitors
                 c["passers"] += r.passers
@@ -431,7 +439,7 @@ def main(argv: list[str]) -> int:
                 c["links"] += r.links
                 c["wrong"] += r.wrong_links
                 for z, d in r.dwell.items():
-                    c[f"dwell.{z}"] += int(d)
+                    c[f"dwell.{lay}/{z}"] += int(d)
             print(
                 f"  {lay:16s} seed {seed} {mode:10s}: visitors {r.visitors:4d} (truth {truth['visitors']}, "
                 f"{pct(r.visitors, truth['visitors'])}), passers-by {r.passers:4d} (truth {truth['passers']}, "
@@ -447,7 +455,7 @@ def main(argv: list[str]) -> int:
                 )
             )
     if args.confusion:
-        zones = sorted(k[6:] for k in truth_tots["all"] if k.startswith("dwell."))
+        zones = sorted({k.split("/", 1)[1] for k in truth_tots["all"] if k.startswith("dwell.")})
         for mode in modes:
             print(f"{mode}:")
             conf[mode].print(zones)
@@ -458,7 +466,13 @@ def main(argv: list[str]) -> int:
             continue  # the same runs as "all", or none
         # judged: the layouts the check passes; every layout when all pass or none does
         ok &= _totals(
-            g, modes, tots[g], truth_tots[g], passed, judge=g == "checked" or all(passed.values()) or not some
+            g,
+            modes,
+            tots[g],
+            truth_tots[g],
+            passed,
+            per_seed,
+            judge=g == "checked" or all(passed.values()) or not some,
         )
     print("RESULT", "PASS" if ok else "FAIL")
     return 0
@@ -470,6 +484,7 @@ def _totals(
     tot: dict[str, Counter[str]],
     truth_tot: Counter[str],
     passed: dict[str, bool],
+    per_seed: dict[tuple[str, str], list[tuple[int, float, float]]],
     *,
     judge: bool,
 ) -> bool:
@@ -489,18 +504,34 @@ def _totals(
         p_err = (c["passers"] - truth_tot["passers"]) / truth_tot["passers"]
         zones = sorted(k for k in truth_tot if k.startswith("dwell."))
         d_errs = {z[6:]: (c[z] - truth_tot[z]) / truth_tot[z] for z in zones if truth_tot[z] > 0}
+        worst = max(d_errs, key=lambda z: abs(d_errs[z]), default="")
         excl = 1.0 - c["res_as_visitor"] / max(1, c["res_devices"])
         wrong = c["wrong"] / c["links"] if c["links"] else 0.0
         print(
-            f"  {mode:10s}: visitors {v_err * 100:+.1f} %, passers-by {p_err * 100:+.1f} %, dwell per zone "
-            + ", ".join(f"{z} {e * 100:+.1f} %" for z, e in d_errs.items())
-            + f"; staff/fixtures excluded {excl * 100:.1f} %; links {c['links']}, wrong {wrong * 100:.2f} %"
+            f"  {mode:10s}: visitors {v_err * 100:+.1f} %, passers-by {p_err * 100:+.1f} %;"
+            f" staff/fixtures excluded {excl * 100:.1f} %; links {c['links']}, wrong {wrong * 100:.2f} %"
         )
+        # dwell per (layout, zone) over that layout's seeds, each seed's figure beside it
+        for lay in lays:
+            print(
+                f"    dwell {lay}: "
+                + ", ".join(
+                    f"{lz.split('/', 1)[1]} {e * 100:+.1f} % ("
+                    + " ".join(f"s{sd} {pct(d, t)}".replace(" %", "%") for sd, d, t in per_seed.get((mode, lz), []))
+                    + ")"
+                    for lz, e in d_errs.items()
+                    if lz.split("/", 1)[0] == lay
+                )
+            )
         if mode == "linker" and judge:
             bars = [
                 ("visitors within +-10 %", abs(v_err) <= 0.10),
                 ("passers-by within +-10 %", abs(p_err) <= 0.10),
-                ("dwell per zone within +-10 %", all(abs(e) <= 0.10 for e in d_errs.values())),
+                (
+                    "dwell per (layout, zone) within +-10 %"
+                    + (f" (worst {worst} {d_errs[worst] * 100:+.1f} %)" if worst else ""),
+                    all(abs(e) <= 0.10 for e in d_errs.values()),
+                ),
                 ("staff/fixtures excluded >= 95 %", excl >= 0.95),
                 ("wrong links <= 2 %", wrong <= 0.02),
             ]

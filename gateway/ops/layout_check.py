@@ -28,6 +28,11 @@ proposes sensors, greedily, best first: for a zone that borders an ``outside`` z
 ``GLASS_SETBACK_M`` inside the glass (within ``GLASS_MAX_M`` of it), else anywhere in the zone, at
 the height of the existing sensors, each with the zone's ``kept`` once it is added, until every
 zone keeps ``min_kept`` + ``TARGET_MARGIN`` (or no sensor adds ``MIN_GAIN`` to a zone).
+
+A zone that still warns with every suggested sensor added, and whose smaller side is under
+``RESOLVE_FACTOR`` times the uncertainty it then has, is too small for any sensor layout to resolve
+(a 1.5 m deep door at the glass keeps ~60 % of the fixes however many sensors stand by it): the
+check says so and gives the size it needs instead of more sensors.
 """
 
 from __future__ import annotations
@@ -56,6 +61,10 @@ SAMPLES = 64  # fixes drawn per point
 MAX_SUGGESTIONS = 8
 TARGET_MARGIN = 0.05  # suggestions aim this far above min_kept (a zone just at the line is not done)
 MIN_GAIN = 0.01  # a sensor that keeps less than this much more of the zone's fixes is not suggested
+# a zone keeps ~80 % of a standing visitor's fixes when its smaller side is about this many times the
+# position uncertainty (rmse r, per-axis r / sqrt 2; a fix leaves a side of a band s wide with
+# probability ~0.4 r / s: a long band needs s ~ 2.8 r, a square ~ 5.3 r)
+RESOLVE_FACTOR = 4.0
 
 
 @dataclass(frozen=True)
@@ -101,6 +110,17 @@ class Suggestion:
     crlb_after: float = 0.0  # the zone's median bound once it is added (m)
 
 
+@dataclass(frozen=True)
+class TooSmall:
+    """A zone the sensors cannot resolve even with every suggestion: it needs to be larger."""
+
+    zone: str
+    size_m: float  # its smaller side now
+    crlb_m: float  # its uncertainty with every suggested sensor added
+    kept: float  # its share of fixes kept then
+    need_m: float  # the smaller side it needs (RESOLVE_FACTOR x crlb_m, rounded up to 0.5 m)
+
+
 @dataclass
 class LayoutReport:
     store: str
@@ -109,6 +129,7 @@ class LayoutReport:
     min_kept: float
     zones: list[ZoneCoverage]
     suggestions: list[Suggestion] = field(default_factory=list)
+    too_small: list[TooSmall] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -123,6 +144,7 @@ class LayoutReport:
             "ok": self.ok,
             "zones": [asdict(z) for z in self.zones],
             "suggestions": [asdict(s) for s in self.suggestions],
+            "too_small": [asdict(t) for t in self.too_small],
         }
 
 
@@ -253,7 +275,32 @@ def check_layout_coverage(
     report = LayoutReport(layout.store.id, len(sensors), model, min_kept, zones)
     if suggest and not report.ok:
         report.suggestions = _suggest(layout, ev, sensors, min_kept)
+        report.too_small = _too_small(layout, ev, sensors, report, min_kept)
     return report
+
+
+def _too_small(
+    layout: Layout, ev: _Evaluator, sensors: list[Sensor], report: LayoutReport, min_kept: float
+) -> list[TooSmall]:
+    """Zones that warn with every suggested sensor added and are under RESOLVE_FACTOR x their bound."""
+    h = float(np.median([s.z for s in sensors]))
+    p0 = float(np.median([s.rssi_at_1m for s in sensors]))
+    n = float(np.median([s.path_loss_exponent for s in sensors]))
+    extra = [
+        Sensor(id=f"suggested-{i}", x=s.x, y=s.y, z=h, rssi_at_1m=p0, path_loss_exponent=n)
+        for i, s in enumerate(report.suggestions)
+    ]
+    ids = {z.id: i for i, z in enumerate(layout.zones)}
+    out: list[TooSmall] = []
+    for z in report.zones:
+        if z.status != "warn":
+            continue
+        crlb, kept, _ = ev.zone([*sensors, *extra], ids[z.zone])
+        if (kept >= min_kept and crlb <= 0.5 * z.size_m) or z.size_m >= RESOLVE_FACTOR * crlb:
+            continue
+        need = math.ceil(RESOLVE_FACTOR * crlb * 2.0 - 1e-9) / 2.0
+        out.append(TooSmall(z.zone, z.size_m, round(crlb, 3), round(kept, 4), need))
+    return out
 
 
 def _candidates(layout: Layout, zi: int) -> list[tuple[float, float, float | None]]:
@@ -352,7 +399,10 @@ def zone_line(z: ZoneCoverage, min_kept: float) -> str:
     if z.borders_outside:
         txt += f", {z.outside:.0%} across the glass"
     if z.unplaceable:
-        txt += f" (uncertainty above half the zone's size, {z.size_m:g} m: the sensors cannot place a visitor in it)"
+        txt += (
+            f" (uncertainty {z.crlb_m:.2f} m above half the zone's smaller side ({z.size_m:g} m / 2):"
+            " the sensors cannot place a visitor in it)"
+        )
     elif z.status == "warn":
         txt += f" (below {min_kept:.0%}: its dwell will read low, its neighbours' high)"
     return txt
@@ -366,6 +416,22 @@ def suggestion_line(s: Suggestion) -> str:
     )
 
 
+def too_small_line(t: TooSmall) -> str:
+    return (
+        f"{t.zone} is {t.size_m:g} m across at its smallest, smaller than the sensors can resolve: with every"
+        f" suggested sensor its uncertainty is still {t.crlb_m:.2f} m and it keeps {t.kept:.0%} of the fixes;"
+        f" make it at least ~{t.need_m:g} m across (about {RESOLVE_FACTOR:g} x the uncertainty) or merge it"
+        " with a neighbour"
+    )
+
+
+def _count(n: int, verb: str) -> str:
+    """``1 zone passes``, ``2 zones pass``, ``0 zones warn``."""
+    if n != 1:
+        return f"{n} zones {verb}"
+    return f"1 zone {verb}es" if verb.endswith("s") else f"1 zone {verb}s"
+
+
 def render(r: LayoutReport) -> str:
     m = r.model
     lines = [
@@ -377,11 +443,15 @@ def render(r: LayoutReport) -> str:
     if r.suggestions:
         lines.append("suggested sensors (greedy, best first; re-run the check after moving them onto the layout):")
         lines += [f"  - {suggestion_line(s)}" for s in r.suggestions]
-    elif not r.ok:
+    elif not r.ok and not r.too_small:
         lines.append("no single added sensor helps enough: split the zone or move the existing sensors")
+    if r.too_small:
+        lines.append("zones too small to resolve (resize them on the layout, docs/install.md):")
+        lines += [f"  - {too_small_line(t)}" for t in r.too_small]
     warned = [z.zone for z in r.zones if z.status == "warn"]
     lines.append(
-        f"{len(r.zones) - len(warned)} zones pass, {len(warned)} warn" + (f": {', '.join(warned)}" if warned else "")
+        f"{_count(len(r.zones) - len(warned), 'pass')}, {len(warned)} warn{'s' if len(warned) == 1 else ''}"
+        + (f": {', '.join(warned)}" if warned else "")
     )
     return "\n".join(lines)
 
@@ -398,9 +468,11 @@ def doctor_summary(r: LayoutReport) -> tuple[str, str]:
         )
     detail = "; ".join(f"{z.zone} {z.kept:.0%} kept, {z.crlb_m:.2f} m" for z in warned)
     remedy = (
-        "; ".join(suggestion_line(s) for s in r.suggestions[:3])
-        if r.suggestions
-        else "move or add sensors near these zones"
+        "; ".join(
+            [too_small_line(t) for t in r.too_small[:1]]
+            + [suggestion_line(s) for s in r.suggestions[: 3 - min(1, len(r.too_small))]]
+        )
+        or "move or add sensors near these zones"
     ) + " (`gateway layout check` for every figure)"
     return detail, remedy
 

@@ -10,7 +10,10 @@ Model, per subject:
   ``enter_debounce_s`` (into a zone) or ``exit_debounce_s`` (into no zone). A fix back in the
   confirmed zone cancels the candidate, so boundary noise does not create sessions. Transitions
   are **backdated** to the first fix of the candidate: dwell is measured from when the person
-  really crossed, not from when we became sure. In-store zones that were candidates for less
+  really crossed, not from when we became sure. Leaving the store, the ``outside`` zones and no
+  zone are one way out (fixes beyond the glass alternate between the pavement and off the plan),
+  and a return to the zone shorter than ``exit_debounce_s`` does not restart it: the exit is
+  backdated to the first fix out of the store. In-store zones that were candidates for less
   than the debounce *on the way* into or out of the store (the entrance, walked through in a
   second or two) get their time and their zone events when the next transition is confirmed
   (``_transit``); between two in-store zones such a pass is not a zone visit (its time goes to
@@ -148,6 +151,10 @@ class _Track:
     near_phone: int = 0  # ticks a companion-kind device was next to a phone / ticks checked
     near_checks: int = 0
     transit: list[tuple[str, float]] = field(default_factory=list)  # unconfirmed in-store zones passed
+    # leaving the store: first fix of an exit that a return shorter than exit_debounce_s interrupted
+    # (fixes flickering across the glass), and the first fix of that return
+    leave_since: float | None = None
+    back_since: float = 0.0
 
 
 @dataclass(slots=True)
@@ -330,6 +337,12 @@ class PresenceEngine:
                 continue
             cur = tr.zone
             if z == cur:
+                if tr.cand != _NO and tr.cand not in inside and cur in inside:
+                    # back from an exit not yet confirmed: if the way out resumes within the exit
+                    # debounce, the exit began at this attempt's first fix, not at the resumption
+                    if tr.leave_since is None:
+                        tr.leave_since = tr.cand_since
+                    tr.back_since = ts
                 tr.cand = _NO
                 tr.transit.clear()
                 continue
@@ -338,8 +351,19 @@ class PresenceEngine:
                     if len(tr.transit) >= MAX_TRANSIT:
                         del tr.transit[0]
                     tr.transit.append((tr.cand, tr.cand_since))
-                tr.cand = z
-                tr.cand_since = tr.clear_since = ts
+                if cur in inside and z not in inside and tr.cand != _NO and tr.cand not in inside:
+                    # still on the way out: the pavement and no zone (a fix off the plan) alternate
+                    # there; each switch restarted the exit, so a visitor left at the last one
+                    # (the glass shop's entrance read +19 % in bench_store seed 2)
+                    tr.cand = z
+                else:
+                    tr.cand = z
+                    tr.cand_since = tr.clear_since = ts
+                if tr.leave_since is not None and z not in inside:
+                    if ts - tr.back_since < exit_d:
+                        tr.cand_since = tr.leave_since  # a flicker back in: the exit began before it
+                    else:
+                        tr.leave_since = None  # it stayed: that attempt was not an exit
             if z in inside:
                 if ts - tr.cand_since >= enter_d:
                     self._transit(dev, tr, out)
@@ -512,6 +536,7 @@ class PresenceEngine:
         tr.zone = new
         tr.zone_since = t
         tr.cand = _NO
+        tr.leave_since = None
         if new is None:
             return
         if new in in_store:
@@ -659,6 +684,7 @@ class PresenceEngine:
             tr.zone = None
             tr.zone_since = end
             tr.cand = _NO
+            tr.leave_since = None
             if not v.visitor and v.entrance_s >= self._s.visitor_min_s and not resident:
                 self._qualify(dev, v, out)
         tr.visit = None
