@@ -39,7 +39,7 @@ import numpy as np
 
 from gateway.config import LocalizationSettings
 from gateway.layout import Layout, load_layout
-from gateway.localization import make_localizer
+from gateway.localization import Localizer, make_localizer
 from gateway.localization.calibrate import CalibrationData, fit_sensors
 from gateway.localization.crlb import crlb_rmse, tracking_limit
 from gateway.localization.pathloss import PathLossModel
@@ -207,9 +207,16 @@ def real_tracks(settings: LocalizationSettings) -> None:
 # -- 2. the family of stores ----------------------------------------------------------------------
 
 
-def feed(run: SyntheticRun, layout: Layout, settings: LocalizationSettings, interval: float = 1.0) -> np.ndarray:
-    """Run a synthetic run through the daemon's localizer tick by tick: rows (t_rel, device, error)."""
-    loc = make_localizer(layout, settings)
+def feed(
+    run: SyntheticRun,
+    layout: Layout,
+    settings: LocalizationSettings,
+    interval: float = 1.0,
+    loc: Localizer | None = None,
+) -> np.ndarray:
+    """Run a synthetic run through the daemon's localizer tick by tick (or through ``loc``, to read
+    its stats afterwards): rows (t_rel, device, error)."""
+    loc = loc if loc is not None else make_localizer(layout, settings)
     ids = [s.id for s in layout.sensors]
     ticks = np.arange(math.ceil(run.ts[0]), run.ts[-1], interval)
     cut = np.searchsorted(run.ts, ticks, side="right")

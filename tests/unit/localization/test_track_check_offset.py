@@ -8,16 +8,14 @@ there the check's prior was N(0, tx_spread_db^2) for every device.
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 
+from bench.bench_localization import feed
 from gateway.config import LocalizationSettings
 from gateway.localization.localizer import MlLocalizer
 from gateway.localization.synth import channel_run
 from gateway.localization.trackcheck import check_tx_prior
 from gateway.localization.tracker import ImmTracker, TrackerParams
-from gateway.models import Observation
 from gateway.sim.radio import FAMILY, Channel, family_store
 
 
@@ -55,29 +53,8 @@ def walkers_restarts(settings: LocalizationSettings, seed: int) -> tuple[int, fl
         walking=True, advert_interval_s=1.0 / store.advert_rate_hz,
     )  # fmt: skip
     loc = MlLocalizer(layout, settings)
-    ids = [s.id for s in layout.sensors]
-    ticks = np.arange(math.ceil(run.ts[0]), run.ts[-1], 1.0)
-    cut = np.searchsorted(run.ts, ticks, side="right")
-    lo = 0
-    err = []
-    for tick, hi in zip(ticks.tolist(), cut.tolist(), strict=True):
-        loc.add(
-            [
-                Observation(t, ids[s], f"d{k}", r)
-                for t, s, k, r in zip(
-                    run.ts[lo:hi].tolist(),
-                    run.sensor[lo:hi].tolist(),
-                    run.device[lo:hi].tolist(),
-                    run.rssi[lo:hi].tolist(),
-                    strict=True,
-                )
-            ]
-        )
-        lo = hi
-        for f in loc.fixes(tick):
-            if tick - run.truth_t[0] >= 10.0:
-                tx, ty = run.truth_at(int(f.device[1:]), tick)
-                err.append(math.hypot(f.x - tx, f.y - ty))
+    rows = feed(run, layout, settings, loc=loc)
+    err = rows[rows[:, 0] >= 10.0, 2]
     return loc.stats.dropped.get("track_restarted", 0), float(np.median(err))
 
 

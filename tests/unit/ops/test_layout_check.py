@@ -140,42 +140,25 @@ def test_fewer_sensors_keep_fewer_fixes_and_a_stricter_bar_warns_more() -> None:
     assert not strict.ok
 
 
-def test_cli_exit_codes_figures_and_json(tmp_path: Path) -> None:
-    bad = subprocess.run(
-        gateway_cmd("layout", "check", str(LAYOUTS / "shopfront.toml")),
-        env=gateway_env(),
-        capture_output=True,
-        text=True,
-        timeout=120,
+def layout_check(*args: str) -> subprocess.CompletedProcess[str]:
+    """``gateway layout check ARGS`` as an installer runs it, in its own process."""
+    return subprocess.run(
+        gateway_cmd("layout", "check", *args), env=gateway_env(), capture_output=True, text=True, timeout=120
     )
+
+
+def test_cli_exit_codes_figures_and_json(tmp_path: Path) -> None:
+    bad = layout_check(str(LAYOUTS / "shopfront.toml"))
     assert bad.returncode == 1, bad.stderr
     assert "WARN  window-west (front, borders the outside)" in bad.stdout
     assert "% across the glass" in bad.stdout and "x=" in bad.stdout
-    good = subprocess.run(
-        gateway_cmd("layout", "check", "--json", str(LAYOUTS / "shopfront-glass.toml")),
-        env=gateway_env(),
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    good = layout_check("--json", str(LAYOUTS / "shopfront-glass.toml"))
     assert good.returncode == 0, good.stderr
     doc = json.loads(good.stdout)
     assert doc["ok"] is True and {z["zone"] for z in doc["zones"]} >= FRONT
-    missing = subprocess.run(
-        gateway_cmd("layout", "check", str(tmp_path / "nope.toml")),
-        env=gateway_env(),
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    missing = layout_check(str(tmp_path / "nope.toml"))
     assert missing.returncode == 2 and "nope.toml" in missing.stderr and len(missing.stderr.splitlines()) == 1
-    bar = subprocess.run(
-        gateway_cmd("layout", "check", "--min-kept", "2", str(LAYOUTS / "shopfront.toml")),
-        env=gateway_env(),
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    bar = layout_check("--min-kept", "2", str(LAYOUTS / "shopfront.toml"))
     assert bar.returncode == 2 and "--min-kept" in bar.stderr
 
 
