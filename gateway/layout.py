@@ -177,6 +177,16 @@ def points_in_polygon(
     return np.asarray(np.count_nonzero(crossings, axis=1) % 2 == 1)
 
 
+def zone_index(layout: Layout, xy: NDArray[np.float64]) -> NDArray[np.int64]:
+    """Index in ``layout.zones`` of the first zone holding each row of an (N, 2) array, -1 for none
+    (zones listed earlier win where they overlap)."""
+    lab = np.full(len(xy), -1, dtype=np.int64)
+    for i, z in enumerate(layout.zones):
+        hit = points_in_polygon(xy, z.polygon) & (lab < 0)
+        lab[hit] = i
+    return lab
+
+
 def format_validation_error(err: ValidationError, source: str) -> list[str]:
     """One readable line per error: ``source: a.b[2].c: reason``."""
     lines = []

@@ -22,7 +22,6 @@ import datetime as dt
 import math
 import uuid
 import zoneinfo
-from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal
@@ -262,7 +261,7 @@ class RulesEngine:
         # a deque is 760 bytes); entries whose times have all left the window are swept (_sweep)
         self._cap_subject: dict[tuple[str, str], list[float]] = {}
         self._next_sweep = -math.inf
-        self._cap_actor: dict[tuple[str, str], deque[float]] = {}
+        self._cap_actor: dict[tuple[str, str], list[float]] = {}
         self.fired = 0
         self.suppressed: dict[str, int] = {}
         self.set_campaigns(campaigns)
@@ -398,17 +397,13 @@ class RulesEngine:
         return True
 
     @staticmethod
-    def _cap_ok(hist: deque[float] | list[float] | None, cap: CountWindow | None, now: float) -> bool:
+    def _cap_ok(hist: list[float] | None, cap: CountWindow | None, now: float) -> bool:
         if cap is None or hist is None:
             return True
-        if isinstance(hist, list):
-            k = 0
-            while k < len(hist) and hist[k] <= now - cap.window_s:
-                k += 1
-            del hist[:k]
-        else:
-            while hist and hist[0] <= now - cap.window_s:
-                hist.popleft()
+        k = 0
+        while k < len(hist) and hist[k] <= now - cap.window_s:
+            k += 1
+        del hist[:k]
         return len(hist) < cap.count
 
     def _fire(
@@ -476,7 +471,7 @@ class RulesEngine:
                 )
                 taken.add(actor_id)
                 if caps.per_actor is not None:
-                    self._cap_actor.setdefault(akey, deque()).append(now)
+                    self._cap_actor.setdefault(akey, []).append(now)
                 fired_any = True
             if fired_any and caps.per_subject is not None:
                 self._cap_subject.setdefault(skey, []).append(now)

@@ -49,7 +49,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from gateway.layout import Layout, Sensor, Zone, points_in_polygon
+from gateway.layout import Layout, Sensor, Zone, points_in_polygon, polygon_area, zone_index
 
 F64 = NDArray[np.float64]
 
@@ -95,7 +95,7 @@ class ZoneCoverage:
     @property
     def unplaceable(self) -> bool:
         """Uncertainty above half the zone's size: kept is then the plan's walls, not the sensors."""
-        return self.crlb_m > 0.5 * self.size_m
+        return not _placeable(self.crlb_m, self.size_m)
 
 
 @dataclass(frozen=True)
@@ -151,24 +151,15 @@ class LayoutReport:
 # -- geometry -------------------------------------------------------------------------------------
 
 
-def _zone_index(layout: Layout, xy: F64) -> NDArray[np.int64]:
-    """Index of the first zone holding each point (as presence's ``zones_for``), -1 for none."""
-    lab = np.full(len(xy), -1, dtype=np.int64)
-    for i, z in enumerate(layout.zones):
-        hit = points_in_polygon(xy, z.polygon) & (lab < 0)
-        lab[hit] = i
-    return lab
-
-
 def _on_plan(layout: Layout, xy: F64) -> NDArray[np.int64]:
     """Zone index of fixes kept on the plan: a fix in no zone is clamped into the store's rectangle."""
-    lab = _zone_index(layout, xy)
+    lab = zone_index(layout, xy)
     off = lab < 0
     if off.any():
         c = xy[off].copy()
         c[:, 0] = np.clip(c[:, 0], 1e-3, layout.store.width_m - 1e-3)
         c[:, 1] = np.clip(c[:, 1], 1e-3, layout.store.depth_m - 1e-3)
-        lab[off] = _zone_index(layout, c)
+        lab[off] = zone_index(layout, c)
     return lab
 
 
@@ -183,7 +174,7 @@ def _zone_points(layout: Layout, zi: int, step: float = GRID_M) -> F64:
         return np.asarray(c, dtype=np.float64)
     gx, gy = np.meshgrid(xs, ys)
     pts = np.stack([gx.ravel(), gy.ravel()], axis=1)
-    pts = pts[_zone_index(layout, pts) == zi]
+    pts = pts[zone_index(layout, pts) == zi]
     if not len(pts):
         return np.asarray(poly.mean(axis=0, keepdims=True), dtype=np.float64)
     return np.asarray(pts, dtype=np.float64)
@@ -195,7 +186,7 @@ def _glass_edges(layout: Layout, zone: Zone) -> list[tuple[F64, F64, F64]]:
     if not outside:
         return []
     poly = np.asarray(zone.polygon, dtype=np.float64)
-    inside_sign = 1.0 if _signed_area(poly) > 0 else -1.0
+    inside_sign = 1.0 if polygon_area(zone.polygon) > 0 else -1.0
     out: list[tuple[F64, F64, F64]] = []
     for i in range(len(poly)):
         a, b = poly[i], poly[(i + 1) % len(poly)]
@@ -210,9 +201,27 @@ def _glass_edges(layout: Layout, zone: Zone) -> list[tuple[F64, F64, F64]]:
     return out
 
 
-def _signed_area(poly: F64) -> float:
-    x, y = poly[:, 0], poly[:, 1]
-    return float(0.5 * (x @ np.roll(y, -1) - np.roll(x, -1) @ y))
+def _size(zone: Zone) -> float:
+    """The zone's smaller side (of its bounding box), m."""
+    poly = np.asarray(zone.polygon, dtype=np.float64)
+    return float((poly.max(axis=0) - poly.min(axis=0)).min())
+
+
+def _placeable(crlb: float, size: float) -> bool:
+    """Can the sensors place a visitor in a zone this size: uncertainty within half its smaller side."""
+    return crlb <= 0.5 * size
+
+
+def _like(sensors: list[Sensor], sid: str, x: float, y: float) -> Sensor:
+    """A sensor to add at (x, y), mounted and calibrated like the layout's typical one (medians)."""
+    return Sensor(
+        id=sid,
+        x=x,
+        y=y,
+        z=float(np.median([s.z for s in sensors])),
+        rssi_at_1m=float(np.median([s.rssi_at_1m for s in sensors])),
+        path_loss_exponent=float(np.median([s.path_loss_exponent for s in sensors])),
+    )
 
 
 # -- the bound and the fixes it implies --------------------------------------------------------
@@ -256,9 +265,8 @@ def check_layout_coverage(
         if z.kind == "outside":
             continue
         crlb, kept, outside = ev.zone(sensors, i)
-        poly = np.asarray(z.polygon, dtype=np.float64)
-        size = float((poly.max(axis=0) - poly.min(axis=0)).min())
-        ok = kept >= min_kept and crlb <= 0.5 * size
+        size = _size(z)
+        ok = kept >= min_kept and _placeable(crlb, size)
         zones.append(
             ZoneCoverage(
                 z.id,
@@ -283,20 +291,14 @@ def _too_small(
     layout: Layout, ev: _Evaluator, sensors: list[Sensor], report: LayoutReport, min_kept: float
 ) -> list[TooSmall]:
     """Zones that warn with every suggested sensor added and are under RESOLVE_FACTOR x their bound."""
-    h = float(np.median([s.z for s in sensors]))
-    p0 = float(np.median([s.rssi_at_1m for s in sensors]))
-    n = float(np.median([s.path_loss_exponent for s in sensors]))
-    extra = [
-        Sensor(id=f"suggested-{i}", x=s.x, y=s.y, z=h, rssi_at_1m=p0, path_loss_exponent=n)
-        for i, s in enumerate(report.suggestions)
-    ]
+    extra = [_like(sensors, f"suggested-{i}", s.x, s.y) for i, s in enumerate(report.suggestions)]
     ids = {z.id: i for i, z in enumerate(layout.zones)}
     out: list[TooSmall] = []
     for z in report.zones:
         if z.status != "warn":
             continue
         crlb, kept, _ = ev.zone([*sensors, *extra], ids[z.zone])
-        if (kept >= min_kept and crlb <= 0.5 * z.size_m) or z.size_m >= RESOLVE_FACTOR * crlb:
+        if (kept >= min_kept and _placeable(crlb, z.size_m)) or z.size_m >= RESOLVE_FACTOR * crlb:
             continue
         need = math.ceil(RESOLVE_FACTOR * crlb * 2.0 - 1e-9) / 2.0
         out.append(TooSmall(z.zone, z.size_m, round(crlb, 3), round(kept, 4), need))
@@ -319,16 +321,13 @@ def _candidates(layout: Layout, zi: int) -> list[tuple[float, float, float | Non
     lo, hi = poly.min(axis=0), poly.max(axis=0)
     for x in np.arange(lo[0] + 0.5, hi[0], 1.0):
         for y in np.arange(lo[1] + 0.5, hi[1], 1.0):
-            if _zone_index(layout, np.array([[x, y]]))[0] == zi:
+            if zone_index(layout, np.array([[x, y]]))[0] == zi:
                 out.append((float(x), float(y), None))
     return out
 
 
 def _suggest(layout: Layout, ev: _Evaluator, sensors: list[Sensor], min_kept: float) -> list[Suggestion]:
     """Add sensors one at a time for the zone worst kept, each at its best candidate place."""
-    h = float(np.median([s.z for s in sensors]))
-    p0 = float(np.median([s.rssi_at_1m for s in sensors]))
-    n = float(np.median([s.path_loss_exponent for s in sensors]))
     out: list[Suggestion] = []
     cur = list(sensors)
     ids = {s.id for s in cur}
@@ -346,7 +345,7 @@ def _suggest(layout: Layout, ev: _Evaluator, sensors: list[Sensor], min_kept: fl
             k = 1
             while f"suggested-{k}" in ids:
                 k += 1
-            s = Sensor(id=f"suggested-{k}", x=x, y=y, z=h, rssi_at_1m=p0, path_loss_exponent=n)
+            s = _like(sensors, f"suggested-{k}", x, y)
             crlb, kz, _ = ev.zone([*cur, s], zi)
             score = -crlb if bad[zi] else kz  # a zone the sensors cannot place: the bound first
             if best is None or score > best[0] + 1e-9:
@@ -360,7 +359,7 @@ def _suggest(layout: Layout, ev: _Evaluator, sensors: list[Sensor], min_kept: fl
             Suggestion(
                 round(s.x, 2),
                 round(s.y, 2),
-                round(h, 2),
+                round(s.z, 2),
                 layout.zones[zi].id,
                 kept[zi],
                 kz,
@@ -381,9 +380,8 @@ def _kept_and_bad(
     bad: dict[int, bool] = {}
     for i in zis:
         crlb, k, _ = ev.zone(sensors, i)
-        poly = np.asarray(layout.zones[i].polygon, dtype=np.float64)
         kept[i] = k
-        bad[i] = crlb > 0.5 * float((poly.max(axis=0) - poly.min(axis=0)).min())
+        bad[i] = not _placeable(crlb, _size(layout.zones[i]))
     return kept, bad
 
 

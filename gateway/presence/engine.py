@@ -72,7 +72,7 @@ import numpy as np
 
 from gateway.config import PresenceSettings
 from gateway.identity.linking import COMPANION_KINDS, RESIDENT_KINDS, ChainInfo
-from gateway.layout import Layout, Zone, points_in_polygon
+from gateway.layout import Layout, Zone, zone_index
 from gateway.models import (
     Aggregate,
     EventBase,
@@ -89,6 +89,7 @@ _FAR = math.inf
 ORPHAN_WAIT_S = 20.0  # how long an orphan waits for a vanished track to continue
 ORPHAN_RADIUS_M = 2.5  # how far from where that track was last seen it may appear
 ORPHAN_SILENCE_S = 2.0  # a track silent this long (while the orphan speaks) has stopped
+ORPHAN_BEFORE_S = 6.0  # a track that stopped at most this long before the orphan's first fix
 RESIDENT_GONE_S = 10.0  # a resident silent this long (while the orphan speaks) may have rotated
 MERGE_LOG_MAX = 2000  # merges kept in ``merge_log`` (a measuring aid for bench_store: 0.4 MB at most)
 VECTOR_MIN = 32  # batches of at least this many fixes test the shop-front margin on arrays
@@ -268,18 +269,10 @@ class PresenceEngine:
 
     def zones_for(self, xy: np.ndarray) -> list[str | None]:
         """Zone id for each row of an (N, 2) array of positions (first matching zone, or None)."""
-        n = len(xy)
-        lab: list[str | None] = [None] * n
-        if n == 0:
-            return lab
-        free = np.ones(n, dtype=bool)
-        pts = np.asarray(xy, dtype=np.float64)
-        for z in self._layout.zones:
-            hit = points_in_polygon(pts, z.polygon) & free
-            for i in np.flatnonzero(hit):
-                lab[int(i)] = z.id
-            free &= ~hit
-        return lab
+        if len(xy) == 0:
+            return []
+        ids = [z.id for z in self._layout.zones]
+        return [ids[i] if i >= 0 else None for i in zone_index(self._layout, np.asarray(xy, dtype=np.float64)).tolist()]
 
     def update(self, fixes: Sequence[Fix], now: float) -> list[EventBase]:
         """Feed fixes (per subject in time order); returns the events they caused.
@@ -351,13 +344,12 @@ class PresenceEngine:
                     if len(tr.transit) >= MAX_TRANSIT:
                         del tr.transit[0]
                     tr.transit.append((tr.cand, tr.cand_since))
-                if cur in inside and z not in inside and tr.cand != _NO and tr.cand not in inside:
-                    # still on the way out: the pavement and no zone (a fix off the plan) alternate
-                    # there; each switch restarted the exit, so a visitor left at the last one
-                    # (the glass shop's entrance read +19 % in bench_store seed 2)
-                    tr.cand = z
-                else:
-                    tr.cand = z
+                # still on the way out, the pavement and no zone (a fix off the plan) alternate; each
+                # switch restarted the exit, so a visitor left at the last one (the glass shop's
+                # entrance read +19 % in bench_store seed 2): they are one candidate, "out"
+                leaving = cur in inside and z not in inside and tr.cand != _NO and tr.cand not in inside
+                tr.cand = z
+                if not leaving:
                     tr.cand_since = tr.clear_since = ts
                 if tr.leave_since is not None and z not in inside:
                     if ts - tr.back_since < exit_d:
@@ -411,8 +403,7 @@ class PresenceEngine:
                 elif v.visitor:
                     pass  # qualified already: the common case
                 elif (
-                    not v.visitor
-                    and tr.zone in self._in_store
+                    tr.zone in self._in_store
                     and tr.zone not in self._entrances
                     and min(now, tr.last_inside) - v.start >= s.visitor_confirm_s
                 ) or (
@@ -569,8 +560,9 @@ class PresenceEngine:
         info = self._chain_info(dev)
         if info is None:
             return False
-        for other, ot in self._tracks.items():
-            if ot.resident and other != dev and ts - 6.0 <= ot.last_seen <= ts:
+        for other in self._residents:  # few (staff, fixtures): not every track
+            ot = self._tracks.get(other)
+            if ot is not None and ot.resident and other != dev and ts - ORPHAN_BEFORE_S <= ot.last_seen <= ts:
                 oi = self._chain_info(other)
                 if oi is not None and oi.kind == info.kind:
                     return True
@@ -592,7 +584,7 @@ class PresenceEngine:
                 # a resident's rotation the linker missed continues the resident (staff, fixtures)
                 if other == dev or ot.orphan_until != -math.inf or (tr.resident_only and not ot.resident):
                     continue
-                if not (tr.first_seen - 6.0 <= ot.last_seen <= tr.last_seen - ORPHAN_SILENCE_S):
+                if not (tr.first_seen - ORPHAN_BEFORE_S <= ot.last_seen <= tr.last_seen - ORPHAN_SILENCE_S):
                     continue
                 if ot.last_seen > tr.first_seen + 5.0:  # spoke long after the orphan appeared: not it
                     continue
