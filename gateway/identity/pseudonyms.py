@@ -124,10 +124,13 @@ class PseudonymKeyring:
         if key is None:
             key = self._key_source(32)
             self._keys[epoch] = key
-            # keep only this epoch and the one before it
+            # keep only this epoch's key and the one before it; the memo only for the newest epoch
+            # (late observations of the one before are hashed again: it stayed all night, full of
+            # the day's last 4,096 identities - issue 22)
             for old in [e for e in self._keys if e < epoch - 1]:
                 del self._keys[old]
-            self._cache = {k: v for k, v in self._cache.items() if k[0] >= epoch - 1}
+            newest = max(self._keys)
+            self._cache = {k: v for k, v in self._cache.items() if k[0] >= newest}
         return key
 
     def pseudonym(self, identity: str, ts: float) -> str:

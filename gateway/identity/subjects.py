@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import math
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -40,6 +41,9 @@ _HEX32_RE = re.compile(r"^[0-9a-f]{32}$")
 # advert, one HMAC). 16,384 held
 # ~4 MB at 500 devices (a day's addresses, tens of thousands, pass through it; issue 22: RSS)
 _CACHE_MAX = 4096
+# the previous rotation period's memo is kept this long into a new one (late observations), then
+# dropped: full of the day's last 4,096 addresses it otherwise stayed all night (issue 22)
+_PREV_CACHE_S = 300.0
 
 
 _DROPPED = ""  # cache value for an opted-out (device, link)
@@ -117,6 +121,7 @@ class IdentityResolver:
         # per rotation period: (device, link) -> subject ('' = dropped)
         self._caches: dict[int, dict[tuple[str, str | None], str]] = {}
         self._bounds: tuple[int, float, float] = (0, 0.0, -1.0)
+        self._prev_cache_until = math.inf  # when the previous period's memo goes (_PREV_CACHE_S)
         self.stats = ResolverStats()
 
     # -- hashing -------------------------------------------------------------------------------
@@ -266,6 +271,11 @@ class IdentityResolver:
         if not lo <= now < hi:
             e, lo, hi = self._bounds = self._keyring.epoch_bounds(now)
             for old in [k for k in self._caches if k < e - 1]:
+                del self._caches[old]
+            self._prev_cache_until = lo + _PREV_CACHE_S
+        if now >= self._prev_cache_until:  # a memo: dropping it only costs a lookup again
+            self._prev_cache_until = math.inf
+            for old in [k for k in self._caches if k < e]:
                 del self._caches[old]
         cache = self._caches.setdefault(e, {})
         append = out.append

@@ -193,3 +193,22 @@ def test_memos_stay_small_and_subjects_do_not_change() -> None:
     cache = r._caches[r._bounds[0]]
     assert len(cache) <= subjects._CACHE_MAX and (present, None) in cache
     assert len(r._keyring._cache) <= CACHE_MAX
+
+
+def test_previous_periods_memo_goes_a_few_minutes_into_the_next() -> None:
+    """The resolver's and the keyring's memos of a finished rotation period do not stay all night
+    (issue 22); what they map stays the same (they are memos)."""
+    r = resolver()
+    macs = [f"5A:00:00:00:{i // 256:02X}:{i % 256:02X}" for i in range(300)]
+    rot = r._keyring.epoch_bounds(T)[2]  # the next rotation
+    before = [o.device for o in r.resolve_batch([obs(m, rot - 10.0) for m in macs], rot - 10.0)]
+    r.resolve_batch([obs(macs[0], rot + 1.0)], rot + 1.0)
+    new_epoch = r._keyring.epoch_of(rot + 1.0)
+    assert {k[0] for k in r._keyring._cache} == {new_epoch}  # the keyring's memo: this period only
+    late = r.resolve_batch([obs(m, rot - 5.0) for m in macs], rot + 2.0)  # late ones: same subjects
+    assert [o.device for o in late] == before
+    assert len(r._caches) == 2  # the previous period's memo still serves late observations
+    r.resolve_batch([obs(macs[1], rot + 301.0)], rot + 301.0)
+    assert len(r._caches) == 1 and len(r._caches[max(r._caches)]) == 2
+    again = r.resolve_batch([obs(m, rot - 5.0) for m in macs], rot + 302.0)  # recomputed, equal
+    assert [o.device for o in again] == before
