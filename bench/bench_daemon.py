@@ -314,6 +314,7 @@ async def _serve(a: argparse.Namespace, signer: Any) -> None:
     prof_dir = os.environ.get("BENCH_MEM_PROFILE")
     if prof_dir:
         src.profile = MemProfile(Path(prof_dir), daemon, src).run
+    sampler = StackSampler.from_env()
     run = asyncio.create_task(daemon.run())
     for _ in range(3000):  # bounded: 30 s to READY and the local broker
         c = daemon.content
@@ -336,6 +337,8 @@ async def _serve(a: argparse.Namespace, signer: Any) -> None:
             raise RuntimeError(f"command {kind} refused")
     print("READY", flush=True)
     rc = await run
+    if sampler is not None:
+        sampler.stop()
     st = daemon.pipeline.stats
     out = {
         "rc": rc,
@@ -405,6 +408,84 @@ def pymalloc_arenas() -> list[str]:
     keep = ("# arenas allocated current", "# arenas highwater", "# bytes in allocated blocks", "# bytes in available")
     lines = [" ".join(ln.split()) for ln in text.splitlines() if ln.startswith(keep)]
     return ["pymalloc " + "; ".join(lines)]
+
+
+class StackSampler:
+    """``BENCH_CPU_PROFILE=FILE``: where the daemon's threads spend their CPU, by sampling.
+
+    A thread of its own reads every other thread's Python stack (``sys._current_frames``) every
+    ``BENCH_CPU_EVERY_MS`` (5) and counts, per thread, its stack weighted by the CPU ticks the thread
+    used since the previous sample (``/proc/self/task/TID/stat``; idle threads weigh nothing). Writes
+    the top functions (self and inclusive) to FILE at exit. A poor man's py-spy for a box without
+    it; costs ~1 % of a core itself."""
+
+    def __init__(self, out: Path, every_s: float) -> None:
+        import threading
+
+        self.out, self.every = out, every_s
+        self.self_counts: dict[tuple[str, str], int] = {}
+        self.incl_counts: dict[tuple[str, str], int] = {}
+        self.samples: dict[str, int] = {}
+        self._stop = threading.Event()
+        self._t = threading.Thread(target=self._run, name="stack-sampler", daemon=True)
+        self._t.start()
+
+    @classmethod
+    def from_env(cls) -> StackSampler | None:
+        f = os.environ.get("BENCH_CPU_PROFILE")
+        return cls(Path(f), float(os.environ.get("BENCH_CPU_EVERY_MS", "5")) / 1000) if f else None
+
+    @staticmethod
+    def _ticks(tid: int) -> int:
+        try:
+            parts = Path(f"/proc/self/task/{tid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            return 0
+        return int(parts[11]) + int(parts[12])  # utime + stime
+
+    def _run(self) -> None:
+        import threading
+
+        me = threading.get_ident()
+        last: dict[int, int] = {}
+        while not self._stop.wait(self.every):
+            names = {t.ident: t.name for t in threading.enumerate()}
+            natives = {t.ident: t.native_id for t in threading.enumerate()}
+            for ident, frame in sys._current_frames().items():
+                if ident == me or natives.get(ident) is None:
+                    continue
+                tid = natives[ident]
+                assert tid is not None
+                ticks = self._ticks(tid)
+                w = ticks - last.get(tid, ticks)  # its CPU ticks since the previous sample: the weight
+                last[tid] = ticks
+                if w <= 0:
+                    continue
+                tname = names.get(ident, "?").split("-")[0]
+                self.samples[tname] = self.samples.get(tname, 0) + w
+                f: Any = frame
+                seen: set[tuple[str, str]] = set()
+                first = True
+                while f is not None:
+                    co = f.f_code
+                    key = (tname, f"{co.co_filename.replace(str(REPO), '.')}:{co.co_firstlineno} {co.co_name}")
+                    if first:
+                        self.self_counts[key] = self.self_counts.get(key, 0) + w
+                        first = False
+                    if key not in seen:
+                        seen.add(key)
+                        self.incl_counts[key] = self.incl_counts.get(key, 0) + w
+                    f = f.f_back
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._t.join(5)
+        lines = [f"CPU ticks sampled by thread: {self.samples}"]
+        for title, counts in (("self", self.self_counts), ("inclusive", self.incl_counts)):
+            lines.append(f"== top {title} ==")
+            for (tn, fn), n in sorted(counts.items(), key=lambda kv: -kv[1])[:60]:
+                lines.append(f"{n:7d} {100 * n / max(1, self.samples.get(tn, 1)):5.1f} % {tn:12s} {fn}")
+        self.out.write_text("\n".join(lines) + "\n")
 
 
 class MemProfile:
