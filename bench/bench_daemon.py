@@ -43,13 +43,20 @@ The daemon's process gets the ``Environment=`` of systemd/gateway.service (alloc
 settings: what a box runs); ``--daemon-env default`` leaves them out (glibc's and OpenBLAS's defaults).
 ``BENCH_MEM_PROFILE=DIR`` (with ``BENCH_MEM_EVERY_H``, ``BENCH_MEM_FRAMES`` = tracemalloc frames, 0
 for none, ``BENCH_MEM_TRIM=1`` = ``malloc_trim`` after each report) writes what the daemon holds
-every few simulated hours: see ``MemProfile``.
+every few simulated hours: see ``MemProfile``. ``BENCH_CPU_PROFILE=FILE`` writes where the daemon's
+threads spent their CPU (sampled stacks): see ``StackSampler``.
+
+``--day-state N``: the day's per-subject state alone (N one-visit visitors qualified and counted
+among a working set of other objects, then the rotation), the daemon's packed layout vs the dicts
+it replaced, each in a fresh process, interleaved: RSS and Python's arenas at closing and after the
+rotation (``day_state``). Seconds, where the day takes many minutes.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import contextlib
 import json
 import math
@@ -414,15 +421,16 @@ class StackSampler:
     """``BENCH_CPU_PROFILE=FILE``: where the daemon's threads spend their CPU, by sampling.
 
     A thread of its own reads every other thread's Python stack (``sys._current_frames``) every
-    ``BENCH_CPU_EVERY_MS`` (5) and counts, per thread, its stack weighted by the CPU ticks the thread
-    used since the previous sample (``/proc/self/task/TID/stat``; idle threads weigh nothing). Writes
+    ``BENCH_CPU_EVERY_MS`` (2), after ``BENCH_CPU_SKIP_S`` (0), and counts, per thread, its stack
+    weighted by the CPU time the thread used since the previous sample (its CPU clock; idle
+    threads weigh nothing). Writes
     the top functions (self and inclusive) to FILE at exit. A poor man's py-spy for a box without
     it; costs ~1 % of a core itself."""
 
-    def __init__(self, out: Path, every_s: float) -> None:
+    def __init__(self, out: Path, every_s: float, skip_s: float) -> None:
         import threading
 
-        self.out, self.every = out, every_s
+        self.out, self.every, self.skip = out, every_s, skip_s
         self.self_counts: dict[tuple[str, str], int] = {}
         self.incl_counts: dict[tuple[str, str], int] = {}
         self.samples: dict[str, int] = {}
@@ -433,32 +441,37 @@ class StackSampler:
     @classmethod
     def from_env(cls) -> StackSampler | None:
         f = os.environ.get("BENCH_CPU_PROFILE")
-        return cls(Path(f), float(os.environ.get("BENCH_CPU_EVERY_MS", "5")) / 1000) if f else None
-
-    @staticmethod
-    def _ticks(tid: int) -> int:
-        try:
-            parts = Path(f"/proc/self/task/{tid}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            return 0
-        return int(parts[11]) + int(parts[12])  # utime + stime
+        every = float(os.environ.get("BENCH_CPU_EVERY_MS", "2")) / 1000
+        return cls(Path(f), every, float(os.environ.get("BENCH_CPU_SKIP_S", "0"))) if f else None
 
     def _run(self) -> None:
         import threading
 
         me = threading.get_ident()
         last: dict[int, int] = {}
+        clocks: dict[int, int] = {}
+        names: dict[int, str] = {}
+        t_end = time.monotonic() + self.skip
         while not self._stop.wait(self.every):
-            names = {t.ident: t.name for t in threading.enumerate()}
-            natives = {t.ident: t.native_id for t in threading.enumerate()}
-            for ident, frame in sys._current_frames().items():
-                if ident == me or natives.get(ident) is None:
+            if time.monotonic() < t_end:
+                continue
+            frames = sys._current_frames()
+            if set(frames) - set(clocks):
+                for t in threading.enumerate():
+                    if t.ident is not None and t.ident not in clocks:
+                        with contextlib.suppress(OSError):
+                            clocks[t.ident] = time.pthread_getcpuclockid(t.ident)
+                        names[t.ident] = t.name
+            for ident, frame in frames.items():
+                clk = clocks.get(ident)
+                if ident == me or clk is None:
                     continue
-                tid = natives[ident]
-                assert tid is not None
-                ticks = self._ticks(tid)
-                w = ticks - last.get(tid, ticks)  # its CPU ticks since the previous sample: the weight
-                last[tid] = ticks
+                try:
+                    ns = time.clock_gettime_ns(clk)
+                except OSError:
+                    continue
+                w = (ns - last.get(ident, ns)) // 1000  # CPU us since the previous sample: the weight
+                last[ident] = ns
                 if w <= 0:
                     continue
                 tname = names.get(ident, "?").split("-")[0]
@@ -480,7 +493,7 @@ class StackSampler:
     def stop(self) -> None:
         self._stop.set()
         self._t.join(5)
-        lines = [f"CPU ticks sampled by thread: {self.samples}"]
+        lines = [f"CPU us sampled by thread: {self.samples}"]
         for title, counts in (("self", self.self_counts), ("inclusive", self.incl_counts)):
             lines.append(f"== top {title} ==")
             for (tn, fn), n in sorted(counts.items(), key=lambda kv: -kv[1])[:60]:
@@ -765,12 +778,120 @@ def day_for(n: int, tmp: Path, mqtt_port: int, cred: Path) -> dict[str, Any]:
     }
 
 
+def day_state(layout: str, visitors: int, seed: int = 7) -> dict[str, float]:
+    """Child (``--day-state LAYOUT``): a day's per-subject state alone - ``visitors`` one-visit
+    pseudonymous subjects qualified and counted as the presence engine and the content rules do,
+    among a working set of other objects as a day makes them (per-device state that lives for a
+    visit, a few things that stay, like memos) - then the rotation (the history pruned, the counts
+    dropped, the visitors gone), ``malloc_trim``; RSS and Python's arenas at each step.
+
+    ``LAYOUT`` "packed": the daemon's (``SubjectTable``: no Python object per subject); "dicts":
+    the layout before (a dict of one ``array('d')`` per subject, a dict of counts): the reference."""
+    import ctypes
+    import gc
+    import random
+    from array import array
+
+    from gateway.identity.subject_table import SubjectCounts
+    from gateway.presence.qualification import Qualifier, VisitRecord
+
+    def arenas() -> float:
+        text = ""
+        with tempfile.TemporaryFile() as f:
+            saved = os.dup(2)
+            try:
+                os.dup2(f.fileno(), 2)
+                sys._debugmallocstats()
+            finally:
+                os.dup2(saved, 2)
+                os.close(saved)
+            f.seek(0)
+            text = f.read().decode(errors="replace")
+        for ln in text.splitlines():
+            if ln.startswith("# arenas allocated current"):
+                return float(ln.split("=")[1])
+        return float("nan")
+
+    rng = random.Random(seed)
+    zones = ["entrance", "grocery", "produce", "checkout", "electronics", "service"]
+    t0 = DAY_START + (OPEN_H - 6.0) * 3600
+    out: dict[str, float] = {"start_mb": rss_mb(), "start_arenas": arenas()}
+    hist: Any
+    counts: Any
+    if layout == "packed":
+        hist, counts = Qualifier(), SubjectCounts()
+    else:
+        hist, counts = {}, {}
+    present: collections.deque[dict[str, Any]] = collections.deque()
+    stays: list[Any] = []
+    for i in range(visitors):
+        subj = os.urandom(12).hex()
+        start = t0 + i * (CLOSE_H - OPEN_H) * 3600 / visitors
+        dwell = {z: round(rng.uniform(5, 300), 1) for z in rng.sample(zones, 4)}
+        rec = VisitRecord(subj, "pseudonym", start, start + rng.uniform(300, 1800), dwell)
+        if layout == "packed":
+            hist.qualify(rec)
+        else:  # the packing of main before issue 22's second pass: an array per subject
+            buf = hist.setdefault(subj, array("d"))
+            buf.extend((rec.started_ts, rec.ended_ts, 0.0, float(len(dwell))))
+            for k, (_z, d) in enumerate(dwell.items()):
+                buf.extend((float(k), d))
+        counts[subj] = 1
+        # the working set: what a device present holds (its address's RSSI by sensor, a fix),
+        # for ~500 visitors at a time; one in 50 leaves something that stays (a memo, a log line)
+        present.append({"subject": subj, "rssi": {f"s{k}": -60.0 - k for k in range(9)}, "fix": [1.0, 2.0, 0.5]})
+        if len(present) > 500:
+            gone = present.popleft()
+            if rng.random() < 0.02:
+                stays.append((gone["subject"], start))
+    gc.collect()
+    out |= {"closing_mb": rss_mb(), "closing_arenas": arenas()}
+    # the rotation: the history pruned, the counts dropped, the visitors leave
+    if layout == "packed":
+        hist.prune(pseudonym_since=t0 + 86400.0, older_than=t0 - 86400.0)
+        counts = SubjectCounts()
+    else:
+        hist.clear()
+        counts = {}
+    present.clear()
+    gc.collect()
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None).malloc_trim(0)
+    out |= {"night_mb": rss_mb(), "night_arenas": arenas(), "kept": float(len(stays))}
+    return out
+
+
+def day_state_figures(visitors: int) -> None:
+    """``--day-state N``: the day's per-subject state, packed vs the dicts before, each in a fresh process."""
+    res: dict[str, dict[str, float]] = {}
+    for layout in ("dicts", "packed", "dicts", "packed"):  # interleaved
+        cmd = [sys.executable, "-m", "bench.bench_daemon", "--day-state-child", layout, str(visitors)]
+        p = subprocess.run(cmd, capture_output=True, text=True, env=env(DAEMON_ENV), cwd=REPO, timeout=600, check=True)
+        got = json.loads(p.stdout.strip().splitlines()[-1])
+        prev = res.get(layout)
+        res[layout] = got if prev is None else {k: min(v, prev[k]) for k, v in got.items()}
+    for layout, r in res.items():
+        print(
+            f"daemon.day_state[{layout}, {visitors} visitors]: RSS start {r['start_mb']:.1f}, at closing "
+            f"{r['closing_mb']:.1f} (+{r['closing_mb'] - r['start_mb']:.1f}), after the rotation "
+            f"{r['night_mb']:.1f} MB (+{r['night_mb'] - r['start_mb']:.1f}); Python arenas {r['start_arenas']:.0f} -> "
+            f"{r['closing_arenas']:.0f} -> {r['night_arenas']:.0f} (1 MiB each; best of 2 interleaved runs)",
+            flush=True,
+        )
+
+
 def main(argv: list[str]) -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--devices", default="100,500,2000")
     ap.add_argument("--day", default=None, help="device counts for the simulated day (quick: 100; full: 100,500)")
     ap.add_argument("--day-only", action="store_true", help="only the simulated day (no idle and CPU runs)")
+    ap.add_argument(
+        "--day-state",
+        type=int,
+        default=0,
+        help="only the day's per-subject state of this many visitors, packed vs dicts (fresh processes)",
+    )
     ap.add_argument(
         "--daemon-env",
         choices=("unit", "default"),
@@ -779,6 +900,9 @@ def main(argv: list[str]) -> None:
     )
     a = ap.parse_args(argv)
     globals()["DAEMON_ENV"] = a.daemon_env
+    if a.day_state:
+        day_state_figures(a.day_state)
+        return
     counts = [] if a.day_only else [int(x) for x in a.devices.split(",") if x]
     days = [int(x) for x in (("100" if a.quick else "100,500") if a.day is None else a.day).split(",") if x]
     window = 30.0 if a.quick else 120.0
@@ -871,7 +995,10 @@ def _child_args(argv: list[str]) -> argparse.Namespace:
 
 
 if __name__ == "__main__":
-    if "--generate" in sys.argv:
+    if "--day-state-child" in sys.argv:
+        i = sys.argv.index("--day-state-child")
+        print(json.dumps(day_state(sys.argv[i + 1], int(sys.argv[i + 2]))), flush=True)
+    elif "--generate" in sys.argv:
         generate(_child_args(sys.argv[1:]))
     elif "--serve" in sys.argv:
         serve(_child_args(sys.argv[1:]))
