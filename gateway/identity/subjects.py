@@ -242,7 +242,8 @@ class IdentityResolver:
             if opt and self.optout_digest(normalize_identifier(consent.customer_ref)) in opt:
                 return _DROPPED
             return consent.customer_ref
-        return self._keyring.pseudonym(link if link is not None else ndev, ts)
+        # the memo is ours (``_caches``): the keyring's would hold the same subjects a second time
+        return self._keyring.pseudonym(link if link is not None else ndev, ts, memo=False)
 
     def subject_for(self, device: str, link: str | None, ts: float) -> str | None:
         """Subject for one (device, link) heard at ``ts``; None when opted out."""
