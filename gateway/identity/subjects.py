@@ -44,6 +44,10 @@ _CACHE_MAX = 4096
 # the previous rotation period's memo is kept this long into a new one (late observations), then
 # dropped: full of the day's last 4,096 addresses it otherwise stayed all night (issue 22)
 _PREV_CACHE_S = 300.0
+# and the current period's memo is started afresh this often (event time), so that it holds the
+# devices of the last minutes, not the evening's last 4,096 addresses all night (a few thousand
+# misses, one HMAC each, every quarter of an hour)
+_MEMO_S = 900.0
 
 
 _DROPPED = ""  # cache value for an opted-out (device, link)
@@ -122,6 +126,7 @@ class IdentityResolver:
         self._caches: dict[int, dict[tuple[str, str | None], str]] = {}
         self._bounds: tuple[int, float, float] = (0, 0.0, -1.0)
         self._prev_cache_until = math.inf  # when the previous period's memo goes (_PREV_CACHE_S)
+        self._memo_until = -math.inf  # when the current period's memo starts afresh (_MEMO_S)
         self.stats = ResolverStats()
 
     # -- hashing -------------------------------------------------------------------------------
@@ -278,6 +283,10 @@ class IdentityResolver:
             self._prev_cache_until = math.inf
             for old in [k for k in self._caches if k < e]:
                 del self._caches[old]
+        if now >= self._memo_until:
+            if self._memo_until != -math.inf:
+                self._caches.pop(e, None)
+            self._memo_until = now + _MEMO_S
         cache = self._caches.setdefault(e, {})
         append = out.append
         dropped = 0

@@ -211,3 +211,16 @@ def test_previous_periods_memo_goes_a_few_minutes_into_the_next() -> None:
     assert len(r._caches) == 1 and len(r._caches[max(r._caches)]) == 2
     again = r.resolve_batch([obs(m, rot - 5.0) for m in macs], rot + 302.0)  # recomputed, equal
     assert [o.device for o in again] == before
+
+
+def test_memo_starts_afresh_every_quarter_hour_with_the_same_subjects() -> None:
+    """The memo holds the devices of the last minutes, not all night the evening's last addresses."""
+    r = resolver()
+    first = [o.device for o in r.resolve_batch([obs(f"5A:00:00:00:00:{i:02X}", T) for i in range(40)], T)]
+    assert len(r._caches[max(r._caches)]) == 40
+    r.resolve_batch([obs("5A:00:00:00:00:00", T + 600.0)], T + 600.0)
+    assert len(r._caches[max(r._caches)]) == 40  # not yet
+    r.resolve_batch([obs("5A:00:00:00:00:00", T + 901.0)], T + 901.0)
+    assert len(r._caches[max(r._caches)]) == 1  # afresh: the one heard since
+    again = r.resolve_batch([obs(f"5A:00:00:00:00:{i:02X}", T + 902.0) for i in range(40)], T + 902.0)
+    assert [o.device for o in again] == first
