@@ -141,6 +141,16 @@ class SubjectTable:
         live = self._live
         return (r for r in range(len(live)) if live[r])
 
+    def keyed_rows(self) -> Iterator[tuple[int, str]]:
+        """(row, subject id) of the live rows in insertion order (``key`` of every row without a
+        search of the non-pseudonym ids for each)."""
+        other_of = {r: k for k, r in self._other.items()}
+        keys, live = self._keys, self._live
+        for r in range(len(live)):
+            if live[r]:
+                n = keys[r * _SLOT]
+                yield r, (keys[r * _SLOT + 1 : r * _SLOT + 1 + n].hex() if n else other_of[r])
+
     def first(self) -> int:
         """The oldest live row, -1 when empty."""
         i = self._live.find(1)
@@ -222,5 +232,5 @@ class SubjectCounts:
         return key
 
     def items(self) -> Iterator[tuple[str, int]]:
-        t, c = self._table, self._counts
-        return ((t.key(r), c[r]) for r in t.rows())
+        c = self._counts
+        return ((k, c[r]) for r, k in self._table.keyed_rows())

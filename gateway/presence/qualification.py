@@ -151,8 +151,7 @@ class Qualifier:
         self._reset()
         min_c = min_o = math.inf
         dropped = 0
-        for row in old_subjects.rows():
-            subject = old_subjects.key(row)
+        for row, subject in old_subjects.keyed_rows():
             i = old_head[row]
             while i >= 0:
                 e, is_c = old_buf[i + 1], int(old_buf[i + 2]) == customer
@@ -198,7 +197,7 @@ class Qualifier:
         """Add stored history (any order); returns how many records were loaded."""
         n = 0
         hist: dict[str, list[VisitRecord]] = {
-            s: self.history(s) for s in map(self._subjects.key, self._subjects.rows())
+            s: [self._record(s, i) for i in self._offsets(row)] for row, s in self._subjects.keyed_rows()
         }
         for r in records:
             hist.setdefault(r.subject, []).append(r)

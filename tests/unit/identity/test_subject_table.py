@@ -62,9 +62,11 @@ def test_table_rows_and_compaction() -> None:
     assert rows == [0, 1, 2, 3] and t.add("cd") == 2 and len(t) == 4
     assert t.remove("x") == 1 and t.remove("x") == -1 and t.get("x") == -1
     assert [t.key(r) for r in t.rows()] == ["ab", "cd", "ab00"] and t.first() == 0
+    t.add("cust-1")
+    assert list(t.keyed_rows()) == [(0, "ab"), (2, "cd"), (3, "ab00"), (4, "cust-1")]
     new, old = t.compacted()
-    assert old == [0, 2, 3] and [new.key(r) for r in new.rows()] == ["ab", "cd", "ab00"]
-    assert new.get("ab00") == 2 and new.get("ab") == 0 and new.n_rows == 3
+    assert old == [0, 2, 3, 4] and [new.key(r) for r in new.rows()] == ["ab", "cd", "ab00", "cust-1"]
+    assert new.get("ab00") == 2 and new.get("ab") == 0 and new.get("cust-1") == 3 and new.n_rows == 4
     with pytest.raises(KeyError):
         SubjectCounts().pop_oldest()
 
