@@ -139,6 +139,14 @@ def rss_mb() -> float:
     return float("nan")
 
 
+def rss_anon_mb() -> float:
+    """The anonymous part of the RSS (the rest is shared libraries' pages: ``RssFile``)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("RssAnon:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
 def import_floor() -> dict[str, float]:
     """RSS (VmRSS, MB) of fresh processes: a bare python, python + numpy (the reference the day's
     figures are printed beside) and python + the daemon's imports (what ``gateway run`` loads before
@@ -265,7 +273,7 @@ class PipeSource:
     def mark(self, what: str) -> None:
         print(
             f"{what} {self.now:.1f} {time.monotonic():.3f} {time.process_time():.3f} {rss_mb():.1f} "
-            f"{self.health.observations}",
+            f"{self.health.observations} {rss_anon_mb():.1f}",
             flush=True,
         )
 
@@ -359,6 +367,7 @@ async def _serve(a: argparse.Namespace, signer: Any) -> None:
         "queue_full": src.health.dropped.get("backpressure", 0),
         "pipeline_cpu_s": daemon.worker.stats.cpu_s,
         "trims": daemon.memory.runs,
+        "gc_collected": daemon.memory.collected,
         "trimmed_mb": daemon.memory.returned_kib / 1024,
         "maxrss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
     }
@@ -661,6 +670,7 @@ class Run:
         self.gen.stdout.close()  # the daemon holds the read end
         self.client: subprocess.Popen[bytes] | None = None
         self.marks: list[tuple[str, float, float, float, float, int]] = []
+        self.anon: list[float] = []  # RssAnon at each mark
         self.done: dict[str, Any] = {}
 
     def follow_page(self) -> None:
@@ -687,6 +697,7 @@ class Run:
             if parts[0] in ("MARK", "END"):
                 w, sim, wall, cpu, rss, n = parts[0], *map(float, parts[1:5]), int(parts[5])
                 self.marks.append((w, sim, wall, cpu, rss, n))
+                self.anon.append(float(parts[6]) if len(parts) > 6 else float("nan"))
             elif parts[0] == "READY":
                 self.follow_page()
             elif parts[0] == "DONE":
@@ -771,6 +782,7 @@ def day_for(n: int, tmp: Path, mqtt_port: int, cred: Path) -> dict[str, Any]:
         "rate": rate,
         "hours": hours,
         "rss": rss,
+        "anon": [a for m, a in zip(run.marks, run.anon, strict=True) if m[0] in ("MARK", "END")],
         "slope": slope,
         "cpu_per_sim_s": (marks[-1][3] - marks[0][3]) / max(1e-9, marks[-1][1] - marks[0][1]),
         "wall": time.monotonic() - t0,
@@ -966,6 +978,13 @@ def main(argv: list[str]) -> None:
                     f"{d.get('committed')} events, late {d.get('late')}; malloc_trim {d.get('trims')} x, "
                     f"{d.get('trimmed_mb', 0):.1f} MB returned); bar RSS <= {BARS['rss_mb']:g} MB and "
                     f"flat (|slope| <= 5 % of it per day): {'PASS' if ok else 'FAIL'}",
+                    flush=True,
+                )
+                anon = r["anon"]
+                print(
+                    f"daemon.day[{n} devices] anonymous part of the RSS (the rest: shared libraries): start "
+                    f"{anon[0]:.1f}, peak {max(anon):.1f}, end {anon[-1]:.1f} MB; hourly full collections freed "
+                    f"{d.get('gc_collected')} objects",
                     flush=True,
                 )
                 print(f"daemon.day[{n} devices] events by type: {json.dumps(d.get('by_type'))}", flush=True)
