@@ -472,6 +472,13 @@ class WifiGrouper:
                 a.ssids = (a.ssids or set()) | {h}
             a.rate_adv, a.rate_span, a.silences = m.rate_adv, m.rate_span, m.silences
 
+    def add_levels(self, mac: str, levels: Mapping[str, float]) -> None:
+        """Levels at nodes of a frame of ``mac`` already offered (a node's report came after the
+        capture's frame): they count while its burst's decision is held."""
+        st = self._macs.get(mac)
+        if st is not None and st.randomized:
+            self._learn_levels(st, levels)
+
     def _learn_levels(self, st: _MacState, levels: Mapping[str, float]) -> None:
         """A frame heard at nodes: its MAC's first burst, and its burst's while undecided."""
         m = st.mac

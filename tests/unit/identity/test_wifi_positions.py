@@ -42,7 +42,7 @@ THERE = {"n11": -82.0, "n12": -68.0, "n21": -85.0, "n22": -58.0}
 
 def test_the_same_spot_soon_after_speaks_for_the_link_another_spot_against() -> None:
     assert _score(5.0, HERE, HERE) > 0.5
-    assert _score(5.0, HERE, THERE) < -3.0
+    assert _score(5.0, HERE, THERE) < -1.5
     # long after, the shopper may be anywhere: next to no evidence either way
     assert abs(_score(1200.0, HERE, THERE)) < 0.2
     assert abs(_score(1200.0, HERE, HERE)) < 0.5
@@ -50,9 +50,12 @@ def test_the_same_spot_soon_after_speaks_for_the_link_another_spot_against() -> 
     assert _score(5.0, HERE, THERE) < _score(30.0, HERE, THERE) < _score(120.0, HERE, THERE)
 
 
-def test_no_nodes_no_evidence_and_nodes_heard_by_one_side_only_do_not_count() -> None:
+def test_no_nodes_no_evidence_and_a_node_that_stops_hearing_speaks_against_staying() -> None:
     assert _score(5.0, {}, HERE) == 0.0
-    assert _score(5.0, {"n11": -60.0}, {"n34": -60.0}) == 0.0
+    assert _score(5.0, HERE, {}) == 0.0
+    # other nodes hear it now: it did not stay (a node misses a burst now and then: mild)
+    assert _score(5.0, {"n11": -60.0}, {"n34": -60.0}) < -0.5
+    assert _score(5.0, HERE, THERE | {"n99": -60.0}) < _score(5.0, HERE, THERE)
 
 
 def test_levels_at_many_nodes_count_as_one_position() -> None:
@@ -101,16 +104,17 @@ def test_one_receiver_groups_exactly_as_without_receivers(online: bool) -> None:
     assert all(f.levels == {} for f in crowd.frames)
     with_levels = _probes(crowd.frames, levels=True)
     assert _groups(with_levels, online) == _groups(_probes(crowd.frames, levels=False), online)
-    # and the single-radio crowd, levels passed as None or not at all
-    old = generate_store(40, 1200.0, seed=5)
-    probes = _probes(old.frames, levels=False)
+    # and the single-radio crowd: levels passed as None, or not at all
+    probes = _probes(generate_store(40, 1200.0, seed=5).frames, levels=False)
     if online:
         g = WifiGrouper(GroupParams(max_delay_s=0.0))
         plain = [g.observe(p.mac, p.randomized, p.fingerprint, p.seq, p.ts, p.rssi, p.ssid) for _d, p, _l in probes]
-        assert _groups(probes, online) != [] and plain == [
-            WifiGrouper(GroupParams(max_delay_s=0.0)).observe(p.mac, p.randomized, p.fingerprint, p.seq, p.ts, p.rssi)
-            for _d, p, _l in probes[:1]
-        ] + plain[1:]
+        g = WifiGrouper(GroupParams(max_delay_s=0.0))
+        none = [
+            g.observe(p.mac, p.randomized, p.fingerprint, p.seq, p.ts, p.rssi, p.ssid, None) for _d, p, _l in probes
+        ]
+        assert plain == none
+        return
     c1, c2 = ChainGrouper(), ChainGrouper()
     for _d, p, _l in probes:
         c1.add(p.mac, p.randomized, p.fingerprint, p.seq, p.ts, p.rssi, p.ssid)
@@ -145,5 +149,5 @@ def test_nodes_tell_apart_look_alike_iphones_one_radio_cannot(online: bool) -> N
     nodes = _probes(frames, levels=True)
     devices = [d for d, _p, _l in alone]
     g_alone, g_nodes = _groups(alone, online), _groups(nodes, online)
-    assert _purity(devices, g_nodes) > _purity(devices, g_alone)
-    assert _purity(devices, g_nodes) >= 0.95
+    assert _purity(devices, g_nodes) >= _purity(devices, g_alone) + 0.02
+    assert len(set(g_nodes)) <= 1.5 * len(set(g_alone))  # not by splitting everything
