@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 from pydantic import ValidationError
@@ -103,3 +104,18 @@ def test_a_frame_heard_by_nodes_too_is_one_burst_with_a_level_per_receiver() -> 
     assert conv.nodes.counts()["matched"] == 2 and conv.nodes.counts()["late"] == 1
     conv.sync_health()
     assert conv.health.detail["node_reports"]["matched"] == 2
+
+
+def test_the_daemon_hands_node_reports_to_the_wifi_source() -> None:
+    from gateway.config import Settings
+    from gateway.runtime.daemon import build_sources, load_store_layout
+
+    fixture = Path(__file__).resolve().parents[2] / "fixtures" / "wifi"
+    pcap = next(iter(sorted(fixture.glob("*.pcap*"))))
+    settings = Settings.model_validate(
+        {"wifi": {"enabled": True, "pcap": str(pcap)}, "nodes": {"enabled": True, "mapping": {"front": "n11"}}}
+    )
+    sources = build_sources(settings, load_store_layout(settings))
+    wifi = next(s for s in sources if s.name.startswith("wifi"))
+    nodes = next(s for s in sources if hasattr(s, "core"))
+    assert nodes.core.on_wifi == wifi.node_probes  # type: ignore[attr-defined]
