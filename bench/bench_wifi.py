@@ -732,9 +732,13 @@ def bench_receivers(seeds: list[int], quick: bool) -> dict[str, bool]:
                     crowd.start_ts + crowd.duration_s,
                 )
                 per_mac = _v_measure([(d, p.mac) for d, p in pr])
+                t = time.process_time()
                 cap, cap_marks, _g = _capture(pr, lv)
+                t_cap = time.process_time() - t
+                t = time.process_time()
                 st, st_marks, _delays = _stream(pr, DAEMON_HOLD_S, levels=lv)
-                for name, groups, marks in (("capture", cap, cap_marks), ("stream", st, st_marks)):
+                t_st = time.process_time() - t
+                for name, groups, marks, secs in (("capture", cap, cap_marks, t_cap), ("stream", st, st_marks, t_st)):
                     v, purity, k = _v_measure([(d, g) for (d, _p), g in zip(pr, groups, strict=True)])
                     events, whole = count_marks(marks, window_s=COUNT_WINDOW_S)
                     fig = _count_figures(events, truth)
@@ -747,7 +751,7 @@ def bench_receivers(seeds: list[int], quick: bool) -> dict[str, bool]:
                         f"wifi.crowd_receivers_{name}: N={n} seed {seed}, {label}: {len(pr)} probe requests, "
                         f"{len(heard)} devices heard, {k} groups, V-measure {v:.3f} (bar >= 0.92), frame-weighted "
                         f"purity {purity:.3f} (>= 0.90); count per minute mean absolute {mae:.1%}, "
-                        f"distinct {distinct:+.1%}; reference one group per MAC V {per_mac[0]:.3f}"
+                        f"distinct {distinct:+.1%}; reference one group per MAC V {per_mac[0]:.3f}; {secs:.2f} s CPU"
                     )
     for key, r in sorted(rows.items()):
         name, n, recv = key.split(".")
