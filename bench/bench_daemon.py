@@ -367,7 +367,6 @@ async def _serve(a: argparse.Namespace, signer: Any) -> None:
         "queue_full": src.health.dropped.get("backpressure", 0),
         "pipeline_cpu_s": daemon.worker.stats.cpu_s,
         "trims": daemon.memory.runs,
-        "gc_collected": daemon.memory.collected,
         "trimmed_mb": daemon.memory.returned_kib / 1024,
         "maxrss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
     }
@@ -983,8 +982,7 @@ def main(argv: list[str]) -> None:
                 anon = r["anon"]
                 print(
                     f"daemon.day[{n} devices] anonymous part of the RSS (the rest: shared libraries): start "
-                    f"{anon[0]:.1f}, peak {max(anon):.1f}, end {anon[-1]:.1f} MB; hourly full collections freed "
-                    f"{d.get('gc_collected')} objects",
+                    f"{anon[0]:.1f}, peak {max(anon):.1f}, end {anon[-1]:.1f} MB",
                     flush=True,
                 )
                 print(f"daemon.day[{n} devices] events by type: {json.dumps(d.get('by_type'))}", flush=True)

@@ -757,7 +757,6 @@ class Daemon:
             "dropped": st.dropped,
             "accounting": self.accounting(),
             "memory_trims": self.memory.runs,
-            "memory_gc_collected": self.memory.collected,
             "memory_trimmed_mib": round(self.memory.returned_kib / 1024, 1),
         }
 

@@ -8,21 +8,14 @@ heaps under their locks (a few milliseconds for the daemon's ~30 MB), so it runs
 thread between jobs, at most once per hour of event time (wall time on a box; the simulator's time
 in the benches, where a day passes in minutes).
 
-Before it, a full ``gc.collect()``: the day's cyclic garbage (futures with their tracebacks, objects
-that point at each other) is otherwise collected only when enough new objects have been made,
-which a quiet night does not do, and until then it keeps both its heap pages and Python's own
-small-object arenas (those go back whole, when empty). A collection of the daemon's ~0.4 M objects
-takes tens of milliseconds, once an hour.
-
-Counted: how many trims ran, the RSS they returned (``/proc/self/status`` before and after), the
-objects the collections freed. Off glibc (musl, macOS) there is no ``malloc_trim`` and this does
-nothing.
+Counted: how many trims ran and the RSS they returned (``/proc/self/status`` before and after).
+Python's own small-object arenas are outside it (they go back whole, when empty). Off glibc (musl,
+macOS) there is no ``malloc_trim`` and this does nothing.
 """
 
 from __future__ import annotations
 
 import ctypes
-import gc
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -59,15 +52,13 @@ class MemoryTrim:
 
     trim: Callable[[], object] | None
     every_s: float = TRIM_EVERY_S
-    collect: Callable[[], int] | None = None  # a full garbage collection first (``gc.collect``)
     runs: int = 0
     returned_kib: int = 0  # RSS given back by all trims (before - after, when it went down)
-    collected: int = 0  # objects the collections found unreachable
     _period: float | None = None
 
     @classmethod
     def glibc(cls, every_s: float = TRIM_EVERY_S) -> MemoryTrim:
-        return cls(_glibc_trim(), every_s, gc.collect)
+        return cls(_glibc_trim(), every_s)
 
     def maybe_trim(self, now: float) -> bool:
         if self.trim is None:
@@ -80,8 +71,6 @@ class MemoryTrim:
             return False
         self._period = period
         before = rss_kib()
-        if self.collect is not None:
-            self.collected += self.collect()
         self.trim()
         self.runs += 1
         self.returned_kib += max(0, before - rss_kib())

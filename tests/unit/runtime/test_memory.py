@@ -63,13 +63,3 @@ def test_the_daemon_does_not_load_the_updater() -> None:
     code = "import sys, gateway.runtime.daemon; print(sorted({'gateway.ops.update', 'tarfile'} & set(sys.modules)))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120)
     assert out.stdout.strip() == "[]"
-
-
-def test_a_full_collection_runs_before_the_trim() -> None:
-    """Cyclic garbage a quiet night would keep (no new objects trigger a collection) goes first."""
-    order: list[str] = []
-    m = MemoryTrim(lambda: order.append("trim"), 3600.0, lambda: order.append("collect") or 5)
-    m.maybe_trim(0.0)
-    assert m.maybe_trim(3600.0)
-    assert order == ["collect", "trim"] and m.collected == 5
-    assert MemoryTrim.glibc().collect is not None or MemoryTrim.glibc().trim is None
