@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import multiprocessing as mp
 import os
 import shutil
@@ -339,9 +340,9 @@ async def through_daemon(
         daemon.pipeline.on_partial = partial
         process = daemon._process
 
-        def timed(batches: list[list[Observation]]) -> list[EventBase]:
+        def timed(batches: list[list[Observation]], *a: Any) -> list[EventBase]:
             t0 = time.perf_counter()
-            out = process(batches)
+            out = process(batches, *a)
             jobs_ms.append((time.perf_counter() - t0) * 1000)
             return out
 
@@ -392,6 +393,7 @@ async def through_daemon(
             "achieved": len(obs) / src.wall,
             "wall_s": src.wall,
             "late": bp.dropped_late,
+            "shed": daemon.pipeline.stats.dropped.get("fix_tick_shed", 0),
             "backpressure": src.health.dropped.get("backpressure", 0),
             "max_wait_ms": bp.max_wait_s * 1000,
             "worker_cpu_s": w.cpu_s,
@@ -455,7 +457,8 @@ def report(kind: str, r: dict[str, Any]) -> dict[str, float]:
     print(
         f"content.offered_vs_achieved[{kind}]: offered {RATE:,} obs/s, achieved {r['achieved']:,.0f} obs/s over "
         f"{r['wall_s']:.1f} s; pipeline thread CPU {r['worker_cpu_s'] / r['wall_s'] * 100:.0f} % of a core; "
-        f"dropped late {r['late']}, queue full {r['backpressure']}; longest queue wait {r['max_wait_ms']:.1f} ms",
+        f"dropped late {r['late']}, queue full {r['backpressure']}; longest queue wait {r['max_wait_ms']:.1f} ms; "
+        f"fix ticks shed {r.get('shed', 0)} of {r.get('shed', 0) + len(r['ticks'])} (pipeline.shed_after_s)",
         flush=True,
     )
     ticks = r["ticks"]
@@ -532,8 +535,86 @@ def main(quick: bool = False) -> None:
         )
 
 
+def shed_accuracy(quick: bool) -> None:
+    """What load shedding costs in position (``pipeline.shed_after_s``): walking shoppers of the
+    localization bench's family stores, fixes computed every tick (stride 1: the reference) or every
+    2nd / 3rd tick as under shedding (the ticks between feed the next one). Errors at the computed
+    fixes, and "held": the newest fix of each device against the truth at every 1 s tick, which is
+    what presence sees while fixes are skipped (a walker moves on between fixes)."""
+    from bench.bench_localization import calibrated_layout
+    from gateway.localization import make_localizer
+    from gateway.localization.synth import channel_run
+    from gateway.sim.radio import FAMILY, Channel, family_store
+
+    def feed(run: Any, layout: Any, stride: int) -> np.ndarray:
+        """bench_localization's ``feed`` with a fix every ``stride`` ticks: rows (t_rel, device, x, y)."""
+        loc = make_localizer(layout, settings)
+        ids = [s.id for s in layout.sensors]
+        ticks = np.arange(math.ceil(run.ts[0]), run.ts[-1], 1.0)
+        cut = np.searchsorted(run.ts, ticks, side="right")
+        names = [f"d{d}" for d in range(int(run.device.max()) + 1)]
+        out, lo, t0 = [], 0, float(run.truth_t[0])
+        for k, (tick, hi) in enumerate(zip(ticks.tolist(), cut.tolist(), strict=True)):
+            if hi > lo:
+                loc.add(
+                    [
+                        Observation(t, ids[s], names[d], r)
+                        for t, s, d, r in zip(
+                            run.ts[lo:hi].tolist(), run.sensor[lo:hi].tolist(), run.device[lo:hi].tolist(),
+                            run.rssi[lo:hi].tolist(), strict=True,
+                        )
+                    ]
+                )  # fmt: skip
+            lo = hi
+            if k % stride == 0:
+                out += [(tick - t0, int(f.device[1:]), f.x, f.y) for f in loc.fixes(tick)]
+        return np.array(out)
+
+    settings = load_settings().localization
+    specs = FAMILY[::2] if quick else FAMILY
+    rows: dict[int, list[tuple[float, float]]] = {1: [], 2: [], 3: []}
+    for i, spec in enumerate(specs):
+        store = family_store(spec)
+        true, env = store.true_layout(), store.env
+        cal, _ = calibrated_layout(store, i)
+        w, d = true.store.width_m, true.store.depth_m
+        n_walk = (6 if quick else 12) if spec.rate_hz >= 5 else (10 if quick else 24)
+        ch = Channel(env, true.sensor_xy(), np.random.default_rng([i, 4]))
+        run = channel_run(
+            ch.sample, n_walk, 120.0 if quick else 240.0, np.random.default_rng([i, 5]),
+            bounds=(0.5, w - 0.5, 0.5, d - 0.5), walking=True, advert_interval_s=1.0 / store.advert_rate_hz,
+        )  # fmt: skip
+        line = []
+        t0, t_end = float(run.truth_t[0]), float(run.truth_t[-1])
+        for stride in (1, 2, 3):
+            e = feed(run, cal, stride)
+            e = e[e[:, 0] >= 10.0]
+            at_fix, held = [], []
+            for t, dev, x, y in e.tolist():
+                tr = run.truth_at(int(dev), t0 + t)
+                at_fix.append(float(np.hypot(x - tr[0], y - tr[1])))
+                for j in range(stride):  # the fix holds until the next computed one
+                    if t0 + t + j <= t_end:
+                        tr = run.truth_at(int(dev), t0 + t + j)
+                        held.append(float(np.hypot(x - tr[0], y - tr[1])))
+            med, hmed, hp90 = float(np.median(at_fix)), float(np.median(held)), float(np.percentile(held, 90))
+            rows[stride].append((med, hmed))
+            line.append(f"stride {stride}: at fix {med:.2f} m, held median {hmed:.2f} p90 {hp90:.2f} m")
+        print(f"content.shed_accuracy[{spec.name}, {spec.rate_hz:g} adverts/s, {n_walk} walkers]: " + "; ".join(line))
+    for stride in (2, 3):
+        at = np.mean([r[0] / b[0] for r, b in zip(rows[stride], rows[1], strict=True)])
+        held = np.mean([r[1] / b[1] for r, b in zip(rows[stride], rows[1], strict=True)])
+        print(
+            f"content.shed_accuracy[stride {stride} vs every tick, mean over {len(specs)} stores]: median error at "
+            f"the computed fixes x{at:.2f}, held between them x{held:.2f}"
+        )
+
+
 if __name__ == "__main__":
     args = sys.argv[1:]
+    if "--shed-accuracy" in args:
+        shed_accuracy("--quick" in args)
+        raise SystemExit(0)
     if "--condition" in args:
         raise SystemExit(child("--quick" in args, args[args.index("--condition") + 1], "--inline" in args))
     main("--quick" in args)

@@ -739,6 +739,16 @@ class PipelineSettings(Section):
             "(latency stays bounded when the box is overloaded; recordings always wait); 0: never"
         ),
     )
+    shed_after_s: float = Field(
+        default=0.05,
+        ge=0,
+        le=60,
+        description=(
+            "Load shedding: while live batches wait longer than this for the pipeline, fixes are computed "
+            "on every 2nd, then every 3rd tick only (at most localization.window_s apart; the skipped ticks' "
+            "observations go into the next one, counted as fix_tick_shed drops); 0: never"
+        ),
+    )
 
 
 NODES_PACKET_LOSS = 0.3

@@ -114,6 +114,12 @@ class Pipeline:
         # of it, and everything the call produced before, to ``on_partial`` at once
         self.on_partial = on_partial
         self._chunk = settings.localization.tick_chunk_devices
+        # load shedding (the daemon sets it when its queue falls behind): fixes are computed on every
+        # ``fix_stride``-th tick only; the ticks between are counted as ``fix_tick_shed`` and their
+        # observations go into the next computed tick (presence still ticks every interval)
+        self.fix_stride = 1
+        self._max_stride = max(1, int(settings.localization.window_s / self._interval + 1e-9))
+        self._last_fix_tick = -math.inf
         self._out: list[EventBase] = []  # the current call's events not handed on yet
         # event time each layout sensor was last heard (status page: a silent sensor is a fault)
         self.sensor_last_heard: dict[str, float] = {}
@@ -205,7 +211,13 @@ class Pipeline:
             ts = self._next_tick + MAX_TICK_GAP_S
         while self._next_tick <= ts:
             t = self._next_tick
-            fixes = self._tick_fixes(t, events)
+            stride = min(self.fix_stride, self._max_stride)
+            if stride > 1 and t - self._last_fix_tick < (stride - 0.5) * self._interval:
+                self._drop("fix_tick_shed")
+                fixes = []
+            else:
+                self._last_fix_tick = t
+                fixes = self._tick_fixes(t, events)
             self.stats.fixes += len(fixes)
             if fixes:
                 self.stats.last_fixes = fixes

@@ -74,6 +74,8 @@ log = get_logger(__name__)
 QUEUE_BATCHES = 256
 # observations handed to the pipeline thread in one job at most, when batches have piled up
 MAX_JOB_OBSERVATIONS = 2048
+# load shedding: fixes on every n-th tick at most (the pipeline also caps it at localization.window_s)
+SHED_MAX_STRIDE = 3
 # the status page's copy of the pipeline counters is rebuilt at most this often while busy
 VIEW_EVERY_S = 0.2
 
@@ -255,6 +257,7 @@ class Daemon:
         self.pipeline_view: PipelineView = pipeline_view(self.pipeline, self.presence)
         self._view_t = 0.0
         self._dispatched = False
+        self._stride = 1  # load shedding: compute fixes every n-th tick (pipeline.shed_after_s)
         self._loop: asyncio.AbstractEventLoop | None = None
         self.pending = PendingEvents()
         self.outbox_refusing: str | None = None  # why the disk refuses appends (None: it does not)
@@ -312,10 +315,12 @@ class Daemon:
 
     # -- on the pipeline thread (PipelineWorker jobs) ------------------------------------------------
 
-    def _process(self, batches: list[list[Observation]]) -> list[EventBase]:
+    def _process(self, batches: list[list[Observation]], stride: int = 1) -> list[EventBase]:
         """Each batch in turn (the same results as one by one). Events go to the loop as soon as a
         batch has produced them (a fix tick's zone entries), not after the job's later batches:
-        an activation never waits for the rest of a job that piled up behind a slow moment."""
+        an activation never waits for the rest of a job that piled up behind a slow moment.
+        ``stride``: the load shedding's fix stride (``pipeline.shed_after_s``; 1: every tick)."""
+        self.pipeline.fix_stride = stride
         events: list[EventBase] = []
         last = len(batches) - 1
         for i, batch in enumerate(batches):
@@ -419,11 +424,13 @@ class Daemon:
             while items[-1].batch is not None and n < MAX_JOB_OBSERVATIONS and not self.queue.empty():
                 items.append(self.queue.get_nowait())
                 n += len(items[-1].batch or ())
+            oldest = time.monotonic() - items[0].t if items[0].source is not None else 0.0
             batches, end = self._take(items)
             if batches:
                 self._last_obs_wall = time.monotonic()
                 self._dispatched = False
-                await self.worker.call(partial(self._process, batches), deliver=self._deliver)
+                stride = self._shed_stride(oldest)
+                await self.worker.call(partial(self._process, batches, stride), deliver=self._deliver)
                 if self._dispatched:
                     await ContentService.let_dispatch_run()
             if end:
@@ -433,6 +440,19 @@ class Daemon:
                 self._pipeline_idle.set()
             else:
                 self._pipeline_idle.clear()
+
+    def _shed_stride(self, wait: float) -> int:
+        """Load shedding (live batches only): the fix stride for the next job, from how long its oldest
+        batch waited. Up one while batches wait longer than ``pipeline.shed_after_s``, down one once
+        they wait less than half of it; the pipeline caps it at ``localization.window_s`` ticks."""
+        after = self.settings.pipeline.shed_after_s  # read each time: reloadable
+        if after <= 0:
+            self._stride = 1
+        elif wait > after:
+            self._stride = min(self._stride + 1, SHED_MAX_STRIDE)
+        elif wait < after / 2:
+            self._stride = max(1, self._stride - 1)
+        return self._stride
 
     def event_clock(self) -> Callable[[], float] | None:
         """Where event time comes from when nothing is heard: the live sources' clock (the wall

@@ -271,9 +271,9 @@ async def test_the_daemon_computes_what_the_pipeline_computes_directly(tmp_path:
     jobs: list[int] = []
     process = daemon._process
 
-    def counting(b: list[list[Observation]]) -> Any:
+    def counting(b: list[list[Observation]], *a: Any) -> Any:
         jobs.append(len(b))
-        return process(b)
+        return process(b, *a)
 
     daemon._process = counting  # type: ignore[method-assign]
     run = asyncio.create_task(daemon.run())
