@@ -744,9 +744,10 @@ class PipelineSettings(Section):
         ge=0,
         le=60,
         description=(
-            "Load shedding: while live batches wait longer than this for the pipeline, fixes are computed "
-            "on every 2nd, then every 3rd tick only (at most localization.window_s apart; the skipped ticks' "
-            "observations go into the next one, counted as fix_tick_shed drops); 0: never"
+            "Load shedding: once a live batch waited longer than this for the pipeline, fixes are computed on "
+            "every 3rd tick only (at most localization.window_s apart), back to every tick one step per job "
+            "once batches wait less than half of this; the skipped ticks' observations go into the next "
+            "computed one, the ticks are counted as fix_tick_shed drops; 0: never"
         ),
     )
 

@@ -443,13 +443,14 @@ class Daemon:
 
     def _shed_stride(self, wait: float) -> int:
         """Load shedding (live batches only): the fix stride for the next job, from how long its oldest
-        batch waited. Up one while batches wait longer than ``pipeline.shed_after_s``, down one once
-        they wait less than half of it; the pipeline caps it at ``localization.window_s`` ticks."""
+        batch waited: the largest as soon as batches wait longer than ``pipeline.shed_after_s`` (a
+        backlog grows fast on a throttled CPU), down one per job once they wait less than half of it;
+        the pipeline caps it at ``localization.window_s`` ticks."""
         after = self.settings.pipeline.shed_after_s  # read each time: reloadable
         if after <= 0:
             self._stride = 1
         elif wait > after:
-            self._stride = min(self._stride + 1, SHED_MAX_STRIDE)
+            self._stride = SHED_MAX_STRIDE
         elif wait < after / 2:
             self._stride = max(1, self._stride - 1)
         return self._stride
