@@ -28,6 +28,13 @@ obs/s would pay it once a second over ~2,000 devices - less CPU, but one long ti
 prints its estimate; ``localization.tick_chunk_devices`` hands such a tick on in parts). The full
 run also measures each condition with the pipeline on the event loop (as before issue 22) for the
 A/B. ``python -m bench.bench_content [--quick] [--condition free|sibling|quota [--inline]]``.
+
+Load shedding (``pipeline.shed_after_s``, default 50 ms): once a batch waited that long, the daemon
+computes fixes on every 3rd tick only until the queue is short again; ``offered_vs_achieved`` counts
+the ticks shed. ``--shed-accuracy [--quick]`` measures what that costs in position (the localization
+bench's walking shoppers, fixes every tick vs every 2nd / 3rd); ``--stages`` prints where the
+pipeline thread's CPU goes at this load, stage by stage, beside a plain loop and a numpy pass over
+the same observations.
 """
 
 from __future__ import annotations
@@ -535,6 +542,72 @@ def main(quick: bool = False) -> None:
         )
 
 
+def stages() -> None:
+    """Where the pipeline thread's CPU goes at this bench's load: the same observations through
+    ``Pipeline`` as the daemon builds it, thread CPU per stage (each stage's entry point wrapped).
+    References in the same run: a plain Python loop touching each observation once, and one numpy
+    pass over them as arrays."""
+    import tempfile as tf
+
+    from gateway.pipeline import Pipeline
+    from gateway.presence.service import PresenceService
+
+    obs = gen(RATE * 4)
+    settings = load_settings(paths={"state_dir": tf.mkdtemp(prefix="bench-stages-")})
+    layout = load_layout(LAYOUT)
+    ps = PresenceService(settings, layout)
+    p = Pipeline(settings, layout, identity=ps.resolver, presence=ps.engine)
+    acc: dict[str, float] = {}
+
+    def wrap(obj: Any, name: str, label: str) -> None:
+        f = getattr(obj, name)
+
+        def timed(*a: Any, **k: Any) -> Any:
+            c0 = time.thread_time()
+            try:
+                return f(*a, **k)
+            finally:
+                acc[label] = acc.get(label, 0.0) + time.thread_time() - c0
+
+        setattr(obj, name, timed)
+
+    wrap(p.identity, "resolve", "identity (pseudonyms)")
+    if p.linker is not None:
+        wrap(p.linker, "process", "rotation linker")
+    wrap(p.localizer, "add", "localizer ingest")
+    wrap(p.localizer, "fixes", "localizer fix ticks")
+    wrap(p.presence, "update", "presence (fixes)")
+    wrap(p.presence, "tick", "presence (ticks)")
+    wall = len(obs) / RATE
+    t0 = time.thread_time()
+    for k in range(0, len(obs), int(RATE * CHUNK_S)):
+        p.process(obs[k : k + int(RATE * CHUNK_S)])
+    total = time.thread_time() - t0
+    devices = {o.device for o in obs}
+    print(
+        f"content.stages: {len(obs):,} observations ({len(obs) / len(devices):.0f} per device, {len(devices)} "
+        f"devices over {obs[-1].ts - obs[0].ts:.0f} s of event time), {p.stats.fixes:,} fixes; pipeline "
+        f"{total:.2f} s CPU = {total / wall * 100:.1f} % of a core at {RATE:,} obs/s"
+    )
+    acc["pipeline's own loop"] = total - sum(acc.values())
+    for k, v in sorted(acc.items(), key=lambda kv: -kv[1]):
+        print(
+            f"content.stage[{k}]: {v / total * 100:.1f} % of the pipeline's CPU, {v / wall * 100:.1f} % of a core, "
+            f"{v / len(obs) * 1e6:.2f} us per observation"
+        )
+    t0 = time.thread_time()
+    seen: dict[str, float] = {}
+    for o in obs:
+        seen[o.device] = o.rssi
+    loop_us = (time.thread_time() - t0) / len(obs) * 1e6
+    rssi = np.array([o.rssi for o in obs])
+    t0 = time.thread_time()
+    for _ in range(100):
+        np.maximum(rssi, -100.0).sum()
+    np_us = (time.thread_time() - t0) / 100 / len(obs) * 1e6
+    print(f"content.stages_reference: plain Python loop {loop_us:.3f} us per observation; numpy pass {np_us:.4f} us")
+
+
 def shed_accuracy(quick: bool) -> None:
     """What load shedding costs in position (``pipeline.shed_after_s``): walking shoppers of the
     localization bench's family stores, fixes computed every tick (stride 1: the reference) or every
@@ -603,15 +676,18 @@ def shed_accuracy(quick: bool) -> None:
         print(f"content.shed_accuracy[{spec.name}, {spec.rate_hz:g} adverts/s, {n_walk} walkers]: " + "; ".join(line))
     for stride in (2, 3):
         at = np.mean([r[0] / b[0] for r, b in zip(rows[stride], rows[1], strict=True)])
-        held = np.mean([r[1] / b[1] for r, b in zip(rows[stride], rows[1], strict=True)])
+        between = np.mean([r[1] / b[1] for r, b in zip(rows[stride], rows[1], strict=True)])
         print(
             f"content.shed_accuracy[stride {stride} vs every tick, mean over {len(specs)} stores]: median error at "
-            f"the computed fixes x{at:.2f}, held between them x{held:.2f}"
+            f"the computed fixes x{at:.2f}, held between them x{between:.2f}"
         )
 
 
 if __name__ == "__main__":
     args = sys.argv[1:]
+    if "--stages" in args:
+        stages()
+        raise SystemExit(0)
     if "--shed-accuracy" in args:
         shed_accuracy("--quick" in args)
         raise SystemExit(0)
