@@ -17,6 +17,12 @@ and the events so far to ``on_partial`` (the daemon hands them to the loop), so 
 for its part of the tick, not for all of it. Off by default: each part pays the tick's fixed cost
 again, so at 2,000 devices parts of 256 cost 2 % of a core more and finished the tick's last fixes
 later (p99 of when a fix was ready 156 vs 132 ms of CPU after the tick started, median 58 vs 73 ms).
+
+Load shedding: ``fix_stride`` (the daemon sets it from its queue's wait, ``pipeline.shed_after_s``)
+computes fixes on every n-th tick only - at most ``localization.window_s`` apart, so no observation
+goes stale - and counts each tick skipped as ``fix_tick_shed``; the skipped ticks' observations go
+into the next computed one, presence still ticks every interval. The fix ticks are ~83 % of this
+thread's CPU at 25k obs/s (``python -m bench.bench_content --stages``), so they are what can give.
 """
 
 from __future__ import annotations

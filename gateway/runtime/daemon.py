@@ -12,8 +12,10 @@ The event loop stays free for I/O while a fix tick computes.
 Back-pressure: the queue between sources and the pipeline is bounded; a live source that cannot
 enqueue drops the batch and counts it (radios cannot be paused), a replay simply waits; a live
 batch that waited longer than ``pipeline.max_delay_s`` is dropped as ``late`` (so latency stays
-bounded on an overloaded box). Queue depth, waits, late drops and the pipeline thread's load are
-on /metrics and the status page (``BackPressure``). What a
+bounded on an overloaded box). Before that, once a live batch waited longer than
+``pipeline.shed_after_s``, fixes are computed on every 3rd tick only until the queue is short again
+(``Pipeline.fix_stride``; counted as ``fix_tick_shed``). Queue depth, waits, late drops, ticks shed
+and the pipeline thread's load are on /metrics and the status page (``BackPressure``). What a
 source is (a recording, a node feed, restartable, on its own clock) it declares in its
 ``capabilities`` (``gateway/sources/base.py``); the daemon never probes it.
 The status page reads the daemon through ``gateway.runtime.status_provider.DaemonView``.
@@ -28,6 +30,7 @@ import argparse
 import asyncio
 import collections
 import contextlib
+import math
 import os
 import sqlite3
 import sys
@@ -315,15 +318,26 @@ class Daemon:
 
     # -- on the pipeline thread (PipelineWorker jobs) ------------------------------------------------
 
-    def _process(self, batches: list[list[Observation]], stride: int = 1) -> list[EventBase]:
+    def _process(
+        self,
+        batches: list[list[Observation]],
+        stride: int = 1,
+        due: list[float] | None = None,
+        late: list[int] | None = None,
+    ) -> list[EventBase]:
         """Each batch in turn (the same results as one by one). Events go to the loop as soon as a
         batch has produced them (a fix tick's zone entries), not after the job's later batches:
         an activation never waits for the rest of a job that piled up behind a slow moment.
-        ``stride``: the load shedding's fix stride (``pipeline.shed_after_s``; 1: every tick)."""
+        ``stride``: the load shedding's fix stride (``pipeline.shed_after_s``; 1: every tick).
+        ``due``: when each batch turns late (``pipeline.max_delay_s``); a batch not started by
+        then is skipped and its index appended to ``late`` (the loop counts it)."""
         self.pipeline.fix_stride = stride
         events: list[EventBase] = []
         last = len(batches) - 1
         for i, batch in enumerate(batches):
+            if due is not None and late is not None and time.monotonic() > due[i]:
+                late.append(i)
+                continue
             events += self.pipeline.process(batch)
             if events and i < last:
                 self.worker.emit(self._deliver, events)
@@ -390,13 +404,13 @@ class Daemon:
                     bp.queued_batches += 1
                     bp.queued_observations += len(batch)
 
-    def _take(self, items: list[Queued]) -> tuple[list[list[Observation]], bool]:
-        """The batches of ``items`` the pipeline should process (late live ones dropped and
-        counted), and whether the end marker came."""
+    def _take(self, items: list[Queued]) -> tuple[list[Queued], bool]:
+        """The items the pipeline should process (late live ones dropped and counted), and whether
+        the end marker came."""
         bp = self.backpressure
         now = time.monotonic()
         max_delay = self.settings.pipeline.max_delay_s  # read each time: reloadable
-        out: list[list[Observation]] = []
+        out: list[Queued] = []
         for it in items:
             if it.batch is None:
                 return out, True
@@ -410,8 +424,20 @@ class Daemon:
                 it.source.health.drop("late", len(it.batch))
                 bp.dropped_late += len(it.batch)
                 continue
-            out.append(it.batch)
+            out.append(it)
         return out, False
+
+    def _late_in_job(self, taken: list[Queued], late: list[int], events: list[EventBase]) -> None:
+        """A job's delivery (on the loop, in job order): count the batches it found late, then
+        deliver its events as ``_deliver`` does."""
+        bp = self.backpressure
+        for i in late:
+            it = taken[i]
+            n = len(it.batch or ())
+            if it.source is not None:
+                it.source.health.drop("late", n)
+            bp.dropped_late += n
+        self._deliver(events)
 
     async def _run_pipeline(self) -> None:
         """Hand the queued batches to the pipeline thread - everything waiting, up to
@@ -425,12 +451,21 @@ class Daemon:
                 items.append(self.queue.get_nowait())
                 n += len(items[-1].batch or ())
             oldest = time.monotonic() - items[0].t if items[0].source is not None else 0.0
-            batches, end = self._take(items)
-            if batches:
+            taken, end = self._take(items)
+            if taken:
                 self._last_obs_wall = time.monotonic()
                 self._dispatched = False
                 stride = self._shed_stride(oldest)
-                await self.worker.call(partial(self._process, batches, stride), deliver=self._deliver)
+                batches = [it.batch for it in taken if it.batch is not None]
+                # a live batch may also turn late while the job's earlier batches compute (a job of
+                # several batches on a throttled CPU): checked again just before it is processed
+                max_delay = self.settings.pipeline.max_delay_s
+                due = [it.t + max_delay if it.source is not None and max_delay > 0 else math.inf for it in taken]
+                late: list[int] = []
+                await self.worker.call(
+                    partial(self._process, batches, stride, due, late),
+                    deliver=partial(self._late_in_job, taken, late),
+                )
                 if self._dispatched:
                     await ContentService.let_dispatch_run()
             if end:

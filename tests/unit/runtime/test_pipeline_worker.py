@@ -459,11 +459,21 @@ async def test_late_live_batches_are_dropped_and_counted(tmp_path: Path) -> None
     settings = daemon_settings(tmp_path, pipeline={"max_delay_s": 0.05})
     daemon = Daemon(settings, load_layout(LAYOUT))
     batches = sim_batches(30)
-    src = ListSource(copies(batches), live=True, pace_s=0.001)
+    handed: dict[int, float] = {}  # id(batch) -> when the source handed it over
+
+    class Noting(ListSource):
+        async def batches(self) -> AsyncGenerator[list[Observation], None]:
+            async for b in super().batches():
+                handed[id(b)] = time.monotonic()
+                yield b
+
+    src = Noting(copies(batches), live=True, pace_s=0.001)
     daemon.sources = [src]
     real = daemon.pipeline.process
+    started: list[float] = []  # how long each processed batch had waited when it started
 
     def slow(batch: list[Observation]) -> Any:
+        started.append(time.monotonic() - handed[id(batch)])
         time.sleep(0.02)  # a board far slower than the radios
         return real(batch)
 
@@ -489,6 +499,9 @@ async def test_late_live_batches_are_dropped_and_counted(tmp_path: Path) -> None
         len(b) for b in batches
     )
     assert snap.pipeline["dropped_late"] == late and snap.pipeline["max_wait_s"] > 0.05
+    # late also inside a job: a batch never starts after max_delay_s, however many batches its job
+    # holds (it started up to ~1 s late when only the queue was checked)
+    assert started and max(started) < 0.05 + 0.25, max(started)
     text = metrics.render().decode()
     assert f'gateway_drops_total{{reason="late"}} {float(late)}' in text
     assert "gateway_pipeline_queue_wait_seconds_count" in text and "gateway_pipeline_busy_ratio" in text
