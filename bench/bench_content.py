@@ -34,7 +34,9 @@ computes fixes on every 3rd tick only until the queue is short again; ``offered_
 the ticks shed. ``--shed-accuracy [--quick]`` measures what that costs in position (the localization
 bench's walking shoppers, fixes every tick vs every 2nd / 3rd); ``--stages`` prints where the
 pipeline thread's CPU goes at this load, stage by stage, beside a plain loop and a numpy pass over
-the same observations.
+the same observations, and what decoding the sensor nodes' messages would add (this bench hands
+the daemon observations, not MQTT messages: ESPresense sends one report per message, our native
+firmware batches).
 """
 
 from __future__ import annotations
@@ -606,6 +608,41 @@ def stages() -> None:
         np.maximum(rssi, -100.0).sum()
     np_us = (time.thread_time() - t0) / 100 / len(obs) * 1e6
     print(f"content.stages_reference: plain Python loop {loop_us:.3f} us per observation; numpy pass {np_us:.4f} us")
+    node_ingest()
+
+
+def node_ingest() -> None:
+    """What this bench leaves out: it hands the daemon observations, where a store's sensor nodes
+    send MQTT messages the node source decodes first (``NodeIngest``, the pure core; MQTT framing
+    and the broker come on top). ESPresense sends one report per message, our native firmware
+    batches of adverts (docs/nodes.md)."""
+    from gateway.config import NodesSettings
+    from gateway.sources.node_ingest import NodeIngest
+
+    rooms = ["n11", "n12", "n13", "gw"]
+    t0 = 1_767_261_600.0
+    ns = NodesSettings(enabled=True, mapping={r: r for r in rooms}, max_rate_per_node=1e9, max_pending=10**7)
+
+    def esp(i: int) -> tuple[str, bytes]:
+        doc = {"mac": f"d83addb1{i % 65536:04x}", "id": "apple:1005:9-26", "rssi@1m": -65, "rssi": -70}
+        return "espresense/devices/x/n11", json.dumps(doc).encode()
+
+    def native(k: int, n: int) -> tuple[str, bytes]:
+        adv = [{"dt": 10 * j, "addr": f"5c:2e:11:22:{(k + j) % 256:02x}:44", "at": 0, "rssi": -60} for j in range(n)]
+        return "retail-node/n12/adv", json.dumps({"v": 1, "node": "n12", "t0_ms": int(t0 * 1000), "adv": adv}).encode()
+
+    cases = [("ESPresense, 1 report per message", [esp(i) for i in range(20_000)], 1)]
+    cases += [(f"native, {n} adverts per message", [native(k, n) for k in range(20_000 // n)], n) for n in (50, 250)]
+    for label, msgs, per in cases:
+        core = NodeIngest(ns, rooms)
+        c0 = time.thread_time()
+        for i in range(0, len(msgs), 200):
+            core.ingest_many(msgs[i : i + 200], t0 + 0.1)
+        rate = len(msgs) * per / (time.thread_time() - c0)
+        print(
+            f"content.node_ingest[{label}]: {rate:,.0f} observations per CPU second ({core.observations:,} kept): "
+            f"{RATE / rate * 100:.1f} % of a core at {RATE:,} obs/s, not in this bench's figures"
+        )
 
 
 def shed_accuracy(quick: bool) -> None:
