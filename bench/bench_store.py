@@ -61,9 +61,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from pydantic import ValidationError
 
+from bench.run import BARS_MISSED
 from gateway.config import Settings, SimulatorSettings
-from gateway.layout import Layout, load_layout, points_in_polygon
+from gateway.layout import Layout, format_validation_error, load_layout, points_in_polygon
 from gateway.localization.crlb import crlb_rmse
 from gateway.localization.localizer import MlLocalizer
 from gateway.localization.pathloss import PathLossModel
@@ -141,6 +143,7 @@ def run(
     linking: dict[str, float] | None = None,
     confusion: Confusion | None = None,
     radio: dict[str, float] | None = None,
+    overrides: dict[str, dict[str, Any]] | None = None,
 ) -> tuple[RunResult, dict[str, float]]:
     layout = load_layout(LAYOUTS / layout_name)
     sim_s = SimulatorSettings(
@@ -153,8 +156,13 @@ def run(
         **(radio or {}),
         link_rotations=(mode == "all linked"),
     )
+    over = {k: dict(v) for k, v in (overrides or {}).items()}
     settings = Settings.model_validate(
-        {"simulator": sim_s.model_dump(), "linking": {"enabled": mode != "unlinked", **(linking or {})}}
+        {
+            **over,
+            "simulator": sim_s.model_dump(),
+            "linking": {**over.get("linking", {}), "enabled": mode != "unlinked", **(linking or {})},
+        }
     )
     sim = StoreSimulator(layout, sim_s)
     fix_log: list[tuple[float, str, str]] = []
@@ -369,9 +377,29 @@ def main(argv: list[str]) -> int:
     )
     ap.add_argument("--confusion", action="store_true", help="print visitors' time per true zone -> attributed zone")
     ap.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        help="a gateway setting for every run (repeatable), e.g. presence.zone_smooth_s=0 to compare with the default",
+    )
+    ap.add_argument(
         "--glass", action="store_true", help="standing phones near the shop front: fix error and zone kept (seconds)"
     )
     args = ap.parse_args(argv)
+    overrides: dict[str, dict[str, Any]] = {}
+    for item in args.set:
+        key, sep, value = item.partition("=")
+        section, dot, name = key.partition(".")
+        if not sep or not dot or section not in Settings.model_fields:
+            ap.error(
+                f"--set {item!r}: expected SECTION.KEY=VALUE with a settings section (e.g. presence.visitor_min_s=45)"
+            )
+        overrides.setdefault(section, {})[name] = value
+    try:
+        Settings.model_validate(overrides)
+    except ValidationError as e:
+        ap.error("; ".join(format_validation_error(e, "--set")))
     if args.glass:
         lays = ["shopfront.toml"] if args.layouts == ap.get_default("layouts") else args.layouts.split(",")
         seeds = [1, 2] if args.seeds == ap.get_default("seeds") else [int(x) for x in args.seeds.split(",")]
@@ -413,6 +441,7 @@ def main(argv: list[str]) -> int:
     print(
         f"store bars: {hours:g} h per run, runs {plan}, modes {list(modes)}"
         + (f", quiet radio {QUIET_RADIO}" if args.quiet_radio else "")
+        + (f", settings {overrides}" if overrides else "")
     )
     for lay, seed in plan:
         for i, mode in enumerate(modes):
@@ -423,6 +452,7 @@ def main(argv: list[str]) -> int:
                 hours,
                 confusion=conf[mode] if args.confusion else None,
                 radio=QUIET_RADIO if args.quiet_radio else None,
+                overrides=overrides,
             )
             for z in (k[6:] for k in truth if k.startswith("dwell.")):
                 per_seed.setdefault((mode, f"{lay}/{z}"), []).append((seed, r.dwell.get(z, 0.0), truth[f"dwell.{z}"]))
@@ -475,7 +505,7 @@ def main(argv: list[str]) -> int:
             judge=g == "checked" or all(passed.values()) or not some,
         )
     print("RESULT", "PASS" if ok else "FAIL")
-    return 0
+    return 0 if ok else BARS_MISSED
 
 
 def _totals(
