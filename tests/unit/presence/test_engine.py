@@ -519,3 +519,63 @@ def test_a_crowd_gives_the_same_events_in_batches_and_fix_by_fix() -> None:
     strip = [{k: v for k, v in e.model_dump().items() if k != "event_id"} for e in a]
     assert strip == [{k: v for k, v in e.model_dump().items() if k != "event_id"} for e in b]
     assert any(isinstance(e, VisitStarted) for e in a) and batched.stats.fixes == len(fixes)
+
+
+# -- zone smoother (presence.zone_smooth_s) ------------------------------------------------------------
+
+
+def test_smoothed_zone_follows_the_median_position_not_a_sticky_fix_zone() -> None:
+    # standing in grocery 1 m from the entrance (y = 4): the positions stray across now and then, and
+    # a fix zone with hysteresis (the localizer's) sticks in the entrance after a deep stray; the
+    # median of the track's positions over 3 s either side stays in grocery
+    ys = [5.0, 3.2, 5.0, 3.4, 5.1, 4.9, 5.0, 5.2, 5.1, 5.0] * 6
+    fixes = [
+        Fix(T0 + 30 + i, "s1", 15.0, y, 1.0, "entrance" if 1 <= i % 10 <= 5 else "grocery") for i, y in enumerate(ys)
+    ]
+    fixes = walk("s1", [("grocery", 30)]) + fixes + walk("s1", [("grocery", 30)], T0 + 90)
+    plain = of(run(engine(), fixes, T0 + 300), VisitEnded)[0]
+    smooth = of(run(engine(zone_smooth_s=3.0), fixes, T0 + 300), VisitEnded)[0]
+    assert isinstance(plain, VisitEnded) and isinstance(smooth, VisitEnded)
+    assert plain.dwell_by_zone.get("entrance", 0.0) > 10.0  # the sticky fix zone made entrance stays
+    assert smooth.dwell_by_zone == {"grocery": 119.0}
+    assert smooth.duration_s == plain.duration_s
+
+
+@pytest.mark.parametrize("w", [0.0, 2.0, 3.0])
+def test_smoothing_delays_zone_events_by_its_window_at_most(w: float) -> None:
+    eng = engine(zone_smooth_s=w, enter_debounce_s=3.0)
+    fixes = walk("s1", [("street", 5), ("entrance", 5), ("grocery", 40)])
+    fixes = sorted(fixes, key=lambda f: f.ts)
+    seen: dict[str, float] = {}
+    t, i = fixes[0].ts, 0
+    while t <= T0 + 80:
+        j = i
+        while j < len(fixes) and fixes[j].ts <= t:
+            j += 1
+        for e in eng.update(fixes[i:j], t) + eng.tick(t):
+            if isinstance(e, ZoneEntered):
+                seen.setdefault(e.zone, t)
+                assert e.ts == (T0 + 5 if e.zone == "entrance" else T0 + 10)  # backdated as without it
+        i = j
+        t += 1.0
+    # grocery's first fix at T0 + 10 is confirmed by the fix 3 s later, released w later
+    assert seen["grocery"] == T0 + 10 + 3.0 + w
+
+
+def test_smoothed_fixes_are_all_passed_on_at_close() -> None:
+    eng = engine(zone_smooth_s=3.0)
+    fixes = walk("s1", [("street", 5), ("entrance", 5), ("grocery", 40)])
+    ev = eng.update(fixes, T0 + 50)  # one batch: the last 3 s are still held
+    ev += eng.close(T0 + 50)
+    end = of(ev, VisitEnded)[0]
+    assert isinstance(end, VisitEnded)
+    assert end.dwell_by_zone == {"entrance": 5.0, "grocery": 39.0}  # first to last fix, as without smoothing
+
+
+def test_smoothing_forgets_held_fixes_and_counts_late_ones() -> None:
+    eng = engine(zone_smooth_s=3.0, k_anonymity=1)
+    eng.update(walk("gone", [("grocery", 30)]), T0 + 30)
+    eng.update([Fix(T0 + 2, "gone", 15.0, 12.0, 1.0, "grocery")], T0 + 30)
+    assert eng.stats.late_fixes == 1
+    eng.forget("gone")
+    assert eng.close(T0 + 40) == []
