@@ -462,12 +462,6 @@ class PresenceSettings(Section):
         default=True, description="Emit 'visit.ended' (visitor=false) for passers-by; aggregates count them anyway"
     )
     publish_fixes: bool = Field(default=False, description="Also publish raw fixes (low priority)")
-    zone_smooth_s: float = Field(
-        default=0.0,
-        ge=0,
-        le=30,
-        description="Zones from the track's median position this long either side of each fix (events this much later)",
-    )
 
     @model_validator(mode="after")
     def _bins_increasing(self) -> PresenceSettings:

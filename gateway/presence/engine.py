@@ -63,7 +63,6 @@ Model, per subject:
 
 from __future__ import annotations
 
-import bisect
 import math
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -160,17 +159,6 @@ class _Track:
 
 
 @dataclass(slots=True)
-class _Held:
-    """One subject's fixes held by the zone smoother: times, positions, the fixes; ``done`` released."""
-
-    ts: list[float] = field(default_factory=list)
-    x: list[float] = field(default_factory=list)
-    y: list[float] = field(default_factory=list)
-    fixes: list[Fix] = field(default_factory=list)
-    done: int = 0
-
-
-@dataclass(slots=True)
 class PresenceStats:
     fixes: int = 0
     late_fixes: int = 0
@@ -234,8 +222,6 @@ class PresenceEngine:
         self._resident_rows: dict[int, set[str]] = {}
         self._bins = list(settings.dwell_bins_s)
         self._bin_labels = self._make_bin_labels(self._bins)
-        self._smooth = settings.zone_smooth_s
-        self._held: dict[str, _Held] = {}  # subject -> fixes held for the zone smoother
         self._grace = settings.visit_timeout_s + settings.enter_debounce_s + settings.exit_debounce_s
         self.stats = PresenceStats()
 
@@ -292,68 +278,8 @@ class PresenceEngine:
         """Feed fixes (per subject in time order); returns the events they caused.
 
         Fixes older than the subject's last fix are counted (``stats.late_fixes``) and ignored for
-        transitions. Timeouts happen in ``tick``. With ``zone_smooth_s`` > 0 a fix is held until
-        ``now`` has passed it by that long, then placed in the zone of its track's median position
-        over that long either side (``_release``).
+        transitions. Timeouts happen in ``tick`` (``now`` is accepted for the pipeline's signature).
         """
-        if self._smooth <= 0.0:
-            return self._update(fixes)
-        held = self._held
-        late = 0
-        for f in fixes:
-            h = held.get(f.device)
-            if h is None:
-                h = held[f.device] = _Held()
-            elif h.ts and f.ts < h.ts[-1]:
-                late += 1
-                continue
-            h.ts.append(f.ts)
-            h.x.append(f.x)
-            h.y.append(f.y)
-            h.fixes.append(f)
-        self.stats.late_fixes += late
-        return self._release(now - self._smooth, now)
-
-    def _release(self, cut: float, now: float) -> list[EventBase]:
-        """Pass on every held fix at or before ``cut``, placed by its track's centred median position.
-
-        The zone of a fix at ``t`` is that of the median x and y of the subject's fixes within
-        ``zone_smooth_s`` either side (its own included), so a fix or two across a boundary while
-        the others agree is not a zone change and no zone holds a track that is past it: the
-        localizer's own zone (with its hysteresis) is not used. One batch per call.
-        """
-        w = self._smooth
-        out_fixes: list[Fix] = []
-        spans: list[tuple[list[float], list[float], int, int]] = []
-        held = self._held
-        for dev, h in list(held.items()):
-            ts = h.ts
-            while h.done < len(ts) and ts[h.done] <= cut:
-                t = ts[h.done]
-                spans.append((h.x, h.y, bisect.bisect_left(ts, t - w), bisect.bisect_right(ts, t + w)))
-                out_fixes.append(h.fixes[h.done])
-                h.done += 1
-            # forget what no later fix's window reaches (the slices above are taken: copy-free below)
-            keep = bisect.bisect_left(ts, (ts[h.done] if h.done < len(ts) else cut) - w)
-            if keep:
-                h.ts, h.x, h.y, h.fixes = ts[keep:], h.x[keep:], h.y[keep:], h.fixes[keep:]
-                h.done -= keep
-            if not h.ts or (h.done == len(h.ts) and h.ts[-1] < now - 2.0 * w):
-                del held[dev]
-        if not out_fixes:
-            return self._update(())
-        width = max(hi - lo for _x, _y, lo, hi in spans)
-        xy = np.full((2, len(spans), width), np.nan)
-        for k, (xs, ys, lo, hi) in enumerate(spans):
-            xy[0, k, : hi - lo] = xs[lo:hi]
-            xy[1, k, : hi - lo] = ys[lo:hi]
-        med = np.nanmedian(xy, axis=2)
-        zones = self.zones_for(med.T)
-        smoothed = [Fix(f.ts, f.device, f.x, f.y, f.sigma_m, z) for f, z in zip(out_fixes, zones, strict=True)]
-        smoothed.sort(key=lambda f: f.ts)
-        return self._update(smoothed)
-
-    def _update(self, fixes: Sequence[Fix]) -> list[EventBase]:
         out: list[EventBase] = []
         tracks = self._tracks
         enter_d = self._s.enter_debounce_s
@@ -449,10 +375,6 @@ class PresenceEngine:
     def tick(self, now: float) -> list[EventBase]:
         """Time-driven work: visit timeouts, silent subjects, entrance qualification, aggregates."""
         out: list[EventBase] = []
-        if self._smooth > 0.0:
-            if self._held:
-                out = self._release(now - self._smooth, now)
-            now -= self._smooth  # the engine's clock: every fix up to then is in
         s = self._s
         timeout = s.visit_timeout_s
         self._resolve_orphans(now, out)
@@ -508,7 +430,7 @@ class PresenceEngine:
         Aggregates are additive: after a restart the platform may receive a second aggregate for
         the same ``interval_start`` and must sum them.
         """
-        out: list[EventBase] = self._release(math.inf, now) if self._held else []
+        out: list[EventBase] = []
         for dev, tr in list(self._tracks.items()):
             v = tr.visit
             if v is not None:
@@ -523,7 +445,6 @@ class PresenceEngine:
     def forget(self, subject: str) -> None:
         """Erase everything held about ``subject`` (opt-out): no event is emitted for it."""
         self._tracks.pop(subject, None)
-        self._held.pop(subject, None)
         self._residents.pop(subject, None)
         for k in [k for k, v in self.alias.items() if v == subject or k == subject]:
             self._tracks.pop(k, None)
