@@ -56,7 +56,7 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -101,12 +101,16 @@ class Confusion:
 
     ``fixes``: the localizer's fix zone, one second per fix, for subjects that made a visitor
     visit; ``reported``: the zone sessions the presence engine reported (``zone.left`` intervals)
-    for those visits. Truth zone ``-`` is no zone, ``gone`` is the person not in the world.
+    for those visits. Truth zone ``-`` is no zone, ``gone`` is the person not in the world; an outside
+    zone is split into ``<in`` (walking to the door, before the visit) and ``>out`` (after it).
     """
 
     fixes: Counter[tuple[str, str]]
     reported: Counter[tuple[str, str]]
     truth: Counter[str]
+    # per visit whose first ("in") / last ("out") reported session is a door zone (kind entrance):
+    # (reported start - true start, reported end - true end) of that crossing, seconds
+    door: dict[str, list[tuple[float, float]]] = field(default_factory=lambda: {"in": [], "out": []})
 
     @classmethod
     def empty(cls) -> Confusion:
@@ -126,13 +130,48 @@ class Confusion:
                     + f"{tot:10.0f}{self.truth.get(r, 0):10.0f}"
                 )
             print(f"    {'sum':12s}" + "".join(f"{sum(m[(r, c)] for r in rows):12.0f}" for c in cols))
+        for side, rows_ in self.door.items():
+            if rows_:
+                a = np.array(rows_)
+                print(
+                    f"  door session {'walking in' if side == 'in' else 'leaving'} ({len(a)} visits): starts"
+                    f" {a[:, 0].mean():+.1f} s, ends {a[:, 1].mean():+.1f} s from the true crossing (p10..p90"
+                    f" {np.percentile(a[:, 0], 10):+.1f}..{np.percentile(a[:, 0], 90):+.1f} /"
+                    f" {np.percentile(a[:, 1], 10):+.1f}..{np.percentile(a[:, 1], 90):+.1f}); length"
+                    f" {(a[:, 1] - a[:, 0]).mean():+.1f} s a visit"
+                )
 
 
-def _truth_zones(engine_zones: Callable[[np.ndarray], list[str | None]], p: Any, ts: np.ndarray) -> list[str]:
+def _truth_zones(
+    engine_zones: Callable[[np.ndarray], list[str | None]],
+    p: Any,
+    ts: np.ndarray,
+    outside: frozenset[str] = frozenset(),
+) -> list[str]:
+    """The person's true zone at each time; an ``outside`` zone (the pavement) is split into
+    ``pavement<in`` (before the person first entered the store: walking to the door) and
+    ``pavement>out`` (after they last left it), so a door zone's time taken from the pavement
+    says which side of the visit it came from."""
     xs, ys = p.position(ts)
     lab = engine_zones(np.column_stack([xs, ys]))
     gone = (ts < p.t[0]) | (ts > p.t[-1])
-    return ["gone" if g else (z or "-") for z, g in zip(lab, gone, strict=True)]
+    first = last = None
+    if outside and np.isfinite(p.t[-1]):  # a fixture's stay has no end
+        grid = np.arange(p.t[0], p.t[-1], 0.5)
+        gx, gy = p.position(grid)
+        inside = [z is not None and z not in outside for z in engine_zones(np.column_stack([gx, gy]))]
+        if any(inside):
+            first = float(grid[inside.index(True)])
+            last = float(grid[len(inside) - 1 - inside[::-1].index(True)])
+    out = []
+    for t, z, g in zip(ts.tolist(), lab, gone, strict=True):
+        if g:
+            out.append("gone")
+        elif z in outside and first is not None and last is not None and (t < first or t > last):
+            out.append(f"{z}<in" if t < first else f"{z}>out")
+        else:
+            out.append(z or "-")
+    return out
 
 
 def run(
@@ -249,6 +288,7 @@ def run(
     seen_res = {pn_dev[s] for s in pn_dev if pn_dev[s] in res_devs}
     if confusion is not None:
         zones_for = pipe.presence.zones_for
+        outside_ids = frozenset(z.id for z in layout.zones if z.kind == "outside")
         vis_subj = {e.subject for e in visitors}
         confusion.truth.update({z[6:]: d for z, d in truth.items() if z.startswith("dwell.")})
         by_subj: dict[str, list[tuple[float, str]]] = {}
@@ -259,7 +299,7 @@ def run(
             pid = sim.device_owner.get(pn_dev.get(subj, -1))
             if pid is None or pid not in persons:
                 continue
-            tz = _truth_zones(zones_for, persons[pid], np.array([r[0] for r in rows]))
+            tz = _truth_zones(zones_for, persons[pid], np.array([r[0] for r in rows]), outside_ids)
             confusion.fixes.update(zip(tz, (r[1] for r in rows), strict=True))
         for ev in events:
             if isinstance(ev, ZoneLeft) and ev.subject in vis_subj:
@@ -267,8 +307,31 @@ def run(
                 if pid is None or pid not in persons:
                     continue
                 grid = np.arange(ev.ts - ev.dwell_s, ev.ts, 1.0)
-                tz = _truth_zones(zones_for, persons[pid], grid)
+                tz = _truth_zones(zones_for, persons[pid], grid, outside_ids)
                 confusion.reported.update(zip(tz, [ev.zone] * len(grid), strict=True))
+        doors = {z.id for z in layout.zones if z.kind == "entrance"}
+        sessions: dict[str, list[tuple[float, float, str]]] = {}
+        for ev in events:
+            if isinstance(ev, ZoneLeft) and ev.subject in vis_subj:
+                sessions.setdefault(ev.subject, []).append((ev.ts - ev.dwell_s, ev.ts, ev.zone))
+        for subj, sess in sessions.items():
+            pid = sim.device_owner.get(pn_dev.get(subj, -1))
+            if pid is None or pid not in persons or persons[pid].kind != "visitor":
+                continue
+            sess.sort()
+            grid = np.arange(persons[pid].t[0], persons[pid].t[-1], 0.1)
+            tz = _truth_zones(zones_for, persons[pid], grid)
+            for side, (a, b, zone) in (("in", sess[0]), ("out", sess[-1])):
+                if zone not in doors or (side == "out" and len(sess) == 1):
+                    continue
+                on = np.flatnonzero(np.array([z == zone for z in tz]))
+                if not len(on):
+                    continue
+                # the true crossing of the door on this side: its first (in) or last (out) contiguous stay
+                breaks = np.flatnonzero(np.diff(on) > 1)
+                seg = on[: breaks[0] + 1] if side == "in" and len(breaks) else on
+                seg = on[breaks[-1] + 1 :] if side == "out" and len(breaks) else seg
+                confusion.door[side].append((a - float(grid[seg[0]]), b - float(grid[seg[-1]])))
     return (
         RunResult(
             len(visitors),

@@ -63,5 +63,6 @@ def summary(results: dict[str, int]) -> tuple[list[str], int]:
         lines.append(f"failed: {', '.join(failed)}")
     return lines, 1 if missed or failed else 0
 
+
 if __name__ == "__main__":
     raise SystemExit(main(sys.argv[1:]))
