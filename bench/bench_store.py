@@ -1,7 +1,7 @@
 """Store bars: visitors, passers-by, dwell, staff/fixtures and wrong links in a realistic store.
 
     python -m bench.bench_store [--quick] [--seeds 1,2,3] [--layouts a.toml,b.toml] [--modes linker,...]
-                                [--confusion] [--quiet-radio]
+                                [--confusion] [--quiet-radio] [--set SECTION.KEY=VALUE ...]
     python -m bench.bench_store --glass [--seeds 1,2] [--layouts shopfront.toml]
 
 The store simulator (``gateway/sim``) runs a 2 h day with devices per kind (``gateway/sim/devices.py``:
@@ -32,6 +32,9 @@ check`` suggests, 1 m inside the glass: docs/install.md). The layout check runs 
 layout of the plan and its per-zone figures are printed; the bars are judged over the runs on the
 layouts it passes (all of them when it passes all or none). A layout it warns about is not
 installed per the guidance: its runs are printed and totalled beside, not judged.
+
+It prints ``RESULT PASS`` or ``RESULT FAIL`` and exits 0 or ``bench.run.BARS_MISSED`` (3).
+``--set presence.enter_debounce_s=2`` runs every store with that gateway setting (A/B runs).
 
 Why a zone's dwell is off: ``--confusion`` prints visitors' seconds per true zone against the
 localizer's fix zone and against the zone the presence engine reported (``all linked`` beside
