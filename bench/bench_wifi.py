@@ -50,6 +50,7 @@ from gateway.config import WifiSettings
 from gateway.identity.wifi_chains import ChainGrouper
 from gateway.identity.wifi_count import count_marks
 from gateway.identity.wifi_groups import GroupParams, WifiGrouper
+from gateway.layout import load_layout
 from gateway.models import DeviceCount, PresenceMark
 from gateway.ops.decode_pcap import decode_file
 from gateway.parsers.pcap import read_records, write_pcap, write_pcapng
@@ -57,6 +58,7 @@ from gateway.parsers.wifi_probe import Probe, ProbeDecoder
 from gateway.sim.wifi_crowd import CrowdFrame, generate_crowd
 from gateway.sim.wifi_population import Crowd, generate_store
 from gateway.sim.wifi_population import CrowdFrame as StoreFrame
+from gateway.sim.wifi_receivers import WifiReceivers
 
 
 def _reference_walk(path: Path) -> int:
@@ -320,11 +322,17 @@ def _v_measure(pairs: list[tuple[object, str]]) -> tuple[float, float, int]:
     return v, sum(c.most_common(1)[0][1] for c in by.values()) / n, len(group)
 
 
-def _capture(probes: Labelled) -> tuple[list[str], Marks, ChainGrouper]:
+Levels = list[dict[str, int] | None]  # per probe: its level at each node that heard it too
+
+
+def _capture(probes: Labelled, levels: Levels | None = None) -> tuple[list[str], Marks, ChainGrouper]:
     """``gateway decode pcap``'s grouping: a group per frame, every burst's mark (the count), and
-    the grouper (its links)."""
+    the grouper (its links). ``levels``: several receivers (each probe's levels at nodes)."""
     g = ChainGrouper()
-    for _d, p in probes:
+    if levels is not None:
+        for (_d, p), lv in zip(probes, levels, strict=True):
+            g.add(p.mac, p.randomized, p.fingerprint, p.seq, p.ts, p.rssi, p.ssid, lv)
+    for _d, p in probes if levels is None else ():
         g.add(p.mac, p.randomized, p.fingerprint, p.seq, p.ts, p.rssi, p.ssid)
     groups = g.solve()
     return [groups[p.mac] for _d, p in probes], g.marks(groups), g
@@ -349,7 +357,7 @@ def _calibration(probes: Labelled, g: ChainGrouper) -> str:
 
 
 def _stream(
-    probes: Labelled, hold_s: float, grouper: WifiGrouper | None = None
+    probes: Labelled, hold_s: float, grouper: WifiGrouper | None = None, levels: Levels | None = None
 ) -> tuple[list[str], Marks, list[float]]:
     """The daemon's grouping (held decisions up to ``hold_s``): a group per frame (as emitted), every
     burst's mark, and how long each held frame waited (frame time). ``grouper``: one that has run
@@ -365,7 +373,7 @@ def _stream(
 
     g.on_mark = on_mark
     for k, (_d, p) in enumerate(probes):
-        gid = g.offer(p.mac, p.randomized, p.fingerprint, p.seq, p.ts, p.rssi, k, p.ssid)
+        gid = g.offer(p.mac, p.randomized, p.fingerprint, p.seq, p.ts, p.rssi, k, p.ssid, levels[k] if levels else None)
         if gid is not None:
             out[k] = gid
         if g.ready:
@@ -674,6 +682,93 @@ def bench_crowds(seeds: list[int], warm: bool = True) -> dict[str, bool]:
     return met
 
 
+def _crowd_receivers(
+    n: int, duration: float, seed: int, receivers: WifiReceivers
+) -> tuple[Crowd, list[StoreFrame], Labelled]:
+    """A crowd walking the store, heard at every receiver: its frames and their probes."""
+    crowd = generate_store(n, duration, seed=seed, receivers=receivers)
+    dec = ProbeDecoder()
+    kept: list[StoreFrame] = []
+    probes: Labelled = []
+    for f in crowd.frames:
+        p = dec.decode(f.ts, 127, f.frame)
+        if p is not None:
+            kept.append(f)
+            probes.append((f.device, p if f.captured else p._replace(rssi=None)))
+    return crowd, kept, probes
+
+
+def bench_receivers(seeds: list[int], quick: bool) -> dict[str, bool]:
+    """Several receivers (issue 19, fifth round): the same crowds walking the demo store
+    (gateway/sim/wifi_receivers.py), heard by the capture radio alone (today's stores: the
+    reference) and with the layout's other sensors as nodes reporting probe requests - a burst's
+    level at each node followed across bursts (wifi_links.Tracker.pos_score)."""
+    met: dict[str, bool] = {}
+    layout = load_layout(Path(__file__).resolve().parent.parent / "hardware" / "layouts" / "demo-store.toml")
+    rows: dict[str, list[tuple[float, float, float, float]]] = collections.defaultdict(list)
+    for n, duration in CROWDS[:2] if quick else CROWDS:
+        for seed in seeds:
+            rx = WifiReceivers(layout)
+            crowd, frames, probes = _crowd_receivers(n, duration, seed, rx)
+            # the grouping's frames are the capture radio's (as in the daemon: a node's report of a
+            # frame the capture radio heard too adds its level; one only nodes heard is counted)
+            one = [k for k, f in enumerate(frames) if f.captured]
+            pr_one = [probes[k] for k in one]
+            print(
+                f"wifi.crowd_receivers: N={n} seed {seed}: {len(frames)} probe requests heard by any of "
+                f"{len(rx.ids)} receivers, {len(one)} by the capture radio ({len(frames) - len(one)} by nodes "
+                f"alone: not grouped); capture frames heard by nodes too: "
+                f"{sum(1 for k in one if frames[k].levels) / max(1, len(one)):.0%}"
+            )
+            variants: list[tuple[str, Labelled, Levels | None]] = [
+                ("1 receiver", pr_one, None),
+                (f"{len(rx.ids)} receivers", pr_one, [frames[k].levels for k in one]),
+            ]
+            for label, pr, lv in variants:
+                heard = {d for d, _p in pr}
+                truth = Truth(
+                    [(d.arrive, d.leave) for d in crowd.devices if d.idx in heard],
+                    crowd.start_ts,
+                    crowd.start_ts + crowd.duration_s,
+                )
+                per_mac = _v_measure([(d, p.mac) for d, p in pr])
+                t = time.process_time()
+                cap, cap_marks, _g = _capture(pr, lv)
+                t_cap = time.process_time() - t
+                t = time.process_time()
+                st, st_marks, _delays = _stream(pr, DAEMON_HOLD_S, levels=lv)
+                t_st = time.process_time() - t
+                for name, groups, marks, secs in (("capture", cap, cap_marks, t_cap), ("stream", st, st_marks, t_st)):
+                    v, purity, k = _v_measure([(d, g) for (d, _p), g in zip(pr, groups, strict=True)])
+                    events, whole = count_marks(marks, window_s=COUNT_WINDOW_S)
+                    fig = _count_figures(events, truth)
+                    mae = fig.get("minute.mae", math.nan)
+                    distinct = (whole.distinct or 0.0) / len(heard) - 1.0 if whole is not None else math.nan
+                    rows[f"{name}.{n}.{label.split()[0]}"].append(
+                        (v, purity, fig.get("minute.mae", math.nan), distinct)
+                    )
+                    print(
+                        f"wifi.crowd_receivers_{name}: N={n} seed {seed}, {label}: {len(pr)} probe requests, "
+                        f"{len(heard)} devices heard, {k} groups, V-measure {v:.3f} (bar >= 0.92), frame-weighted "
+                        f"purity {purity:.3f} (>= 0.90); count per minute mean absolute {mae:.1%}, "
+                        f"distinct {distinct:+.1%}; reference one group per MAC V {per_mac[0]:.3f}; {secs:.2f} s CPU"
+                    )
+    for key, r in sorted(rows.items()):
+        name, n, recv = key.split(".")
+        v, purity = min(x[0] for x in r), min(x[1] for x in r)
+        per_minute, distinct = max(x[2] for x in r), max(abs(x[3]) for x in r)
+        ok = {"V": v >= 0.92, "purity": purity >= 0.90}
+        if recv != "1":
+            for bar, passed in ok.items():
+                met[f"crowd_receivers.{name}.{n}.{bar}"] = passed
+        print(
+            f"wifi.crowd_receivers_bars: {name} N={n}, {recv} receiver(s), over {len(r)} seeds: worst V {v:.3f} "
+            f"{_pf(ok['V'])}, worst purity {purity:.3f} {_pf(ok['purity'])}; worst per-minute {per_minute:.1%}, "
+            f"worst distinct {distinct:+.1%}"
+        )
+    return met
+
+
 def _pf(ok: bool) -> str:
     return "PASS" if ok else "FAIL"
 
@@ -710,6 +805,7 @@ def main(quick: bool = False) -> None:
     bench_fuzz(frames, 100_000 if quick else 1_000_000)
     met = bench_real(quick)
     met |= bench_crowds([1] if quick else [1, 2, 3], warm=not quick)
+    met |= bench_receivers([1] if quick else [1, 2, 3], quick)
     bench_day_memory()
     failed = [k for k, v in met.items() if not v]
     print(
@@ -718,4 +814,7 @@ def main(quick: bool = False) -> None:
 
 
 if __name__ == "__main__":
-    main("--quick" in sys.argv)
+    if "--receivers" in sys.argv:  # the several-receivers crowds alone
+        bench_receivers([1] if "--quick" in sys.argv else [1, 2, 3], "--quick" in sys.argv)
+    else:
+        main("--quick" in sys.argv)

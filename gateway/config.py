@@ -198,6 +198,16 @@ class WifiSettings(Section):
             "too_late instead of localized. `gateway decode pcap --group-hold` defaults to 30"
         ),
     )
+    node_merge_s: float = Field(
+        default=2.0,
+        gt=0,
+        le=30,
+        description=(
+            "A sensor node's report of a probe request (topic <nodes.native_prefix>/<node>/wifi) is the capture "
+            "radio's frame when MAC and sequence number match within this time; its level at the node then goes "
+            "into the grouping (docs/wifi.md, Several receivers)"
+        ),
+    )
 
     @field_validator("channels")
     @classmethod

@@ -312,8 +312,35 @@ class GatewayStatus(WireModel):
     version: str | None = None
 
 
+class WifiNodeProbe(WireModel):
+    """One probe request a sensor node heard (``WifiNodeReport.probes``)."""
+
+    dt: int = Field(ge=0, le=60_000, description="Milliseconds after the report's t0_ms (node clock)")
+    addr: str = Field(
+        pattern=r"^[0-9A-Fa-f]{2}(:[0-9A-Fa-f]{2}){5}$",
+        description="Transmitter MAC as heard (RAM only in the gateway: merged with the capture, never stored)",
+    )
+    seq: int = Field(ge=0, le=4095, description="802.11 sequence number of the frame")
+    rssi: float = Field(ge=-127, le=20, description="Signal (dBm) at the node")
+    ch: int = Field(ge=1, le=196, description="Channel the node was tuned to")
+
+
+class WifiNodeReport(WireModel):
+    """A sensor node's batch of probe requests heard (topic ``<nodes.native_prefix>/<node>/wifi``,
+    store-local broker). The gateway merges each with its own capture radio's frame (same MAC and
+    sequence number, within ``wifi.node_merge_s``): one frame heard at several receivers is one
+    burst with a level per receiver (docs/wifi.md, "Several receivers"). No SSID, no elements:
+    the capture radio has them."""
+
+    v: Literal[1] = 1
+    node: str = Field(min_length=1, max_length=64, description="The node's name; must equal the topic's")
+    t0_ms: int = Field(gt=0, lt=2**53, description="Node clock (Unix ms) the probes' dt count from")
+    probes: list[WifiNodeProbe] = Field(max_length=1024)
+
+
 WIRE_MODELS: dict[str, type[BaseModel]] = {
     "uplink-event": UplinkEvent,
     "uplink-batch": UplinkBatch,
     "gateway-status": GatewayStatus,
+    "wifi-node-report": WifiNodeReport,
 }

@@ -36,16 +36,19 @@ Globally administered (public) MACs are a group each. A frame earlier than its M
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 
 from gateway.identity.wifi_links import (
     SEQ_MOD,
     LinkParams,
     Mac,
+    NodeMiss,
     TimingTable,
     Track,
     Tracker,
     evidence_score,
+    in_burst_pos,
     link_score,
 )
 from gateway.identity.wifi_presence import FOLLOWED_MIN, PresenceModel, PresenceParams
@@ -92,6 +95,7 @@ class ChainGrouper:
         self._randomized: dict[str, bool] = {}
         self._fp_frames: dict[str, int] = {}
         self.out_of_order = 0  # frames earlier than their MAC's latest (counted, not learned from)
+        self.node_miss = NodeMiss(self._link.pos_miss)  # several receivers: how often a node misses a burst
         # the count (wifi_presence.py): learnt over the whole capture (nothing fades)
         self.presence = PresenceModel(replace(self.params.presence, learn_s=math.inf))
         self._burst_log: list[tuple[float, int]] = []  # (first frame time, MAC index) of every MAC burst
@@ -114,10 +118,13 @@ class ChainGrouper:
         ts: float,
         rssi: float | None,
         ssid: bytes | None = None,
+        levels: Mapping[str, float] | None = None,
     ) -> int:
         """Learn from one frame; returns the MAC's index (its order of first appearance).
 
-        ``ssid``: a directed probe's network name (kept as a salted hash in RAM, never output)."""
+        ``ssid``: a directed probe's network name (kept as a salted hash in RAM, never output);
+        ``levels``: where nodes heard the same frame too, each node's RSSI (receiver id -> dBm;
+        ``rssi`` is the capture radio's, None when only nodes heard it)."""
         self._fp_frames[fingerprint] = self._fp_frames.get(fingerprint, 0) + 1
         life = self._lives.get(mac)
         if ssid:
@@ -136,6 +143,10 @@ class ChainGrouper:
             if rssi is not None:
                 life.first_sum = life.last_sum = rssi
                 life.first_n = life.last_n = 1
+            if levels is not None:
+                life.add_levels(levels)
+                if not randomized:
+                    life.public_levels(ts, levels, self.params.mac_burst_gap_s, self.node_miss)
             return life.idx
         life.frames += 1
         dt = ts - life.last_ts
@@ -145,6 +156,8 @@ class ChainGrouper:
                 life.first_ts = ts
                 life.first_seq = seq
             return life.idx
+        if levels is not None and not self._randomized[mac]:
+            life.public_levels(ts, levels, self.params.mac_burst_gap_s, self.node_miss)
         new_burst = dt >= self.params.mac_burst_gap_s
         if new_burst:
             life.bursts += 1
@@ -173,6 +186,8 @@ class ChainGrouper:
             if life.bursts == 1:
                 life.first_sum += rssi
                 life.first_n += 1
+        if levels is not None and life.bursts == 1:
+            life.add_levels(levels)
         return life.idx
 
     def link_score(self, a: Mac, b: Mac) -> float | None:
@@ -212,6 +227,8 @@ class ChainGrouper:
                 gap = b.first_ts - a.last_ts
                 if gap > 0.0:
                     v = evidence_score(a, b, gap, lp, share.get(b.fingerprint, 1.0), 0.05)
+                    if v > -math.inf and a.pos and b.pos:  # several receivers: one spot
+                        v += in_burst_pos(a, b, lp, self.node_miss.share)
                     if v > -math.inf:
                         cands.append((a, math.exp(min(v, 700.0))))
             pairs.append((b, cands))
@@ -276,6 +293,8 @@ class ChainGrouper:
             m.frames = sum(x.frames for x in u)
             ssids = [x.ssids for x in u if x.ssids]
             m.ssids = set().union(*ssids) if ssids else None
+            for x in u:
+                m.add_pos(x)
             out.append((m, u))
         return out
 
@@ -355,6 +374,7 @@ class ChainGrouper:
             ssid_share=self._ssid_share,
         )
         tracker.fp_shares = share
+        tracker.node_miss = self.node_miss
         pred: dict[int, str] = {}
         link_p = self.link_p = {}
         p_start: dict[str, float] = {}

@@ -37,10 +37,19 @@ from __future__ import annotations
 
 import heapq
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 
-from gateway.identity.wifi_links import SEQ_MOD, LinkParams, Mac, TimingTable, Track, Tracker, evidence_score
+from gateway.identity.wifi_links import (
+    SEQ_MOD,
+    LinkParams,
+    Mac,
+    TimingTable,
+    Track,
+    Tracker,
+    evidence_score,
+    in_burst_pos,
+)
 from gateway.identity.wifi_presence import FOLLOWED_MIN, PresenceModel, PresenceParams
 from gateway.models import PresenceMark
 
@@ -173,9 +182,10 @@ class WifiGrouper:
         ts: float,
         rssi: float | None,
         ssid: bytes | None = None,
+        levels: Mapping[str, float] | None = None,
     ) -> str:
-        """Group id of one probe request, decided at once."""
-        gid = self._frame(mac, randomized, fingerprint, seq, ts, rssi, ssid, None, hold=False)
+        """Group id of one probe request, decided at once (``levels``: see :meth:`offer`)."""
+        gid = self._frame(mac, randomized, fingerprint, seq, ts, rssi, ssid, None, hold=False, levels=levels)
         assert gid is not None
         return gid
 
@@ -189,13 +199,19 @@ class WifiGrouper:
         rssi: float | None,
         item: object,
         ssid: bytes | None = None,
+        levels: Mapping[str, float] | None = None,
     ) -> str | None:
         """Group id of one probe request, or None when it is held: its burst's track is not decided
         yet. A held frame comes back as ``(item, group id)`` in :attr:`ready` once decided - at the
         latest ``max_delay_s`` (frame time) after its burst's first frame: on a later :meth:`offer`
         or :meth:`poll`, or on :meth:`flush` at the end of input. Frames of one MAC keep their order.
+
+        ``levels``: where nodes heard the same frame too, each node's RSSI (receiver id -> dBm;
+        ``rssi`` is the capture radio's, None when only nodes heard it): a burst's levels there
+        are followed across bursts as the shopper walks (wifi_links.Tracker.pos_score).
         """
-        return self._frame(mac, randomized, fingerprint, seq, ts, rssi, ssid, item, hold=self.params.max_delay_s > 0)
+        hold = self.params.max_delay_s > 0
+        return self._frame(mac, randomized, fingerprint, seq, ts, rssi, ssid, item, hold=hold, levels=levels)
 
     def poll(self, now: float) -> None:
         """Decide every held burst whose time is up at ``now`` (frame time); results go to :attr:`ready`:
@@ -241,6 +257,7 @@ class WifiGrouper:
         item: object,
         *,
         hold: bool,
+        levels: Mapping[str, float] | None = None,
     ) -> str | None:
         if self._n_held:
             self._behind += 1
@@ -258,9 +275,13 @@ class WifiGrouper:
         st = self._macs.get(mac)
         h = hash(ssid) if ssid else None
         if st is None:
-            st = self._new_mac(mac, randomized, fp, fam, seq, ts, rssi, h)
+            st = self._new_mac(mac, randomized, fp, fam, seq, ts, rssi, h, levels)
         else:
+            if levels is not None and not st.randomized:
+                st.mac.public_levels(ts, levels, self.params.mac_burst_gap_s, self._tracker.node_miss)
             self._learn_frame(st, seq, ts, rssi, h)
+            if levels is not None:
+                self._learn_levels(st, levels)
         u = st.unit
         if u.held is not None:
             if not hold:
@@ -285,15 +306,28 @@ class WifiGrouper:
             self.on_mark(item, mark)
 
     def _new_mac(
-        self, mac: str, randomized: bool, fp: str, fam: str, seq: int, ts: float, rssi: float | None, h: int | None
+        self,
+        mac: str,
+        randomized: bool,
+        fp: str,
+        fam: str,
+        seq: int,
+        ts: float,
+        rssi: float | None,
+        h: int | None,
+        levels: Mapping[str, float] | None = None,
     ) -> _MacState:
         m = Mac(0, mac, fp, ts, seq, ts, seq)
         if rssi is not None:
             m.first_sum = m.last_sum = rssi
             m.first_n = m.last_n = 1
+        if levels is not None:
+            m.add_levels(levels)
         if h is not None:
             m.ssids = {h}
         if not randomized:  # a public MAC: a device of its own
+            if levels is not None:
+                m.public_levels(ts, levels, self.params.mac_burst_gap_s, self._tracker.node_miss)
             st = self._macs[mac] = _MacState(m, _Unit(m, fam, Track(self._gid(), m, None)), False, ts)
             self.presence.visit_open(mac, fam, ts)
             st.mark = self.presence.mark(fam, public=True, own=(0.0, 0), so_far=True)
@@ -309,6 +343,7 @@ class WifiGrouper:
                     self._decide(other)
             agg = Mac(0, mac, fp, ts, seq, ts, seq, first_sum=m.first_sum, first_n=m.first_n)
             agg.last_sum, agg.last_n, agg.ssids = m.last_sum, m.last_n, set(m.ssids) if m.ssids else None
+            agg.add_pos(m)
             u = _Unit(agg, fam)
             self._open.setdefault(fam, []).append(u)
             p = self.params
@@ -360,6 +395,8 @@ class WifiGrouper:
             v = evidence_score(u.agg, m, gap, lp, fp_share, 0.05)
             if v == -math.inf:
                 continue
+            if m.pos and u.agg.pos:  # several receivers: one burst is one spot
+                v += in_burst_pos(u.agg, m, lp, self._tracker.node_miss.share)
             e = math.exp(min(v, 50.0)) * k
             tot += e
             if e > best_e:
@@ -382,6 +419,8 @@ class WifiGrouper:
                 a.last_n += m.first_n
             if m.ssids:
                 a.ssids = (a.ssids or set()) | m.ssids
+            if best.held is not None:  # its levels at nodes count while the burst is undecided
+                a.add_pos(m)
             return best
         return None
 
@@ -432,6 +471,22 @@ class WifiGrouper:
             if h is not None:
                 a.ssids = (a.ssids or set()) | {h}
             a.rate_adv, a.rate_span, a.silences = m.rate_adv, m.rate_span, m.silences
+
+    def add_levels(self, mac: str, levels: Mapping[str, float]) -> None:
+        """Levels at nodes of a frame of ``mac`` already offered (a node's report came after the
+        capture's frame): they count while its burst's decision is held."""
+        st = self._macs.get(mac)
+        if st is not None and st.randomized:
+            self._learn_levels(st, levels)
+
+    def _learn_levels(self, st: _MacState, levels: Mapping[str, float]) -> None:
+        """A frame heard at nodes: its MAC's first burst, and its burst's while undecided."""
+        m = st.mac
+        if m.bursts == 1:
+            m.add_levels(levels)
+        a = st.unit.agg
+        if a is not m and st.unit.held is not None and m.bursts == 1:
+            a.add_levels(levels)
 
     def _track_done(self, t: Track) -> None:
         """A track silent for good: followed with confidence all along, it was one visit."""

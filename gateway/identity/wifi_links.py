@@ -29,7 +29,7 @@ Facts and their sources: docs/wifi.md, "The phone population".
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -38,15 +38,19 @@ __all__ = [
     "SEQ_MOD",
     "LinkParams",
     "Mac",
+    "NodeMiss",
     "TimingTable",
     "Track",
     "Tracker",
     "evidence_score",
+    "in_burst_pos",
     "link_score",
+    "pos_score",
     "ssid_score",
 ]
 
 SEQ_MOD = 4096
+MAX_RECEIVERS = 32  # nodes a burst or a track keeps levels for
 _LOG_SQRT_2PI = 0.5 * math.log(2.0 * math.pi)
 _SQRT2 = math.sqrt(2.0)
 # RSSI steps: Student-t with 4 degrees of freedom (a radio's gain, a body in the way: heavy tails)
@@ -81,17 +85,27 @@ class LinkParams:
     ssid_cover: float = 0.9  # chance a device's directed scan probes a network it probed before
     min_ssid_share: float = 0.002  # floor of a network's share of directed scans (its rarity)
     min_fp_share: float = 0.05  # floor of a fingerprint's share of its family (rare ones are not certain)
+    # several receivers (the capture radio's nodes, docs/wifi.md "Several receivers"): a burst's level
+    # at each node against the device's latest there
+    pos_frame_db: float = 5.0  # one frame's level at a node around the device's (radio.py: residual 4-8 dB)
+    pos_persist_db: float = 3.0  # what persists between two bursts at one spot (shadowing, a body)
+    pos_speed_db_s: float = 0.5  # how fast a shopper's level at a node can move (walking: dB per s)
+    pos_dwell_s: float = 60.0  # a shopper stays at one spot about this long (store simulator: 45 s median)
+    pos_miss: float = 0.2  # chance a node in range misses a burst (it hops channels, loses frames)
+    pos_dims: float = 2.0  # independent steps the levels at several nodes carry (a position on the floor)
+    pos_level_sd_db: float = 8.0  # prior spread of bursts' levels at a node (learnt from the bursts)
 
     def __post_init__(self) -> None:
         for name in (
             "burst_gap_s", "max_gap_s", "interval_sd", "seq_window", "seq_rate", "seq_slack",
             "rssi_frame_db", "rssi_channel_db", "rssi_walk_db", "rssi_walk_s", "rssi_range_db", "max_z",
-            "rate_sd", "pop_rate_sd", "min_fp_share", "min_ssid_share",
+            "rate_sd", "pop_rate_sd", "min_fp_share", "min_ssid_share", "pos_frame_db", "pos_persist_db",
+            "pos_speed_db_s", "pos_level_sd_db", "pos_dims", "pos_dwell_s",
         ):  # fmt: skip
             v = getattr(self, name)
             if not (math.isfinite(v) and v > 0.0):
                 raise ValueError(f"LinkParams.{name} must be a positive number, got {v!r}")
-        for name in ("in_burst_share", "repeat_share", "seq_continue", "same_fp", "ssid_cover"):
+        for name in ("in_burst_share", "repeat_share", "seq_continue", "same_fp", "ssid_cover", "pos_miss"):
             v = getattr(self, name)
             if not 0.0 < v < 1.0:
                 raise ValueError(f"LinkParams.{name} must be between 0 and 1 (exclusive), got {v!r}")
@@ -168,6 +182,57 @@ class Mac:
     last_n: int = 0
     frames: int = 1
     ssids: set[int] | None = None  # the networks its directed probes named (hashed; RAM only)
+    # several receivers: its first burst's level at each node that heard it, [sum, frames]
+    pos: dict[str, list[float]] | None = None
+    nodes: set[str] | None = None  # a public MAC: the nodes that heard its latest burst ...
+    nodes_before: set[str] | None = None  # ... the one before, and the silence between them
+    nodes_gap: float = 0.0
+
+    def public_levels(self, ts: float, levels: Mapping[str, float], burst_gap_s: float, miss: NodeMiss) -> None:
+        """A frame of a public MAC heard at nodes (before its time is learnt: a new burst starts
+        ``burst_gap_s`` after its last frame)."""
+        if self.nodes is None:
+            self.nodes = set(levels)
+            return
+        dt = ts - self.last_ts
+        if dt >= burst_gap_s:
+            self.node_burst(dt, miss)
+        self.nodes.update(levels)
+
+    def node_burst(self, gap: float, miss: NodeMiss) -> None:
+        """A public MAC starts a burst ``gap`` s after its last: its last two bursts' nodes teach ``miss``."""
+        if self.nodes_before is not None and self.nodes is not None:
+            miss.bursts(self.nodes_before, self.nodes, self.nodes_gap)
+        self.nodes_before, self.nodes, self.nodes_gap = self.nodes, set(), gap
+
+    def add_levels(self, levels: Mapping[str, float]) -> None:
+        """One frame of the first burst as heard at nodes (receiver id -> RSSI)."""
+        pos = self.pos
+        if pos is None:
+            pos = self.pos = {}
+        for r, v in levels.items():
+            acc = pos.get(r)
+            if acc is None:
+                if len(pos) < MAX_RECEIVERS:
+                    pos[r] = [v, 1.0]
+            else:
+                acc[0] += v
+                acc[1] += 1.0
+
+    def add_pos(self, other: Mac) -> None:
+        """Another MAC of the same burst (its first burst's levels at nodes)."""
+        if other.pos is None:
+            return
+        if self.pos is None:
+            self.pos = {}
+        for r, (v, n) in other.pos.items():
+            acc = self.pos.get(r)
+            if acc is None:
+                if len(self.pos) < MAX_RECEIVERS:
+                    self.pos[r] = [v, n]
+            else:
+                acc[0] += v
+                acc[1] += n
 
     @property
     def rate(self) -> float:
@@ -323,6 +388,108 @@ def ssid_score(known: set[int] | None, new: set[int] | None, share: dict[int, fl
     return math.log(p.ssid_cover / max(rarest, p.min_ssid_share))
 
 
+POS_STATS_N = 500.0  # a node's spread of levels: over about this many bursts
+
+
+def pos_score(
+    before: Mapping[str, tuple[float, float]],
+    after: Mapping[str, list[float]],
+    gap: float,
+    p: LinkParams,
+    stats: Mapping[str, list[float]] | None = None,
+    miss: float | None = None,
+) -> float:
+    """log LR that a burst heard at nodes ``after`` (receiver -> [sum of levels, frames]) is the
+    device heard ``gap`` seconds before at ``before`` (receiver -> (level, frames)), against an
+    unrelated device. The device has either stayed at its spot (chance ``exp(-gap / pos_dwell_s)``:
+    the step at each node is the levels' noise, and a node that heard one burst and not the other
+    missed it, ``pos_miss``) or walked on - at most ``pos_speed_db_s`` per second, at most as far as
+    two devices anywhere in the store. Unrelated: each node's spread of levels and share of bursts
+    heard (``stats``: receiver -> [weight, mean, variance, share heard]; priors without). The
+    level steps at k nodes are one position's: they count as ``pos_dims`` independent ones (a node
+    missing a burst is its own: hopping, loss)."""
+    fd2 = p.pos_frame_db * p.pos_frame_db
+    pers2 = p.pos_persist_db * p.pos_persist_db
+    prior = p.pos_level_sd_db * p.pos_level_sd_db
+    stats = stats or {}
+    walk = p.pos_speed_db_s * gap
+    walk2 = walk * walk
+    log = math.log
+    log1p = math.log1p
+    log_miss = log(p.pos_miss if miss is None else miss)
+    stay = moved = missed = 0.0  # log densities relative to unrelated devices' (constants cancel)
+    k = 0
+    for r, (v, n) in after.items():
+        st = stats.get(r)
+        prev = before.get(r)
+        if prev is None:  # heard now, not before: missed then, if it stayed
+            heard = st[3] if st is not None else 0.5
+            missed += log_miss - log(min(max(heard, 0.02), 0.98))
+            continue
+        k += 1
+        level, na = prev
+        var2 = 2.0 * (st[2] if st is not None and st[0] >= 20.0 else prior)
+        base = fd2 / na + fd2 / n + pers2
+        s_moved = base + (walk2 if walk2 < var2 else var2)
+        s_un = base + var2
+        step = v / n - level
+        q = step * step / _T_NU
+        un = _T_EXP * log1p(q / s_un) + 0.5 * log(s_un)
+        stay += un - _T_EXP * log1p(q / base) - 0.5 * log(base)
+        moved += un - _T_EXP * log1p(q / s_moved) - 0.5 * log(s_moved)
+    for r in before:
+        if r not in after:  # heard before, not now: missed now, if it stayed
+            st2 = stats.get(r)
+            heard = st2[3] if st2 is not None else 0.5
+            missed += log_miss - log(min(max(1.0 - heard, 0.02), 0.98))
+    c = p.pos_dims / k if k > p.pos_dims else 1.0
+    pi = math.exp(-gap / p.pos_dwell_s)
+    a = c * stay + missed + log(pi) if pi > 0.0 else -math.inf
+    m = c * moved + log1p(-pi) if pi < 1.0 else -math.inf
+    hi = a if a > m else m
+    return hi + log(math.exp(a - hi) + math.exp(m - hi))
+
+
+class NodeMiss:
+    """How often a node misses a burst of a device that has not moved, learnt from the devices
+    followed for sure: a public MAC's bursts ``NEAR_S`` apart (the nodes that heard one and not
+    the other, of those that heard either), beside a prior of ``PRIOR_N`` nodes at ``prior``.
+    Nodes hop channels and lose frames: the simulated ones (1/6/11, the radio model's loss)
+    miss 30 % of such bursts whatever the level."""
+
+    NEAR_S = 15.0
+    PRIOR_N = 20.0
+
+    __slots__ = ("missed", "seen")
+
+    def __init__(self, prior: float) -> None:
+        self.missed = prior * self.PRIOR_N
+        self.seen = self.PRIOR_N
+
+    @property
+    def share(self) -> float:
+        return min(0.9, max(0.02, self.missed / self.seen))
+
+    def bursts(self, before: set[str], after: set[str], gap: float) -> None:
+        """Two bursts of one public MAC ``gap`` s apart, heard by the nodes ``before`` / ``after``."""
+        if gap > self.NEAR_S or not (before or after):
+            return
+        both = len(before & after)
+        self.missed += len(before) + len(after) - 2 * both
+        self.seen += len(before) + len(after) - both
+        if self.seen > 50_000.0:  # a running share (the daemon runs for months)
+            self.missed *= 0.5
+            self.seen *= 0.5
+
+
+def in_burst_pos(a: Mac, b: Mac, p: LinkParams, miss: float | None = None) -> float:
+    """:func:`pos_score` of two MACs of one scan burst (tens of ms apart: the same spot); 0 unless
+    both were heard at nodes."""
+    if not a.pos or not b.pos:
+        return 0.0
+    return pos_score({r: (v / n, n) for r, (v, n) in a.pos.items()}, b.pos, 0.0, p, None, miss)
+
+
 LEVEL_MEMORY_S = 120.0  # a track's RSSI level forgets older bursts over this time
 LEVEL_MAX_N = 12.0  # ... and never counts more frames than this (the shopper walks)
 
@@ -348,6 +515,9 @@ class Track:
     iv_mu: float = 0.0  # their mean and spread (kept with them)
     iv_sd: float = 0.35
     first_ts: float = 0.0  # its first burst
+    # several receivers: the device's latest burst's level at each node that heard it, (level, frames)
+    pos: dict[str, tuple[float, float]] | None = None
+    pos_ts: float = 0.0  # ... and when
     silences: int = 0  # confident silences the presence model learnt from it (wifi_presence.py) ...
     silence_s: float = 0.0  # ... and their sum
 
@@ -396,6 +566,12 @@ class Track:
             if other is not None:
                 return other[0], other[1]
         return (self.level, self.level_n) if self.level_n else None
+
+    def learn_pos(self, m: Mac) -> None:
+        """The device's levels at the nodes that heard ``m``'s first burst (it walks: no average)."""
+        if m.pos:
+            self.pos = {r: (v / n, n) for r, (v, n) in m.pos.items()}
+            self.pos_ts = m.first_ts
 
     def learn_interval(self, gap: float) -> None:
         u = math.log(gap)
@@ -454,6 +630,38 @@ class Tracker:
         self.last_confidence = 0.0
         self.last_gap = 0.0
         self.last_p = 0.0  # how likely the likeliest track was at the latest assign (linked or not)
+        # several receivers: each node's spread of burst levels, [weight, mean, variance] (fading)
+        self.pos_stats: dict[str, list[float]] = {}
+        self.pos_bursts = 0.0  # bursts the shares of pos_stats are over (at most POS_STATS_N)
+        self.node_miss = NodeMiss(p.pos_miss)  # the groupers share theirs (learnt from public MACs)
+
+    def learn_pos_stats(self, m: Mac) -> None:
+        """Each node's spread of levels over the bursts heard (what two unrelated devices' levels
+        there differ by) and its share of bursts heard, over the latest ``POS_STATS_N`` bursts."""
+        stats = self.pos_stats
+        pos = m.pos or {}
+        self.pos_bursts = w_all = min(self.pos_bursts + 1.0, POS_STATS_N)
+        for r, row in stats.items():  # [weight, mean, variance, share of bursts heard]
+            row[3] += ((1.0 if r in pos else 0.0) - row[3]) / w_all
+        for r, (v, n) in pos.items():
+            x = v / n
+            st = stats.get(r)
+            if st is None:
+                if len(stats) < 4 * MAX_RECEIVERS:
+                    stats[r] = [1.0, x, self.p.pos_level_sd_db**2, 1.0 / w_all]
+                continue
+            w = st[0] + 1.0 if st[0] < POS_STATS_N else POS_STATS_N
+            d = x - st[1]
+            st[1] += d / w
+            st[2] += (d * (x - st[1]) - st[2]) / w
+            st[0] = w
+
+    def pos_score(self, track: Track, b: Mac) -> float:
+        """log LR of ``b``'s levels at the nodes against the device's latest burst there
+        (:func:`pos_score`, with each node's spread of levels and share of bursts learnt)."""
+        if not track.pos or not b.pos:
+            return 0.0
+        return pos_score(track.pos, b.pos, b.first_ts - track.pos_ts, self.p, self.pos_stats, self.node_miss.share)
 
     def new_weight(self, family: str) -> float:
         """log weight of "a new device" against the link ratios (normalised to uniform over
@@ -524,6 +732,9 @@ class Tracker:
         gap-blind evidence alone (no timing; 0.0 for a new track) and :attr:`last_gap` its silence."""
         family = b.fingerprint[:8]
         tracks = self.candidates(family, b.first_ts)
+        b_pos = b.pos
+        if b_pos is not None:  # several receivers (a burst heard by no node has an empty one)
+            self.learn_pos_stats(b)
         best: Track | None = None
         best_v = -math.inf
         best_blind = 0.0
@@ -621,6 +832,8 @@ class Tracker:
                     f = o
                 v += f
                 vb += f
+            if b_pos and t.pos:  # several receivers: the walk at each node (gap-blind: no evidence)
+                v += self.pos_score(t, b)
             lg = log(gap)
             if t.iv_n == 0:  # TimingTable.index, inline (the loop is hot)
                 k = int((lg - t_lo) * t_inv + 0.5)
@@ -653,6 +866,7 @@ class Tracker:
                 best.learn_interval(gap)
             best.learn_level(b)
             best.learn_ssids(b)
+            best.learn_pos(b)
             best.tail_before = a
             best.tail = b
             best.macs += 1
@@ -665,5 +879,6 @@ class Tracker:
         track = Track(gid, b, None, first_ts=b.first_ts)
         track.learn_level(b)
         track.learn_ssids(b)
+        track.learn_pos(b)
         self._by_family.setdefault(family, []).append(track)
         return track, p_new

@@ -65,7 +65,9 @@ _HEX = frozenset("0123456789abcdefABCDEF")
 _LINK_PREFIXES = ("iBeacon:", "eddy:", "altBeacon:", "known:")
 _BEACON_PREFIXES = ("iBeacon:", "eddy:", "altBeacon:")
 
-TopicKind = Literal["esp_device", "esp_telemetry", "esp_status", "native_adv", "native_status", "ignored"]
+TopicKind = Literal[
+    "esp_device", "esp_telemetry", "esp_status", "native_adv", "native_status", "native_wifi", "ignored"
+]
 
 
 class NodePayloadError(ValueError):
@@ -91,7 +93,14 @@ class TopicRouter:
     @property
     def filters(self) -> list[str]:
         e, n = self.espresense_prefix, self.native_prefix
-        return [f"{e}/devices/+/+", f"{e}/rooms/+/telemetry", f"{e}/rooms/+/status", f"{n}/+/adv", f"{n}/+/status"]
+        return [
+            f"{e}/devices/+/+",
+            f"{e}/rooms/+/telemetry",
+            f"{e}/rooms/+/status",
+            f"{n}/+/adv",
+            f"{n}/+/status",
+            f"{n}/+/wifi",
+        ]
 
     def classify(self, topic: str) -> tuple[TopicKind, str]:
         e = self.espresense_prefix
@@ -113,6 +122,8 @@ class TopicRouter:
                     return "native_adv", parts[0]
                 if parts[1] == "status":
                     return "native_status", parts[0]
+                if parts[1] == "wifi":  # probe requests the node heard (models.WifiNodeReport)
+                    return "native_wifi", parts[0]
         return "ignored", ""
 
 

@@ -105,6 +105,12 @@ def build_sources(settings: Settings, layout: Layout) -> list[Source]:
     for flag, factory in SOURCE_FACTORIES:
         if flag(settings):
             sources.append(factory(settings, layout))
+    # sensor nodes' Wi-Fi reports go to the capture's grouping (docs/wifi.md, "Several receivers")
+    wifi = next((s for s in sources if hasattr(s, "node_probes")), None)
+    for s in sources:
+        core = getattr(s, "core", None)
+        if wifi is not None and hasattr(core, "on_wifi"):
+            core.on_wifi = wifi.node_probes  # type: ignore[union-attr]
     return sources
 
 

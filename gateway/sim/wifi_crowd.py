@@ -158,6 +158,10 @@ class CrowdFrame:
     rx_channel: int
     tx_channel: int
     frame: bytes  # radiotap + 802.11 probe request
+    # several receivers (wifi_receivers.py): each node's level; whether the capture radio heard it
+    # (``rssi`` then is its level, else the loudest node's, to build ``frame``)
+    levels: dict[str, int] | None = None
+    captured: bool = True
 
 
 @dataclass(slots=True)

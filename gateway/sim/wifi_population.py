@@ -40,9 +40,12 @@ import math
 import random
 from dataclasses import dataclass, field
 
+import numpy as np
+
 from gateway.parsers.ieee80211 import build_probe_request
 from gateway.parsers.radiotap import build_radiotap
 from gateway.sim.wifi_crowd import CHANNEL_FREQ, CrowdFrame
+from gateway.sim.wifi_receivers import Walk, WifiReceivers
 
 __all__ = ["BEHAVIOURS", "MODELS", "Crowd", "CrowdFrame", "DeviceTruth", "PhoneModel", "generate_store"]
 
@@ -284,6 +287,7 @@ class Crowd:
     start_ts: float
     duration_s: float
     heard: set[int] = field(default_factory=set)  # devices with at least one frame in ``frames``
+    receivers: list[str] | None = None  # with several receivers: their ids, the capture radio first
 
     def present(self, t0: float, t1: float) -> int:
         """Devices heard at least once whose presence overlaps [t0, t1)."""
@@ -340,13 +344,17 @@ def generate_store(
     models: list[str] | None = None,
     levels_db: list[float] | None = None,
     whole_run: bool = False,
+    receivers: WifiReceivers | None = None,
 ) -> Crowd:
     """A crowd of ``n_devices`` arriving over ``duration_s`` (see the module docstring).
 
     ``capture``: ``"hop"`` (one radio hopping 1/6/11, ``dwell_s`` each) or ``"fixed3"`` (three radios
     on 1, 6 and 11, their frames merged). ``behaviours`` overrides :data:`BEHAVIOURS` (shares);
     ``models`` gives each device's model in turn (tests), ``levels_db`` each device's RSSI level;
-    ``whole_run``: every device stays from start to end (no passers-by).
+    ``whole_run``: every device stays from start to end (no passers-by). ``receivers``: hear the
+    crowd at several receivers as it walks the store (:mod:`gateway.sim.wifi_receivers`; ``capture``,
+    ``loss_share`` and ``leak_share`` are then the receivers' radio model's); without, one radio
+    hears each device's level wander (the same frames as before receivers existed).
     """
     if capture not in ("hop", "fixed3"):
         raise ValueError(f"capture must be 'hop' or 'fixed3', got {capture!r}")
@@ -400,11 +408,46 @@ def generate_store(
         )  # fmt: skip
         truth.append(DeviceTruth(i, model.name, behaviour, start_ts + arrive, start_ts + leave, passer))
     frames: list[CrowdFrame] = []
-    for d in devs:
-        frames += _device_frames(d, rng, start_ts, capture, dwell_s, loss_share, leak_share)
+    if receivers is not None:
+        receivers.start(seed)
+        walk_rng = np.random.default_rng([seed, 0x3A1C])
+        for d, tr in zip(devs, truth, strict=True):
+            events: list[_Event] = []
+            _device_frames(d, rng, start_ts, capture, dwell_s, loss_share, leak_share, events)
+            walk = receivers.walk(d.arrive, d.leave, tr.passer_by)
+            tx = float(walk_rng.normal(0.0, receivers.ranges.tx_spread_db))
+            frames += _heard_frames(d, events, receivers, walk, tx, start_ts)
+    else:
+        for d in devs:
+            frames += _device_frames(d, rng, start_ts, capture, dwell_s, loss_share, leak_share)
     frames.sort(key=lambda f: (f.ts, f.device))
     heard = {f.device for f in frames if f.rx_channel == f.tx_channel}
-    return Crowd(frames, truth, start_ts, duration_s, heard)
+    return Crowd(frames, truth, start_ts, duration_s, heard, receivers.ids if receivers is not None else None)
+
+
+def _heard_frames(
+    d: _Dev, events: list[_Event], rx: WifiReceivers, walk: Walk, tx: float, start_ts: float
+) -> list[CrowdFrame]:
+    """The probes ``events`` of ``d`` as heard by every receiver: one frame per probe heard by any,
+    with the capture radio's level (``rssi``, 0 and ``levels`` without it when only nodes heard it)
+    and each node's (``levels``)."""
+    if not events:
+        return []
+    ts = np.array([e[0] for e in events])
+    ch = np.array([e[1] for e in events], dtype=np.int64)
+    off = np.array([e[6] for e in events]) + tx
+    rssi, heard = rx.hear(d.idx, walk, ts, ch, off)
+    out: list[CrowdFrame] = []
+    ids = rx.ids
+    for i in np.flatnonzero(heard.any(axis=1)).tolist():
+        t, c, mac, seq, layout, ssid, _o = events[i]
+        row = heard[i]
+        levels = {ids[j]: int(rssi[i, j]) for j in range(1, len(ids)) if row[j]}
+        level = int(rssi[i, 0]) if row[0] else max(levels.values())
+        frame = build_radiotap(signal_dbm=level, freq_mhz=CHANNEL_FREQ[c], flags=0)
+        frame += build_probe_request(mac, seq, _ies(layout, c, ssid))
+        out.append(CrowdFrame(start_ts + t, d.idx, d.model.name, mac, seq, level, c, c, frame, levels, bool(row[0])))
+    return out
 
 
 def _rx_channels(t: float, capture: str, dwell_s: float) -> tuple[int, ...]:
@@ -413,9 +456,21 @@ def _rx_channels(t: float, capture: str, dwell_s: float) -> tuple[int, ...]:
     return ((1, 6, 11)[int(t / dwell_s) % 3],)
 
 
+_Event = tuple[float, int, bytes, int, "Layout", bytes, float]  # (time, channel, MAC, seq, elements, SSID, offset dB)
+
+
 def _device_frames(
-    d: _Dev, rng: random.Random, start_ts: float, capture: str, dwell_s: float, loss: float, leak: float
+    d: _Dev,
+    rng: random.Random,
+    start_ts: float,
+    capture: str,
+    dwell_s: float,
+    loss: float,
+    leak: float,
+    events: list[_Event] | None = None,
 ) -> list[CrowdFrame]:
+    """The frames one radio hears of device ``d``; with ``events``, the probes it sends are put
+    there instead (heard at several receivers by :func:`_heard_frames`)."""
     out: list[CrowdFrame] = []
     m = d.model
     behaviour = m.behaviour
@@ -448,6 +503,9 @@ def _device_frames(
             for k, ssid in enumerate(probes):
                 d.seq = (d.seq + 1) % 4096
                 ts = tx_t + 0.002 * k + (0.018 if behaviour.startswith("ios") and k == 1 else 0.0)
+                if events is not None:  # several receivers: heard after the walk (wifi_receivers.py)
+                    events.append((ts, ch, d.mac, d.seq, layout, ssid, offset))
+                    continue
                 for rx in _rx_channels(ts, capture, dwell_s):
                     if rx == ch:
                         att = 0.0

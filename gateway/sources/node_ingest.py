@@ -26,12 +26,15 @@ No I/O and no clock: every call takes the arrival time as an argument (the async
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+
+from pydantic import ValidationError
 
 from gateway.config import NodesSettings
 from gateway.identity.addresses import IrkResolver
-from gateway.models import Observation
+from gateway.identity.wifi_merge import NodeProbe
+from gateway.models import Observation, WifiNodeReport
 from gateway.parsers.node_payloads import (
     EspDevice,
     NodePayloadError,
@@ -134,6 +137,10 @@ class NodeIngest:
         self.observations = 0
         self.started: float | None = None
         self._topics: dict[str, tuple[TopicKind, str]] = {}
+        # Wi-Fi probe requests nodes heard (models.WifiNodeReport): handed to the Wi-Fi source,
+        # which merges them with its capture (identity/wifi_merge.py); dropped when there is none
+        self.on_wifi: Callable[[list[NodeProbe]], None] | None = None
+        self.wifi_probes = 0
 
     # -- hot path ---------------------------------------------------------------------------
 
@@ -198,6 +205,8 @@ class NodeIngest:
         try:
             if kind == "native_adv":
                 self._native(st, payload, st.name, arrival, out)
+            elif kind == "native_wifi":
+                self._wifi(st, payload, arrival)
             elif kind == "esp_telemetry":
                 st.telemetry = decode_espresense_telemetry(payload)
                 st.telemetry_at = arrival
@@ -249,6 +258,38 @@ class NodeIngest:
         st.observations += n
         st.last_observation = arrival
         self.observations += n
+
+    def _wifi(self, st: NodeState, payload: bytes, arrival: float) -> None:
+        """A node's probe requests (``models.WifiNodeReport``): on the gateway's clock as native
+        adverts are (the node's latency estimate, its spacing kept), to :attr:`on_wifi`."""
+        try:
+            r = WifiNodeReport.model_validate_json(payload)
+        except ValidationError as e:
+            err = e.errors()[0]
+            loc = ".".join(str(x) for x in err["loc"]) or "payload"
+            raise NodePayloadError(loc, err["msg"]) from None
+        if r.node != st.name:
+            raise NodePayloadError("node", "does not match the topic's node")
+        st.kind = "native"
+        st.online = True
+        if not r.probes:
+            return
+        newest = max(p.dt for p in r.probes) / 1000.0
+        sample = arrival - (r.t0_ms / 1000.0 + newest)
+        if abs(sample) > self.settings.max_clock_skew_s:
+            st.drop("clock_skew")
+            self._drop("clock_skew")
+            st.last_error = f"t0_ms: node clock {sample:+.1f} s off the gateway's"
+            return
+        anchor = arrival - min(max(st.latency_s, 0.0), self.settings.latency_max_s) - newest
+        n = len(r.probes)
+        self.wifi_probes += n
+        if self.on_wifi is None:
+            st.drop("wifi_no_capture", n)
+            self._drop("wifi_no_capture", n)
+            return
+        sensor = st.sensor
+        self.on_wifi([NodeProbe(anchor + p.dt / 1000.0, sensor, p.addr.lower(), p.seq, p.rssi) for p in r.probes])
 
     def ingest_many(self, messages: Iterable[tuple[str, bytes]], arrival: float) -> list[Observation]:
         """All messages that arrived together (one clock read); observations in time order.

@@ -37,6 +37,7 @@ from gateway.capture import wire
 from gateway.capture.wire import CapturedFrame, FrameError, RelayStatus
 from gateway.config import WifiSettings
 from gateway.identity.wifi_groups import GroupParams, WifiGrouper
+from gateway.identity.wifi_merge import NodeLevels, NodeProbe
 from gateway.log import get_logger
 from gateway.models import Observation, PresenceMark, SourceHealth
 from gateway.parsers.pcap import PcapError, Record, read_records
@@ -91,6 +92,8 @@ class _ProbeObservations:
         self.ready = self.grouper.ready
         self.health = health
         self._health_calls = 0
+        # several receivers: sensor nodes' reports of the same frames (identity/wifi_merge.py)
+        self.nodes = NodeLevels(settings.node_merge_s)
 
     def convert(self, ts: float, linktype: int, data: bytes, channel_hint: int | None) -> Observation | None:
         p: Probe | None = self.decoder.decode(ts, linktype, data, channel_hint)
@@ -102,8 +105,17 @@ class _ProbeObservations:
             self.health.drop("no_rssi")
             return None
         obs = Observation(ts, self.sensor, p.mac, float(p.rssi), "wifi", None, None)
-        obs.link = self.grouper.offer(p.mac, p.randomized, p.fingerprint, p.seq, ts, p.rssi, obs, p.ssid)
+        levels = self.nodes.capture(p.mac, p.seq, ts)  # None until a node has reported
+        obs.link = self.grouper.offer(p.mac, p.randomized, p.fingerprint, p.seq, ts, p.rssi, obs, p.ssid, levels)
         return obs  # link None: held (the grouper sets it on this object when it decides)
+
+    def node_probes(self, probes: list[NodeProbe]) -> None:
+        """Probe requests sensor nodes heard (their sources/node_ingest.py ``on_wifi``): merged with
+        the capture's frames; one that came after its frame adds its level to the frame's burst."""
+        for p in probes:
+            late = self.nodes.node(p)
+            if late is not None:
+                self.grouper.add_levels(late[0], late[1])
 
     @property
     def held(self) -> bool:
@@ -136,6 +148,8 @@ class _ProbeObservations:
             if k != "not_probe_request":
                 dropped[k] = v
         self.health.detail["other_frames"] = self.decoder.counts.get("not_probe_request", 0)
+        if self.nodes.active:  # several receivers: node reports merged with the capture's frames
+            self.health.detail["node_reports"] = self.nodes.counts()
         # counting live groups walks every MAC (~7 ms at 50k): once per 32 batches is enough for a gauge
         if self._health_calls % 32 == 0:
             self.health.detail["groups"] = len(self.grouper)
@@ -259,6 +273,10 @@ class WifiRelaySource:
         self._since = time.monotonic()
         self._relay_drops_before: dict[str, int] = {}  # relay-side drops of earlier relay instances
         self._conn_fd: int | None = None
+
+    def node_probes(self, probes: list[NodeProbe]) -> None:
+        """Probe requests sensor nodes heard (``NodeIngest.on_wifi``; docs/wifi.md, "Several receivers")."""
+        self._conv.node_probes(probes)
 
     def _on_accept(self) -> None:
         """A relay connects (at start, after a restart of either side): read from it from now on."""
@@ -519,6 +537,10 @@ class PcapReplaySource:
         finally:
             f.close()
             self._conv.sync_health()
+
+    def node_probes(self, probes: list[NodeProbe]) -> None:
+        """Probe requests sensor nodes heard (``NodeIngest.on_wifi``; docs/wifi.md, "Several receivers")."""
+        self._conv.node_probes(probes)
 
     def _account(self, batch: list[Observation]) -> list[Observation]:
         self.health.observations += len(batch)
