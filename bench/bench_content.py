@@ -28,12 +28,22 @@ obs/s would pay it once a second over ~2,000 devices - less CPU, but one long ti
 prints its estimate; ``localization.tick_chunk_devices`` hands such a tick on in parts). The full
 run also measures each condition with the pipeline on the event loop (as before issue 22) for the
 A/B. ``python -m bench.bench_content [--quick] [--condition free|sibling|quota [--inline]]``.
+
+Load shedding (``pipeline.shed_after_s``, default 50 ms): once a batch waited that long, the daemon
+computes fixes on every 3rd tick only until the queue is short again; ``offered_vs_achieved`` counts
+the ticks shed. ``--shed-accuracy [--quick]`` measures what that costs in position (the localization
+bench's walking shoppers, fixes every tick vs every 2nd / 3rd); ``--stages`` prints where the
+pipeline thread's CPU goes at this load, stage by stage, beside a plain loop and a numpy pass over
+the same observations, and what decoding the sensor nodes' messages would add (this bench hands
+the daemon observations, not MQTT messages: ESPresense sends one report per message, our native
+firmware batches).
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import math
 import multiprocessing as mp
 import os
 import shutil
@@ -339,9 +349,9 @@ async def through_daemon(
         daemon.pipeline.on_partial = partial
         process = daemon._process
 
-        def timed(batches: list[list[Observation]]) -> list[EventBase]:
+        def timed(batches: list[list[Observation]], *a: Any) -> list[EventBase]:
             t0 = time.perf_counter()
-            out = process(batches)
+            out = process(batches, *a)
             jobs_ms.append((time.perf_counter() - t0) * 1000)
             return out
 
@@ -392,6 +402,7 @@ async def through_daemon(
             "achieved": len(obs) / src.wall,
             "wall_s": src.wall,
             "late": bp.dropped_late,
+            "shed": daemon.pipeline.stats.dropped.get("fix_tick_shed", 0),
             "backpressure": src.health.dropped.get("backpressure", 0),
             "max_wait_ms": bp.max_wait_s * 1000,
             "worker_cpu_s": w.cpu_s,
@@ -455,7 +466,8 @@ def report(kind: str, r: dict[str, Any]) -> dict[str, float]:
     print(
         f"content.offered_vs_achieved[{kind}]: offered {RATE:,} obs/s, achieved {r['achieved']:,.0f} obs/s over "
         f"{r['wall_s']:.1f} s; pipeline thread CPU {r['worker_cpu_s'] / r['wall_s'] * 100:.0f} % of a core; "
-        f"dropped late {r['late']}, queue full {r['backpressure']}; longest queue wait {r['max_wait_ms']:.1f} ms",
+        f"dropped late {r['late']}, queue full {r['backpressure']}; longest queue wait {r['max_wait_ms']:.1f} ms; "
+        f"fix ticks shed {r.get('shed', 0)} of {r.get('shed', 0) + len(r['ticks'])} (pipeline.shed_after_s)",
         flush=True,
     )
     ticks = r["ticks"]
@@ -532,8 +544,190 @@ def main(quick: bool = False) -> None:
         )
 
 
+def stages() -> None:
+    """Where the pipeline thread's CPU goes at this bench's load: the same observations through
+    ``Pipeline`` as the daemon builds it, thread CPU per stage (each stage's entry point wrapped).
+    References in the same run: a plain Python loop touching each observation once, and one numpy
+    pass over them as arrays."""
+    import tempfile as tf
+
+    from gateway.pipeline import Pipeline
+    from gateway.presence.service import PresenceService
+
+    obs = gen(RATE * 4)
+    settings = load_settings(paths={"state_dir": tf.mkdtemp(prefix="bench-stages-")})
+    layout = load_layout(LAYOUT)
+    ps = PresenceService(settings, layout)
+    p = Pipeline(settings, layout, identity=ps.resolver, presence=ps.engine)
+    acc: dict[str, float] = {}
+
+    def wrap(obj: Any, name: str, label: str) -> None:
+        f = getattr(obj, name)
+
+        def timed(*a: Any, **k: Any) -> Any:
+            c0 = time.thread_time()
+            try:
+                return f(*a, **k)
+            finally:
+                acc[label] = acc.get(label, 0.0) + time.thread_time() - c0
+
+        setattr(obj, name, timed)
+
+    wrap(p.identity, "resolve", "identity (pseudonyms)")
+    if p.linker is not None:
+        wrap(p.linker, "process", "rotation linker")
+    wrap(p.localizer, "add", "localizer ingest")
+    wrap(p.localizer, "fixes", "localizer fix ticks")
+    wrap(p.presence, "update", "presence (fixes)")
+    wrap(p.presence, "tick", "presence (ticks)")
+    wall = len(obs) / RATE
+    t0 = time.thread_time()
+    for k in range(0, len(obs), int(RATE * CHUNK_S)):
+        p.process(obs[k : k + int(RATE * CHUNK_S)])
+    total = time.thread_time() - t0
+    devices = {o.device for o in obs}
+    print(
+        f"content.stages: {len(obs):,} observations ({len(obs) / len(devices):.0f} per device, {len(devices)} "
+        f"devices over {obs[-1].ts - obs[0].ts:.0f} s of event time), {p.stats.fixes:,} fixes; pipeline "
+        f"{total:.2f} s CPU = {total / wall * 100:.1f} % of a core at {RATE:,} obs/s"
+    )
+    acc["pipeline's own loop"] = total - sum(acc.values())
+    for k, v in sorted(acc.items(), key=lambda kv: -kv[1]):
+        print(
+            f"content.stage[{k}]: {v / total * 100:.1f} % of the pipeline's CPU, {v / wall * 100:.1f} % of a core, "
+            f"{v / len(obs) * 1e6:.2f} us per observation"
+        )
+    t0 = time.thread_time()
+    seen: dict[str, float] = {}
+    for o in obs:
+        seen[o.device] = o.rssi
+    loop_us = (time.thread_time() - t0) / len(obs) * 1e6
+    rssi = np.array([o.rssi for o in obs])
+    t0 = time.thread_time()
+    for _ in range(100):
+        np.maximum(rssi, -100.0).sum()
+    np_us = (time.thread_time() - t0) / 100 / len(obs) * 1e6
+    print(f"content.stages_reference: plain Python loop {loop_us:.3f} us per observation; numpy pass {np_us:.4f} us")
+    node_ingest()
+
+
+def node_ingest() -> None:
+    """What this bench leaves out: it hands the daemon observations, where a store's sensor nodes
+    send MQTT messages the node source decodes first (``NodeIngest``, the pure core; MQTT framing
+    and the broker come on top). ESPresense sends one report per message, our native firmware
+    batches of adverts (docs/nodes.md)."""
+    from gateway.config import NodesSettings
+    from gateway.sources.node_ingest import NodeIngest
+
+    rooms = ["n11", "n12", "n13", "gw"]
+    t0 = 1_767_261_600.0
+    ns = NodesSettings(enabled=True, mapping={r: r for r in rooms}, max_rate_per_node=1e9, max_pending=10**7)
+
+    def esp(i: int) -> tuple[str, bytes]:
+        doc = {"mac": f"d83addb1{i % 65536:04x}", "id": "apple:1005:9-26", "rssi@1m": -65, "rssi": -70}
+        return "espresense/devices/x/n11", json.dumps(doc).encode()
+
+    def native(k: int, n: int) -> tuple[str, bytes]:
+        adv = [{"dt": 10 * j, "addr": f"5c:2e:11:22:{(k + j) % 256:02x}:44", "at": 0, "rssi": -60} for j in range(n)]
+        return "retail-node/n12/adv", json.dumps({"v": 1, "node": "n12", "t0_ms": int(t0 * 1000), "adv": adv}).encode()
+
+    cases = [("ESPresense, 1 report per message", [esp(i) for i in range(20_000)], 1)]
+    cases += [(f"native, {n} adverts per message", [native(k, n) for k in range(20_000 // n)], n) for n in (50, 250)]
+    for label, msgs, per in cases:
+        core = NodeIngest(ns, rooms)
+        c0 = time.thread_time()
+        for i in range(0, len(msgs), 200):
+            core.ingest_many(msgs[i : i + 200], t0 + 0.1)
+        rate = len(msgs) * per / (time.thread_time() - c0)
+        print(
+            f"content.node_ingest[{label}]: {rate:,.0f} observations per CPU second ({core.observations:,} kept): "
+            f"{RATE / rate * 100:.1f} % of a core at {RATE:,} obs/s, not in this bench's figures"
+        )
+
+
+def shed_accuracy(quick: bool) -> None:
+    """What load shedding costs in position (``pipeline.shed_after_s``): walking shoppers of the
+    localization bench's family stores, fixes computed every tick (stride 1: the reference) or every
+    2nd / 3rd tick as under shedding (the ticks between feed the next one). Errors at the computed
+    fixes, and "held": the newest fix of each device against the truth at every 1 s tick, which is
+    what presence sees while fixes are skipped (a walker moves on between fixes)."""
+    from bench.bench_localization import calibrated_layout
+    from gateway.localization import make_localizer
+    from gateway.localization.synth import channel_run
+    from gateway.sim.radio import FAMILY, Channel, family_store
+
+    def feed(run: Any, layout: Any, stride: int) -> np.ndarray:
+        """bench_localization's ``feed`` with a fix every ``stride`` ticks: rows (t_rel, device, x, y)."""
+        loc = make_localizer(layout, settings)
+        ids = [s.id for s in layout.sensors]
+        ticks = np.arange(math.ceil(run.ts[0]), run.ts[-1], 1.0)
+        cut = np.searchsorted(run.ts, ticks, side="right")
+        names = [f"d{d}" for d in range(int(run.device.max()) + 1)]
+        out, lo, t0 = [], 0, float(run.truth_t[0])
+        for k, (tick, hi) in enumerate(zip(ticks.tolist(), cut.tolist(), strict=True)):
+            if hi > lo:
+                loc.add(
+                    [
+                        Observation(t, ids[s], names[d], r)
+                        for t, s, d, r in zip(
+                            run.ts[lo:hi].tolist(), run.sensor[lo:hi].tolist(), run.device[lo:hi].tolist(),
+                            run.rssi[lo:hi].tolist(), strict=True,
+                        )
+                    ]
+                )  # fmt: skip
+            lo = hi
+            if k % stride == 0:
+                out += [(tick - t0, int(f.device[1:]), f.x, f.y) for f in loc.fixes(tick)]
+        return np.array(out)
+
+    settings = load_settings().localization
+    specs = FAMILY[::2] if quick else FAMILY
+    rows: dict[int, list[tuple[float, float]]] = {1: [], 2: [], 3: []}
+    for i, spec in enumerate(specs):
+        store = family_store(spec)
+        true, env = store.true_layout(), store.env
+        cal, _ = calibrated_layout(store, i)
+        w, d = true.store.width_m, true.store.depth_m
+        n_walk = (6 if quick else 12) if spec.rate_hz >= 5 else (10 if quick else 24)
+        ch = Channel(env, true.sensor_xy(), np.random.default_rng([i, 4]))
+        run = channel_run(
+            ch.sample, n_walk, 120.0 if quick else 240.0, np.random.default_rng([i, 5]),
+            bounds=(0.5, w - 0.5, 0.5, d - 0.5), walking=True, advert_interval_s=1.0 / store.advert_rate_hz,
+        )  # fmt: skip
+        line = []
+        t0, t_end = float(run.truth_t[0]), float(run.truth_t[-1])
+        for stride in (1, 2, 3):
+            e = feed(run, cal, stride)
+            e = e[e[:, 0] >= 10.0]
+            at_fix, held = [], []
+            for t, dev, x, y in e.tolist():
+                tr = run.truth_at(int(dev), t0 + t)
+                at_fix.append(float(np.hypot(x - tr[0], y - tr[1])))
+                for j in range(stride):  # the fix holds until the next computed one
+                    if t0 + t + j <= t_end:
+                        tr = run.truth_at(int(dev), t0 + t + j)
+                        held.append(float(np.hypot(x - tr[0], y - tr[1])))
+            med, hmed, hp90 = float(np.median(at_fix)), float(np.median(held)), float(np.percentile(held, 90))
+            rows[stride].append((med, hmed))
+            line.append(f"stride {stride}: at fix {med:.2f} m, held median {hmed:.2f} p90 {hp90:.2f} m")
+        print(f"content.shed_accuracy[{spec.name}, {spec.rate_hz:g} adverts/s, {n_walk} walkers]: " + "; ".join(line))
+    for stride in (2, 3):
+        at = np.mean([r[0] / b[0] for r, b in zip(rows[stride], rows[1], strict=True)])
+        between = np.mean([r[1] / b[1] for r, b in zip(rows[stride], rows[1], strict=True)])
+        print(
+            f"content.shed_accuracy[stride {stride} vs every tick, mean over {len(specs)} stores]: median error at "
+            f"the computed fixes x{at:.2f}, held between them x{between:.2f}"
+        )
+
+
 if __name__ == "__main__":
     args = sys.argv[1:]
+    if "--stages" in args:
+        stages()
+        raise SystemExit(0)
+    if "--shed-accuracy" in args:
+        shed_accuracy("--quick" in args)
+        raise SystemExit(0)
     if "--condition" in args:
         raise SystemExit(child("--quick" in args, args[args.index("--condition") + 1], "--inline" in args))
     main("--quick" in args)

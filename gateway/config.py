@@ -749,6 +749,17 @@ class PipelineSettings(Section):
             "(latency stays bounded when the box is overloaded; recordings always wait); 0: never"
         ),
     )
+    shed_after_s: float = Field(
+        default=0.05,
+        ge=0,
+        le=60,
+        description=(
+            "Load shedding: once a live batch waited longer than this for the pipeline, fixes are computed on "
+            "every 3rd tick only (at most localization.window_s apart), back to every tick one step per job "
+            "once batches wait less than half of this; the skipped ticks' observations go into the next "
+            "computed one, the ticks are counted as fix_tick_shed drops; 0: never"
+        ),
+    )
 
 
 NODES_PACKET_LOSS = 0.3

@@ -17,6 +17,12 @@ and the events so far to ``on_partial`` (the daemon hands them to the loop), so 
 for its part of the tick, not for all of it. Off by default: each part pays the tick's fixed cost
 again, so at 2,000 devices parts of 256 cost 2 % of a core more and finished the tick's last fixes
 later (p99 of when a fix was ready 156 vs 132 ms of CPU after the tick started, median 58 vs 73 ms).
+
+Load shedding: ``fix_stride`` (the daemon sets it from its queue's wait, ``pipeline.shed_after_s``)
+computes fixes on every n-th tick only - at most ``localization.window_s`` apart, so no observation
+goes stale - and counts each tick skipped as ``fix_tick_shed``; the skipped ticks' observations go
+into the next computed one, presence still ticks every interval. The fix ticks are ~83 % of this
+thread's CPU at 25k obs/s (``python -m bench.bench_content --stages``), so they are what can give.
 """
 
 from __future__ import annotations
@@ -114,6 +120,12 @@ class Pipeline:
         # of it, and everything the call produced before, to ``on_partial`` at once
         self.on_partial = on_partial
         self._chunk = settings.localization.tick_chunk_devices
+        # load shedding (the daemon sets it when its queue falls behind): fixes are computed on every
+        # ``fix_stride``-th tick only; the ticks between are counted as ``fix_tick_shed`` and their
+        # observations go into the next computed tick (presence still ticks every interval)
+        self.fix_stride = 1
+        self._max_stride = max(1, int(settings.localization.window_s / self._interval + 1e-9))
+        self._last_fix_tick = -math.inf
         self._out: list[EventBase] = []  # the current call's events not handed on yet
         # event time each layout sensor was last heard (status page: a silent sensor is a fault)
         self.sensor_last_heard: dict[str, float] = {}
@@ -205,7 +217,13 @@ class Pipeline:
             ts = self._next_tick + MAX_TICK_GAP_S
         while self._next_tick <= ts:
             t = self._next_tick
-            fixes = self._tick_fixes(t, events)
+            stride = min(self.fix_stride, self._max_stride)
+            if stride > 1 and t - self._last_fix_tick < (stride - 0.5) * self._interval:
+                self._drop("fix_tick_shed")
+                fixes = []
+            else:
+                self._last_fix_tick = t
+                fixes = self._tick_fixes(t, events)
             self.stats.fixes += len(fixes)
             if fixes:
                 self.stats.last_fixes = fixes

@@ -12,8 +12,10 @@ The event loop stays free for I/O while a fix tick computes.
 Back-pressure: the queue between sources and the pipeline is bounded; a live source that cannot
 enqueue drops the batch and counts it (radios cannot be paused), a replay simply waits; a live
 batch that waited longer than ``pipeline.max_delay_s`` is dropped as ``late`` (so latency stays
-bounded on an overloaded box). Queue depth, waits, late drops and the pipeline thread's load are
-on /metrics and the status page (``BackPressure``). What a
+bounded on an overloaded box). Before that, once a live batch waited longer than
+``pipeline.shed_after_s``, fixes are computed on every 3rd tick only until the queue is short again
+(``Pipeline.fix_stride``; counted as ``fix_tick_shed``). Queue depth, waits, late drops, ticks shed
+and the pipeline thread's load are on /metrics and the status page (``BackPressure``). What a
 source is (a recording, a node feed, restartable, on its own clock) it declares in its
 ``capabilities`` (``gateway/sources/base.py``); the daemon never probes it.
 The status page reads the daemon through ``gateway.runtime.status_provider.DaemonView``.
@@ -28,6 +30,7 @@ import argparse
 import asyncio
 import collections
 import contextlib
+import math
 import os
 import sqlite3
 import sys
@@ -74,6 +77,8 @@ log = get_logger(__name__)
 QUEUE_BATCHES = 256
 # observations handed to the pipeline thread in one job at most, when batches have piled up
 MAX_JOB_OBSERVATIONS = 2048
+# load shedding: fixes on every n-th tick at most (the pipeline also caps it at localization.window_s)
+SHED_MAX_STRIDE = 3
 # the status page's copy of the pipeline counters is rebuilt at most this often while busy
 VIEW_EVERY_S = 0.2
 
@@ -261,6 +266,7 @@ class Daemon:
         self.pipeline_view: PipelineView = pipeline_view(self.pipeline, self.presence)
         self._view_t = 0.0
         self._dispatched = False
+        self._stride = 1  # load shedding: compute fixes every n-th tick (pipeline.shed_after_s)
         self._loop: asyncio.AbstractEventLoop | None = None
         self.pending = PendingEvents()
         self.outbox_refusing: str | None = None  # why the disk refuses appends (None: it does not)
@@ -318,13 +324,26 @@ class Daemon:
 
     # -- on the pipeline thread (PipelineWorker jobs) ------------------------------------------------
 
-    def _process(self, batches: list[list[Observation]]) -> list[EventBase]:
+    def _process(
+        self,
+        batches: list[list[Observation]],
+        stride: int = 1,
+        due: list[float] | None = None,
+        late: list[int] | None = None,
+    ) -> list[EventBase]:
         """Each batch in turn (the same results as one by one). Events go to the loop as soon as a
         batch has produced them (a fix tick's zone entries), not after the job's later batches:
-        an activation never waits for the rest of a job that piled up behind a slow moment."""
+        an activation never waits for the rest of a job that piled up behind a slow moment.
+        ``stride``: the load shedding's fix stride (``pipeline.shed_after_s``; 1: every tick).
+        ``due``: when each batch turns late (``pipeline.max_delay_s``); a batch not started by
+        then is skipped and its index appended to ``late`` (the loop counts it)."""
+        self.pipeline.fix_stride = stride
         events: list[EventBase] = []
         last = len(batches) - 1
         for i, batch in enumerate(batches):
+            if due is not None and late is not None and time.monotonic() > due[i]:
+                late.append(i)
+                continue
             events += self.pipeline.process(batch)
             if events and i < last:
                 self.worker.emit(self._deliver, events)
@@ -391,13 +410,13 @@ class Daemon:
                     bp.queued_batches += 1
                     bp.queued_observations += len(batch)
 
-    def _take(self, items: list[Queued]) -> tuple[list[list[Observation]], bool]:
-        """The batches of ``items`` the pipeline should process (late live ones dropped and
-        counted), and whether the end marker came."""
+    def _take(self, items: list[Queued]) -> tuple[list[Queued], bool]:
+        """The items the pipeline should process (late live ones dropped and counted), and whether
+        the end marker came."""
         bp = self.backpressure
         now = time.monotonic()
         max_delay = self.settings.pipeline.max_delay_s  # read each time: reloadable
-        out: list[list[Observation]] = []
+        out: list[Queued] = []
         for it in items:
             if it.batch is None:
                 return out, True
@@ -411,8 +430,20 @@ class Daemon:
                 it.source.health.drop("late", len(it.batch))
                 bp.dropped_late += len(it.batch)
                 continue
-            out.append(it.batch)
+            out.append(it)
         return out, False
+
+    def _late_in_job(self, taken: list[Queued], late: list[int], events: list[EventBase]) -> None:
+        """A job's delivery (on the loop, in job order): count the batches it found late, then
+        deliver its events as ``_deliver`` does."""
+        bp = self.backpressure
+        for i in late:
+            it = taken[i]
+            n = len(it.batch or ())
+            if it.source is not None:
+                it.source.health.drop("late", n)
+            bp.dropped_late += n
+        self._deliver(events)
 
     async def _run_pipeline(self) -> None:
         """Hand the queued batches to the pipeline thread - everything waiting, up to
@@ -425,11 +456,22 @@ class Daemon:
             while items[-1].batch is not None and n < MAX_JOB_OBSERVATIONS and not self.queue.empty():
                 items.append(self.queue.get_nowait())
                 n += len(items[-1].batch or ())
-            batches, end = self._take(items)
-            if batches:
+            oldest = time.monotonic() - items[0].t if items[0].source is not None else 0.0
+            taken, end = self._take(items)
+            if taken:
                 self._last_obs_wall = time.monotonic()
                 self._dispatched = False
-                await self.worker.call(partial(self._process, batches), deliver=self._deliver)
+                stride = self._shed_stride(oldest)
+                batches = [it.batch for it in taken if it.batch is not None]
+                # a live batch may also turn late while the job's earlier batches compute (a job of
+                # several batches on a throttled CPU): checked again just before it is processed
+                max_delay = self.settings.pipeline.max_delay_s
+                due = [it.t + max_delay if it.source is not None and max_delay > 0 else math.inf for it in taken]
+                late: list[int] = []
+                await self.worker.call(
+                    partial(self._process, batches, stride, due, late),
+                    deliver=partial(self._late_in_job, taken, late),
+                )
                 if self._dispatched:
                     await ContentService.let_dispatch_run()
             if end:
@@ -439,6 +481,20 @@ class Daemon:
                 self._pipeline_idle.set()
             else:
                 self._pipeline_idle.clear()
+
+    def _shed_stride(self, wait: float) -> int:
+        """Load shedding (live batches only): the fix stride for the next job, from how long its oldest
+        batch waited: the largest as soon as batches wait longer than ``pipeline.shed_after_s`` (a
+        backlog grows fast on a throttled CPU), down one per job once they wait less than half of it;
+        the pipeline caps it at ``localization.window_s`` ticks."""
+        after = self.settings.pipeline.shed_after_s  # read each time: reloadable
+        if after <= 0:
+            self._stride = 1
+        elif wait > after:
+            self._stride = SHED_MAX_STRIDE
+        elif wait < after / 2:
+            self._stride = max(1, self._stride - 1)
+        return self._stride
 
     def event_clock(self) -> Callable[[], float] | None:
         """Where event time comes from when nothing is heard: the live sources' clock (the wall

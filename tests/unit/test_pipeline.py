@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
+import pytest
 
 from gateway.config import SimulatorSettings, load_settings
 from gateway.layout import load_layout
@@ -175,3 +178,38 @@ def test_a_batch_of_only_opted_out_observations_is_dropped_quietly() -> None:
     p.process(ring(layout, 10.0, 10.0, 1000.5, device="aa:bb:cc:00:00:02"))
     events = p.process(ring(layout, 10.0, 10.0, 1002.0, device="aa:bb:cc:00:00:02"))
     assert any(e.type == "fix" for e in events)
+
+
+def test_a_fix_stride_sheds_ticks_counts_them_and_keeps_their_observations() -> None:
+    """Load shedding (``fix_stride``, set by the daemon): fixes on every n-th tick only, the ticks
+    between counted as ``fix_tick_shed``, their observations in the next computed tick (none lost as
+    stale); the stride is capped at ``localization.window_s`` ticks; stride 1 changes nothing."""
+    layout = load_layout(LAYOUT)
+    s = settings()
+    iv = s.localization.fix_interval_s
+
+    def run(stride: int, seconds: int = 30) -> tuple[Pipeline, list[PositionFix]]:
+        p = Pipeline(s, layout)
+        p.fix_stride = stride
+        out: list[PositionFix] = []
+        for k in range(seconds * 4):
+            out += [e for e in p.process(ring(layout, 12.0, 8.0, 7000.0 + 0.25 * k)) if isinstance(e, PositionFix)]
+        return p, out
+
+    every, fixes1 = run(1)
+    assert "fix_tick_shed" not in every.stats.dropped
+    default = Pipeline(s, layout)  # stride 1 is the default: the same fixes
+    got = [e for k in range(120) for e in default.process(ring(layout, 12.0, 8.0, 7000.0 + 0.25 * k))]
+    assert [(f.ts, f.x, f.y) for f in fixes1] == [(f.ts, f.x, f.y) for f in got if isinstance(f, PositionFix)]
+    for stride in (2, 3):
+        p, fixes = run(stride)
+        ticks = len(fixes1)
+        assert abs(len(fixes) - ticks / stride) <= 1
+        assert p.stats.dropped["fix_tick_shed"] == pytest.approx(ticks - len(fixes), abs=1)
+        assert all(b.ts - a.ts == stride * iv for a, b in itertools.pairwise(fixes))
+        assert p.localizer.stats.dropped.get("stale", 0) == 0  # every observation was used
+        assert abs(fixes[-1].x - 12.0) < 1.0 and abs(fixes[-1].y - 8.0) < 1.0
+    # never more than localization.window_s apart (older observations would be stale)
+    p, fixes = run(10)
+    cap = int(s.localization.window_s / iv)
+    assert all(b.ts - a.ts == cap * iv for a, b in itertools.pairwise(fixes))

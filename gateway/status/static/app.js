@@ -260,6 +260,8 @@
       ["thread busy", fmtPct(p.busy_pct) + " (CPU " + fmtPct(p.cpu_pct) + " of a core)"],
       ["longest job", fmtMs(p.longest_job_s)],
       ["dropped late", p.dropped_late], ["loop lag", fmtMs(p.loop_lag_s)],
+      // load shedding (pipeline.shed_after_s): fix ticks skipped while batches waited too long
+      ["fix ticks shed", ((s.extra || {}).dropped || {}).fix_tick_shed || 0],
     ]);
     const RATES = ["adverts_per_s", "frames_per_s"];
     table(document.getElementById("sources"), ["source", "state", "observations", "rate/s", "recoveries", "dropped", "last", "detail"],

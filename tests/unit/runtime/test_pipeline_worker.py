@@ -271,9 +271,9 @@ async def test_the_daemon_computes_what_the_pipeline_computes_directly(tmp_path:
     jobs: list[int] = []
     process = daemon._process
 
-    def counting(b: list[list[Observation]]) -> Any:
+    def counting(b: list[list[Observation]], *a: Any) -> Any:
         jobs.append(len(b))
-        return process(b)
+        return process(b, *a)
 
     daemon._process = counting  # type: ignore[method-assign]
     run = asyncio.create_task(daemon.run())
@@ -459,11 +459,21 @@ async def test_late_live_batches_are_dropped_and_counted(tmp_path: Path) -> None
     settings = daemon_settings(tmp_path, pipeline={"max_delay_s": 0.05})
     daemon = Daemon(settings, load_layout(LAYOUT))
     batches = sim_batches(30)
-    src = ListSource(copies(batches), live=True, pace_s=0.001)
+    handed: dict[int, float] = {}  # id(batch) -> when the source handed it over
+
+    class Noting(ListSource):
+        async def batches(self) -> AsyncGenerator[list[Observation], None]:
+            async for b in super().batches():
+                handed[id(b)] = time.monotonic()
+                yield b
+
+    src = Noting(copies(batches), live=True, pace_s=0.001)
     daemon.sources = [src]
     real = daemon.pipeline.process
+    started: list[float] = []  # how long each processed batch had waited when it started
 
     def slow(batch: list[Observation]) -> Any:
+        started.append(time.monotonic() - handed[id(batch)])
         time.sleep(0.02)  # a board far slower than the radios
         return real(batch)
 
@@ -489,9 +499,63 @@ async def test_late_live_batches_are_dropped_and_counted(tmp_path: Path) -> None
         len(b) for b in batches
     )
     assert snap.pipeline["dropped_late"] == late and snap.pipeline["max_wait_s"] > 0.05
+    # late also inside a job: a batch never starts after max_delay_s, however many batches its job
+    # holds (it started up to ~1 s late when only the queue was checked)
+    assert started and max(started) < 0.05 + 0.25, max(started)
     text = metrics.render().decode()
     assert f'gateway_drops_total{{reason="late"}} {float(late)}' in text
     assert "gateway_pipeline_queue_wait_seconds_count" in text and "gateway_pipeline_busy_ratio" in text
+
+
+async def test_an_overloaded_pipeline_sheds_fix_ticks_visibly(tmp_path: Path) -> None:
+    """Live batches waiting longer than pipeline.shed_after_s: fixes on every 3rd tick only (then
+    every 2nd as the queue empties), counted as ``fix_tick_shed`` in the pipeline's drops, the
+    status snapshot and /metrics; no observation is lost to it (max_delay_s 0: none dropped late)."""
+    settings = daemon_settings(tmp_path, pipeline={"max_delay_s": 0, "shed_after_s": 0.01})
+    daemon = Daemon(settings, load_layout(LAYOUT))
+    batches = sim_batches(30)
+    src = ListSource(copies(batches), live=True, pace_s=0.001)
+    daemon.sources = [src]
+    real = daemon.pipeline.process
+    strides: list[int] = []
+
+    def slow(batch: list[Observation]) -> Any:
+        strides.append(daemon.pipeline.fix_stride)
+        time.sleep(0.02)  # a board far slower than the radios
+        return real(batch)
+
+    daemon.pipeline.process = slow  # type: ignore[method-assign]
+    provider = DaemonStatusProvider(daemon)
+    metrics = GatewayMetrics()
+    sampler = DaemonMetricsSampler(daemon, metrics)
+    run = asyncio.create_task(daemon.run())
+    try:
+        end = time.monotonic() + 30
+        while src.health.observations < sum(len(b) for b in batches) or daemon.backpressure.queued_batches:
+            assert time.monotonic() < end
+            await asyncio.sleep(0.05)
+        sampler.sample()
+        snap = provider.snapshot()
+    finally:
+        daemon.supervisor.request_stop("test over")
+        assert await asyncio.wait_for(run, 30) == 0
+    shed = daemon.pipeline.stats.dropped.get("fix_tick_shed", 0)
+    assert shed > 0 and max(strides) == 3 and strides[0] == 1
+    assert daemon.pipeline.stats.observations + src.health.dropped.get("backpressure", 0) == sum(
+        len(b) for b in batches
+    )
+    assert snap.extra["dropped"]["fix_tick_shed"] > 0  # the status page's drop counts
+    assert 'gateway_drops_total{reason="fix_tick_shed"}' in metrics.render().decode()
+
+
+def test_the_shed_stride_follows_the_queue_wait(tmp_path: Path) -> None:
+    daemon = Daemon(daemon_settings(tmp_path, pipeline={"shed_after_s": 0.05}), load_layout(LAYOUT))
+    assert [daemon._shed_stride(w) for w in (0.01, 0.06, 0.2, 0.04, 0.02, 0.06, 0.01, 0.01, 0.0)] == [
+        1, 3, 3, 3, 2, 3, 2, 1, 1
+    ]  # fmt: skip
+    daemon._shed_stride(1.0)
+    daemon.settings = daemon_settings(tmp_path, pipeline={"shed_after_s": 0})
+    assert daemon._shed_stride(1.0) == 1  # 0: never
 
 
 def test_every_read_of_the_page_goes_through_the_copy() -> None:
