@@ -1,7 +1,7 @@
 """Store bars: visitors, passers-by, dwell, staff/fixtures and wrong links in a realistic store.
 
     python -m bench.bench_store [--quick] [--seeds 1,2,3] [--layouts a.toml,b.toml] [--modes linker,...]
-                                [--confusion] [--quiet-radio]
+                                [--confusion] [--quiet-radio] [--set SECTION.KEY=VALUE ...]
     python -m bench.bench_store --glass [--seeds 1,2] [--layouts shopfront.toml]
 
 The store simulator (``gateway/sim``) runs a 2 h day with devices per kind (``gateway/sim/devices.py``:
@@ -33,6 +33,9 @@ layout of the plan and its per-zone figures are printed; the bars are judged ove
 layouts it passes (all of them when it passes all or none). A layout it warns about is not
 installed per the guidance: its runs are printed and totalled beside, not judged.
 
+It prints ``RESULT PASS`` or ``RESULT FAIL`` and exits 0 or ``bench.run.BARS_MISSED`` (3).
+``--set presence.enter_debounce_s=2`` runs every store with that gateway setting (A/B runs).
+
 Why a zone's dwell is off: ``--confusion`` prints visitors' seconds per true zone against the
 localizer's fix zone and against the zone the presence engine reported (``all linked`` beside
 ``linker`` separates linking error from zone error; fix zone beside reported zone separates
@@ -56,14 +59,16 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from pydantic import ValidationError
 
+from bench.run import BARS_MISSED
 from gateway.config import Settings, SimulatorSettings
-from gateway.layout import Layout, load_layout, points_in_polygon
+from gateway.layout import Layout, format_validation_error, load_layout, points_in_polygon
 from gateway.localization.crlb import crlb_rmse
 from gateway.localization.localizer import MlLocalizer
 from gateway.localization.pathloss import PathLossModel
@@ -99,12 +104,16 @@ class Confusion:
 
     ``fixes``: the localizer's fix zone, one second per fix, for subjects that made a visitor
     visit; ``reported``: the zone sessions the presence engine reported (``zone.left`` intervals)
-    for those visits. Truth zone ``-`` is no zone, ``gone`` is the person not in the world.
+    for those visits. Truth zone ``-`` is no zone, ``gone`` is the person not in the world; an outside
+    zone is split into ``<in`` (walking to the door, before the visit) and ``>out`` (after it).
     """
 
     fixes: Counter[tuple[str, str]]
     reported: Counter[tuple[str, str]]
     truth: Counter[str]
+    # per visit whose first ("in") / last ("out") reported session is a door zone (kind entrance):
+    # (reported start - true start, reported end - true end) of that crossing, seconds
+    door: dict[str, list[tuple[float, float]]] = field(default_factory=lambda: {"in": [], "out": []})
 
     @classmethod
     def empty(cls) -> Confusion:
@@ -124,13 +133,48 @@ class Confusion:
                     + f"{tot:10.0f}{self.truth.get(r, 0):10.0f}"
                 )
             print(f"    {'sum':12s}" + "".join(f"{sum(m[(r, c)] for r in rows):12.0f}" for c in cols))
+        for side, rows_ in self.door.items():
+            if rows_:
+                a = np.array(rows_)
+                print(
+                    f"  door session {'walking in' if side == 'in' else 'leaving'} ({len(a)} visits): starts"
+                    f" {a[:, 0].mean():+.1f} s, ends {a[:, 1].mean():+.1f} s from the true crossing (p10..p90"
+                    f" {np.percentile(a[:, 0], 10):+.1f}..{np.percentile(a[:, 0], 90):+.1f} /"
+                    f" {np.percentile(a[:, 1], 10):+.1f}..{np.percentile(a[:, 1], 90):+.1f}); length"
+                    f" {(a[:, 1] - a[:, 0]).mean():+.1f} s a visit"
+                )
 
 
-def _truth_zones(engine_zones: Callable[[np.ndarray], list[str | None]], p: Any, ts: np.ndarray) -> list[str]:
+def _truth_zones(
+    engine_zones: Callable[[np.ndarray], list[str | None]],
+    p: Any,
+    ts: np.ndarray,
+    outside: frozenset[str] = frozenset(),
+) -> list[str]:
+    """The person's true zone at each time; an ``outside`` zone (the pavement) is split into
+    ``pavement<in`` (before the person first entered the store: walking to the door) and
+    ``pavement>out`` (after they last left it), so a door zone's time taken from the pavement
+    says which side of the visit it came from."""
     xs, ys = p.position(ts)
     lab = engine_zones(np.column_stack([xs, ys]))
     gone = (ts < p.t[0]) | (ts > p.t[-1])
-    return ["gone" if g else (z or "-") for z, g in zip(lab, gone, strict=True)]
+    first = last = None
+    if outside and np.isfinite(p.t[-1]):  # a fixture's stay has no end
+        grid = np.arange(p.t[0], p.t[-1], 0.5)
+        gx, gy = p.position(grid)
+        inside = [z is not None and z not in outside for z in engine_zones(np.column_stack([gx, gy]))]
+        if any(inside):
+            first = float(grid[inside.index(True)])
+            last = float(grid[len(inside) - 1 - inside[::-1].index(True)])
+    out = []
+    for t, z, g in zip(ts.tolist(), lab, gone, strict=True):
+        if g:
+            out.append("gone")
+        elif z in outside and first is not None and last is not None and (t < first or t > last):
+            out.append(f"{z}<in" if t < first else f"{z}>out")
+        else:
+            out.append(z or "-")
+    return out
 
 
 def run(
@@ -141,6 +185,7 @@ def run(
     linking: dict[str, float] | None = None,
     confusion: Confusion | None = None,
     radio: dict[str, float] | None = None,
+    overrides: dict[str, dict[str, Any]] | None = None,
 ) -> tuple[RunResult, dict[str, float]]:
     layout = load_layout(LAYOUTS / layout_name)
     sim_s = SimulatorSettings(
@@ -153,8 +198,13 @@ def run(
         **(radio or {}),
         link_rotations=(mode == "all linked"),
     )
+    over = {k: dict(v) for k, v in (overrides or {}).items()}
     settings = Settings.model_validate(
-        {"simulator": sim_s.model_dump(), "linking": {"enabled": mode != "unlinked", **(linking or {})}}
+        {
+            **over,
+            "simulator": sim_s.model_dump(),
+            "linking": {**over.get("linking", {}), "enabled": mode != "unlinked", **(linking or {})},
+        }
     )
     sim = StoreSimulator(layout, sim_s)
     fix_log: list[tuple[float, str, str]] = []
@@ -241,6 +291,7 @@ def run(
     seen_res = {pn_dev[s] for s in pn_dev if pn_dev[s] in res_devs}
     if confusion is not None:
         zones_for = pipe.presence.zones_for
+        outside_ids = frozenset(z.id for z in layout.zones if z.kind == "outside")
         vis_subj = {e.subject for e in visitors}
         confusion.truth.update({z[6:]: d for z, d in truth.items() if z.startswith("dwell.")})
         by_subj: dict[str, list[tuple[float, str]]] = {}
@@ -251,7 +302,7 @@ def run(
             pid = sim.device_owner.get(pn_dev.get(subj, -1))
             if pid is None or pid not in persons:
                 continue
-            tz = _truth_zones(zones_for, persons[pid], np.array([r[0] for r in rows]))
+            tz = _truth_zones(zones_for, persons[pid], np.array([r[0] for r in rows]), outside_ids)
             confusion.fixes.update(zip(tz, (r[1] for r in rows), strict=True))
         for ev in events:
             if isinstance(ev, ZoneLeft) and ev.subject in vis_subj:
@@ -259,8 +310,31 @@ def run(
                 if pid is None or pid not in persons:
                     continue
                 grid = np.arange(ev.ts - ev.dwell_s, ev.ts, 1.0)
-                tz = _truth_zones(zones_for, persons[pid], grid)
+                tz = _truth_zones(zones_for, persons[pid], grid, outside_ids)
                 confusion.reported.update(zip(tz, [ev.zone] * len(grid), strict=True))
+        doors = {z.id for z in layout.zones if z.kind == "entrance"}
+        sessions: dict[str, list[tuple[float, float, str]]] = {}
+        for ev in events:
+            if isinstance(ev, ZoneLeft) and ev.subject in vis_subj:
+                sessions.setdefault(ev.subject, []).append((ev.ts - ev.dwell_s, ev.ts, ev.zone))
+        for subj, sess in sessions.items():
+            pid = sim.device_owner.get(pn_dev.get(subj, -1))
+            if pid is None or pid not in persons or persons[pid].kind != "visitor":
+                continue
+            sess.sort()
+            grid = np.arange(persons[pid].t[0], persons[pid].t[-1], 0.1)
+            tz = _truth_zones(zones_for, persons[pid], grid)
+            for side, (a, b, zone) in (("in", sess[0]), ("out", sess[-1])):
+                if zone not in doors or (side == "out" and len(sess) == 1):
+                    continue
+                on = np.flatnonzero(np.array([z == zone for z in tz]))
+                if not len(on):
+                    continue
+                # the true crossing of the door on this side: its first (in) or last (out) contiguous stay
+                breaks = np.flatnonzero(np.diff(on) > 1)
+                seg = on[: breaks[0] + 1] if side == "in" and len(breaks) else on
+                seg = on[breaks[-1] + 1 :] if side == "out" and len(breaks) else seg
+                confusion.door[side].append((a - float(grid[seg[0]]), b - float(grid[seg[-1]])))
     return (
         RunResult(
             len(visitors),
@@ -369,9 +443,29 @@ def main(argv: list[str]) -> int:
     )
     ap.add_argument("--confusion", action="store_true", help="print visitors' time per true zone -> attributed zone")
     ap.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        help="a gateway setting for every run (repeatable), e.g. presence.zone_smooth_s=0 to compare with the default",
+    )
+    ap.add_argument(
         "--glass", action="store_true", help="standing phones near the shop front: fix error and zone kept (seconds)"
     )
     args = ap.parse_args(argv)
+    overrides: dict[str, dict[str, Any]] = {}
+    for item in args.set:
+        key, sep, value = item.partition("=")
+        section, dot, name = key.partition(".")
+        if not sep or not dot or section not in Settings.model_fields:
+            ap.error(
+                f"--set {item!r}: expected SECTION.KEY=VALUE with a settings section (e.g. presence.visitor_min_s=45)"
+            )
+        overrides.setdefault(section, {})[name] = value
+    try:
+        Settings.model_validate(overrides)
+    except ValidationError as e:
+        ap.error("; ".join(format_validation_error(e, "--set")))
     if args.glass:
         lays = ["shopfront.toml"] if args.layouts == ap.get_default("layouts") else args.layouts.split(",")
         seeds = [1, 2] if args.seeds == ap.get_default("seeds") else [int(x) for x in args.seeds.split(",")]
@@ -413,6 +507,7 @@ def main(argv: list[str]) -> int:
     print(
         f"store bars: {hours:g} h per run, runs {plan}, modes {list(modes)}"
         + (f", quiet radio {QUIET_RADIO}" if args.quiet_radio else "")
+        + (f", settings {overrides}" if overrides else "")
     )
     for lay, seed in plan:
         for i, mode in enumerate(modes):
@@ -423,6 +518,7 @@ def main(argv: list[str]) -> int:
                 hours,
                 confusion=conf[mode] if args.confusion else None,
                 radio=QUIET_RADIO if args.quiet_radio else None,
+                overrides=overrides,
             )
             for z in (k[6:] for k in truth if k.startswith("dwell.")):
                 per_seed.setdefault((mode, f"{lay}/{z}"), []).append((seed, r.dwell.get(z, 0.0), truth[f"dwell.{z}"]))
@@ -475,7 +571,7 @@ def main(argv: list[str]) -> int:
             judge=g == "checked" or all(passed.values()) or not some,
         )
     print("RESULT", "PASS" if ok else "FAIL")
-    return 0
+    return 0 if ok else BARS_MISSED
 
 
 def _totals(
