@@ -406,9 +406,8 @@ def sqlite_memory() -> str:
     return f"{lib.sqlite3_memory_used() / 2**20:.2f} MB (high water {lib.sqlite3_memory_highwater(0) / 2**20:.2f})"
 
 
-def pymalloc_arenas() -> list[str]:
-    """Python's small-object allocator (its arenas are mmapped, outside mallinfo): the summary lines
-    of ``sys._debugmallocstats`` (written by C to fd 2, caught through a temporary file)."""
+def debugmallocstats() -> str:
+    """``sys._debugmallocstats``'s report (written by C to fd 2, caught through a temporary file)."""
     with tempfile.TemporaryFile() as f:
         sys.stderr.flush()
         saved = os.dup(2)
@@ -419,7 +418,13 @@ def pymalloc_arenas() -> list[str]:
             os.dup2(saved, 2)
             os.close(saved)
         f.seek(0)
-        text = f.read().decode(errors="replace")
+        return f.read().decode(errors="replace")
+
+
+def pymalloc_arenas() -> list[str]:
+    """Python's small-object allocator (its arenas are mmapped, outside mallinfo): the summary lines
+    of ``sys._debugmallocstats``."""
+    text = debugmallocstats()
     keep = ("# arenas allocated current", "# arenas highwater", "# bytes in allocated blocks", "# bytes in available")
     lines = [" ".join(ln.split()) for ln in text.splitlines() if ln.startswith(keep)]
     return ["pymalloc " + "; ".join(lines)]
@@ -807,18 +812,7 @@ def day_state(layout: str, visitors: int, seed: int = 7) -> dict[str, float]:
     from gateway.presence.qualification import Qualifier, VisitRecord
 
     def arenas() -> float:
-        text = ""
-        with tempfile.TemporaryFile() as f:
-            saved = os.dup(2)
-            try:
-                os.dup2(f.fileno(), 2)
-                sys._debugmallocstats()
-            finally:
-                os.dup2(saved, 2)
-                os.close(saved)
-            f.seek(0)
-            text = f.read().decode(errors="replace")
-        for ln in text.splitlines():
+        for ln in debugmallocstats().splitlines():
             if ln.startswith("# arenas allocated current"):
                 return float(ln.split("=")[1])
         return float("nan")
