@@ -43,13 +43,20 @@ The daemon's process gets the ``Environment=`` of systemd/gateway.service (alloc
 settings: what a box runs); ``--daemon-env default`` leaves them out (glibc's and OpenBLAS's defaults).
 ``BENCH_MEM_PROFILE=DIR`` (with ``BENCH_MEM_EVERY_H``, ``BENCH_MEM_FRAMES`` = tracemalloc frames, 0
 for none, ``BENCH_MEM_TRIM=1`` = ``malloc_trim`` after each report) writes what the daemon holds
-every few simulated hours: see ``MemProfile``.
+every few simulated hours: see ``MemProfile``. ``BENCH_CPU_PROFILE=FILE`` writes where the daemon's
+threads spent their CPU (sampled stacks): see ``StackSampler``.
+
+``--day-state N``: the day's per-subject state alone (N one-visit visitors qualified and counted
+among a working set of other objects, then the rotation), the daemon's packed layout vs the dicts
+it replaced, each in a fresh process, interleaved: RSS and Python's arenas at closing and after the
+rotation (``day_state``). Seconds, where the day takes many minutes.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import contextlib
 import json
 import math
@@ -128,6 +135,14 @@ def env(daemon: str | None = None) -> dict[str, str]:
 def rss_mb() -> float:
     for line in Path("/proc/self/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def rss_anon_mb() -> float:
+    """The anonymous part of the RSS (the rest is shared libraries' pages: ``RssFile``)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("RssAnon:"):
             return int(line.split()[1]) / 1024
     return float("nan")
 
@@ -258,7 +273,7 @@ class PipeSource:
     def mark(self, what: str) -> None:
         print(
             f"{what} {self.now:.1f} {time.monotonic():.3f} {time.process_time():.3f} {rss_mb():.1f} "
-            f"{self.health.observations}",
+            f"{self.health.observations} {rss_anon_mb():.1f}",
             flush=True,
         )
 
@@ -314,6 +329,7 @@ async def _serve(a: argparse.Namespace, signer: Any) -> None:
     prof_dir = os.environ.get("BENCH_MEM_PROFILE")
     if prof_dir:
         src.profile = MemProfile(Path(prof_dir), daemon, src).run
+    sampler = StackSampler.from_env()
     run = asyncio.create_task(daemon.run())
     for _ in range(3000):  # bounded: 30 s to READY and the local broker
         c = daemon.content
@@ -336,6 +352,8 @@ async def _serve(a: argparse.Namespace, signer: Any) -> None:
             raise RuntimeError(f"command {kind} refused")
     print("READY", flush=True)
     rc = await run
+    if sampler is not None:
+        sampler.stop()
     st = daemon.pipeline.stats
     out = {
         "rc": rc,
@@ -388,9 +406,8 @@ def sqlite_memory() -> str:
     return f"{lib.sqlite3_memory_used() / 2**20:.2f} MB (high water {lib.sqlite3_memory_highwater(0) / 2**20:.2f})"
 
 
-def pymalloc_arenas() -> list[str]:
-    """Python's small-object allocator (its arenas are mmapped, outside mallinfo): the summary lines
-    of ``sys._debugmallocstats`` (written by C to fd 2, caught through a temporary file)."""
+def debugmallocstats() -> str:
+    """``sys._debugmallocstats``'s report (written by C to fd 2, caught through a temporary file)."""
     with tempfile.TemporaryFile() as f:
         sys.stderr.flush()
         saved = os.dup(2)
@@ -401,10 +418,100 @@ def pymalloc_arenas() -> list[str]:
             os.dup2(saved, 2)
             os.close(saved)
         f.seek(0)
-        text = f.read().decode(errors="replace")
+        return f.read().decode(errors="replace")
+
+
+def pymalloc_arenas() -> list[str]:
+    """Python's small-object allocator (its arenas are mmapped, outside mallinfo): the summary lines
+    of ``sys._debugmallocstats``."""
+    text = debugmallocstats()
     keep = ("# arenas allocated current", "# arenas highwater", "# bytes in allocated blocks", "# bytes in available")
     lines = [" ".join(ln.split()) for ln in text.splitlines() if ln.startswith(keep)]
     return ["pymalloc " + "; ".join(lines)]
+
+
+class StackSampler:
+    """``BENCH_CPU_PROFILE=FILE``: where the daemon's threads spend their CPU, by sampling.
+
+    A thread of its own reads every other thread's Python stack (``sys._current_frames``) every
+    ``BENCH_CPU_EVERY_MS`` (2), after ``BENCH_CPU_SKIP_S`` (0), and counts, per thread, its stack
+    weighted by the CPU time the thread used since the previous sample (its CPU clock; idle
+    threads weigh nothing). Writes
+    the top functions (self and inclusive) to FILE at exit. A poor man's py-spy for a box without
+    it; costs ~1 % of a core itself."""
+
+    def __init__(self, out: Path, every_s: float, skip_s: float) -> None:
+        import threading
+
+        self.out, self.every, self.skip = out, every_s, skip_s
+        self.self_counts: dict[tuple[str, str], int] = {}
+        self.incl_counts: dict[tuple[str, str], int] = {}
+        self.samples: dict[str, int] = {}
+        self._stop = threading.Event()
+        self._t = threading.Thread(target=self._run, name="stack-sampler", daemon=True)
+        self._t.start()
+
+    @classmethod
+    def from_env(cls) -> StackSampler | None:
+        f = os.environ.get("BENCH_CPU_PROFILE")
+        every = float(os.environ.get("BENCH_CPU_EVERY_MS", "2")) / 1000
+        return cls(Path(f), every, float(os.environ.get("BENCH_CPU_SKIP_S", "0"))) if f else None
+
+    def _run(self) -> None:
+        import threading
+
+        me = threading.get_ident()
+        last: dict[int, int] = {}
+        clocks: dict[int, int] = {}
+        names: dict[int, str] = {}
+        t_end = time.monotonic() + self.skip
+        while not self._stop.wait(self.every):
+            if time.monotonic() < t_end:
+                continue
+            frames = sys._current_frames()
+            if set(frames) - set(clocks):
+                for t in threading.enumerate():
+                    if t.ident is not None and t.ident not in clocks:
+                        with contextlib.suppress(OSError):
+                            clocks[t.ident] = time.pthread_getcpuclockid(t.ident)
+                        names[t.ident] = t.name
+            for ident, frame in frames.items():
+                clk = clocks.get(ident)
+                if ident == me or clk is None:
+                    continue
+                try:
+                    ns = time.clock_gettime_ns(clk)
+                except OSError:
+                    continue
+                w = (ns - last.get(ident, ns)) // 1000  # CPU us since the previous sample: the weight
+                last[ident] = ns
+                if w <= 0:
+                    continue
+                tname = names.get(ident, "?").split("-")[0]
+                self.samples[tname] = self.samples.get(tname, 0) + w
+                f: Any = frame
+                seen: set[tuple[str, str]] = set()
+                first = True
+                while f is not None:
+                    co = f.f_code
+                    key = (tname, f"{co.co_filename.replace(str(REPO), '.')}:{co.co_firstlineno} {co.co_name}")
+                    if first:
+                        self.self_counts[key] = self.self_counts.get(key, 0) + w
+                        first = False
+                    if key not in seen:
+                        seen.add(key)
+                        self.incl_counts[key] = self.incl_counts.get(key, 0) + w
+                    f = f.f_back
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._t.join(5)
+        lines = [f"CPU us sampled by thread: {self.samples}"]
+        for title, counts in (("self", self.self_counts), ("inclusive", self.incl_counts)):
+            lines.append(f"== top {title} ==")
+            for (tn, fn), n in sorted(counts.items(), key=lambda kv: -kv[1])[:60]:
+                lines.append(f"{n:7d} {100 * n / max(1, self.samples.get(tn, 1)):5.1f} % {tn:12s} {fn}")
+        self.out.write_text("\n".join(lines) + "\n")
 
 
 class MemProfile:
@@ -567,6 +674,7 @@ class Run:
         self.gen.stdout.close()  # the daemon holds the read end
         self.client: subprocess.Popen[bytes] | None = None
         self.marks: list[tuple[str, float, float, float, float, int]] = []
+        self.anon: list[float] = []  # RssAnon at each mark
         self.done: dict[str, Any] = {}
 
     def follow_page(self) -> None:
@@ -593,6 +701,7 @@ class Run:
             if parts[0] in ("MARK", "END"):
                 w, sim, wall, cpu, rss, n = parts[0], *map(float, parts[1:5]), int(parts[5])
                 self.marks.append((w, sim, wall, cpu, rss, n))
+                self.anon.append(float(parts[6]) if len(parts) > 6 else float("nan"))
             elif parts[0] == "READY":
                 self.follow_page()
             elif parts[0] == "DONE":
@@ -677,11 +786,103 @@ def day_for(n: int, tmp: Path, mqtt_port: int, cred: Path) -> dict[str, Any]:
         "rate": rate,
         "hours": hours,
         "rss": rss,
+        "anon": [a for m, a in zip(run.marks, run.anon, strict=True) if m[0] in ("MARK", "END")],
         "slope": slope,
         "cpu_per_sim_s": (marks[-1][3] - marks[0][3]) / max(1e-9, marks[-1][1] - marks[0][1]),
         "wall": time.monotonic() - t0,
         "done": run.done,
     }
+
+
+def day_state(layout: str, visitors: int, seed: int = 7) -> dict[str, float]:
+    """Child (``--day-state LAYOUT``): a day's per-subject state alone - ``visitors`` one-visit
+    pseudonymous subjects qualified and counted as the presence engine and the content rules do,
+    among a working set of other objects as a day makes them (per-device state that lives for a
+    visit, a few things that stay, like memos) - then the rotation (the history pruned, the counts
+    dropped, the visitors gone), ``malloc_trim``; RSS and Python's arenas at each step.
+
+    ``LAYOUT`` "packed": the daemon's (``SubjectTable``: no Python object per subject); "dicts":
+    the layout before (a dict of one ``array('d')`` per subject, a dict of counts): the reference."""
+    import ctypes
+    import gc
+    import random
+    from array import array
+
+    from gateway.identity.subject_table import SubjectCounts
+    from gateway.presence.qualification import Qualifier, VisitRecord
+
+    def arenas() -> float:
+        for ln in debugmallocstats().splitlines():
+            if ln.startswith("# arenas allocated current"):
+                return float(ln.split("=")[1])
+        return float("nan")
+
+    rng = random.Random(seed)
+    zones = ["entrance", "grocery", "produce", "checkout", "electronics", "service"]
+    t0 = DAY_START + (OPEN_H - 6.0) * 3600
+    out: dict[str, float] = {"start_mb": rss_mb(), "start_arenas": arenas()}
+    hist: Any
+    counts: Any
+    if layout == "packed":
+        hist, counts = Qualifier(), SubjectCounts()
+    else:
+        hist, counts = {}, {}
+    present: collections.deque[dict[str, Any]] = collections.deque()
+    stays: list[Any] = []
+    for i in range(visitors):
+        subj = os.urandom(12).hex()
+        start = t0 + i * (CLOSE_H - OPEN_H) * 3600 / visitors
+        dwell = {z: round(rng.uniform(5, 300), 1) for z in rng.sample(zones, 4)}
+        rec = VisitRecord(subj, "pseudonym", start, start + rng.uniform(300, 1800), dwell)
+        if layout == "packed":
+            hist.qualify(rec)
+        else:  # the packing of main before issue 22's second pass: an array per subject
+            buf = hist.setdefault(subj, array("d"))
+            buf.extend((rec.started_ts, rec.ended_ts, 0.0, float(len(dwell))))
+            for k, (_z, d) in enumerate(dwell.items()):
+                buf.extend((float(k), d))
+        counts[subj] = 1
+        # the working set: what a device present holds (its address's RSSI by sensor, a fix),
+        # for ~500 visitors at a time; one in 50 leaves something that stays (a memo, a log line)
+        present.append({"subject": subj, "rssi": {f"s{k}": -60.0 - k for k in range(9)}, "fix": [1.0, 2.0, 0.5]})
+        if len(present) > 500:
+            gone = present.popleft()
+            if rng.random() < 0.02:
+                stays.append((gone["subject"], start))
+    gc.collect()
+    out |= {"closing_mb": rss_mb(), "closing_arenas": arenas()}
+    # the rotation: the history pruned, the counts dropped, the visitors leave
+    if layout == "packed":
+        hist.prune(pseudonym_since=t0 + 86400.0, older_than=t0 - 86400.0)
+        counts = SubjectCounts()
+    else:
+        hist.clear()
+        counts = {}
+    present.clear()
+    gc.collect()
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None).malloc_trim(0)
+    out |= {"night_mb": rss_mb(), "night_arenas": arenas(), "kept": float(len(stays))}
+    return out
+
+
+def day_state_figures(visitors: int) -> None:
+    """``--day-state N``: the day's per-subject state, packed vs the dicts before, each in a fresh process."""
+    res: dict[str, dict[str, float]] = {}
+    for layout in ("dicts", "packed", "dicts", "packed"):  # interleaved
+        cmd = [sys.executable, "-m", "bench.bench_daemon", "--day-state-child", layout, str(visitors)]
+        p = subprocess.run(cmd, capture_output=True, text=True, env=env(DAEMON_ENV), cwd=REPO, timeout=600, check=True)
+        got = json.loads(p.stdout.strip().splitlines()[-1])
+        prev = res.get(layout)
+        res[layout] = got if prev is None else {k: min(v, prev[k]) for k, v in got.items()}
+    for layout, r in res.items():
+        print(
+            f"daemon.day_state[{layout}, {visitors} visitors]: RSS start {r['start_mb']:.1f}, at closing "
+            f"{r['closing_mb']:.1f} (+{r['closing_mb'] - r['start_mb']:.1f}), after the rotation "
+            f"{r['night_mb']:.1f} MB (+{r['night_mb'] - r['start_mb']:.1f}); Python arenas {r['start_arenas']:.0f} -> "
+            f"{r['closing_arenas']:.0f} -> {r['night_arenas']:.0f} (1 MiB each; best of 2 interleaved runs)",
+            flush=True,
+        )
 
 
 def main(argv: list[str]) -> None:
@@ -691,6 +892,12 @@ def main(argv: list[str]) -> None:
     ap.add_argument("--day", default=None, help="device counts for the simulated day (quick: 100; full: 100,500)")
     ap.add_argument("--day-only", action="store_true", help="only the simulated day (no idle and CPU runs)")
     ap.add_argument(
+        "--day-state",
+        type=int,
+        default=0,
+        help="only the day's per-subject state of this many visitors, packed vs dicts (fresh processes)",
+    )
+    ap.add_argument(
         "--daemon-env",
         choices=("unit", "default"),
         default=DAEMON_ENV,
@@ -698,6 +905,9 @@ def main(argv: list[str]) -> None:
     )
     a = ap.parse_args(argv)
     globals()["DAEMON_ENV"] = a.daemon_env
+    if a.day_state:
+        day_state_figures(a.day_state)
+        return
     counts = [] if a.day_only else [int(x) for x in a.devices.split(",") if x]
     days = [int(x) for x in (("100" if a.quick else "100,500") if a.day is None else a.day).split(",") if x]
     window = 30.0 if a.quick else 120.0
@@ -763,6 +973,12 @@ def main(argv: list[str]) -> None:
                     f"flat (|slope| <= 5 % of it per day): {'PASS' if ok else 'FAIL'}",
                     flush=True,
                 )
+                anon = r["anon"]
+                print(
+                    f"daemon.day[{n} devices] anonymous part of the RSS (the rest: shared libraries): start "
+                    f"{anon[0]:.1f}, peak {max(anon):.1f}, end {anon[-1]:.1f} MB",
+                    flush=True,
+                )
                 print(f"daemon.day[{n} devices] events by type: {json.dumps(d.get('by_type'))}", flush=True)
         finally:
             broker.terminate()
@@ -790,7 +1006,10 @@ def _child_args(argv: list[str]) -> argparse.Namespace:
 
 
 if __name__ == "__main__":
-    if "--generate" in sys.argv:
+    if "--day-state-child" in sys.argv:
+        i = sys.argv.index("--day-state-child")
+        print(json.dumps(day_state(sys.argv[i + 1], int(sys.argv[i + 2]))), flush=True)
+    elif "--generate" in sys.argv:
         generate(_child_args(sys.argv[1:]))
     elif "--serve" in sys.argv:
         serve(_child_args(sys.argv[1:]))

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -98,6 +100,17 @@ def mosquitto(tmp_path: Path) -> Iterator[Mosquitto]:
         yield m
     finally:
         m.stop()
+
+
+async def until(pred: Callable[[], Any], timeout: float = 15.0) -> Any:
+    """Poll ``pred`` on the running loop every 50 ms until it is truthy (its value) or ``timeout``."""
+    loop = asyncio.get_running_loop()
+    end = loop.time() + timeout
+    while not (v := pred()):
+        if loop.time() > end:
+            raise AssertionError("timed out")
+        await asyncio.sleep(0.05)
+    return v
 
 
 @pytest.fixture

@@ -28,6 +28,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from gateway.identity.subject_table import SubjectCounts
 from gateway.models import EventBase, SubjectEvent, SubjectKind, VisitEnded, VisitStarted, ZoneEntered, ZoneLeft
 
 Ident = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:-]+$")]
@@ -250,9 +251,11 @@ class RulesEngine:
         self._campaigns: dict[str, Campaign] = {}
         self._stays: dict[str, _Stay] = {}
         # visit counts: pseudonymous subjects of this rotation period (and, for PERIOD_GRACE_S after
-        # it began, of the one before: its visits may still be ending) / consented customers
-        self._visits: dict[str, int] = {}
-        self._visits_prev: dict[str, int] = {}
+        # it began, of the one before: its visits may still be ending) / consented customers; the
+        # period's ~26k pseudonyms (500 devices) with no Python object each, so that dropping them
+        # at the rotation gives their memory back (issue 22)
+        self._visits = SubjectCounts()
+        self._visits_prev = SubjectCounts()
         self._cvisits: dict[str, int] = {}
         self._period = pseudonym_period
         self._period_end = -math.inf
@@ -339,8 +342,8 @@ class RulesEngine:
         if n is None:
             n = self._cvisits.get(subject)
             if n is None:
-                n = self._visits_prev.get(subject, 0)
-        return n
+                n = self._visits_prev.get(subject)
+        return n or 0
 
     def _set_visits(self, subject: str, kind: SubjectKind, n: int) -> None:
         (self._cvisits if kind == "customer" else self._visits)[subject] = n
@@ -351,15 +354,15 @@ class RulesEngine:
         pseudonym never comes back in a later period (keyed daily), so no rule's outcome changes:
         without it the counts of every subject of every day stayed until ``max_subjects`` (issue 22)."""
         if ts >= self._prev_until:
-            self._visits_prev = {}
+            self._visits_prev = SubjectCounts()
             self._prev_until = math.inf
         if self._period is None or ts < self._period_end:
             return
         start, end = self._period(ts)
         if self._period_end != -math.inf:  # not the first event seen
             if self._visits_prev:  # a period shorter than the grace: nothing of two periods ago is used
-                self._visits_prev = {}
-            self._visits_prev, self._visits = self._visits, {}
+                self._visits_prev = SubjectCounts()
+            self._visits_prev, self._visits = self._visits, SubjectCounts()
             self._prev_until = start + PERIOD_GRACE_S
         self._period_end = end
 
@@ -493,7 +496,9 @@ class RulesEngine:
         """Keep per-subject state bounded (pseudonyms rotate daily; visits may never end cleanly)."""
         if now >= self._next_sweep:
             self._sweep(now)
-        for d in (self._visits, self._cvisits, self._stays):
+        while len(self._visits) > self.max_subjects:
+            self._visits.pop_oldest()
+        for d in (self._cvisits, self._stays):
             while len(d) > self.max_subjects:
                 d.pop(next(iter(d)))
         if len(self._cap_subject) > self.max_subjects:

@@ -28,7 +28,8 @@ if TYPE_CHECKING:
 
 # identity -> pseudonym memo, per period: a few times the devices present. A day's distinct
 # addresses (tens of thousands in a busy store) are not worth keeping (issue 22: RSS), a miss
-# costs one HMAC (about a microsecond); the identity resolver keeps its own memo in front of it
+# costs one HMAC (about a microsecond). The identity resolver keeps its own memo and does not fill
+# this one (``memo=False``); other callers (``gateway decode pcap``) do
 CACHE_MAX = 4096
 
 
@@ -124,19 +125,28 @@ class PseudonymKeyring:
         if key is None:
             key = self._key_source(32)
             self._keys[epoch] = key
-            # keep only this epoch and the one before it
+            # keep only this epoch's key and the one before it; the memo only for the newest epoch
+            # (late observations of the one before are hashed again: it stayed all night, full of
+            # the day's last 4,096 identities - issue 22)
             for old in [e for e in self._keys if e < epoch - 1]:
                 del self._keys[old]
-            self._cache = {k: v for k, v in self._cache.items() if k[0] >= epoch - 1}
+            newest = max(self._keys)
+            self._cache = {k: v for k, v in self._cache.items() if k[0] >= newest}
         return key
 
-    def pseudonym(self, identity: str, ts: float) -> str:
+    def pseudonym(self, identity: str, ts: float, *, memo: bool = True) -> str:
+        """``identity``'s pseudonym in the rotation period of ``ts``. ``memo=False``: neither read
+        nor fill the memo - for a caller that keeps one of its own in front (the identity resolver:
+        a second memo of the same subjects was ~1 MB of small objects at 500 devices, issue 22)."""
         epoch = self.epoch_of(ts)
-        hit = self._cache.get((epoch, identity))
-        if hit is not None:
-            return hit
+        if memo:
+            hit = self._cache.get((epoch, identity))
+            if hit is not None:
+                return hit
         digest = hmac.digest(self._key(epoch), identity.encode("utf-8"), "sha256").hex()  # one-shot (C)
         p = digest[: 2 * self._nbytes]
+        if not memo:
+            return p
         if len(self._cache) >= CACHE_MAX:
             evict_older_half(self._cache)
         self._cache[(epoch, identity)] = p

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import math
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -40,6 +41,13 @@ _HEX32_RE = re.compile(r"^[0-9a-f]{32}$")
 # advert, one HMAC). 16,384 held
 # ~4 MB at 500 devices (a day's addresses, tens of thousands, pass through it; issue 22: RSS)
 _CACHE_MAX = 4096
+# the previous rotation period's memo is kept this long into a new one (late observations), then
+# dropped: full of the day's last 4,096 addresses it otherwise stayed all night (issue 22)
+_PREV_CACHE_S = 300.0
+# and the current period's memo is started afresh this often (event time), so that it holds the
+# devices of the last minutes, not the evening's last 4,096 addresses all night (a few thousand
+# misses, one HMAC each, every quarter of an hour)
+_MEMO_S = 900.0
 
 
 _DROPPED = ""  # cache value for an opted-out (device, link)
@@ -117,6 +125,8 @@ class IdentityResolver:
         # per rotation period: (device, link) -> subject ('' = dropped)
         self._caches: dict[int, dict[tuple[str, str | None], str]] = {}
         self._bounds: tuple[int, float, float] = (0, 0.0, -1.0)
+        self._prev_cache_until = math.inf  # when the previous period's memo goes (_PREV_CACHE_S)
+        self._memo_until = -math.inf  # when the current period's memo starts afresh (_MEMO_S)
         self.stats = ResolverStats()
 
     # -- hashing -------------------------------------------------------------------------------
@@ -237,7 +247,8 @@ class IdentityResolver:
             if opt and self.optout_digest(normalize_identifier(consent.customer_ref)) in opt:
                 return _DROPPED
             return consent.customer_ref
-        return self._keyring.pseudonym(link if link is not None else ndev, ts)
+        # the memo is ours (``_caches``): the keyring's would hold the same subjects a second time
+        return self._keyring.pseudonym(link if link is not None else ndev, ts, memo=False)
 
     def subject_for(self, device: str, link: str | None, ts: float) -> str | None:
         """Subject for one (device, link) heard at ``ts``; None when opted out."""
@@ -267,6 +278,15 @@ class IdentityResolver:
             e, lo, hi = self._bounds = self._keyring.epoch_bounds(now)
             for old in [k for k in self._caches if k < e - 1]:
                 del self._caches[old]
+            self._prev_cache_until = lo + _PREV_CACHE_S
+        if now >= self._prev_cache_until:  # a memo: dropping it only costs a lookup again
+            self._prev_cache_until = math.inf
+            for old in [k for k in self._caches if k < e]:
+                del self._caches[old]
+        if now >= self._memo_until:
+            if self._memo_until != -math.inf:
+                self._caches.pop(e, None)
+            self._memo_until = now + _MEMO_S
         cache = self._caches.setdefault(e, {})
         append = out.append
         dropped = 0

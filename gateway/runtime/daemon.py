@@ -111,11 +111,11 @@ def build_sources(settings: Settings, layout: Layout) -> list[Source]:
         if flag(settings):
             sources.append(factory(settings, layout))
     # sensor nodes' Wi-Fi reports go to the capture's grouping (docs/wifi.md, "Several receivers")
-    wifi = next((s for s in sources if hasattr(s, "node_probes")), None)
+    sink = next((s.capabilities.probe_sink for s in sources if s.capabilities.probe_sink), None)
     for s in sources:
-        core = getattr(s, "core", None)
-        if wifi is not None and hasattr(core, "on_wifi"):
-            core.on_wifi = wifi.node_probes  # type: ignore[union-attr]
+        nodes = s.capabilities.nodes
+        if sink is not None and nodes is not None:
+            nodes.watch_wifi(sink)
     return sources
 
 

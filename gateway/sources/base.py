@@ -7,17 +7,21 @@ BLE, Wi-Fi, sensor nodes, replay and the simulator are interchangeable.
 
 What a source can do beyond that is *declared* in its ``capabilities`` (a `Capabilities` record),
 never probed with ``hasattr``: whether it is a recording, whether it ends on its own, which clock
-its event time follows, whether the technician's "Restart scanner" may restart it, and whether it
-is fed by sensor nodes (per-node health; sensors going quiet and coming back).
+its event time follows, whether the technician's "Restart scanner" may restart it, whether it
+is fed by sensor nodes (per-node health; sensors going quiet and coming back; their Wi-Fi reports),
+and whether it takes those nodes' Wi-Fi reports (the Wi-Fi capture's grouping).
 """
 
 from __future__ import annotations
 
 from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass
-from typing import Literal, NotRequired, Protocol, TypedDict, runtime_checkable
+from typing import TYPE_CHECKING, Literal, NotRequired, Protocol, TypedDict, runtime_checkable
 
 from gateway.models import Observation, SourceHealth
+
+if TYPE_CHECKING:
+    from gateway.identity.wifi_merge import NodeProbe
 
 NodeStateName = Literal["unknown", "up", "quiet", "down"]
 
@@ -45,6 +49,8 @@ class NodeStatus(TypedDict):
 
 
 SensorStateListener = Callable[[str, bool], None]
+# takes probe requests sensor nodes heard (docs/wifi.md, "Several receivers")
+ProbeSink = Callable[[list["NodeProbe"]], None]
 
 
 class SensorNodes(Protocol):
@@ -58,6 +64,11 @@ class SensorNodes(Protocol):
         """Call ``listener(sensor, active)`` whenever a node goes quiet/down (False) or comes back
         (True). The daemon forwards it to the localizer, so a silent sensor is not read as "every
         device is far from it"."""
+        ...
+
+    def watch_wifi(self, sink: ProbeSink) -> None:
+        """Hand the probe requests the nodes report to ``sink`` (a Wi-Fi source's
+        ``Capabilities.probe_sink``); without a sink they are counted and dropped."""
         ...
 
 
@@ -79,6 +90,8 @@ class Capabilities:
     restartable: bool = False
     # Fed by sensor nodes: per-node health and sensor up/down changes.
     nodes: SensorNodes | None = None
+    # Takes probe requests heard by sensor nodes (merged with its own frames into bursts).
+    probe_sink: ProbeSink | None = None
 
 
 RECORDING = Capabilities(replay=True, finite=True)

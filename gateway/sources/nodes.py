@@ -34,7 +34,7 @@ from gateway.log import get_logger
 from gateway.models import Observation, SourceHealth
 from gateway.mqtt.client import MqttError
 from gateway.mqtt.local import LocalBrokerClient, local_broker_address, run_connected
-from gateway.sources.base import Capabilities, NodeStatus, SensorStateListener
+from gateway.sources.base import Capabilities, NodeStatus, ProbeSink, SensorStateListener
 from gateway.sources.node_ingest import NodeIngest
 
 log = get_logger(__name__)
@@ -118,6 +118,9 @@ class NodesSource:
 
     def watch_sensors(self, listener: SensorStateListener) -> None:
         self._sensor_listener = listener
+
+    def watch_wifi(self, sink: ProbeSink) -> None:
+        self.core.on_wifi = sink
 
     def node_status(self) -> list[NodeStatus]:
         """Per-node health for the status page and metrics (no device data in it)."""

@@ -42,7 +42,7 @@ from gateway.log import get_logger
 from gateway.models import Observation, PresenceMark, SourceHealth
 from gateway.parsers.pcap import PcapError, Record, read_records
 from gateway.parsers.wifi_probe import Probe, ProbeDecoder
-from gateway.sources.base import LIVE_RADIO, RECORDING
+from gateway.sources.base import Capabilities
 
 __all__ = ["PcapReplaySource", "RelaySocket", "WifiRelaySource", "make_wifi_source"]
 
@@ -253,7 +253,10 @@ class RelaySocket:
 class WifiRelaySource:
     """Live probe requests from the capture relay (see the module docstring)."""
 
-    capabilities = LIVE_RADIO  # "Restart scanner" binds the capture socket again
+    @property
+    def capabilities(self) -> Capabilities:
+        """Live ("Restart scanner" binds the capture socket again); takes nodes' Wi-Fi reports."""
+        return Capabilities(restartable=True, probe_sink=self.node_probes)
 
     def __init__(
         self, settings: WifiSettings, *, socket_path: Path | None = None, clock: Callable[[], float] = time.time
@@ -448,7 +451,10 @@ class PcapReplaySource:
     the disk. A corrupt file ends the replay with ``health.state = "failed"`` and the offset.
     """
 
-    capabilities = RECORDING  # finite, waits rather than drops, its own time (see the daemon)
+    @property
+    def capabilities(self) -> Capabilities:
+        """A recording (finite, waits rather than drops, its own time); takes nodes' reports."""
+        return Capabilities(replay=True, finite=True, probe_sink=self.node_probes)
 
     def __init__(self, settings: WifiSettings, path: Path | None = None, *, chunk: int = 2048) -> None:
         p = path or settings.pcap

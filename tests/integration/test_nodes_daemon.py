@@ -8,9 +8,8 @@ import asyncio
 import contextlib
 import json
 import subprocess
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -21,7 +20,7 @@ from gateway.runtime.status_provider import DaemonMetricsSampler, DaemonStatusPr
 from gateway.sim.espresense import EspresenseEmitter
 from gateway.sources.nodes import NodesSource
 from gateway.status.metrics import GatewayMetrics
-from tests.conftest import Mosquitto, gateway_cmd, gateway_env, make_mosquitto
+from tests.conftest import Mosquitto, gateway_cmd, gateway_env, make_mosquitto, until
 
 pytestmark = pytest.mark.integration
 
@@ -34,16 +33,6 @@ def broker(tmp_path: Path) -> Iterator[Mosquitto]:
         yield m
     finally:
         m.stop()
-
-
-async def until(pred: Callable[[], Any], timeout: float = 15.0) -> Any:
-    loop = asyncio.get_running_loop()
-    end = loop.time() + timeout
-    while not (v := pred()):
-        if loop.time() > end:
-            raise AssertionError("timed out")
-        await asyncio.sleep(0.05)
-    return v
 
 
 async def test_daemon_reads_nodes_reports_health_and_unexpects_a_silent_node(tmp_path: Path, broker: Mosquitto) -> None:

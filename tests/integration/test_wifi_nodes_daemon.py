@@ -8,9 +8,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -24,29 +22,9 @@ from gateway.parsers.radiotap import build_radiotap
 from gateway.runtime.daemon import Daemon, embedded_layout
 from gateway.sources.nodes import NodesSource
 from gateway.sources.wifi import WifiRelaySource
-from tests.conftest import Mosquitto, make_mosquitto
+from tests.conftest import Mosquitto, until
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-def broker(tmp_path: Path) -> Iterator[Mosquitto]:
-    m = make_mosquitto(tmp_path, "")
-    m.start()
-    try:
-        yield m
-    finally:
-        m.stop()
-
-
-async def until(pred: Callable[[], Any], timeout: float = 15.0) -> Any:
-    loop = asyncio.get_running_loop()
-    end = loop.time() + timeout
-    while not (v := pred()):
-        if loop.time() > end:
-            raise AssertionError("timed out")
-        await asyncio.sleep(0.05)
-    return v
 
 
 def _frame(mac: bytes, seq: int, rssi: int) -> bytes:
@@ -55,7 +33,7 @@ def _frame(mac: bytes, seq: int, rssi: int) -> bytes:
 
 
 async def test_a_probe_heard_by_the_capture_radio_and_a_node_is_one_frame_with_both_levels(
-    tmp_path: Path, broker: Mosquitto
+    tmp_path: Path, mosquitto: Mosquitto
 ) -> None:
     layout = embedded_layout()
     sock = tmp_path / "capture.sock"
@@ -69,15 +47,15 @@ async def test_a_probe_heard_by_the_capture_radio_and_a_node_is_one_frame_with_b
             "node_merge_s": 10.0,
         },
         nodes={"enabled": True, "mapping": {"front": layout.sensors[1].id}},
-        local_broker={"host": broker.host, "port": broker.port},
-        mqtt={"host": broker.host, "port": broker.port, "tls": False},
+        local_broker={"host": mosquitto.host, "port": mosquitto.port},
+        mqtt={"host": mosquitto.host, "port": mosquitto.port, "tls": False},
         status={"enabled": False},
     )
     daemon = Daemon(settings, layout)
     wifi = next(s for s in daemon.sources if isinstance(s, WifiRelaySource))
     nodes = next(s for s in daemon.sources if isinstance(s, NodesSource))
     run = asyncio.create_task(daemon.run())
-    pub = AsyncMqttClient(broker.host, broker.port, client_id="node-front", protocol="3.1.1")
+    pub = AsyncMqttClient(mosquitto.host, mosquitto.port, client_id="node-front", protocol="3.1.1")
     relay: Relay | None = None
     try:
         await nodes.wait_connected()

@@ -26,3 +26,45 @@ def test_the_daemon_gets_the_units_tunables_or_none(monkeypatch: pytest.MonkeyPa
     }
     assert not [k for k in env("default") if k.startswith(TUNABLES)]
     assert env()["MALLOC_ARENA_MAX"] == "7"  # other children (simulator, probes): untouched
+
+
+def _day_state(layout: str, visitors: int) -> dict[str, float]:
+    import json
+    import subprocess
+    import sys
+
+    from bench.bench_daemon import REPO
+
+    cmd = [sys.executable, "-m", "bench.bench_daemon", "--day-state-child", layout, str(visitors)]
+    out = subprocess.run(cmd, capture_output=True, text=True, env=env("unit"), cwd=REPO, timeout=300, check=True)
+    return dict(json.loads(out.stdout.strip().splitlines()[-1]))
+
+
+def test_day_state_packed_gives_the_rotation_back() -> None:
+    """The day's subjects held packed go back to the system at the rotation; as dicts (the layout
+    before) they kept the arenas they were scattered through (issue 22)."""
+    packed, dicts = _day_state("packed", 20_000), _day_state("dicts", 20_000)
+    assert dicts["night_arenas"] - dicts["start_arenas"] >= 4  # the reference keeps its arenas
+    assert packed["night_arenas"] - packed["start_arenas"] <= 2
+    assert packed["night_mb"] - packed["start_mb"] < dicts["night_mb"] - dicts["start_mb"] - 3.0
+
+
+def test_stack_sampler_finds_the_busy_function(tmp_path: Path) -> None:
+    import threading
+    import time
+
+    from bench.bench_daemon import StackSampler
+
+    def busy_loop_for_the_sampler() -> None:
+        end = time.thread_time() + 0.3
+        while time.thread_time() < end:
+            sum(range(1000))
+
+    s = StackSampler(tmp_path / "cpu.txt", 0.002, 0.0)
+    t = threading.Thread(target=busy_loop_for_the_sampler, name="busy")
+    t.start()
+    t.join(30)
+    s.stop()
+    text = (tmp_path / "cpu.txt").read_text()
+    assert "busy_loop_for_the_sampler" in text
+    assert "'busy'" in text.splitlines()[0]

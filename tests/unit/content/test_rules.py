@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -219,22 +220,38 @@ def _visit_day(eng: RulesEngine, day0: float, subjects: list[str], kind: str = "
     return out
 
 
-def test_visit_counts_of_past_pseudonym_periods_are_dropped_and_results_do_not_change() -> None:
+@pytest.mark.parametrize("pseudo", [lambda d, i: f"{d}{i}", lambda d, i: f"{d * 12}{i:012x}"], ids=["names", "hex"])
+def test_visit_counts_of_past_pseudonym_periods_are_dropped_and_results_do_not_change(
+    pseudo: Callable[[str, int], str],
+) -> None:
     """Issue 22: a day's pseudonyms kept their visit counts forever (until 100k subjects). A
-    pseudonym never returns after its rotation period: dropping them changes no activation."""
+    pseudonym never returns after its rotation period: dropping them changes no activation. Both
+    with plain names and with hex ids as the keyring makes them (held packed, not as dict keys)."""
     campaigns = [camp(segment={"trigger": "visit.started", "min_visit_count": 2}, caps={"per_subject": None})]
     day0 = (T0 // 86400.0) * 86400.0
-    subjects = [f"p{i}" for i in range(50)]
+    subjects = [pseudo("a", i) for i in range(50)]
+    p3, q3 = pseudo("a", 3), pseudo("b", 3)
     eng, ref = RulesEngine(campaigns, pseudonym_period=_day), RulesEngine(campaigns)
     got = [*_visit_day(eng, day0, subjects), *_visit_day(eng, day0, ["cust-42"], kind="customer")]
     want = [*_visit_day(ref, day0, subjects), *_visit_day(ref, day0, ["cust-42"], kind="customer")]
     assert got == want and len(got) == 51
-    assert eng.visit_count("p3") == ref.visit_count("p3") == 2
+    assert eng.visit_count(p3) == ref.visit_count(p3) == 2
     # the next day (new pseudonyms, an hour after the rotation): the old counts are gone
-    next_subjects = [f"q{i}" for i in range(50)]
+    next_subjects = [pseudo("b", i) for i in range(50)]
     assert _visit_day(eng, day0 + 86400, next_subjects) == _visit_day(ref, day0 + 86400, next_subjects)
-    assert eng.visit_count("p3") == 0 and ref.visit_count("p3") == 2
-    assert eng.visit_count("q3") == 2 and eng.visit_count("cust-42") == 2  # customers stay (consented)
+    assert eng.visit_count(p3) == 0 and ref.visit_count(p3) == 2
+    assert eng.visit_count(q3) == 2 and eng.visit_count("cust-42") == 2  # customers stay (consented)
+
+
+def test_visit_counts_beyond_max_subjects_go_oldest_first() -> None:
+    """The bound on per-subject state drops the oldest subject's count first, as the dict did."""
+    eng = RulesEngine([], max_subjects=10)
+    c = ctx()
+    subjects = [f"{i:024x}" for i in range(30)]
+    for i, s in enumerate(subjects):
+        eng.evaluate(VisitStarted(ts=T0 + i, store_id="demo-store", subject=s, subject_kind="pseudonym"), T0 + i, c)
+    eng.evaluate(VisitStarted(ts=T0 + 40, store_id="demo-store", subject=subjects[25], subject_kind="pseudonym"), T0, c)
+    assert [eng.visit_count(s) for s in subjects] == [0] * 20 + [1] * 5 + [2] + [1] * 4
 
 
 def test_spent_per_subject_caps_are_swept() -> None:

@@ -108,3 +108,18 @@ def test_from_settings() -> None:
     assert len(kr.pseudonym("x", 1_767_261_600.0)) == 16
     with pytest.raises(ValueError, match="nbytes"):
         PseudonymKeyring(nbytes=4)
+
+
+def test_memo_off_gives_the_same_pseudonyms_and_keeps_nothing() -> None:
+    """``memo=False`` (the resolver, which memoizes itself) hashes every time; a new period's
+    first pseudonym drops the memo of the period before (issue 22)."""
+    kr = PseudonymKeyring(key_source=lambda n: b"\x01" * n)
+    t = 1_767_261_600.0
+    off = [kr.pseudonym(f"aa:bb:cc:dd:ee:{i:02x}", t, memo=False) for i in range(50)]
+    assert not kr._cache
+    assert [kr.pseudonym(f"aa:bb:cc:dd:ee:{i:02x}", t) for i in range(50)] == off
+    assert len(kr._cache) == 50
+    nxt = kr.epoch_bounds(t)[2]
+    kr.pseudonym("aa:bb:cc:dd:ee:00", nxt + 1.0)
+    assert {k[0] for k in kr._cache} == {kr.epoch_of(nxt + 1.0)}
+    assert kr.pseudonym("aa:bb:cc:dd:ee:07", t) == off[7]  # the period before: hashed again, equal

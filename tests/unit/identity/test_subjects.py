@@ -193,3 +193,34 @@ def test_memos_stay_small_and_subjects_do_not_change() -> None:
     cache = r._caches[r._bounds[0]]
     assert len(cache) <= subjects._CACHE_MAX and (present, None) in cache
     assert len(r._keyring._cache) <= CACHE_MAX
+
+
+def test_previous_periods_memo_goes_a_few_minutes_into_the_next() -> None:
+    """The resolver's memo of a finished rotation period does not stay all night, and the keyring
+    keeps no second copy of it (issue 22); what they map stays the same (they are memos)."""
+    r = resolver()
+    macs = [f"5A:00:00:00:{i // 256:02X}:{i % 256:02X}" for i in range(300)]
+    rot = r._keyring.epoch_bounds(T)[2]  # the next rotation
+    before = [o.device for o in r.resolve_batch([obs(m, rot - 10.0) for m in macs], rot - 10.0)]
+    r.resolve_batch([obs(macs[0], rot + 1.0)], rot + 1.0)
+    assert not r._keyring._cache  # the resolver's memo is the only one (the keyring's is not filled)
+    late = r.resolve_batch([obs(m, rot - 5.0) for m in macs], rot + 2.0)  # late ones: same subjects
+    assert [o.device for o in late] == before
+    assert len(r._caches) == 2  # the previous period's memo still serves late observations
+    r.resolve_batch([obs(macs[1], rot + 301.0)], rot + 301.0)
+    assert len(r._caches) == 1 and len(r._caches[max(r._caches)]) == 2
+    again = r.resolve_batch([obs(m, rot - 5.0) for m in macs], rot + 302.0)  # recomputed, equal
+    assert [o.device for o in again] == before
+
+
+def test_memo_starts_afresh_every_quarter_hour_with_the_same_subjects() -> None:
+    """The memo holds the devices of the last minutes, not all night the evening's last addresses."""
+    r = resolver()
+    first = [o.device for o in r.resolve_batch([obs(f"5A:00:00:00:00:{i:02X}", T) for i in range(40)], T)]
+    assert len(r._caches[max(r._caches)]) == 40
+    r.resolve_batch([obs("5A:00:00:00:00:00", T + 600.0)], T + 600.0)
+    assert len(r._caches[max(r._caches)]) == 40  # not yet
+    r.resolve_batch([obs("5A:00:00:00:00:00", T + 901.0)], T + 901.0)
+    assert len(r._caches[max(r._caches)]) == 1  # afresh: the one heard since
+    again = r.resolve_batch([obs(f"5A:00:00:00:00:{i:02X}", T + 902.0) for i in range(40)], T + 902.0)
+    assert [o.device for o in again] == first

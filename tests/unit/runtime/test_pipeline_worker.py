@@ -19,7 +19,7 @@ import json
 import sqlite3
 import threading
 import time
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Callable
 from dataclasses import replace
 from functools import partial
 from pathlib import Path
@@ -453,28 +453,17 @@ async def test_a_ticks_events_reach_the_loop_before_the_rest_of_its_job(tmp_path
         await daemon.worker.stop()
 
 
-async def test_late_live_batches_are_dropped_and_counted(tmp_path: Path) -> None:
-    """An overloaded pipeline: live batches that waited longer than pipeline.max_delay_s are
-    dropped, counted on the source (``late``), in the status snapshot and on /metrics."""
-    settings = daemon_settings(tmp_path, pipeline={"max_delay_s": 0.05})
-    daemon = Daemon(settings, load_layout(LAYOUT))
-    batches = sim_batches(30)
-    handed: dict[int, float] = {}  # id(batch) -> when the source handed it over
-
-    class Noting(ListSource):
-        async def batches(self) -> AsyncGenerator[list[Observation], None]:
-            async for b in super().batches():
-                handed[id(b)] = time.monotonic()
-                yield b
-
-    src = Noting(copies(batches), live=True, pace_s=0.001)
-    daemon.sources = [src]
+async def _drain_slowly(
+    daemon: Daemon, src: Any, batches: list[list[Observation]], note: Callable[[list[Observation]], object]
+) -> tuple[Any, GatewayMetrics]:
+    """Run ``daemon`` until ``src`` has handed over ``batches`` and the queue is empty, its pipeline
+    20 ms a batch (a board far slower than the radios; ``note(batch)`` as each starts); then the
+    status snapshot and the metrics sampled from it."""
     real = daemon.pipeline.process
-    started: list[float] = []  # how long each processed batch had waited when it started
 
     def slow(batch: list[Observation]) -> Any:
-        started.append(time.monotonic() - handed[id(batch)])
-        time.sleep(0.02)  # a board far slower than the radios
+        note(batch)
+        time.sleep(0.02)
         return real(batch)
 
     daemon.pipeline.process = slow  # type: ignore[method-assign]
@@ -492,6 +481,29 @@ async def test_late_live_batches_are_dropped_and_counted(tmp_path: Path) -> None
     finally:
         daemon.supervisor.request_stop("test over")
         assert await asyncio.wait_for(run, 30) == 0
+    return snap, metrics
+
+
+async def test_late_live_batches_are_dropped_and_counted(tmp_path: Path) -> None:
+    """An overloaded pipeline: live batches that waited longer than pipeline.max_delay_s are
+    dropped, counted on the source (``late``), in the status snapshot and on /metrics."""
+    settings = daemon_settings(tmp_path, pipeline={"max_delay_s": 0.05})
+    daemon = Daemon(settings, load_layout(LAYOUT))
+    batches = sim_batches(30)
+    handed: dict[int, float] = {}  # id(batch) -> when the source handed it over
+
+    class Noting(ListSource):
+        async def batches(self) -> AsyncGenerator[list[Observation], None]:
+            async for b in super().batches():
+                handed[id(b)] = time.monotonic()
+                yield b
+
+    src = Noting(copies(batches), live=True, pace_s=0.001)
+    daemon.sources = [src]
+    started: list[float] = []  # how long each processed batch had waited when it started
+    snap, metrics = await _drain_slowly(
+        daemon, src, batches, lambda batch: started.append(time.monotonic() - handed[id(batch)])
+    )
     late = src.health.dropped.get("late", 0)
     bp = daemon.backpressure
     assert late > 0 and bp.dropped_late == late
@@ -516,29 +528,8 @@ async def test_an_overloaded_pipeline_sheds_fix_ticks_visibly(tmp_path: Path) ->
     batches = sim_batches(30)
     src = ListSource(copies(batches), live=True, pace_s=0.001)
     daemon.sources = [src]
-    real = daemon.pipeline.process
     strides: list[int] = []
-
-    def slow(batch: list[Observation]) -> Any:
-        strides.append(daemon.pipeline.fix_stride)
-        time.sleep(0.02)  # a board far slower than the radios
-        return real(batch)
-
-    daemon.pipeline.process = slow  # type: ignore[method-assign]
-    provider = DaemonStatusProvider(daemon)
-    metrics = GatewayMetrics()
-    sampler = DaemonMetricsSampler(daemon, metrics)
-    run = asyncio.create_task(daemon.run())
-    try:
-        end = time.monotonic() + 30
-        while src.health.observations < sum(len(b) for b in batches) or daemon.backpressure.queued_batches:
-            assert time.monotonic() < end
-            await asyncio.sleep(0.05)
-        sampler.sample()
-        snap = provider.snapshot()
-    finally:
-        daemon.supervisor.request_stop("test over")
-        assert await asyncio.wait_for(run, 30) == 0
+    snap, metrics = await _drain_slowly(daemon, src, batches, lambda _: strides.append(daemon.pipeline.fix_stride))
     shed = daemon.pipeline.stats.dropped.get("fix_tick_shed", 0)
     assert shed > 0 and max(strides) == 3 and strides[0] == 1
     assert daemon.pipeline.stats.observations + src.health.dropped.get("backpressure", 0) == sum(

@@ -117,5 +117,6 @@ def test_the_daemon_hands_node_reports_to_the_wifi_source() -> None:
     )
     sources = build_sources(settings, load_store_layout(settings))
     wifi = next(s for s in sources if s.name.startswith("wifi"))
-    nodes = next(s for s in sources if hasattr(s, "core"))
-    assert nodes.core.on_wifi == wifi.node_probes  # type: ignore[attr-defined]
+    nodes = next(s for s in sources if s.capabilities.nodes is not None)
+    assert wifi.capabilities.probe_sink is not None
+    assert nodes.core.on_wifi == wifi.capabilities.probe_sink  # type: ignore[attr-defined]
