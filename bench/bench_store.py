@@ -41,7 +41,9 @@ localizer's fix zone and against the zone the presence engine reported (``all li
 ``linker`` separates linking error from zone error; fix zone beside reported zone separates
 localization from the engine's rules). ``--quiet-radio`` reruns the same stores with a quieter
 simulated radio (``QUIET_RADIO``), fixes about twice as accurate: what is left then is the
-engine's.
+engine's. Its ``leaving:`` line follows visitors' fixes per second after their last true crossing
+out of the store: metres into the pavement (truth / fix) and the share of fixes in a door zone
+(docs/ble.md, "Kiosk door").
 
 ``--glass`` (seconds, no presence engine): phones standing still near the shop front (windows:
 0.5-2.5 m from the glass; the aisle band 3.5-6 m; the pavement 0.5-3.5 m outside), the store
@@ -72,6 +74,7 @@ from gateway.layout import Layout, format_validation_error, load_layout, points_
 from gateway.localization.crlb import crlb_rmse
 from gateway.localization.localizer import MlLocalizer
 from gateway.localization.pathloss import PathLossModel
+from gateway.localization.zones import signed_depth
 from gateway.models import EventBase, Observation, VisitEnded, ZoneLeft
 from gateway.ops.layout_check import RadioModel, check_layout_coverage
 from gateway.pipeline import IdentityStage, Pipeline
@@ -114,6 +117,9 @@ class Confusion:
     # per visit whose first ("in") / last ("out") reported session is a door zone (kind entrance):
     # (reported start - true start, reported end - true end) of that crossing, seconds
     door: dict[str, list[tuple[float, float]]] = field(default_factory=lambda: {"in": [], "out": []})
+    # visitors' fixes from 2 s before to 12 s after their last true crossing out of the store:
+    # (whole seconds after it, true depth into the pavement, the fix's depth, fix in a door zone)
+    leaving: list[tuple[int, float, float, bool]] = field(default_factory=list)
 
     @classmethod
     def empty(cls) -> Confusion:
@@ -143,6 +149,17 @@ class Confusion:
                     f" {np.percentile(a[:, 1], 10):+.1f}..{np.percentile(a[:, 1], 90):+.1f}); length"
                     f" {(a[:, 1] - a[:, 0]).mean():+.1f} s a visit"
                 )
+        if self.leaving:
+            a = np.array(self.leaving, dtype=np.float64)
+            print("  leaving: s after the last true crossing -> metres into the pavement (true / fix), fixes in a door")
+            print(
+                "    "
+                + "  ".join(
+                    f"{int(k):+d}s {a[a[:, 0] == k, 1].mean():+.1f}/{a[a[:, 0] == k, 2].mean():+.1f}"
+                    f" {a[a[:, 0] == k, 3].mean() * 100:.0f}%"
+                    for k in np.unique(a[:, 0])
+                )
+            )
 
 
 def _truth_zones(
@@ -177,6 +194,45 @@ def _truth_zones(
     return out
 
 
+def _leaving_trace(
+    engine_zones: Callable[[np.ndarray], list[str | None]],
+    p: Any,
+    ts: np.ndarray,
+    tz: list[str],
+    fixes: list[tuple[str, float, float]],
+    outside: frozenset[str],
+    in_store: set[str],
+    doors: set[str],
+    polys: list[np.ndarray],
+) -> list[tuple[int, float, float, bool]]:
+    """One visitor's fixes from 2 s before to 12 s after their last true crossing out of the store:
+    (whole seconds after it, true depth into the outside zones, the fix's depth, fix in a door).
+
+    ``tz`` is :func:`_truth_zones` at ``ts`` (with ``outside``); ``fixes`` (zone, x, y) at ``ts``.
+    Depth: metres inside the deepest of ``polys`` (the outside zones), negative off them (in the store).
+    """
+    last_in = [i for i, z in enumerate(tz) if z in in_store]
+    after = [i for i, z in enumerate(tz) if z.endswith(">out")]
+    if not polys or not last_in or not after or last_in[-1] > after[0]:
+        return []
+    # the crossing: the person's last time in the store, on a 0.1 s grid of their path
+    grid = np.arange(ts[last_in[-1]], ts[after[0]] + 0.1, 0.1)
+    gx, gy = p.position(grid)
+    ins = [z is not None and z not in outside for z in engine_zones(np.column_stack([gx, gy]))]
+    t_x = float(grid[len(ins) - 1 - ins[::-1].index(True)]) if any(ins) else float(grid[0])
+    near = np.flatnonzero((ts >= t_x - 2.0) & (ts < t_x + 13.0))
+    if not near.size:
+        return []
+    tx, ty = p.position(ts[near])
+    true_d = np.max([signed_depth(np.column_stack([tx, ty]), q) for q in polys], axis=0)
+    fix_xy = np.array([[fixes[i][1], fixes[i][2]] for i in near.tolist()])
+    fix_d = np.max([signed_depth(fix_xy, q) for q in polys], axis=0)
+    return [
+        (int(np.floor(ts[i] - t_x)), a, b, fixes[i][0] in doors)
+        for i, a, b in zip(near.tolist(), true_d.tolist(), fix_d.tolist(), strict=True)
+    ]
+
+
 def run(
     layout_name: str,
     seed: int,
@@ -207,11 +263,13 @@ def run(
         }
     )
     sim = StoreSimulator(layout, sim_s)
-    fix_log: list[tuple[float, str, str]] = []
+    fix_log: list[tuple[float, str, str, float, float]] = []
     pipe = Pipeline(
         settings,
         layout,
-        on_fixes=(lambda fs: fix_log.extend((f.ts, f.device, f.zone or "-") for f in fs)) if confusion else None,
+        on_fixes=(lambda fs: fix_log.extend((f.ts, f.device, f.zone or "-", f.x, f.y) for f in fs))
+        if confusion
+        else None,
     )
     persons: dict[int, Any] = {}
     assert isinstance(pipe.identity, IdentityStage)
@@ -294,16 +352,30 @@ def run(
         outside_ids = frozenset(z.id for z in layout.zones if z.kind == "outside")
         vis_subj = {e.subject for e in visitors}
         confusion.truth.update({z[6:]: d for z, d in truth.items() if z.startswith("dwell.")})
-        by_subj: dict[str, list[tuple[float, str]]] = {}
-        for ts, subj, z in fix_log:
+        by_subj: dict[str, list[tuple[float, str, float, float]]] = {}
+        for ts, subj, z, fx, fy in fix_log:
             if subj in vis_subj:
-                by_subj.setdefault(subj, []).append((ts, z))
+                by_subj.setdefault(subj, []).append((ts, z, fx, fy))
+        doors = {z.id for z in layout.zones if z.kind == "entrance"}
+        out_polys = [np.asarray(z.polygon, dtype=np.float64) for z in layout.zones if z.kind == "outside"]
         for subj, rows in by_subj.items():
             pid = sim.device_owner.get(pn_dev.get(subj, -1))
             if pid is None or pid not in persons:
                 continue
-            tz = _truth_zones(zones_for, persons[pid], np.array([r[0] for r in rows]), outside_ids)
+            ts_arr = np.array([r[0] for r in rows])
+            tz = _truth_zones(zones_for, persons[pid], ts_arr, outside_ids)
             confusion.fixes.update(zip(tz, (r[1] for r in rows), strict=True))
+            confusion.leaving += _leaving_trace(
+                zones_for,
+                persons[pid],
+                ts_arr,
+                tz,
+                [(r[1], r[2], r[3]) for r in rows],
+                outside_ids,
+                in_store,
+                doors,
+                out_polys,
+            )
         for ev in events:
             if isinstance(ev, ZoneLeft) and ev.subject in vis_subj:
                 pid = sim.device_owner.get(pn_dev.get(ev.subject, -1))
@@ -312,7 +384,6 @@ def run(
                 grid = np.arange(ev.ts - ev.dwell_s, ev.ts, 1.0)
                 tz = _truth_zones(zones_for, persons[pid], grid, outside_ids)
                 confusion.reported.update(zip(tz, [ev.zone] * len(grid), strict=True))
-        doors = {z.id for z in layout.zones if z.kind == "entrance"}
         sessions: dict[str, list[tuple[float, float, str]]] = {}
         for ev in events:
             if isinstance(ev, ZoneLeft) and ev.subject in vis_subj:

@@ -56,3 +56,31 @@ def test_truth_splits_the_pavement_into_before_and_after_the_visit() -> None:
         "gone",
     ]
     assert bench_store._truth_zones(zones, _Walker(), ts) == ["gone", "pavement", "shop", "pavement", "gone"]
+
+
+def test_leaving_trace_dates_fixes_from_the_last_crossing_and_measures_depth() -> None:
+    """The walker crosses the glass (y = 0) on the way out at t = 15 + 5/3 s; fixes that stay at
+    y = 0.5 (in the door) while the person is on the pavement read as 0.5 m short of it."""
+
+    def zones(xy: np.ndarray) -> list[str | None]:
+        return ["pavement" if y < 0 else "door" for y in xy[:, 1]]
+
+    pavement = [np.array([[0.0, -4.0], [10.0, -4.0], [10.0, 0.0], [0.0, 0.0]])]
+    ts = np.arange(10.0, 20.0, 1.0)
+    tz = bench_store._truth_zones(zones, _Walker(), ts, frozenset({"pavement"}))
+    fixes = [("door", 5.0, 0.5)] * len(ts)
+    rows = bench_store._leaving_trace(
+        zones, _Walker(), ts, tz, fixes, frozenset({"pavement"}), {"door"}, {"door"}, pavement
+    )
+    crossing = 15.0 + 5.0 / 3.0
+    assert [r[0] for r in rows] == [int(np.floor(t - crossing)) for t in ts if crossing - 2 <= t < crossing + 13]
+    by_k = {r[0]: r for r in rows}
+    assert by_k[2][1] == pytest.approx(1.4)  # t = 19 s: y = 1 - 3 * 4 / 5 = -1.4, 1.4 m onto the pavement
+    assert all(r[2] == pytest.approx(-0.5) and r[3] for r in rows)
+    # no crossing out (the person never left): nothing
+    assert (
+        bench_store._leaving_trace(
+            zones, _Walker(), ts[:3], tz[:3], fixes[:3], frozenset({"pavement"}), {"door"}, {"door"}, pavement
+        )
+        == []
+    )
