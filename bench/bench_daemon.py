@@ -366,6 +366,7 @@ async def _serve(a: argparse.Namespace, signer: Any) -> None:
         "late": daemon.backpressure.dropped_late,
         "queue_full": src.health.dropped.get("backpressure", 0),
         "pipeline_cpu_s": daemon.worker.stats.cpu_s,
+        "pipeline_jobs": daemon.worker.stats.jobs,
         "trims": daemon.memory.runs,
         "trimmed_mb": daemon.memory.returned_kib / 1024,
         "maxrss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
@@ -438,11 +439,26 @@ class StackSampler:
     weighted by the CPU time the thread used since the previous sample (its CPU clock; idle
     threads weigh nothing). Writes
     the top functions (self and inclusive) to FILE at exit. A poor man's py-spy for a box without
-    it; costs ~1 % of a core itself."""
+    it; costs ~1 % of a core itself.
 
-    def __init__(self, out: Path, every_s: float, skip_s: float) -> None:
+    The sampler runs only when it holds the GIL, so it sees a busy thread mostly where that thread
+    lets the GIL go: at the interpreter's switch interval, or at a call that releases it (a socket
+    write, a queue wait) - and that frame is charged with all the CPU since the previous sample.
+    With the default 5 ms interval, the tail of every pipeline job (~12 ms each at 500 devices)
+    was charged to the ``call_soon_threadsafe`` write that ends it: "9.6 % of the pipeline thread
+    in ``_write_to_self``", where the handoff costs ~16 us a job, 4 jobs a second. So the profile
+    runs with a short switch interval, ``BENCH_CPU_SWITCH_MS`` (0.5; 0: leave Python's), which
+    shrinks what a GIL-releasing call is charged with (9.0 -> 3.4 % there, same machine load) but
+    does not remove it: the sampler itself waits for a core on a busy box. Read the self time of a
+    frame that lets the GIL go (``select``, a queue wait, a socket write) as partly the tail of
+    whatever that thread ran just before it."""
+
+    def __init__(self, out: Path, every_s: float, skip_s: float, switch_s: float = 0.0) -> None:
         import threading
 
+        self._switch0 = sys.getswitchinterval()  # given back at ``stop``
+        if switch_s > 0:
+            sys.setswitchinterval(switch_s)
         self.out, self.every, self.skip = out, every_s, skip_s
         self.self_counts: dict[tuple[str, str], int] = {}
         self.incl_counts: dict[tuple[str, str], int] = {}
@@ -455,7 +471,8 @@ class StackSampler:
     def from_env(cls) -> StackSampler | None:
         f = os.environ.get("BENCH_CPU_PROFILE")
         every = float(os.environ.get("BENCH_CPU_EVERY_MS", "2")) / 1000
-        return cls(Path(f), every, float(os.environ.get("BENCH_CPU_SKIP_S", "0"))) if f else None
+        switch = float(os.environ.get("BENCH_CPU_SWITCH_MS", "0.5")) / 1000
+        return cls(Path(f), every, float(os.environ.get("BENCH_CPU_SKIP_S", "0")), switch) if f else None
 
     def _run(self) -> None:
         import threading
@@ -506,7 +523,11 @@ class StackSampler:
     def stop(self) -> None:
         self._stop.set()
         self._t.join(5)
-        lines = [f"CPU us sampled by thread: {self.samples}"]
+        lines = [
+            f"CPU us sampled by thread: {self.samples} "
+            f"(switch interval {sys.getswitchinterval() * 1000:g} ms, sample every {self.every * 1000:g} ms)"
+        ]
+        sys.setswitchinterval(self._switch0)
         for title, counts in (("self", self.self_counts), ("inclusive", self.incl_counts)):
             lines.append(f"== top {title} ==")
             for (tn, fn), n in sorted(counts.items(), key=lambda kv: -kv[1])[:60]:
@@ -951,7 +972,8 @@ def main(argv: list[str]) -> None:
                     f"paced, {r['obs_s']:,.0f} obs/s, arrival rate {r['rate']:.0f} shoppers/h; reference idle "
                     f"{idle * 100:.2f} %); RSS start {r['rss'][0]:.0f}, peak {max(r['rss']):.0f}, end "
                     f"{r['rss'][-1]:.0f} MB (python+numpy {ref:.0f} MB); pipeline thread "
-                    f"{d.get('pipeline_cpu_s', 0):.1f} CPU s in all, late {d.get('late')}, events "
+                    f"{d.get('pipeline_cpu_s', 0):.1f} CPU s in {d.get('pipeline_jobs')} jobs, late {d.get('late')}, "
+                    f"events "
                     f"{d.get('committed')}, activations {d.get('activations')}{bar}",
                     flush=True,
                 )

@@ -68,3 +68,43 @@ def test_stack_sampler_finds_the_busy_function(tmp_path: Path) -> None:
     text = (tmp_path / "cpu.txt").read_text()
     assert "busy_loop_for_the_sampler" in text
     assert "'busy'" in text.splitlines()[0]
+
+
+def test_stack_sampler_profiles_with_a_short_switch_interval_and_gives_it_back(tmp_path: Path) -> None:
+    # a sample lands where a busy thread lets the GIL go and is charged with the CPU since the
+    # previous one: Python's 5 ms switch interval charged the tail of every pipeline job to the
+    # socket write that hands its result to the loop (a "handoff cost" that was not there)
+    import sys
+
+    from bench.bench_daemon import StackSampler
+
+    before = sys.getswitchinterval()
+    s = StackSampler(tmp_path / "cpu.txt", 0.002, 0.0, 0.0005)
+    try:
+        assert sys.getswitchinterval() == pytest.approx(0.0005)
+    finally:
+        s.stop()
+    assert sys.getswitchinterval() == pytest.approx(before)
+    assert "switch interval 0.5 ms" in (tmp_path / "cpu.txt").read_text().splitlines()[0]
+
+
+def test_stack_sampler_switch_interval_comes_from_the_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import sys
+
+    from bench.bench_daemon import StackSampler
+
+    before = sys.getswitchinterval()
+    monkeypatch.setenv("BENCH_CPU_PROFILE", str(tmp_path / "cpu.txt"))
+    monkeypatch.setenv("BENCH_CPU_SWITCH_MS", "0")  # 0: Python's own interval, untouched
+    s = StackSampler.from_env()
+    assert s is not None
+    assert sys.getswitchinterval() == before
+    s.stop()
+    monkeypatch.delenv("BENCH_CPU_SWITCH_MS")
+    s = StackSampler.from_env()
+    assert s is not None
+    assert sys.getswitchinterval() == pytest.approx(0.0005)  # the default while profiling
+    s.stop()
+    assert sys.getswitchinterval() == before
