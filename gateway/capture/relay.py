@@ -277,8 +277,9 @@ class _Capture:
             self.status.channel = self.hopper.current
             self.relay.send_status(self.status)
             self._dirty.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._dirty.wait(), STATUS_EVERY_S)
+            with contextlib.suppress(TimeoutError):  # not wait_for: it can swallow a cancel on 3.11
+                async with asyncio.timeout(STATUS_EVERY_S):
+                    await self._dirty.wait()
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()

@@ -408,8 +408,11 @@ class WifiRelaySource:
             while True:
                 # wake at least once a second: held MACs must not wait for the next frame, and a
                 # silent relay must show on the status page
+                # asyncio.timeout, not wait_for: on 3.11 wait_for swallows a cancel that lands as the
+                # event is set (gh-86296), and this loop would then never stop
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), 1.0)
+                    async with asyncio.timeout(1.0):
+                        await self._wake.wait()
                 self._wake.clear()
                 if self._conv.held:
                     self._release(self._conv.poll(self._clock()))

@@ -218,8 +218,9 @@ class Uplink:
         self.stats.last_reason_code = code
 
     async def _sleep_or_stop(self, delay: float) -> None:
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._stop.wait(), delay)
+        with contextlib.suppress(TimeoutError):  # not wait_for: it can swallow a cancel on 3.11
+            async with asyncio.timeout(delay):
+                await self._stop.wait()
 
     # -- main loop ------------------------------------------------------------------------
 

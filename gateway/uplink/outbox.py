@@ -841,8 +841,9 @@ class Outbox:
     async def wait_for_data(self, timeout: float | None = None) -> bool:
         """Wait until an append commits (or timeout); return True if one did."""
         if not self._data.is_set():
-            try:
-                await asyncio.wait_for(self._data.wait(), timeout)
+            try:  # not wait_for: on 3.11 it can swallow a cancel that lands as an append commits
+                async with asyncio.timeout(timeout):
+                    await self._data.wait()
             except TimeoutError:
                 return False
         self._data.clear()

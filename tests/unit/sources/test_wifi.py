@@ -245,6 +245,26 @@ async def test_relay_source_says_why_it_cannot_bind(tmp_path: Path) -> None:
     assert "No such file or directory" in src.health.detail["error"]
 
 
+async def test_relay_source_stops_when_cancelled_as_it_is_woken(tmp_path: Path) -> None:
+    """A cancel that lands in the same loop step as a wake-up still stops the source (with
+    asyncio.wait_for on Python 3.11 the cancel was swallowed and the consumer never ended: an
+    integration run hung in its teardown)."""
+    src = WifiRelaySource(WifiSettings(capture_socket=tmp_path / "capture.sock"))
+
+    async def consume() -> None:
+        async for _ in src.batches():
+            pass
+
+    task = asyncio.create_task(consume())
+    for _ in range(20):  # let it open the socket and wait
+        await asyncio.sleep(0)
+    src._wake.set()  # the relay's frame / disconnect wakes it ...
+    task.cancel()  # ... as the daemon stops it
+    with pytest.raises(asyncio.CancelledError):
+        await asyncio.wait_for(task, 3.0)
+    assert src.health.state == "stopped"
+
+
 def test_wifi_settings_from_toml_and_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     cfg = tmp_path / "g.toml"
     cfg.write_text('[wifi]\nenabled = true\ninterface = "wlan1mon"\nchannels = [1, 6]\nlinktype = "radiotap"\n')
