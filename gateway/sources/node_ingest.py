@@ -237,10 +237,7 @@ class NodeIngest:
             return
         newest = max(a.dt_s for a in b.adverts)
         sample = arrival - (b.t0 + newest)
-        if abs(sample) > self.settings.max_clock_skew_s:
-            st.drop("clock_skew")
-            self._drop("clock_skew")
-            st.last_error = f"t0_ms: node clock {sample:+.1f} s off the gateway's"
+        if self._skewed(st, sample):
             return
         # fast down, slow up: a queueing burst raises one sample, not the estimate
         lat = st.latency_s
@@ -259,6 +256,16 @@ class NodeIngest:
         st.last_observation = arrival
         self.observations += n
 
+    def _skewed(self, st: NodeState, sample: float) -> bool:
+        """Whether a report's clock sample (arrival - node time) is past ``max_clock_skew_s``:
+        then the report is dropped and counted, and the node's error says by how much."""
+        if abs(sample) <= self.settings.max_clock_skew_s:
+            return False
+        st.drop("clock_skew")
+        self._drop("clock_skew")
+        st.last_error = f"t0_ms: node clock {sample:+.1f} s off the gateway's"
+        return True
+
     def _wifi(self, st: NodeState, payload: bytes, arrival: float) -> None:
         """A node's probe requests (``models.WifiNodeReport``): on the gateway's clock as native
         adverts are (the node's latency estimate, its spacing kept), to :attr:`on_wifi`."""
@@ -276,10 +283,7 @@ class NodeIngest:
             return
         newest = max(p.dt for p in r.probes) / 1000.0
         sample = arrival - (r.t0_ms / 1000.0 + newest)
-        if abs(sample) > self.settings.max_clock_skew_s:
-            st.drop("clock_skew")
-            self._drop("clock_skew")
-            st.last_error = f"t0_ms: node clock {sample:+.1f} s off the gateway's"
+        if self._skewed(st, sample):
             return
         anchor = arrival - min(max(st.latency_s, 0.0), self.settings.latency_max_s) - newest
         n = len(r.probes)
