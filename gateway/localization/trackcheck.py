@@ -25,10 +25,10 @@ def check_tx_prior(
     """For the devices in ``slots`` whose P(walking) exceeds ``p_walk``, set the offset entries of the
     prior ``mean`` ``(k, 3)`` / precision ``(k, 3, 3)`` (in place) to the tracker's mixture mean of the
     offset and 1 / (its mixture variance + ``sd_db``²)."""
-    w = tracker.mu[slots][:, 1] > p_walk
+    mu = tracker.mu[slots]
+    w = mu[:, 1] > p_walk
     if not w.any():
         return
-    mu = tracker.mu_m[slots]
     rows = slots[w]
     d = tracker.x[rows, :, 4]
     m = np.einsum("nj,nj->n", mu[w], d)

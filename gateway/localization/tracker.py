@@ -39,18 +39,6 @@ class TrackerParams:
     tx_drift_db: float = 0.05
     init_speed_sd: float = 0.8
     bounds: tuple[float, float, float, float] = (-2.0, 32.0, -5.0, 22.0)
-    # the third, *manoeuvring* model (a turn, a start, a stop): nearly-constant velocity with a large
-    # white acceleration ``turn_accel_sigma`` (0: off, two models), entered from walking every
-    # ``turn_every_s`` on average and from standing with probability ``turn_start_p`` of a start,
-    # left after ``turn_s`` on average (to standing with probability ``turn_stop_p``);
-    # ``turn_per_speed`` > 0: its acceleration is max(``turn_accel_sigma``, ``turn_per_speed`` x speed)
-    # (a turn's change of velocity scales with the speed: a slow walker's turn needs little)
-    turn_accel_sigma: float = 0.0
-    turn_s: float = 3.0
-    turn_every_s: float = 10.0
-    turn_start_p: float = 0.5
-    turn_stop_p: float = 0.2
-    turn_per_speed: float = 0.0
 
 
 def _inv3(a: F64) -> tuple[F64, F64]:
@@ -86,42 +74,26 @@ def _sym(a: F64) -> F64:
 class ImmTracker:
     def __init__(self, params: TrackerParams, capacity: int = 64) -> None:
         self.params = params
-        m = self.models = 3 if params.turn_accel_sigma > 0 else 2
-        self.x = np.zeros((capacity, m, 5))
-        self.P = np.tile(np.eye(5), (capacity, m, 1, 1))
-        # a new track: even odds standing / moving (the moving share split as a start is)
-        self._mu0 = (
-            np.array([0.5, 0.5])
-            if m == 2
-            else np.array([0.5, 0.5 * (1 - params.turn_start_p), 0.5 * params.turn_start_p])
-        )
-        self.mu_m = np.tile(self._mu0, (capacity, 1))
+        self.x = np.zeros((capacity, 2, 5))
+        self.P = np.tile(np.eye(5), (capacity, 2, 1, 1))
+        self.mu = np.full((capacity, 2), 0.5)
         self.t = np.zeros(capacity)
         # per-tick predictions kept between predict() and update()
-        self._xp = np.zeros((0, m, 5))
-        self._Pp = np.zeros((0, m, 5, 5))
-        self._c = np.zeros((0, m))
-
-    @property
-    def mu(self) -> F64:
-        """``(capacity, 2)``: P(standing), P(moving) per slot - with the manoeuvring model, its weight
-        counts as moving (a view of the models' weights when there are two: writable)."""
-        if self.models == 2:
-            return self.mu_m
-        return np.column_stack([self.mu_m[:, 0], self.mu_m[:, 1:].sum(axis=1)])
+        self._xp = np.zeros((0, 2, 5))
+        self._Pp = np.zeros((0, 2, 5, 5))
+        self._c = np.zeros((0, 2))
 
     def ensure(self, capacity: int) -> None:
         cur = self.x.shape[0]
         if capacity <= cur:
             return
         new = max(capacity, 2 * cur)
-        m = self.models
-        x = np.zeros((new, m, 5))
-        p = np.tile(np.eye(5), (new, m, 1, 1))
-        mu = np.tile(self._mu0, (new, 1))
+        x = np.zeros((new, 2, 5))
+        p = np.tile(np.eye(5), (new, 2, 1, 1))
+        mu = np.full((new, 2), 0.5)
         t = np.zeros(new)
-        x[:cur], p[:cur], mu[:cur], t[:cur] = self.x, self.P, self.mu_m, self.t
-        self.x, self.P, self.mu_m, self.t = x, p, mu, t
+        x[:cur], p[:cur], mu[:cur], t[:cur] = self.x, self.P, self.mu, self.t
+        self.x, self.P, self.mu, self.t = x, p, mu, t
 
     def init(self, slots: I64, t: F64 | float, theta: F64, cov: F64) -> None:
         n = slots.size
@@ -132,15 +104,15 @@ class ImmTracker:
         p[np.ix_(np.arange(n), THETA, THETA)] = cov
         self.x[slots] = x[:, None, :]
         self.P[slots] = p[:, None, :, :]
-        self.mu_m[slots] = self._mu0
+        self.mu[slots] = 0.5
         self.t[slots] = t
 
-    def _models(self, dt: F64, speed: F64 | None = None) -> tuple[F64, F64]:
+    def _models(self, dt: F64) -> tuple[F64, F64]:
         """Transition matrices and process noise ``(n, 2, 5, 5)`` for elapsed times ``dt`` ``(n,)``."""
         n = dt.size
         p = self.params
-        f = np.zeros((n, self.models, 5, 5))
-        q = np.zeros((n, self.models, 5, 5))
+        f = np.zeros((n, 2, 5, 5))
+        q = np.zeros((n, 2, 5, 5))
         # standing
         f[:, 0, 0, 0] = f[:, 0, 1, 1] = f[:, 0, 4, 4] = 1.0
         q[:, 0, 0, 0] = q[:, 0, 1, 1] = p.static_sigma_m**2 * dt
@@ -150,40 +122,13 @@ class ImmTracker:
         f[:, 1, 0, 0] = f[:, 1, 1, 1] = f[:, 1, 4, 4] = 1.0
         f[:, 1, 0, 2] = f[:, 1, 1, 3] = dt
         f[:, 1, 2, 2] = f[:, 1, 3, 3] = decay
-        if self.models == 3:
-            f[:, 2] = f[:, 1]
-        sa3: F64 | float = p.turn_accel_sigma
-        if p.turn_per_speed > 0 and speed is not None:
-            sa3 = np.maximum(p.turn_accel_sigma, p.turn_per_speed * speed)
-        for j, sa in ((1, p.accel_sigma), (2, sa3))[: self.models - 1]:
-            qa = sa**2
-            for i, v in ((0, 2), (1, 3)):
-                q[:, j, i, i] = qa * dt**3 / 3.0
-                q[:, j, i, v] = q[:, j, v, i] = qa * dt**2 / 2.0
-                q[:, j, v, v] = qa * dt
+        qa = p.accel_sigma**2
+        for i, v in ((0, 2), (1, 3)):
+            q[:, 1, i, i] = qa * dt**3 / 3.0
+            q[:, 1, i, v] = q[:, 1, v, i] = qa * dt**2 / 2.0
+            q[:, 1, v, v] = qa * dt
         q[:, :, 4, 4] = p.tx_drift_db**2 * dt[:, None]
         return f, q
-
-    def _transitions(self, dt: F64) -> F64:
-        """Model transition probabilities ``(n, M, M)`` (row: from, column: to) over ``dt``."""
-        p = self.params
-        p01 = 1.0 - np.exp(-dt / p.stand_s)
-        p10 = 1.0 - np.exp(-dt / p.walk_s)
-        pi = np.empty((dt.size, self.models, self.models))
-        if self.models == 2:
-            pi[:, 0, 0], pi[:, 0, 1] = 1.0 - p01, p01
-            pi[:, 1, 0], pi[:, 1, 1] = p10, 1.0 - p10
-            return pi
-        # walking leaves at two rates (stops, manoeuvres): split the probability of leaving by them
-        r_stop, r_turn = 1.0 / p.walk_s, 1.0 / p.turn_every_s
-        p1x = 1.0 - np.exp(-dt * (r_stop + r_turn))
-        p2x = 1.0 - np.exp(-dt / p.turn_s)
-        pi[:, 0, 0], pi[:, 0, 1], pi[:, 0, 2] = 1.0 - p01, p01 * (1.0 - p.turn_start_p), p01 * p.turn_start_p
-        pi[:, 1, 0] = p1x * r_stop / (r_stop + r_turn)
-        pi[:, 1, 2] = p1x * r_turn / (r_stop + r_turn)
-        pi[:, 1, 1] = 1.0 - p1x
-        pi[:, 2, 0], pi[:, 2, 1], pi[:, 2, 2] = p2x * p.turn_stop_p, p2x * (1.0 - p.turn_stop_p), 1.0 - p2x
-        return pi
 
     def predict(self, slots: I64, t: F64 | float) -> tuple[F64, F64]:
         """IMM mixing + prediction to time ``t`` (per device or one for all); returns the combined prior
@@ -192,17 +137,22 @@ class ImmTracker:
         ``t`` is the time the next measurement describes - for a window of adverts, their mean time, not
         the tick: fusing a window as if taken at its end lags a walker by speed x window / 2.
         """
+        p = self.params
         dt = np.maximum(t - self.t[slots], 1e-3)
-        mu = self.mu_m[slots]
+        mu = self.mu[slots]
         x = self.x[slots]
         P = self.P[slots]
-        pi = self._transitions(dt)
+        p01 = 1.0 - np.exp(-dt / p.stand_s)
+        p10 = 1.0 - np.exp(-dt / p.walk_s)
+        pi = np.empty((dt.size, 2, 2))
+        pi[:, 0, 0], pi[:, 0, 1] = 1.0 - p01, p01
+        pi[:, 1, 0], pi[:, 1, 1] = p10, 1.0 - p10
         c = np.einsum("nij,ni->nj", pi, mu)
         w = pi * mu[:, :, None] / np.maximum(c[:, None, :], 1e-300)  # w[n, i, j] = P(i | j)
         x0 = np.einsum("nij,nik->njk", w, x)
         dx = x[:, :, None, :] - x0[:, None, :, :]  # (n, i, j, 5)
         P0 = np.einsum("nij,nikl->njkl", w, P) + np.einsum("nij,nijk,nijl->njkl", w, dx, dx)
-        f, q = self._models(dt, np.hypot(x0[:, -1, 2], x0[:, -1, 3]))
+        f, q = self._models(dt)
         xp = np.einsum("njkl,njl->njk", f, x0)
         # matmul chains, not 3-operand einsums: ~4x faster at tick sizes
         Pp = _sym(f @ P0 @ f.swapaxes(-1, -2) + q)
@@ -241,24 +191,24 @@ class ImmTracker:
         w = c * np.exp(np.maximum(ll, -50.0))
         mu = np.clip(w / w.sum(axis=1, keepdims=True), 1e-4, 1.0)
         mu /= mu.sum(axis=1, keepdims=True)
-        self.x[slots], self.P[slots], self.mu_m[slots], self.t[slots] = x, P, mu, t
+        self.x[slots], self.P[slots], self.mu[slots], self.t[slots] = x, P, mu, t
 
     def estimate(self, slots: I64, at: float | None = None) -> tuple[F64, F64, F64]:
-        """Combined state ``(n, 5)``, covariance ``(n, 5, 5)`` and walking (moving) probability ``(n,)``.
+        """Combined state ``(n, 5)``, covariance ``(n, 5, 5)`` and walking probability ``(n,)``.
 
         ``at``: extrapolate each model from its last measurement time to ``at`` first (a fix at the tick
         from adverts heard on average half a window earlier; without this a walker's fix lags).
         """
-        mu = self.mu_m[slots]
+        mu = self.mu[slots]
         x = self.x[slots]
         P = self.P[slots]
         if at is not None:
             dt = np.maximum(at - self.t[slots], 0.0)
-            f, q = self._models(dt, np.hypot(x[:, -1, 2], x[:, -1, 3]))
+            f, q = self._models(dt)
             x = np.einsum("njkl,njl->njk", f, x)
             P = _sym(f @ P @ f.swapaxes(-1, -2) + q)
         m = np.einsum("nj,njk->nk", mu, x)
         d = x - m[:, None, :]
         # the spread of the model means as one batched matmul (the 3-operand einsum is ~4x slower)
         P = np.einsum("nj,njkl->nkl", mu, P) + (d * mu[:, :, None]).swapaxes(1, 2) @ d
-        return m, P, (mu[:, 1] if self.models == 2 else 1.0 - mu[:, 0])
+        return m, P, mu[:, 1]
