@@ -51,6 +51,7 @@ from gateway.identity.wifi_links import (
     in_burst_pos,
     link_score,
 )
+from gateway.identity.wifi_locate import BurstLocator
 from gateway.identity.wifi_presence import FOLLOWED_MIN, PresenceModel, PresenceParams
 from gateway.models import PresenceMark
 from gateway.parsers.ieee80211 import family_of
@@ -83,8 +84,11 @@ class ChainParams:
 class ChainGrouper:
     """Feed every probe request with :meth:`add`, then :meth:`solve` for the group of each MAC."""
 
-    def __init__(self, params: ChainParams | None = None, *, prefix: str = "w") -> None:
+    def __init__(
+        self, params: ChainParams | None = None, *, prefix: str = "w", locator: BurstLocator | None = None
+    ) -> None:
         self.params = params or ChainParams()
+        self.locator = locator  # several receivers: bursts placed in metres (wifi_locate.py), else dB steps
         self._link = self.params.link
         self._timing = TimingTable(self._link)
         # stage 2 links bursts: every link is across bursts (stage 1 took the ones within)
@@ -376,6 +380,7 @@ class ChainGrouper:
         )
         tracker.fp_shares = share
         tracker.node_miss = self.node_miss
+        tracker.locator = self.locator
         pred: dict[int, str] = {}
         link_p = self.link_p = {}
         p_start: dict[str, float] = {}

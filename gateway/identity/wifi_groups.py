@@ -50,6 +50,7 @@ from gateway.identity.wifi_links import (
     evidence_score,
     in_burst_pos,
 )
+from gateway.identity.wifi_locate import BurstLocator
 from gateway.identity.wifi_presence import FOLLOWED_MIN, PresenceModel, PresenceParams
 from gateway.models import PresenceMark
 
@@ -127,7 +128,9 @@ class _Learned:
 class WifiGrouper:
     """Online grouping: :meth:`offer` (holding) or :meth:`observe` (at once) per probe request."""
 
-    def __init__(self, params: GroupParams | None = None, *, prefix: str = "w") -> None:
+    def __init__(
+        self, params: GroupParams | None = None, *, prefix: str = "w", locator: BurstLocator | None = None
+    ) -> None:
         self.params = params or GroupParams()
         p = self.params
         self._prefix = prefix
@@ -135,6 +138,7 @@ class WifiGrouper:
         self._link = p.link
         self._cross = replace(p.link, in_burst_share=0.01)  # stage 2 links bursts: never within one
         self._tracker = Tracker(self._cross, TimingTable(self._cross), min_p=p.min_p, default_arrivals=p.arrivals)
+        self._tracker.locator = locator  # several receivers: bursts placed in metres (wifi_locate.py)
         self._macs: dict[str, _MacState] = {}
         self._open: dict[str, list[_Unit]] = {}  # family -> bursts still open (stage 1 candidates)
         self._learned: dict[str, _Learned] = {}
