@@ -42,8 +42,9 @@ class TrackerParams:
     # heading persistence: a walker's acceleration noise along its velocity is ``accel_sigma`` x
     # ``along_scale``, across it ``accel_sigma`` x ``cross_scale`` (1, 1: the same in every direction),
     # blended to the same in every direction as the speed falls below ``heading_min_speed``
-    along_scale: float = 1.0
-    cross_scale: float = 1.0
+    # (docs/localization.md 9.9: on the real tracks, the family and the store doors)
+    along_scale: float = 1.5
+    cross_scale: float = 0.5
     heading_min_speed: float = 0.2
 
 
