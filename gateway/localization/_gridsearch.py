@@ -70,12 +70,13 @@ def grid_cost(
     g = grid_mu_t.shape[1]
     cost = np.zeros((n, g))
     heard, miss = cnt != 0, missed != 0
+    nh, nm = heard.sum(axis=1), miss.sum(axis=1)
     # the censored cells' erfc path is that of all of them at once (see the module docstring)
-    exact = int(np.count_nonzero(miss)) * g <= _SCALAR_MAX
+    exact = int(nm.sum()) * g <= _SCALAR_MAX
     per_block = max(1, block_elems // g)
-    size = (per_block + cnt.shape[1]) * g
+    size = min(per_block + cnt.shape[1], max(int(nh.sum()), int(nm.sum()))) * g
     buf, tmp = np.empty(size), np.empty(size)
-    for lo, hi in _blocks(heard.sum(axis=1), per_block):
+    for lo, hi in _blocks(nh, per_block):
         hd, hs = np.nonzero(heard[lo:hi])
         p = hd.size
         e = np.take(grid_mu_t, hs, axis=0, out=buf[: p * g].reshape(p, g))
@@ -83,7 +84,7 @@ def grid_cost(
         e -= np.take(delta[lo:hi], hd, axis=0, out=tmp[: p * g].reshape(p, g))
         rho = heard_cost(e, cnt[lo:hi][hd, hs][:, None], tmp[: p * g].reshape(p, g))
         _add_rows(cost[lo:hi], hd, rho)
-    for lo, hi in _blocks(miss.sum(axis=1), per_block):
+    for lo, hi in _blocks(nm, per_block):
         md, ms = np.nonzero(miss[lo:hi])
         q = md.size
         mu = np.take(grid_mu_t, ms, axis=0, out=buf[: q * g].reshape(q, g))

@@ -1,96 +1,26 @@
 """The blocked grid search (``_gridsearch.grid_cost``) scores every grid point bit for bit as the
 unblocked evaluation it replaced did, so the grid search's argmin - the fix's starting point - is the
-same: the reference below is that evaluation, as it was (issue 22: the fix computation's CPU, outputs
-unchanged)."""
+same: the reference is that evaluation as it was (``bench.bench_localize.grid_search_unblocked``, the
+bench's same-run reference too; issue 22: the fix computation's CPU, outputs unchanged)."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
+from bench.bench_localize import grid_search_unblocked
 from gateway.config import LocalizationSettings
 from gateway.layout import Layout, load_layout
 from gateway.localization._gridsearch import _blocks, grid_cost
 from gateway.localization.estimator import Estimator, EstimatorParams, Problem
 from gateway.localization.localizer import MlLocalizer
-from gateway.localization.pathloss import F64, PathLossModel, log_norm_cdf, norm_cdf
+from gateway.localization.pathloss import F64, PathLossModel
 from gateway.localization.region import Walkable
 from gateway.localization.synth import RadioParams, synthetic_run
 from gateway.models import Observation
 from tests.conftest import LAYOUT
 
 from .conftest import interior_positions, static_problem
-
-
-def _add_rows_ref(out: F64, rows: np.ndarray, vals: F64) -> None:
-    if rows.size == 0:
-        return
-    starts = np.flatnonzero(np.r_[True, rows[1:] != rows[:-1]])
-    out[rows[starts]] += np.add.reduceat(vals, starts, axis=0)
-
-
-def _heard_cost_ref(est: Estimator, e: F64, count: F64) -> F64:
-    u2 = count * e
-    u2 *= e
-    u2 /= est.params.sigma_db**2
-    if est.params.nu > 0:
-        nu = est.params.nu * np.maximum(count, 1.0)
-        u2 /= nu
-        np.log1p(u2, out=u2)
-        u2 *= 0.5 * (nu + 1.0)
-        return u2
-    u2 *= 0.5
-    return u2
-
-
-def _missed_loss_ref(est: Estimator, mu: F64, missed: F64, sens: np.ndarray) -> F64:
-    sig = est.params.sigma_db
-    floor, eps = est._floor_eps(sens)
-    alpha = (floor - mu) / sig
-    if est.params.packet_loss > 0:
-        like = eps + (1.0 - eps) * norm_cdf(alpha)
-        loss = -np.log(like)
-    else:
-        loss = -log_norm_cdf(alpha)
-    return np.asarray(missed * loss)
-
-
-def grid_search_ref(
-    est: Estimator, prob: Problem, delta_mean: F64, delta_prec: F64, chunk_elems: int = 1_000_000
-) -> tuple[F64, F64]:
-    """``Estimator.grid_search`` as it was before the blocks (its own grid)."""
-    grid, grid_mu_t = est.grid, est._grid_mu_t
-    d_all = prob.num_devices
-    s = est.model.num_sensors
-    g = grid.shape[0]
-    theta = np.empty((d_all, 3))
-    best_cost = np.empty(d_all)
-    step = max(1, chunk_elems // (g * s))
-    s2 = est.params.sigma_db**2
-    for lo in range(0, d_all, step):
-        sl = slice(lo, min(d_all, lo + step))
-        cnt, mean, missed = prob.count[sl], prob.mean[sl], prob.missed[sl]
-        w = cnt / s2
-        num = (w * mean).sum(1)[:, None] - w @ grid_mu_t + (delta_prec[sl] * delta_mean[sl])[:, None]
-        den = w.sum(1)[:, None] + delta_prec[sl][:, None]
-        delta = num / np.maximum(den, 1e-12)
-        hd, hs = np.nonzero(cnt)
-        e = mean[hd, hs][:, None] - grid_mu_t[hs]
-        e -= delta[hd]
-        rho = _heard_cost_ref(est, e, cnt[hd, hs][:, None])
-        cost = np.zeros((cnt.shape[0], g))
-        _add_rows_ref(cost, hd, rho)
-        md, ms = np.nonzero(missed)
-        if md.size:
-            lc = _missed_loss_ref(est, grid_mu_t[ms] + delta[md], missed[md, ms][:, None], ms[:, None])
-            _add_rows_ref(cost, md, lc)
-        prior = 0.5 * delta_prec[sl][:, None] * (delta - delta_mean[sl][:, None]) ** 2
-        k = np.argmin(cost + prior, axis=1)
-        rows = np.arange(cost.shape[0])
-        theta[sl, :2] = grid[k]
-        theta[sl, 2] = delta[rows, k]
-        best_cost[sl] = cost[rows, k]
-    return theta, best_cost
 
 
 def _random_problem(model: PathLossModel, n: int, seed: int, floor: float) -> Problem:
@@ -135,7 +65,7 @@ def test_blocked_grid_search_is_the_unblocked_one_bit_for_bit(
     dm = rng.normal(0.0, 2.0, n)
     dp = np.where(rng.random(n) < 0.5, 1.0 / 16.0, rng.uniform(0.0, 1.0, n))
     for chunk in (1_000_000, 5_000):  # one chunk, and several (each with its own erfc path)
-        theta0, cost0 = grid_search_ref(est, prob, dm, dp, chunk)
+        theta0, cost0 = grid_search_unblocked(est, prob, dm, dp, chunk)
         theta1, cost1 = est.grid_search(prob, dm, dp, chunk)
         assert np.array_equal(theta0, theta1)
         assert np.array_equal(cost0, cost1)
@@ -202,18 +132,6 @@ def test_localizer_fixes_unchanged_by_the_blocks(monkeypatch: pytest.MonkeyPatch
     new, started = fixes()
     assert len(calls) > ticks.size and len(new) > 500 and started >= 60
 
-    def reference(
-        self: Estimator, prob: Problem, dm: F64, dp: F64, chunk_elems: int = 1_000_000, grid: F64 | None = None
-    ) -> tuple[F64, F64]:
-        if grid is None:
-            return grid_search_ref(self, prob, dm, dp, chunk_elems)
-        saved = self.grid, self._grid_mu_t
-        self.grid, self._grid_mu_t = grid, np.ascontiguousarray(self.model.mean_rssi(grid).T)
-        try:
-            return grid_search_ref(self, prob, dm, dp, chunk_elems)
-        finally:
-            self.grid, self._grid_mu_t = saved
-
-    monkeypatch.setattr(Estimator, "grid_search", reference)
+    monkeypatch.setattr(Estimator, "grid_search", grid_search_unblocked)
     old, _ = fixes()
     assert new == old
