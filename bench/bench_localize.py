@@ -79,7 +79,13 @@ def grid_search_unblocked(
     if grid is None:
         grid, grid_mu_t = est.grid, est._grid_mu_t
     else:
-        grid_mu_t = np.ascontiguousarray(est.model.mean_rssi(grid).T)
+        cached = est._grids.get(id(grid))
+        if cached is None or cached[0] is not grid:
+            if len(est._grids) > 8:
+                est._grids.clear()
+            cached = (grid, np.ascontiguousarray(est.model.mean_rssi(grid).T))
+            est._grids[id(grid)] = cached
+        grid_mu_t = cached[1]
     d_all = prob.num_devices
     s = est.model.num_sensors
     g = grid.shape[0]
