@@ -14,12 +14,15 @@ and the censored cells take the erfc path the whole chunk would have taken (``ma
 cells, the rational approximation otherwise) - costs, and so the argmin, are bit for bit those of
 the unblocked evaluation (``tests/unit/localization/test_grid_blocks.py`` holds them to it).
 
-Measured (``python -m bench.bench_localize``, the unblocked search beside it in the same run): the
-grid searches ~28 % less CPU at 500 devices (the tick ~11 %), the same at 100; the first tick of a
-full store (every track new, the 1 m grid) allocates ~6 MB instead of ~32 MB, which had stayed in
-the daemon's RSS. Tried and left: evaluating the censored terms only where a lower bound (heard
-cost + prior) does not rule a point out keeps ~20 % of the points on these windows, and gathering
-them cost more than it saved; numexpr was slower on the heard terms and not bit for bit numpy's.
+Measured (``python -m bench.bench_localize``, the unblocked search beside it in the same run): a
+tick's median CPU 0.84 x at 500 devices, 0.76 x at 2,000, unchanged at 100 (the grid searches ~0.7 x
+where they are large); the first tick of a full store (every track new, the 1 m grid) allocates
+~7 MB instead of ~32 MB, which had stayed in the daemon's RSS (its peak 98-99 MB instead of
+116-119 MB in ``bench_daemon --devices 500``).
+
+Tried and left: evaluating the censored terms only where a lower bound (heard cost + prior) does not
+rule a point out keeps ~20 % of the points on these windows, and gathering them cost more than it
+saved; numexpr was slower on the heard terms and not bit for bit numpy's.
 """
 
 from __future__ import annotations
