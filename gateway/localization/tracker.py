@@ -39,6 +39,13 @@ class TrackerParams:
     tx_drift_db: float = 0.05
     init_speed_sd: float = 0.8
     bounds: tuple[float, float, float, float] = (-2.0, 32.0, -5.0, 22.0)
+    # heading persistence: a walker's acceleration noise along its velocity is ``accel_sigma`` x
+    # ``along_scale``, across it ``accel_sigma`` x ``cross_scale`` (1, 1: the same in every direction),
+    # blended to the same in every direction as the speed falls below ``heading_min_speed``
+    # (docs/localization.md 9.9: on the real tracks, the family and the store doors)
+    along_scale: float = 1.5
+    cross_scale: float = 0.5
+    heading_min_speed: float = 0.2
 
 
 def _inv3(a: F64) -> tuple[F64, F64]:
@@ -107,8 +114,9 @@ class ImmTracker:
         self.mu[slots] = 0.5
         self.t[slots] = t
 
-    def _models(self, dt: F64) -> tuple[F64, F64]:
-        """Transition matrices and process noise ``(n, 2, 5, 5)`` for elapsed times ``dt`` ``(n,)``."""
+    def _models(self, dt: F64, vel: F64 | None = None) -> tuple[F64, F64]:
+        """Transition matrices and process noise ``(n, 2, 5, 5)`` for elapsed times ``dt`` ``(n,)``;
+        ``vel`` ``(n, 2)``: the walking model's velocity, whose direction the heading persistence uses."""
         n = dt.size
         p = self.params
         f = np.zeros((n, 2, 5, 5))
@@ -127,8 +135,30 @@ class ImmTracker:
             q[:, 1, i, i] = qa * dt**3 / 3.0
             q[:, 1, i, v] = q[:, 1, v, i] = qa * dt**2 / 2.0
             q[:, 1, v, v] = qa * dt
+        if vel is not None and (p.along_scale != 1.0 or p.cross_scale != 1.0):
+            q[:, 1, :4, :4] = self._walk_noise(dt, vel)
         q[:, :, 4, 4] = p.tx_drift_db**2 * dt[:, None]
         return f, q
+
+    def _walk_noise(self, dt: F64, v: F64) -> F64:
+        """The walking model's position / velocity noise ``(n, 4, 4)`` with the acceleration's
+        covariance ``A = a_along² u u' + a_cross² (I - u u')`` (``u`` the heading), blended to the
+        isotropic ``accel_sigma²`` I by speed / ``heading_min_speed`` (a slow or new track's heading
+        is noise)."""
+        p = self.params
+        speed = np.hypot(v[:, 0], v[:, 1])
+        u = v / np.maximum(speed, 1e-9)[:, None]
+        uu = u[:, :, None] * u[:, None, :]
+        qa = p.accel_sigma**2
+        eye = np.eye(2)
+        a = qa * (p.along_scale**2 * uu + p.cross_scale**2 * (eye - uu))
+        w = np.clip(speed / p.heading_min_speed, 0.0, 1.0)[:, None, None]
+        a = w * a + (1.0 - w) * qa * eye
+        out = np.empty((dt.size, 4, 4))
+        out[:, :2, :2] = a * (dt**3 / 3.0)[:, None, None]
+        out[:, :2, 2:] = out[:, 2:, :2] = a * (dt**2 / 2.0)[:, None, None]
+        out[:, 2:, 2:] = a * dt[:, None, None]
+        return out
 
     def predict(self, slots: I64, t: F64 | float) -> tuple[F64, F64]:
         """IMM mixing + prediction to time ``t`` (per device or one for all); returns the combined prior
@@ -152,7 +182,7 @@ class ImmTracker:
         x0 = np.einsum("nij,nik->njk", w, x)
         dx = x[:, :, None, :] - x0[:, None, :, :]  # (n, i, j, 5)
         P0 = np.einsum("nij,nikl->njkl", w, P) + np.einsum("nij,nijk,nijl->njkl", w, dx, dx)
-        f, q = self._models(dt)
+        f, q = self._models(dt, x[:, 1, 2:4])
         xp = np.einsum("njkl,njl->njk", f, x0)
         # matmul chains, not 3-operand einsums: ~4x faster at tick sizes
         Pp = _sym(f @ P0 @ f.swapaxes(-1, -2) + q)

@@ -148,5 +148,6 @@ def test_search_grid_reaches_the_near_basins_of_a_small_store() -> None:
     (docs/localization.md 9.7)."""
     new = _family_static_ratio(LocalizationSettings())
     old = _family_static_ratio(LocalizationSettings(standing_search_grid_m=3.0))
-    assert new <= 1.45, new
+    # 1.40 with an isotropic walking model, 1.45 with heading persistence (docs/localization.md 9.9)
+    assert new <= 1.47, new
     assert old > 1.5, old
