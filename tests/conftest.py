@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import faulthandler
+import gc
 import os
 import shutil
 import socket
@@ -128,3 +130,23 @@ def gateway_env(**extra: str) -> dict[str, str]:
     env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
     env.update(extra)
     return env
+
+
+# How long the interpreter may take to exit once pytest is done.
+EXIT_GRACE_S = 60
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_unconfigure(config: pytest.Config) -> None:
+    """Never let a leaked thread turn a finished run into a hung CI job.
+
+    pytest keeps the last failure's traceback (``sys.last_*``); its frames can hold an unclosed
+    aiosqlite connection, whose worker thread is not a daemon: the interpreter then waits for it
+    forever after the summary. Drop those references so the connection's finaliser stops it; if a
+    thread still holds the exit, dump every thread's stack and exit with status 1 after a grace.
+    """
+    for name in ("last_type", "last_value", "last_traceback", "last_exc"):
+        if hasattr(sys, name):
+            delattr(sys, name)
+    gc.collect()
+    faulthandler.dump_traceback_later(EXIT_GRACE_S, exit=True, file=sys.__stderr__)

@@ -192,6 +192,20 @@ def _is_tls_text(text: str) -> bool:
     return "ssl" in t or "tls" in t or "certificate" in t or "alert" in t
 
 
+_CLIENT_CERT_HINT = (
+    "closed during TLS set-up without saying why - most often it did not accept this device's client"
+    " certificate (unknown CA, expired or missing; see the broker's log)"
+)
+
+
+def _is_abrupt_close(text: str) -> bool:
+    """paho's last error says the socket ended without a TLS alert (EOF or a reset)."""
+    t = text.lower()
+    if "alert" in t:
+        return False
+    return "eof" in t or "connection reset" in t or "broken pipe" in t
+
+
 class _PahoClient(mqtt.Client):
     """paho's Client, except that a failed TLS handshake closes its socket (paho 2.2 leaks it).
 
@@ -396,7 +410,13 @@ class AsyncMqttClient:
             err = MqttDisconnectedError("disconnected by the client", code)
         else:
             detail = self._last_log_error
-            if detail and _is_tls_text(detail):
+            if self._tls is not None and not was_connected and (not detail or _is_abrupt_close(detail)):
+                # TLS 1.3: the broker checks the client certificate after the client's handshake is
+                # done; its alert (unknown ca, certificate expired/required) races the close and is
+                # often lost to an EOF or a reset. Say what that means instead of the socket text.
+                text = f"TLS: connection refused by the broker: {_CLIENT_CERT_HINT}: {detail or 'socket closed'}"
+                err = MqttTlsError(text, code)
+            elif detail and _is_tls_text(detail):
                 text = f"TLS: connection refused by the broker: {detail}"
                 err = MqttTlsError(text, code) if not was_connected else MqttDisconnectedError(text, code)
             elif code >= 0x80:
