@@ -77,6 +77,9 @@ class PresenceMark:
     rel_sd: float
     arrivals: float
     arrivals_rel_sd: float
+    # the burst surely continues its group's previous one (the same MAC, a public MAC's visit, a
+    # link sure by gap-blind evidence): the count takes the device as present in between
+    follows: bool = False
 
 
 _IRK_LINK_TAG = b"gateway/irk-link/v1\x00"

@@ -51,6 +51,7 @@ from gateway.identity.wifi_links import (
     in_burst_pos,
     link_score,
 )
+from gateway.identity.wifi_locate import BurstLocator
 from gateway.identity.wifi_presence import FOLLOWED_MIN, PresenceModel, PresenceParams
 from gateway.models import PresenceMark
 from gateway.parsers.ieee80211 import family_of
@@ -83,8 +84,11 @@ class ChainParams:
 class ChainGrouper:
     """Feed every probe request with :meth:`add`, then :meth:`solve` for the group of each MAC."""
 
-    def __init__(self, params: ChainParams | None = None, *, prefix: str = "w") -> None:
+    def __init__(
+        self, params: ChainParams | None = None, *, prefix: str = "w", locator: BurstLocator | None = None
+    ) -> None:
         self.params = params or ChainParams()
+        self.locator = locator  # several receivers: bursts placed in metres (wifi_locate.py), else dB steps
         self._link = self.params.link
         self._timing = TimingTable(self._link)
         # stage 2 links bursts: every link is across bursts (stage 1 took the ones within)
@@ -102,6 +106,7 @@ class ChainGrouper:
         self._heads: set[str] = set()  # set by solve(): randomized MACs heading their scan burst ...
         self._track_of: dict[str, Track] = {}  # ... and their tracks
         self._head_of: dict[str, str] = {}  # other MACs of a scan burst -> its head
+        self._sure: dict[str, str] = {}  # burst heads linked by gap-blind confidence -> the MAC before
         self.linked = 0  # set by solve(): MAC changes linked into chains
         # set by solve(): burst head -> (the tail it continued, how likely the tracker found that)
         self.link_p: dict[str, tuple[str, float]] = {}
@@ -375,6 +380,7 @@ class ChainGrouper:
         )
         tracker.fp_shares = share
         tracker.node_miss = self.node_miss
+        tracker.locator = self.locator
         pred: dict[int, str] = {}
         link_p = self.link_p = {}
         p_start: dict[str, float] = {}
@@ -387,6 +393,7 @@ class ChainGrouper:
             self._heads = set()
             self._track_of = {}
             self._head_of = {}
+            self._sure = {}
         for unit, members in units:
             if not self._randomized[unit.mac]:
                 n_groups += 1
@@ -397,6 +404,8 @@ class ChainGrouper:
             if learn:
                 self._heads.add(unit.mac)
                 if tracker.last_confidence >= confident:
+                    if track.tail_before is not None:
+                        self._sure[unit.mac] = track.tail_before.mac
                     fam = family_of(unit.fingerprint)
                     pm.silence(fam, tracker.last_gap, unit.first_ts, own=(track.silence_s, track.silences))
                     track.silences += 1
@@ -435,18 +444,23 @@ class ChainGrouper:
             if not self._randomized[life.mac]:
                 starts.setdefault(idx, []).append(ts)
         own: dict[tuple[int, float], tuple[float, int]] = {}  # (MAC, burst time) -> its visit's (span, silences)
+        first: set[tuple[int, float]] = set()  # (MAC, burst time) starting a visit
         for idx, times in starts.items():
             visit = [times[0]]
             for t in [*times[1:], math.inf]:
                 if t - visit[-1] > pm.params.visit_gap_s:
                     pm.visit(family_of(by_idx[idx].fingerprint), visit[-1] - visit[0], visit[-1])
+                    first.add((idx, visit[0]))
                     for v in visit:
                         own[(idx, v)] = (visit[-1] - visit[0], len(visit) - 1)
                     visit = [t]
                 else:
                     visit.append(t)
         out: list[tuple[float, str, PresenceMark]] = []
-        cache: dict[tuple[str, int, float], PresenceMark] = {}
+        cache: dict[tuple[str, int, float, bool], PresenceMark] = {}
+        # a burst surely continues its group's previous one: the same MAC's later burst, a public
+        # MAC's within a visit, a head whose link in the grouping is the one the count was sure of
+        links = self.link_p
         for ts, idx in log:
             life = by_idx[idx]
             fam = family_of(life.fingerprint)
@@ -454,13 +468,20 @@ class ChainGrouper:
                 if ts == life.first_ts and life.mac not in self._heads:
                     continue  # a later MAC of its scan burst: the burst is marked once
                 tr = self._track_of.get(life.mac) or self._track_of.get(self._head_of.get(life.mac, ""))
-                key = (fam, tr.silences, tr.silence_s) if tr is not None else (fam, 0, 0.0)
+                if ts != life.first_ts:
+                    follows = True
+                else:
+                    before = self._sure.get(life.mac)
+                    follows = before is not None and links.get(life.mac, ("", 0.0))[0] == before
+                key = (fam, tr.silences, tr.silence_s, follows) if tr is not None else (fam, 0, 0.0, follows)
                 mk = cache.get(key)
                 if mk is None:
-                    mk = cache[key] = pm.mark(fam, own=(key[2], key[1]))
+                    mk = cache[key] = pm.mark(fam, own=(key[2], key[1]), follows=follows)
             else:
                 span, silences = own[(idx, ts)]
-                mk = pm.mark(fam, public=True, own=(span, silences) if silences else None)
+                mk = pm.mark(
+                    fam, public=True, own=(span, silences) if silences else None, follows=(idx, ts) not in first
+                )
             out.append((ts, groups.get(life.mac, ""), mk))
         return out
 

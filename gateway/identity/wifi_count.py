@@ -8,9 +8,14 @@ device-seconds) and the arrivals it stands for, learnt from the capture by
 
 * **per minute**: the mean number of devices present during the minute - the presence of the
   bursts heard within ``window_s`` centred on it, each spread evenly over its own ``window_s``
-  around it. A minute is published once frame time is ``window_s / 2`` (plus ``slack_s`` for held
-  frames) past its end: the bursts after it are part of its evidence. Per zone: each burst by its
-  subject's latest fix zone, where Wi-Fi is localized;
+  around it. Where a burst surely continues its group's previous one within ``window_s``
+  (``PresenceMark.follows``: the same MAC, a public MAC, a link sure by gap-blind evidence), the
+  device counts as present all along in between instead, and what the two bursts stood for beyond
+  that silence goes on with the device (spread over half the window after its latest burst): one
+  followed phone counts as one, not as its bursts' scatter (issue 19, sixth round). A minute is
+  published once frame time is ``window_s / 2`` (plus ``slack_s`` for held frames) past its end:
+  the bursts after it are part of its evidence. Per zone: each burst by its subject's latest fix
+  zone, where Wi-Fi is localized;
 * **per aggregate interval** (``presence.aggregate_interval_s``, 15 min): the mean of its minutes,
   and the **distinct** devices present during it: those present at its start and end (half each)
   plus the arrivals its bursts stand for (Little's law: presence / mean visit);
@@ -59,6 +64,7 @@ class WifiCounter:
         interval_s: float = 900.0,
         slack_s: float = 5.0,
         zones: Iterable[str] = (),
+        follow: bool = True,
     ) -> None:
         if not (window_s >= MINUTE_S and interval_s >= MINUTE_S and slack_s >= 0.0):
             raise ValueError("window_s and interval_s must be >= 60 and slack_s >= 0")
@@ -67,8 +73,12 @@ class WifiCounter:
         self.interval_s = interval_s
         self.slack_s = slack_s
         self.zones = list(zones)
-        # (ts, subject, mark) of heard bursts not yet behind every minute they count in
-        self._marks: deque[tuple[float, str, PresenceMark]] = deque()
+        self.follow = follow
+        # heard bursts not yet behind every minute they count in: [ts, subject, mark, pieces, owed],
+        # the pieces [start, end, devices] over which the burst's presence is spread: half of it
+        # over each half of the window around it, unless it follows or is followed (_follow)
+        self._marks: deque[list[Any]] = deque()
+        self._last: dict[str, list[Any]] = {}  # subject -> its latest burst in _marks
         self._zone: dict[str, tuple[str | None, float]] = {}  # subject -> (zone of its latest fix, when)
         self._next_minute: float | None = None  # end of the next minute to publish
         self._now = -math.inf
@@ -96,7 +106,47 @@ class WifiCounter:
             done = self.tick(self._now)  # (tick() hands over and replaces the pending list)
             self._pending.extend(done)
         if mark is not None and mark.presence_s > 0.0:
-            self._marks.append((ts, subject, mark))
+            half = self.window_s / 2.0
+            d = 0.5 * mark.presence_s / half
+            before = [ts - half, ts, d]
+            after = [ts, ts + half, d]
+            entry: list[Any] = [ts, subject, mark, [before, after], 0.0]
+            if self.follow:
+                prev = self._last.get(subject)
+                if mark.follows and prev is not None and 0.0 < ts - prev[0] < self.window_s:
+                    self._follow(prev, entry, ts, after)
+                self._last[subject] = entry
+            self._marks.append(entry)
+
+    def _follow(self, prev: list[Any], entry: list[Any], ts: float, after: list[float]) -> None:
+        """``entry``'s burst surely continues ``prev``'s device: it was present all along in between
+        - instead of each burst's presence spread over the window, which reads one phone's irregular
+        bursts as 0.2-2 phones. What the two bursts stood for beyond the silence (the presence
+        model's share of a visit's ends, kappa) is not dropped: it goes on with the device, spread
+        after its latest burst, so the count's total stays the model's. Minutes already published
+        keep what they counted."""
+        # time before ``done`` is in published minutes: prev's pieces there stay as they are
+        done = self._next_minute - MINUTE_S if self._next_minute is not None else -math.inf
+        start = max(done, prev[0])
+        moved = 0.0  # presence of prev's pieces after ``start``, taken off them
+        kept = []
+        for p in prev[3]:
+            t0, t1, d = p
+            if t1 > start:
+                moved += (t1 - max(t0, start)) * d
+                if t0 < start:
+                    kept.append([t0, start, d])
+            else:
+                kept.append(p)
+        prev[3] = kept
+        entry_before = entry[3][0]
+        moved += (entry_before[1] - entry_before[0]) * entry_before[2]
+        # what is left goes on after the latest burst; where the silences filled outweigh what the
+        # bursts stood for, the shortfall is taken from what later bursts carry (never below 0)
+        rest = after[2] * (after[1] - after[0]) + moved - (ts - start) + prev[4]
+        after[2] = max(0.0, rest) / (after[1] - after[0])
+        entry[4] = min(0.0, rest)
+        entry[3] = [[start, ts, 1.0], after]
 
     def located(self, fixes: Sequence[Fix]) -> None:
         """Fixes of any subjects: Wi-Fi subjects remember their zone (a zone is kept ``window_s``)."""
@@ -106,6 +156,7 @@ class WifiCounter:
     def forget(self, subject: str) -> None:
         """An opt-out: the subject's bursts leave the counts at once."""
         self._zone.pop(subject, None)
+        self._last.pop(subject, None)
         self._marks = deque(m for m in self._marks if m[1] != subject)
 
     def tick(self, now: float) -> list[EventBase]:
@@ -163,19 +214,21 @@ class WifiCounter:
         half = self.window_s / 2.0
         m = _Minute(end, length)
         zones: dict[str, list[float]] = {}
-        scale = 1.0 / (self.window_s * length)
         zoned = bool(self._zone)
-        for ts, subject, mk in self._marks:
-            overlap = min(end, ts + half) - max(start, ts - half)
-            if overlap <= 0.0:
-                continue
-            c = mk.presence_s * overlap * scale
-            m.n += c
-            m.var += c * c
-            m.syst += c * mk.rel_sd
+        for ts, subject, mk, pieces, _owed in self._marks:
             if start <= ts < end:
                 m.arrivals += mk.arrivals
                 m.arrivals_syst += mk.arrivals * mk.arrivals_rel_sd
+            c = 0.0
+            for t0, t1, d in pieces:
+                if t0 < end and t1 > start:
+                    c += (min(end, t1) - max(start, t0)) * d
+            if c == 0.0:
+                continue
+            c /= length
+            m.n += c
+            m.var += c * c
+            m.syst += c * mk.rel_sd
             z = self._zone_of(subject, end) if zoned else None
             if z is not None:
                 acc = zones.setdefault(z, [0.0, 0.0, 0.0])
@@ -206,9 +259,11 @@ class WifiCounter:
         # bursts behind every later minute's window, and zones of subjects gone quiet
         marks = self._marks
         while marks and marks[0][0] + half <= end:
-            marks.popleft()
+            gone = marks.popleft()
+            if self._last.get(gone[1]) is gone:
+                del self._last[gone[1]]
         if len(self._zone) > 4 * len(marks) + 64:
-            keep = {s for _t, s, _m in marks}
+            keep = {m[1] for m in marks}
             self._zone = {s: z for s, z in self._zone.items() if s in keep}
 
     def _interval(self, out: list[EventBase]) -> None:
@@ -280,6 +335,7 @@ def count_marks(
     store_id: str = "",
     window_s: float = 300.0,
     interval_s: float = 900.0,
+    follow: bool = True,
 ) -> tuple[list[DeviceCount], DeviceCount | None]:
     """The counts of a whole capture from its bursts' marks ``(time, subject, mark)`` in time order:
     every minute's and interval's events, and one for the whole capture (None without bursts) -
@@ -288,7 +344,7 @@ def count_marks(
     same capture, so visits cut by its ends count as short ones: no start and end terms)."""
     if not marks:
         return [], None
-    c = WifiCounter(store_id, window_s=window_s, interval_s=interval_s, slack_s=0.0)
+    c = WifiCounter(store_id, window_s=window_s, interval_s=interval_s, slack_s=0.0, follow=follow)
     c.all_minutes = []
     for ts, subject, mk in marks:
         c.heard(ts, subject, mk)

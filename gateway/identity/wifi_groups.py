@@ -50,6 +50,7 @@ from gateway.identity.wifi_links import (
     evidence_score,
     in_burst_pos,
 )
+from gateway.identity.wifi_locate import BurstLocator
 from gateway.identity.wifi_presence import FOLLOWED_MIN, PresenceModel, PresenceParams
 from gateway.models import PresenceMark
 
@@ -127,7 +128,9 @@ class _Learned:
 class WifiGrouper:
     """Online grouping: :meth:`offer` (holding) or :meth:`observe` (at once) per probe request."""
 
-    def __init__(self, params: GroupParams | None = None, *, prefix: str = "w") -> None:
+    def __init__(
+        self, params: GroupParams | None = None, *, prefix: str = "w", locator: BurstLocator | None = None
+    ) -> None:
         self.params = params or GroupParams()
         p = self.params
         self._prefix = prefix
@@ -135,6 +138,7 @@ class WifiGrouper:
         self._link = p.link
         self._cross = replace(p.link, in_burst_share=0.01)  # stage 2 links bursts: never within one
         self._tracker = Tracker(self._cross, TimingTable(self._cross), min_p=p.min_p, default_arrivals=p.arrivals)
+        self._tracker.locator = locator  # several receivers: bursts placed in metres (wifi_locate.py)
         self._macs: dict[str, _MacState] = {}
         self._open: dict[str, list[_Unit]] = {}  # family -> bursts still open (stage 1 candidates)
         self._learned: dict[str, _Learned] = {}
@@ -508,14 +512,14 @@ class WifiGrouper:
             pm.visit_heard(st.mac.mac, ts)
             st.visit_silences += 1
             st.visit_silence_s += dt
-            st.mark = pm.mark(fam, public=True, own=(st.visit_silence_s, st.visit_silences), so_far=True)
+            st.mark = pm.mark(fam, public=True, own=(st.visit_silence_s, st.visit_silences), so_far=True, follows=True)
             return
         tr = st.unit.track
         pm.silence(fam, dt, ts, own=(tr.silence_s, tr.silences) if tr is not None else (0.0, 0))
         if tr is not None:
             tr.silences += 1
             tr.silence_s += dt
-        st.mark = pm.mark(fam, own=(tr.silence_s, tr.silences) if tr is not None else None)
+        st.mark = pm.mark(fam, own=(tr.silence_s, tr.silences) if tr is not None else None, follows=True)
 
     # -- decisions ----------------------------------------------------------------------------
 
@@ -549,11 +553,12 @@ class WifiGrouper:
         track, p_new = tr.assign(u.agg, self._fp_share(u.agg.fingerprint), "")
         u.p_start = p_new
         pm = self.presence
-        if tr.last_confidence >= pm.params.confident:
+        sure = tr.last_confidence >= pm.params.confident
+        if sure:
             pm.silence(fam, tr.last_gap, ts, own=(track.silence_s, track.silences))
             track.silences += 1
             track.silence_s += tr.last_gap
-        u.mark = pm.mark(fam, own=(track.silence_s, track.silences))
+        u.mark = pm.mark(fam, own=(track.silence_s, track.silences), follows=sure and track.tail_before is not None)
         if u.extra:
             u.mark = _plus(u.mark, pm.mark(fam), u.extra)
             u.extra = 0.0
@@ -646,7 +651,11 @@ def _plus(mark: PresenceMark | None, more: PresenceMark, f: float) -> PresenceMa
     if mark is None:
         return PresenceMark(more.presence_s * f, more.rel_sd, more.arrivals * f, more.arrivals_rel_sd)
     return PresenceMark(
-        mark.presence_s + more.presence_s * f, mark.rel_sd, mark.arrivals + more.arrivals * f, mark.arrivals_rel_sd
+        mark.presence_s + more.presence_s * f,
+        mark.rel_sd,
+        mark.arrivals + more.arrivals * f,
+        mark.arrivals_rel_sd,
+        mark.follows,
     )
 
 

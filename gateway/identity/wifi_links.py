@@ -34,6 +34,8 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
+from gateway.identity.wifi_locate import BurstLocator, pos_score_m
+
 __all__ = [
     "SEQ_MOD",
     "LinkParams",
@@ -94,13 +96,14 @@ class LinkParams:
     pos_miss: float = 0.2  # chance a node in range misses a burst (it hops channels, loses frames)
     pos_dims: float = 2.0  # independent steps the levels at several nodes carry (a position on the floor)
     pos_level_sd_db: float = 8.0  # prior spread of bursts' levels at a node (learnt from the bursts)
+    pos_speed_m_s: float = 1.4  # with a locator (positions in metres): a shopper's walking speed at most
 
     def __post_init__(self) -> None:
         for name in (
             "burst_gap_s", "max_gap_s", "interval_sd", "seq_window", "seq_rate", "seq_slack",
             "rssi_frame_db", "rssi_channel_db", "rssi_walk_db", "rssi_walk_s", "rssi_range_db", "max_z",
             "rate_sd", "pop_rate_sd", "min_fp_share", "min_ssid_share", "pos_frame_db", "pos_persist_db",
-            "pos_speed_db_s", "pos_level_sd_db", "pos_dims", "pos_dwell_s",
+            "pos_speed_db_s", "pos_level_sd_db", "pos_dims", "pos_dwell_s", "pos_speed_m_s",
         ):  # fmt: skip
             v = getattr(self, name)
             if not (math.isfinite(v) and v > 0.0):
@@ -518,6 +521,8 @@ class Track:
     # several receivers: the device's latest burst's level at each node that heard it, (level, frames)
     pos: dict[str, tuple[float, float]] | None = None
     pos_ts: float = 0.0  # ... and when
+    pos_xy: tuple[float, float, float] | None = None  # ... placed in metres (a locator's; cached)
+    pos_xy_done: bool = False
     silences: int = 0  # confident silences the presence model learnt from it (wifi_presence.py) ...
     silence_s: float = 0.0  # ... and their sum
 
@@ -572,6 +577,7 @@ class Track:
         if m.pos:
             self.pos = {r: (v / n, n) for r, (v, n) in m.pos.items()}
             self.pos_ts = m.first_ts
+            self.pos_xy, self.pos_xy_done = None, False
 
     def learn_interval(self, gap: float) -> None:
         u = math.log(gap)
@@ -634,6 +640,8 @@ class Tracker:
         self.pos_stats: dict[str, list[float]] = {}
         self.pos_bursts = 0.0  # bursts the shares of pos_stats are over (at most POS_STATS_N)
         self.node_miss = NodeMiss(p.pos_miss)  # the groupers share theirs (learnt from public MACs)
+        self.locator: BurstLocator | None = None  # several receivers: bursts placed in metres (else dB steps)
+        self._b_xy: tuple[Mac | None, float, tuple[float, float, float] | None] = (None, 0.0, None)
 
     def learn_pos_stats(self, m: Mac) -> None:
         """Each node's spread of levels over the bursts heard (what two unrelated devices' levels
@@ -661,6 +669,22 @@ class Tracker:
         (:func:`pos_score`, with each node's spread of levels and share of bursts learnt)."""
         if not track.pos or not b.pos:
             return 0.0
+        loc = self.locator
+        if loc is not None:
+            if not track.pos_xy_done:
+                track.pos_xy, track.pos_xy_done = loc.locate(track.pos), True
+            if track.pos_xy is not None:
+                frames = sum(n for _v, n in b.pos.values())
+                cached = self._b_xy
+                if cached[0] is not b or cached[1] != frames:  # placed once for all its candidates
+                    cached = self._b_xy = (b, frames, loc.locate({r: (v / n, n) for r, (v, n) in b.pos.items()}))
+                xy = cached[2]
+                if xy is not None:
+                    p = self.p
+                    return pos_score_m(
+                        track.pos_xy, xy, b.first_ts - track.pos_ts,
+                        area_m2=loc.area_m2, dwell_s=p.pos_dwell_s, speed_m_s=p.pos_speed_m_s,
+                    )  # fmt: skip
         return pos_score(track.pos, b.pos, b.first_ts - track.pos_ts, self.p, self.pos_stats, self.node_miss.share)
 
     def new_weight(self, family: str) -> float:

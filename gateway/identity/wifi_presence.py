@@ -344,7 +344,13 @@ class PresenceModel:
         return min(self.params.max_kappa, 1.0 / max(1e-9, 1.0 - (spread - mean) / stay))
 
     def mark(
-        self, family: str, *, public: bool = False, own: tuple[float, int] | None = None, so_far: bool = False
+        self,
+        family: str,
+        *,
+        public: bool = False,
+        own: tuple[float, int] | None = None,
+        so_far: bool = False,
+        follows: bool = False,
     ) -> PresenceMark:
         """What one heard burst of ``family`` stands for. ``own``: (total, number) of the silences
         known of the burst's own device (a public MAC's visit, a track's confident links) - its own
@@ -358,7 +364,8 @@ class PresenceModel:
         they burst more often - make the slow ones, few bursts each standing for long, count
         short (measured on the crowds: the online grouping's public MACs read 0.92 of their
         presence on average, 1.00 so). A whole capture knows a visit's silences before and after a
-        burst: shrunk as before."""
+        burst: shrunk as before. ``follows``: the burst surely continues its group's previous one
+        (:attr:`PresenceMark.follows`)."""
         mean_var, mean, sq = self._moments(family, public)
         spread = max(mean, sq / mean)
         stay = self.stay()
@@ -382,6 +389,7 @@ class PresenceModel:
             rel_sd=rel,
             arrivals=presence / stay,
             arrivals_rel_sd=math.sqrt(rel * rel + stay_rel * stay_rel),
+            follows=follows,
         )
 
     def summary(self) -> dict[str, float]:

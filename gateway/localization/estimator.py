@@ -30,6 +30,7 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.typing import NDArray
 
+from gateway.localization._gridsearch import grid_cost
 from gateway.localization.pathloss import (
     F64,
     MIN_DISTANCE_M,
@@ -144,14 +145,6 @@ def aggregate(
     return Problem(mean, cnt, missed)
 
 
-def _add_rows(out: F64, rows: I64, vals: F64) -> None:
-    """``out[rows[i]] += vals[i]`` for sorted ``rows`` (segment sums, much faster than ``np.add.at``)."""
-    if rows.size == 0:
-        return
-    starts = np.flatnonzero(np.r_[True, rows[1:] != rows[:-1]])
-    out[rows[starts]] += np.add.reduceat(vals, starts, axis=0)
-
-
 def make_grid(bounds: tuple[float, float, float, float], step: float) -> F64:
     xmin, xmax, ymin, ymax = bounds
     xs = np.arange(xmin, xmax + 1e-9, step)
@@ -216,9 +209,10 @@ class Estimator:
         wk = w * count / s2
         return rho, -wk * e, wk
 
-    def _heard_cost(self, e: F64, count: F64) -> F64:
-        """Loss of the heard terms (grid search: ``e`` is (pairs, G), computed in place, same values)."""
-        u2 = count * e
+    def _heard_cost(self, e: F64, count: F64, out: F64 | None = None) -> F64:
+        """Loss of the heard terms (grid search: ``e`` is (pairs, G), computed in place - into ``out``
+        when given - same values)."""
+        u2 = np.multiply(count, e, out=out)
         u2 *= e
         u2 /= self.params.sigma_db**2
         if self.params.nu > 0:
@@ -230,17 +224,23 @@ class Estimator:
         u2 *= 0.5
         return u2
 
-    def _missed_loss(self, mu: F64, missed: F64, sens: I64 | None = None) -> F64:
-        """The loss of :meth:`_missed` alone (the grid search needs no derivatives)."""
+    def _missed_loss(self, mu: F64, missed: F64, sens: I64 | None = None, exact: bool | None = None) -> F64:
+        """The loss of :meth:`_missed` alone (the grid search needs no derivatives); ``exact``: the
+        erfc path (:func:`~gateway.localization.pathloss.erfc`; None: by the array's size)."""
         sig = self.params.sigma_db
         floor, eps = self._floor_eps(sens)
         alpha = (floor - mu) / sig
         if self.params.packet_loss > 0:
-            like = eps + (1.0 - eps) * norm_cdf(alpha)
-            loss = -np.log(like)
+            # eps + (1 - eps) Phi(alpha), in place (the grid search's arrays are large)
+            like = norm_cdf(alpha, exact)
+            like *= 1.0 - eps
+            like += eps
+            loss = np.log(like, out=like)
+            np.negative(loss, out=loss)
         else:
-            loss = -log_norm_cdf(alpha)
-        return np.asarray(missed * loss)
+            loss = -log_norm_cdf(alpha, exact)
+        loss *= missed
+        return loss
 
     def _missed(self, mu: F64, missed: F64, sens: I64 | None = None) -> tuple[F64, F64, F64]:
         """Loss, first and (clipped) second derivative wrt mu of the censored terms.
@@ -321,7 +321,8 @@ class Estimator:
 
         For each candidate position the offset is the precision-weighted mean residual of the heard
         sensors, shrunk toward ``delta_mean`` (closed form, two matrix products); the robust + censored
-        cost is then evaluated there. ``cost`` is the negative log-likelihood without the prior.
+        cost is then evaluated there (:func:`gateway.localization._gridsearch.grid_cost`).
+        ``cost`` is the negative log-likelihood without the prior.
         """
         if grid is None:
             grid, grid_mu_t = self.grid, self._grid_mu_t
@@ -339,6 +340,7 @@ class Estimator:
         g = grid.shape[0]
         theta = np.empty((d_all, 3))
         best_cost = np.empty(d_all)
+        # the chunks set which erfc path the censored terms take (see _gridsearch): keep them as they were
         step = max(1, chunk_elems // (g * s))
         s2 = self.params.sigma_db**2
         for lo in range(0, d_all, step):
@@ -348,18 +350,8 @@ class Estimator:
             num = (w * mean).sum(1)[:, None] - w @ grid_mu_t + (delta_prec[sl] * delta_mean[sl])[:, None]
             den = w.sum(1)[:, None] + delta_prec[sl][:, None]
             delta = num / np.maximum(den, 1e-12)  # (d, G)
-            # heard terms on the (device, sensor) pairs that heard, censored ones where adverts were missed
-            hd, hs = np.nonzero(cnt)
-            e = mean[hd, hs][:, None] - grid_mu_t[hs]  # (pairs, G)
-            e -= delta[hd]
-            rho = self._heard_cost(e, cnt[hd, hs][:, None])
-            cost = np.zeros((cnt.shape[0], g))
-            _add_rows(cost, hd, rho)
-            md, ms = np.nonzero(missed)
-            if md.size:
-                lc = self._missed_loss(grid_mu_t[ms] + delta[md], missed[md, ms][:, None], ms[:, None])
-                _add_rows(cost, md, lc)
             prior = 0.5 * delta_prec[sl][:, None] * (delta - delta_mean[sl][:, None]) ** 2
+            cost = grid_cost(grid_mu_t, mean, cnt, missed, delta, self._heard_cost, self._missed_loss)
             k = np.argmin(cost + prior, axis=1)
             rows = np.arange(cost.shape[0])
             theta[sl, :2] = grid[k]

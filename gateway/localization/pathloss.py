@@ -67,14 +67,16 @@ class PathLossModel:
         return mu, k * dx, k * dy
 
 
-def erfc(x: F64) -> F64:
+def erfc(x: F64, exact: bool | None = None) -> F64:
     """Complementary error function, |relative error| < 1.2e-7 (Numerical Recipes ``erfcc``).
 
     Small arrays (the censored cells of one refinement: tens of values) go through ``math.erfc``
     element by element - exact, and a few microseconds instead of the ~25 numpy calls of the rational
     approximation, which is kept for the large arrays of the grid search (in place, same values).
+    ``exact``: ``math.erfc`` (True) or the approximation (False) whatever the size (the pruned grid
+    search evaluates a subset of the cells the full one did, and must take the path it took).
     """
-    if x.size <= _SCALAR_MAX:
+    if (x.size <= _SCALAR_MAX) if exact is None else exact:
         return np.fromiter(map(math.erfc, x.ravel().tolist()), np.float64, x.size).reshape(x.shape)
     z = np.abs(x)
     t = 0.5 * z
@@ -85,24 +87,24 @@ def erfc(x: F64) -> F64:
         poly += c
         poly *= t
     poly -= 1.26551223
-    poly -= z * z
+    poly -= np.multiply(z, z, out=z)
     np.exp(poly, out=poly)
     poly *= t
-    return np.asarray(np.where(x >= 0, poly, 2.0 - poly))
+    return np.subtract(2.0, poly, out=poly, where=x < 0)
 
 
-def norm_cdf(z: F64) -> F64:
-    return np.asarray(0.5 * erfc(-z / _SQRT2))
+def norm_cdf(z: F64, exact: bool | None = None) -> F64:
+    return np.asarray(0.5 * erfc(-z / _SQRT2, exact))
 
 
 def norm_pdf(z: F64) -> F64:
     return np.asarray(np.exp(-0.5 * z * z - _LOG_SQRT_2PI))
 
 
-def log_norm_cdf(z: F64) -> F64:
+def log_norm_cdf(z: F64, exact: bool | None = None) -> F64:
     """``log Phi(z)``, accurate in the far left tail (asymptotic series below z = -6)."""
     zc = np.maximum(z, -6.0)
-    direct = np.log(np.maximum(norm_cdf(zc), 1e-300))
+    direct = np.log(np.maximum(norm_cdf(zc, exact), 1e-300))
     zz = np.minimum(z, -6.0)
     tail = -0.5 * zz * zz - _LOG_SQRT_2PI - np.log(-zz) + np.log1p(-1.0 / (zz * zz) + 3.0 / zz**4)
     return np.asarray(np.where(z < -6.0, tail, direct))

@@ -102,7 +102,9 @@ def test_a_new_device_weighed_by_the_count_keeps_devices_apart_and_the_count_as_
     def marks(params: ChainParams) -> list[tuple[float, object]]:
         pairs, g = capture(probes, params)
         groups = {p.mac: gid for (_d, gid), (_d2, p) in zip(pairs, probes, strict=True)}
-        return [(ts, mk) for ts, _gid, mk in g.marks(groups)]
+        # what each burst stands for (learnt); whether it follows its group's previous burst
+        # (PresenceMark.follows) is the grouping's, not learnt
+        return [(ts, (mk.presence_s, mk.rel_sd, mk.arrivals, mk.arrivals_rel_sd)) for ts, _gid, mk in g.marks(groups)]
 
     assert marks(ChainParams()) == marks(ChainParams(passes=1))
 

@@ -171,3 +171,81 @@ def test_the_daemons_identity_stage_keeps_the_marks() -> None:
     o.presence = _mark(60.0)
     (out,) = r.resolve([o])
     assert out is not o and out.presence == o.presence
+
+
+def _irregular(start: float, end: float, seed: int) -> list[float]:
+    """One phone's heard bursts: clusters and quiet stretches (cv of the silences ~1, as the real
+    iPhone 7's and iPhone 12's)."""
+    import random
+
+    rng = random.Random(seed)
+    out, t = [], start
+    while t < end:
+        out.append(t)
+        t += rng.choice([3.0, 5.0, 20.0, 45.0, 120.0, 200.0])
+    return out
+
+
+def _minutes(marks: list[tuple[float, str, PresenceMark]], **kw: object) -> list[tuple[float, float]]:
+    events, _whole = count_marks(marks, window_s=300.0, **kw)  # type: ignore[arg-type]
+    return [(e.interval_start, e.devices) for e in events if e.zone is None and e.interval_s == 60.0]
+
+
+def test_a_phone_followed_burst_to_burst_counts_one_all_along() -> None:
+    """Issue 19, sixth round: the real phones' per-minute error (27.6 %) was one phone's irregular
+    bursts, each spread over the window; where a burst surely follows its group's previous one
+    (PresenceMark.follows), the phone is present in between - exactly one."""
+    times = _irregular(T0, T0 + 3600.0, 1)
+    mean_gap = (times[-1] - times[0]) / (len(times) - 1)
+    marks = [(t, "w1", PresenceMark(mean_gap, 0.1, 0.0, 0.1, follows=k > 0)) for k, t in enumerate(times)]
+    inside = lambda mins: [n for s, n in mins if times[0] <= s and s + 60.0 <= times[-1]]  # noqa: E731
+    followed = inside(_minutes(marks))
+    assert len(followed) > 50
+    dev = [abs(n - 1.0) for n in followed]
+    # one, but for a minute now and then in a silence longer than half the window, published
+    # while what the bursts stood for beyond their silences was carried after the latest
+    assert sum(d < 1e-6 for d in dev) >= 0.8 * len(dev)
+    assert sum(dev) / len(dev) < 0.06
+    # the old shape (each burst's presence over the window around it): right on average only
+    spread = inside(_minutes(marks, follow=False))
+    assert abs(sum(spread) / len(spread) - 1.0) < 0.2
+    assert sum(abs(n - 1.0) for n in spread) / len(spread) > 5 * sum(dev) / len(dev)
+    # a mark that does not follow (a new device, a link not sure), or another group, is spread as before
+    loose = [(t, "w1", PresenceMark(mean_gap, 0.1, 0.0, 0.1)) for t in times]
+    assert _minutes(loose) == _minutes(loose, follow=False)
+    apart = [(t, f"w{k}", mk) for k, (t, _g, mk) in enumerate(marks)]
+    assert _minutes(apart) == _minutes(apart, follow=False)
+
+
+def test_following_keeps_what_the_bursts_stand_for_in_all() -> None:
+    """The presence a followed burst stood for beyond its silence (a visit's ends: the model's
+    kappa) is not dropped, it goes on with the device: the count's total stays the model's."""
+    times = _irregular(T0 + 600.0, T0 + 2400.0, 2)
+    # each burst stands for its share of the silences and of the visit's two ends (kappa 1.2)
+    each = 1.2 * (times[-1] - times[0]) / (len(times) - 1)
+    marks = [(t, "w1", PresenceMark(each, 0.1, 0.0, 0.1, follows=k > 0)) for k, t in enumerate(times)]
+    # the capture starts before and goes on after: every minute of the visit is counted
+    marks = [(T0, "other", _mark(1e-6)), *marks, (T0 + 3600.0, "other", _mark(1e-6))]
+    total = sum(n * 60.0 for _s, n in _minutes(marks))
+    assert total == pytest.approx(each * len(times), rel=0.03)
+    assert total == pytest.approx(sum(n * 60.0 for _s, n in _minutes(marks, follow=False)), rel=0.03)
+    # where the silences filled outweigh what the bursts stood for, the device still counts one
+    # (silences up to half the window: a longer one is counted as far as known when its minutes
+    # are published, half a window after they end)
+    every = [T0 + 600.0 + 20.0 * k + 100.0 * (k // 5) for k in range(60)]  # silences of 20 and 120 s
+    short = [(t, "w1", PresenceMark(10.0, 0.1, 0.0, 0.1, follows=k > 0)) for k, t in enumerate(every)]
+    short = [(T0, "other", _mark(1e-6)), *short, (T0 + 3600.0, "other", _mark(1e-6))]
+    assert sum(n * 60.0 for _s, n in _minutes(short)) >= every[-1] - every[0]
+    # ... placed after the device's latest burst, not before its first
+    first = min(s for s, n in _minutes(marks) if n > 0.01)
+    assert first >= times[0] - 150.0 - 60.0
+
+
+def test_an_opt_out_forgets_a_followed_subject_too() -> None:
+    c = WifiCounter("s1", window_s=300.0)
+    c.heard(T0 + 400.0, "a", _mark(60.0))
+    c.heard(T0 + 460.0, "a", PresenceMark(60.0, 0.0, 0.0, 0.0, follows=True))
+    c.forget("a")
+    c.heard(T0 + 520.0, "a", PresenceMark(60.0, 0.0, 0.0, 0.0, follows=True))  # nothing before it now
+    ev = c.tick(T0 + 1200.0)
+    assert sum(_counts(ev, 60.0)) == pytest.approx(60.0 / 60.0, abs=1e-6)
