@@ -30,7 +30,11 @@ minutes of wall time per 100 devices on a shared 2-core box: ``--quick`` runs th
 devices only, the full run for 100 and 500 (``--day 100,500,2000`` for more; ``--day-only``: the
 day alone, without the idle and CPU runs).
 ``python -m bench.bench_daemon [--quick] [--devices 100,500,2000] [--day 100,500] [--day-only]``
-``[--daemon-env unit|default]``
+``[--daemon-env unit|default] [--daemon-set KEY=VALUE ...]``
+
+The day's line states each bar on its own: the peak against 100 MB and the slope against 5 % of the
+peak a day (PASS / FAIL each), and the process's highest RSS (``ru_maxrss``), which also sees what
+happens between two marks (start-up, a login on the status page).
 
 RSS is printed at the start, peak and end of each run (and the day's slope) beside the RSS of a bare
 ``python -c "import numpy"`` and of python with the daemon's imports, both measured in the same run.
@@ -106,6 +110,9 @@ UNIT = REPO / "systemd" / "gateway.service"
 # the daemon's process environment: "unit" = the ``Environment=`` of systemd/gateway.service (what a
 # box runs: allocator and BLAS settings), "default" = without them (glibc's and OpenBLAS's defaults)
 DAEMON_ENV = "unit"
+# ``--daemon-set KEY=VALUE``: an environment variable of the daemon's process set on top (to try an
+# allocator setting before it goes into the unit)
+DAEMON_SET: dict[str, str] = {}
 # what the unit sets that changes memory (dropped from the environment for "default")
 TUNABLES = ("MALLOC_", "OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS")
 
@@ -129,6 +136,7 @@ def env(daemon: str | None = None) -> dict[str, str]:
         e = {k: v for k, v in e.items() if not k.startswith(TUNABLES)}
         if daemon == "unit":
             e |= unit_environment()
+        e |= DAEMON_SET
     return e
 
 
@@ -924,8 +932,20 @@ def main(argv: list[str]) -> None:
         default=DAEMON_ENV,
         help="the daemon's environment: the shipped unit's Environment= (default), or without its tunables",
     )
+    ap.add_argument(
+        "--daemon-set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="an environment variable of the daemon's process on top of --daemon-env (repeatable)",
+    )
     a = ap.parse_args(argv)
     globals()["DAEMON_ENV"] = a.daemon_env
+    for item in a.daemon_set:
+        k, sep, v = item.partition("=")
+        if not sep or not k:
+            ap.error(f"--daemon-set: {item!r} is not KEY=VALUE")
+        DAEMON_SET[k] = v
     if a.day_state:
         day_state_figures(a.day_state)
         return
@@ -948,7 +968,7 @@ def main(argv: list[str]) -> None:
         try:
             wait_port(mqtt_port)
             print(f"daemon.machine: {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} at start", flush=True)
-            tun = {k: v for k, v in env(a.daemon_env).items() if k.startswith(TUNABLES)}
+            tun = {k: v for k, v in env(a.daemon_env).items() if k.startswith(TUNABLES) or k in DAEMON_SET}
             shown = " ".join(f"{k}={v}" for k, v in sorted(tun.items())) or "(none)"
             print(f"daemon.env: {a.daemon_env} {shown}", flush=True)
             floor = import_floor()
@@ -982,7 +1002,8 @@ def main(argv: list[str]) -> None:
                 rss = r["rss"]
                 by_h = ", ".join(f"{h:.0f}h {m:.0f}" for h, m in list(zip(r["hours"], rss, strict=True))[::8])
                 flat = abs(r["slope"]) <= 0.05 * max(rss)
-                ok = max(rss) <= BARS["rss_mb"] and flat
+                low = max(rss) <= BARS["rss_mb"]
+                ok = low and flat
                 d = r["done"]
                 print(
                     f"daemon.day[{n} devices]: RSS start {rss[0]:.1f}, peak {max(rss):.1f}, end {rss[-1]:.1f} MB, "
@@ -992,7 +1013,14 @@ def main(argv: list[str]) -> None:
                     f"adverts {THIN:g} x thinned ({r['wall']:.0f} s wall; {d.get('observations')} obs, "
                     f"{d.get('committed')} events, late {d.get('late')}; malloc_trim {d.get('trims')} x, "
                     f"{d.get('trimmed_mb', 0):.1f} MB returned); bar RSS <= {BARS['rss_mb']:g} MB and "
-                    f"flat (|slope| <= 5 % of it per day): {'PASS' if ok else 'FAIL'}",
+                    f"flat (|slope| <= 5 % of it per day): {'PASS' if ok else 'FAIL'} (peak {max(rss):.1f} MB: "
+                    f"{'PASS' if low else 'FAIL'}; slope {r['slope']:+.1f} MB/day against "
+                    f"{0.05 * max(rss):.1f}: {'PASS' if flat else 'FAIL'})",
+                    flush=True,
+                )
+                print(
+                    f"daemon.day[{n} devices] highest RSS of the daemon's process (ru_maxrss, between the marks "
+                    f"too: start-up, the page's login): {d.get('maxrss_mb', float('nan')):.1f} MB",
                     flush=True,
                 )
                 anon = r["anon"]

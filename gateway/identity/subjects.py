@@ -48,6 +48,11 @@ _PREV_CACHE_S = 300.0
 # devices of the last minutes, not the evening's last 4,096 addresses all night (a few thousand
 # misses, one HMAC each, every quarter of an hour)
 _MEMO_S = 900.0
+# sensor ids shared downstream: a source makes a new string per message (JSON, pickled frames), and
+# the linker's per-address RSSI dicts, the localizer's rows and the tracks keep them for minutes -
+# one object per sensor instead of one per (address, sensor) (issue 22: RSS). Capped: unknown ids
+# past it pass through as they came.
+_SENSORS_MAX = 1024
 
 
 _DROPPED = ""  # cache value for an opted-out (device, link)
@@ -127,6 +132,7 @@ class IdentityResolver:
         self._bounds: tuple[int, float, float] = (0, 0.0, -1.0)
         self._prev_cache_until = math.inf  # when the previous period's memo goes (_PREV_CACHE_S)
         self._memo_until = -math.inf  # when the current period's memo starts afresh (_MEMO_S)
+        self._sensors: dict[str, str] = {}  # one shared string per sensor id (_SENSORS_MAX)
         self.stats = ResolverStats()
 
     # -- hashing -------------------------------------------------------------------------------
@@ -288,6 +294,7 @@ class IdentityResolver:
                 self._caches.pop(e, None)
             self._memo_until = now + _MEMO_S
         cache = self._caches.setdefault(e, {})
+        sensors = self._sensors
         append = out.append
         dropped = 0
         for o in observations:
@@ -306,7 +313,12 @@ class IdentityResolver:
             if not subj:
                 dropped += 1
                 continue
-            append(Observation(ts, o.sensor, subj, o.rssi, o.radio, o.rssi_at_1m, None, o.adv, o.presence))
+            sensor = sensors.get(o.sensor)
+            if sensor is None:
+                sensor = o.sensor
+                if len(sensors) < _SENSORS_MAX:
+                    sensors[sensor] = sensor
+            append(Observation(ts, sensor, subj, o.rssi, o.radio, o.rssi_at_1m, None, o.adv, o.presence))
         self.stats.resolved += len(out)
         self.stats.dropped_optout += dropped
         return out

@@ -261,7 +261,7 @@ class Daemon:
         self.worker = PipelineWorker()
         self.presence.run_owned = self.worker.call
         self.backpressure = BackPressure(self.worker.stats)
-        # the C heaps' free pages back to the system once an hour of event time (pipeline thread)
+        # the C heaps' free pages back to the system every 15 minutes of event time (pipeline thread)
         self.memory = MemoryTrim.glibc()
         self.pipeline_view: PipelineView = pipeline_view(self.pipeline, self.presence)
         self._view_t = 0.0

@@ -28,6 +28,15 @@ def test_the_daemon_gets_the_units_tunables_or_none(monkeypatch: pytest.MonkeyPa
     assert env()["MALLOC_ARENA_MAX"] == "7"  # other children (simulator, probes): untouched
 
 
+def test_daemon_set_goes_on_top_of_the_units_environment_in_the_daemon_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    from bench import bench_daemon
+
+    monkeypatch.setattr(bench_daemon, "DAEMON_SET", {"MALLOC_ARENA_MAX": "1", "MALLOC_TOP_PAD_": "0"})
+    assert env("unit")["MALLOC_ARENA_MAX"] == "1" and env("unit")["MALLOC_TOP_PAD_"] == "0"
+    assert env("default")["MALLOC_ARENA_MAX"] == "1"
+    assert "MALLOC_TOP_PAD_" not in env()  # the simulator and the probes: not the daemon's settings
+
+
 def _day_state(layout: str, visitors: int) -> dict[str, float]:
     import json
     import subprocess

@@ -72,3 +72,33 @@ def test_an_address_is_forgotten_only_after_forget_after_s() -> None:
     lk.process([Observation(T0 + WAVE_S + 1300.0, "a", "other", -60.0, "ble", None, None, other)])
     assert sizes(lk) == (1, 1, 1)
     assert lk.chain_of("w0d0r1") == "w0d0r1" and lk.info("w0d0r0") is None
+
+
+def test_an_address_costs_its_state_not_two_dicts_of_floats() -> None:
+    """Each address held keeps its RSSI and last hearing by sensor in one flat array (issue 22: two
+    dicts of floats were ~1.8 KB an address with 12 sensors, ~1,900 addresses at 500 devices)."""
+    import gc
+    import tracemalloc
+
+    sensors = [f"s{k:02d}" for k in range(12)]
+    n = 200
+    batches = [
+        [
+            Observation(T0 + k + d * 1e-4, s, f"dev{d}", -50.0 - d % 30 - j + k * 0.5, "ble", None, None, info)
+            for d, info in enumerate(AdvertInfo("phone", f"sig{d}", True) for d in range(n))
+            for j, s in enumerate(sensors)
+        ]
+        for k in range(10)
+    ]
+    lk = RotationLinker(KR.epoch_bounds)
+    gc.collect()
+    tracemalloc.start()
+    try:
+        for b in batches:
+            lk.process(b)
+        gc.collect()
+        held, _ = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert len(lk._addr) == n
+    assert held / n < 1100, held / n  # ~830 B (the dicts: ~1,770 B)

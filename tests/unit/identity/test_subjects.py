@@ -224,3 +224,28 @@ def test_memo_starts_afresh_every_quarter_hour_with_the_same_subjects() -> None:
     assert len(r._caches[max(r._caches)]) == 1  # afresh: the one heard since
     again = r.resolve_batch([obs(f"5A:00:00:00:00:{i:02X}", T + 902.0) for i in range(40)], T + 902.0)
     assert [o.device for o in again] == first
+
+
+def test_sensor_ids_come_out_as_one_shared_string_each() -> None:
+    """A source makes a new string per message; what leaves the resolver shares one per sensor id, so
+    the per-address and per-row state downstream holds no copy of its own (issue 22). Equal values,
+    a bounded table: past the cap, ids pass through as they came."""
+    from gateway.identity import subjects
+
+    r = resolver()
+
+    def fresh(name: str) -> str:
+        return "".join(list(name))  # an equal string, not the same object
+
+    batch = [Observation(T + i, fresh("n11"), MAC, -60.0) for i in range(3)]
+    batch += [Observation(T + 3, fresh("n12"), MAC, -61.0)]
+    assert len({id(o.sensor) for o in batch}) == 4
+    out = r.resolve_batch(batch, T + 3)
+    assert [o.sensor for o in out] == ["n11", "n11", "n11", "n12"]
+    assert len({id(o.sensor) for o in out}) == 2
+    later = r.resolve_batch([Observation(T + 4, fresh("n11"), MAC, -60.0)], T + 4)
+    assert later[0].sensor is out[0].sensor
+    n = subjects._SENSORS_MAX
+    many = [Observation(T + 5, fresh(f"x{i}"), MAC, -60.0) for i in range(n + 10)]
+    assert [o.sensor for o in r.resolve_batch(many, T + 5)] == [o.sensor for o in many]
+    assert len(r._sensors) == n
