@@ -456,7 +456,7 @@ async def test_a_ticks_events_reach_the_loop_before_the_rest_of_its_job(tmp_path
 async def _drain_slowly(
     daemon: Daemon, src: Any, batches: list[list[Observation]], note: Callable[[list[Observation]], object]
 ) -> tuple[Any, GatewayMetrics]:
-    """Run ``daemon`` until ``src`` has handed over ``batches`` and the queue is empty, its pipeline
+    """Run ``daemon`` until ``src`` has handed over ``batches`` and its pipeline is idle, its pipeline
     20 ms a batch (a board far slower than the radios; ``note(batch)`` as each starts); then the
     status snapshot and the metrics sampled from it."""
     real = daemon.pipeline.process
@@ -473,7 +473,12 @@ async def _drain_slowly(
     run = asyncio.create_task(daemon.run())
     try:
         end = time.monotonic() + 30
-        while src.health.observations < sum(len(b) for b in batches) or daemon.backpressure.queued_batches:
+        # handed over, queue empty, and no job in flight: a job's batches may still turn late inside it
+        while (
+            src.health.observations < sum(len(b) for b in batches)
+            or daemon.backpressure.queued_batches
+            or not daemon._pipeline_idle.is_set()
+        ):
             assert time.monotonic() < end
             await asyncio.sleep(0.05)
         sampler.sample()
