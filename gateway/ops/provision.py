@@ -685,10 +685,12 @@ def validate_config(text: str) -> None:
 
 
 def credential_bytes(plan: Plan, req: Request) -> bytes | None:
-    """Keep the stored hash when it already verifies: argon2 salts are random, so re-hashing
-    every run would break idempotency (and needlessly rotate the file)."""
-    from argon2 import PasswordHasher
+    """Keep the stored hash when it already verifies with today's parameters: argon2 salts are
+    random, so re-hashing every run would break idempotency (and needlessly rotate the file); a hash
+    made with other parameters (argon2-cffi's 64 MiB default before) is made anew."""
     from argon2.exceptions import InvalidHashError, VerificationError
+
+    from gateway.status.auth import password_hasher
 
     p = plan.host(CREDENTIAL)
     old: dict[str, Any] | None = None
@@ -697,7 +699,7 @@ def credential_bytes(plan: Plan, req: Request) -> bytes | None:
             old = json.loads(p.read_text())
     if req.tech_user is None or req.tech_password is None:
         return p.read_bytes() if p.exists() else None
-    ph = PasswordHasher()
+    ph = password_hasher()
     if old and old.get("user") == req.tech_user and isinstance(old.get("hash"), str):
         try:
             if ph.verify(old["hash"], req.tech_password) and not ph.check_needs_rehash(old["hash"]):

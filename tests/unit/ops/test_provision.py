@@ -249,6 +249,21 @@ def test_password_change_rehashes(image: Path, pki: Pki) -> None:
     assert PasswordHasher().verify(cred["hash"], "another long password")
 
 
+def test_a_hash_with_older_parameters_is_made_anew_with_todays(image: Path, pki: Pki) -> None:
+    """A credential hashed with argon2-cffi's 64 MiB default (before) verifies, and re-provisioning
+    with the same password re-hashes it with the product's parameters (19 MiB, t=2, p=1)."""
+    _run(_req(image, pki))
+    path = image / "etc/gateway/technician.json"
+    cred = json.loads(path.read_text())
+    cred["hash"] = PasswordHasher(time_cost=3, memory_cost=65536, parallelism=4).hash("correct horse battery")
+    path.write_text(json.dumps(cred) + "\n")
+    changes, _ = _run(_req(image, pki))
+    assert [c.split(" (")[0] for c in changes] == [f"update {CREDENTIAL}"]
+    new = json.loads(path.read_text())["hash"]
+    assert "$m=19456,t=2,p=1$" in new and PasswordHasher().verify(new, "correct horse battery")
+    assert _run(_req(image, pki))[0] == []  # and kept from then on
+
+
 def test_symlinked_target_refused(image: Path, pki: Pki, tmp_path: Path) -> None:
     (image / "etc/gateway").mkdir()
     (tmp_path / "elsewhere").mkdir()
