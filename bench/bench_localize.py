@@ -76,16 +76,7 @@ def grid_search_unblocked(
     grid: F64 | None = None,
 ) -> tuple[F64, F64]:
     """``Estimator.grid_search`` as it was before its blocks: every cell of a chunk at once."""
-    if grid is None:
-        grid, grid_mu_t = est.grid, est._grid_mu_t
-    else:
-        cached = est._grids.get(id(grid))
-        if cached is None or cached[0] is not grid:
-            if len(est._grids) > 8:
-                est._grids.clear()
-            cached = (grid, np.ascontiguousarray(est.model.mean_rssi(grid).T))
-            est._grids[id(grid)] = cached
-        grid_mu_t = cached[1]
+    grid, grid_mu_t = est.grid_tables(grid)
     d_all = prob.num_devices
     s = est.model.num_sensors
     g = grid.shape[0]

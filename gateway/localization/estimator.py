@@ -314,6 +314,19 @@ class Estimator:
 
     # -- grid search with the offset profiled out --------------------------------------------
 
+    def grid_tables(self, grid: F64 | None = None) -> tuple[F64, F64]:
+        """``(grid, expected RSSI (S, G))``: the estimator's own grid, or a caller's (the track
+        check's, searched every tick: its expected RSSI is kept for the next call)."""
+        if grid is None:
+            return self.grid, self._grid_mu_t
+        cached = self._grids.get(id(grid))
+        if cached is None or cached[0] is not grid:
+            if len(self._grids) > 8:
+                self._grids.clear()
+            cached = (grid, np.ascontiguousarray(self.model.mean_rssi(grid).T))
+            self._grids[id(grid)] = cached
+        return cached
+
     def grid_search(
         self, prob: Problem, delta_mean: F64, delta_prec: F64, chunk_elems: int = 1_000_000, grid: F64 | None = None
     ) -> tuple[F64, F64]:
@@ -324,17 +337,7 @@ class Estimator:
         cost is then evaluated there (:func:`gateway.localization._gridsearch.grid_cost`).
         ``cost`` is the negative log-likelihood without the prior.
         """
-        if grid is None:
-            grid, grid_mu_t = self.grid, self._grid_mu_t
-        else:
-            # a caller's grid (the track check's) is searched every tick: its expected RSSI is kept
-            cached = self._grids.get(id(grid))
-            if cached is None or cached[0] is not grid:
-                if len(self._grids) > 8:
-                    self._grids.clear()
-                cached = (grid, np.ascontiguousarray(self.model.mean_rssi(grid).T))
-                self._grids[id(grid)] = cached
-            grid_mu_t = cached[1]
+        grid, grid_mu_t = self.grid_tables(grid)
         d_all = prob.num_devices
         s = self.model.num_sensors
         g = grid.shape[0]
