@@ -49,8 +49,8 @@ _PREV_CACHE_S = 300.0
 # misses, one HMAC each, every quarter of an hour)
 _MEMO_S = 900.0
 # sensor ids shared downstream: a source makes a new string per message (JSON, pickled frames), and
-# the linker's per-address RSSI dicts, the localizer's rows and the tracks keep them for minutes -
-# one object per sensor instead of one per (address, sensor) (issue 22: RSS). Capped: unknown ids
+# the observations queued downstream, the localizer's rows and the tracks keep them for minutes -
+# one object per sensor instead of one per message (issue 22: RSS). Capped: unknown ids
 # past it pass through as they came.
 _SENSORS_MAX = 1024
 

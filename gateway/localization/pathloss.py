@@ -73,8 +73,9 @@ def erfc(x: F64, exact: bool | None = None) -> F64:
     Small arrays (the censored cells of one refinement: tens of values) go through ``math.erfc``
     element by element - exact, and a few microseconds instead of the ~25 numpy calls of the rational
     approximation, which is kept for the large arrays of the grid search (in place, same values).
-    ``exact``: ``math.erfc`` (True) or the approximation (False) whatever the size (the pruned grid
-    search evaluates a subset of the cells the full one did, and must take the path it took).
+    ``exact``: ``math.erfc`` (True) or the approximation (False) whatever the size (the grid search
+    evaluates a chunk's cells in cache-sized blocks and must take the path the whole chunk would have:
+    ``gateway/localization/_gridsearch.py``).
     """
     if (x.size <= _SCALAR_MAX) if exact is None else exact:
         return np.fromiter(map(math.erfc, x.ravel().tolist()), np.float64, x.size).reshape(x.shape)
