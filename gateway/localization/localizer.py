@@ -178,6 +178,8 @@ class MlLocalizer:
         self._stand = WindowStats(ns)
         self._recent = WindowStats(ns)
         self._sw_theta = np.zeros((0, 3))
+        # a standing device's posterior mean minus its window fix (recomputed every few ticks)
+        self._mean_corr = np.zeros((0, 2))
         self._was_standing = np.zeros(0, dtype=bool)
         self._ticks = 0
         self._check_grid = self.estimator.make_grid(settings.check_grid_m)
@@ -311,6 +313,9 @@ class MlLocalizer:
                 swt = np.zeros((live.size, 3))
                 swt[: self._sw_theta.shape[0]] = self._sw_theta
                 self._sw_theta = swt
+                corr = np.zeros((live.size, 2))
+                corr[: self._mean_corr.shape[0]] = self._mean_corr
+                self._mean_corr = corr
                 was = np.zeros(live.size, dtype=bool)
                 was[: self._was_standing.size] = self._was_standing
                 self._was_standing = was
@@ -501,12 +506,32 @@ class MlLocalizer:
             self.stats.drop("track_recentred", int(off.sum()))
         dx = sol.theta[:, :2] - state[sidx][:, :2]
         xy[sidx] = sol.theta[:, :2] - pw * dx
+        if st.standing_mean_sd > 0:
+            fresh = entering | off | ((self._phase[ss] + self._ticks) % st.standing_mean_every_ticks == 0)
+            if search is not None:
+                fresh |= np.isin(ss, search.ss)
+            self._standing_mean(ss, sub, sol.theta, wcov, np.flatnonzero(fresh))
+            xy[sidx] += (1.0 - pw) * self._mean_corr[ss]
         pw3 = pw[:, :, None]
         pcov[sidx] = (
             (1.0 - pw3) * wcov[:, :2, :2]
             + pw3 * cov[sidx][:, :2, :2]
             + pw3 * (1.0 - pw3) * dx[:, :, None] * dx[:, None, :]
         )
+
+    def _standing_mean(self, ss: np.ndarray, sub: Problem, theta: F64, wcov: np.ndarray, rows: np.ndarray) -> None:
+        """Refresh ``rows``' posterior-mean correction: the standing window's posterior mean over a 5 x 5
+        stencil spanning ``standing_mean_sd`` sd of the window fix's covariance either side, minus the
+        fix (:meth:`Estimator.local_mean`; the fix is the mode, and the RMSE is the mean's to minimise)."""
+        if rows.size == 0:
+            return
+        span = self._s.standing_mean_sd
+        g = np.linspace(-span, span, 5)
+        unit = np.stack(np.meshgrid(g, g), axis=-1).reshape(-1, 2)
+        chol = np.linalg.cholesky(wcov[rows, :2, :2] + 1e-9 * np.eye(2))
+        points = theta[rows, None, :2] + np.einsum("kij,mj->kmi", chol, unit)
+        pm = self.estimator.local_mean(sub.take(rows), theta[rows], 1.0 / self._s.tx_spread_db**2, points)
+        self._mean_corr[ss[rows]] = pm - theta[rows, :2]
 
     def _track_update(self, sub: Problem, m: np.ndarray, lam: np.ndarray, walking: np.ndarray) -> tuple[F64, F64]:
         """MAP under the tracker's prediction -> the likelihood's information form, per device.
