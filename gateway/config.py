@@ -388,7 +388,7 @@ class LocalizationSettings(Section):
         " position / transmit-offset ridge the posterior is lopsided (0: the mode)",
     )
     standing_mean_every_ticks: int = Field(
-        default=3,
+        default=5,
         ge=1,
         le=1000,
         description="Recompute that posterior-mean correction every N ticks per device (in between, the last one)",
