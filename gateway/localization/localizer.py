@@ -180,6 +180,7 @@ class MlLocalizer:
         self._sw_theta = np.zeros((0, 3))
         # a standing device's posterior mean minus its window fix (recomputed every few ticks)
         self._mean_corr = np.zeros((0, 2))
+        self._mean_at = np.zeros((0, 2))  # the window fix each correction was computed at
         self._was_standing = np.zeros(0, dtype=bool)
         self._ticks = 0
         self._check_grid = self.estimator.make_grid(settings.check_grid_m)
@@ -313,9 +314,11 @@ class MlLocalizer:
                 swt = np.zeros((live.size, 3))
                 swt[: self._sw_theta.shape[0]] = self._sw_theta
                 self._sw_theta = swt
-                corr = np.zeros((live.size, 2))
-                corr[: self._mean_corr.shape[0]] = self._mean_corr
-                self._mean_corr = corr
+                for name in ("_mean_corr", "_mean_at"):
+                    old2 = getattr(self, name)
+                    arr2 = np.zeros((live.size, 2))
+                    arr2[: old2.shape[0]] = old2
+                    setattr(self, name, arr2)
                 was = np.zeros(live.size, dtype=bool)
                 was[: self._was_standing.size] = self._was_standing
                 self._was_standing = was
@@ -507,9 +510,9 @@ class MlLocalizer:
         dx = sol.theta[:, :2] - state[sidx][:, :2]
         xy[sidx] = sol.theta[:, :2] - pw * dx
         if st.standing_mean_sd > 0:
-            fresh = entering | off | ((self._phase[ss] + self._ticks) % st.standing_mean_every_ticks == 0)
-            if search is not None:
-                fresh |= np.isin(ss, search.ss)
+            # also when the fix moved by more than its sd since (a re-search, the first seconds)
+            moved = np.hypot(*(sol.theta[:, :2] - self._mean_at[ss]).T) ** 2 > wcov[:, 0, 0] + wcov[:, 1, 1]
+            fresh = entering | off | moved | ((self._phase[ss] + self._ticks) % st.standing_mean_every_ticks == 0)
             self._standing_mean(ss, sub, sol.theta, wcov, np.flatnonzero(fresh))
             xy[sidx] += (1.0 - pw) * self._mean_corr[ss]
         pw3 = pw[:, :, None]
@@ -532,6 +535,7 @@ class MlLocalizer:
         points = theta[rows, None, :2] + np.einsum("kij,mj->kmi", chol, unit)
         pm = self.estimator.local_mean(sub.take(rows), theta[rows], 1.0 / self._s.tx_spread_db**2, points)
         self._mean_corr[ss[rows]] = pm - theta[rows, :2]
+        self._mean_at[ss[rows]] = theta[rows, :2]
 
     def _track_update(self, sub: Problem, m: np.ndarray, lam: np.ndarray, walking: np.ndarray) -> tuple[F64, F64]:
         """MAP under the tracker's prediction -> the likelihood's information form, per device.
