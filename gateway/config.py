@@ -393,6 +393,14 @@ class LocalizationSettings(Section):
         le=1000,
         description="Recompute that posterior-mean correction every N ticks per device (in between, the last one)",
     )
+    walkable_mean_sd: float = Field(
+        default=2.5,
+        ge=0,
+        le=10,
+        description="A tracked fix is the mean of its Gaussian cut to the walkable area (a 7 x 7 stencil this many"
+        " sd either side), not its projection onto it: an estimate spilling over a wall is moved inside, not"
+        " onto the wall (0: projection only; standing devices' window fixes are such means already)",
+    )
     time_align: bool = Field(
         default=True,
         description="Fuse each tick's adverts at their mean time and extrapolate the fix to the tick"

@@ -522,6 +522,25 @@ class MlLocalizer:
             + pw3 * (1.0 - pw3) * dx[:, :, None] * dx[:, None, :]
         )
 
+    def _walkable_mean(self, xy: F64, pcov: F64, rows: np.ndarray) -> None:
+        """Move ``rows``' fixes (in place) to the mean of their Gaussian ``N(xy, pcov)`` cut to the
+        walkable area (a 7 x 7 stencil spanning ``walkable_mean_sd`` sd either side): the posterior mean
+        under the walkable-area prior, where projecting put a fix whose estimate spills over a wall *on*
+        the wall. A fix whose stencil lies inside is unchanged (the stencil is symmetric); one with no
+        point inside is left to the projection."""
+        if rows.size == 0:
+            return
+        g = np.linspace(-self._s.walkable_mean_sd, self._s.walkable_mean_sd, 7)
+        unit = np.stack(np.meshgrid(g, g), axis=-1).reshape(-1, 2)
+        chol = np.linalg.cholesky(pcov[rows] + 1e-9 * np.eye(2))
+        pts = xy[rows, None, :] + np.einsum("kij,mj->kmi", chol, unit)
+        inside = self.region.contains(pts.reshape(-1, 2)).reshape(pts.shape[:2])
+        w = np.exp(-0.5 * (unit * unit).sum(axis=1))[None, :] * inside
+        tot = w.sum(axis=1)
+        cut = (tot > 0) & ~inside.all(axis=1)
+        if cut.any():
+            xy[rows[cut]] = np.einsum("km,kmi->ki", w[cut], pts[cut]) / tot[cut, None]
+
     def _standing_mean(self, ss: np.ndarray, sub: Problem, theta: F64, wcov: np.ndarray, rows: np.ndarray) -> None:
         """Refresh ``rows``' posterior-mean correction: the standing window's posterior mean over a 5 x 5
         stencil spanning ``standing_mean_sd`` sd of the window fix's covariance either side, minus the
@@ -701,6 +720,11 @@ class MlLocalizer:
         elif search is not None:
             self._search_finish(search, est.refine_batches([search.batch])[0], st)
         self._was_standing[slots] = standing
+        if st.walkable_mean_sd > 0:
+            # the standing devices' window fixes are posterior means over the walkable area already
+            rest = np.ones(k_all, dtype=bool)
+            rest[sidx] = False
+            self._walkable_mean(xy, pcov, np.flatnonzero(rest))
         xy = self.region.project(xy)
         sigma = np.sqrt(np.maximum(pcov[:, 0, 0] + pcov[:, 1, 1], 0.0))
         zones = self.zones.update(slots, xy)

@@ -12,6 +12,7 @@ import numpy as np
 from gateway.config import LocalizationSettings
 from gateway.layout import Layout
 from gateway.localization.estimator import Estimator, EstimatorParams
+from gateway.localization.localizer import MlLocalizer
 from gateway.localization.pathloss import PathLossModel
 from gateway.localization.region import Walkable
 from gateway.localization.synth import RadioParams
@@ -75,3 +76,18 @@ def test_posterior_mean_lowers_the_small_store_static_rmse() -> None:
     mean = _family_static_ratio(LocalizationSettings())
     mode = _family_static_ratio(LocalizationSettings(standing_mean_sd=0.0))
     assert mean < mode - 0.02, (mean, mode)
+
+
+def test_a_fix_spilling_over_a_wall_moves_inside_not_onto_it(layout: Layout) -> None:
+    """`walkable_mean_sd`: the mean of the fix's Gaussian cut to the walkable area. A fix 0.3 m outside the
+    left wall with a 1 m sd lands inside (the projection, the old output, put it on the wall at x = 0); a
+    fix whose ellipse lies inside is unchanged; 0 leaves the projection alone."""
+    loc = MlLocalizer(layout, LocalizationSettings())
+    xy = np.array([[-0.3, 10.0], [15.0, 10.0]])
+    pcov = np.array([np.eye(2), 0.25 * np.eye(2)])
+    out = xy.copy()
+    loc._walkable_mean(out, pcov, np.arange(2))
+    assert 0.3 < out[0, 0] < 1.5, out
+    assert abs(out[0, 1] - 10.0) < 1e-9
+    assert np.array_equal(out[1], xy[1])
+    assert loc.region.project(xy)[0, 0] == 0.0  # what the projection alone gives
