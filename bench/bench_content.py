@@ -289,6 +289,8 @@ async def through_daemon(
     trigger: dict[str, str] = {}  # activation id -> the event that fired it
     event_batch: dict[str, float] = {}  # event id -> when the batch whose processing produced it was handed over
     event_done: dict[str, float] = {}  # event id -> when the pipeline thread had finished that batch
+    event_start: dict[str, tuple[float, float]] = {}  # event id -> (its job started, its batch started)
+    job_t0: list[float] = [0.0]
     jobs_ms: list[float] = []
     ticks: list[tuple[int, float]] = []  # (fixes, CPU seconds) of each fix tick
     try:
@@ -325,6 +327,7 @@ async def through_daemon(
         pipe_process = daemon.pipeline.process
         handing = daemon.pipeline.on_partial
         current: list[float | None] = [None]  # when the batch being processed was handed over
+        started: list[float] = [0.0]  # when the pipeline thread started the batch being processed
 
         def note(events: list[EventBase]) -> None:
             t = current[0]
@@ -333,9 +336,11 @@ async def through_daemon(
                 for e in events:
                     event_batch[e.event_id] = t
                     event_done[e.event_id] = done
+                    event_start[e.event_id] = (job_t0[0], started[0])
 
         def attributing(batch: list[Observation]) -> list[EventBase]:  # on the pipeline thread
             current[0] = src.handed.get(id(batch))
+            started[0] = time.monotonic()
             events = pipe_process(batch)
             note(events)
             return events
@@ -351,6 +356,7 @@ async def through_daemon(
 
         def timed(batches: list[list[Observation]], *a: Any) -> list[EventBase]:
             t0 = time.perf_counter()
+            job_t0[0] = time.monotonic()
             out = process(batches, *a)
             jobs_ms.append((time.perf_counter() - t0) * 1000)
             return out
@@ -416,6 +422,7 @@ async def through_daemon(
         daemon.supervisor.request_stop("bench over")
         await asyncio.wait_for(run, 60)
     lat, stage, pipe, handover = [], [], [], []
+    parts: list[tuple[float, ...]] = []
     for aid, (t_arr, _ts) in arrivals.items():
         t_in = event_batch.get(trigger.get(aid, ""))
         if t_in is None or aid not in produced:
@@ -424,6 +431,27 @@ async def through_daemon(
         stage.append((t_arr - produced[aid]) * 1000)
         pipe.append((produced[aid] - t_in) * 1000)
         handover.append((produced[aid] - event_done[trigger[aid]]) * 1000)
+        j0, b0 = event_start[trigger[aid]]
+        ev = trigger[aid]
+        parts.append(
+            tuple(
+                x * 1000
+                for x in (
+                    t_arr - t_in,
+                    j0 - t_in,
+                    b0 - j0,
+                    event_done[ev] - b0,
+                    produced[aid] - event_done[ev],
+                    t_arr - produced[aid],
+                )
+            )
+        )
+    if os.environ.get("BENCH_PARTS"):
+        parts.sort()
+        print("content.parts (total, queue wait, earlier batches of its job, its batch, hand-over, publish) ms:")
+        worst = np.array(parts[-max(1, len(parts) // 10) :])
+        print("  worst 10 % mean: " + " ".join(f"{x:7.1f}" for x in worst.mean(axis=0)))
+        print("  all mean:        " + " ".join(f"{x:7.1f}" for x in np.array(parts).mean(axis=0)))
     figs = {"lat": lat, "stage": stage, "pipe": pipe, "handover": handover, "jobs_ms": jobs_ms}
     return {**figs, "created": len(produced), **info}
 
