@@ -289,7 +289,7 @@ async def through_daemon(
     trigger: dict[str, str] = {}  # activation id -> the event that fired it
     event_batch: dict[str, float] = {}  # event id -> when the batch whose processing produced it was handed over
     event_done: dict[str, float] = {}  # event id -> when the pipeline thread had finished that batch
-    event_start: dict[str, tuple[float, float]] = {}  # event id -> (its job started, its batch started)
+    event_start: dict[str, tuple[float, float, float]] = {}  # event id -> its job, its batch started; batch CPU s
     job_t0: list[float] = [0.0]
     jobs_ms: list[float] = []
     ticks: list[tuple[int, float]] = []  # (fixes, CPU seconds) of each fix tick
@@ -327,20 +327,21 @@ async def through_daemon(
         pipe_process = daemon.pipeline.process
         handing = daemon.pipeline.on_partial
         current: list[float | None] = [None]  # when the batch being processed was handed over
-        started: list[float] = [0.0]  # when the pipeline thread started the batch being processed
+        started: list[float] = [0.0, 0.0]  # when the pipeline thread started the batch in hand; its CPU then
 
         def note(events: list[EventBase]) -> None:
             t = current[0]
             if t is not None:
                 done = time.monotonic()
+                cpu = time.thread_time() - started[1]
                 for e in events:
                     event_batch[e.event_id] = t
                     event_done[e.event_id] = done
-                    event_start[e.event_id] = (job_t0[0], started[0])
+                    event_start[e.event_id] = (job_t0[0], started[0], cpu)
 
         def attributing(batch: list[Observation]) -> list[EventBase]:  # on the pipeline thread
             current[0] = src.handed.get(id(batch))
-            started[0] = time.monotonic()
+            started[0], started[1] = time.monotonic(), time.thread_time()
             events = pipe_process(batch)
             note(events)
             return events
@@ -431,7 +432,7 @@ async def through_daemon(
         stage.append((t_arr - produced[aid]) * 1000)
         pipe.append((produced[aid] - t_in) * 1000)
         handover.append((produced[aid] - event_done[trigger[aid]]) * 1000)
-        j0, b0 = event_start[trigger[aid]]
+        j0, b0, b_cpu = event_start[trigger[aid]]
         ev = trigger[aid]
         parts.append(
             tuple(
@@ -443,16 +444,11 @@ async def through_daemon(
                     event_done[ev] - b0,
                     produced[aid] - event_done[ev],
                     t_arr - produced[aid],
+                    b_cpu,
                 )
             )
         )
-    if os.environ.get("BENCH_PARTS"):
-        parts.sort()
-        print("content.parts (total, queue wait, earlier batches of its job, its batch, hand-over, publish) ms:")
-        worst = np.array(parts[-max(1, len(parts) // 10) :])
-        print("  worst 10 % mean: " + " ".join(f"{x:7.1f}" for x in worst.mean(axis=0)))
-        print("  all mean:        " + " ".join(f"{x:7.1f}" for x in np.array(parts).mean(axis=0)))
-    figs = {"lat": lat, "stage": stage, "pipe": pipe, "handover": handover, "jobs_ms": jobs_ms}
+    figs = {"lat": lat, "stage": stage, "pipe": pipe, "handover": handover, "jobs_ms": jobs_ms, "parts": parts}
     return {**figs, "created": len(produced), **info}
 
 
@@ -491,6 +487,14 @@ def report(kind: str, r: dict[str, Any]) -> dict[str, float]:
         f"{pct(r['stage'], 99):.2f} ms (dispatch + broker + actor); "
         f"pipeline job p99 {pct(r['jobs_ms'], 99):.2f} ms, max {max(r['jobs_ms'] or [0]):.2f} ms over {r['jobs']} jobs"
     )
+    if r["parts"]:
+        for label, rows in (("worst 10 %", sorted(r["parts"])[-max(1, len(r["parts"]) // 10) :]), ("all", r["parts"])):
+            tot, wait, before, batch, hand, pub, cpu = np.array(rows).mean(axis=0)
+            print(
+                f"content.split_mean[{kind}, {label} of activations]: {tot:.1f} ms = queue wait {wait:.1f} + the "
+                f"batches before its batch in its job {before:.1f} + its batch {batch:.1f} (its CPU {cpu:.1f}) + "
+                f"hand-over to the loop {hand:.1f} + created -> received {pub:.1f}"
+            )
     print(
         f"content.offered_vs_achieved[{kind}]: offered {RATE:,} obs/s, achieved {r['achieved']:,.0f} obs/s over "
         f"{r['wall_s']:.1f} s; pipeline thread CPU {r['worker_cpu_s'] / r['wall_s'] * 100:.0f} % of a core; "

@@ -23,6 +23,10 @@ computes fixes on every n-th tick only - at most ``localization.window_s`` apart
 goes stale - and counts each tick skipped as ``fix_tick_shed``; the skipped ticks' observations go
 into the next computed one, presence still ticks every interval. The fix ticks are ~83 % of this
 thread's CPU at 25k obs/s (``python -m bench.bench_content --stages``), so they are what can give.
+Catch-up shedding (``horizon``, the daemon's newest live event time waiting behind the call): a
+tick whose successor is already due in observations received but not processed yet is shed the
+same way and within the same bound - its fixes would be stale when done, and the tick that
+supersedes them would wait behind it. Without a horizon (replays, ``gateway locate``) nothing changes.
 """
 
 from __future__ import annotations

@@ -14,7 +14,10 @@ enqueue drops the batch and counts it (radios cannot be paused), a replay simply
 batch that waited longer than ``pipeline.max_delay_s`` is dropped as ``late`` (so latency stays
 bounded on an overloaded box). Before that, once a live batch waited longer than
 ``pipeline.shed_after_s``, fixes are computed on every 3rd tick only until the queue is short again
-(``Pipeline.fix_stride``; counted as ``fix_tick_shed``). Queue depth, waits, late drops, ticks shed
+(``Pipeline.fix_stride``; counted as ``fix_tick_shed``); and whatever the wait, a fix tick whose
+successor is already due in live batches queued behind it is shed too (``Pipeline.horizon``). A
+job that hands a tick's events to the loop mid-way waits (``SETTLE_WAIT_S`` at most) until the
+activations they started wrote their packets. Queue depth, waits, late drops, ticks shed
 and the pipeline thread's load are on /metrics and the status page (``BackPressure``). What a
 source is (a recording, a node feed, restartable, on its own clock) it declares in its
 ``capabilities`` (``gateway/sources/base.py``); the daemon never probes it.
