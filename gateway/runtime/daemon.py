@@ -96,7 +96,7 @@ class Queued:
     batch: list[Observation] | None  # None: the end marker the drain puts
     t: float  # time.monotonic() when queued
     source: Source | None = None  # a live source (its late drops are counted there); None: a recording
-    n: int = 0  # a live batch: how many live batches were queued before it and it
+    n: int = 0  # a live batch: how many (non-empty) live batches were queued up to it; 0: none
 
 
 def load_store_layout(settings: Settings) -> Layout:
@@ -435,14 +435,15 @@ class Daemon:
             async for batch in batches:
                 if live:
                     # radios cannot be paused: when the pipeline is behind, drop and count
+                    n = self._queued_n + 1 if batch else 0
                     try:
-                        self.queue.put_nowait(Queued(batch, time.monotonic(), src, self._queued_n + 1))
+                        self.queue.put_nowait(Queued(batch, time.monotonic(), src, n))
                     except asyncio.QueueFull:
                         src.health.drop("backpressure", len(batch))
                     else:
-                        self._queued_n += 1
-                        if batch:
+                        if n:  # the time first: the pipeline thread reads the count first
                             self._queued_ts = batch[-1].ts
+                            self._queued_n = n
                         bp.queued_batches += 1
                         bp.queued_observations += len(batch)
                     await asyncio.sleep(0)
