@@ -380,12 +380,13 @@ class LocalizationSettings(Section):
         " refined there (a 3 m grid never reached the wrong basins 2-4 m from the right one of small stores)",
     )
     standing_mean_sd: float = Field(
-        default=3.0,
+        default=0.0,
         ge=0,
         le=10,
         description="A standing device's fix is the posterior mean of its window over a 5 x 5 stencil this many"
         " sd (of the window fix) either side of the mode, not the mode itself: near walls and along the"
-        " position / transmit-offset ridge the posterior is lopsided (0: the mode)",
+        " position / transmit-offset ridge the posterior is lopsided (0: the mode, the default: with it on a"
+        " tick's fixes depend on how the tick is batched, docs/localization.md 9.10)",
     )
     standing_mean_every_ticks: int = Field(
         default=5,

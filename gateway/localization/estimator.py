@@ -396,7 +396,10 @@ class Estimator:
         w = prob.count / self.params.sigma_db**2  # (k, S)
         delta = (w[:, None, :] * (prob.mean[:, None, :] - mu)).sum(axis=2) / (w.sum(axis=1)[:, None] + tx_prec)
         rep = Problem(np.repeat(prob.mean, m, 0), np.repeat(prob.count, m, 0), np.repeat(prob.missed, m, 0))
-        cost = self.nll(rep, np.column_stack([pos, delta.reshape(-1)])).reshape(k, m) + 0.5 * tx_prec * delta**2
+        # one erfc path whatever the number of devices: a device's mean must not depend on which others
+        # share its tick or its part of it (tick_chunk_devices)
+        cost = self.nll(rep, np.column_stack([pos, delta.reshape(-1)]), exact=False).reshape(k, m)
+        cost += 0.5 * tx_prec * delta**2
         if self.region is not None:
             cost[~self.region.contains(pos).reshape(k, m)] = np.inf
         best = cost.min(axis=1, keepdims=True)
@@ -408,8 +411,9 @@ class Estimator:
         out[~ok] = theta[~ok, :2]
         return np.asarray(out)
 
-    def nll(self, prob: Problem, theta: F64) -> F64:
-        """Negative log-likelihood ``(D,)`` alone (``evaluate(...)[0]`` without the derivatives)."""
+    def nll(self, prob: Problem, theta: F64, exact: bool | None = None) -> F64:
+        """Negative log-likelihood ``(D,)`` alone (``evaluate(...)[0]`` without the derivatives);
+        ``exact``: the censored terms' erfc path (None: by their number, see :func:`erfc`)."""
         m = self.model
         dx = theta[:, 0:1] - self._sx
         dy = theta[:, 1:2] - self._sy
@@ -425,7 +429,7 @@ class Estimator:
         miss = np.flatnonzero(prob.missed)
         if miss.size:
             rho.reshape(-1)[miss] += self._missed_loss(
-                mu.reshape(-1)[miss], prob.missed.reshape(-1)[miss], miss % self.model.num_sensors
+                mu.reshape(-1)[miss], prob.missed.reshape(-1)[miss], miss % self.model.num_sensors, exact
             )
         return np.asarray(rho.sum(axis=1))
 
