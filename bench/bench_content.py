@@ -289,6 +289,8 @@ async def through_daemon(
     trigger: dict[str, str] = {}  # activation id -> the event that fired it
     event_batch: dict[str, float] = {}  # event id -> when the batch whose processing produced it was handed over
     event_done: dict[str, float] = {}  # event id -> when the pipeline thread had finished that batch
+    event_start: dict[str, tuple[float, float, float]] = {}  # event id -> its job, its batch started; batch CPU s
+    job_t0: list[float] = [0.0]
     jobs_ms: list[float] = []
     ticks: list[tuple[int, float]] = []  # (fixes, CPU seconds) of each fix tick
     try:
@@ -325,17 +327,21 @@ async def through_daemon(
         pipe_process = daemon.pipeline.process
         handing = daemon.pipeline.on_partial
         current: list[float | None] = [None]  # when the batch being processed was handed over
+        started: list[float] = [0.0, 0.0]  # when the pipeline thread started the batch in hand; its CPU then
 
         def note(events: list[EventBase]) -> None:
             t = current[0]
             if t is not None:
                 done = time.monotonic()
+                cpu = time.thread_time() - started[1]
                 for e in events:
                     event_batch[e.event_id] = t
                     event_done[e.event_id] = done
+                    event_start[e.event_id] = (job_t0[0], started[0], cpu)
 
         def attributing(batch: list[Observation]) -> list[EventBase]:  # on the pipeline thread
             current[0] = src.handed.get(id(batch))
+            started[0], started[1] = time.monotonic(), time.thread_time()
             events = pipe_process(batch)
             note(events)
             return events
@@ -351,6 +357,7 @@ async def through_daemon(
 
         def timed(batches: list[list[Observation]], *a: Any) -> list[EventBase]:
             t0 = time.perf_counter()
+            job_t0[0] = time.monotonic()
             out = process(batches, *a)
             jobs_ms.append((time.perf_counter() - t0) * 1000)
             return out
@@ -416,6 +423,7 @@ async def through_daemon(
         daemon.supervisor.request_stop("bench over")
         await asyncio.wait_for(run, 60)
     lat, stage, pipe, handover = [], [], [], []
+    parts: list[tuple[float, ...]] = []
     for aid, (t_arr, _ts) in arrivals.items():
         t_in = event_batch.get(trigger.get(aid, ""))
         if t_in is None or aid not in produced:
@@ -424,7 +432,23 @@ async def through_daemon(
         stage.append((t_arr - produced[aid]) * 1000)
         pipe.append((produced[aid] - t_in) * 1000)
         handover.append((produced[aid] - event_done[trigger[aid]]) * 1000)
-    figs = {"lat": lat, "stage": stage, "pipe": pipe, "handover": handover, "jobs_ms": jobs_ms}
+        j0, b0, b_cpu = event_start[trigger[aid]]
+        ev = trigger[aid]
+        parts.append(
+            tuple(
+                x * 1000
+                for x in (
+                    t_arr - t_in,
+                    j0 - t_in,
+                    b0 - j0,
+                    event_done[ev] - b0,
+                    produced[aid] - event_done[ev],
+                    t_arr - produced[aid],
+                    b_cpu,
+                )
+            )
+        )
+    figs = {"lat": lat, "stage": stage, "pipe": pipe, "handover": handover, "jobs_ms": jobs_ms, "parts": parts}
     return {**figs, "created": len(produced), **info}
 
 
@@ -463,6 +487,14 @@ def report(kind: str, r: dict[str, Any]) -> dict[str, float]:
         f"{pct(r['stage'], 99):.2f} ms (dispatch + broker + actor); "
         f"pipeline job p99 {pct(r['jobs_ms'], 99):.2f} ms, max {max(r['jobs_ms'] or [0]):.2f} ms over {r['jobs']} jobs"
     )
+    if r["parts"]:
+        for label, rows in (("worst 10 %", sorted(r["parts"])[-max(1, len(r["parts"]) // 10) :]), ("all", r["parts"])):
+            tot, wait, before, batch, hand, pub, cpu = np.array(rows).mean(axis=0)
+            print(
+                f"content.split_mean[{kind}, {label} of activations]: {tot:.1f} ms = queue wait {wait:.1f} + the "
+                f"batches before its batch in its job {before:.1f} + its batch {batch:.1f} (its CPU {cpu:.1f}) + "
+                f"hand-over to the loop {hand:.1f} + created -> received {pub:.1f}"
+            )
     print(
         f"content.offered_vs_achieved[{kind}]: offered {RATE:,} obs/s, achieved {r['achieved']:,.0f} obs/s over "
         f"{r['wall_s']:.1f} s; pipeline thread CPU {r['worker_cpu_s'] / r['wall_s'] * 100:.0f} % of a core; "

@@ -769,7 +769,8 @@ class PipelineSettings(Section):
             "Load shedding: once a live batch waited longer than this for the pipeline, fixes are computed on "
             "every 3rd tick only (at most localization.window_s apart), back to every tick one step per job "
             "once batches wait less than half of this; the skipped ticks' observations go into the next "
-            "computed one, the ticks are counted as fix_tick_shed drops; 0: never"
+            "computed one, the ticks are counted as fix_tick_shed drops. Also, whatever the wait, a tick whose "
+            "successor is already due in live observations waiting behind it is shed the same way; 0: never"
         ),
     )
 

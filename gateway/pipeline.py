@@ -23,6 +23,10 @@ computes fixes on every n-th tick only - at most ``localization.window_s`` apart
 goes stale - and counts each tick skipped as ``fix_tick_shed``; the skipped ticks' observations go
 into the next computed one, presence still ticks every interval. The fix ticks are ~83 % of this
 thread's CPU at 25k obs/s (``python -m bench.bench_content --stages``), so they are what can give.
+Catch-up shedding (``horizon``, the daemon's newest live event time waiting behind the call): a
+tick whose successor is already due in observations received but not processed yet is shed the
+same way and within the same bound - its fixes would be stale when done, and the tick that
+supersedes them would wait behind it. Without a horizon (replays, ``gateway locate``) nothing changes.
 """
 
 from __future__ import annotations
@@ -124,6 +128,11 @@ class Pipeline:
         # ``fix_stride``-th tick only; the ticks between are counted as ``fix_tick_shed`` and their
         # observations go into the next computed tick (presence still ticks every interval)
         self.fix_stride = 1
+        # catch-up shedding (the daemon sets it for live input): the newest event time of the
+        # observations already received and waiting behind this call; a tick whose successor is
+        # already due in them is shed (within localization.window_s of the last computed one) -
+        # its fixes would be stale when done and would hold up the tick that supersedes them
+        self.horizon: Callable[[], float] | None = None
         self._max_stride = max(1, int(settings.localization.window_s / self._interval + 1e-9))
         self._last_fix_tick = -math.inf
         self._out: list[EventBase] = []  # the current call's events not handed on yet
@@ -218,7 +227,7 @@ class Pipeline:
         while self._next_tick <= ts:
             t = self._next_tick
             stride = min(self.fix_stride, self._max_stride)
-            if stride > 1 and t - self._last_fix_tick < (stride - 0.5) * self._interval:
+            if (stride > 1 and t - self._last_fix_tick < (stride - 0.5) * self._interval) or self._superseded(t):
                 self._drop("fix_tick_shed")
                 fixes = []
             else:
@@ -237,6 +246,16 @@ class Pipeline:
         if gap_end is not None:
             self._next_tick = math.floor(gap_end / self._interval) * self._interval + self._interval
         return self._count(events)
+
+    def _superseded(self, t: float) -> bool:
+        """The tick after ``t`` is already due in observations waiting behind this call (``horizon``)
+        and the fixes stay at most ``localization.window_s`` apart if ``t`` is shed."""
+        horizon = self.horizon
+        return (
+            horizon is not None
+            and t - self._last_fix_tick < (self._max_stride - 0.5) * self._interval
+            and horizon() >= t + self._interval
+        )
 
     def _tick_fixes(self, t: float, events: list[EventBase]) -> list[Fix]:
         """One tick's fixes, fed to presence (their events appended to ``events``). A localizer that

@@ -19,7 +19,8 @@ frame, one summary per MAC) and then links MAC lifetimes into chains - one chain
 **Counting** (:meth:`ChainGrouper.marks`): what every heard burst stands for in presence
 (gateway/identity/wifi_presence.py), learnt over the whole capture - the silences of public MACs,
 within one MAC, and across the links made with gap-blind confidence in the last pass; the mean
-visit from public MACs' visits and from devices followed with confidence all along.
+visit from public MACs' visits and from devices followed with confidence all along. A device so
+followed all along is one arrival (its first burst's), whatever its presence over the mean visit.
 
 Cost of :meth:`ChainGrouper.solve`: each tracking pass scores every burst against the tracks of
 its family heard within ``max_gap_s``.
@@ -461,6 +462,7 @@ class ChainGrouper:
         # a burst surely continues its group's previous one: the same MAC's later burst, a public
         # MAC's within a visit, a head whose link in the grouping is the one the count was sure of
         links = self.link_p
+        counted: set[int] = set()  # devices followed all along whose one arrival is counted
         for ts, idx in log:
             life = by_idx[idx]
             fam = family_of(life.fingerprint)
@@ -477,6 +479,12 @@ class ChainGrouper:
                 mk = cache.get(key)
                 if mk is None:
                     mk = cache[key] = pm.mark(fam, own=(key[2], key[1]), follows=follows)
+                if tr is not None and tr.macs >= FOLLOWED_MIN and tr.silences >= tr.macs - 1:
+                    # followed with confidence from its first burst to its last (the visits the
+                    # mean visit is learnt from): one arrival, at its first burst - not its
+                    # presence over the mean visit, which for a few devices is mostly the prior's
+                    mk = replace(mk, arrivals=0.0 if id(tr) in counted else 1.0)
+                    counted.add(id(tr))
             else:
                 span, silences = own[(idx, ts)]
                 mk = pm.mark(

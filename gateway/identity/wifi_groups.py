@@ -333,7 +333,7 @@ class WifiGrouper:
             if levels is not None:
                 m.public_levels(ts, levels, self.params.mac_burst_gap_s, self._tracker.node_miss)
             st = self._macs[mac] = _MacState(m, _Unit(m, fam, Track(self._gid(), m, None)), False, ts)
-            self.presence.visit_open(mac, fam, ts)
+            self.presence.visit_open(mac, fam, ts)  # (fades the model to ts)
             st.mark = self.presence.mark(fam, public=True, own=(0.0, 0), so_far=True)
             return st
         # stage 1: does it continue a burst still open in its family?
@@ -413,6 +413,7 @@ class WifiGrouper:
             if best.held is not None or best.track is None:
                 best.extra += 1.0 / tot
             else:
+                self.presence.at(ts)
                 best.mark = _plus(best.mark, self.presence.mark(fam), 1.0 / tot)
             a = best.agg
             a.last_ts, a.last_seq = m.last_ts, m.last_seq
@@ -500,6 +501,7 @@ class WifiGrouper:
     def _burst_again(self, st: _MacState, dt: float, ts: float) -> None:
         """A MAC heard again after a silence: a burst of its own (and a silence of one device)."""
         pm = self.presence
+        pm.at(ts)
         fam = st.unit.family
         if not st.randomized:
             if dt > pm.params.visit_gap_s:  # the visit was over: another starts
@@ -553,6 +555,7 @@ class WifiGrouper:
         track, p_new = tr.assign(u.agg, self._fp_share(u.agg.fingerprint), "")
         u.p_start = p_new
         pm = self.presence
+        pm.at(ts)
         sure = tr.last_confidence >= pm.params.confident
         if sure:
             pm.silence(fam, tr.last_gap, ts, own=(track.silence_s, track.silences))

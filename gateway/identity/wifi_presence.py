@@ -174,6 +174,13 @@ class PresenceModel:
                 return  # too little time for it to matter: keep the old time so it adds up
         self._ts = ts
 
+    def at(self, ts: float) -> None:
+        """Frame time is ``ts``: what was learnt fades to it before a burst is weighed
+        (:meth:`mark`). Without it a burst after a long quiet (a store closed overnight, a capture
+        spanning days) was weighed by the statistics as they were when the quiet began, unfaded -
+        the real Oppo's first bursts by silences learnt months before (issue 19, seventh round)."""
+        self._decay(ts)
+
     def silence(
         self, family: str, gap: float, ts: float, *, public: bool = False, own: tuple[float, int] = (0.0, 0)
     ) -> None:

@@ -14,7 +14,10 @@ enqueue drops the batch and counts it (radios cannot be paused), a replay simply
 batch that waited longer than ``pipeline.max_delay_s`` is dropped as ``late`` (so latency stays
 bounded on an overloaded box). Before that, once a live batch waited longer than
 ``pipeline.shed_after_s``, fixes are computed on every 3rd tick only until the queue is short again
-(``Pipeline.fix_stride``; counted as ``fix_tick_shed``). Queue depth, waits, late drops, ticks shed
+(``Pipeline.fix_stride``; counted as ``fix_tick_shed``); and whatever the wait, a fix tick whose
+successor is already due in live batches queued behind it is shed too (``Pipeline.horizon``). A
+job that hands a tick's events to the loop mid-way waits (``SETTLE_WAIT_S`` at most) until the
+activations they started wrote their packets. Queue depth, waits, late drops, ticks shed
 and the pipeline thread's load are on /metrics and the status page (``BackPressure``). What a
 source is (a recording, a node feed, restartable, on its own clock) it declares in its
 ``capabilities`` (``gateway/sources/base.py``); the daemon never probes it.
@@ -81,6 +84,9 @@ MAX_JOB_OBSERVATIONS = 2048
 SHED_MAX_STRIDE = 3
 # the status page's copy of the pipeline counters is rebuilt at most this often while busy
 VIEW_EVERY_S = 0.2
+# a job that hands events to the loop mid-way waits (at most this long) until the activations
+# they started have written their packets: the loop has the interpreter to itself meanwhile
+SETTLE_WAIT_S = 0.02
 
 
 @dataclass(slots=True)
@@ -90,6 +96,7 @@ class Queued:
     batch: list[Observation] | None  # None: the end marker the drain puts
     t: float  # time.monotonic() when queued
     source: Source | None = None  # a live source (its late drops are counted there); None: a recording
+    n: int = 0  # a live batch: how many (non-empty) live batches were queued up to it; 0: none
 
 
 def load_store_layout(settings: Settings) -> Layout:
@@ -267,6 +274,14 @@ class Daemon:
         self._view_t = 0.0
         self._dispatched = False
         self._stride = 1  # load shedding: compute fixes every n-th tick (pipeline.shed_after_s)
+        # catch-up shedding (``Pipeline.horizon``): the last event time of the live batch queued last
+        # and how many were queued; the newest of the live batches after the one in hand in its job,
+        # and how many live batches had been queued up to that job's last
+        self._queued_ts = -math.inf
+        self._queued_n = 0
+        self._job_ts = -math.inf
+        self._job_n = -1
+        self.pipeline.horizon = self._horizon
         self._loop: asyncio.AbstractEventLoop | None = None
         self.pending = PendingEvents()
         self.outbox_refusing: str | None = None  # why the disk refuses appends (None: it does not)
@@ -324,30 +339,47 @@ class Daemon:
 
     # -- on the pipeline thread (PipelineWorker jobs) ------------------------------------------------
 
+    def _horizon(self) -> float:
+        """On the pipeline thread: the newest event time of live observations waiting behind the
+        batch in hand (a tick whose successor is due in them is shed; ``pipeline.shed_after_s`` 0:
+        never)."""
+        if self.settings.pipeline.shed_after_s <= 0:
+            return -math.inf
+        if self._job_n < 0 or self._queued_n <= self._job_n:  # nothing queued after this job
+            return self._job_ts
+        return max(self._job_ts, self._queued_ts)
+
     def _process(
         self,
         batches: list[list[Observation]],
         stride: int = 1,
         due: list[float] | None = None,
         late: list[int] | None = None,
+        after: list[float] | None = None,
+        queued_n: int = -1,
     ) -> list[EventBase]:
         """Each batch in turn (the same results as one by one). Events go to the loop as soon as a
         batch has produced them (a fix tick's zone entries), not after the job's later batches:
         an activation never waits for the rest of a job that piled up behind a slow moment.
         ``stride``: the load shedding's fix stride (``pipeline.shed_after_s``; 1: every tick).
         ``due``: when each batch turns late (``pipeline.max_delay_s``); a batch not started by
-        then is skipped and its index appended to ``late`` (the loop counts it)."""
+        then is skipped and its index appended to ``late`` (the loop counts it).
+        ``after``: the newest event time of the live batches after each one in this job;
+        ``queued_n``: how many live batches had been queued up to its last (-1: not live)."""
         self.pipeline.fix_stride = stride
+        self._job_n = queued_n
         events: list[EventBase] = []
         last = len(batches) - 1
         for i, batch in enumerate(batches):
             if due is not None and late is not None and time.monotonic() > due[i]:
                 late.append(i)
                 continue
+            self._job_ts = after[i] if after is not None else -math.inf
             events += self.pipeline.process(batch)
             if events and i < last:
-                self.worker.emit(self._deliver, events)
+                self.worker.emit(self._deliver, events, settle=self._settle, wait_s=SETTLE_WAIT_S)
                 events = []
+        self._job_ts, self._job_n = -math.inf, -1
         self._refresh_view()
         if batches and batches[-1]:
             self.memory.maybe_trim(batches[-1][-1].ts)
@@ -355,7 +387,7 @@ class Daemon:
 
     def _partial(self, events: list[EventBase]) -> None:
         """A long fix tick's events so far (``localization.tick_chunk_devices``): to the loop now."""
-        self.worker.emit(self._deliver, events)
+        self.worker.emit(self._deliver, events, settle=self._settle, wait_s=SETTLE_WAIT_S)
 
     def _advance(self, now: float) -> list[EventBase]:
         events = self.pipeline.advance(now)
@@ -377,6 +409,12 @@ class Daemon:
 
     # -- back on the loop ----------------------------------------------------------------------------
 
+    async def _settle(self) -> None:
+        """After events handed over mid-job: the activations they started write their packets
+        before the job goes on (it waits for this, ``SETTLE_WAIT_S`` at most)."""
+        if self._dispatched:
+            await ContentService.let_dispatch_run()
+
     def _deliver(self, events: list[EventBase], now: float | None = None) -> None:
         """Events of a pipeline job, on the loop, in job order: to the outbox writer and content."""
         if events:
@@ -397,11 +435,15 @@ class Daemon:
             async for batch in batches:
                 if live:
                     # radios cannot be paused: when the pipeline is behind, drop and count
+                    n = self._queued_n + 1 if batch else 0
                     try:
-                        self.queue.put_nowait(Queued(batch, time.monotonic(), src))
+                        self.queue.put_nowait(Queued(batch, time.monotonic(), src, n))
                     except asyncio.QueueFull:
                         src.health.drop("backpressure", len(batch))
                     else:
+                        if n:  # the time first: the pipeline thread reads the count first
+                            self._queued_ts = batch[-1].ts
+                            self._queued_n = n
                         bp.queued_batches += 1
                         bp.queued_observations += len(batch)
                     await asyncio.sleep(0)
@@ -468,8 +510,13 @@ class Daemon:
                 max_delay = self.settings.pipeline.max_delay_s
                 due = [it.t + max_delay if it.source is not None and max_delay > 0 else math.inf for it in taken]
                 late: list[int] = []
+                after = [-math.inf] * len(taken)  # newest live event time after each batch of the job
+                for i in range(len(taken) - 2, -1, -1):
+                    it = taken[i + 1]
+                    ts = it.batch[-1].ts if it.source is not None and it.batch else -math.inf
+                    after[i] = max(after[i + 1], ts)
                 await self.worker.call(
-                    partial(self._process, batches, stride, due, late),
+                    partial(self._process, batches, stride, due, late, after, max(it.n for it in taken) or -1),
                     deliver=partial(self._late_in_job, taken, late),
                 )
                 if self._dispatched:

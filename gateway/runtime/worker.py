@@ -27,13 +27,12 @@ longest job and the jobs waiting - the headroom figures on /metrics and the stat
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import queue
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, Generic, TypeVar
+from typing import Any, ClassVar, Generic, TypeVar
 
 from gateway.log import get_logger
 
@@ -63,6 +62,8 @@ class _Job(Generic[T]):
 
 class PipelineWorker:
     """One thread that owns the pipeline state; see the module docstring."""
+
+    _settling: ClassVar[set[asyncio.Future[None]]] = set()  # settle tasks in flight (kept from the GC)
 
     def __init__(self, name: str = "pipeline") -> None:
         self.name = name
@@ -123,23 +124,62 @@ class PipelineWorker:
         self.stats.waiting += 1
         self._jobs.put(_Job(fn, None, None))
 
-    def emit(self, deliver: Callable[[T], None], result: T) -> None:
+    def emit(
+        self,
+        deliver: Callable[[T], None],
+        result: T,
+        *,
+        settle: Callable[[], Awaitable[object]] | None = None,
+        wait_s: float = 0.0,
+    ) -> None:
         """From inside a job: ``deliver(result)`` on the loop now, without waiting for the job to
         end - after every delivery of earlier jobs and emits, before the job's own. Called anywhere
-        else (inline, before ``start`` or after ``stop``) it delivers at once, on the caller's thread."""
+        else (inline, before ``start`` or after ``stop``) it delivers at once, on the caller's thread.
+
+        ``settle``: run on the loop after ``deliver`` (say, until the activations it started have
+        written their packets); the job waits for it, ``wait_s`` at most, so the loop has the
+        interpreter to itself meanwhile. Without that wait the job keeps the GIL and the loop gets
+        it back only every switch interval (5 ms) for each step of a dispatch: an activation
+        waited for the job's next batches in steps of 5 ms (issue 22)."""
         thread, loop = self._thread, self._loop
         if thread is None or loop is None or threading.get_ident() != thread.ident:
             deliver(result)
             return
-        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody is left to tell
-            loop.call_soon_threadsafe(self._emitted, deliver, result)
+        done = threading.Event() if settle is not None and wait_s > 0 else None
+        try:
+            loop.call_soon_threadsafe(self._emitted, deliver, result, settle, done)
+        except RuntimeError:  # the loop is closed: nobody is left to tell
+            return
+        if done is not None:
+            done.wait(wait_s)
 
     @staticmethod
-    def _emitted(deliver: Callable[[T], None], result: T) -> None:
+    def _emitted(
+        deliver: Callable[[T], None],
+        result: T,
+        settle: Callable[[], Awaitable[object]] | None = None,
+        done: threading.Event | None = None,
+    ) -> None:
         try:
             deliver(result)
         except Exception as e:  # the job goes on; its caller learns of failures of its own result
             log.error("pipeline delivery failed", error=f"{type(e).__name__}: {e}")
+        if settle is None:
+            if done is not None:
+                done.set()
+            return
+
+        async def settling() -> None:
+            try:
+                await settle()
+            except Exception as e:
+                log.error("pipeline delivery failed", error=f"{type(e).__name__}: {e}")
+            finally:
+                if done is not None:
+                    done.set()
+
+        PipelineWorker._settling.add(task := asyncio.ensure_future(settling()))
+        task.add_done_callback(PipelineWorker._settling.discard)
 
     # -- the thread --------------------------------------------------------------------------------
 

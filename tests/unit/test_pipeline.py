@@ -213,3 +213,41 @@ def test_a_fix_stride_sheds_ticks_counts_them_and_keeps_their_observations() -> 
     p, fixes = run(10)
     cap = int(s.localization.window_s / iv)
     assert all(b.ts - a.ts == cap * iv for a, b in itertools.pairwise(fixes))
+
+
+def test_a_tick_already_superseded_by_waiting_observations_is_shed() -> None:
+    """Catch-up shedding (``horizon``, the daemon's newest live event time waiting behind the call):
+    a tick whose successor is already due in observations not yet processed is shed and counted -
+    never more than ``localization.window_s`` apart, every observation kept; a horizon that is not
+    a tick ahead (a pipeline keeping up) and no horizon at all (replays) change nothing, even for a
+    batch that crosses several ticks itself."""
+    layout = load_layout(LAYOUT)
+    s = settings()
+    iv = s.localization.fix_interval_s
+    batches = [ring(layout, 12.0, 8.0, 7000.0 + 0.25 * k) for k in range(120)]
+
+    def run(ahead: float | None, step: int = 1) -> tuple[Pipeline, list[PositionFix]]:
+        p = Pipeline(s, layout)
+        out: list[PositionFix] = []
+        for k in range(0, len(batches), step):
+            part = [o for b in batches[k : k + step] for o in b]
+            if ahead is not None:
+                newest = part[-1].ts + ahead
+                p.horizon = lambda newest=newest: newest  # type: ignore[misc]
+            out += [e for e in p.process(part) if isinstance(e, PositionFix)]
+        return p, out
+
+    base, every = run(None)
+    assert "fix_tick_shed" not in base.stats.dropped
+    for ahead in (-1.0, 0.5 * iv):  # nothing waiting, or not a whole tick ahead: every tick computed
+        p, fixes = run(ahead)
+        assert "fix_tick_shed" not in p.stats.dropped
+        assert [(f.ts, f.x, f.y) for f in fixes] == [(f.ts, f.x, f.y) for f in every]
+    _, crossing = run(None, step=12)  # one batch crosses three ticks: all three computed
+    assert [f.ts for f in crossing] == [f.ts for f in every]
+    cap = int(s.localization.window_s / iv)
+    p, fixes = run(10.0)  # far behind: fixes on every window_s-th tick only
+    assert p.stats.dropped["fix_tick_shed"] == pytest.approx(len(every) - len(fixes), abs=1)
+    assert all(b.ts - a.ts == cap * iv for a, b in itertools.pairwise(fixes))
+    assert p.localizer.stats.dropped.get("stale", 0) == 0  # every observation was used
+    assert abs(fixes[-1].x - 12.0) < 1.0 and abs(fixes[-1].y - 8.0) < 1.0

@@ -576,3 +576,61 @@ def test_load_meter_reports_the_share_of_the_last_window() -> None:
     w.busy_s += 3.0  # more than the wall time (clock granularity): capped
     m.update(w, now=102.0)
     assert m.busy_pct == 100.0
+
+
+@pytest.mark.parametrize("shed_after_s", [60.0, 0.0])
+async def test_a_pipeline_behind_its_live_input_sheds_ticks_already_superseded(
+    tmp_path: Path, shed_after_s: float
+) -> None:
+    """A slow pipeline (20 ms a batch) behind a live source: a fix tick whose successor is already
+    due in batches waiting behind it is shed (``Pipeline.horizon``), counted as ``fix_tick_shed``,
+    though no batch waited ``pipeline.shed_after_s`` (60 s: the fix stride stays 1); no observation
+    is lost to it. ``shed_after_s`` 0 turns shedding off, this kind too. (The old daemon computed
+    every tick until batches had waited shed_after_s.) Recordings never shed: the test above."""
+    settings = daemon_settings(tmp_path, pipeline={"max_delay_s": 0, "shed_after_s": shed_after_s})
+    daemon = Daemon(settings, load_layout(LAYOUT))
+    batches = sim_batches(30)
+    src = ListSource(copies(batches), live=True, pace_s=0.001)
+    daemon.sources = [src]
+    strides: list[int] = []
+    snap, _ = await _drain_slowly(daemon, src, batches, lambda _: strides.append(daemon.pipeline.fix_stride))
+    shed = daemon.pipeline.stats.dropped.get("fix_tick_shed", 0)
+    assert set(strides) == {1}
+    assert daemon.pipeline.stats.observations + src.health.dropped.get("backpressure", 0) == sum(
+        len(b) for b in batches
+    )
+    if shed_after_s:
+        assert shed > 0 and snap.extra["dropped"]["fix_tick_shed"] == shed
+    else:
+        assert shed == 0
+
+
+async def test_a_job_waits_for_the_loop_to_settle_what_it_handed_over() -> None:
+    """``emit(..., settle=...)``: the job goes on only once the loop has delivered and run
+    ``settle`` (the activations it started writing their packets), ``wait_s`` at most - the loop
+    does not have to win the interpreter back from a computing job step by step."""
+    w = PipelineWorker()
+    order: list[str] = []
+
+    async def settle() -> None:
+        await asyncio.sleep(0.05)  # a dispatch that takes a while
+        order.append("settled")
+
+    def job() -> None:
+        w.emit(order.append, "delivered", settle=settle, wait_s=5.0)
+        order.append("job goes on")
+        w.emit(order.append, "bounded", settle=lambda: asyncio.sleep(5), wait_s=0.05)
+        order.append("not held longer than wait_s")
+
+    w.start()
+    try:
+        t0 = time.monotonic()
+        await w.call(job)
+        assert time.monotonic() - t0 < 4
+        assert order == ["delivered", "settled", "job goes on", "bounded", "not held longer than wait_s"]
+    finally:
+        await w.stop()
+    pending = list(PipelineWorker._settling)
+    for t in pending:
+        t.cancel()
+    await asyncio.gather(*pending, return_exceptions=True)
