@@ -115,8 +115,9 @@ class Confusion:
     reported: Counter[tuple[str, str]]
     truth: Counter[str]
     # per visit whose first ("in") / last ("out") reported session is a door zone (kind entrance):
-    # (reported start - true start, reported end - true end) of that crossing, seconds
-    door: dict[str, list[tuple[float, float]]] = field(default_factory=lambda: {"in": [], "out": []})
+    # (reported start - true start, reported end - true end, 1 if the session ended at the subject's
+    # last fix: the track fell silent in the door, no exit seen) of that crossing, seconds
+    door: dict[str, list[tuple[float, float, float]]] = field(default_factory=lambda: {"in": [], "out": []})
     # visitors' fixes from 2 s before to 12 s after their last true crossing out of the store:
     # (whole seconds after it, true depth into the pavement, the fix's depth, fix in a door zone)
     leaving: list[tuple[int, float, float, bool]] = field(default_factory=list)
@@ -148,6 +149,12 @@ class Confusion:
                     f" {np.percentile(a[:, 0], 10):+.1f}..{np.percentile(a[:, 0], 90):+.1f} /"
                     f" {np.percentile(a[:, 1], 10):+.1f}..{np.percentile(a[:, 1], 90):+.1f}); length"
                     f" {(a[:, 1] - a[:, 0]).mean():+.1f} s a visit"
+                    + (
+                        f"; {int(a[:, 2].sum())} ended when the track fell silent in the door, ends"
+                        f" {a[a[:, 2] > 0, 1].mean():+.1f} s"
+                        if side == "out" and a[:, 2].any()
+                        else ""
+                    )
                 )
         if self.leaving:
             a = np.array(self.leaving, dtype=np.float64)
@@ -242,6 +249,7 @@ def run(
     confusion: Confusion | None = None,
     radio: dict[str, float] | None = None,
     overrides: dict[str, dict[str, Any]] | None = None,
+    street_beyond: float = 0.0,
 ) -> tuple[RunResult, dict[str, float]]:
     layout = load_layout(LAYOUTS / layout_name)
     sim_s = SimulatorSettings(
@@ -253,6 +261,7 @@ def run(
         beacons=2,
         **(radio or {}),
         link_rotations=(mode == "all linked"),
+        street_beyond_m=street_beyond,
     )
     over = {k: dict(v) for k, v in (overrides or {}).items()}
     settings = Settings.model_validate(
@@ -353,7 +362,9 @@ def run(
         vis_subj = {e.subject for e in visitors}
         confusion.truth.update({z[6:]: d for z, d in truth.items() if z.startswith("dwell.")})
         by_subj: dict[str, list[tuple[float, str, float, float]]] = {}
+        last_fix: dict[str, float] = {}  # subject (after presence's merges) -> its last fix
         for ts, subj, z, fx, fy in fix_log:
+            last_fix[pipe.presence.alias.get(subj, subj)] = ts
             if subj in vis_subj:
                 by_subj.setdefault(subj, []).append((ts, z, fx, fy))
         doors = {z.id for z in layout.zones if z.kind == "entrance"}
@@ -405,7 +416,8 @@ def run(
                 breaks = np.flatnonzero(np.diff(on) > 1)
                 seg = on[: breaks[0] + 1] if side == "in" and len(breaks) else on
                 seg = on[breaks[-1] + 1 :] if side == "out" and len(breaks) else seg
-                confusion.door[side].append((a - float(grid[seg[0]]), b - float(grid[seg[-1]])))
+                silent = float(side == "out" and abs(b - last_fix.get(subj, -1.0)) < 1e-6)
+                confusion.door[side].append((a - float(grid[seg[0]]), b - float(grid[seg[-1]]), silent))
     return (
         RunResult(
             len(visitors),
@@ -512,6 +524,13 @@ def main(argv: list[str]) -> int:
         action="store_true",
         help=f"a quieter simulated radio {QUIET_RADIO} (reference: how much is localization error)",
     )
+    ap.add_argument(
+        "--street-beyond",
+        type=float,
+        default=0.0,
+        metavar="M",
+        help="people walk on M metres past each end of the layout's pavement (simulator.street_beyond_m; default 0)",
+    )
     ap.add_argument("--confusion", action="store_true", help="print visitors' time per true zone -> attributed zone")
     ap.add_argument(
         "--set",
@@ -579,6 +598,7 @@ def main(argv: list[str]) -> int:
         f"store bars: {hours:g} h per run, runs {plan}, modes {list(modes)}"
         + (f", quiet radio {QUIET_RADIO}" if args.quiet_radio else "")
         + (f", settings {overrides}" if overrides else "")
+        + (f", street beyond the pavement {args.street_beyond:g} m" if args.street_beyond else "")
     )
     for lay, seed in plan:
         for i, mode in enumerate(modes):
@@ -590,6 +610,7 @@ def main(argv: list[str]) -> int:
                 confusion=conf[mode] if args.confusion else None,
                 radio=QUIET_RADIO if args.quiet_radio else None,
                 overrides=overrides,
+                street_beyond=args.street_beyond,
             )
             for z in (k[6:] for k in truth if k.startswith("dwell.")):
                 per_seed.setdefault((mode, f"{lay}/{z}"), []).append((seed, r.dwell.get(z, 0.0), truth[f"dwell.{z}"]))

@@ -108,6 +108,12 @@ class SimulatorSettings(Section):
         default=0.3, ge=0, le=1, description="Share of Android phones that send no BLE advert while idle"
     )
     tick_s: float = Field(default=0.5, gt=0, le=10, description="Simulated step; fixed for reproducibility")
+    street_beyond_m: float = Field(
+        default=0.0,
+        ge=0,
+        le=500,
+        description="People walk on this far beyond each end of the layout's pavement (still heard), not vanish there",
+    )
 
 
 class ReplaySettings(Section):
@@ -431,6 +437,12 @@ class PresenceSettings(Section):
         ge=0,
         le=600,
         description="A new in-store zone must hold this long before 'zone.entered' (backdated)",
+    )
+    door_debounce_s: float = Field(
+        default=4.0,
+        ge=0,
+        le=600,
+        description="From an in-store zone into a door zone (kind entrance): how long it must hold (strays beside it)",
     )
     exit_debounce_s: float = Field(
         default=5.0,

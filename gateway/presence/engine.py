@@ -18,7 +18,10 @@ Model, per subject:
   second or two) get their time and their zone events when the next transition is confirmed
   (``_transit``); between two in-store zones such a pass is not a zone visit (its time goes to
   the zone walked to), and a candidate followed by a return to the confirmed zone was noise and
-  gets nothing.
+  gets nothing. A door zone (kind ``entrance``) entered from an in-store zone must hold for
+  ``door_debounce_s`` (4 s) instead: a door is walked through, and a shopper standing beside it
+  (kiosk-small's ``cases`` wraps its door on three sides) has fixes straying into it for a few
+  seconds; walking out, those seconds still go to the door (``_transit``) once the exit is seen.
 * **Visit** = a span of presence in the store's in-store zones (every zone whose kind is not
   ``outside``). It starts at the first in-store zone entry and ends at the last in-store zone exit
   once the subject has been out of the store (or silent) for ``visit_timeout_s``.
@@ -199,6 +202,7 @@ class PresenceEngine:
             or (settings.front_from_outside and z.kind != "outside" and any(_borders(z, o) for o in outside))
         }
         self._edge_zones = self._entrances | {z.id for z in layout.zones if z.kind == "outside"}
+        self._doors = {z.id for z in layout.zones if z.kind == "entrance"}
         self._outside_ids = [z.id for z in outside]
         self._outside = frozenset(self._outside_ids)
         self.alias: dict[str, str] = {}  # orphan subject -> the subject whose visit it continues
@@ -284,6 +288,8 @@ class PresenceEngine:
         tracks = self._tracks
         enter_d = self._s.enter_debounce_s
         exit_d = self._s.exit_debounce_s
+        door_d = self._s.door_debounce_s
+        doors = self._doors
         hyst = self._s.zone_hysteresis_m
         inside = self._in_store
         late = 0
@@ -357,7 +363,7 @@ class PresenceEngine:
                     else:
                         tr.leave_since = None  # it stayed: that attempt was not an exit
             if z in inside:
-                if ts - tr.cand_since >= enter_d:
+                if ts - tr.cand_since >= (door_d if z in doors and cur in inside else enter_d):
                     self._transit(dev, tr, out)
                     self._transition(dev, tr, z, tr.cand_since, out)
             elif cur in inside and hyst > 0.0 and self._near(cur, f.x, f.y, hyst):

@@ -21,7 +21,9 @@ Rotations are **unlinkable** unless ``link_rotations`` (the stand-in for a conse
 then a phone's addresses carry ``link = sim-<seed>-<person>``. Staff (``staff``) carry a phone and
 every second one a handheld scanner, and walk the store all day; fixed devices (``fixtures``: a
 TV, a printer, an Apple TV whose address rotates) and ``beacons`` never move. Passers-by walk the
-pavement (the ``outside`` zone) at a random distance from the shop front.
+pavement (the ``outside`` zone) at a random distance from the shop front; everyone on the street
+starts and ends ``street_beyond_m`` past the ends of the layout's pavement (0 by default: they
+appear and vanish at its ends, still loud at the nodes - docs/ble.md, "Kiosk door", round 9).
 """
 
 from __future__ import annotations
@@ -192,7 +194,7 @@ class StoreSimulator:
         """Both ends of a walk along the pavement; ``lane`` in [0, 1]: 0 at the shop front."""
         if self._street is None:
             w = self.layout.store.width_m
-            return (-2.0, -2.5), (w + 2.0, -2.5)
+            return (-2.0 - self.settings.street_beyond_m, -2.5), (w + 2.0 + self.settings.street_beyond_m, -2.5)
         poly = np.asarray(self._street.polygon)
         y = float(poly[:, 1].mean())
         if lane is not None:
@@ -200,7 +202,11 @@ class StoreSimulator:
             front = hi if abs(hi) <= abs(lo) else lo  # the side that touches the store (y = 0)
             back = lo if front == hi else hi
             y = front + (back - front) * (0.15 + 0.7 * lane)
-        return (float(poly[:, 0].min()) + 0.1, y), (float(poly[:, 0].max()) - 0.1, y)
+        # the street goes on past the drawn pavement: a phone keeps advertising as its owner walks on
+        # (vanishing at the polygon's end, 1-3 m from a node and ~25 dB above the floor, left fixes
+        # of people who had just walked out of the kiosk's door in the door until their last advert)
+        beyond = self.settings.street_beyond_m
+        return (float(poly[:, 0].min()) + 0.1 - beyond, y), (float(poly[:, 0].max()) - 0.1 + beyond, y)
 
     def _new_person(self, kind: PersonKind, wps: list[tuple[float, float, float]], devices: list[SimDevice]) -> _Person:
         arr = np.asarray(wps, dtype=np.float64)

@@ -305,6 +305,51 @@ def test_a_return_longer_than_the_exit_debounce_is_a_stay_not_a_flicker() -> Non
     assert [e.ts for e in left] == [T0 + 93]  # type: ignore[attr-defined]
 
 
+def test_a_stray_into_the_door_from_inside_shorter_than_the_door_debounce_is_no_door_session() -> None:
+    """A door is walked through; a shopper standing beside it (kiosk-small: `cases` wraps the door)
+    has fixes that stray into it for a few seconds. From an in-store zone a door must hold for
+    ``door_debounce_s`` (4 s), not ``enter_debounce_s`` (3 s): 4 fixes (3 s) of strays made a door session
+    (bench_store kiosk-small: 200 s of door sessions mid-visit against 22 s true, seed 1)."""
+    plan = [("street", 10), ("entrance", 5), ("grocery", 60), ("entrance", 4), ("grocery", 60), ("entrance", 5)]
+    fixes = walk("s1", [*plan, ("street", 20)])
+    (end,) = of(run(engine(), fixes, T0 + 300), VisitEnded)
+    assert isinstance(end, VisitEnded)
+    assert end.dwell_by_zone == {"entrance": 10.0, "grocery": 124.0}
+    assert end.path == ["entrance", "grocery", "entrance"]
+    # the old rule (a door from inside like any zone) is one setting away
+    (old,) = of(run(engine(door_debounce_s=3.0), fixes, T0 + 300), VisitEnded)
+    assert isinstance(old, VisitEnded) and old.dwell_by_zone == {"entrance": 14.0, "grocery": 120.0}
+
+
+def test_a_longer_stay_at_the_door_from_inside_is_a_backdated_door_session() -> None:
+    fixes = walk("s1", [("street", 10), ("entrance", 5), ("grocery", 60), ("entrance", 8), ("grocery", 30)])
+    ev = run(engine(), fixes, T0 + 300)
+    (end,) = of(ev, VisitEnded)
+    assert isinstance(end, VisitEnded) and end.dwell_by_zone == {"entrance": 13.0, "grocery": 89.0}
+    assert [(e.zone, e.ts) for e in of(ev, ZoneEntered)][2] == ("entrance", T0 + 75)  # type: ignore[attr-defined]
+
+
+def test_walking_out_through_the_door_keeps_its_seconds_under_the_door_debounce() -> None:
+    # 4 fixes at the door on the way out (less than door_debounce_s) then the street: the door's
+    # (the pass on the way out, ``_transit``), and the exit dated to the first fix out
+    fixes = walk("s1", [("street", 10), ("entrance", 5), ("grocery", 60), ("entrance", 4), ("street", 20)])
+    ev = run(engine(), fixes, T0 + 300)
+    (end,) = of(ev, VisitEnded)
+    assert isinstance(end, VisitEnded) and end.dwell_by_zone == {"entrance": 9.0, "grocery": 60.0}
+    assert end.ts == T0 + 79
+
+
+def test_a_track_silent_after_a_short_door_candidate_ends_in_the_zone_it_was_in() -> None:
+    """The kiosk's exits: the fixes reach the door and the track ends (bench_store seed 1: 19 of 23
+    exit sessions ended in silence, 9.3 s each against 2.8 s true). Door fixes spanning less than
+    door_debounce_s before the silence are not a door session."""
+    fixes = walk("s1", [("street", 10), ("entrance", 5), ("grocery", 60), ("entrance", 4)])
+    (end,) = of(run(engine(), fixes, T0 + 300), VisitEnded)
+    assert isinstance(end, VisitEnded) and end.dwell_by_zone == {"entrance": 5.0, "grocery": 63.0}
+    (old,) = of(run(engine(door_debounce_s=3.0), fixes, T0 + 300), VisitEnded)
+    assert isinstance(old, VisitEnded) and old.dwell_by_zone == {"entrance": 8.0, "grocery": 60.0}
+
+
 def test_aggregates_respect_k_anonymity() -> None:
     def crowd(n: int, passers: int) -> list[Fix]:
         fx: list[Fix] = []

@@ -79,3 +79,33 @@ def test_rotations_are_unlinkable_by_default_and_adverts_carry_their_kind() -> N
     assert {"phone", "fixture", "beacon"} <= kinds
     # staff and fixtures are in the truth, apart from visits
     assert {r.kind for r in sim.residents} == {"staff", "fixture"}
+
+
+def test_people_walk_on_past_the_pavement_and_are_still_heard_there() -> None:
+    """The street goes on past the layout's pavement: with ``street_beyond_m`` people start and end
+    their walk that far beyond it and their phones are heard there (they vanished at the polygon's
+    end, 1-3 m from a node on kiosk-small, ~25 dB above the detection floor)."""
+    pave = next(z for z in LAYOUT.zones if z.kind == "outside")
+    lo, hi = min(p[0] for p in pave.polygon), max(p[0] for p in pave.polygon)
+
+    def beyond(street_beyond_m: float) -> tuple[float, int]:
+        s = SimulatorSettings(seed=2, shoppers_per_hour=600, street_beyond_m=street_beyond_m)
+        sim = StoreSimulator(LAYOUT, s)
+        far = 0.0
+        heard = 0
+        for k in range(1, 241):
+            obs = sim.step(s.start_ts + k * s.tick_s)
+            for p in sim.people.values():
+                if p.kind in ("visitor", "passer-by"):
+                    far = max(far, lo - float(p.x.min()), float(p.x.max()) - hi)
+            for o in obs:
+                p = sim.people.get(sim.mac_owner[o.device])
+                if p is not None and p.kind in ("visitor", "passer-by"):
+                    x = float(p.position(np.array([o.ts]))[0][0])
+                    heard += x < lo - 5.0 or x > hi + 5.0
+        return far, heard
+
+    far, heard = beyond(15.0)
+    assert 14.0 < far <= 15.0 and heard > 0
+    far0, heard0 = beyond(0.0)
+    assert far0 <= 0.0 and heard0 == 0
