@@ -385,6 +385,29 @@ class LocalizationSettings(Section):
         description="Grid step of the standing re-search; a fix whose grid optimum lies farther than this is"
         " refined there (a 3 m grid never reached the wrong basins 2-4 m from the right one of small stores)",
     )
+    standing_mean_sd: float = Field(
+        default=0.0,
+        ge=0,
+        le=10,
+        description="A standing device's fix is the posterior mean of its window over a 5 x 5 stencil this many"
+        " sd (of the window fix) either side of the mode, not the mode itself: near walls and along the"
+        " position / transmit-offset ridge the posterior is lopsided (0: the mode, the default: with it on a"
+        " tick's fixes depend on how the tick is batched, docs/localization.md 9.10)",
+    )
+    standing_mean_every_ticks: int = Field(
+        default=5,
+        ge=1,
+        le=1000,
+        description="Recompute that posterior-mean correction every N ticks per device (in between, the last one)",
+    )
+    walkable_mean_sd: float = Field(
+        default=2.5,
+        ge=0,
+        le=10,
+        description="A tracked fix is the mean of its Gaussian cut to the walkable area (a 7 x 7 stencil this many"
+        " sd either side), not its projection onto it: an estimate spilling over a wall is moved inside, not"
+        " onto the wall (0: projection only; standing devices' window fixes are such means already)",
+    )
     time_align: bool = Field(
         default=True,
         description="Fuse each tick's adverts at their mean time and extrapolate the fix to the tick"

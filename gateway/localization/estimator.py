@@ -379,8 +379,41 @@ class Estimator:
         flat = np.flatnonzero(prob.missed)
         return _Prepared(prob.mean, cs2, tdist, prob.missed, flat, prob.missed.reshape(-1)[flat])
 
-    def nll(self, prob: Problem, theta: F64) -> F64:
-        """Negative log-likelihood ``(D,)`` alone (``evaluate(...)[0]`` without the derivatives)."""
+    def local_mean(self, prob: Problem, theta: F64, tx_prec: float, points: F64) -> F64:
+        """Posterior mean position ``(D, 2)`` of each device over its own ``points`` ``(D, M, 2)``.
+
+        ``theta`` ``(D, 3)``: the MAP (offset included); ``points``: positions around it (a stencil
+        spread by the MAP's covariance). At every point the transmit offset is profiled out in closed
+        form (the heard sensors' precision-weighted residual, shrunk toward 0 by ``tx_prec``) and the
+        full cost (robust + censored, :meth:`nll`) plus the offset prior weighs it; points outside the
+        walkable area weigh nothing. Near a wall or along the ridge where position and offset trade
+        off, the posterior is lopsided and its mean, not its mode, is what minimises the squared error
+        (docs/localization.md 9.10).
+        """
+        k, m = points.shape[0], points.shape[1]
+        pos = points.reshape(-1, 2)
+        mu = self.model.mean_rssi(pos).reshape(k, m, -1)
+        w = prob.count / self.params.sigma_db**2  # (k, S)
+        delta = (w[:, None, :] * (prob.mean[:, None, :] - mu)).sum(axis=2) / (w.sum(axis=1)[:, None] + tx_prec)
+        rep = Problem(np.repeat(prob.mean, m, 0), np.repeat(prob.count, m, 0), np.repeat(prob.missed, m, 0))
+        # one erfc path whatever the number of devices: a device's mean must not depend on which others
+        # share its tick or its part of it (tick_chunk_devices)
+        cost = self.nll(rep, np.column_stack([pos, delta.reshape(-1)]), exact=False).reshape(k, m)
+        cost += 0.5 * tx_prec * delta**2
+        if self.region is not None:
+            cost[~self.region.contains(pos).reshape(k, m)] = np.inf
+        best = cost.min(axis=1, keepdims=True)
+        # a device with no point inside the walkable area keeps its MAP
+        ok = np.isfinite(best[:, 0])
+        p = np.exp(-(cost - np.where(np.isfinite(best), best, 0.0)))
+        p /= np.maximum(p.sum(axis=1, keepdims=True), 1e-300)
+        out = np.einsum("km,kmi->ki", p, points)
+        out[~ok] = theta[~ok, :2]
+        return np.asarray(out)
+
+    def nll(self, prob: Problem, theta: F64, exact: bool | None = None) -> F64:
+        """Negative log-likelihood ``(D,)`` alone (``evaluate(...)[0]`` without the derivatives);
+        ``exact``: the censored terms' erfc path (None: by their number, see :func:`erfc`)."""
         m = self.model
         dx = theta[:, 0:1] - self._sx
         dy = theta[:, 1:2] - self._sy
@@ -396,7 +429,7 @@ class Estimator:
         miss = np.flatnonzero(prob.missed)
         if miss.size:
             rho.reshape(-1)[miss] += self._missed_loss(
-                mu.reshape(-1)[miss], prob.missed.reshape(-1)[miss], miss % self.model.num_sensors
+                mu.reshape(-1)[miss], prob.missed.reshape(-1)[miss], miss % self.model.num_sensors, exact
             )
         return np.asarray(rho.sum(axis=1))
 

@@ -178,6 +178,9 @@ class MlLocalizer:
         self._stand = WindowStats(ns)
         self._recent = WindowStats(ns)
         self._sw_theta = np.zeros((0, 3))
+        # a standing device's posterior mean minus its window fix (recomputed every few ticks)
+        self._mean_corr = np.zeros((0, 2))
+        self._mean_at = np.zeros((0, 2))  # the window fix each correction was computed at
         self._was_standing = np.zeros(0, dtype=bool)
         self._ticks = 0
         self._check_grid = self.estimator.make_grid(settings.check_grid_m)
@@ -311,6 +314,11 @@ class MlLocalizer:
                 swt = np.zeros((live.size, 3))
                 swt[: self._sw_theta.shape[0]] = self._sw_theta
                 self._sw_theta = swt
+                for name in ("_mean_corr", "_mean_at"):
+                    old2 = getattr(self, name)
+                    arr2 = np.zeros((live.size, 2))
+                    arr2[: old2.shape[0]] = old2
+                    setattr(self, name, arr2)
                 was = np.zeros(live.size, dtype=bool)
                 was[: self._was_standing.size] = self._was_standing
                 self._was_standing = was
@@ -501,12 +509,52 @@ class MlLocalizer:
             self.stats.drop("track_recentred", int(off.sum()))
         dx = sol.theta[:, :2] - state[sidx][:, :2]
         xy[sidx] = sol.theta[:, :2] - pw * dx
+        if st.standing_mean_sd > 0:
+            # also when the fix moved by more than its sd since (a re-search, the first seconds)
+            moved = np.hypot(*(sol.theta[:, :2] - self._mean_at[ss]).T) ** 2 > wcov[:, 0, 0] + wcov[:, 1, 1]
+            fresh = entering | off | moved | ((self._phase[ss] + self._ticks) % st.standing_mean_every_ticks == 0)
+            self._standing_mean(ss, sub, sol.theta, wcov, np.flatnonzero(fresh))
+            xy[sidx] += (1.0 - pw) * self._mean_corr[ss]
         pw3 = pw[:, :, None]
         pcov[sidx] = (
             (1.0 - pw3) * wcov[:, :2, :2]
             + pw3 * cov[sidx][:, :2, :2]
             + pw3 * (1.0 - pw3) * dx[:, :, None] * dx[:, None, :]
         )
+
+    def _walkable_mean(self, xy: F64, pcov: F64, rows: np.ndarray) -> None:
+        """Move ``rows``' fixes (in place) to the mean of their Gaussian ``N(xy, pcov)`` cut to the
+        walkable area (a 7 x 7 stencil spanning ``walkable_mean_sd`` sd either side): the posterior mean
+        under the walkable-area prior, where projecting put a fix whose estimate spills over a wall *on*
+        the wall. A fix whose stencil lies inside is unchanged (the stencil is symmetric); one with no
+        point inside is left to the projection."""
+        if rows.size == 0:
+            return
+        g = np.linspace(-self._s.walkable_mean_sd, self._s.walkable_mean_sd, 7)
+        unit = np.stack(np.meshgrid(g, g), axis=-1).reshape(-1, 2)
+        chol = np.linalg.cholesky(pcov[rows] + 1e-9 * np.eye(2))
+        pts = xy[rows, None, :] + np.einsum("kij,mj->kmi", chol, unit)
+        inside = self.region.contains(pts.reshape(-1, 2)).reshape(pts.shape[:2])
+        w = np.exp(-0.5 * (unit * unit).sum(axis=1))[None, :] * inside
+        tot = w.sum(axis=1)
+        cut = (tot > 0) & ~inside.all(axis=1)
+        if cut.any():
+            xy[rows[cut]] = np.einsum("km,kmi->ki", w[cut], pts[cut]) / tot[cut, None]
+
+    def _standing_mean(self, ss: np.ndarray, sub: Problem, theta: F64, wcov: np.ndarray, rows: np.ndarray) -> None:
+        """Refresh ``rows``' posterior-mean correction: the standing window's posterior mean over a 5 x 5
+        stencil spanning ``standing_mean_sd`` sd of the window fix's covariance either side, minus the
+        fix (:meth:`Estimator.local_mean`; the fix is the mode, and the RMSE is the mean's to minimise)."""
+        if rows.size == 0:
+            return
+        span = self._s.standing_mean_sd
+        g = np.linspace(-span, span, 5)
+        unit = np.stack(np.meshgrid(g, g), axis=-1).reshape(-1, 2)
+        chol = np.linalg.cholesky(wcov[rows, :2, :2] + 1e-9 * np.eye(2))
+        points = theta[rows, None, :2] + np.einsum("kij,mj->kmi", chol, unit)
+        pm = self.estimator.local_mean(sub.take(rows), theta[rows], 1.0 / self._s.tx_spread_db**2, points)
+        self._mean_corr[ss[rows]] = pm - theta[rows, :2]
+        self._mean_at[ss[rows]] = theta[rows, :2]
 
     def _track_update(self, sub: Problem, m: np.ndarray, lam: np.ndarray, walking: np.ndarray) -> tuple[F64, F64]:
         """MAP under the tracker's prediction -> the likelihood's information form, per device.
@@ -672,6 +720,11 @@ class MlLocalizer:
         elif search is not None:
             self._search_finish(search, est.refine_batches([search.batch])[0], st)
         self._was_standing[slots] = standing
+        if st.walkable_mean_sd > 0:
+            # the standing devices' window fixes are posterior means over the walkable area already
+            rest = np.ones(k_all, dtype=bool)
+            rest[sidx] = False
+            self._walkable_mean(xy, pcov, np.flatnonzero(rest))
         xy = self.region.project(xy)
         sigma = np.sqrt(np.maximum(pcov[:, 0, 0] + pcov[:, 1, 1], 0.0))
         zones = self.zones.update(slots, xy)

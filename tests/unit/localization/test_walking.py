@@ -172,7 +172,9 @@ def test_standing_output_is_the_imm_mixture(layout: Layout, model: PathLossModel
         window = loc._sw_theta[slot, :2]
         state, _, pw = loc.tracker.estimate(np.array([slot]), at=131.0)
         assert 0.01 < pw[0] < 0.6  # still counted as standing, but not certainly
-        expected = window - (pw[0] if mix else 0.0) * (window - state[0, :2])
+        # plus the window's posterior mean minus its mode (`standing_mean_sd`), weighed by P(standing)
+        w = pw[0] if mix else 0.0
+        expected = window - w * (window - state[0, :2]) + (1.0 - w) * loc._mean_corr[slot]
         assert np.allclose([fix.x, fix.y], expected, atol=1e-6), (mix, fix, expected, window)
         fixes[mix] = fix
     assert abs(fixes[True].x - fixes[False].x) > 0.01
