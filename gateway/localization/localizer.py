@@ -126,6 +126,24 @@ class LocalizerStats:
         self.dropped[reason] = self.dropped.get(reason, 0) + n
 
 
+def _chol2(cov: F64) -> tuple[F64, np.ndarray]:
+    """Lower Cholesky factors of 2 x 2 covariances ``(k, 2, 2)`` in closed form (the lower triangle, as
+    ``np.linalg.cholesky`` reads it) and the mask of the rows that have one. A covariance that is not
+    positive definite - not finite, or left indefinite by rounding - has none: the caller leaves that
+    fix as it is, where ``np.linalg.cholesky`` raised and stopped the whole tick (bench_nodes did)."""
+    a, c, d = cov[:, 0, 0], cov[:, 1, 0], cov[:, 1, 1]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        l11 = np.sqrt(a)
+        l21 = c / l11
+        l22 = np.sqrt(d - l21 * l21)
+    ok = np.isfinite(l11) & np.isfinite(l21) & np.isfinite(l22) & (l11 > 0) & (l22 > 0)
+    chol = np.zeros_like(cov)
+    chol[:, 0, 0] = l11
+    chol[:, 1, 0] = l21
+    chol[:, 1, 1] = l22
+    return chol, ok
+
+
 class MlLocalizer:
     def __init__(self, layout: Layout, settings: LocalizationSettings) -> None:
         self._s = settings
@@ -528,11 +546,12 @@ class MlLocalizer:
         under the walkable-area prior, where projecting put a fix whose estimate spills over a wall *on*
         the wall. A fix whose stencil lies inside is unchanged (the stencil is symmetric); one with no
         point inside is left to the projection."""
+        chol, ok = _chol2(pcov[rows] + 1e-9 * np.eye(2))
+        rows, chol = rows[ok], chol[ok]  # a covariance with no factor: that fix is left to the projection
         if rows.size == 0:
             return
         g = np.linspace(-self._s.walkable_mean_sd, self._s.walkable_mean_sd, 7)
         unit = np.stack(np.meshgrid(g, g), axis=-1).reshape(-1, 2)
-        chol = np.linalg.cholesky(pcov[rows] + 1e-9 * np.eye(2))
         pts = xy[rows, None, :] + np.einsum("kij,mj->kmi", chol, unit)
         inside = self.region.contains(pts.reshape(-1, 2)).reshape(pts.shape[:2])
         w = np.exp(-0.5 * (unit * unit).sum(axis=1))[None, :] * inside
@@ -545,12 +564,15 @@ class MlLocalizer:
         """Refresh ``rows``' posterior-mean correction: the standing window's posterior mean over a 5 x 5
         stencil spanning ``standing_mean_sd`` sd of the window fix's covariance either side, minus the
         fix (:meth:`Estimator.local_mean`; the fix is the mode, and the RMSE is the mean's to minimise)."""
+        chol, ok = _chol2(wcov[rows, :2, :2] + 1e-9 * np.eye(2))
+        self._mean_corr[ss[rows[~ok]]] = 0.0  # no factor: the mode, until the next refresh
+        self._mean_at[ss[rows[~ok]]] = theta[rows[~ok], :2]
+        rows, chol = rows[ok], chol[ok]
         if rows.size == 0:
             return
         span = self._s.standing_mean_sd
         g = np.linspace(-span, span, 5)
         unit = np.stack(np.meshgrid(g, g), axis=-1).reshape(-1, 2)
-        chol = np.linalg.cholesky(wcov[rows, :2, :2] + 1e-9 * np.eye(2))
         points = theta[rows, None, :2] + np.einsum("kij,mj->kmi", chol, unit)
         pm = self.estimator.local_mean(sub.take(rows), theta[rows], 1.0 / self._s.tx_spread_db**2, points)
         self._mean_corr[ss[rows]] = pm - theta[rows, :2]

@@ -8,6 +8,7 @@ static bar is an RMSE) is the mean's to minimise (docs/localization.md 9.10).
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from gateway.config import LocalizationSettings
 from gateway.layout import Layout
@@ -91,3 +92,36 @@ def test_a_fix_spilling_over_a_wall_moves_inside_not_onto_it(layout: Layout) -> 
     assert abs(out[0, 1] - 10.0) < 1e-9
     assert np.array_equal(out[1], xy[1])
     assert loc.region.project(xy)[0, 0] == 0.0  # what the projection alone gives
+
+
+def test_chol2_matches_numpy_and_flags_covariances_without_a_factor() -> None:
+    """The closed-form 2 x 2 Cholesky factor equals numpy's on positive definite covariances; a row that
+    is indefinite, singular or not finite is flagged instead of raising (numpy raises for the batch)."""
+    from gateway.localization.localizer import _chol2
+
+    rng = np.random.default_rng(7)
+    m = rng.normal(size=(200, 2, 2))
+    good = m @ m.transpose(0, 2, 1) + 0.01 * np.eye(2)
+    chol, ok = _chol2(good)
+    assert ok.all()
+    assert np.allclose(chol, np.linalg.cholesky(good), rtol=1e-12, atol=1e-12)
+    bad = np.array(
+        [[[1.0, 2.0], [2.0, 1.0]], [[0.0, 0.0], [0.0, 1.0]], [[np.nan, 0.0], [0.0, 1.0]], [[-1.0, 0.0], [0.0, 1.0]]]
+    )
+    with pytest.raises(np.linalg.LinAlgError):
+        np.linalg.cholesky(bad)
+    _, ok = _chol2(bad)
+    assert not ok.any()
+
+
+def test_a_covariance_without_a_factor_leaves_its_fix_and_the_tick_goes_on(layout: Layout) -> None:
+    """A tracked fix whose covariance is not positive definite (or not finite) keeps its place; the other
+    fixes of the tick still get their walkable-area mean (the tick raised LinAlgError before: bench_nodes
+    stopped on it)."""
+    loc = MlLocalizer(layout, LocalizationSettings())
+    xy = np.array([[-0.3, 10.0], [-0.3, 12.0], [-0.3, 14.0]])
+    pcov = np.array([np.eye(2), [[1.0, 2.0], [2.0, 1.0]], np.full((2, 2), np.nan)])
+    out = xy.copy()
+    loc._walkable_mean(out, pcov, np.arange(3))
+    assert 0.3 < out[0, 0] < 1.5, out
+    assert np.array_equal(out[1:], xy[1:])
