@@ -144,6 +144,16 @@ def _chol2(cov: F64) -> tuple[F64, np.ndarray]:
     return chol, ok
 
 
+def _stencil(center: F64, cov: F64, span: float, n: int) -> tuple[F64, F64, np.ndarray]:
+    """An ``n`` x ``n`` grid of points spanning ``span`` sd of each Gaussian ``N(center, cov)`` either
+    side: ``(points (k', n * n, 2), the unit grid (n * n, 2), ok (k,))`` - the rows whose covariance has
+    a Cholesky factor (:func:`_chol2`); the others have no points."""
+    chol, ok = _chol2(cov + 1e-9 * np.eye(2))
+    g = np.linspace(-span, span, n)
+    unit = np.stack(np.meshgrid(g, g), axis=-1).reshape(-1, 2)
+    return center[ok, None, :] + np.einsum("kij,mj->kmi", chol[ok], unit), unit, ok
+
+
 class MlLocalizer:
     def __init__(self, layout: Layout, settings: LocalizationSettings) -> None:
         self._s = settings
@@ -546,13 +556,10 @@ class MlLocalizer:
         under the walkable-area prior, where projecting put a fix whose estimate spills over a wall *on*
         the wall. A fix whose stencil lies inside is unchanged (the stencil is symmetric); one with no
         point inside is left to the projection."""
-        chol, ok = _chol2(pcov[rows] + 1e-9 * np.eye(2))
-        rows, chol = rows[ok], chol[ok]  # a covariance with no factor: that fix is left to the projection
+        pts, unit, ok = _stencil(xy[rows], pcov[rows], self._s.walkable_mean_sd, 7)
+        rows = rows[ok]  # a covariance with no factor: that fix is left to the projection
         if rows.size == 0:
             return
-        g = np.linspace(-self._s.walkable_mean_sd, self._s.walkable_mean_sd, 7)
-        unit = np.stack(np.meshgrid(g, g), axis=-1).reshape(-1, 2)
-        pts = xy[rows, None, :] + np.einsum("kij,mj->kmi", chol, unit)
         inside = self.region.contains(pts.reshape(-1, 2)).reshape(pts.shape[:2])
         w = np.exp(-0.5 * (unit * unit).sum(axis=1))[None, :] * inside
         tot = w.sum(axis=1)
@@ -564,16 +571,12 @@ class MlLocalizer:
         """Refresh ``rows``' posterior-mean correction: the standing window's posterior mean over a 5 x 5
         stencil spanning ``standing_mean_sd`` sd of the window fix's covariance either side, minus the
         fix (:meth:`Estimator.local_mean`; the fix is the mode, and the RMSE is the mean's to minimise)."""
-        chol, ok = _chol2(wcov[rows, :2, :2] + 1e-9 * np.eye(2))
+        points, _, ok = _stencil(theta[rows, :2], wcov[rows, :2, :2], self._s.standing_mean_sd, 5)
         self._mean_corr[ss[rows[~ok]]] = 0.0  # no factor: the mode, until the next refresh
         self._mean_at[ss[rows[~ok]]] = theta[rows[~ok], :2]
-        rows, chol = rows[ok], chol[ok]
+        rows = rows[ok]
         if rows.size == 0:
             return
-        span = self._s.standing_mean_sd
-        g = np.linspace(-span, span, 5)
-        unit = np.stack(np.meshgrid(g, g), axis=-1).reshape(-1, 2)
-        points = theta[rows, None, :2] + np.einsum("kij,mj->kmi", chol, unit)
         pm = self.estimator.local_mean(sub.take(rows), theta[rows], 1.0 / self._s.tx_spread_db**2, points)
         self._mean_corr[ss[rows]] = pm - theta[rows, :2]
         self._mean_at[ss[rows]] = theta[rows, :2]
