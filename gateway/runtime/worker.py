@@ -32,7 +32,7 @@ import threading
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, ClassVar, Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 from gateway.log import get_logger
 
@@ -63,11 +63,10 @@ class _Job(Generic[T]):
 class PipelineWorker:
     """One thread that owns the pipeline state; see the module docstring."""
 
-    _settling: ClassVar[set[asyncio.Future[None]]] = set()  # settle tasks in flight (kept from the GC)
-
     def __init__(self, name: str = "pipeline") -> None:
         self.name = name
         self.stats = WorkerStats()
+        self._settling: set[asyncio.Future[None]] = set()  # settle tasks in flight (kept from the GC)
         self._jobs: queue.SimpleQueue[_Job[Any] | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -153,8 +152,8 @@ class PipelineWorker:
         if done is not None:
             done.wait(wait_s)
 
-    @staticmethod
     def _emitted(
+        self,
         deliver: Callable[[T], None],
         result: T,
         settle: Callable[[], Awaitable[object]] | None = None,
@@ -178,8 +177,8 @@ class PipelineWorker:
                 if done is not None:
                     done.set()
 
-        PipelineWorker._settling.add(task := asyncio.ensure_future(settling()))
-        task.add_done_callback(PipelineWorker._settling.discard)
+        self._settling.add(task := asyncio.ensure_future(settling()))
+        task.add_done_callback(self._settling.discard)
 
     # -- the thread --------------------------------------------------------------------------------
 

@@ -630,7 +630,7 @@ async def test_a_job_waits_for_the_loop_to_settle_what_it_handed_over() -> None:
         assert order == ["delivered", "settled", "job goes on", "bounded", "not held longer than wait_s"]
     finally:
         await w.stop()
-    pending = list(PipelineWorker._settling)
+    pending = list(w._settling)
     for t in pending:
         t.cancel()
     await asyncio.gather(*pending, return_exceptions=True)
